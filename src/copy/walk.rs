@@ -1,0 +1,143 @@
+//! Directory tasks: create the destination directory, list the source in batches and turn each
+//! entry into work. Directories are tasks like files, so the walk runs on every reactor at once.
+
+use super::task::{Ctx, DIR_BATCH, DirNode, MAX_DIR_CONTINUATIONS, Task, child_done};
+use crate::error::{Error, ErrorKind};
+use crate::meta;
+use crate::stats::Stats;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Starts a directory: mkdir at the destination, open the listing, list the first batch.
+pub fn start_dir(ctx: &Ctx, me: usize, src: PathBuf, dst: PathBuf, parent: Option<Arc<DirNode>>) {
+    let begun = meta::lstat(&src).and_then(|st| {
+        meta::make_dir(&dst)?;
+        let iter = std::fs::read_dir(&src).map_err(|e| Error::os("opendir", &src, e))?;
+        Ok((st, iter))
+    });
+    match begun {
+        Ok((st, iter)) => {
+            Stats::add(&ctx.stats.dirs, 1);
+            let node = Arc::new(DirNode {
+                dst,
+                st,
+                pending: AtomicUsize::new(1),
+                parent,
+            });
+            list_more(ctx, me, iter, src, node, false);
+        }
+        Err(e) => {
+            ctx.stats.error(e);
+            child_done(&parent, &ctx.stats);
+            ctx.queues.finish();
+        }
+    }
+}
+
+/// Lists up to one batch; suspends the rest as a continuation when allowed.
+pub fn list_more(
+    ctx: &Ctx,
+    me: usize,
+    mut iter: std::fs::ReadDir,
+    src: PathBuf,
+    node: Arc<DirNode>,
+    was_suspended: bool,
+) {
+    if was_suspended {
+        ctx.dir_continuations.fetch_sub(1, Ordering::AcqRel);
+    }
+    let owner = ctx.owner_of(node.st.st_dev);
+    let mut n = 0usize;
+    loop {
+        let Some(entry) = iter.next() else { break };
+        match entry {
+            Ok(entry) => {
+                let name = entry.file_name();
+                let (s, d) = (src.join(&name), node.dst.join(&name));
+                node.add_child();
+                dispatch(ctx, owner, entry.file_type().ok(), s, d, &node);
+            }
+            Err(e) => ctx.stats.error(Error::os("readdir", &src, e)),
+        }
+        n += 1;
+        if n >= DIR_BATCH {
+            // Leave the rest for later so files already queued get going (other reactors steal
+            // them); bounded, because each suspended listing holds an open fd.
+            let suspended = ctx.dir_continuations.fetch_add(1, Ordering::AcqRel);
+            if suspended < MAX_DIR_CONTINUATIONS {
+                ctx.queues.requeue(me, Task::DirMore { iter, src, node });
+                return;
+            }
+            ctx.dir_continuations.fetch_sub(1, Ordering::AcqRel);
+            n = 0;
+        }
+    }
+    // The listing itself is one of the node's pending units.
+    child_done(&Some(node), &ctx.stats);
+    ctx.queues.finish();
+}
+
+/// Turns one entry into a task, or copies it at once when it is only metadata.
+fn dispatch(
+    ctx: &Ctx,
+    owner: usize,
+    ft: Option<std::fs::FileType>,
+    src: PathBuf,
+    dst: PathBuf,
+    node: &Arc<DirNode>,
+) {
+    use std::os::unix::fs::FileTypeExt;
+    let parent = Some(node.clone());
+    match ft {
+        Some(t) if t.is_dir() => ctx.queues.push_local(owner, Task::Dir { src, dst, parent }),
+        Some(t) if t.is_file() => ctx.queues.push_local(
+            owner,
+            Task::File {
+                src,
+                dst,
+                parent,
+                attempt: 1,
+            },
+        ),
+        Some(t) if t.is_socket() => {
+            ctx.stats.skipped.fetch_add(1, Ordering::Relaxed);
+            eprintln!("ferry: skipping socket '{}'", src.display());
+            child_done(&parent, &ctx.stats);
+        }
+        _ => {
+            if let Err(e) = copy_inline(ctx, &src, &dst) {
+                ctx.stats.error(e);
+            }
+            child_done(&parent, &ctx.stats);
+        }
+    }
+}
+
+/// Symlinks (as links), FIFOs and device nodes: made directly, never opened.
+pub fn copy_inline(ctx: &Ctx, src: &Path, dst: &Path) -> Result<(), Error> {
+    let st = meta::lstat(src)?;
+    match meta::file_type(&st) {
+        libc::S_IFLNK => {
+            meta::copy_special(src, dst, &st)?;
+            Stats::add(&ctx.stats.symlinks, 1);
+        }
+        libc::S_IFIFO | libc::S_IFCHR | libc::S_IFBLK => {
+            meta::copy_special(src, dst, &st)?;
+            Stats::add(&ctx.stats.specials, 1);
+        }
+        libc::S_IFSOCK => {
+            return Err(Error {
+                op: "copy",
+                path: src.to_path_buf(),
+                kind: ErrorKind::Unsupported("sockets are not copied"),
+            });
+        }
+        // The entry changed type between readdir and lstat: queue it as what it is now.
+        libc::S_IFREG | libc::S_IFDIR => {
+            return Err(Error::errno("copy", src, libc::EAGAIN));
+        }
+        _ => return Err(Error::errno("copy", src, libc::EINVAL)),
+    }
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! The engine's error type: every failure names the operation, the path and the errno.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// One failure of one operation on one path.
+#[derive(Debug)]
+pub struct Error {
+    /// What ferry was doing: "open", "read", "write", "fsync", "rename", ...
+    pub op: &'static str,
+    /// The path it was doing it to.
+    pub path: PathBuf,
+    /// The kind of failure.
+    pub kind: ErrorKind,
+}
+
+/// Why an operation failed.
+#[derive(Debug)]
+pub enum ErrorKind {
+    /// The kernel said no; the errno is kept so callers can tell ENOSPC from EIO.
+    Os(io::Error),
+    /// The source changed size or mtime while it was copied (it is retried, then failed).
+    SourceChanged { attempts: u32 },
+    /// A write completion reported zero bytes: the device accepted nothing.
+    ZeroWrite,
+    /// The command line asked for something impossible (exit 2, nothing written).
+    Usage(String),
+    /// An entry ferry does not copy (sockets); reported, not fatal.
+    Unsupported(&'static str),
+}
+
+impl Error {
+    pub fn os(op: &'static str, path: &Path, err: io::Error) -> Self {
+        Error {
+            op,
+            path: path.to_path_buf(),
+            kind: ErrorKind::Os(err),
+        }
+    }
+
+    /// From a negative io_uring result or a raw errno.
+    pub fn errno(op: &'static str, path: &Path, errno: i32) -> Self {
+        Self::os(op, path, io::Error::from_raw_os_error(errno))
+    }
+
+    /// From the thread's errno after a failed libc call.
+    pub fn last(op: &'static str, path: &Path) -> Self {
+        Self::os(op, path, io::Error::last_os_error())
+    }
+
+    pub fn usage(path: &Path, msg: impl Into<String>) -> Self {
+        Error {
+            op: "usage",
+            path: path.to_path_buf(),
+            kind: ErrorKind::Usage(msg.into()),
+        }
+    }
+
+    /// The errno, when the kernel gave one.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        match &self.kind {
+            ErrorKind::Os(e) => e.raw_os_error(),
+            _ => None,
+        }
+    }
+
+    pub fn is_usage(&self) -> bool {
+        matches!(self.kind, ErrorKind::Usage(_))
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = self.path.display();
+        match &self.kind {
+            ErrorKind::Os(e) => write!(f, "{} '{}': {}", self.op, p, e),
+            ErrorKind::SourceChanged { attempts } => write!(
+                f,
+                "{} '{}': source changed while it was copied ({} attempts)",
+                self.op, p, attempts
+            ),
+            ErrorKind::ZeroWrite => write!(f, "{} '{}': wrote 0 bytes", self.op, p),
+            ErrorKind::Usage(m) => write!(f, "'{}': {}", p, m),
+            ErrorKind::Unsupported(what) => write!(f, "{} '{}': {}", self.op, p, what),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.kind {
+            ErrorKind::Os(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a failed I/O completion should simply be submitted again.
+///
+/// EAGAIN: the kernel had no resources right now (io-wq busy, nonblocking punt failed).
+/// EINTR: a signal interrupted a blocking call in the sync backend.
+/// Everything else (EIO, ENOSPC, EDQUOT, EFBIG, EBADF, EROFS, ...) fails the file: retrying an
+/// EIO or fsync error can make the kernel forget the failure, so it is never retried.
+pub fn is_transient(errno: i32) -> bool {
+    errno == libc::EAGAIN || errno == libc::EINTR
+}

@@ -1,0 +1,135 @@
+//! The `ferry` command line: a thin layer over the library.
+//!
+//! Exit codes: 0 everything copied and durable; 1 some entries failed (each is reported);
+//! 2 bad usage or input, nothing written.
+
+use clap::{Args, Parser, Subcommand};
+use ferry::spec::{self, CopySpec, FsyncMode, IoMode};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "ferry",
+    version,
+    about = "Fast, safe data mover for Linux storage nodes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Copy files and directory trees (like cp -r, durable, in parallel).
+    Copy(CopyArgs),
+    /// Build a sample tree, copy it, check the copy, print the speed, clean up.
+    Demo(EngineArgs),
+}
+
+#[derive(Args)]
+struct CopyArgs {
+    /// Sources, then the destination.
+    #[arg(required = true, num_args = 2.., value_name = "SRC... DST")]
+    paths: Vec<PathBuf>,
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Print nothing but errors.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Args, Clone)]
+struct EngineArgs {
+    /// Reactor threads, each pinned to its own CPU (default: online CPUs).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Bytes per registered buffer, e.g. 512K, 1M.
+    #[arg(long, value_parser = spec::parse_size, default_value = "512K")]
+    buffer_size: usize,
+    /// Buffers (= in-flight chunks) per reactor.
+    #[arg(long, default_value_t = 64)]
+    queue_depth: usize,
+    /// Files larger than this are split so every reactor can work on them, e.g. 64M.
+    #[arg(long, value_parser = spec::parse_size, default_value = "64M")]
+    segment_size: usize,
+    /// I/O backend.
+    #[arg(long, value_enum, default_value_t = IoMode::Auto)]
+    io: IoMode,
+    /// Durability: group commit with syncfs (batch) or fsync per file.
+    #[arg(long, value_enum, default_value_t = FsyncMode::Batch)]
+    fsync: FsyncMode,
+}
+
+impl EngineArgs {
+    fn spec(&self, sources: Vec<PathBuf>, dest: PathBuf) -> CopySpec {
+        let mut s = CopySpec::new(sources, dest);
+        s.threads = self.threads;
+        s.buffer_size = self.buffer_size;
+        s.queue_depth = self.queue_depth;
+        s.segment_size = self.segment_size as u64;
+        s.io = self.io;
+        s.fsync = self.fsync;
+        s
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Copy(a) => copy(a),
+        Cmd::Demo(e) => {
+            let spec = e.spec(vec![PathBuf::from(".")], PathBuf::from("."));
+            if let Err(m) = spec.validate() {
+                eprintln!("ferry: {m}");
+                return ExitCode::from(2);
+            }
+            match ferry::demo::run(&spec) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(m) => {
+                    eprintln!("ferry demo: {m}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+fn copy(mut a: CopyArgs) -> ExitCode {
+    let dest = a.paths.pop().expect("clap requires two paths");
+    let spec = a.engine.spec(a.paths, dest);
+    let report = match ferry::copy(spec) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ferry: {e}");
+            eprintln!("ferry: nothing was copied");
+            return ExitCode::from(2);
+        }
+    };
+    for e in &report.errors {
+        eprintln!("ferry: {e}");
+    }
+    if a.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(s) => println!("{s}"),
+            Err(e) => eprintln!("ferry: report: {e}"),
+        }
+    } else if !a.quiet {
+        println!("{}", report.summary());
+    }
+    if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        if report.failed as usize > report.errors.len() {
+            eprintln!(
+                "ferry: {} more errors not shown",
+                report.failed as usize - report.errors.len()
+            );
+        }
+        ExitCode::from(1)
+    }
+}

@@ -1,0 +1,311 @@
+//! Thin, errno-keeping wrappers over the metadata syscalls the copy needs: stat, mode and
+//! nanosecond times, directory creation, links, renames.
+
+use crate::error::Error;
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+pub fn cpath(p: &Path, op: &'static str) -> Result<CString, Error> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| Error::errno(op, p, libc::EINVAL /* NUL inside a path */))
+}
+
+pub fn lstat(p: &Path) -> Result<libc::stat, Error> {
+    let c = cpath(p, "stat")?;
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a valid C string and st a valid out-pointer.
+    if unsafe { libc::lstat(c.as_ptr(), &mut st) } < 0 {
+        return Err(Error::last("stat", p));
+    }
+    Ok(st)
+}
+
+pub fn fstat(fd: RawFd, p: &Path) -> Result<libc::stat, Error> {
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: st is a valid out-pointer.
+    if unsafe { libc::fstat(fd, &mut st) } < 0 {
+        return Err(Error::last("stat", p));
+    }
+    Ok(st)
+}
+
+pub fn file_type(st: &libc::stat) -> u32 {
+    st.st_mode & libc::S_IFMT
+}
+
+/// atime and mtime, in the order utimensat wants them.
+pub fn times(st: &libc::stat) -> [libc::timespec; 2] {
+    [
+        libc::timespec {
+            tv_sec: st.st_atime,
+            tv_nsec: st.st_atime_nsec,
+        },
+        libc::timespec {
+            tv_sec: st.st_mtime,
+            tv_nsec: st.st_mtime_nsec,
+        },
+    ]
+}
+
+/// Opens a regular source file for reading. O_NONBLOCK: if a FIFO was swapped in after the walk
+/// saw a regular file, open must not hang (the type is re-checked with fstat).
+pub fn open_source(p: &Path) -> Result<OwnedFd, Error> {
+    let c = cpath(p, "open")?;
+    let flags = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+    // SAFETY: valid C string.
+    let fd = unsafe { libc::open(c.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(Error::last("open", p));
+    }
+    // SAFETY: fd was just returned by open and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Creates a fresh temp file; a stale one left by a killed run is removed first.
+pub fn create_temp(p: &Path) -> Result<OwnedFd, Error> {
+    let c = cpath(p, "create")?;
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC | libc::O_NOFOLLOW;
+    for _ in 0..2 {
+        // SAFETY: valid C string.
+        let fd = unsafe { libc::open(c.as_ptr(), flags, 0o600) };
+        if fd >= 0 {
+            // SAFETY: fresh fd.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EEXIST) {
+            return Err(Error::os("create", p, err));
+        }
+        unlink(p)?;
+    }
+    Err(Error::errno("create", p, libc::EEXIST))
+}
+
+/// Closes explicitly so a close error (NFS, FUSE report write-back failures here) is seen.
+pub fn close(fd: OwnedFd, p: &Path) -> Result<(), Error> {
+    use std::os::fd::IntoRawFd;
+    let raw = fd.into_raw_fd();
+    // SAFETY: we own raw; it is not used after this.
+    if unsafe { libc::close(raw) } < 0 {
+        let e = std::io::Error::last_os_error();
+        // EINTR on close: the fd is gone on Linux; the data is judged by fsync/syncfs instead.
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(Error::os("close", p, e));
+        }
+    }
+    Ok(())
+}
+
+pub fn apply_file_meta(fd: RawFd, st: &libc::stat, p: &Path) -> Result<(), Error> {
+    let t = times(st);
+    // SAFETY: fd valid, t points to two timespecs.
+    if unsafe { libc::futimens(fd, t.as_ptr()) } < 0 {
+        return Err(Error::last("set times", p));
+    }
+    // SAFETY: fd valid.
+    if unsafe { libc::fchmod(fd, st.st_mode & 0o7777) } < 0 {
+        return Err(Error::last("chmod", p));
+    }
+    Ok(())
+}
+
+/// Mode (unless a symlink, whose mode Linux ignores) and times on a path, not following links.
+pub fn apply_path_meta(p: &Path, st: &libc::stat) -> Result<(), Error> {
+    let c = cpath(p, "set times")?;
+    if file_type(st) != libc::S_IFLNK {
+        // SAFETY: valid C string.
+        if unsafe { libc::chmod(c.as_ptr(), st.st_mode & 0o7777) } < 0 {
+            return Err(Error::last("chmod", p));
+        }
+    }
+    let t = times(st);
+    // SAFETY: valid C string, two timespecs.
+    if unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            t.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    } < 0
+    {
+        return Err(Error::last("set times", p));
+    }
+    Ok(())
+}
+
+/// mkdir that accepts an existing directory (copies merge into it, like cp -r).
+pub fn make_dir(p: &Path) -> Result<(), Error> {
+    let c = cpath(p, "mkdir")?;
+    // SAFETY: valid C string. 0700 while we fill it; the source mode is applied at the end.
+    if unsafe { libc::mkdir(c.as_ptr(), 0o700) } == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EEXIST) {
+        let st = lstat(p)?;
+        if file_type(&st) == libc::S_IFDIR {
+            return Ok(());
+        }
+        return Err(Error::errno("mkdir", p, libc::ENOTDIR));
+    }
+    Err(Error::os("mkdir", p, err))
+}
+
+pub fn unlink(p: &Path) -> Result<(), Error> {
+    let c = cpath(p, "unlink")?;
+    // SAFETY: valid C string.
+    if unsafe { libc::unlink(c.as_ptr()) } < 0 {
+        return Err(Error::last("unlink", p));
+    }
+    Ok(())
+}
+
+pub fn rename(from: &Path, to: &Path) -> Result<(), Error> {
+    let (a, b) = (cpath(from, "rename")?, cpath(to, "rename")?);
+    // SAFETY: valid C strings.
+    if unsafe { libc::rename(a.as_ptr(), b.as_ptr()) } < 0 {
+        return Err(Error::last("rename", to));
+    }
+    Ok(())
+}
+
+pub fn syncfs(fd: &OwnedFd, p: &Path) -> Result<(), Error> {
+    // SAFETY: fd valid. Since 5.8 syncfs reports write-back errors seen on the filesystem since
+    // this fd was opened, so one open fd per destination filesystem catches every lost write.
+    if unsafe { libc::syncfs(fd.as_raw_fd()) } < 0 {
+        return Err(Error::last("syncfs", p));
+    }
+    Ok(())
+}
+
+pub fn open_dir(p: &Path) -> Result<OwnedFd, Error> {
+    let c = cpath(p, "open")?;
+    // SAFETY: valid C string.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(Error::last("open", p));
+    }
+    // SAFETY: fresh fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `.<name>.ferry-tmp` beside the final name: a partial file never carries a final name.
+pub fn temp_name(dst: &Path) -> PathBuf {
+    let mut name = std::ffi::OsString::from(".");
+    name.push(dst.file_name().unwrap_or_default());
+    name.push(".ferry-tmp");
+    dst.with_file_name(name)
+}
+
+/// Symlinks, FIFOs and device nodes are made at the temp name and renamed over the final one,
+/// so a re-run replaces an old entry in one step.
+pub fn copy_special(src: &Path, dst: &Path, st: &libc::stat) -> Result<(), Error> {
+    let tmp = temp_name(dst);
+    let ctmp = cpath(&tmp, "create")?;
+    let _ = std::fs::remove_file(&tmp); // a stale temp from a killed run; absence is fine
+    match file_type(st) {
+        libc::S_IFLNK => {
+            let target = std::fs::read_link(src).map_err(|e| Error::os("readlink", src, e))?;
+            let ct = cpath(&target, "symlink")?;
+            // SAFETY: valid C strings.
+            if unsafe { libc::symlink(ct.as_ptr(), ctmp.as_ptr()) } < 0 {
+                return Err(Error::last("symlink", dst));
+            }
+        }
+        libc::S_IFIFO | libc::S_IFCHR | libc::S_IFBLK => {
+            // SAFETY: valid C string. Device nodes need CAP_MKNOD (EPERM otherwise: reported).
+            if unsafe { libc::mknod(ctmp.as_ptr(), st.st_mode, st.st_rdev) } < 0 {
+                return Err(Error::last("mknod", dst));
+            }
+        }
+        _ => unreachable!("copy_special called on a regular file or directory"),
+    }
+    let done = apply_path_meta(&tmp, st).and_then(|_| rename(&tmp, dst));
+    if done.is_err() {
+        let _ = std::fs::remove_file(&tmp); // best effort: the error that matters is returned
+    }
+    done
+}
+
+/// Byte ranges holding data. Dense files are one range; for files with fewer blocks than their
+/// size, SEEK_DATA/SEEK_HOLE finds the extents so holes stay holes. At most `max` ranges: past
+/// that the rest of the file is taken as one range (correct, only less sparse).
+pub fn data_ranges(
+    fd: RawFd,
+    st: &libc::stat,
+    p: &Path,
+    max: usize,
+) -> Result<Vec<(u64, u64)>, Error> {
+    let size = st.st_size as u64;
+    if size == 0 {
+        return Ok(Vec::new());
+    }
+    if (st.st_blocks as u64) * 512 >= size {
+        return Ok(vec![(0, size)]);
+    }
+    let mut out = Vec::new();
+    let mut pos: u64 = 0;
+    while pos < size {
+        // SAFETY: plain lseek on an fd we own.
+        let data = unsafe { libc::lseek(fd, pos as i64, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::ENXIO) => break, // no data past pos: the rest is a hole
+                // Filesystem without SEEK_DATA support: copy densely.
+                Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => return Ok(vec![(0, size)]),
+                _ => return Err(Error::os("seek", p, e)),
+            }
+        }
+        let data = data as u64;
+        if data >= size {
+            break;
+        }
+        if out.len() + 1 >= max {
+            out.push((data, size));
+            break;
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data as i64, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(Error::last("seek", p));
+        }
+        let hole = (hole as u64).min(size);
+        out.push((data, hole));
+        pos = hole;
+    }
+    Ok(out)
+}
+
+/// Reserves the destination's blocks up front (fewer extents; ENOSPC before any write). Sparse
+/// files are only truncated to size instead, so their holes survive.
+pub fn preallocate(fd: RawFd, size: u64, dense: bool, p: &Path) -> Result<(), Error> {
+    if size == 0 {
+        return Ok(());
+    }
+    if dense {
+        // SAFETY: plain syscall on an fd we own.
+        if unsafe { libc::fallocate(fd, 0, 0, size as i64) } == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            // Not supported by this filesystem (tmpfs before 3.5, FUSE, NFSv3): fine, just slower.
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL) => {}
+            _ => return Err(Error::os("fallocate", p, e)),
+        }
+    }
+    // SAFETY: as above.
+    if unsafe { libc::ftruncate(fd, size as i64) } < 0 {
+        return Err(Error::last("truncate", p));
+    }
+    Ok(())
+}

@@ -1,0 +1,132 @@
+//! Task queues: a bounded lock-free local queue per reactor (its disks' work) plus one shared
+//! lock-free queue for overflow and for work any reactor may take (segments of big files).
+//! An idle reactor takes from its own queue, then the shared one, then steals from the others.
+
+use crossbeam_queue::{ArrayQueue, SegQueue};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub struct TaskQueues<T> {
+    locals: Vec<ArrayQueue<T>>,
+    shared: SegQueue<T>,
+    /// Tasks pushed and not yet finished (a task may finish long after it was popped). The job
+    /// is over when this reaches zero.
+    outstanding: AtomicUsize,
+}
+
+impl<T> TaskQueues<T> {
+    pub fn new(reactors: usize, local_capacity: usize) -> Self {
+        assert!(reactors > 0 && local_capacity > 0);
+        TaskQueues {
+            locals: (0..reactors)
+                .map(|_| ArrayQueue::new(local_capacity))
+                .collect(),
+            shared: SegQueue::new(),
+            outstanding: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn reactors(&self) -> usize {
+        self.locals.len()
+    }
+
+    /// Queues a new unit of work for `owner` (or the shared queue when it is full).
+    pub fn push_local(&self, owner: usize, task: T) {
+        self.outstanding.fetch_add(1, Ordering::AcqRel);
+        if let Err(task) = self.locals[owner % self.locals.len()].push(task) {
+            self.shared.push(task);
+        }
+    }
+
+    /// Queues a new unit of work that any reactor should pick up.
+    pub fn push_shared(&self, task: T) {
+        self.outstanding.fetch_add(1, Ordering::AcqRel);
+        self.shared.push(task);
+    }
+
+    /// Puts back a task that was popped but not finished (a continuation); the outstanding
+    /// count does not change.
+    pub fn requeue(&self, me: usize, task: T) {
+        if let Err(task) = self.locals[me].push(task) {
+            self.shared.push(task);
+        }
+    }
+
+    /// Offers part of an already-counted task (a big file's segment) to every reactor.
+    pub fn share(&self, task: T) {
+        self.shared.push(task);
+    }
+
+    /// Own queue first, then shared, then the others' queues.
+    pub fn pop(&self, me: usize) -> Option<T> {
+        if let Some(t) = self.locals[me].pop() {
+            return Some(t);
+        }
+        if let Some(t) = self.shared.pop() {
+            return Some(t);
+        }
+        let n = self.locals.len();
+        (1..n).find_map(|k| self.locals[(me + k) % n].pop())
+    }
+
+    /// A popped task is completely done.
+    pub fn finish(&self) {
+        let prev = self.outstanding.fetch_sub(1, Ordering::AcqRel);
+        assert!(prev > 0, "finished more tasks than were pushed");
+    }
+
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn overflow_goes_shared_and_others_steal() {
+        let q = TaskQueues::new(2, 2);
+        for i in 0..5 {
+            q.push_local(0, i);
+        }
+        assert_eq!(q.outstanding(), 5);
+        // reactor 1 has nothing local: it gets shared overflow first, then steals.
+        let mut got: Vec<i32> = std::iter::from_fn(|| q.pop(1)).collect();
+        got.sort();
+        assert_eq!(got, vec![0, 1, 2, 3, 4]);
+        for _ in 0..5 {
+            q.finish();
+        }
+        assert_eq!(q.outstanding(), 0);
+    }
+
+    #[test]
+    fn concurrent_push_pop_loses_nothing() {
+        let q = Arc::new(TaskQueues::new(4, 64));
+        let hs: Vec<_> = (0..4)
+            .map(|me| {
+                let q = q.clone();
+                std::thread::spawn(move || {
+                    for i in 0..10_000u64 {
+                        q.push_local(me, i);
+                    }
+                    let mut sum = 0u64;
+                    while let Some(v) = q.pop(me) {
+                        sum += v;
+                        q.finish();
+                    }
+                    sum
+                })
+            })
+            .collect();
+        let total: u64 = hs.into_iter().map(|h| h.join().unwrap()).sum();
+        let mut rest = 0;
+        while let Some(v) = q.pop(0) {
+            rest += v;
+            q.finish();
+        }
+        assert_eq!(total + rest, 4 * (0..10_000u64).sum::<u64>());
+        assert_eq!(q.outstanding(), 0);
+    }
+}

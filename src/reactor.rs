@@ -1,0 +1,589 @@
+//! One reactor: a pinned thread with its own backend (ring) and buffer arena. It takes tasks,
+//! keeps up to `queue_depth` chunks in flight across its active files, and drives each chunk
+//! through a small state machine: read into buffer i -> write from buffer i -> buffer free.
+//!
+//! Loop: issue reads while buffers are free -> take tasks while there is room -> submit (waiting
+//! for a completion only when nothing else can be done) -> reap all completions into a list ->
+//! run their handlers (which only queue new ops).
+
+use crate::copy::task::{Ctx, FileJob, Finished, MAX_ATTEMPTS, Task, child_done};
+use crate::copy::walk;
+use crate::error::{Error, ErrorKind, is_transient};
+use crate::io::{Backend, Completion, Op, OpKind};
+use crate::meta;
+use crate::spec::FsyncMode;
+use crate::stats::Stats;
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::SyncSender;
+use std::time::Duration;
+
+/// user_data with this bit set is an fsync; otherwise it is a buffer index.
+const FSYNC_BIT: u64 = 1 << 63;
+/// Resubmissions of one op after EAGAIN/EINTR before the file fails.
+const MAX_OP_RETRIES: u8 = 16;
+/// Data extents tracked per sparse file.
+const MAX_RANGES: usize = 4096;
+
+/// A byte range of a file this reactor is copying.
+struct Seg {
+    job: Arc<FileJob>,
+    next: u64,
+    end: u64,
+    inflight: u32,
+}
+
+/// The chunk held by one buffer.
+#[derive(Clone, Copy, Default)]
+struct Slot {
+    seg: u32,
+    off: u64,
+    len: u32,
+    done: u32,
+    writing: bool,
+    retries: u8,
+}
+
+pub struct Reactor {
+    me: usize,
+    ctx: Arc<Ctx>,
+    io: Box<dyn Backend>,
+    commit_tx: Option<SyncSender<Finished>>,
+    buf_size: u64,
+    free: Vec<u32>,
+    slots: Vec<Slot>,
+    active: Vec<Option<Seg>>,
+    active_count: usize,
+    fsyncs: Vec<Option<Arc<FileJob>>>,
+    free_fsyncs: Vec<u32>,
+    fsync_wait: VecDeque<Arc<FileJob>>,
+    cq: Vec<Completion>,
+    known_devs: Vec<u64>,
+}
+
+impl Reactor {
+    pub fn new(
+        me: usize,
+        ctx: Arc<Ctx>,
+        mut io: Box<dyn Backend>,
+        commit_tx: Option<SyncSender<Finished>>,
+    ) -> Self {
+        let depth = io.arena().count();
+        let buf_size = io.arena().buf_size() as u64;
+        // Buffers ops plus one fsync per buffer never exceed the backend's capacity (= CQ).
+        assert!(2 * depth <= io.capacity());
+        Reactor {
+            me,
+            ctx,
+            io,
+            commit_tx,
+            buf_size,
+            free: (0..depth as u32).rev().collect(),
+            slots: vec![Slot::default(); depth],
+            active: (0..depth).map(|_| None).collect(),
+            active_count: 0,
+            fsyncs: (0..depth).map(|_| None).collect(),
+            free_fsyncs: (0..depth as u32).rev().collect(),
+            fsync_wait: VecDeque::new(),
+            cq: Vec::with_capacity(2 * depth),
+            known_devs: Vec::new(),
+        }
+    }
+
+    /// Runs until the job has no outstanding work (or is aborted). A returned error is fatal
+    /// for the job (the ring itself failed).
+    pub fn run(&mut self) -> Result<(), Error> {
+        let mut idle = 0u32;
+        loop {
+            let aborting = self.ctx.abort.load(Ordering::Acquire);
+            if aborting {
+                self.drain_aborted()?;
+            }
+            self.start_fsyncs()?;
+            self.issue()?;
+            let mut took = false;
+            while !aborting && self.can_take() {
+                let Some(task) = self.ctx.queues.pop(self.me) else {
+                    break;
+                };
+                self.take(task)?;
+                took = true;
+                self.issue()?;
+            }
+            if self.io.in_flight() > 0 {
+                idle = 0;
+                // Block only when there was nothing to take: completions are then our only way on.
+                self.io.submit(!took).map_err(|e| self.fatal(e))?;
+                self.cq.clear();
+                self.io.reap(&mut self.cq);
+                let done = std::mem::take(&mut self.cq);
+                for c in &done {
+                    self.complete(*c)?;
+                }
+                self.cq = done;
+                continue;
+            }
+            if took || self.active_count > 0 || !self.fsync_wait.is_empty() {
+                continue;
+            }
+            if aborting || self.ctx.queues.outstanding() == 0 {
+                return Ok(());
+            }
+            // Others still hold work that may produce tasks for us: back off, bounded.
+            idle = (idle + 1).min(6);
+            std::thread::sleep(Duration::from_micros(25 << idle));
+        }
+    }
+
+    /// On abort, segments with nothing in flight are failed at once (their temp files removed).
+    fn drain_aborted(&mut self) -> Result<(), Error> {
+        for idx in 0..self.active.len() {
+            if !matches!(&self.active[idx], Some(s) if s.inflight == 0) {
+                continue;
+            }
+            let seg = self.active[idx].take().expect("checked");
+            self.active_count -= 1;
+            seg.job
+                .fail(Error::errno("copy", &seg.job.src, libc::ECANCELED));
+            if seg.job.segment_done() {
+                self.finalize(seg.job)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn fatal(&self, e: std::io::Error) -> Error {
+        self.ctx.abort.store(true, Ordering::Release);
+        Error::os(
+            "io_uring_enter",
+            &PathBuf::from(format!("<reactor {}>", self.me)),
+            e,
+        )
+    }
+
+    fn can_take(&self) -> bool {
+        self.active_count < self.active.len() && !self.free.is_empty() && !self.has_issuable()
+    }
+
+    fn has_issuable(&self) -> bool {
+        self.active
+            .iter()
+            .flatten()
+            .any(|s| s.next < s.end && !s.job.is_failed())
+    }
+
+    fn push(&mut self, op: Op) -> Result<(), Error> {
+        assert!(self.io.in_flight() < self.io.capacity());
+        self.io.push(op).map_err(|e| self.fatal(e))
+    }
+
+    /// Fills free buffers with reads, oldest active file first (so files finish early).
+    fn issue(&mut self) -> Result<(), Error> {
+        if self.ctx.abort.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        for idx in 0..self.active.len() {
+            loop {
+                if self.free.is_empty() {
+                    return Ok(());
+                }
+                let Some(seg) = self.active[idx].as_mut() else {
+                    break;
+                };
+                if seg.next >= seg.end || seg.job.is_failed() {
+                    break;
+                }
+                let len = (seg.end - seg.next).min(self.buf_size) as u32;
+                let off = seg.next;
+                seg.next += len as u64;
+                seg.inflight += 1;
+                let fd = seg.job.src_raw();
+                let buf = self.free.pop().expect("checked non-empty");
+                self.slots[buf as usize] = Slot {
+                    seg: idx as u32,
+                    off,
+                    len,
+                    done: 0,
+                    writing: false,
+                    retries: 0,
+                };
+                self.push(Op {
+                    kind: OpKind::Read,
+                    fd,
+                    buf,
+                    buf_off: 0,
+                    len,
+                    offset: off,
+                    user_data: buf as u64,
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, task: Task) -> Result<(), Error> {
+        match task {
+            Task::Dir { src, dst, parent } => walk::start_dir(&self.ctx, self.me, src, dst, parent),
+            Task::DirMore { iter, src, node } => {
+                walk::list_more(&self.ctx, self.me, iter, src, node, true)
+            }
+            Task::File {
+                src,
+                dst,
+                parent,
+                attempt,
+            } => self.open_file(src, dst, parent, attempt)?,
+            Task::Segment { job, start, end } => self.activate(job, start, end),
+        }
+        Ok(())
+    }
+
+    fn activate(&mut self, job: Arc<FileJob>, start: u64, end: u64) {
+        assert!(start < end);
+        let idx = self
+            .active
+            .iter()
+            .position(|s| s.is_none())
+            .expect("can_take checked for a free active slot");
+        self.active[idx] = Some(Seg {
+            job,
+            next: start,
+            end,
+            inflight: 0,
+        });
+        self.active_count += 1;
+    }
+
+    /// Opens the source, creates the temp file, and splits the data into segments: the first
+    /// is copied here, the others are offered to every reactor.
+    fn open_file(
+        &mut self,
+        src: PathBuf,
+        dst: PathBuf,
+        parent: Option<Arc<crate::copy::task::DirNode>>,
+        attempt: u32,
+    ) -> Result<(), Error> {
+        let opened = (|| {
+            let src_fd = meta::open_source(&src)?;
+            let st = meta::fstat(std::os::fd::AsRawFd::as_raw_fd(&src_fd), &src)?;
+            if meta::file_type(&st) != libc::S_IFREG {
+                // It changed type after the listing saw it; not a regular file any more.
+                return Err(Error::errno("open", &src, libc::EINVAL));
+            }
+            let ranges = meta::data_ranges(
+                std::os::fd::AsRawFd::as_raw_fd(&src_fd),
+                &st,
+                &src,
+                MAX_RANGES,
+            )?;
+            let tmp = meta::temp_name(&dst);
+            let dst_fd = meta::create_temp(&tmp)?;
+            let raw = std::os::fd::AsRawFd::as_raw_fd(&dst_fd);
+            let dense = ranges.len() == 1 && ranges[0] == (0, st.st_size as u64);
+            let prepared = meta::preallocate(raw, st.st_size as u64, dense, &tmp)
+                .and_then(|_| meta::fstat(raw, &tmp));
+            match prepared {
+                Ok(dst_st) => Ok((src_fd, dst_fd, st, tmp, ranges, dst_st.st_dev)),
+                Err(e) => {
+                    drop(dst_fd);
+                    let _ = meta::unlink(&tmp); // best effort; `e` is what gets reported
+                    Err(e)
+                }
+            }
+        })();
+        let (src_fd, dst_fd, st, tmp, mut ranges, dev) = match opened {
+            Ok(v) => v,
+            Err(e) => {
+                self.ctx.stats.error(e);
+                child_done(&parent, &self.ctx.stats);
+                self.ctx.queues.finish();
+                return Ok(());
+            }
+        };
+        if !self.known_devs.contains(&dev) {
+            let dir = dst.parent().unwrap_or(std::path::Path::new("."));
+            if let Err(e) = self.ctx.note_dst_fs(dev, dir) {
+                self.ctx.stats.error(e);
+            }
+            self.known_devs.push(dev);
+        }
+        // Cut ranges into segments so one big file spreads over every reactor's queue.
+        let seg_size = self.ctx.spec.segment_size;
+        let mut segs = Vec::new();
+        for (mut a, b) in ranges.drain(..) {
+            while a < b {
+                let e = (a + seg_size).min(b);
+                segs.push((a, e));
+                a = e;
+            }
+        }
+        let job = Arc::new(FileJob::new(
+            src,
+            dst,
+            tmp,
+            src_fd,
+            dst_fd,
+            st,
+            parent,
+            attempt,
+            dev,
+            segs.len(),
+        ));
+        let Some(&(a, b)) = segs.first() else {
+            return self.finalize(job);
+        };
+        for &(s, e) in &segs[1..] {
+            self.ctx.queues.share(Task::Segment {
+                job: job.clone(),
+                start: s,
+                end: e,
+            });
+        }
+        self.activate(job, a, b);
+        Ok(())
+    }
+
+    fn complete(&mut self, c: Completion) -> Result<(), Error> {
+        if c.user_data & FSYNC_BIT != 0 {
+            return self.fsync_done((c.user_data & !FSYNC_BIT) as u32, c.result);
+        }
+        let buf = c.user_data as u32;
+        let slot = self.slots[buf as usize];
+        let seg_idx = slot.seg as usize;
+        let job = self.active[seg_idx]
+            .as_ref()
+            .expect("completion for an active segment")
+            .job
+            .clone();
+        let op = if slot.writing { "write" } else { "read" };
+        if c.result < 0 {
+            let errno = -c.result;
+            if is_transient(errno) && slot.retries < MAX_OP_RETRIES {
+                self.slots[buf as usize].retries += 1;
+                return self.resubmit(buf, &job);
+            }
+            let path = if slot.writing { &job.tmp } else { &job.src };
+            job.fail(Error::errno(op, path, errno));
+            return self.release(buf);
+        }
+        let n = c.result as u32;
+        assert!(
+            n <= slot.len - slot.done,
+            "kernel moved more bytes than asked"
+        );
+        if n == 0 {
+            if slot.writing {
+                job.fail(Error {
+                    op,
+                    path: job.tmp.clone(),
+                    kind: ErrorKind::ZeroWrite,
+                });
+            } else {
+                // EOF before the size we saw at open: the source shrank.
+                job.changed.store(true, Ordering::Release);
+            }
+            return self.release(buf);
+        }
+        let s = &mut self.slots[buf as usize];
+        s.done += n;
+        if s.done < s.len {
+            // Short read or write: continue where it stopped, same buffer.
+            return self.resubmit(buf, &job);
+        }
+        if slot.writing || job.is_failed() || self.ctx.abort.load(Ordering::Acquire) {
+            return self.release(buf);
+        }
+        // The chunk is in the buffer: write it from the very same buffer.
+        s.writing = true;
+        s.done = 0;
+        s.retries = 0;
+        self.resubmit(buf, &job)
+    }
+
+    /// (Re)submits the unfinished part of a slot's current phase.
+    fn resubmit(&mut self, buf: u32, job: &FileJob) -> Result<(), Error> {
+        let s = self.slots[buf as usize];
+        let (kind, fd) = if s.writing {
+            (OpKind::Write, job.dst_raw)
+        } else {
+            (OpKind::Read, job.src_raw())
+        };
+        self.push(Op {
+            kind,
+            fd,
+            buf,
+            buf_off: s.done,
+            len: s.len - s.done,
+            offset: s.off + s.done as u64,
+            user_data: buf as u64,
+        })
+    }
+
+    /// The buffer's chunk is over (written or abandoned); maybe its segment is too.
+    fn release(&mut self, buf: u32) -> Result<(), Error> {
+        let seg_idx = self.slots[buf as usize].seg as usize;
+        self.free.push(buf);
+        let seg = self.active[seg_idx].as_mut().expect("active segment");
+        assert!(seg.inflight > 0);
+        seg.inflight -= 1;
+        let over =
+            seg.next >= seg.end || seg.job.is_failed() || self.ctx.abort.load(Ordering::Acquire);
+        if seg.inflight > 0 || !over {
+            return Ok(());
+        }
+        let seg = self.active[seg_idx].take().expect("active segment");
+        self.active_count -= 1;
+        if self.ctx.abort.load(Ordering::Acquire) {
+            seg.job
+                .fail(Error::errno("copy", &seg.job.src, libc::ECANCELED));
+        }
+        if seg.job.segment_done() {
+            self.finalize(seg.job)?;
+        }
+        Ok(())
+    }
+
+    /// All data of the file is written (or it failed). Check the source did not change, set
+    /// mode and times, then make it durable and give it its name.
+    fn finalize(&mut self, job: Arc<FileJob>) -> Result<(), Error> {
+        if !job.is_failed() {
+            match meta::fstat(job.src_raw(), &job.src) {
+                Ok(now)
+                    if now.st_size == job.st.st_size
+                        && now.st_mtime == job.st.st_mtime
+                        && now.st_mtime_nsec == job.st.st_mtime_nsec => {}
+                Ok(_) => job.changed.store(true, Ordering::Release),
+                Err(e) => job.fail(e),
+            }
+        }
+        if !job.is_failed()
+            && let Err(e) = meta::apply_file_meta(job.dst_raw, &job.st, &job.tmp)
+        {
+            job.fail(e);
+        }
+        if job.is_failed() {
+            self.abandon(job);
+            return Ok(());
+        }
+        match self.ctx.spec.fsync {
+            FsyncMode::File => {
+                self.fsync_wait.push_back(job);
+                self.start_fsyncs()
+            }
+            FsyncMode::Batch => {
+                let Some(fd) = job.take_dst_fd() else {
+                    unreachable!("dst fd closed before finalize")
+                };
+                if let Err(e) = meta::close(fd, &job.tmp) {
+                    job.fail(e);
+                    self.abandon(job);
+                    return Ok(());
+                }
+                let f = Finished {
+                    tmp: job.tmp.clone(),
+                    dst: job.dst.clone(),
+                    dev: job.dst_dev,
+                    bytes: job.st.st_size as u64,
+                    parent: job.parent.clone(),
+                };
+                let tx = self.commit_tx.as_ref().expect("batch mode has a committer");
+                if tx.send(f).is_err() {
+                    // The committer is gone (it panicked): nothing more can become durable.
+                    self.ctx.abort.store(true, Ordering::Release);
+                    job.fail(Error::errno("commit", &job.dst, libc::EPIPE));
+                    self.abandon(job);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn start_fsyncs(&mut self) -> Result<(), Error> {
+        while !self.fsync_wait.is_empty()
+            && !self.free_fsyncs.is_empty()
+            && self.io.in_flight() < self.io.capacity()
+        {
+            let job = self.fsync_wait.pop_front().expect("non-empty");
+            let slot = self.free_fsyncs.pop().expect("non-empty");
+            let fd = job.dst_raw;
+            self.fsyncs[slot as usize] = Some(job);
+            self.push(Op {
+                kind: OpKind::Fsync,
+                fd,
+                buf: 0,
+                buf_off: 0,
+                len: 0,
+                offset: 0,
+                user_data: FSYNC_BIT | slot as u64,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn fsync_done(&mut self, slot: u32, res: i32) -> Result<(), Error> {
+        let job = self.fsyncs[slot as usize]
+            .take()
+            .expect("fsync completion for a pending slot");
+        self.free_fsyncs.push(slot);
+        // An fsync error is never retried: after a failed fsync the kernel may have dropped the
+        // dirty pages, so a second fsync could "succeed" over lost data.
+        let res = if res < 0 {
+            Err(Error::errno("fsync", &job.tmp, -res))
+        } else {
+            let fd = job.take_dst_fd().expect("dst fd open until fsync");
+            meta::close(fd, &job.tmp).and_then(|_| meta::rename(&job.tmp, &job.dst))
+        };
+        match res {
+            Ok(()) => {
+                Stats::add(&self.ctx.stats.files, 1);
+                Stats::add(&self.ctx.stats.bytes, job.st.st_size as u64);
+                child_done(&job.parent, &self.ctx.stats);
+                self.ctx.queues.finish();
+            }
+            Err(e) => {
+                job.fail(e);
+                self.abandon(job);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the temp file; a source that changed is tried again, anything else is reported.
+    fn abandon(&mut self, job: Arc<FileJob>) {
+        if let Some(fd) = job.take_dst_fd() {
+            // The file is being discarded, so a close error changes nothing.
+            let _ = meta::close(fd, &job.tmp);
+        }
+        if let Err(e) = meta::unlink(&job.tmp) {
+            self.ctx.stats.error(e);
+        }
+        let err = job.take_error();
+        let changed = job.changed.load(Ordering::Acquire);
+        if err.is_none() && changed && job.attempt < MAX_ATTEMPTS {
+            Stats::add(&self.ctx.stats.retries, 1);
+            // The task's outstanding unit carries over to the retry.
+            self.ctx.queues.requeue(
+                self.me,
+                Task::File {
+                    src: job.src.clone(),
+                    dst: job.dst.clone(),
+                    parent: job.parent.clone(),
+                    attempt: job.attempt + 1,
+                },
+            );
+            return;
+        }
+        let err = err.unwrap_or_else(|| Error {
+            op: "copy",
+            path: job.src.clone(),
+            kind: ErrorKind::SourceChanged {
+                attempts: job.attempt,
+            },
+        });
+        self.ctx.stats.error(err);
+        child_done(&job.parent, &self.ctx.stats);
+        self.ctx.queues.finish();
+    }
+}

@@ -1,0 +1,160 @@
+//! One description of a copy job, shared by the CLI and the library.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Which I/O backend the reactors use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum IoMode {
+    /// io_uring when the kernel allows it, else the blocking backend (with a notice).
+    Auto,
+    /// io_uring or fail.
+    Uring,
+    /// pread/pwrite on the reactor threads.
+    Sync,
+}
+
+/// How copied files are made durable before they get their final names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncMode {
+    /// Group commit: finished temp files are collected, one syncfs per destination filesystem
+    /// makes the whole batch durable, then the batch is renamed.
+    Batch,
+    /// fsync each file (through the ring) before its rename.
+    File,
+}
+
+/// Limits that keep every queue, buffer and fd count bounded.
+pub const MAX_THREADS: usize = 256;
+pub const MIN_BUFFER: usize = 4096;
+pub const MAX_BUFFER: usize = 64 << 20;
+pub const MAX_QUEUE_DEPTH: usize = 4096;
+/// Registered arena per reactor may not exceed this (buffer_size * queue_depth).
+pub const MAX_ARENA: usize = 1 << 30;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CopySpec {
+    pub sources: Vec<PathBuf>,
+    pub dest: PathBuf,
+    /// Reactor threads; 0 means one per online CPU.
+    pub threads: usize,
+    /// Bytes per registered buffer (one chunk of one file).
+    pub buffer_size: usize,
+    /// Buffers per reactor, which is also its in-flight data operations.
+    pub queue_depth: usize,
+    /// Files larger than this are split into segments that any reactor can take.
+    pub segment_size: u64,
+    pub io: IoMode,
+    pub fsync: FsyncMode,
+}
+
+impl CopySpec {
+    pub fn new(sources: Vec<PathBuf>, dest: PathBuf) -> Self {
+        CopySpec {
+            sources,
+            dest,
+            threads: 0,
+            buffer_size: 512 << 10,
+            queue_depth: 64,
+            segment_size: 64 << 20,
+            io: IoMode::Auto,
+            fsync: FsyncMode::Batch,
+        }
+    }
+
+    /// Checks the numbers; the error text is for the user.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.sources.is_empty() {
+            return Err("no source given".into());
+        }
+        if self.threads > MAX_THREADS {
+            return Err(format!("--threads must be at most {MAX_THREADS}"));
+        }
+        if !(MIN_BUFFER..=MAX_BUFFER).contains(&self.buffer_size)
+            || !self.buffer_size.is_multiple_of(MIN_BUFFER)
+        {
+            return Err(format!(
+                "--buffer-size must be a multiple of 4K between 4K and 64M (got {})",
+                self.buffer_size
+            ));
+        }
+        if !(1..=MAX_QUEUE_DEPTH).contains(&self.queue_depth) {
+            return Err(format!(
+                "--queue-depth must be between 1 and {MAX_QUEUE_DEPTH}"
+            ));
+        }
+        if self.buffer_size * self.queue_depth > MAX_ARENA {
+            return Err("--buffer-size x --queue-depth must stay within 1 GiB per reactor".into());
+        }
+        if self.segment_size < self.buffer_size as u64 {
+            return Err("segment size must be at least one buffer".into());
+        }
+        Ok(())
+    }
+
+    /// Reactor count after resolving 0 to the online CPUs.
+    pub fn reactor_count(&self) -> usize {
+        if self.threads > 0 {
+            self.threads
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(MAX_THREADS)
+        }
+    }
+}
+
+/// Parses sizes like `512K`, `1M`, `4096` (binary multiples).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: usize = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => return Err(format!("unknown size suffix in '{s}' (use K, M or G)")),
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (e.g. 512K, 1M)"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size '{s}' is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_as_binary_multiples() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("512K").unwrap(), 512 << 10);
+        assert_eq!(parse_size("1m").unwrap(), 1 << 20);
+        assert_eq!(parse_size("2G").unwrap(), 2 << 30);
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("K").is_err());
+    }
+
+    #[test]
+    fn validate_rejects_bad_numbers() {
+        let mut s = CopySpec::new(vec!["a".into()], "b".into());
+        assert!(s.validate().is_ok());
+        s.buffer_size = 1000;
+        assert!(s.validate().is_err());
+        s.buffer_size = 4096;
+        s.queue_depth = 0;
+        assert!(s.validate().is_err());
+        s.queue_depth = 8;
+        s.sources.clear();
+        assert!(s.validate().is_err());
+    }
+}

@@ -1,0 +1,102 @@
+//! Counters shared by reactors and the committer, and the final report.
+
+use crate::error::Error;
+use serde::Serialize;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// At most this many errors are kept with their text; the rest are only counted.
+pub const MAX_KEPT_ERRORS: usize = 10_000;
+
+#[derive(Default)]
+pub struct Stats {
+    pub files: AtomicU64,
+    pub bytes: AtomicU64,
+    pub dirs: AtomicU64,
+    pub symlinks: AtomicU64,
+    pub specials: AtomicU64,
+    pub skipped: AtomicU64,
+    pub retries: AtomicU64,
+    pub failed: AtomicU64,
+    errors: Mutex<Vec<Error>>,
+}
+
+impl Stats {
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Relaxed);
+    }
+
+    pub fn error(&self, e: Error) {
+        self.failed.fetch_add(1, Relaxed);
+        let mut v = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        if v.len() < MAX_KEPT_ERRORS {
+            v.push(e);
+        }
+    }
+
+    pub fn report(&self, elapsed: Duration, backend: &str, threads: usize) -> Report {
+        let errors = std::mem::take(&mut *self.errors.lock().unwrap_or_else(|p| p.into_inner()));
+        Report {
+            files: self.files.load(Relaxed),
+            bytes: self.bytes.load(Relaxed),
+            dirs: self.dirs.load(Relaxed),
+            symlinks: self.symlinks.load(Relaxed),
+            specials: self.specials.load(Relaxed),
+            skipped: self.skipped.load(Relaxed),
+            retries: self.retries.load(Relaxed),
+            failed: self.failed.load(Relaxed),
+            elapsed_secs: elapsed.as_secs_f64(),
+            backend: backend.to_string(),
+            threads,
+            errors: errors.iter().map(|e| e.to_string()).collect(),
+            error_values: errors,
+        }
+    }
+}
+
+/// What a finished copy did. Everything counted in `files`/`bytes` is durable.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub files: u64,
+    pub bytes: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub specials: u64,
+    pub skipped: u64,
+    pub retries: u64,
+    pub failed: u64,
+    pub elapsed_secs: f64,
+    pub backend: String,
+    pub threads: usize,
+    pub errors: Vec<String>,
+    #[serde(skip)]
+    pub error_values: Vec<Error>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.failed == 0
+    }
+
+    pub fn summary(&self) -> String {
+        let secs = self.elapsed_secs.max(1e-9);
+        format!(
+            "{} files, {} dirs, {} symlinks, {:.1} MB in {:.2}s ({:.0} files/s, {:.1} MB/s, {} x {}){}",
+            self.files,
+            self.dirs,
+            self.symlinks,
+            self.bytes as f64 / 1e6,
+            self.elapsed_secs,
+            self.files as f64 / secs,
+            self.bytes as f64 / 1e6 / secs,
+            self.threads,
+            self.backend,
+            if self.failed > 0 {
+                format!(", {} FAILED", self.failed)
+            } else {
+                String::new()
+            }
+        )
+    }
+}
