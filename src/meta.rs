@@ -197,12 +197,49 @@ pub fn open_dir(p: &Path) -> Result<OwnedFd, Error> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Longest file name Linux filesystems accept.
+const NAME_MAX: usize = 255;
+const TEMP_SUFFIX: &str = ".ferry-tmp";
+
 /// `.<name>.ferry-tmp` beside the final name: a partial file never carries a final name.
+/// Names too long for that keep a prefix plus a hash of the whole name, so the temp name is
+/// still unique and the same on every run.
 pub fn temp_name(dst: &Path) -> PathBuf {
-    let mut name = std::ffi::OsString::from(".");
-    name.push(dst.file_name().unwrap_or_default());
-    name.push(".ferry-tmp");
-    dst.with_file_name(name)
+    use std::os::unix::ffi::OsStringExt;
+    let name = dst.file_name().unwrap_or_default().as_bytes();
+    let mut t = Vec::with_capacity(NAME_MAX);
+    t.push(b'.');
+    if 1 + name.len() + TEMP_SUFFIX.len() <= NAME_MAX {
+        t.extend_from_slice(name);
+    } else {
+        let hash = format!("~{:016x}", xxhash_rust::xxh3::xxh3_64(name));
+        let keep = NAME_MAX - 1 - hash.len() - TEMP_SUFFIX.len();
+        t.extend_from_slice(&name[..keep]);
+        t.extend_from_slice(hash.as_bytes());
+    }
+    t.extend_from_slice(TEMP_SUFFIX.as_bytes());
+    debug_assert!(t.len() <= NAME_MAX);
+    dst.with_file_name(std::ffi::OsString::from_vec(t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_names_fit_name_max_and_stay_distinct() {
+        let a = temp_name(Path::new("/d/file"));
+        assert_eq!(a, Path::new("/d/.file.ferry-tmp"));
+        let long1 = "x".repeat(255);
+        let long2 = format!("{}y", "x".repeat(254));
+        let (t1, t2) = (
+            temp_name(&Path::new("/d").join(&long1)),
+            temp_name(&Path::new("/d").join(&long2)),
+        );
+        assert!(t1.file_name().unwrap().len() <= 255);
+        assert_ne!(t1, t2);
+        assert_eq!(t1, temp_name(&Path::new("/d").join(&long1)));
+    }
 }
 
 /// Symlinks, FIFOs and device nodes are made at the temp name and renamed over the final one,

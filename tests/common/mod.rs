@@ -1,0 +1,278 @@
+#![allow(dead_code)]
+//! Helpers for the integration tests: run the real binary with a time limit, build fixtures.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ferry");
+
+pub fn is_root() -> bool {
+    // SAFETY: trivial getter.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// True when this host lets us create an io_uring; tests for that backend skip otherwise.
+pub fn uring_available() -> bool {
+    matches!(ferry::io::probe_uring(), ferry::io::Probe::Available { .. })
+}
+
+/// The backends every behaviour test runs against (uring only where the kernel allows it).
+pub fn backends() -> Vec<&'static str> {
+    let mut v = vec!["sync"];
+    if uring_available() {
+        v.push("uring");
+    } else {
+        eprintln!("SKIP io_uring variant: io_uring is not available on this host");
+    }
+    v
+}
+
+/// Runs ferry with args; a run longer than `limit` is killed and fails the test (a hang).
+pub fn ferry_with(args: &[&std::ffi::OsStr], limit: Duration, uid: Option<u32>) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    if let Some(u) = uid {
+        use std::os::unix::process::CommandExt;
+        cmd.uid(u).gid(u);
+    }
+    let mut child = cmd.spawn().expect("spawn ferry");
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "ferry {:?} hung for {:?}; stderr: {}",
+                args,
+                limit,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+pub fn ferry<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
+    let a: Vec<&std::ffi::OsStr> = args.iter().map(|s| s.as_ref()).collect();
+    ferry_with(&a, Duration::from_secs(120), None)
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Deterministic bytes: every file's content depends on its seed, so a swapped or shifted
+/// chunk shows up as a difference.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = ferry::demo::XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut v = vec![0u8; len];
+    rng.fill(&mut v);
+    v
+}
+
+pub fn write_file(p: &Path, len: usize, seed: u64) {
+    let mut f = fs::File::create(p).unwrap();
+    f.write_all(&pattern(len, seed)).unwrap();
+}
+
+/// Sizes around every boundary of a 64 KiB buffer and a 256 KiB segment.
+pub const BOUNDARY_SIZES: &[usize] = &[
+    0,
+    1,
+    4095,
+    4096,
+    4097,
+    65535,
+    65536,
+    65537,
+    131072,
+    262143,
+    262144,
+    262145,
+    3 * 262144 + 5,
+    (1 << 20) + 3,
+];
+
+/// A tree with many shapes: boundary sizes, deep and wide dirs, symlinks (relative, absolute,
+/// dangling, to a directory), odd modes, a read-only directory, a FIFO, odd names.
+pub fn build_tree(root: &Path) {
+    fs::create_dir_all(root).unwrap();
+    let sizes = root.join("sizes");
+    fs::create_dir(&sizes).unwrap();
+    for (i, &n) in BOUNDARY_SIZES.iter().enumerate() {
+        write_file(&sizes.join(format!("s{n}")), n, i as u64);
+    }
+    let mut deep = root.join("deep");
+    for i in 0..40 {
+        deep = deep.join(format!("level{i}"));
+    }
+    fs::create_dir_all(&deep).unwrap();
+    write_file(&deep.join("bottom.txt"), 1234, 7);
+    let wide = root.join("wide");
+    fs::create_dir(&wide).unwrap();
+    for i in 0..2500 {
+        write_file(&wide.join(format!("w{i:05}")), i % 700, 1000 + i as u64);
+    }
+    std::os::unix::fs::symlink("sizes/s4096", root.join("rel-link")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/target", root.join("dangling")).unwrap();
+    std::os::unix::fs::symlink("deep", root.join("dir-link")).unwrap();
+    let odd = root.join("odd");
+    fs::create_dir(&odd).unwrap();
+    write_file(&odd.join("-leading-dash"), 10, 1);
+    write_file(&odd.join("new\nline"), 11, 2);
+    write_file(&odd.join("sp ace"), 12, 3);
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let name = std::ffi::OsStr::from_bytes(b"bytes-\xff\xfe");
+        write_file(&odd.join(name), 13, 4);
+    }
+    write_file(&odd.join("x".repeat(255)), 14, 5);
+    let ro = odd.join("ro-file");
+    write_file(&ro, 100, 6);
+    fs::set_permissions(&ro, fs::Permissions::from_mode(0o444)).unwrap();
+    let exe = odd.join("exe");
+    write_file(&exe, 100, 8);
+    fs::set_permissions(&exe, fs::Permissions::from_mode(0o751)).unwrap();
+    let fifo = odd.join("fifo");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    // A read-only directory with content: must be filled before it gets its mode.
+    let rodir = root.join("rodir");
+    fs::create_dir(&rodir).unwrap();
+    write_file(&rodir.join("inside"), 5000, 9);
+    fs::set_permissions(&rodir, fs::Permissions::from_mode(0o555)).unwrap();
+    // Set an old, nanosecond mtime on a file and a directory.
+    set_mtime(&sizes.join("s4097"), 1_000_000_000, 123_456_789);
+    set_mtime(&sizes, 1_200_000_000, 987_654_321);
+}
+
+pub fn set_mtime(p: &Path, sec: i64, nsec: i64) {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let t = [
+        libc::timespec {
+            tv_sec: sec,
+            tv_nsec: nsec,
+        },
+        libc::timespec {
+            tv_sec: sec,
+            tv_nsec: nsec,
+        },
+    ];
+    // SAFETY: valid C string and two timespecs.
+    assert_eq!(
+        unsafe {
+            libc::utimensat(
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                t.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        },
+        0
+    );
+}
+
+/// Independent comparer (does not use ferry's own code): content byte for byte, type, mode,
+/// mtime (ns), link targets, and the same set of names in every directory.
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let ma = fs::symlink_metadata(a).unwrap_or_else(|e| panic!("{}: {e}", a.display()));
+    let mb = fs::symlink_metadata(b).unwrap_or_else(|e| panic!("{}: {e}", b.display()));
+    assert_eq!(ma.file_type(), mb.file_type(), "type of {}", b.display());
+    if ma.file_type().is_symlink() {
+        assert_eq!(
+            fs::read_link(a).unwrap(),
+            fs::read_link(b).unwrap(),
+            "{}",
+            b.display()
+        );
+        return;
+    }
+    assert_eq!(ma.mode(), mb.mode(), "mode of {}", b.display());
+    assert_eq!(
+        (ma.mtime(), ma.mtime_nsec()),
+        (mb.mtime(), mb.mtime_nsec()),
+        "mtime of {}",
+        b.display()
+    );
+    if ma.is_file() {
+        assert_eq!(ma.len(), mb.len(), "size of {}", b.display());
+        assert!(files_equal(a, b), "content of {}", b.display());
+    } else if ma.is_dir() {
+        let names = |p: &Path| {
+            let mut v: Vec<PathBuf> = fs::read_dir(p)
+                .unwrap()
+                .map(|e| PathBuf::from(e.unwrap().file_name()))
+                .collect();
+            v.sort();
+            v
+        };
+        let (na, nb) = (names(a), names(b));
+        assert_eq!(na, nb, "entries of {}", b.display());
+        for n in na {
+            assert_same_tree(&a.join(&n), &b.join(&n));
+        }
+    }
+}
+
+pub fn files_equal(a: &Path, b: &Path) -> bool {
+    use std::io::Read;
+    let (mut fa, mut fb) = (fs::File::open(a).unwrap(), fs::File::open(b).unwrap());
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let na = read_full(&mut fa, &mut ba);
+        let nb = read_full(&mut fb, &mut bb);
+        if na != nb || ba[..na] != bb[..nb] {
+            return false;
+        }
+        if na == 0 {
+            return true;
+        }
+    }
+    fn read_full(f: &mut fs::File, buf: &mut [u8]) -> usize {
+        let mut n = 0;
+        while n < buf.len() {
+            let k = f.read(&mut buf[n..]).unwrap();
+            if k == 0 {
+                break;
+            }
+            n += k;
+        }
+        n
+    }
+}
+
+/// Names of temp files left anywhere under `root`.
+pub fn temp_files(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                stack.push(p);
+            } else if e.file_name().to_string_lossy().ends_with(".ferry-tmp") {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Makes a tree removable again (the read-only directories).
+pub fn chmod_tree_writable(root: &Path) {
+    let _ = Command::new("chmod")
+        .arg("-R")
+        .arg("u+rwX")
+        .arg(root)
+        .status();
+}

@@ -1,0 +1,308 @@
+//! ferry copy, end to end through the real binary, on both backends.
+
+mod common;
+use common::*;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+fn copy_args<'a>(
+    io: &'a str,
+    extra: &[&'a str],
+    src: &'a Path,
+    dst: &'a Path,
+) -> Vec<&'a std::ffi::OsStr> {
+    let mut v: Vec<&std::ffi::OsStr> = vec!["copy".as_ref(), "--io".as_ref(), io.as_ref()];
+    v.extend(extra.iter().map(|s| std::ffi::OsStr::new(*s)));
+    v.push(src.as_os_str());
+    v.push(dst.as_os_str());
+    v
+}
+
+fn run_copy(io: &str, extra: &[&str], src: &Path, dst: &Path) -> std::process::Output {
+    ferry(&copy_args(io, extra, src, dst))
+}
+
+#[test]
+fn every_shape_copies_identically_on_both_backends() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    build_tree(&src);
+    // Default chunking, then tiny buffers and segments so every size crosses boundaries, with
+    // both durability modes.
+    let variants: &[&[&str]] = &[
+        &[],
+        &[
+            "--buffer-size",
+            "64K",
+            "--queue-depth",
+            "3",
+            "--segment-size",
+            "256K",
+        ],
+        &[
+            "--buffer-size",
+            "4K",
+            "--queue-depth",
+            "1",
+            "--threads",
+            "1",
+            "--fsync",
+            "file",
+        ],
+        &[
+            "--threads",
+            "3",
+            "--fsync",
+            "file",
+            "--segment-size",
+            "256K",
+            "--buffer-size",
+            "64K",
+        ],
+    ];
+    for io in backends() {
+        for (i, extra) in variants.iter().enumerate() {
+            let dst = t.path().join(format!("dst-{io}-{i}"));
+            let out = run_copy(io, extra, &src, &dst);
+            assert!(out.status.success(), "{io} {extra:?}: {}", stderr(&out));
+            assert_same_tree(&src, &dst);
+            assert!(
+                temp_files(&dst).is_empty(),
+                "temp files left: {:?}",
+                temp_files(&dst)
+            );
+        }
+    }
+    chmod_tree_writable(t.path());
+}
+
+#[test]
+fn big_sparse_file_keeps_its_holes_and_bytes() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("sparse.img");
+    let f = fs::File::create(&src).unwrap();
+    f.set_len((2 << 30) + 12345).unwrap(); // over 2 GiB
+    use std::os::unix::fs::FileExt;
+    for (i, off) in [0u64, 700 << 20, (2 << 30) + 100].iter().enumerate() {
+        f.write_all_at(&pattern(100_000, i as u64), *off).unwrap();
+    }
+    f.sync_all().unwrap();
+    drop(f);
+    let size = fs::metadata(&src).unwrap().len();
+    assert!(size > 2 << 30);
+    for io in backends() {
+        let dst = t.path().join(format!("copy-{io}.img"));
+        let out = run_copy(io, &["--segment-size", "8M"], &src, &dst);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let (ms, md) = (fs::metadata(&src).unwrap(), fs::metadata(&dst).unwrap());
+        assert_eq!(md.len(), size);
+        assert!(files_equal(&src, &dst), "sparse content differs");
+        // Holes stay holes: allocation stays near the source's (a few MiB, not 2 GiB).
+        assert!(
+            md.blocks() * 512 <= ms.blocks() * 512 + (8 << 20),
+            "copy allocates {} bytes, source {}",
+            md.blocks() * 512,
+            ms.blocks() * 512
+        );
+        fs::remove_file(&dst).unwrap();
+    }
+}
+
+#[test]
+fn cp_semantics_for_destinations() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("tree");
+    fs::create_dir(&src).unwrap();
+    write_file(&src.join("a"), 5000, 1);
+    let file = t.path().join("one.txt");
+    write_file(&file, 777, 2);
+    for io in backends() {
+        let base = t.path().join(io);
+        fs::create_dir(&base).unwrap();
+        // DST missing, one SRC dir: DST becomes the copy.
+        let out = run_copy(io, &[], &src, &base.join("new"));
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_same_tree(&src, &base.join("new"));
+        // DST an existing dir: SRC lands inside it under its own name.
+        let out = run_copy(io, &[], &src, &base.join("new"));
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_same_tree(&src, &base.join("new/tree"));
+        // Several sources into a dir.
+        let multi = base.join("multi");
+        fs::create_dir(&multi).unwrap();
+        let mut args = vec!["copy", "--io", io];
+        let (s1, s2, m) = (
+            src.to_str().unwrap(),
+            file.to_str().unwrap(),
+            multi.to_str().unwrap(),
+        );
+        args.extend([s1, s2, m]);
+        let out = ferry(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_same_tree(&src, &multi.join("tree"));
+        assert_same_tree(&file, &multi.join("one.txt"));
+        // File onto an existing file: replaced.
+        let target = base.join("existing.txt");
+        write_file(&target, 10, 99);
+        let out = run_copy(io, &[], &file, &target);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_same_tree(&file, &target);
+    }
+}
+
+#[test]
+fn missing_source_is_a_usage_error_and_writes_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let good = t.path().join("good");
+    write_file(&good, 10, 1);
+    let dst = t.path().join("dst");
+    fs::create_dir(&dst).unwrap();
+    let missing = t.path().join("does-not-exist");
+    let out = ferry(&[
+        "copy".as_ref(),
+        good.as_os_str(),
+        missing.as_os_str(),
+        dst.as_os_str(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("does-not-exist") && err.contains("No such file or directory"),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read_dir(&dst).unwrap().count(),
+        0,
+        "nothing may be written"
+    );
+}
+
+#[test]
+fn destination_inside_source_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir(&src).unwrap();
+    write_file(&src.join("f"), 10, 1);
+    for dst in [src.join("sub"), src.clone()] {
+        let out = run_copy("sync", &[], &src, &dst);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(stderr(&out).contains("into itself"), "{}", stderr(&out));
+    }
+    assert_eq!(
+        fs::read_dir(&src).unwrap().count(),
+        1,
+        "nothing may be written"
+    );
+}
+
+#[test]
+fn directory_onto_a_file_and_many_onto_a_file_are_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let file = t.path().join("file");
+    write_file(&file, 10, 1);
+    let out = run_copy("sync", &[], &src, &file);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("non-directory"), "{}", stderr(&out));
+    assert_eq!(
+        fs::read(&file).unwrap(),
+        pattern(10, 1),
+        "the file is untouched"
+    );
+
+    let out = ferry(&[
+        "copy".as_ref(),
+        file.as_os_str(),
+        file.as_os_str(),
+        t.path().join("nope").as_os_str(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!t.path().join("nope").exists());
+
+    // Same file onto itself.
+    let out = run_copy("sync", &[], &file, &file);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("same file"), "{}", stderr(&out));
+    assert_eq!(fs::read(&file).unwrap(), pattern(10, 1));
+}
+
+#[test]
+fn bad_numbers_are_usage_errors() {
+    let t = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["copy", "--buffer-size", "1000", "a", "b"],
+        vec!["copy", "--buffer-size", "12Q", "a", "b"],
+        vec!["copy", "--queue-depth", "0", "a", "b"],
+        vec!["copy", "--io", "bogus", "a", "b"],
+        vec!["copy", "onlyone"],
+    ] {
+        let out = ferry(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+    }
+    assert_eq!(fs::read_dir(t.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn unreadable_file_fails_alone_and_the_rest_is_copied() {
+    let t = tempfile::tempdir().unwrap();
+    // Root reads everything, so as root the copy runs as nobody over a world-readable tree.
+    let uid = is_root().then_some(65534u32);
+    let src = t.path().join("src");
+    fs::create_dir(&src).unwrap();
+    for i in 0..20 {
+        write_file(&src.join(format!("ok{i}")), 3000 + i, i as u64);
+    }
+    let secret = src.join("secret");
+    write_file(&secret, 100, 50);
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o000)).unwrap();
+    let out_dir = t.path().join("out");
+    fs::create_dir(&out_dir).unwrap();
+    if is_root() {
+        fs::set_permissions(t.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        // SAFETY: valid C string; gives the destination to nobody.
+        let c = std::ffi::CString::new(out_dir.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
+    }
+    for io in backends() {
+        let dst = out_dir.join(io);
+        let a = copy_args(io, &[], &src, &dst);
+        let out = ferry_with(&a, std::time::Duration::from_secs(60), uid);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("secret") && err.contains("Permission denied"),
+            "{err}"
+        );
+        for i in 0..20 {
+            assert!(files_equal(
+                &src.join(format!("ok{i}")),
+                &dst.join(format!("ok{i}"))
+            ));
+        }
+        assert!(!dst.join("secret").exists());
+        assert!(temp_files(&dst).is_empty());
+    }
+}
+
+#[test]
+fn json_report_counts_what_was_copied() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir(&src).unwrap();
+    for i in 0..10 {
+        write_file(&src.join(format!("f{i}")), 1000, i);
+    }
+    std::os::unix::fs::symlink("f0", src.join("l")).unwrap();
+    let dst = t.path().join("dst");
+    let out = run_copy("auto", &["--json"], &src, &dst);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["files"], 10);
+    assert_eq!(v["bytes"], 10_000);
+    assert_eq!(v["symlinks"], 1);
+    assert_eq!(v["dirs"], 1);
+    assert_eq!(v["failed"], 0);
+}
