@@ -222,26 +222,6 @@ pub fn temp_name(dst: &Path) -> PathBuf {
     dst.with_file_name(std::ffi::OsString::from_vec(t))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn temp_names_fit_name_max_and_stay_distinct() {
-        let a = temp_name(Path::new("/d/file"));
-        assert_eq!(a, Path::new("/d/.file.ferry-tmp"));
-        let long1 = "x".repeat(255);
-        let long2 = format!("{}y", "x".repeat(254));
-        let (t1, t2) = (
-            temp_name(&Path::new("/d").join(&long1)),
-            temp_name(&Path::new("/d").join(&long2)),
-        );
-        assert!(t1.file_name().unwrap().len() <= 255);
-        assert_ne!(t1, t2);
-        assert_eq!(t1, temp_name(&Path::new("/d").join(&long1)));
-    }
-}
-
 /// Symlinks, FIFOs and device nodes are made at the temp name and renamed over the final one,
 /// so a re-run replaces an old entry in one step.
 pub fn copy_special(src: &Path, dst: &Path, st: &libc::stat) -> Result<(), Error> {
@@ -345,4 +325,24 @@ pub fn preallocate(fd: RawFd, size: u64, dense: bool, p: &Path) -> Result<(), Er
         return Err(Error::last("truncate", p));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_names_fit_name_max_and_stay_distinct() {
+        let a = temp_name(Path::new("/d/file"));
+        assert_eq!(a, Path::new("/d/.file.ferry-tmp"));
+        let long1 = "x".repeat(255);
+        let long2 = format!("{}y", "x".repeat(254));
+        let (t1, t2) = (
+            temp_name(&Path::new("/d").join(&long1)),
+            temp_name(&Path::new("/d").join(&long2)),
+        );
+        assert!(t1.file_name().unwrap().len() <= 255);
+        assert_ne!(t1, t2);
+        assert_eq!(t1, temp_name(&Path::new("/d").join(&long1)));
+    }
 }
