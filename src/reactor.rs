@@ -140,15 +140,8 @@ impl Reactor {
     /// On abort, segments with nothing in flight are failed at once (their temp files removed).
     fn drain_aborted(&mut self) -> Result<(), Error> {
         for idx in 0..self.active.len() {
-            if !matches!(&self.active[idx], Some(s) if s.inflight == 0) {
-                continue;
-            }
-            let seg = self.active[idx].take().expect("checked");
-            self.active_count -= 1;
-            seg.job
-                .fail(Error::errno("copy", &seg.job.src, libc::ECANCELED));
-            if seg.job.segment_done() {
-                self.finalize(seg.job)?;
+            if matches!(&self.active[idx], Some(s) if s.inflight == 0) {
+                self.retire(idx)?;
             }
         }
         Ok(())
@@ -185,6 +178,12 @@ impl Reactor {
             return Ok(());
         }
         for idx in 0..self.active.len() {
+            // A segment whose file failed elsewhere before it issued anything: retire it now,
+            // no completion will come for it.
+            if matches!(&self.active[idx], Some(s) if s.inflight == 0 && s.job.is_failed()) {
+                self.retire(idx)?;
+                continue;
+            }
             loop {
                 if self.free.is_empty() {
                     return Ok(());
@@ -433,7 +432,13 @@ impl Reactor {
         if seg.inflight > 0 || !over {
             return Ok(());
         }
-        let seg = self.active[seg_idx].take().expect("active segment");
+        self.retire(seg_idx)
+    }
+
+    /// Removes a segment with nothing in flight; the last segment of a file finalizes it.
+    fn retire(&mut self, idx: usize) -> Result<(), Error> {
+        let seg = self.active[idx].take().expect("active segment");
+        assert_eq!(seg.inflight, 0, "retiring a segment with I/O in flight");
         self.active_count -= 1;
         if self.ctx.abort.load(Ordering::Acquire) {
             seg.job

@@ -48,6 +48,9 @@ pub struct CopySpec {
     pub segment_size: u64,
     pub io: IoMode,
     pub fsync: FsyncMode,
+    /// Fault injection for tests (wraps every reactor's backend); never set by the CLI.
+    #[serde(default)]
+    pub faults: Option<crate::io::faulty::FaultConfig>,
 }
 
 impl CopySpec {
@@ -61,6 +64,7 @@ impl CopySpec {
             segment_size: 64 << 20,
             io: IoMode::Auto,
             fsync: FsyncMode::Batch,
+            faults: None,
         }
     }
 

@@ -39,6 +39,14 @@ fn choose_engine(mode: IoMode) -> Result<Engine, Error> {
 }
 
 fn make_backend(engine: Engine, spec: &CopySpec, me: usize) -> Box<dyn Backend> {
+    let real = make_real_backend(engine, spec, me);
+    match spec.faults {
+        Some(cfg) => Box::new(io::faulty::FaultyBackend::new(real, cfg, me)),
+        None => real,
+    }
+}
+
+fn make_real_backend(engine: Engine, spec: &CopySpec, me: usize) -> Box<dyn Backend> {
     let arena = Arena::new(spec.buffer_size, spec.queue_depth);
     let cap = 2 * spec.queue_depth;
     if engine == Engine::Uring {

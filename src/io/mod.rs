@@ -3,6 +3,7 @@
 //! [`Backend`]; each backend only moves bytes between fds and its own buffer arena.
 
 pub mod arena;
+pub mod faulty;
 pub mod sync;
 pub mod uring;
 

@@ -276,3 +276,13 @@ pub fn chmod_tree_writable(root: &Path) {
         .arg(root)
         .status();
 }
+
+/// Runs `f` on a thread and fails the test if it takes longer than `limit` (a hang).
+pub fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("did not finish within {limit:?}: hang"))
+}

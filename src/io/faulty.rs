@@ -1,0 +1,111 @@
+//! Test backend: wraps a real one and, by seed, shortens reads and writes (the kernel then
+//! really does a short op), answers EAGAIN without running the op, or fails ops with EIO or
+//! ENOSPC. Deterministic per reactor for a given seed.
+
+use super::{Arena, Backend, Completion, Op, OpKind};
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::io;
+
+/// Probabilities in parts per thousand.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct FaultConfig {
+    pub seed: u64,
+    /// Reads/writes cut to a random shorter length.
+    pub short_permille: u32,
+    /// Ops answered with EAGAIN (must be resubmitted).
+    pub eagain_permille: u32,
+    /// Reads failed with EIO.
+    pub read_eio_permille: u32,
+    /// Writes failed with ENOSPC.
+    pub write_enospc_permille: u32,
+    /// fsyncs failed with EIO.
+    pub fsync_eio_permille: u32,
+}
+
+pub struct FaultyBackend {
+    inner: Box<dyn Backend>,
+    cfg: FaultConfig,
+    rng: u64,
+    injected: VecDeque<Completion>,
+}
+
+impl FaultyBackend {
+    pub fn new(inner: Box<dyn Backend>, cfg: FaultConfig, reactor: usize) -> Self {
+        FaultyBackend {
+            inner,
+            cfg,
+            rng: (cfg.seed ^ (reactor as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1,
+            injected: VecDeque::new(),
+        }
+    }
+
+    fn roll(&mut self, permille: u32) -> bool {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        permille > 0 && (self.rng % 1000) < permille as u64
+    }
+
+    fn inject(&mut self, op: &Op, errno: i32) {
+        self.injected.push_back(Completion {
+            user_data: op.user_data,
+            result: -errno,
+        });
+    }
+}
+
+impl Backend for FaultyBackend {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn capacity(&self) -> usize {
+        self.inner.capacity()
+    }
+
+    fn in_flight(&self) -> usize {
+        self.inner.in_flight() + self.injected.len()
+    }
+
+    fn arena(&mut self) -> &mut Arena {
+        self.inner.arena()
+    }
+
+    fn push(&mut self, mut op: Op) -> io::Result<()> {
+        assert!(self.in_flight() < self.capacity());
+        let c = self.cfg;
+        match op.kind {
+            OpKind::Read if self.roll(c.read_eio_permille) => {
+                return Ok(self.inject(&op, libc::EIO));
+            }
+            OpKind::Write if self.roll(c.write_enospc_permille) => {
+                return Ok(self.inject(&op, libc::ENOSPC));
+            }
+            OpKind::Fsync if self.roll(c.fsync_eio_permille) => {
+                return Ok(self.inject(&op, libc::EIO));
+            }
+            _ => {}
+        }
+        if op.kind != OpKind::Fsync {
+            if self.roll(c.eagain_permille) {
+                return Ok(self.inject(&op, libc::EAGAIN));
+            }
+            if op.len > 1 && self.roll(c.short_permille) {
+                op.len = 1 + (self.rng % (op.len as u64 - 1)) as u32;
+            }
+        }
+        self.inner.push(op)
+    }
+
+    fn submit(&mut self, wait: bool) -> io::Result<()> {
+        // With injected completions ready, never block in the kernel for more.
+        self.inner
+            .submit(wait && self.injected.is_empty() && self.inner.in_flight() > 0)
+    }
+
+    fn reap(&mut self, out: &mut Vec<Completion>) {
+        out.extend(self.injected.drain(..));
+        self.inner.reap(out);
+    }
+}

@@ -1,0 +1,166 @@
+//! Seeded fault injection through the library: short I/O and EAGAIN are absorbed; EIO, ENOSPC
+//! and fsync errors fail exactly the files they hit, which never get a final name.
+
+mod common;
+use common::*;
+use ferry::io::faulty::FaultConfig;
+use ferry::{CopySpec, FsyncMode, IoMode};
+use std::fs;
+use std::path::Path;
+
+fn tree(root: &Path) -> Vec<String> {
+    fs::create_dir_all(root.join("sub")).unwrap();
+    let mut names = Vec::new();
+    for i in 0..150usize {
+        let name = if i % 3 == 0 {
+            format!("sub/f{i}")
+        } else {
+            format!("f{i}")
+        };
+        // Sizes from 0 to ~600 KiB, so many files span several 64 KiB buffers.
+        write_file(&root.join(&name), (i * 4099) % 600_000, i as u64);
+        names.push(name);
+    }
+    names
+}
+
+fn copy_within(s: CopySpec) -> ferry::Report {
+    within(std::time::Duration::from_secs(120), move || {
+        ferry::copy(s).unwrap()
+    })
+}
+
+fn spec(src: &Path, dst: &Path, io: &str, faults: FaultConfig) -> CopySpec {
+    let mut s = CopySpec::new(vec![src.to_path_buf()], dst.to_path_buf());
+    s.io = if io == "uring" {
+        IoMode::Uring
+    } else {
+        IoMode::Sync
+    };
+    s.buffer_size = 64 << 10;
+    s.queue_depth = 8;
+    s.segment_size = 256 << 10;
+    s.threads = 2;
+    s.faults = Some(faults);
+    s
+}
+
+#[test]
+fn short_io_and_eagain_are_completed_correctly() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    tree(&src);
+    for io in backends() {
+        for seed in [1u64, 2, 3] {
+            let dst = t.path().join(format!("dst-{io}-{seed}"));
+            let f = FaultConfig {
+                seed,
+                short_permille: 400,
+                eagain_permille: 100,
+                ..Default::default()
+            };
+            let r = copy_within(spec(&src, &dst, io, f));
+            assert!(r.ok(), "{:?}", r.errors);
+            assert_eq!(r.files, 150);
+            assert_same_tree(&src, &dst.clone());
+        }
+    }
+}
+
+/// Every source file is either copied intact under its final name or absent (and counted as
+/// failed); no temp file survives.
+fn check_all_or_nothing(src: &Path, dst: &Path, names: &[String], failed: u64) -> u64 {
+    let mut missing = 0;
+    for n in names {
+        let d = dst.join(n);
+        if d.exists() {
+            assert!(
+                files_equal(&src.join(n), &d),
+                "{n} is under its final name but differs"
+            );
+        } else {
+            missing += 1;
+        }
+    }
+    assert_eq!(missing, failed, "every missing file is a reported failure");
+    assert!(
+        temp_files(dst).is_empty(),
+        "temp files left: {:?}",
+        temp_files(dst)
+    );
+    missing
+}
+
+#[test]
+fn eio_and_enospc_fail_only_the_files_they_hit() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let names = tree(&src);
+    for io in backends() {
+        for (k, (f, needle)) in [
+            (
+                FaultConfig {
+                    seed: 11,
+                    read_eio_permille: 30,
+                    ..Default::default()
+                },
+                "Input/output error",
+            ),
+            (
+                FaultConfig {
+                    seed: 12,
+                    write_enospc_permille: 30,
+                    short_permille: 200,
+                    ..Default::default()
+                },
+                "No space left on device",
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let dst = t.path().join(format!("dst-{io}-{k}"));
+            let r = copy_within(spec(&src, &dst, io, f));
+            assert!(!r.ok(), "faults at 3% over ~1000 ops must hit something");
+            assert!(
+                r.errors.iter().all(|e| e.contains(needle)),
+                "{:?}",
+                r.errors
+            );
+            let missing = check_all_or_nothing(&src, &dst, &names, r.failed);
+            assert!(missing > 0 && missing < names.len() as u64);
+            assert_eq!(r.files + r.failed, names.len() as u64);
+        }
+    }
+}
+
+#[test]
+fn fsync_errors_are_not_retried_and_fail_the_file() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let names = tree(&src);
+    for io in backends() {
+        let dst = t.path().join(format!("dst-{io}"));
+        let mut s = spec(
+            &src,
+            &dst,
+            io,
+            FaultConfig {
+                seed: 5,
+                fsync_eio_permille: 100,
+                ..Default::default()
+            },
+        );
+        s.fsync = FsyncMode::File;
+        let r = copy_within(s);
+        assert!(!r.ok());
+        assert!(
+            r.errors
+                .iter()
+                .all(|e| e.starts_with("fsync") && e.contains("Input/output error")),
+            "{:?}",
+            r.errors
+        );
+        check_all_or_nothing(&src, &dst, &names, r.failed);
+    }
+}
