@@ -75,25 +75,19 @@ impl Backend for FaultyBackend {
     fn push(&mut self, mut op: Op) -> io::Result<()> {
         assert!(self.in_flight() < self.capacity());
         let c = self.cfg;
-        match op.kind {
-            OpKind::Read if self.roll(c.read_eio_permille) => {
-                return Ok(self.inject(&op, libc::EIO));
-            }
-            OpKind::Write if self.roll(c.write_enospc_permille) => {
-                return Ok(self.inject(&op, libc::ENOSPC));
-            }
-            OpKind::Fsync if self.roll(c.fsync_eio_permille) => {
-                return Ok(self.inject(&op, libc::EIO));
-            }
-            _ => {}
+        let fault = match op.kind {
+            OpKind::Read if self.roll(c.read_eio_permille) => Some(libc::EIO),
+            OpKind::Write if self.roll(c.write_enospc_permille) => Some(libc::ENOSPC),
+            OpKind::Fsync if self.roll(c.fsync_eio_permille) => Some(libc::EIO),
+            OpKind::Read | OpKind::Write if self.roll(c.eagain_permille) => Some(libc::EAGAIN),
+            _ => None,
+        };
+        if let Some(errno) = fault {
+            self.inject(&op, errno);
+            return Ok(());
         }
-        if op.kind != OpKind::Fsync {
-            if self.roll(c.eagain_permille) {
-                return Ok(self.inject(&op, libc::EAGAIN));
-            }
-            if op.len > 1 && self.roll(c.short_permille) {
-                op.len = 1 + (self.rng % (op.len as u64 - 1)) as u32;
-            }
+        if op.kind != OpKind::Fsync && op.len > 1 && self.roll(c.short_permille) {
+            op.len = 1 + (self.rng % (op.len as u64 - 1)) as u32;
         }
         self.inner.push(op)
     }
