@@ -302,27 +302,34 @@ pub fn data_ranges(
     Ok(out)
 }
 
-/// Reserves the destination's blocks up front (fewer extents; ENOSPC before any write). Sparse
-/// files are only truncated to size instead, so their holes survive.
-pub fn preallocate(fd: RawFd, size: u64, dense: bool, p: &Path) -> Result<(), Error> {
+/// Prepares the destination: a sparse copy is truncated to its size so trailing holes exist;
+/// a big dense one reserves its blocks (fewer extents, ENOSPC before any write). Small files
+/// need neither: their one write sets the size.
+pub fn preallocate(
+    fd: RawFd,
+    size: u64,
+    sparse: bool,
+    reserve: bool,
+    p: &Path,
+) -> Result<(), Error> {
     if size == 0 {
         return Ok(());
     }
-    if dense {
+    if sparse {
         // SAFETY: plain syscall on an fd we own.
-        if unsafe { libc::fallocate(fd, 0, 0, size as i64) } == 0 {
-            return Ok(());
+        if unsafe { libc::ftruncate(fd, size as i64) } < 0 {
+            return Err(Error::last("truncate", p));
         }
-        let e = std::io::Error::last_os_error();
-        match e.raw_os_error() {
-            // Not supported by this filesystem (tmpfs before 3.5, FUSE, NFSv3): fine, just slower.
-            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL) => {}
-            _ => return Err(Error::os("fallocate", p, e)),
+    } else if reserve {
+        // SAFETY: as above.
+        if unsafe { libc::fallocate(fd, 0, 0, size as i64) } < 0 {
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                // Not supported here (FUSE, NFSv3, some tmpfs): fine, only less contiguous.
+                Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL) => {}
+                _ => return Err(Error::os("fallocate", p, e)),
+            }
         }
-    }
-    // SAFETY: as above.
-    if unsafe { libc::ftruncate(fd, size as i64) } < 0 {
-        return Err(Error::last("truncate", p));
     }
     Ok(())
 }

@@ -264,34 +264,41 @@ impl Reactor {
         parent: Option<Arc<crate::copy::task::DirNode>>,
         attempt: u32,
     ) -> Result<(), Error> {
-        let opened = (|| {
-            let src_fd = meta::open_source(&src)?;
-            let st = meta::fstat(std::os::fd::AsRawFd::as_raw_fd(&src_fd), &src)?;
-            if meta::file_type(&st) != libc::S_IFREG {
-                // It changed type after the listing saw it; not a regular file any more.
-                return Err(Error::errno("open", &src, libc::EINVAL));
-            }
-            let ranges = meta::data_ranges(
-                std::os::fd::AsRawFd::as_raw_fd(&src_fd),
-                &st,
-                &src,
-                MAX_RANGES,
-            )?;
-            let tmp = meta::temp_name(&dst);
-            let dst_fd = meta::create_temp(&tmp)?;
-            let raw = std::os::fd::AsRawFd::as_raw_fd(&dst_fd);
-            let dense = ranges.len() == 1 && ranges[0] == (0, st.st_size as u64);
-            let prepared = meta::preallocate(raw, st.st_size as u64, dense, &tmp)
-                .and_then(|_| meta::fstat(raw, &tmp));
-            match prepared {
-                Ok(dst_st) => Ok((src_fd, dst_fd, st, tmp, ranges, dst_st.st_dev)),
-                Err(e) => {
-                    drop(dst_fd);
-                    let _ = meta::unlink(&tmp); // best effort; `e` is what gets reported
-                    Err(e)
+        let opened =
+            (|| {
+                let src_fd = meta::open_source(&src)?;
+                let st = meta::fstat(std::os::fd::AsRawFd::as_raw_fd(&src_fd), &src)?;
+                if meta::file_type(&st) != libc::S_IFREG {
+                    // It changed type after the listing saw it; not a regular file any more.
+                    return Err(Error::errno("open", &src, libc::EINVAL));
                 }
-            }
-        })();
+                let ranges = meta::data_ranges(
+                    std::os::fd::AsRawFd::as_raw_fd(&src_fd),
+                    &st,
+                    &src,
+                    MAX_RANGES,
+                )?;
+                let tmp = meta::temp_name(&dst);
+                let dst_fd = meta::create_temp(&tmp)?;
+                let raw = std::os::fd::AsRawFd::as_raw_fd(&dst_fd);
+                let dense = ranges.len() == 1 && ranges[0] == (0, st.st_size as u64);
+                // Files that fit one buffer are written by one write: reserving first only costs a
+                // syscall. The destination's filesystem is its directory's, known without a stat.
+                let big = st.st_size as u64 > self.buf_size;
+                let prepared = meta::preallocate(raw, st.st_size as u64, !dense, big, &tmp)
+                    .and_then(|_| match &parent {
+                        Some(p) => Ok(p.dst_dev),
+                        None => meta::fstat(raw, &tmp).map(|s| s.st_dev),
+                    });
+                match prepared {
+                    Ok(dev) => Ok((src_fd, dst_fd, st, tmp, ranges, dev)),
+                    Err(e) => {
+                        drop(dst_fd);
+                        let _ = meta::unlink(&tmp); // best effort; `e` is what gets reported
+                        Err(e)
+                    }
+                }
+            })();
         let (src_fd, dst_fd, st, tmp, mut ranges, dev) = match opened {
             Ok(v) => v,
             Err(e) => {

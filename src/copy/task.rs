@@ -50,6 +50,8 @@ pub enum Task {
 /// is filled before it becomes read-only).
 pub struct DirNode {
     pub dst: PathBuf,
+    /// Filesystem of the destination directory (its files' syncfs target).
+    pub dst_dev: u64,
     pub st: libc::stat,
     /// 1 for the unfinished listing + children not yet finished.
     pub pending: AtomicUsize,

@@ -13,14 +13,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub fn start_dir(ctx: &Ctx, me: usize, src: PathBuf, dst: PathBuf, parent: Option<Arc<DirNode>>) {
     let begun = meta::lstat(&src).and_then(|st| {
         meta::make_dir(&dst)?;
+        let dst_dev = meta::lstat(&dst)?.st_dev;
         let iter = std::fs::read_dir(&src).map_err(|e| Error::os("opendir", &src, e))?;
-        Ok((st, iter))
+        Ok((st, dst_dev, iter))
     });
     match begun {
-        Ok((st, iter)) => {
+        Ok((st, dst_dev, iter)) => {
             Stats::add(&ctx.stats.dirs, 1);
             let node = Arc::new(DirNode {
                 dst,
+                dst_dev,
                 st,
                 pending: AtomicUsize::new(1),
                 parent,
