@@ -12,6 +12,7 @@
 //! println!("{}", report.summary());
 //! ```
 
+pub mod cluster;
 pub mod copy;
 pub mod demo;
 pub mod error;

@@ -4,6 +4,7 @@
 //! 2 bad usage or input, nothing written.
 
 use clap::{Args, Parser, Subcommand};
+use ferry::cluster::{Strategy, Topology};
 use ferry::spec::{self, CopySpec, FsyncMode, IoMode};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +26,29 @@ enum Cmd {
     Copy(CopyArgs),
     /// Build a sample tree, copy it, check the copy, print the speed, clean up.
     Demo(EngineArgs),
+    /// Show what a topology change would move, without touching data.
+    Plan(PlanArgs),
+}
+
+#[derive(Args)]
+struct PlanArgs {
+    /// The current topology (JSON).
+    #[arg(long)]
+    from: PathBuf,
+    /// The new topology (JSON); its generation must be larger.
+    #[arg(long)]
+    to: PathBuf,
+    #[arg(long, value_enum, default_value_t = Strategy::Rendezvous)]
+    strategy: Strategy,
+    /// Virtual nodes per unit of weight (ring strategy).
+    #[arg(long, default_value_t = ferry::cluster::placement::DEFAULT_VNODES)]
+    vnodes: u32,
+    /// Also walk the disks and count the objects and bytes that would move.
+    #[arg(long)]
+    scan: bool,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -54,7 +78,7 @@ struct EngineArgs {
     #[arg(long, default_value_t = 64)]
     queue_depth: usize,
     /// Files larger than this are split so every reactor can work on them, e.g. 64M.
-    #[arg(long, value_parser = spec::parse_size, default_value = "64M")]
+    #[arg(long, value_parser = spec::parse_size, default_value = "1G")]
     segment_size: usize,
     /// I/O backend.
     #[arg(long, value_enum, default_value_t = IoMode::Auto)]
@@ -81,6 +105,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Copy(a) => copy(a),
+        Cmd::Plan(p) => plan(p),
         Cmd::Demo(e) => {
             let spec = e.spec(vec![PathBuf::from(".")], PathBuf::from("."));
             if let Err(m) = spec.validate() {
@@ -132,4 +157,42 @@ fn copy(mut a: CopyArgs) -> ExitCode {
         }
         ExitCode::from(1)
     }
+}
+
+fn plan(a: PlanArgs) -> ExitCode {
+    let load = |p: &PathBuf| Topology::load(p).map_err(|e| eprintln!("ferry: {e}"));
+    let (Ok(old), Ok(new)) = (load(&a.from), load(&a.to)) else {
+        return ExitCode::from(2);
+    };
+    if new.generation <= old.generation {
+        eprintln!(
+            "ferry: topology '{}': generation: must grow from {} (in '{}'), got {}",
+            a.to.display(),
+            old.generation,
+            a.from.display(),
+            new.generation
+        );
+        return ExitCode::from(2);
+    }
+    if a.vnodes == 0 || a.vnodes > 10_000 {
+        eprintln!("ferry: --vnodes must be between 1 and 10000");
+        return ExitCode::from(2);
+    }
+    let mut report = ferry::cluster::plan::plan(&old, &new, a.strategy, a.vnodes);
+    if a.scan {
+        let table = ferry::cluster::PartitionTable::build(&new, a.strategy, a.vnodes);
+        report.scan = Some(ferry::cluster::plan::scan(&old, &new, &table));
+    }
+    if a.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("ferry: plan: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    } else {
+        print!("{}", report.render());
+    }
+    ExitCode::SUCCESS
 }

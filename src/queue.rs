@@ -8,6 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub struct TaskQueues<T> {
     locals: Vec<ArrayQueue<T>>,
     shared: SegQueue<T>,
+    /// Parts of work already begun (segments of open files): taken before anything new, so
+    /// open files finish first (bounded fds, sequential writes) instead of all files at once.
+    begun: SegQueue<T>,
     /// Tasks pushed and not yet finished (a task may finish long after it was popped). The job
     /// is over when this reaches zero.
     outstanding: AtomicUsize,
@@ -21,6 +24,7 @@ impl<T> TaskQueues<T> {
                 .map(|_| ArrayQueue::new(local_capacity))
                 .collect(),
             shared: SegQueue::new(),
+            begun: SegQueue::new(),
             outstanding: AtomicUsize::new(0),
         }
     }
@@ -53,11 +57,14 @@ impl<T> TaskQueues<T> {
 
     /// Offers part of an already-counted task (a big file's segment) to every reactor.
     pub fn share(&self, task: T) {
-        self.shared.push(task);
+        self.begun.push(task);
     }
 
-    /// Own queue first, then shared, then the others' queues.
+    /// Begun work first, then the own queue, then shared, then the others' queues.
     pub fn pop(&self, me: usize) -> Option<T> {
+        if let Some(t) = self.begun.pop() {
+            return Some(t);
+        }
         if let Some(t) = self.locals[me].pop() {
             return Some(t);
         }

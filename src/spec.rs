@@ -61,7 +61,7 @@ impl CopySpec {
             threads: 0,
             buffer_size: 512 << 10,
             queue_depth: 64,
-            segment_size: 64 << 20,
+            segment_size: 1 << 30,
             io: IoMode::Auto,
             fsync: FsyncMode::Batch,
             faults: None,

@@ -1,0 +1,8 @@
+//! Cluster map and placement: where every object belongs (topology, placement v1, plans).
+
+pub mod placement;
+pub mod plan;
+pub mod topology;
+
+pub use placement::{PARTITIONS, PartitionTable, Placement, Strategy, partition_of};
+pub use topology::{SetState, Topology, TopologyError};

@@ -1,0 +1,237 @@
+//! The cluster map: pools of disk sets, each set active, draining or removed. Loaded from JSON
+//! and validated with errors that name the bad field (`pools[0].sets[2].weight: ...`).
+
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SetState {
+    /// Owns data.
+    Active,
+    /// Owns nothing; its data leaves.
+    Draining,
+    /// Gone; whatever it held is lost unless its disks are still readable.
+    Removed,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Disk {
+    pub id: String,
+    pub path: PathBuf,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSet {
+    pub id: String,
+    pub state: SetState,
+    pub weight: f64,
+    pub disks: Vec<Disk>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pool {
+    pub id: String,
+    pub sets: Vec<DiskSet>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    pub generation: u64,
+    #[serde(default = "one")]
+    pub replicas: u32,
+    pub pools: Vec<Pool>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Most sets and disks a topology may hold (placement builds tables over them).
+pub const MAX_SETS: usize = 4096;
+pub const MAX_DISKS_PER_SET: usize = 1024;
+pub const MAX_ID_LEN: usize = 255;
+
+/// A topology file that cannot be used, with the field and the reason.
+#[derive(Debug)]
+pub struct TopologyError {
+    pub file: PathBuf,
+    pub field: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for TopologyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "topology '{}': {}", self.file.display(), self.message)
+        } else {
+            write!(
+                f,
+                "topology '{}': {}: {}",
+                self.file.display(),
+                self.field,
+                self.message
+            )
+        }
+    }
+}
+
+impl std::error::Error for TopologyError {}
+
+impl Topology {
+    /// Reads and validates a topology file.
+    pub fn load(path: &Path) -> Result<Topology, TopologyError> {
+        let err = |field: String, message: String| TopologyError {
+            file: path.to_path_buf(),
+            field,
+            message,
+        };
+        let text = std::fs::read(path).map_err(|e| err(String::new(), format!("read: {e}")))?;
+        Self::parse(&text).map_err(|(f, m)| err(f, m))
+    }
+
+    /// Parses and validates; the error is (field path, message).
+    pub fn parse(text: &[u8]) -> Result<Topology, (String, String)> {
+        let de = &mut serde_json::Deserializer::from_slice(text);
+        let t: Topology = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            (path, e.into_inner().to_string())
+        })?;
+        t.validate()?;
+        Ok(t)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |f: String, m: &str| Err((f, m.to_string()));
+        if self.pools.is_empty() {
+            return bad("pools".into(), "at least one pool is required");
+        }
+        let mut pool_ids = HashSet::new();
+        let mut set_ids = HashSet::new();
+        let mut disk_ids = HashSet::new();
+        let mut sets = 0usize;
+        for (pi, pool) in self.pools.iter().enumerate() {
+            let pf = format!("pools[{pi}]");
+            check_id(&pool.id, &format!("{pf}.id"))?;
+            if !pool_ids.insert(pool.id.as_str()) {
+                return bad(format!("{pf}.id"), "duplicate pool id");
+            }
+            for (si, set) in pool.sets.iter().enumerate() {
+                let sf = format!("{pf}.sets[{si}]");
+                check_id(&set.id, &format!("{sf}.id"))?;
+                if !set_ids.insert(set.id.as_str()) {
+                    return Err((format!("{sf}.id"), format!("duplicate set id '{}'", set.id)));
+                }
+                if !(set.weight.is_finite() && set.weight > 0.0) {
+                    return Err((
+                        format!("{sf}.weight"),
+                        format!("must be a number > 0 (got {})", set.weight),
+                    ));
+                }
+                if set.state == SetState::Active && set.disks.is_empty() {
+                    return bad(
+                        format!("{sf}.disks"),
+                        "an active set needs at least one disk",
+                    );
+                }
+                if set.disks.len() > MAX_DISKS_PER_SET {
+                    return bad(format!("{sf}.disks"), "too many disks (at most 1024)");
+                }
+                for (di, d) in set.disks.iter().enumerate() {
+                    let df = format!("{sf}.disks[{di}]");
+                    check_id(&d.id, &format!("{df}.id"))?;
+                    if !disk_ids.insert(d.id.as_str()) {
+                        return Err((format!("{df}.id"), format!("duplicate disk id '{}'", d.id)));
+                    }
+                    if d.path.as_os_str().is_empty() {
+                        return bad(format!("{df}.path"), "must not be empty");
+                    }
+                }
+                sets += 1;
+            }
+        }
+        if sets > MAX_SETS {
+            return bad("pools".into(), "too many sets (at most 4096)");
+        }
+        let active = self.active_sets().count();
+        if active == 0 {
+            return bad("pools".into(), "no active set: nothing could own data");
+        }
+        if self.replicas == 0 || self.replicas as usize > active {
+            return Err((
+                "replicas".into(),
+                format!("must be between 1 and the number of active sets ({active})"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn sets(&self) -> impl Iterator<Item = &DiskSet> {
+        self.pools.iter().flat_map(|p| p.sets.iter())
+    }
+
+    pub fn active_sets(&self) -> impl Iterator<Item = &DiskSet> {
+        self.sets().filter(|s| s.state == SetState::Active)
+    }
+
+    pub fn set(&self, id: &str) -> Option<&DiskSet> {
+        self.sets().find(|s| s.id == id)
+    }
+}
+
+fn check_id(id: &str, field: &str) -> Result<(), (String, String)> {
+    if id.is_empty() || id.len() > MAX_ID_LEN {
+        return Err((field.into(), "must be 1 to 255 bytes".into()));
+    }
+    if id.contains('/') {
+        return Err((field.into(), "must not contain '/'".into()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{ "generation": 7, "replicas": 1, "pools": [ { "id": "pool0", "sets": [
+        { "id": "set0", "state": "active", "weight": 1.0,
+          "disks": [ { "id": "d0", "path": "/srv/d0" }, { "id": "d1", "path": "/srv/d1" } ] } ] } ] }"#;
+
+    fn err_of(s: &str) -> (String, String) {
+        Topology::parse(s.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let t = Topology::parse(GOOD.as_bytes()).unwrap();
+        assert_eq!(t.generation, 7);
+        assert_eq!(t.active_sets().count(), 1);
+    }
+
+    #[test]
+    fn errors_name_the_bad_field() {
+        let (f, m) = err_of(&GOOD.replace("\"weight\": 1.0", "\"weight\": 0"));
+        assert_eq!(f, "pools[0].sets[0].weight", "{m}");
+        let (f, _) = err_of(&GOOD.replace("\"generation\": 7", "\"generation\": -1"));
+        assert_eq!(f, "generation");
+        let (f, _) = err_of(&GOOD.replace("\"active\"", "\"sleeping\""));
+        assert_eq!(f, "pools[0].sets[0].state");
+        let (f, m) = err_of(&GOOD.replace("\"d1\"", "\"d0\""));
+        assert_eq!(f, "pools[0].sets[0].disks[1].id");
+        assert!(m.contains("duplicate"));
+        let (f, _) = err_of(&GOOD.replace("\"replicas\": 1", "\"replicas\": 2"));
+        assert_eq!(f, "replicas");
+        let (f, _) = err_of(&GOOD.replace("\"active\"", "\"draining\""));
+        assert_eq!(f, "pools");
+        let (f, _) =
+            err_of(&GOOD.replace("\"path\": \"/srv/d0\"", "\"path\": \"/srv/d0\", \"x\": 1"));
+        assert_eq!(f, "pools[0].sets[0].disks[0].x");
+        assert!(Topology::parse(b"{").is_err());
+    }
+}
