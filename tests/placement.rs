@@ -283,3 +283,19 @@ fn plan_scan_counts_misplaced_objects_on_disk() {
     );
     assert_eq!(rep.missing_disks, vec!["d1".to_string()]);
 }
+
+#[test]
+fn fast_selection_agrees_with_the_full_sort() {
+    let mut t = equal_sets(12, 1);
+    for (i, s) in t.pools[0].sets.iter_mut().enumerate() {
+        s.weight = 0.5 + (i % 4) as f64;
+    }
+    let r = ferry::cluster::placement::Rendezvous::new(Candidates::of(&t));
+    use ferry::cluster::Placement;
+    for p in 0..=u16::MAX {
+        let mut out = [0u32; 3];
+        r.fill(p, &mut out);
+        assert_eq!(out.to_vec(), r.owners_sorted(p, 3), "partition {p}");
+        assert_eq!(r.owner(p), out[0]);
+    }
+}

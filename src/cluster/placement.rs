@@ -75,6 +75,10 @@ pub trait Placement: Send + Sync {
     fn owner(&self, p: u16) -> u32 {
         self.owners(p, 1)[0]
     }
+    /// `owners(p, out.len())` into `out`; strategies override it to avoid allocating.
+    fn fill(&self, p: u16, out: &mut [u32]) {
+        out.copy_from_slice(&self.owners(p, out.len()));
+    }
 }
 
 /// The active sets of a topology, in topology order.
@@ -93,12 +97,67 @@ impl Candidates {
 
 pub struct Rendezvous {
     c: Candidates,
+    /// Per set: 2 bytes for the partition, then the set id (the hash input, prebuilt).
+    keys: Vec<Vec<u8>>,
 }
 
 impl Rendezvous {
     pub fn new(c: Candidates) -> Self {
         assert!(!c.ids.is_empty());
-        Rendezvous { c }
+        let keys = c
+            .ids
+            .iter()
+            .map(|id| {
+                let mut k = vec![0u8, 0u8];
+                k.extend_from_slice(id.as_bytes());
+                k
+            })
+            .collect();
+        Rendezvous { c, keys }
+    }
+
+    /// Keeps the best `out.len()` sets in `out` (best first) without allocating: one pass,
+    /// insertion into a tiny sorted array (replica counts are small).
+    fn best_into(&self, p: u16, out: &mut [u32], scores: &mut [f64]) {
+        let n = out.len();
+        assert!(n >= 1 && n <= self.c.ids.len() && scores.len() >= n);
+        let mut have = 0usize;
+        let mut key = [0u8; 2 + super::topology::MAX_ID_LEN];
+        for (i, k) in self.keys.iter().enumerate() {
+            key[..k.len()].copy_from_slice(k);
+            key[..2].copy_from_slice(&p.to_le_bytes());
+            let x = xxh3_64(&key[..k.len()]);
+            let w = self.c.weights[i];
+            // ln(u) <= u - 1, so score <= w / (1 - u): a set whose bound is clearly below the
+            // current n-th best cannot enter, and its ln (the costly part) is skipped. The
+            // margin keeps float rounding from ever pruning a true tie.
+            if have == n && w / (1.0 - unit(x)) * (1.0 + 1e-9) < scores[n - 1] {
+                continue;
+            }
+            let s = score(x, w);
+            let id = self.c.ids[i].as_bytes();
+            // Position among the current best.
+            let mut at = have;
+            while at > 0
+                && better(
+                    (s, id),
+                    (scores[at - 1], self.c.ids[out[at - 1] as usize].as_bytes()),
+                )
+            {
+                at -= 1;
+            }
+            if at >= n {
+                continue;
+            }
+            let last = have.min(n - 1);
+            for j in (at..last).rev() {
+                out[j + 1] = out[j];
+                scores[j + 1] = scores[j];
+            }
+            out[at] = i as u32;
+            scores[at] = s;
+            have = (have + 1).min(n);
+        }
     }
 }
 
@@ -108,6 +167,23 @@ impl Placement for Rendezvous {
     }
 
     fn owners(&self, p: u16, n: usize) -> Vec<u32> {
+        let mut out = vec![0u32; n];
+        self.fill(p, &mut out);
+        out
+    }
+
+    fn fill(&self, p: u16, out: &mut [u32]) {
+        let mut scores = [0f64; 64];
+        if out.len() <= scores.len() {
+            return self.best_into(p, out, &mut scores);
+        }
+        out.copy_from_slice(&self.owners_sorted(p, out.len()));
+    }
+}
+
+impl Rendezvous {
+    /// Full sort: the reference form of the rule (used for large replica counts and tests).
+    pub fn owners_sorted(&self, p: u16, n: usize) -> Vec<u32> {
         assert!(n >= 1 && n <= self.c.ids.len());
         let mut buf = Vec::with_capacity(2 + 64);
         let mut scored: Vec<(f64, u32)> = self
@@ -289,7 +365,7 @@ impl PartitionTable {
                 s.spawn(move || {
                     for (i, slot) in chunk.chunks_mut(r).enumerate() {
                         let p = (k * per + i) as u16;
-                        slot.copy_from_slice(&pl.owners(p, r));
+                        pl.fill(p, slot);
                     }
                 });
             }
