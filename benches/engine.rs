@@ -1,7 +1,8 @@
 //! Engine building blocks: the task queue across threads and xxh3 per buffer size.
 
-use criterion::{BenchmarkId, Criterion, Throughput, black_box, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use ferry::queue::TaskQueues;
+use std::hint::black_box;
 use std::sync::Arc;
 
 fn queue(c: &mut Criterion) {

@@ -1,9 +1,10 @@
 //! Placement: owner lookup (computed and from the partition table) and table build, for the
 //! three strategies at 100 equal sets.
 
-use criterion::{Criterion, black_box, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group, criterion_main};
 use ferry::cluster::placement::{Candidates, PartitionTable, Strategy, build};
 use ferry::cluster::{Topology, partition_of};
+use std::hint::black_box;
 
 fn sets(n: usize) -> Topology {
     let sets: Vec<String> = (0..n)
