@@ -98,42 +98,93 @@ pub fn close(fd: OwnedFd, p: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-pub fn apply_file_meta(fd: RawFd, st: &libc::stat, p: &Path) -> Result<(), Error> {
-    let t = times(st);
-    // SAFETY: fd valid, t points to two timespecs.
-    if unsafe { libc::futimens(fd, t.as_ptr()) } < 0 {
-        return Err(Error::last("set times", p));
+/// Applies the kept metadata of `st` (the source's) to `dst`, in the order that keeps it all:
+/// owner first (chown clears setuid/setgid and capabilities), then xattrs and ACLs, then the
+/// mode (setuid bits survive; the ACL mask matches the source's group bits), then times.
+pub fn apply_meta(
+    src: At,
+    dst: At,
+    st: &libc::stat,
+    p: &Path,
+    keep: &crate::spec::Preserve,
+    umask: u32,
+) -> Result<(), Error> {
+    let is_link = file_type(st) == libc::S_IFLNK;
+    if keep.ownership {
+        apply_owner(dst, st, p)?;
     }
-    // SAFETY: fd valid.
-    if unsafe { libc::fchmod(fd, st.st_mode & 0o7777) } < 0 {
-        return Err(Error::last("chmod", p));
+    if keep.xattr || keep.acl {
+        copy_xattrs(src, dst, p, keep.xattr, keep.acl)?;
+    }
+    if !is_link {
+        // Not kept: what a new file would get (the source's permission bits less the umask).
+        let mode = if keep.mode {
+            st.st_mode & 0o7777
+        } else {
+            st.st_mode & 0o777 & !umask
+        };
+        // SAFETY: valid fd or C string.
+        let r = unsafe {
+            match dst {
+                At::Fd(fd) => libc::fchmod(fd, mode),
+                At::Path(c) => libc::fchmodat(libc::AT_FDCWD, c.as_ptr(), mode, 0),
+            }
+        };
+        if r < 0 {
+            return Err(Error::last("chmod", p));
+        }
+    }
+    if keep.timestamps {
+        let t = times(st);
+        // SAFETY: valid fd or C string; two timespecs.
+        let r = unsafe {
+            match dst {
+                At::Fd(fd) => libc::futimens(fd, t.as_ptr()),
+                At::Path(c) => libc::utimensat(
+                    libc::AT_FDCWD,
+                    c.as_ptr(),
+                    t.as_ptr(),
+                    libc::AT_SYMLINK_NOFOLLOW,
+                ),
+            }
+        };
+        if r < 0 {
+            return Err(Error::last("set times", p));
+        }
     }
     Ok(())
 }
 
-/// Mode (unless a symlink, whose mode Linux ignores) and times on a path, not following links.
-pub fn apply_path_meta(p: &Path, st: &libc::stat) -> Result<(), Error> {
-    let c = cpath(p, "set times")?;
-    if file_type(st) != libc::S_IFLNK {
-        // SAFETY: valid C string.
-        if unsafe { libc::chmod(c.as_ptr(), st.st_mode & 0o7777) } < 0 {
-            return Err(Error::last("chmod", p));
-        }
+/// Path form of [`apply_meta`] (directories, symlinks, FIFOs, devices).
+pub fn apply_path_meta(
+    src: &Path,
+    dst: &Path,
+    st: &libc::stat,
+    keep: &crate::spec::Preserve,
+    umask: u32,
+) -> Result<(), Error> {
+    let (cs, cd) = (cpath(src, "stat")?, cpath(dst, "set times")?);
+    apply_meta(At::Path(&cs), At::Path(&cd), st, dst, keep, umask)
+}
+
+/// A hard link to an already copied file, made at the temp name and renamed over `dst`.
+pub fn hardlink(existing: &Path, dst: &Path) -> Result<(), Error> {
+    let tmp = temp_name(dst);
+    let _ = std::fs::remove_file(&tmp); // a stale temp from a killed run; absence is fine
+    std::fs::hard_link(existing, &tmp).map_err(|e| Error::os("link", dst, e))?;
+    rename(&tmp, dst).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp); // best effort: the rename error is what matters
+    })
+}
+
+/// The process umask (read once, before threads start: umask() has no read-only form).
+pub fn read_umask() -> u32 {
+    // SAFETY: umask is always safe; the old value is restored at once.
+    unsafe {
+        let old = libc::umask(0o022);
+        libc::umask(old);
+        old
     }
-    let t = times(st);
-    // SAFETY: valid C string, two timespecs.
-    if unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            t.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    } < 0
-    {
-        return Err(Error::last("set times", p));
-    }
-    Ok(())
 }
 
 /// mkdir that accepts an existing directory (copies merge into it, like cp -r).
@@ -224,7 +275,13 @@ pub fn temp_name(dst: &Path) -> PathBuf {
 
 /// Symlinks, FIFOs and device nodes are made at the temp name and renamed over the final one,
 /// so a re-run replaces an old entry in one step.
-pub fn copy_special(src: &Path, dst: &Path, st: &libc::stat) -> Result<(), Error> {
+pub fn copy_special(
+    src: &Path,
+    dst: &Path,
+    st: &libc::stat,
+    keep: &crate::spec::Preserve,
+    umask: u32,
+) -> Result<(), Error> {
     let tmp = temp_name(dst);
     let ctmp = cpath(&tmp, "create")?;
     let _ = std::fs::remove_file(&tmp); // a stale temp from a killed run; absence is fine
@@ -245,7 +302,7 @@ pub fn copy_special(src: &Path, dst: &Path, st: &libc::stat) -> Result<(), Error
         }
         _ => unreachable!("copy_special called on a regular file or directory"),
     }
-    let done = apply_path_meta(&tmp, st).and_then(|_| rename(&tmp, dst));
+    let done = apply_path_meta(src, &tmp, st, keep, umask).and_then(|_| rename(&tmp, dst));
     if done.is_err() {
         let _ = std::fs::remove_file(&tmp); // best effort: the error that matters is returned
     }
@@ -352,4 +409,123 @@ mod tests {
         assert_ne!(t1, t2);
         assert_eq!(t1, temp_name(&Path::new("/d").join(&long1)));
     }
+}
+
+/// Where metadata is applied: an open fd, or a path that is not followed (symlinks).
+#[derive(Clone, Copy)]
+pub enum At<'a> {
+    Fd(RawFd),
+    Path(&'a std::ffi::CStr),
+}
+
+/// Largest xattr value and name list Linux allows (XATTR_SIZE_MAX, XATTR_LIST_MAX).
+const XATTR_MAX: usize = 64 << 10;
+
+fn am_root() -> bool {
+    // SAFETY: trivial getter.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// uid/gid. Without root, EPERM is expected (like cp -a, ignored); any other errno is real.
+pub fn apply_owner(at: At, st: &libc::stat, p: &Path) -> Result<(), Error> {
+    // SAFETY: valid fd or C string.
+    let r = unsafe {
+        match at {
+            At::Fd(fd) => libc::fchown(fd, st.st_uid, st.st_gid),
+            At::Path(c) => libc::lchown(c.as_ptr(), st.st_uid, st.st_gid),
+        }
+    };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EPERM) && !am_root() {
+            return Ok(());
+        }
+        return Err(Error::os("chown", p, e));
+    }
+    Ok(())
+}
+
+fn xattr_list(at: At, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    buf.resize(XATTR_MAX, 0);
+    // SAFETY: buf is XATTR_MAX bytes long; fd or C string valid.
+    let n = unsafe {
+        match at {
+            At::Fd(fd) => libc::flistxattr(fd, buf.as_mut_ptr().cast(), buf.len()),
+            At::Path(c) => libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()),
+        }
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+fn xattr_get(at: At, name: &std::ffi::CStr, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    buf.resize(XATTR_MAX, 0);
+    // SAFETY: as above.
+    let n = unsafe {
+        match at {
+            At::Fd(fd) => libc::fgetxattr(fd, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()),
+            At::Path(c) => libc::lgetxattr(
+                c.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            ),
+        }
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+fn xattr_set(at: At, name: &std::ffi::CStr, val: &[u8]) -> std::io::Result<()> {
+    // SAFETY: as above; val is a valid slice.
+    let r = unsafe {
+        match at {
+            At::Fd(fd) => libc::fsetxattr(fd, name.as_ptr(), val.as_ptr().cast(), val.len(), 0),
+            At::Path(c) => {
+                libc::lsetxattr(c.as_ptr(), name.as_ptr(), val.as_ptr().cast(), val.len(), 0)
+            }
+        }
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Copies extended attributes: `xattr` selects user.*, trusted.*, security.*; `acl` selects
+/// system.posix_acl_* (POSIX ACLs are stored as these xattrs). Without root, EPERM on
+/// trusted.*/security.* is expected and ignored (like cp -a); everything else is reported.
+pub fn copy_xattrs(src: At, dst: At, p: &Path, xattr: bool, acl: bool) -> Result<(), Error> {
+    let mut names = Vec::new();
+    let n = match xattr_list(src, &mut names) {
+        Ok(n) => n,
+        // The source filesystem has no xattrs at all: nothing to copy.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTSUP)) => return Ok(()),
+        Err(e) => return Err(Error::os("listxattr", p, e)),
+    };
+    let mut val = Vec::new();
+    for name in names[..n].split(|&b| b == 0).filter(|s| !s.is_empty()) {
+        let is_acl = name.starts_with(b"system.posix_acl_");
+        if (is_acl && !acl) || (!is_acl && !xattr) {
+            continue;
+        }
+        let cname = std::ffi::CString::new(name).expect("split on NUL");
+        let len = match xattr_get(src, &cname, &mut val) {
+            Ok(l) => l,
+            // Removed between list and get.
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => continue,
+            Err(e) => return Err(Error::os("getxattr", p, e)),
+        };
+        if let Err(e) = xattr_set(dst, &cname, &val[..len]) {
+            if e.raw_os_error() == Some(libc::EPERM) && !am_root() {
+                continue;
+            }
+            return Err(Error::os("setxattr", p, e));
+        }
+    }
+    Ok(())
 }

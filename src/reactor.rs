@@ -6,7 +6,7 @@
 //! for a completion only when nothing else can be done) -> reap all completions into a list ->
 //! run their handlers (which only queue new ops).
 
-use crate::copy::task::{Ctx, FileJob, Finished, MAX_ATTEMPTS, Task, child_done};
+use crate::copy::task::{Ctx, DirNode, FileJob, Finished, MAX_ATTEMPTS, Task, child_done};
 use crate::copy::walk;
 use crate::error::{Error, ErrorKind, is_transient};
 use crate::io::{Backend, Completion, Op, OpKind};
@@ -261,26 +261,50 @@ impl Reactor {
         &mut self,
         src: PathBuf,
         dst: PathBuf,
-        parent: Option<Arc<crate::copy::task::DirNode>>,
+        parent: Option<Arc<DirNode>>,
         attempt: u32,
     ) -> Result<(), Error> {
+        use crate::copy::task::{LinkClaim, LinkWaiter};
+        use std::os::fd::AsRawFd;
+        let fail = |me: &mut Self, e: Error, parent: &Option<Arc<DirNode>>| {
+            me.ctx.stats.error(e);
+            child_done(parent, &me.ctx);
+            me.ctx.queues.finish();
+            Ok(())
+        };
+        let src_fd = match meta::open_source(&src) {
+            Ok(fd) => fd,
+            Err(e) => return fail(self, e, &parent),
+        };
+        let st = match meta::fstat(src_fd.as_raw_fd(), &src) {
+            // It changed type after the listing saw it; not a regular file any more.
+            Ok(st) if meta::file_type(&st) != libc::S_IFREG => {
+                return fail(self, Error::errno("open", &src, libc::EINVAL), &parent);
+            }
+            Ok(st) => st,
+            Err(e) => return fail(self, e, &parent),
+        };
+        // A file with several names: copy it once, link the other names to the copy.
+        let link_key =
+            (self.ctx.spec.preserve.links && st.st_nlink > 1).then_some((st.st_dev, st.st_ino));
+        if let Some(key) = link_key {
+            let w = LinkWaiter {
+                src: src.clone(),
+                dst: dst.clone(),
+                parent: parent.clone(),
+            };
+            match self.ctx.claim_link(key, st.st_nlink, w) {
+                LinkClaim::First => {}
+                // Made (or queued to be made) by the copy of the first name.
+                LinkClaim::Handled => return Ok(()),
+            }
+        }
         let opened =
             (|| {
-                let src_fd = meta::open_source(&src)?;
-                let st = meta::fstat(std::os::fd::AsRawFd::as_raw_fd(&src_fd), &src)?;
-                if meta::file_type(&st) != libc::S_IFREG {
-                    // It changed type after the listing saw it; not a regular file any more.
-                    return Err(Error::errno("open", &src, libc::EINVAL));
-                }
-                let ranges = meta::data_ranges(
-                    std::os::fd::AsRawFd::as_raw_fd(&src_fd),
-                    &st,
-                    &src,
-                    MAX_RANGES,
-                )?;
+                let ranges = meta::data_ranges(src_fd.as_raw_fd(), &st, &src, MAX_RANGES)?;
                 let tmp = meta::temp_name(&dst);
                 let dst_fd = meta::create_temp(&tmp)?;
-                let raw = std::os::fd::AsRawFd::as_raw_fd(&dst_fd);
+                let raw = dst_fd.as_raw_fd();
                 let dense = ranges.len() == 1 && ranges[0] == (0, st.st_size as u64);
                 // Files that fit one buffer are written by one write: reserving first only costs a
                 // syscall. The destination's filesystem is its directory's, known without a stat.
@@ -291,7 +315,7 @@ impl Reactor {
                         None => meta::fstat(raw, &tmp).map(|s| s.st_dev),
                     });
                 match prepared {
-                    Ok(dev) => Ok((src_fd, dst_fd, st, tmp, ranges, dev)),
+                    Ok(dev) => Ok((dst_fd, tmp, ranges, dev)),
                     Err(e) => {
                         drop(dst_fd);
                         let _ = meta::unlink(&tmp); // best effort; `e` is what gets reported
@@ -299,13 +323,13 @@ impl Reactor {
                     }
                 }
             })();
-        let (src_fd, dst_fd, st, tmp, mut ranges, dev) = match opened {
+        let (dst_fd, tmp, mut ranges, dev) = match opened {
             Ok(v) => v,
             Err(e) => {
-                self.ctx.stats.error(e);
-                child_done(&parent, &self.ctx.stats);
-                self.ctx.queues.finish();
-                return Ok(());
+                if let Some(key) = link_key {
+                    self.ctx.link_failed(key);
+                }
+                return fail(self, e, &parent);
             }
         };
         if !self.known_devs.contains(&dev) {
@@ -335,6 +359,7 @@ impl Reactor {
             parent,
             attempt,
             dev,
+            link_key,
             segs.len(),
         ));
         let Some(&(a, b)) = segs.first() else {
@@ -471,7 +496,14 @@ impl Reactor {
             }
         }
         if !job.is_failed()
-            && let Err(e) = meta::apply_file_meta(job.dst_raw, &job.st, &job.tmp)
+            && let Err(e) = meta::apply_meta(
+                meta::At::Fd(job.src_raw()),
+                meta::At::Fd(job.dst_raw),
+                &job.st,
+                &job.tmp,
+                &self.ctx.spec.preserve,
+                self.ctx.umask,
+            )
         {
             job.fail(e);
         }
@@ -499,6 +531,7 @@ impl Reactor {
                     dev: job.dst_dev,
                     bytes: job.st.st_size as u64,
                     parent: job.parent.clone(),
+                    link_key: job.link_key,
                 };
                 let tx = self.commit_tx.as_ref().expect("batch mode has a committer");
                 if tx.send(f).is_err() {
@@ -551,7 +584,10 @@ impl Reactor {
             Ok(()) => {
                 Stats::add(&self.ctx.stats.files, 1);
                 Stats::add(&self.ctx.stats.bytes, job.st.st_size as u64);
-                child_done(&job.parent, &self.ctx.stats);
+                if let Some(key) = job.link_key {
+                    self.ctx.link_done(key, &job.dst);
+                }
+                child_done(&job.parent, &self.ctx);
                 self.ctx.queues.finish();
             }
             Err(e) => {
@@ -570,6 +606,9 @@ impl Reactor {
         }
         if let Err(e) = meta::unlink(&job.tmp) {
             self.ctx.stats.error(e);
+        }
+        if let Some(key) = job.link_key {
+            self.ctx.link_failed(key);
         }
         let err = job.take_error();
         let changed = job.changed.load(Ordering::Acquire);
@@ -595,7 +634,7 @@ impl Reactor {
             },
         });
         self.ctx.stats.error(err);
-        child_done(&job.parent, &self.ctx.stats);
+        child_done(&job.parent, &self.ctx);
         self.ctx.queues.finish();
     }
 }

@@ -26,6 +26,61 @@ pub enum FsyncMode {
     File,
 }
 
+/// Which metadata is kept. Default: everything, like cp -a.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Preserve {
+    pub mode: bool,
+    pub ownership: bool,
+    pub timestamps: bool,
+    /// Hard links inside the job are recreated as links.
+    pub links: bool,
+    pub xattr: bool,
+    pub acl: bool,
+}
+
+impl Preserve {
+    pub const ALL: Preserve = Preserve {
+        mode: true,
+        ownership: true,
+        timestamps: true,
+        links: true,
+        xattr: true,
+        acl: true,
+    };
+    pub const NONE: Preserve = Preserve {
+        mode: false,
+        ownership: false,
+        timestamps: false,
+        links: false,
+        xattr: false,
+        acl: false,
+    };
+
+    /// Turns on (or off) the attributes named in a comma list: mode, ownership, timestamps,
+    /// links, xattr, acl, all.
+    pub fn set(&mut self, list: &str, on: bool) -> Result<(), String> {
+        for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match name {
+                "mode" => self.mode = on,
+                "ownership" | "owner" => self.ownership = on,
+                "timestamps" | "times" => self.timestamps = on,
+                "links" => self.links = on,
+                "xattr" => self.xattr = on,
+                "acl" => self.acl = on,
+                "all" => {
+                    *self = if on { Preserve::ALL } else { Preserve::NONE };
+                }
+                other => {
+                    return Err(format!(
+                        "unknown attribute '{other}' (use mode, ownership, timestamps, links, xattr, acl, all)"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Limits that keep every queue, buffer and fd count bounded.
 pub const MAX_THREADS: usize = 256;
 pub const MIN_BUFFER: usize = 4096;
@@ -48,6 +103,7 @@ pub struct CopySpec {
     pub segment_size: u64,
     pub io: IoMode,
     pub fsync: FsyncMode,
+    pub preserve: Preserve,
     /// Fault injection for tests (wraps every reactor's backend); never set by the CLI.
     #[serde(default)]
     pub faults: Option<crate::io::faulty::FaultConfig>,
@@ -64,6 +120,7 @@ impl CopySpec {
             segment_size: 1 << 30,
             io: IoMode::Auto,
             fsync: FsyncMode::Batch,
+            preserve: Preserve::ALL,
             faults: None,
         }
     }

@@ -69,13 +69,19 @@ fn commit(ctx: &Ctx, batch: &mut Vec<Finished>) {
             Ok(()) => {
                 Stats::add(&ctx.stats.files, 1);
                 Stats::add(&ctx.stats.bytes, f.bytes);
+                if let Some(key) = f.link_key {
+                    ctx.link_done(key, &f.dst);
+                }
             }
             Err(e) => {
                 let _ = meta::unlink(&f.tmp); // best effort: the failure is reported below
                 ctx.stats.error(e);
+                if let Some(key) = f.link_key {
+                    ctx.link_failed(key);
+                }
             }
         }
-        child_done(&f.parent, &ctx.stats);
+        child_done(&f.parent, ctx);
         ctx.queues.finish();
     }
 }

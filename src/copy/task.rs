@@ -49,6 +49,7 @@ pub enum Task {
 /// (bottom-up, so writing the children does not disturb its mtime, and a 0555 source directory
 /// is filled before it becomes read-only).
 pub struct DirNode {
+    pub src: PathBuf,
     pub dst: PathBuf,
     /// Filesystem of the destination directory (its files' syncfs target).
     pub dst_dev: u64,
@@ -69,7 +70,7 @@ impl DirNode {
 }
 
 /// One child of `parent` is finished; applies metadata up the tree as directories complete.
-pub fn child_done(parent: &Option<Arc<DirNode>>, stats: &Stats) {
+pub fn child_done(parent: &Option<Arc<DirNode>>, ctx: &Ctx) {
     let mut cur = parent.clone();
     while let Some(node) = cur {
         let prev = node.pending.fetch_sub(1, Ordering::AcqRel);
@@ -77,8 +78,14 @@ pub fn child_done(parent: &Option<Arc<DirNode>>, stats: &Stats) {
         if prev != 1 {
             return;
         }
-        if let Err(e) = meta::apply_path_meta(&node.dst, &node.st) {
-            stats.error(e);
+        if let Err(e) = meta::apply_path_meta(
+            &node.src,
+            &node.dst,
+            &node.st,
+            &ctx.spec.preserve,
+            ctx.umask,
+        ) {
+            ctx.stats.error(e);
         }
         cur = node.parent.clone();
     }
@@ -98,6 +105,8 @@ pub struct FileJob {
     pub attempt: u32,
     /// Destination filesystem (for the batch's syncfs).
     pub dst_dev: u64,
+    /// (dev, inode) when the source has several names: the others link to this copy.
+    pub link_key: Option<(u64, u64)>,
     pub segments_left: AtomicUsize,
     /// The source returned EOF before its size: it shrank.
     pub changed: AtomicBool,
@@ -122,6 +131,7 @@ impl FileJob {
         parent: Option<Arc<DirNode>>,
         attempt: u32,
         dst_dev: u64,
+        link_key: Option<(u64, u64)>,
         segments: usize,
     ) -> Self {
         FileJob {
@@ -135,6 +145,7 @@ impl FileJob {
             parent,
             attempt,
             dst_dev,
+            link_key,
             segments_left: AtomicUsize::new(segments),
             changed: AtomicBool::new(false),
             failed_flag: AtomicBool::new(false),
@@ -184,6 +195,31 @@ pub struct Finished {
     pub dev: u64,
     pub bytes: u64,
     pub parent: Option<Arc<DirNode>>,
+    pub link_key: Option<(u64, u64)>,
+}
+
+/// Another name of a multi-link file, waiting for the first name's copy.
+pub struct LinkWaiter {
+    pub src: PathBuf,
+    pub dst: PathBuf,
+    pub parent: Option<Arc<DirNode>>,
+}
+
+enum LinkState {
+    /// The first name is being copied; these names wait for it.
+    Copying {
+        waiters: Vec<LinkWaiter>,
+        nlink: u64,
+    },
+    /// Copied to this path; `left` more names may still come (then the entry is dropped).
+    Done { path: PathBuf, left: u64 },
+}
+
+pub enum LinkClaim {
+    /// Copy this name; the others will link to it.
+    First,
+    /// Linked now, or queued to be linked: the caller's task is taken over.
+    Handled,
 }
 
 /// Everything the reactors and committer share for one job.
@@ -192,6 +228,10 @@ pub struct Ctx {
     pub queues: TaskQueues<Task>,
     pub stats: Stats,
     pub dir_continuations: AtomicUsize,
+    /// The umask, for modes that are not preserved.
+    pub umask: u32,
+    /// Files with several links, by source (dev, inode): the first copy, or who waits for it.
+    links: Mutex<HashMap<(u64, u64), LinkState>>,
     /// Set on a fatal reactor error (or a reactor panic): everyone drains and stops.
     pub abort: AtomicBool,
     /// Source device -> reactor that owns it.
@@ -207,9 +247,102 @@ impl Ctx {
             queues: TaskQueues::new(reactors, 4 * DIR_BATCH),
             stats: Stats::default(),
             dir_continuations: AtomicUsize::new(0),
+            umask: meta::read_umask(),
+            links: Mutex::new(HashMap::new()),
             abort: AtomicBool::new(false),
             owners: Mutex::new((HashMap::new(), 0)),
             dst_fs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The first name of a multi-link file copies it; later names link to the copy (at once,
+    /// or when the copy is final).
+    pub fn claim_link(&self, key: (u64, u64), nlink: u64, w: LinkWaiter) -> LinkClaim {
+        let mut g = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        match g.get_mut(&key) {
+            None => {
+                g.insert(
+                    key,
+                    LinkState::Copying {
+                        waiters: Vec::new(),
+                        nlink,
+                    },
+                );
+                LinkClaim::First
+            }
+            Some(LinkState::Copying { waiters, .. }) => {
+                waiters.push(w);
+                LinkClaim::Handled
+            }
+            Some(LinkState::Done { path, left }) => {
+                let path = path.clone();
+                *left = left.saturating_sub(1);
+                if *left == 0 {
+                    g.remove(&key);
+                }
+                drop(g);
+                self.make_link(&path, w);
+                LinkClaim::Handled
+            }
+        }
+    }
+
+    fn make_link(&self, existing: &Path, w: LinkWaiter) {
+        match meta::hardlink(existing, &w.dst) {
+            Ok(()) => Stats::add(&self.stats.hardlinks, 1),
+            Err(e) => self.stats.error(e),
+        }
+        child_done(&w.parent, self);
+        self.queues.finish();
+    }
+
+    /// The first name's copy has its final name: link the names that waited.
+    pub fn link_done(&self, key: (u64, u64), path: &Path) {
+        let waiters = {
+            let mut g = self.links.lock().unwrap_or_else(|p| p.into_inner());
+            match g.remove(&key) {
+                Some(LinkState::Copying { waiters, nlink }) => {
+                    // Names not seen yet (beyond the first and the waiters) may still come.
+                    let left = nlink.saturating_sub(1 + waiters.len() as u64);
+                    if left > 0 {
+                        g.insert(
+                            key,
+                            LinkState::Done {
+                                path: path.to_path_buf(),
+                                left,
+                            },
+                        );
+                    }
+                    waiters
+                }
+                _ => Vec::new(),
+            }
+        };
+        for w in waiters {
+            self.make_link(path, w);
+        }
+    }
+
+    /// The first name failed: forget it; the waiting names are copied on their own (the first
+    /// of them becomes the new first).
+    pub fn link_failed(&self, key: (u64, u64)) {
+        let waiters = match self
+            .links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key)
+        {
+            Some(LinkState::Copying { waiters, .. }) => waiters,
+            _ => Vec::new(),
+        };
+        for w in waiters {
+            // Their outstanding units carry over to these tasks.
+            self.queues.share(Task::File {
+                src: w.src,
+                dst: w.dst,
+                parent: w.parent,
+                attempt: 1,
+            });
         }
     }
 

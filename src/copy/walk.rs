@@ -21,6 +21,7 @@ pub fn start_dir(ctx: &Ctx, me: usize, src: PathBuf, dst: PathBuf, parent: Optio
         Ok((st, dst_dev, iter)) => {
             Stats::add(&ctx.stats.dirs, 1);
             let node = Arc::new(DirNode {
+                src: src.clone(),
                 dst,
                 dst_dev,
                 st,
@@ -31,7 +32,7 @@ pub fn start_dir(ctx: &Ctx, me: usize, src: PathBuf, dst: PathBuf, parent: Optio
         }
         Err(e) => {
             ctx.stats.error(e);
-            child_done(&parent, &ctx.stats);
+            child_done(&parent, ctx);
             ctx.queues.finish();
         }
     }
@@ -76,7 +77,7 @@ pub fn list_more(
         }
     }
     // The listing itself is one of the node's pending units.
-    child_done(&Some(node), &ctx.stats);
+    child_done(&Some(node), ctx);
     ctx.queues.finish();
 }
 
@@ -105,13 +106,13 @@ fn dispatch(
         Some(t) if t.is_socket() => {
             ctx.stats.skipped.fetch_add(1, Ordering::Relaxed);
             eprintln!("ferry: skipping socket '{}'", src.display());
-            child_done(&parent, &ctx.stats);
+            child_done(&parent, ctx);
         }
         _ => {
             if let Err(e) = copy_inline(ctx, &src, &dst) {
                 ctx.stats.error(e);
             }
-            child_done(&parent, &ctx.stats);
+            child_done(&parent, ctx);
         }
     }
 }
@@ -121,11 +122,11 @@ pub fn copy_inline(ctx: &Ctx, src: &Path, dst: &Path) -> Result<(), Error> {
     let st = meta::lstat(src)?;
     match meta::file_type(&st) {
         libc::S_IFLNK => {
-            meta::copy_special(src, dst, &st)?;
+            meta::copy_special(src, dst, &st, &ctx.spec.preserve, ctx.umask)?;
             Stats::add(&ctx.stats.symlinks, 1);
         }
         libc::S_IFIFO | libc::S_IFCHR | libc::S_IFBLK => {
-            meta::copy_special(src, dst, &st)?;
+            meta::copy_special(src, dst, &st, &ctx.spec.preserve, ctx.umask)?;
             Stats::add(&ctx.stats.specials, 1);
         }
         libc::S_IFSOCK => {
