@@ -5,7 +5,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use ferry::cluster::{Strategy, Topology};
-use ferry::spec::{self, CopySpec, FsyncMode, IoMode};
+use ferry::spec::{self, CopySpec, FsyncMode, IoMode, Preserve};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -86,9 +86,28 @@ struct EngineArgs {
     /// Durability: group commit with syncfs (batch) or fsync per file.
     #[arg(long, value_enum, default_value_t = FsyncMode::Batch)]
     fsync: FsyncMode,
+    /// Keep only these attributes (comma list of mode, ownership, timestamps, links, xattr,
+    /// acl, all). Default: all, like cp -a.
+    #[arg(long, value_name = "LIST")]
+    preserve: Option<String>,
+    /// Do not keep these attributes (same names as --preserve).
+    #[arg(long, value_name = "LIST")]
+    no_preserve: Option<String>,
 }
 
 impl EngineArgs {
+    fn preserve(&self) -> Result<Preserve, String> {
+        let mut p = Preserve::ALL;
+        if let Some(list) = &self.preserve {
+            p = Preserve::NONE;
+            p.set(list, true).map_err(|e| format!("--preserve: {e}"))?;
+        }
+        if let Some(list) = &self.no_preserve {
+            p.set(list, false).map_err(|e| format!("--no-preserve: {e}"))?;
+        }
+        Ok(p)
+    }
+
     fn spec(&self, sources: Vec<PathBuf>, dest: PathBuf) -> CopySpec {
         let mut s = CopySpec::new(sources, dest);
         s.threads = self.threads;
@@ -126,7 +145,14 @@ fn main() -> ExitCode {
 
 fn copy(mut a: CopyArgs) -> ExitCode {
     let dest = a.paths.pop().expect("clap requires two paths");
-    let spec = a.engine.spec(a.paths, dest);
+    let mut spec = a.engine.spec(a.paths, dest);
+    spec.preserve = match a.engine.preserve() {
+        Ok(p) => p,
+        Err(m) => {
+            eprintln!("ferry: {m}");
+            return ExitCode::from(2);
+        }
+    };
     let report = match ferry::copy(spec) {
         Ok(r) => r,
         Err(e) => {
