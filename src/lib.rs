@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod copy;
 pub mod demo;
 pub mod error;
+pub mod filter;
 pub mod io;
 pub mod meta;
 pub mod queue;

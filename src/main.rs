@@ -64,6 +64,23 @@ struct CopyArgs {
     /// Print nothing but errors.
     #[arg(long, short)]
     quiet: bool,
+    /// Skip entries matching GLOB (rsync-style: rules apply in command-line order, first match
+    /// wins; no '/' matches names at any depth, a leading '/' anchors at the source root, a
+    /// trailing '/' matches directories only).
+    #[arg(long, value_name = "GLOB")]
+    exclude: Vec<String>,
+    /// Copy entries matching GLOB even if a later --exclude matches them.
+    #[arg(long, value_name = "GLOB")]
+    include: Vec<String>,
+    /// Walk and report what would be copied (counts and bytes); write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Do not enter directories on other filesystems (mount points are created empty).
+    #[arg(long, short = 'x')]
+    one_file_system: bool,
+    /// Stop at the first error (in-flight files are finished or removed, never left partial).
+    #[arg(long)]
+    fail_fast: bool,
 }
 
 #[derive(Args, Clone)]
@@ -103,7 +120,8 @@ impl EngineArgs {
             p.set(list, true).map_err(|e| format!("--preserve: {e}"))?;
         }
         if let Some(list) = &self.no_preserve {
-            p.set(list, false).map_err(|e| format!("--no-preserve: {e}"))?;
+            p.set(list, false)
+                .map_err(|e| format!("--no-preserve: {e}"))?;
         }
         Ok(p)
     }
@@ -121,9 +139,20 @@ impl EngineArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     match cli.cmd {
-        Cmd::Copy(a) => copy(a),
+        Cmd::Copy(a) => {
+            let rules = matches
+                .subcommand_matches("copy")
+                .map(ordered_rules)
+                .unwrap_or_default();
+            copy(a, rules)
+        }
         Cmd::Plan(p) => plan(p),
         Cmd::Demo(e) => {
             let spec = e.spec(vec![PathBuf::from(".")], PathBuf::from("."));
@@ -143,9 +172,29 @@ fn main() -> ExitCode {
     }
 }
 
-fn copy(mut a: CopyArgs) -> ExitCode {
+/// --include and --exclude merged in the order they were given (first match wins).
+fn ordered_rules(m: &clap::ArgMatches) -> Vec<ferry::filter::Rule> {
+    use ferry::filter::Rule;
+    let mut v: Vec<(usize, Rule)> = Vec::new();
+    for (id, make) in [
+        ("include", Rule::Include as fn(String) -> Rule),
+        ("exclude", Rule::Exclude as fn(String) -> Rule),
+    ] {
+        if let (Some(idx), Some(vals)) = (m.indices_of(id), m.get_many::<String>(id)) {
+            v.extend(idx.zip(vals).map(|(i, s)| (i, make(s.clone()))));
+        }
+    }
+    v.sort_by_key(|(i, _)| *i);
+    v.into_iter().map(|(_, r)| r).collect()
+}
+
+fn copy(mut a: CopyArgs, rules: Vec<ferry::filter::Rule>) -> ExitCode {
     let dest = a.paths.pop().expect("clap requires two paths");
     let mut spec = a.engine.spec(a.paths, dest);
+    spec.filters = rules;
+    spec.dry_run = a.dry_run;
+    spec.one_file_system = a.one_file_system;
+    spec.fail_fast = a.fail_fast;
     spec.preserve = match a.engine.preserve() {
         Ok(p) => p,
         Err(m) => {
@@ -169,6 +218,11 @@ fn copy(mut a: CopyArgs) -> ExitCode {
             Ok(s) => println!("{s}"),
             Err(e) => eprintln!("ferry: report: {e}"),
         }
+    } else if a.dry_run {
+        println!(
+            "dry run: would copy {} files ({} bytes), {} dirs, {} symlinks, {} special files",
+            report.files, report.bytes, report.dirs, report.symlinks, report.specials
+        );
     } else if !a.quiet {
         println!("{}", report.summary());
     }

@@ -97,7 +97,7 @@ impl Reactor {
     pub fn run(&mut self) -> Result<(), Error> {
         let mut idle = 0u32;
         loop {
-            let aborting = self.ctx.abort.load(Ordering::Acquire);
+            let aborting = self.ctx.stats.abort.load(Ordering::Acquire);
             if aborting {
                 self.drain_aborted()?;
             }
@@ -148,7 +148,7 @@ impl Reactor {
     }
 
     fn fatal(&self, e: std::io::Error) -> Error {
-        self.ctx.abort.store(true, Ordering::Release);
+        self.ctx.stats.abort.store(true, Ordering::Release);
         Error::os(
             "io_uring_enter",
             &PathBuf::from(format!("<reactor {}>", self.me)),
@@ -174,7 +174,7 @@ impl Reactor {
 
     /// Fills free buffers with reads, oldest active file first (so files finish early).
     fn issue(&mut self) -> Result<(), Error> {
-        if self.ctx.abort.load(Ordering::Acquire) {
+        if self.ctx.stats.abort.load(Ordering::Acquire) {
             return Ok(());
         }
         for idx in 0..self.active.len() {
@@ -284,6 +284,14 @@ impl Reactor {
             Ok(st) => st,
             Err(e) => return fail(self, e, &parent),
         };
+        if self.ctx.spec.dry_run {
+            // Opened and sized like a real copy, so unreadable files are reported the same way.
+            Stats::add(&self.ctx.stats.files, 1);
+            Stats::add(&self.ctx.stats.bytes, st.st_size as u64);
+            child_done(&parent, &self.ctx);
+            self.ctx.queues.finish();
+            return Ok(());
+        }
         // A file with several names: copy it once, link the other names to the copy.
         let link_key =
             (self.ctx.spec.preserve.links && st.st_nlink > 1).then_some((st.st_dev, st.st_ino));
@@ -423,7 +431,7 @@ impl Reactor {
             // Short read or write: continue where it stopped, same buffer.
             return self.resubmit(buf, &job);
         }
-        if slot.writing || job.is_failed() || self.ctx.abort.load(Ordering::Acquire) {
+        if slot.writing || job.is_failed() || self.ctx.stats.abort.load(Ordering::Acquire) {
             return self.release(buf);
         }
         // The chunk is in the buffer: write it from the very same buffer.
@@ -459,8 +467,9 @@ impl Reactor {
         let seg = self.active[seg_idx].as_mut().expect("active segment");
         assert!(seg.inflight > 0);
         seg.inflight -= 1;
-        let over =
-            seg.next >= seg.end || seg.job.is_failed() || self.ctx.abort.load(Ordering::Acquire);
+        let over = seg.next >= seg.end
+            || seg.job.is_failed()
+            || self.ctx.stats.abort.load(Ordering::Acquire);
         if seg.inflight > 0 || !over {
             return Ok(());
         }
@@ -472,7 +481,7 @@ impl Reactor {
         let seg = self.active[idx].take().expect("active segment");
         assert_eq!(seg.inflight, 0, "retiring a segment with I/O in flight");
         self.active_count -= 1;
-        if self.ctx.abort.load(Ordering::Acquire) {
+        if self.ctx.stats.abort.load(Ordering::Acquire) {
             seg.job
                 .fail(Error::errno("copy", &seg.job.src, libc::ECANCELED));
         }
@@ -536,7 +545,7 @@ impl Reactor {
                 let tx = self.commit_tx.as_ref().expect("batch mode has a committer");
                 if tx.send(f).is_err() {
                     // The committer is gone (it panicked): nothing more can become durable.
-                    self.ctx.abort.store(true, Ordering::Release);
+                    self.ctx.stats.abort.store(true, Ordering::Release);
                     job.fail(Error::errno("commit", &job.dst, libc::EPIPE));
                     self.abandon(job);
                 }

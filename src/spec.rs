@@ -104,6 +104,18 @@ pub struct CopySpec {
     pub io: IoMode,
     pub fsync: FsyncMode,
     pub preserve: Preserve,
+    /// Include/exclude rules in command-line order (first match wins).
+    #[serde(default)]
+    pub filters: Vec<crate::filter::Rule>,
+    /// Walk and count what would be copied; write nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Do not descend into directories on other filesystems than their parent's.
+    #[serde(default)]
+    pub one_file_system: bool,
+    /// Stop at the first error.
+    #[serde(default)]
+    pub fail_fast: bool,
     /// Fault injection for tests (wraps every reactor's backend); never set by the CLI.
     #[serde(default)]
     pub faults: Option<crate::io::faulty::FaultConfig>,
@@ -121,6 +133,10 @@ impl CopySpec {
             io: IoMode::Auto,
             fsync: FsyncMode::Batch,
             preserve: Preserve::ALL,
+            filters: Vec::new(),
+            dry_run: false,
+            one_file_system: false,
+            fail_fast: false,
             faults: None,
         }
     }

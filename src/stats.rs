@@ -3,7 +3,7 @@
 use crate::error::Error;
 use serde::Serialize;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 /// At most this many errors are kept with their text; the rest are only counted.
@@ -21,6 +21,10 @@ pub struct Stats {
     pub retries: AtomicU64,
     pub failed: AtomicU64,
     errors: Mutex<Vec<Error>>,
+    /// Stop: a fatal reactor error, a reactor panic, or any error under --fail-fast. Reactors
+    /// drain what is in flight and exit.
+    pub abort: AtomicBool,
+    pub fail_fast: AtomicBool,
 }
 
 impl Stats {
@@ -30,6 +34,9 @@ impl Stats {
 
     pub fn error(&self, e: Error) {
         self.failed.fetch_add(1, Relaxed);
+        if self.fail_fast.load(Relaxed) {
+            self.abort.store(true, std::sync::atomic::Ordering::Release);
+        }
         let mut v = self.errors.lock().unwrap_or_else(|p| p.into_inner());
         if v.len() < MAX_KEPT_ERRORS {
             v.push(e);
@@ -85,8 +92,9 @@ impl Report {
     pub fn summary(&self) -> String {
         let secs = self.elapsed_secs.max(1e-9);
         format!(
-            "{} files, {} dirs, {} symlinks, {:.1} MB in {:.2}s ({:.0} files/s, {:.1} MB/s, {} x {}){}",
+            "{} files, {} hard links, {} dirs, {} symlinks, {:.1} MB in {:.2}s ({:.0} files/s, {:.1} MB/s, {} x {}){}",
             self.files,
+            self.hardlinks,
             self.dirs,
             self.symlinks,
             self.bytes as f64 / 1e6,

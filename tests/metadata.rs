@@ -80,7 +80,11 @@ fn build(root: &Path) -> bool {
     }
     write_file(&root.join("acl-file"), 5, 4);
     fs::set_permissions(root.join("acl-file"), fs::Permissions::from_mode(0o640)).unwrap();
-    set_xattr(&root.join("acl-file"), "system.posix_acl_access", &acl_bytes());
+    set_xattr(
+        &root.join("acl-file"),
+        "system.posix_acl_access",
+        &acl_bytes(),
+    );
     write_file(&root.join("suid"), 5, 5);
     if is_root() {
         // SAFETY: valid C string.
@@ -130,9 +134,17 @@ fn assert_metadata_equal(a: &Path, b: &Path) {
             fs::symlink_metadata(a.join(&rel)).unwrap(),
             fs::symlink_metadata(b.join(&rel)).unwrap(),
         );
-        assert_eq!((ma.uid(), ma.gid()), (mb.uid(), mb.gid()), "owner of {rel:?}");
+        assert_eq!(
+            (ma.uid(), ma.gid()),
+            (mb.uid(), mb.gid()),
+            "owner of {rel:?}"
+        );
         assert_eq!(ma.rdev(), mb.rdev(), "device numbers of {rel:?}");
-        assert_eq!(xattrs(&a.join(&rel)), xattrs(&b.join(&rel)), "xattrs of {rel:?}");
+        assert_eq!(
+            xattrs(&a.join(&rel)),
+            xattrs(&b.join(&rel)),
+            "xattrs of {rel:?}"
+        );
         if ma.is_file() && ma.nlink() > 1 {
             groups_a.entry(ma.ino()).or_default().push(rel.clone());
             groups_b.entry(mb.ino()).or_default().push(rel.clone());
@@ -202,7 +214,11 @@ fn no_preserve_drops_what_it_names() {
     assert_ne!(a.ino(), b.ino(), "links not kept: separate copies");
     assert!(files_equal(&src.join("a/one"), &dst.join("third-name")));
     if xattr_ok {
-        assert!(xattrs(&dst.join("single")).iter().all(|(n, _)| !n.starts_with("user.")));
+        assert!(
+            xattrs(&dst.join("single"))
+                .iter()
+                .all(|(n, _)| !n.starts_with("user."))
+        );
     }
     let ms = fs::metadata(src.join("a")).unwrap();
     let md = fs::metadata(dst.join("a")).unwrap();

@@ -85,7 +85,7 @@ struct AbortOnPanic(Arc<Ctx>);
 impl Drop for AbortOnPanic {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            self.0.abort.store(true, Ordering::Release);
+            self.0.stats.abort.store(true, Ordering::Release);
         }
     }
 }
@@ -95,12 +95,14 @@ impl Drop for AbortOnPanic {
 pub fn run(spec: CopySpec) -> Result<Report, Error> {
     spec.validate()
         .map_err(|m| Error::usage(Path::new("ferry copy"), m))?;
+    let filter = crate::filter::Filter::new(&spec.filters)
+        .map_err(|m| Error::usage(Path::new("ferry copy"), m))?;
     let plan = plan::resolve(&spec.sources, &spec.dest)?;
     let engine = choose_engine(spec.io)?;
     raise_fd_limit();
     let started = Instant::now();
     let reactors = spec.reactor_count();
-    let ctx = Arc::new(Ctx::new(spec.clone(), reactors));
+    let ctx = Arc::new(Ctx::new(spec.clone(), filter, reactors));
     let dest_dev = std::fs::metadata(&plan.dest_dir)
         .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
         .map_err(|e| Error::os("stat", &plan.dest_dir, e))?;
@@ -173,7 +175,7 @@ pub fn run(spec: CopySpec) -> Result<Report, Error> {
         match h {
             Ok(h) => handles.push(h),
             Err(e) => {
-                ctx.abort.store(true, Ordering::Release);
+                ctx.stats.abort.store(true, Ordering::Release);
                 ctx.stats
                     .error(Error::os("spawn", Path::new("ferry reactor"), e));
                 break;

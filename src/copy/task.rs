@@ -51,6 +51,8 @@ pub enum Task {
 pub struct DirNode {
     pub src: PathBuf,
     pub dst: PathBuf,
+    /// Path below the source root (empty for the root): what filters match.
+    pub rel: PathBuf,
     /// Filesystem of the destination directory (its files' syncfs target).
     pub dst_dev: u64,
     pub st: libc::stat,
@@ -77,6 +79,10 @@ pub fn child_done(parent: &Option<Arc<DirNode>>, ctx: &Ctx) {
         assert!(prev > 0, "directory finished twice");
         if prev != 1 {
             return;
+        }
+        if ctx.spec.dry_run {
+            cur = node.parent.clone();
+            continue;
         }
         if let Err(e) = meta::apply_path_meta(
             &node.src,
@@ -225,6 +231,7 @@ pub enum LinkClaim {
 /// Everything the reactors and committer share for one job.
 pub struct Ctx {
     pub spec: CopySpec,
+    pub filter: crate::filter::Filter,
     pub queues: TaskQueues<Task>,
     pub stats: Stats,
     pub dir_continuations: AtomicUsize,
@@ -232,8 +239,6 @@ pub struct Ctx {
     pub umask: u32,
     /// Files with several links, by source (dev, inode): the first copy, or who waits for it.
     links: Mutex<HashMap<(u64, u64), LinkState>>,
-    /// Set on a fatal reactor error (or a reactor panic): everyone drains and stops.
-    pub abort: AtomicBool,
     /// Source device -> reactor that owns it.
     owners: Mutex<(HashMap<u64, usize>, usize)>,
     /// Destination filesystems: one fd each, opened early, for syncfs.
@@ -241,15 +246,19 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub fn new(spec: CopySpec, reactors: usize) -> Self {
+    pub fn new(spec: CopySpec, filter: crate::filter::Filter, reactors: usize) -> Self {
+        let stats = Stats::default();
+        stats
+            .fail_fast
+            .store(spec.fail_fast, std::sync::atomic::Ordering::Relaxed);
         Ctx {
             spec,
+            filter,
             queues: TaskQueues::new(reactors, 4 * DIR_BATCH),
-            stats: Stats::default(),
+            stats,
             dir_continuations: AtomicUsize::new(0),
             umask: meta::read_umask(),
             links: Mutex::new(HashMap::new()),
-            abort: AtomicBool::new(false),
             owners: Mutex::new((HashMap::new(), 0)),
             dst_fs: Mutex::new(HashMap::new()),
         }

@@ -11,24 +11,45 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Starts a directory: mkdir at the destination, open the listing, list the first batch.
 pub fn start_dir(ctx: &Ctx, me: usize, src: PathBuf, dst: PathBuf, parent: Option<Arc<DirNode>>) {
+    let dry = ctx.spec.dry_run;
     let begun = meta::lstat(&src).and_then(|st| {
-        meta::make_dir(&dst)?;
-        let dst_dev = meta::lstat(&dst)?.st_dev;
-        let iter = std::fs::read_dir(&src).map_err(|e| Error::os("opendir", &src, e))?;
+        if !dry {
+            meta::make_dir(&dst)?;
+        }
+        let dst_dev = if dry { 0 } else { meta::lstat(&dst)?.st_dev };
+        // --one-file-system: a mount point is created (as cp -x and rsync -x do) but not entered.
+        let other_fs =
+            ctx.spec.one_file_system && parent.as_ref().is_some_and(|p| p.st.st_dev != st.st_dev);
+        let iter = if other_fs {
+            None
+        } else {
+            Some(std::fs::read_dir(&src).map_err(|e| Error::os("opendir", &src, e))?)
+        };
         Ok((st, dst_dev, iter))
     });
     match begun {
         Ok((st, dst_dev, iter)) => {
             Stats::add(&ctx.stats.dirs, 1);
+            let rel = match (&parent, src.file_name()) {
+                (Some(p), Some(n)) => p.rel.join(n),
+                _ => PathBuf::new(),
+            };
             let node = Arc::new(DirNode {
                 src: src.clone(),
+                rel,
                 dst,
                 dst_dev,
                 st,
                 pending: AtomicUsize::new(1),
                 parent,
             });
-            list_more(ctx, me, iter, src, node, false);
+            match iter {
+                Some(iter) => list_more(ctx, me, iter, src, node, false),
+                None => {
+                    child_done(&Some(node), ctx);
+                    ctx.queues.finish();
+                }
+            }
         }
         Err(e) => {
             ctx.stats.error(e);
@@ -53,13 +74,25 @@ pub fn list_more(
     let owner = ctx.owner_of(node.st.st_dev);
     let mut n = 0usize;
     loop {
+        if ctx.stats.abort.load(Ordering::Acquire) {
+            break;
+        }
         let Some(entry) = iter.next() else { break };
         match entry {
             Ok(entry) => {
                 let name = entry.file_name();
+                let ft = entry.file_type().ok();
+                if !ctx.filter.is_empty()
+                    && !ctx
+                        .filter
+                        .included(&node.rel.join(&name), ft.is_some_and(|t| t.is_dir()))
+                {
+                    n += 1;
+                    continue;
+                }
                 let (s, d) = (src.join(&name), node.dst.join(&name));
                 node.add_child();
-                dispatch(ctx, owner, entry.file_type().ok(), s, d, &node);
+                dispatch(ctx, owner, ft, s, d, &node);
             }
             Err(e) => ctx.stats.error(Error::os("readdir", &src, e)),
         }
@@ -120,6 +153,15 @@ fn dispatch(
 /// Symlinks (as links), FIFOs and device nodes: made directly, never opened.
 pub fn copy_inline(ctx: &Ctx, src: &Path, dst: &Path) -> Result<(), Error> {
     let st = meta::lstat(src)?;
+    if ctx.spec.dry_run && meta::file_type(&st) != libc::S_IFSOCK {
+        let c = if meta::file_type(&st) == libc::S_IFLNK {
+            &ctx.stats.symlinks
+        } else {
+            &ctx.stats.specials
+        };
+        Stats::add(c, 1);
+        return Ok(());
+    }
     match meta::file_type(&st) {
         libc::S_IFLNK => {
             meta::copy_special(src, dst, &st, &ctx.spec.preserve, ctx.umask)?;

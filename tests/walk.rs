@@ -1,0 +1,205 @@
+//! Filters, --dry-run, --fail-fast and --one-file-system.
+
+mod common;
+use common::*;
+use std::fs;
+use std::path::Path;
+
+fn tree(root: &Path) {
+    for d in ["src/a", "src/b", "build/x", "logs"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    for (i, f) in [
+        "src/a/m.c",
+        "src/a/m.o",
+        "src/b/n.o",
+        "build/x/out.bin",
+        "logs/keep.log",
+        "logs/old.log",
+        "top.log",
+        "README",
+    ]
+    .iter()
+    .enumerate()
+    {
+        write_file(&root.join(f), 1000 + i, i as u64);
+    }
+}
+
+fn exists(root: &Path, rel: &str) -> bool {
+    fs::symlink_metadata(root.join(rel)).is_ok()
+}
+
+#[test]
+fn include_exclude_first_match_wins() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("s");
+    tree(&src);
+    let dst = t.path().join("d");
+    let out = ferry(&[
+        "copy".as_ref(),
+        "--include".as_ref(),
+        "keep.log".as_ref(),
+        "--exclude".as_ref(),
+        "*.log".as_ref(),
+        "--exclude".as_ref(),
+        "/build/".as_ref(),
+        "--exclude".as_ref(),
+        "src/**/*.o".as_ref(),
+        src.as_os_str(),
+        dst.as_os_str(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for (rel, want) in [
+        ("src/a/m.c", true),
+        ("src/a/m.o", false),
+        ("src/b/n.o", false),
+        ("build", false),
+        ("logs/keep.log", true),
+        ("logs/old.log", false),
+        ("top.log", false),
+        ("README", true),
+    ] {
+        assert_eq!(exists(&dst, rel), want, "{rel}");
+    }
+    assert!(files_equal(&src.join("src/a/m.c"), &dst.join("src/a/m.c")));
+    // Reversed order: the exclude comes first and wins.
+    let dst2 = t.path().join("d2");
+    let out = ferry(&[
+        "copy".as_ref(),
+        "--exclude".as_ref(),
+        "*.log".as_ref(),
+        "--include".as_ref(),
+        "keep.log".as_ref(),
+        src.as_os_str(),
+        dst2.as_os_str(),
+    ]);
+    assert!(out.status.success());
+    assert!(!exists(&dst2, "logs/keep.log"));
+    let bad = ferry(&["copy", "--exclude", "[", "a", "b"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+}
+
+#[test]
+fn dry_run_counts_and_writes_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("s");
+    tree(&src);
+    let dst = t.path().join("d");
+    let out = ferry(&[
+        "copy".as_ref(),
+        "--dry-run".as_ref(),
+        "--json".as_ref(),
+        src.as_os_str(),
+        dst.as_os_str(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["files"], 8);
+    assert_eq!(v["bytes"], (0..8).map(|i| 1000 + i).sum::<u64>());
+    assert!(!dst.exists(), "dry run wrote something");
+    let out = ferry(&[
+        "copy".as_ref(),
+        "--dry-run".as_ref(),
+        src.as_os_str(),
+        dst.as_os_str(),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("would copy 8 files"));
+}
+
+#[test]
+fn fail_fast_stops_at_the_first_error() {
+    let t = tempfile::tempdir().unwrap();
+    let uid = is_root().then_some(65534u32);
+    let src = t.path().join("s");
+    fs::create_dir(&src).unwrap();
+    for i in 0..3000 {
+        write_file(&src.join(format!("f{i:04}")), 100, i);
+    }
+    use std::os::unix::fs::PermissionsExt;
+    // Every tenth file is unreadable, so in any listing order an error comes early.
+    for i in (0..3000).step_by(10) {
+        fs::set_permissions(
+            src.join(format!("f{i:04}")),
+            fs::Permissions::from_mode(0o000),
+        )
+        .unwrap();
+    }
+    let out_dir = t.path().join("o");
+    fs::create_dir(&out_dir).unwrap();
+    if is_root() {
+        fs::set_permissions(t.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let c = std::ffi::CString::new(out_dir.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: valid C string.
+        assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
+    }
+    let dst = out_dir.join("d");
+    let a = [
+        "copy".as_ref(),
+        "--fail-fast".as_ref(),
+        "--threads".as_ref(),
+        "1".as_ref(),
+        src.as_os_str(),
+        dst.as_os_str(),
+    ];
+    let out = ferry_with(&a, std::time::Duration::from_secs(60), uid);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Permission denied"),
+        "{}",
+        stderr(&out)
+    );
+    let copied = fs::read_dir(&dst).map(|r| r.count()).unwrap_or(0);
+    assert!(
+        copied < 1000,
+        "fail-fast went on: {copied} of 2700 readable files copied"
+    );
+    assert!(
+        temp_files(&out_dir).is_empty(),
+        "{:?}",
+        temp_files(&out_dir)
+    );
+}
+
+#[test]
+fn one_file_system_does_not_enter_mount_points() {
+    if !is_root() {
+        eprintln!("SKIP: mounting a tmpfs needs root");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("s");
+    tree(&src);
+    let mnt = src.join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!("SKIP: cannot mount tmpfs here");
+        return;
+    }
+    write_file(&mnt.join("other-fs-file"), 100, 1);
+    let dst = t.path().join("d");
+    let out = ferry(&[
+        "copy".as_ref(),
+        "-x".as_ref(),
+        src.as_os_str(),
+        dst.as_os_str(),
+    ]);
+    let dst_all = t.path().join("d-all");
+    let out_all = ferry(&["copy".as_ref(), src.as_os_str(), dst_all.as_os_str()]);
+    let _ = std::process::Command::new("umount").arg(&mnt).status();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out_all.status.success(), "{}", stderr(&out_all));
+    assert!(
+        dst.join("mnt").is_dir(),
+        "the mount point itself is created"
+    );
+    assert!(!dst.join("mnt/other-fs-file").exists());
+    assert!(dst.join("README").exists());
+    assert!(dst_all.join("mnt/other-fs-file").exists());
+}
