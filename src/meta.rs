@@ -7,9 +7,98 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-pub fn cpath(p: &Path, op: &'static str) -> Result<CString, Error> {
-    CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| Error::errno(op, p, libc::EINVAL /* NUL inside a path */))
+/// Paths at least this long are reached through their parent directory's fd (PATH_MAX is
+/// 4096 with the NUL; keep a margin for the /proc prefix).
+const LONG_PATH: usize = 3800;
+
+/// A path ready for a syscall. Paths longer than PATH_MAX are reached by opening their parent
+/// step by step (openat of chunks below PATH_MAX, O_PATH) and naming the entry as
+/// `/proc/self/fd/<parent>/<name>`, so trees of any depth copy; the parent fd lives as long as
+/// this value.
+pub struct CPath {
+    c: CString,
+    _parent: Option<OwnedFd>,
+}
+
+impl std::ops::Deref for CPath {
+    type Target = std::ffi::CStr;
+    fn deref(&self) -> &std::ffi::CStr {
+        &self.c
+    }
+}
+
+impl CPath {
+    pub fn as_path(&self) -> &Path {
+        Path::new(std::ffi::OsStr::from_bytes(self.c.as_bytes()))
+    }
+}
+
+pub fn cpath(p: &Path, op: &'static str) -> Result<CPath, Error> {
+    let bytes = p.as_os_str().as_bytes();
+    if bytes.len() < LONG_PATH {
+        let c =
+            CString::new(bytes).map_err(|_| Error::errno(op, p, libc::EINVAL /* NUL */))?;
+        return Ok(CPath { c, _parent: None });
+    }
+    let (Some(parent), Some(name)) = (p.parent(), p.file_name()) else {
+        return Err(Error::errno(op, p, libc::ENAMETOOLONG));
+    };
+    let dir = open_long_dir(parent, op)?;
+    let mut short = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+    short.extend_from_slice(name.as_bytes());
+    let c = CString::new(short).map_err(|_| Error::errno(op, p, libc::EINVAL))?;
+    Ok(CPath {
+        c,
+        _parent: Some(dir),
+    })
+}
+
+/// Opens a directory of any path length with O_PATH, one chunk of components at a time.
+fn open_long_dir(dir: &Path, op: &'static str) -> Result<OwnedFd, Error> {
+    use std::path::Component;
+    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
+    let mut cur: Option<OwnedFd> = None;
+    let mut chunk: Vec<u8> = Vec::new();
+    let step = |cur: &Option<OwnedFd>, chunk: &[u8]| -> Result<OwnedFd, Error> {
+        let c = CString::new(chunk).map_err(|_| Error::errno(op, dir, libc::EINVAL))?;
+        let base = cur.as_ref().map_or(libc::AT_FDCWD, |f| f.as_raw_fd());
+        // SAFETY: valid C string; base is AT_FDCWD or an fd we own.
+        let fd = unsafe { libc::openat(base, c.as_ptr(), flags) };
+        if fd < 0 {
+            return Err(Error::last(op, dir));
+        }
+        // SAFETY: fresh fd.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    };
+    for comp in dir.components() {
+        let part: &[u8] = match comp {
+            Component::RootDir => b"/",
+            Component::Normal(n) => n.as_bytes(),
+            Component::CurDir => b".",
+            Component::ParentDir => b"..",
+            Component::Prefix(_) => return Err(Error::errno(op, dir, libc::EINVAL)),
+        };
+        if !chunk.is_empty() && chunk.len() + 1 + part.len() >= LONG_PATH {
+            cur = Some(step(&cur, &chunk)?);
+            chunk.clear();
+        }
+        if !chunk.is_empty() && !chunk.ends_with(b"/") {
+            chunk.push(b'/');
+        }
+        chunk.extend_from_slice(part);
+    }
+    if !chunk.is_empty() {
+        cur = Some(step(&cur, &chunk)?);
+    }
+    cur.ok_or_else(|| Error::errno(op, dir, libc::EINVAL))
+}
+
+/// Removes a stale temp file if there is one (absence is the normal case).
+fn remove_stale(p: &Path) -> Result<(), Error> {
+    match unlink(p) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        r => r,
+    }
 }
 
 pub fn lstat(p: &Path) -> Result<libc::stat, Error> {
@@ -170,10 +259,14 @@ pub fn apply_path_meta(
 /// A hard link to an already copied file, made at the temp name and renamed over `dst`.
 pub fn hardlink(existing: &Path, dst: &Path) -> Result<(), Error> {
     let tmp = temp_name(dst);
-    let _ = std::fs::remove_file(&tmp); // a stale temp from a killed run; absence is fine
-    std::fs::hard_link(existing, &tmp).map_err(|e| Error::os("link", dst, e))?;
+    remove_stale(&tmp)?;
+    let (a, b) = (cpath(existing, "link")?, cpath(&tmp, "link")?);
+    // SAFETY: valid C strings.
+    if unsafe { libc::link(a.as_ptr(), b.as_ptr()) } < 0 {
+        return Err(Error::last("link", dst));
+    }
     rename(&tmp, dst).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp); // best effort: the rename error is what matters
+        let _ = unlink(&tmp); // best effort: the rename error is what matters
     })
 }
 
@@ -284,11 +377,19 @@ pub fn copy_special(
 ) -> Result<(), Error> {
     let tmp = temp_name(dst);
     let ctmp = cpath(&tmp, "create")?;
-    let _ = std::fs::remove_file(&tmp); // a stale temp from a killed run; absence is fine
+    remove_stale(&tmp)?;
     match file_type(st) {
         libc::S_IFLNK => {
-            let target = std::fs::read_link(src).map_err(|e| Error::os("readlink", src, e))?;
-            let ct = cpath(&target, "symlink")?;
+            let cs = cpath(src, "readlink")?;
+            let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+            // SAFETY: buf is as long as we say.
+            let n = unsafe { libc::readlink(cs.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n < 0 {
+                return Err(Error::last("readlink", src));
+            }
+            buf.truncate(n as usize);
+            // The target is content, copied byte for byte (never shortened).
+            let ct = CString::new(buf).map_err(|_| Error::errno("readlink", src, libc::EINVAL))?;
             // SAFETY: valid C strings.
             if unsafe { libc::symlink(ct.as_ptr(), ctmp.as_ptr()) } < 0 {
                 return Err(Error::last("symlink", dst));
@@ -304,7 +405,7 @@ pub fn copy_special(
     }
     let done = apply_path_meta(src, &tmp, st, keep, umask).and_then(|_| rename(&tmp, dst));
     if done.is_err() {
-        let _ = std::fs::remove_file(&tmp); // best effort: the error that matters is returned
+        let _ = unlink(&tmp); // best effort: the error that matters is returned
     }
     done
 }

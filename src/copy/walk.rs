@@ -23,7 +23,8 @@ pub fn start_dir(ctx: &Ctx, me: usize, src: PathBuf, dst: PathBuf, parent: Optio
         let iter = if other_fs {
             None
         } else {
-            Some(std::fs::read_dir(&src).map_err(|e| Error::os("opendir", &src, e))?)
+            let short = meta::cpath(&src, "opendir")?;
+            Some(std::fs::read_dir(short.as_path()).map_err(|e| Error::os("opendir", &src, e))?)
         };
         Ok((st, dst_dev, iter))
     });
