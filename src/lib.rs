@@ -15,6 +15,7 @@
 pub mod cluster;
 pub mod copy;
 pub mod demo;
+pub mod dirents;
 pub mod error;
 pub mod filter;
 pub mod io;

@@ -61,6 +61,8 @@ pub struct Reactor {
     fsync_wait: VecDeque<Arc<FileJob>>,
     cq: Vec<Completion>,
     known_devs: Vec<u64>,
+    /// getdents64 batches, reused for every directory this reactor lists.
+    dirbuf: Vec<u8>,
 }
 
 impl Reactor {
@@ -89,6 +91,7 @@ impl Reactor {
             fsync_wait: VecDeque::new(),
             cq: Vec::with_capacity(2 * depth),
             known_devs: Vec::new(),
+            dirbuf: vec![0u8; crate::dirents::DIRENT_BUF],
         }
     }
 
@@ -224,10 +227,18 @@ impl Reactor {
 
     fn take(&mut self, task: Task) -> Result<(), Error> {
         match task {
-            Task::Dir { src, dst, parent } => walk::start_dir(&self.ctx, self.me, src, dst, parent),
-            Task::DirMore { iter, src, node } => {
-                walk::list_more(&self.ctx, self.me, iter, src, node, true)
+            Task::Dir { src, dst, parent } => {
+                walk::start_dir(&self.ctx, self.me, src, dst, parent, &mut self.dirbuf)
             }
+            Task::DirMore { stream, src, node } => walk::list_more(
+                &self.ctx,
+                self.me,
+                stream,
+                src,
+                node,
+                true,
+                &mut self.dirbuf,
+            ),
             Task::File {
                 src,
                 dst,

@@ -47,6 +47,10 @@ fn make_backend(engine: Engine, spec: &CopySpec, me: usize) -> Box<dyn Backend> 
 }
 
 fn make_real_backend(engine: Engine, spec: &CopySpec, me: usize) -> Box<dyn Backend> {
+    if spec.dry_run {
+        // Nothing is read or written: no ring, no big arena.
+        return Box::new(io::sync::SyncBackend::new(Arena::new(4096, 1), 2));
+    }
     let arena = Arena::new(spec.buffer_size, spec.queue_depth);
     let cap = 2 * spec.queue_depth;
     if engine == Engine::Uring {

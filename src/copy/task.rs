@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 
 /// Retries of a file whose source changed while it was copied.
 pub const MAX_ATTEMPTS: u32 = 3;
-/// Directory entries listed per step; the rest waits as a continuation so other work interleaves.
-pub const DIR_BATCH: usize = 1024;
+/// Tasks a reactor's own queue holds before new ones overflow to the shared queue.
+pub const LOCAL_QUEUE: usize = 8192;
 /// Directories whose listing may be suspended (each holds an open fd) at once.
 pub const MAX_DIR_CONTINUATIONS: usize = 64;
 
@@ -27,7 +27,7 @@ pub enum Task {
     },
     /// The rest of a long directory listing.
     DirMore {
-        iter: std::fs::ReadDir,
+        stream: crate::dirents::DirStream,
         src: PathBuf,
         node: Arc<DirNode>,
     },
@@ -254,7 +254,7 @@ impl Ctx {
         Ctx {
             spec,
             filter,
-            queues: TaskQueues::new(reactors, 4 * DIR_BATCH),
+            queues: TaskQueues::new(reactors, LOCAL_QUEUE),
             stats,
             dir_continuations: AtomicUsize::new(0),
             umask: meta::read_umask(),

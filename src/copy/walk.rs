@@ -1,8 +1,9 @@
 //! Directory tasks: create the destination directory, list the source in batches and turn each
 //! entry into work. Directories are tasks like files, so the walk runs on every reactor at once.
 
-use super::task::{Ctx, DIR_BATCH, DirNode, MAX_DIR_CONTINUATIONS, Task, child_done};
-use crate::error::{Error, ErrorKind};
+use super::task::{Ctx, DirNode, MAX_DIR_CONTINUATIONS, Task, child_done};
+use crate::dirents::{self, DirStream, Kind};
+use crate::error::Error;
 use crate::meta;
 use crate::stats::Stats;
 use std::path::{Path, PathBuf};
@@ -10,7 +11,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Starts a directory: mkdir at the destination, open the listing, list the first batch.
-pub fn start_dir(ctx: &Ctx, me: usize, src: PathBuf, dst: PathBuf, parent: Option<Arc<DirNode>>) {
+pub fn start_dir(
+    ctx: &Ctx,
+    me: usize,
+    src: PathBuf,
+    dst: PathBuf,
+    parent: Option<Arc<DirNode>>,
+    buf: &mut [u8],
+) {
     let dry = ctx.spec.dry_run;
     let begun = meta::lstat(&src).and_then(|st| {
         if !dry {
@@ -20,16 +28,15 @@ pub fn start_dir(ctx: &Ctx, me: usize, src: PathBuf, dst: PathBuf, parent: Optio
         // --one-file-system: a mount point is created (as cp -x and rsync -x do) but not entered.
         let other_fs =
             ctx.spec.one_file_system && parent.as_ref().is_some_and(|p| p.st.st_dev != st.st_dev);
-        let iter = if other_fs {
+        let stream = if other_fs {
             None
         } else {
-            let short = meta::cpath(&src, "opendir")?;
-            Some(std::fs::read_dir(short.as_path()).map_err(|e| Error::os("opendir", &src, e))?)
+            Some(DirStream::open(&src)?)
         };
-        Ok((st, dst_dev, iter))
+        Ok((st, dst_dev, stream))
     });
     match begun {
-        Ok((st, dst_dev, iter)) => {
+        Ok((st, dst_dev, stream)) => {
             Stats::add(&ctx.stats.dirs, 1);
             let rel = match (&parent, src.file_name()) {
                 (Some(p), Some(n)) => p.rel.join(n),
@@ -44,8 +51,8 @@ pub fn start_dir(ctx: &Ctx, me: usize, src: PathBuf, dst: PathBuf, parent: Optio
                 pending: AtomicUsize::new(1),
                 parent,
             });
-            match iter {
-                Some(iter) => list_more(ctx, me, iter, src, node, false),
+            match stream {
+                Some(stream) => list_more(ctx, me, stream, src, node, false, buf),
                 None => {
                     child_done(&Some(node), ctx);
                     ctx.queues.finish();
@@ -60,55 +67,69 @@ pub fn start_dir(ctx: &Ctx, me: usize, src: PathBuf, dst: PathBuf, parent: Optio
     }
 }
 
-/// Lists up to one batch; suspends the rest as a continuation when allowed.
+/// Lists one getdents64 batch at a time; between batches the listing is suspended as a
+/// continuation (when allowed) so the files already queued get going on every reactor.
 pub fn list_more(
     ctx: &Ctx,
     me: usize,
-    mut iter: std::fs::ReadDir,
+    mut stream: DirStream,
     src: PathBuf,
     node: Arc<DirNode>,
     was_suspended: bool,
+    buf: &mut [u8],
 ) {
     if was_suspended {
         ctx.dir_continuations.fetch_sub(1, Ordering::AcqRel);
     }
     let owner = ctx.owner_of(node.st.st_dev);
-    let mut n = 0usize;
     loop {
         if ctx.stats.abort.load(Ordering::Acquire) {
             break;
         }
-        let Some(entry) = iter.next() else { break };
-        match entry {
-            Ok(entry) => {
-                let name = entry.file_name();
-                let ft = entry.file_type().ok();
-                if !ctx.filter.is_empty()
-                    && !ctx
-                        .filter
-                        .included(&node.rel.join(&name), ft.is_some_and(|t| t.is_dir()))
-                {
-                    n += 1;
-                    continue;
-                }
-                let (s, d) = (src.join(&name), node.dst.join(&name));
-                node.add_child();
-                dispatch(ctx, owner, ft, s, d, &node);
+        let n = match stream.fill(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                ctx.stats.error(Error::os("readdir", &src, e));
+                break;
             }
-            Err(e) => ctx.stats.error(Error::os("readdir", &src, e)),
-        }
-        n += 1;
-        if n >= DIR_BATCH {
-            // Leave the rest for later so files already queued get going (other reactors steal
-            // them); bounded, because each suspended listing holds an open fd.
-            let suspended = ctx.dir_continuations.fetch_add(1, Ordering::AcqRel);
-            if suspended < MAX_DIR_CONTINUATIONS {
-                ctx.queues.requeue(me, Task::DirMore { iter, src, node });
+        };
+        dirents::parse(&buf[..n], |name, kind| {
+            let os = dirents::os_name(name);
+            let kind = match kind {
+                Kind::Unknown => match stream.stat(name) {
+                    Ok(st) => dirents::kind_of_mode(st.st_mode),
+                    Err(e) => {
+                        ctx.stats.error(Error::os("stat", &src.join(os), e));
+                        return;
+                    }
+                },
+                k => k,
+            };
+            if !ctx.filter.is_empty() && !ctx.filter.included(&node.rel.join(os), kind == Kind::Dir)
+            {
                 return;
             }
-            ctx.dir_continuations.fetch_sub(1, Ordering::AcqRel);
-            n = 0;
+            if ctx.spec.dry_run && kind == Kind::File {
+                // Sized with one fstatat on the open directory: no task, no open.
+                match stream.size(name) {
+                    Ok(size) => {
+                        Stats::add(&ctx.stats.files, 1);
+                        Stats::add(&ctx.stats.bytes, size);
+                    }
+                    Err(e) => ctx.stats.error(Error::os("stat", &src.join(os), e)),
+                }
+                return;
+            }
+            node.add_child();
+            dispatch(ctx, owner, kind, src.join(os), node.dst.join(os), &node);
+        });
+        let suspended = ctx.dir_continuations.fetch_add(1, Ordering::AcqRel);
+        if suspended < MAX_DIR_CONTINUATIONS {
+            ctx.queues.requeue(me, Task::DirMore { stream, src, node });
+            return;
         }
+        ctx.dir_continuations.fetch_sub(1, Ordering::AcqRel);
     }
     // The listing itself is one of the node's pending units.
     child_done(&Some(node), ctx);
@@ -116,19 +137,11 @@ pub fn list_more(
 }
 
 /// Turns one entry into a task, or copies it at once when it is only metadata.
-fn dispatch(
-    ctx: &Ctx,
-    owner: usize,
-    ft: Option<std::fs::FileType>,
-    src: PathBuf,
-    dst: PathBuf,
-    node: &Arc<DirNode>,
-) {
-    use std::os::unix::fs::FileTypeExt;
+fn dispatch(ctx: &Ctx, owner: usize, kind: Kind, src: PathBuf, dst: PathBuf, node: &Arc<DirNode>) {
     let parent = Some(node.clone());
-    match ft {
-        Some(t) if t.is_dir() => ctx.queues.push_local(owner, Task::Dir { src, dst, parent }),
-        Some(t) if t.is_file() => ctx.queues.push_local(
+    match kind {
+        Kind::Dir => ctx.queues.push_local(owner, Task::Dir { src, dst, parent }),
+        Kind::File => ctx.queues.push_local(
             owner,
             Task::File {
                 src,
@@ -137,11 +150,6 @@ fn dispatch(
                 attempt: 1,
             },
         ),
-        Some(t) if t.is_socket() => {
-            ctx.stats.skipped.fetch_add(1, Ordering::Relaxed);
-            eprintln!("ferry: skipping socket '{}'", src.display());
-            child_done(&parent, ctx);
-        }
         _ => {
             if let Err(e) = copy_inline(ctx, &src, &dst) {
                 ctx.stats.error(e);
@@ -173,11 +181,9 @@ pub fn copy_inline(ctx: &Ctx, src: &Path, dst: &Path) -> Result<(), Error> {
             Stats::add(&ctx.stats.specials, 1);
         }
         libc::S_IFSOCK => {
-            return Err(Error {
-                op: "copy",
-                path: src.to_path_buf(),
-                kind: ErrorKind::Unsupported("sockets are not copied"),
-            });
+            // A socket is a live endpoint, not data: skipped with a warning (like cp and rsync).
+            Stats::add(&ctx.stats.skipped, 1);
+            eprintln!("ferry: skipping socket '{}'", src.display());
         }
         // The entry changed type between readdir and lstat: queue it as what it is now.
         libc::S_IFREG | libc::S_IFDIR => {
