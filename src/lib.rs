@@ -13,12 +13,14 @@
 //! ```
 
 pub mod cluster;
+pub mod coord;
 pub mod copy;
 pub mod demo;
 pub mod dirents;
 pub mod error;
 pub mod filter;
 pub mod io;
+pub mod job;
 pub mod meta;
 pub mod queue;
 pub mod reactor;
@@ -27,6 +29,7 @@ pub mod stats;
 pub mod verify;
 
 pub use error::{Error, ErrorKind};
+pub use job::{Job, JobHandle};
 pub use spec::{CopySpec, FsyncMode, IoMode};
 pub use stats::Report;
 

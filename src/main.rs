@@ -5,9 +5,12 @@
 
 use clap::{Args, Parser, Subcommand};
 use ferry::cluster::{Strategy, Topology};
+use ferry::coord::checkpoint::default_state_dir;
 use ferry::spec::{self, CopySpec, FsyncMode, IoMode, Preserve};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +31,10 @@ enum Cmd {
     Demo(EngineArgs),
     /// Show what a topology change would move, without touching data.
     Plan(PlanArgs),
+    /// Steer a running job: pause, resume, cancel, status, rate RATE [OPS].
+    Ctl(CtlArgs),
+    /// List the jobs in the state dir with their state and progress.
+    Jobs(JobsArgs),
 }
 
 #[derive(Args)]
@@ -81,6 +88,41 @@ struct CopyArgs {
     /// Stop at the first error (in-flight files are finished or removed, never left partial).
     #[arg(long)]
     fail_fast: bool,
+    /// Bytes per second, e.g. 200M (binary multiples; 0 = unlimited). Changeable while running
+    /// with `ferry ctl JOB rate RATE`.
+    #[arg(long, value_parser = parse_rate, default_value = "0")]
+    bwlimit: u64,
+    /// File operations per second (0 = unlimited).
+    #[arg(long, default_value_t = 0)]
+    ops_limit: u64,
+    /// Where checkpoints, journals and control sockets live
+    /// [default: ${XDG_STATE_HOME:-$HOME/.local/state}/ferry].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Start over instead of resuming an unfinished earlier run of the same command.
+    #[arg(long)]
+    fresh: bool,
+}
+
+fn parse_rate(s: &str) -> Result<u64, String> {
+    ferry::coord::ctl::parse_rate(s)
+}
+
+#[derive(Args)]
+struct CtlArgs {
+    /// The job id (see `ferry jobs`).
+    job: String,
+    /// pause | resume | cancel | status | rate RATE [OPS]
+    #[arg(required = true, num_args = 1..=3)]
+    command: Vec<String>,
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct JobsArgs {
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -154,6 +196,8 @@ fn main() -> ExitCode {
             copy(a, rules)
         }
         Cmd::Plan(p) => plan(p),
+        Cmd::Ctl(c) => ctl(c),
+        Cmd::Jobs(j) => jobs(j),
         Cmd::Demo(e) => {
             let spec = e.spec(vec![PathBuf::from(".")], PathBuf::from("."));
             if let Err(m) = spec.validate() {
@@ -195,6 +239,11 @@ fn copy(mut a: CopyArgs, rules: Vec<ferry::filter::Rule>) -> ExitCode {
     spec.dry_run = a.dry_run;
     spec.one_file_system = a.one_file_system;
     spec.fail_fast = a.fail_fast;
+    spec.bwlimit = a.bwlimit;
+    spec.ops_limit = a.ops_limit;
+    spec.fresh = a.fresh;
+    spec.state_dir_optional = a.state_dir.is_none();
+    spec.state_dir = Some(a.state_dir.clone().unwrap_or_else(default_state_dir));
     spec.preserve = match a.engine.preserve() {
         Ok(p) => p,
         Err(m) => {
@@ -202,14 +251,50 @@ fn copy(mut a: CopyArgs, rules: Vec<ferry::filter::Rule>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let report = match ferry::copy(spec) {
-        Ok(r) => r,
+    // SIGINT/SIGTERM: stop cleanly (temp files removed, checkpoint written); a second SIGINT
+    // exits at once.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, interrupted.clone());
+        let _ = signal_hook::flag::register(sig, interrupted.clone());
+    }
+    let handle = match ferry::Job::start(spec) {
+        Ok(h) => h,
         Err(e) => {
             eprintln!("ferry: {e}");
             eprintln!("ferry: nothing was copied");
             return ExitCode::from(2);
         }
     };
+    let mut stopping = false;
+    while !handle.is_finished() {
+        if interrupted.load(Ordering::Relaxed) && !stopping {
+            stopping = true;
+            let _ = handle.cancel();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let job_id = handle.job_id().map(str::to_string);
+    let report = handle.wait();
+    if stopping {
+        for e in &report.errors {
+            eprintln!("ferry: {e}");
+        }
+        eprintln!("ferry: interrupted, run the same command to resume");
+        return ExitCode::from(130);
+    }
+    if report.cancelled {
+        eprintln!(
+            "ferry: job {} cancelled; finished files are kept, run the same command to resume",
+            job_id.unwrap_or_default()
+        );
+    }
+    if report.resumed_files > 0 && !a.quiet && !a.json {
+        println!(
+            "resumed: {} files ({} bytes) were already done",
+            report.resumed_files, report.resumed_bytes
+        );
+    }
     for e in &report.errors {
         eprintln!("ferry: {e}");
     }
@@ -226,7 +311,7 @@ fn copy(mut a: CopyArgs, rules: Vec<ferry::filter::Rule>) -> ExitCode {
     } else if !a.quiet {
         println!("{}", report.summary());
     }
-    if report.ok() {
+    if report.ok() && !report.cancelled {
         ExitCode::SUCCESS
     } else {
         if report.failed as usize > report.errors.len() {
@@ -273,6 +358,74 @@ fn plan(a: PlanArgs) -> ExitCode {
         }
     } else {
         print!("{}", report.render());
+    }
+    ExitCode::SUCCESS
+}
+
+fn ctl(c: CtlArgs) -> ExitCode {
+    let root = c.state_dir.unwrap_or_else(default_state_dir);
+    if c.job.is_empty() || c.job.contains('/') {
+        eprintln!("ferry: '{}' is not a job id (see `ferry jobs`)", c.job);
+        return ExitCode::from(2);
+    }
+    let sock = root.join(&c.job).join("ctl.sock");
+    match ferry::coord::ctl::send(&sock, &c.command.join(" ")) {
+        Ok(reply) => {
+            println!("{reply}");
+            if reply.starts_with("error") {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!(
+                "ferry: job {} is not running here (control socket '{}': {e})",
+                c.job,
+                sock.display()
+            );
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn jobs(j: JobsArgs) -> ExitCode {
+    let root = j.state_dir.unwrap_or_else(default_state_dir);
+    let Ok(rd) = std::fs::read_dir(&root) else {
+        println!("no jobs in {}", root.display());
+        return ExitCode::SUCCESS;
+    };
+    let mut rows = Vec::new();
+    for e in rd.flatten() {
+        let cp = std::fs::read(e.path().join("checkpoint.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<ferry::coord::checkpoint::Checkpoint>(&b).ok());
+        if let Some(cp) = cp {
+            let live = e.path().join("ctl.sock").exists();
+            rows.push(format!(
+                "{}  {:<10} {:>9} files {:>14} bytes {:>5} failed  {} -> {}{}",
+                cp.job_id,
+                cp.state.name(),
+                cp.files,
+                cp.bytes,
+                cp.failed,
+                cp.spec
+                    .sources
+                    .iter()
+                    .map(|s| s.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                cp.spec.dest.display(),
+                if live { "  (running)" } else { "" }
+            ));
+        }
+    }
+    rows.sort();
+    if rows.is_empty() {
+        println!("no jobs in {}", root.display());
+    }
+    for r in rows {
+        println!("{r}");
     }
     ExitCode::SUCCESS
 }

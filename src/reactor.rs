@@ -46,6 +46,14 @@ struct Slot {
     retries: u8,
 }
 
+/// The journal record of a source as it was copied.
+pub fn done_record(st: &libc::stat) -> crate::coord::checkpoint::Done {
+    crate::coord::checkpoint::Done {
+        size: st.st_size as u64,
+        mtime: (st.st_mtime, st.st_mtime_nsec),
+    }
+}
+
 pub struct Reactor {
     me: usize,
     ctx: Arc<Ctx>,
@@ -63,6 +71,8 @@ pub struct Reactor {
     known_devs: Vec<u64>,
     /// getdents64 batches, reused for every directory this reactor lists.
     dirbuf: Vec<u8>,
+    /// Chunks whose next op waits for resume (bounded by the buffer count).
+    parked: Vec<u32>,
 }
 
 impl Reactor {
@@ -92,6 +102,7 @@ impl Reactor {
             cq: Vec::with_capacity(2 * depth),
             known_devs: Vec::new(),
             dirbuf: vec![0u8; crate::dirents::DIRENT_BUF],
+            parked: Vec::with_capacity(depth),
         }
     }
 
@@ -101,14 +112,27 @@ impl Reactor {
         let mut idle = 0u32;
         loop {
             let aborting = self.ctx.stats.abort.load(Ordering::Acquire);
+            let paused = self.ctx.paused.load(Ordering::Acquire) && !aborting;
             if aborting {
+                for buf in std::mem::take(&mut self.parked) {
+                    self.release(buf)?;
+                }
                 self.drain_aborted()?;
             }
+            if !paused && !self.parked.is_empty() {
+                for buf in std::mem::take(&mut self.parked) {
+                    let job = self.slot_job(buf);
+                    self.resubmit(buf, &job)?;
+                }
+            }
             self.start_fsyncs()?;
-            self.issue()?;
+            if !paused {
+                self.issue()?;
+            }
             let mut took = false;
-            while !aborting && self.can_take() {
+            while !aborting && !paused && self.can_take() && self.ctx.ops_limit.try_take(1) {
                 let Some(task) = self.ctx.queues.pop(self.me) else {
+                    self.ctx.ops_limit.refund(1);
                     break;
                 };
                 self.take(task)?;
@@ -128,7 +152,20 @@ impl Reactor {
                 self.cq = done;
                 continue;
             }
-            if took || self.active_count > 0 || !self.fsync_wait.is_empty() {
+            if took
+                || (!paused && self.active_count > 0 && self.parked.is_empty())
+                || !self.fsync_wait.is_empty()
+            {
+                if !took && self.has_issuable() {
+                    // Throttled: nothing in flight and no tokens yet.
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+                continue;
+            }
+            if paused {
+                // Everything in flight is done; wait for resume (checked every millisecond,
+                // well within the 100 ms a pause may take).
+                std::thread::sleep(Duration::from_millis(1));
                 continue;
             }
             if aborting || self.ctx.queues.outstanding() == 0 {
@@ -198,6 +235,9 @@ impl Reactor {
                     break;
                 }
                 let len = (seg.end - seg.next).min(self.buf_size) as u32;
+                if !self.ctx.bytes_limit.try_take(len as u64) {
+                    return Ok(()); // throttled: try again after the next completion or nap
+                }
                 let off = seg.next;
                 seg.next += len as u64;
                 seg.inflight += 1;
@@ -295,6 +335,24 @@ impl Reactor {
             Ok(st) => st,
             Err(e) => return fail(self, e, &parent),
         };
+        if let Some(d) = self.ctx.done.get(&src)
+            && d.size == st.st_size as u64
+            && d.mtime == (st.st_mtime, st.st_mtime_nsec)
+            && meta::lstat(&dst).is_ok_and(|t| t.st_size == st.st_size)
+        {
+            // Copied by an earlier run and unchanged since: skip it.
+            if self.ctx.spec.preserve.links && st.st_nlink > 1 {
+                self.ctx
+                    .link_known((st.st_dev, st.st_ino), &dst, st.st_nlink);
+            }
+            // A skip touches nothing: it does not count against --ops-limit.
+            self.ctx.ops_limit.refund(1);
+            Stats::add(&self.ctx.stats.resumed_files, 1);
+            Stats::add(&self.ctx.stats.resumed_bytes, st.st_size as u64);
+            child_done(&parent, &self.ctx);
+            self.ctx.queues.finish();
+            return Ok(());
+        }
         if self.ctx.spec.dry_run {
             // Opened and sized like a real copy, so unreadable files are reported the same way.
             Stats::add(&self.ctx.stats.files, 1);
@@ -452,8 +510,22 @@ impl Reactor {
         self.resubmit(buf, &job)
     }
 
+    fn slot_job(&self, buf: u32) -> Arc<FileJob> {
+        let seg = self.slots[buf as usize].seg as usize;
+        self.active[seg]
+            .as_ref()
+            .expect("a parked chunk's segment is active")
+            .job
+            .clone()
+    }
+
     /// (Re)submits the unfinished part of a slot's current phase.
     fn resubmit(&mut self, buf: u32, job: &FileJob) -> Result<(), Error> {
+        if self.ctx.paused.load(Ordering::Acquire) {
+            // Paused: nothing new is submitted; the chunk waits in its buffer for resume.
+            self.parked.push(buf);
+            return Ok(());
+        }
         let s = self.slots[buf as usize];
         let (kind, fd) = if s.writing {
             (OpKind::Write, job.dst_raw)
@@ -546,6 +618,8 @@ impl Reactor {
                     return Ok(());
                 }
                 let f = Finished {
+                    src: job.src.clone(),
+                    done: done_record(&job.st),
                     tmp: job.tmp.clone(),
                     dst: job.dst.clone(),
                     dev: job.dst_dev,
@@ -604,6 +678,7 @@ impl Reactor {
             Ok(()) => {
                 Stats::add(&self.ctx.stats.files, 1);
                 Stats::add(&self.ctx.stats.bytes, job.st.st_size as u64);
+                self.ctx.journal(&[(job.src.clone(), done_record(&job.st))]);
                 if let Some(key) = job.link_key {
                     self.ctx.link_done(key, &job.dst);
                 }
@@ -629,6 +704,12 @@ impl Reactor {
         }
         if let Some(key) = job.link_key {
             self.ctx.link_failed(key);
+        }
+        if self.ctx.stats.cancelled.load(Ordering::Acquire) {
+            // Interrupted by a cancel: not a failure; the temp file is gone, the source stays.
+            child_done(&job.parent, &self.ctx);
+            self.ctx.queues.finish();
+            return;
         }
         let err = job.take_error();
         let changed = job.changed.load(Ordering::Acquire);

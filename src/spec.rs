@@ -116,6 +116,22 @@ pub struct CopySpec {
     /// Stop at the first error.
     #[serde(default)]
     pub fail_fast: bool,
+    /// Where checkpoints and journals live (None: the job is not resumable).
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// The state dir is a default, not a request: if it cannot be created, warn and run
+    /// without resume instead of refusing the job.
+    #[serde(default)]
+    pub state_dir_optional: bool,
+    /// Forget an earlier unfinished run of the same job instead of resuming it.
+    #[serde(default)]
+    pub fresh: bool,
+    /// Bytes per second (0 = unlimited).
+    #[serde(default)]
+    pub bwlimit: u64,
+    /// File operations per second (0 = unlimited).
+    #[serde(default)]
+    pub ops_limit: u64,
     /// Fault injection for tests (wraps every reactor's backend); never set by the CLI.
     #[serde(default)]
     pub faults: Option<crate::io::faulty::FaultConfig>,
@@ -137,6 +153,11 @@ impl CopySpec {
             dry_run: false,
             one_file_system: false,
             fail_fast: false,
+            state_dir: None,
+            state_dir_optional: false,
+            fresh: false,
+            bwlimit: 0,
+            ops_limit: 0,
             faults: None,
         }
     }

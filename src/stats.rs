@@ -17,6 +17,9 @@ pub struct Stats {
     pub symlinks: AtomicU64,
     pub specials: AtomicU64,
     pub hardlinks: AtomicU64,
+    /// Files (and their bytes) an earlier run of this job already copied: skipped.
+    pub resumed_files: AtomicU64,
+    pub resumed_bytes: AtomicU64,
     pub skipped: AtomicU64,
     pub retries: AtomicU64,
     pub failed: AtomicU64,
@@ -25,6 +28,8 @@ pub struct Stats {
     /// drain what is in flight and exit.
     pub abort: AtomicBool,
     pub fail_fast: AtomicBool,
+    /// The abort is a user's cancel: the files it interrupts are not failures.
+    pub cancelled: AtomicBool,
 }
 
 impl Stats {
@@ -52,10 +57,13 @@ impl Stats {
             symlinks: self.symlinks.load(Relaxed),
             specials: self.specials.load(Relaxed),
             hardlinks: self.hardlinks.load(Relaxed),
+            resumed_files: self.resumed_files.load(Relaxed),
+            resumed_bytes: self.resumed_bytes.load(Relaxed),
             skipped: self.skipped.load(Relaxed),
             retries: self.retries.load(Relaxed),
             failed: self.failed.load(Relaxed),
             elapsed_secs: elapsed.as_secs_f64(),
+            cancelled: self.cancelled.load(Relaxed),
             backend: backend.to_string(),
             threads,
             errors: errors.iter().map(|e| e.to_string()).collect(),
@@ -73,10 +81,14 @@ pub struct Report {
     pub symlinks: u64,
     pub specials: u64,
     pub hardlinks: u64,
+    pub resumed_files: u64,
+    pub resumed_bytes: u64,
     pub skipped: u64,
     pub retries: u64,
     pub failed: u64,
     pub elapsed_secs: f64,
+    /// The job was cancelled before it finished (what it finished is kept).
+    pub cancelled: bool,
     pub backend: String,
     pub threads: usize,
     pub errors: Vec<String>,

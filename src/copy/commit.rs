@@ -56,6 +56,8 @@ fn commit(ctx: &Ctx, batch: &mut Vec<Finished>) {
     // Durable data first; a failed flush fails the whole batch (we cannot tell whose data was
     // lost), and no file of it gets a final name.
     let synced = ctx.sync_dst(Some(&devs));
+    let mut journal = Vec::new();
+    let mut finished = Vec::with_capacity(batch.len());
     for f in batch.drain(..) {
         let res = match &synced {
             Ok(()) => meta::rename(&f.tmp, &f.dst),
@@ -72,6 +74,9 @@ fn commit(ctx: &Ctx, batch: &mut Vec<Finished>) {
                 if let Some(key) = f.link_key {
                     ctx.link_done(key, &f.dst);
                 }
+                if ctx.state.is_some() {
+                    journal.push((f.src.clone(), f.done));
+                }
             }
             Err(e) => {
                 let _ = meta::unlink(&f.tmp); // best effort: the failure is reported below
@@ -81,7 +86,18 @@ fn commit(ctx: &Ctx, batch: &mut Vec<Finished>) {
                 }
             }
         }
-        child_done(&f.parent, ctx);
+        finished.push(f.parent);
+    }
+    if !journal.is_empty() {
+        // The names must be durable before the journal says so: a second syncfs (cheap: only
+        // the renames are dirty) orders them before the journal record.
+        match ctx.sync_dst(Some(&devs)) {
+            Ok(()) => ctx.journal(&journal),
+            Err(e) => ctx.stats.error(e),
+        }
+    }
+    for parent in finished {
+        child_done(&parent, ctx);
         ctx.queues.finish();
     }
 }

@@ -97,21 +97,97 @@ impl Drop for AbortOnPanic {
 /// Copies `spec.sources` to `spec.dest`. `Err` means the job did not start and nothing was
 /// written (bad input); per-file failures are in the report.
 pub fn run(spec: CopySpec) -> Result<Report, Error> {
+    let p = prepare(spec)?;
+    Ok(execute(p))
+}
+
+/// A checked job, ready to run: nothing has been written yet.
+pub struct Prepared {
+    pub ctx: Arc<Ctx>,
+    plan: plan::Plan,
+    engine: Engine,
+}
+
+/// Validates the spec and the command line's paths, probes io_uring. `Err`: bad input.
+pub fn prepare(spec: CopySpec) -> Result<Prepared, Error> {
     spec.validate()
         .map_err(|m| Error::usage(Path::new("ferry copy"), m))?;
     let filter = crate::filter::Filter::new(&spec.filters)
         .map_err(|m| Error::usage(Path::new("ferry copy"), m))?;
-    let plan = plan::resolve(&spec.sources, &spec.dest)?;
+    let mut plan = plan::resolve(&spec.sources, &spec.dest)?;
     let engine = choose_engine(spec.io)?;
     raise_fd_limit();
-    let started = Instant::now();
     let reactors = spec.reactor_count();
-    let ctx = Arc::new(Ctx::new(spec.clone(), filter, reactors));
+    let mut ctx = Ctx::new(spec, filter, reactors);
+    if let Some(root) = ctx.spec.state_dir.clone()
+        && !ctx.spec.dry_run
+    {
+        resume_or_start(&mut ctx, &root, &mut plan)?;
+    }
+    let ctx = Arc::new(ctx);
     let dest_dev = std::fs::metadata(&plan.dest_dir)
         .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
         .map_err(|e| Error::os("stat", &plan.dest_dir, e))?;
     ctx.note_dst_fs(dest_dev, &plan.dest_dir)?;
+    Ok(Prepared { ctx, plan, engine })
+}
 
+/// Opens the job's state; resumes an unfinished earlier run (its journal says what is done,
+/// its checkpoint where each source lands) unless `--fresh`.
+fn resume_or_start(ctx: &mut Ctx, root: &Path, plan: &mut plan::Plan) -> Result<(), Error> {
+    use crate::coord::checkpoint::{StateDir, job_id};
+    let id = job_id(&ctx.spec);
+    let sd = match StateDir::open(root, &id) {
+        Ok(sd) => sd,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            return Err(Error::usage(&root.join(&id), e.to_string()));
+        }
+        Err(e) if ctx.spec.state_dir_optional => {
+            eprintln!(
+                "ferry: cannot keep job state in '{}' ({e}); this run cannot be resumed",
+                root.display()
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(Error::os("state dir", &root.join(&id), e)),
+    };
+    let earlier = sd.load_checkpoint();
+    match earlier {
+        Some(cp)
+            if !ctx.spec.fresh
+                && cp.state != crate::coord::state::JobState::Completed
+                && cp.targets.len() == plan.roots.len() =>
+        {
+            ctx.done = sd
+                .load_journal()
+                .map_err(|e| Error::os("read journal", &sd.dir, e))?;
+            for (r, t) in plan.roots.iter_mut().zip(cp.targets) {
+                r.target = t;
+            }
+            let bytes: u64 = ctx.done.values().map(|d| d.size).sum();
+            eprintln!(
+                "ferry: resuming job {id}: {} files, {} bytes already done",
+                ctx.done.len(),
+                bytes
+            );
+        }
+        _ => sd
+            .reset()
+            .map_err(|e| Error::os("reset state", &sd.dir, e))?,
+    }
+    ctx.job_id = Some(id);
+    ctx.targets = plan.roots.iter().map(|r| r.target.clone()).collect();
+    ctx.state = Some(sd);
+    ctx.checkpoint(crate::coord::state::JobState::Running);
+    Ok(())
+}
+
+/// Runs a prepared job to its end (or its cancel/abort) and reports.
+pub fn execute(p: Prepared) -> Report {
+    let Prepared { ctx, plan, engine } = p;
+    let started = Instant::now();
+    let reactors = ctx.queues.reactors();
+    let spec = ctx.spec.clone();
     for root in plan.roots {
         let owner = ctx.owner_of(root.st.st_dev);
         match crate::meta::file_type(&root.st) {
@@ -149,9 +225,16 @@ pub fn run(spec: CopySpec) -> Result<Report, Error> {
                 .spawn(move || {
                     let _guard = AbortOnPanic(c.clone());
                     commit::run(c, rx)
-                })
-                .map_err(|e| Error::os("spawn", Path::new("ferry-commit"), e))?;
-            (Some(tx), Some(h))
+                });
+            match h {
+                Ok(h) => (Some(tx), Some(h)),
+                Err(e) => {
+                    ctx.stats
+                        .error(Error::os("spawn", Path::new("ferry-commit"), e));
+                    ctx.stats.abort.store(true, Ordering::Release);
+                    (None, None)
+                }
+            }
         }
         FsyncMode::File => (None, None),
     };
@@ -187,6 +270,23 @@ pub fn run(spec: CopySpec) -> Result<Report, Error> {
         }
     }
     drop(commit_tx);
+    // The coordinator's loop: checkpoint every 1000 files or 5 s (and on pause) until the
+    // reactors are done. It never touches a ring.
+    let (mut last_cp, mut last_files, mut was_paused) = (Instant::now(), 0u64, false);
+    while !handles.iter().all(|h| h.is_finished()) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let files = ctx.stats.files.load(Ordering::Relaxed);
+        let paused = ctx.paused.load(Ordering::Acquire);
+        if files >= last_files + 1000 || last_cp.elapsed().as_secs() >= 5 || paused != was_paused {
+            let st = if paused {
+                crate::coord::state::JobState::Paused
+            } else {
+                crate::coord::state::JobState::Running
+            };
+            ctx.checkpoint(st);
+            (last_cp, last_files, was_paused) = (Instant::now(), files, paused);
+        }
+    }
     for h in handles {
         match h.join() {
             Ok((Ok(()), name)) => backend_name = name,
@@ -220,5 +320,16 @@ pub fn run(spec: CopySpec) -> Result<Report, Error> {
     if let Err(e) = ctx.sync_dst(None) {
         ctx.stats.error(e);
     }
-    Ok(ctx.stats.report(started.elapsed(), backend_name, reactors))
+    {
+        use crate::coord::state::JobState;
+        let end = if ctx.stats.cancelled.load(Ordering::Acquire) {
+            JobState::Cancelled
+        } else if ctx.stats.failed.load(Ordering::Acquire) == 0 {
+            JobState::Completed
+        } else {
+            JobState::Failed
+        };
+        ctx.checkpoint(end);
+    }
+    ctx.stats.report(started.elapsed(), backend_name, reactors)
 }

@@ -196,6 +196,9 @@ impl FileJob {
 
 /// A finished temp file handed to the committer (batch mode).
 pub struct Finished {
+    pub src: PathBuf,
+    /// The source as it was read (journaled once the copy is durable).
+    pub done: crate::coord::checkpoint::Done,
     pub tmp: PathBuf,
     pub dst: PathBuf,
     pub dev: u64,
@@ -231,6 +234,17 @@ pub enum LinkClaim {
 /// Everything the reactors and committer share for one job.
 pub struct Ctx {
     pub spec: CopySpec,
+    /// The job's journal and checkpoint (None: not resumable).
+    pub state: Option<crate::coord::checkpoint::StateDir>,
+    /// Files an earlier run finished durably, by source path (resume skips them if unchanged).
+    pub done: HashMap<PathBuf, crate::coord::checkpoint::Done>,
+    pub job_id: Option<String>,
+    /// Where each root source lands (kept in the checkpoint for resume).
+    pub targets: Vec<PathBuf>,
+    /// Set by pause: reactors submit nothing new; cleared by resume.
+    pub paused: AtomicBool,
+    pub bytes_limit: crate::coord::throttle::TokenBucket,
+    pub ops_limit: crate::coord::throttle::TokenBucket,
     pub filter: crate::filter::Filter,
     pub queues: TaskQueues<Task>,
     pub stats: Stats,
@@ -251,7 +265,16 @@ impl Ctx {
         stats
             .fail_fast
             .store(spec.fail_fast, std::sync::atomic::Ordering::Relaxed);
+        let (bytes_limit, ops_limit) =
+            crate::coord::throttle::buckets(spec.bwlimit, spec.ops_limit, spec.buffer_size as u64);
         Ctx {
+            state: None,
+            done: HashMap::new(),
+            job_id: None,
+            targets: Vec::new(),
+            paused: AtomicBool::new(false),
+            bytes_limit,
+            ops_limit,
             spec,
             filter,
             queues: TaskQueues::new(reactors, LOCAL_QUEUE),
@@ -303,6 +326,53 @@ impl Ctx {
         }
         child_done(&w.parent, self);
         self.queues.finish();
+    }
+
+    /// Resume: a multi-link file already copied by an earlier run; its other names link to it.
+    pub fn link_known(&self, key: (u64, u64), path: &Path, nlink: u64) {
+        let mut g = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        g.entry(key).or_insert_with(|| LinkState::Done {
+            path: path.to_path_buf(),
+            left: nlink.saturating_sub(1),
+        });
+    }
+
+    /// Writes the checkpoint (no-op without a state dir). A failure is reported, not fatal:
+    /// the journal alone is enough to resume.
+    pub fn checkpoint(&self, state: crate::coord::state::JobState) {
+        let (Some(sd), Some(id)) = (&self.state, &self.job_id) else {
+            return;
+        };
+        let cp = crate::coord::checkpoint::Checkpoint {
+            version: 1,
+            job_id: id.clone(),
+            state,
+            spec: self.spec.clone(),
+            targets: self.targets.clone(),
+            files: self.stats.files.load(Ordering::Relaxed)
+                + self.stats.resumed_files.load(Ordering::Relaxed),
+            bytes: self.stats.bytes.load(Ordering::Relaxed)
+                + self.stats.resumed_bytes.load(Ordering::Relaxed),
+            failed: self.stats.failed.load(Ordering::Relaxed),
+            updated_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            pid: std::process::id(),
+        };
+        if let Err(e) = sd.write_checkpoint(&cp) {
+            self.stats.error(Error::os("checkpoint", &sd.dir, e));
+        }
+    }
+
+    /// Records files whose copies (and names) are durable, so a rerun can skip them.
+    pub fn journal(&self, recs: &[(PathBuf, crate::coord::checkpoint::Done)]) {
+        if let Some(s) = &self.state
+            && let Err(e) = s.append(recs)
+        {
+            // Not fatal for the data (it is durable); the rerun will just redo these files.
+            self.stats.error(Error::os("journal", &s.dir, e));
+        }
     }
 
     /// The first name's copy has its final name: link the names that waited.

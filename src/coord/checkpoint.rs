@@ -1,0 +1,280 @@
+//! Durable job state for resume: `<state-dir>/<job-id>/` holds a journal of durably finished
+//! files (appended and fdatasync'd after the data's own durability point) and an atomically
+//! replaced JSON checkpoint. A lock file keeps two processes off the same job.
+
+use super::state::JobState;
+use crate::spec::CopySpec;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// `${XDG_STATE_HOME:-$HOME/.local/state}/ferry`.
+pub fn default_state_dir() -> PathBuf {
+    match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        Some(x) => PathBuf::from(x).join("ferry"),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
+            .join(".local/state/ferry"),
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if let Ok(c) = p.canonicalize() {
+        return c;
+    }
+    match (p.parent(), p.file_name()) {
+        (Some(parent), Some(name)) => {
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            parent
+                .canonicalize()
+                .map(|c| c.join(name))
+                .unwrap_or_else(|_| p.to_path_buf())
+        }
+        _ => p.to_path_buf(),
+    }
+}
+
+/// Stable id of a job: a hash of what decides its result (sources and destination as absolute
+/// paths, kept metadata, filters, filesystem boundary). Speed settings do not change it.
+pub fn job_id(spec: &CopySpec) -> String {
+    #[derive(Serialize)]
+    struct Key<'a> {
+        sources: Vec<PathBuf>,
+        dest: PathBuf,
+        preserve: &'a crate::spec::Preserve,
+        filters: &'a [crate::filter::Rule],
+        one_file_system: bool,
+    }
+    let k = Key {
+        sources: spec.sources.iter().map(|s| absolute(s)).collect(),
+        dest: absolute(&spec.dest),
+        preserve: &spec.preserve,
+        filters: &spec.filters,
+        one_file_system: spec.one_file_system,
+    };
+    let bytes = serde_json::to_vec(&k).expect("plain data serializes");
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes))
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub version: u32,
+    pub job_id: String,
+    pub state: JobState,
+    pub spec: CopySpec,
+    /// Where each source lands, fixed by the first run (cp -r semantics would change once the
+    /// destination exists).
+    pub targets: Vec<PathBuf>,
+    pub files: u64,
+    pub bytes: u64,
+    pub failed: u64,
+    pub updated_unix: u64,
+    pub pid: u32,
+}
+
+/// What the journal says a source looked like when its copy became durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Done {
+    pub size: u64,
+    pub mtime: (i64, i64),
+}
+
+/// Most journal lines loaded on resume (memory bound: about 100 bytes each).
+pub const MAX_JOURNAL_RECORDS: usize = 50_000_000;
+
+pub struct StateDir {
+    pub dir: PathBuf,
+    journal: Mutex<File>,
+    _lock: File,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
+}
+
+impl StateDir {
+    /// Creates (0700) and locks the job's directory. Fails if another process runs the job.
+    pub fn open(root: &Path, id: &str) -> io::Result<StateDir> {
+        let dir = root.join(id);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(dir.join("lock"))?;
+        // SAFETY: valid fd.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!("job {id} is already running in another process"),
+                ));
+            }
+            return Err(e);
+        }
+        let journal = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(dir.join("journal"))?;
+        Ok(StateDir {
+            dir,
+            journal: Mutex::new(journal),
+            _lock: lock,
+        })
+    }
+
+    pub fn load_checkpoint(&self) -> Option<Checkpoint> {
+        let text = fs::read(self.dir.join("checkpoint.json")).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    /// Forgets an earlier run (after completion, or with --fresh).
+    pub fn reset(&self) -> io::Result<()> {
+        let j = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        j.set_len(0)?;
+        j.sync_all()?;
+        match fs::remove_file(self.dir.join("checkpoint.json")) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// The journal as source path -> what it looked like. A torn last line (a crash while
+    /// appending) is ignored: that file is simply copied again.
+    pub fn load_journal(&self) -> io::Result<HashMap<PathBuf, Done>> {
+        let f = File::open(self.dir.join("journal"))?;
+        let mut out = HashMap::new();
+        for line in io::BufReader::new(f).lines() {
+            let Ok(line) = line else { break };
+            let mut it = line.split(' ');
+            let rec = (|| {
+                if it.next()? != "F" {
+                    return None;
+                }
+                let size = it.next()?.parse().ok()?;
+                let sec = it.next()?.parse().ok()?;
+                let nsec = it.next()?.parse().ok()?;
+                let path = unhex(it.next()?)?;
+                Some((
+                    PathBuf::from(std::ffi::OsString::from_vec(path)),
+                    Done {
+                        size,
+                        mtime: (sec, nsec),
+                    },
+                ))
+            })();
+            match rec {
+                Some((p, d)) if out.len() < MAX_JOURNAL_RECORDS => {
+                    out.insert(p, d);
+                }
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Appends finished files and makes them durable (one fdatasync for the whole group).
+    pub fn append(&self, recs: &[(PathBuf, Done)]) -> io::Result<()> {
+        if recs.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::with_capacity(recs.len() * 96);
+        for (p, d) in recs {
+            writeln!(
+                buf,
+                "F {} {} {} {}",
+                d.size,
+                d.mtime.0,
+                d.mtime.1,
+                hex(p.as_os_str().as_bytes())
+            )?;
+        }
+        let mut j = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        j.write_all(&buf)?;
+        j.sync_data()
+    }
+
+    /// temp + fsync + rename + directory fsync: the checkpoint is always whole.
+    pub fn write_checkpoint(&self, cp: &Checkpoint) -> io::Result<()> {
+        let tmp = self.dir.join(".checkpoint.json.tmp");
+        {
+            let mut f = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&serde_json::to_vec_pretty(cp).map_err(io::Error::other)?)?;
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, self.dir.join("checkpoint.json"))?;
+        File::open(&self.dir)?.sync_all()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_round_trips_odd_names_and_ignores_a_torn_tail() {
+        let t = tempfile::tempdir().unwrap();
+        let s = StateDir::open(t.path(), "job").unwrap();
+        let odd = PathBuf::from(std::ffi::OsString::from_vec(b"/a/new\nline \xff".to_vec()));
+        let d = Done {
+            size: 5,
+            mtime: (1, 2),
+        };
+        s.append(&[(odd.clone(), d), (PathBuf::from("/b"), d)])
+            .unwrap();
+        // A crash mid-append leaves half a line.
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(t.path().join("job/journal"))
+            .unwrap();
+        f.write_all(b"F 9 9 9 2f6").unwrap();
+        let j = s.load_journal().unwrap();
+        assert_eq!(j.len(), 2);
+        assert_eq!(j[&odd], d);
+        assert!(
+            StateDir::open(t.path(), "job").is_err(),
+            "second process is locked out"
+        );
+    }
+
+    #[test]
+    fn job_id_ignores_speed_settings_but_not_results() {
+        let mut a = CopySpec::new(vec!["/x".into()], "/y".into());
+        let id = job_id(&a);
+        a.threads = 7;
+        a.bwlimit = 100;
+        assert_eq!(job_id(&a), id);
+        a.preserve.xattr = false;
+        assert_ne!(job_id(&a), id);
+    }
+}

@@ -1,0 +1,6 @@
+//! Job control: the state machine and the throttle (the coordinator's tools).
+
+pub mod checkpoint;
+pub mod ctl;
+pub mod state;
+pub mod throttle;

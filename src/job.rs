@@ -1,0 +1,251 @@
+//! The library's job API: start a copy, then pause, resume, cancel, re-rate and watch it from
+//! any thread while it runs; `wait` returns the report. No global state: jobs are independent.
+
+use crate::coord::state::{InvalidTransition, JobState, Machine};
+use crate::copy::{self, task::Ctx};
+use crate::error::Error;
+use crate::spec::CopySpec;
+use crate::stats::Report;
+use serde::Serialize;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+/// What a job reports while it runs.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "event", rename_all = "lowercase")]
+pub enum Event {
+    State {
+        from: JobState,
+        to: JobState,
+    },
+    Rate {
+        bytes_per_sec: u64,
+        ops_per_sec: u64,
+    },
+}
+
+/// A snapshot of a running job. Counts only durable work, so it never goes backwards.
+#[derive(Clone, Debug, Serialize)]
+pub struct Progress {
+    pub state: JobState,
+    pub files: u64,
+    pub bytes: u64,
+    pub failed: u64,
+    pub elapsed_secs: f64,
+}
+
+pub struct Job;
+
+/// What can steer a running job; shared by the handle and the control socket.
+pub struct Control {
+    ctx: Arc<Ctx>,
+    machine: Arc<Mutex<Machine>>,
+    events_tx: Sender<Event>,
+    started: Instant,
+}
+
+pub struct JobHandle {
+    control: Arc<Control>,
+    events_rx: Mutex<Option<Receiver<Event>>>,
+    thread: Option<JoinHandle<Report>>,
+    server: Option<JoinHandle<()>>,
+}
+
+fn transition(
+    m: &Mutex<Machine>,
+    tx: &Sender<Event>,
+    to: JobState,
+) -> Result<(), InvalidTransition> {
+    let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
+    let (from, to) = g.go(to)?;
+    // Nobody listening is fine: events are offered, not required.
+    let _ = tx.send(Event::State { from, to });
+    Ok(())
+}
+
+impl Job {
+    /// Checks the job (bad input: `Err`, nothing written) and starts it on a coordinator
+    /// thread, which starts the reactors. With a state dir, the job also listens on
+    /// `<state-dir>/<job-id>/ctl.sock`.
+    pub fn start(spec: CopySpec) -> Result<JobHandle, Error> {
+        let machine = Arc::new(Mutex::new(Machine::default()));
+        let (events_tx, events_rx) = channel();
+        transition(&machine, &events_tx, JobState::Scanning).expect("idle -> scanning");
+        let prepared = match copy::prepare(spec) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = transition(&machine, &events_tx, JobState::Failed);
+                return Err(e);
+            }
+        };
+        let ctx = prepared.ctx.clone();
+        transition(&machine, &events_tx, JobState::Running).expect("scanning -> running");
+        let control = Arc::new(Control {
+            ctx: ctx.clone(),
+            machine: machine.clone(),
+            events_tx: events_tx.clone(),
+            started: Instant::now(),
+        });
+        let (m, tx) = (machine.clone(), events_tx.clone());
+        let thread = std::thread::Builder::new()
+            .name("ferry-coord".into())
+            .spawn(move || {
+                let report = copy::execute(prepared);
+                let end = if report.cancelled {
+                    JobState::Cancelled
+                } else if report.ok() {
+                    JobState::Completed
+                } else {
+                    JobState::Failed
+                };
+                let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
+                // A job paused at the very moment its last file finished is resumed first,
+                // so the recorded history stays legal.
+                if g.state() == JobState::Paused && end == JobState::Completed {
+                    let _ = g.go(JobState::Running);
+                }
+                if let Ok((from, to)) = g.go(end) {
+                    let _ = tx.send(Event::State { from, to });
+                }
+                report
+            })
+            .map_err(|e| Error::os("spawn", std::path::Path::new("ferry-coord"), e))?;
+        let server = match (&ctx.state, &ctx.job_id) {
+            (Some(sd), Some(_)) => Some(crate::coord::ctl::serve(
+                sd.dir.join("ctl.sock"),
+                control.clone(),
+            )?),
+            _ => None,
+        };
+        Ok(JobHandle {
+            control,
+            events_rx: Mutex::new(Some(events_rx)),
+            thread: Some(thread),
+            server,
+        })
+    }
+}
+
+impl Control {
+    pub fn state(&self) -> JobState {
+        self.machine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .state()
+    }
+
+    /// True once the job has ended (the coordinator recorded a final state).
+    pub fn is_over(&self) -> bool {
+        self.state().is_terminal()
+    }
+
+    /// Stops new submissions (within milliseconds); in-flight I/O completes.
+    pub fn pause(&self) -> Result<(), InvalidTransition> {
+        transition(&self.machine, &self.events_tx, JobState::Paused)?;
+        self.ctx.paused.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    pub fn resume(&self) -> Result<(), InvalidTransition> {
+        transition(&self.machine, &self.events_tx, JobState::Running)?;
+        self.ctx.paused.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    /// Stops the job: temp files are removed, finished files are kept, the checkpoint says
+    /// "cancelled" (running the same command again resumes).
+    pub fn cancel(&self) -> Result<(), InvalidTransition> {
+        let st = self.state();
+        if !st.can_go(JobState::Cancelled) {
+            return Err(InvalidTransition {
+                from: st,
+                to: JobState::Cancelled,
+            });
+        }
+        self.ctx.stats.cancelled.store(true, Ordering::Release);
+        self.ctx.stats.abort.store(true, Ordering::Release);
+        self.ctx.paused.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    /// New limits (0 = unlimited), effective for the next chunk and the next file.
+    pub fn set_rate(&self, bytes_per_sec: u64, ops_per_sec: u64) {
+        use crate::coord::throttle::burst_for;
+        self.ctx.bytes_limit.set(
+            bytes_per_sec,
+            burst_for(bytes_per_sec, self.ctx.spec.buffer_size as u64),
+        );
+        self.ctx
+            .ops_limit
+            .set(ops_per_sec, burst_for(ops_per_sec, 1));
+        let _ = self.events_tx.send(Event::Rate {
+            bytes_per_sec,
+            ops_per_sec,
+        });
+    }
+
+    pub fn rates(&self) -> (u64, u64) {
+        (self.ctx.bytes_limit.rate(), self.ctx.ops_limit.rate())
+    }
+
+    pub fn status(&self) -> Progress {
+        let s = &self.ctx.stats;
+        Progress {
+            state: self.state(),
+            files: s.files.load(Ordering::Relaxed) + s.resumed_files.load(Ordering::Relaxed),
+            bytes: s.bytes.load(Ordering::Relaxed) + s.resumed_bytes.load(Ordering::Relaxed),
+            failed: s.failed.load(Ordering::Relaxed),
+            elapsed_secs: self.started.elapsed().as_secs_f64(),
+        }
+    }
+}
+
+impl std::ops::Deref for JobHandle {
+    type Target = Control;
+    fn deref(&self) -> &Control {
+        &self.control
+    }
+}
+
+impl JobHandle {
+    pub fn job_id(&self) -> Option<&str> {
+        self.control.ctx.job_id.as_deref()
+    }
+
+    /// The event stream (state changes, rate changes); can be taken once.
+    pub fn events(&self) -> Option<Receiver<Event>> {
+        self.events_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Waits for the end and returns the report.
+    pub fn wait(mut self) -> Report {
+        let t = self.thread.take().expect("wait is called once");
+        let report = match t.join() {
+            Ok(r) => r,
+            Err(_) => {
+                // The coordinator panicked: a bug. Report it as a failed job, not a hang.
+                let c = &self.control;
+                let mut r = c.ctx.stats.report(c.started.elapsed(), "unknown", 0);
+                r.failed += 1;
+                r.errors
+                    .push("internal error: the coordinator thread panicked".into());
+                r
+            }
+        };
+        if let Some(s) = self.server.take() {
+            // The server sees the final state and exits within its poll interval.
+            let _ = s.join();
+        }
+        report
+    }
+}
