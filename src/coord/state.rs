@@ -80,6 +80,8 @@ impl std::fmt::Display for InvalidTransition {
     }
 }
 
+impl std::error::Error for InvalidTransition {}
+
 /// The current state plus the rule; every accepted change is returned so it can become an
 /// event.
 #[derive(Debug)]
