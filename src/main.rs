@@ -266,16 +266,75 @@ fn copy(mut a: CopyArgs, rules: Vec<ferry::filter::Rule>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let job_id = handle.job_id().map(str::to_string);
+    let events = handle.events().expect("events taken once");
+    let json_line = |v: serde_json::Value| println!("{v}");
+    if a.json {
+        json_line(
+            serde_json::json!({"event": "start", "job_id": job_id, "pid": std::process::id()}),
+        );
+    }
+    use std::io::IsTerminal;
+    let bar = (!a.quiet && !a.json && std::io::stderr().is_terminal()).then(|| {
+        let pb = indicatif::ProgressBar::new_spinner();
+        pb.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+                .expect("static template"),
+        );
+        pb.enable_steady_tick(std::time::Duration::from_millis(200));
+        pb
+    });
     let mut stopping = false;
-    while !handle.is_finished() {
+    let mut last_progress = std::time::Instant::now();
+    loop {
+        let finished = handle.is_finished();
         if interrupted.load(Ordering::Relaxed) && !stopping {
             stopping = true;
             let _ = handle.cancel();
         }
+        if a.json {
+            for ev in events.try_iter() {
+                json_line(serde_json::to_value(&ev).unwrap_or_default());
+            }
+        }
+        if last_progress.elapsed() >= std::time::Duration::from_secs(1) || finished {
+            let p = handle.status();
+            if a.json && !finished {
+                let mut v = serde_json::to_value(&p).unwrap_or_default();
+                v["event"] = "progress".into();
+                json_line(v);
+            }
+            if let Some(b) = &bar {
+                // Durable work only, so it never goes backwards.
+                b.set_message(format!(
+                    "{}: {} files, {:.1} MB, {:.1} MB/s{}",
+                    p.state.name(),
+                    p.files,
+                    p.bytes as f64 / 1e6,
+                    p.bytes as f64 / 1e6 / p.elapsed_secs.max(1e-3),
+                    if p.failed > 0 {
+                        format!(", {} failed", p.failed)
+                    } else {
+                        String::new()
+                    }
+                ));
+            }
+            last_progress = std::time::Instant::now();
+        }
+        if finished {
+            break;
+        }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let job_id = handle.job_id().map(str::to_string);
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
     let report = handle.wait();
+    if a.json {
+        for ev in events.try_iter() {
+            json_line(serde_json::to_value(&ev).unwrap_or_default());
+        }
+    }
     if stopping {
         for e in &report.errors {
             eprintln!("ferry: {e}");
@@ -297,12 +356,14 @@ fn copy(mut a: CopyArgs, rules: Vec<ferry::filter::Rule>) -> ExitCode {
     }
     for e in &report.errors {
         eprintln!("ferry: {e}");
+        if a.json {
+            json_line(serde_json::json!({"event": "error", "message": e}));
+        }
     }
     if a.json {
-        match serde_json::to_string_pretty(&report) {
-            Ok(s) => println!("{s}"),
-            Err(e) => eprintln!("ferry: report: {e}"),
-        }
+        let mut v = serde_json::to_value(&report).unwrap_or_default();
+        v["event"] = "report".into();
+        json_line(v);
     } else if a.dry_run {
         println!(
             "dry run: would copy {} files ({} bytes), {} dirs, {} symlinks, {} special files",

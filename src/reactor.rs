@@ -8,7 +8,7 @@
 
 use crate::copy::task::{Ctx, DirNode, FileJob, Finished, MAX_ATTEMPTS, Task, child_done};
 use crate::copy::walk;
-use crate::error::{Error, ErrorKind, is_transient};
+use crate::error::{Error, ErrorKind, is_transient, is_transient_file_error};
 use crate::io::{Backend, Completion, Op, OpKind};
 use crate::meta;
 use crate::spec::FsyncMode;
@@ -18,12 +18,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::SyncSender;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// user_data with this bit set is an fsync; otherwise it is a buffer index.
 const FSYNC_BIT: u64 = 1 << 63;
 /// Resubmissions of one op after EAGAIN/EINTR before the file fails.
 const MAX_OP_RETRIES: u8 = 16;
+/// Longest wait before retrying a file after a transient error.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Data extents tracked per sparse file.
 const MAX_RANGES: usize = 4096;
 
@@ -73,6 +75,8 @@ pub struct Reactor {
     dirbuf: Vec<u8>,
     /// Chunks whose next op waits for resume (bounded by the buffer count).
     parked: Vec<u32>,
+    /// Files to try again later (transient errors), with when.
+    delayed: Vec<(Instant, Task)>,
 }
 
 impl Reactor {
@@ -103,6 +107,7 @@ impl Reactor {
             known_devs: Vec::new(),
             dirbuf: vec![0u8; crate::dirents::DIRENT_BUF],
             parked: Vec::with_capacity(depth),
+            delayed: Vec::new(),
         }
     }
 
@@ -123,6 +128,23 @@ impl Reactor {
                 for buf in std::mem::take(&mut self.parked) {
                     let job = self.slot_job(buf);
                     self.resubmit(buf, &job)?;
+                }
+            }
+            if !self.delayed.is_empty() {
+                let now = Instant::now();
+                let mut i = 0;
+                while i < self.delayed.len() {
+                    if self.delayed[i].0 <= now || aborting {
+                        let (_, t) = self.delayed.swap_remove(i);
+                        if aborting {
+                            // Dropped with the job; its unit no longer matters.
+                            drop(t);
+                        } else {
+                            self.ctx.queues.requeue(self.me, t);
+                        }
+                    } else {
+                        i += 1;
+                    }
                 }
             }
             self.start_fsyncs()?;
@@ -318,7 +340,29 @@ impl Reactor {
         use crate::copy::task::{LinkClaim, LinkWaiter};
         use std::os::fd::AsRawFd;
         let fail = |me: &mut Self, e: Error, parent: &Option<Arc<DirNode>>| {
-            me.ctx.stats.error(e);
+            let errno = e.raw_os_error().unwrap_or(0);
+            if is_transient_file_error(errno) && attempt < MAX_ATTEMPTS {
+                // Retried after 100 ms, doubling, capped at 5 s; the task's unit carries over.
+                let wait = Duration::from_millis(100 << (attempt - 1)).min(MAX_BACKOFF);
+                Stats::add(&me.ctx.stats.retries, 1);
+                me.delayed.push((
+                    Instant::now() + wait,
+                    Task::File {
+                        src: src.clone(),
+                        dst: dst.clone(),
+                        parent: parent.clone(),
+                        attempt: attempt + 1,
+                    },
+                ));
+                return Ok(());
+            }
+            if errno == libc::ENOENT && e.op == "open" {
+                // The source vanished between the listing and the open: skipped, not failed.
+                Stats::add(&me.ctx.stats.skipped, 1);
+                eprintln!("ferry: skipping '{}': it vanished", e.path.display());
+            } else {
+                me.ctx.stats.error(e);
+            }
             child_done(parent, &me.ctx);
             me.ctx.queues.finish();
             Ok(())

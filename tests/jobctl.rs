@@ -352,7 +352,7 @@ fn kill_9_then_resume_redoes_almost_nothing() {
         dst.as_os_str(),
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = report_line(&out);
     let resumed = v["resumed_files"].as_u64().unwrap();
     assert_eq!(resumed + v["files"].as_u64().unwrap(), total);
     // Complete files that were not skipped were copied again. Bound: what can be in flight
@@ -365,4 +365,47 @@ fn kill_9_then_resume_redoes_almost_nothing() {
     );
     assert_same_tree(&src, &dst);
     assert!(temp_files(&dst).is_empty());
+}
+
+#[test]
+fn json_lines_carry_start_states_progress_and_report() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    tree(&src, 10, 1 << 20);
+    let out = ferry(&[
+        "copy".as_ref(),
+        "--json".as_ref(),
+        "--bwlimit".as_ref(),
+        "4M".as_ref(),
+        "--state-dir".as_ref(),
+        t.path().join("state").as_os_str(),
+        src.as_os_str(),
+        t.path().join("dst").as_os_str(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = report_line(&out);
+    assert_eq!(report["files"], 10);
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let progress: Vec<u64> = lines
+        .iter()
+        .filter(|v| v["event"] == "progress")
+        .map(|v| v["bytes"].as_u64().unwrap())
+        .collect();
+    assert!(
+        !progress.is_empty(),
+        "10 MiB at 4 MiB/s reports progress every second"
+    );
+    assert!(
+        progress.windows(2).all(|w| w[0] <= w[1]),
+        "progress never goes backwards"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|v| v["event"] == "state" && v["to"] == "completed"),
+        "the final state change is reported"
+    );
 }

@@ -94,7 +94,7 @@ fn dry_run_counts_and_writes_nothing() {
         dst.as_os_str(),
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = report_line(&out);
     assert_eq!(v["files"], 8);
     assert_eq!(v["bytes"], (0..8).map(|i| 1000 + i).sum::<u64>());
     assert!(!dst.exists(), "dry run wrote something");

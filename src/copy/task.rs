@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Retries of a file whose source changed while it was copied.
-pub const MAX_ATTEMPTS: u32 = 3;
+/// Attempts per file: the first plus 3 retries (a source that changed while it was copied, or
+/// a transient error).
+pub const MAX_ATTEMPTS: u32 = 4;
 /// Tasks a reactor's own queue holds before new ones overflow to the shared queue.
 pub const LOCAL_QUEUE: usize = 8192;
 /// Directories whose listing may be suspended (each holds an open fd) at once.

@@ -286,3 +286,17 @@ pub fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send +
     rx.recv_timeout(limit)
         .unwrap_or_else(|_| panic!("did not finish within {limit:?}: hang"))
 }
+
+/// The final `{"event":"report",...}` line of `ferry copy --json` (JSON lines on stdout).
+pub fn report_line(out: &Output) -> serde_json::Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines().map(|l| {
+        serde_json::from_str::<serde_json::Value>(l)
+            .unwrap_or_else(|e| panic!("not a JSON line: {l:?}: {e}"))
+    });
+    let all: Vec<_> = lines.by_ref().collect();
+    let last = all.last().cloned().expect("no output");
+    assert_eq!(last["event"], "report", "the last line is the report");
+    assert_eq!(all[0]["event"], "start", "the first line is the start");
+    last
+}
