@@ -21,6 +21,7 @@ pub mod error;
 pub mod filter;
 pub mod io;
 pub mod job;
+pub mod latency;
 pub mod meta;
 pub mod queue;
 pub mod reactor;

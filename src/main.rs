@@ -102,6 +102,19 @@ struct CopyArgs {
     /// Start over instead of resuming an unfinished earlier run of the same command.
     #[arg(long)]
     fresh: bool,
+    /// Also write the final report (with latency quantiles) as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+}
+
+/// temp + rename, so a reader never sees half a report.
+fn write_report(path: &std::path::Path, report: &ferry::Report) -> std::io::Result<()> {
+    let tmp = path.with_extension("ferry-tmp");
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(report).map_err(std::io::Error::other)?,
+    )?;
+    std::fs::rename(&tmp, path)
 }
 
 fn parse_rate(s: &str) -> Result<u64, String> {
@@ -330,6 +343,11 @@ fn copy(mut a: CopyArgs, rules: Vec<ferry::filter::Rule>) -> ExitCode {
         b.finish_and_clear();
     }
     let report = handle.wait();
+    if let Some(path) = &a.report
+        && let Err(e) = write_report(path, &report)
+    {
+        eprintln!("ferry: report '{}': {e}", path.display());
+    }
     if a.json {
         for ev in events.try_iter() {
             json_line(serde_json::to_value(&ev).unwrap_or_default());

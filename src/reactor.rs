@@ -46,6 +46,8 @@ struct Slot {
     done: u32,
     writing: bool,
     retries: u8,
+    /// When the current phase (read or write) was first submitted, ns since the reactor began.
+    t0: u64,
 }
 
 /// The journal record of a source as it was copied.
@@ -77,6 +79,10 @@ pub struct Reactor {
     parked: Vec<u32>,
     /// Files to try again later (transient errors), with when.
     delayed: Vec<(Instant, Task)>,
+    epoch: Instant,
+    fsync_t0: Vec<u64>,
+    /// This reactor's latencies, merged into the job's at exit.
+    lat: crate::latency::Latencies,
 }
 
 impl Reactor {
@@ -108,12 +114,21 @@ impl Reactor {
             dirbuf: vec![0u8; crate::dirents::DIRENT_BUF],
             parked: Vec::with_capacity(depth),
             delayed: Vec::new(),
+            epoch: Instant::now(),
+            fsync_t0: vec![0; depth],
+            lat: crate::latency::Latencies::default(),
         }
     }
 
     /// Runs until the job has no outstanding work (or is aborted). A returned error is fatal
     /// for the job (the ring itself failed).
     pub fn run(&mut self) -> Result<(), Error> {
+        let r = self.run_loop();
+        self.ctx.stats.merge_latencies(&self.lat);
+        r
+    }
+
+    fn run_loop(&mut self) -> Result<(), Error> {
         let mut idle = 0u32;
         loop {
             let aborting = self.ctx.stats.abort.load(Ordering::Acquire);
@@ -209,6 +224,10 @@ impl Reactor {
         Ok(())
     }
 
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
     fn fatal(&self, e: std::io::Error) -> Error {
         self.ctx.stats.abort.store(true, Ordering::Release);
         Error::os(
@@ -272,6 +291,7 @@ impl Reactor {
                     done: 0,
                     writing: false,
                     retries: 0,
+                    t0: self.now_ns(),
                 };
                 self.push(Op {
                     kind: OpKind::Read,
@@ -538,12 +558,20 @@ impl Reactor {
             }
             return self.release(buf);
         }
+        let now = self.now_ns();
         let s = &mut self.slots[buf as usize];
         s.done += n;
         if s.done < s.len {
             // Short read or write: continue where it stopped, same buffer.
             return self.resubmit(buf, &job);
         }
+        let h = if s.writing {
+            &mut self.lat.write
+        } else {
+            &mut self.lat.read
+        };
+        crate::latency::record(h, now.saturating_sub(s.t0) / 1000);
+        s.t0 = now;
         if slot.writing || job.is_failed() || self.ctx.stats.abort.load(Ordering::Acquire) {
             return self.release(buf);
         }
@@ -662,6 +690,7 @@ impl Reactor {
                     return Ok(());
                 }
                 let f = Finished {
+                    opened: job.opened,
                     src: job.src.clone(),
                     done: done_record(&job.st),
                     tmp: job.tmp.clone(),
@@ -690,6 +719,7 @@ impl Reactor {
         {
             let job = self.fsync_wait.pop_front().expect("non-empty");
             let slot = self.free_fsyncs.pop().expect("non-empty");
+            self.fsync_t0[slot as usize] = self.now_ns();
             let fd = job.dst_raw;
             self.fsyncs[slot as usize] = Some(job);
             self.push(Op {
@@ -709,6 +739,8 @@ impl Reactor {
         let job = self.fsyncs[slot as usize]
             .take()
             .expect("fsync completion for a pending slot");
+        let waited = self.now_ns().saturating_sub(self.fsync_t0[slot as usize]);
+        crate::latency::record(&mut self.lat.fsync, waited / 1000);
         self.free_fsyncs.push(slot);
         // An fsync error is never retried: after a failed fsync the kernel may have dropped the
         // dirty pages, so a second fsync could "succeed" over lost data.
@@ -723,6 +755,8 @@ impl Reactor {
                 Stats::add(&self.ctx.stats.files, 1);
                 Stats::add(&self.ctx.stats.bytes, job.st.st_size as u64);
                 self.ctx.journal(&[(job.src.clone(), done_record(&job.st))]);
+                let us = job.opened.elapsed().as_micros() as u64;
+                crate::latency::record(&mut self.lat.file, us);
                 if let Some(key) = job.link_key {
                     self.ctx.link_done(key, &job.dst);
                 }

@@ -30,11 +30,18 @@ pub struct Stats {
     pub fail_fast: AtomicBool,
     /// The abort is a user's cancel: the files it interrupts are not failures.
     pub cancelled: AtomicBool,
+    latencies: Mutex<Option<crate::latency::Latencies>>,
 }
 
 impl Stats {
     pub fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Relaxed);
+    }
+
+    /// Adds a thread's latencies (once, at its exit).
+    pub fn merge_latencies(&self, l: &crate::latency::Latencies) {
+        let mut g = self.latencies.lock().unwrap_or_else(|p| p.into_inner());
+        g.get_or_insert_with(Default::default).merge(l);
     }
 
     pub fn error(&self, e: Error) {
@@ -64,6 +71,13 @@ impl Stats {
             failed: self.failed.load(Relaxed),
             elapsed_secs: elapsed.as_secs_f64(),
             cancelled: self.cancelled.load(Relaxed),
+            latency_us: self
+                .latencies
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(|l| l.summary())
+                .unwrap_or_default(),
             backend: backend.to_string(),
             threads,
             errors: errors.iter().map(|e| e.to_string()).collect(),
@@ -89,6 +103,8 @@ pub struct Report {
     pub elapsed_secs: f64,
     /// The job was cancelled before it finished (what it finished is kept).
     pub cancelled: bool,
+    /// p50/p90/p99/p99.9/max per operation kind and per file, in microseconds.
+    pub latency_us: crate::latency::LatencyReport,
     pub backend: String,
     pub threads: usize,
     pub errors: Vec<String>,

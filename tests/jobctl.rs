@@ -409,3 +409,38 @@ fn json_lines_carry_start_states_progress_and_report() {
         "the final state change is reported"
     );
 }
+
+#[test]
+fn report_file_has_latency_quantiles() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    tree(&src, 20, 300 << 10);
+    let rep = t.path().join("report.json");
+    for fsync in ["batch", "file"] {
+        let out = ferry(&[
+            "copy".as_ref(),
+            "-q".as_ref(),
+            "--fsync".as_ref(),
+            fsync.as_ref(),
+            "--report".as_ref(),
+            rep.as_os_str(),
+            "--state-dir".as_ref(),
+            t.path().join("state").as_os_str(),
+            src.as_os_str(),
+            t.path().join(format!("dst-{fsync}")).as_os_str(),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&fs::read(&rep).unwrap()).unwrap();
+        let l = &v["latency_us"];
+        assert!(l["read"]["count"].as_u64().unwrap() >= 20, "{l}");
+        assert_eq!(l["file"]["count"], 20, "{l}");
+        for k in ["read", "write", "file"] {
+            let q = &l[k];
+            assert!(q["p50"].as_u64().unwrap() <= q["p99"].as_u64().unwrap());
+            assert!(q["p99"].as_u64().unwrap() <= q["max"].as_u64().unwrap());
+        }
+        if fsync == "file" {
+            assert_eq!(l["fsync"]["count"], 20);
+        }
+    }
+}

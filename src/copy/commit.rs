@@ -20,6 +20,12 @@ pub const BATCH_AGE: Duration = Duration::from_millis(500);
 pub const CHANNEL: usize = 2 * BATCH_FILES;
 
 pub fn run(ctx: Arc<Ctx>, rx: Receiver<Finished>) {
+    let mut lat = crate::latency::Latencies::default();
+    run_loop(&ctx, rx, &mut lat);
+    ctx.stats.merge_latencies(&lat);
+}
+
+fn run_loop(ctx: &Arc<Ctx>, rx: Receiver<Finished>, lat: &mut crate::latency::Latencies) {
     let mut batch: Vec<Finished> = Vec::with_capacity(BATCH_FILES);
     let mut bytes = 0u64;
     let mut oldest = Instant::now();
@@ -39,7 +45,7 @@ pub fn run(ctx: Arc<Ctx>, rx: Receiver<Finished>) {
             || oldest.elapsed() >= BATCH_AGE
             || timed_out;
         if due && !batch.is_empty() {
-            commit(&ctx, &mut batch);
+            commit(ctx, &mut batch, lat);
             bytes = 0;
         }
         if closed {
@@ -49,7 +55,7 @@ pub fn run(ctx: Arc<Ctx>, rx: Receiver<Finished>) {
     }
 }
 
-fn commit(ctx: &Ctx, batch: &mut Vec<Finished>) {
+fn commit(ctx: &Ctx, batch: &mut Vec<Finished>, lat: &mut crate::latency::Latencies) {
     let mut devs: Vec<u64> = batch.iter().map(|f| f.dev).collect();
     devs.sort_unstable();
     devs.dedup();
@@ -71,6 +77,7 @@ fn commit(ctx: &Ctx, batch: &mut Vec<Finished>) {
             Ok(()) => {
                 Stats::add(&ctx.stats.files, 1);
                 Stats::add(&ctx.stats.bytes, f.bytes);
+                crate::latency::record(&mut lat.file, f.opened.elapsed().as_micros() as u64);
                 if let Some(key) = f.link_key {
                     ctx.link_done(key, &f.dst);
                 }

@@ -112,6 +112,7 @@ pub struct FileJob {
     pub attempt: u32,
     /// Destination filesystem (for the batch's syncfs).
     pub dst_dev: u64,
+    pub opened: std::time::Instant,
     /// (dev, inode) when the source has several names: the others link to this copy.
     pub link_key: Option<(u64, u64)>,
     pub segments_left: AtomicUsize,
@@ -152,6 +153,7 @@ impl FileJob {
             parent,
             attempt,
             dst_dev,
+            opened: std::time::Instant::now(),
             link_key,
             segments_left: AtomicUsize::new(segments),
             changed: AtomicBool::new(false),
@@ -197,6 +199,8 @@ impl FileJob {
 
 /// A finished temp file handed to the committer (batch mode).
 pub struct Finished {
+    /// When the source was opened (per-file latency).
+    pub opened: std::time::Instant,
     pub src: PathBuf,
     /// The source as it was read (journaled once the copy is durable).
     pub done: crate::coord::checkpoint::Done,

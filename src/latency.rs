@@ -1,0 +1,90 @@
+//! Latency histograms (hdrhistogram, microseconds) per operation kind and per file. Each
+//! reactor and the committer record into their own and merge once at the end: no sharing on
+//! the hot path.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Latencies above this (an hour) are clamped; 3 significant digits.
+const MAX_US: u64 = 3_600_000_000;
+
+pub struct Latencies {
+    pub read: Histogram<u64>,
+    pub write: Histogram<u64>,
+    pub fsync: Histogram<u64>,
+    /// From opening the source to the durable final name.
+    pub file: Histogram<u64>,
+}
+
+fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_US, 3).expect("static bounds are valid")
+}
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Latencies {
+            read: hist(),
+            write: hist(),
+            fsync: hist(),
+            file: hist(),
+        }
+    }
+}
+
+pub fn record(h: &mut Histogram<u64>, us: u64) {
+    h.saturating_record(us.clamp(1, MAX_US));
+}
+
+impl Latencies {
+    pub fn merge(&mut self, o: &Latencies) {
+        // Same bounds everywhere, so adding cannot fail.
+        let _ = self.read.add(&o.read);
+        let _ = self.write.add(&o.write);
+        let _ = self.fsync.add(&o.fsync);
+        let _ = self.file.add(&o.file);
+    }
+
+    pub fn summary(&self) -> LatencyReport {
+        LatencyReport {
+            read: Quantiles::of(&self.read),
+            write: Quantiles::of(&self.write),
+            fsync: Quantiles::of(&self.fsync),
+            file: Quantiles::of(&self.file),
+        }
+    }
+}
+
+/// Microseconds.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Quantiles {
+    pub count: u64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+impl Quantiles {
+    fn of(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Quantiles::default();
+        }
+        Quantiles {
+            count: h.len(),
+            p50: h.value_at_quantile(0.50),
+            p90: h.value_at_quantile(0.90),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LatencyReport {
+    pub read: Quantiles,
+    pub write: Quantiles,
+    pub fsync: Quantiles,
+    pub file: Quantiles,
+}
