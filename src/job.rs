@@ -21,6 +21,11 @@ pub enum Event {
         from: JobState,
         to: JobState,
     },
+    /// ENOSPC: the job paused itself; free space and resume.
+    #[serde(rename = "destination_full")]
+    DestinationFull {
+        path: String,
+    },
     Rate {
         bytes_per_sec: u64,
         ops_per_sec: u64,
@@ -82,6 +87,7 @@ impl Job {
             }
         };
         let ctx = prepared.ctx.clone();
+        let _ = ctx.job_link.set((machine.clone(), events_tx.clone()));
         transition(&machine, &events_tx, JobState::Running).expect("scanning -> running");
         let control = Arc::new(Control {
             ctx: ctx.clone(),
@@ -151,6 +157,7 @@ impl Control {
 
     pub fn resume(&self) -> Result<(), InvalidTransition> {
         transition(&self.machine, &self.events_tx, JobState::Running)?;
+        self.ctx.resumes.fetch_add(1, Ordering::AcqRel);
         self.ctx.paused.store(false, Ordering::Release);
         Ok(())
     }

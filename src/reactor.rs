@@ -48,6 +48,9 @@ struct Slot {
     retries: u8,
     /// When the current phase (read or write) was first submitted, ns since the reactor began.
     t0: u64,
+    /// The job's resume count when the op was last submitted: an ENOSPC from before the last
+    /// resume says nothing about the space freed since.
+    resumes: u64,
 }
 
 /// The journal record of a source as it was copied.
@@ -292,6 +295,7 @@ impl Reactor {
                     writing: false,
                     retries: 0,
                     t0: self.now_ns(),
+                    resumes: self.ctx.resumes.load(Ordering::Acquire),
                 };
                 self.push(Op {
                     kind: OpKind::Read,
@@ -374,6 +378,21 @@ impl Reactor {
                         attempt: attempt + 1,
                     },
                 ));
+                return Ok(());
+            }
+            if (errno == libc::ENOSPC || errno == libc::EDQUOT) && me.ctx.destination_full(&e.path)
+            {
+                // No room for the temp file or its blocks: paused; this file is tried again on
+                // resume (same attempt: nothing about the file was wrong).
+                me.ctx.queues.requeue(
+                    me.me,
+                    Task::File {
+                        src: src.clone(),
+                        dst: dst.clone(),
+                        parent: parent.clone(),
+                        attempt,
+                    },
+                );
                 return Ok(());
             }
             if errno == libc::ENOENT && e.op == "open" {
@@ -532,6 +551,22 @@ impl Reactor {
         let op = if slot.writing { "write" } else { "read" };
         if c.result < 0 {
             let errno = -c.result;
+            if (errno == libc::ENOSPC || errno == libc::EDQUOT)
+                && slot.resumes != self.ctx.resumes.load(Ordering::Acquire)
+                && slot.retries < MAX_OP_RETRIES
+            {
+                // Submitted before the last resume: try again now that space was freed.
+                self.slots[buf as usize].retries += 1;
+                return self.resubmit(buf, &job);
+            }
+            if (errno == libc::ENOSPC || errno == libc::EDQUOT)
+                && self.ctx.destination_full(&job.tmp)
+            {
+                // Destination full: the chunk stays in its buffer and its write is submitted
+                // again on resume (the failed op wrote nothing).
+                self.parked.push(buf);
+                return Ok(());
+            }
             if is_transient(errno) && slot.retries < MAX_OP_RETRIES {
                 self.slots[buf as usize].retries += 1;
                 return self.resubmit(buf, &job);
@@ -598,6 +633,7 @@ impl Reactor {
             self.parked.push(buf);
             return Ok(());
         }
+        self.slots[buf as usize].resumes = self.ctx.resumes.load(Ordering::Acquire);
         let s = self.slots[buf as usize];
         let (kind, fd) = if s.writing {
             (OpKind::Write, job.dst_raw)

@@ -237,8 +237,15 @@ pub enum LinkClaim {
 }
 
 /// Everything the reactors and committer share for one job.
+/// The job's state machine and event stream, when it runs under a `Job` (set once at start).
+pub type JobLink = (
+    Arc<Mutex<crate::coord::state::Machine>>,
+    std::sync::mpsc::Sender<crate::job::Event>,
+);
+
 pub struct Ctx {
     pub spec: CopySpec,
+    pub job_link: std::sync::OnceLock<JobLink>,
     /// The job's journal and checkpoint (None: not resumable).
     pub state: Option<crate::coord::checkpoint::StateDir>,
     /// Files an earlier run finished durably, by source path (resume skips them if unchanged).
@@ -248,6 +255,8 @@ pub struct Ctx {
     pub targets: Vec<PathBuf>,
     /// Set by pause: reactors submit nothing new; cleared by resume.
     pub paused: AtomicBool,
+    /// How many times the job was resumed (tells stale ENOSPC results from fresh ones).
+    pub resumes: std::sync::atomic::AtomicU64,
     pub bytes_limit: crate::coord::throttle::TokenBucket,
     pub ops_limit: crate::coord::throttle::TokenBucket,
     pub filter: crate::filter::Filter,
@@ -273,11 +282,13 @@ impl Ctx {
         let (bytes_limit, ops_limit) =
             crate::coord::throttle::buckets(spec.bwlimit, spec.ops_limit, spec.buffer_size as u64);
         Ctx {
+            job_link: std::sync::OnceLock::new(),
             state: None,
             done: HashMap::new(),
             job_id: None,
             targets: Vec::new(),
             paused: AtomicBool::new(false),
+            resumes: std::sync::atomic::AtomicU64::new(0),
             bytes_limit,
             ops_limit,
             spec,
@@ -340,6 +351,32 @@ impl Ctx {
             path: path.to_path_buf(),
             left: nlink.saturating_sub(1),
         });
+    }
+
+    /// ENOSPC on the destination: under a `Job` (someone can resume it) the job pauses, and
+    /// nothing is failed or deleted; returns false without one (the caller fails the item).
+    pub fn destination_full(&self, path: &Path) -> bool {
+        use crate::coord::state::JobState;
+        let Some((m, tx)) = self.job_link.get() else {
+            return false;
+        };
+        self.paused.store(true, Ordering::Release);
+        let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
+        if let Ok((from, to)) = g.go(JobState::Paused) {
+            let _ = tx.send(crate::job::Event::State { from, to });
+            let _ = tx.send(crate::job::Event::DestinationFull {
+                path: path.display().to_string(),
+            });
+            eprintln!(
+                "ferry: destination full (writing '{}'): job paused; free space, then resume it{}",
+                path.display(),
+                self.job_id
+                    .as_ref()
+                    .map(|id| format!(" with `ferry ctl {id} resume`"))
+                    .unwrap_or_default()
+            );
+        }
+        true
     }
 
     /// Writes the checkpoint (no-op without a state dir). A failure is reported, not fatal:
