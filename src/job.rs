@@ -218,6 +218,11 @@ impl std::ops::Deref for JobHandle {
 }
 
 impl JobHandle {
+    /// A shareable handle for servers (metrics, control) that outlive a borrow.
+    pub fn control(&self) -> Arc<Control> {
+        self.control.clone()
+    }
+
     pub fn job_id(&self) -> Option<&str> {
         self.control.ctx.job_id.as_deref()
     }

@@ -100,11 +100,17 @@ struct CopyArgs {
     #[arg(long)]
     state_dir: Option<PathBuf>,
     /// Start over instead of resuming an unfinished earlier run of the same command.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "retry_failed")]
     fresh: bool,
+    /// Copy again only what failed in the last run of this job.
+    #[arg(long)]
+    retry_failed: bool,
     /// Also write the final report (with latency quantiles) as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
+    /// Serve Prometheus metrics at ADDR (e.g. 127.0.0.1:9184) while the job runs.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
 }
 
 /// temp + rename, so a reader never sees half a report.
@@ -255,6 +261,7 @@ fn copy(mut a: CopyArgs, rules: Vec<ferry::filter::Rule>) -> ExitCode {
     spec.bwlimit = a.bwlimit;
     spec.ops_limit = a.ops_limit;
     spec.fresh = a.fresh;
+    spec.retry_failed = a.retry_failed;
     spec.state_dir_optional = a.state_dir.is_none();
     spec.state_dir = Some(a.state_dir.clone().unwrap_or_else(default_state_dir));
     spec.preserve = match a.engine.preserve() {
@@ -280,6 +287,17 @@ fn copy(mut a: CopyArgs, rules: Vec<ferry::filter::Rule>) -> ExitCode {
         }
     };
     let job_id = handle.job_id().map(str::to_string);
+    let metrics = match &a.metrics {
+        Some(addr) => match ferry::coord::metrics::serve(addr, handle.control()) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                // The copy runs anyway; the operator asked for metrics, so say it loudly.
+                eprintln!("ferry: --metrics: {e}");
+                None
+            }
+        },
+        None => None,
+    };
     let events = handle.events().expect("events taken once");
     let json_line = |v: serde_json::Value| println!("{v}");
     if a.json {
@@ -343,6 +361,9 @@ fn copy(mut a: CopyArgs, rules: Vec<ferry::filter::Rule>) -> ExitCode {
         b.finish_and_clear();
     }
     let report = handle.wait();
+    if let Some(m) = metrics {
+        let _ = m.join(); // it sees the final state and stops within 20 ms
+    }
     if let Some(path) = &a.report
         && let Err(e) = write_report(path, &report)
     {

@@ -395,6 +395,7 @@ impl Reactor {
                 );
                 return Ok(());
             }
+            me.ctx.note_failed(&src, false);
             if errno == libc::ENOENT && e.op == "open" {
                 // The source vanished between the listing and the open: skipped, not failed.
                 Stats::add(&me.ctx.stats.skipped, 1);
@@ -418,6 +419,16 @@ impl Reactor {
             Ok(st) => st,
             Err(e) => return fail(self, e, &parent),
         };
+        if let Some(only) = &self.ctx.only
+            && !only.contains(&src)
+        {
+            // --retry-failed: this file did not fail last time.
+            self.ctx.ops_limit.refund(1);
+            Stats::add(&self.ctx.stats.skipped, 1);
+            child_done(&parent, &self.ctx);
+            self.ctx.queues.finish();
+            return Ok(());
+        }
         if let Some(d) = self.ctx.done.get(&src)
             && d.size == st.st_size as u64
             && d.mtime == (st.st_mtime, st.st_mtime_nsec)
@@ -841,6 +852,7 @@ impl Reactor {
             );
             return;
         }
+        self.ctx.note_failed(&job.src, false);
         let err = err.unwrap_or_else(|| Error {
             op: "copy",
             path: job.src.clone(),

@@ -123,6 +123,9 @@ pub struct CopySpec {
     /// without resume instead of refusing the job.
     #[serde(default)]
     pub state_dir_optional: bool,
+    /// Copy only what failed in the job's last run.
+    #[serde(default)]
+    pub retry_failed: bool,
     /// Forget an earlier unfinished run of the same job instead of resuming it.
     #[serde(default)]
     pub fresh: bool,
@@ -155,6 +158,7 @@ impl CopySpec {
             fail_fast: false,
             state_dir: None,
             state_dir_optional: false,
+            retry_failed: false,
             fresh: false,
             bwlimit: 0,
             ops_limit: 0,

@@ -444,3 +444,140 @@ fn report_file_has_latency_quantiles() {
         }
     }
 }
+
+#[test]
+fn metrics_endpoint_serves_prometheus_text_while_running() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    tree(&src, 8, 1 << 20);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = ferry_cmd(&[
+        "copy".as_ref(),
+        "--bwlimit".as_ref(),
+        "4M".as_ref(),
+        "--metrics".as_ref(),
+        addr.as_ref(),
+        "--state-dir".as_ref(),
+        t.path().join("state").as_os_str(),
+        src.as_os_str(),
+        t.path().join("dst").as_os_str(),
+    ])
+    .spawn()
+    .unwrap();
+    let start = Instant::now();
+    let body = loop {
+        use std::io::{Read, Write};
+        if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
+            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+            let mut b = String::new();
+            s.read_to_string(&mut b).unwrap();
+            break b;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "metrics never came up"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(body.starts_with("HTTP/1.0 200 OK"), "{body}");
+    assert!(body.contains("ferry_bytes_total "), "{body}");
+    assert!(body.contains("ferry_state{state=\"running\"} 1"), "{body}");
+    assert!(
+        body.contains(&format!("ferry_bwlimit_bytes_per_second {}", 4 << 20)),
+        "{body}"
+    );
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn bwlimit_holds_within_five_percent_over_ten_seconds() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    tree(&src, 40, 2 << 20);
+    let mut spec = CopySpec::new(vec![src.clone()], t.path().join("dst"));
+    spec.bwlimit = 8 << 20; // 80 MiB at 8 MiB/s: 10 s
+    let start = Instant::now();
+    let r = within(Duration::from_secs(60), move || {
+        Job::start(spec).unwrap().wait()
+    });
+    let secs = start.elapsed().as_secs_f64();
+    assert!(r.ok());
+    let rate = (80u64 << 20) as f64 / secs;
+    let err = (rate - (8u64 << 20) as f64).abs() / (8u64 << 20) as f64;
+    assert!(
+        err <= 0.05,
+        "achieved {:.2} MiB/s for 8 MiB/s ({secs:.2} s)",
+        rate / (1u64 << 20) as f64
+    );
+}
+
+#[test]
+fn retry_failed_copies_only_the_last_failures() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let uid = is_root().then_some(65534u32);
+    let src = t.path().join("src");
+    tree(&src, 30, 4096);
+    let bad: Vec<String> = [3usize, 14, 25]
+        .iter()
+        .map(|i| format!("d{}/f{i:04}", i % 5))
+        .collect();
+    for b in &bad {
+        fs::set_permissions(src.join(b), fs::Permissions::from_mode(0o000)).unwrap();
+    }
+    let out_dir = t.path().join("out");
+    let state = t.path().join("state");
+    fs::create_dir(&out_dir).unwrap();
+    fs::create_dir(&state).unwrap();
+    if is_root() {
+        fs::set_permissions(t.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        for d in [&out_dir, &state] {
+            let c = std::ffi::CString::new(d.as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: valid C string.
+            assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
+        }
+    }
+    let dst = out_dir.join("dst");
+    let run = |extra: &[&str]| {
+        let mut a: Vec<&std::ffi::OsStr> =
+            vec!["copy".as_ref(), "--state-dir".as_ref(), state.as_os_str()];
+        a.extend(extra.iter().map(|s| std::ffi::OsStr::new(*s)));
+        a.push(src.as_os_str());
+        a.push(dst.as_os_str());
+        ferry_with(&a, Duration::from_secs(60), uid)
+    };
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    for b in &bad {
+        assert!(!dst.join(b).exists());
+        fs::set_permissions(src.join(b), fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    // A file that did not fail, removed from the copy: a failures-only rerun leaves it alone.
+    fs::remove_file(dst.join("d0/f0000")).unwrap();
+    let out = run(&["--retry-failed"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("retrying 3 failed files"),
+        "{}",
+        stderr(&out)
+    );
+    for b in &bad {
+        assert!(files_equal(&src.join(b), &dst.join(b)), "{b}");
+    }
+    assert!(
+        !dst.join("d0/f0000").exists(),
+        "only the failures were copied"
+    );
+    let out = run(&["--retry-failed"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}

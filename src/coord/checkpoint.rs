@@ -88,6 +88,26 @@ pub struct Done {
     pub mtime: (i64, i64),
 }
 
+/// Most failed sources remembered for `--retry-failed`.
+pub const MAX_FAILED_RECORDS: usize = 1_000_000;
+
+/// The failures of a job's last run: files, and directories (everything below them).
+#[derive(Debug, Default)]
+pub struct FailedSet {
+    pub files: std::collections::HashSet<PathBuf>,
+    pub dirs: Vec<PathBuf>,
+}
+
+impl FailedSet {
+    pub fn contains(&self, src: &Path) -> bool {
+        self.files.contains(src) || self.dirs.iter().any(|d| src.starts_with(d))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty() && self.dirs.is_empty()
+    }
+}
+
 /// Most journal lines loaded on resume (memory bound: about 100 bytes each).
 pub const MAX_JOURNAL_RECORDS: usize = 50_000_000;
 
@@ -217,6 +237,45 @@ impl StateDir {
         let mut j = self.journal.lock().unwrap_or_else(|p| p.into_inner());
         j.write_all(&buf)?;
         j.sync_data()
+    }
+
+    /// Replaces the list of the last run's failures (temp + rename).
+    pub fn write_failed(&self, failed: &[(PathBuf, bool)]) -> io::Result<()> {
+        let mut buf = Vec::new();
+        for (p, dir) in failed {
+            writeln!(
+                buf,
+                "{} {}",
+                if *dir { "D" } else { "F" },
+                hex(p.as_os_str().as_bytes())
+            )?;
+        }
+        let tmp = self.dir.join(".failed.tmp");
+        fs::write(&tmp, &buf)?;
+        File::open(&tmp)?.sync_all()?;
+        fs::rename(&tmp, self.dir.join("failed"))
+    }
+
+    pub fn load_failed(&self) -> io::Result<FailedSet> {
+        let text = match fs::read_to_string(self.dir.join("failed")) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(FailedSet::default()),
+            Err(e) => return Err(e),
+        };
+        let mut set = FailedSet::default();
+        for line in text.lines() {
+            let Some((kind, h)) = line.split_once(' ') else {
+                continue;
+            };
+            let Some(bytes) = unhex(h) else { continue };
+            let p = PathBuf::from(std::ffi::OsString::from_vec(bytes));
+            if kind == "D" {
+                set.dirs.push(p);
+            } else {
+                set.files.insert(p);
+            }
+        }
+        Ok(set)
     }
 
     /// temp + fsync + rename + directory fsync: the checkpoint is always whole.

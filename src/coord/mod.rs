@@ -2,5 +2,6 @@
 
 pub mod checkpoint;
 pub mod ctl;
+pub mod metrics;
 pub mod state;
 pub mod throttle;

@@ -171,9 +171,32 @@ fn resume_or_start(ctx: &mut Ctx, root: &Path, plan: &mut plan::Plan) -> Result<
                 bytes
             );
         }
+        _ if ctx.spec.retry_failed => {
+            return Err(Error::usage(
+                &sd.dir,
+                "--retry-failed: the last run of this job finished without failures",
+            ));
+        }
         _ => sd
             .reset()
             .map_err(|e| Error::os("reset state", &sd.dir, e))?,
+    }
+    if ctx.spec.retry_failed {
+        let set = sd
+            .load_failed()
+            .map_err(|e| Error::os("read failures", &sd.dir, e))?;
+        if set.is_empty() {
+            return Err(Error::usage(
+                &sd.dir,
+                "--retry-failed: the last run of this job recorded no failures",
+            ));
+        }
+        eprintln!(
+            "ferry: retrying {} failed files and {} failed directories",
+            set.files.len(),
+            set.dirs.len()
+        );
+        ctx.only = Some(set);
     }
     ctx.job_id = Some(id);
     ctx.targets = plan.roots.iter().map(|r| r.target.clone()).collect();
@@ -329,6 +352,7 @@ pub fn execute(p: Prepared) -> Report {
         } else {
             JobState::Failed
         };
+        ctx.save_failed();
         ctx.checkpoint(end);
     }
     ctx.stats.report(started.elapsed(), backend_name, reactors)

@@ -251,6 +251,10 @@ pub struct Ctx {
     /// Files an earlier run finished durably, by source path (resume skips them if unchanged).
     pub done: HashMap<PathBuf, crate::coord::checkpoint::Done>,
     pub job_id: Option<String>,
+    /// `--retry-failed`: only these sources (files, and everything under failed directories).
+    pub only: Option<crate::coord::checkpoint::FailedSet>,
+    /// Sources that failed in this run (kept for `--retry-failed`), bounded.
+    failed_srcs: Mutex<Vec<(PathBuf, bool)>>,
     /// Where each root source lands (kept in the checkpoint for resume).
     pub targets: Vec<PathBuf>,
     /// Set by pause: reactors submit nothing new; cleared by resume.
@@ -286,6 +290,8 @@ impl Ctx {
             state: None,
             done: HashMap::new(),
             job_id: None,
+            only: None,
+            failed_srcs: Mutex::new(Vec::new()),
             targets: Vec::new(),
             paused: AtomicBool::new(false),
             resumes: std::sync::atomic::AtomicU64::new(0),
@@ -377,6 +383,27 @@ impl Ctx {
             );
         }
         true
+    }
+
+    /// Remembers a failed source (a file, or a directory whose subtree is then retried).
+    pub fn note_failed(&self, src: &Path, is_dir: bool) {
+        if self.state.is_none() {
+            return;
+        }
+        let mut g = self.failed_srcs.lock().unwrap_or_else(|p| p.into_inner());
+        if g.len() < crate::coord::checkpoint::MAX_FAILED_RECORDS {
+            g.push((src.to_path_buf(), is_dir));
+        }
+    }
+
+    /// Saves this run's failures for `--retry-failed`.
+    pub fn save_failed(&self) {
+        if let Some(sd) = &self.state {
+            let g = self.failed_srcs.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = sd.write_failed(&g) {
+                self.stats.error(Error::os("save failures", &sd.dir, e));
+            }
+        }
     }
 
     /// Writes the checkpoint (no-op without a state dir). A failure is reported, not fatal:

@@ -60,6 +60,7 @@ pub fn start_dir(
             }
         }
         Err(e) => {
+            ctx.note_failed(&src, true);
             ctx.stats.error(e);
             child_done(&parent, ctx);
             ctx.queues.finish();
@@ -90,6 +91,7 @@ pub fn list_more(
             Ok(0) => break,
             Ok(n) => n,
             Err(e) => {
+                ctx.note_failed(&src, true);
                 ctx.stats.error(Error::os("readdir", &src, e));
                 break;
             }
