@@ -194,6 +194,11 @@ impl Control {
         });
     }
 
+    /// Latency quantiles so far (reactors hand theirs over every second).
+    pub fn latencies(&self) -> crate::latency::LatencyReport {
+        self.ctx.stats.latency_summary()
+    }
+
     pub fn rates(&self) -> (u64, u64) {
         (self.ctx.bytes_limit.rate(), self.ctx.ops_limit.rate())
     }

@@ -9,6 +9,8 @@ use serde::Serialize;
 const MAX_US: u64 = 3_600_000_000;
 
 pub struct Latencies {
+    /// Opening the source and creating the temp file (synchronous syscalls).
+    pub open: Histogram<u64>,
     pub read: Histogram<u64>,
     pub write: Histogram<u64>,
     pub fsync: Histogram<u64>,
@@ -23,6 +25,7 @@ fn hist() -> Histogram<u64> {
 impl Default for Latencies {
     fn default() -> Self {
         Latencies {
+            open: hist(),
             read: hist(),
             write: hist(),
             fsync: hist(),
@@ -36,8 +39,17 @@ pub fn record(h: &mut Histogram<u64>, us: u64) {
 }
 
 impl Latencies {
+    pub fn reset(&mut self) {
+        self.open.reset();
+        self.read.reset();
+        self.write.reset();
+        self.fsync.reset();
+        self.file.reset();
+    }
+
     pub fn merge(&mut self, o: &Latencies) {
         // Same bounds everywhere, so adding cannot fail.
+        let _ = self.open.add(&o.open);
         let _ = self.read.add(&o.read);
         let _ = self.write.add(&o.write);
         let _ = self.fsync.add(&o.fsync);
@@ -46,6 +58,7 @@ impl Latencies {
 
     pub fn summary(&self) -> LatencyReport {
         LatencyReport {
+            open: Quantiles::of(&self.open),
             read: Quantiles::of(&self.read),
             write: Quantiles::of(&self.write),
             fsync: Quantiles::of(&self.fsync),
@@ -83,6 +96,7 @@ impl Quantiles {
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct LatencyReport {
+    pub open: Quantiles,
     pub read: Quantiles,
     pub write: Quantiles,
     pub fsync: Quantiles,

@@ -133,7 +133,14 @@ impl Reactor {
 
     fn run_loop(&mut self) -> Result<(), Error> {
         let mut idle = 0u32;
+        let mut merged = Instant::now();
         loop {
+            if merged.elapsed() >= Duration::from_secs(1) {
+                // Live quantiles for --metrics and status: hand over what was recorded.
+                self.ctx.stats.merge_latencies(&self.lat);
+                self.lat.reset();
+                merged = Instant::now();
+            }
             let aborting = self.ctx.stats.abort.load(Ordering::Acquire);
             let paused = self.ctx.paused.load(Ordering::Acquire) && !aborting;
             if aborting {
@@ -407,6 +414,7 @@ impl Reactor {
             me.ctx.queues.finish();
             Ok(())
         };
+        let open_t0 = Instant::now();
         let src_fd = match meta::open_source(&src) {
             Ok(fd) => fd,
             Err(e) => return fail(self, e, &parent),
@@ -494,6 +502,7 @@ impl Reactor {
                     }
                 }
             })();
+        crate::latency::record(&mut self.lat.open, open_t0.elapsed().as_micros() as u64);
         let (dst_fd, tmp, mut ranges, dev) = match opened {
             Ok(v) => v,
             Err(e) => {

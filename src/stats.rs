@@ -38,7 +38,17 @@ impl Stats {
         c.fetch_add(n, Relaxed);
     }
 
-    /// Adds a thread's latencies (once, at its exit).
+    /// Quantiles so far (what the threads have handed over).
+    pub fn latency_summary(&self) -> crate::latency::LatencyReport {
+        self.latencies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|l| l.summary())
+            .unwrap_or_default()
+    }
+
+    /// Adds a thread's latencies (every second and at its exit).
     pub fn merge_latencies(&self, l: &crate::latency::Latencies) {
         let mut g = self.latencies.lock().unwrap_or_else(|p| p.into_inner());
         g.get_or_insert_with(Default::default).merge(l);

@@ -434,6 +434,7 @@ fn report_file_has_latency_quantiles() {
         let l = &v["latency_us"];
         assert!(l["read"]["count"].as_u64().unwrap() >= 20, "{l}");
         assert_eq!(l["file"]["count"], 20, "{l}");
+        assert_eq!(l["open"]["count"], 20, "{l}");
         for k in ["read", "write", "file"] {
             let q = &l[k];
             assert!(q["p50"].as_u64().unwrap() <= q["p99"].as_u64().unwrap());
@@ -489,6 +490,10 @@ fn metrics_endpoint_serves_prometheus_text_while_running() {
     assert!(body.contains("ferry_state{state=\"running\"} 1"), "{body}");
     assert!(
         body.contains(&format!("ferry_bwlimit_bytes_per_second {}", 4 << 20)),
+        "{body}"
+    );
+    assert!(
+        body.contains("ferry_latency_us{kind=\"read\",quantile=\"0.99\"}"),
         "{body}"
     );
     let out = child.wait_with_output().unwrap();

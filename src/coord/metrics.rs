@@ -87,6 +87,34 @@ pub fn render(c: &Control) -> String {
         "File operation limit (0 = none).",
         ops.to_string(),
     );
+    let lat = c.latencies();
+    out.push_str(
+        "# HELP ferry_latency_us Operation latency quantiles (microseconds).\n\
+         # TYPE ferry_latency_us summary\n",
+    );
+    for (kind, q) in [
+        ("open", &lat.open),
+        ("read", &lat.read),
+        ("write", &lat.write),
+        ("fsync", &lat.fsync),
+        ("file", &lat.file),
+    ] {
+        for (quantile, v) in [
+            ("0.5", q.p50),
+            ("0.9", q.p90),
+            ("0.99", q.p99),
+            ("0.999", q.p999),
+            ("1", q.max),
+        ] {
+            out.push_str(&format!(
+                "ferry_latency_us{{kind=\"{kind}\",quantile=\"{quantile}\"}} {v}\n"
+            ));
+        }
+        out.push_str(&format!(
+            "ferry_latency_us_count{{kind=\"{kind}\"}} {}\n",
+            q.count
+        ));
+    }
     out.push_str(
         "# HELP ferry_state The job's state (1 for the current one).\n# TYPE ferry_state gauge\n",
     );

@@ -152,6 +152,16 @@ fn resume_or_start(ctx: &mut Ctx, root: &Path, plan: &mut plan::Plan) -> Result<
         Err(e) => return Err(Error::os("state dir", &root.join(&id), e)),
     };
     let earlier = sd.load_checkpoint();
+    if let Some(cp) = &earlier
+        && !ctx.spec.fresh
+        && job_id(&cp.spec) != id
+    {
+        return Err(Error::usage(
+            &sd.dir,
+            "the checkpoint there was written for a different job spec; \
+             run with --fresh to start over",
+        ));
+    }
     match earlier {
         Some(cp)
             if !ctx.spec.fresh
