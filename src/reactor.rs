@@ -437,10 +437,21 @@ impl Reactor {
             self.ctx.queues.finish();
             return Ok(());
         }
-        if let Some(d) = self.ctx.done.get(&src)
-            && d.size == st.st_size as u64
-            && d.mtime == (st.st_mtime, st.st_mtime_nsec)
-            && meta::lstat(&dst).is_ok_and(|t| t.st_size == st.st_size)
+        let journaled = self.ctx.done.get(&src).is_some_and(|d| {
+            d.size == st.st_size as u64 && d.mtime == (st.st_mtime, st.st_mtime_nsec)
+        });
+        // A final name only ever holds a complete, durable copy (temp + sync + rename), and
+        // the copy carries the source's ns mtime: when resuming, a destination with the
+        // source's size and mtime is this job's finished copy even if the crash came before
+        // its journal record (rsync's quick check, made safe by the rename protocol).
+        let quick = self.ctx.resuming && self.ctx.spec.preserve.timestamps;
+        if (journaled || quick)
+            && meta::lstat(&dst).is_ok_and(|t| {
+                meta::file_type(&t) == libc::S_IFREG
+                    && t.st_size == st.st_size
+                    && (journaled
+                        || (t.st_mtime, t.st_mtime_nsec) == (st.st_mtime, st.st_mtime_nsec))
+            })
         {
             // Copied by an earlier run and unchanged since: skip it.
             if self.ctx.spec.preserve.links && st.st_nlink > 1 {

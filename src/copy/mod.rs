@@ -174,6 +174,7 @@ fn resume_or_start(ctx: &mut Ctx, root: &Path, plan: &mut plan::Plan) -> Result<
             for (r, t) in plan.roots.iter_mut().zip(cp.targets) {
                 r.target = t;
             }
+            ctx.resuming = true;
             let bytes: u64 = ctx.done.values().map(|d| d.size).sum();
             eprintln!(
                 "ferry: resuming job {id}: {} files, {} bytes already done",

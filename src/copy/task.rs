@@ -251,6 +251,8 @@ pub struct Ctx {
     /// Files an earlier run finished durably, by source path (resume skips them if unchanged).
     pub done: HashMap<PathBuf, crate::coord::checkpoint::Done>,
     pub job_id: Option<String>,
+    /// This run continues an unfinished earlier one.
+    pub resuming: bool,
     /// `--retry-failed`: only these sources (files, and everything under failed directories).
     pub only: Option<crate::coord::checkpoint::FailedSet>,
     /// Sources that failed in this run (kept for `--retry-failed`), bounded.
@@ -290,6 +292,7 @@ impl Ctx {
             state: None,
             done: HashMap::new(),
             job_id: None,
+            resuming: false,
             only: None,
             failed_srcs: Mutex::new(Vec::new()),
             targets: Vec::new(),
