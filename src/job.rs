@@ -40,6 +40,11 @@ pub struct Progress {
     pub bytes: u64,
     pub failed: u64,
     pub elapsed_secs: f64,
+    /// Files the walk found so far (final once `walk_done`).
+    pub found_files: u64,
+    pub walk_done: bool,
+    /// Seconds left at the current file rate, once the walk is over.
+    pub eta_secs: Option<f64>,
 }
 
 pub struct Job;
@@ -205,12 +210,25 @@ impl Control {
 
     pub fn status(&self) -> Progress {
         let s = &self.ctx.stats;
+        let copied = s.files.load(Ordering::Relaxed);
+        let resumed = s.resumed_files.load(Ordering::Relaxed);
+        let failed = s.failed.load(Ordering::Relaxed);
+        let skipped = s.skipped.load(Ordering::Relaxed);
+        let found = s.found_files.load(Ordering::Relaxed);
+        let walk_done = s.walking.load(Ordering::Acquire) == 0;
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let left = found.saturating_sub(copied + resumed + failed + skipped);
+        let eta_secs = (walk_done && copied > 0 && elapsed > 0.0)
+            .then(|| left as f64 / (copied as f64 / elapsed));
         Progress {
             state: self.state(),
-            files: s.files.load(Ordering::Relaxed) + s.resumed_files.load(Ordering::Relaxed),
+            files: copied + resumed,
             bytes: s.bytes.load(Ordering::Relaxed) + s.resumed_bytes.load(Ordering::Relaxed),
-            failed: s.failed.load(Ordering::Relaxed),
-            elapsed_secs: self.started.elapsed().as_secs_f64(),
+            failed,
+            elapsed_secs: elapsed,
+            found_files: found,
+            walk_done,
+            eta_secs,
         }
     }
 }

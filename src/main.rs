@@ -337,10 +337,16 @@ fn copy(mut a: CopyArgs, rules: Vec<ferry::filter::Rule>) -> ExitCode {
             }
             if let Some(b) = &bar {
                 // Durable work only, so it never goes backwards.
+                let eta = match p.eta_secs {
+                    Some(s) => format!(", ETA {}s", s.ceil() as u64),
+                    None => String::new(),
+                };
                 b.set_message(format!(
-                    "{}: {} files, {:.1} MB, {:.1} MB/s{}",
+                    "{}: {}/{}{} files, {:.1} MB, {:.1} MB/s{eta}{}",
                     p.state.name(),
                     p.files,
+                    p.found_files,
+                    if p.walk_done { "" } else { "+" },
                     p.bytes as f64 / 1e6,
                     p.bytes as f64 / 1e6 / p.elapsed_secs.max(1e-3),
                     if p.failed > 0 {

@@ -177,7 +177,13 @@ impl Reactor {
                 self.issue()?;
             }
             let mut took = false;
-            while !aborting && !paused && self.can_take() && self.ctx.ops_limit.try_take(1) {
+            // The pause flag is read again for every task: a pause (or a full destination met
+            // by the previous task) must stop this loop at once, not after the queue drains.
+            while !aborting
+                && !self.ctx.paused.load(Ordering::Acquire)
+                && self.can_take()
+                && self.ctx.ops_limit.try_take(1)
+            {
                 let Some(task) = self.ctx.queues.pop(self.me) else {
                     self.ctx.ops_limit.refund(1);
                     break;
@@ -265,7 +271,7 @@ impl Reactor {
 
     /// Fills free buffers with reads, oldest active file first (so files finish early).
     fn issue(&mut self) -> Result<(), Error> {
-        if self.ctx.stats.abort.load(Ordering::Acquire) {
+        if self.ctx.stats.abort.load(Ordering::Acquire) || self.ctx.paused.load(Ordering::Acquire) {
             return Ok(());
         }
         for idx in 0..self.active.len() {

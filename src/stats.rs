@@ -17,6 +17,10 @@ pub struct Stats {
     pub symlinks: AtomicU64,
     pub specials: AtomicU64,
     pub hardlinks: AtomicU64,
+    /// Regular files the walk has found so far (for an ETA).
+    pub found_files: AtomicU64,
+    /// Directories still being listed; 0 means the walk is over and `found_files` is final.
+    pub walking: std::sync::atomic::AtomicUsize,
     /// Files (and their bytes) an earlier run of this job already copied: skipped.
     pub resumed_files: AtomicU64,
     pub resumed_bytes: AtomicU64,

@@ -88,6 +88,21 @@ fn full_destination_pauses_then_resumes_after_space_is_freed() {
     assert!(ok, "remount");
 
     h.resume().unwrap();
+    let start = Instant::now();
+    while !h.is_finished() {
+        if let Ok(Event::DestinationFull { path }) = events.recv_timeout(Duration::from_millis(50))
+        {
+            let df = Command::new("df").arg("-k").arg(&mnt).output().unwrap();
+            panic!(
+                "paused again after space was freed ({path}): {}",
+                String::from_utf8_lossy(&df.stdout)
+            );
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "hang after resume"
+        );
+    }
     let r = within(Duration::from_secs(60), move || h.wait());
     assert!(r.ok(), "{:?}", r.errors);
     assert_eq!(r.files, 12);

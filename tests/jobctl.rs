@@ -59,6 +59,12 @@ fn pause_stops_writing_and_resume_finishes() {
     let b = written(&dst);
     assert_eq!(a, b, "bytes were written while paused");
     assert_eq!(h.state(), JobState::Paused);
+    let st = h.status();
+    assert!(st.walk_done && st.found_files == 60, "{st:?}");
+    assert!(
+        st.eta_secs.is_some_and(|e| e > 0.0),
+        "an ETA once the walk is over: {st:?}"
+    );
     assert!(h.pause().is_err(), "pausing twice is an invalid transition");
     assert!(t0.elapsed() < Duration::from_secs(5));
     h.resume().unwrap();

@@ -225,23 +225,29 @@ pub fn execute(p: Prepared) -> Report {
     for root in plan.roots {
         let owner = ctx.owner_of(root.st.st_dev);
         match crate::meta::file_type(&root.st) {
-            libc::S_IFDIR => ctx.queues.push_local(
-                owner,
-                Task::Dir {
-                    src: root.src,
-                    dst: root.target,
-                    parent: None,
-                },
-            ),
-            libc::S_IFREG => ctx.queues.push_local(
-                owner,
-                Task::File {
-                    src: root.src,
-                    dst: root.target,
-                    parent: None,
-                    attempt: 1,
-                },
-            ),
+            libc::S_IFDIR => {
+                ctx.stats.walking.fetch_add(1, Ordering::AcqRel);
+                ctx.queues.push_local(
+                    owner,
+                    Task::Dir {
+                        src: root.src,
+                        dst: root.target,
+                        parent: None,
+                    },
+                )
+            }
+            libc::S_IFREG => {
+                crate::stats::Stats::add(&ctx.stats.found_files, 1);
+                ctx.queues.push_local(
+                    owner,
+                    Task::File {
+                        src: root.src,
+                        dst: root.target,
+                        parent: None,
+                        attempt: 1,
+                    },
+                )
+            }
             _ => {
                 if let Err(e) = walk::copy_inline(&ctx, &root.src, &root.target) {
                     ctx.stats.error(e);

@@ -54,6 +54,7 @@ pub fn start_dir(
             match stream {
                 Some(stream) => list_more(ctx, me, stream, src, node, false, buf),
                 None => {
+                    ctx.stats.walking.fetch_sub(1, Ordering::AcqRel);
                     child_done(&Some(node), ctx);
                     ctx.queues.finish();
                 }
@@ -62,6 +63,7 @@ pub fn start_dir(
         Err(e) => {
             ctx.note_failed(&src, true);
             ctx.stats.error(e);
+            ctx.stats.walking.fetch_sub(1, Ordering::AcqRel);
             child_done(&parent, ctx);
             ctx.queues.finish();
         }
@@ -126,6 +128,11 @@ pub fn list_more(
             node.add_child();
             dispatch(ctx, owner, kind, src.join(os), node.dst.join(os), &node);
         });
+        if n < buf.len() / 2 {
+            // A short batch: the listing is almost surely over; the next getdents64 says so
+            // without a trip through the queue.
+            continue;
+        }
         let suspended = ctx.dir_continuations.fetch_add(1, Ordering::AcqRel);
         if suspended < MAX_DIR_CONTINUATIONS {
             ctx.queues.requeue(me, Task::DirMore { stream, src, node });
@@ -134,6 +141,7 @@ pub fn list_more(
         ctx.dir_continuations.fetch_sub(1, Ordering::AcqRel);
     }
     // The listing itself is one of the node's pending units.
+    ctx.stats.walking.fetch_sub(1, Ordering::AcqRel);
     child_done(&Some(node), ctx);
     ctx.queues.finish();
 }
@@ -142,16 +150,22 @@ pub fn list_more(
 fn dispatch(ctx: &Ctx, owner: usize, kind: Kind, src: PathBuf, dst: PathBuf, node: &Arc<DirNode>) {
     let parent = Some(node.clone());
     match kind {
-        Kind::Dir => ctx.queues.push_local(owner, Task::Dir { src, dst, parent }),
-        Kind::File => ctx.queues.push_local(
-            owner,
-            Task::File {
-                src,
-                dst,
-                parent,
-                attempt: 1,
-            },
-        ),
+        Kind::Dir => {
+            ctx.stats.walking.fetch_add(1, Ordering::AcqRel);
+            ctx.queues.push_local(owner, Task::Dir { src, dst, parent })
+        }
+        Kind::File => {
+            Stats::add(&ctx.stats.found_files, 1);
+            ctx.queues.push_local(
+                owner,
+                Task::File {
+                    src,
+                    dst,
+                    parent,
+                    attempt: 1,
+                },
+            )
+        }
         _ => {
             if let Err(e) = copy_inline(ctx, &src, &dst) {
                 ctx.stats.error(e);
