@@ -53,6 +53,7 @@ fn kill_9_never_leaves_partial_data_under_a_final_name() {
     for i in 0..2 {
         write_file(&src.join(format!("big{i}")), 40 << 20, 900 + i as u64);
     }
+    let state = t.path().join("state");
     let mut rng = ferry::demo::XorShift(0xfe77);
     let mut killed_mid_copy = 0;
     for round in 0..10 {
@@ -68,7 +69,9 @@ fn kill_9_never_leaves_partial_data_under_a_final_name() {
                 fsync,
                 "--buffer-size",
                 "128K",
+                "--state-dir",
             ])
+            .arg(&state)
             .arg(&src)
             .arg(&dst)
             .stdout(Stdio::null())
@@ -92,6 +95,8 @@ fn kill_9_never_leaves_partial_data_under_a_final_name() {
             "copy".as_ref(),
             "--io".as_ref(),
             io.as_ref(),
+            "--state-dir".as_ref(),
+            state.as_os_str(),
             src.as_os_str(),
             dst.as_os_str(),
         ]);
