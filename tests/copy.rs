@@ -260,12 +260,7 @@ fn unreadable_file_fails_alone_and_the_rest_is_copied() {
     fs::set_permissions(&secret, fs::Permissions::from_mode(0o000)).unwrap();
     let out_dir = t.path().join("out");
     fs::create_dir(&out_dir).unwrap();
-    if is_root() {
-        fs::set_permissions(t.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        // SAFETY: valid C string; gives the destination to nobody.
-        let c = std::ffi::CString::new(out_dir.as_os_str().as_encoded_bytes()).unwrap();
-        assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
-    }
+    give_to_nobody(t.path(), &[&out_dir]);
     for io in backends() {
         let dst = out_dir.join(io);
         let a = copy_args(io, &[], &src, &dst);

@@ -551,12 +551,7 @@ fn retry_failed_copies_only_the_last_failures() {
     fs::create_dir(&out_dir).unwrap();
     fs::create_dir(&state).unwrap();
     if is_root() {
-        fs::set_permissions(t.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        for d in [&out_dir, &state] {
-            let c = std::ffi::CString::new(d.as_os_str().as_encoded_bytes()).unwrap();
-            // SAFETY: valid C string.
-            assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
-        }
+        give_to_nobody(t.path(), &[&out_dir, &state]);
     }
     let dst = out_dir.join("dst");
     let run = |extra: &[&str]| {

@@ -127,12 +127,7 @@ fn fail_fast_stops_at_the_first_error() {
     }
     let out_dir = t.path().join("o");
     fs::create_dir(&out_dir).unwrap();
-    if is_root() {
-        fs::set_permissions(t.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        let c = std::ffi::CString::new(out_dir.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: valid C string.
-        assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
-    }
+    give_to_nobody(t.path(), &[&out_dir]);
     let dst = out_dir.join("d");
     let a = [
         "copy".as_ref(),

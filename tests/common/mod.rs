@@ -300,3 +300,17 @@ pub fn report_line(out: &Output) -> serde_json::Value {
     assert_eq!(all[0]["event"], "start", "the first line is the start");
     last
 }
+
+/// As root, tests run ferry as nobody (root reads everything, so "unreadable" needs another
+/// user): `top` becomes traversable and each of `dirs` is given to nobody. No-op otherwise.
+pub fn give_to_nobody(top: &Path, dirs: &[&Path]) {
+    if !is_root() {
+        return;
+    }
+    fs::set_permissions(top, fs::Permissions::from_mode(0o755)).unwrap();
+    for d in dirs {
+        let c = std::ffi::CString::new(d.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: valid C string.
+        assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
+    }
+}
