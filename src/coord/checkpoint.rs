@@ -173,11 +173,16 @@ impl StateDir {
         serde_json::from_slice(&text).ok()
     }
 
-    /// Forgets an earlier run (after completion, or with --fresh).
-    pub fn reset(&self) -> io::Result<()> {
+    /// Empties the journal (a completed job needs none: running it again starts anew).
+    pub fn truncate_journal(&self) -> io::Result<()> {
         let j = self.journal.lock().unwrap_or_else(|p| p.into_inner());
         j.set_len(0)?;
-        j.sync_all()?;
+        j.sync_all()
+    }
+
+    /// Forgets an earlier run (after completion, or with --fresh).
+    pub fn reset(&self) -> io::Result<()> {
+        self.truncate_journal()?;
         match fs::remove_file(self.dir.join("checkpoint.json")) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),

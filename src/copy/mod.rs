@@ -371,6 +371,12 @@ pub fn execute(p: Prepared) -> Report {
         };
         ctx.save_failed();
         ctx.checkpoint(end);
+        if end == JobState::Completed
+            && let Some(sd) = &ctx.state
+            && let Err(e) = sd.truncate_journal()
+        {
+            ctx.stats.error(Error::os("journal", &sd.dir, e));
+        }
     }
     ctx.stats.report(started.elapsed(), backend_name, reactors)
 }
