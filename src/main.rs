@@ -26,6 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Copy files and directory trees (like cp -r, durable, in parallel).
+    #[command(override_usage = "ferry copy [OPTIONS] SRC... DST")]
     Copy(CopyArgs),
     /// Build a sample tree, copy it, check the copy, print the speed, clean up.
     Demo(EngineArgs),
@@ -61,7 +62,7 @@ struct PlanArgs {
 #[derive(Args)]
 struct CopyArgs {
     /// Sources, then the destination.
-    #[arg(required = true, num_args = 2.., value_name = "SRC... DST")]
+    #[arg(required = true, num_args = 2.., value_name = "PATH")]
     paths: Vec<PathBuf>,
     #[command(flatten)]
     engine: EngineArgs,
