@@ -117,8 +117,21 @@ pub struct StateDir {
     _lock: File,
 }
 
+/// Lower-case hex, by table: this runs for every journaled file on the committer thread
+/// (`format!` per byte showed up as a quarter of its time in a profile).
+fn hex_into(bytes: &[u8], out: &mut Vec<u8>) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(bytes.len() * 2);
+    for &b in bytes {
+        out.push(DIGITS[(b >> 4) as usize]);
+        out.push(DIGITS[(b & 15) as usize]);
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let mut v = Vec::new();
+    hex_into(bytes, &mut v);
+    String::from_utf8(v).expect("hex digits are ASCII")
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
@@ -230,14 +243,9 @@ impl StateDir {
         }
         let mut buf = Vec::with_capacity(recs.len() * 96);
         for (p, d) in recs {
-            writeln!(
-                buf,
-                "F {} {} {} {}",
-                d.size,
-                d.mtime.0,
-                d.mtime.1,
-                hex(p.as_os_str().as_bytes())
-            )?;
+            write!(buf, "F {} {} {} ", d.size, d.mtime.0, d.mtime.1)?;
+            hex_into(p.as_os_str().as_bytes(), &mut buf);
+            buf.push(b'\n');
         }
         let mut j = self.journal.lock().unwrap_or_else(|p| p.into_inner());
         j.write_all(&buf)?;
