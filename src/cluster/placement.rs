@@ -207,10 +207,6 @@ impl Rendezvous {
                     .cmp(ids[b.1 as usize].as_bytes())
             })
         };
-        if n == 1 {
-            let best = scored.iter().min_by(|a, b| order(a, b)).expect("non-empty");
-            return vec![best.1];
-        }
         scored.sort_by(order);
         scored.truncate(n);
         scored.into_iter().map(|s| s.1).collect()

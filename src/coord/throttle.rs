@@ -79,20 +79,11 @@ impl TokenBucket {
         {
             return; // another thread credited this interval
         }
-        let cap = self.burst.load(Ordering::Acquire).min(i64::MAX as u64) as i64;
-        let add = add.min(i64::MAX as u128) as i64;
-        let _ = self
-            .tokens
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
-                Some(t.saturating_add(add).min(cap))
-            });
+        self.credit(add.min(u64::MAX as u128) as u64);
     }
 
-    /// Returns units taken for work that did not happen.
-    pub fn refund(&self, n: u64) {
-        if self.rate.load(Ordering::Acquire) == 0 {
-            return;
-        }
+    /// Adds `n` tokens, never above the burst.
+    fn credit(&self, n: u64) {
         let cap = self.burst.load(Ordering::Acquire).min(i64::MAX as u64) as i64;
         let n = n.min(i64::MAX as u64) as i64;
         let _ = self
@@ -100,6 +91,13 @@ impl TokenBucket {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
                 Some(t.saturating_add(n).min(cap))
             });
+    }
+
+    /// Returns units taken for work that did not happen.
+    pub fn refund(&self, n: u64) {
+        if self.rate.load(Ordering::Acquire) != 0 {
+            self.credit(n);
+        }
     }
 
     /// Takes `n` units if the balance is positive (possibly going into debt). False: wait.
