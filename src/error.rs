@@ -28,6 +28,8 @@ pub enum ErrorKind {
     Usage(String),
     /// An entry ferry does not copy (sockets); reported, not fatal.
     Unsupported(&'static str),
+    /// The bytes read back are not the bytes that were copied (`--verify=full`).
+    Mismatch { expected: u64, got: u64 },
 }
 
 impl Error {
@@ -83,6 +85,11 @@ impl fmt::Display for Error {
             ErrorKind::ZeroWrite => write!(f, "{} '{}': wrote 0 bytes", self.op, p),
             ErrorKind::Usage(m) => write!(f, "'{}': {}", p, m),
             ErrorKind::Unsupported(what) => write!(f, "{} '{}': {}", self.op, p, what),
+            ErrorKind::Mismatch { expected, got } => write!(
+                f,
+                "{} '{}': content differs from what was copied (xxh3 {got:016x}, expected {expected:016x})",
+                self.op, p
+            ),
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod filter;
 pub mod io;
 pub mod job;
 pub mod latency;
+pub mod manifest;
 pub mod meta;
 pub mod queue;
 pub mod reactor;

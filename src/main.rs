@@ -6,7 +6,7 @@
 use clap::{Args, Parser, Subcommand};
 use ferry::cluster::{Strategy, Topology};
 use ferry::coord::checkpoint::default_state_dir;
-use ferry::spec::{self, CopySpec, FsyncMode, IoMode, Preserve};
+use ferry::spec::{self, CopySpec, FsyncMode, IoMode, Preserve, VerifyMode};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -28,6 +28,15 @@ enum Cmd {
     /// Copy files and directory trees (like cp -r, durable, in parallel).
     #[command(override_usage = "ferry copy [OPTIONS] SRC... DST")]
     Copy(CopyArgs),
+    /// Move files and trees: copy, make durable, verify, then delete each source (one
+    /// rename when source and target share a filesystem).
+    #[command(override_usage = "ferry move [OPTIONS] SRC... DST")]
+    Move(MoveArgs),
+    /// Compare two trees by content (or a tree against a manifest); list every difference.
+    #[command(
+        override_usage = "ferry verify [OPTIONS] SRC DST\n       ferry verify [OPTIONS] --manifest FILE DST"
+    )]
+    Verify(VerifyArgs),
     /// Build a sample tree, copy it, check the copy, print the speed, clean up.
     Demo(EngineArgs),
     /// Show what a topology change would move, without touching data.
@@ -55,6 +64,31 @@ struct PlanArgs {
     #[arg(long)]
     scan: bool,
     /// Print the plan as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct MoveArgs {
+    #[command(flatten)]
+    copy: CopyArgs,
+    /// Copy and delete even when source and target share a filesystem (instead of one rename).
+    #[arg(long)]
+    no_rename: bool,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// SRC DST, or just DST with --manifest.
+    #[arg(required = true, num_args = 1..=2, value_name = "PATH")]
+    paths: Vec<PathBuf>,
+    /// Check DST against this manifest (written by `ferry copy --manifest`).
+    #[arg(long, value_name = "FILE")]
+    manifest: Option<PathBuf>,
+    /// Reader threads (default: twice the online CPUs).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Print the result as JSON on stdout.
     #[arg(long)]
     json: bool,
 }
@@ -106,6 +140,15 @@ struct CopyArgs {
     /// Copy again only what failed in the last run of this job.
     #[arg(long)]
     retry_failed: bool,
+    /// Checksums: none, stream (xxh3 of every file as it is copied), or full (stream, then
+    /// read the durable copy back past the page cache and compare) [default: stream for copy,
+    /// full for move].
+    #[arg(long, value_enum)]
+    verify: Option<VerifyMode>,
+    /// Write a manifest: one line per copied file (xxh3, size, mtime ns, path); see
+    /// `ferry verify --manifest`.
+    #[arg(long, value_name = "FILE")]
+    manifest: Option<PathBuf>,
     /// Also write the final report (with latency quantiles) as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
@@ -213,8 +256,16 @@ fn main() -> ExitCode {
                 .subcommand_matches("copy")
                 .map(ordered_rules)
                 .unwrap_or_default();
-            copy(a, rules)
+            copy(a, rules, None)
         }
+        Cmd::Move(m) => {
+            let rules = matches
+                .subcommand_matches("move")
+                .map(ordered_rules)
+                .unwrap_or_default();
+            copy(m.copy, rules, Some(m.no_rename))
+        }
+        Cmd::Verify(v) => verify(v),
         Cmd::Plan(p) => plan(p),
         Cmd::Ctl(c) => ctl(c),
         Cmd::Jobs(j) => jobs(j),
@@ -252,9 +303,18 @@ fn ordered_rules(m: &clap::ArgMatches) -> Vec<ferry::filter::Rule> {
     v.into_iter().map(|(_, r)| r).collect()
 }
 
-fn copy(mut a: CopyArgs, rules: Vec<ferry::filter::Rule>) -> ExitCode {
+/// `ferry copy`, and `ferry move` (`moving`: Some(--no-rename)).
+fn copy(mut a: CopyArgs, rules: Vec<ferry::filter::Rule>, moving: Option<bool>) -> ExitCode {
     let dest = a.paths.pop().expect("clap requires two paths");
     let mut spec = a.engine.spec(a.paths, dest);
+    spec.remove_source = moving.is_some();
+    spec.no_rename = moving.unwrap_or(false);
+    spec.verify = a.verify.unwrap_or(if moving.is_some() {
+        VerifyMode::Full
+    } else {
+        VerifyMode::Stream
+    });
+    spec.manifest = a.manifest.clone();
     spec.filters = rules;
     spec.dry_run = a.dry_run;
     spec.one_file_system = a.one_file_system;
@@ -283,7 +343,10 @@ fn copy(mut a: CopyArgs, rules: Vec<ferry::filter::Rule>) -> ExitCode {
         Ok(h) => h,
         Err(e) => {
             eprintln!("ferry: {e}");
-            eprintln!("ferry: nothing was copied");
+            eprintln!(
+                "ferry: nothing was {}",
+                if moving.is_some() { "moved" } else { "copied" }
+            );
             return ExitCode::from(2);
         }
     };
@@ -427,6 +490,64 @@ fn copy(mut a: CopyArgs, rules: Vec<ferry::filter::Rule>) -> ExitCode {
                 report.failed as usize - report.errors.len()
             );
         }
+        ExitCode::from(1)
+    }
+}
+
+fn verify(v: VerifyArgs) -> ExitCode {
+    let report = match (&v.manifest, v.paths.as_slice()) {
+        (Some(m), [dst]) => {
+            if !dst.is_dir() {
+                eprintln!("ferry verify: '{}' is not a directory", dst.display());
+                return ExitCode::from(2);
+            }
+            match ferry::manifest::read(m) {
+                Ok(recs) => ferry::verify::verify_manifest(recs, dst, v.threads),
+                Err(e) => {
+                    eprintln!("ferry verify: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        (None, [src, dst]) => {
+            for p in [src, dst] {
+                if let Err(e) = std::fs::symlink_metadata(p) {
+                    eprintln!("ferry verify: '{}': {e}", p.display());
+                    return ExitCode::from(2);
+                }
+            }
+            ferry::verify::verify_trees(src, dst, v.threads)
+        }
+        (Some(_), _) => {
+            eprintln!("ferry verify: with --manifest, give only the destination directory");
+            return ExitCode::from(2);
+        }
+        (None, _) => {
+            eprintln!("ferry verify: give SRC and DST (or --manifest FILE DST)");
+            return ExitCode::from(2);
+        }
+    };
+    if v.json {
+        println!("{}", serde_json::to_string(&report).unwrap_or_default());
+    } else {
+        for m in &report.mismatches {
+            println!("differs: {m}");
+        }
+        println!(
+            "verified {} files, {:.1} MB in {:.2}s: {}",
+            report.files,
+            report.bytes as f64 / 1e6,
+            report.secs,
+            if report.mismatches.is_empty() {
+                "all match".to_string()
+            } else {
+                format!("{} differences", report.mismatches.len())
+            }
+        );
+    }
+    if report.mismatches.is_empty() {
+        ExitCode::SUCCESS
+    } else {
         ExitCode::from(1)
     }
 }

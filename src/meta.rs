@@ -630,3 +630,51 @@ pub fn copy_xattrs(src: At, dst: At, p: &Path, xattr: bool, acl: bool) -> Result
     }
     Ok(())
 }
+
+/// fsync of a directory: makes the names created or removed in it durable.
+pub fn fsync_dir(p: &Path) -> Result<(), Error> {
+    let fd = open_dir(p)?;
+    // SAFETY: fd is open.
+    if unsafe { libc::fsync(fd.as_raw_fd()) } < 0 {
+        return Err(Error::last("fsync", p));
+    }
+    close(fd, p)
+}
+
+/// rmdir; the caller decides what ENOTEMPTY means.
+pub fn rmdir(p: &Path) -> Result<(), Error> {
+    let c = cpath(p, "rmdir")?;
+    // SAFETY: valid C string.
+    if unsafe { libc::rmdir(c.as_ptr()) } < 0 {
+        return Err(Error::last("rmdir", p));
+    }
+    Ok(())
+}
+
+/// rename that fails with EEXIST instead of replacing (renameat2 RENAME_NOREPLACE, 3.15+;
+/// EINVAL on filesystems that lack it, which the caller treats as "take the slow path").
+pub fn rename_noreplace(from: &Path, to: &Path) -> Result<(), Error> {
+    let (a, b) = (cpath(from, "rename")?, cpath(to, "rename")?);
+    // SAFETY: valid C strings.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r < 0 {
+        return Err(Error::last("rename", to));
+    }
+    Ok(())
+}
+
+/// The directory holding `p` ("." for a bare name).
+pub fn parent_dir(p: &Path) -> &Path {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant};
+use xxhash_rust::xxh3::Xxh3;
 
 /// user_data with this bit set is an fsync; otherwise it is a buffer index.
 const FSYNC_BIT: u64 = 1 << 63;
@@ -29,12 +30,27 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Data extents tracked per sparse file.
 const MAX_RANGES: usize = 4096;
 
-/// A byte range of a file this reactor is copying.
+/// Byte ranges of a file this reactor is copying: one segment, or with checksums on, every
+/// data range of the file (a streamed hash needs the bytes in order, so the file stays here).
 struct Seg {
     job: Arc<FileJob>,
     next: u64,
     end: u64,
+    /// Ranges still to start, last first.
+    more: Vec<(u64, u64)>,
     inflight: u32,
+    /// Streamed checksum: the state, and how far it has hashed.
+    hash: Option<Box<Xxh3>>,
+    hashed: u64,
+    /// Chunks in the order they were read from the file, so they are hashed in file order
+    /// (bounded by the buffer count).
+    order: VecDeque<u32>,
+}
+
+impl Seg {
+    fn exhausted(&self) -> bool {
+        self.next >= self.end && self.more.is_empty()
+    }
 }
 
 /// The chunk held by one buffer.
@@ -51,6 +67,8 @@ struct Slot {
     /// The job's resume count when the op was last submitted: an ENOSPC from before the last
     /// resume says nothing about the space freed since.
     resumes: u64,
+    /// Read in full, waiting for the chunks before it to be hashed.
+    ready: bool,
 }
 
 /// The journal record of a source as it was copied.
@@ -261,7 +279,7 @@ impl Reactor {
         self.active
             .iter()
             .flatten()
-            .any(|s| s.next < s.end && !s.job.is_failed())
+            .any(|s| !s.exhausted() && !s.job.is_failed())
     }
 
     fn push(&mut self, op: Op) -> Result<(), Error> {
@@ -288,6 +306,12 @@ impl Reactor {
                 let Some(seg) = self.active[idx].as_mut() else {
                     break;
                 };
+                if seg.next >= seg.end
+                    && let Some((a, b)) = seg.more.pop()
+                {
+                    seg.next = a;
+                    seg.end = b;
+                }
                 if seg.next >= seg.end || seg.job.is_failed() {
                     break;
                 }
@@ -300,6 +324,9 @@ impl Reactor {
                 seg.inflight += 1;
                 let fd = seg.job.src_raw();
                 let buf = self.free.pop().expect("checked non-empty");
+                if seg.hash.is_some() {
+                    seg.order.push_back(buf);
+                }
                 self.slots[buf as usize] = Slot {
                     seg: idx as u32,
                     off,
@@ -309,6 +336,7 @@ impl Reactor {
                     retries: 0,
                     t0: self.now_ns(),
                     resumes: self.ctx.resumes.load(Ordering::Acquire),
+                    ready: false,
                 };
                 self.push(Op {
                     kind: OpKind::Read,
@@ -344,13 +372,16 @@ impl Reactor {
                 parent,
                 attempt,
             } => self.open_file(src, dst, parent, attempt)?,
-            Task::Segment { job, start, end } => self.activate(job, start, end),
+            Task::Segment { job, start, end } => self.activate(job, vec![(start, end)], false),
         }
         Ok(())
     }
 
-    fn activate(&mut self, job: Arc<FileJob>, start: u64, end: u64) {
-        assert!(start < end);
+    /// Starts copying `ranges` (in file order) of a file; `hash`: stream its checksum.
+    fn activate(&mut self, job: Arc<FileJob>, mut ranges: Vec<(u64, u64)>, hash: bool) {
+        assert!(!ranges.is_empty() && ranges.iter().all(|(a, b)| a < b));
+        ranges.reverse();
+        let (start, end) = ranges.pop().expect("non-empty");
         let idx = self
             .active
             .iter()
@@ -360,7 +391,11 @@ impl Reactor {
             job,
             next: start,
             end,
+            more: ranges,
             inflight: 0,
+            hash: hash.then(|| Box::new(Xxh3::new())),
+            hashed: 0,
+            order: VecDeque::new(),
         });
         self.active_count += 1;
     }
@@ -451,7 +486,10 @@ impl Reactor {
         // source's size and mtime is this job's finished copy even if the crash came before
         // its journal record (rsync's quick check, made safe by the rename protocol).
         let quick = self.ctx.resuming && self.ctx.spec.preserve.timestamps;
+        // A move whose source is still here did not finish it (the crash came before the
+        // unlink): it is copied again, which is always safe, instead of trusting the old copy.
         if (journaled || quick)
+            && !self.ctx.spec.remove_source
             && meta::lstat(&dst).is_ok_and(|t| {
                 meta::file_type(&t) == libc::S_IFREG
                     && t.st_size == st.st_size
@@ -481,8 +519,12 @@ impl Reactor {
             return Ok(());
         }
         // A file with several names: copy it once, link the other names to the copy.
-        let link_key =
-            (self.ctx.spec.preserve.links && st.st_nlink > 1).then_some((st.st_dev, st.st_ino));
+        // (A move unlinks names as it goes: a name whose siblings were already moved has
+        // st_nlink 1 now, but the job still knows the inode.)
+        let key = (st.st_dev, st.st_ino);
+        let link_key = (self.ctx.spec.preserve.links
+            && (st.st_nlink > 1 || (self.ctx.spec.remove_source && self.ctx.knows_link(key))))
+        .then_some(key);
         if let Some(key) = link_key {
             let w = LinkWaiter {
                 src: src.clone(),
@@ -536,12 +578,18 @@ impl Reactor {
             }
             self.known_devs.push(dev);
         }
-        // Cut ranges into segments so one big file spreads over every reactor's queue.
-        let seg_size = self.ctx.spec.segment_size;
+        let hash = self.ctx.spec.verify.hashes();
+        // Cut ranges into segments so one big file spreads over every reactor's queue (not
+        // when hashing: the hash needs the bytes in order, on one reactor).
+        let seg_size = if hash {
+            u64::MAX
+        } else {
+            self.ctx.spec.segment_size
+        };
         let mut segs = Vec::new();
         for (mut a, b) in ranges.drain(..) {
             while a < b {
-                let e = (a + seg_size).min(b);
+                let e = a.saturating_add(seg_size).min(b);
                 segs.push((a, e));
                 a = e;
             }
@@ -557,11 +605,23 @@ impl Reactor {
             attempt,
             dev,
             link_key,
-            segs.len(),
+            // Hashed: all ranges are one segment, on this reactor.
+            if hash { 1 } else { segs.len() },
         ));
-        let Some(&(a, b)) = segs.first() else {
+        if segs.is_empty() {
+            // Empty, or all hole: nothing to read.
+            if hash {
+                let mut h = Xxh3::new();
+                crate::verify::hash_zeros(&mut h, job.st.st_size as u64);
+                job.set_digest(h.digest());
+            }
             return self.finalize(job);
-        };
+        }
+        if hash {
+            self.activate(job, segs, true);
+            return Ok(());
+        }
+        let (a, b) = segs[0];
         for &(s, e) in &segs[1..] {
             self.ctx.queues.share(Task::Segment {
                 job: job.clone(),
@@ -569,7 +629,7 @@ impl Reactor {
                 end: e,
             });
         }
-        self.activate(job, a, b);
+        self.activate(job, vec![(a, b)], false);
         Ok(())
     }
 
@@ -647,11 +707,54 @@ impl Reactor {
         if slot.writing || job.is_failed() || self.ctx.stats.abort.load(Ordering::Acquire) {
             return self.release(buf);
         }
-        // The chunk is in the buffer: write it from the very same buffer.
+        if self.active[seg_idx]
+            .as_ref()
+            .is_some_and(|g| g.hash.is_some())
+        {
+            // Hashed in file order: this chunk may have to wait for earlier ones.
+            self.slots[buf as usize].ready = true;
+            return self.hash_ready(seg_idx);
+        }
+        self.start_write(buf, &job)
+    }
+
+    /// The chunk is in the buffer: write it from the very same buffer.
+    fn start_write(&mut self, buf: u32, job: &FileJob) -> Result<(), Error> {
+        let s = &mut self.slots[buf as usize];
         s.writing = true;
         s.done = 0;
         s.retries = 0;
-        self.resubmit(buf, &job)
+        self.resubmit(buf, job)
+    }
+
+    /// Hashes the chunks at the head of the segment's read order that are fully read (holes
+    /// before them count as zeros), and starts their writes.
+    fn hash_ready(&mut self, seg_idx: usize) -> Result<(), Error> {
+        loop {
+            let Some(seg) = self.active[seg_idx].as_mut() else {
+                return Ok(()); // retired by a release below
+            };
+            let Some(&buf) = seg.order.front() else {
+                return Ok(());
+            };
+            let slot = self.slots[buf as usize];
+            if !slot.ready {
+                return Ok(());
+            }
+            seg.order.pop_front();
+            self.slots[buf as usize].ready = false;
+            let job = seg.job.clone();
+            if job.is_failed() || self.ctx.stats.abort.load(Ordering::Acquire) {
+                self.release(buf)?;
+                continue;
+            }
+            let h = seg.hash.as_mut().expect("hashing segment");
+            assert!(slot.off >= seg.hashed, "chunks hashed out of order");
+            crate::verify::hash_zeros(h, slot.off - seg.hashed);
+            h.update(self.io.arena().slice(buf, slot.len as usize));
+            seg.hashed = slot.off + slot.len as u64;
+            self.start_write(buf, &job)?;
+        }
     }
 
     fn slot_job(&self, buf: u32) -> Arc<FileJob> {
@@ -692,12 +795,29 @@ impl Reactor {
     fn release(&mut self, buf: u32) -> Result<(), Error> {
         let seg_idx = self.slots[buf as usize].seg as usize;
         self.free.push(buf);
+        self.slots[buf as usize].ready = false;
         let seg = self.active[seg_idx].as_mut().expect("active segment");
         assert!(seg.inflight > 0);
         seg.inflight -= 1;
-        let over = seg.next >= seg.end
-            || seg.job.is_failed()
-            || self.ctx.stats.abort.load(Ordering::Acquire);
+        if let Some(i) = seg.order.iter().position(|&b| b == buf) {
+            // Abandoned before its turn to be hashed (its file failed): chunks that waited
+            // behind it are released by their own completions or by hash_ready.
+            seg.order.remove(i);
+            if let Some(&front) = seg.order.front()
+                && self.slots[front as usize].ready
+            {
+                self.hash_ready(seg_idx)?;
+            }
+        }
+        self.maybe_retire(seg_idx)
+    }
+
+    fn maybe_retire(&mut self, seg_idx: usize) -> Result<(), Error> {
+        let Some(seg) = self.active[seg_idx].as_ref() else {
+            return Ok(());
+        };
+        let over =
+            seg.exhausted() || seg.job.is_failed() || self.ctx.stats.abort.load(Ordering::Acquire);
         if seg.inflight > 0 || !over {
             return Ok(());
         }
@@ -708,7 +828,20 @@ impl Reactor {
     fn retire(&mut self, idx: usize) -> Result<(), Error> {
         let seg = self.active[idx].take().expect("active segment");
         assert_eq!(seg.inflight, 0, "retiring a segment with I/O in flight");
+        assert!(
+            seg.order.is_empty(),
+            "retiring a segment with chunks to hash"
+        );
         self.active_count -= 1;
+        if let Some(mut h) = seg.hash
+            && !seg.job.is_failed()
+        {
+            // Trailing hole, then the digest of the whole file.
+            let size = seg.job.st.st_size as u64;
+            assert!(seg.hashed <= size);
+            crate::verify::hash_zeros(&mut h, size - seg.hashed);
+            seg.job.set_digest(h.digest());
+        }
         if self.ctx.stats.abort.load(Ordering::Acquire) {
             seg.job
                 .fail(Error::errno("copy", &seg.job.src, libc::ECANCELED));
@@ -748,6 +881,10 @@ impl Reactor {
             self.abandon(job);
             return Ok(());
         }
+        assert!(
+            !self.ctx.spec.verify.hashes() || job.digest().is_some(),
+            "a hashed copy finished without its digest"
+        );
         match self.ctx.spec.fsync {
             FsyncMode::File => {
                 self.fsync_wait.push_back(job);
@@ -772,6 +909,8 @@ impl Reactor {
                     bytes: job.st.st_size as u64,
                     parent: job.parent.clone(),
                     link_key: job.link_key,
+                    hash: job.digest(),
+                    attempt: job.attempt,
                 };
                 let tx = self.commit_tx.as_ref().expect("batch mode has a committer");
                 if tx.send(f).is_err() {
@@ -821,20 +960,56 @@ impl Reactor {
             Err(Error::errno("fsync", &job.tmp, -res))
         } else {
             let fd = job.take_dst_fd().expect("dst fd open until fsync");
-            meta::close(fd, &job.tmp).and_then(|_| meta::rename(&job.tmp, &job.dst))
+            let size = job.st.st_size as u64;
+            meta::close(fd, &job.tmp)
+                .and_then(|_| match self.ctx.spec.verify {
+                    // Blocks this reactor for one re-read: --fsync=file is the slow, careful mode.
+                    crate::spec::VerifyMode::Full => {
+                        crate::copy::commit::verify_durable(&job.tmp, size, job.digest())
+                    }
+                    _ => Ok(()),
+                })
+                .and_then(|_| meta::rename(&job.tmp, &job.dst))
+                .and_then(|_| {
+                    // The name must be durable before a journal record or a deleted source
+                    // depends on it.
+                    if self.ctx.state.is_some() || self.ctx.spec.remove_source {
+                        meta::fsync_dir(meta::parent_dir(&job.dst))
+                    } else {
+                        Ok(())
+                    }
+                })
         };
         match res {
             Ok(()) => {
                 Stats::add(&self.ctx.stats.files, 1);
                 Stats::add(&self.ctx.stats.bytes, job.st.st_size as u64);
-                self.ctx.journal(&[(job.src.clone(), done_record(&job.st))]);
+                let done = done_record(&job.st);
+                self.ctx.journal(&[(job.src.clone(), done)]);
+                self.ctx.committed(&job.dst, &done, job.digest());
                 let us = job.opened.elapsed().as_micros() as u64;
                 crate::latency::record(&mut self.lat.file, us);
                 if let Some(key) = job.link_key {
-                    self.ctx.link_done(key, &job.dst);
+                    self.ctx.link_done(key, &job.dst, job.digest());
                 }
-                child_done(&job.parent, &self.ctx);
-                self.ctx.queues.finish();
+                let parents = if self.ctx.spec.remove_source {
+                    crate::copy::remove::remove_files(
+                        &self.ctx,
+                        vec![crate::copy::remove::Moved {
+                            src: job.src.clone(),
+                            dst: job.dst.clone(),
+                            done,
+                            parent: job.parent.clone(),
+                            attempt: job.attempt,
+                        }],
+                    )
+                } else {
+                    vec![job.parent.clone()]
+                };
+                for p in parents {
+                    child_done(&p, &self.ctx);
+                    self.ctx.queues.finish();
+                }
             }
             Err(e) => {
                 job.fail(e);

@@ -82,6 +82,28 @@ impl Preserve {
 }
 
 /// Limits that keep every queue, buffer and fd count bounded.
+/// What ferry proves about the bytes it wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyMode {
+    /// No checksums (the only mode that may split one file across reactors).
+    None,
+    /// xxh3 of every file, computed on the buffer between its read and its write.
+    Stream,
+    /// `stream`, then once the data is durable, re-read it past the page cache and compare.
+    Full,
+}
+
+impl VerifyMode {
+    pub fn hashes(self) -> bool {
+        self != VerifyMode::None
+    }
+}
+
+fn default_verify() -> VerifyMode {
+    VerifyMode::Stream
+}
+
 pub const MAX_THREADS: usize = 256;
 pub const MIN_BUFFER: usize = 4096;
 pub const MAX_BUFFER: usize = 64 << 20;
@@ -138,6 +160,17 @@ pub struct CopySpec {
     /// Fault injection for tests (wraps every reactor's backend); never set by the CLI.
     #[serde(default)]
     pub faults: Option<crate::io::faulty::FaultConfig>,
+    #[serde(default = "default_verify")]
+    pub verify: VerifyMode,
+    /// Write one record per copied file (see `manifest`).
+    #[serde(default)]
+    pub manifest: Option<PathBuf>,
+    /// `ferry move`: delete each source once its copy is durable and verified.
+    #[serde(default)]
+    pub remove_source: bool,
+    /// `ferry move --no-rename`: copy and delete even within one filesystem.
+    #[serde(default)]
+    pub no_rename: bool,
 }
 
 impl CopySpec {
@@ -163,6 +196,10 @@ impl CopySpec {
             bwlimit: 0,
             ops_limit: 0,
             faults: None,
+            verify: VerifyMode::Stream,
+            manifest: None,
+            remove_source: false,
+            no_rename: false,
         }
     }
 
@@ -189,6 +226,16 @@ impl CopySpec {
         }
         if self.buffer_size * self.queue_depth > MAX_ARENA {
             return Err("--buffer-size x --queue-depth must stay within 1 GiB per reactor".into());
+        }
+        if self.remove_source && self.verify == VerifyMode::None {
+            return Err(
+                "ferry move deletes sources only after verifying their copies: \
+                        --verify=none is not allowed (use stream or full)"
+                    .into(),
+            );
+        }
+        if self.remove_source && self.dry_run {
+            return Err("--dry-run is not supported by ferry move".into());
         }
         if self.segment_size < self.buffer_size as u64 {
             return Err("segment size must be at least one buffer".into());

@@ -25,6 +25,8 @@ pub struct Stats {
     pub resumed_files: AtomicU64,
     pub resumed_bytes: AtomicU64,
     pub skipped: AtomicU64,
+    /// `ferry move` roots moved by one rename (same filesystem).
+    pub renamed: AtomicU64,
     pub retries: AtomicU64,
     pub failed: AtomicU64,
     errors: Mutex<Vec<Error>>,
@@ -81,6 +83,7 @@ impl Stats {
             resumed_files: self.resumed_files.load(Relaxed),
             resumed_bytes: self.resumed_bytes.load(Relaxed),
             skipped: self.skipped.load(Relaxed),
+            renamed: self.renamed.load(Relaxed),
             retries: self.retries.load(Relaxed),
             failed: self.failed.load(Relaxed),
             elapsed_secs: elapsed.as_secs_f64(),
@@ -112,6 +115,7 @@ pub struct Report {
     pub resumed_files: u64,
     pub resumed_bytes: u64,
     pub skipped: u64,
+    pub renamed: u64,
     pub retries: u64,
     pub failed: u64,
     pub elapsed_secs: f64,
@@ -145,11 +149,15 @@ impl Report {
             self.bytes as f64 / 1e6 / secs,
             self.threads,
             self.backend,
-            if self.failed > 0 {
-                format!(", {} FAILED", self.failed)
+            if self.renamed > 0 {
+                format!(", {} moved by rename", self.renamed)
             } else {
                 String::new()
             }
-        )
+        ) + &if self.failed > 0 {
+            format!(", {} FAILED", self.failed)
+        } else {
+            String::new()
+        }
     }
 }

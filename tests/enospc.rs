@@ -11,6 +11,40 @@ use std::fs;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+struct Unmount(std::path::PathBuf);
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// mount ARGS... TARGET; None (the caller skips) when this machine cannot.
+fn mount(args: &[&std::ffi::OsStr], target: &std::path::Path) -> Option<Unmount> {
+    let ok = Command::new("mount")
+        .args(args)
+        .arg(target)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    ok.then(|| Unmount(target.to_path_buf()))
+}
+
+/// Waits (bounded) for the job to pause on a full destination; returns the path it named.
+fn wait_for_full(h: &ferry::JobHandle, events: &std::sync::mpsc::Receiver<Event>) -> String {
+    let start = Instant::now();
+    loop {
+        match events.recv_timeout(Duration::from_millis(100)) {
+            Ok(Event::DestinationFull { path }) => return path,
+            Ok(_) => {}
+            Err(_) => assert!(
+                start.elapsed() < Duration::from_secs(30) && !h.is_finished(),
+                "no destination-full pause: {:?}",
+                h.status()
+            ),
+        }
+    }
+}
+
 #[test]
 fn full_destination_pauses_then_resumes_after_space_is_freed() {
     if !is_root() {
@@ -25,40 +59,17 @@ fn full_destination_pauses_then_resumes_after_space_is_freed() {
     }
     let mnt = t.path().join("small");
     fs::create_dir(&mnt).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !mounted {
+    let args = ["-t", "tmpfs", "-o", "size=4m", "tmpfs"].map(std::ffi::OsStr::new);
+    let Some(_guard) = mount(&args, &mnt) else {
         eprintln!("SKIP: cannot mount tmpfs here");
         return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(mnt.clone());
+    };
     let dst = mnt.join("dst");
     let mut spec = CopySpec::new(vec![src.clone()], dst.clone());
     spec.buffer_size = 256 << 10;
     let h = Job::start(spec).unwrap();
     let events = h.events().unwrap();
-    let start = Instant::now();
-    let full = loop {
-        match events.recv_timeout(Duration::from_millis(100)) {
-            Ok(Event::DestinationFull { path }) => break path,
-            Ok(_) => {}
-            Err(_) => assert!(
-                start.elapsed() < Duration::from_secs(30) && !h.is_finished(),
-                "no destination-full pause: {:?}",
-                h.status()
-            ),
-        }
-    };
+    let full = wait_for_full(&h, &events);
     assert!(full.contains("dst"), "{full}");
     assert_eq!(h.state(), JobState::Paused);
     std::thread::sleep(Duration::from_millis(300));
@@ -107,5 +118,91 @@ fn full_destination_pauses_then_resumes_after_space_is_freed() {
     assert!(r.ok(), "{:?}", r.errors);
     assert_eq!(r.files, 12);
     assert_same_tree(&src, &dst);
+    assert!(temp_files(&dst).is_empty());
+}
+
+/// A loop-device ext4 that fills up in the middle of a `ferry move`: the job pauses with
+/// "destination full", no source is lost, and it completes once space is freed.
+#[test]
+fn move_onto_a_full_loop_device_pauses_and_loses_nothing() {
+    if !is_root() {
+        eprintln!("SKIP: loop-device filesystems need root");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("disk.img");
+    let mnt = t.path().join("disk");
+    fs::create_dir(&mnt).unwrap();
+    fs::File::create(&img).unwrap().set_len(32 << 20).unwrap();
+    let made = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-m", "0"])
+        .arg(&img)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !made {
+        eprintln!("SKIP: mkfs.ext4 is not installed (apt-get install e2fsprogs)");
+        return;
+    }
+    let Some(_guard) = mount(&["-o".as_ref(), "loop".as_ref(), img.as_os_str()], &mnt) else {
+        eprintln!("SKIP: cannot mount a loop device here");
+        return;
+    };
+    // Leave ~8 MiB free for 16 MiB of sources.
+    let filler = mnt.join("filler");
+    let free = {
+        let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+        let c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: valid C string and out-pointer.
+        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut s) }, 0);
+        s.f_bavail * s.f_frsize
+    };
+    write_file(&filler, (free - (8 << 20)) as usize, 77);
+    let src = t.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let mut want = Vec::new();
+    for i in 0..16 {
+        let p = src.join(format!("f{i:02}"));
+        write_file(&p, 1 << 20, 100 + i);
+        want.push((format!("f{i:02}"), fs::read(&p).unwrap()));
+    }
+    let dst = mnt.join("dst");
+    let check = || {
+        for (rel, data) in &want {
+            let (s, d) = (src.join(rel), dst.join(rel));
+            assert!(s.exists() || d.exists(), "{rel} is lost");
+            if s.exists() {
+                assert_eq!(&fs::read(&s).unwrap(), data);
+            }
+            if d.exists() {
+                assert_eq!(&fs::read(&d).unwrap(), data, "bad copy of {rel}");
+            }
+        }
+    };
+    let mut spec = CopySpec::new(vec![src.clone()], dst.clone());
+    spec.buffer_size = 256 << 10;
+    spec.remove_source = true;
+    spec.verify = ferry::spec::VerifyMode::Full;
+    let h = Job::start(spec).unwrap();
+    let events = h.events().unwrap();
+    wait_for_full(&h, &events);
+    assert_eq!(h.state(), JobState::Paused);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!h.is_finished());
+    assert_eq!(h.status().failed, 0);
+    check();
+    assert!(
+        src.read_dir().unwrap().count() > 0,
+        "some sources must still wait for room"
+    );
+    fs::remove_file(&filler).unwrap();
+    h.resume().unwrap();
+    let r = within(Duration::from_secs(60), move || h.wait());
+    assert!(r.ok(), "{:?}", r.errors);
+    check();
+    assert!(
+        !src.exists(),
+        "every source moved and its directory removed"
+    );
     assert!(temp_files(&dst).is_empty());
 }

@@ -118,3 +118,119 @@ fn kill_9_never_leaves_partial_data_under_a_final_name() {
         "most kills must land mid-copy ({killed_mid_copy})"
     );
 }
+
+/// Every file is intact in the source or under its final name in the destination (or both),
+/// never neither, never a bad copy under a final name.
+fn check_move_invariant(src: &Path, dst: &Path, files: &[(String, Vec<u8>)]) -> (usize, usize) {
+    let (mut moved, mut both) = (0, 0);
+    for (rel, data) in files {
+        let (s, d) = (src.join(rel), dst.join(rel));
+        let (in_src, in_dst) = (s.exists(), d.exists());
+        assert!(
+            in_src || in_dst,
+            "{rel} is in neither the source nor the destination"
+        );
+        if in_src {
+            assert_eq!(&fs::read(&s).unwrap(), data, "source {rel} was damaged");
+        }
+        if in_dst {
+            assert_eq!(
+                &fs::read(&d).unwrap(),
+                data,
+                "{rel} has a bad copy under its final name"
+            );
+            moved += 1;
+        }
+        if in_src && in_dst {
+            both += 1;
+        }
+    }
+    (moved, both)
+}
+
+#[test]
+fn kill_9_during_a_move_never_loses_a_file() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let mut files = Vec::new();
+    for d in 0..5 {
+        fs::create_dir_all(src.join(format!("d{d}/sub"))).unwrap();
+    }
+    for i in 0..300usize {
+        let rel = if i % 2 == 0 {
+            format!("d{}/f{i}", i % 5)
+        } else {
+            format!("d{}/sub/f{i}", i % 5)
+        };
+        write_file(&src.join(&rel), ((i * 7919) % 700) << 10, i as u64);
+        files.push(rel);
+    }
+    let files: Vec<(String, Vec<u8>)> = files
+        .into_iter()
+        .map(|r| {
+            let d = fs::read(src.join(&r)).unwrap();
+            (r, d)
+        })
+        .collect();
+    let total: usize = files.iter().map(|(_, d)| d.len()).sum();
+    let state = t.path().join("state");
+    let dst = t.path().join("dst");
+    let mut rng = ferry::demo::XorShift(0x3017e);
+    let mut kills = 0;
+    // Throttled (--bwlimit) so the move takes seconds and every kill lands mid-move.
+    let rate = format!("{}", total / 5);
+    for round in 0..40 {
+        let io = if round % 2 == 0 { "auto" } else { "sync" };
+        let fsync = if round % 3 == 0 { "file" } else { "batch" };
+        let mut child = Command::new(BIN)
+            .args([
+                "move",
+                "--no-rename",
+                "--io",
+                io,
+                "--fsync",
+                fsync,
+                "--bwlimit",
+                &rate,
+            ])
+            .args(["--buffer-size", "128K", "--state-dir"])
+            .arg(&state)
+            .arg(&src)
+            .arg(&dst)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let delay = 50 + rng.next_u64() % 300;
+        std::thread::sleep(Duration::from_millis(delay));
+        let finished = child.try_wait().unwrap().is_some();
+        child.kill().ok(); // SIGKILL
+        child.wait().unwrap();
+        let (moved, both) = check_move_invariant(&src, &dst, &files);
+        eprintln!("round {round}: kill after {delay} ms: {moved} moved, {both} in both places");
+        if finished {
+            break;
+        }
+        kills += 1;
+        if kills >= 20 {
+            break;
+        }
+    }
+    assert!(kills >= 20, "only {kills} kills landed mid-move");
+    // The same command finishes the move.
+    let out = ferry(&[
+        "move".as_ref(),
+        "--no-rename".as_ref(),
+        "--state-dir".as_ref(),
+        state.as_os_str(),
+        src.as_os_str(),
+        dst.as_os_str(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (moved, both) = check_move_invariant(&src, &dst, &files);
+    assert_eq!((moved, both), (files.len(), 0));
+    assert!(!src.exists(), "emptied source directories are removed");
+    assert!(temp_files(&dst).is_empty());
+    let v = ferry::verify::verify_trees(&dst, &dst, 0);
+    assert!(v.mismatches.is_empty());
+}

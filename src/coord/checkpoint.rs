@@ -53,6 +53,10 @@ pub fn job_id(spec: &CopySpec) -> String {
         preserve: &'a crate::spec::Preserve,
         filters: &'a [crate::filter::Rule],
         one_file_system: bool,
+        /// A move and a copy of the same paths are different jobs (left out for copies, so
+        /// their ids stay as they were).
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        remove_source: bool,
     }
     let k = Key {
         sources: spec.sources.iter().map(|s| absolute(s)).collect(),
@@ -60,6 +64,7 @@ pub fn job_id(spec: &CopySpec) -> String {
         preserve: &spec.preserve,
         filters: &spec.filters,
         one_file_system: spec.one_file_system,
+        remove_source: spec.remove_source,
     };
     let bytes = serde_json::to_vec(&k).expect("plain data serializes");
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes))

@@ -2,8 +2,10 @@
 //! destination filesystem makes the whole batch durable, and only then does each file get its
 //! final name. Reactors never block on a flush.
 
+use super::remove::{self, Moved};
 use super::task::{Ctx, Finished, child_done};
 use crate::meta;
+use crate::spec::VerifyMode;
 use crate::stats::Stats;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -62,31 +64,51 @@ fn commit(ctx: &Ctx, batch: &mut Vec<Finished>, lat: &mut crate::latency::Latenc
     // Durable data first; a failed flush fails the whole batch (we cannot tell whose data was
     // lost), and no file of it gets a final name.
     let synced = ctx.sync_dst(Some(&devs));
+    // --verify=full: read the durable temp files back before they get their names, so a copy
+    // that does not match never carries a final name.
+    let mut checked: Vec<Option<crate::error::Error>> = (0..batch.len()).map(|_| None).collect();
+    if synced.is_ok() && ctx.spec.verify == VerifyMode::Full {
+        verify_batch(ctx, batch, &mut checked);
+    }
     let mut journal = Vec::new();
+    let mut moved = Vec::new();
     let mut finished = Vec::with_capacity(batch.len());
-    for f in batch.drain(..) {
-        let res = match &synced {
-            Ok(()) => meta::rename(&f.tmp, &f.dst),
-            Err(e) => Err(crate::error::Error::os(
+    for (f, bad) in batch.drain(..).zip(checked) {
+        let res = match (&synced, bad) {
+            (Err(e), _) => Err(crate::error::Error::os(
                 e.op,
                 &f.dst,
                 std::io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EIO)),
             )),
+            (Ok(()), Some(e)) => Err(e),
+            (Ok(()), None) => meta::rename(&f.tmp, &f.dst),
         };
         match res {
             Ok(()) => {
                 Stats::add(&ctx.stats.files, 1);
                 Stats::add(&ctx.stats.bytes, f.bytes);
                 crate::latency::record(&mut lat.file, f.opened.elapsed().as_micros() as u64);
+                ctx.committed(&f.dst, &f.done, f.hash);
                 if let Some(key) = f.link_key {
-                    ctx.link_done(key, &f.dst);
+                    ctx.link_done(key, &f.dst, f.hash);
                 }
                 if ctx.state.is_some() {
                     journal.push((f.src.clone(), f.done));
                 }
+                if ctx.spec.remove_source {
+                    moved.push(Moved {
+                        src: f.src,
+                        dst: f.dst,
+                        done: f.done,
+                        parent: f.parent,
+                        attempt: f.attempt,
+                    });
+                    continue;
+                }
             }
             Err(e) => {
                 let _ = meta::unlink(&f.tmp); // best effort: the failure is reported below
+                ctx.note_failed(&f.src, false);
                 ctx.stats.error(e);
                 if let Some(key) = f.link_key {
                     ctx.link_failed(key);
@@ -95,16 +117,73 @@ fn commit(ctx: &Ctx, batch: &mut Vec<Finished>, lat: &mut crate::latency::Latenc
         }
         finished.push(f.parent);
     }
-    if !journal.is_empty() {
-        // The names must be durable before the journal says so: a second syncfs (cheap: only
-        // the renames are dirty) orders them before the journal record.
+    if !journal.is_empty() || !moved.is_empty() {
+        // The names must be durable before the journal says so (and before a move deletes a
+        // source): a second syncfs (cheap: only the renames are dirty) orders them.
         match ctx.sync_dst(Some(&devs)) {
-            Ok(()) => ctx.journal(&journal),
-            Err(e) => ctx.stats.error(e),
+            Ok(()) => {
+                ctx.journal(&journal);
+                finished.extend(remove::remove_files(ctx, moved));
+            }
+            Err(e) => {
+                // The sources stay: their copies' names may not be durable.
+                ctx.stats.error(e);
+                finished.extend(moved.into_iter().map(|m| m.parent));
+            }
         }
     }
     for parent in finished {
         child_done(&parent, ctx);
         ctx.queues.finish();
     }
+}
+
+/// Re-reads a batch's temp files in parallel (reads are latency-bound on small files).
+fn verify_batch(ctx: &Ctx, batch: &[Finished], out: &mut [Option<crate::error::Error>]) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let workers = (2 * ctx.queues.reactors())
+        .clamp(1, VERIFY_WORKERS)
+        .min(batch.len());
+    let next = AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<crate::error::Error>>> = (0..batch.len())
+        .map(|_| std::sync::Mutex::new(None))
+        .collect();
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(f) = batch.get(i) else { return };
+                    if let Err(e) = verify_durable(&f.tmp, f.bytes, f.hash) {
+                        *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    }
+                }
+            });
+        }
+    });
+    for (o, r) in out.iter_mut().zip(results) {
+        *o = r.into_inner().unwrap_or_else(|p| p.into_inner());
+    }
+}
+
+/// Threads that re-read one batch at most.
+pub const VERIFY_WORKERS: usize = 8;
+
+/// `--verify=full` for one durable file: its bytes read back past the page cache must hash to
+/// what was streamed while copying.
+pub fn verify_durable(
+    path: &std::path::Path,
+    size: u64,
+    hash: Option<u64>,
+) -> Result<(), crate::error::Error> {
+    let expected = hash.expect("--verify=full streams a hash for every file");
+    let (n, got) = crate::verify::reread(path)?;
+    if n != size || got != expected {
+        return Err(crate::error::Error {
+            op: "verify",
+            path: path.to_path_buf(),
+            kind: crate::error::ErrorKind::Mismatch { expected, got },
+        });
+    }
+    Ok(())
 }

@@ -3,6 +3,7 @@
 
 pub mod commit;
 pub mod plan;
+pub mod remove;
 pub mod task;
 pub mod walk;
 
@@ -124,6 +125,13 @@ pub fn prepare(spec: CopySpec) -> Result<Prepared, Error> {
     {
         resume_or_start(&mut ctx, &root, &mut plan)?;
     }
+    if let Some(m) = ctx.spec.manifest.clone() {
+        ctx.manifest = Some(std::sync::Mutex::new(crate::manifest::Writer::create(
+            &m,
+            &plan.dest_root,
+            ctx.resuming,
+        )?));
+    }
     let ctx = Arc::new(ctx);
     let dest_dev = std::fs::metadata(&plan.dest_dir)
         .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
@@ -223,6 +231,9 @@ pub fn execute(p: Prepared) -> Report {
     let reactors = ctx.queues.reactors();
     let spec = ctx.spec.clone();
     for root in plan.roots {
+        if ctx.spec.remove_source && !ctx.spec.no_rename && rename_root(&ctx, &root) {
+            continue;
+        }
         let owner = ctx.owner_of(root.st.st_dev);
         match crate::meta::file_type(&root.st) {
             libc::S_IFDIR => {
@@ -360,6 +371,11 @@ pub fn execute(p: Prepared) -> Report {
     if let Err(e) = ctx.sync_dst(None) {
         ctx.stats.error(e);
     }
+    if let Some(m) = &ctx.manifest
+        && let Err(e) = m.lock().unwrap_or_else(|p| p.into_inner()).finish()
+    {
+        ctx.stats.error(e);
+    }
     {
         use crate::coord::state::JobState;
         let end = if ctx.stats.cancelled.load(Ordering::Acquire) {
@@ -379,4 +395,24 @@ pub fn execute(p: Prepared) -> Report {
         }
     }
     ctx.stats.report(started.elapsed(), backend_name, reactors)
+}
+
+/// `ferry move` within one filesystem: one rename(2) moves the whole root (metadata only, atomic).
+/// Only when the target does not exist yet (RENAME_NOREPLACE); otherwise, or on any error,
+/// false: the root is copied and deleted file by file instead.
+fn rename_root(ctx: &Ctx, root: &plan::Root) -> bool {
+    use crate::meta;
+    let parent = meta::parent_dir(&root.target);
+    let same_fs = meta::lstat(parent).is_ok_and(|p| p.st_dev == root.st.st_dev);
+    if !same_fs || meta::rename_noreplace(&root.src, &root.target).is_err() {
+        return false;
+    }
+    // Both directories' entries changed: make the move durable before reporting it.
+    for d in [parent, meta::parent_dir(&root.src)] {
+        if let Err(e) = meta::fsync_dir(d) {
+            ctx.stats.error(e);
+        }
+    }
+    crate::stats::Stats::add(&ctx.stats.renamed, 1);
+    true
 }

@@ -15,6 +15,9 @@ pub struct Root {
 pub struct Plan {
     pub roots: Vec<Root>,
     pub dest_dir: PathBuf,
+    /// What manifest paths are relative to: the destination directory, or the directory that
+    /// receives a single file copied to a new name.
+    pub dest_root: PathBuf,
 }
 
 fn exists_follow(p: &Path) -> Option<std::fs::Metadata> {
@@ -125,5 +128,18 @@ pub fn resolve(sources: &[PathBuf], dest: &Path) -> Result<Plan, Error> {
             st,
         });
     }
-    Ok(Plan { roots, dest_dir })
+    let dest_root = if dest_is_dir
+        || roots
+            .iter()
+            .any(|r| meta::file_type(&r.st) == libc::S_IFDIR)
+    {
+        dest.to_path_buf()
+    } else {
+        dest_dir.clone()
+    };
+    Ok(Plan {
+        roots,
+        dest_dir,
+        dest_root,
+    })
 }

@@ -85,14 +85,18 @@ pub fn child_done(parent: &Option<Arc<DirNode>>, ctx: &Ctx) {
             cur = node.parent.clone();
             continue;
         }
-        if let Err(e) = meta::apply_path_meta(
+        match meta::apply_path_meta(
             &node.src,
             &node.dst,
             &node.st,
             &ctx.spec.preserve,
             ctx.umask,
         ) {
-            ctx.stats.error(e);
+            Ok(()) if ctx.spec.remove_source => {
+                super::remove::remove_dir(ctx, &node.src, &node.dst)
+            }
+            Ok(()) => {}
+            Err(e) => ctx.stats.error(e),
         }
         cur = node.parent.clone();
     }
@@ -121,6 +125,8 @@ pub struct FileJob {
     /// Set with the first error, so the hot path checks an atomic, not the mutex.
     failed_flag: AtomicBool,
     failed: Mutex<Option<Error>>,
+    /// xxh3 of the whole file as it was read (set once all its data went through a buffer).
+    digest: std::sync::OnceLock<u64>,
 }
 
 // SAFETY: libc::stat is plain old data; the rest is Sync.
@@ -159,7 +165,16 @@ impl FileJob {
             changed: AtomicBool::new(false),
             failed_flag: AtomicBool::new(false),
             failed: Mutex::new(None),
+            digest: std::sync::OnceLock::new(),
         }
+    }
+
+    pub fn set_digest(&self, d: u64) {
+        assert!(self.digest.set(d).is_ok(), "file hashed twice");
+    }
+
+    pub fn digest(&self) -> Option<u64> {
+        self.digest.get().copied()
     }
 
     pub fn src_raw(&self) -> RawFd {
@@ -210,6 +225,9 @@ pub struct Finished {
     pub bytes: u64,
     pub parent: Option<Arc<DirNode>>,
     pub link_key: Option<(u64, u64)>,
+    /// The streamed xxh3 (None with --verify=none).
+    pub hash: Option<u64>,
+    pub attempt: u32,
 }
 
 /// Another name of a multi-link file, waiting for the first name's copy.
@@ -226,7 +244,11 @@ enum LinkState {
         nlink: u64,
     },
     /// Copied to this path; `left` more names may still come (then the entry is dropped).
-    Done { path: PathBuf, left: u64 },
+    Done {
+        path: PathBuf,
+        left: u64,
+        hash: Option<u64>,
+    },
 }
 
 pub enum LinkClaim {
@@ -277,6 +299,8 @@ pub struct Ctx {
     owners: Mutex<(HashMap<u64, usize>, usize)>,
     /// Destination filesystems: one fd each, opened early, for syncfs.
     dst_fs: Mutex<HashMap<u64, (OwnedFd, PathBuf)>>,
+    /// `--manifest`: records of committed files.
+    pub manifest: Option<Mutex<crate::manifest::Writer>>,
 }
 
 impl Ctx {
@@ -309,6 +333,17 @@ impl Ctx {
             links: Mutex::new(HashMap::new()),
             owners: Mutex::new((HashMap::new(), 0)),
             dst_fs: Mutex::new(HashMap::new()),
+            manifest: None,
+        }
+    }
+
+    /// A file got its final name: record it in the manifest.
+    pub fn committed(&self, dst: &Path, done: &crate::coord::checkpoint::Done, hash: Option<u64>) {
+        if let (Some(m), Some(h)) = (&self.manifest, hash) {
+            let ns = done.mtime.0 as i128 * 1_000_000_000 + done.mtime.1 as i128;
+            m.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record(dst, done.size, ns, h);
         }
     }
 
@@ -331,26 +366,46 @@ impl Ctx {
                 waiters.push(w);
                 LinkClaim::Handled
             }
-            Some(LinkState::Done { path, left }) => {
-                let path = path.clone();
+            Some(LinkState::Done { path, left, hash }) => {
+                let (path, hash) = (path.clone(), *hash);
                 *left = left.saturating_sub(1);
                 if *left == 0 {
                     g.remove(&key);
                 }
                 drop(g);
-                self.make_link(&path, w);
+                self.make_link(&path, w, hash);
                 LinkClaim::Handled
             }
         }
     }
 
-    fn make_link(&self, existing: &Path, w: LinkWaiter) {
-        match meta::hardlink(existing, &w.dst) {
-            Ok(()) => Stats::add(&self.stats.hardlinks, 1),
-            Err(e) => self.stats.error(e),
+    fn make_link(&self, existing: &Path, w: LinkWaiter, hash: Option<u64>) {
+        let linked = meta::hardlink(existing, &w.dst).and_then(|()| {
+            Stats::add(&self.stats.hardlinks, 1);
+            if let Some(h) = hash
+                && self.manifest.is_some()
+            {
+                let st = meta::lstat(&w.dst)?;
+                self.committed(&w.dst, &crate::reactor::done_record(&st), Some(h));
+            }
+            if self.spec.remove_source {
+                super::remove::remove_entry(self, &w.src, &w.dst)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = linked {
+            self.stats.error(e);
         }
         child_done(&w.parent, self);
         self.queues.finish();
+    }
+
+    /// Whether the job has seen another name of this inode (and may see more).
+    pub fn knows_link(&self, key: (u64, u64)) -> bool {
+        self.links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&key)
     }
 
     /// Resume: a multi-link file already copied by an earlier run; its other names link to it.
@@ -359,6 +414,7 @@ impl Ctx {
         g.entry(key).or_insert_with(|| LinkState::Done {
             path: path.to_path_buf(),
             left: nlink.saturating_sub(1),
+            hash: None,
         });
     }
 
@@ -448,7 +504,7 @@ impl Ctx {
     }
 
     /// The first name's copy has its final name: link the names that waited.
-    pub fn link_done(&self, key: (u64, u64), path: &Path) {
+    pub fn link_done(&self, key: (u64, u64), path: &Path, hash: Option<u64>) {
         let waiters = {
             let mut g = self.links.lock().unwrap_or_else(|p| p.into_inner());
             match g.remove(&key) {
@@ -461,6 +517,7 @@ impl Ctx {
                             LinkState::Done {
                                 path: path.to_path_buf(),
                                 left,
+                                hash,
                             },
                         );
                     }
@@ -470,7 +527,7 @@ impl Ctx {
             }
         };
         for w in waiters {
-            self.make_link(path, w);
+            self.make_link(path, w, hash);
         }
     }
 

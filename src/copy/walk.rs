@@ -207,5 +207,8 @@ pub fn copy_inline(ctx: &Ctx, src: &Path, dst: &Path) -> Result<(), Error> {
         }
         _ => return Err(Error::errno("copy", src, libc::EINVAL)),
     }
+    if ctx.spec.remove_source && meta::file_type(&st) != libc::S_IFSOCK {
+        super::remove::remove_entry(ctx, src, dst)?;
+    }
     Ok(())
 }

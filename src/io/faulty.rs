@@ -1,6 +1,7 @@
 //! Test backend: wraps a real one and, by seed, shortens reads and writes (the kernel then
 //! really does a short op), answers EAGAIN without running the op, or fails ops with EIO or
-//! ENOSPC. Deterministic per reactor for a given seed.
+//! ENOSPC, or flips one byte of the data a write carries (the destination then silently differs
+//! from what was read: only verification can catch it). Deterministic per reactor for a seed.
 
 use super::{Arena, Backend, Completion, Op, OpKind};
 use serde::{Deserialize, Serialize};
@@ -21,6 +22,12 @@ pub struct FaultConfig {
     pub write_enospc_permille: u32,
     /// fsyncs failed with EIO.
     pub fsync_eio_permille: u32,
+    /// Writes failed with EIO.
+    #[serde(default)]
+    pub write_eio_permille: u32,
+    /// Writes that carry one flipped byte to the destination.
+    #[serde(default)]
+    pub flip_permille: u32,
 }
 
 pub struct FaultyBackend {
@@ -78,6 +85,7 @@ impl Backend for FaultyBackend {
         let fault = match op.kind {
             OpKind::Read if self.roll(c.read_eio_permille) => Some(libc::EIO),
             OpKind::Write if self.roll(c.write_enospc_permille) => Some(libc::ENOSPC),
+            OpKind::Write if self.roll(c.write_eio_permille) => Some(libc::EIO),
             OpKind::Fsync if self.roll(c.fsync_eio_permille) => Some(libc::EIO),
             OpKind::Read | OpKind::Write if self.roll(c.eagain_permille) => Some(libc::EAGAIN),
             _ => None,
@@ -85,6 +93,13 @@ impl Backend for FaultyBackend {
         if let Some(errno) = fault {
             self.inject(&op, errno);
             return Ok(());
+        }
+        if op.kind == OpKind::Write && op.len > 0 && self.roll(c.flip_permille) {
+            let at = (self.rng % op.len as u64) as u32;
+            let p = self.inner.arena().ptr(op.buf, op.buf_off + at);
+            // SAFETY: `at` < op.len, so p is inside the op's part of its registered buffer,
+            // which this reactor owns and nothing else touches while the op is being queued.
+            unsafe { *p ^= 0x01 };
         }
         if op.kind != OpKind::Fsync && op.len > 1 && self.roll(c.short_permille) {
             op.len = 1 + (self.rng % (op.len as u64 - 1)) as u32;

@@ -1,0 +1,104 @@
+//! `ferry move`: what happens to a source once its copy is safe. A source is deleted only
+//! after its destination is durable (synced, renamed, synced again) and verified, and only if
+//! it is unchanged since it was read; then its directory is fsynced so the deletion is durable
+//! too. Emptied source directories go bottom-up, after their contents.
+
+use super::task::{Ctx, Task};
+use crate::coord::checkpoint::Done;
+use crate::error::Error;
+use crate::meta;
+use crate::stats::Stats;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A moved file whose copy is durable and verified.
+pub struct Moved {
+    pub src: PathBuf,
+    pub dst: PathBuf,
+    pub done: Done,
+    pub parent: Option<Arc<super::task::DirNode>>,
+    pub attempt: u32,
+}
+
+fn unchanged(st: &libc::stat, d: &Done) -> bool {
+    meta::file_type(st) == libc::S_IFREG
+        && st.st_size as u64 == d.size
+        && (st.st_mtime, st.st_mtime_nsec) == d.mtime
+}
+
+/// Deletes the sources of durable, verified copies and fsyncs their directories. Returns the
+/// items whose source changed since it was read: they are queued again (their task units carry
+/// over) or, out of attempts, failed with the source kept. The caller finishes the rest.
+pub fn remove_files(ctx: &Ctx, items: Vec<Moved>) -> Vec<Option<Arc<super::task::DirNode>>> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    let mut finished = Vec::with_capacity(items.len());
+    for m in items {
+        match meta::lstat(&m.src) {
+            Ok(st) if unchanged(&st, &m.done) => match meta::unlink(&m.src) {
+                Ok(()) => dirs.push(meta::parent_dir(&m.src).to_path_buf()),
+                Err(e) => ctx.stats.error(e),
+            },
+            // Gone already (someone else removed it): the copy is what is left; nothing lost.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => ctx.stats.error(e),
+            Ok(_) if m.attempt < super::task::MAX_ATTEMPTS => {
+                // Written to after we read it: the copy is stale, so copy it again.
+                Stats::add(&ctx.stats.retries, 1);
+                ctx.queues.share(Task::File {
+                    src: m.src,
+                    dst: m.dst,
+                    parent: m.parent,
+                    attempt: m.attempt + 1,
+                });
+                continue;
+            }
+            Ok(_) => {
+                ctx.note_failed(&m.src, false);
+                ctx.stats.error(Error {
+                    op: "move",
+                    path: m.src.clone(),
+                    kind: crate::error::ErrorKind::SourceChanged {
+                        attempts: m.attempt,
+                    },
+                });
+            }
+        }
+        finished.push(m.parent);
+    }
+    sync_dirs(ctx, dirs);
+    finished
+}
+
+fn sync_dirs(ctx: &Ctx, mut dirs: Vec<PathBuf>) {
+    dirs.sort_unstable();
+    dirs.dedup();
+    for d in dirs {
+        if let Err(e) = meta::fsync_dir(&d) {
+            ctx.stats.error(e);
+        }
+    }
+}
+
+/// A symlink, device node, FIFO or extra hard link was made at `dst`: make its name durable,
+/// then delete the source name.
+pub fn remove_entry(ctx: &Ctx, src: &Path, dst: &Path) -> Result<(), Error> {
+    meta::fsync_dir(meta::parent_dir(dst))?;
+    meta::unlink(src)?;
+    sync_dirs(ctx, vec![meta::parent_dir(src).to_path_buf()]);
+    Ok(())
+}
+
+/// A source directory whose every entry was handled: remove it if it is empty (entries that
+/// were excluded or failed keep it, and that is not an error).
+pub fn remove_dir(ctx: &Ctx, src: &Path, dst: &Path) {
+    if let Err(e) = meta::fsync_dir(dst) {
+        // Its metadata may not be durable: keep the source directory.
+        ctx.stats.error(e);
+        return;
+    }
+    match meta::rmdir(src) {
+        Ok(()) => sync_dirs(ctx, vec![meta::parent_dir(src).to_path_buf()]),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST)) => {}
+        Err(e) => ctx.stats.error(e),
+    }
+}
