@@ -148,25 +148,15 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// `append`: a resumed job keeps the records of its earlier runs.
-    pub fn create(path: &Path, root: &Path, append: bool) -> Result<Self, Error> {
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .append(append)
-            .truncate(!append)
-            .open(path)
-            .map_err(|e| Error::os("create manifest", path, e))?;
-        let fresh = f.metadata().map(|m| m.len() == 0).unwrap_or(true);
+    pub fn create(path: &Path, root: &Path) -> Result<Self, Error> {
+        let f = std::fs::File::create(path).map_err(|e| Error::os("create manifest", path, e))?;
         let mut w = Writer {
             out: std::io::BufWriter::with_capacity(256 << 10, f),
             path: path.to_path_buf(),
             root: root.to_path_buf(),
             failed: None,
         };
-        if fresh {
-            w.put(format!("{HEADER}\n").as_bytes());
-        }
+        w.put(format!("{HEADER}\n").as_bytes());
         Ok(w)
     }
 

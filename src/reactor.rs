@@ -71,11 +71,12 @@ struct Slot {
     ready: bool,
 }
 
-/// The journal record of a source as it was copied.
-pub fn done_record(st: &libc::stat) -> crate::coord::checkpoint::Done {
+/// The journal record of a source as it was copied (and the hash of its copy, if streamed).
+pub fn done_record(st: &libc::stat, hash: Option<u64>) -> crate::coord::checkpoint::Done {
     crate::coord::checkpoint::Done {
         size: st.st_size as u64,
         mtime: (st.st_mtime, st.st_mtime_nsec),
+        hash,
     }
 }
 
@@ -498,6 +499,19 @@ impl Reactor {
             })
         {
             // Copied by an earlier run and unchanged since: skip it.
+            if self.ctx.manifest.is_some() {
+                // The manifest lists every file of the job, skipped ones too: with the hash the
+                // journal kept, or (a copy finished just before a crash) by reading the copy.
+                let known = self.ctx.done.get(&src).and_then(|d| d.hash);
+                let hash = match known {
+                    Some(h) => Ok(h),
+                    None => crate::verify::reread(&dst).map(|(_, h)| h),
+                };
+                match hash {
+                    Ok(h) => self.ctx.committed(&dst, &done_record(&st, Some(h))),
+                    Err(e) => self.ctx.stats.error(e),
+                }
+            }
             if self.ctx.spec.preserve.links && st.st_nlink > 1 {
                 self.ctx
                     .link_known((st.st_dev, st.st_ino), &dst, st.st_nlink);
@@ -902,14 +916,13 @@ impl Reactor {
                 let f = Finished {
                     opened: job.opened,
                     src: job.src.clone(),
-                    done: done_record(&job.st),
+                    done: done_record(&job.st, job.digest()),
                     tmp: job.tmp.clone(),
                     dst: job.dst.clone(),
                     dev: job.dst_dev,
                     bytes: job.st.st_size as u64,
                     parent: job.parent.clone(),
                     link_key: job.link_key,
-                    hash: job.digest(),
                     attempt: job.attempt,
                 };
                 let tx = self.commit_tx.as_ref().expect("batch mode has a committer");
@@ -984,9 +997,9 @@ impl Reactor {
             Ok(()) => {
                 Stats::add(&self.ctx.stats.files, 1);
                 Stats::add(&self.ctx.stats.bytes, job.st.st_size as u64);
-                let done = done_record(&job.st);
+                let done = done_record(&job.st, job.digest());
                 self.ctx.journal(&[(job.src.clone(), done)]);
-                self.ctx.committed(&job.dst, &done, job.digest());
+                self.ctx.committed(&job.dst, &done);
                 let us = job.opened.elapsed().as_micros() as u64;
                 crate::latency::record(&mut self.lat.file, us);
                 if let Some(key) = job.link_key {

@@ -418,3 +418,47 @@ fn move_across_the_copy_path_and_by_rename() {
     assert!(stderr(&out).contains("verify"), "{}", stderr(&out));
     assert!(src.join("f0").exists());
 }
+
+#[test]
+fn a_resumed_copy_still_writes_a_complete_manifest() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let files = small_tree(&src, 150);
+    let (dst, m, state) = (
+        t.path().join("dst"),
+        t.path().join("m.txt"),
+        t.path().join("st"),
+    );
+    let args = |limit: &str| -> Vec<std::ffi::OsString> {
+        let mut v: Vec<std::ffi::OsString> = ["copy", "--bwlimit", limit, "--manifest"]
+            .iter()
+            .map(|s| s.into())
+            .collect();
+        v.extend([m.clone().into(), "--state-dir".into(), state.clone().into()]);
+        v.extend([src.clone().into(), dst.clone().into()]);
+        v
+    };
+    // Throttled to ~4 s, killed after 1 s.
+    let mut child = std::process::Command::new(BIN)
+        .args(args("5M"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    assert!(child.try_wait().unwrap().is_none(), "finished too early");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = ferry(&args("0"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("resuming job"), "{}", stderr(&out));
+    let recs = ferry::manifest::read(&m).unwrap();
+    assert_eq!(recs.len(), files.len());
+    let v = ferry(&[
+        "verify".as_ref(),
+        "--manifest".as_ref(),
+        m.as_os_str(),
+        dst.as_os_str(),
+    ]);
+    assert!(v.status.success(), "{}", out_text(&v));
+}

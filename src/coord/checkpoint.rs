@@ -91,6 +91,8 @@ pub struct Checkpoint {
 pub struct Done {
     pub size: u64,
     pub mtime: (i64, i64),
+    /// The streamed xxh3 of the copy (None with --verify=none).
+    pub hash: Option<u64>,
 }
 
 /// Most failed sources remembered for `--retry-failed`.
@@ -223,11 +225,17 @@ impl StateDir {
                 let sec = it.next()?.parse().ok()?;
                 let nsec = it.next()?.parse().ok()?;
                 let path = unhex(it.next()?)?;
+                // Optional: the copy's xxh3 (absent with --verify=none).
+                let hash = match it.next() {
+                    Some(h) => Some(u64::from_str_radix(h, 16).ok()?),
+                    None => None,
+                };
                 Some((
                     PathBuf::from(std::ffi::OsString::from_vec(path)),
                     Done {
                         size,
                         mtime: (sec, nsec),
+                        hash,
                     },
                 ))
             })();
@@ -250,6 +258,9 @@ impl StateDir {
         for (p, d) in recs {
             write!(buf, "F {} {} {} ", d.size, d.mtime.0, d.mtime.1)?;
             hex_into(p.as_os_str().as_bytes(), &mut buf);
+            if let Some(h) = d.hash {
+                write!(buf, " {h:016x}")?;
+            }
             buf.push(b'\n');
         }
         let mut j = self.journal.lock().unwrap_or_else(|p| p.into_inner());
@@ -326,8 +337,10 @@ mod tests {
         let d = Done {
             size: 5,
             mtime: (1, 2),
+            hash: Some(0xfeed_0000_0000_beef),
         };
-        s.append(&[(odd.clone(), d), (PathBuf::from("/b"), d)])
+        let e = Done { hash: None, ..d };
+        s.append(&[(odd.clone(), d), (PathBuf::from("/b"), e)])
             .unwrap();
         // A crash mid-append leaves half a line.
         let mut f = OpenOptions::new()

@@ -88,9 +88,9 @@ fn commit(ctx: &Ctx, batch: &mut Vec<Finished>, lat: &mut crate::latency::Latenc
                 Stats::add(&ctx.stats.files, 1);
                 Stats::add(&ctx.stats.bytes, f.bytes);
                 crate::latency::record(&mut lat.file, f.opened.elapsed().as_micros() as u64);
-                ctx.committed(&f.dst, &f.done, f.hash);
+                ctx.committed(&f.dst, &f.done);
                 if let Some(key) = f.link_key {
-                    ctx.link_done(key, &f.dst, f.hash);
+                    ctx.link_done(key, &f.dst, f.done.hash);
                 }
                 if ctx.state.is_some() {
                     journal.push((f.src.clone(), f.done));
@@ -154,7 +154,7 @@ fn verify_batch(ctx: &Ctx, batch: &[Finished], out: &mut [Option<crate::error::E
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(f) = batch.get(i) else { return };
-                    if let Err(e) = verify_durable(&f.tmp, f.bytes, f.hash) {
+                    if let Err(e) = verify_durable(&f.tmp, f.bytes, f.done.hash) {
                         *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                     }
                 }

@@ -126,10 +126,10 @@ pub fn prepare(spec: CopySpec) -> Result<Prepared, Error> {
         resume_or_start(&mut ctx, &root, &mut plan)?;
     }
     if let Some(m) = ctx.spec.manifest.clone() {
+        // Written anew by every run: a resumed run records the files it skips too.
         ctx.manifest = Some(std::sync::Mutex::new(crate::manifest::Writer::create(
             &m,
             &plan.dest_root,
-            ctx.resuming,
         )?));
     }
     let ctx = Arc::new(ctx);

@@ -225,8 +225,6 @@ pub struct Finished {
     pub bytes: u64,
     pub parent: Option<Arc<DirNode>>,
     pub link_key: Option<(u64, u64)>,
-    /// The streamed xxh3 (None with --verify=none).
-    pub hash: Option<u64>,
     pub attempt: u32,
 }
 
@@ -338,8 +336,8 @@ impl Ctx {
     }
 
     /// A file got its final name: record it in the manifest.
-    pub fn committed(&self, dst: &Path, done: &crate::coord::checkpoint::Done, hash: Option<u64>) {
-        if let (Some(m), Some(h)) = (&self.manifest, hash) {
+    pub fn committed(&self, dst: &Path, done: &crate::coord::checkpoint::Done) {
+        if let (Some(m), Some(h)) = (&self.manifest, done.hash) {
             let ns = done.mtime.0 as i128 * 1_000_000_000 + done.mtime.1 as i128;
             m.lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -386,7 +384,7 @@ impl Ctx {
                 && self.manifest.is_some()
             {
                 let st = meta::lstat(&w.dst)?;
-                self.committed(&w.dst, &crate::reactor::done_record(&st), Some(h));
+                self.committed(&w.dst, &crate::reactor::done_record(&st, Some(h)));
             }
             if self.spec.remove_source {
                 super::remove::remove_entry(self, &w.src, &w.dst)?;
