@@ -81,10 +81,17 @@ impl Job {
     /// thread, which starts the reactors. With a state dir, the job also listens on
     /// `<state-dir>/<job-id>/ctl.sock`.
     pub fn start(spec: CopySpec) -> Result<JobHandle, Error> {
+        Self::start_with(|| copy::prepare(spec))
+    }
+
+    /// Starts a job prepared by `prepare` (a copy, a move, a rebalance).
+    pub fn start_with(
+        prepare: impl FnOnce() -> Result<copy::Prepared, Error>,
+    ) -> Result<JobHandle, Error> {
         let machine = Arc::new(Mutex::new(Machine::default()));
         let (events_tx, events_rx) = channel();
         transition(&machine, &events_tx, JobState::Scanning).expect("idle -> scanning");
-        let prepared = match copy::prepare(spec) {
+        let prepared = match prepare() {
             Ok(p) => p,
             Err(e) => {
                 let _ = transition(&machine, &events_tx, JobState::Failed);

@@ -32,6 +32,10 @@ enum Cmd {
     /// rename when source and target share a filesystem).
     #[command(override_usage = "ferry move [OPTIONS] SRC... DST")]
     Move(MoveArgs),
+    /// Move every object whose owner changed between two topologies to its new owner.
+    Rebalance(RebalanceArgs),
+    /// Put, get, delete or locate one object of a cluster: BUCKET/KEY.
+    Object(ObjectArgs),
     /// Compare two trees by content (or a tree against a manifest); list every difference.
     #[command(
         override_usage = "ferry verify [OPTIONS] SRC DST\n       ferry verify [OPTIONS] --manifest FILE DST"
@@ -75,6 +79,70 @@ struct MoveArgs {
     /// Copy and delete even when source and target share a filesystem (instead of one rename).
     #[arg(long)]
     no_rename: bool,
+}
+
+#[derive(Args)]
+struct RebalanceArgs {
+    /// The topology the data is placed by now (JSON).
+    #[arg(long)]
+    from: PathBuf,
+    /// The new topology (JSON); its generation must be larger.
+    #[arg(long)]
+    to: PathBuf,
+    /// The location registry (redb) [default: <state-dir>/registry.redb].
+    #[arg(long)]
+    registry: Option<PathBuf>,
+    /// Which objects move first: size (small first) or partition.
+    #[arg(long, value_enum, default_value_t = ferry::cluster::rebalance::Order::Size)]
+    order: ferry::cluster::rebalance::Order,
+    /// Lifetime of read-forwarding entries, in seconds.
+    #[arg(long, default_value_t = ferry::cluster::registry::FORWARD_TTL_SECS)]
+    forward_ttl: u64,
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Checksums: stream, or full (also read each copy back) [default: full].
+    #[arg(long, value_enum)]
+    verify: Option<VerifyMode>,
+    /// Bytes per second, e.g. 200M (0 = unlimited); `ferry ctl JOB rate` changes it live.
+    #[arg(long, value_parser = parse_rate, default_value = "0")]
+    bwlimit: u64,
+    /// Objects moved per second (0 = unlimited).
+    #[arg(long, default_value_t = 0)]
+    ops_limit: u64,
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Plan again from the disks instead of resuming an unfinished rebalance.
+    #[arg(long)]
+    fresh: bool,
+    #[arg(long)]
+    json: bool,
+    #[arg(long, short)]
+    quiet: bool,
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
+}
+
+#[derive(Args)]
+struct ObjectArgs {
+    /// put | get | rm | locate
+    #[arg(value_parser = ["put", "get", "rm", "locate"])]
+    op: String,
+    /// BUCKET/KEY
+    object: String,
+    /// The current topology (JSON).
+    #[arg(long)]
+    topology: PathBuf,
+    /// The location registry [default: <state-dir>/registry.redb].
+    #[arg(long)]
+    registry: Option<PathBuf>,
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// put: read the data from FILE (default: standard input). get: write it to FILE
+    /// (default: standard output).
+    #[arg(long, value_name = "FILE")]
+    file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -266,6 +334,8 @@ fn main() -> ExitCode {
             copy(m.copy, rules, Some(m.no_rename))
         }
         Cmd::Verify(v) => verify(v),
+        Cmd::Rebalance(r) => rebalance(r),
+        Cmd::Object(o) => object(o),
         Cmd::Plan(p) => plan(p),
         Cmd::Ctl(c) => ctl(c),
         Cmd::Jobs(j) => jobs(j),
@@ -332,13 +402,7 @@ fn copy(mut a: CopyArgs, rules: Vec<ferry::filter::Rule>, moving: Option<bool>) 
             return ExitCode::from(2);
         }
     };
-    // SIGINT/SIGTERM: stop cleanly (temp files removed, checkpoint written); a second SIGINT
-    // exits at once.
-    let interrupted = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, interrupted.clone());
-        let _ = signal_hook::flag::register(sig, interrupted.clone());
-    }
+    let interrupted = on_signals();
     let handle = match ferry::Job::start(spec) {
         Ok(h) => h,
         Err(e) => {
@@ -350,6 +414,43 @@ fn copy(mut a: CopyArgs, rules: Vec<ferry::filter::Rule>, moving: Option<bool>) 
             return ExitCode::from(2);
         }
     };
+    let w = Watch {
+        json: a.json,
+        quiet: a.quiet,
+        report: a.report.clone(),
+        metrics: a.metrics.clone(),
+        dry_run: a.dry_run,
+        migrating: false,
+        summary: None,
+    };
+    watch(handle, &w, &interrupted)
+}
+
+/// SIGINT/SIGTERM: stop cleanly (temp files removed, checkpoint written); a second SIGINT
+/// exits at once.
+fn on_signals() -> Arc<AtomicBool> {
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, interrupted.clone());
+        let _ = signal_hook::flag::register(sig, interrupted.clone());
+    }
+    interrupted
+}
+
+/// How to show a running job.
+struct Watch {
+    json: bool,
+    quiet: bool,
+    report: Option<PathBuf>,
+    metrics: Option<String>,
+    dry_run: bool,
+    migrating: bool,
+    /// Extra lines after the summary (rebalance counters), and their JSON.
+    summary: Option<Box<dyn Fn() -> (String, serde_json::Value)>>,
+}
+
+/// Shows progress until the job ends, prints the report; the exit status.
+fn watch(handle: ferry::JobHandle, a: &Watch, interrupted: &AtomicBool) -> ExitCode {
     let job_id = handle.job_id().map(str::to_string);
     let metrics = match &a.metrics {
         Some(addr) => match ferry::coord::metrics::serve(addr, handle.control()) {
@@ -363,7 +464,22 @@ fn copy(mut a: CopyArgs, rules: Vec<ferry::filter::Rule>, moving: Option<bool>) 
         None => None,
     };
     let events = handle.events().expect("events taken once");
-    let json_line = |v: serde_json::Value| println!("{v}");
+    // A rebalance's Running state is shown as "migrating".
+    let state_name = |n: &'static str| {
+        if a.migrating && n == "running" {
+            "migrating"
+        } else {
+            n
+        }
+    };
+    let json_line = |mut v: serde_json::Value| {
+        for k in ["state", "from", "to"] {
+            if v.get(k).and_then(|x| x.as_str()) == Some("running") {
+                v[k] = state_name("running").into();
+            }
+        }
+        println!("{v}")
+    };
     if a.json {
         json_line(
             serde_json::json!({"event": "start", "job_id": job_id, "pid": std::process::id()}),
@@ -407,7 +523,7 @@ fn copy(mut a: CopyArgs, rules: Vec<ferry::filter::Rule>, moving: Option<bool>) 
                 };
                 b.set_message(format!(
                     "{}: {}/{}{} files, {:.1} MB, {:.1} MB/s{eta}{}",
-                    p.state.name(),
+                    state_name(p.state.name()),
                     p.files,
                     p.found_files,
                     if p.walk_done { "" } else { "+" },
@@ -472,6 +588,9 @@ fn copy(mut a: CopyArgs, rules: Vec<ferry::filter::Rule>, moving: Option<bool>) 
     if a.json {
         let mut v = serde_json::to_value(&report).unwrap_or_default();
         v["event"] = "report".into();
+        if let Some(f) = &a.summary {
+            v["rebalance"] = f().1;
+        }
         json_line(v);
     } else if a.dry_run {
         println!(
@@ -480,6 +599,9 @@ fn copy(mut a: CopyArgs, rules: Vec<ferry::filter::Rule>, moving: Option<bool>) 
         );
     } else if !a.quiet {
         println!("{}", report.summary());
+        if let Some(f) = &a.summary {
+            println!("{}", f().0);
+        }
     }
     if report.ok() && !report.cancelled {
         ExitCode::SUCCESS
@@ -491,6 +613,179 @@ fn copy(mut a: CopyArgs, rules: Vec<ferry::filter::Rule>, moving: Option<bool>) 
             );
         }
         ExitCode::from(1)
+    }
+}
+
+fn rebalance(r: RebalanceArgs) -> ExitCode {
+    use ferry::cluster::rebalance;
+    let state_root = r.state_dir.clone().unwrap_or_else(default_state_dir);
+    let registry = r
+        .registry
+        .clone()
+        .unwrap_or_else(|| state_root.join("registry.redb"));
+    let mut opts = rebalance::Options::new(r.from.clone(), r.to.clone(), registry);
+    opts.order = r.order;
+    opts.forward_ttl_secs = r.forward_ttl;
+    let mut spec = r.engine.spec(Vec::new(), PathBuf::new());
+    spec.verify = r.verify.unwrap_or(VerifyMode::Full);
+    spec.bwlimit = r.bwlimit;
+    spec.ops_limit = r.ops_limit;
+    spec.fresh = r.fresh;
+    spec.state_dir = Some(state_root);
+    spec.preserve = match r.engine.preserve() {
+        Ok(p) => p,
+        Err(m) => {
+            eprintln!("ferry: {m}");
+            return ExitCode::from(2);
+        }
+    };
+    let interrupted = on_signals();
+    let mut counters = None;
+    let handle = ferry::Job::start_with(|| {
+        let (p, _cluster, c) = rebalance::prepare(&opts, spec)?;
+        counters = Some(c);
+        Ok(p)
+    });
+    let handle = match handle {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("ferry: {e}");
+            eprintln!("ferry: nothing was moved");
+            return ExitCode::from(2);
+        }
+    };
+    let c = counters.expect("set by a successful prepare");
+    let w = Watch {
+        json: r.json,
+        quiet: r.quiet,
+        report: r.report.clone(),
+        metrics: r.metrics.clone(),
+        dry_run: false,
+        migrating: true,
+        summary: Some(Box::new(move || {
+            use std::sync::atomic::Ordering::Relaxed;
+            let text = format!(
+                "rebalance: scanned {} objects ({:.1} MB) in {:.2}s; misplaced {} ({:.1} MB); \
+                 {} skipped (partitions done earlier); {} superseded by client writes; \
+                 {} left on non-owner disks{}",
+                c.scanned.load(Relaxed),
+                c.scanned_bytes.load(Relaxed) as f64 / 1e6,
+                *c.scan_secs.lock().unwrap_or_else(|p| p.into_inner()),
+                c.misplaced.load(Relaxed),
+                c.misplaced_bytes.load(Relaxed) as f64 / 1e6,
+                c.skipped_done.load(Relaxed),
+                c.superseded.load(Relaxed),
+                c.left_over.load(Relaxed),
+                {
+                    let l = c.lost_disks.lock().unwrap_or_else(|p| p.into_inner());
+                    if l.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; LOST (disks gone): {}", l.join(", "))
+                    }
+                }
+            );
+            (text, serde_json::to_value(&*c).unwrap_or_default())
+        })),
+    };
+    watch(handle, &w, &interrupted)
+}
+
+fn object(o: ObjectArgs) -> ExitCode {
+    use ferry::cluster::registry::Registry;
+    use ferry::cluster::store::Cluster;
+    let fail = |m: String, code: u8| {
+        eprintln!("ferry object: {m}");
+        ExitCode::from(code)
+    };
+    let Some((bucket, key)) = o.object.split_once('/') else {
+        return fail(format!("'{}' is not BUCKET/KEY", o.object), 2);
+    };
+    let topo = match Topology::load(&o.topology) {
+        Ok(t) => t,
+        Err(e) => return fail(e.to_string(), 2),
+    };
+    let path = o.registry.clone().unwrap_or_else(|| {
+        o.state_dir
+            .clone()
+            .unwrap_or_else(default_state_dir)
+            .join("registry.redb")
+    });
+    // The registry is one process's: while a rebalance holds it, reads still work through
+    // placement (current, then previous owner); writes must wait, or the mover could not
+    // order them.
+    let registry = match Registry::open(&path) {
+        Ok(r) => Some(r),
+        Err(e)
+            if e.raw_os_error() == Some(libc::EBUSY)
+                && matches!(o.op.as_str(), "get" | "locate") =>
+        {
+            None
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            return fail(
+                format!(
+                    "{e}: a rebalance holds the registry; write through its process or after it ends"
+                ),
+                1,
+            );
+        }
+        Err(e) => return fail(e.to_string(), 1),
+    };
+    let previous = registry
+        .as_ref()
+        .and_then(|r| r.topology("previous").ok().flatten())
+        .and_then(|b| Topology::parse(&b).ok());
+    let c = Cluster::new(topo, previous, registry);
+    let key = key.as_bytes();
+    match o.op.as_str() {
+        "put" => {
+            let data = match &o.file {
+                Some(f) => std::fs::read(f),
+                None => {
+                    let mut v = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut v).map(|_| v)
+                }
+            };
+            let data = match data {
+                Ok(d) => d,
+                Err(e) => return fail(format!("reading the data: {e}"), 2),
+            };
+            match c.put(bucket, key, &data) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.is_usage() => fail(e.to_string(), 2),
+                Err(e) => fail(e.to_string(), 1),
+            }
+        }
+        "get" => match c.get(bucket, key) {
+            Ok(Some(d)) => {
+                let w = match &o.file {
+                    Some(f) => std::fs::write(f, &d),
+                    None => std::io::Write::write_all(&mut std::io::stdout(), &d),
+                };
+                match w {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => fail(format!("writing the data: {e}"), 1),
+                }
+            }
+            Ok(None) => fail(format!("{}: no such object", o.object), 1),
+            Err(e) if e.is_usage() => fail(e.to_string(), 2),
+            Err(e) => fail(e.to_string(), 1),
+        },
+        "rm" => match c.rm(bucket, key) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => fail(format!("{}: no such object", o.object), 1),
+            Err(e) if e.is_usage() => fail(e.to_string(), 2),
+            Err(e) => fail(e.to_string(), 1),
+        },
+        _ => match c.locate(bucket, key) {
+            Ok(l) => {
+                println!("{}", serde_json::to_string_pretty(&l).unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Err(e) if e.is_usage() => fail(e.to_string(), 2),
+            Err(e) => fail(e.to_string(), 1),
+        },
     }
 }
 

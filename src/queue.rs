@@ -75,6 +75,12 @@ impl<T> TaskQueues<T> {
         (1..n).find_map(|k| self.locals[(me + k) % n].pop())
     }
 
+    /// Counts work that is still coming (a feeder that is scanning): the job cannot end until
+    /// the matching `finish`.
+    pub fn hold(&self) {
+        self.outstanding.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// A popped task is completely done.
     pub fn finish(&self) {
         let prev = self.outstanding.fetch_sub(1, Ordering::AcqRel);

@@ -171,6 +171,18 @@ pub struct CopySpec {
     /// `ferry move --no-rename`: copy and delete even within one filesystem.
     #[serde(default)]
     pub no_rename: bool,
+    /// Set for `ferry rebalance` jobs (sources/dest then name the two topology files).
+    #[serde(default)]
+    pub rebalance: Option<RebalanceSpec>,
+}
+
+/// What a rebalance checkpoint must agree on to be resumed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebalanceSpec {
+    pub from_generation: u64,
+    pub to_generation: u64,
+    /// "size" (small objects first) or "partition".
+    pub order: String,
 }
 
 impl CopySpec {
@@ -200,6 +212,7 @@ impl CopySpec {
             manifest: None,
             remove_source: false,
             no_rename: false,
+            rebalance: None,
         }
     }
 

@@ -2,6 +2,9 @@
 
 pub mod placement;
 pub mod plan;
+pub mod rebalance;
+pub mod registry;
+pub mod store;
 pub mod topology;
 
 pub use placement::{PARTITIONS, PartitionTable, Placement, Strategy, partition_of};

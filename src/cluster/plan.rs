@@ -5,7 +5,7 @@ use super::placement::{PARTITIONS, PartitionTable, Strategy, disk_in_set, partit
 use super::topology::{SetState, Topology};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Debug, Serialize)]
 pub struct SetRow {
@@ -185,7 +185,7 @@ pub fn scan(old: &Topology, new: &Topology, table: &PartitionTable) -> ScanRepor
                     rep.disks.push(ds);
                     continue;
                 }
-                walk_objects(&d.path, &mut rep.errors, &mut |bucket, key, size| {
+                super::store::walk_objects(&d.path, &mut rep.errors, &mut |bucket, key, size| {
                     let p = partition_of(bucket.as_bytes(), key);
                     let owned = table.owners(p).iter().any(|&i| {
                         let id = &table.candidates.ids[i as usize];
@@ -208,51 +208,6 @@ pub fn scan(old: &Topology, new: &Topology, table: &PartitionTable) -> ScanRepor
         }
     }
     rep
-}
-
-/// Calls `f(bucket, key bytes, size)` for every regular file `<disk>/<bucket>/<key>`; temp
-/// files of unfinished copies are not objects.
-fn walk_objects(disk: &Path, errors: &mut Vec<String>, f: &mut dyn FnMut(&str, &[u8], u64)) {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(buckets) = std::fs::read_dir(disk) else {
-        errors.push(format!("{}: cannot list", disk.display()));
-        return;
-    };
-    for b in buckets.flatten() {
-        if !b.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
-        }
-        let bucket = b.file_name().to_string_lossy().into_owned();
-        let mut stack = vec![(b.path(), Vec::<u8>::new())];
-        while let Some((dir, prefix)) = stack.pop() {
-            let rd = match std::fs::read_dir(&dir) {
-                Ok(rd) => rd,
-                Err(e) => {
-                    errors.push(format!("{}: {e}", dir.display()));
-                    continue;
-                }
-            };
-            for e in rd.flatten() {
-                let name = e.file_name();
-                let mut key = prefix.clone();
-                if !key.is_empty() {
-                    key.push(b'/');
-                }
-                key.extend_from_slice(name.as_bytes());
-                match e.file_type() {
-                    Ok(t) if t.is_dir() => stack.push((e.path(), key)),
-                    Ok(t) if t.is_file() => {
-                        if name.as_bytes().ends_with(b".ferry-tmp") {
-                            continue;
-                        }
-                        let size = e.metadata().map(|m| m.len()).unwrap_or(0);
-                        f(&bucket, &key, size);
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
 }
 
 impl PlanReport {

@@ -11,6 +11,14 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+/// Gives a batch of durable, verified temp files their final places, for jobs whose commit is
+/// more than a rename (rebalance: under the object's lock, aware of concurrent writers). It
+/// owns the items: it counts them, reports their errors, and finishes (or requeues) each
+/// item's task unit.
+pub trait CommitHook: Send + Sync {
+    fn commit(&self, ctx: &Ctx, items: Vec<Finished>);
+}
+
 /// A batch closes at this many files...
 pub const BATCH_FILES: usize = 4096;
 /// ...or this many bytes...
@@ -73,7 +81,12 @@ fn commit(ctx: &Ctx, batch: &mut Vec<Finished>, lat: &mut crate::latency::Latenc
     let mut journal = Vec::new();
     let mut moved = Vec::new();
     let mut finished = Vec::with_capacity(batch.len());
+    let mut hooked = Vec::new();
     for (f, bad) in batch.drain(..).zip(checked) {
+        if let (Some(_), Ok(()), None) = (&ctx.hook, &synced, &bad) {
+            hooked.push(f);
+            continue;
+        }
         let res = match (&synced, bad) {
             (Err(e), _) => Err(crate::error::Error::os(
                 e.op,
@@ -116,6 +129,11 @@ fn commit(ctx: &Ctx, batch: &mut Vec<Finished>, lat: &mut crate::latency::Latenc
             }
         }
         finished.push(f.parent);
+    }
+    if let Some(h) = &ctx.hook
+        && !hooked.is_empty()
+    {
+        h.commit(ctx, hooked);
     }
     if !journal.is_empty() || !moved.is_empty() {
         // The names must be durable before the journal says so (and before a move deletes a

@@ -12,7 +12,7 @@ use crate::io::{self, Arena, Backend, Probe};
 use crate::reactor::Reactor;
 use crate::spec::{CopySpec, FsyncMode, IoMode};
 use crate::stats::Report;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -102,11 +102,20 @@ pub fn run(spec: CopySpec) -> Result<Report, Error> {
     Ok(execute(p))
 }
 
+/// Produces a job's tasks while it runs (rebalance: the scanner); the job cannot end before
+/// it returns.
+pub type Feeder = Box<dyn FnOnce(&Arc<Ctx>) + Send>;
+/// Runs once every task is done and durable, before the job's end state is decided (not after
+/// a cancel); errors it reports fail the job.
+pub type Finisher = Box<dyn FnOnce(&Ctx) + Send>;
+
 /// A checked job, ready to run: nothing has been written yet.
 pub struct Prepared {
     pub ctx: Arc<Ctx>,
     plan: plan::Plan,
     engine: Engine,
+    pub feeder: Option<Feeder>,
+    pub finisher: Option<Finisher>,
 }
 
 /// Validates the spec and the command line's paths, probes io_uring. `Err`: bad input.
@@ -137,7 +146,49 @@ pub fn prepare(spec: CopySpec) -> Result<Prepared, Error> {
         .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
         .map_err(|e| Error::os("stat", &plan.dest_dir, e))?;
     ctx.note_dst_fs(dest_dev, &plan.dest_dir)?;
-    Ok(Prepared { ctx, plan, engine })
+    Ok(Prepared {
+        ctx,
+        plan,
+        engine,
+        feeder: None,
+        finisher: None,
+    })
+}
+
+/// A job without command-line sources: `feeder` produces its tasks, `hook` commits them.
+/// Resumable through the state dir like a copy (its spec's sources/dest name the job).
+pub fn prepare_fed(
+    spec: CopySpec,
+    hook: Arc<dyn commit::CommitHook>,
+    feeder: Feeder,
+    finisher: Finisher,
+) -> Result<Prepared, Error> {
+    spec.validate()
+        .map_err(|m| Error::usage(Path::new("ferry"), m))?;
+    let engine = choose_engine(spec.io)?;
+    raise_fd_limit();
+    let reactors = spec.reactor_count();
+    let mut ctx = Ctx::new(
+        spec,
+        crate::filter::Filter::new(&[]).expect("no rules"),
+        reactors,
+    );
+    ctx.hook = Some(hook);
+    let mut plan = plan::Plan {
+        roots: Vec::new(),
+        dest_dir: PathBuf::new(),
+        dest_root: PathBuf::new(),
+    };
+    if let Some(root) = ctx.spec.state_dir.clone() {
+        resume_or_start(&mut ctx, &root, &mut plan)?;
+    }
+    Ok(Prepared {
+        ctx: Arc::new(ctx),
+        plan,
+        engine,
+        feeder: Some(feeder),
+        finisher: Some(finisher),
+    })
 }
 
 /// Opens the job's state; resumes an unfinished earlier run (its journal says what is done,
@@ -168,6 +219,21 @@ fn resume_or_start(ctx: &mut Ctx, root: &Path, plan: &mut plan::Plan) -> Result<
             &sd.dir,
             "the checkpoint there was written for a different job spec; \
              run with --fresh to start over",
+        ));
+    }
+    if let Some(cp) = &earlier
+        && !ctx.spec.fresh
+        && cp.state != crate::coord::state::JobState::Completed
+        && let (Some(was), Some(now)) = (&cp.spec.rebalance, &ctx.spec.rebalance)
+        && (was.from_generation, was.to_generation) != (now.from_generation, now.to_generation)
+    {
+        return Err(Error::usage(
+            &sd.dir,
+            format!(
+                "the unfinished rebalance there moves generation {} -> {}, not {} -> {}; \
+                 run with --fresh to plan again from the disks",
+                was.from_generation, was.to_generation, now.from_generation, now.to_generation
+            ),
         ));
     }
     match earlier {
@@ -226,8 +292,35 @@ fn resume_or_start(ctx: &mut Ctx, root: &Path, plan: &mut plan::Plan) -> Result<
 
 /// Runs a prepared job to its end (or its cancel/abort) and reports.
 pub fn execute(p: Prepared) -> Report {
-    let Prepared { ctx, plan, engine } = p;
+    let Prepared {
+        ctx,
+        plan,
+        engine,
+        feeder,
+        finisher,
+    } = p;
     let started = Instant::now();
+    let feeding = feeder.map(|f| {
+        ctx.queues.hold();
+        let c = ctx.clone();
+        std::thread::Builder::new()
+            .name("ferry-feed".into())
+            .spawn(move || {
+                let _guard = AbortOnPanic(c.clone());
+                f(&c);
+                c.queues.finish();
+            })
+    });
+    let feeding = match feeding {
+        Some(Ok(h)) => Some(h),
+        Some(Err(e)) => {
+            ctx.stats
+                .error(Error::os("spawn", Path::new("ferry-feed"), e));
+            ctx.stats.abort.store(true, Ordering::Release);
+            None
+        }
+        None => None,
+    };
     let reactors = ctx.queues.reactors();
     let spec = ctx.spec.clone();
     for root in plan.roots {
@@ -358,6 +451,12 @@ pub fn execute(p: Prepared) -> Report {
             libc::EFAULT,
         ));
     }
+    if let Some(h) = feeding
+        && h.join().is_err()
+    {
+        ctx.stats
+            .error(Error::errno("feed", Path::new("ferry-feed"), libc::EFAULT));
+    }
     // An aborted job leaves tasks behind: remove the temp files of half-copied big files.
     while let Some(t) = ctx.queues.pop(0) {
         if let Task::Segment { job, .. } = t
@@ -375,6 +474,12 @@ pub fn execute(p: Prepared) -> Report {
         && let Err(e) = m.lock().unwrap_or_else(|p| p.into_inner()).finish()
     {
         ctx.stats.error(e);
+    }
+    if let Some(f) = finisher
+        && !ctx.stats.cancelled.load(Ordering::Acquire)
+        && !ctx.stats.abort.load(Ordering::Acquire)
+    {
+        f(&ctx);
     }
     {
         use crate::coord::state::JobState;

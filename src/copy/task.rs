@@ -299,6 +299,8 @@ pub struct Ctx {
     dst_fs: Mutex<HashMap<u64, (OwnedFd, PathBuf)>>,
     /// `--manifest`: records of committed files.
     pub manifest: Option<Mutex<crate::manifest::Writer>>,
+    /// Replaces rename-and-journal for jobs with their own commit rules (rebalance).
+    pub hook: Option<Arc<dyn super::commit::CommitHook>>,
 }
 
 impl Ctx {
@@ -332,6 +334,7 @@ impl Ctx {
             owners: Mutex::new((HashMap::new(), 0)),
             dst_fs: Mutex::new(HashMap::new()),
             manifest: None,
+            hook: None,
         }
     }
 

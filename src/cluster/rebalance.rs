@@ -1,0 +1,589 @@
+//! `ferry rebalance --from OLD.json --to NEW.json`: moves every object whose disk is not an
+//! owner under NEW to its owner, on the copy engine (reactors, throttle, pause/resume/cancel,
+//! ctl, checkpoint and journal). Per object: COPY (temp + group syncfs) -> VERIFY (xxh3, read
+//! back) -> under the object's lock: the source must be unchanged, the copy gets its name
+//! (never over a newer write) -> syncfs -> FORWARD (registry: new location, forwarding entry)
+//! -> CLEANUP (the source is unlinked, its directory fsynced). A client's write or delete
+//! of the key in between wins: the mover then drops its copy.
+//!
+//! The scanner walks every disk of both topologies (in parallel, one thread per disk), so
+//! leftovers of an interrupted run or an older topology are found too. A final pass proves no
+//! object is left on a non-owner disk before the job completes. Partitions whose objects are
+//! all moved are logged (`partitions` in the job's state dir) and skipped on resume.
+
+use super::placement::{PARTITIONS, partition_of};
+use super::registry::{FORWARD_TTL_SECS, Registry};
+use super::store::{Cluster, object_path, walk_objects};
+use super::topology::{SetState, Topology};
+use crate::copy::commit::CommitHook;
+use crate::copy::task::{Ctx, Finished, MAX_ATTEMPTS, Task};
+use crate::error::{Error, ErrorKind};
+use crate::meta;
+use crate::spec::{CopySpec, RebalanceSpec};
+use crate::stats::Stats;
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Order {
+    /// Small objects first: the most objects reach their owner soonest.
+    Size,
+    /// Partition by partition: each partition's move finishes early (fine-grained checkpoints).
+    Partition,
+}
+
+impl Order {
+    fn name(self) -> &'static str {
+        match self {
+            Order::Size => "size",
+            Order::Partition => "partition",
+        }
+    }
+}
+
+pub struct Options {
+    pub from: PathBuf,
+    pub to: PathBuf,
+    /// The location registry (redb file).
+    pub registry: PathBuf,
+    pub order: Order,
+    pub forward_ttl_secs: u64,
+}
+
+impl Options {
+    pub fn new(from: PathBuf, to: PathBuf, registry: PathBuf) -> Self {
+        Options {
+            from,
+            to,
+            registry,
+            order: Order::Size,
+            forward_ttl_secs: FORWARD_TTL_SECS,
+        }
+    }
+}
+
+/// What the scanner and the mover counted.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Counters {
+    pub scanned: AtomicU64,
+    pub scanned_bytes: AtomicU64,
+    pub misplaced: AtomicU64,
+    pub misplaced_bytes: AtomicU64,
+    /// Objects skipped because their partition was finished by an earlier run.
+    pub skipped_done: AtomicU64,
+    /// Moves dropped because a client wrote or deleted the key meanwhile.
+    pub superseded: AtomicU64,
+    /// Objects on non-owner disks found by the final pass.
+    pub left_over: AtomicU64,
+    pub scan_done: AtomicBool,
+    /// Disks of removed sets that are gone: what they held is lost.
+    pub lost_disks: Mutex<Vec<String>>,
+    #[serde(skip)]
+    pub scan_secs: Mutex<f64>,
+}
+
+/// One object on its way.
+struct Item {
+    bucket: String,
+    key: Vec<u8>,
+    from: String,
+    to: String,
+    partition: u16,
+}
+
+struct Mover {
+    cluster: Arc<Cluster>,
+    counters: Arc<Counters>,
+    items: Mutex<HashMap<PathBuf, Item>>,
+    /// Objects still to move, per partition.
+    remaining: Vec<AtomicU32>,
+    generation: u64,
+    ttl: u64,
+}
+
+/// A disk of either topology, once.
+struct DiskRef {
+    id: String,
+    path: PathBuf,
+    /// Belongs to a removed set (or only to OLD): if it is gone, its objects are lost.
+    gone_means_lost: bool,
+}
+
+fn disks_of(old: &Topology, new: &Topology) -> Vec<DiskRef> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for (t, is_new) in [(new, true), (old, false)] {
+        for s in t.sets() {
+            for d in &s.disks {
+                if seen.insert(d.id.clone()) {
+                    let in_new = new.sets().any(|x| {
+                        x.state != SetState::Removed && x.disks.iter().any(|y| y.id == d.id)
+                    });
+                    out.push(DiskRef {
+                        id: d.id.clone(),
+                        path: d.path.clone(),
+                        gone_means_lost: !in_new || (is_new && s.state == SetState::Removed),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+fn load(path: &Path) -> Result<Topology, Error> {
+    Topology::load(path).map_err(|e| Error::usage(path, e.to_string()))
+}
+
+/// Builds a rebalance job; start it with `Job::start_with`. `spec` carries the engine settings
+/// (threads, buffers, throttle, state dir, verify); its sources/dest are set here.
+pub fn prepare(
+    opts: &Options,
+    mut spec: CopySpec,
+) -> Result<(crate::copy::Prepared, Arc<Cluster>, Arc<Counters>), Error> {
+    let old = load(&opts.from)?;
+    let new = load(&opts.to)?;
+    if new.generation <= old.generation {
+        return Err(Error::usage(
+            &opts.to,
+            format!(
+                "generation {} must be larger than the current topology's ({})",
+                new.generation, old.generation
+            ),
+        ));
+    }
+    let registry = Registry::open(&opts.registry)?;
+    let json = |t: &Topology| serde_json::to_vec(t).expect("plain data serializes");
+    registry.set_topologies(&json(&new), &json(&old))?;
+    registry.expire_forwards(false)?;
+    let disks = disks_of(&old, &new);
+    let generation = new.generation;
+    spec.sources = vec![opts.from.clone()];
+    spec.dest = opts.to.clone();
+    spec.remove_source = true;
+    spec.preserve.links = false; // objects are independent files
+    spec.fsync = crate::spec::FsyncMode::Batch;
+    spec.rebalance = Some(RebalanceSpec {
+        from_generation: old.generation,
+        to_generation: new.generation,
+        order: opts.order.name().into(),
+    });
+    let cluster = Arc::new(Cluster::new(new, Some(old), Some(registry)));
+    let counters = Arc::new(Counters::default());
+    let mover = Arc::new(Mover {
+        cluster: cluster.clone(),
+        counters: counters.clone(),
+        items: Mutex::new(HashMap::new()),
+        remaining: (0..PARTITIONS).map(|_| AtomicU32::new(0)).collect(),
+        generation,
+        ttl: opts.forward_ttl_secs,
+    });
+    let disks: Vec<(String, PathBuf, bool)> = disks
+        .into_iter()
+        .map(|d| (d.id, d.path, d.gone_means_lost))
+        .collect();
+    let feeder = {
+        let (m, order, disks) = (mover.clone(), opts.order, disks.clone());
+        Box::new(move |ctx: &Arc<Ctx>| scan_and_feed(ctx, &m, &disks, order))
+    };
+    let finisher = {
+        let (m, disks) = (mover.clone(), disks);
+        Box::new(move |ctx: &Ctx| final_pass(ctx, &m, &disks))
+    };
+    let p = crate::copy::prepare_fed(spec, mover, feeder, finisher)?;
+    Ok((p, cluster, counters))
+}
+
+/// Partitions finished by earlier runs of this job.
+fn partitions_file(ctx: &Ctx) -> Option<PathBuf> {
+    ctx.state.as_ref().map(|s| s.dir.join("partitions"))
+}
+
+fn load_done_partitions(ctx: &Ctx) -> HashSet<u16> {
+    let Some(p) = partitions_file(ctx) else {
+        return HashSet::new();
+    };
+    if !ctx.resuming {
+        let _ = std::fs::remove_file(&p); // a fresh plan: nothing is done
+        return HashSet::new();
+    }
+    std::fs::read_to_string(&p)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+struct Candidate {
+    size: u64,
+    partition: u16,
+    src: PathBuf,
+    dst: PathBuf,
+    dev: u64,
+    item: Item,
+}
+
+fn scan_and_feed(ctx: &Arc<Ctx>, m: &Mover, disks: &[(String, PathBuf, bool)], order: Order) {
+    let t0 = std::time::Instant::now();
+    ctx.stats.walking.fetch_add(1, Ordering::AcqRel);
+    let done = load_done_partitions(ctx);
+    let cands = scan(ctx, m, disks, Some(&done));
+    let mut cands = cands;
+    match order {
+        Order::Size => cands.sort_by_key(|c| (c.size, c.partition)),
+        Order::Partition => cands.sort_by_key(|c| (c.partition, c.size)),
+    }
+    *m.counters
+        .scan_secs
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = t0.elapsed().as_secs_f64();
+    let mut made: HashSet<PathBuf> = HashSet::new();
+    for c in cands {
+        if ctx.stats.abort.load(Ordering::Acquire) {
+            break;
+        }
+        let dir = meta::parent_dir(&c.dst).to_path_buf();
+        if !made.contains(&dir) {
+            if let Err(e) = std::fs::create_dir_all(&dir) {
+                ctx.stats.error(Error::os("mkdir", &dir, e));
+                continue;
+            }
+            made.insert(dir);
+        }
+        m.remaining[c.partition as usize].fetch_add(1, Ordering::AcqRel);
+        m.items
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(c.src.clone(), c.item);
+        Stats::add(&ctx.stats.found_files, 1);
+        ctx.queues.push_local(
+            ctx.owner_of(c.dev),
+            Task::File {
+                src: c.src,
+                dst: c.dst,
+                parent: None,
+                attempt: 1,
+            },
+        );
+    }
+    m.counters.scan_done.store(true, Ordering::Release);
+    ctx.stats.walking.fetch_sub(1, Ordering::AcqRel);
+}
+
+/// Walks every present disk in parallel; returns the misplaced objects (those in `skip`
+/// partitions are counted, not returned).
+fn scan(
+    ctx: &Ctx,
+    m: &Mover,
+    disks: &[(String, PathBuf, bool)],
+    skip: Option<&HashSet<u16>>,
+) -> Vec<Candidate> {
+    let out = Mutex::new(Vec::new());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let workers = disks.len().clamp(1, 16);
+    let new = &m.cluster.current;
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((id, path, lost_if_gone)) = disks.get(i) else {
+                        return;
+                    };
+                    let dev = match meta::lstat(path) {
+                        Ok(st) => st.st_dev,
+                        Err(e) => {
+                            if *lost_if_gone {
+                                let mut g = m.counters.lost_disks.lock().unwrap_or_else(|p| p.into_inner());
+                                if !g.contains(id) {
+                                    eprintln!(
+                                        "ferry: disk {id} ({}) of a removed set is gone: its objects are lost",
+                                        path.display()
+                                    );
+                                    g.push(id.clone());
+                                }
+                            } else {
+                                ctx.stats.error(e);
+                            }
+                            continue;
+                        }
+                    };
+                    let mut errors = Vec::new();
+                    let mut mine = Vec::new();
+                    walk_objects(path, &mut errors, &mut |bucket, key, size| {
+                        m.counters.scanned.fetch_add(1, Ordering::Relaxed);
+                        m.counters.scanned_bytes.fetch_add(size, Ordering::Relaxed);
+                        let p = partition_of(bucket.as_bytes(), key);
+                        if new.is_owner(p, id) {
+                            return;
+                        }
+                        if skip.is_some_and(|s| s.contains(&p)) {
+                            m.counters.skipped_done.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                        m.counters.misplaced.fetch_add(1, Ordering::Relaxed);
+                        m.counters.misplaced_bytes.fetch_add(size, Ordering::Relaxed);
+                        let owner = new.owner(p);
+                        mine.push(Candidate {
+                            size,
+                            partition: p,
+                            src: object_path(path, bucket, key),
+                            dst: object_path(&owner.path, bucket, key),
+                            dev,
+                            item: Item {
+                                bucket: bucket.to_string(),
+                                key: key.to_vec(),
+                                from: id.clone(),
+                                to: owner.id.clone(),
+                                partition: p,
+                            },
+                        });
+                    });
+                    for e in errors {
+                        ctx.stats.error(Error::usage(path, e));
+                    }
+                    out.lock().unwrap_or_else(|p| p.into_inner()).extend(mine);
+                }
+            });
+        }
+    });
+    out.into_inner().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Proves nothing is left on a non-owner disk; on success the forwarding entries go.
+fn final_pass(ctx: &Ctx, m: &Mover, disks: &[(String, PathBuf, bool)]) {
+    if ctx.stats.failed.load(Ordering::Acquire) > 0 {
+        return; // the failures are the report; what they left behind is expected
+    }
+    // Counters of the proof walk are not the job's scan counters.
+    let probe = Mover {
+        cluster: m.cluster.clone(),
+        counters: Arc::new(Counters::default()),
+        items: Mutex::new(HashMap::new()),
+        remaining: Vec::new(),
+        generation: m.generation,
+        ttl: m.ttl,
+    };
+    let left = scan(ctx, &probe, disks, None);
+    m.counters
+        .left_over
+        .store(left.len() as u64, Ordering::Release);
+    if let Some(c) = left.first() {
+        ctx.stats.error(Error::usage(
+            &c.src,
+            format!(
+                "final pass: {} objects are still on non-owner disks (this one belongs on {})",
+                left.len(),
+                c.item.to
+            ),
+        ));
+        return;
+    }
+    if let Some(r) = &m.cluster.registry {
+        // Everything is at its owner: forwarding is no longer needed.
+        if let Err(e) = r.expire_forwards(true).and_then(|_| r.flush()) {
+            ctx.stats.error(e);
+        }
+    }
+}
+
+fn unchanged(st: &libc::stat, d: &crate::coord::checkpoint::Done) -> bool {
+    meta::file_type(st) == libc::S_IFREG
+        && st.st_size as u64 == d.size
+        && (st.st_mtime, st.st_mtime_nsec) == d.mtime
+}
+
+fn is_enoent(e: &Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR))
+}
+
+impl Mover {
+    fn take_item(&self, src: &Path) -> Option<Item> {
+        self.items
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(src)
+    }
+
+    /// An object's move is over (moved, superseded or failed): its task unit ends.
+    fn finish(&self, ctx: &Ctx, item: Option<Item>, moved: bool, log: &mut Vec<u16>) {
+        if let Some(it) = item {
+            let left = self.remaining[it.partition as usize].fetch_sub(1, Ordering::AcqRel);
+            if moved && left == 1 {
+                log.push(it.partition);
+            }
+        }
+        ctx.queues.finish();
+    }
+
+    /// Gives the copy its name (phase 1, under the key's lock). Ok(true): the destination now
+    /// holds the object; Ok(false): superseded (the copy was dropped).
+    fn place(&self, f: &Finished) -> Result<bool, Error> {
+        match meta::lstat(&f.src) {
+            // A client deleted it, or wrote it anew at its owner (which removed this copy).
+            Err(e) if is_enoent(&e) => return Ok(false),
+            Err(e) => return Err(e),
+            Ok(st) if !unchanged(&st, &f.done) => {
+                return Err(Error {
+                    op: "rebalance",
+                    path: f.src.clone(),
+                    kind: ErrorKind::SourceChanged {
+                        attempts: f.attempt,
+                    },
+                });
+            }
+            Ok(_) => {}
+        }
+        match meta::rename_noreplace(&f.tmp, &f.dst) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                // The owner has it already: left by an interrupted run (same bytes), or written
+                // there meanwhile. The newer mtime wins; a tie keeps what is there.
+                let there = meta::lstat(&f.dst)?;
+                if (there.st_mtime, there.st_mtime_nsec) >= f.done.mtime {
+                    meta::unlink(&f.tmp)?;
+                    Ok(true)
+                } else {
+                    meta::rename(&f.tmp, &f.dst).map(|_| true)
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl CommitHook for Mover {
+    fn commit(&self, ctx: &Ctx, items: Vec<Finished>) {
+        let mut placed: Vec<(Finished, Option<Item>)> = Vec::with_capacity(items.len());
+        let mut log = Vec::new();
+        for f in items {
+            let item = self.take_item(&f.src);
+            let res = match &item {
+                Some(it) => {
+                    let _g = self.cluster.lock(&it.bucket, &it.key);
+                    self.place(&f)
+                }
+                None => Err(Error::errno("rebalance", &f.src, libc::EINVAL)),
+            };
+            match res {
+                Ok(true) => placed.push((f, item)),
+                Ok(false) => {
+                    let _ = meta::unlink(&f.tmp); // dropped copy; nothing depends on it
+                    self.counters.superseded.fetch_add(1, Ordering::Relaxed);
+                    self.finish(ctx, item, true, &mut log);
+                }
+                Err(e)
+                    if matches!(e.kind, ErrorKind::SourceChanged { .. })
+                        && f.attempt < MAX_ATTEMPTS =>
+                {
+                    // Written in place since it was read: move it again (the unit carries over).
+                    let _ = meta::unlink(&f.tmp);
+                    Stats::add(&ctx.stats.retries, 1);
+                    if let Some(it) = item {
+                        self.items
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(f.src.clone(), it);
+                    }
+                    ctx.queues.share(Task::File {
+                        src: f.src,
+                        dst: f.dst,
+                        parent: None,
+                        attempt: f.attempt + 1,
+                    });
+                }
+                Err(e) => {
+                    let _ = meta::unlink(&f.tmp);
+                    ctx.note_failed(&f.src, false);
+                    ctx.stats.error(e);
+                    self.finish(ctx, item, false, &mut log);
+                }
+            }
+        }
+        // The names must be durable before any source goes.
+        let mut devs: Vec<u64> = placed.iter().map(|(f, _)| f.dev).collect();
+        devs.sort_unstable();
+        devs.dedup();
+        if let Err(e) = ctx.sync_dst(Some(&devs)) {
+            ctx.stats.error(e);
+            for (_, item) in placed {
+                self.finish(ctx, item, false, &mut log);
+            }
+            return;
+        }
+        let mut dirs = Vec::new();
+        let mut journal = Vec::new();
+        for (f, item) in placed {
+            let it = item.as_ref().expect("placed items have their record");
+            let res = {
+                let _g = self.cluster.lock(&it.bucket, &it.key);
+                match meta::lstat(&f.src) {
+                    Ok(st) if unchanged(&st, &f.done) => self
+                        .cluster
+                        .registry
+                        .as_ref()
+                        .map_or(Ok(()), |r| {
+                            let k = super::store::full_key(&it.bucket, &it.key);
+                            r.forward(&k, &it.from, &it.to, self.generation, self.ttl)
+                        })
+                        .and_then(|_| meta::unlink(&f.src))
+                        .map(|_| true),
+                    // Deleted or rewritten by a client since phase 1: its call, not ours.
+                    Ok(_) => Ok(false),
+                    Err(e) if is_enoent(&e) => Ok(false),
+                    Err(e) => Err(e),
+                }
+            };
+            match res {
+                Ok(true) => {
+                    Stats::add(&ctx.stats.files, 1);
+                    Stats::add(&ctx.stats.bytes, f.bytes);
+                    dirs.push(meta::parent_dir(&f.src).to_path_buf());
+                    journal.push((f.src.clone(), f.done));
+                    self.finish(ctx, item, true, &mut log);
+                }
+                Ok(false) => {
+                    self.counters.superseded.fetch_add(1, Ordering::Relaxed);
+                    self.finish(ctx, item, true, &mut log);
+                }
+                Err(e) => {
+                    ctx.stats.error(e);
+                    self.finish(ctx, item, false, &mut log);
+                }
+            }
+        }
+        dirs.sort_unstable();
+        dirs.dedup();
+        for d in dirs {
+            if let Err(e) = meta::fsync_dir(&d) {
+                ctx.stats.error(e);
+            }
+        }
+        if let Some(r) = &self.cluster.registry
+            && let Err(e) = r.flush()
+        {
+            ctx.stats.error(e);
+        }
+        ctx.journal(&journal);
+        if !log.is_empty()
+            && let Some(p) = partitions_file(ctx)
+        {
+            let mut text = String::new();
+            for x in log {
+                text.push_str(&format!("{x}\n"));
+            }
+            let w = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&p)
+                .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|_| f.sync_data()));
+            if let Err(e) = w {
+                // Not fatal: a resume then rescans those partitions too.
+                ctx.stats.error(Error::os("checkpoint partitions", &p, e));
+            }
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! The location registry: where each object was last put or moved (disk id and topology
+//! generation), and read-forwarding entries (old disk -> new disk, with an expiry and a hop
+//! count) for objects a rebalance moved. An embedded redb database, so it is durable and
+//! crash-safe without a server. It is a hint that makes reads fast and forwards readers of moved
+//! objects: every read still falls back to placement, so a lost or stale entry costs a lookup,
+//! never an object.
+
+use crate::error::Error;
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
+use std::path::{Path, PathBuf};
+
+/// key bytes ("bucket/object") -> (disk id, generation)
+const LOCATIONS: TableDefinition<&[u8], (&str, u64)> = TableDefinition::new("locations");
+/// key bytes -> (from disk, to disk, expires unix secs, hops)
+const FORWARDS: TableDefinition<&[u8], (&str, &str, u64, u8)> = TableDefinition::new("forwards");
+/// "current" / "previous" -> topology JSON
+const TOPOLOGIES: TableDefinition<&str, &[u8]> = TableDefinition::new("topologies");
+
+/// How long a forwarding entry lives by default.
+pub const FORWARD_TTL_SECS: u64 = 24 * 3600;
+/// Most forwarding hops a read follows (a key moved by several rebalances in a row).
+pub const MAX_HOPS: u8 = 4;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Forward {
+    pub from: String,
+    pub to: String,
+    pub expires: u64,
+    pub hops: u8,
+}
+
+pub struct Registry {
+    db: Database,
+    path: PathBuf,
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Registry {
+    /// Opens (or creates) the registry. Only one process may hold it: a second one gets an
+    /// error that says so.
+    pub fn open(path: &Path) -> Result<Registry, Error> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::os("create registry dir", dir, e))?;
+        }
+        let db = Database::create(path).map_err(|e| Self::err("open registry", path, e))?;
+        let r = Registry {
+            db,
+            path: path.to_path_buf(),
+        };
+        // Create the tables so readers never meet a missing one.
+        r.write(Durability::Immediate, |w| {
+            w.open_table(LOCATIONS)?;
+            w.open_table(FORWARDS)?;
+            w.open_table(TOPOLOGIES)?;
+            Ok(())
+        })?;
+        Ok(r)
+    }
+
+    fn err(op: &'static str, path: &Path, e: impl std::fmt::Display) -> Error {
+        let msg = e.to_string();
+        // redb reports a database held by another process as "already open".
+        let errno = if msg.contains("already open") {
+            libc::EBUSY
+        } else {
+            libc::EIO
+        };
+        Error::os(op, path, std::io::Error::from_raw_os_error(errno))
+    }
+
+    fn write(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
+    ) -> Result<(), Error> {
+        let run = || -> Result<(), redb::Error> {
+            let mut w = self.db.begin_write()?;
+            w.set_durability(durability)?;
+            f(&w)?;
+            w.commit()?;
+            Ok(())
+        };
+        run().map_err(|e| Self::err("registry write", &self.path, e))
+    }
+
+    /// Records where `key` now lives. `durable: false` batches with the next durable commit
+    /// (a crash may lose it: reads fall back to placement).
+    pub fn set_location(
+        &self,
+        key: &[u8],
+        disk: &str,
+        generation: u64,
+        durable: bool,
+    ) -> Result<(), Error> {
+        self.write(Self::dur(durable), |w| {
+            w.open_table(LOCATIONS)?.insert(key, (disk, generation))?;
+            Ok(())
+        })
+    }
+
+    /// A moved object: its new location, and a forwarding entry from the old one.
+    pub fn forward(
+        &self,
+        key: &[u8],
+        from: &str,
+        to: &str,
+        generation: u64,
+        ttl: u64,
+    ) -> Result<(), Error> {
+        self.write(Durability::None, |w| {
+            w.open_table(LOCATIONS)?.insert(key, (to, generation))?;
+            let mut t = w.open_table(FORWARDS)?;
+            let hops = t.get(key)?.map(|v| v.value().3).unwrap_or(0);
+            t.insert(
+                key,
+                (
+                    from,
+                    to,
+                    now_secs() + ttl,
+                    hops.saturating_add(1).min(MAX_HOPS),
+                ),
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn remove(&self, key: &[u8]) -> Result<(), Error> {
+        self.write(Durability::Immediate, |w| {
+            w.open_table(LOCATIONS)?.remove(key)?;
+            w.open_table(FORWARDS)?.remove(key)?;
+            Ok(())
+        })
+    }
+
+    /// Makes every earlier non-durable change durable (one fsync).
+    pub fn flush(&self) -> Result<(), Error> {
+        self.write(Durability::Immediate, |_| Ok(()))
+    }
+
+    fn dur(durable: bool) -> Durability {
+        if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        }
+    }
+
+    pub fn location(&self, key: &[u8]) -> Result<Option<(String, u64)>, Error> {
+        let run = || -> Result<Option<(String, u64)>, redb::Error> {
+            let r = self.db.begin_read()?;
+            let t = r.open_table(LOCATIONS)?;
+            Ok(t.get(key)?.map(|v| {
+                let (d, g) = v.value();
+                (d.to_string(), g)
+            }))
+        };
+        run().map_err(|e| Self::err("registry read", &self.path, e))
+    }
+
+    /// The live (not expired) forwarding entry of `key`.
+    pub fn forwarding(&self, key: &[u8]) -> Result<Option<Forward>, Error> {
+        let run = || -> Result<Option<Forward>, redb::Error> {
+            let r = self.db.begin_read()?;
+            let t = r.open_table(FORWARDS)?;
+            Ok(t.get(key)?.map(|v| {
+                let (from, to, expires, hops) = v.value();
+                Forward {
+                    from: from.to_string(),
+                    to: to.to_string(),
+                    expires,
+                    hops,
+                }
+            }))
+        };
+        let f = run().map_err(|e| Self::err("registry read", &self.path, e))?;
+        Ok(f.filter(|f| f.expires > now_secs()))
+    }
+
+    /// Drops expired forwarding entries (all of them with `all`: a rebalance completed).
+    /// Returns how many went.
+    pub fn expire_forwards(&self, all: bool) -> Result<u64, Error> {
+        let now = now_secs();
+        let mut n = 0;
+        self.write(Durability::Immediate, |w| {
+            let mut t = w.open_table(FORWARDS)?;
+            let gone: Vec<Vec<u8>> = t
+                .iter()?
+                .filter_map(|e| e.ok())
+                .filter(|(_, v)| all || v.value().2 <= now)
+                .map(|(k, _)| k.value().to_vec())
+                .collect();
+            for k in &gone {
+                t.remove(k.as_slice())?;
+            }
+            n = gone.len() as u64;
+            Ok(())
+        })?;
+        Ok(n)
+    }
+
+    pub fn forward_count(&self) -> Result<u64, Error> {
+        let run = || -> Result<u64, redb::Error> {
+            let r = self.db.begin_read()?;
+            Ok(r.open_table(FORWARDS)?.len()?)
+        };
+        run().map_err(|e| Self::err("registry read", &self.path, e))
+    }
+
+    /// Remembers the topology a rebalance moves to, and the one it came from (reads fall back
+    /// to the previous owner while objects are in flight).
+    pub fn set_topologies(&self, current: &[u8], previous: &[u8]) -> Result<(), Error> {
+        self.write(Durability::Immediate, |w| {
+            let mut t = w.open_table(TOPOLOGIES)?;
+            t.insert("current", current)?;
+            t.insert("previous", previous)?;
+            Ok(())
+        })
+    }
+
+    pub fn topology(&self, which: &str) -> Result<Option<Vec<u8>>, Error> {
+        let run = || -> Result<Option<Vec<u8>>, redb::Error> {
+            let r = self.db.begin_read()?;
+            let t = r.open_table(TOPOLOGIES)?;
+            Ok(t.get(which)?.map(|v| v.value().to_vec()))
+        };
+        run().map_err(|e| Self::err("registry read", &self.path, e))
+    }
+}

@@ -1,0 +1,333 @@
+//! Objects on disks and the `Cluster` API: an object `bucket/key` lives at
+//! `<disk>/<bucket>/<key>` on the disk placement picks. Reads look up the registry, then the
+//! owner under the current topology, then the owner under the previous one, then the forwarding
+//! entry, so an object in the middle of a move is always readable. Writes go to the current
+//! owner and remove every other copy; deletes remove every copy. Writers (and the rebalance
+//! mover's commit step) of one key are serialized by a striped lock.
+
+use super::placement::{PartitionTable, Strategy, disk_in_set, partition_of};
+use super::registry::Registry;
+use super::topology::{Disk, Topology};
+use crate::error::Error;
+use crate::meta;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+/// Lock stripes (keys hash onto them).
+pub const LOCK_STRIPES: usize = 256;
+pub const MAX_KEY_LEN: usize = 1024;
+/// Passes over the read chain before a key is declared missing (a move can slip between the
+/// lookups of one pass, never of two: the copy is final before the source goes).
+pub const READ_PASSES: usize = 3;
+
+/// Checks a bucket and key are safe as path components under a disk.
+pub fn validate(bucket: &str, key: &[u8]) -> Result<(), String> {
+    if bucket.is_empty() || bucket.len() > 255 || bucket.contains('/') || bucket.starts_with('.') {
+        return Err(format!(
+            "bad bucket name '{bucket}' (1-255 bytes, no '/', no leading '.')"
+        ));
+    }
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(format!("object keys are 1-{MAX_KEY_LEN} bytes"));
+    }
+    for c in key.split(|&b| b == b'/') {
+        if c.is_empty() || c == b"." || c == b".." || c.ends_with(b".ferry-tmp") || c.len() > 255 {
+            return Err(format!(
+                "bad object key '{}' (no empty, '.', '..' or '*.ferry-tmp' parts, parts up to 255 bytes)",
+                String::from_utf8_lossy(key)
+            ));
+        }
+        if c.contains(&0) {
+            return Err("object keys may not contain NUL".into());
+        }
+    }
+    Ok(())
+}
+
+pub fn object_path(disk: &Path, bucket: &str, key: &[u8]) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    disk.join(bucket).join(std::ffi::OsStr::from_bytes(key))
+}
+
+/// The registry key of an object.
+pub fn full_key(bucket: &str, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(bucket.len() + 1 + key.len());
+    k.extend_from_slice(bucket.as_bytes());
+    k.push(b'/');
+    k.extend_from_slice(key);
+    k
+}
+
+/// A topology with its partition table (rendezvous, placement v1).
+pub struct Placed {
+    pub topo: Topology,
+    pub table: PartitionTable,
+}
+
+impl Placed {
+    pub fn new(topo: Topology) -> Self {
+        let table = PartitionTable::build(&topo, Strategy::Rendezvous, 0);
+        Placed { topo, table }
+    }
+
+    /// The primary owner disk of a partition.
+    pub fn owner(&self, p: u16) -> &Disk {
+        let set = self
+            .topo
+            .set(self.table.owner_id(p))
+            .expect("table sets come from the topology");
+        &set.disks[disk_in_set(p, set)]
+    }
+
+    /// Whether `disk_id` holds one of the partition's replicas.
+    pub fn is_owner(&self, p: u16, disk_id: &str) -> bool {
+        self.table.owners(p).iter().any(|&i| {
+            let set = self
+                .topo
+                .set(&self.table.candidates.ids[i as usize])
+                .expect("table sets come from the topology");
+            set.disks[disk_in_set(p, set)].id == disk_id
+        })
+    }
+}
+
+/// Every regular file `<disk>/<bucket>/<key>`: f(bucket, key, size). Temp files are not
+/// objects. Listing errors are collected, not fatal.
+pub fn walk_objects(disk: &Path, errors: &mut Vec<String>, f: &mut dyn FnMut(&str, &[u8], u64)) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(buckets) = std::fs::read_dir(disk) else {
+        errors.push(format!("{}: cannot list", disk.display()));
+        return;
+    };
+    for b in buckets.flatten() {
+        if !b.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let bucket = b.file_name().to_string_lossy().into_owned();
+        let mut stack = vec![(b.path(), Vec::<u8>::new())];
+        while let Some((dir, prefix)) = stack.pop() {
+            let rd = match std::fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) => {
+                    errors.push(format!("{}: {e}", dir.display()));
+                    continue;
+                }
+            };
+            for e in rd.flatten() {
+                let name = e.file_name();
+                let mut key = prefix.clone();
+                if !key.is_empty() {
+                    key.push(b'/');
+                }
+                key.extend_from_slice(name.as_bytes());
+                match e.file_type() {
+                    Ok(t) if t.is_dir() => stack.push((e.path(), key)),
+                    Ok(t) if t.is_file() => {
+                        if name.as_bytes().ends_with(b".ferry-tmp") {
+                            continue;
+                        }
+                        let size = e.metadata().map(|m| m.len()).unwrap_or(0);
+                        f(&bucket, &key, size);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Where an object is and should be.
+#[derive(Debug, serde::Serialize)]
+pub struct Location {
+    pub partition: u16,
+    pub owner: String,
+    pub previous_owner: Option<String>,
+    pub registry: Option<(String, u64)>,
+    pub forward: Option<(String, String)>,
+    /// Disks that hold a copy now.
+    pub found_on: Vec<String>,
+}
+
+pub struct Cluster {
+    pub current: Placed,
+    pub previous: Option<Placed>,
+    pub registry: Option<Registry>,
+    locks: Vec<Mutex<()>>,
+    /// Every disk of both topologies, by id.
+    disks: HashMap<String, PathBuf>,
+}
+
+impl Cluster {
+    pub fn new(current: Topology, previous: Option<Topology>, registry: Option<Registry>) -> Self {
+        let mut disks = HashMap::new();
+        for t in previous.iter().chain(std::iter::once(&current)) {
+            for s in t.sets() {
+                for d in &s.disks {
+                    disks.insert(d.id.clone(), d.path.clone());
+                }
+            }
+        }
+        Cluster {
+            current: Placed::new(current),
+            previous: previous.map(Placed::new),
+            registry,
+            locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            disks,
+        }
+    }
+
+    /// Serializes writers of one key (and the mover's commit of it).
+    pub fn lock(&self, bucket: &str, key: &[u8]) -> MutexGuard<'_, ()> {
+        let h = xxhash_rust::xxh3::xxh3_64(&full_key(bucket, key));
+        self.locks[(h % LOCK_STRIPES as u64) as usize]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn disk_path(&self, id: &str) -> Option<&Path> {
+        self.disks.get(id).map(PathBuf::as_path)
+    }
+
+    fn usage(bucket: &str, key: &[u8]) -> Result<(), Error> {
+        validate(bucket, key).map_err(|m| Error::usage(Path::new("object"), m))
+    }
+
+    /// Writes an object durably at its owner under the current topology (temp, fsync, rename,
+    /// fsync dir) and removes every other copy. Wins over a move in flight: the mover sees its
+    /// source gone and drops its copy.
+    pub fn put(&self, bucket: &str, key: &[u8], data: &[u8]) -> Result<(), Error> {
+        Self::usage(bucket, key)?;
+        let p = partition_of(bucket.as_bytes(), key);
+        let owner = self.current.owner(p).clone();
+        let dst = object_path(&owner.path, bucket, key);
+        let dir = meta::parent_dir(&dst).to_path_buf();
+        let _g = self.lock(bucket, key);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::os("mkdir", &dir, e))?;
+        let tmp = meta::temp_name(&dst);
+        let fd = meta::create_temp(&tmp)?;
+        let mut f = std::fs::File::from(fd);
+        let written = f
+            .write_all(data)
+            .and_then(|_| f.sync_all())
+            .map_err(|e| Error::os("write", &tmp, e));
+        drop(f);
+        if let Err(e) = written.and_then(|_| meta::rename(&tmp, &dst)) {
+            let _ = meta::unlink(&tmp); // best effort; `e` is what the caller sees
+            return Err(e);
+        }
+        meta::fsync_dir(&dir)?;
+        self.remove_copies(bucket, key, Some(&owner.id))?;
+        if let Some(r) = &self.registry {
+            r.set_location(
+                &full_key(bucket, key),
+                &owner.id,
+                self.current.topo.generation,
+                false,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Removes the object from every disk but `keep`; true if any copy went.
+    fn remove_copies(&self, bucket: &str, key: &[u8], keep: Option<&str>) -> Result<bool, Error> {
+        let mut any = false;
+        for (id, path) in &self.disks {
+            if Some(id.as_str()) == keep {
+                continue;
+            }
+            let p = object_path(path, bucket, key);
+            match meta::unlink(&p) {
+                Ok(()) => {
+                    any = true;
+                    meta::fsync_dir(meta::parent_dir(&p))?;
+                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(any)
+    }
+
+    /// Deletes every copy (and its registry entries). Returns whether the object existed.
+    pub fn rm(&self, bucket: &str, key: &[u8]) -> Result<bool, Error> {
+        Self::usage(bucket, key)?;
+        let _g = self.lock(bucket, key);
+        let any = self.remove_copies(bucket, key, None)?;
+        if let Some(r) = &self.registry {
+            r.remove(&full_key(bucket, key))?;
+        }
+        Ok(any)
+    }
+
+    /// The disks to try, in order: registry, current owner, previous owner, forward target.
+    fn read_chain(&self, bucket: &str, key: &[u8]) -> Result<Vec<String>, Error> {
+        let p = partition_of(bucket.as_bytes(), key);
+        let mut chain = Vec::with_capacity(4);
+        let fk = full_key(bucket, key);
+        if let Some(r) = &self.registry
+            && let Some((d, _)) = r.location(&fk)?
+        {
+            chain.push(d);
+        }
+        chain.push(self.current.owner(p).id.clone());
+        if let Some(prev) = &self.previous {
+            chain.push(prev.owner(p).id.clone());
+        }
+        if let Some(r) = &self.registry
+            && let Some(f) = r.forwarding(&fk)?
+        {
+            chain.push(f.to);
+        }
+        let mut seen = std::collections::HashSet::new();
+        chain.retain(|d| seen.insert(d.clone()));
+        Ok(chain)
+    }
+
+    /// Reads an object; None if no copy exists.
+    pub fn get(&self, bucket: &str, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        Self::usage(bucket, key)?;
+        for _ in 0..READ_PASSES {
+            for d in self.read_chain(bucket, key)? {
+                let Some(path) = self.disk_path(&d) else {
+                    continue;
+                };
+                let p = object_path(path, bucket, key);
+                match std::fs::read(&p) {
+                    Ok(v) => return Ok(Some(v)),
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {}
+                    Err(e) => return Err(Error::os("read", &p, e)),
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    pub fn locate(&self, bucket: &str, key: &[u8]) -> Result<Location, Error> {
+        Self::usage(bucket, key)?;
+        let p = partition_of(bucket.as_bytes(), key);
+        let fk = full_key(bucket, key);
+        let mut found_on: Vec<String> = self
+            .disks
+            .iter()
+            .filter(|(_, path)| object_path(path, bucket, key).is_file())
+            .map(|(id, _)| id.clone())
+            .collect();
+        found_on.sort();
+        Ok(Location {
+            partition: p,
+            owner: self.current.owner(p).id.clone(),
+            previous_owner: self.previous.as_ref().map(|x| x.owner(p).id.clone()),
+            registry: match &self.registry {
+                Some(r) => r.location(&fk)?,
+                None => None,
+            },
+            forward: match &self.registry {
+                Some(r) => r.forwarding(&fk)?.map(|f| (f.from, f.to)),
+                None => None,
+            },
+            found_on,
+        })
+    }
+}
