@@ -297,7 +297,7 @@ fn client_writes_and_deletes_during_a_rebalance_win_and_reads_never_fail() {
                 want.insert(k.clone(), data);
                 writes += 1;
             }
-            1 if rng.next_u64() % 2 == 0 && !deleted.contains(k) => {
+            1 if rng.next_u64().is_multiple_of(2) && !deleted.contains(k) => {
                 assert!(cluster.rm("bkt", k.as_bytes()).unwrap(), "{k} existed");
                 want.remove(k);
                 deleted.insert(k.clone());
