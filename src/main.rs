@@ -345,7 +345,10 @@ fn main() -> ExitCode {
                 eprintln!("ferry: {m}");
                 return ExitCode::from(2);
             }
-            match ferry::demo::run(&spec) {
+            match ferry::demo::run(&spec).and_then(|ok| {
+                let cluster = ferry::demo::run_cluster(&spec)?;
+                Ok(ok && cluster)
+            }) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(1),
                 Err(m) => {
