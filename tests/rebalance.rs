@@ -462,3 +462,94 @@ fn kill_9_during_a_rebalance_loses_nothing_and_resume_finishes() {
     assert_eq!(check(), (0, want.len()));
     assert_placed(&g2, &disks, &want);
 }
+
+#[test]
+fn a_full_owner_disk_pauses_the_rebalance_and_loses_nothing() {
+    if !is_root() {
+        eprintln!("SKIP: a disk that fills up needs a loop-device filesystem (root)");
+        return;
+    }
+    let disks = Disks::new(5, 320);
+    if !disks.dir.join("images").exists() {
+        eprintln!("SKIP: no loop devices here (plain directories do not fill up)");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let state = t.path().join("state");
+    let g1 = topo(
+        1,
+        &disks,
+        &[
+            (0, "active", 1.0),
+            (1, "active", 1.0),
+            (2, "active", 1.0),
+            (3, "active", 1.0),
+        ],
+    );
+    let want = fill(&g1, 1000);
+    let g2 = topo(
+        2,
+        &disks,
+        &[
+            (0, "active", 1.0),
+            (1, "active", 1.0),
+            (2, "active", 1.0),
+            (3, "active", 1.0),
+            (4, "active", 1.0),
+        ],
+    );
+    // The new disk has ~2 MiB left; about 6 MB must move onto it.
+    let filler = disks.paths[4].join("filler");
+    let free = {
+        let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+        let c = std::ffi::CString::new(disks.paths[4].as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: valid C string and out-pointer.
+        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut s) }, 0);
+        s.f_bavail * s.f_frsize
+    };
+    write_file(&filler, (free - (2 << 20)) as usize, 5);
+    let (f1, f2) = (
+        save(&g1, &t.path().join("g1.json")),
+        save(&g2, &t.path().join("g2.json")),
+    );
+    let opts = Options::new(f1, f2, state.join("registry.redb"));
+    let mut spec = ferry::CopySpec::new(vec![], PathBuf::new());
+    spec.state_dir = Some(state.clone());
+    let h = ferry::Job::start_with(|| Ok(rebalance::prepare(&opts, spec)?.0)).unwrap();
+    let events = h.events().unwrap();
+    let start = std::time::Instant::now();
+    loop {
+        match events.recv_timeout(Duration::from_millis(100)) {
+            Ok(ferry::job::Event::DestinationFull { .. }) => break,
+            Ok(_) => {}
+            Err(_) => assert!(
+                start.elapsed() < Duration::from_secs(30) && !h.is_finished(),
+                "no destination-full pause: {:?}",
+                h.status()
+            ),
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(h.state(), ferry::coord::state::JobState::Paused);
+    assert_eq!(h.status().failed, 0);
+    // Nothing lost while paused: every object intact somewhere.
+    let mut found = std::collections::HashSet::new();
+    for d in &disks.paths {
+        ferry::cluster::store::walk_objects(d, &mut Vec::new(), &mut |_, k, _| {
+            let key = String::from_utf8(k.to_vec()).unwrap();
+            if key != "filler" {
+                assert_eq!(
+                    Some(&fs::read(object_path(d, "bkt", k)).unwrap()),
+                    want.get(&key)
+                );
+                found.insert(key);
+            }
+        });
+    }
+    assert_eq!(found.len(), want.len());
+    fs::remove_file(&filler).unwrap();
+    h.resume().unwrap();
+    let r = within(Duration::from_secs(60), move || h.wait());
+    assert!(r.ok(), "{:?}", r.errors);
+    assert_placed(&g2, &disks, &want);
+}
