@@ -102,6 +102,8 @@ struct Mover {
     remaining: Vec<AtomicU32>,
     generation: u64,
     ttl: u64,
+    /// One open directory per source filesystem, for syncfs.
+    src_fs: Mutex<HashMap<u64, (std::os::fd::OwnedFd, PathBuf)>>,
 }
 
 /// A disk of either topology, once.
@@ -180,6 +182,7 @@ pub fn prepare(
         remaining: (0..PARTITIONS).map(|_| AtomicU32::new(0)).collect(),
         generation,
         ttl: opts.forward_ttl_secs,
+        src_fs: Mutex::new(HashMap::new()),
     });
     let disks: Vec<(String, PathBuf, bool)> = disks
         .into_iter()
@@ -366,6 +369,7 @@ fn final_pass(ctx: &Ctx, m: &Mover, disks: &[(String, PathBuf, bool)]) {
         remaining: Vec::new(),
         generation: m.generation,
         ttl: m.ttl,
+        src_fs: Mutex::new(HashMap::new()),
     };
     let left = scan(ctx, &probe, disks, None);
     m.counters
@@ -401,6 +405,21 @@ fn is_enoent(e: &Error) -> bool {
 }
 
 impl Mover {
+    /// syncfs on the filesystem of a source disk (its fd opened once, at the disk's root).
+    fn sync_source(&self, dev: u64) -> Result<(), Error> {
+        let mut g = self.src_fs.lock().unwrap_or_else(|p| p.into_inner());
+        if let std::collections::hash_map::Entry::Vacant(v) = g.entry(dev) {
+            let disk = self
+                .cluster
+                .disk_paths()
+                .find(|p| meta::lstat(p).is_ok_and(|st| st.st_dev == dev))
+                .ok_or_else(|| Error::errno("syncfs", Path::new("source disk"), libc::ENODEV))?;
+            v.insert((meta::open_dir(&disk)?, disk));
+        }
+        let (fd, path) = g.get(&dev).expect("inserted above");
+        meta::syncfs(fd, path)
+    }
+
     fn take_item(&self, src: &Path) -> Option<Item> {
         self.items
             .lock()
@@ -514,38 +533,55 @@ impl CommitHook for Mover {
             }
             return;
         }
-        let mut dirs = Vec::new();
+        // FORWARD for the whole batch in one registry transaction. It may name a copy a client
+        // replaces or deletes before the cleanup below: the registry is a hint, a stale entry
+        // costs a reader one miss (reads fall back to placement), never an object.
+        if let Some(r) = &self.cluster.registry {
+            let moves: Vec<(Vec<u8>, String, String)> = placed
+                .iter()
+                .filter_map(|(_, it)| it.as_ref())
+                .map(|it| {
+                    (
+                        super::store::full_key(&it.bucket, &it.key),
+                        it.from.clone(),
+                        it.to.clone(),
+                    )
+                })
+                .collect();
+            if let Err(e) = r.forward_many(&moves, self.generation, self.ttl) {
+                ctx.stats.error(e);
+                for (_, item) in placed {
+                    self.finish(ctx, item, false, &mut log);
+                }
+                return;
+            }
+        }
+        // CLEANUP, each under its key's lock: the source goes only if it is still what was
+        // read (a client's write or delete since then is its call, not ours).
+        let mut src_devs: Vec<u64> = Vec::new();
         let mut journal = Vec::new();
         for (f, item) in placed {
             let it = item.as_ref().expect("placed items have their record");
             let res = {
                 let _g = self.cluster.lock(&it.bucket, &it.key);
                 match meta::lstat(&f.src) {
-                    Ok(st) if unchanged(&st, &f.done) => self
-                        .cluster
-                        .registry
-                        .as_ref()
-                        .map_or(Ok(()), |r| {
-                            let k = super::store::full_key(&it.bucket, &it.key);
-                            r.forward(&k, &it.from, &it.to, self.generation, self.ttl)
-                        })
-                        .and_then(|_| meta::unlink(&f.src))
-                        .map(|_| true),
-                    // Deleted or rewritten by a client since phase 1: its call, not ours.
-                    Ok(_) => Ok(false),
-                    Err(e) if is_enoent(&e) => Ok(false),
+                    Ok(st) if unchanged(&st, &f.done) => {
+                        meta::unlink(&f.src).map(|_| Some(st.st_dev))
+                    }
+                    Ok(_) => Ok(None),
+                    Err(e) if is_enoent(&e) => Ok(None),
                     Err(e) => Err(e),
                 }
             };
             match res {
-                Ok(true) => {
+                Ok(Some(dev)) => {
                     Stats::add(&ctx.stats.files, 1);
                     Stats::add(&ctx.stats.bytes, f.bytes);
-                    dirs.push(meta::parent_dir(&f.src).to_path_buf());
+                    src_devs.push(dev);
                     journal.push((f.src.clone(), f.done));
                     self.finish(ctx, item, true, &mut log);
                 }
-                Ok(false) => {
+                Ok(None) => {
                     self.counters.superseded.fetch_add(1, Ordering::Relaxed);
                     self.finish(ctx, item, true, &mut log);
                 }
@@ -555,10 +591,12 @@ impl CommitHook for Mover {
                 }
             }
         }
-        dirs.sort_unstable();
-        dirs.dedup();
-        for d in dirs {
-            if let Err(e) = meta::fsync_dir(&d) {
+        // The deletions become durable with one syncfs per source filesystem (not one fsync
+        // per directory: a batch touches hundreds of them).
+        src_devs.sort_unstable();
+        src_devs.dedup();
+        for dev in src_devs {
+            if let Err(e) = self.sync_source(dev) {
                 ctx.stats.error(e);
             }
         }

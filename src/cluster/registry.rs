@@ -132,6 +132,30 @@ impl Registry {
         })
     }
 
+    /// `forward` for many keys in one transaction: (key, from disk, to disk).
+    pub fn forward_many(
+        &self,
+        moves: &[(Vec<u8>, String, String)],
+        generation: u64,
+        ttl: u64,
+    ) -> Result<(), Error> {
+        if moves.is_empty() {
+            return Ok(());
+        }
+        let expires = now_secs() + ttl;
+        self.write(Durability::None, |w| {
+            let mut loc = w.open_table(LOCATIONS)?;
+            let mut fwd = w.open_table(FORWARDS)?;
+            for (key, from, to) in moves {
+                loc.insert(key.as_slice(), (to.as_str(), generation))?;
+                let hops = fwd.get(key.as_slice())?.map(|v| v.value().3).unwrap_or(0);
+                let hops = hops.saturating_add(1).min(MAX_HOPS);
+                fwd.insert(key.as_slice(), (from.as_str(), to.as_str(), expires, hops))?;
+            }
+            Ok(())
+        })
+    }
+
     pub fn remove(&self, key: &[u8]) -> Result<(), Error> {
         self.write(Durability::Immediate, |w| {
             w.open_table(LOCATIONS)?.remove(key)?;

@@ -186,6 +186,10 @@ impl Cluster {
             .unwrap_or_else(|p| p.into_inner())
     }
 
+    pub fn disk_paths(&self) -> impl Iterator<Item = PathBuf> + '_ {
+        self.disks.values().cloned()
+    }
+
     pub fn disk_path(&self, id: &str) -> Option<&Path> {
         self.disks.get(id).map(PathBuf::as_path)
     }
@@ -239,10 +243,14 @@ impl Cluster {
             }
             let p = object_path(path, bucket, key);
             match meta::unlink(&p) {
-                Ok(()) => {
-                    any = true;
-                    meta::fsync_dir(meta::parent_dir(&p))?;
-                }
+                Ok(()) => any = true,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {}
+                Err(e) => return Err(e),
+            }
+            // Also where there was nothing to unlink: a mover may have just unlinked an old
+            // copy there without syncing yet; after this the absence is durable either way.
+            match meta::fsync_dir(meta::parent_dir(&p)) {
+                Ok(()) => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {}
                 Err(e) => return Err(e),
             }
