@@ -97,7 +97,6 @@ struct Item {
 struct Mover {
     cluster: Arc<Cluster>,
     counters: Arc<Counters>,
-    items: Mutex<HashMap<PathBuf, Item>>,
     /// Objects still to move, per partition.
     remaining: Vec<AtomicU32>,
     generation: u64,
@@ -178,7 +177,6 @@ pub fn prepare(
     let mover = Arc::new(Mover {
         cluster: cluster.clone(),
         counters: counters.clone(),
-        items: Mutex::new(HashMap::new()),
         remaining: (0..PARTITIONS).map(|_| AtomicU32::new(0)).collect(),
         generation,
         ttl: opts.forward_ttl_secs,
@@ -226,41 +224,171 @@ struct Candidate {
     src: PathBuf,
     dst: PathBuf,
     dev: u64,
-    item: Item,
+    /// Where the object belongs (for messages).
+    to: String,
+}
+
+/// Most moves queued at once: the scanner spills what it finds to files and feeds the queue
+/// from them, so memory stays flat however many objects move.
+pub const MAX_QUEUED: usize = 65_536;
+/// Spill classes: by size (powers of two) or by partition (top 8 bits).
+const CLASSES: usize = 257;
+
+/// Misplaced objects found by the scan, in files by class (the order they are moved in).
+struct Spill {
+    dir: PathBuf,
+    files: Vec<Mutex<Option<std::io::BufWriter<std::fs::File>>>>,
+    order: Order,
+}
+
+impl Spill {
+    fn new(dir: PathBuf, order: Order) -> std::io::Result<Spill> {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        Ok(Spill {
+            dir,
+            files: (0..CLASSES).map(|_| Mutex::new(None)).collect(),
+            order,
+        })
+    }
+
+    fn class(&self, c: &Candidate) -> usize {
+        match self.order {
+            Order::Size => (64 - c.size.leading_zeros()) as usize,
+            Order::Partition => (c.partition >> 8) as usize,
+        }
+    }
+
+    fn put(&self, c: &Candidate) -> std::io::Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let k = self.class(c);
+        let mut g = self.files[k].lock().unwrap_or_else(|p| p.into_inner());
+        if g.is_none() {
+            let f = std::fs::File::create(self.dir.join(k.to_string()))?;
+            *g = Some(std::io::BufWriter::with_capacity(64 << 10, f));
+        }
+        let w = g.as_mut().expect("opened above");
+        w.write_all(&c.size.to_le_bytes())?;
+        w.write_all(&c.dev.to_le_bytes())?;
+        w.write_all(&c.partition.to_le_bytes())?;
+        for p in [&c.src, &c.dst] {
+            let b = p.as_os_str().as_bytes();
+            w.write_all(&(b.len() as u32).to_le_bytes())?;
+            w.write_all(b)?;
+        }
+        Ok(())
+    }
+
+    /// Calls `f` for every record, class by class.
+    fn drain(&self, f: &mut dyn FnMut(Candidate) -> bool) -> std::io::Result<()> {
+        use std::io::Read;
+        use std::os::unix::ffi::OsStringExt;
+        for k in 0..CLASSES {
+            let Some(mut w) = self.files[k]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+            else {
+                continue;
+            };
+            w.flush()?;
+            drop(w);
+            let path = self.dir.join(k.to_string());
+            let mut r = std::io::BufReader::with_capacity(64 << 10, std::fs::File::open(&path)?);
+            let mut head = [0u8; 18];
+            loop {
+                match r.read_exact(&mut head) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                    Err(e) => return Err(e),
+                }
+                let mut paths = [PathBuf::new(), PathBuf::new()];
+                for p in &mut paths {
+                    let mut len = [0u8; 4];
+                    r.read_exact(&mut len)?;
+                    let mut b = vec![0u8; u32::from_le_bytes(len) as usize];
+                    r.read_exact(&mut b)?;
+                    *p = PathBuf::from(std::ffi::OsString::from_vec(b));
+                }
+                let [src, dst] = paths;
+                let c = Candidate {
+                    size: u64::from_le_bytes(head[..8].try_into().expect("8 bytes")),
+                    dev: u64::from_le_bytes(head[8..16].try_into().expect("8 bytes")),
+                    partition: u16::from_le_bytes(head[16..18].try_into().expect("2 bytes")),
+                    src,
+                    dst,
+                    to: String::new(),
+                };
+                if !f(c) {
+                    break;
+                }
+            }
+            std::fs::remove_file(&path)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Spill {
+    fn drop(&mut self) {
+        // Scratch space only: nothing is lost if it stays behind.
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 fn scan_and_feed(ctx: &Arc<Ctx>, m: &Mover, disks: &[(String, PathBuf, bool)], order: Order) {
     let t0 = std::time::Instant::now();
     ctx.stats.walking.fetch_add(1, Ordering::AcqRel);
     let done = load_done_partitions(ctx);
-    let cands = scan(ctx, m, disks, Some(&done));
-    let mut cands = cands;
-    match order {
-        Order::Size => cands.sort_by_key(|c| (c.size, c.partition)),
-        Order::Partition => cands.sort_by_key(|c| (c.partition, c.size)),
+    let spill_dir = match &ctx.state {
+        Some(sd) => sd.dir.join("spill"),
+        None => std::env::temp_dir().join(format!("ferry-spill-{}", std::process::id())),
+    };
+    let spill = match Spill::new(spill_dir.clone(), order) {
+        Ok(s) => s,
+        Err(e) => {
+            ctx.stats.error(Error::os("create spill", &spill_dir, e));
+            ctx.stats.walking.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+    };
+    let spill_err = Mutex::new(None);
+    scan(ctx, m, disks, Some(&done), &|c| {
+        if let Err(e) = spill.put(&c) {
+            spill_err
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert(e);
+        }
+    });
+    if let Some(e) = spill_err.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        ctx.stats.error(Error::os("write spill", &spill_dir, e));
     }
     *m.counters
         .scan_secs
         .lock()
         .unwrap_or_else(|p| p.into_inner()) = t0.elapsed().as_secs_f64();
     let mut made: HashSet<PathBuf> = HashSet::new();
-    for c in cands {
+    let fed = spill.drain(&mut |c| {
+        // Back-pressure: the queues hold at most MAX_QUEUED moves.
+        while ctx.queues.outstanding() > MAX_QUEUED && !ctx.stats.abort.load(Ordering::Acquire) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         if ctx.stats.abort.load(Ordering::Acquire) {
-            break;
+            return false;
         }
         let dir = meta::parent_dir(&c.dst).to_path_buf();
         if !made.contains(&dir) {
             if let Err(e) = std::fs::create_dir_all(&dir) {
                 ctx.stats.error(Error::os("mkdir", &dir, e));
-                continue;
+                return true;
+            }
+            if made.len() >= 65_536 {
+                made.clear(); // bounded; recreating an existing dir is cheap
             }
             made.insert(dir);
         }
         m.remaining[c.partition as usize].fetch_add(1, Ordering::AcqRel);
-        m.items
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(c.src.clone(), c.item);
         Stats::add(&ctx.stats.found_files, 1);
         ctx.queues.push_local(
             ctx.owner_of(c.dev),
@@ -271,20 +399,24 @@ fn scan_and_feed(ctx: &Arc<Ctx>, m: &Mover, disks: &[(String, PathBuf, bool)], o
                 attempt: 1,
             },
         );
+        true
+    });
+    if let Err(e) = fed {
+        ctx.stats.error(Error::os("read spill", &spill_dir, e));
     }
     m.counters.scan_done.store(true, Ordering::Release);
     ctx.stats.walking.fetch_sub(1, Ordering::AcqRel);
 }
 
-/// Walks every present disk in parallel; returns the misplaced objects (those in `skip`
-/// partitions are counted, not returned).
+/// Walks every present disk in parallel and hands each misplaced object to `sink` (objects in
+/// `skip` partitions are counted, not handed over).
 fn scan(
     ctx: &Ctx,
     m: &Mover,
     disks: &[(String, PathBuf, bool)],
     skip: Option<&HashSet<u16>>,
-) -> Vec<Candidate> {
-    let out = Mutex::new(Vec::new());
+    sink: &(dyn Fn(Candidate) + Sync),
+) {
     let next = std::sync::atomic::AtomicUsize::new(0);
     let workers = disks.len().clamp(1, 16);
     let new = &m.cluster.current;
@@ -315,7 +447,6 @@ fn scan(
                         }
                     };
                     let mut errors = Vec::new();
-                    let mut mine = Vec::new();
                     walk_objects(path, &mut errors, &mut |bucket, key, size| {
                         m.counters.scanned.fetch_add(1, Ordering::Relaxed);
                         m.counters.scanned_bytes.fetch_add(size, Ordering::Relaxed);
@@ -330,30 +461,22 @@ fn scan(
                         m.counters.misplaced.fetch_add(1, Ordering::Relaxed);
                         m.counters.misplaced_bytes.fetch_add(size, Ordering::Relaxed);
                         let owner = new.owner(p);
-                        mine.push(Candidate {
+                        sink(Candidate {
                             size,
                             partition: p,
                             src: object_path(path, bucket, key),
                             dst: object_path(&owner.path, bucket, key),
                             dev,
-                            item: Item {
-                                bucket: bucket.to_string(),
-                                key: key.to_vec(),
-                                from: id.clone(),
-                                to: owner.id.clone(),
-                                partition: p,
-                            },
+                            to: owner.id.clone(),
                         });
                     });
                     for e in errors {
                         ctx.stats.error(Error::usage(path, e));
                     }
-                    out.lock().unwrap_or_else(|p| p.into_inner()).extend(mine);
                 }
             });
         }
     });
-    out.into_inner().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Proves nothing is left on a non-owner disk; on success the forwarding entries go.
@@ -365,23 +488,28 @@ fn final_pass(ctx: &Ctx, m: &Mover, disks: &[(String, PathBuf, bool)]) {
     let probe = Mover {
         cluster: m.cluster.clone(),
         counters: Arc::new(Counters::default()),
-        items: Mutex::new(HashMap::new()),
         remaining: Vec::new(),
         generation: m.generation,
         ttl: m.ttl,
         src_fs: Mutex::new(HashMap::new()),
     };
-    let left = scan(ctx, &probe, disks, None);
-    m.counters
-        .left_over
-        .store(left.len() as u64, Ordering::Release);
-    if let Some(c) = left.first() {
+    let first: Mutex<Option<Candidate>> = Mutex::new(None);
+    let left = AtomicU64::new(0);
+    scan(ctx, &probe, disks, None, &|c| {
+        left.fetch_add(1, Ordering::Relaxed);
+        first
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(c);
+    });
+    let left = left.into_inner();
+    m.counters.left_over.store(left, Ordering::Release);
+    if let Some(c) = first.into_inner().unwrap_or_else(|p| p.into_inner()) {
         ctx.stats.error(Error::usage(
             &c.src,
             format!(
-                "final pass: {} objects are still on non-owner disks (this one belongs on {})",
-                left.len(),
-                c.item.to
+                "final pass: {left} objects are still on non-owner disks (this one belongs on {})",
+                c.to
             ),
         ));
         return;
@@ -420,11 +548,37 @@ impl Mover {
         meta::syncfs(fd, path)
     }
 
-    fn take_item(&self, src: &Path) -> Option<Item> {
-        self.items
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(src)
+    /// The object a move is about, read back from its paths (`<disk>/<bucket>/<key>`), so
+    /// nothing per object is kept in memory between scan and commit.
+    fn item_of(&self, src: &Path, dst: &Path) -> Option<Item> {
+        use std::os::unix::ffi::OsStrExt;
+        let disk_of = |p: &Path| -> Option<(String, PathBuf)> {
+            self.cluster
+                .disks()
+                .filter_map(|(id, d)| {
+                    p.strip_prefix(d)
+                        .ok()
+                        .map(|r| (id.to_string(), d.as_os_str().len(), r.to_path_buf()))
+                })
+                .max_by_key(|(_, n, _)| *n)
+                .map(|(id, _, r)| (id, r))
+        };
+        let (from, rel) = disk_of(src)?;
+        let (to, _) = disk_of(dst)?;
+        let mut parts = rel.components();
+        let bucket = parts.next()?.as_os_str().to_str()?.to_string();
+        let key = parts.as_path().as_os_str().as_bytes().to_vec();
+        if key.is_empty() {
+            return None;
+        }
+        let partition = partition_of(bucket.as_bytes(), &key);
+        Some(Item {
+            bucket,
+            key,
+            from,
+            to,
+            partition,
+        })
     }
 
     /// An object's move is over (moved, superseded or failed): its task unit ends.
@@ -479,7 +633,7 @@ impl CommitHook for Mover {
         let mut placed: Vec<(Finished, Option<Item>)> = Vec::with_capacity(items.len());
         let mut log = Vec::new();
         for f in items {
-            let item = self.take_item(&f.src);
+            let item = self.item_of(&f.src, &f.dst);
             let res = match &item {
                 Some(it) => {
                     let _g = self.cluster.lock(&it.bucket, &it.key);
@@ -501,12 +655,6 @@ impl CommitHook for Mover {
                     // Written in place since it was read: move it again (the unit carries over).
                     let _ = meta::unlink(&f.tmp);
                     Stats::add(&ctx.stats.retries, 1);
-                    if let Some(it) = item {
-                        self.items
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(f.src.clone(), it);
-                    }
                     ctx.queues.share(Task::File {
                         src: f.src,
                         dst: f.dst,

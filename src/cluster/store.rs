@@ -186,6 +186,11 @@ impl Cluster {
             .unwrap_or_else(|p| p.into_inner())
     }
 
+    /// (id, path) of every disk of both topologies.
+    pub fn disks(&self) -> impl Iterator<Item = (&str, &Path)> + '_ {
+        self.disks.iter().map(|(i, p)| (i.as_str(), p.as_path()))
+    }
+
     pub fn disk_paths(&self) -> impl Iterator<Item = PathBuf> + '_ {
         self.disks.values().cloned()
     }
