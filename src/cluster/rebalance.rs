@@ -230,7 +230,7 @@ struct Candidate {
 
 /// Most moves queued at once: the scanner spills what it finds to files and feeds the queue
 /// from them, so memory stays flat however many objects move.
-pub const MAX_QUEUED: usize = 65_536;
+pub const MAX_QUEUED: usize = 16_384;
 /// Spill classes: by size (powers of two) or by partition (top 8 bits).
 const CLASSES: usize = 257;
 
@@ -707,7 +707,6 @@ impl CommitHook for Mover {
         // CLEANUP, each under its key's lock: the source goes only if it is still what was
         // read (a client's write or delete since then is its call, not ours).
         let mut src_devs: Vec<u64> = Vec::new();
-        let mut journal = Vec::new();
         for (f, item) in placed {
             let it = item.as_ref().expect("placed items have their record");
             let res = {
@@ -726,7 +725,6 @@ impl CommitHook for Mover {
                     Stats::add(&ctx.stats.files, 1);
                     Stats::add(&ctx.stats.bytes, f.bytes);
                     src_devs.push(dev);
-                    journal.push((f.src.clone(), f.done));
                     self.finish(ctx, item, true, &mut log);
                 }
                 Ok(None) => {
@@ -753,7 +751,8 @@ impl CommitHook for Mover {
         {
             ctx.stats.error(e);
         }
-        ctx.journal(&journal);
+        // No per-object journal: a resume rescans the disks (moved objects are no longer
+        // misplaced), so memory on resume stays flat too; the partition log below is enough.
         if !log.is_empty()
             && let Some(p) = partitions_file(ctx)
         {
