@@ -18,6 +18,8 @@ const FORWARDS: TableDefinition<&[u8], (&str, &str, u64, u8)> = TableDefinition:
 /// "current" / "previous" -> topology JSON
 const TOPOLOGIES: TableDefinition<&str, &[u8]> = TableDefinition::new("topologies");
 
+/// redb page cache.
+pub const REGISTRY_CACHE: usize = 16 << 20;
 /// How long a forwarding entry lives by default.
 pub const FORWARD_TTL_SECS: u64 = 24 * 3600;
 /// Most forwarding hops a read follows (a key moved by several rebalances in a row).
@@ -50,7 +52,11 @@ impl Registry {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::os("create registry dir", dir, e))?;
         }
-        let db = Database::create(path).map_err(|e| Self::err("open registry", path, e))?;
+        // A bounded page cache: the registry grows with the objects, ferry's memory must not.
+        let db = Database::builder()
+            .set_cache_size(REGISTRY_CACHE)
+            .create(path)
+            .map_err(|e| Self::err("open registry", path, e))?;
         let r = Registry {
             db,
             path: path.to_path_buf(),
