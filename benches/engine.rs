@@ -1,4 +1,5 @@
-//! Engine building blocks: the task queue across threads and xxh3 per buffer size.
+//! Engine building blocks: the task queue across threads, the token bucket, xxh3 per buffer
+//! size, and the reactors' small-file loop on tmpfs (/dev/shm; skipped where it is missing).
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use ferry::queue::TaskQueues;
@@ -48,5 +49,53 @@ fn xxh3(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, queue, xxh3);
+fn token_bucket(c: &mut Criterion) {
+    use ferry::coord::throttle::TokenBucket;
+    let mut g = c.benchmark_group("token bucket");
+    g.throughput(Throughput::Elements(1));
+    let limited = TokenBucket::new(u64::MAX / 4, u64::MAX / 4);
+    g.bench_function("try_take, limited", |b| {
+        b.iter(|| black_box(limited.try_take(black_box(4096))))
+    });
+    let free = TokenBucket::unlimited();
+    g.bench_function("try_take, unlimited", |b| {
+        b.iter(|| black_box(free.try_take(black_box(4096))))
+    });
+    g.finish();
+}
+
+/// The whole engine on 2,000 x 4 KiB files, tmpfs to tmpfs: open, read, hash, write, group
+/// commit, rename, metadata, per file.
+fn small_files(c: &mut Criterion) {
+    let shm = std::path::Path::new("/dev/shm");
+    if !shm.is_dir() {
+        eprintln!("small-file bench skipped: no /dev/shm");
+        return;
+    }
+    let root = shm.join(format!("ferry-bench-{}", std::process::id()));
+    let src = root.join("src");
+    for d in 0..20 {
+        std::fs::create_dir_all(src.join(format!("d{d}"))).unwrap();
+        for i in 0..100 {
+            std::fs::write(src.join(format!("d{d}/f{i}")), [i as u8; 4096]).unwrap();
+        }
+    }
+    let mut g = c.benchmark_group("reactor");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(2000));
+    let mut n = 0u64;
+    g.bench_function("copy 2,000 x 4 KiB, tmpfs", |b| {
+        b.iter(|| {
+            n += 1;
+            let dst = root.join(format!("dst{n}"));
+            let r = ferry::copy(ferry::CopySpec::new(vec![src.clone()], dst.clone())).unwrap();
+            assert_eq!(r.files, 2000);
+            std::fs::remove_dir_all(&dst).unwrap();
+        })
+    });
+    g.finish();
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+criterion_group!(benches, queue, token_bucket, xxh3, small_files);
 criterion_main!(benches);

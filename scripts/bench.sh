@@ -2,7 +2,10 @@
 # Same-run benchmark of ferry against the peers that are installed (cp -a always; rsync, fcp,
 # xcp, cpz when on PATH or in $PEERS/bin). Each run: remove the destination, sync, drop caches
 # (cold), time the copy through a final `sync`. Tools alternate order run by run. Prints a
-# markdown table: median (min-max) seconds per tool and each peer's time as a ratio to ferry's.
+# markdown table: median (min-max) seconds per tool and each peer's time as a ratio to ferry's,
+# peak RSS (/usr/bin/time) and CPU seconds (user+sys) per GB copied. With the large shape cold and
+# fio installed, also the ceiling: fio with 2 readers and 2 writers at once (O_DIRECT, io_uring,
+# 4 MiB blocks), and ferry's large-cold throughput as a percentage of it.
 #
 # usage: scripts/bench.sh [-s "large mixed small"] [-r RUNS] [-c "cold warm"] [-d WORKDIR] [-t]
 #   -t  put data and destination on a tmpfs under WORKDIR (warm only: tmpfs has no cold cache)
@@ -42,7 +45,7 @@ run_tool() { # tool src dst
   esac
 }
 
-results=$(mktemp)
+results=$(mktemp); meas=$(mktemp)
 echo "# $(date -u +%F) $(uname -r) $(nproc) cores, $where; tools: ${tools[*]}" >&2
 for shape in $shapes; do
   "$here/scripts/gen_dataset.py" "$shape" "$data/$shape"
@@ -55,26 +58,53 @@ for shape in $shapes; do
         if [ "$cache" = cold ]; then echo 3 > /proc/sys/vm/drop_caches; fi
         if [ "$cache" = warm ]; then tar cf - "$data/$shape" 2>/dev/null | cat >/dev/null; fi
         t0=$(date +%s.%N)
-        run_tool "$tool" "$data/$shape" "$out"
+        /usr/bin/time -f "%M %U %S" -o "$meas" bash -c "$(declare -f run_tool); ferry=$ferry; run_tool $tool '$data/$shape' '$out'"
         sync
         t1=$(date +%s.%N)
-        echo "$shape $cache $tool $(awk "BEGIN{printf \"%.3f\", $t1 - $t0}")" | tee -a "$results" >&2
+        bytes=$(du -sb "$data/$shape" | cut -f1)
+        read -r rss usr sys < <(tail -1 "$meas")
+        echo "$shape $cache $tool $(awk "BEGIN{printf \"%.3f\", $t1 - $t0}") $rss $(awk "BEGIN{printf \"%.3f\", ($usr + $sys) / ($bytes / 1e9)}")" | tee -a "$results" >&2
       done
     done
   done
 done
 rm -rf "$out"
-python3 - "$results" "$where" <<'PY'
-import sys, statistics, collections
+ceiling=""
+if [[ " $shapes " == *" large "* && " $caches " == *" cold "* ]] && command -v fio >/dev/null; then
+  # The disk's copy ceiling: 2 readers of the large files and 2 writers, all at once.
+  mkdir -p "$out"; sync; echo 3 > /proc/sys/vm/drop_caches
+  fio --output-format=json --ioengine=io_uring --direct=1 --bs=4M --iodepth=8 \
+    --name=r0 --rw=read --filename="$data/large/large0.bin" \
+    --name=r1 --rw=read --filename="$data/large/large1.bin" \
+    --name=w0 --rw=write --size=1G --filename="$out/w0" \
+    --name=w1 --rw=write --size=1G --filename="$out/w1" > "$meas"
+  ceiling=$(python3 -c '
+import json, sys
+j = json.load(open(sys.argv[1]))["jobs"]
+secs = max(x["job_runtime"] for x in j) / 1000
+rd = sum(x["read"]["io_bytes"] for x in j)
+print(f"{rd / secs / 1e9:.3f}")' "$meas")
+  rm -rf "$out"
+  echo "fio ceiling (2 readers + 2 writers, O_DIRECT io_uring 4M): $ceiling GB/s copied" >&2
+fi
+python3 - "$results" "$where" "$ceiling" "$data" <<'PY'
+import sys, statistics, collections, os
 rows = collections.defaultdict(list)
 for line in open(sys.argv[1]):
-    s, c, t, v = line.split(); rows[(s, c, t)].append(float(v))
-where = sys.argv[2]
-print(f"| shape | cache | fs | tool | median s | min-max s | tool / ferry |")
-print("|---|---|---|---|---|---|---|")
+    s, c, t, v, rss, cpu = line.split()
+    rows[(s, c, t)].append((float(v), int(rss), float(cpu)))
+where, ceiling = sys.argv[2], sys.argv[3]
+print("| shape | cache | fs | tool | median s | min-max s | tool / ferry | peak RSS MB | CPU s/GB |")
+print("|---|---|---|---|---|---|---|---|---|")
 for (s, c, t), v in rows.items():
-    f = statistics.median(rows[(s, c, "ferry")])
-    m = statistics.median(v)
-    print(f"| {s} | {c} | {where} | {t} | {m:.2f} | {min(v):.2f}-{max(v):.2f} | {m / f:.2f} |")
+    f = statistics.median(x[0] for x in rows[(s, c, "ferry")])
+    m = statistics.median(x[0] for x in v)
+    rss = max(x[1] for x in v) / 1024
+    cpu = statistics.median(x[2] for x in v)
+    print(f"| {s} | {c} | {where} | {t} | {m:.2f} | {min(x[0] for x in v):.2f}-{max(x[0] for x in v):.2f} | {m / f:.2f} | {rss:.0f} | {cpu:.2f} |")
+if ceiling and ("large", "cold", "ferry") in rows:
+    size = sum(os.path.getsize(os.path.join(sys.argv[4], "large", n)) for n in os.listdir(os.path.join(sys.argv[4], "large")))
+    m = statistics.median(x[0] for x in rows[("large", "cold", "ferry")])
+    print(f"\nfio ceiling {ceiling} GB/s; ferry large cold {size / m / 1e9:.3f} GB/s = {100 * size / m / 1e9 / float(ceiling):.0f}% of it")
 PY
-rm -f "$results"
+rm -f "$results" "$meas"

@@ -1,6 +1,6 @@
 //! `ferry rebalance --from OLD.json --to NEW.json`: moves every object whose disk is not an
 //! owner under NEW to its owner, on the copy engine (reactors, throttle, pause/resume/cancel,
-//! ctl, checkpoint and journal). Per object: COPY (temp + group syncfs) -> VERIFY (xxh3, read
+//! ctl, checkpoint, partition log). Per object: COPY (temp + group syncfs) -> VERIFY (xxh3, read
 //! back) -> under the object's lock: the source must be unchanged, the copy gets its name
 //! (never over a newer write) -> syncfs -> FORWARD (registry: new location, forwarding entry)
 //! -> CLEANUP (the source is unlinked, its directory fsynced). A client's write or delete
