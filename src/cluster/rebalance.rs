@@ -21,7 +21,7 @@ use crate::error::{Error, ErrorKind};
 use crate::meta;
 use crate::spec::{CopySpec, RebalanceSpec};
 use crate::stats::Stats;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -101,8 +101,6 @@ struct Mover {
     remaining: Vec<AtomicU32>,
     generation: u64,
     ttl: u64,
-    /// One open directory per source filesystem, for syncfs.
-    src_fs: Mutex<HashMap<u64, (std::os::fd::OwnedFd, PathBuf)>>,
 }
 
 /// A disk of either topology, once.
@@ -180,7 +178,6 @@ pub fn prepare(
         remaining: (0..PARTITIONS).map(|_| AtomicU32::new(0)).collect(),
         generation,
         ttl: opts.forward_ttl_secs,
-        src_fs: Mutex::new(HashMap::new()),
     });
     let disks: Vec<(String, PathBuf, bool)> = disks
         .into_iter()
@@ -491,7 +488,6 @@ fn final_pass(ctx: &Ctx, m: &Mover, disks: &[(String, PathBuf, bool)]) {
         remaining: Vec::new(),
         generation: m.generation,
         ttl: m.ttl,
-        src_fs: Mutex::new(HashMap::new()),
     };
     let first: Mutex<Option<Candidate>> = Mutex::new(None);
     let left = AtomicU64::new(0);
@@ -533,21 +529,6 @@ fn is_enoent(e: &Error) -> bool {
 }
 
 impl Mover {
-    /// syncfs on the filesystem of a source disk (its fd opened once, at the disk's root).
-    fn sync_source(&self, dev: u64) -> Result<(), Error> {
-        let mut g = self.src_fs.lock().unwrap_or_else(|p| p.into_inner());
-        if let std::collections::hash_map::Entry::Vacant(v) = g.entry(dev) {
-            let disk = self
-                .cluster
-                .disk_paths()
-                .find(|p| meta::lstat(p).is_ok_and(|st| st.st_dev == dev))
-                .ok_or_else(|| Error::errno("syncfs", Path::new("source disk"), libc::ENODEV))?;
-            v.insert((meta::open_dir(&disk)?, disk));
-        }
-        let (fd, path) = g.get(&dev).expect("inserted above");
-        meta::syncfs(fd, path)
-    }
-
     /// The object a move is about, read back from its paths (`<disk>/<bucket>/<key>`), so
     /// nothing per object is kept in memory between scan and commit.
     fn item_of(&self, src: &Path, dst: &Path) -> Option<Item> {
@@ -706,7 +687,7 @@ impl CommitHook for Mover {
         }
         // CLEANUP, each under its key's lock: the source goes only if it is still what was
         // read (a client's write or delete since then is its call, not ours).
-        let mut src_devs: Vec<u64> = Vec::new();
+        let mut src_devs: Vec<(u64, PathBuf)> = Vec::new();
         for (f, item) in placed {
             let it = item.as_ref().expect("placed items have their record");
             let res = {
@@ -724,7 +705,9 @@ impl CommitHook for Mover {
                 Ok(Some(dev)) => {
                     Stats::add(&ctx.stats.files, 1);
                     Stats::add(&ctx.stats.bytes, f.bytes);
-                    src_devs.push(dev);
+                    if !src_devs.iter().any(|(d, _)| *d == dev) {
+                        src_devs.push((dev, meta::parent_dir(&f.src).to_path_buf()));
+                    }
                     self.finish(ctx, item, true, &mut log);
                 }
                 Ok(None) => {
@@ -739,10 +722,8 @@ impl CommitHook for Mover {
         }
         // The deletions become durable with one syncfs per source filesystem (not one fsync
         // per directory: a batch touches hundreds of them).
-        src_devs.sort_unstable();
-        src_devs.dedup();
-        for dev in src_devs {
-            if let Err(e) = self.sync_source(dev) {
+        for (dev, dir) in src_devs {
+            if let Err(e) = ctx.sync_src(dev, &dir) {
                 ctx.stats.error(e);
             }
         }

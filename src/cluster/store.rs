@@ -191,10 +191,6 @@ impl Cluster {
         self.disks.iter().map(|(i, p)| (i.as_str(), p.as_path()))
     }
 
-    pub fn disk_paths(&self) -> impl Iterator<Item = PathBuf> + '_ {
-        self.disks.values().cloned()
-    }
-
     pub fn disk_path(&self, id: &str) -> Option<&Path> {
         self.disks.get(id).map(PathBuf::as_path)
     }

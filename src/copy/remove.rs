@@ -30,12 +30,16 @@ fn unchanged(st: &libc::stat, d: &Done) -> bool {
 /// items whose source changed since it was read: they are queued again (their task units carry
 /// over) or, out of attempts, failed with the source kept. The caller finishes the rest.
 pub fn remove_files(ctx: &Ctx, items: Vec<Moved>) -> Vec<Option<Arc<super::task::DirNode>>> {
-    let mut dirs: Vec<PathBuf> = Vec::new();
+    let mut devs: Vec<(u64, PathBuf)> = Vec::new();
     let mut finished = Vec::with_capacity(items.len());
     for m in items {
         match meta::lstat(&m.src) {
             Ok(st) if unchanged(&st, &m.done) => match meta::unlink(&m.src) {
-                Ok(()) => dirs.push(meta::parent_dir(&m.src).to_path_buf()),
+                Ok(()) => {
+                    if !devs.iter().any(|(d, _)| *d == st.st_dev) {
+                        devs.push((st.st_dev, meta::parent_dir(&m.src).to_path_buf()));
+                    }
+                }
                 Err(e) => ctx.stats.error(e),
             },
             // Gone already (someone else removed it): the copy is what is left; nothing lost.
@@ -65,7 +69,13 @@ pub fn remove_files(ctx: &Ctx, items: Vec<Moved>) -> Vec<Option<Arc<super::task:
         }
         finished.push(m.parent);
     }
-    sync_dirs(ctx, dirs);
+    // One syncfs per source filesystem makes the batch's deletions durable (a batch can touch
+    // thousands of directories; one fsync each would dominate small-file moves).
+    for (dev, dir) in devs {
+        if let Err(e) = ctx.sync_src(dev, &dir) {
+            ctx.stats.error(e);
+        }
+    }
     finished
 }
 

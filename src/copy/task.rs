@@ -297,6 +297,8 @@ pub struct Ctx {
     owners: Mutex<(HashMap<u64, usize>, usize)>,
     /// Destination filesystems: one fd each, opened early, for syncfs.
     dst_fs: Mutex<HashMap<u64, (OwnedFd, PathBuf)>>,
+    /// Source filesystems of a move: one fd each, for syncfs after deleting sources.
+    src_fs: Mutex<HashMap<u64, (OwnedFd, PathBuf)>>,
     /// `--manifest`: records of committed files.
     pub manifest: Option<Mutex<crate::manifest::Writer>>,
     /// Replaces rename-and-journal for jobs with their own commit rules (rebalance).
@@ -334,6 +336,7 @@ impl Ctx {
             owners: Mutex::new((HashMap::new(), 0)),
             dst_fs: Mutex::new(HashMap::new()),
             manifest: None,
+            src_fs: Mutex::new(HashMap::new()),
             hook: None,
         }
     }
@@ -574,6 +577,16 @@ impl Ctx {
             v.insert((meta::open_dir(dir)?, dir.to_path_buf()));
         }
         Ok(())
+    }
+
+    /// syncfs on a source filesystem (`dir` is any directory on it, kept open for next time).
+    pub fn sync_src(&self, dev: u64, dir: &Path) -> Result<(), Error> {
+        let mut g = self.src_fs.lock().unwrap_or_else(|p| p.into_inner());
+        if let std::collections::hash_map::Entry::Vacant(v) = g.entry(dev) {
+            v.insert((meta::open_dir(dir)?, dir.to_path_buf()));
+        }
+        let (fd, path) = g.get(&dev).expect("inserted above");
+        meta::syncfs(fd, path)
     }
 
     /// syncfs on the given destination filesystems (all when `devs` is None).
