@@ -544,7 +544,7 @@ fn watch(handle: ferry::JobHandle, a: &Watch, interrupted: &AtomicBool) -> ExitC
         if finished {
             break;
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
     if let Some(b) = bar {
         b.finish_and_clear();

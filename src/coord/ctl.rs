@@ -30,9 +30,9 @@ pub fn serve(path: PathBuf, control: Arc<Control>) -> Result<JoinHandle<()>, Err
                 match listener.accept() {
                     Ok((s, _)) => handle(s, &control),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(20));
+                        std::thread::sleep(Duration::from_millis(5));
                     }
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
             }
             let _ = std::fs::remove_file(&path);

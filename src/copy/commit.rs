@@ -39,21 +39,32 @@ fn run_loop(ctx: &Arc<Ctx>, rx: Receiver<Finished>, lat: &mut crate::latency::La
     let mut batch: Vec<Finished> = Vec::with_capacity(BATCH_FILES);
     let mut bytes = 0u64;
     let mut oldest = Instant::now();
+    let mut last = Instant::now();
     loop {
-        let got = rx.recv_timeout(BATCH_IDLE);
+        // With a batch open, look every millisecond whether it is all the job still waits for.
+        let wait = if batch.is_empty() {
+            BATCH_IDLE
+        } else {
+            Duration::from_millis(1)
+        };
+        let got = rx.recv_timeout(wait);
         let closed = matches!(got, Err(RecvTimeoutError::Disconnected));
         let timed_out = got.is_err();
         if let Ok(f) = got {
             if batch.is_empty() {
                 oldest = Instant::now();
             }
+            last = Instant::now();
             bytes += f.bytes;
             batch.push(f);
         }
+        // Every unfinished task is in this batch: nothing else will come, commit it now
+        // instead of waiting for the idle timer (the end of every job, and small jobs).
+        let everything = ctx.queues.outstanding() <= batch.len();
         let due = batch.len() >= BATCH_FILES
             || bytes >= BATCH_BYTES
             || oldest.elapsed() >= BATCH_AGE
-            || timed_out;
+            || (timed_out && (last.elapsed() >= BATCH_IDLE || everything));
         if due && !batch.is_empty() {
             commit(ctx, &mut batch, lat);
             bytes = 0;

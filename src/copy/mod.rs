@@ -385,15 +385,20 @@ pub fn execute(p: Prepared) -> Report {
 
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut handles = Vec::with_capacity(reactors);
+    // Each reactor says when it is done, so the coordinator wakes at once, not on its next tick.
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let mut backend_name = "sync";
     for me in 0..reactors {
         let c = ctx.clone();
         let tx = commit_tx.clone();
         let core = (!cores.is_empty()).then(|| cores[me % cores.len()]);
+        let done = done_tx.clone();
         let h = std::thread::Builder::new()
             .name(format!("ferry-r{me}"))
             .spawn(move || {
                 let _guard = AbortOnPanic(c.clone());
+                // Dropped last (also by a panic): the coordinator's wake-up.
+                let _done = done;
                 if let Some(core) = core {
                     core_affinity::set_for_current(core);
                 }
@@ -414,11 +419,17 @@ pub fn execute(p: Prepared) -> Report {
         }
     }
     drop(commit_tx);
+    drop(done_tx);
     // The coordinator's loop: checkpoint every 1000 files or 5 s (and on pause) until the
     // reactors are done. It never touches a ring.
     let (mut last_cp, mut last_files, mut was_paused) = (Instant::now(), 0u64, false);
-    while !handles.iter().all(|h| h.is_finished()) {
-        std::thread::sleep(std::time::Duration::from_millis(50));
+    loop {
+        // Every reactor dropped its sender: all are done.
+        if let Err(std::sync::mpsc::RecvTimeoutError::Disconnected) =
+            done_rx.recv_timeout(std::time::Duration::from_millis(50))
+        {
+            break;
+        }
         let files = ctx.stats.files.load(Ordering::Relaxed);
         let paused = ctx.paused.load(Ordering::Acquire);
         if files >= last_files + 1000 || last_cp.elapsed().as_secs() >= 5 || paused != was_paused {

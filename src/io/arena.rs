@@ -1,11 +1,9 @@
 //! One page-aligned allocation per reactor, cut into equal buffers. Data is read into a buffer
 //! and written from the same buffer: nothing is copied in user space.
 
-use std::alloc::{Layout, alloc_zeroed, dealloc};
-
 pub struct Arena {
     base: *mut u8,
-    layout: Layout,
+    len: usize,
     buf_size: usize,
     count: usize,
 }
@@ -18,15 +16,30 @@ impl Arena {
     pub fn new(buf_size: usize, count: usize) -> Self {
         assert!(buf_size > 0 && count > 0);
         assert!(buf_size.is_multiple_of(4096), "buffers are whole pages");
-        let layout = Layout::from_size_align(buf_size * count, 4096).expect("arena layout");
-        // SAFETY: layout has non-zero size.
-        let base = unsafe { alloc_zeroed(layout) };
-        if base.is_null() {
-            std::alloc::handle_alloc_error(layout);
+        let len = buf_size.checked_mul(count).expect("arena size");
+        // An anonymous mapping: page-aligned, and zero pages appear on first touch. (A zeroed
+        // heap allocation with 4 KiB alignment is memset up front: 18 ms for 32 MiB, on every
+        // job start, measured.)
+        // SAFETY: a fresh private anonymous mapping; no address hint, no fd.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            panic!(
+                "arena: mmap of {len} bytes failed: {}",
+                std::io::Error::last_os_error()
+            );
         }
         Arena {
-            base,
-            layout,
+            base: base.cast(),
+            len,
             buf_size,
             count,
         }
@@ -67,8 +80,10 @@ impl Arena {
 
 impl Drop for Arena {
     fn drop(&mut self) {
-        // SAFETY: allocated in new() with this layout. Backends unregister or close their ring
-        // (which drops the kernel's pins) before the arena they own is dropped.
-        unsafe { dealloc(self.base, self.layout) }
+        // SAFETY: mapped in new() with this length. Backends unregister or close their ring
+        // (which drops the kernel's pins) before the arena they own is dropped. munmap of a
+        // mapping we own cannot fail; if it did, the memory would only stay mapped.
+        let r = unsafe { libc::munmap(self.base.cast(), self.len) };
+        debug_assert_eq!(r, 0, "munmap of the arena");
     }
 }
