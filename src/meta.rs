@@ -154,11 +154,16 @@ pub fn open_source(p: &Path) -> Result<OwnedFd, Error> {
 
 /// Creates a fresh temp file; a stale one left by a killed run is removed first.
 pub fn create_temp(p: &Path) -> Result<OwnedFd, Error> {
+    create_temp_mode(p, 0o600)
+}
+
+/// `create_temp` with the given permission bits (the umask applies).
+pub fn create_temp_mode(p: &Path, mode: u32) -> Result<OwnedFd, Error> {
     let c = cpath(p, "create")?;
     let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC | libc::O_NOFOLLOW;
     for _ in 0..2 {
         // SAFETY: valid C string.
-        let fd = unsafe { libc::open(c.as_ptr(), flags, 0o600) };
+        let fd = unsafe { libc::open(c.as_ptr(), flags, mode) };
         if fd >= 0 {
             // SAFETY: fresh fd.
             return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
@@ -190,6 +195,15 @@ pub fn close(fd: OwnedFd, p: &Path) -> Result<(), Error> {
 /// Applies the kept metadata of `st` (the source's) to `dst`, in the order that keeps it all:
 /// owner first (chown clears setuid/setgid and capabilities), then xattrs and ACLs, then the
 /// mode (setuid bits survive; the ACL mask matches the source's group bits), then times.
+/// What a file ferry just created already has: owner, group and permission bits (so the
+/// calls that would set the same values can be skipped).
+#[derive(Clone, Copy, Debug)]
+pub struct Known {
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+}
+
 pub fn apply_meta(
     src: At,
     dst: At,
@@ -197,13 +211,17 @@ pub fn apply_meta(
     p: &Path,
     keep: &crate::spec::Preserve,
     umask: u32,
+    known: Option<Known>,
 ) -> Result<(), Error> {
     let is_link = file_type(st) == libc::S_IFLNK;
-    if keep.ownership {
+    let mut changed_owner = false;
+    if keep.ownership && known.is_none_or(|k| (k.uid, k.gid) != (st.st_uid, st.st_gid)) {
         apply_owner(dst, st, p)?;
+        changed_owner = true;
     }
+    let mut xattrs = 0;
     if keep.xattr || keep.acl {
-        copy_xattrs(src, dst, p, keep.xattr, keep.acl)?;
+        xattrs = copy_xattrs(src, dst, p, keep.xattr, keep.acl)?;
     }
     if !is_link {
         // Not kept: what a new file would get (the source's permission bits less the umask).
@@ -212,6 +230,11 @@ pub fn apply_meta(
         } else {
             st.st_mode & 0o777 & !umask
         };
+        // Already right (created with it), unless an ACL or a chown may have changed it.
+        let skip = !changed_owner && xattrs == 0 && known.is_some_and(|k| k.mode == mode);
+        if skip {
+            return apply_times(dst, st, p, keep);
+        }
         // SAFETY: valid fd or C string.
         let r = unsafe {
             match dst {
@@ -223,6 +246,15 @@ pub fn apply_meta(
             return Err(Error::last("chmod", p));
         }
     }
+    apply_times(dst, st, p, keep)
+}
+
+fn apply_times(
+    dst: At,
+    st: &libc::stat,
+    p: &Path,
+    keep: &crate::spec::Preserve,
+) -> Result<(), Error> {
     if keep.timestamps {
         let t = times(st);
         // SAFETY: valid fd or C string; two timespecs.
@@ -253,7 +285,7 @@ pub fn apply_path_meta(
     umask: u32,
 ) -> Result<(), Error> {
     let (cs, cd) = (cpath(src, "stat")?, cpath(dst, "set times")?);
-    apply_meta(At::Path(&cs), At::Path(&cd), st, dst, keep, umask)
+    apply_meta(At::Path(&cs), At::Path(&cd), st, dst, keep, umask, None)
 }
 
 /// A hard link to an already copied file, made at the temp name and renamed over `dst`.
@@ -547,7 +579,9 @@ pub fn apply_owner(at: At, st: &libc::stat, p: &Path) -> Result<(), Error> {
 }
 
 fn xattr_list(at: At, buf: &mut Vec<u8>) -> std::io::Result<usize> {
-    buf.resize(XATTR_MAX, 0);
+    if buf.len() < XATTR_MAX {
+        buf.resize(XATTR_MAX, 0);
+    }
     // SAFETY: buf is XATTR_MAX bytes long; fd or C string valid.
     let n = unsafe {
         match at {
@@ -562,7 +596,9 @@ fn xattr_list(at: At, buf: &mut Vec<u8>) -> std::io::Result<usize> {
 }
 
 fn xattr_get(at: At, name: &std::ffi::CStr, buf: &mut Vec<u8>) -> std::io::Result<usize> {
-    buf.resize(XATTR_MAX, 0);
+    if buf.len() < XATTR_MAX {
+        buf.resize(XATTR_MAX, 0);
+    }
     // SAFETY: as above.
     let n = unsafe {
         match at {
@@ -597,25 +633,47 @@ fn xattr_set(at: At, name: &std::ffi::CStr, val: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+thread_local! {
+    /// xattr name list and value buffers, XATTR_MAX each, allocated once per thread (zeroing
+    /// 64 KiB per file showed up in profiles of small-file copies).
+    static XATTR_BUFS: std::cell::RefCell<(Vec<u8>, Vec<u8>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
 /// Copies extended attributes: `xattr` selects user.*, trusted.*, security.*; `acl` selects
 /// system.posix_acl_* (POSIX ACLs are stored as these xattrs). Without root, EPERM on
 /// trusted.*/security.* is expected and ignored (like cp -a); everything else is reported.
-pub fn copy_xattrs(src: At, dst: At, p: &Path, xattr: bool, acl: bool) -> Result<(), Error> {
-    let mut names = Vec::new();
-    let n = match xattr_list(src, &mut names) {
+/// Returns how many were set.
+pub fn copy_xattrs(src: At, dst: At, p: &Path, xattr: bool, acl: bool) -> Result<usize, Error> {
+    XATTR_BUFS.with(|b| {
+        let (names, val) = &mut *b.borrow_mut();
+        copy_xattrs_with(src, dst, p, xattr, acl, names, val)
+    })
+}
+
+fn copy_xattrs_with(
+    src: At,
+    dst: At,
+    p: &Path,
+    xattr: bool,
+    acl: bool,
+    names: &mut Vec<u8>,
+    val: &mut Vec<u8>,
+) -> Result<usize, Error> {
+    let n = match xattr_list(src, names) {
         Ok(n) => n,
         // The source filesystem has no xattrs at all: nothing to copy.
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTSUP)) => return Ok(()),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTSUP)) => return Ok(0),
         Err(e) => return Err(Error::os("listxattr", p, e)),
     };
-    let mut val = Vec::new();
+    let mut set = 0;
     for name in names[..n].split(|&b| b == 0).filter(|s| !s.is_empty()) {
         let is_acl = name.starts_with(b"system.posix_acl_");
         if (is_acl && !acl) || (!is_acl && !xattr) {
             continue;
         }
         let cname = std::ffi::CString::new(name).expect("split on NUL");
-        let len = match xattr_get(src, &cname, &mut val) {
+        let len = match xattr_get(src, &cname, val) {
             Ok(l) => l,
             // Removed between list and get.
             Err(e) if e.raw_os_error() == Some(libc::ENODATA) => continue,
@@ -627,8 +685,9 @@ pub fn copy_xattrs(src: At, dst: At, p: &Path, xattr: bool, acl: bool) -> Result
             }
             return Err(Error::os("setxattr", p, e));
         }
+        set += 1;
     }
-    Ok(())
+    Ok(set)
 }
 
 /// fsync of a directory: makes the names created or removed in it durable.

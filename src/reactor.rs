@@ -84,7 +84,10 @@ pub struct Reactor {
     me: usize,
     ctx: Arc<Ctx>,
     io: Box<dyn Backend>,
-    commit_tx: Option<SyncSender<Finished>>,
+    commit_tx: Option<SyncSender<Vec<Finished>>>,
+    /// Finished files not yet handed to the committer: sent once per loop turn, as one message
+    /// (one wake-up of the committer per batch of completions, not per file).
+    outbox: Vec<Finished>,
     buf_size: u64,
     free: Vec<u32>,
     slots: Vec<Slot>,
@@ -112,7 +115,7 @@ impl Reactor {
         me: usize,
         ctx: Arc<Ctx>,
         mut io: Box<dyn Backend>,
-        commit_tx: Option<SyncSender<Finished>>,
+        commit_tx: Option<SyncSender<Vec<Finished>>>,
     ) -> Self {
         let depth = io.arena().count();
         let buf_size = io.arena().buf_size() as u64;
@@ -123,6 +126,7 @@ impl Reactor {
             ctx,
             io,
             commit_tx,
+            outbox: Vec::new(),
             buf_size,
             free: (0..depth as u32).rev().collect(),
             slots: vec![Slot::default(); depth],
@@ -146,6 +150,7 @@ impl Reactor {
     /// for the job (the ring itself failed).
     pub fn run(&mut self) -> Result<(), Error> {
         let r = self.run_loop();
+        self.flush_outbox();
         self.ctx.stats.merge_latencies(&self.lat);
         r
     }
@@ -154,6 +159,8 @@ impl Reactor {
         let mut idle = 0u32;
         let mut merged = Instant::now();
         loop {
+            // Before anything that may wait: the committer must see every finished file.
+            self.flush_outbox();
             if merged.elapsed() >= Duration::from_secs(1) {
                 // Live quantiles for --metrics and status: hand over what was recorded.
                 self.ctx.stats.merge_latencies(&self.lat);
@@ -551,11 +558,25 @@ impl Reactor {
                 LinkClaim::Handled => return Ok(()),
             }
         }
+        // Created with its final permission bits when the umask leaves them intact (then no
+        // chmod is needed); else 0600 until the metadata step.
+        let keep = self.ctx.spec.preserve;
+        let mode = st.st_mode & 0o7777;
+        let create_mode = if keep.mode && mode & 0o7000 == 0 && mode & self.ctx.umask == 0 {
+            mode
+        } else {
+            0o600
+        };
+        let known = parent.as_ref().map(|p| meta::Known {
+            uid: self.ctx.euid,
+            gid: p.new_gid,
+            mode: create_mode & !self.ctx.umask,
+        });
         let opened =
             (|| {
                 let ranges = meta::data_ranges(src_fd.as_raw_fd(), &st, &src, MAX_RANGES)?;
                 let tmp = meta::temp_name(&dst);
-                let dst_fd = meta::create_temp(&tmp)?;
+                let dst_fd = meta::create_temp_mode(&tmp, create_mode)?;
                 let raw = dst_fd.as_raw_fd();
                 let dense = ranges.len() == 1 && ranges[0] == (0, st.st_size as u64);
                 // Files that fit one buffer are written by one write: reserving first only costs a
@@ -608,7 +629,7 @@ impl Reactor {
                 a = e;
             }
         }
-        let job = Arc::new(FileJob::new(
+        let mut job = FileJob::new(
             src,
             dst,
             tmp,
@@ -621,7 +642,9 @@ impl Reactor {
             link_key,
             // Hashed: all ranges are one segment, on this reactor.
             if hash { 1 } else { segs.len() },
-        ));
+        );
+        job.known = known;
+        let job = Arc::new(job);
         if segs.is_empty() {
             // Empty, or all hole: nothing to read.
             if hash {
@@ -887,6 +910,7 @@ impl Reactor {
                 &job.tmp,
                 &self.ctx.spec.preserve,
                 self.ctx.umask,
+                job.known,
             )
         {
             job.fail(e);
@@ -925,14 +949,32 @@ impl Reactor {
                     link_key: job.link_key,
                     attempt: job.attempt,
                 };
-                let tx = self.commit_tx.as_ref().expect("batch mode has a committer");
-                if tx.send(f).is_err() {
-                    // The committer is gone (it panicked): nothing more can become durable.
-                    self.ctx.stats.abort.store(true, Ordering::Release);
-                    job.fail(Error::errno("commit", &job.dst, libc::EPIPE));
-                    self.abandon(job);
-                }
+                self.outbox.push(f);
                 Ok(())
+            }
+        }
+    }
+
+    /// Hands the finished files to the committer.
+    fn flush_outbox(&mut self) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        let files = std::mem::take(&mut self.outbox);
+        let tx = self.commit_tx.as_ref().expect("batch mode has a committer");
+        if let Err(std::sync::mpsc::SendError(files)) = tx.send(files) {
+            // The committer is gone (it panicked): nothing more can become durable.
+            self.ctx.stats.abort.store(true, Ordering::Release);
+            for f in files {
+                let _ = meta::unlink(&f.tmp); // best effort; the error below is the report
+                self.ctx
+                    .stats
+                    .error(Error::errno("commit", &f.dst, libc::EPIPE));
+                if let Some(key) = f.link_key {
+                    self.ctx.link_failed(key);
+                }
+                child_done(&f.parent, &self.ctx);
+                self.ctx.queues.finish();
             }
         }
     }

@@ -26,16 +26,17 @@ pub const BATCH_BYTES: u64 = 1 << 30;
 /// ...or when no file arrived for this long, or the oldest waited this long.
 pub const BATCH_IDLE: Duration = Duration::from_millis(10);
 pub const BATCH_AGE: Duration = Duration::from_millis(500);
-/// Capacity of the hand-over channel (reactors block when the committer is this far behind).
-pub const CHANNEL: usize = 2 * BATCH_FILES;
+/// Capacity of the hand-over channel, in messages (a reactor sends one per loop turn, at most
+/// its queue depth of files): reactors block when the committer is this far behind.
+pub const CHANNEL: usize = 128;
 
-pub fn run(ctx: Arc<Ctx>, rx: Receiver<Finished>) {
+pub fn run(ctx: Arc<Ctx>, rx: Receiver<Vec<Finished>>) {
     let mut lat = crate::latency::Latencies::default();
     run_loop(&ctx, rx, &mut lat);
     ctx.stats.merge_latencies(&lat);
 }
 
-fn run_loop(ctx: &Arc<Ctx>, rx: Receiver<Finished>, lat: &mut crate::latency::Latencies) {
+fn run_loop(ctx: &Arc<Ctx>, rx: Receiver<Vec<Finished>>, lat: &mut crate::latency::Latencies) {
     let mut batch: Vec<Finished> = Vec::with_capacity(BATCH_FILES);
     let mut bytes = 0u64;
     let mut oldest = Instant::now();
@@ -50,13 +51,15 @@ fn run_loop(ctx: &Arc<Ctx>, rx: Receiver<Finished>, lat: &mut crate::latency::La
         let got = rx.recv_timeout(wait);
         let closed = matches!(got, Err(RecvTimeoutError::Disconnected));
         let timed_out = got.is_err();
-        if let Ok(f) = got {
+        if let Ok(files) = got {
             if batch.is_empty() {
                 oldest = Instant::now();
             }
             last = Instant::now();
-            bytes += f.bytes;
-            batch.push(f);
+            for f in files {
+                bytes += f.bytes;
+                batch.push(f);
+            }
         }
         // Every unfinished task is in this batch: nothing else will come, commit it now
         // instead of waiting for the idle timer (the end of every job, and small jobs).

@@ -56,6 +56,9 @@ pub struct DirNode {
     pub rel: PathBuf,
     /// Filesystem of the destination directory (its files' syncfs target).
     pub dst_dev: u64,
+    /// The group a file created in the destination directory gets (its gid if the directory
+    /// is setgid, else ours).
+    pub new_gid: u32,
     pub st: libc::stat,
     /// 1 for the unfinished listing + children not yet finished.
     pub pending: AtomicUsize,
@@ -127,6 +130,8 @@ pub struct FileJob {
     failed: Mutex<Option<Error>>,
     /// xxh3 of the whole file as it was read (set once all its data went through a buffer).
     digest: std::sync::OnceLock<u64>,
+    /// Owner and mode the temp file was created with (lets the metadata step skip calls).
+    pub known: Option<meta::Known>,
 }
 
 // SAFETY: libc::stat is plain old data; the rest is Sync.
@@ -166,6 +171,7 @@ impl FileJob {
             failed_flag: AtomicBool::new(false),
             failed: Mutex::new(None),
             digest: std::sync::OnceLock::new(),
+            known: None,
         }
     }
 
@@ -291,6 +297,8 @@ pub struct Ctx {
     pub dir_continuations: AtomicUsize,
     /// The umask, for modes that are not preserved.
     pub umask: u32,
+    /// Our effective uid (owner of the files we create), read once.
+    pub euid: u32,
     /// Files with several links, by source (dev, inode): the first copy, or who waits for it.
     links: Mutex<HashMap<(u64, u64), LinkState>>,
     /// Source device -> reactor that owns it.
@@ -332,6 +340,8 @@ impl Ctx {
             stats,
             dir_continuations: AtomicUsize::new(0),
             umask: meta::read_umask(),
+            // SAFETY: plain getter.
+            euid: unsafe { libc::geteuid() },
             links: Mutex::new(HashMap::new()),
             owners: Mutex::new((HashMap::new(), 0)),
             dst_fs: Mutex::new(HashMap::new()),

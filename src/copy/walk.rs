@@ -24,7 +24,18 @@ pub fn start_dir(
         if !dry {
             meta::make_dir(&dst)?;
         }
-        let dst_dev = if dry { 0 } else { meta::lstat(&dst)?.st_dev };
+        let (dst_dev, new_gid) = if dry {
+            (0, 0)
+        } else {
+            let d = meta::lstat(&dst)?;
+            let gid = if d.st_mode & libc::S_ISGID != 0 {
+                d.st_gid
+            } else {
+                // SAFETY: plain getter.
+                unsafe { libc::getegid() }
+            };
+            (d.st_dev, gid)
+        };
         // --one-file-system: a mount point is created (as cp -x and rsync -x do) but not entered.
         let other_fs =
             ctx.spec.one_file_system && parent.as_ref().is_some_and(|p| p.st.st_dev != st.st_dev);
@@ -33,10 +44,10 @@ pub fn start_dir(
         } else {
             Some(DirStream::open(&src)?)
         };
-        Ok((st, dst_dev, stream))
+        Ok((st, dst_dev, new_gid, stream))
     });
     match begun {
-        Ok((st, dst_dev, stream)) => {
+        Ok((st, dst_dev, new_gid, stream)) => {
             Stats::add(&ctx.stats.dirs, 1);
             let rel = match (&parent, src.file_name()) {
                 (Some(p), Some(n)) => p.rel.join(n),
@@ -47,6 +58,7 @@ pub fn start_dir(
                 rel,
                 dst,
                 dst_dev,
+                new_gid,
                 st,
                 pending: AtomicUsize::new(1),
                 parent,
