@@ -283,6 +283,9 @@ struct EngineArgs {
     /// Do not keep these attributes (same names as --preserve).
     #[arg(long, value_name = "LIST")]
     no_preserve: Option<String>,
+    /// Never use O_DIRECT (by default files of 64 MiB and more bypass the page cache).
+    #[arg(long)]
+    no_direct: bool,
 }
 
 impl EngineArgs {
@@ -307,6 +310,7 @@ impl EngineArgs {
         s.segment_size = self.segment_size as u64;
         s.io = self.io;
         s.fsync = self.fsync;
+        s.direct = !self.no_direct;
         s
     }
 }

@@ -152,6 +152,34 @@ pub fn open_source(p: &Path) -> Result<OwnedFd, Error> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Opens a big file's source and its (already created) temp file again with O_DIRECT; None
+/// where the filesystem refuses O_DIRECT (EINVAL), which is not an error: the ordinary fds do.
+pub fn open_direct(src: &Path, tmp: &Path) -> Result<Option<(OwnedFd, OwnedFd)>, Error> {
+    let open = |p: &Path, flags: i32| -> Result<Option<OwnedFd>, Error> {
+        let c = cpath(p, "open")?;
+        // SAFETY: valid C string.
+        let fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                flags | libc::O_DIRECT | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+            )
+        };
+        if fd < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EINVAL) => Ok(None),
+                _ => Err(Error::os("open", p, e)),
+            };
+        }
+        // SAFETY: fresh fd.
+        Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
+    };
+    let Some(s) = open(src, libc::O_RDONLY)? else {
+        return Ok(None);
+    };
+    Ok(open(tmp, libc::O_WRONLY)?.map(|d| (s, d)))
+}
+
 /// Creates a fresh temp file; a stale one left by a killed run is removed first.
 pub fn create_temp(p: &Path) -> Result<OwnedFd, Error> {
     create_temp_mode(p, 0o600)

@@ -71,6 +71,29 @@ struct Slot {
     ready: bool,
 }
 
+/// The fd and length for the next op on a chunk: aligned parts of a big file go through its
+/// O_DIRECT fds (reads ask for whole blocks, the buffer has room: buffers are block multiples),
+/// the rest (an unaligned tail, an unaligned remainder after a short op) through the ordinary ones.
+fn op_fd(job: &FileJob, writing: bool, off: u64, len: u32) -> (std::os::fd::RawFd, u32) {
+    use std::os::fd::AsRawFd;
+    const A: u64 = crate::spec::DIRECT_ALIGN;
+    if let Some((src, dst)) = &job.direct
+        && off.is_multiple_of(A)
+    {
+        if !writing {
+            return (src.as_raw_fd(), (len as u64).next_multiple_of(A) as u32);
+        }
+        if (len as u64).is_multiple_of(A) {
+            return (dst.as_raw_fd(), len);
+        }
+    }
+    if writing {
+        (job.dst_raw, len)
+    } else {
+        (job.src_raw(), len)
+    }
+}
+
 /// The journal record of a source as it was copied (and the hash of its copy, if streamed).
 pub fn done_record(st: &libc::stat, hash: Option<u64>) -> crate::coord::checkpoint::Done {
     crate::coord::checkpoint::Done {
@@ -330,7 +353,7 @@ impl Reactor {
                 let off = seg.next;
                 seg.next += len as u64;
                 seg.inflight += 1;
-                let fd = seg.job.src_raw();
+                let (fd, ask) = op_fd(&seg.job, false, off, len);
                 let buf = self.free.pop().expect("checked non-empty");
                 if seg.hash.is_some() {
                     seg.order.push_back(buf);
@@ -351,7 +374,7 @@ impl Reactor {
                     fd,
                     buf,
                     buf_off: 0,
-                    len,
+                    len: ask,
                     offset: off,
                     user_data: buf as u64,
                 })?;
@@ -644,6 +667,15 @@ impl Reactor {
             if hash { 1 } else { segs.len() },
         );
         job.known = known;
+        if self.ctx.spec.direct && st.st_size as u64 >= crate::spec::DIRECT_MIN {
+            match meta::open_direct(&job.src, &job.tmp) {
+                Ok(d) => job.direct = d,
+                Err(e) => {
+                    // The ordinary fds work: copy buffered, but say why.
+                    eprintln!("ferry: {e}; copying it without O_DIRECT");
+                }
+            }
+        }
         let job = Arc::new(job);
         if segs.is_empty() {
             // Empty, or all hole: nothing to read.
@@ -709,7 +741,12 @@ impl Reactor {
             job.fail(Error::errno(op, path, errno));
             return self.release(buf);
         }
-        let n = c.result as u32;
+        let mut n = c.result as u32;
+        if !slot.writing && job.direct.is_some() {
+            // A direct read asks for whole blocks: bytes past the size seen at open (the file
+            // grew) are not copied; the end-of-copy check sees the growth and redoes the file.
+            n = n.min(slot.len - slot.done);
+        }
         assert!(
             n <= slot.len - slot.done,
             "kernel moved more bytes than asked"
@@ -812,18 +849,20 @@ impl Reactor {
         }
         self.slots[buf as usize].resumes = self.ctx.resumes.load(Ordering::Acquire);
         let s = self.slots[buf as usize];
-        let (kind, fd) = if s.writing {
-            (OpKind::Write, job.dst_raw)
+        let kind = if s.writing {
+            OpKind::Write
         } else {
-            (OpKind::Read, job.src_raw())
+            OpKind::Read
         };
+        let off = s.off + s.done as u64;
+        let (fd, len) = op_fd(job, s.writing, off, s.len - s.done);
         self.push(Op {
             kind,
             fd,
             buf,
             buf_off: s.done,
-            len: s.len - s.done,
-            offset: s.off + s.done as u64,
+            len,
+            offset: off,
             user_data: buf as u64,
         })
     }

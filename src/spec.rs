@@ -174,7 +174,20 @@ pub struct CopySpec {
     /// Set for `ferry rebalance` jobs (sources/dest then name the two topology files).
     #[serde(default)]
     pub rebalance: Option<RebalanceSpec>,
+    /// Files of at least DIRECT_MIN bytes are read and written with O_DIRECT (past the page
+    /// cache) where the filesystem allows it.
+    #[serde(default = "yes")]
+    pub direct: bool,
 }
+
+fn yes() -> bool {
+    true
+}
+
+/// Smallest file copied with O_DIRECT.
+pub const DIRECT_MIN: u64 = 64 << 20;
+/// O_DIRECT alignment ferry uses (offsets, lengths and buffers).
+pub const DIRECT_ALIGN: u64 = 4096;
 
 /// What a rebalance checkpoint must agree on to be resumed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,6 +226,7 @@ impl CopySpec {
             remove_source: false,
             no_rename: false,
             rebalance: None,
+            direct: true,
         }
     }
 

@@ -132,6 +132,9 @@ pub struct FileJob {
     digest: std::sync::OnceLock<u64>,
     /// Owner and mode the temp file was created with (lets the metadata step skip calls).
     pub known: Option<meta::Known>,
+    /// O_DIRECT fds (source, temp) of a big file: aligned chunks bypass the page cache; the
+    /// unaligned tail goes through the ordinary fds.
+    pub direct: Option<(OwnedFd, OwnedFd)>,
 }
 
 // SAFETY: libc::stat is plain old data; the rest is Sync.
@@ -172,6 +175,7 @@ impl FileJob {
             failed: Mutex::new(None),
             digest: std::sync::OnceLock::new(),
             known: None,
+            direct: None,
         }
     }
 

@@ -101,8 +101,20 @@ impl Backend for FaultyBackend {
             // which this reactor owns and nothing else touches while the op is being queued.
             unsafe { *p ^= 0x01 };
         }
-        if op.kind != OpKind::Fsync && op.len > 1 && self.roll(c.short_permille) {
-            op.len = 1 + (self.rng % (op.len as u64 - 1)) as u32;
+        const B: u32 = crate::spec::DIRECT_ALIGN as u32;
+        // Block-sized ops are cut at a block boundary, as the kernel does for O_DIRECT (an
+        // unaligned O_DIRECT length would be EINVAL, not a short op); a single block stays whole.
+        let cuttable = if op.len.is_multiple_of(B) {
+            op.len > B
+        } else {
+            op.len > 1
+        };
+        if op.kind != OpKind::Fsync && cuttable && self.roll(c.short_permille) {
+            op.len = if op.len.is_multiple_of(B) {
+                B * (1 + (self.rng % (op.len / B - 1) as u64) as u32)
+            } else {
+                1 + (self.rng % (op.len as u64 - 1)) as u32
+            };
         }
         self.inner.push(op)
     }
