@@ -55,6 +55,12 @@ impl<T> TaskQueues<T> {
         }
     }
 
+    /// Puts back a popped task behind everything already queued for all reactors (the outstanding
+    /// count does not change): work that should wait until the queued work has gone first.
+    pub fn requeue_last(&self, task: T) {
+        self.shared.push(task);
+    }
+
     /// Offers part of an already-counted task (a big file's segment) to every reactor.
     pub fn share(&self, task: T) {
         self.begun.push(task);

@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+/// Most queued-and-unfinished tasks before listings pause to let the copy catch up.
+pub const WALK_AHEAD: usize = 32_768;
+
 /// Starts a directory: mkdir at the destination, open the listing, list the first batch.
 pub fn start_dir(
     ctx: &Ctx,
@@ -19,6 +22,12 @@ pub fn start_dir(
     parent: Option<Arc<DirNode>>,
     buf: &mut [u8],
 ) {
+    if ctx.queues.outstanding() > WALK_AHEAD && !ctx.stats.abort.load(Ordering::Acquire) {
+        // The walk is far ahead of the copy: this directory waits behind the queued files
+        // (nothing is open yet, so any number of directories can wait).
+        ctx.queues.requeue_last(Task::Dir { src, dst, parent });
+        return;
+    }
     let dry = ctx.spec.dry_run;
     let begun = meta::lstat(&src).and_then(|st| {
         if !dry {
@@ -100,6 +109,18 @@ pub fn list_more(
     loop {
         if ctx.stats.abort.load(Ordering::Acquire) {
             break;
+        }
+        if ctx.queues.outstanding() > WALK_AHEAD {
+            // The walk is far ahead of the copy: let the queued files go first (memory stays
+            // flat however many entries the tree has). Bounded by the suspended-listing limit.
+            let suspended = ctx.dir_continuations.fetch_add(1, Ordering::AcqRel);
+            if suspended < MAX_DIR_CONTINUATIONS {
+                // Behind the queued files (a reactor's own queue may hold only continuations
+                // while the files overflowed to the shared queue: requeueing locally would spin).
+                ctx.queues.requeue_last(Task::DirMore { stream, src, node });
+                return;
+            }
+            ctx.dir_continuations.fetch_sub(1, Ordering::AcqRel);
         }
         let n = match stream.fill(buf) {
             Ok(0) => break,
