@@ -26,6 +26,25 @@ fn drop_caches() {
     let _ = fs::write("/proc/sys/vm/drop_caches", "3");
 }
 
+/// One `rebalance g1.json -> g2.json` under `root`, to the end.
+fn rebalance_once(root: &std::path::Path) -> (ferry::Report, std::sync::Arc<rebalance::Counters>) {
+    let opts = Options::new(
+        root.join("g1.json"),
+        root.join("g2.json"),
+        root.join("state/registry.redb"),
+    );
+    let mut spec = ferry::CopySpec::new(vec![], PathBuf::new());
+    spec.state_dir = Some(root.join("state"));
+    let mut counters = None;
+    let h = ferry::Job::start_with(|| {
+        let (p, _, c) = rebalance::prepare(&opts, spec)?;
+        counters = Some(c);
+        Ok(p)
+    })
+    .unwrap();
+    (h.wait(), counters.unwrap())
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -88,39 +107,12 @@ fn main() {
         fs::remove_dir_all(root.join("disk4/copy-dst")).unwrap();
         drop_caches();
         let t0 = Instant::now();
-        let opts = Options::new(f1, f2, root.join("state/registry.redb"));
-        let mut spec = ferry::CopySpec::new(vec![], PathBuf::new());
-        spec.state_dir = Some(root.join("state"));
-        let mut counters = None;
-        let h = ferry::Job::start_with(|| {
-            let (p, _, c) = rebalance::prepare(&opts, spec)?;
-            counters = Some(c);
-            Ok(p)
-        })
-        .unwrap();
-        let r = h.wait();
+        let (r, _) = rebalance_once(&root);
         assert!(r.ok(), "{:?}", r.errors);
         reb.push(t0.elapsed().as_secs_f64());
         moved_bytes = r.bytes;
-        let c = counters.unwrap();
-        let _ = c; // scan time of a cold scan is in the rebalance time
         // Warm scan: a second rebalance finds nothing to move; its scan is pure walking.
-        let opts = Options::new(
-            root.join("g1.json"),
-            root.join("g2.json"),
-            root.join("state/registry.redb"),
-        );
-        let mut spec = ferry::CopySpec::new(vec![], PathBuf::new());
-        spec.state_dir = Some(root.join("state"));
-        let mut counters = None;
-        let h = ferry::Job::start_with(|| {
-            let (p, _, c) = rebalance::prepare(&opts, spec)?;
-            counters = Some(c);
-            Ok(p)
-        })
-        .unwrap();
-        h.wait();
-        let c = counters.unwrap();
+        let (_, c) = rebalance_once(&root);
         let secs = *c.scan_secs.lock().unwrap();
         scans.push(c.scanned.load(std::sync::atomic::Ordering::Relaxed) as f64 / secs.max(1e-9));
         eprintln!(

@@ -73,6 +73,12 @@ fn topo(generation: u64, disks: &Disks, sets: &[(usize, &str, f64)]) -> Topology
     Topology::parse(&serde_json::to_vec(&v).unwrap()).unwrap()
 }
 
+/// `n` equal active sets, one per disk 0..n.
+fn equal(generation: u64, disks: &Disks, n: usize) -> Topology {
+    let sets: Vec<(usize, &str, f64)> = (0..n).map(|i| (i, "active", 1.0)).collect();
+    topo(generation, disks, &sets)
+}
+
 fn save(t: &Topology, p: &Path) -> PathBuf {
     fs::write(p, serde_json::to_vec(t).unwrap()).unwrap();
     p.to_path_buf()
@@ -155,29 +161,10 @@ fn adding_and_draining_sets_move_exactly_the_misplaced_objects() {
     let disks = Disks::new(6, 320);
     let t = tempfile::tempdir().unwrap();
     let state = t.path().join("state");
-    let g1 = topo(
-        1,
-        &disks,
-        &[
-            (0, "active", 1.0),
-            (1, "active", 1.0),
-            (2, "active", 1.0),
-            (3, "active", 1.0),
-        ],
-    );
+    let g1 = equal(1, &disks, 4);
     let want = fill(&g1, 2000);
     // 1: a fifth set joins.
-    let g2 = topo(
-        2,
-        &disks,
-        &[
-            (0, "active", 1.0),
-            (1, "active", 1.0),
-            (2, "active", 1.0),
-            (3, "active", 1.0),
-            (4, "active", 1.0),
-        ],
-    );
+    let g2 = equal(2, &disks, 5);
     let misplaced = scan_misplaced(&g1, &g2);
     let (f1, f2) = (
         save(&g1, &t.path().join("g1.json")),
@@ -240,16 +227,7 @@ fn client_writes_and_deletes_during_a_rebalance_win_and_reads_never_fail() {
     let disks = Disks::new(5, 320);
     let t = tempfile::tempdir().unwrap();
     let state = t.path().join("state");
-    let g1 = topo(
-        1,
-        &disks,
-        &[
-            (0, "active", 1.0),
-            (1, "active", 1.0),
-            (2, "active", 1.0),
-            (3, "active", 1.0),
-        ],
-    );
+    let g1 = equal(1, &disks, 4);
     let mut want = fill(&g1, 1500);
     let g2 = topo(
         2,
@@ -337,16 +315,7 @@ fn kill_9_during_a_rebalance_loses_nothing_and_resume_finishes() {
     let disks = Disks::new(5, 320);
     let t = tempfile::tempdir().unwrap();
     let state = t.path().join("state");
-    let g1 = topo(
-        1,
-        &disks,
-        &[
-            (0, "active", 1.0),
-            (1, "active", 1.0),
-            (2, "active", 1.0),
-            (3, "active", 1.0),
-        ],
-    );
+    let g1 = equal(1, &disks, 4);
     let want = fill(&g1, 1200);
     let g2 = topo(
         2,
@@ -476,28 +445,9 @@ fn a_full_owner_disk_pauses_the_rebalance_and_loses_nothing() {
     }
     let t = tempfile::tempdir().unwrap();
     let state = t.path().join("state");
-    let g1 = topo(
-        1,
-        &disks,
-        &[
-            (0, "active", 1.0),
-            (1, "active", 1.0),
-            (2, "active", 1.0),
-            (3, "active", 1.0),
-        ],
-    );
+    let g1 = equal(1, &disks, 4);
     let want = fill(&g1, 1000);
-    let g2 = topo(
-        2,
-        &disks,
-        &[
-            (0, "active", 1.0),
-            (1, "active", 1.0),
-            (2, "active", 1.0),
-            (3, "active", 1.0),
-            (4, "active", 1.0),
-        ],
-    );
+    let g2 = equal(2, &disks, 5);
     // The new disk has ~2 MiB left; about 6 MB must move onto it.
     let filler = disks.paths[4].join("filler");
     let free = {
