@@ -302,8 +302,10 @@ impl EngineArgs {
         Ok(p)
     }
 
-    fn spec(&self, sources: Vec<PathBuf>, dest: PathBuf) -> CopySpec {
+    /// The engine part of a spec; Err: a bad --preserve/--no-preserve list.
+    fn spec(&self, sources: Vec<PathBuf>, dest: PathBuf) -> Result<CopySpec, String> {
         let mut s = CopySpec::new(sources, dest);
+        s.preserve = self.preserve()?;
         s.threads = self.threads;
         s.buffer_size = self.buffer_size;
         s.queue_depth = self.queue_depth;
@@ -311,7 +313,7 @@ impl EngineArgs {
         s.io = self.io;
         s.fsync = self.fsync;
         s.direct = !self.no_direct;
-        s
+        Ok(s)
     }
 }
 
@@ -344,7 +346,13 @@ fn main() -> ExitCode {
         Cmd::Ctl(c) => ctl(c),
         Cmd::Jobs(j) => jobs(j),
         Cmd::Demo(e) => {
-            let spec = e.spec(vec![PathBuf::from(".")], PathBuf::from("."));
+            let spec = match e.spec(vec![PathBuf::from(".")], PathBuf::from(".")) {
+                Ok(s) => s,
+                Err(m) => {
+                    eprintln!("ferry: {m}");
+                    return ExitCode::from(2);
+                }
+            };
             if let Err(m) = spec.validate() {
                 eprintln!("ferry: {m}");
                 return ExitCode::from(2);
@@ -383,7 +391,13 @@ fn ordered_rules(m: &clap::ArgMatches) -> Vec<ferry::filter::Rule> {
 /// `ferry copy`, and `ferry move` (`moving`: Some(--no-rename)).
 fn copy(mut a: CopyArgs, rules: Vec<ferry::filter::Rule>, moving: Option<bool>) -> ExitCode {
     let dest = a.paths.pop().expect("clap requires two paths");
-    let mut spec = a.engine.spec(a.paths, dest);
+    let mut spec = match a.engine.spec(a.paths, dest) {
+        Ok(s) => s,
+        Err(m) => {
+            eprintln!("ferry: {m}");
+            return ExitCode::from(2);
+        }
+    };
     spec.remove_source = moving.is_some();
     spec.no_rename = moving.unwrap_or(false);
     spec.verify = a.verify.unwrap_or(if moving.is_some() {
@@ -402,13 +416,6 @@ fn copy(mut a: CopyArgs, rules: Vec<ferry::filter::Rule>, moving: Option<bool>) 
     spec.retry_failed = a.retry_failed;
     spec.state_dir_optional = a.state_dir.is_none();
     spec.state_dir = Some(a.state_dir.clone().unwrap_or_else(default_state_dir));
-    spec.preserve = match a.engine.preserve() {
-        Ok(p) => p,
-        Err(m) => {
-            eprintln!("ferry: {m}");
-            return ExitCode::from(2);
-        }
-    };
     let interrupted = on_signals();
     let handle = match ferry::Job::start(spec) {
         Ok(h) => h,
@@ -633,19 +640,18 @@ fn rebalance(r: RebalanceArgs) -> ExitCode {
     let mut opts = rebalance::Options::new(r.from.clone(), r.to.clone(), registry);
     opts.order = r.order;
     opts.forward_ttl_secs = r.forward_ttl;
-    let mut spec = r.engine.spec(Vec::new(), PathBuf::new());
-    spec.verify = r.verify.unwrap_or(VerifyMode::Full);
-    spec.bwlimit = r.bwlimit;
-    spec.ops_limit = r.ops_limit;
-    spec.fresh = r.fresh;
-    spec.state_dir = Some(state_root);
-    spec.preserve = match r.engine.preserve() {
-        Ok(p) => p,
+    let mut spec = match r.engine.spec(Vec::new(), PathBuf::new()) {
+        Ok(s) => s,
         Err(m) => {
             eprintln!("ferry: {m}");
             return ExitCode::from(2);
         }
     };
+    spec.verify = r.verify.unwrap_or(VerifyMode::Full);
+    spec.bwlimit = r.bwlimit;
+    spec.ops_limit = r.ops_limit;
+    spec.fresh = r.fresh;
+    spec.state_dir = Some(state_root);
     let interrupted = on_signals();
     let mut counters = None;
     let handle = ferry::Job::start_with(|| {

@@ -136,19 +136,33 @@ fn assert_placed(t: &Topology, disks: &Disks, want: &HashMap<String, Vec<u8>>) {
     );
 }
 
-fn run(from: &Path, to: &Path, state: &Path) -> (ferry::Report, Arc<rebalance::Counters>) {
+/// Starts a rebalance (state and registry under `state`; `bwlimit` 0 = unthrottled).
+fn start(
+    from: &Path,
+    to: &Path,
+    state: &Path,
+    bwlimit: u64,
+) -> (ferry::JobHandle, Arc<Cluster>, Arc<rebalance::Counters>) {
     let opts = Options::new(from.into(), to.into(), state.join("registry.redb"));
     let mut spec = ferry::CopySpec::new(vec![], PathBuf::new());
     spec.state_dir = Some(state.to_path_buf());
-    let mut counters = None;
+    spec.bwlimit = bwlimit;
+    let mut parts = None;
     let h = ferry::Job::start_with(|| {
-        let (p, _, c) = rebalance::prepare(&opts, spec)?;
-        counters = Some(c);
+        let (p, cluster, counters) = rebalance::prepare(&opts, spec)?;
+        parts = Some((cluster, counters));
         Ok(p)
     })
     .unwrap();
+    let (cluster, counters) = parts.unwrap();
+    (h, cluster, counters)
+}
+
+/// A rebalance run to its end.
+fn run(from: &Path, to: &Path, state: &Path) -> (ferry::Report, Arc<rebalance::Counters>) {
+    let (h, _, counters) = start(from, to, state, 0);
     let r = within(Duration::from_secs(120), move || h.wait());
-    (r, counters.unwrap())
+    (r, counters)
 }
 
 fn scan_misplaced(from: &Topology, to: &Topology) -> u64 {
@@ -244,18 +258,8 @@ fn client_writes_and_deletes_during_a_rebalance_win_and_reads_never_fail() {
         save(&g1, &t.path().join("g1.json")),
         save(&g2, &t.path().join("g2.json")),
     );
-    let opts = Options::new(f1, f2, state.join("registry.redb"));
-    let mut spec = ferry::CopySpec::new(vec![], PathBuf::new());
-    spec.state_dir = Some(state.clone());
-    spec.bwlimit = 8 << 20; // ~2-3 s of moving, so the client overlaps it
-    let mut cluster = None;
-    let h = ferry::Job::start_with(|| {
-        let (p, c, _) = rebalance::prepare(&opts, spec)?;
-        cluster = Some(c);
-        Ok(p)
-    })
-    .unwrap();
-    let cluster = cluster.unwrap();
+    // Throttled to ~2-3 s of moving, so the client overlaps it.
+    let (h, cluster, _) = start(&f1, &f2, &state, 8 << 20);
     let keys: Vec<String> = {
         let mut k: Vec<String> = want.keys().cloned().collect();
         k.sort();
@@ -462,10 +466,7 @@ fn a_full_owner_disk_pauses_the_rebalance_and_loses_nothing() {
         save(&g1, &t.path().join("g1.json")),
         save(&g2, &t.path().join("g2.json")),
     );
-    let opts = Options::new(f1, f2, state.join("registry.redb"));
-    let mut spec = ferry::CopySpec::new(vec![], PathBuf::new());
-    spec.state_dir = Some(state.clone());
-    let h = ferry::Job::start_with(|| Ok(rebalance::prepare(&opts, spec)?.0)).unwrap();
+    let (h, _, _) = start(&f1, &f2, &state, 0);
     let events = h.events().unwrap();
     let start = std::time::Instant::now();
     loop {

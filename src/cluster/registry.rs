@@ -112,33 +112,8 @@ impl Registry {
         })
     }
 
-    /// A moved object: its new location, and a forwarding entry from the old one.
-    pub fn forward(
-        &self,
-        key: &[u8],
-        from: &str,
-        to: &str,
-        generation: u64,
-        ttl: u64,
-    ) -> Result<(), Error> {
-        self.write(Durability::None, |w| {
-            w.open_table(LOCATIONS)?.insert(key, (to, generation))?;
-            let mut t = w.open_table(FORWARDS)?;
-            let hops = t.get(key)?.map(|v| v.value().3).unwrap_or(0);
-            t.insert(
-                key,
-                (
-                    from,
-                    to,
-                    now_secs() + ttl,
-                    hops.saturating_add(1).min(MAX_HOPS),
-                ),
-            )?;
-            Ok(())
-        })
-    }
-
-    /// `forward` for many keys in one transaction: (key, from disk, to disk).
+    /// Moved objects, in one transaction: each key's new location, and a forwarding entry from
+    /// the old disk (key, from disk, to disk). Not durable until the next `flush`.
     pub fn forward_many(
         &self,
         moves: &[(Vec<u8>, String, String)],

@@ -228,7 +228,9 @@ impl Backend for UringBackend {
         } else {
             0
         };
-        if self.queued == 0 && min == 0 && self.in_flight == 0 {
+        // Nothing queued, nothing to wait for, nothing in the kernel (only inline completions):
+        // no enter needed.
+        if self.queued == 0 && min == 0 && self.in_flight == self.inline.len() {
             return Ok(());
         }
         self.enter(min)
