@@ -7,7 +7,7 @@
 # fio installed, also the ceiling: fio with 2 readers and 2 writers at once (O_DIRECT, io_uring,
 # 4 MiB blocks), and ferry's large-cold throughput as a percentage of it.
 #
-# usage: scripts/bench.sh [-s "large mixed small"] [-r RUNS] [-c "cold warm"] [-d WORKDIR] [-t]
+# usage: [FERRY=BIN] [PEERS=DIR] scripts/bench.sh [-s "large mixed small"] [-r RUNS] [-c "cold warm"] [-d WORKDIR] [-t]
 #   -t  put data and destination on a tmpfs under WORKDIR (warm only: tmpfs has no cold cache)
 set -euo pipefail
 shapes="large mixed small"; runs=3; caches="cold warm"; work=/work/ferry-bench; tmpfs=0
@@ -16,8 +16,11 @@ while getopts "s:r:c:d:t" o; do
     *) echo "bad option" >&2; exit 2;; esac
 done
 here=$(cd "$(dirname "$0")/.." && pwd)
-(cd "$here" && cargo build --release -q)
-ferry="$here/target/release/ferry"
+# FERRY=/path/to/ferry benchmarks that binary (e.g. a copy, so the tree can be rebuilt meanwhile).
+if [ -n "${FERRY:-}" ]; then ferry=$FERRY; else
+  (cd "$here" && cargo build --release -q)
+  ferry="$here/target/release/ferry"
+fi
 export PATH="${PEERS:-/opt/ferry-peers}/bin:$PATH"
 mkdir -p "$work"
 if [ "$tmpfs" = 1 ]; then
