@@ -7,12 +7,19 @@
 # fio installed, also the ceiling: fio with 2 readers and 2 writers at once (O_DIRECT, io_uring,
 # 4 MiB blocks), and ferry's large-cold throughput as a percentage of it.
 #
-# usage: [FERRY=BIN] [PEERS=DIR] scripts/bench.sh [-s "large mixed small"] [-r RUNS] [-c "cold warm"] [-d WORKDIR] [-t]
+# usage: [FERRY=BIN] [PEERS=DIR] scripts/bench.sh [-s "large mixed small"] [-r RUNS] [-c "cold warm"] [-d WORKDIR] [-t|-f]
 #   -t  put data and destination on a tmpfs under WORKDIR (warm only: tmpfs has no cold cache)
+#   -f  destination on a fresh ext4 (default mkfs, with journal) on a loop device over a file in
+#       WORKDIR, made anew before every run (root). Why: on an ext4 without a journal (this VM's
+#       root fs) the inode allocator skips every inode freed in the last dirty_expire_interval*2
+#       "seconds" (centiseconds taken as seconds: 100 minutes) while its inode-table block is
+#       cached, rescanning them for every create (find_inode_bit -> recently_deleted was 30 % of
+#       a small-file copy's CPU in perf), so each run pays for the previous run's `rm -rf`.
 set -euo pipefail
-shapes="large mixed small"; runs=3; caches="cold warm"; work=/work/ferry-bench; tmpfs=0
-while getopts "s:r:c:d:t" o; do
+shapes="large mixed small"; runs=3; caches="cold warm"; work=/work/ferry-bench; tmpfs=0; fresh=0
+while getopts "s:r:c:d:tf" o; do
   case $o in s) shapes=$OPTARG;; r) runs=$OPTARG;; c) caches=$OPTARG;; d) work=$OPTARG;; t) tmpfs=1;;
+    f) fresh=1;;
     *) echo "bad option" >&2; exit 2;; esac
 done
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -32,6 +39,29 @@ else
   base="$work"; where=disk
 fi
 data="$base/data"; out="$base/out"; mkdir -p "$data"
+img="$work/fresh.img"; mnt="$work/fresh"; loopdev=""
+fresh_off() { # unmount and detach the fresh destination filesystem
+  if mountpoint -q "$mnt"; then umount "$mnt"; fi
+  if [ -n "$loopdev" ]; then losetup -d "$loopdev"; loopdev=""; fi
+  rm -f "$img"
+}
+fresh_on() { # shape: a new ext4 big enough for two copies of the shape, mounted at $mnt
+  fresh_off
+  local bytes files
+  bytes=$(du -sb "$data/$1" | cut -f1); files=$(find "$data/$1" | wc -l)
+  truncate -s $(( (bytes * 2 / 1048576 + 2048) ))M "$img"
+  # Inode tables written now (not by the lazy-init thread during the run); no discard pass.
+  mkfs.ext4 -q -F -N $((files * 2 + 10000)) -E lazy_itable_init=0,lazy_journal_init=0,nodiscard "$img"
+  loopdev=$(losetup --direct-io=on -f --show "$img")
+  mkdir -p "$mnt"; mount "$loopdev" "$mnt"
+  out="$mnt/out"
+}
+if [ "$fresh" = 1 ]; then
+  [ "$(id -u)" = 0 ] && command -v mkfs.ext4 >/dev/null && command -v losetup >/dev/null ||
+    { echo "bench.sh -f needs root, mkfs.ext4 and losetup" >&2; exit 2; }
+  where="disk, fresh ext4 dst"
+  trap fresh_off EXIT
+fi
 
 tools=(ferry cp)
 command -v rsync >/dev/null && tools+=(rsync)
@@ -57,7 +87,8 @@ for shape in $shapes; do
       order=("${tools[@]}")
       if ((r % 2)); then order=($(printf '%s\n' "${tools[@]}" | tac)); fi
       for tool in "${order[@]}"; do
-        rm -rf "$out"; sync
+        if [ "$fresh" = 1 ]; then fresh_on "$shape"; else rm -rf "$out"; fi
+        sync
         if [ "$cache" = cold ]; then echo 3 > /proc/sys/vm/drop_caches; fi
         if [ "$cache" = warm ]; then tar cf - "$data/$shape" 2>/dev/null | cat >/dev/null; fi
         t0=$(date +%s.%N)
@@ -71,7 +102,7 @@ for shape in $shapes; do
     done
   done
 done
-rm -rf "$out"
+if [ "$fresh" = 1 ]; then fresh_off; out="$base/out"; else rm -rf "$out"; fi
 ceiling=""
 if [[ " $shapes " == *" large "* && " $caches " == *" cold "* ]] && command -v fio >/dev/null; then
   # The disk's copy ceiling: 2 readers of the large files and 2 writers, all at once.
