@@ -40,6 +40,11 @@ impl DirStream {
         })
     }
 
+    /// A second fd on the same directory (F_DUPFD_CLOEXEC), for *at() calls on its entries.
+    pub fn dup_fd(&self) -> std::io::Result<OwnedFd> {
+        self.fd.try_clone()
+    }
+
     /// Reads the next batch of entries into `buf`; `Ok(0)` at the end.
     pub fn fill(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         loop {

@@ -152,6 +152,74 @@ pub fn open_source(p: &Path) -> Result<OwnedFd, Error> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Opens a directory (any path length) with O_PATH, as the anchor of *at() calls.
+pub fn open_dir_path(p: &Path) -> Result<OwnedFd, Error> {
+    let c = cpath(p, "open")?;
+    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NOFOLLOW;
+    // SAFETY: valid C string.
+    let fd = unsafe { libc::open(c.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(Error::last("open", p));
+    }
+    // SAFETY: fresh fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The last component of `p` as a C string, for *at() calls relative to its directory's fd.
+fn cname(p: &Path, op: &'static str) -> Result<CString, Error> {
+    let name = p
+        .file_name()
+        .ok_or_else(|| Error::errno(op, p, libc::EINVAL))?;
+    CString::new(name.as_bytes()).map_err(|_| Error::errno(op, p, libc::EINVAL /* NUL */))
+}
+
+/// `open_source` relative to the open directory `dir` that holds `p`.
+pub fn open_source_at(dir: RawFd, p: &Path) -> Result<OwnedFd, Error> {
+    let c = cname(p, "open")?;
+    let flags = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+    // SAFETY: valid C string; dir is an open directory fd.
+    let fd = unsafe { libc::openat(dir, c.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(Error::last("open", p));
+    }
+    // SAFETY: fresh fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `create_temp_mode` relative to the open directory `dir` that holds `p`.
+pub fn create_temp_at(dir: RawFd, p: &Path, mode: u32) -> Result<OwnedFd, Error> {
+    let c = cname(p, "create")?;
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC | libc::O_NOFOLLOW;
+    for _ in 0..2 {
+        // SAFETY: valid C string; dir is an open directory fd.
+        let fd = unsafe { libc::openat(dir, c.as_ptr(), flags, mode) };
+        if fd >= 0 {
+            // SAFETY: fresh fd.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EEXIST) {
+            return Err(Error::os("create", p, err));
+        }
+        // A stale temp file of a killed run.
+        // SAFETY: as above.
+        if unsafe { libc::unlinkat(dir, c.as_ptr(), 0) } < 0 {
+            return Err(Error::last("unlink", p));
+        }
+    }
+    Err(Error::errno("create", p, libc::EEXIST))
+}
+
+/// `rename` of `from` to `to`, both entries of the open directory `dir`.
+pub fn rename_at(dir: RawFd, from: &Path, to: &Path) -> Result<(), Error> {
+    let (a, b) = (cname(from, "rename")?, cname(to, "rename")?);
+    // SAFETY: valid C strings; dir is an open directory fd.
+    if unsafe { libc::renameat(dir, a.as_ptr(), dir, b.as_ptr()) } < 0 {
+        return Err(Error::last("rename", to));
+    }
+    Ok(())
+}
+
 /// Opens a big file's source and its (already created) temp file again with O_DIRECT; None
 /// where the filesystem refuses O_DIRECT (EINVAL), which is not an error: the ordinary fds do.
 pub fn open_direct(src: &Path, tmp: &Path) -> Result<Option<(OwnedFd, OwnedFd)>, Error> {

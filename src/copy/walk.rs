@@ -1,7 +1,7 @@
 //! Directory tasks: create the destination directory, list the source in batches and turn each
 //! entry into work. Directories are tasks like files, so the walk runs on every reactor at once.
 
-use super::task::{Ctx, DirNode, MAX_DIR_CONTINUATIONS, Task, child_done};
+use super::task::{Ctx, DirFds, DirNode, MAX_DIR_CONTINUATIONS, Task, child_done};
 use crate::dirents::{self, DirStream, Kind};
 use crate::error::Error;
 use crate::meta;
@@ -55,6 +55,16 @@ pub fn start_dir(
         };
         Ok((st, dst_dev, new_gid, stream))
     });
+    // The children's syscalls go relative to these fds when the budget allows; any failure
+    // here only means they use full paths.
+    let fds = match &begun {
+        Ok((_, _, _, Some(stream))) if !dry => {
+            DirFds::open_within(&ctx.dir_fds, ctx.dir_fd_cap, || {
+                stream.dup_fd().ok().zip(meta::open_dir_path(&dst).ok())
+            })
+        }
+        _ => None,
+    };
     match begun {
         Ok((st, dst_dev, new_gid, stream)) => {
             Stats::add(&ctx.stats.dirs, 1);
@@ -71,6 +81,7 @@ pub fn start_dir(
                 st,
                 pending: AtomicUsize::new(1),
                 parent,
+                fds,
             });
             match stream {
                 Some(stream) => list_more(ctx, me, stream, src, node, false, buf),
