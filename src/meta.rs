@@ -141,14 +141,19 @@ pub fn times(st: &libc::stat) -> [libc::timespec; 2] {
 /// Opens a regular source file for reading. O_NONBLOCK: if a FIFO was swapped in after the walk
 /// saw a regular file, open must not hang (the type is re-checked with fstat).
 pub fn open_source(p: &Path) -> Result<OwnedFd, Error> {
-    let c = cpath(p, "open")?;
+    open_source_in(None, p)
+}
+
+/// `open_source`, relative to `dir` when given (see `named`).
+pub fn open_source_in(dir: Option<RawFd>, p: &Path) -> Result<OwnedFd, Error> {
+    let (at, c) = named(dir, p, "open")?;
     let flags = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK;
-    // SAFETY: valid C string.
-    let fd = unsafe { libc::open(c.as_ptr(), flags) };
+    // SAFETY: valid C string; `at` is AT_FDCWD or an open directory fd.
+    let fd = unsafe { libc::openat(at, c.as_ptr(), flags) };
     if fd < 0 {
         return Err(Error::last("open", p));
     }
-    // SAFETY: fd was just returned by open and is owned by nobody else.
+    // SAFETY: fd was just returned by openat and is owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -165,59 +170,17 @@ pub fn open_dir_path(p: &Path) -> Result<OwnedFd, Error> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// The last component of `p` as a C string, for *at() calls relative to its directory's fd.
-fn cname(p: &Path, op: &'static str) -> Result<CString, Error> {
+/// How a syscall names `p`: its last component relative to the open directory `dir` that
+/// holds it, or (no `dir`) the whole path from the current directory (any length, see cpath).
+fn named(dir: Option<RawFd>, p: &Path, op: &'static str) -> Result<(RawFd, CPath), Error> {
+    let Some(dir) = dir else {
+        return Ok((libc::AT_FDCWD, cpath(p, op)?));
+    };
     let name = p
         .file_name()
         .ok_or_else(|| Error::errno(op, p, libc::EINVAL))?;
-    CString::new(name.as_bytes()).map_err(|_| Error::errno(op, p, libc::EINVAL /* NUL */))
-}
-
-/// `open_source` relative to the open directory `dir` that holds `p`.
-pub fn open_source_at(dir: RawFd, p: &Path) -> Result<OwnedFd, Error> {
-    let c = cname(p, "open")?;
-    let flags = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK;
-    // SAFETY: valid C string; dir is an open directory fd.
-    let fd = unsafe { libc::openat(dir, c.as_ptr(), flags) };
-    if fd < 0 {
-        return Err(Error::last("open", p));
-    }
-    // SAFETY: fresh fd.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// `create_temp_mode` relative to the open directory `dir` that holds `p`.
-pub fn create_temp_at(dir: RawFd, p: &Path, mode: u32) -> Result<OwnedFd, Error> {
-    let c = cname(p, "create")?;
-    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC | libc::O_NOFOLLOW;
-    for _ in 0..2 {
-        // SAFETY: valid C string; dir is an open directory fd.
-        let fd = unsafe { libc::openat(dir, c.as_ptr(), flags, mode) };
-        if fd >= 0 {
-            // SAFETY: fresh fd.
-            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
-        }
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EEXIST) {
-            return Err(Error::os("create", p, err));
-        }
-        // A stale temp file of a killed run.
-        // SAFETY: as above.
-        if unsafe { libc::unlinkat(dir, c.as_ptr(), 0) } < 0 {
-            return Err(Error::last("unlink", p));
-        }
-    }
-    Err(Error::errno("create", p, libc::EEXIST))
-}
-
-/// `rename` of `from` to `to`, both entries of the open directory `dir`.
-pub fn rename_at(dir: RawFd, from: &Path, to: &Path) -> Result<(), Error> {
-    let (a, b) = (cname(from, "rename")?, cname(to, "rename")?);
-    // SAFETY: valid C strings; dir is an open directory fd.
-    if unsafe { libc::renameat(dir, a.as_ptr(), dir, b.as_ptr()) } < 0 {
-        return Err(Error::last("rename", to));
-    }
-    Ok(())
+    let c = CString::new(name.as_bytes()).map_err(|_| Error::errno(op, p, libc::EINVAL))?;
+    Ok((dir, CPath { c, _parent: None }))
 }
 
 /// Opens a big file's source and its (already created) temp file again with O_DIRECT; None
@@ -255,11 +218,16 @@ pub fn create_temp(p: &Path) -> Result<OwnedFd, Error> {
 
 /// `create_temp` with the given permission bits (the umask applies).
 pub fn create_temp_mode(p: &Path, mode: u32) -> Result<OwnedFd, Error> {
-    let c = cpath(p, "create")?;
+    create_temp_in(None, p, mode)
+}
+
+/// `create_temp_mode`, relative to `dir` when given (see `named`).
+pub fn create_temp_in(dir: Option<RawFd>, p: &Path, mode: u32) -> Result<OwnedFd, Error> {
+    let (at, c) = named(dir, p, "create")?;
     let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC | libc::O_NOFOLLOW;
     for _ in 0..2 {
-        // SAFETY: valid C string.
-        let fd = unsafe { libc::open(c.as_ptr(), flags, mode) };
+        // SAFETY: valid C string; `at` is AT_FDCWD or an open directory fd.
+        let fd = unsafe { libc::openat(at, c.as_ptr(), flags, mode) };
         if fd >= 0 {
             // SAFETY: fresh fd.
             return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
@@ -268,7 +236,11 @@ pub fn create_temp_mode(p: &Path, mode: u32) -> Result<OwnedFd, Error> {
         if err.raw_os_error() != Some(libc::EEXIST) {
             return Err(Error::os("create", p, err));
         }
-        unlink(p)?;
+        // A stale temp file of a killed run.
+        // SAFETY: as above.
+        if unsafe { libc::unlinkat(at, c.as_ptr(), 0) } < 0 {
+            return Err(Error::last("unlink", p));
+        }
     }
     Err(Error::errno("create", p, libc::EEXIST))
 }
@@ -436,9 +408,14 @@ pub fn unlink(p: &Path) -> Result<(), Error> {
 }
 
 pub fn rename(from: &Path, to: &Path) -> Result<(), Error> {
-    let (a, b) = (cpath(from, "rename")?, cpath(to, "rename")?);
-    // SAFETY: valid C strings.
-    if unsafe { libc::rename(a.as_ptr(), b.as_ptr()) } < 0 {
+    rename_in(None, from, to)
+}
+
+/// `rename`; with `dir`, both names are entries of that open directory (see `named`).
+pub fn rename_in(dir: Option<RawFd>, from: &Path, to: &Path) -> Result<(), Error> {
+    let ((fa, a), (fb, b)) = (named(dir, from, "rename")?, named(dir, to, "rename")?);
+    // SAFETY: valid C strings; the fds are AT_FDCWD or an open directory fd.
+    if unsafe { libc::renameat(fa, a.as_ptr(), fb, b.as_ptr()) } < 0 {
         return Err(Error::last("rename", to));
     }
     Ok(())

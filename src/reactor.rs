@@ -487,20 +487,9 @@ impl Reactor {
             Ok(())
         };
         let open_t0 = Instant::now();
-        // The parent's directory fds, when it has them and this file is its direct child.
-        let at = parent.as_ref().and_then(|p| {
-            let child = |f: &std::path::Path, d: &std::path::Path| {
-                f.parent().is_some_and(|q| q.as_os_str() == d.as_os_str())
-            };
-            p.fds
-                .as_ref()
-                .filter(|_| child(&src, &p.src) && child(&dst, &p.dst))
-                .map(|f| (f.src.as_raw_fd(), f.dst.as_raw_fd()))
-        });
-        let opened_src = match at {
-            Some((sdir, _)) => meta::open_source_at(sdir, &src),
-            None => meta::open_source(&src),
-        };
+        // Relative to the parent's directory fds when it has them (no path walk per call).
+        let at = parent.as_ref().and_then(|p| p.child_fds(Some(&src), &dst));
+        let opened_src = meta::open_source_in(at.map(|a| a.0), &src);
         let src_fd = match opened_src {
             Ok(fd) => fd,
             Err(e) => return fail(self, e, &parent),
@@ -613,10 +602,7 @@ impl Reactor {
             (|| {
                 let ranges = meta::data_ranges(src_fd.as_raw_fd(), &st, &src, MAX_RANGES)?;
                 let tmp = meta::temp_name(&dst);
-                let dst_fd = match at {
-                    Some((_, ddir)) => meta::create_temp_at(ddir, &tmp, create_mode)?,
-                    None => meta::create_temp_mode(&tmp, create_mode)?,
-                };
+                let dst_fd = meta::create_temp_in(at.map(|a| a.1), &tmp, create_mode)?;
                 let raw = dst_fd.as_raw_fd();
                 let dense = ranges.len() == 1 && ranges[0] == (0, st.st_size as u64);
                 // Files that fit one buffer are written by one write: reserving first only costs a

@@ -7,7 +7,6 @@ use super::task::{Ctx, Finished, child_done};
 use crate::meta;
 use crate::spec::VerifyMode;
 use crate::stats::Stats;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -109,16 +108,10 @@ fn commit(ctx: &Ctx, batch: &mut Vec<Finished>, lat: &mut crate::latency::Latenc
                 std::io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EIO)),
             )),
             (Ok(()), Some(e)) => Err(e),
-            (Ok(()), None) => match f.parent.as_ref().and_then(|p| {
-                let dir = f
-                    .dst
-                    .parent()
-                    .filter(|d| d.as_os_str() == p.dst.as_os_str());
-                p.fds.as_ref().filter(|_| dir.is_some())
-            }) {
-                Some(fds) => meta::rename_at(fds.dst.as_raw_fd(), &f.tmp, &f.dst),
-                None => meta::rename(&f.tmp, &f.dst),
-            },
+            (Ok(()), None) => {
+                let dir = f.parent.as_ref().and_then(|p| p.child_fds(None, &f.dst));
+                meta::rename_in(dir.map(|d| d.1), &f.tmp, &f.dst)
+            }
         };
         match res {
             Ok(()) => {

@@ -132,6 +132,15 @@ unsafe impl Send for DirNode {}
 unsafe impl Sync for DirNode {}
 
 impl DirNode {
+    /// The directory fds for *at() calls on a child: (source dir, destination dir), when this
+    /// node has them and `dst` (and `src`, when given) are its direct children.
+    pub fn child_fds(&self, src: Option<&Path>, dst: &Path) -> Option<(RawFd, RawFd)> {
+        let child = |f: &Path, d: &Path| f.parent().is_some_and(|q| q.as_os_str() == d.as_os_str());
+        let fds = self.fds.as_ref()?;
+        (child(dst, &self.dst) && src.is_none_or(|s| child(s, &self.src)))
+            .then(|| (fds.src.as_raw_fd(), fds.dst.as_raw_fd()))
+    }
+
     pub fn add_child(&self) {
         self.pending.fetch_add(1, Ordering::AcqRel);
     }
