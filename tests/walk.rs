@@ -198,3 +198,32 @@ fn one_file_system_does_not_enter_mount_points() {
     assert!(dst.join("README").exists());
     assert!(dst_all.join("mnt/other-fs-file").exists());
 }
+
+/// Directory fds are budgeted from RLIMIT_NOFILE: under a low limit a wide tree (more
+/// directories alive at once than the budget) still copies whole, without EMFILE.
+#[test]
+fn wide_tree_under_a_low_fd_limit() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("s");
+    for d in 0..400 {
+        for f in 0..3 {
+            let p = src.join(format!("d{d:03}/sub/f{f}"));
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            write_file(&p, 100 + d * 3 + f, (d * 3 + f) as u64);
+        }
+    }
+    let dst = t.path().join("d");
+    let state = t.path().join("state");
+    let cmd = format!(
+        "ulimit -S -n 1024 && ulimit -H -n 1024 && exec '{BIN}' copy -q --state-dir '{}' '{}' '{}'",
+        state.display(),
+        src.display(),
+        dst.display()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &cmd])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_same_tree(&src, &dst);
+}

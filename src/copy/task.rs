@@ -123,8 +123,9 @@ pub struct DirNode {
     /// 1 for the unfinished listing + children not yet finished.
     pub pending: AtomicUsize,
     pub parent: Option<Arc<DirNode>>,
-    /// Fds for *at() calls of the children (None past MAX_DIR_FD_PAIRS, or in a dry run).
-    pub fds: Option<DirFds>,
+    /// Fds for *at() calls of the children, opened when the listing meets the first file
+    /// (None past the budget; never set in a dry run).
+    pub fds: std::sync::OnceLock<Option<DirFds>>,
 }
 
 // SAFETY: libc::stat is plain old data.
@@ -136,7 +137,7 @@ impl DirNode {
     /// node has them and `dst` (and `src`, when given) are its direct children.
     pub fn child_fds(&self, src: Option<&Path>, dst: &Path) -> Option<(RawFd, RawFd)> {
         let child = |f: &Path, d: &Path| f.parent().is_some_and(|q| q.as_os_str() == d.as_os_str());
-        let fds = self.fds.as_ref()?;
+        let fds = self.fds.get()?.as_ref()?;
         (child(dst, &self.dst) && src.is_none_or(|s| child(s, &self.src)))
             .then(|| (fds.src.as_raw_fd(), fds.dst.as_raw_fd()))
     }

@@ -55,16 +55,6 @@ pub fn start_dir(
         };
         Ok((st, dst_dev, new_gid, stream))
     });
-    // The children's syscalls go relative to these fds when the budget allows; any failure
-    // here only means they use full paths.
-    let fds = match &begun {
-        Ok((_, _, _, Some(stream))) if !dry => {
-            DirFds::open_within(&ctx.dir_fds, ctx.dir_fd_cap, || {
-                stream.dup_fd().ok().zip(meta::open_dir_path(&dst).ok())
-            })
-        }
-        _ => None,
-    };
     match begun {
         Ok((st, dst_dev, new_gid, stream)) => {
             Stats::add(&ctx.stats.dirs, 1);
@@ -81,7 +71,7 @@ pub fn start_dir(
                 st,
                 pending: AtomicUsize::new(1),
                 parent,
-                fds,
+                fds: std::sync::OnceLock::new(),
             });
             match stream {
                 Some(stream) => list_more(ctx, me, stream, src, node, false, buf),
@@ -168,6 +158,19 @@ pub fn list_more(
                     Err(e) => ctx.stats.error(Error::os("stat", &src.join(os), e)),
                 }
                 return;
+            }
+            if kind == Kind::File && !ctx.spec.dry_run {
+                // The first file of the directory opens its fds (directories holding only
+                // directories never take from the budget). Their syscalls go relative to them
+                // when the budget allows; any failure here only means full paths.
+                node.fds.get_or_init(|| {
+                    DirFds::open_within(&ctx.dir_fds, ctx.dir_fd_cap, || {
+                        stream
+                            .dup_fd()
+                            .ok()
+                            .zip(meta::open_dir_path(&node.dst).ok())
+                    })
+                });
             }
             node.add_child();
             dispatch(ctx, owner, kind, src.join(os), node.dst.join(os), &node);
