@@ -237,7 +237,12 @@ impl Reactor {
                     self.ctx.ops_limit.refund(1);
                     break;
                 };
-                self.take(task)?;
+                if !self.take(task)? {
+                    // A directory waits behind the queued files: taking it again at once
+                    // would spin; what is in flight (or the idle back-off below) comes first.
+                    self.ctx.ops_limit.refund(1);
+                    break;
+                }
                 took = true;
                 self.issue()?;
             }
@@ -383,20 +388,30 @@ impl Reactor {
         Ok(())
     }
 
-    fn take(&mut self, task: Task) -> Result<(), Error> {
+    /// Starts a task; false when it was only put back to wait (walk back-pressure).
+    fn take(&mut self, task: Task) -> Result<bool, Error> {
         match task {
             Task::Dir { src, dst, parent } => {
-                walk::start_dir(&self.ctx, self.me, src, dst, parent, &mut self.dirbuf)
+                return Ok(walk::start_dir(
+                    &self.ctx,
+                    self.me,
+                    src,
+                    dst,
+                    parent,
+                    &mut self.dirbuf,
+                ));
             }
-            Task::DirMore { stream, src, node } => walk::list_more(
-                &self.ctx,
-                self.me,
-                stream,
-                src,
-                node,
-                true,
-                &mut self.dirbuf,
-            ),
+            Task::DirMore { stream, src, node } => {
+                return Ok(walk::list_more(
+                    &self.ctx,
+                    self.me,
+                    stream,
+                    src,
+                    node,
+                    true,
+                    &mut self.dirbuf,
+                ));
+            }
             Task::File {
                 src,
                 dst,
@@ -405,7 +420,7 @@ impl Reactor {
             } => self.open_file(src, dst, parent, attempt)?,
             Task::Segment { job, start, end } => self.activate(job, vec![(start, end)], false),
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Starts copying `ranges` (in file order) of a file; `hash`: stream its checksum.

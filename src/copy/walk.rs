@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub const WALK_AHEAD: usize = 32_768;
 
 /// Starts a directory: mkdir at the destination, open the listing, list the first batch.
+/// Returns false when it only put the directory back to wait (walk back-pressure): the caller
+/// must not count that as progress, or it would spin on the same task.
 pub fn start_dir(
     ctx: &Ctx,
     me: usize,
@@ -21,12 +23,12 @@ pub fn start_dir(
     dst: PathBuf,
     parent: Option<Arc<DirNode>>,
     buf: &mut [u8],
-) {
+) -> bool {
     if ctx.queues.outstanding() > WALK_AHEAD && !ctx.stats.abort.load(Ordering::Acquire) {
         // The walk is far ahead of the copy: this directory waits behind the queued files
         // (nothing is open yet, so any number of directories can wait).
         ctx.queues.requeue_last(Task::Dir { src, dst, parent });
-        return;
+        return false;
     }
     let dry = ctx.spec.dry_run;
     let begun = meta::lstat(&src).and_then(|st| {
@@ -74,7 +76,9 @@ pub fn start_dir(
                 fds: std::sync::OnceLock::new(),
             });
             match stream {
-                Some(stream) => list_more(ctx, me, stream, src, node, false, buf),
+                Some(stream) => {
+                    list_more(ctx, me, stream, src, node, false, buf);
+                }
                 None => {
                     ctx.stats.walking.fetch_sub(1, Ordering::AcqRel);
                     child_done(&Some(node), ctx);
@@ -90,10 +94,12 @@ pub fn start_dir(
             ctx.queues.finish();
         }
     }
+    true
 }
 
 /// Lists one getdents64 batch at a time; between batches the listing is suspended as a
 /// continuation (when allowed) so the files already queued get going on every reactor.
+/// Returns false when it listed nothing and only put itself back (walk back-pressure).
 pub fn list_more(
     ctx: &Ctx,
     me: usize,
@@ -102,7 +108,8 @@ pub fn list_more(
     node: Arc<DirNode>,
     was_suspended: bool,
     buf: &mut [u8],
-) {
+) -> bool {
+    let mut listed = false;
     if was_suspended {
         ctx.dir_continuations.fetch_sub(1, Ordering::AcqRel);
     }
@@ -119,10 +126,11 @@ pub fn list_more(
                 // Behind the queued files (a reactor's own queue may hold only continuations
                 // while the files overflowed to the shared queue: requeueing locally would spin).
                 ctx.queues.requeue_last(Task::DirMore { stream, src, node });
-                return;
+                return listed;
             }
             ctx.dir_continuations.fetch_sub(1, Ordering::AcqRel);
         }
+        listed = true;
         let n = match stream.fill(buf) {
             Ok(0) => break,
             Ok(n) => n,
@@ -183,7 +191,7 @@ pub fn list_more(
         let suspended = ctx.dir_continuations.fetch_add(1, Ordering::AcqRel);
         if suspended < MAX_DIR_CONTINUATIONS {
             ctx.queues.requeue(me, Task::DirMore { stream, src, node });
-            return;
+            return true;
         }
         ctx.dir_continuations.fetch_sub(1, Ordering::AcqRel);
     }
@@ -191,6 +199,7 @@ pub fn list_more(
     ctx.stats.walking.fetch_sub(1, Ordering::AcqRel);
     child_done(&Some(node), ctx);
     ctx.queues.finish();
+    true
 }
 
 /// Turns one entry into a task, or copies it at once when it is only metadata.
