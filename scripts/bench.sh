@@ -105,7 +105,9 @@ done
 if [ "$fresh" = 1 ]; then fresh_off; out="$base/out"; else rm -rf "$out"; fi
 ceiling=""
 if [[ " $shapes " == *" large "* && " $caches " == *" cold "* ]] && command -v fio >/dev/null; then
-  # The disk's copy ceiling: 2 readers of the large files and 2 writers, all at once.
+  # The disk's copy ceiling: 2 readers of the large files and 2 writers, all at once (with -f,
+  # the writers go to a fresh filesystem too, like the copies).
+  if [ "$fresh" = 1 ]; then fresh_on large; fi
   mkdir -p "$out"; sync; echo 3 > /proc/sys/vm/drop_caches
   fio --output-format=json --ioengine=io_uring --direct=1 --bs=4M --iodepth=8 \
     --name=r0 --rw=read --filename="$data/large/large0.bin" \
@@ -118,7 +120,7 @@ j = json.load(open(sys.argv[1]))["jobs"]
 secs = max(x["job_runtime"] for x in j) / 1000
 rd = sum(x["read"]["io_bytes"] for x in j)
 print(f"{rd / secs / 1e9:.3f}")' "$meas")
-  rm -rf "$out"
+  if [ "$fresh" = 1 ]; then fresh_off; out="$base/out"; else rm -rf "$out"; fi
   echo "fio ceiling (2 readers + 2 writers, O_DIRECT io_uring 4M): $ceiling GB/s copied" >&2
 fi
 python3 - "$results" "$where" "$ceiling" "$data" <<'PY'
