@@ -37,6 +37,11 @@ fn a_file_that_keeps_growing_fails_after_retries_without_a_final_name() {
             "2".as_ref(),
             "--threads".as_ref(),
             "1".as_ref(),
+            // Each attempt takes ~300 ms, so the writer (every 200 us) changes the file during
+            // every attempt even when a busy CI machine leaves it off the CPU for a while (an
+            // unthrottled attempt once finished between two appends there).
+            "--bwlimit".as_ref(),
+            "50M".as_ref(),
             src.as_os_str(),
             dst.as_os_str(),
         ]);
