@@ -48,6 +48,25 @@ fn open_dir(at: i32, name: &CStr) -> i32 {
     ) as i32
 }
 
+/// statx of an entry of `dir` (what a walk that reports bytes pays); its size.
+fn statx_size(dir: i32, name: &CStr) -> u64 {
+    // SAFETY: zeroed statx is a valid out-buffer; valid C string and fd.
+    unsafe {
+        let mut sx: libc::statx = std::mem::zeroed();
+        check(
+            libc::statx(
+                dir,
+                name.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+                libc::STATX_BASIC_STATS,
+                &mut sx,
+            ) as i64,
+            "statx",
+        );
+        sx.stx_size
+    }
+}
+
 /// The regular files of one directory, by d_type (no stat), as getdents returns them.
 fn list(dirfd: i32, out: &mut Vec<CString>) {
     out.clear();
@@ -159,16 +178,7 @@ fn safe_copy(step: Step, dirs: (i32, i32, &Path, &Path), name: &CStr, buf: &mut 
             libc::flistxattr(s, std::ptr::null_mut(), 0) as i64,
             "listxattr",
         );
-        let ts = [
-            libc::timespec {
-                tv_sec: st.st_atime,
-                tv_nsec: st.st_atime_nsec,
-            },
-            libc::timespec {
-                tv_sec: st.st_mtime,
-                tv_nsec: st.st_mtime_nsec,
-            },
-        ];
+        let ts = ferry::meta::times(&st);
         check(libc::futimens(d, ts.as_ptr()) as i64, "futimens");
         check(libc::fstat(s, &mut st) as i64, "fstat");
         let linked = step != Step::Tmpfile
@@ -230,31 +240,10 @@ fn pass(step: Step, dirs: &[(PathBuf, PathBuf)]) -> Option<usize> {
                 match step {
                     Step::List => {}
                     Step::ListStat => {
-                        let mut sx: libc::statx = std::mem::zeroed();
-                        check(
-                            libc::statx(
-                                sd,
-                                name.as_ptr(),
-                                libc::AT_SYMLINK_NOFOLLOW,
-                                libc::STATX_BASIC_STATS,
-                                &mut sx,
-                            ) as i64,
-                            "statx",
-                        );
-                        std::hint::black_box(sx.stx_size);
+                        std::hint::black_box(statx_size(sd, name));
                     }
                     Step::Bare => {
-                        let mut sx: libc::statx = std::mem::zeroed();
-                        check(
-                            libc::statx(
-                                sd,
-                                name.as_ptr(),
-                                libc::AT_SYMLINK_NOFOLLOW,
-                                libc::STATX_BASIC_STATS,
-                                &mut sx,
-                            ) as i64,
-                            "statx",
-                        );
+                        let size = statx_size(sd, name);
                         let s = check(
                             libc::openat(sd, name.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC)
                                 as i64,
@@ -275,7 +264,7 @@ fn pass(step: Step, dirs: &[(PathBuf, PathBuf)]) -> Option<usize> {
                                 std::ptr::null_mut(),
                                 d,
                                 std::ptr::null_mut(),
-                                sx.stx_size as usize,
+                                size as usize,
                                 0,
                             ) as i64,
                             "copy_file_range",
@@ -286,6 +275,8 @@ fn pass(step: Step, dirs: &[(PathBuf, PathBuf)]) -> Option<usize> {
                     Step::Safe | Step::SafeHash | Step::SafePaths | Step::Tmpfile => {
                         let dirs = (sd, dd, src.as_path(), dst.as_path());
                         if !safe_copy(step, dirs, name, &mut buf) {
+                            libc::close(sd);
+                            libc::close(dd);
                             return None;
                         }
                     }

@@ -9,6 +9,17 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+/// `ferry verify --manifest M DST` finds nothing wrong.
+fn assert_manifest_verifies(m: &Path, dst: &Path) {
+    let v = ferry(&[
+        "verify".as_ref(),
+        "--manifest".as_ref(),
+        m.as_os_str(),
+        dst.as_os_str(),
+    ]);
+    assert!(v.status.success(), "{}{}", out_text(&v), stderr(&v));
+}
+
 fn small_tree(root: &Path, n: usize) -> Vec<PathBuf> {
     fs::create_dir_all(root.join("a/b")).unwrap();
     let mut v = Vec::new();
@@ -84,13 +95,7 @@ fn manifest_records_the_xxh3_of_every_file_and_verify_checks_it() {
             }
         }
         assert_eq!(regular, on_disk);
-        let ok = ferry(&[
-            "verify".as_ref(),
-            "--manifest".as_ref(),
-            m.as_os_str(),
-            dst.as_os_str(),
-        ]);
-        assert!(ok.status.success(), "{}{}", out_text(&ok), stderr(&ok));
+        assert_manifest_verifies(&m, &dst);
         let ok = ferry(&["verify".as_ref(), src.as_os_str(), dst.as_os_str()]);
         assert!(ok.status.success(), "{}{}", out_text(&ok), stderr(&ok));
     }
@@ -372,13 +377,7 @@ fn move_across_the_copy_path_and_by_rename() {
         let text = out_text(&out);
         if i == 0 {
             assert!(!text.contains("moved by rename"), "{text}");
-            let v = ferry(&[
-                "verify".as_ref(),
-                "--manifest".as_ref(),
-                m.as_os_str(),
-                dst.as_os_str(),
-            ]);
-            assert!(v.status.success(), "{}", out_text(&v));
+            assert_manifest_verifies(&m, &dst);
         } else {
             assert!(text.contains("1 moved by rename"), "{text}");
         }
@@ -454,11 +453,5 @@ fn a_resumed_copy_still_writes_a_complete_manifest() {
     assert!(stderr(&out).contains("resuming job"), "{}", stderr(&out));
     let recs = ferry::manifest::read(&m).unwrap();
     assert_eq!(recs.len(), files.len());
-    let v = ferry(&[
-        "verify".as_ref(),
-        "--manifest".as_ref(),
-        m.as_os_str(),
-        dst.as_os_str(),
-    ]);
-    assert!(v.status.success(), "{}", out_text(&v));
+    assert_manifest_verifies(&m, &dst);
 }
