@@ -1,6 +1,7 @@
 //! Task queues: a bounded lock-free local queue per reactor (its disks' work) plus one shared
 //! lock-free queue for overflow and for work any reactor may take (segments of big files).
-//! An idle reactor takes from its own queue, then the shared one, then steals from the others.
+//! An idle reactor takes from its own queue, then the shared one, then steals from the others,
+//! and only then takes work that was put back to wait (the walk's back-pressure).
 
 use crossbeam_queue::{ArrayQueue, SegQueue};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,6 +12,11 @@ pub struct TaskQueues<T> {
     /// Parts of work already begun (segments of open files): taken before anything new, so
     /// open files finish first (bounded fds, sequential writes) instead of all files at once.
     begun: SegQueue<T>,
+    /// Popped tasks put back to wait behind all other work (listings deferred by the walk's
+    /// back-pressure). Taken last: were they in `shared`, an idle reactor would take and put back
+    /// a waiting listing again and again instead of stealing the files another reactor holds
+    /// (`small` warm: one reactor slept while the other copied, most of the run).
+    waiting: SegQueue<T>,
     /// Tasks pushed and not yet finished (a task may finish long after it was popped). The job
     /// is over when this reaches zero.
     outstanding: AtomicUsize,
@@ -25,6 +31,7 @@ impl<T> TaskQueues<T> {
                 .collect(),
             shared: SegQueue::new(),
             begun: SegQueue::new(),
+            waiting: SegQueue::new(),
             outstanding: AtomicUsize::new(0),
         }
     }
@@ -58,7 +65,7 @@ impl<T> TaskQueues<T> {
     /// Puts back a popped task behind everything already queued for all reactors (the outstanding
     /// count does not change): work that should wait until the queued work has gone first.
     pub fn requeue_last(&self, task: T) {
-        self.shared.push(task);
+        self.waiting.push(task);
     }
 
     /// Offers part of an already-counted task (a big file's segment) to every reactor.
@@ -66,7 +73,8 @@ impl<T> TaskQueues<T> {
         self.begun.push(task);
     }
 
-    /// Begun work first, then the own queue, then shared, then the others' queues.
+    /// Begun work first, then the own queue, then shared, then the others' queues, then the
+    /// waiting work.
     pub fn pop(&self, me: usize) -> Option<T> {
         if let Some(t) = self.begun.pop() {
             return Some(t);
@@ -78,7 +86,9 @@ impl<T> TaskQueues<T> {
             return Some(t);
         }
         let n = self.locals.len();
-        (1..n).find_map(|k| self.locals[(me + k) % n].pop())
+        (1..n)
+            .find_map(|k| self.locals[(me + k) % n].pop())
+            .or_else(|| self.waiting.pop())
     }
 
     /// Counts work that is still coming (a feeder that is scanning): the job cannot end until
@@ -118,6 +128,21 @@ mod tests {
             q.finish();
         }
         assert_eq!(q.outstanding(), 0);
+    }
+
+    #[test]
+    fn waiting_work_comes_after_stealing() {
+        let q = TaskQueues::new(2, 8);
+        q.push_local(0, 1);
+        q.push_local(0, 2);
+        q.push_shared(3);
+        let w = q.pop(1).expect("shared");
+        q.requeue_last(w);
+        // Reactor 1: the other's files before the task that waits, and that one last of all.
+        assert_eq!(q.pop(1), Some(1));
+        assert_eq!(q.pop(1), Some(2));
+        assert_eq!(q.pop(1), Some(3));
+        assert_eq!(q.pop(1), None);
     }
 
     #[test]

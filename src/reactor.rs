@@ -29,6 +29,8 @@ const MAX_OP_RETRIES: u8 = 16;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Data extents tracked per sparse file.
 const MAX_RANGES: usize = 4096;
+/// Tasks put back by the walk's back-pressure in one turn of the take loop before it yields.
+const MAX_DEFERRALS: u32 = 16;
 
 /// Byte ranges of a file this reactor is copying: one segment, or with checksums on, every
 /// data range of the file (a streamed hash needs the bytes in order, so the file stays here).
@@ -226,6 +228,7 @@ impl Reactor {
                 self.issue()?;
             }
             let mut took = false;
+            let mut deferred = 0;
             // The pause flag is read again for every task: a pause (or a full destination met
             // by the previous task) must stop this loop at once, not after the queue drains.
             while !aborting
@@ -238,10 +241,16 @@ impl Reactor {
                     break;
                 };
                 if !self.take(task)? {
-                    // A directory waits behind the queued files: taking it again at once
-                    // would spin; what is in flight (or the idle back-off below) comes first.
+                    // A directory was put back to wait behind the queued files. Waiting work is
+                    // popped last, so the next pop finds other work if there is any; only a
+                    // run of deferrals means nothing else is left, and then taking it again
+                    // at once would spin: what is in flight (or the idle back-off) comes first.
                     self.ctx.ops_limit.refund(1);
-                    break;
+                    deferred += 1;
+                    if deferred >= MAX_DEFERRALS {
+                        break;
+                    }
+                    continue;
                 }
                 took = true;
                 self.issue()?;
