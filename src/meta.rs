@@ -245,6 +245,124 @@ pub fn create_temp_in(dir: Option<RawFd>, p: &Path, mode: u32) -> Result<OwnedFd
     Err(Error::errno("create", p, libc::EEXIST))
 }
 
+/// Creates an unnamed temp file (O_TMPFILE, Linux 3.11) in `dst`'s directory: `dir` when
+/// given, else `dst`'s parent by path. It has no name until `link_anon`, so a crash leaves
+/// nothing behind (the filesystem drops it as an orphan) and the file costs one directory
+/// operation (the link) instead of three (create, and rename's remove + add).
+pub fn create_anon_in(dir: Option<RawFd>, dst: &Path, mode: u32) -> Result<OwnedFd, Error> {
+    let (at, c) = match dir {
+        Some(d) => (
+            d,
+            CPath {
+                c: CString::from(c"."),
+                _parent: None,
+            },
+        ),
+        None => {
+            let parent = match dst.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            (libc::AT_FDCWD, cpath(parent, "create")?)
+        }
+    };
+    // SAFETY: valid C string; `at` is AT_FDCWD or an open directory fd. No O_EXCL: with it
+    // the file could never be linked.
+    let fd = unsafe {
+        libc::openat(
+            at,
+            c.as_ptr(),
+            libc::O_WRONLY | libc::O_TMPFILE | libc::O_CLOEXEC,
+            mode,
+        )
+    };
+    if fd < 0 {
+        return Err(Error::last("create", dst));
+    }
+    // SAFETY: fresh fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Removes the temp name `tmp` a killed run may have left (relative to `dir` when given);
+/// none there is fine. Files copied with unnamed temps never create that name, so without
+/// this a resumed copy into an existing directory would leave the old run's litter.
+pub fn remove_stale_temp(dir: Option<RawFd>, tmp: &Path) -> Result<(), Error> {
+    let (at, c) = named(dir, tmp, "unlink")?;
+    // SAFETY: valid C string; `at` is AT_FDCWD or an open directory fd.
+    if unsafe { libc::unlinkat(at, c.as_ptr(), 0) } < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ENOENT) {
+            return Err(Error::os("unlink", tmp, e));
+        }
+    }
+    Ok(())
+}
+
+/// The errors of `create_anon_in` that mean "this filesystem or kernel has no O_TMPFILE":
+/// EOPNOTSUPP (filesystem without tmpfile support: NFS, FUSE, vfat...), EISDIR (a kernel older
+/// than 3.11 reads O_TMPFILE as O_DIRECTORY and refuses to open a directory for writing),
+/// EINVAL (some filesystems and LSMs). A named temp file works on all of them.
+pub fn anon_unsupported(e: &Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+    )
+}
+
+/// Set once linkat(AT_EMPTY_PATH) said ENOENT: the process lacks CAP_DAC_READ_SEARCH, which
+/// that call needs; /proc/self/fd then names the file instead.
+static LINK_BY_PROC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Gives the unnamed file `fd` the name `name` in `at`: linkat(AT_EMPTY_PATH) when allowed,
+/// else through /proc/self/fd (`by_proc`, or after ENOENT).
+pub fn link_fd(fd: RawFd, at: RawFd, name: &std::ffi::CStr, by_proc: bool) -> std::io::Result<()> {
+    use std::sync::atomic::Ordering;
+    if !by_proc && !LINK_BY_PROC.load(Ordering::Relaxed) {
+        // SAFETY: valid fds and C strings.
+        if unsafe { libc::linkat(fd, c"".as_ptr(), at, name.as_ptr(), libc::AT_EMPTY_PATH) } == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ENOENT) {
+            return Err(e);
+        }
+        LINK_BY_PROC.store(true, Ordering::Relaxed);
+    }
+    let proc = CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL in a number");
+    // SAFETY: valid C strings; `at` is AT_FDCWD or an open directory fd.
+    if unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            proc.as_ptr(),
+            at,
+            name.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    } == 0
+    {
+        return Ok(());
+    }
+    Err(std::io::Error::last_os_error())
+}
+
+/// Names the durable unnamed file `fd` `dst` (relative to `dir` when given). An existing `dst`
+/// is replaced atomically, as rename does: the file is linked as `tmp` first, then renamed.
+pub fn link_anon(fd: RawFd, dir: Option<RawFd>, tmp: &Path, dst: &Path) -> Result<(), Error> {
+    let (at, name) = named(dir, dst, "link")?;
+    match link_fd(fd, at, &name.c, false) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(e) => return Err(Error::os("link", dst, e)),
+    }
+    // A stale temp name of a killed run may hold the spot.
+    remove_stale_temp(dir, tmp)?;
+    let (tat, tname) = named(dir, tmp, "link")?;
+    link_fd(fd, tat, &tname.c, false).map_err(|e| Error::os("link", tmp, e))?;
+    rename_in(dir, tmp, dst).inspect_err(|_| {
+        let _ = unlink(tmp); // best effort: the rename's error is the one reported
+    })
+}
+
 /// Closes explicitly so a close error (NFS, FUSE report write-back failures here) is seen.
 pub fn close(fd: OwnedFd, p: &Path) -> Result<(), Error> {
     use std::os::fd::IntoRawFd;
@@ -381,17 +499,18 @@ pub fn read_umask() -> u32 {
 }
 
 /// mkdir that accepts an existing directory (copies merge into it, like cp -r).
-pub fn make_dir(p: &Path) -> Result<(), Error> {
+/// Makes a destination directory; true when this call created it (false: it was there).
+pub fn make_dir(p: &Path) -> Result<bool, Error> {
     let c = cpath(p, "mkdir")?;
     // SAFETY: valid C string. 0700 while we fill it; the source mode is applied at the end.
     if unsafe { libc::mkdir(c.as_ptr(), 0o700) } == 0 {
-        return Ok(());
+        return Ok(true);
     }
     let err = std::io::Error::last_os_error();
     if err.raw_os_error() == Some(libc::EEXIST) {
         let st = lstat(p)?;
         if file_type(&st) == libc::S_IFDIR {
-            return Ok(());
+            return Ok(false);
         }
         return Err(Error::errno("mkdir", p, libc::ENOTDIR));
     }
@@ -600,6 +719,57 @@ pub fn preallocate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn write_all(fd: &OwnedFd, data: &[u8]) {
+        // SAFETY: valid fd and buffer.
+        let n = unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) };
+        assert_eq!(n, data.len() as isize);
+    }
+
+    #[test]
+    fn unnamed_temp_files_get_their_names_both_ways_and_replace_atomically() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = open_dir_path(t.path()).unwrap();
+        let names = |p: &Path| {
+            let mut v: Vec<_> = std::fs::read_dir(p)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            v.sort();
+            v
+        };
+        let fd = match create_anon_in(Some(dir.as_raw_fd()), &t.path().join("a"), 0o644) {
+            Ok(fd) => fd,
+            Err(e) if anon_unsupported(&e) => {
+                eprintln!("skipped: no O_TMPFILE on the temp dir's filesystem ({e})");
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        write_all(&fd, b"one");
+        // Nothing is visible before the link.
+        assert!(names(t.path()).is_empty());
+        let c = CString::new("a").unwrap();
+        link_fd(fd.as_raw_fd(), dir.as_raw_fd(), &c, true).expect("link through /proc");
+        assert_eq!(std::fs::read(t.path().join("a")).unwrap(), b"one");
+        // By full path (no directory fd), then over an existing name.
+        let dst = t.path().join("b");
+        let fd = create_anon_in(None, &dst, 0o644).unwrap();
+        write_all(&fd, b"two");
+        link_anon(fd.as_raw_fd(), None, &temp_name(&dst), &dst).unwrap();
+        let fd = create_anon_in(None, &dst, 0o644).unwrap();
+        write_all(&fd, b"three");
+        link_anon(
+            fd.as_raw_fd(),
+            Some(dir.as_raw_fd()),
+            &temp_name(&dst),
+            &dst,
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(&dst).unwrap(), b"three");
+        // No temp name is left behind, the replaced file is gone.
+        assert_eq!(names(t.path()), vec!["a", "b"]);
+    }
 
     #[test]
     fn temp_names_fit_name_max_and_stay_distinct() {

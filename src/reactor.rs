@@ -316,6 +316,33 @@ impl Reactor {
         )
     }
 
+    /// A slot for an unnamed temp file (O_TMPFILE + linkat at commit), when this file can
+    /// have one: group commit (the per-file fsync path renames), no commit hook (rebalance
+    /// renames under its own rules), no --verify=full (it re-reads temp files by name), not
+    /// an O_DIRECT file (it reopens its temp file by name), and the budget allows.
+    fn anon_slot(&self, size: u64) -> Option<crate::copy::task::AnonSlot> {
+        if !self.anon_eligible() || (self.ctx.spec.direct && size >= crate::spec::DIRECT_MIN) {
+            return None;
+        }
+        crate::copy::task::AnonSlot::take(&self.ctx.anon_fds, self.ctx.anon_cap)
+    }
+
+    /// Whether this job's files get unnamed temp files (size aside; see `anon_slot`).
+    fn anon_eligible(&self) -> bool {
+        let spec = &self.ctx.spec;
+        spec.fsync == FsyncMode::Batch
+            && self.ctx.hook.is_none()
+            && spec.verify != crate::spec::VerifyMode::Full
+            && self.ctx.anon_cap > 0
+            && !self.ctx.anon_off.load(Ordering::Acquire)
+    }
+
+    /// A free unnamed-temp slot (another reactor may still take it first: then that file
+    /// falls back to a named temp file).
+    fn anon_room(&self) -> bool {
+        self.ctx.anon_fds.load(Ordering::Acquire) < self.ctx.anon_cap
+    }
+
     fn can_take(&self) -> bool {
         self.active_count < self.active.len() && !self.free.is_empty() && !self.has_issuable()
     }
@@ -426,7 +453,20 @@ impl Reactor {
                 dst,
                 parent,
                 attempt,
-            } => self.open_file(src, dst, parent, attempt)?,
+            } => {
+                if self.anon_eligible() && !self.anon_room() {
+                    // Every unnamed-temp slot waits for the committer: this file waits too
+                    // (behind other work) rather than take the three-directory-operation path.
+                    self.ctx.queues.requeue_last(Task::File {
+                        src,
+                        dst,
+                        parent,
+                        attempt,
+                    });
+                    return Ok(false);
+                }
+                self.open_file(src, dst, parent, attempt)?
+            }
             Task::Segment { job, start, end } => self.activate(job, vec![(start, end)], false),
         }
         Ok(true)
@@ -622,11 +662,31 @@ impl Reactor {
             gid: p.new_gid,
             mode: create_mode & !self.ctx.umask,
         });
+        let mut anon = self.anon_slot(st.st_size as u64);
         let opened =
             (|| {
                 let ranges = meta::data_ranges(src_fd.as_raw_fd(), &st, &src, MAX_RANGES)?;
                 let tmp = meta::temp_name(&dst);
-                let dst_fd = meta::create_temp_in(at.map(|a| a.1), &tmp, create_mode)?;
+                let dir = at.map(|a| a.1);
+                if anon.is_some() && !parent.as_ref().is_some_and(|p| p.made) {
+                    // Nothing will create (and so replace) the old temp name.
+                    meta::remove_stale_temp(dir, &tmp)?;
+                }
+                let dst_fd = match anon.is_some() {
+                    true => match meta::create_anon_in(dir, &dst, create_mode) {
+                        Ok(fd) => fd,
+                        Err(e) if meta::anon_unsupported(&e) => {
+                            // Said once per job; named temp files work everywhere.
+                            if !self.ctx.anon_off.swap(true, Ordering::AcqRel) {
+                                eprintln!("ferry: {e}; using named temp files");
+                            }
+                            anon = None;
+                            meta::create_temp_in(dir, &tmp, create_mode)?
+                        }
+                        Err(e) => return Err(e),
+                    },
+                    false => meta::create_temp_in(dir, &tmp, create_mode)?,
+                };
                 let raw = dst_fd.as_raw_fd();
                 let dense = ranges.len() == 1 && ranges[0] == (0, st.st_size as u64);
                 // Files that fit one buffer are written by one write: reserving first only costs a
@@ -641,7 +701,9 @@ impl Reactor {
                     Ok(dev) => Ok((dst_fd, tmp, ranges, dev)),
                     Err(e) => {
                         drop(dst_fd);
-                        let _ = meta::unlink(&tmp); // best effort; `e` is what gets reported
+                        if anon.is_none() {
+                            let _ = meta::unlink(&tmp); // best effort; `e` is what gets reported
+                        }
                         Err(e)
                     }
                 }
@@ -694,6 +756,8 @@ impl Reactor {
             if hash { 1 } else { segs.len() },
         );
         job.known = known;
+        job.unnamed = anon.is_some();
+        job.anon_slot = std::sync::Mutex::new(anon);
         if self.ctx.spec.direct && st.st_size as u64 >= crate::spec::DIRECT_MIN {
             match meta::open_direct(&job.src, &job.tmp) {
                 Ok(d) => job.direct = d,
@@ -998,11 +1062,23 @@ impl Reactor {
                 let Some(fd) = job.take_dst_fd() else {
                     unreachable!("dst fd closed before finalize")
                 };
-                if let Err(e) = meta::close(fd, &job.tmp) {
-                    job.fail(e);
-                    self.abandon(job);
-                    return Ok(());
-                }
+                // An unnamed file's fd is its only handle: it goes to the committer.
+                let slot = job
+                    .anon_slot
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take();
+                let anon = match slot {
+                    Some(slot) => Some((fd, slot)),
+                    None => {
+                        if let Err(e) = meta::close(fd, &job.tmp) {
+                            job.fail(e);
+                            self.abandon(job);
+                            return Ok(());
+                        }
+                        None
+                    }
+                };
                 let f = Finished {
                     opened: job.opened,
                     src: job.src.clone(),
@@ -1014,6 +1090,7 @@ impl Reactor {
                     parent: job.parent.clone(),
                     link_key: job.link_key,
                     attempt: job.attempt,
+                    anon,
                 };
                 self.outbox.push(f);
                 Ok(())
@@ -1032,7 +1109,9 @@ impl Reactor {
             // The committer is gone (it panicked): nothing more can become durable.
             self.ctx.stats.abort.store(true, Ordering::Release);
             for f in files {
-                let _ = meta::unlink(&f.tmp); // best effort; the error below is the report
+                if f.anon.is_none() {
+                    let _ = meta::unlink(&f.tmp); // best effort; the error below is the report
+                }
                 self.ctx
                     .stats
                     .error(Error::errno("commit", &f.dst, libc::EPIPE));
@@ -1146,7 +1225,10 @@ impl Reactor {
             // The file is being discarded, so a close error changes nothing.
             let _ = meta::close(fd, &job.tmp);
         }
-        if let Err(e) = meta::unlink(&job.tmp) {
+        // An unnamed file vanishes with its fd (and its budget slot with the job).
+        if !job.unnamed
+            && let Err(e) = meta::unlink(&job.tmp)
+        {
             self.ctx.stats.error(e);
         }
         if let Some(key) = job.link_key {

@@ -87,15 +87,7 @@ impl DirFds {
 /// MAX_DIR_FD_PAIRS, or fewer where RLIMIT_NOFILE is low: the pairs may take a quarter of it
 /// (files in flight, listings and the journal need the rest).
 fn dir_fd_cap() -> usize {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: valid out-pointer.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
-        return 0;
-    }
-    MAX_DIR_FD_PAIRS.min((r.rlim_cur / 8) as usize)
+    MAX_DIR_FD_PAIRS.min(nofile() / 8)
 }
 
 impl Drop for DirFds {
@@ -104,6 +96,56 @@ impl Drop for DirFds {
         // data, so a close error cannot lose anything (nothing to report).
         self.budget.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Unnamed temp files (O_TMPFILE) held open at once, from creation until their batch is
+/// durable and they are linked (one fd each; never more than half of RLIMIT_NOFILE, see
+/// `anon_cap`: directory pairs take up to a quarter, files in flight the rest). Past this,
+/// files get named temp files (no fd is held after writing), so the budget only chooses the
+/// protocol and never stalls a reactor. Four batches of 4,096: while one commits, the
+/// reactors run ahead by what the walk's back-pressure allows.
+pub const MAX_ANON_FDS: usize = 16384;
+
+/// One slot of the unnamed-temp budget, given back when dropped (with the file's fd).
+pub struct AnonSlot(Arc<AtomicUsize>);
+
+impl AnonSlot {
+    pub fn take(budget: &Arc<AtomicUsize>, cap: usize) -> Option<AnonSlot> {
+        if budget.fetch_add(1, Ordering::AcqRel) >= cap {
+            budget.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(AnonSlot(budget.clone()))
+    }
+}
+
+impl Drop for AnonSlot {
+    fn drop(&mut self) {
+        let prev = self.0.fetch_sub(1, Ordering::AcqRel);
+        assert!(prev > 0, "unnamed-temp budget given back twice");
+    }
+}
+
+/// MAX_ANON_FDS, or fewer where RLIMIT_NOFILE is low (half of it); 0 when an unnamed file
+/// could not be linked: linkat(AT_EMPTY_PATH) needs CAP_DAC_READ_SEARCH (root has it), the
+/// fallback needs /proc.
+fn anon_cap(euid: u32) -> usize {
+    if euid != 0 && !Path::new("/proc/self/fd").exists() {
+        return 0;
+    }
+    MAX_ANON_FDS.min(nofile() / 2)
+}
+
+fn nofile() -> usize {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return 0;
+    }
+    r.rlim_cur.min(usize::MAX as u64) as usize
 }
 
 /// A destination directory whose mode and times are applied once all its children are done
@@ -126,6 +168,8 @@ pub struct DirNode {
     /// Fds for *at() calls of the children, opened when the listing meets the first file
     /// (None past the budget; never set in a dry run).
     pub fds: std::sync::OnceLock<Option<DirFds>>,
+    /// The destination directory was made by this job: no earlier run left temp files in it.
+    pub made: bool,
 }
 
 // SAFETY: libc::stat is plain old data.
@@ -207,6 +251,10 @@ pub struct FileJob {
     /// O_DIRECT fds (source, temp) of a big file: aligned chunks bypass the page cache; the
     /// unaligned tail goes through the ordinary fds.
     pub direct: Option<(OwnedFd, OwnedFd)>,
+    /// The temp file is unnamed (O_TMPFILE): `tmp` names nothing; its budget slot travels with
+    /// the fd to the committer.
+    pub unnamed: bool,
+    pub anon_slot: Mutex<Option<AnonSlot>>,
 }
 
 // SAFETY: libc::stat is plain old data; the rest is Sync.
@@ -248,6 +296,8 @@ impl FileJob {
             digest: std::sync::OnceLock::new(),
             known: None,
             direct: None,
+            unnamed: false,
+            anon_slot: Mutex::new(None),
         }
     }
 
@@ -308,6 +358,8 @@ pub struct Finished {
     pub parent: Option<Arc<DirNode>>,
     pub link_key: Option<(u64, u64)>,
     pub attempt: u32,
+    /// An unnamed temp file: its fd (linked as `dst` at commit) and its budget slot.
+    pub anon: Option<(OwnedFd, AnonSlot)>,
 }
 
 /// Another name of a multi-link file, waiting for the first name's copy.
@@ -374,6 +426,11 @@ pub struct Ctx {
     /// Directory fd pairs open (DirFds), at most `dir_fd_cap`.
     pub dir_fds: Arc<AtomicUsize>,
     pub dir_fd_cap: usize,
+    /// Unnamed temp files open (AnonSlot), at most `anon_cap`.
+    pub anon_fds: Arc<AtomicUsize>,
+    pub anon_cap: usize,
+    /// Set when creating an unnamed temp file failed as unsupported: named ones from then on.
+    pub anon_off: AtomicBool,
     /// The umask, for modes that are not preserved.
     pub umask: u32,
     /// Our effective uid (owner of the files we create), read once.
@@ -420,6 +477,10 @@ impl Ctx {
             dir_continuations: AtomicUsize::new(0),
             dir_fds: Arc::new(AtomicUsize::new(0)),
             dir_fd_cap: dir_fd_cap(),
+            anon_fds: Arc::new(AtomicUsize::new(0)),
+            // SAFETY: plain getter.
+            anon_cap: anon_cap(unsafe { libc::geteuid() }),
+            anon_off: AtomicBool::new(false),
             umask: meta::read_umask(),
             // SAFETY: plain getter.
             euid: unsafe { libc::geteuid() },

@@ -32,9 +32,7 @@ pub fn start_dir(
     }
     let dry = ctx.spec.dry_run;
     let begun = meta::lstat(&src).and_then(|st| {
-        if !dry {
-            meta::make_dir(&dst)?;
-        }
+        let made = !dry && meta::make_dir(&dst)?;
         let (dst_dev, new_gid) = if dry {
             (0, 0)
         } else {
@@ -55,10 +53,10 @@ pub fn start_dir(
         } else {
             Some(DirStream::open(&src)?)
         };
-        Ok((st, dst_dev, new_gid, stream))
+        Ok((st, dst_dev, new_gid, stream, made))
     });
     match begun {
-        Ok((st, dst_dev, new_gid, stream)) => {
+        Ok((st, dst_dev, new_gid, stream, made)) => {
             Stats::add(&ctx.stats.dirs, 1);
             let rel = match (&parent, src.file_name()) {
                 (Some(p), Some(n)) => p.rel.join(n),
@@ -74,6 +72,7 @@ pub fn start_dir(
                 pending: AtomicUsize::new(1),
                 parent,
                 fds: std::sync::OnceLock::new(),
+                made,
             });
             match stream {
                 Some(stream) => {
