@@ -206,11 +206,12 @@ fn commit(
         let mut bad = bad;
         if let Some((fd, _slot)) = f.anon.take() {
             // Closed explicitly, so an error is seen: the copy is not kept then.
-            if let Err(e) = meta::close(fd, &f.dst) {
-                if synced.is_ok() && bad.is_none() {
-                    let _ = meta::unlink(&f.dst); // best effort: `e` is what gets reported
-                    bad = Some(e);
-                }
+            if let Err(e) = meta::close(fd, &f.dst)
+                && synced.is_ok()
+                && bad.is_none()
+            {
+                let _ = meta::unlink(&f.dst); // best effort: `e` is what gets reported
+                bad = Some(e);
             }
         }
         let res = match (&synced, bad) {
