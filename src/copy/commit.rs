@@ -36,25 +36,131 @@ pub const CHANNEL: usize = 4096;
 
 pub fn run(ctx: Arc<Ctx>, rx: Receiver<Vec<Finished>>) {
     let mut lat = crate::latency::Latencies::default();
-    run_loop(&ctx, rx, &mut lat);
+    std::thread::scope(|s| {
+        let (req_tx, req_rx) = std::sync::mpsc::sync_channel::<Vec<u64>>(1);
+        let (res_tx, res_rx) = std::sync::mpsc::sync_channel(1);
+        let c = &ctx;
+        let spawned = std::thread::Builder::new()
+            .name("ferry-sync".into())
+            .spawn_scoped(s, move || {
+                for devs in req_rx {
+                    if res_tx.send(c.sync_dst(Some(&devs))).is_err() {
+                        return;
+                    }
+                }
+            });
+        let syncer = match spawned {
+            Ok(_) => Syncer::Thread { req_tx, res_rx },
+            Err(e) => {
+                // Still correct, only without the overlap.
+                eprintln!("ferry: no flush thread ({e}); flushing on the committer");
+                Syncer::Inline(None)
+            }
+        };
+        run_loop(&ctx, rx, syncer, &mut lat);
+    });
     ctx.stats.merge_latencies(&lat);
 }
 
-fn run_loop(ctx: &Arc<Ctx>, rx: Receiver<Vec<Finished>>, lat: &mut crate::latency::Latencies) {
+/// Runs the syncfs calls of the group commit, so the committer names one batch while the
+/// next one's data is flushed (`flat`: the committer was flushing half of the time, and the
+/// reactors waited for it).
+enum Syncer {
+    Thread {
+        req_tx: std::sync::mpsc::SyncSender<Vec<u64>>,
+        res_rx: Receiver<Result<(), crate::error::Error>>,
+    },
+    /// No thread could be started: flush at once.
+    Inline(Option<Result<(), crate::error::Error>>),
+}
+
+impl Syncer {
+    /// Starts a flush of these destination filesystems (one at a time).
+    fn start(&mut self, ctx: &Ctx, devs: Vec<u64>) {
+        match self {
+            Syncer::Thread { req_tx, .. } => {
+                if req_tx.send(devs).is_err() {
+                    unreachable!("the flush thread lives as long as the committer");
+                }
+            }
+            Syncer::Inline(r) => *r = Some(ctx.sync_dst(Some(&devs))),
+        }
+    }
+
+    /// The started flush's result: None while it runs, unless `block`.
+    fn done(&mut self, block: bool) -> Option<Result<(), crate::error::Error>> {
+        match self {
+            Syncer::Thread { res_rx, .. } => {
+                if block {
+                    Some(
+                        res_rx
+                            .recv()
+                            .expect("the flush thread answers every request"),
+                    )
+                } else {
+                    res_rx.try_recv().ok()
+                }
+            }
+            Syncer::Inline(r) => r.take(),
+        }
+    }
+}
+
+/// One flush in progress: it makes `batch`'s data durable, and the names of `names` (given
+/// before it started).
+struct Flush {
+    batch: Vec<Finished>,
+    names: Option<Named>,
+}
+
+fn devs_of(batch: &[Finished], names: Option<&Named>) -> Vec<u64> {
+    let mut devs: Vec<u64> = batch.iter().map(|f| f.dev).collect();
+    if let Some(n) = names {
+        devs.extend(&n.devs);
+    }
+    devs.sort_unstable();
+    devs.dedup();
+    devs
+}
+
+/// The same outcome again (one flush decides for the batch and for the names it carried).
+fn dup(r: &Result<(), crate::error::Error>) -> Result<(), crate::error::Error> {
+    r.as_ref().map(|_| ()).map_err(|e| {
+        crate::error::Error::os(
+            e.op,
+            &e.path,
+            std::io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EIO)),
+        )
+    })
+}
+
+fn run_loop(
+    ctx: &Arc<Ctx>,
+    rx: Receiver<Vec<Finished>>,
+    mut syncer: Syncer,
+    lat: &mut crate::latency::Latencies,
+) {
     let mut batch: Vec<Finished> = Vec::with_capacity(BATCH_FILES);
+    // Named after the flush in progress started: durable only with the next one.
     let mut named: Option<Named> = None;
+    let mut flush: Option<Flush> = None;
     let mut bytes = 0u64;
     let mut oldest = Instant::now();
     let mut last = Instant::now();
+    let mut closed = false;
     loop {
-        // With a batch open, look every millisecond whether it is all the job still waits for.
-        let wait = if batch.is_empty() && named.is_none() {
+        // With anything open, look every millisecond; else wait for files.
+        let wait = if batch.is_empty() && named.is_none() && flush.is_none() {
             BATCH_IDLE
         } else {
             Duration::from_millis(1)
         };
-        let got = rx.recv_timeout(wait);
-        let closed = matches!(got, Err(RecvTimeoutError::Disconnected));
+        let got = if closed {
+            Err(RecvTimeoutError::Disconnected)
+        } else {
+            rx.recv_timeout(wait)
+        };
+        closed = matches!(got, Err(RecvTimeoutError::Disconnected));
         let timed_out = got.is_err();
         if let Ok(files) = got {
             if batch.is_empty() {
@@ -66,26 +172,52 @@ fn run_loop(ctx: &Arc<Ctx>, rx: Receiver<Vec<Finished>>, lat: &mut crate::latenc
                 batch.push(f);
             }
         }
-        // Every unfinished task is here: nothing else will come, commit it now instead of
-        // waiting for the idle timer (the end of every job, and small jobs).
-        let held = batch.len() + named.as_ref().map_or(0, Named::units);
-        let everything = ctx.queues.outstanding() <= held;
-        let idle = timed_out && (last.elapsed() >= BATCH_IDLE || everything);
-        let due = batch.len() >= BATCH_FILES
-            || bytes >= BATCH_BYTES
-            || oldest.elapsed() >= BATCH_AGE
-            || idle;
-        if due && !batch.is_empty() {
-            named = commit(ctx, &mut batch, named.take(), lat);
-            bytes = 0;
-        } else if (idle || closed) && named.is_some() {
-            // No batch to carry the names' syncfs: one of their own.
-            let n = named.take().expect("checked");
-            let synced = ctx.sync_dst(Some(&n.devs));
-            settle(ctx, n, synced);
+        if flush.is_some() {
+            // Once every reactor is gone nothing else can happen meanwhile: wait.
+            if let Some(res) = syncer.done(closed) {
+                let Flush {
+                    batch: flushed,
+                    names,
+                } = flush.take().expect("checked");
+                if let Some(n) = names {
+                    settle(ctx, n, dup(&res));
+                }
+                // The next flush starts before this batch is named, so the two overlap: it
+                // takes what gathered meanwhile, and the names given before this point.
+                if !batch.is_empty() || named.is_some() {
+                    let next = std::mem::take(&mut batch);
+                    bytes = 0;
+                    syncer.start(ctx, devs_of(&next, named.as_ref()));
+                    flush = Some(Flush {
+                        batch: next,
+                        names: named.take(),
+                    });
+                }
+                named = name_batch(ctx, flushed, res, lat);
+            }
         }
-        if closed {
-            assert!(batch.is_empty() && named.is_none());
+        if flush.is_none() {
+            // Every unfinished task is here: nothing else will come, flush now instead of
+            // waiting for the idle timer (the end of every job, and small jobs).
+            let held = batch.len() + named.as_ref().map_or(0, Named::units);
+            let everything = ctx.queues.outstanding() <= held;
+            let idle = timed_out && (last.elapsed() >= BATCH_IDLE || everything);
+            let due = batch.len() >= BATCH_FILES
+                || bytes >= BATCH_BYTES
+                || oldest.elapsed() >= BATCH_AGE
+                || idle;
+            if (due && !batch.is_empty()) || ((idle || closed) && named.is_some()) {
+                let next = std::mem::take(&mut batch);
+                bytes = 0;
+                syncer.start(ctx, devs_of(&next, named.as_ref()));
+                flush = Some(Flush {
+                    batch: next,
+                    names: named.take(),
+                });
+            }
+        }
+        if closed && flush.is_none() && named.is_none() {
+            assert!(batch.is_empty());
             return;
         }
     }
@@ -135,34 +267,16 @@ fn settle(ctx: &Ctx, n: Named, synced: Result<(), crate::error::Error>) {
     }
 }
 
-fn commit(
+/// Names one batch whose flush ended with `synced`; returns its named files whose names
+/// still wait for a flush.
+fn name_batch(
     ctx: &Ctx,
-    batch: &mut Vec<Finished>,
-    before: Option<Named>,
+    mut batch: Vec<Finished>,
+    synced: Result<(), crate::error::Error>,
     lat: &mut crate::latency::Latencies,
 ) -> Option<Named> {
-    let mut devs: Vec<u64> = batch.iter().map(|f| f.dev).collect();
-    devs.sort_unstable();
-    devs.dedup();
-    let mut all = devs.clone();
-    if let Some(b) = &before {
-        all.extend(&b.devs);
-        all.sort_unstable();
-        all.dedup();
-    }
-    // Durable data first (and the previous batch's names with it); a failed flush fails the
-    // whole batch (we cannot tell whose data was lost), and no file of it gets a final name.
-    let synced = ctx.sync_dst(Some(&all));
-    if let Some(b) = before {
-        let again = synced.as_ref().map_err(|e| {
-            crate::error::Error::os(
-                e.op,
-                &e.path,
-                std::io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EIO)),
-            )
-        });
-        settle(ctx, b, again.copied());
-    }
+    let batch = &mut batch;
+    let devs = devs_of(batch, None);
     // --verify=full: read the durable temp files back before they get their names, so a copy
     // that does not match never carries a final name.
     let mut checked: Vec<Option<crate::error::Error>> = (0..batch.len()).map(|_| None).collect();
