@@ -158,6 +158,30 @@ fn cp_semantics_for_destinations() {
 }
 
 #[test]
+fn copy_over_an_existing_tree_replaces_its_files_and_clears_stale_temps() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("tree");
+    fs::create_dir_all(src.join("d")).unwrap();
+    write_file(&src.join("d/a"), 5000, 1);
+    write_file(&src.join("d/b"), 300, 2);
+    write_file(&src.join("c"), 70_000, 3);
+    for io in backends() {
+        let base = t.path().join(io);
+        // An earlier copy with other contents, and the temp names a killed run left.
+        let old = base.join("tree");
+        fs::create_dir_all(old.join("d")).unwrap();
+        write_file(&old.join("d/a"), 10, 90);
+        write_file(&old.join("c"), 123_456, 91);
+        write_file(&old.join("d/.a.ferry-tmp"), 77, 92);
+        write_file(&old.join("d/.b.ferry-tmp"), 77, 93);
+        let out = run_copy(io, &[], &src, &base);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_same_tree(&src, &old);
+        assert!(temp_files(&base).is_empty(), "{:?}", temp_files(&base));
+    }
+}
+
+#[test]
 fn missing_source_is_a_usage_error_and_writes_nothing() {
     let t = tempfile::tempdir().unwrap();
     let good = t.path().join("good");

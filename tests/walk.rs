@@ -212,6 +212,13 @@ fn wide_tree_under_a_low_fd_limit() {
             write_file(&p, 100 + d * 3 + f, (d * 3 + f) as u64);
         }
     }
+    // And one flat directory: more files than the unnamed-temp budget (half the limit), so
+    // reactors wait for the committer to give slots back.
+    for f in 0..1500 {
+        let p = src.join(format!("flat/f{f}"));
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        write_file(&p, 64 + f, 5000 + f as u64);
+    }
     let dst = t.path().join("d");
     let state = t.path().join("state");
     let cmd = format!(
