@@ -7,8 +7,9 @@
 //! Variants: ferry's protocol with directory fds, by full paths, and with O_TMPFILE + linkat
 //! instead of a temp name + rename (the alternatives a change to the engine would pick from).
 //!
-//! `cargo bench --bench floor [-- DIR [FILES]]`: DIR defaults to /dev/shm (tmpfs, so no device
-//! time is counted), FILES to 20,000 (4 KiB each, 1,000 per directory). Prints microseconds per
+//! `cargo bench --bench floor [-- DIR [FILES [PER_DIR]]]`: DIR defaults to /dev/shm (tmpfs, so
+//! no device time is counted), FILES to 20,000 (4 KiB each), PER_DIR to 1,000 files per
+//! directory (PER_DIR = FILES: one flat directory). Prints microseconds per
 //! file (median of 5 repetitions) and the wall time that implies for 100,000 files on 2 cores.
 //! On a disk, give it a freshly made filesystem: on an ext4 without a journal, inodes freed by
 //! the previous repetition are skipped (and rescanned) by every create for a long time.
@@ -18,6 +19,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+/// Files per directory unless given (`-- DIR FILES PER_DIR`; PER_DIR = FILES is `flat`).
 const PER_DIR: usize = 1000;
 const SIZE: usize = 4096;
 
@@ -301,6 +303,10 @@ fn main() {
         .collect();
     let base = PathBuf::from(args.first().map_or("/dev/shm", |s| s.as_str()));
     let files: usize = args.get(1).map_or(20_000, |s| s.parse().expect("FILES"));
+    let per_dir: usize = args
+        .get(2)
+        .map_or(PER_DIR, |s| s.parse().expect("PER_DIR"))
+        .max(1);
     if !base.is_dir() {
         println!("floor: skipped: {} is not a directory", base.display());
         return;
@@ -309,10 +315,10 @@ fn main() {
     let (src, dst) = (root.join("src"), root.join("dst"));
     let data = vec![0x5au8; SIZE];
     let mut dirs = Vec::new();
-    for d in 0..files.div_ceil(PER_DIR) {
+    for d in 0..files.div_ceil(per_dir) {
         let (s, t) = (src.join(format!("d{d:04}")), dst.join(format!("d{d:04}")));
         std::fs::create_dir_all(&s).unwrap();
-        for f in 0..PER_DIR.min(files - d * PER_DIR) {
+        for f in 0..per_dir.min(files - d * per_dir) {
             std::fs::write(s.join(format!("f{f:05}")), &data).unwrap();
         }
         dirs.push((s, t));

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# One timed copy onto a fresh ext4 (like bench.sh -f), for A/B experiments between builds:
+# prints wall time through a final sync, user/sys CPU, peak RSS, and the disk's request counts
+# and average sizes (from /proc/diskstats). With -p, also samples every thread of the command
+# every 50 ms and prints one line per thread: its state and CPU ticks (10 ms) per sample, which
+# shows who waits for whom (e.g. reactors sleeping while the committer runs).
+#
+# usage: scripts/fresh-run.sh [-p] SHAPE cold|warm CMD [ARGS...]   (SRC and DST are appended)
+#   SHAPE: a dataset under $WORK/data (WORK defaults to /work/ferry-bench; see bench.sh).
+#   e.g.   scripts/fresh-run.sh -p flat warm target/release/ferry copy -q
+set -euo pipefail
+sample=0
+if [ "${1:-}" = -p ]; then sample=1; shift; fi
+[ $# -ge 3 ] || { sed -n '9,10p' "$0" >&2; exit 2; }
+[ "$(id -u)" = 0 ] || { echo "fresh-run.sh needs root (mkfs, losetup, drop_caches)" >&2; exit 2; }
+shape=$1; cache=$2; shift 2
+work=${WORK:-/work/ferry-bench}; data=$work/data; img=$work/fresh-run.img; mnt=$work/fresh-run
+[ -d "$data/$shape" ] || { echo "no dataset $data/$shape (scripts/bench.sh makes them)" >&2; exit 2; }
+loop=""
+cleanup() {
+  if mountpoint -q "$mnt"; then umount "$mnt"; fi
+  if [ -n "$loop" ]; then losetup -d "$loop"; fi
+  rm -f "$img"
+}
+trap cleanup EXIT
+bytes=$(du -sb "$data/$shape" | cut -f1); files=$(find "$data/$shape" | wc -l)
+truncate -s $(( bytes * 2 / 1048576 + 2048 ))M "$img"
+mkfs.ext4 -q -F -N $((files * 2 + 10000)) -E lazy_itable_init=0,lazy_journal_init=0,nodiscard "$img"
+loop=$(losetup --direct-io=on -f --show "$img"); mkdir -p "$mnt"; mount "$loop" "$mnt"
+sync
+case $cache in
+  cold) echo 3 > /proc/sys/vm/drop_caches ;;
+  warm) find "$data/$shape" -type f -exec cat {} + > /dev/null ;;
+  *) echo "cache must be cold or warm" >&2; exit 2 ;;
+esac
+disk=$(df --output=source "$data" | tail -1); disk=${disk#/dev/}
+stats() { awk -v d="$disk" '$3==d {print $4, $6, $8, $10}' /proc/diskstats; }
+samples=$(mktemp)
+d0=$(stats); t0=$(date +%s.%N)
+/usr/bin/time -f "%U %S %M" -o "$samples.time" "$@" "$data/$shape" "$mnt/out" &
+pid=$!
+if [ "$sample" = 1 ]; then
+  # /usr/bin/time's child is the command: sample its threads.
+  sleep 0.02; cpid=$(pgrep -P $pid | head -1 || true)
+  while [ -n "$cpid" ] && kill -0 "$cpid" 2>/dev/null; do
+    for s in /proc/"$cpid"/task/*/stat; do
+      read -r line < "$s" 2>/dev/null || continue
+      echo "$line" | awk '{print $2, $3, $14 + $15}'
+    done >> "$samples"
+    echo "--" >> "$samples"
+    sleep 0.05
+  done
+fi
+wait $pid
+sync
+t1=$(date +%s.%N); d1=$(stats)
+read -r r0 rs0 w0 ws0 <<< "$d0"; read -r r1 rs1 w1 ws1 <<< "$d1"
+read -r user sys rss < "$samples.time"
+nr=$((r1 - r0)); nw=$((w1 - w0))
+printf "%s %s %s: wall %.2f s, user %s s, sys %s s, peak RSS %d MB, %d reads (avg %d KB), %d writes (avg %d KB)\n" \
+  "$*" "$shape" "$cache" "$(echo "$t1 - $t0" | bc)" "$user" "$sys" $((rss / 1024)) \
+  $nr $(( (rs1 - rs0) / 2 / (nr > 0 ? nr : 1) )) $nw $(( (ws1 - ws0) / 2 / (nw > 0 ? nw : 1) ))
+if [ "$sample" = 1 ]; then
+  # One line per thread: state and CPU ticks used since the previous sample.
+  awk '$1 == "--" {next} {
+      if (!($1 in seen)) { seen[$1] = 1; order[++n] = $1 }
+      if ($1 in last) line[$1] = line[$1] sprintf(" %s%d", $2, $3 - last[$1])
+      last[$1] = $3
+    } END { for (i = 1; i <= n; i++) printf "%-16s%s  (total %d ticks)\n", order[i], line[order[i]], last[order[i]] }' "$samples"
+fi
+rm -f "$samples" "$samples.time"
