@@ -44,8 +44,8 @@ if [ "$sample" = 1 ]; then
   sleep 0.02; cpid=$(pgrep -P $pid | head -1 || true)
   while [ -n "$cpid" ] && kill -0 "$cpid" 2>/dev/null; do
     for s in /proc/"$cpid"/task/*/stat; do
-      read -r line < "$s" 2>/dev/null || continue
-      echo "$line" | awk '{print $2, $3, $14 + $15}'
+      { read -r line < "$s"; } 2>/dev/null || continue # a thread may end meanwhile
+      echo "$line" | awk '{print $1, $2, $3, $14 + $15}'
     done >> "$samples"
     echo "--" >> "$samples"
     sleep 0.05
@@ -61,11 +61,14 @@ printf "%s %s %s: wall %.2f s, user %s s, sys %s s, peak RSS %d MB, %d reads (av
   "$*" "$shape" "$cache" "$(echo "$t1 - $t0" | bc)" "$user" "$sys" $((rss / 1024)) \
   $nr $(( (rs1 - rs0) / 2 / (nr > 0 ? nr : 1) )) $nw $(( (ws1 - ws0) / 2 / (nw > 0 ? nw : 1) ))
 if [ "$sample" = 1 ]; then
-  # One line per thread: state and CPU ticks used since the previous sample.
+  # One line per thread (seen in 3 samples or more; short-lived helpers are left out): its
+  # state and the CPU ticks it used since the previous sample.
   awk '$1 == "--" {next} {
-      if (!($1 in seen)) { seen[$1] = 1; order[++n] = $1 }
-      if ($1 in last) line[$1] = line[$1] sprintf(" %s%d", $2, $3 - last[$1])
-      last[$1] = $3
-    } END { for (i = 1; i <= n; i++) printf "%-16s%s  (total %d ticks)\n", order[i], line[order[i]], last[order[i]] }' "$samples"
+      if (!($1 in seen)) { seen[$1] = 0; name[$1] = $2; order[++n] = $1 }
+      seen[$1]++
+      if ($1 in last) line[$1] = line[$1] sprintf(" %s%d", $3, $4 - last[$1])
+      last[$1] = $4
+    } END { for (i = 1; i <= n; i++) { t = order[i]; if (seen[t] >= 3)
+      printf "%-16s%s  (total %d ticks)\n", name[t], line[t], last[t] } }' "$samples"
 fi
 rm -f "$samples" "$samples.time"
