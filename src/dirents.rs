@@ -142,6 +142,29 @@ pub fn parse(buf: &[u8], mut f: impl FnMut(&CStr, Kind)) {
     }
 }
 
+/// `parse`, but in inode-number order instead of the directory's (hash) order. Files written
+/// one after another get rising inode numbers and, mostly, rising block addresses: copying
+/// them in this order turns a cold copy's scattered reads into mostly ascending ones.
+pub fn parse_by_inode(buf: &[u8], order: &mut Vec<(u64, usize)>, mut f: impl FnMut(&CStr, Kind)) {
+    order.clear();
+    let mut off = 0usize;
+    while off + 19 <= buf.len() {
+        let ino = u64::from_ne_bytes(buf[off..off + 8].try_into().expect("8 bytes"));
+        let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
+        assert!(
+            reclen >= 19 && off + reclen <= buf.len(),
+            "malformed dirent"
+        );
+        order.push((ino, off));
+        off += reclen;
+    }
+    order.sort_unstable();
+    for &(_, off) in order.iter() {
+        let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
+        parse(&buf[off..off + reclen], &mut f);
+    }
+}
+
 /// The name as an OsStr (bytes, any encoding).
 pub fn os_name(name: &CStr) -> &OsStr {
     OsStr::from_bytes(name.to_bytes())
@@ -150,6 +173,40 @@ pub fn os_name(name: &CStr) -> &OsStr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inode_order_lists_the_same_entries_by_rising_inode() {
+        use std::os::unix::fs::MetadataExt;
+        let t = tempfile::tempdir().unwrap();
+        for i in 0..500 {
+            std::fs::write(t.path().join(format!("f{i}")), b"x").unwrap();
+        }
+        let mut stream = DirStream::open(t.path()).unwrap();
+        let mut buf = vec![0u8; 64 << 10];
+        let (mut plain, mut sorted, mut order) = (Vec::new(), Vec::new(), Vec::new());
+        loop {
+            let n = stream.fill(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            parse(&buf[..n], |name, _| plain.push(name.to_owned()));
+            parse_by_inode(&buf[..n], &mut order, |name, _| {
+                sorted.push(name.to_owned())
+            });
+        }
+        let inos: Vec<u64> = sorted
+            .iter()
+            .map(|n| {
+                let p = t.path().join(os_name(n));
+                std::fs::symlink_metadata(p).unwrap().ino()
+            })
+            .collect();
+        assert!(inos.windows(2).all(|w| w[0] < w[1]), "not in inode order");
+        plain.sort();
+        sorted.sort();
+        assert_eq!(plain, sorted);
+        assert_eq!(plain.len(), 500);
+    }
 
     #[test]
     fn lists_every_entry_with_its_type() {

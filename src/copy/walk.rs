@@ -139,7 +139,8 @@ pub fn list_more(
                 break;
             }
         };
-        dirents::parse(&buf[..n], |name, kind| {
+        let mut order = Vec::new();
+        dirents::parse_by_inode(&buf[..n], &mut order, |name, kind| {
             let os = dirents::os_name(name);
             let kind = match kind {
                 Kind::Unknown => match stream.stat(name) {
