@@ -727,6 +727,20 @@ mod tests {
     }
 
     #[test]
+    fn a_filesystem_without_unnamed_files_is_told_apart_from_a_failure() {
+        // procfs has no O_TMPFILE: that must read as "use a named temp file", not as an error.
+        if !Path::new("/proc/self").exists() {
+            eprintln!("skipped: /proc is not mounted");
+            return;
+        }
+        let e = create_anon_in(None, Path::new("/proc/ferry-x"), 0o600).unwrap_err();
+        assert!(anon_unsupported(&e), "{e}");
+        // A missing directory is a real error.
+        let e = create_anon_in(None, Path::new("/nonexistent-ferry/x"), 0o600).unwrap_err();
+        assert!(!anon_unsupported(&e), "{e}");
+    }
+
+    #[test]
     fn unnamed_temp_files_get_their_names_both_ways_and_replace_atomically() {
         let t = tempfile::tempdir().unwrap();
         let dir = open_dir_path(t.path()).unwrap();
