@@ -120,6 +120,21 @@ impl Flush {
     }
 }
 
+/// Starts a flush of everything gathered and of the names given so far.
+fn start_flush(
+    ctx: &Ctx,
+    syncer: &mut Syncer,
+    batch: &mut Vec<Finished>,
+    named: &mut Option<Named>,
+) -> Flush {
+    let next = std::mem::take(batch);
+    syncer.start(ctx, devs_of(&next, named.as_ref()));
+    Flush {
+        batch: next,
+        names: named.take(),
+    }
+}
+
 fn devs_of(batch: &[Finished], names: Option<&Named>) -> Vec<u64> {
     let mut devs: Vec<u64> = batch.iter().map(|f| f.dev).collect();
     if let Some(n) = names {
@@ -205,13 +220,8 @@ fn run_loop(
                 // than the overlap gains: on tmpfs flushes end at once and batches shrank to
                 // a few files, 1.30 -> 1.65 s for `small`).
                 if !batch.is_empty() && (due || batch.len() >= BATCH_FILES / 16) {
-                    let next = std::mem::take(&mut batch);
+                    flush = Some(start_flush(ctx, &mut syncer, &mut batch, &mut named));
                     bytes = 0;
-                    syncer.start(ctx, devs_of(&next, named.as_ref()));
-                    flush = Some(Flush {
-                        batch: next,
-                        names: named.take(),
-                    });
                 }
                 // Names not carried by a flush yet wait on with these.
                 named = match (named.take(), name_batch(ctx, flushed, res, lat)) {
@@ -223,13 +233,8 @@ fn run_loop(
                 };
             }
         } else if (due && !batch.is_empty()) || ((idle || closed) && named.is_some()) {
-            let next = std::mem::take(&mut batch);
+            flush = Some(start_flush(ctx, &mut syncer, &mut batch, &mut named));
             bytes = 0;
-            syncer.start(ctx, devs_of(&next, named.as_ref()));
-            flush = Some(Flush {
-                batch: next,
-                names: named.take(),
-            });
         }
         if closed && flush.is_none() && named.is_none() {
             assert!(batch.is_empty());
