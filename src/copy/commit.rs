@@ -147,13 +147,24 @@ fn devs_of(batch: &[Finished], names: Option<&Named>) -> Vec<u64> {
 
 /// The same outcome again (one flush decides for the batch and for the names it carried).
 fn dup(r: &Result<(), crate::error::Error>) -> Result<(), crate::error::Error> {
-    r.as_ref().map(|_| ()).map_err(|e| {
-        crate::error::Error::os(
-            e.op,
-            &e.path,
-            std::io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EIO)),
-        )
-    })
+    r.as_ref().map(|_| ()).map_err(|e| same_failure(e, &e.path))
+}
+
+/// A flush's failure, told about `path` (each file of a failed flush fails with its errno).
+fn same_failure(e: &crate::error::Error, path: &std::path::Path) -> crate::error::Error {
+    crate::error::Error::os(
+        e.op,
+        path,
+        std::io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EIO)),
+    )
+}
+
+/// These tasks are completely done.
+fn finish_all(ctx: &Ctx, finished: Vec<Option<Arc<super::task::DirNode>>>) {
+    for parent in finished {
+        child_done(&parent, ctx);
+        ctx.queues.finish();
+    }
 }
 
 fn run_loop(
@@ -290,10 +301,7 @@ fn settle(ctx: &Ctx, n: Named, synced: Result<(), crate::error::Error>) {
             finished.extend(moved.into_iter().map(|m| m.parent));
         }
     }
-    for parent in finished {
-        child_done(&parent, ctx);
-        ctx.queues.finish();
-    }
+    finish_all(ctx, finished);
 }
 
 /// Names one batch whose flush ended with `synced`; returns its named files whose names
@@ -358,11 +366,7 @@ fn name_batch(
             }
         }
         let res = match (&synced, bad) {
-            (Err(e), _) => Err(crate::error::Error::os(
-                e.op,
-                &f.dst,
-                std::io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EIO)),
-            )),
+            (Err(e), _) => Err(same_failure(e, &f.dst)),
             (Ok(()), Some(e)) => Err(e),
             (Ok(()), None) => Ok(()),
         };
@@ -408,10 +412,7 @@ fn name_batch(
         h.commit(ctx, hooked);
     }
     if journal.is_empty() && moved.is_empty() {
-        for parent in finished {
-            child_done(&parent, ctx);
-            ctx.queues.finish();
-        }
+        finish_all(ctx, finished);
         return None;
     }
     // The names must be durable before the journal says so (and before a move deletes a

@@ -100,10 +100,9 @@ impl Drop for DirFds {
 
 /// Unnamed temp files (O_TMPFILE) held open at once, from creation until their batch is
 /// durable and they are linked (one fd each; never more than half of RLIMIT_NOFILE, see
-/// `anon_cap`: directory pairs take up to a quarter, files in flight the rest). Past this,
-/// files get named temp files (no fd is held after writing), so the budget only chooses the
-/// protocol and never stalls a reactor. Four batches of 4,096: while one commits, the
-/// reactors run ahead by what the walk's back-pressure allows.
+/// `anon_cap`: directory pairs take up to a quarter, files in flight the rest). When all are
+/// held, a reactor puts new files back until the committer gives slots back (falling back to
+/// named temp files instead left 75 % of `flat` on the slow path). Four batches of 4,096.
 pub const MAX_ANON_FDS: usize = 16384;
 
 /// One slot of the unnamed-temp budget, given back when dropped (with the file's fd).
@@ -457,6 +456,8 @@ impl Ctx {
             .store(spec.fail_fast, std::sync::atomic::Ordering::Relaxed);
         let (bytes_limit, ops_limit) =
             crate::coord::throttle::buckets(spec.bwlimit, spec.ops_limit, spec.buffer_size as u64);
+        // SAFETY: plain getter.
+        let euid = unsafe { libc::geteuid() };
         Ctx {
             job_link: std::sync::OnceLock::new(),
             state: None,
@@ -478,12 +479,10 @@ impl Ctx {
             dir_fds: Arc::new(AtomicUsize::new(0)),
             dir_fd_cap: dir_fd_cap(),
             anon_fds: Arc::new(AtomicUsize::new(0)),
-            // SAFETY: plain getter.
-            anon_cap: anon_cap(unsafe { libc::geteuid() }),
+            anon_cap: anon_cap(euid),
             anon_off: AtomicBool::new(false),
             umask: meta::read_umask(),
-            // SAFETY: plain getter.
-            euid: unsafe { libc::geteuid() },
+            euid,
             links: Mutex::new(HashMap::new()),
             owners: Mutex::new((HashMap::new(), 0)),
             dst_fs: Mutex::new(HashMap::new()),

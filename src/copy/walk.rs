@@ -113,6 +113,8 @@ pub fn list_more(
         ctx.dir_continuations.fetch_sub(1, Ordering::AcqRel);
     }
     let owner = ctx.owner_of(node.st.st_dev);
+    // Reused by every batch of this listing (entries in inode order).
+    let mut order = Vec::new();
     loop {
         if ctx.stats.abort.load(Ordering::Acquire) {
             break;
@@ -139,7 +141,6 @@ pub fn list_more(
                 break;
             }
         };
-        let mut order = Vec::new();
         dirents::parse_by_inode(&buf[..n], &mut order, |name, kind| {
             let os = dirents::os_name(name);
             let kind = match kind {
