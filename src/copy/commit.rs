@@ -211,7 +211,9 @@ fn run_loop(
             + named.as_ref().map_or(0, Named::units)
             + flush.as_ref().map_or(0, Flush::units);
         let everything = ctx.queues.outstanding() <= held;
-        let idle = timed_out && (last.elapsed() >= BATCH_IDLE || everything);
+        // Closed: every reactor is gone (the end, or a cancel that abandoned some tasks, so
+        // `everything` may never hold): what was gathered is flushed now, there is no later.
+        let idle = timed_out && (closed || last.elapsed() >= BATCH_IDLE || everything);
         let due = batch.len() >= BATCH_FILES
             || bytes >= BATCH_BYTES
             || oldest.elapsed() >= BATCH_AGE
