@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The disk's floor for a cold copy of a shape, with no copier in it: read every file of the shape
+# cold (16 parallel `cat`s, in directory order) while, at the same time, 2 streams write as many
+# bytes (taken warm from the `large` shape's files) to a fresh ext4 like bench.sh -f's, then sync. Prints
+# when each side finished. A copy must read and write those bytes at least, and on a disk whose
+# reads and writes share one budget (a VM's virtual disk) it cannot end before both sides do here;
+# this floor is even kind to copiers: it writes 2 big files, not thousands of small ones.
+#
+# usage: scripts/disk-floor.sh SHAPE [read|write|both]   (default both; root)
+set -euo pipefail
+[ $# -ge 1 ] || { sed -n '9p' "$0" >&2; exit 2; }
+[ "$(id -u)" = 0 ] || { echo "disk-floor.sh needs root (mkfs, losetup, drop_caches)" >&2; exit 2; }
+shape=$1; mode=${2:-both}
+case $mode in read|write|both) ;; *) echo "mode must be read, write or both" >&2; exit 2 ;; esac
+work=${WORK:-/work/ferry-bench}; data=$work/data; img=$work/disk-floor.img; mnt=$work/disk-floor
+for s in "$shape" large; do
+  [ -d "$data/$s" ] || { echo "no dataset $data/$s (scripts/bench.sh makes them)" >&2; exit 2; }
+done
+loop=""
+cleanup() {
+  if mountpoint -q "$mnt"; then umount "$mnt"; fi
+  if [ -n "$loop" ]; then losetup -d "$loop"; fi
+  rm -f "$img"
+}
+trap cleanup EXIT
+bytes=$(du -sb "$data/$shape" | cut -f1)
+per=$(( (bytes + 1) / 2 )) # bytes per writer: large0+large2, large1+large3 (up to 2 GiB each)
+(( per <= 2147483648 )) || { echo "$shape is bigger than the large shape's 4 GiB" >&2; exit 2; }
+source_of() { cat "$data/large/large$1.bin" "$data/large/large$(( $1 + 2 )).bin" | head -c "$per"; }
+truncate -s $(( bytes * 2 / 1048576 + 2048 ))M "$img"
+mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0,nodiscard "$img"
+loop=$(losetup --direct-io=on -f --show "$img"); mkdir -p "$mnt"; mount "$loop" "$mnt"
+sync; echo 3 > /proc/sys/vm/drop_caches
+if [ "$mode" != read ]; then
+  for k in 0 1; do source_of $k > /dev/null; done
+fi
+t0=$(date +%s.%N)
+since() { awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.2f", b - a}'; }
+if [ "$mode" != write ]; then
+  (cd "$data/$shape" && find . -type f -print0 | xargs -0 -P 16 -n 64 cat > /dev/null
+   echo "read $bytes bytes cold: done at $(since) s") &
+fi
+if [ "$mode" != read ]; then
+  (for k in 0 1; do
+     source_of $k > "$mnt/w$k" &
+   done
+   wait; sync
+   echo "wrote $(( 2 * per )) bytes and synced: done at $(since) s") &
+fi
+wait
