@@ -76,23 +76,27 @@ struct Slot {
 /// The fd and length for the next op on a chunk: aligned parts of a big file go through its
 /// O_DIRECT fds (reads ask for whole blocks, the buffer has room: buffers are block multiples),
 /// the rest (an unaligned tail, an unaligned remainder after a short op) through the ordinary ones.
-fn op_fd(job: &FileJob, writing: bool, off: u64, len: u32) -> (std::os::fd::RawFd, u32) {
+fn op_fd(job: &FileJob, writing: bool, off: u64, len: u32) -> (std::os::fd::RawFd, u32, bool) {
     use std::os::fd::AsRawFd;
     const A: u64 = crate::spec::DIRECT_ALIGN;
     if let Some((src, dst)) = &job.direct
         && off.is_multiple_of(A)
     {
         if !writing {
-            return (src.as_raw_fd(), (len as u64).next_multiple_of(A) as u32);
+            return (
+                src.as_raw_fd(),
+                (len as u64).next_multiple_of(A) as u32,
+                true,
+            );
         }
         if (len as u64).is_multiple_of(A) {
-            return (dst.as_raw_fd(), len);
+            return (dst.as_raw_fd(), len, true);
         }
     }
     if writing {
-        (job.dst_raw, len)
+        (job.dst_raw, len, false)
     } else {
-        (job.src_raw(), len)
+        (job.src_raw(), len, false)
     }
 }
 
@@ -394,7 +398,7 @@ impl Reactor {
                 let off = seg.next;
                 seg.next += len as u64;
                 seg.inflight += 1;
-                let (fd, ask) = op_fd(&seg.job, false, off, len);
+                let (fd, ask, direct) = op_fd(&seg.job, false, off, len);
                 let buf = self.free.pop().expect("checked non-empty");
                 if seg.hash.is_some() {
                     seg.order.push_back(buf);
@@ -418,6 +422,7 @@ impl Reactor {
                     len: ask,
                     offset: off,
                     user_data: buf as u64,
+                    direct,
                 })?;
             }
         }
@@ -946,7 +951,7 @@ impl Reactor {
             OpKind::Read
         };
         let off = s.off + s.done as u64;
-        let (fd, len) = op_fd(job, s.writing, off, s.len - s.done);
+        let (fd, len, direct) = op_fd(job, s.writing, off, s.len - s.done);
         self.push(Op {
             kind,
             fd,
@@ -955,6 +960,7 @@ impl Reactor {
             len,
             offset: off,
             user_data: buf as u64,
+            direct,
         })
     }
 
@@ -1142,6 +1148,7 @@ impl Reactor {
                 len: 0,
                 offset: 0,
                 user_data: FSYNC_BIT | slot as u64,
+                direct: false,
             })?;
         }
         Ok(())

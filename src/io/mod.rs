@@ -32,6 +32,8 @@ pub struct Op {
     /// File offset.
     pub offset: u64,
     pub user_data: u64,
+    /// The fd is O_DIRECT: the op goes to the device, never done inline at push time.
+    pub direct: bool,
 }
 
 /// One finished operation: bytes moved, or a negative errno.
