@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# The disk's floor for a cold copy of a shape, with no copier in it: read every file of the shape
-# cold (16 parallel `cat`s, in directory order) while, at the same time, 2 streams write as many
-# bytes (taken warm from the `large` shape's files) to a fresh ext4 like bench.sh -f's, then sync. Prints
-# when each side finished. A copy must read and write those bytes at least, and on a disk whose
-# reads and writes share one budget (a VM's virtual disk) it cannot end before both sides do here;
-# this floor is even kind to copiers: it writes 2 big files, not thousands of small ones.
+# A copier-free reference for a cold copy of a shape: read every file of the shape cold (16
+# parallel `cat`s, in directory order) while, at the same time, 2 streams write as many bytes
+# (taken warm from the `large` shape's files) to a fresh ext4 like bench.sh -f's, then sync.
+# Prints when each side finished. It is the disk's work of a copy without any copier's per-file
+# work: on a disk whose reads and writes share one budget (a VM's virtual disk) a copy that
+# lands near it is bound by the disk. Not a strict floor: a smarter reader (ferry dispatches a
+# listing in inode order) can beat 16 cats on many small files.
 #
 # usage: scripts/disk-floor.sh SHAPE [read|write|both]   (default both; root)
 set -euo pipefail
-[ $# -ge 1 ] || { sed -n '9p' "$0" >&2; exit 2; }
+[ $# -ge 1 ] || { sed -n '10p' "$0" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "disk-floor.sh needs root (mkfs, losetup, drop_caches)" >&2; exit 2; }
 shape=$1; mode=${2:-both}
 case $mode in read|write|both) ;; *) echo "mode must be read, write or both" >&2; exit 2 ;; esac
