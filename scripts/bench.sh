@@ -40,21 +40,11 @@ else
   base="$work"; where=disk
 fi
 data="$base/data"; out="$base/out"; mkdir -p "$data"
-img="$work/fresh.img"; mnt="$work/fresh"; loopdev=""
-fresh_off() { # unmount and detach the fresh destination filesystem
-  if mountpoint -q "$mnt"; then umount "$mnt"; fi
-  if [ -n "$loopdev" ]; then losetup -d "$loopdev"; loopdev=""; fi
-  rm -f "$img"
-}
+img="$work/fresh.img"; mnt="$work/fresh"
+. "$here/scripts/fresh-fs.sh"
+fresh_off() { fresh_fs_off; }
 fresh_on() { # shape: a new ext4 big enough for two copies of the shape, mounted at $mnt
-  fresh_off
-  local bytes files
-  bytes=$(du -sb "$data/$1" | cut -f1); files=$(find "$data/$1" | wc -l)
-  truncate -s $(( (bytes * 2 / 1048576 + 2048) ))M "$img"
-  # Inode tables written now (not by the lazy-init thread during the run); no discard pass.
-  mkfs.ext4 -q -F -N $((files * 2 + 10000)) -E lazy_itable_init=0,lazy_journal_init=0,nodiscard "$img"
-  loopdev=$(losetup --direct-io=on -f --show "$img")
-  mkdir -p "$mnt"; mount "$loopdev" "$mnt"
+  fresh_fs_on "$img" "$mnt" "$data/$1"
   out="$mnt/out"
 }
 if [ "$fresh" = 1 ]; then

@@ -17,13 +17,8 @@ work=${WORK:-/work/ferry-bench}; data=$work/data; img=$work/disk-floor.img; mnt=
 for s in "$shape" large; do
   [ -d "$data/$s" ] || { echo "no dataset $data/$s (scripts/bench.sh makes them)" >&2; exit 2; }
 done
-loop=""
-cleanup() {
-  if mountpoint -q "$mnt"; then umount "$mnt"; fi
-  if [ -n "$loop" ]; then losetup -d "$loop"; fi
-  rm -f "$img"
-}
-trap cleanup EXIT
+. "$(dirname "$0")/fresh-fs.sh"
+trap fresh_fs_off EXIT
 bytes=$(du -sb "$data/$shape" | cut -f1)
 per=$(( (bytes + 1) / 2 )) # bytes per writer: large0+large2, large1+large3 (up to 2 GiB each)
 (( per <= 2147483648 )) || { echo "$shape is bigger than the large shape's 4 GiB" >&2; exit 2; }
@@ -38,9 +33,7 @@ source_to() { # k destination
       iflag=count_bytes oflag=append conv=notrunc status=none
   fi
 }
-truncate -s $(( bytes * 2 / 1048576 + 2048 ))M "$img"
-mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0,nodiscard "$img"
-loop=$(losetup --direct-io=on -f --show "$img"); mkdir -p "$mnt"; mount "$loop" "$mnt"
+fresh_fs_on "$img" "$mnt" "$data/$shape"
 sync; echo 3 > /proc/sys/vm/drop_caches
 if [ "$mode" != read ]; then
   for k in 0 1; do source_to $k /dev/null; done

@@ -16,17 +16,9 @@ if [ "${1:-}" = -p ]; then sample=1; shift; fi
 shape=$1; cache=$2; shift 2
 work=${WORK:-/work/ferry-bench}; data=$work/data; img=$work/fresh-run.img; mnt=$work/fresh-run
 [ -d "$data/$shape" ] || { echo "no dataset $data/$shape (scripts/bench.sh makes them)" >&2; exit 2; }
-loop=""
-cleanup() {
-  if mountpoint -q "$mnt"; then umount "$mnt"; fi
-  if [ -n "$loop" ]; then losetup -d "$loop"; fi
-  rm -f "$img"
-}
-trap cleanup EXIT
-bytes=$(du -sb "$data/$shape" | cut -f1); files=$(find "$data/$shape" | wc -l)
-truncate -s $(( bytes * 2 / 1048576 + 2048 ))M "$img"
-mkfs.ext4 -q -F -N $((files * 2 + 10000)) -E lazy_itable_init=0,lazy_journal_init=0,nodiscard "$img"
-loop=$(losetup --direct-io=on -f --show "$img"); mkdir -p "$mnt"; mount "$loop" "$mnt"
+. "$(dirname "$0")/fresh-fs.sh"
+trap fresh_fs_off EXIT
+fresh_fs_on "$img" "$mnt" "$data/$shape"
 sync
 case $cache in
   cold) echo 3 > /proc/sys/vm/drop_caches ;;
