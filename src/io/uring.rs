@@ -184,8 +184,9 @@ impl Backend for UringBackend {
         // page cache, and a ring write to a filesystem without non-blocking buffered writes
         // (ext4, tmpfs) goes to an io-wq worker thread and back, where workers of both reactors
         // contend for the same inodes and journal. Measured (mixed, warm, alternating): fresh
-        // ext4 1.98-2.71 -> 1.75-2.12 s; tmpfs 1.09-3.56 s (up to 6.7 s of system CPU) -> 0.80-
-        // 0.95 s; cold within noise. O_DIRECT writes go to the device: those use the ring.
+        // ext4 1.98-2.71 -> 1.75-2.12 s, tmpfs 1.09/1.56 -> 0.76-0.95 s; cold within noise.
+        // A write that waits (dirty-page throttling) holds up this reactor, as in the sync
+        // backend. O_DIRECT writes go to the device: those use the ring.
         if op.kind == OpKind::Write && !op.direct {
             assert!(op.buf_off as usize + op.len as usize <= self.arena.buf_size());
             let p = self.arena.ptr(op.buf, op.buf_off);
