@@ -38,6 +38,8 @@ pub fn ferry_with(args: &[&std::ffi::OsStr], limit: Duration, uid: Option<u32>) 
     if let Some(u) = uid {
         use std::os::unix::process::CommandExt;
         cmd.uid(u).gid(u);
+    } else {
+        cmd.env("XDG_STATE_HOME", state_home());
     }
     let mut child = cmd.spawn().expect("spawn ferry");
     let start = Instant::now();
@@ -57,6 +59,18 @@ pub fn ferry_with(args: &[&std::ffi::OsStr], limit: Duration, uid: Option<u32>) 
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Where runs without --state-dir keep their jobs: one directory per test process under the
+/// temp dir, not the user's ~/.local/state (which collected a directory per test run). Runs as
+/// another user keep the default (this directory is root's).
+pub fn state_home() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = std::env::temp_dir().join(format!("ferry-test-state-{}", std::process::id()));
+        fs::create_dir_all(&d).expect("test state directory");
+        d
+    })
 }
 
 pub fn ferry<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
