@@ -43,6 +43,40 @@ pub struct Completion {
     pub result: i32,
 }
 
+/// Runs one op with a blocking syscall (pread, pwrite, fsync) and returns its completion: the
+/// sync backend's every op, and the io_uring backend's buffered writes.
+pub(crate) fn run_blocking(arena: &Arena, op: &Op) -> Completion {
+    let res = match op.kind {
+        OpKind::Read | OpKind::Write => {
+            assert!(op.buf_off as usize + op.len as usize <= arena.buf_size());
+            let p = arena.ptr(op.buf, op.buf_off);
+            let (len, off) = (op.len as usize, op.offset as i64);
+            // SAFETY: p..p+len lies inside the arena (asserted) and no other op uses that
+            // buffer meanwhile; the fd is open (the caller owns it until the completion).
+            unsafe {
+                if op.kind == OpKind::Read {
+                    libc::pread(op.fd, p.cast(), len, off)
+                } else {
+                    libc::pwrite(op.fd, p.cast(), len, off)
+                }
+            }
+        }
+        // SAFETY: plain syscall on an fd the caller owns.
+        OpKind::Fsync => unsafe { libc::fsync(op.fd) as isize },
+    };
+    let result = if res < 0 {
+        -io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
+    } else {
+        res as i32
+    };
+    Completion {
+        user_data: op.user_data,
+        result,
+    }
+}
+
 /// What a reactor needs from an I/O engine.
 ///
 /// Invariant: `in_flight() <= capacity()`, and `capacity()` never exceeds the completion queue,

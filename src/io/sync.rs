@@ -2,7 +2,7 @@
 //! queued for the next reap. It is shipped because io_uring is disabled on many hosts
 //! (io_uring_disabled sysctl, seccomp profiles in containers, old kernels).
 
-use super::{Arena, Backend, Completion, Op, OpKind};
+use super::{Arena, Backend, Completion, Op};
 use std::collections::VecDeque;
 use std::io;
 
@@ -44,33 +44,7 @@ impl Backend for SyncBackend {
             self.done.len() < self.capacity,
             "sync backend over capacity"
         );
-        let res = match op.kind {
-            OpKind::Read => {
-                let p = self.arena.ptr(op.buf, op.buf_off);
-                assert!(op.buf_off as usize + op.len as usize <= self.arena.buf_size());
-                // SAFETY: p..p+len lies inside the arena (asserted) and no other op uses it.
-                unsafe { libc::pread(op.fd, p.cast(), op.len as usize, op.offset as i64) }
-            }
-            OpKind::Write => {
-                let p = self.arena.ptr(op.buf, op.buf_off);
-                assert!(op.buf_off as usize + op.len as usize <= self.arena.buf_size());
-                // SAFETY: as above.
-                unsafe { libc::pwrite(op.fd, p.cast(), op.len as usize, op.offset as i64) }
-            }
-            // SAFETY: plain syscall on an fd the caller owns.
-            OpKind::Fsync => unsafe { libc::fsync(op.fd) as isize },
-        };
-        let result = if res < 0 {
-            -io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO)
-        } else {
-            res as i32
-        };
-        self.done.push_back(Completion {
-            user_data: op.user_data,
-            result,
-        });
+        self.done.push_back(super::run_blocking(&self.arena, &op));
         Ok(())
     }
 

@@ -188,21 +188,7 @@ impl Backend for UringBackend {
         // A write that waits (dirty-page throttling) holds up this reactor, as in the sync
         // backend. O_DIRECT writes go to the device: those use the ring.
         if op.kind == OpKind::Write && !op.direct {
-            assert!(op.buf_off as usize + op.len as usize <= self.arena.buf_size());
-            let p = self.arena.ptr(op.buf, op.buf_off);
-            // SAFETY: p..p+len lies inside the arena (asserted); the fd is open.
-            let r = unsafe { libc::pwrite(op.fd, p.cast(), op.len as usize, op.offset as i64) };
-            let result = if r < 0 {
-                -io::Error::last_os_error()
-                    .raw_os_error()
-                    .unwrap_or(libc::EIO)
-            } else {
-                r as i32
-            };
-            self.inline.push_back(super::Completion {
-                user_data: op.user_data,
-                result,
-            });
+            self.inline.push_back(super::run_blocking(&self.arena, &op));
             self.in_flight += 1;
             return Ok(());
         }
