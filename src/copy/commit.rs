@@ -489,7 +489,7 @@ where
             }
         }
     }
-    let workers = workers.clamp(1, VERIFY_WORKERS).min(units.len());
+    let workers = workers.clamp(1, MAX_BATCH_WORKERS).min(units.len());
     if workers <= 1 {
         return batch.iter().enumerate().map(|(i, f)| op(i, f)).collect();
     }
@@ -520,7 +520,7 @@ where
 const PAR_CHUNK: usize = 32;
 
 /// Threads that work on one batch at most (re-reads, names).
-pub const VERIFY_WORKERS: usize = 8;
+pub const MAX_BATCH_WORKERS: usize = 8;
 
 /// `--verify=full` for one durable file: its bytes read back past the page cache must hash to
 /// what was streamed while copying.
