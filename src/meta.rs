@@ -258,13 +258,7 @@ pub fn create_anon_in(dir: Option<RawFd>, dst: &Path, mode: u32) -> Result<Owned
                 _parent: None,
             },
         ),
-        None => {
-            let parent = match dst.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p,
-                _ => Path::new("."),
-            };
-            (libc::AT_FDCWD, cpath(parent, "create")?)
-        }
+        None => (libc::AT_FDCWD, cpath(parent_dir(dst), "create")?),
     };
     // SAFETY: valid C string; `at` is AT_FDCWD or an open directory fd. No O_EXCL: with it
     // the file could never be linked.
