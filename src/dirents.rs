@@ -117,52 +117,65 @@ pub fn kind_of_mode(mode: u32) -> Kind {
 
 /// Calls `f(name with its NUL, kind)` for each entry of a getdents64 batch, skipping . and ..
 pub fn parse(buf: &[u8], mut f: impl FnMut(&CStr, Kind)) {
-    // struct linux_dirent64 { u64 d_ino; i64 d_off; u16 d_reclen; u8 d_type; char d_name[]; }
-    let mut off = 0usize;
-    while off + 19 <= buf.len() {
-        let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
-        assert!(
-            reclen >= 19 && off + reclen <= buf.len(),
-            "malformed dirent"
-        );
-        let kind = match buf[off + 18] {
-            libc::DT_DIR => Kind::Dir,
-            libc::DT_REG => Kind::File,
-            libc::DT_LNK => Kind::Symlink,
-            libc::DT_UNKNOWN => Kind::Unknown,
-            _ => Kind::Special,
-        };
-        let name = CStr::from_bytes_until_nul(&buf[off + 19..off + reclen])
-            .expect("dirent names are NUL-terminated");
-        let b = name.to_bytes();
-        if b != b"." && b != b".." {
+    for (off, len) in records(buf) {
+        if let Some((name, kind)) = entry(&buf[off..off + len]) {
             f(name, kind);
         }
-        off += reclen;
     }
 }
 
 /// `parse`, but in inode-number order instead of the directory's (hash) order. Files written
 /// one after another get rising inode numbers and, mostly, rising block addresses: copying
 /// them in this order turns a cold copy's scattered reads into mostly ascending ones.
-pub fn parse_by_inode(buf: &[u8], order: &mut Vec<(u64, usize)>, mut f: impl FnMut(&CStr, Kind)) {
+pub fn parse_by_inode(
+    buf: &[u8],
+    order: &mut Vec<(u64, usize, usize)>,
+    mut f: impl FnMut(&CStr, Kind),
+) {
     order.clear();
-    let mut off = 0usize;
-    while off + 19 <= buf.len() {
+    order.extend(records(buf).map(|(off, len)| {
         let ino = u64::from_ne_bytes(buf[off..off + 8].try_into().expect("8 bytes"));
+        (ino, off, len)
+    }));
+    order.sort_unstable();
+    for &(_, off, len) in order.iter() {
+        if let Some((name, kind)) = entry(&buf[off..off + len]) {
+            f(name, kind);
+        }
+    }
+}
+
+/// The (offset, length) of every record of a getdents64 buffer.
+// struct linux_dirent64 { u64 d_ino; i64 d_off; u16 d_reclen; u8 d_type; char d_name[]; }
+fn records(buf: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut off = 0usize;
+    std::iter::from_fn(move || {
+        if off + 19 > buf.len() {
+            return None;
+        }
         let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
         assert!(
             reclen >= 19 && off + reclen <= buf.len(),
             "malformed dirent"
         );
-        order.push((ino, off));
+        let rec = (off, reclen);
         off += reclen;
-    }
-    order.sort_unstable();
-    for &(_, off) in order.iter() {
-        let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
-        parse(&buf[off..off + reclen], &mut f);
-    }
+        Some(rec)
+    })
+}
+
+/// One record's name and kind; None for "." and "..".
+fn entry(rec: &[u8]) -> Option<(&CStr, Kind)> {
+    let kind = match rec[18] {
+        libc::DT_DIR => Kind::Dir,
+        libc::DT_REG => Kind::File,
+        libc::DT_LNK => Kind::Symlink,
+        libc::DT_UNKNOWN => Kind::Unknown,
+        _ => Kind::Special,
+    };
+    let name = CStr::from_bytes_until_nul(&rec[19..]).expect("dirent names are NUL-terminated");
+    let b = name.to_bytes();
+    (b != b"." && b != b"..").then_some((name, kind))
 }
 
 /// The name as an OsStr (bytes, any encoding).
