@@ -13,7 +13,7 @@ set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "disk-floor.sh needs root (mkfs, losetup, drop_caches)" >&2; exit 2; }
 shape=$1; mode=${2:-both}
 case $mode in read|write|both) ;; *) echo "mode must be read, write or both" >&2; exit 2 ;; esac
-work=${WORK:-/work/ferry-bench}; data=$work/data; img=$work/disk-floor.img; mnt=$work/disk-floor
+work=${WORK:-/work/ferry-bench}; data=$work/data; img=$work/fresh.img; mnt=$work/disk-floor
 for s in "$shape" large; do
   [ -d "$data/$s" ] || { echo "no dataset $data/$s (scripts/bench.sh makes them)" >&2; exit 2; }
 done

@@ -2,21 +2,41 @@
 # ext4 (default mkfs, with journal) on a loop device over a file (direct I/O to it, so the page
 # cache holds one copy of the data, not two).
 #   fresh_fs_on IMG MNT DIR   makes and mounts an ext4 at MNT with room for two copies of DIR
-#   fresh_fs_off              unmounts and detaches it and removes its image (safe to repeat)
+#   fresh_fs_off              unmounts and detaches it (safe to repeat); the image stays, cached
+# The image is written through once and kept: over a sparse file every block a copy writes would
+# be allocated twice, in the new ext4 and again in the root filesystem under the image (and the
+# host's first touch of it), which a real partition does not do. Measured with `large` cold:
+# ferry 4.02-4.54 s over a sparse image, 3.10-3.24 s over a written one; fio's writers of new
+# files 1.09-1.12 GB/s and 1.19-1.56 GB/s. mkfs is given the size the shape needs, so the
+# filesystem's geometry does not depend on how big the cached image has grown.
 fresh_img=""; fresh_mnt=""; fresh_loop=""
 fresh_fs_off() {
   if [ -n "$fresh_mnt" ] && mountpoint -q "$fresh_mnt"; then umount "$fresh_mnt"; fi
   if [ -n "$fresh_loop" ]; then losetup -d "$fresh_loop"; fresh_loop=""; fi
-  if [ -n "$fresh_img" ]; then rm -f "$fresh_img"; fi
+}
+fresh_prewrite() { # IMG MIB: IMG holds at least MIB MiB of written (not sparse) blocks
+  local have=0 alloc=0
+  if [ -f "$1" ]; then have=$(( $(stat -c %s "$1") / 1048576 )); alloc=$(( $(stat -c '%b*%B' "$1") / 1048576 )); fi
+  if (( alloc + 1 < have )); then have=0; fi # sparse (an image of an older harness): write it all
+  if (( have >= $2 )); then return; fi
+  local want=$(( ($2 + 1023) / 1024 * 1024 ))
+  echo "writing the fresh-fs image $1 through, ${have} -> ${want} MiB (once; kept for later runs)" >&2
+  dd if=/dev/zero of="$1" bs=4M seek=$((have / 4)) count=$(((want - have) / 4)) oflag=direct conv=notrunc status=none
 }
 fresh_fs_on() {
   fresh_fs_off
   fresh_img=$1; fresh_mnt=$2
-  local bytes files
+  # One image serves every script: a second run at once would make its filesystem under the first.
+  if [ -z "${fresh_lock:-}" ]; then
+    exec {fresh_lock}>"$fresh_img.lock"
+    flock -n "$fresh_lock" || { echo "$fresh_img is in use by another benchmark run" >&2; exit 2; }
+  fi
+  local bytes files mib
   bytes=$(du -sb "$3" | cut -f1); files=$(find "$3" | wc -l)
-  truncate -s $(( bytes * 2 / 1048576 + 2048 ))M "$fresh_img"
+  mib=$(( bytes * 2 / 1048576 + 2048 ))
+  fresh_prewrite "$fresh_img" "$mib"
   # Inode tables written now (not by the lazy-init thread during the run); no discard pass.
-  mkfs.ext4 -q -F -N $((files * 2 + 10000)) -E lazy_itable_init=0,lazy_journal_init=0,nodiscard "$fresh_img"
-  fresh_loop=$(losetup --direct-io=on -f --show "$fresh_img")
+  mkfs.ext4 -q -F -N $((files * 2 + 10000)) -E lazy_itable_init=0,lazy_journal_init=0,nodiscard "$fresh_img" "${mib}M"
+  fresh_loop=$(losetup --direct-io=on --sizelimit $((mib * 1048576)) -f --show "$fresh_img")
   mkdir -p "$fresh_mnt"; mount "$fresh_loop" "$fresh_mnt"
 }

@@ -14,7 +14,7 @@ if [ "${1:-}" = -p ]; then sample=1; shift; fi
 [ $# -ge 3 ] || { sed -n '9,10p' "$0" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "fresh-run.sh needs root (mkfs, losetup, drop_caches)" >&2; exit 2; }
 shape=$1; cache=$2; shift 2
-work=${WORK:-/work/ferry-bench}; data=$work/data; img=$work/fresh-run.img; mnt=$work/fresh-run
+work=${WORK:-/work/ferry-bench}; data=$work/data; img=$work/fresh.img; mnt=$work/fresh-run
 [ -d "$data/$shape" ] || { echo "no dataset $data/$shape (scripts/bench.sh makes them)" >&2; exit 2; }
 . "$(dirname "$0")/fresh-fs.sh"
 trap fresh_fs_off EXIT
