@@ -293,6 +293,55 @@ fn sigint_checkpoints_and_the_same_command_resumes() {
     assert_same_tree(&src, &dst);
 }
 
+/// A job started by relative paths is the same job from another working directory: resumed by
+/// absolute paths, it finishes in the place the first run was copying to (its checkpoint keeps
+/// absolute paths), and a later run is not refused as "a different job spec".
+#[test]
+fn a_job_started_by_relative_paths_resumes_from_another_directory() {
+    let t = tempfile::tempdir().unwrap();
+    let here = t.path().join("here");
+    let src = here.join("src");
+    tree(&src, 40, 256 << 10);
+    let state = t.path().join("state");
+    let first = [
+        "copy".as_ref(),
+        "--bwlimit".as_ref(),
+        "3M".as_ref(),
+        "--state-dir".as_ref(),
+        state.as_os_str(),
+        "src".as_ref(),
+        "dst".as_ref(),
+    ];
+    let child = ferry_cmd(&first).current_dir(&here).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    // SAFETY: plain kill(2) on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    let dst = here.join("dst");
+    let again = [
+        "copy".as_ref(),
+        "--state-dir".as_ref(),
+        state.as_os_str(),
+        src.as_os_str(),
+        dst.as_os_str(),
+    ];
+    // From elsewhere (the directory holding `here`), where "src" and "dst" mean nothing.
+    let out = ferry_cmd(&again).current_dir(t.path()).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("resuming job"), "{}", stderr(&out));
+    assert_same_tree(&src, &dst);
+    assert!(
+        !t.path().join("dst").exists(),
+        "nothing lands beside the working directory"
+    );
+    // And the finished job run again, relative from its first directory: not refused (it is
+    // a new run; dst exists now, so like cp -r it copies src into it).
+    let out = ferry_cmd(&first).current_dir(&here).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_same_tree(&src, &dst.join("src"));
+}
+
 #[test]
 fn kill_9_then_resume_redoes_almost_nothing() {
     let t = tempfile::tempdir().unwrap();

@@ -23,7 +23,10 @@ pub fn default_state_dir() -> PathBuf {
     }
 }
 
-fn absolute(p: &Path) -> PathBuf {
+/// `p` made absolute: resolved where it exists (or its parent does), else joined to the working
+/// directory. Checkpoints keep their paths this way, so a job started by relative paths is the
+/// same job (and lands in the same place) when resumed from another directory.
+pub fn absolute(p: &Path) -> PathBuf {
     if let Ok(c) = p.canonicalize() {
         return c;
     }
@@ -37,9 +40,9 @@ fn absolute(p: &Path) -> PathBuf {
             parent
                 .canonicalize()
                 .map(|c| c.join(name))
-                .unwrap_or_else(|_| p.to_path_buf())
+                .unwrap_or_else(|_| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()))
         }
-        _ => p.to_path_buf(),
+        _ => std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()),
     }
 }
 

@@ -626,12 +626,17 @@ impl Ctx {
         let (Some(sd), Some(id)) = (&self.state, &self.job_id) else {
             return;
         };
+        use crate::coord::checkpoint::absolute;
+        // Paths as the command gave them would mean something else from another directory.
+        let mut spec = self.spec.clone();
+        spec.sources = spec.sources.iter().map(|p| absolute(p)).collect();
+        spec.dest = absolute(&spec.dest);
         let cp = crate::coord::checkpoint::Checkpoint {
             version: 1,
             job_id: id.clone(),
             state,
-            spec: self.spec.clone(),
-            targets: self.targets.clone(),
+            spec,
+            targets: self.targets.iter().map(|p| absolute(p)).collect(),
             files: self.stats.files.load(Ordering::Relaxed)
                 + self.stats.resumed_files.load(Ordering::Relaxed),
             bytes: self.stats.bytes.load(Ordering::Relaxed)
