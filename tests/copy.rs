@@ -154,6 +154,17 @@ fn cp_semantics_for_destinations() {
         let out = run_copy(io, &[], &file, &target);
         assert!(out.status.success(), "{}", stderr(&out));
         assert_same_tree(&file, &target);
+        // SRC/. names the contents (cp's idiom): into an existing dir they land in it, not
+        // under SRC's name; to a new name the dir is the copy.
+        let into = base.join("into");
+        fs::create_dir(&into).unwrap();
+        let dot = src.join(".");
+        let out = run_copy(io, &[], &dot, &into);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_same_tree(&src, &into);
+        let out = run_copy(io, &[], &dot, &base.join("fresh"));
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_same_tree(&src, &base.join("fresh"));
     }
 }
 

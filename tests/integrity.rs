@@ -420,6 +420,21 @@ fn move_across_the_copy_path_and_by_rename() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("verify"), "{}", stderr(&out));
     assert!(src.join("f0").exists());
+    // SRC/. moves the contents into the destination and leaves SRC itself, emptied.
+    let src = t.path().join("dsrc");
+    let files = small_tree(&src, 12);
+    let dst = t.path().join("ddst");
+    fs::create_dir(&dst).unwrap();
+    let out = ferry(&["move".as_ref(), src.join(".").as_os_str(), dst.as_os_str()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        fs::read_dir(&src).unwrap().count(),
+        0,
+        "the source dir stays, empty"
+    );
+    for rel in &files {
+        assert!(dst.join(rel).exists(), "{}", rel.display());
+    }
 }
 
 #[test]

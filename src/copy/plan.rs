@@ -48,6 +48,14 @@ fn base_name(src: &Path) -> Result<PathBuf, Error> {
         .ok_or_else(|| Error::usage(src, "cannot copy the root directory by name"))
 }
 
+/// `SRC/.` (or `.`): cp's idiom for a directory's contents, which land in DST itself even when
+/// DST exists (Path::file_name would drop the dot and name the directory).
+pub fn names_contents(src: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let b = src.as_os_str().as_bytes();
+    b == b"." || b.ends_with(b"/.")
+}
+
 pub fn resolve(sources: &[PathBuf], dest: &Path) -> Result<Plan, Error> {
     if sources.is_empty() {
         return Err(Error::usage(dest, "no source given"));
@@ -81,7 +89,7 @@ pub fn resolve(sources: &[PathBuf], dest: &Path) -> Result<Plan, Error> {
         // Missing or unreadable sources are caught here, before anything is written.
         let st = meta::lstat(src)?;
         let is_dir = meta::file_type(&st) == libc::S_IFDIR;
-        let target = if dest_is_dir {
+        let target = if dest_is_dir && !names_contents(src) {
             dest.join(base_name(src)?)
         } else {
             dest.to_path_buf()

@@ -99,11 +99,15 @@ pub fn remove_entry(ctx: &Ctx, src: &Path, dst: &Path) -> Result<(), Error> {
 }
 
 /// A source directory whose every entry was handled: remove it if it is empty (entries that
-/// were excluded or failed keep it, and that is not an error).
+/// were excluded or failed keep it, and that is not an error). A root given as `SRC/.` named
+/// only its contents: the directory itself stays (and rmdir of "." is EINVAL anyway).
 pub fn remove_dir(ctx: &Ctx, src: &Path, dst: &Path) {
     if let Err(e) = meta::fsync_dir(dst) {
         // Its metadata may not be durable: keep the source directory.
         ctx.stats.error(e);
+        return;
+    }
+    if super::plan::names_contents(src) {
         return;
     }
     match meta::rmdir(src) {
