@@ -165,6 +165,12 @@ fn cp_semantics_for_destinations() {
         let out = run_copy(io, &[], &dot, &base.join("fresh"));
         assert!(out.status.success(), "{}", stderr(&out));
         assert_same_tree(&src, &base.join("fresh"));
+        // A file to "NEW/": refused before anything is written, as cp does.
+        let slash = std::path::PathBuf::from(format!("{}/", base.join("nodir").display()));
+        let out = run_copy(io, &[], &file, &slash);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(stderr(&out).contains("Not a directory"), "{}", stderr(&out));
+        assert!(!base.join("nodir").exists());
     }
 }
 

@@ -89,6 +89,11 @@ pub fn resolve(sources: &[PathBuf], dest: &Path) -> Result<Plan, Error> {
         // Missing or unreadable sources are caught here, before anything is written.
         let st = meta::lstat(src)?;
         let is_dir = meta::file_type(&st) == libc::S_IFDIR;
+        // "DST/" that does not exist promises a directory: a file cannot be given that name
+        // (cp: "Not a directory"), and saying so now beats failing after the data is written.
+        if !dest_is_dir && !is_dir && dest.as_os_str().as_encoded_bytes().ends_with(b"/") {
+            return Err(Error::errno("create", dest, libc::ENOTDIR));
+        }
         let target = if dest_is_dir && !names_contents(src) {
             dest.join(base_name(src)?)
         } else {
