@@ -98,13 +98,13 @@ fn run_in(base: &Path, spec_template: &CopySpec) -> Result<bool, String> {
     let src = base.join("src");
     let dst = base.join("dst");
     fs::create_dir_all(&src).map_err(|e| format!("create {}: {e}", src.display()))?;
-    println!(
+    crate::outln!(
         "ferry demo: generating a sample tree in {} ...",
         src.display()
     );
     let (files, bytes) =
         generate(&src, &DEFAULT_SHAPE, 42).map_err(|e| format!("generate sample tree: {e}"))?;
-    println!(
+    crate::outln!(
         "ferry demo: {} files, {:.1} MB; copying to {} ...",
         files,
         bytes as f64 / 1e6,
@@ -117,16 +117,18 @@ fn run_in(base: &Path, spec_template: &CopySpec) -> Result<bool, String> {
     for e in &report.errors {
         eprintln!("ferry: {e}");
     }
-    println!("ferry demo: copied {}", report.summary());
+    crate::outln!("ferry demo: copied {}", report.summary());
     let diffs = crate::verify::compare_trees(&src, &dst);
     for d in diffs.iter().take(20) {
         eprintln!("ferry demo: MISMATCH {d}");
     }
     if diffs.is_empty() && report.ok() {
-        println!("ferry demo: verified: the copy is identical (content, modes, mtimes, links)");
+        crate::outln!(
+            "ferry demo: verified: the copy is identical (content, modes, mtimes, links)"
+        );
         Ok(true)
     } else {
-        println!("ferry demo: {} differences found", diffs.len());
+        crate::outln!("ferry demo: {} differences found", diffs.len());
         Ok(false)
     }
 }
@@ -194,7 +196,7 @@ fn cluster_in(base: &Path, spec_template: &CopySpec) -> Result<bool, String> {
     // The fill's dirty pages go to disk now, not inside the rebalance's first syncfs.
     // SAFETY: plain syscall.
     unsafe { libc::sync() };
-    println!(
+    crate::outln!(
         "ferry demo: cluster of 4 disks holds {} objects, {:.1} MB (generation 1); adding a fifth disk (generation 2)",
         objects.len(),
         total as f64 / 1e6
@@ -232,7 +234,7 @@ fn cluster_in(base: &Path, spec_template: &CopySpec) -> Result<bool, String> {
         while !h.is_finished() {
             std::thread::sleep(std::time::Duration::from_millis(500));
             let p = h.status();
-            println!(
+            crate::outln!(
                 "ferry demo:   {}: {}/{} objects moved, {:.1} MB, {} reads served meanwhile",
                 if p.state.name() == "running" {
                     "migrating"
@@ -272,7 +274,7 @@ fn cluster_in(base: &Path, spec_template: &CopySpec) -> Result<bool, String> {
     }
     let ideal = 0.2; // a fifth equal disk should receive a fifth of the data
     let moved = report.files as f64 / objects.len() as f64;
-    println!(
+    crate::outln!(
         "ferry demo: rebalanced {} objects, {:.1} MB in {:.2}s ({:.1} MB/s); moved {:.1}% of the objects (ideal {:.1}%, ratio {:.2})",
         report.files,
         report.bytes as f64 / 1e6,
@@ -282,14 +284,14 @@ fn cluster_in(base: &Path, spec_template: &CopySpec) -> Result<bool, String> {
         ideal * 100.0,
         moved / ideal
     );
-    println!(
+    crate::outln!(
         "ferry demo: {} reads during the move, {} failed",
         reads.load(Ordering::Relaxed),
         bad_reads.load(Ordering::Relaxed)
     );
     let ok = report.ok() && bad == 0 && bad_reads.load(Ordering::Relaxed) == 0;
     if ok {
-        println!("ferry demo: verified: every object is once, at its owner, intact");
+        crate::outln!("ferry demo: verified: every object is once, at its owner, intact");
     }
     Ok(ok)
 }

@@ -24,6 +24,7 @@ pub mod job;
 pub mod latency;
 pub mod manifest;
 pub mod meta;
+pub mod out;
 pub mod queue;
 pub mod reactor;
 pub mod spec;

@@ -492,7 +492,7 @@ fn watch(handle: ferry::JobHandle, a: &Watch, interrupted: &AtomicBool) -> ExitC
                 v[k] = state_name("running").into();
             }
         }
-        println!("{v}")
+        ferry::outln!("{v}")
     };
     if a.json {
         json_line(
@@ -588,9 +588,10 @@ fn watch(handle: ferry::JobHandle, a: &Watch, interrupted: &AtomicBool) -> ExitC
         );
     }
     if report.resumed_files > 0 && !a.quiet && !a.json {
-        println!(
+        ferry::outln!(
             "resumed: {} files ({} bytes) were already done",
-            report.resumed_files, report.resumed_bytes
+            report.resumed_files,
+            report.resumed_bytes
         );
     }
     for e in &report.errors {
@@ -607,14 +608,18 @@ fn watch(handle: ferry::JobHandle, a: &Watch, interrupted: &AtomicBool) -> ExitC
         }
         json_line(v);
     } else if a.dry_run {
-        println!(
+        ferry::outln!(
             "dry run: would copy {} files ({} bytes), {} dirs, {} symlinks, {} special files",
-            report.files, report.bytes, report.dirs, report.symlinks, report.specials
+            report.files,
+            report.bytes,
+            report.dirs,
+            report.symlinks,
+            report.specials
         );
     } else if !a.quiet {
-        println!("{}", report.summary());
+        ferry::outln!("{}", report.summary());
         if let Some(f) = &a.summary {
-            println!("{}", f().0);
+            ferry::outln!("{}", f().0);
         }
     }
     if report.ok() && !report.cancelled {
@@ -793,7 +798,7 @@ fn object(o: ObjectArgs) -> ExitCode {
         },
         _ => match c.locate(bucket, key) {
             Ok(l) => {
-                println!("{}", serde_json::to_string_pretty(&l).unwrap_or_default());
+                ferry::outln!("{}", serde_json::to_string_pretty(&l).unwrap_or_default());
                 ExitCode::SUCCESS
             }
             Err(e) if e.is_usage() => fail(e.to_string(), 2),
@@ -836,12 +841,12 @@ fn verify(v: VerifyArgs) -> ExitCode {
         }
     };
     if v.json {
-        println!("{}", serde_json::to_string(&report).unwrap_or_default());
+        ferry::outln!("{}", serde_json::to_string(&report).unwrap_or_default());
     } else {
         for m in &report.mismatches {
-            println!("differs: {m}");
+            ferry::outln!("differs: {m}");
         }
-        println!(
+        ferry::outln!(
             "verified {} files, {:.1} MB in {:.2}s: {}",
             report.files,
             report.bytes as f64 / 1e6,
@@ -886,14 +891,14 @@ fn plan(a: PlanArgs) -> ExitCode {
     }
     if a.json {
         match serde_json::to_string_pretty(&report) {
-            Ok(s) => println!("{s}"),
+            Ok(s) => ferry::outln!("{s}"),
             Err(e) => {
                 eprintln!("ferry: plan: {e}");
                 return ExitCode::from(1);
             }
         }
     } else {
-        print!("{}", report.render());
+        ferry::out!("{}", report.render());
     }
     ExitCode::SUCCESS
 }
@@ -907,7 +912,7 @@ fn ctl(c: CtlArgs) -> ExitCode {
     let sock = root.join(&c.job).join("ctl.sock");
     match ferry::coord::ctl::send(&sock, &c.command.join(" ")) {
         Ok(reply) => {
-            println!("{reply}");
+            ferry::outln!("{reply}");
             if reply.starts_with("error") {
                 ExitCode::from(1)
             } else {
@@ -928,7 +933,7 @@ fn ctl(c: CtlArgs) -> ExitCode {
 fn jobs(j: JobsArgs) -> ExitCode {
     let root = j.state_dir.unwrap_or_else(default_state_dir);
     let Ok(rd) = std::fs::read_dir(&root) else {
-        println!("no jobs in {}", root.display());
+        ferry::outln!("no jobs in {}", root.display());
         return ExitCode::SUCCESS;
     };
     let mut rows = Vec::new();
@@ -958,10 +963,10 @@ fn jobs(j: JobsArgs) -> ExitCode {
     }
     rows.sort();
     if rows.is_empty() {
-        println!("no jobs in {}", root.display());
+        ferry::outln!("no jobs in {}", root.display());
     }
     for r in rows {
-        println!("{r}");
+        ferry::outln!("{r}");
     }
     ExitCode::SUCCESS
 }

@@ -636,3 +636,27 @@ fn retry_failed_copies_only_the_last_failures() {
     let out = run(&["--retry-failed"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
+
+/// A reader of --json that goes away (`ferry copy --json | head -1`) does not stop the job or
+/// crash ferry: the copy completes and exits 0, and nothing panics.
+#[test]
+fn a_closed_stdout_does_not_stop_the_job() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    tree(&src, 40, 64 << 10);
+    let dst = t.path().join("dst");
+    let mut child = ferry_cmd(&[
+        "copy".as_ref(),
+        "--json".as_ref(),
+        src.as_os_str(),
+        dst.as_os_str(),
+    ])
+    .env("XDG_STATE_HOME", state_home())
+    .spawn()
+    .unwrap();
+    drop(child.stdout.take()); // the reader is gone before ferry writes its first line
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    assert_same_tree(&src, &dst);
+}
