@@ -802,6 +802,67 @@ pub enum At<'a> {
     Path(&'a std::ffi::CStr),
 }
 
+/// Most bytes read from a file whose stat size is 0 (see [`copy_unsized`]): pseudo files are
+/// small (kernel text tables reach a few MiB); one that does not end is not copied.
+pub const UNSIZED_MAX: u64 = 64 << 20;
+
+/// Copies a regular file whose stat says 0 bytes by reading it to its end, as cp does:
+/// procfs, sysfs and debugfs report 0 for files that read as text, and trusting the size would
+/// give an empty copy silently. A real empty file costs one read that returns 0. Blocking
+/// reads on the reactor: such files are small and rare. Returns the bytes copied and feeds them
+/// to `h`.
+pub fn copy_unsized(
+    src: RawFd,
+    dst: RawFd,
+    p: &Path,
+    tmp: &Path,
+    mut h: Option<&mut xxhash_rust::xxh3::Xxh3>,
+) -> Result<u64, Error> {
+    let mut buf = [0u8; 4096];
+    let mut off = 0u64;
+    loop {
+        // SAFETY: valid fd; the buffer outlives the call.
+        let n = unsafe { libc::read(src, buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(Error::last("read", p));
+        }
+        if n == 0 {
+            return Ok(off);
+        }
+        let n = n as usize;
+        if off + n as u64 > UNSIZED_MAX {
+            return Err(Error::errno("read", p, libc::EFBIG));
+        }
+        let mut done = 0;
+        while done < n {
+            // SAFETY: valid fd; the slice is in bounds.
+            let w = unsafe {
+                libc::pwrite(
+                    dst,
+                    buf[done..n].as_ptr().cast(),
+                    n - done,
+                    (off + done as u64) as i64,
+                )
+            };
+            if w < 0 {
+                if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return Err(Error::last("write", tmp));
+            }
+            assert!(w > 0, "pwrite of a non-empty buffer returned 0");
+            done += w as usize;
+        }
+        if let Some(h) = h.as_mut() {
+            h.update(&buf[..n]);
+        }
+        off += n as u64;
+    }
+}
+
 /// Largest xattr value and name list Linux allows (XATTR_SIZE_MAX, XATTR_LIST_MAX).
 const XATTR_MAX: usize = 64 << 10;
 

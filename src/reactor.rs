@@ -100,10 +100,15 @@ fn op_fd(job: &FileJob, writing: bool, off: u64, len: u32) -> (std::os::fd::RawF
     }
 }
 
-/// The journal record of a source as it was copied (and the hash of its copy, if streamed).
-pub fn done_record(st: &libc::stat, hash: Option<u64>) -> crate::coord::checkpoint::Done {
+/// The journal record of a source as it was copied: `size` bytes (the stat size, but what was
+/// read for a pseudo file whose stat says 0), and the hash of its copy, if streamed.
+pub fn done_record(
+    st: &libc::stat,
+    size: u64,
+    hash: Option<u64>,
+) -> crate::coord::checkpoint::Done {
     crate::coord::checkpoint::Done {
-        size: st.st_size as u64,
+        size,
         mtime: (st.st_mtime, st.st_mtime_nsec),
         hash,
     }
@@ -610,7 +615,9 @@ impl Reactor {
                     None => crate::verify::reread(&dst).map(|(_, h)| h),
                 };
                 match hash {
-                    Ok(h) => self.ctx.committed(&dst, &done_record(&st, Some(h))),
+                    Ok(h) => self
+                        .ctx
+                        .committed(&dst, &done_record(&st, st.st_size as u64, Some(h))),
                     Err(e) => self.ctx.stats.error(e),
                 }
             }
@@ -772,16 +779,24 @@ impl Reactor {
                 }
             }
         }
-        let job = Arc::new(job);
         if segs.is_empty() {
-            // Empty, or all hole: nothing to read.
-            if hash {
-                let mut h = Xxh3::new();
-                crate::verify::hash_zeros(&mut h, job.st.st_size as u64);
+            // Empty, or all hole: nothing to read, unless the size is a pseudo file's 0.
+            let mut h = hash.then(Xxh3::new);
+            if job.st.st_size == 0 {
+                match meta::copy_unsized(job.src_raw(), job.dst_raw, &job.src, &job.tmp, h.as_mut())
+                {
+                    Ok(n) => job.unsized_len = n,
+                    Err(e) => job.fail(e),
+                }
+            } else if let Some(h) = h.as_mut() {
+                crate::verify::hash_zeros(h, job.st.st_size as u64);
+            }
+            if let Some(h) = h {
                 job.set_digest(h.digest());
             }
-            return self.finalize(job);
+            return self.finalize(Arc::new(job));
         }
+        let job = Arc::new(job);
         if hash {
             self.activate(job, segs, true);
             return Ok(());
@@ -1088,11 +1103,11 @@ impl Reactor {
                 let f = Finished {
                     opened: job.opened,
                     src: job.src.clone(),
-                    done: done_record(&job.st, job.digest()),
+                    done: done_record(&job.st, job.copied_len(), job.digest()),
                     tmp: job.tmp.clone(),
                     dst: job.dst.clone(),
                     dev: job.dst_dev,
-                    bytes: job.st.st_size as u64,
+                    bytes: job.copied_len(),
                     parent: job.parent.clone(),
                     link_key: job.link_key,
                     attempt: job.attempt,
@@ -1167,7 +1182,7 @@ impl Reactor {
             Err(Error::errno("fsync", &job.tmp, -res))
         } else {
             let fd = job.take_dst_fd().expect("dst fd open until fsync");
-            let size = job.st.st_size as u64;
+            let size = job.copied_len();
             meta::close(fd, &job.tmp)
                 .and_then(|_| match self.ctx.spec.verify {
                     // Blocks this reactor for one re-read: --fsync=file is the slow, careful mode.
@@ -1190,8 +1205,8 @@ impl Reactor {
         match res {
             Ok(()) => {
                 Stats::add(&self.ctx.stats.files, 1);
-                Stats::add(&self.ctx.stats.bytes, job.st.st_size as u64);
-                let done = done_record(&job.st, job.digest());
+                Stats::add(&self.ctx.stats.bytes, job.copied_len());
+                let done = done_record(&job.st, job.copied_len(), job.digest());
                 self.ctx.journal(&[(job.src.clone(), done)]);
                 self.ctx.committed(&job.dst, &done);
                 let us = job.opened.elapsed().as_micros() as u64;

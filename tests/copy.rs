@@ -348,3 +348,34 @@ fn json_report_counts_what_was_copied() {
     assert_eq!(v["dirs"], 1);
     assert_eq!(v["failed"], 0);
 }
+
+/// procfs reports size 0 for files that read as text: the copy reads them to their end, like
+/// cp, instead of trusting the size and leaving an empty file. With --verify=full too.
+#[test]
+fn a_pseudo_file_whose_size_says_zero_is_copied_to_its_end() {
+    let p = Path::new("/proc/version");
+    let Ok(want) = fs::read(p) else {
+        eprintln!("skipped: /proc/version is not readable here");
+        return;
+    };
+    assert_eq!(fs::metadata(p).unwrap().len(), 0, "procfs reports 0 bytes");
+    assert!(!want.is_empty());
+    let t = tempfile::tempdir().unwrap();
+    for io in backends() {
+        for (i, extra) in [&[][..], &["--verify=full"][..], &["--fsync=file"][..]]
+            .iter()
+            .enumerate()
+        {
+            let dst = t.path().join(format!("{io}-{i}"));
+            let out = run_copy(io, extra, p, &dst);
+            assert!(out.status.success(), "{io} {extra:?}: {}", stderr(&out));
+            assert_eq!(fs::read(&dst).unwrap(), want, "{io} {extra:?}");
+        }
+    }
+    // A real empty file stays empty.
+    let empty = t.path().join("empty");
+    fs::write(&empty, b"").unwrap();
+    let out = run_copy(backends()[0], &[], &empty, &t.path().join("empty2"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(fs::metadata(t.path().join("empty2")).unwrap().len(), 0);
+}

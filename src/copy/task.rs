@@ -254,6 +254,8 @@ pub struct FileJob {
     /// the fd to the committer.
     pub unnamed: bool,
     pub anon_slot: Mutex<Option<AnonSlot>>,
+    /// Bytes read to the end of a file whose stat size is 0 (a pseudo file); 0 otherwise.
+    pub unsized_len: u64,
 }
 
 // SAFETY: libc::stat is plain old data; the rest is Sync.
@@ -297,7 +299,13 @@ impl FileJob {
             direct: None,
             unnamed: false,
             anon_slot: Mutex::new(None),
+            unsized_len: 0,
         }
+    }
+
+    /// Bytes of the copy: the source's size, or what a pseudo file read to its end.
+    pub fn copied_len(&self) -> u64 {
+        self.st.st_size as u64 + self.unsized_len
     }
 
     pub fn set_digest(&self, d: u64) {
@@ -541,7 +549,10 @@ impl Ctx {
                 && self.manifest.is_some()
             {
                 let st = meta::lstat(&w.dst)?;
-                self.committed(&w.dst, &crate::reactor::done_record(&st, Some(h)));
+                self.committed(
+                    &w.dst,
+                    &crate::reactor::done_record(&st, st.st_size as u64, Some(h)),
+                );
             }
             if self.spec.remove_source {
                 super::remove::remove_entry(self, &w.src, &w.dst)?;
