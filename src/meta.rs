@@ -818,44 +818,30 @@ pub fn copy_unsized(
     tmp: &Path,
     mut h: Option<&mut xxhash_rust::xxh3::Xxh3>,
 ) -> Result<u64, Error> {
+    use std::io::Read;
+    use std::os::unix::fs::FileExt;
+    // SAFETY: both fds stay open (owned by the job) for this call; ManuallyDrop never closes them.
+    let (mut from, to) = unsafe {
+        use std::os::fd::FromRawFd;
+        (
+            std::mem::ManuallyDrop::new(std::fs::File::from_raw_fd(src)),
+            std::mem::ManuallyDrop::new(std::fs::File::from_raw_fd(dst)),
+        )
+    };
     let mut buf = [0u8; 4096];
     let mut off = 0u64;
     loop {
-        // SAFETY: valid fd; the buffer outlives the call.
-        let n = unsafe { libc::read(src, buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return Err(Error::last("read", p));
-        }
-        if n == 0 {
-            return Ok(off);
-        }
-        let n = n as usize;
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(off),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::os("read", p, e)),
+        };
         if off + n as u64 > UNSIZED_MAX {
             return Err(Error::errno("read", p, libc::EFBIG));
         }
-        let mut done = 0;
-        while done < n {
-            // SAFETY: valid fd; the slice is in bounds.
-            let w = unsafe {
-                libc::pwrite(
-                    dst,
-                    buf[done..n].as_ptr().cast(),
-                    n - done,
-                    (off + done as u64) as i64,
-                )
-            };
-            if w < 0 {
-                if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                    continue;
-                }
-                return Err(Error::last("write", tmp));
-            }
-            assert!(w > 0, "pwrite of a non-empty buffer returned 0");
-            done += w as usize;
-        }
+        to.write_all_at(&buf[..n], off)
+            .map_err(|e| Error::os("write", tmp, e))?;
         if let Some(h) = h.as_mut() {
             h.update(&buf[..n]);
         }
