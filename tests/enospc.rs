@@ -8,6 +8,7 @@ use ferry::coord::state::JobState;
 use ferry::job::Event;
 use ferry::{CopySpec, Job};
 use std::fs;
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -45,23 +46,32 @@ fn wait_for_full(h: &ferry::JobHandle, events: &std::sync::mpsc::Receiver<Event>
     }
 }
 
-#[test]
-fn full_destination_pauses_then_resumes_after_space_is_freed() {
+/// 12 MiB of sources under `t`/src and a 4 MiB tmpfs at `t`/small to copy them to; None (the
+/// caller skips, having said why) without root or tmpfs.
+fn too_small_destination(t: &std::path::Path) -> Option<(PathBuf, PathBuf, Unmount)> {
     if !is_root() {
         eprintln!("SKIP: mounting a small tmpfs needs root");
-        return;
+        return None;
     }
-    let t = tempfile::tempdir().unwrap();
-    let src = t.path().join("src");
+    let src = t.join("src");
     fs::create_dir(&src).unwrap();
     for i in 0..12 {
         write_file(&src.join(format!("f{i:02}")), 1 << 20, i);
     }
-    let mnt = t.path().join("small");
+    let mnt = t.join("small");
     fs::create_dir(&mnt).unwrap();
     let args = ["-t", "tmpfs", "-o", "size=4m", "tmpfs"].map(std::ffi::OsStr::new);
-    let Some(_guard) = mount(&args, &mnt) else {
+    let Some(guard) = mount(&args, &mnt) else {
         eprintln!("SKIP: cannot mount tmpfs here");
+        return None;
+    };
+    Some((src, mnt, guard))
+}
+
+#[test]
+fn full_destination_pauses_then_resumes_after_space_is_freed() {
+    let t = tempfile::tempdir().unwrap();
+    let Some((src, mnt, _guard)) = too_small_destination(t.path()) else {
         return;
     };
     let dst = mnt.join("dst");
@@ -119,6 +129,48 @@ fn full_destination_pauses_then_resumes_after_space_is_freed() {
     assert_eq!(r.files, 12);
     assert_same_tree(&src, &dst);
     assert!(temp_files(&dst).is_empty());
+}
+
+/// With --fail-fast nobody is expected to free space and resume: a full destination stops the
+/// job like any other error (exit 1, resumable by running it again), with no partial file under
+/// a final name and every source intact, instead of pausing until `ferry ctl JOB resume`.
+#[test]
+fn fail_fast_stops_at_a_full_destination_instead_of_pausing() {
+    let t = tempfile::tempdir().unwrap();
+    let Some((src, mnt, _guard)) = too_small_destination(t.path()) else {
+        return;
+    };
+    let dst = mnt.join("dst");
+    let mut spec = CopySpec::new(vec![src.clone()], dst.clone());
+    spec.buffer_size = 256 << 10;
+    spec.fail_fast = true;
+    let h = Job::start(spec).unwrap();
+    let events = h.events().unwrap();
+    let r = within(Duration::from_secs(60), move || h.wait());
+    assert!(!r.ok(), "a full destination is an error here");
+    assert!(
+        r.errors
+            .iter()
+            .any(|e| e.contains("No space left on device")),
+        "{:?}",
+        r.errors
+    );
+    assert!(
+        !events
+            .try_iter()
+            .any(|e| matches!(e, Event::DestinationFull { .. })),
+        "no pause"
+    );
+    for i in 0..12 {
+        let d = dst.join(format!("f{i:02}"));
+        if d.exists() {
+            assert!(files_equal(&src.join(format!("f{i:02}")), &d));
+        }
+        assert_eq!(
+            fs::metadata(src.join(format!("f{i:02}"))).unwrap().len(),
+            1 << 20
+        );
+    }
 }
 
 /// A loop-device ext4 that fills up in the middle of a `ferry move`: the job pauses with

@@ -588,6 +588,11 @@ impl Ctx {
     /// nothing is failed or deleted; returns false without one (the caller fails the item).
     pub fn destination_full(&self, path: &Path) -> bool {
         use crate::coord::state::JobState;
+        // --fail-fast: nobody is there to free space and resume; the file fails and the job
+        // stops like on any other error (run it again to resume).
+        if self.spec.fail_fast {
+            return false;
+        }
         let Some((m, tx)) = self.job_link.get() else {
             return false;
         };
