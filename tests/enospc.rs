@@ -68,6 +68,21 @@ fn too_small_destination(t: &std::path::Path) -> Option<(PathBuf, PathBuf, Unmou
     Some((src, mnt, guard))
 }
 
+/// Nothing under a final name in `dst` is partial, and every source of
+/// [`too_small_destination`] is intact.
+fn nothing_partial_and_sources_intact(src: &std::path::Path, dst: &std::path::Path) {
+    for i in 0..12 {
+        let d = dst.join(format!("f{i:02}"));
+        if d.exists() {
+            assert!(files_equal(&src.join(format!("f{i:02}")), &d));
+        }
+        assert_eq!(
+            fs::metadata(src.join(format!("f{i:02}"))).unwrap().len(),
+            1 << 20
+        );
+    }
+}
+
 #[test]
 fn full_destination_pauses_then_resumes_after_space_is_freed() {
     let t = tempfile::tempdir().unwrap();
@@ -88,17 +103,7 @@ fn full_destination_pauses_then_resumes_after_space_is_freed() {
         "a full destination pauses; it does not end the job"
     );
     assert_eq!(h.status().failed, 0);
-    // Nothing under a final name is partial, and every source is intact.
-    for i in 0..12 {
-        let d = dst.join(format!("f{i:02}"));
-        if d.exists() {
-            assert!(files_equal(&src.join(format!("f{i:02}")), &d));
-        }
-        assert_eq!(
-            fs::metadata(src.join(format!("f{i:02}"))).unwrap().len(),
-            1 << 20
-        );
-    }
+    nothing_partial_and_sources_intact(&src, &dst);
     // Free space, resume.
     let ok = Command::new("mount")
         .args(["-o", "remount,size=64m"])
@@ -161,16 +166,7 @@ fn fail_fast_stops_at_a_full_destination_instead_of_pausing() {
             .any(|e| matches!(e, Event::DestinationFull { .. })),
         "no pause"
     );
-    for i in 0..12 {
-        let d = dst.join(format!("f{i:02}"));
-        if d.exists() {
-            assert!(files_equal(&src.join(format!("f{i:02}")), &d));
-        }
-        assert_eq!(
-            fs::metadata(src.join(format!("f{i:02}"))).unwrap().len(),
-            1 << 20
-        );
-    }
+    nothing_partial_and_sources_intact(&src, &dst);
 }
 
 /// A loop-device ext4 that fills up in the middle of a `ferry move`: the job pauses with
