@@ -12,6 +12,7 @@
 //! println!("{}", report.summary());
 //! ```
 
+pub mod agent;
 pub mod cluster;
 pub mod coord;
 pub mod copy;

@@ -1,0 +1,199 @@
+//! A minimal blocking HTTP/1.1 client for etcd's JSON gateway, and the reply reader the admin
+//! server shares. Every call has a connect and a read/write deadline, so a frozen etcd member
+//! costs a timeout, never a hang; one TCP connection per request (`Connection: close`).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+/// Most bytes of one reply accepted (etcd caps a request at 1.5 MiB; JSON + base64 grows it).
+pub const MAX_BODY: usize = 16 << 20;
+
+/// `http://host:port` (or `host:port`) → `host:port`.
+pub fn host_port(url: &str) -> Result<String, String> {
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    if url.starts_with("https://") {
+        return Err(format!(
+            "'{url}': https endpoints are not supported (use http://)"
+        ));
+    }
+    let hp = rest.trim_end_matches('/');
+    if hp.is_empty() || hp.contains('/') || !hp.contains(':') {
+        return Err(format!("'{url}': expected http://HOST:PORT"));
+    }
+    Ok(hp.to_string())
+}
+
+/// POSTs `body` to `http://addr{path}`; (status, body).
+pub fn post(
+    addr: &str,
+    path: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> std::io::Result<(u16, Vec<u8>)> {
+    let sa = addr
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("{addr}: no address")))?;
+    let mut s = TcpStream::connect_timeout(&sa, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    s.set_nodelay(true)?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut req = head.into_bytes();
+    req.extend_from_slice(body);
+    s.write_all(&req)?;
+    read_reply(&mut BufReader::new(s))
+}
+
+fn bad(m: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string())
+}
+
+/// Reads a status line, headers and a body (Content-Length, chunked, or to EOF).
+pub fn read_reply<R: BufRead>(r: &mut R) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("bad HTTP status line"))?;
+    let (len, chunked) = read_headers(r)?;
+    let body = if chunked {
+        read_chunked(r)?
+    } else if let Some(n) = len {
+        if n > MAX_BODY {
+            return Err(bad("HTTP body too large"));
+        }
+        let mut b = vec![0; n];
+        r.read_exact(&mut b)?;
+        b
+    } else {
+        let mut b = Vec::new();
+        r.take(MAX_BODY as u64 + 1).read_to_end(&mut b)?;
+        b
+    };
+    Ok((status, body))
+}
+
+/// (Content-Length, chunked?) from the header block.
+pub fn read_headers<R: BufRead>(r: &mut R) -> std::io::Result<(Option<usize>, bool)> {
+    let (mut len, mut chunked) = (None, false);
+    for _ in 0..100 {
+        let mut h = String::new();
+        if r.read_line(&mut h)? == 0 {
+            return Err(bad("HTTP headers cut short"));
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            return Ok((len, chunked));
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+            if k == "content-length" {
+                len = Some(v.parse().map_err(|_| bad("bad Content-Length"))?);
+            } else if k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked") {
+                chunked = true;
+            }
+        }
+    }
+    Err(bad("too many HTTP headers"))
+}
+
+fn read_chunked<R: BufRead>(r: &mut R) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let mut l = String::new();
+        r.read_line(&mut l)?;
+        let n = usize::from_str_radix(l.trim().split(';').next().unwrap_or(""), 16)
+            .map_err(|_| bad("bad chunk size"))?;
+        if out.len() + n > MAX_BODY {
+            return Err(bad("HTTP body too large"));
+        }
+        let start = out.len();
+        out.resize(start + n, 0);
+        r.read_exact(&mut out[start..])?;
+        let mut crlf = [0u8; 2];
+        r.read_exact(&mut crlf)?;
+        if n == 0 {
+            return Ok(out);
+        }
+    }
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding (what etcd's gateway uses for keys and values).
+pub fn b64_encode(data: &[u8]) -> String {
+    let mut s = String::with_capacity(data.len().div_ceil(3) * 4);
+    for c in data.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                s.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
+}
+
+pub fn b64_decode(s: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(s.len() / 4 * 3);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for ch in s.bytes().filter(|&c| c != b'=') {
+        let v = match ch {
+            b'A'..=b'Z' => ch - b'A',
+            b'a'..=b'z' => ch - b'a' + 26,
+            b'0'..=b'9' => ch - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => return Err(format!("bad base64 byte {ch:#x}")),
+        } as u32;
+        acc = acc << 6 | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_round_trips_and_matches_known_text() {
+        assert_eq!(b64_encode(b"foo"), "Zm9v");
+        assert_eq!(b64_encode(b"fo"), "Zm8=");
+        assert_eq!(b64_encode(b"f"), "Zg==");
+        assert_eq!(b64_decode("YmFy").unwrap(), b"bar");
+        for n in 0..300usize {
+            let d: Vec<u8> = (0..n).map(|i| (i * 7 + n) as u8).collect();
+            assert_eq!(b64_decode(&b64_encode(&d)).unwrap(), d);
+        }
+        assert!(b64_decode("a*b").is_err());
+    }
+
+    #[test]
+    fn replies_with_length_and_chunks() {
+        let r = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi";
+        assert_eq!(read_reply(&mut &r[..]).unwrap(), (200, b"hi".to_vec()));
+        let r = b"HTTP/1.1 404 NF\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+        assert_eq!(read_reply(&mut &r[..]).unwrap(), (404, b"abcde".to_vec()));
+        assert!(host_port("https://x:1").is_err());
+        assert_eq!(
+            host_port("http://127.0.0.1:2379/").unwrap(),
+            "127.0.0.1:2379"
+        );
+    }
+}

@@ -1,0 +1,8 @@
+//! The cluster agent: membership, election, assignment and the runner of cluster jobs, all
+//! coordinated through a `ClusterStore` (etcd in production, an in-memory fake in tests).
+
+pub mod etcd;
+pub mod http;
+pub mod store;
+
+pub use store::{ClusterStore, Cmp, Kv, MemStore, Op, Snapshot, StoreError};

@@ -1,0 +1,173 @@
+//! Real etcd for tests: members on free loopback ports with temp data dirs, stopped by pid.
+//! `Etcd::start` returns None (and prints why) when the `etcd` binary is not installed.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Member {
+    pub name: String,
+    pub client: String,
+    peer: String,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct Etcd {
+    pub members: Vec<Member>,
+    _tmp: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn installed() -> bool {
+    Command::new("etcd")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+impl Etcd {
+    /// A cluster of `n` members, each answering on its client URL; None: etcd not installed.
+    pub fn start(n: usize) -> Option<Etcd> {
+        if !installed() {
+            eprintln!("skipped: etcd is not installed (apt-get install etcd-server)");
+            return None;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let mut members: Vec<Member> = (0..n)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client: format!("http://127.0.0.1:{}", free_port()),
+                peer: format!("http://127.0.0.1:{}", free_port()),
+                dir: tmp.path().join(format!("m{i}")),
+                child: None,
+            })
+            .collect();
+        let cluster: Vec<String> = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer))
+            .collect();
+        let cluster = cluster.join(",");
+        for m in &mut members {
+            m.spawn(&cluster, true);
+        }
+        let e = Etcd { members, _tmp: tmp };
+        for m in &e.members {
+            m.wait_ready(Duration::from_secs(20));
+        }
+        Some(e)
+    }
+
+    /// The client URLs, comma-separated (the agents' --etcd).
+    pub fn urls(&self) -> String {
+        let v: Vec<&str> = self.members.iter().map(|m| m.client.as_str()).collect();
+        v.join(",")
+    }
+
+    pub fn stop(&mut self, i: usize) {
+        self.members[i].kill();
+    }
+
+    /// Starts a stopped member again on the same data dir.
+    pub fn restart(&mut self, i: usize) {
+        let cluster: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer))
+            .collect();
+        let cluster = cluster.join(",");
+        self.members[i].spawn(&cluster, false);
+        self.members[i].wait_ready(Duration::from_secs(20));
+    }
+
+    pub fn pid(&self, i: usize) -> u32 {
+        self.members[i].child.as_ref().unwrap().id()
+    }
+}
+
+impl Member {
+    fn spawn(&mut self, cluster: &str, new: bool) {
+        let log = std::fs::File::create(self.dir.with_extension("log")).unwrap();
+        let child = Command::new("etcd")
+            .args(["--name", &self.name, "--data-dir"])
+            .arg(&self.dir)
+            .args([
+                "--listen-client-urls",
+                &self.client,
+                "--advertise-client-urls",
+                &self.client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &self.peer,
+                "--initial-advertise-peer-urls",
+                &self.peer,
+            ])
+            .args([
+                "--initial-cluster",
+                cluster,
+                "--initial-cluster-token",
+                "ferry-test",
+            ])
+            .args([
+                "--initial-cluster-state",
+                if new { "new" } else { "existing" },
+            ])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd");
+        self.child = Some(child);
+    }
+
+    /// Waits until the member serves reads (a one-member cluster elects itself at once; a
+    /// member of several needs a quorum, so only the first wait may take long).
+    fn wait_ready(&self, limit: Duration) {
+        let start = Instant::now();
+        let addr = self.client.trim_start_matches("http://").to_string();
+        while start.elapsed() < limit {
+            if let Ok((200, body)) = ferry::agent::http::post(
+                &addr,
+                "/v3/kv/range",
+                br#"{"key":"AA=="}"#,
+                Duration::from_millis(500),
+            ) && String::from_utf8_lossy(&body).contains("header")
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "etcd member {} did not become ready in {limit:?}",
+            self.name
+        );
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            m.kill();
+        }
+    }
+}
