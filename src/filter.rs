@@ -63,6 +63,11 @@ impl Filter {
         self.rules.is_empty()
     }
 
+    /// Whether any rule could leave an entry out (include rules alone never do).
+    pub fn excludes_any(&self) -> bool {
+        self.rules.iter().any(|r| !r.include)
+    }
+
     /// Whether the entry at `rel` (relative to its source root) is copied.
     pub fn included(&self, rel: &Path, is_dir: bool) -> bool {
         let name = Path::new(rel.file_name().unwrap_or(rel.as_os_str()));

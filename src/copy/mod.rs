@@ -514,10 +514,16 @@ pub fn execute(p: Prepared) -> Report {
 }
 
 /// `ferry move` within one filesystem: one rename(2) moves the whole root (metadata only, atomic).
-/// Only when the target does not exist yet (RENAME_NOREPLACE); otherwise, or on any error,
+/// Only when the target does not exist yet (RENAME_NOREPLACE) and nothing below a directory
+/// could be kept back (an exclude rule, `-x` at a mount point); otherwise, or on any error,
 /// false: the root is copied and deleted file by file instead.
 fn rename_root(ctx: &Ctx, root: &plan::Root) -> bool {
     use crate::meta;
+    if meta::file_type(&root.st) == libc::S_IFDIR
+        && (ctx.filter.excludes_any() || ctx.spec.one_file_system)
+    {
+        return false;
+    }
     let parent = meta::parent_dir(&root.target);
     let same_fs = meta::lstat(parent).is_ok_and(|p| p.st_dev == root.st.st_dev);
     if !same_fs || meta::rename_noreplace(&root.src, &root.target).is_err() {

@@ -113,6 +113,8 @@ pub fn remove_dir(ctx: &Ctx, src: &Path, dst: &Path) {
     match meta::rmdir(src) {
         Ok(()) => sync_dirs(ctx, vec![meta::parent_dir(src).to_path_buf()]),
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST)) => {}
+        // -x: a mount point it did not enter stays with its filesystem (rmdir says EBUSY).
+        Err(e) if ctx.spec.one_file_system && e.raw_os_error() == Some(libc::EBUSY) => {}
         Err(e) => ctx.stats.error(e),
     }
 }
