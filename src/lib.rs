@@ -30,6 +30,7 @@ pub mod queue;
 pub mod reactor;
 pub mod spec;
 pub mod stats;
+pub mod temp;
 pub mod verify;
 
 pub use error::{Error, ErrorKind};

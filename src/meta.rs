@@ -5,7 +5,7 @@ use crate::error::Error;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Paths at least this long are reached through their parent directory's fd (PATH_MAX is
 /// 4096 with the NUL; keep a margin for the /proc prefix).
@@ -469,8 +469,8 @@ pub fn apply_path_meta(
 }
 
 /// A hard link to an already copied file, made at the temp name and renamed over `dst`.
-pub fn hardlink(existing: &Path, dst: &Path) -> Result<(), Error> {
-    let tmp = temp_name(dst);
+pub fn hardlink(existing: &Path, dst: &Path, tok: &crate::temp::Token) -> Result<(), Error> {
+    let tmp = crate::temp::temp_name(dst, tok);
     remove_stale(&tmp)?;
     let (a, b) = (cpath(existing, "link")?, cpath(&tmp, "link")?);
     // SAFETY: valid C strings.
@@ -559,31 +559,6 @@ pub fn open_dir(p: &Path) -> Result<OwnedFd, Error> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Longest file name Linux filesystems accept.
-const NAME_MAX: usize = 255;
-const TEMP_SUFFIX: &str = ".ferry-tmp";
-
-/// `.<name>.ferry-tmp` beside the final name: a partial file never carries a final name.
-/// Names too long for that keep a prefix plus a hash of the whole name, so the temp name is
-/// still unique and the same on every run.
-pub fn temp_name(dst: &Path) -> PathBuf {
-    use std::os::unix::ffi::OsStringExt;
-    let name = dst.file_name().unwrap_or_default().as_bytes();
-    let mut t = Vec::with_capacity(NAME_MAX);
-    t.push(b'.');
-    if 1 + name.len() + TEMP_SUFFIX.len() <= NAME_MAX {
-        t.extend_from_slice(name);
-    } else {
-        let hash = format!("~{:016x}", xxhash_rust::xxh3::xxh3_64(name));
-        let keep = NAME_MAX - 1 - hash.len() - TEMP_SUFFIX.len();
-        t.extend_from_slice(&name[..keep]);
-        t.extend_from_slice(hash.as_bytes());
-    }
-    t.extend_from_slice(TEMP_SUFFIX.as_bytes());
-    debug_assert!(t.len() <= NAME_MAX);
-    dst.with_file_name(std::ffi::OsString::from_vec(t))
-}
-
 /// Symlinks, FIFOs and device nodes are made at the temp name and renamed over the final one,
 /// so a re-run replaces an old entry in one step.
 pub fn copy_special(
@@ -592,8 +567,9 @@ pub fn copy_special(
     st: &libc::stat,
     keep: &crate::spec::Preserve,
     umask: u32,
+    tok: &crate::temp::Token,
 ) -> Result<(), Error> {
-    let tmp = temp_name(dst);
+    let tmp = crate::temp::temp_name(dst, tok);
     let ctmp = cpath(&tmp, "create")?;
     remove_stale(&tmp)?;
     match file_type(st) {
@@ -764,34 +740,25 @@ mod tests {
         let dst = t.path().join("b");
         let fd = create_anon_in(None, &dst, 0o644).unwrap();
         write_all(&fd, b"two");
-        link_anon(fd.as_raw_fd(), None, &temp_name(&dst), &dst).unwrap();
+        link_anon(
+            fd.as_raw_fd(),
+            None,
+            &crate::temp::temp_name(&dst, crate::temp::process_token()),
+            &dst,
+        )
+        .unwrap();
         let fd = create_anon_in(None, &dst, 0o644).unwrap();
         write_all(&fd, b"three");
         link_anon(
             fd.as_raw_fd(),
             Some(dir.as_raw_fd()),
-            &temp_name(&dst),
+            &crate::temp::temp_name(&dst, crate::temp::process_token()),
             &dst,
         )
         .unwrap();
         assert_eq!(std::fs::read(&dst).unwrap(), b"three");
         // No temp name is left behind, the replaced file is gone.
         assert_eq!(names(t.path()), vec!["a", "b"]);
-    }
-
-    #[test]
-    fn temp_names_fit_name_max_and_stay_distinct() {
-        let a = temp_name(Path::new("/d/file"));
-        assert_eq!(a, Path::new("/d/.file.ferry-tmp"));
-        let long1 = "x".repeat(255);
-        let long2 = format!("{}y", "x".repeat(254));
-        let (t1, t2) = (
-            temp_name(&Path::new("/d").join(&long1)),
-            temp_name(&Path::new("/d").join(&long2)),
-        );
-        assert!(t1.file_name().unwrap().len() <= 255);
-        assert_ne!(t1, t2);
-        assert_eq!(t1, temp_name(&Path::new("/d").join(&long1)));
     }
 }
 

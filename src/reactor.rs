@@ -678,7 +678,7 @@ impl Reactor {
         let opened =
             (|| {
                 let ranges = meta::data_ranges(src_fd.as_raw_fd(), &st, &src, MAX_RANGES)?;
-                let tmp = meta::temp_name(&dst);
+                let tmp = crate::temp::temp_name(&dst, &self.ctx.temp_token);
                 let dir = at.map(|a| a.1);
                 if anon.is_some() && !parent.as_ref().is_some_and(|p| p.made) {
                     // Nothing will create (and so replace) the old temp name.

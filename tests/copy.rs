@@ -184,13 +184,18 @@ fn copy_over_an_existing_tree_replaces_its_files_and_clears_stale_temps() {
     write_file(&src.join("c"), 70_000, 3);
     for io in backends() {
         let base = t.path().join(io);
-        // An earlier copy with other contents, and the temp names a killed run left.
+        fs::create_dir_all(&base).unwrap();
+        // An earlier run of the job (its temps carry the job's token, kept in its state)...
+        let out = run_copy(io, &[], &src, &base);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let tok = job_temp_token(&base).expect("the job's temp token");
+        // ...then other contents, and the temp names a killed run of it left.
         let old = base.join("tree");
-        fs::create_dir_all(old.join("d")).unwrap();
         write_file(&old.join("d/a"), 10, 90);
         write_file(&old.join("c"), 123_456, 91);
-        write_file(&old.join("d/.a.ferry-tmp"), 77, 92);
-        write_file(&old.join("d/.b.ferry-tmp"), 77, 93);
+        write_file(&old.join(format!("d/.a.ferry-{tok}.tmp")), 77, 92);
+        write_file(&old.join(format!("d/.b.ferry-{tok}.tmp")), 77, 93);
+        assert_eq!(temp_files(&base).len(), 2);
         let out = run_copy(io, &[], &src, &base);
         assert!(out.status.success(), "{}", stderr(&out));
         assert_same_tree(&src, &old);

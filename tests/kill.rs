@@ -20,7 +20,7 @@ fn check_final_names_complete(src: &Path, dst: &Path) -> (usize, usize) {
                 stack.push(p);
                 continue;
             }
-            if e.file_name().to_string_lossy().ends_with(".ferry-tmp") {
+            if is_ferry_temp(&e.file_name()) {
                 temps += 1;
                 continue;
             }

@@ -33,9 +33,10 @@ pub fn validate(bucket: &str, key: &[u8]) -> Result<(), String> {
         return Err(format!("object keys are 1-{MAX_KEY_LEN} bytes"));
     }
     for c in key.split(|&b| b == b'/') {
-        if c.is_empty() || c == b"." || c == b".." || c.ends_with(b".ferry-tmp") || c.len() > 255 {
+        if c.is_empty() || c == b"." || c == b".." || looks_temp(c) || c.len() > 255 {
             return Err(format!(
-                "bad object key '{}' (no empty, '.', '..' or '*.ferry-tmp' parts, parts up to 255 bytes)",
+                "bad object key '{}' (no empty, '.', '..', '*.ferry-tmp' or \
+                 '.*.ferry-<16 hex>.tmp' parts, parts up to 255 bytes)",
                 String::from_utf8_lossy(key)
             ));
         }
@@ -44,6 +45,11 @@ pub fn validate(bucket: &str, key: &[u8]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Names the store keeps for its temp files (this build's and older builds'): never objects.
+fn looks_temp(name: &[u8]) -> bool {
+    name.ends_with(b".ferry-tmp") || crate::temp::is_temp_name(name)
 }
 
 pub fn object_path(disk: &Path, bucket: &str, key: &[u8]) -> PathBuf {
@@ -125,7 +131,7 @@ pub fn walk_objects(disk: &Path, errors: &mut Vec<String>, f: &mut dyn FnMut(&st
                 match e.file_type() {
                     Ok(t) if t.is_dir() => stack.push((e.path(), key)),
                     Ok(t) if t.is_file() => {
-                        if name.as_bytes().ends_with(b".ferry-tmp") {
+                        if looks_temp(name.as_bytes()) {
                             continue;
                         }
                         let size = e.metadata().map(|m| m.len()).unwrap_or(0);
@@ -210,7 +216,7 @@ impl Cluster {
         let dir = meta::parent_dir(&dst).to_path_buf();
         let _g = self.lock(bucket, key);
         std::fs::create_dir_all(&dir).map_err(|e| Error::os("mkdir", &dir, e))?;
-        let tmp = meta::temp_name(&dst);
+        let tmp = crate::temp::temp_name(&dst, crate::temp::process_token());
         let fd = meta::create_temp(&tmp)?;
         let mut f = std::fs::File::from(fd);
         let written = f

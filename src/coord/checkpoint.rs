@@ -87,6 +87,9 @@ pub struct Checkpoint {
     pub failed: u64,
     pub updated_unix: u64,
     pub pid: u32,
+    /// The token in this job's temp names (see `temp`); absent in checkpoints of older builds.
+    #[serde(default)]
+    pub temp_token: Option<String>,
 }
 
 /// What the journal says a source looked like when its copy became durable.

@@ -191,6 +191,24 @@ pub fn prepare_fed(
     })
 }
 
+/// Temps any earlier run of this job left carry its token: keep it, so they are known (and
+/// replaced or removed) as this job's.
+fn adopt_temp_token(
+    ctx: &mut Ctx,
+    earlier: Option<&crate::coord::checkpoint::Checkpoint>,
+    dir: &Path,
+) {
+    if let Some(t) = earlier.and_then(|cp| cp.temp_token.as_deref()) {
+        match crate::temp::Token::parse(t) {
+            Some(t) => ctx.temp_token = t,
+            None => eprintln!(
+                "ferry: ignoring a malformed temp token in {}",
+                dir.display()
+            ),
+        }
+    }
+}
+
 /// Opens the job's state; resumes an unfinished earlier run (its journal says what is done,
 /// its checkpoint where each source lands) unless `--fresh`.
 fn resume_or_start(ctx: &mut Ctx, root: &Path, plan: &mut plan::Plan) -> Result<(), Error> {
@@ -211,6 +229,7 @@ fn resume_or_start(ctx: &mut Ctx, root: &Path, plan: &mut plan::Plan) -> Result<
         Err(e) => return Err(Error::os("state dir", &root.join(&id), e)),
     };
     let earlier = sd.load_checkpoint();
+    adopt_temp_token(ctx, earlier.as_ref(), &sd.dir);
     if let Some(cp) = &earlier
         && !ctx.spec.fresh
         && job_id(&cp.spec) != id

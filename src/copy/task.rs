@@ -454,6 +454,9 @@ pub struct Ctx {
     pub manifest: Option<Mutex<crate::manifest::Writer>>,
     /// Replaces rename-and-journal for jobs with their own commit rules (rebalance).
     pub hook: Option<Arc<dyn super::commit::CommitHook>>,
+    /// Carried by every named temp file of this job (kept in its checkpoint): only names with
+    /// it are ever taken for this job's temps.
+    pub temp_token: crate::temp::Token,
 }
 
 impl Ctx {
@@ -497,6 +500,7 @@ impl Ctx {
             manifest: None,
             src_fs: Mutex::new(HashMap::new()),
             hook: None,
+            temp_token: crate::temp::Token::random(),
         }
     }
 
@@ -543,7 +547,7 @@ impl Ctx {
     }
 
     fn make_link(&self, existing: &Path, w: LinkWaiter, hash: Option<u64>) {
-        let linked = meta::hardlink(existing, &w.dst).and_then(|()| {
+        let linked = meta::hardlink(existing, &w.dst, &self.temp_token).and_then(|()| {
             Stats::add(&self.stats.hardlinks, 1);
             if let Some(h) = hash
                 && self.manifest.is_some()
@@ -663,6 +667,7 @@ impl Ctx {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             pid: std::process::id(),
+            temp_token: Some(self.temp_token.as_str().to_string()),
         };
         if let Err(e) = sd.write_checkpoint(&cp) {
             self.stats.error(Error::os("checkpoint", &sd.dir, e));

@@ -246,11 +246,25 @@ pub fn copy_inline(ctx: &Ctx, src: &Path, dst: &Path) -> Result<(), Error> {
     }
     match meta::file_type(&st) {
         libc::S_IFLNK => {
-            meta::copy_special(src, dst, &st, &ctx.spec.preserve, ctx.umask)?;
+            meta::copy_special(
+                src,
+                dst,
+                &st,
+                &ctx.spec.preserve,
+                ctx.umask,
+                &ctx.temp_token,
+            )?;
             Stats::add(&ctx.stats.symlinks, 1);
         }
         libc::S_IFIFO | libc::S_IFCHR | libc::S_IFBLK => {
-            meta::copy_special(src, dst, &st, &ctx.spec.preserve, ctx.umask)?;
+            meta::copy_special(
+                src,
+                dst,
+                &st,
+                &ctx.spec.preserve,
+                ctx.umask,
+                &ctx.temp_token,
+            )?;
             Stats::add(&ctx.stats.specials, 1);
         }
         libc::S_IFSOCK => {

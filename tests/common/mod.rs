@@ -264,6 +264,27 @@ pub fn files_equal(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// A name of ferry's temp files (any job's token).
+pub fn is_ferry_temp(name: &std::ffi::OsStr) -> bool {
+    ferry::temp::is_temp_name(std::os::unix::ffi::OsStrExt::as_bytes(name))
+}
+
+/// The temp-name token of the job whose checkpoint (in the tests' state home) copies into
+/// `dest`.
+pub fn job_temp_token(dest: &Path) -> Option<String> {
+    let dest = dest.canonicalize().ok()?;
+    for e in fs::read_dir(state_home().join("ferry")).ok()?.flatten() {
+        let Ok(text) = fs::read(e.path().join("checkpoint.json")) else {
+            continue;
+        };
+        let cp: serde_json::Value = serde_json::from_slice(&text).ok()?;
+        if cp["spec"]["dest"].as_str() == dest.to_str() {
+            return cp["temp_token"].as_str().map(String::from);
+        }
+    }
+    None
+}
+
 /// Names of temp files left anywhere under `root`.
 pub fn temp_files(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -274,7 +295,7 @@ pub fn temp_files(root: &Path) -> Vec<PathBuf> {
             let p = e.path();
             if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
                 stack.push(p);
-            } else if e.file_name().to_string_lossy().ends_with(".ferry-tmp") {
+            } else if is_ferry_temp(&e.file_name()) {
                 out.push(p);
             }
         }

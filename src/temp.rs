@@ -1,0 +1,133 @@
+//! Names of ferry's temp files: `.<name>.ferry-<token>.tmp` beside the final name. The token is
+//! 64 random bits chosen once per job and kept in its checkpoint, so a user's file can only look
+//! like one of this job's temps by guessing it: cleanup (and replacing a killed run's temp)
+//! touches only names carrying the job's own token, never a user's file of a similar name.
+
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+/// Longest file name Linux filesystems accept.
+const NAME_MAX: usize = 255;
+/// Hex digits of a token.
+pub const TOKEN_LEN: usize = 16;
+const MARK: &[u8] = b".ferry-";
+const SUFFIX: &[u8] = b".tmp";
+
+/// A job's temp-name token: 16 lower-case hex digits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// A fresh token from the kernel's random pool.
+    pub fn random() -> Token {
+        let mut b = [0u8; 8];
+        // SAFETY: b is 8 writable bytes.
+        let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+        let v = if n == b.len() as isize {
+            u64::from_ne_bytes(b)
+        } else {
+            // No getrandom (very old kernel, seccomp): time and pid still differ per job.
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            let key = format!("{t}/{}/{:p}", std::process::id(), &b);
+            xxhash_rust::xxh3::xxh3_64(key.as_bytes())
+        };
+        Token(format!("{v:016x}"))
+    }
+
+    /// A token as a checkpoint keeps it; None unless exactly 16 lower-case hex digits.
+    pub fn parse(s: &str) -> Option<Token> {
+        let ok = s.len() == TOKEN_LEN && s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+        ok.then(|| Token(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The temp name for `dst` under `tok`. Names too long for it keep a prefix plus a hash of the
+/// whole name, so the temp name still fits NAME_MAX, is unique and is the same on every run.
+pub fn temp_name(dst: &Path, tok: &Token) -> PathBuf {
+    let name = dst.file_name().unwrap_or_default().as_bytes();
+    let tail = MARK.len() + TOKEN_LEN + SUFFIX.len();
+    let mut t = Vec::with_capacity(NAME_MAX);
+    t.push(b'.');
+    if 1 + name.len() + tail <= NAME_MAX {
+        t.extend_from_slice(name);
+    } else {
+        let hash = format!("~{:016x}", xxhash_rust::xxh3::xxh3_64(name));
+        let keep = NAME_MAX - 1 - hash.len() - tail;
+        t.extend_from_slice(&name[..keep]);
+        t.extend_from_slice(hash.as_bytes());
+    }
+    t.extend_from_slice(MARK);
+    t.extend_from_slice(tok.0.as_bytes());
+    t.extend_from_slice(SUFFIX);
+    debug_assert!(t.len() <= NAME_MAX);
+    dst.with_file_name(std::ffi::OsString::from_vec(t))
+}
+
+/// Whether a file name has the shape of a ferry temp name (any token). Only for places where
+/// no user file can have that shape (object stores refuse such keys), never for cleanup.
+pub fn is_temp_name(name: &[u8]) -> bool {
+    let tail = MARK.len() + TOKEN_LEN + SUFFIX.len();
+    if name.len() < 1 + tail || name[0] != b'.' || !name.ends_with(SUFFIX) {
+        return false;
+    }
+    let t = &name[name.len() - tail..];
+    t.starts_with(MARK)
+        && t[MARK.len()..MARK.len() + TOKEN_LEN]
+            .iter()
+            .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A process-wide token, for writers without a job (object put).
+pub fn process_token() -> &'static Token {
+    static TOK: std::sync::OnceLock<Token> = std::sync::OnceLock::new();
+    TOK.get_or_init(Token::random)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_names_carry_the_token_fit_name_max_and_stay_distinct() {
+        let tok = Token::parse("0123456789abcdef").unwrap();
+        let a = temp_name(Path::new("/d/file"), &tok);
+        assert_eq!(a, Path::new("/d/.file.ferry-0123456789abcdef.tmp"));
+        assert!(is_temp_name(a.file_name().unwrap().as_bytes()));
+        let long1 = "x".repeat(255);
+        let long2 = format!("{}y", "x".repeat(254));
+        let (t1, t2) = (
+            temp_name(&Path::new("/d").join(&long1), &tok),
+            temp_name(&Path::new("/d").join(&long2), &tok),
+        );
+        assert!(t1.file_name().unwrap().len() <= 255);
+        assert!(is_temp_name(t1.file_name().unwrap().as_bytes()));
+        assert_ne!(t1, t2);
+        assert_eq!(t1, temp_name(&Path::new("/d").join(&long1), &tok));
+        let other = temp_name(Path::new("/d/file"), &Token::random());
+        assert_ne!(a, other, "another job's temp is another name");
+    }
+
+    #[test]
+    fn only_ferry_shaped_names_count_and_tokens_parse_strictly() {
+        for n in [
+            ".big.ferry-tmp",
+            "big",
+            ".big.ferry-0123.tmp",
+            "x.ferry-0123456789abcdef.tmp",
+        ] {
+            assert!(!is_temp_name(n.as_bytes()), "{n}");
+        }
+        assert!(!is_temp_name(b".a.ferry-0123456789ABCDEF.tmp"));
+        assert!(Token::parse("0123456789ABCDEF").is_none());
+        assert!(Token::parse("0123").is_none());
+        let r = Token::random();
+        assert_eq!(Token::parse(r.as_str()), Some(r));
+    }
+}
