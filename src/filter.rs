@@ -1,7 +1,8 @@
 //! rsync-style include/exclude rules: tried in command-line order, the first that matches
-//! decides; nothing matching means included. A pattern without '/' matches the name at any
-//! depth; with '/' it matches the path from the source root ('/' at the start anchors it there);
-//! a trailing '/' matches directories only. `*` stays within one name, `**` crosses '/'.
+//! decides; nothing matching means included. A pattern without '/' (or `**`) matches the name at
+//! any depth; with one it matches the end of the path relative to the source root, at a
+//! directory boundary (a '/' at the start anchors it at the root instead); a trailing '/'
+//! matches directories only. `*` stays within one name, `**` crosses '/'.
 
 use globset::{GlobBuilder, GlobMatcher};
 use std::path::Path;
@@ -42,9 +43,17 @@ impl Filter {
             }
             let dir_only = pat.ends_with('/');
             let p = pat.trim_end_matches('/');
-            let whole_path = p.contains('/');
+            let whole_path = p.contains('/') || p.contains("**");
+            let anchored = p.starts_with('/');
             let p = p.trim_start_matches('/');
-            let glob = GlobBuilder::new(p)
+            // Unanchored: the pattern may match at any directory boundary, i.e. the end of
+            // the path ("**/" also matches no leading directory at all).
+            let p = if whole_path && !anchored && !p.starts_with("**") {
+                format!("**/{p}")
+            } else {
+                p.to_string()
+            };
+            let glob = GlobBuilder::new(&p)
                 .literal_separator(true)
                 .build()
                 .map_err(|e| format!("bad pattern '{pat}': {e}"))?
@@ -126,5 +135,25 @@ mod tests {
         assert!(!x.included(Path::new("src/a/b/m.o"), false));
         assert!(x.included(Path::new("m.o"), false));
         assert!(Filter::new(&[Rule::Exclude("[".into())]).is_err());
+    }
+
+    #[test]
+    fn unanchored_patterns_with_a_slash_match_the_end_of_the_path() {
+        let x = f(&[("deeper/*.log", false), ("a/**/z", false)]);
+        assert!(!x.included(Path::new("deeper/d.log"), false));
+        assert!(!x.included(Path::new("dir/deeper/d.log"), false));
+        assert!(!x.included(Path::new("p/q/deeper/d.log"), false));
+        assert!(
+            x.included(Path::new("dir/undeeper/d.log"), false),
+            "whole names only"
+        );
+        assert!(
+            x.included(Path::new("deeper/sub/d.log"), false),
+            "'*' stays in one name"
+        );
+        assert!(!x.included(Path::new("top/a/b/c/z"), false));
+        let y = f(&[("/dir/deeper/", false)]);
+        assert!(!y.included(Path::new("dir/deeper"), true));
+        assert!(y.included(Path::new("x/dir/deeper"), true), "anchored");
     }
 }

@@ -175,8 +175,9 @@ struct CopyArgs {
     #[arg(long, short)]
     quiet: bool,
     /// Skip entries matching GLOB (rsync-style: rules apply in command-line order, first match
-    /// wins; no '/' matches names at any depth, a leading '/' anchors at the source root, a
-    /// trailing '/' matches directories only).
+    /// wins; no '/' matches names at any depth, a '/' inside matches the end of the path, a
+    /// leading '/' anchors at the source root, a trailing '/' matches directories only, '**'
+    /// crosses directories).
     #[arg(long, value_name = "GLOB")]
     exclude: Vec<String>,
     /// Copy entries matching GLOB even if a later --exclude matches them.

@@ -11,7 +11,15 @@ fn out_text(o: &std::process::Output) -> String {
 }
 
 fn tree(root: &Path) {
-    for d in ["keep", "logs", "dir/deeper", "build", "x/build"] {
+    for d in [
+        "keep",
+        "logs",
+        "dir/deeper",
+        "build",
+        "x/build",
+        "y/cache",
+        "src/a/b",
+    ] {
         fs::create_dir_all(root.join(d)).unwrap();
     }
     for (i, f) in [
@@ -23,6 +31,11 @@ fn tree(root: &Path) {
         "dir/f.log",
         "build/o",
         "x/build/o",
+        "cache",
+        "y/cache/z",
+        "src/a/b/m.o",
+        "src/m.o",
+        "m.o",
     ]
     .iter()
     .enumerate()
@@ -135,5 +148,70 @@ fn move_one_file_system_leaves_a_mounted_filesystem_where_it_is() {
         !out_text(&out).contains("moved by rename"),
         "{}",
         out_text(&out)
+    );
+}
+
+/// Copies `tree` with `rules` and returns which of its files arrived.
+fn copied_with(t: &Path, name: &str, rules: &[&str]) -> Vec<String> {
+    let src = t.join(format!("{name}-src"));
+    tree(&src);
+    let dst = t.join(format!("{name}-dst"));
+    let mut args: Vec<&std::ffi::OsStr> = vec!["copy".as_ref()];
+    args.extend(rules.iter().map(std::ffi::OsStr::new));
+    args.extend([src.as_os_str(), dst.as_os_str()]);
+    let out = ferry(&args);
+    assert!(out.status.success(), "{rules:?}: {}", stderr(&out));
+    let mut got = Vec::new();
+    let mut stack = vec![dst.clone()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                let rel = e.path().strip_prefix(&dst).unwrap().to_owned();
+                got.push(rel.to_string_lossy().into_owned());
+            }
+        }
+    }
+    got.sort();
+    got
+}
+
+#[test]
+fn exclude_rules_match_like_rsync() {
+    let t = tempfile::tempdir().unwrap();
+    let t = t.path();
+    let has = |got: &[String], f: &str| got.iter().any(|g| g == f);
+    // Unanchored with a slash: matches the end of the path, at any depth.
+    let got = copied_with(t, "tail", &["--exclude", "deeper/*.log"]);
+    assert!(!has(&got, "dir/deeper/d.log"), "{got:?}");
+    assert!(
+        has(&got, "dir/deeper/e.txt") && has(&got, "dir/f.log"),
+        "{got:?}"
+    );
+    // '*' stays within one name: "dir/*.log" is not "dir/deeper/d.log".
+    let got = copied_with(t, "star", &["--exclude", "dir/*.log"]);
+    assert!(
+        !has(&got, "dir/f.log") && has(&got, "dir/deeper/d.log"),
+        "{got:?}"
+    );
+    // A leading '/' anchors at the source root.
+    let got = copied_with(t, "anchor", &["--exclude", "/build/"]);
+    assert!(!has(&got, "build/o") && has(&got, "x/build/o"), "{got:?}");
+    let got = copied_with(t, "anchor2", &["--exclude", "/m.o"]);
+    assert!(!has(&got, "m.o") && has(&got, "src/m.o"), "{got:?}");
+    // A trailing '/' matches directories only.
+    let got = copied_with(t, "dironly", &["--exclude", "cache/"]);
+    assert!(has(&got, "cache") && !has(&got, "y/cache/z"), "{got:?}");
+    // No slash: the name at any depth; '**' crosses directories.
+    let got = copied_with(t, "name", &["--exclude", "*.log"]);
+    assert!(!got.iter().any(|g| g.ends_with(".log")), "{got:?}");
+    let got = copied_with(t, "dstar", &["--exclude", "src/**/*.o"]);
+    assert!(!has(&got, "src/a/b/m.o") && has(&got, "m.o"), "{got:?}");
+    // First match wins, in command-line order.
+    let got = copied_with(t, "order", &["--include", "b.log", "--exclude", "*.log"]);
+    assert!(
+        has(&got, "keep/b.log") && !has(&got, "logs/c.log"),
+        "{got:?}"
     );
 }
