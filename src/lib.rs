@@ -25,6 +25,7 @@ pub mod job;
 pub mod latency;
 pub mod manifest;
 pub mod meta;
+pub mod net;
 pub mod out;
 pub mod queue;
 pub mod reactor;

@@ -49,6 +49,8 @@ enum Cmd {
     Ctl(CtlArgs),
     /// List the jobs in the state dir with their state and progress.
     Jobs(JobsArgs),
+    /// Make the CA and node certificates for ferry over the network (mutual TLS).
+    Certs(ferry::net::cli::CertsArgs),
 }
 
 #[derive(Args)]
@@ -346,6 +348,7 @@ fn main() -> ExitCode {
         Cmd::Plan(p) => plan(p),
         Cmd::Ctl(c) => ctl(c),
         Cmd::Jobs(j) => jobs(j),
+        Cmd::Certs(c) => ferry::net::cli::certs(c),
         Cmd::Demo(e) => {
             let spec = match e.spec(vec![PathBuf::from(".")], PathBuf::from(".")) {
                 Ok(s) => s,

@@ -1,0 +1,315 @@
+//! One TLS connection carrying protocol messages, driven by poll(2) on a non-blocking socket
+//! from one thread. rustls is user-space TLS working on buffers (read_tls / write_tls), so the
+//! same `Connection` can later be fed by an io_uring socket driver instead of these calls.
+//!
+//! Outgoing messages are gathered into one plaintext buffer and handed to TLS in large
+//! pieces (many small files' frames per TLS record and per send). While a send waits for
+//! the socket, incoming bytes are still read and decoded, so two peers writing at once can
+//! never deadlock.
+
+use super::frame::{MAX_PAYLOAD, ProtoError};
+use super::msg::{Msg, MsgDecoder};
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+/// Plaintext gathered before it is pushed through TLS.
+const OUT_BATCH: usize = 256 * 1024;
+/// Most decoded messages' bytes held while we wait to write (a peer that floods us is cut off).
+const INBOX_MAX: usize = 64 << 20;
+
+pub struct Conn {
+    sock: TcpStream,
+    tls: rustls::Connection,
+    dec: MsgDecoder,
+    out: Vec<u8>,
+    inbox: VecDeque<Msg>,
+    inbox_bytes: usize,
+    /// Who is at the other end (for messages).
+    pub peer: String,
+    /// How long a wait for the peer may take before the connection is declared stalled.
+    pub idle: Duration,
+    eof: bool,
+    /// The peer's stream went bad after the messages in the inbox (reported after them).
+    broken: Option<ProtoError>,
+}
+
+fn proto(e: ProtoError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+fn msg_size(m: &Msg) -> usize {
+    match m {
+        Msg::Data { bytes } => bytes.len() + 16,
+        _ => 64,
+    }
+}
+
+impl Conn {
+    pub fn new(sock: TcpStream, tls: rustls::Connection, peer: String) -> io::Result<Conn> {
+        sock.set_nonblocking(true)?;
+        sock.set_nodelay(true)?;
+        keepalive(&sock);
+        Ok(Conn {
+            sock,
+            tls,
+            dec: MsgDecoder::new(),
+            out: Vec::with_capacity(OUT_BATCH + MAX_PAYLOAD),
+            inbox: VecDeque::new(),
+            inbox_bytes: 0,
+            peer,
+            idle: Duration::from_secs(60),
+            eof: false,
+            broken: None,
+        })
+    }
+
+    fn err(&self, what: &str, e: impl std::fmt::Display) -> io::Error {
+        io::Error::other(format!("{what} {}: {e}", self.peer))
+    }
+
+    /// Queues a message; it is written once enough is gathered or on [`Conn::flush`].
+    pub fn send(&mut self, m: &Msg) -> io::Result<()> {
+        m.encode(&mut self.out);
+        if self.out.len() >= OUT_BATCH {
+            self.push_out()?;
+        }
+        Ok(())
+    }
+
+    /// Writes everything queued to the socket.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.push_out()
+    }
+
+    /// Hands the gathered plaintext to TLS and writes TLS records until none is left (so
+    /// rustls never buffers more than one batch), reading meanwhile.
+    fn push_out(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            self.tls
+                .writer()
+                .write_all(&self.out)
+                .map_err(|e| self.err("tls write to", e))?;
+            self.out.clear();
+        }
+        let deadline = Instant::now() + self.idle;
+        while self.tls.wants_write() {
+            match self.tls.write_tls(&mut self.sock) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.wait(true, deadline)?;
+                    self.read_some()?;
+                }
+                Err(e) => return Err(self.err("send to", e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The next message, or Ok(None) if none arrives within `timeout`.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> io::Result<Option<Msg>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(m) = self.inbox.pop_front() {
+                self.inbox_bytes -= msg_size(&m);
+                return Ok(Some(m));
+            }
+            if let Some(e) = self.broken.take() {
+                return Err(proto(e));
+            }
+            if self.eof {
+                return Err(match self.dec.finish() {
+                    Err(e) => self.err("from", e),
+                    Ok(()) => io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("connection closed by {}", self.peer),
+                    ),
+                });
+            }
+            if self.tls.wants_write() {
+                self.push_out()?;
+            }
+            if self.read_some()? {
+                continue;
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            if !self.wait(false, deadline)? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The next message; a peer silent for `idle` is an error (stalled).
+    pub fn recv(&mut self) -> io::Result<Msg> {
+        match self.recv_timeout(self.idle)? {
+            Some(m) => Ok(m),
+            None => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{} sent nothing for {:?}", self.peer, self.idle),
+            )),
+        }
+    }
+
+    /// A message if one is already here (no waiting).
+    pub fn try_recv(&mut self) -> io::Result<Option<Msg>> {
+        if self.inbox.is_empty() && !self.eof {
+            self.read_some()?;
+        }
+        if self.inbox.is_empty() && self.broken.is_none() && !self.eof {
+            return Ok(None);
+        }
+        self.recv_timeout(Duration::ZERO)
+    }
+
+    /// Reads what the socket has, decrypts, decodes into the inbox. true: progress made.
+    fn read_some(&mut self) -> io::Result<bool> {
+        let mut progress = false;
+        loop {
+            match self.tls.read_tls(&mut self.sock) {
+                Ok(0) => {
+                    self.eof = true;
+                    progress = true;
+                    break;
+                }
+                Ok(_) => progress = true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.err("receive from", e)),
+            }
+            if let Err(e) = self.tls.process_new_packets() {
+                // Tell the peer why (the alert), then give up.
+                let _ = self.tls.write_tls(&mut self.sock);
+                return Err(self.err("TLS with", e));
+            }
+            self.drain_plaintext()?;
+            if self.inbox_bytes > INBOX_MAX {
+                return Err(self.err("too much unread data from", "flood"));
+            }
+        }
+        if let Err(e) = self.tls.process_new_packets() {
+            let _ = self.tls.write_tls(&mut self.sock);
+            return Err(self.err("TLS with", e));
+        }
+        self.drain_plaintext()?;
+        Ok(progress)
+    }
+
+    fn drain_plaintext(&mut self) -> io::Result<()> {
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            match self.tls.reader().read(&mut buf) {
+                Ok(0) => {
+                    self.eof = true;
+                    break;
+                }
+                Ok(_) if self.broken.is_some() => {}
+                Ok(n) => {
+                    self.dec.push(&buf[..n]);
+                    loop {
+                        match self.dec.next_msg() {
+                            Ok(Some(m)) => {
+                                self.inbox_bytes += msg_size(&m);
+                                self.inbox.push_back(m);
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                self.broken = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    self.eof = true;
+                    break;
+                }
+                Err(e) => return Err(self.err("TLS read from", e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// poll(2) for readable (and writable if `write`) until `deadline`. false: timed out.
+    fn wait(&self, write: bool, deadline: Instant) -> io::Result<bool> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            if write {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{} accepted no data for {:?}", self.peer, self.idle),
+                ));
+            }
+            return Ok(false);
+        }
+        let mut events = libc::POLLIN;
+        if write {
+            events |= libc::POLLOUT;
+        }
+        let mut p = libc::pollfd {
+            fd: self.sock.as_raw_fd(),
+            events,
+            revents: 0,
+        };
+        let ms = left.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd.
+        let r = unsafe { libc::poll(&mut p, 1, ms.max(1)) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Ok(true);
+            }
+            return Err(self.err("poll", e));
+        }
+        Ok(r > 0)
+    }
+
+    /// Completes the TLS handshake (or fails with the reason: unknown CA, no certificate...).
+    pub fn handshake(&mut self) -> io::Result<()> {
+        let deadline = Instant::now() + self.idle;
+        while self.tls.is_handshaking() {
+            if self.tls.wants_write() {
+                self.push_out()?;
+            }
+            if !self.tls.is_handshaking() {
+                break;
+            }
+            if self.read_some()? {
+                if self.eof && self.tls.is_handshaking() {
+                    return Err(self.err("TLS handshake with", "connection closed"));
+                }
+                continue;
+            }
+            if !self.wait(false, deadline)? {
+                return Err(self.err("TLS handshake with", "timed out"));
+            }
+        }
+        self.push_out()
+    }
+
+    /// Says goodbye (close_notify) and flushes; errors are moot at this point.
+    pub fn close(mut self) {
+        self.tls.send_close_notify();
+        let _ = self.push_out();
+        let _ = self.sock.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+/// TCP keepalive so a dead peer is noticed even when we only wait for it.
+fn keepalive(sock: &TcpStream) {
+    let on: libc::c_int = 1;
+    // SAFETY: valid fd and option value.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_KEEPALIVE,
+            &on as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as u32,
+        );
+    }
+}

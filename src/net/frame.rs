@@ -1,0 +1,271 @@
+//! Frames: the unit of the wire protocol. A frame is a 5-byte header (type: u8, payload
+//! length: u32 little-endian) and the payload. This layout never changes between protocol
+//! versions, so two builds can always read each other's Hello and refuse each other clearly.
+//!
+//! The decoder is pure (bytes in, frames out): a socket driver (blocking thread today, io_uring
+//! later) feeds it whatever arrived. It never allocates more than one frame's payload, which is
+//! checked against [`MAX_PAYLOAD`] before any allocation.
+
+use std::fmt;
+
+/// Header bytes before every payload.
+pub const HEADER: usize = 5;
+/// The largest data chunk a sender puts in one frame.
+pub const MAX_CHUNK: usize = 1 << 20;
+/// The largest payload accepted: a chunk plus room for its small header fields.
+pub const MAX_PAYLOAD: usize = MAX_CHUNK + 64 * 1024;
+
+/// Why the peer's bytes are not a valid stream (the connection is closed after it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProtoError {
+    /// A header announcing more than [`MAX_PAYLOAD`] bytes.
+    Oversize { len: u64 },
+    /// A frame type this version does not know.
+    UnknownType(u8),
+    /// A payload that ends early, has trailing bytes or an invalid field.
+    Malformed { what: &'static str },
+    /// The first frame is not a ferry Hello (not a ferry peer, or random bytes).
+    NotFerry,
+    /// The peer speaks another protocol version.
+    Version { ours: u16, theirs: u16 },
+    /// The stream ended inside a frame.
+    Truncated { have: usize, need: usize },
+    /// A valid frame where it makes no sense (e.g. data before its file).
+    Unexpected { what: &'static str },
+}
+
+impl fmt::Display for ProtoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProtoError::Oversize { len } => {
+                write!(f, "frame of {len} bytes exceeds the limit of {MAX_PAYLOAD}")
+            }
+            ProtoError::UnknownType(t) => write!(f, "unknown frame type {t}"),
+            ProtoError::Malformed { what } => write!(f, "malformed frame: {what}"),
+            ProtoError::NotFerry => write!(f, "peer does not speak the ferry protocol"),
+            ProtoError::Version { ours, theirs } => write!(
+                f,
+                "protocol version mismatch: this build speaks version {ours}, the peer {theirs} \
+                 (run the same ferry release on both ends)"
+            ),
+            ProtoError::Truncated { have, need } => write!(
+                f,
+                "connection closed inside a frame ({have} of {need} bytes)"
+            ),
+            ProtoError::Unexpected { what } => write!(f, "unexpected frame: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for ProtoError {}
+
+/// One frame: its type byte and payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub kind: u8,
+    pub payload: Vec<u8>,
+}
+
+/// Appends one frame to `out`. Panics only on a programming error (payload over the limit).
+pub fn encode(kind: u8, payload: &[u8], out: &mut Vec<u8>) {
+    assert!(payload.len() <= MAX_PAYLOAD, "frame payload over the limit");
+    out.push(kind);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// Incremental frame decoder: feed bytes as they arrive, take frames out.
+#[derive(Default)]
+pub struct Decoder {
+    buf: Vec<u8>,
+    /// Bytes of `buf` already handed out as frames (compacted lazily).
+    start: usize,
+}
+
+impl Decoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds received bytes. The buffer holds at most one partial frame plus what is pushed,
+    /// so callers bound it by pushing at most one read's worth between calls to `next`.
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.start > 0 && self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        } else if self.start > MAX_PAYLOAD {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes received but not yet returned as frames.
+    pub fn pending(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    /// The next complete frame, `Ok(None)` if more bytes are needed, or why the stream is bad.
+    /// `known` says which frame types this version understands.
+    pub fn next_frame(&mut self, known: impl Fn(u8) -> bool) -> Result<Option<Frame>, ProtoError> {
+        let avail = &self.buf[self.start..];
+        if avail.is_empty() {
+            return Ok(None);
+        }
+        if !known(avail[0]) {
+            return Err(ProtoError::UnknownType(avail[0]));
+        }
+        if avail.len() < HEADER {
+            return Ok(None);
+        }
+        let len = u32::from_le_bytes(avail[1..5].try_into().expect("4 bytes")) as usize;
+        if len > MAX_PAYLOAD {
+            return Err(ProtoError::Oversize { len: len as u64 });
+        }
+        if avail.len() < HEADER + len {
+            return Ok(None);
+        }
+        let frame = Frame {
+            kind: avail[0],
+            payload: avail[HEADER..HEADER + len].to_vec(),
+        };
+        self.start += HEADER + len;
+        Ok(Some(frame))
+    }
+
+    /// At end of stream: Ok if no partial frame is left.
+    pub fn finish(&self) -> Result<(), ProtoError> {
+        let have = self.pending();
+        if have == 0 {
+            return Ok(());
+        }
+        let need = if have >= HEADER {
+            HEADER
+                + u32::from_le_bytes(self.buf[self.start + 1..self.start + 5].try_into().unwrap())
+                    as usize
+        } else {
+            HEADER
+        };
+        Err(ProtoError::Truncated { have, need })
+    }
+}
+
+/// Reads the fields of one payload, every read checked against what is left.
+pub struct Cursor<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    pub fn new(payload: &'a [u8]) -> Self {
+        Cursor { rest: payload }
+    }
+
+    pub fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], ProtoError> {
+        if self.rest.len() < n {
+            return Err(ProtoError::Malformed { what });
+        }
+        let (a, b) = self.rest.split_at(n);
+        self.rest = b;
+        Ok(a)
+    }
+
+    pub fn u8(&mut self, what: &'static str) -> Result<u8, ProtoError> {
+        Ok(self.take(1, what)?[0])
+    }
+
+    pub fn u16(&mut self, what: &'static str) -> Result<u16, ProtoError> {
+        Ok(u16::from_le_bytes(self.take(2, what)?.try_into().unwrap()))
+    }
+
+    pub fn u32(&mut self, what: &'static str) -> Result<u32, ProtoError> {
+        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().unwrap()))
+    }
+
+    pub fn u64(&mut self, what: &'static str) -> Result<u64, ProtoError> {
+        Ok(u64::from_le_bytes(self.take(8, what)?.try_into().unwrap()))
+    }
+
+    pub fn i64(&mut self, what: &'static str) -> Result<i64, ProtoError> {
+        Ok(self.u64(what)? as i64)
+    }
+
+    /// A u32-length-prefixed byte string (bounded by the payload, so by the frame limit).
+    pub fn bytes(&mut self, what: &'static str) -> Result<&'a [u8], ProtoError> {
+        let n = self.u32(what)? as usize;
+        self.take(n, what)
+    }
+
+    /// The rest of the payload.
+    pub fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.rest)
+    }
+
+    /// Ok if every byte was read.
+    pub fn end(&self, what: &'static str) -> Result<(), ProtoError> {
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            Err(ProtoError::Malformed { what })
+        }
+    }
+}
+
+/// Writers matching [`Cursor`].
+pub fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_split_anywhere_come_out_whole() {
+        let mut wire = Vec::new();
+        encode(1, b"hello", &mut wire);
+        encode(2, b"", &mut wire);
+        encode(3, &[7; 3000], &mut wire);
+        for split in [1, 2, 5, 6, 7, 100, wire.len()] {
+            let mut d = Decoder::new();
+            let mut got = Vec::new();
+            for chunk in wire.chunks(split) {
+                d.push(chunk);
+                while let Some(f) = d.next_frame(|_| true).unwrap() {
+                    got.push(f);
+                }
+            }
+            d.finish().unwrap();
+            assert_eq!(got.len(), 3, "split {split}");
+            assert_eq!(got[0].payload, b"hello");
+            assert_eq!(got[2].payload.len(), 3000);
+        }
+    }
+
+    #[test]
+    fn oversize_length_is_refused_before_any_allocation() {
+        let mut d = Decoder::new();
+        d.push(&[1, 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(
+            d.next_frame(|_| true),
+            Err(ProtoError::Oversize {
+                len: u32::MAX as u64
+            })
+        );
+        assert!(d.pending() == 5, "nothing was allocated for the payload");
+    }
+
+    #[test]
+    fn truncated_frame_is_reported_at_end_of_stream() {
+        let mut d = Decoder::new();
+        d.push(&[1, 10, 0, 0, 0, 1, 2]);
+        assert_eq!(d.next_frame(|_| true), Ok(None));
+        assert_eq!(d.finish(), Err(ProtoError::Truncated { have: 7, need: 15 }));
+    }
+
+    #[test]
+    fn cursor_refuses_short_fields() {
+        let mut c = Cursor::new(&[3, 0, 0, 0, b'a']);
+        assert!(c.bytes("name").is_err());
+    }
+}

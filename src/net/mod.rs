@@ -1,0 +1,14 @@
+//! ferry over the network: a framed, versioned protocol over mutual TLS 1.3.
+//!
+//! Layers: `frame` (frame header, bounded decoder) → `msg` (the messages of one protocol
+//! version) → `conn` (a TLS connection carrying messages) → `session` (connect / accept with
+//! the version handshake). `certs` makes the CA and node certificates, `tls` turns a
+//! `--tls-dir` into rustls configurations.
+
+pub mod certs;
+pub mod cli;
+pub mod conn;
+pub mod frame;
+pub mod msg;
+pub mod session;
+pub mod tls;

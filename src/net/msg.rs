@@ -1,0 +1,498 @@
+//! The messages of protocol version [`VERSION`], one per frame, and their payload encoding
+//! (little-endian integers, u32-length-prefixed byte strings; paths are raw bytes, relative,
+//! '/'-separated).
+
+use super::frame::{self, Cursor, Frame, ProtoError, put_bytes};
+
+/// Bumped on any change to the messages; Hello and Welcome themselves never change.
+pub const VERSION: u16 = 1;
+/// The start of every Hello/Welcome payload (anything else is not a ferry peer).
+pub const MAGIC: &[u8; 8] = b"FERRYNET";
+
+/// What a client opens a session for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Client sends a tree, server receives.
+    Push = 1,
+    /// Server sends a tree, client receives.
+    Pull = 2,
+    /// Server lists its side with hashes.
+    Verify = 3,
+}
+
+/// The metadata a file, directory or symlink carries over the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Meta {
+    /// st_mode: type and permission bits.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub atime: (i64, u32),
+    pub mtime: (i64, u32),
+}
+
+/// One message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Msg {
+    /// Client → server, first frame.
+    Hello { version: u16 },
+    /// Server → client, answer to a Hello of the same version.
+    Welcome { version: u16 },
+    /// Client → server: the session's export, path inside it and operation.
+    Open {
+        op: Op,
+        export: Vec<u8>,
+        path: Vec<u8>,
+    },
+    /// Server → client: the session is open; `is_dir`: the path is an existing directory.
+    Ready { is_dir: bool, exists: bool },
+    /// Either way: fatal, the connection closes after it.
+    Error { msg: String },
+    /// Sender → receiver: a directory (created now, its metadata applied at the end).
+    Dir { path: Vec<u8>, meta: Meta },
+    /// Sender → receiver: a symlink, named with the next batch.
+    Symlink {
+        id: u64,
+        path: Vec<u8>,
+        target: Vec<u8>,
+        meta: Meta,
+    },
+    /// Sender → receiver: a regular file of `size` bytes starts; Data frames follow.
+    File {
+        id: u64,
+        path: Vec<u8>,
+        size: u64,
+        meta: Meta,
+    },
+    /// A chunk of the current file, in order.
+    Data { bytes: Vec<u8> },
+    /// The current file's end and its xxh3 on the sender's side.
+    End { id: u64, hash: u64 },
+    /// Sender → receiver: commit what you have and acknowledge it now.
+    Flush,
+    /// Sender → receiver: nothing more; finish (directory metadata) and answer Finished.
+    Done,
+    /// Receiver → sender: every id up to `upto` that was not failed is durable.
+    Ack { upto: u64 },
+    /// Receiver → sender: one entry failed (not named; the rest go on).
+    Fail { id: u64, msg: String },
+    /// Receiver → sender: everything is durable, directories included.
+    Finished,
+    /// Verify: one entry of the server's side (`hash` 0 for non-files).
+    Entry {
+        path: Vec<u8>,
+        meta: Meta,
+        size: u64,
+        hash: u64,
+        link: Vec<u8>,
+    },
+}
+
+pub const T_HELLO: u8 = 1;
+pub const T_WELCOME: u8 = 2;
+const T_OPEN: u8 = 3;
+const T_READY: u8 = 4;
+/// Error keeps its number and layout across versions too (it explains a refused Hello).
+pub const T_ERROR: u8 = 5;
+const T_DIR: u8 = 6;
+const T_SYMLINK: u8 = 7;
+const T_FILE: u8 = 8;
+const T_DATA: u8 = 9;
+const T_END: u8 = 10;
+const T_FLUSH: u8 = 11;
+const T_DONE: u8 = 12;
+const T_ACK: u8 = 13;
+const T_FAIL: u8 = 14;
+const T_FINISHED: u8 = 15;
+const T_ENTRY: u8 = 16;
+
+/// Whether a frame type exists in this version.
+pub fn known(kind: u8) -> bool {
+    (T_HELLO..=T_ENTRY).contains(&kind)
+}
+
+fn put_meta(out: &mut Vec<u8>, m: &Meta) {
+    for v in [m.mode, m.uid, m.gid] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    for (s, ns) in [m.atime, m.mtime] {
+        out.extend_from_slice(&s.to_le_bytes());
+        out.extend_from_slice(&ns.to_le_bytes());
+    }
+}
+
+fn get_meta(c: &mut Cursor) -> Result<Meta, ProtoError> {
+    let (mode, uid, gid) = (c.u32("mode")?, c.u32("uid")?, c.u32("gid")?);
+    let mut t = [(0i64, 0u32); 2];
+    for x in &mut t {
+        *x = (c.i64("time")?, c.u32("time")?);
+        if x.1 >= 1_000_000_000 {
+            return Err(ProtoError::Malformed {
+                what: "nanoseconds",
+            });
+        }
+    }
+    Ok(Meta {
+        mode,
+        uid,
+        gid,
+        atime: t[0],
+        mtime: t[1],
+    })
+}
+
+fn hello_payload(version: u16) -> Vec<u8> {
+    let mut p = MAGIC.to_vec();
+    p.extend_from_slice(&version.to_le_bytes());
+    p
+}
+
+impl Msg {
+    /// Appends this message as one frame.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let mut p = Vec::new();
+        let kind = self.payload(&mut p);
+        frame::encode(kind, &p, out);
+    }
+
+    fn payload(&self, p: &mut Vec<u8>) -> u8 {
+        match self {
+            Msg::Hello { version } => {
+                *p = hello_payload(*version);
+                T_HELLO
+            }
+            Msg::Welcome { version } => {
+                *p = hello_payload(*version);
+                T_WELCOME
+            }
+            Msg::Open { op, export, path } => {
+                p.push(*op as u8);
+                put_bytes(p, export);
+                put_bytes(p, path);
+                T_OPEN
+            }
+            Msg::Ready { is_dir, exists } => {
+                p.extend_from_slice(&[*is_dir as u8, *exists as u8]);
+                T_READY
+            }
+            Msg::Error { msg } => {
+                p.extend_from_slice(msg.as_bytes());
+                T_ERROR
+            }
+            _ => self.payload_data(p),
+        }
+    }
+
+    fn payload_data(&self, p: &mut Vec<u8>) -> u8 {
+        match self {
+            Msg::Dir { path, meta } => {
+                put_bytes(p, path);
+                put_meta(p, meta);
+                T_DIR
+            }
+            Msg::Symlink {
+                id,
+                path,
+                target,
+                meta,
+            } => {
+                p.extend_from_slice(&id.to_le_bytes());
+                put_bytes(p, path);
+                put_bytes(p, target);
+                put_meta(p, meta);
+                T_SYMLINK
+            }
+            Msg::File {
+                id,
+                path,
+                size,
+                meta,
+            } => {
+                p.extend_from_slice(&id.to_le_bytes());
+                put_bytes(p, path);
+                p.extend_from_slice(&size.to_le_bytes());
+                put_meta(p, meta);
+                T_FILE
+            }
+            Msg::Data { bytes } => {
+                p.extend_from_slice(bytes);
+                T_DATA
+            }
+            Msg::End { id, hash } => {
+                p.extend_from_slice(&id.to_le_bytes());
+                p.extend_from_slice(&hash.to_le_bytes());
+                T_END
+            }
+            Msg::Flush => T_FLUSH,
+            Msg::Done => T_DONE,
+            Msg::Ack { upto } => {
+                p.extend_from_slice(&upto.to_le_bytes());
+                T_ACK
+            }
+            Msg::Fail { id, msg } => {
+                p.extend_from_slice(&id.to_le_bytes());
+                p.extend_from_slice(msg.as_bytes());
+                T_FAIL
+            }
+            Msg::Finished => T_FINISHED,
+            Msg::Entry {
+                path,
+                meta,
+                size,
+                hash,
+                link,
+            } => {
+                put_bytes(p, path);
+                put_meta(p, meta);
+                p.extend_from_slice(&size.to_le_bytes());
+                p.extend_from_slice(&hash.to_le_bytes());
+                put_bytes(p, link);
+                T_ENTRY
+            }
+            _ => unreachable!("control messages are encoded by payload()"),
+        }
+    }
+
+    /// Decodes one frame of this version. Hello/Welcome of another version answer
+    /// [`ProtoError::Version`]; a Hello without the magic answers [`ProtoError::NotFerry`].
+    pub fn decode(f: &Frame) -> Result<Msg, ProtoError> {
+        let mut c = Cursor::new(&f.payload);
+        let m = match f.kind {
+            T_HELLO | T_WELCOME => {
+                if c.take(MAGIC.len(), "magic").ok() != Some(&MAGIC[..]) {
+                    return Err(ProtoError::NotFerry);
+                }
+                let version = c.u16("version").map_err(|_| ProtoError::NotFerry)?;
+                if version != VERSION {
+                    return Err(ProtoError::Version {
+                        ours: VERSION,
+                        theirs: version,
+                    });
+                }
+                if f.kind == T_HELLO {
+                    Msg::Hello { version }
+                } else {
+                    Msg::Welcome { version }
+                }
+            }
+            T_OPEN => {
+                let op = match c.u8("op")? {
+                    1 => Op::Push,
+                    2 => Op::Pull,
+                    3 => Op::Verify,
+                    _ => return Err(ProtoError::Malformed { what: "operation" }),
+                };
+                Msg::Open {
+                    op,
+                    export: c.bytes("export")?.to_vec(),
+                    path: c.bytes("path")?.to_vec(),
+                }
+            }
+            T_READY => Msg::Ready {
+                is_dir: c.u8("ready")? != 0,
+                exists: c.u8("ready")? != 0,
+            },
+            T_ERROR => Msg::Error {
+                msg: String::from_utf8_lossy(c.rest()).into_owned(),
+            },
+            _ => return Self::decode_data(f.kind, &mut c),
+        };
+        c.end("trailing bytes")?;
+        Ok(m)
+    }
+
+    fn decode_data(kind: u8, c: &mut Cursor) -> Result<Msg, ProtoError> {
+        let m = match kind {
+            T_DIR => Msg::Dir {
+                path: c.bytes("path")?.to_vec(),
+                meta: get_meta(c)?,
+            },
+            T_SYMLINK => Msg::Symlink {
+                id: c.u64("id")?,
+                path: c.bytes("path")?.to_vec(),
+                target: c.bytes("target")?.to_vec(),
+                meta: get_meta(c)?,
+            },
+            T_FILE => Msg::File {
+                id: c.u64("id")?,
+                path: c.bytes("path")?.to_vec(),
+                size: c.u64("size")?,
+                meta: get_meta(c)?,
+            },
+            T_DATA => Msg::Data {
+                bytes: c.rest().to_vec(),
+            },
+            T_END => Msg::End {
+                id: c.u64("id")?,
+                hash: c.u64("hash")?,
+            },
+            T_FLUSH => Msg::Flush,
+            T_DONE => Msg::Done,
+            T_ACK => Msg::Ack {
+                upto: c.u64("ack")?,
+            },
+            T_FAIL => Msg::Fail {
+                id: c.u64("id")?,
+                msg: String::from_utf8_lossy(c.rest()).into_owned(),
+            },
+            T_FINISHED => Msg::Finished,
+            T_ENTRY => Msg::Entry {
+                path: c.bytes("path")?.to_vec(),
+                meta: get_meta(c)?,
+                size: c.u64("size")?,
+                hash: c.u64("hash")?,
+                link: c.bytes("link")?.to_vec(),
+            },
+            other => return Err(ProtoError::UnknownType(other)),
+        };
+        c.end("trailing bytes")?;
+        Ok(m)
+    }
+}
+
+/// A decoder of messages: frames plus the rule that the first frame must be a Hello/Welcome
+/// (anything else is not a ferry peer).
+pub struct MsgDecoder {
+    frames: frame::Decoder,
+    greeted: bool,
+}
+
+impl Default for MsgDecoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MsgDecoder {
+    pub fn new() -> Self {
+        MsgDecoder {
+            frames: frame::Decoder::new(),
+            greeted: false,
+        }
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.frames.push(bytes);
+    }
+
+    pub fn next_msg(&mut self) -> Result<Option<Msg>, ProtoError> {
+        let greeted = self.greeted;
+        let ok = |k: u8| {
+            if greeted {
+                known(k)
+            } else {
+                k == T_HELLO || k == T_WELCOME || k == T_ERROR
+            }
+        };
+        let f = match self.frames.next_frame(ok) {
+            Ok(Some(f)) => f,
+            Ok(None) => return Ok(None),
+            Err(ProtoError::UnknownType(_) | ProtoError::Oversize { .. }) if !greeted => {
+                return Err(ProtoError::NotFerry);
+            }
+            Err(e) => return Err(e),
+        };
+        let m = Msg::decode(&f)?;
+        self.greeted = true;
+        Ok(Some(m))
+    }
+
+    /// At end of stream: Ok if no partial frame is left.
+    pub fn finish(&self) -> Result<(), ProtoError> {
+        self.frames.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(m: Msg) {
+        let mut wire = Vec::new();
+        Msg::Hello { version: VERSION }.encode(&mut wire);
+        m.encode(&mut wire);
+        let mut d = MsgDecoder::new();
+        d.push(&wire);
+        assert_eq!(d.next_msg().unwrap(), Some(Msg::Hello { version: VERSION }));
+        assert_eq!(d.next_msg().unwrap(), Some(m));
+        assert_eq!(d.next_msg().unwrap(), None);
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        let meta = Meta {
+            mode: 0o100644,
+            uid: 1,
+            gid: 2,
+            atime: (-5, 999_999_999),
+            mtime: (1_700_000_000, 1),
+        };
+        for m in [
+            Msg::Open {
+                op: Op::Pull,
+                export: b"data".to_vec(),
+                path: b"a/b\xff".to_vec(),
+            },
+            Msg::Ready {
+                is_dir: true,
+                exists: true,
+            },
+            Msg::Error { msg: "no".into() },
+            Msg::Dir {
+                path: b"d".to_vec(),
+                meta,
+            },
+            Msg::Symlink {
+                id: 3,
+                path: b"l".to_vec(),
+                target: b"../x".to_vec(),
+                meta,
+            },
+            Msg::File {
+                id: 9,
+                path: b"f".to_vec(),
+                size: 1 << 40,
+                meta,
+            },
+            Msg::Data {
+                bytes: vec![1; 4096],
+            },
+            Msg::End { id: 9, hash: 42 },
+            Msg::Flush,
+            Msg::Done,
+            Msg::Ack { upto: 77 },
+            Msg::Fail {
+                id: 4,
+                msg: "disk".into(),
+            },
+            Msg::Finished,
+            Msg::Entry {
+                path: b"e".to_vec(),
+                meta,
+                size: 5,
+                hash: 6,
+                link: vec![],
+            },
+        ] {
+            roundtrip(m);
+        }
+    }
+
+    #[test]
+    fn another_version_is_refused_by_number() {
+        let mut wire = Vec::new();
+        Msg::Hello { version: 2 }.encode(&mut wire);
+        let mut d = MsgDecoder::new();
+        d.push(&wire);
+        let e = d.next_msg().unwrap_err();
+        assert_eq!(e, ProtoError::Version { ours: 1, theirs: 2 });
+        assert!(e.to_string().contains("version mismatch"), "{e}");
+    }
+
+    #[test]
+    fn a_stream_not_starting_with_hello_is_not_ferry() {
+        let mut d = MsgDecoder::new();
+        d.push(b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(d.next_msg(), Err(ProtoError::NotFerry));
+    }
+}
