@@ -171,6 +171,7 @@ impl Control {
         transition(&self.machine, &self.events_tx, JobState::Running)?;
         self.ctx.resumes.fetch_add(1, Ordering::AcqRel);
         self.ctx.paused.store(false, Ordering::Release);
+        self.ctx.full.store(false, Ordering::Release);
         Ok(())
     }
 

@@ -136,6 +136,8 @@ pub struct Reactor {
     dirbuf: Vec<u8>,
     /// Chunks whose next op waits for resume (bounded by the buffer count).
     parked: Vec<u32>,
+    /// Counted in `ctx.drained` (see `drain_full`).
+    drained: bool,
     /// Files to try again later (transient errors), with when.
     delayed: Vec<(Instant, Task)>,
     epoch: Instant,
@@ -173,6 +175,7 @@ impl Reactor {
             known_devs: Vec::new(),
             dirbuf: vec![0u8; crate::dirents::DIRENT_BUF],
             parked: Vec::with_capacity(depth),
+            drained: false,
             delayed: Vec::new(),
             epoch: Instant::now(),
             fsync_t0: vec![0; depth],
@@ -202,38 +205,25 @@ impl Reactor {
                 merged = Instant::now();
             }
             let aborting = self.ctx.stats.abort.load(Ordering::Acquire);
-            let paused = self.ctx.paused.load(Ordering::Acquire) && !aborting;
+            // No new file starts; `halted`: no new I/O at all (a user's pause, not a full
+            // destination's: then the files already started go on).
+            let paused = self.no_new_files() && !aborting;
+            let halted = paused && self.halted();
             if aborting {
                 for buf in std::mem::take(&mut self.parked) {
                     self.release(buf)?;
                 }
                 self.drain_aborted()?;
             }
-            if !paused && !self.parked.is_empty() {
+            if !halted && !self.parked.is_empty() {
                 for buf in std::mem::take(&mut self.parked) {
                     let job = self.slot_job(buf);
                     self.resubmit(buf, &job)?;
                 }
             }
-            if !self.delayed.is_empty() {
-                let now = Instant::now();
-                let mut i = 0;
-                while i < self.delayed.len() {
-                    if self.delayed[i].0 <= now || aborting {
-                        let (_, t) = self.delayed.swap_remove(i);
-                        if aborting {
-                            // Dropped with the job; its unit no longer matters.
-                            drop(t);
-                        } else {
-                            self.ctx.queues.requeue(self.me, t);
-                        }
-                    } else {
-                        i += 1;
-                    }
-                }
-            }
+            self.requeue_delayed(aborting);
             self.start_fsyncs()?;
-            if !paused {
+            if !halted {
                 self.issue()?;
             }
             let mut took = false;
@@ -241,7 +231,7 @@ impl Reactor {
             // The pause flag is read again for every task: a pause (or a full destination met
             // by the previous task) must stop this loop at once, not after the queue drains.
             while !aborting
-                && !self.ctx.paused.load(Ordering::Acquire)
+                && !self.no_new_files()
                 && self.can_take()
                 && self.ctx.ops_limit.try_take(1)
             {
@@ -278,7 +268,7 @@ impl Reactor {
                 continue;
             }
             if took
-                || (!paused && self.active_count > 0 && self.parked.is_empty())
+                || (!halted && self.active_count > 0 && self.parked.is_empty())
                 || !self.fsync_wait.is_empty()
             {
                 if !took && self.has_issuable() {
@@ -290,6 +280,7 @@ impl Reactor {
             if paused {
                 // Everything in flight is done; wait for resume (checked every millisecond,
                 // well within the 100 ms a pause may take).
+                self.drain_full();
                 std::thread::sleep(Duration::from_millis(1));
                 continue;
             }
@@ -299,6 +290,48 @@ impl Reactor {
             // Others still hold work that may produce tasks for us: back off, bounded.
             idle = (idle + 1).min(6);
             std::thread::sleep(Duration::from_micros(25 << idle));
+        }
+    }
+
+    /// Files whose retry is due go back to the queue (all are dropped on abort).
+    fn requeue_delayed(&mut self, aborting: bool) {
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.delayed.len() {
+            if self.delayed[i].0 <= now || aborting {
+                let (_, t) = self.delayed.swap_remove(i);
+                if aborting {
+                    // Dropped with the job; its unit no longer matters.
+                    drop(t);
+                } else {
+                    self.ctx.queues.requeue(self.me, t);
+                }
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// No new file may start: paused, or --fail-fast met a full destination.
+    fn no_new_files(&self) -> bool {
+        self.ctx.paused.load(Ordering::Acquire) || self.ctx.stats.full_stop.load(Ordering::Acquire)
+    }
+
+    /// No new I/O at all: a user's pause (a full destination lets started files go on).
+    fn halted(&self) -> bool {
+        self.ctx.paused.load(Ordering::Acquire) && !self.ctx.full.load(Ordering::Acquire)
+    }
+
+    /// --fail-fast met a full destination and this reactor's started files are all finished
+    /// (committed, or failed): counted once; the last reactor to get here stops the job.
+    fn drain_full(&mut self) {
+        let ctx = &self.ctx;
+        if !ctx.stats.full_stop.load(Ordering::Acquire) || self.drained {
+            return;
+        }
+        self.drained = true;
+        if ctx.drained.fetch_add(1, Ordering::AcqRel) + 1 == ctx.queues.reactors() {
+            ctx.stats.abort.store(true, Ordering::Release);
         }
     }
 
@@ -370,7 +403,7 @@ impl Reactor {
 
     /// Fills free buffers with reads, oldest active file first (so files finish early).
     fn issue(&mut self) -> Result<(), Error> {
-        if self.ctx.stats.abort.load(Ordering::Acquire) || self.ctx.paused.load(Ordering::Acquire) {
+        if self.ctx.stats.abort.load(Ordering::Acquire) || self.halted() {
             return Ok(());
         }
         for idx in 0..self.active.len() {
@@ -839,10 +872,10 @@ impl Reactor {
             if (errno == libc::ENOSPC || errno == libc::EDQUOT)
                 && self.ctx.destination_full(&job.tmp)
             {
-                // Destination full: the chunk stays in its buffer and its write is submitted
-                // again on resume (the failed op wrote nothing).
-                self.parked.push(buf);
-                return Ok(());
+                // Destination full: this file cannot finish now. Its temp is dropped (its
+                // space given back) and it is copied again on resume; the files that fit go on.
+                job.deferred.store(true, Ordering::Release);
+                return self.release(buf);
             }
             if is_transient(errno) && slot.retries < MAX_OP_RETRIES {
                 self.slots[buf as usize].retries += 1;
@@ -953,7 +986,7 @@ impl Reactor {
 
     /// (Re)submits the unfinished part of a slot's current phase.
     fn resubmit(&mut self, buf: u32, job: &FileJob) -> Result<(), Error> {
-        if self.ctx.paused.load(Ordering::Acquire) {
+        if self.halted() {
             // Paused: nothing new is submitted; the chunk waits in its buffer for resume.
             self.parked.push(buf);
             return Ok(());
@@ -1263,6 +1296,19 @@ impl Reactor {
             return;
         }
         let err = job.take_error();
+        if err.is_none() && job.deferred.load(Ordering::Acquire) {
+            // No room for it: tried again on resume, same attempt (nothing was wrong with it).
+            self.ctx.queues.requeue(
+                self.me,
+                Task::File {
+                    src: job.src.clone(),
+                    dst: job.dst.clone(),
+                    parent: job.parent.clone(),
+                    attempt: job.attempt,
+                },
+            );
+            return;
+        }
         let changed = job.changed.load(Ordering::Acquire);
         if err.is_none() && changed && job.attempt < MAX_ATTEMPTS {
             Stats::add(&self.ctx.stats.retries, 1);

@@ -34,6 +34,9 @@ pub struct Stats {
     /// drain what is in flight and exit.
     pub abort: AtomicBool,
     pub fail_fast: AtomicBool,
+    /// --fail-fast met a full destination: no new file starts; the files already started
+    /// finish (or fail) and are committed, then the job stops (see `Reactor::drain_full`).
+    pub full_stop: AtomicBool,
     /// The abort is a user's cancel: the files it interrupts are not failures.
     pub cancelled: AtomicBool,
     latencies: Mutex<Option<crate::latency::Latencies>>,
@@ -63,7 +66,12 @@ impl Stats {
     pub fn error(&self, e: Error) {
         self.failed.fetch_add(1, Relaxed);
         if self.fail_fast.load(Relaxed) {
-            self.abort.store(true, std::sync::atomic::Ordering::Release);
+            if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
+                self.full_stop
+                    .store(true, std::sync::atomic::Ordering::Release);
+            } else {
+                self.abort.store(true, std::sync::atomic::Ordering::Release);
+            }
         }
         let mut v = self.errors.lock().unwrap_or_else(|p| p.into_inner());
         if v.len() < MAX_KEPT_ERRORS {

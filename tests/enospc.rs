@@ -1,6 +1,7 @@
 //! A destination that fills up pauses the job with "destination full" (nothing failed, no
-//! source touched, no partial file under a final name); after space is freed, resume
-//! completes it. Needs root (mounts a small tmpfs).
+//! source touched, no partial file under a final name, the files that fit committed and
+//! nothing else holding space); after space is freed, resume completes it. Needs root (mounts
+//! a small tmpfs or a loop device).
 
 mod common;
 use common::*;
@@ -81,6 +82,80 @@ fn nothing_partial_and_sources_intact(src: &std::path::Path, dst: &std::path::Pa
             1 << 20
         );
     }
+}
+
+/// Bytes allocated on the filesystem of `mnt` (what `df` shows as used).
+fn used_bytes(mnt: &std::path::Path) -> u64 {
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    let c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: valid C string and out-pointer.
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut s) }, 0);
+    (s.f_blocks - s.f_bfree) * s.f_frsize
+}
+
+/// Files under their final names in `dst` (not recursive) and the bytes they occupy.
+fn named(dst: &std::path::Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(rd) = fs::read_dir(dst) else {
+        return (0, 0);
+    };
+    rd.flatten()
+        .map(|e| e.metadata().unwrap())
+        .filter(|m| m.is_file())
+        .fold((0, 0), |(n, b), m| (n + 1, b + m.blocks() * 512))
+}
+
+/// Waits (bounded) until the space used on `mnt` beyond `base` is the space of the files
+/// named in `dst`: nothing complete is held in an unnamed temp. Returns how many are named.
+fn space_is_named_files(mnt: &std::path::Path, dst: &std::path::Path, base: u64) -> u64 {
+    let start = Instant::now();
+    loop {
+        let (n, bytes) = named(dst);
+        let used = used_bytes(mnt).saturating_sub(base);
+        // Directories and the filesystem's own bookkeeping: well under one 1 MiB file.
+        if n > 0 && used <= bytes + (256 << 10) {
+            return n;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{used} bytes used on the destination but {n} named files hold only {bytes}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A full destination commits (durable, named) every file that fit before it pauses, so what
+/// `df` shows used is what the user sees in the directory (not space held by unnamed temps).
+#[test]
+fn full_destination_commits_what_fits_before_pausing() {
+    let t = tempfile::tempdir().unwrap();
+    let Some((src, mnt, _guard)) = too_small_destination(t.path()) else {
+        return;
+    };
+    let dst = mnt.join("dst");
+    let base = used_bytes(&mnt);
+    let mut spec = CopySpec::new(vec![src.clone()], dst.clone());
+    spec.buffer_size = 256 << 10;
+    let h = Job::start(spec).unwrap();
+    let events = h.events().unwrap();
+    wait_for_full(&h, &events);
+    let n = space_is_named_files(&mnt, &dst, base);
+    nothing_partial_and_sources_intact(&src, &dst);
+    let start = Instant::now();
+    while h.status().files < n {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            h.status()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(h.status().files, n, "durable files are the named ones");
+    assert_eq!(h.state(), JobState::Paused);
+    assert_eq!(h.status().failed, 0);
+    h.cancel().unwrap();
+    let r = within(Duration::from_secs(60), move || h.wait());
+    assert_eq!(r.files, n);
 }
 
 #[test]
@@ -169,6 +244,44 @@ fn fail_fast_stops_at_a_full_destination_instead_of_pausing() {
     nothing_partial_and_sources_intact(&src, &dst);
 }
 
+/// --fail-fast keeps the files that fit: committed under their names, durable (journaled: the
+/// rerun resumes them), and the space used is theirs.
+#[test]
+fn fail_fast_at_a_full_destination_keeps_the_files_that_fit() {
+    let t = tempfile::tempdir().unwrap();
+    let Some((src, mnt, _guard)) = too_small_destination(t.path()) else {
+        return;
+    };
+    let dst = mnt.join("dst");
+    let base = used_bytes(&mnt);
+    let state = t.path().join("state");
+    let mut spec = CopySpec::new(vec![src.clone()], dst.clone());
+    spec.buffer_size = 256 << 10;
+    spec.fail_fast = true;
+    spec.state_dir = Some(state.clone());
+    let h = Job::start(spec.clone()).unwrap();
+    let r = within(Duration::from_secs(60), move || h.wait());
+    assert!(!r.ok());
+    assert!(r.files >= 1, "the files that fit are kept: {:?}", r.errors);
+    assert_eq!(named(&dst).0, r.files, "{:?}", r.errors);
+    assert_eq!(space_is_named_files(&mnt, &dst, base), r.files);
+    nothing_partial_and_sources_intact(&src, &dst);
+    assert!(temp_files(&dst).is_empty());
+    let ok = Command::new("mount")
+        .args(["-o", "remount,size=64m"])
+        .arg(&mnt)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "remount");
+    let again = within(Duration::from_secs(60), move || {
+        Job::start(spec).unwrap().wait()
+    });
+    assert!(again.ok(), "{:?}", again.errors);
+    assert_eq!(again.resumed_files, r.files, "the kept files were durable");
+    assert_same_tree(&src, &dst);
+}
+
 /// A loop-device ext4 that fills up in the middle of a `ferry move`: the job pauses with
 /// "destination full", no source is lost, and it completes once space is freed.
 #[test]
@@ -215,6 +328,7 @@ fn move_onto_a_full_loop_device_pauses_and_loses_nothing() {
         want.push((format!("f{i:02}"), fs::read(&p).unwrap()));
     }
     let dst = mnt.join("dst");
+    let used_before = used_bytes(&mnt);
     let check = || {
         for (rel, data) in &want {
             let (s, d) = (src.join(rel), dst.join(rel));
@@ -243,6 +357,16 @@ fn move_onto_a_full_loop_device_pauses_and_loses_nothing() {
         src.read_dir().unwrap().count() > 0,
         "some sources must still wait for room"
     );
+    // What fit is moved (named, durable, its source gone); nothing else holds space.
+    let moved = space_is_named_files(&mnt, &dst, used_before);
+    let start = Instant::now();
+    while src.read_dir().unwrap().count() as u64 + moved != 16 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "sources of moved files stay"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     fs::remove_file(&filler).unwrap();
     h.resume().unwrap();
     let r = within(Duration::from_secs(60), move || h.wait());

@@ -240,6 +240,8 @@ pub struct FileJob {
     pub segments_left: AtomicUsize,
     /// The source returned EOF before its size: it shrank.
     pub changed: AtomicBool,
+    /// The destination is full: its temp is dropped and the file copied again on resume.
+    pub deferred: AtomicBool,
     /// Set with the first error, so the hot path checks an atomic, not the mutex.
     failed_flag: AtomicBool,
     failed: Mutex<Option<Error>>,
@@ -292,6 +294,7 @@ impl FileJob {
             link_key,
             segments_left: AtomicUsize::new(segments),
             changed: AtomicBool::new(false),
+            deferred: AtomicBool::new(false),
             failed_flag: AtomicBool::new(false),
             failed: Mutex::new(None),
             digest: std::sync::OnceLock::new(),
@@ -329,9 +332,11 @@ impl FileJob {
         self.failed_flag.store(true, Ordering::Release);
     }
 
-    /// Failed, or the source shrank: stop issuing reads for it.
+    /// Failed, the source shrank, or no room: stop issuing reads for it.
     pub fn is_failed(&self) -> bool {
-        self.changed.load(Ordering::Acquire) || self.failed_flag.load(Ordering::Acquire)
+        self.changed.load(Ordering::Acquire)
+            || self.failed_flag.load(Ordering::Acquire)
+            || self.deferred.load(Ordering::Acquire)
     }
 
     pub fn take_error(&self) -> Option<Error> {
@@ -422,6 +427,12 @@ pub struct Ctx {
     pub targets: Vec<PathBuf>,
     /// Set by pause: reactors submit nothing new; cleared by resume.
     pub paused: AtomicBool,
+    /// The pause is a full destination's: no new file starts, but files already started go
+    /// on, so what fits is committed (and what does not is dropped) before the job rests.
+    pub full: AtomicBool,
+    /// Reactors with nothing left in flight after a full destination under --fail-fast; the
+    /// last one ends the job.
+    pub drained: AtomicUsize,
     /// How many times the job was resumed (tells stale ENOSPC results from fresh ones).
     pub resumes: std::sync::atomic::AtomicU64,
     pub bytes_limit: crate::coord::throttle::TokenBucket,
@@ -479,6 +490,8 @@ impl Ctx {
             failed_srcs: Mutex::new(Vec::new()),
             targets: Vec::new(),
             paused: AtomicBool::new(false),
+            full: AtomicBool::new(false),
+            drained: AtomicUsize::new(0),
             resumes: std::sync::atomic::AtomicU64::new(0),
             bytes_limit,
             ops_limit,
@@ -589,7 +602,8 @@ impl Ctx {
     }
 
     /// ENOSPC on the destination: under a `Job` (someone can resume it) the job pauses, and
-    /// nothing is failed or deleted; returns false without one (the caller fails the item).
+    /// nothing is failed; returns false without one (the caller fails the item). Files already
+    /// started go on; the one that met ENOSPC is dropped and waits for resume.
     pub fn destination_full(&self, path: &Path) -> bool {
         use crate::coord::state::JobState;
         // --fail-fast: nobody is there to free space and resume; the file fails and the job
@@ -600,9 +614,14 @@ impl Ctx {
         let Some((m, tx)) = self.job_link.get() else {
             return false;
         };
-        self.paused.store(true, Ordering::Release);
         let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
-        if let Ok((from, to)) = g.go(JobState::Paused) {
+        let went = g.go(JobState::Paused);
+        if went.is_ok() {
+            // Set before `paused`, so no reactor sees a bare pause that stops the started files.
+            self.full.store(true, Ordering::Release);
+        }
+        self.paused.store(true, Ordering::Release);
+        if let Ok((from, to)) = went {
             let _ = tx.send(crate::job::Event::State { from, to });
             let _ = tx.send(crate::job::Event::DestinationFull {
                 path: path.display().to_string(),
