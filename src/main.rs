@@ -908,29 +908,40 @@ fn plan(a: PlanArgs) -> ExitCode {
 }
 
 fn ctl(c: CtlArgs) -> ExitCode {
+    use ferry::coord::ctl;
     let root = c.state_dir.unwrap_or_else(default_state_dir);
-    if c.job.is_empty() || c.job.contains('/') {
-        eprintln!("ferry: '{}' is not a job id (see `ferry jobs`)", c.job);
-        return ExitCode::from(2);
+    let fail = |m: String, code: u8| {
+        eprintln!("ferry ctl: {m}");
+        ExitCode::from(code)
+    };
+    if c.job.is_empty() || c.job.contains('/') || c.job.starts_with('.') {
+        return fail(format!("'{}' is not a job id (see `ferry jobs`)", c.job), 2);
+    }
+    let command = c.command.join(" ");
+    if let Err(m) = ctl::parse_command(&command) {
+        return fail(m, 2);
     }
     let sock = root.join(&c.job).join("ctl.sock");
-    match ferry::coord::ctl::send(&sock, &c.command.join(" ")) {
-        Ok(reply) => {
-            ferry::outln!("{reply}");
-            if reply.starts_with("error") {
-                ExitCode::from(1)
-            } else {
+    match ctl::send(&sock, &command) {
+        Ok(reply) => match reply.strip_prefix("error: ") {
+            Some(m) => fail(format!("job {}: {m}", c.job), 1),
+            None => {
+                ferry::outln!("{reply}");
                 ExitCode::SUCCESS
             }
-        }
-        Err(e) => {
-            eprintln!(
-                "ferry: job {} is not running here (control socket '{}': {e})",
-                c.job,
-                sock.display()
-            );
-            ExitCode::from(1)
-        }
+        },
+        Err(e) => match ferry::coord::jobs::JobEntry::load(&root, &c.job) {
+            Some(job) => fail(job.not_running(&sock, &e), 1),
+            None => fail(
+                format!(
+                    "no job {} in {} (see `ferry jobs --state-dir {}`)",
+                    c.job,
+                    root.display(),
+                    root.display()
+                ),
+                2,
+            ),
+        },
     }
 }
 
@@ -942,15 +953,21 @@ fn jobs(j: JobsArgs) -> ExitCode {
     };
     let mut rows = Vec::new();
     for e in rd.flatten() {
-        let cp = std::fs::read(e.path().join("checkpoint.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<ferry::coord::checkpoint::Checkpoint>(&b).ok());
-        if let Some(cp) = cp {
-            let live = e.path().join("ctl.sock").exists();
+        let id = e.file_name();
+        if let Some(job) = ferry::coord::jobs::JobEntry::load(&root, &id.to_string_lossy()) {
+            let note = if job.running {
+                format!("  (running, pid {})", job.cp.pid)
+            } else if job.interrupted() {
+                "  (its process is gone: rerun the same command to resume)".to_string()
+            } else {
+                String::new()
+            };
+            let state = job.state_name();
+            let cp = job.cp;
             rows.push(format!(
-                "{}  {:<10} {:>9} files {:>14} bytes {:>5} failed  {} -> {}{}",
+                "{}  {:<11} {:>9} files {:>14} bytes {:>5} failed  {} -> {}{note}",
                 cp.job_id,
-                cp.state.name(),
+                state,
                 cp.files,
                 cp.bytes,
                 cp.failed,
@@ -961,7 +978,6 @@ fn jobs(j: JobsArgs) -> ExitCode {
                     .collect::<Vec<_>>()
                     .join(" "),
                 cp.spec.dest.display(),
-                if live { "  (running)" } else { "" }
             ));
         }
     }

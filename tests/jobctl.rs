@@ -227,8 +227,11 @@ fn ferry_ctl_and_jobs_steer_a_running_copy() {
     let v: serde_json::Value = serde_json::from_str(&st).unwrap();
     assert_eq!(v["state"], "paused");
     let (code, reply) = ctl(&["bogus"]);
-    assert_eq!(code, Some(1));
-    assert!(reply.starts_with("error"), "{reply}");
+    assert_eq!(code, Some(2), "an unknown command is bad usage");
+    assert!(reply.is_empty(), "errors go to stderr, not stdout: {reply}");
+    let (code, reply) = ctl(&["pause"]);
+    assert_eq!(code, Some(1), "pausing a paused job is refused");
+    assert!(reply.is_empty(), "errors go to stderr, not stdout: {reply}");
     let jobs = ferry_cmd(&["jobs".as_ref(), "--state-dir".as_ref(), state.as_os_str()])
         .output()
         .unwrap();
@@ -248,6 +251,128 @@ fn ferry_ctl_and_jobs_steer_a_running_copy() {
     assert_same_tree(&src, &dst);
     let (code, _) = ctl(&["status"]);
     assert_eq!(code, Some(1), "the job is over: no socket");
+}
+
+/// Waits (bounded) for a job of `state` to open its control socket; returns its id.
+fn wait_for_socket(state: &Path) -> String {
+    let start = Instant::now();
+    loop {
+        let found = fs::read_dir(state).ok().and_then(|mut rd| {
+            rd.find_map(|e| {
+                let e = e.ok()?;
+                e.path()
+                    .join("ctl.sock")
+                    .exists()
+                    .then(|| e.file_name().to_string_lossy().into_owned())
+            })
+        });
+        if let Some(id) = found {
+            return id;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no control socket appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `ferry ctl ARGS... --state-dir STATE`: (exit code, stdout, stderr).
+fn ctl_in(state: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let mut a: Vec<&std::ffi::OsStr> = vec!["ctl".as_ref()];
+    a.extend(args.iter().map(|s| std::ffi::OsStr::new(*s)));
+    a.push("--state-dir".as_ref());
+    a.push(state.as_os_str());
+    let o = ferry_cmd(&a).output().unwrap();
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        String::from_utf8_lossy(&o.stderr).trim().to_string(),
+    )
+}
+
+/// `ferry jobs --state-dir STATE`: the line of job `id`.
+fn jobs_line(state: &Path, id: &str) -> String {
+    let o = ferry_cmd(&["jobs".as_ref(), "--state-dir".as_ref(), state.as_os_str()])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    out.lines()
+        .find(|l| l.contains(id))
+        .unwrap_or_else(|| panic!("job {id} not listed: {out}"))
+        .to_string()
+}
+
+/// A job killed with -9 is not shown as running: its lock is free, so it is `interrupted`
+/// (rerun to resume), in `ferry jobs` and in `ferry ctl`; a finished job and an unknown id get
+/// their own messages; every ctl error is on stderr with a non-zero exit.
+#[test]
+fn jobs_and_ctl_tell_live_killed_finished_and_unknown_jobs_apart() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    tree(&src, 40, 256 << 10);
+    let dst = t.path().join("dst");
+    let state = t.path().join("state");
+    let args = [
+        "copy".as_ref(),
+        "--bwlimit".as_ref(),
+        "2M".as_ref(),
+        "--state-dir".as_ref(),
+        state.as_os_str(),
+        src.as_os_str(),
+        dst.as_os_str(),
+    ];
+    let mut child = ferry_cmd(&args).spawn().unwrap();
+    let id = wait_for_socket(&state);
+    let live = jobs_line(&state, &id);
+    assert!(
+        live.contains("running") && !live.contains("interrupted"),
+        "{live}"
+    );
+    let _ = child.kill(); // SIGKILL: no checkpoint update, the socket file stays
+    let _ = child.wait();
+    let dead = jobs_line(&state, &id);
+    assert!(
+        dead.contains("interrupted") && dead.contains("rerun") && !dead.contains("running"),
+        "{dead}"
+    );
+    let (code, out, err) = ctl_in(&state, &[&id, "status"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains("interrupted") && err.contains("resume"),
+        "{err}"
+    );
+    let (code, out, err) = ctl_in(&state, &[&id, "rate"]);
+    assert_eq!(code, Some(2), "a missing value is bad usage: {err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains("rate needs a value") && !err.contains("unknown command"),
+        "{err}"
+    );
+    let rerun: Vec<&std::ffi::OsStr> = args
+        .iter()
+        .copied()
+        .filter(|a| *a != "2M" && *a != "--bwlimit")
+        .collect();
+    let o = ferry_cmd(&rerun).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(jobs_line(&state, &id).contains("completed"));
+    let (code, out, err) = ctl_in(&state, &[&id, "status"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains(&format!("job {id} completed at ")) && err.contains("not running"),
+        "{err}"
+    );
+    let (code, out, err) = ctl_in(&state, &["0123456789abcdef", "status"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains(&format!("no job 0123456789abcdef in {}", state.display())),
+        "{err}"
+    );
 }
 
 #[test]

@@ -73,6 +73,20 @@ pub fn job_id(spec: &CopySpec) -> String {
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes))
 }
 
+/// Whether a process holds the lock of the job whose state is in `dir` (it runs the job now;
+/// the lock goes with the process, even on kill -9). Probes with a shared lock, dropped at
+/// once.
+pub fn is_running(dir: &Path) -> bool {
+    let Ok(f) = File::open(dir.join("lock")) else {
+        return false;
+    };
+    // SAFETY: valid fd; closing `f` drops the probe's lock.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } < 0 {
+        return io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK);
+    }
+    false
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub version: u32,
@@ -171,16 +185,23 @@ impl StateDir {
             .write(true)
             .mode(0o600)
             .open(dir.join("lock"))?;
+        // A few tries: `is_running` (ferry jobs, ferry ctl) holds a shared lock for an
+        // instant, and must not turn a starting job away.
+        let mut tries = 0;
         // SAFETY: valid fd.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } < 0 {
+        while unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } < 0 {
             let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(e);
+            }
+            tries += 1;
+            if tries > 20 {
                 return Err(io::Error::new(
                     io::ErrorKind::WouldBlock,
                     format!("job {id} is already running in another process"),
                 ));
             }
-            return Err(e);
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
         let journal = OpenOptions::new()
             .create(true)

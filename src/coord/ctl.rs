@@ -56,26 +56,63 @@ fn handle(s: UnixStream, c: &Control) {
     let _ = writeln!(s, "{reply}");
 }
 
+/// A control command, checked (by `ferry ctl` before it connects, and by the server).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    Pause,
+    Resume,
+    Cancel,
+    Status,
+    /// Bytes/s, and file operations/s (None: keep the current one).
+    Rate(u64, Option<u64>),
+}
+
+const USAGE: &str = "pause, resume, cancel, status, rate RATE [OPS]";
+
+/// Parses `pause|resume|cancel|status|rate RATE [OPS]`; Err says what is wrong.
+pub fn parse_command(cmd: &str) -> Result<Command, String> {
+    let w: Vec<&str> = cmd.split_whitespace().collect();
+    let bare = |c: Command| match w.len() {
+        1 => Ok(c),
+        _ => Err(format!("'{}' takes no value ({USAGE})", w[0])),
+    };
+    match w.first().copied() {
+        Some("pause") => bare(Command::Pause),
+        Some("resume") => bare(Command::Resume),
+        Some("cancel") => bare(Command::Cancel),
+        Some("status") => bare(Command::Status),
+        Some("rate") => match w[1..] {
+            [] => Err(
+                "rate needs a value: rate RATE [OPS] (bytes/s, e.g. 50M; 0 = \
+                       unlimited; OPS: file operations/s)"
+                    .into(),
+            ),
+            [b] => Ok(Command::Rate(parse_rate(b)?, None)),
+            [b, o] => {
+                let ops = o
+                    .parse()
+                    .map_err(|_| format!("bad ops rate '{o}' (file operations/s, e.g. 100)"))?;
+                Ok(Command::Rate(parse_rate(b)?, Some(ops)))
+            }
+            _ => Err(format!("too many values for rate ({USAGE})")),
+        },
+        _ => Err(format!("unknown command '{cmd}' ({USAGE})")),
+    }
+}
+
 fn answer(cmd: &str, c: &Control) -> String {
-    let mut it = cmd.split_whitespace();
-    let res = match (it.next(), it.next(), it.next()) {
-        (Some("pause"), None, None) => c.pause().map_err(|e| e.to_string()),
-        (Some("resume"), None, None) => c.resume().map_err(|e| e.to_string()),
-        (Some("cancel"), None, None) => c.cancel().map_err(|e| e.to_string()),
-        (Some("status"), None, None) => {
+    let res = match parse_command(cmd) {
+        Ok(Command::Status) => {
             return serde_json::to_string(&c.status()).unwrap_or_else(|e| format!("error: {e}"));
         }
-        (Some("rate"), Some(b), ops) => parse_rate(b).and_then(|bytes| {
-            let ops = match ops {
-                Some(o) => o.parse().map_err(|_| format!("bad ops rate '{o}'"))?,
-                None => c.rates().1,
-            };
-            c.set_rate(bytes, ops);
+        Ok(Command::Pause) => c.pause().map_err(|e| e.to_string()),
+        Ok(Command::Resume) => c.resume().map_err(|e| e.to_string()),
+        Ok(Command::Cancel) => c.cancel().map_err(|e| e.to_string()),
+        Ok(Command::Rate(bytes, ops)) => {
+            c.set_rate(bytes, ops.unwrap_or(c.rates().1));
             Ok(())
-        }),
-        _ => Err(format!(
-            "unknown command '{cmd}' (pause, resume, cancel, status, rate RATE [OPS])"
-        )),
+        }
+        Err(e) => Err(e),
     };
     match res {
         Ok(()) => "ok".into(),
@@ -96,4 +133,35 @@ pub fn send(sock: &Path, cmd: &str) -> std::io::Result<String> {
     let mut reply = String::new();
     BufReader::new(s).read_line(&mut reply)?;
     Ok(reply.trim_end().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_parse_and_say_what_is_missing() {
+        assert_eq!(parse_command("pause"), Ok(Command::Pause));
+        assert_eq!(parse_command(" status "), Ok(Command::Status));
+        assert_eq!(parse_command("rate 2M"), Ok(Command::Rate(2 << 20, None)));
+        assert_eq!(parse_command("rate 0 50"), Ok(Command::Rate(0, Some(50))));
+        let e = parse_command("rate").unwrap_err();
+        assert!(e.starts_with("rate needs a value"), "{e}");
+        assert!(parse_command("rate x").unwrap_err().contains("'x'"));
+        assert!(
+            parse_command("rate 1M x")
+                .unwrap_err()
+                .contains("bad ops rate")
+        );
+        assert!(
+            parse_command("pause now")
+                .unwrap_err()
+                .contains("takes no value")
+        );
+        assert!(
+            parse_command("bogus")
+                .unwrap_err()
+                .starts_with("unknown command 'bogus'")
+        );
+    }
 }
