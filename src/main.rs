@@ -51,6 +51,8 @@ enum Cmd {
     Jobs(JobsArgs),
     /// Make the CA and node certificates for ferry over the network (mutual TLS).
     Certs(ferry::net::cli::CertsArgs),
+    /// Run this node's cluster agent (membership, election, assignment, cluster jobs).
+    Agent(ferry::agent::cli::AgentArgs),
 }
 
 #[derive(Args)]
@@ -349,6 +351,7 @@ fn main() -> ExitCode {
         Cmd::Ctl(c) => ctl(c),
         Cmd::Jobs(j) => jobs(j),
         Cmd::Certs(c) => ferry::net::cli::certs(c),
+        Cmd::Agent(a) => ferry::agent::cli::agent(a),
         Cmd::Demo(e) => {
             let spec = match e.spec(vec![PathBuf::from(".")], PathBuf::from(".")) {
                 Ok(s) => s,

@@ -6,3 +6,15 @@ pub mod http;
 pub mod store;
 
 pub use store::{ClusterStore, Cmp, Kv, MemStore, Op, Snapshot, StoreError};
+pub mod admin;
+pub mod assign;
+pub mod cli;
+pub mod config;
+pub mod follow;
+pub mod keys;
+pub mod leader;
+pub mod member;
+pub mod node;
+pub mod plan;
+pub mod state;
+pub mod view;

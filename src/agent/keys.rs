@@ -1,0 +1,72 @@
+//! The key layout under `/ferry/v1/<cluster>/`, in one place.
+
+pub struct Keys {
+    pub root: String,
+}
+
+/// A cluster or node name: 1-64 of [A-Za-z0-9._-] (it becomes part of etcd keys).
+pub fn check_name(what: &str, s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && s != "."
+        && s != "..";
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} '{s}': use 1-64 letters, digits, '.', '_' or '-'"
+        ))
+    }
+}
+
+impl Keys {
+    pub fn new(cluster: &str) -> Result<Keys, String> {
+        check_name("--cluster", cluster)?;
+        Ok(Keys {
+            root: format!("/ferry/v1/{cluster}/"),
+        })
+    }
+
+    fn k(&self, rest: &str) -> String {
+        format!("{}{rest}", self.root)
+    }
+
+    pub fn members(&self) -> String {
+        self.k("members/")
+    }
+    pub fn member(&self, node: &str) -> String {
+        self.k(&format!("members/{node}"))
+    }
+    pub fn leader(&self) -> String {
+        self.k("leader")
+    }
+    pub fn assignment(&self) -> String {
+        self.k("assignment")
+    }
+    pub fn acks(&self) -> String {
+        self.k("acks/")
+    }
+    pub fn ack(&self, node: &str) -> String {
+        self.k(&format!("acks/{node}"))
+    }
+    pub fn topology(&self) -> String {
+        self.k("topology")
+    }
+    pub fn control(&self) -> String {
+        self.k("control")
+    }
+    pub fn jobs(&self) -> String {
+        self.k("jobs/")
+    }
+    pub fn job(&self, id: &str) -> String {
+        self.k(&format!("jobs/{id}/spec"))
+    }
+    pub fn progress(&self, id: &str, node: &str) -> String {
+        self.k(&format!("jobs/{id}/progress/{node}"))
+    }
+    pub fn progress_prefix(&self, id: &str) -> String {
+        self.k(&format!("jobs/{id}/progress/"))
+    }
+}

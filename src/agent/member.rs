@@ -1,0 +1,121 @@
+//! Membership: the node id claimed under a lease, renewed every TTL/3; a live id held by
+//! another agent is refused; a lost lease (the agent stalled past its TTL) drops everything
+//! and claims the id again.
+
+use super::node::Agent;
+use super::state::AgentState;
+use super::store::{Cmp, Op};
+use super::view::MemberInfo;
+use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+impl Agent {
+    /// Claims `members/<node>`; Err: another live agent holds it (or we were stopped).
+    pub(super) fn claim(&mut self, stop: &AtomicBool) -> Result<(), String> {
+        let mut said = false;
+        while !stop.load(Ordering::Relaxed) {
+            match self.try_claim() {
+                Ok(true) => {
+                    self.lease_renewed = Instant::now();
+                    self.go(AgentState::Election, "node id claimed");
+                    return Ok(());
+                }
+                Ok(false) => continue,
+                Err((m, true)) => {
+                    if !said {
+                        self.event(
+                            "etcd_unreachable",
+                            json!({"error": m, "while": "claiming id"}),
+                        );
+                        said = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err((m, false)) => return Err(m),
+            }
+        }
+        Err("stopped before the node id was claimed".into())
+    }
+
+    /// Ok(true) claimed; Ok(false) try again; Err((message, retryable)).
+    fn try_claim(&mut self) -> Result<bool, (String, bool)> {
+        let st = &*self.store;
+        let e = |e: super::store::StoreError| (e.to_string(), e.unavailable);
+        let key = self.keys.member(&self.node);
+        let lease = st.grant(self.cfg.ttl_secs).map_err(e)?;
+        let value = serde_json::to_vec(&self.member_info()).expect("serializable");
+        let put = Op::Put {
+            key: key.clone(),
+            value,
+            lease,
+        };
+        let (ok, _) = st
+            .txn(&[Cmp::CreateRev(key.clone(), 0)], &[put])
+            .map_err(e)?;
+        if ok {
+            self.lease = lease;
+            return Ok(true);
+        }
+        let _ = st.revoke(lease);
+        let Some(kv) = st.get(&key).map_err(e)? else {
+            return Ok(false);
+        };
+        let held: Option<MemberInfo> = serde_json::from_slice(&kv.value).ok();
+        if let Some(h) = &held
+            && h.instance == self.instance
+        {
+            // An earlier run of this agent (same state dir) died without revoking: its lease
+            // is ours to end.
+            st.revoke(kv.lease).map_err(e)?;
+            self.event("reclaimed", json!({"lease": kv.lease}));
+            return Ok(false);
+        }
+        let left = st.time_left(kv.lease).unwrap_or(-1);
+        let (addr, pid) = held.map(|h| (h.addr, h.pid)).unwrap_or_default();
+        Err((
+            format!(
+                "node id '{}' is already claimed by a live agent (address {addr}, pid {pid}, lease {left} s left): stop that agent or pick another --node",
+                self.node
+            ),
+            false,
+        ))
+    }
+
+    /// Renews the lease when a third of its TTL has passed; a lost lease starts over.
+    pub(super) fn renew(&mut self, stop: &AtomicBool) -> Result<(), String> {
+        let every = Duration::from_millis(self.cfg.ttl_secs as u64 * 1000 / 3);
+        let mine = self.view.get(&self.keys.member(&self.node));
+        let gone =
+            self.state() != AgentState::ClaimingId && mine.is_none_or(|kv| kv.lease != self.lease);
+        if !gone && self.lease_renewed.elapsed() < every {
+            return Ok(());
+        }
+        let ttl = if gone {
+            0
+        } else {
+            match self.store.keepalive(self.lease) {
+                Ok(t) => t,
+                Err(_) => return Ok(()), // etcd unreachable: keep state, retry next round
+            }
+        };
+        if ttl > 0 {
+            self.lease_renewed = Instant::now();
+            return Ok(());
+        }
+        self.lease_lost();
+        self.claim(stop)
+    }
+
+    /// The lease expired under us: we own nothing and lead nothing any more.
+    fn lease_lost(&mut self) {
+        self.work.stop();
+        self.owned.iter_mut().for_each(|o| *o = false);
+        self.applied = (0, 0);
+        if let Some(epoch) = self.epoch.take() {
+            self.event("stepped_down", json!({"epoch": epoch, "why": "lease lost"}));
+        }
+        self.lease = 0;
+        self.go(AgentState::ClaimingId, "lease lost");
+    }
+}

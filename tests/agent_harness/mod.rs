@@ -1,0 +1,238 @@
+//! Real agent processes against a real etcd, for the cluster tests: start, kill -9, SIGSTOP,
+//! SIGCONT and SIGTERM by pid; observe the cluster straight from etcd.
+#![allow(dead_code)]
+
+use crate::etcd_harness::Etcd;
+use ferry::agent::etcd::EtcdStore;
+use ferry::agent::plan::Assignment;
+use ferry::agent::{ClusterStore, keys::Keys};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Cluster {
+    pub etcd: Etcd,
+    pub name: String,
+    pub dir: tempfile::TempDir,
+    pub agents: HashMap<String, Child>,
+    pub store: EtcdStore,
+    pub keys: Keys,
+    pub config: PathBuf,
+}
+
+pub const TTL: u64 = 2;
+
+impl Cluster {
+    /// None: etcd is not installed (the test skips, saying why).
+    pub fn new(etcd_members: usize, config: &str) -> Option<Cluster> {
+        let etcd = Etcd::start(etcd_members)?;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("agent.json");
+        std::fs::write(&cfg, config).unwrap();
+        let store = EtcdStore::new(&etcd.urls(), Duration::from_millis(1000)).unwrap();
+        Some(Cluster {
+            etcd,
+            name: "t".into(),
+            dir,
+            agents: HashMap::new(),
+            store,
+            keys: Keys::new("t").unwrap(),
+            config: cfg,
+        })
+    }
+
+    pub fn state_dir(&self, node: &str) -> PathBuf {
+        self.dir.path().join(node)
+    }
+
+    pub fn out(&self, node: &str) -> PathBuf {
+        self.dir.path().join(format!("{node}.out"))
+    }
+
+    pub fn command(&self, node: &str, state_dir: &std::path::Path) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_ferry"));
+        c.args([
+            "agent",
+            "--cluster",
+            &self.name,
+            "--node",
+            node,
+            "--etcd",
+            &self.etcd.urls(),
+        ])
+        .args(["--listen", "127.0.0.1:0", "--json", "--state-dir"])
+        .arg(state_dir)
+        .arg("--config")
+        .arg(&self.config);
+        c
+    }
+
+    pub fn start(&mut self, node: &str) {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.out(node))
+            .unwrap();
+        let err = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{node}.err")))
+            .unwrap();
+        let child = self
+            .command(node, &self.state_dir(node))
+            .stdout(out)
+            .stderr(err)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.agents.insert(node.to_string(), child);
+    }
+
+    pub fn signal(&self, node: &str, sig: i32) {
+        let pid = self.agents[node].id() as i32;
+        // SAFETY: a child of ours, by pid.
+        unsafe { libc::kill(pid, sig) };
+    }
+
+    pub fn kill9(&mut self, node: &str) {
+        let mut c = self.agents.remove(node).unwrap();
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    /// SIGTERM; the exit status.
+    pub fn term(&mut self, node: &str, limit: Duration) -> Option<std::process::ExitStatus> {
+        self.signal(node, libc::SIGTERM);
+        let mut c = self.agents.remove(node).unwrap();
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(s) = c.try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
+    }
+
+    pub fn assignment(&self) -> Option<(i64, Assignment)> {
+        let kv = self.store.get(&self.keys.assignment()).ok()??;
+        Some((kv.mod_rev, Assignment::from_json(&kv.value).unwrap()))
+    }
+
+    pub fn live(&self) -> Vec<String> {
+        let snap = self.store.range(&self.keys.members(), true).unwrap();
+        snap.kvs
+            .iter()
+            .map(|k| k.key[self.keys.members().len()..].to_string())
+            .collect()
+    }
+
+    /// (leader node, epoch).
+    pub fn leader(&self) -> Option<(String, i64)> {
+        let kv = self.store.get(&self.keys.leader()).ok()??;
+        let v: serde_json::Value = serde_json::from_slice(&kv.value).unwrap();
+        Some((v["node"].as_str().unwrap().to_string(), kv.create_rev))
+    }
+
+    /// An assignment over exactly `members`, settled (no hand-over), every partition owned.
+    pub fn settled_on(&self, members: &[&str]) -> Option<Assignment> {
+        let (_, a) = self.assignment()?;
+        let mut want: Vec<String> = members.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        (a.members == want
+            && a.next.is_none()
+            && a.owners.iter().all(|&o| (o as usize) < want.len()))
+        .then_some(a)
+    }
+
+    pub fn wait_settled(&self, members: &[&str], limit: Duration) -> Assignment {
+        let start = Instant::now();
+        loop {
+            if let Some(a) = self.settled_on(members) {
+                return a;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "no settled assignment over {members:?} within {limit:?}: {:?}; live {:?}\n{}",
+                self.assignment()
+                    .map(|(_, a)| (a.members, a.seq, a.next.is_some())),
+                self.live(),
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The JSON events one agent printed.
+    pub fn events(&self, node: &str) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.out(node))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        for e in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "err") {
+                let t = std::fs::read_to_string(&p).unwrap_or_default();
+                let tail: Vec<&str> = t.lines().rev().take(5).collect();
+                s += &format!("{}: {:?}\n", p.display(), tail);
+            }
+        }
+        s
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, c) in self.agents.iter_mut() {
+            // SAFETY: our child, by pid (a stopped one must be continued to die cleanly).
+            unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Agent settings for tests: short TTL, windows and rounds.
+pub fn config(cold_ms: u64, scale_ms: u64) -> String {
+    format!(
+        r#"{{"ttl_secs": {TTL}, "windows": {{"cold_ms": {cold_ms}, "scale_ms": {scale_ms}, "emergency_ms": 0}}, "poll_ms": 100, "request_timeout_ms": 700, "progress_interval_ms": 500, "copy_threads": 1}}"#
+    )
+}
+
+impl Cluster {
+    /// Waits until each agent has applied assignment `seq` and says it is stable.
+    pub fn wait_stable(&self, nodes: &[&str], seq: u64, limit: Duration) {
+        let start = Instant::now();
+        for n in nodes {
+            loop {
+                let ev = self.events(n);
+                let applied = ev
+                    .iter()
+                    .rev()
+                    .find(|e| e["event"] == "owned")
+                    .and_then(|e| e["seq"].as_u64());
+                let state = ev
+                    .iter()
+                    .rev()
+                    .find(|e| e["event"] == "state")
+                    .and_then(|e| e["to"].as_str().map(String::from));
+                if applied >= Some(seq) && state.as_deref() == Some("stable") {
+                    break;
+                }
+                assert!(
+                    start.elapsed() < limit,
+                    "{n} not stable on seq {seq}: applied {applied:?}, state {state:?}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
