@@ -97,5 +97,9 @@ fn frozen_and_dead_members_cost_a_timeout_not_a_hang() {
     let start = Instant::now();
     let e = s.get("/k").unwrap_err();
     assert!(e.unavailable, "{e}");
-    assert!(start.elapsed() < Duration::from_secs(5));
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
 }

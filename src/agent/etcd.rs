@@ -42,24 +42,31 @@ impl EtcdStore {
         &self.endpoints
     }
 
-    /// One gateway call, tried on each member in turn until one answers.
+    /// One gateway call, tried on each member in turn until one answers; a cluster that is
+    /// electing a leader (every member Unavailable) gets a few more passes within twice the
+    /// request deadline.
     fn call(&self, op: &'static str, path: &str, body: &Value) -> StoreResult<Value> {
         let body = body.to_string();
-        let start = self.current.load(Ordering::Relaxed);
-        let mut last = None;
-        for i in 0..self.endpoints.len() {
-            let idx = (start + i) % self.endpoints.len();
-            let ep = &self.endpoints[idx];
-            match self.call_one(op, ep, path, body.as_bytes()) {
-                Ok(v) => {
-                    self.current.store(idx, Ordering::Relaxed);
-                    return Ok(v);
+        let deadline = std::time::Instant::now() + 2 * self.timeout;
+        loop {
+            let start = self.current.load(Ordering::Relaxed);
+            let mut last = None;
+            for i in 0..self.endpoints.len() {
+                let idx = (start + i) % self.endpoints.len();
+                match self.call_one(op, &self.endpoints[idx], path, body.as_bytes()) {
+                    Ok(v) => {
+                        self.current.store(idx, Ordering::Relaxed);
+                        return Ok(v);
+                    }
+                    Err(e) if e.unavailable => last = Some(e),
+                    Err(e) => return Err(e),
                 }
-                Err(e) if e.unavailable => last = Some(e),
-                Err(e) => return Err(e),
             }
+            if std::time::Instant::now() + Duration::from_millis(100) >= deadline {
+                return Err(last.expect("at least one endpoint"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
-        Err(last.expect("at least one endpoint"))
     }
 
     fn call_one(&self, op: &'static str, ep: &str, path: &str, body: &[u8]) -> StoreResult<Value> {
