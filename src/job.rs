@@ -212,6 +212,11 @@ impl Control {
         self.ctx.stats.latency_summary()
     }
 
+    /// The job's errors from the `from`th on (each printable once, when it happens).
+    pub fn errors_since(&self, from: usize) -> Vec<String> {
+        self.ctx.stats.errors_since(from)
+    }
+
     pub fn rates(&self) -> (u64, u64) {
         (self.ctx.bytes_limit.rate(), self.ctx.ops_limit.rate())
     }

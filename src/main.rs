@@ -1,7 +1,8 @@
 //! The `ferry` command line: a thin layer over the library.
 //!
 //! Exit codes: 0 everything copied and durable; 1 some entries failed (each is reported);
-//! 2 bad usage or input, nothing written.
+//! 2 bad usage or input, nothing written; 3 cancelled (`ferry ctl JOB cancel`); 130
+//! interrupted (SIGINT/SIGTERM).
 
 use clap::{Args, Parser, Subcommand};
 use ferry::cluster::{Strategy, Topology};
@@ -423,6 +424,13 @@ fn copy(mut a: CopyArgs, rules: Vec<ferry::filter::Rule>, moving: Option<bool>) 
     spec.retry_failed = a.retry_failed;
     spec.state_dir_optional = a.state_dir.is_none();
     spec.state_dir = Some(a.state_dir.clone().unwrap_or_else(default_state_dir));
+    let Ok(listener) = bind_metrics(a.metrics.as_deref()) else {
+        eprintln!(
+            "ferry: nothing was {}",
+            if moving.is_some() { "moved" } else { "copied" }
+        );
+        return ExitCode::from(2);
+    };
     let interrupted = on_signals();
     let handle = match ferry::Job::start(spec) {
         Ok(h) => h,
@@ -439,12 +447,19 @@ fn copy(mut a: CopyArgs, rules: Vec<ferry::filter::Rule>, moving: Option<bool>) 
         json: a.json,
         quiet: a.quiet,
         report: a.report.clone(),
-        metrics: a.metrics.clone(),
         dry_run: a.dry_run,
         migrating: false,
         summary: None,
     };
-    watch(handle, &w, &interrupted)
+    watch(handle, &w, listener, &interrupted)
+}
+
+/// `--metrics ADDR`, bound before the job starts: an address in use is bad input (said here).
+fn bind_metrics(addr: Option<&str>) -> Result<Option<std::net::TcpListener>, ()> {
+    let Some(addr) = addr else { return Ok(None) };
+    ferry::coord::metrics::bind(addr)
+        .map(Some)
+        .map_err(|e| eprintln!("ferry: --metrics {addr}: {e}"))
 }
 
 /// SIGINT/SIGTERM: stop cleanly (temp files removed, checkpoint written); a second SIGINT
@@ -463,49 +478,104 @@ struct Watch {
     json: bool,
     quiet: bool,
     report: Option<PathBuf>,
-    metrics: Option<String>,
     dry_run: bool,
     migrating: bool,
     /// Extra lines after the summary (rebalance counters), and their JSON.
     summary: Option<Box<dyn Fn() -> (String, serde_json::Value)>>,
 }
 
-/// Shows progress until the job ends, prints the report; the exit status.
-fn watch(handle: ferry::JobHandle, a: &Watch, interrupted: &AtomicBool) -> ExitCode {
-    let job_id = handle.job_id().map(str::to_string);
-    let metrics = match &a.metrics {
-        Some(addr) => match ferry::coord::metrics::serve(addr, handle.control()) {
-            Ok(h) => Some(h),
-            Err(e) => {
-                // The copy runs anyway; the operator asked for metrics, so say it loudly.
-                eprintln!("ferry: --metrics: {e}");
-                None
-            }
-        },
-        None => None,
-    };
-    let events = handle.events().expect("events taken once");
-    // A rebalance's Running state is shown as "migrating".
-    let state_name = |n: &'static str| {
-        if a.migrating && n == "running" {
+/// Exit status of a job cancelled by `ferry ctl JOB cancel` (nothing failed; resumable).
+const EXIT_CANCELLED: u8 = 3;
+/// Exit status after SIGINT/SIGTERM (checkpointed; resumable).
+const EXIT_INTERRUPTED: u8 = 130;
+
+/// Where a running job's lines go: JSON lines on stdout, or a progress bar and plain lines.
+struct Printer {
+    json: bool,
+    migrating: bool,
+    bar: Option<indicatif::ProgressBar>,
+    /// Errors printed so far (they are printed as they happen, each once).
+    errors_shown: usize,
+}
+
+impl Printer {
+    /// A rebalance's Running state is shown as "migrating".
+    fn state_name(&self, n: &'static str) -> &'static str {
+        if self.migrating && n == "running" {
             "migrating"
         } else {
             n
         }
-    };
-    let json_line = |mut v: serde_json::Value| {
+    }
+
+    fn json_line(&self, mut v: serde_json::Value) {
         for k in ["state", "from", "to"] {
             if v.get(k).and_then(|x| x.as_str()) == Some("running") {
-                v[k] = state_name("running").into();
+                v[k] = self.state_name("running").into();
             }
         }
         ferry::outln!("{v}")
-    };
-    if a.json {
-        json_line(
-            serde_json::json!({"event": "start", "job_id": job_id, "pid": std::process::id()}),
-        );
     }
+
+    /// One error, on stderr (above the progress bar) and as a JSON `error` event.
+    fn error(&mut self, e: &str) {
+        match &self.bar {
+            Some(b) => b.suspend(|| eprintln!("ferry: {e}")),
+            None => eprintln!("ferry: {e}"),
+        }
+        if self.json {
+            self.json_line(serde_json::json!({"event": "error", "message": e}));
+        }
+        self.errors_shown += 1;
+    }
+
+    fn progress(&self, p: &ferry::job::Progress, finished: bool) {
+        if self.json && !finished {
+            let mut v = serde_json::to_value(p).unwrap_or_default();
+            v["event"] = "progress".into();
+            self.json_line(v);
+        }
+        let Some(b) = &self.bar else { return };
+        // Durable work only, so it never goes backwards.
+        let eta = match p.eta_secs {
+            Some(s) => format!(", ETA {}s", s.ceil() as u64),
+            None => String::new(),
+        };
+        b.set_message(format!(
+            "{}: {}/{}{} files, {:.1} MB, {:.1} MB/s{eta}{}",
+            self.state_name(p.state.name()),
+            p.files,
+            p.found_files,
+            if p.walk_done { "" } else { "+" },
+            p.bytes as f64 / 1e6,
+            p.bytes as f64 / 1e6 / p.elapsed_secs.max(1e-3),
+            if p.failed > 0 {
+                format!(", {} failed", p.failed)
+            } else {
+                String::new()
+            }
+        ));
+    }
+}
+
+/// Shows progress until the job ends, prints the report; the exit status.
+fn watch(
+    handle: ferry::JobHandle,
+    a: &Watch,
+    listener: Option<std::net::TcpListener>,
+    interrupted: &AtomicBool,
+) -> ExitCode {
+    let job_id = handle.job_id().map(str::to_string);
+    let metrics = match listener.map(|l| ferry::coord::metrics::serve_on(l, handle.control())) {
+        Some(Ok(h)) => Some(h),
+        Some(Err(e)) => {
+            // Only a thread that could not start: the copy runs anyway, said loudly.
+            eprintln!("ferry: --metrics: {e}");
+            None
+        }
+        None => None,
+    };
+    let events = handle.events().expect("events taken once");
     use std::io::IsTerminal;
     let bar = (!a.quiet && !a.json && std::io::stderr().is_terminal()).then(|| {
         let pb = indicatif::ProgressBar::new_spinner();
@@ -516,6 +586,17 @@ fn watch(handle: ferry::JobHandle, a: &Watch, interrupted: &AtomicBool) -> ExitC
         pb.enable_steady_tick(std::time::Duration::from_millis(200));
         pb
     });
+    let mut out = Printer {
+        json: a.json,
+        migrating: a.migrating,
+        bar,
+        errors_shown: 0,
+    };
+    if a.json {
+        out.json_line(
+            serde_json::json!({"event": "start", "job_id": job_id, "pid": std::process::id()}),
+        );
+    }
     let mut stopping = false;
     let mut last_progress = std::time::Instant::now();
     loop {
@@ -524,39 +605,16 @@ fn watch(handle: ferry::JobHandle, a: &Watch, interrupted: &AtomicBool) -> ExitC
             stopping = true;
             let _ = handle.cancel();
         }
+        for e in handle.errors_since(out.errors_shown) {
+            out.error(&e);
+        }
         if a.json {
             for ev in events.try_iter() {
-                json_line(serde_json::to_value(&ev).unwrap_or_default());
+                out.json_line(serde_json::to_value(&ev).unwrap_or_default());
             }
         }
         if last_progress.elapsed() >= std::time::Duration::from_secs(1) || finished {
-            let p = handle.status();
-            if a.json && !finished {
-                let mut v = serde_json::to_value(&p).unwrap_or_default();
-                v["event"] = "progress".into();
-                json_line(v);
-            }
-            if let Some(b) = &bar {
-                // Durable work only, so it never goes backwards.
-                let eta = match p.eta_secs {
-                    Some(s) => format!(", ETA {}s", s.ceil() as u64),
-                    None => String::new(),
-                };
-                b.set_message(format!(
-                    "{}: {}/{}{} files, {:.1} MB, {:.1} MB/s{eta}{}",
-                    state_name(p.state.name()),
-                    p.files,
-                    p.found_files,
-                    if p.walk_done { "" } else { "+" },
-                    p.bytes as f64 / 1e6,
-                    p.bytes as f64 / 1e6 / p.elapsed_secs.max(1e-3),
-                    if p.failed > 0 {
-                        format!(", {} failed", p.failed)
-                    } else {
-                        String::new()
-                    }
-                ));
-            }
+            out.progress(&handle.status(), finished);
             last_progress = std::time::Instant::now();
         }
         if finished {
@@ -564,34 +622,42 @@ fn watch(handle: ferry::JobHandle, a: &Watch, interrupted: &AtomicBool) -> ExitC
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    if let Some(b) = bar {
+    if let Some(b) = out.bar.take() {
         b.finish_and_clear();
     }
     let report = handle.wait();
     if let Some(m) = metrics {
         let _ = m.join(); // it sees the final state and stops within 20 ms
     }
+    if a.json {
+        for ev in events.try_iter() {
+            out.json_line(serde_json::to_value(&ev).unwrap_or_default());
+        }
+    }
+    finish(&mut out, a, report, stopping, job_id.unwrap_or_default())
+}
+
+/// Prints what is left of the errors, the report (JSON: always the last line), and says how
+/// the job ended; the exit status.
+fn finish(
+    out: &mut Printer,
+    a: &Watch,
+    report: ferry::Report,
+    stopping: bool,
+    job_id: String,
+) -> ExitCode {
     if let Some(path) = &a.report
         && let Err(e) = write_report(path, &report)
     {
         eprintln!("ferry: report '{}': {e}", path.display());
     }
-    if a.json {
-        for ev in events.try_iter() {
-            json_line(serde_json::to_value(&ev).unwrap_or_default());
-        }
+    for e in report.errors.iter().skip(out.errors_shown) {
+        out.error(e);
     }
-    if stopping {
-        for e in &report.errors {
-            eprintln!("ferry: {e}");
-        }
-        eprintln!("ferry: interrupted, run the same command to resume");
-        return ExitCode::from(130);
-    }
-    if report.cancelled {
+    if report.failed as usize > report.errors.len() {
         eprintln!(
-            "ferry: job {} cancelled; finished files are kept, run the same command to resume",
-            job_id.unwrap_or_default()
+            "ferry: {} more errors not shown",
+            report.failed as usize - report.errors.len()
         );
     }
     if report.resumed_files > 0 && !a.quiet && !a.json {
@@ -601,19 +667,13 @@ fn watch(handle: ferry::JobHandle, a: &Watch, interrupted: &AtomicBool) -> ExitC
             report.resumed_bytes
         );
     }
-    for e in &report.errors {
-        eprintln!("ferry: {e}");
-        if a.json {
-            json_line(serde_json::json!({"event": "error", "message": e}));
-        }
-    }
     if a.json {
         let mut v = serde_json::to_value(&report).unwrap_or_default();
         v["event"] = "report".into();
         if let Some(f) = &a.summary {
             v["rebalance"] = f().1;
         }
-        json_line(v);
+        out.json_line(v);
     } else if a.dry_run {
         ferry::outln!(
             "dry run: would copy {} files ({} bytes), {} dirs, {} symlinks, {} special files",
@@ -623,22 +683,27 @@ fn watch(handle: ferry::JobHandle, a: &Watch, interrupted: &AtomicBool) -> ExitC
             report.symlinks,
             report.specials
         );
-    } else if !a.quiet {
+    } else if !a.quiet && !stopping {
         ferry::outln!("{}", report.summary());
         if let Some(f) = &a.summary {
             ferry::outln!("{}", f().0);
         }
     }
-    if report.ok() && !report.cancelled {
-        ExitCode::SUCCESS
-    } else {
-        if report.failed as usize > report.errors.len() {
-            eprintln!(
-                "ferry: {} more errors not shown",
-                report.failed as usize - report.errors.len()
-            );
-        }
+    if stopping {
+        eprintln!("ferry: interrupted, run the same command to resume");
+        return ExitCode::from(EXIT_INTERRUPTED);
+    }
+    if report.cancelled {
+        eprintln!(
+            "ferry: job {job_id} cancelled; finished files are kept, run the same command to resume"
+        );
+    }
+    if !report.ok() {
         ExitCode::from(1)
+    } else if report.cancelled {
+        ExitCode::from(EXIT_CANCELLED)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
@@ -664,6 +729,10 @@ fn rebalance(r: RebalanceArgs) -> ExitCode {
     spec.ops_limit = r.ops_limit;
     spec.fresh = r.fresh;
     spec.state_dir = Some(state_root);
+    let Ok(listener) = bind_metrics(r.metrics.as_deref()) else {
+        eprintln!("ferry: nothing was moved");
+        return ExitCode::from(2);
+    };
     let interrupted = on_signals();
     let mut counters = None;
     let handle = ferry::Job::start_with(|| {
@@ -684,7 +753,6 @@ fn rebalance(r: RebalanceArgs) -> ExitCode {
         json: r.json,
         quiet: r.quiet,
         report: r.report.clone(),
-        metrics: r.metrics.clone(),
         dry_run: false,
         migrating: true,
         summary: Some(Box::new(move || {
@@ -713,7 +781,7 @@ fn rebalance(r: RebalanceArgs) -> ExitCode {
             (text, serde_json::to_value(&*c).unwrap_or_default())
         })),
     };
-    watch(handle, &w, &interrupted)
+    watch(handle, &w, listener, &interrupted)
 }
 
 fn object(o: ObjectArgs) -> ExitCode {

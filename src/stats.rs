@@ -79,6 +79,14 @@ impl Stats {
         }
     }
 
+    /// The kept errors from index `from` on, as text (to print them as they happen).
+    pub fn errors_since(&self, from: usize) -> Vec<String> {
+        let v = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        v.get(from..)
+            .map(|s| s.iter().map(|e| e.to_string()).collect())
+            .unwrap_or_default()
+    }
+
     pub fn report(&self, elapsed: Duration, backend: &str, threads: usize) -> Report {
         let errors = std::mem::take(&mut *self.errors.lock().unwrap_or_else(|p| p.into_inner()));
         Report {

@@ -375,6 +375,122 @@ fn jobs_and_ctl_tell_live_killed_finished_and_unknown_jobs_apart() {
     );
 }
 
+/// The JSON lines of a run's stdout.
+fn json_lines(out: &std::process::Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// `ferry ctl JOB cancel` is not a failure: the copy exits 3 (its own code), reports
+/// `"cancelled":true` with nothing failed, and the report event still comes last.
+#[test]
+fn a_cancelled_copy_exits_3_not_1() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    tree(&src, 40, 256 << 10);
+    let state = t.path().join("state");
+    let child = ferry_cmd(&[
+        "copy".as_ref(),
+        "--json".as_ref(),
+        "--bwlimit".as_ref(),
+        "2M".as_ref(),
+        "--state-dir".as_ref(),
+        state.as_os_str(),
+        src.as_os_str(),
+        t.path().join("dst").as_os_str(),
+    ])
+    .spawn()
+    .unwrap();
+    let id = wait_for_socket(&state);
+    let (code, _, err) = ctl_in(&state, &[&id, "cancel"]);
+    assert_eq!(code, Some(0), "{err}");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let lines = json_lines(&out);
+    let last = lines.last().unwrap();
+    assert_eq!(last["event"], "report", "{last}");
+    assert_eq!(last["cancelled"], true);
+    assert_eq!(last["failed"], 0);
+}
+
+/// SIGINT/SIGTERM under --json: the run still ends with its `report` event (the README says
+/// it comes last), and exits 130.
+#[test]
+fn json_ends_with_the_report_after_sigint_and_sigterm() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        tree(&src, 40, 256 << 10);
+        let child = ferry_cmd(&[
+            "copy".as_ref(),
+            "--json".as_ref(),
+            "--bwlimit".as_ref(),
+            "2M".as_ref(),
+            "--state-dir".as_ref(),
+            t.path().join("state").as_os_str(),
+            src.as_os_str(),
+            t.path().join("dst").as_os_str(),
+        ])
+        .spawn()
+        .unwrap();
+        wait_for_socket(&t.path().join("state"));
+        std::thread::sleep(Duration::from_millis(300));
+        // SAFETY: plain kill(2) on our child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+        let lines = json_lines(&out);
+        let last = lines.last().unwrap();
+        assert_eq!(last["event"], "report", "signal {sig}: {last}");
+    }
+}
+
+/// An `error` event is printed when the error happens, not gathered for the end: it comes
+/// before any progress event that counts it, and each error is printed once.
+#[test]
+fn json_error_events_come_when_they_happen() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    tree(&src, 40, 100 << 10);
+    fs::write(
+        src.join("a"),
+        b"a file where the destination has a directory",
+    )
+    .unwrap();
+    let dst = t.path().join("dst");
+    fs::create_dir_all(dst.join("a")).unwrap();
+    fs::write(dst.join("a/keep"), b"x").unwrap();
+    // dst/. : the contents of src land in dst itself, so dst/a (a directory) is in the way.
+    let mut into = src.clone().into_os_string();
+    into.push("/.");
+    let out = ferry(&[
+        "copy".as_ref(),
+        "--json".as_ref(),
+        "--bwlimit".as_ref(),
+        "1M".as_ref(),
+        "--state-dir".as_ref(),
+        t.path().join("state").as_os_str(),
+        into.as_os_str(),
+        dst.as_os_str(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let lines = json_lines(&out);
+    let at = |pred: &dyn Fn(&serde_json::Value) -> bool| lines.iter().position(pred);
+    let error = at(&|v| v["event"] == "error").expect("an error event");
+    let counted = at(&|v| v["event"] == "progress" && v["failed"].as_u64() >= Some(1))
+        .expect("a progress event counts the failure (4 MB at 1 MB/s)");
+    assert!(
+        error < counted,
+        "error event at line {error}, after {counted}"
+    );
+    let ended = at(&|v| v["event"] == "state" && v["to"] == "failed").unwrap();
+    assert!(error < ended);
+    assert_eq!(lines.iter().filter(|v| v["event"] == "error").count(), 1);
+    assert_eq!(lines.last().unwrap()["event"], "report");
+}
+
 #[test]
 fn sigint_checkpoints_and_the_same_command_resumes() {
     let t = tempfile::tempdir().unwrap();
@@ -624,6 +740,42 @@ fn report_file_has_latency_quantiles() {
             assert_eq!(l["fsync"]["count"], 20);
         }
     }
+}
+
+/// A --metrics address that cannot be bound is bad input: a clear error and exit 2 before any
+/// work (nothing copied, no job started), for copy and move alike.
+#[test]
+fn a_busy_metrics_address_fails_before_any_work() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    tree(&src, 4, 4 << 10);
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    for cmd in ["copy", "move"] {
+        let dst = t.path().join(format!("dst-{cmd}"));
+        let out = ferry(&[
+            cmd.as_ref(),
+            "--metrics".as_ref(),
+            addr.as_ref(),
+            "--state-dir".as_ref(),
+            t.path().join("state").as_os_str(),
+            src.as_os_str(),
+            dst.as_os_str(),
+        ]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {err}");
+        assert!(
+            err.contains("--metrics") && err.contains(&addr) && err.contains("in use"),
+            "{cmd}: {err}"
+        );
+        assert!(!dst.exists(), "{cmd}: nothing is written");
+        assert!(!t.path().join("state").exists(), "{cmd}: no job started");
+    }
+    assert_eq!(
+        src.read_dir().unwrap().count(),
+        4,
+        "the move deleted nothing"
+    );
 }
 
 #[test]

@@ -9,12 +9,22 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-pub fn serve(addr: &str, control: Arc<Control>) -> Result<JoinHandle<()>, Error> {
+/// Binds ADDR (before the job starts, so a busy address is bad input, not a warning).
+pub fn bind(addr: &str) -> Result<TcpListener, Error> {
     let where_ = std::path::Path::new(addr);
     let listener = TcpListener::bind(addr).map_err(|e| Error::os("bind", where_, e))?;
     listener
         .set_nonblocking(true)
         .map_err(|e| Error::os("listen", where_, e))?;
+    Ok(listener)
+}
+
+pub fn serve(addr: &str, control: Arc<Control>) -> Result<JoinHandle<()>, Error> {
+    serve_on(bind(addr)?, control)
+}
+
+/// Serves the job's metrics on a listener from [`bind`] until the job ends.
+pub fn serve_on(listener: TcpListener, control: Arc<Control>) -> Result<JoinHandle<()>, Error> {
     std::thread::Builder::new()
         .name("ferry-metrics".into())
         .spawn(move || {
@@ -25,7 +35,7 @@ pub fn serve(addr: &str, control: Arc<Control>) -> Result<JoinHandle<()>, Error>
                 }
             }
         })
-        .map_err(|e| Error::os("spawn", where_, e))
+        .map_err(|e| Error::os("spawn", std::path::Path::new("ferry-metrics"), e))
 }
 
 fn answer(mut s: TcpStream, c: &Control) {
