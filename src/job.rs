@@ -194,13 +194,10 @@ impl Control {
     /// New limits (0 = unlimited), effective for the next chunk and the next file.
     pub fn set_rate(&self, bytes_per_sec: u64, ops_per_sec: u64) {
         use crate::coord::throttle::burst_for;
-        self.ctx.bytes_limit.set(
-            bytes_per_sec,
-            burst_for(bytes_per_sec, self.ctx.spec.buffer_size as u64),
-        );
         self.ctx
-            .ops_limit
-            .set(ops_per_sec, burst_for(ops_per_sec, 1));
+            .bytes_limit
+            .set(bytes_per_sec, burst_for(bytes_per_sec));
+        self.ctx.ops_limit.set(ops_per_sec, burst_for(ops_per_sec));
         let _ = self.events_tx.send(Event::Rate {
             bytes_per_sec,
             ops_per_sec,

@@ -429,7 +429,9 @@ impl Reactor {
                 if seg.next >= seg.end || seg.job.is_failed() {
                     break;
                 }
-                let len = (seg.end - seg.next).min(self.buf_size) as u32;
+                // Under a byte limit, chunks are no bigger than its burst.
+                let most = self.ctx.bytes_limit.chunk(self.buf_size);
+                let len = (seg.end - seg.next).min(most) as u32;
                 if !self.ctx.bytes_limit.try_take(len as u64) {
                     return Ok(()); // throttled: try again after the next completion or nap
                 }

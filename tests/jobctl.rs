@@ -937,3 +937,21 @@ fn a_closed_stdout_does_not_stop_the_job() {
     assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
     assert_same_tree(&src, &dst);
 }
+
+/// A tiny --bwlimit is not overrun by an initial burst of whole buffers: at 10 KiB/s, 30
+/// files of 10 KiB take about 30 s, so after 1.5 s at most a few are done (the burst was one
+/// 512 KiB buffer: all 300 KiB went in 0.2 s).
+#[test]
+fn a_tiny_bwlimit_has_no_big_initial_burst() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    tree(&src, 30, 10 << 10);
+    let mut spec = CopySpec::new(vec![src.clone()], t.path().join("dst"));
+    spec.bwlimit = 10 << 10;
+    let h = Job::start(spec).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let st = h.status();
+    assert!(!h.is_finished() && st.files <= 3, "{st:?}");
+    h.cancel().unwrap();
+    within(Duration::from_secs(30), move || h.wait());
+}

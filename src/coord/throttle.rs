@@ -100,6 +100,18 @@ impl TokenBucket {
         }
     }
 
+    /// The largest chunk to take at once, at most `buf`: under a limit, no more than the
+    /// burst (in whole GRAINs, at least one), so a tiny rate is not overrun by one big chunk.
+    pub fn chunk(&self, buf: u64) -> u64 {
+        if self.rate.load(Ordering::Acquire) == 0 {
+            return buf;
+        }
+        let burst = self.burst.load(Ordering::Acquire);
+        (burst / GRAIN * GRAIN)
+            .clamp(GRAIN, buf.max(GRAIN))
+            .min(buf)
+    }
+
     /// Takes `n` units if the balance is positive (possibly going into debt). False: wait.
     pub fn try_take(&self, n: u64) -> bool {
         if self.rate.load(Ordering::Acquire) == 0 {
@@ -115,16 +127,20 @@ impl TokenBucket {
     }
 }
 
-/// Burst: a tenth of a second of the rate, at least one chunk (bytes) or one op.
-pub fn burst_for(rate: u64, min: u64) -> u64 {
-    (rate / 10).max(min)
+/// Burst: a tenth of a second of the rate (at least one unit). Not a chunk: a burst of one
+/// 512 KiB buffer let `--bwlimit 1` copy 300 KB in 0.2 s.
+pub fn burst_for(rate: u64) -> u64 {
+    (rate / 10).max(1)
 }
 
+/// The smallest chunk a limited byte rate cuts reads to (the O_DIRECT alignment).
+pub const GRAIN: u64 = 4096;
+
 /// The job's two buckets: bytes/s and file operations/s (0 = unlimited).
-pub fn buckets(bwlimit: u64, ops_limit: u64, chunk: u64) -> (TokenBucket, TokenBucket) {
+pub fn buckets(bwlimit: u64, ops_limit: u64) -> (TokenBucket, TokenBucket) {
     (
-        TokenBucket::new(bwlimit, burst_for(bwlimit, chunk)),
-        TokenBucket::new(ops_limit, burst_for(ops_limit, 1)),
+        TokenBucket::new(bwlimit, burst_for(bwlimit)),
+        TokenBucket::new(ops_limit, burst_for(ops_limit)),
     )
 }
 
@@ -171,6 +187,25 @@ mod tests {
         let b = Arc::new(TokenBucket::new(50, 1));
         let got = achieved(&b, 1, 1, 2.0);
         assert!((got - 50.0).abs() <= 5.0, "achieved {got} ops/s for 50");
+    }
+
+    #[test]
+    fn a_tiny_rate_has_a_tiny_burst() {
+        let (b, _) = buckets(1000, 0);
+        let b = Arc::new(b);
+        let chunk = b.chunk(512 << 10);
+        assert_eq!(chunk, GRAIN, "chunks shrink to the rate");
+        let got = achieved(&b, 1, chunk, 0.5) * 0.5;
+        assert!(got <= 8192.0, "{got} bytes in 0.5 s at 1000 B/s");
+        let (fast, _) = buckets(200 << 20, 0);
+        assert_eq!(
+            fast.chunk(512 << 10),
+            512 << 10,
+            "fast rates keep whole buffers"
+        );
+        let (none, _) = buckets(0, 0);
+        assert_eq!(none.chunk(512 << 10), 512 << 10);
+        assert_eq!(b.chunk(100), 100, "never more than the buffer");
     }
 
     #[test]

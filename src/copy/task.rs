@@ -477,7 +477,7 @@ impl Ctx {
             .fail_fast
             .store(spec.fail_fast, std::sync::atomic::Ordering::Relaxed);
         let (bytes_limit, ops_limit) =
-            crate::coord::throttle::buckets(spec.bwlimit, spec.ops_limit, spec.buffer_size as u64);
+            crate::coord::throttle::buckets(spec.bwlimit, spec.ops_limit);
         // SAFETY: plain getter.
         let euid = unsafe { libc::geteuid() };
         Ctx {
