@@ -54,6 +54,11 @@ enum Cmd {
     Certs(ferry::net::cli::CertsArgs),
     /// Run this node's cluster agent (membership, election, assignment, cluster jobs).
     Agent(ferry::agent::cli::AgentArgs),
+    /// Serve exported directories to ferry clients over mutual TLS (push, pull, verify).
+    #[command(
+        override_usage = "ferry serve --listen ADDR --export NAME=DIR [--export ...] [--tls-dir DIR] [--state-dir DIR]"
+    )]
+    Serve(ferry::net::cli::ServeArgs),
 }
 
 #[derive(Args)]
@@ -164,6 +169,10 @@ struct VerifyArgs {
     /// Print the result as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// With a ferry:// end: this client's ca.pem, cert.pem, key.pem
+    /// [default: $FERRY_TLS_DIR or ~/.config/ferry/tls].
+    #[arg(long, value_name = "DIR")]
+    tls_dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -229,6 +238,10 @@ struct CopyArgs {
     /// Serve Prometheus metrics at ADDR (e.g. 127.0.0.1:9184) while the job runs.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
+    /// With a ferry:// end: this client's ca.pem, cert.pem, key.pem
+    /// [default: $FERRY_TLS_DIR or ~/.config/ferry/tls].
+    #[arg(long, value_name = "DIR")]
+    tls_dir: Option<PathBuf>,
 }
 
 /// temp + rename, so a reader never sees half a report.
@@ -353,6 +366,7 @@ fn main() -> ExitCode {
         Cmd::Jobs(j) => jobs(j),
         Cmd::Certs(c) => ferry::net::cli::certs(c),
         Cmd::Agent(a) => ferry::agent::cli::agent(a),
+        Cmd::Serve(s) => ferry::net::cli::serve(s),
         Cmd::Demo(e) => {
             let spec = match e.spec(vec![PathBuf::from(".")], PathBuf::from(".")) {
                 Ok(s) => s,
@@ -398,6 +412,18 @@ fn ordered_rules(m: &clap::ArgMatches) -> Vec<ferry::filter::Rule> {
 
 /// `ferry copy`, and `ferry move` (`moving`: Some(--no-rename)).
 fn copy(mut a: CopyArgs, rules: Vec<ferry::filter::Rule>, moving: Option<bool>) -> ExitCode {
+    if ferry::net::cli::any_remote(&a.paths) {
+        return ferry::net::cli::remote_copy(ferry::net::cli::RemoteCopy {
+            paths: a.paths,
+            moving: moving.is_some(),
+            json: a.json,
+            quiet: a.quiet,
+            report: a.report,
+            tls_dir: a.tls_dir,
+            state_dir: a.state_dir,
+            fresh: a.fresh,
+        });
+    }
     let dest = a.paths.pop().expect("clap requires two paths");
     let mut spec = match a.engine.spec(a.paths, dest) {
         Ok(s) => s,
@@ -883,6 +909,11 @@ fn object(o: ObjectArgs) -> ExitCode {
 }
 
 fn verify(v: VerifyArgs) -> ExitCode {
+    if let (None, [src, dst]) = (&v.manifest, v.paths.as_slice())
+        && ferry::net::url::is_remote(dst.as_os_str())
+    {
+        return ferry::net::cli::remote_verify(src, dst.as_os_str(), v.json, v.tls_dir.clone());
+    }
     let report = match (&v.manifest, v.paths.as_slice()) {
         (Some(m), [dst]) => {
             if !dst.is_dir() {

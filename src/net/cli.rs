@@ -58,3 +58,263 @@ pub fn certs(a: CertsArgs) -> ExitCode {
         }
     }
 }
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on: HOST:PORT, or HOST (port 7733).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:7733")]
+    pub listen: String,
+    /// A directory clients may read and write, by NAME: NAME=DIR (repeatable).
+    #[arg(long = "export", value_name = "NAME=DIR", required = true)]
+    pub exports: Vec<String>,
+    /// ca.pem, cert.pem, key.pem of this server (see `ferry certs issue`)
+    /// [default: $FERRY_TLS_DIR or ~/.config/ferry/tls].
+    #[arg(long, value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// The server's state (created 0700; reserved for resumable partial receives).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// `ferry serve`.
+pub fn serve(a: ServeArgs) -> ExitCode {
+    let fail = |m: String| {
+        eprintln!("ferry serve: {m}");
+        ExitCode::from(2)
+    };
+    let mut exports = Vec::new();
+    for e in &a.exports {
+        match super::serve::Export::parse(e) {
+            Ok(x)
+                if exports
+                    .iter()
+                    .any(|y: &super::serve::Export| y.name == x.name) =>
+            {
+                return fail(format!("--export {e}: export '{}' given twice", x.name));
+            }
+            Ok(x) => exports.push(x),
+            Err(m) => return fail(m),
+        }
+    }
+    let tls_dir = a.tls_dir.clone().unwrap_or_else(super::tls::default_dir);
+    let tls = match super::tls::server_config(&tls_dir) {
+        Ok(t) => t,
+        Err(e) => return fail(e.to_string()),
+    };
+    if let Some(d) = &a.state_dir {
+        use std::os::unix::fs::DirBuilderExt;
+        if let Err(e) = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(d)
+        {
+            return fail(format!("--state-dir {}: {e}", d.display()));
+        }
+    }
+    let addr = if a.listen.contains(':') {
+        a.listen.clone()
+    } else {
+        format!("{}:{}", a.listen, super::session::DEFAULT_PORT)
+    };
+    let listener = match std::net::TcpListener::bind(&addr) {
+        Ok(l) => l,
+        Err(e) => return fail(format!("listen {addr}: {e}")),
+    };
+    let shown: Vec<String> = exports
+        .iter()
+        .map(|e| format!("{}={}", e.name, e.dir.display()))
+        .collect();
+    let local = listener.local_addr().map(|a| a.to_string()).unwrap_or(addr);
+    eprintln!(
+        "ferry serve: listening on {local} (exports: {})",
+        shown.join(", ")
+    );
+    let server = super::serve::Server {
+        listener,
+        exports: std::sync::Arc::new(exports),
+        tls,
+    };
+    match server.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry serve: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// What `ferry copy|move` passes on when one end is a `ferry://` URL.
+pub struct RemoteCopy {
+    pub paths: Vec<PathBuf>,
+    pub moving: bool,
+    pub json: bool,
+    pub quiet: bool,
+    pub report: Option<PathBuf>,
+    pub tls_dir: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub fresh: bool,
+}
+
+/// Whether any of `paths` is a `ferry://` URL.
+pub fn any_remote(paths: &[PathBuf]) -> bool {
+    paths.iter().any(|p| super::url::is_remote(p.as_os_str()))
+}
+
+fn options(
+    tls_dir: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    fresh: bool,
+) -> super::client::Options {
+    super::client::Options {
+        tls_dir: tls_dir.unwrap_or_else(super::tls::default_dir),
+        state_dir: state_dir.unwrap_or_else(crate::coord::checkpoint::default_state_dir),
+        fresh,
+    }
+}
+
+fn exit_fatal(f: super::client::Fatal) -> ExitCode {
+    eprintln!("ferry: {}", f.msg);
+    if f.code == 2 {
+        eprintln!("ferry: nothing was copied");
+    }
+    ExitCode::from(f.code)
+}
+
+/// `ferry copy SRC... ferry://...` (push) or `ferry copy ferry://... DST` (pull).
+pub fn remote_copy(mut a: RemoteCopy) -> ExitCode {
+    use super::url::{is_remote, parse};
+    if a.moving {
+        return exit_fatal(super::client::Fatal {
+            code: 2,
+            msg: "ferry move with a ferry:// end is not available yet; use ferry copy".into(),
+        });
+    }
+    let dst = a.paths.pop().expect("clap requires two paths");
+    let remote_srcs = a.paths.iter().filter(|p| is_remote(p.as_os_str())).count();
+    let start = std::time::Instant::now();
+    let o = options(a.tls_dir.take(), a.state_dir.take(), a.fresh);
+    let (res, target) = if is_remote(dst.as_os_str()) {
+        if remote_srcs > 0 {
+            return exit_fatal(super::client::Fatal {
+                code: 2,
+                msg: "copying from one ferry:// URL to another is not supported".into(),
+            });
+        }
+        let r = match parse(dst.as_os_str()) {
+            Ok(r) => r,
+            Err(m) => return exit_fatal(super::client::Fatal { code: 2, msg: m }),
+        };
+        (super::client::push(&a.paths, &r, &o), r.to_string())
+    } else {
+        if a.paths.len() != 1 || remote_srcs != 1 {
+            return exit_fatal(super::client::Fatal {
+                code: 2,
+                msg: "a pull takes exactly one ferry:// source".into(),
+            });
+        }
+        let r = match parse(a.paths[0].as_os_str()) {
+            Ok(r) => r,
+            Err(m) => return exit_fatal(super::client::Fatal { code: 2, msg: m }),
+        };
+        (super::client::pull(&r, &dst, &o), dst.display().to_string())
+    };
+    match res {
+        Ok(out) => report(
+            &out,
+            &target,
+            start.elapsed(),
+            a.json,
+            a.quiet,
+            a.report.as_deref(),
+        ),
+        Err(f) => exit_fatal(f),
+    }
+}
+
+/// Prints the outcome; exit 0 only if everything was durable at the far end.
+fn report(
+    out: &super::send::Outcome,
+    target: &str,
+    took: std::time::Duration,
+    json: bool,
+    quiet: bool,
+    report_file: Option<&std::path::Path>,
+) -> ExitCode {
+    let errors: Vec<String> = out
+        .errors
+        .iter()
+        .map(|(p, e)| {
+            if p.is_empty() {
+                e.clone()
+            } else {
+                format!("'{}': {e}", super::beneath::show(p))
+            }
+        })
+        .collect();
+    for e in &errors {
+        eprintln!("ferry: {e}");
+    }
+    let secs = took.as_secs_f64();
+    let v = serde_json::json!({
+        "event": "report", "target": target, "files": out.files, "bytes": out.bytes,
+        "skipped": out.skipped, "failed": errors.len(), "seconds": secs, "errors": errors,
+    });
+    if json {
+        crate::outln!("{v}");
+    } else if !quiet {
+        eprintln!(
+            "ferry: {} files, {} bytes durable at {target} in {secs:.2} s ({:.1} MiB/s); {} skipped (journal), {} failed",
+            out.files,
+            out.bytes,
+            out.bytes as f64 / secs.max(1e-9) / (1 << 20) as f64,
+            out.skipped,
+            errors.len()
+        );
+    }
+    if let Some(p) = report_file
+        && let Err(e) = std::fs::write(p, serde_json::to_vec_pretty(&v).unwrap_or_default())
+    {
+        eprintln!("ferry: --report {}: {e}", p.display());
+    }
+    if errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// `ferry verify SRC ferry://HOST/NAME/PATH`.
+pub fn remote_verify(
+    src: &std::path::Path,
+    url: &std::ffi::OsStr,
+    json: bool,
+    tls_dir: Option<PathBuf>,
+) -> ExitCode {
+    let r = match super::url::parse(url) {
+        Ok(r) => r,
+        Err(m) => {
+            eprintln!("ferry verify: {m}");
+            return ExitCode::from(2);
+        }
+    };
+    match super::client::verify(src, &r, &options(tls_dir, None, false)) {
+        Ok(diffs) => {
+            if json {
+                crate::outln!(
+                    "{}",
+                    serde_json::json!({"differences": diffs.len(), "list": diffs})
+                );
+            } else {
+                for d in &diffs {
+                    println!("{d}");
+                }
+                eprintln!("ferry verify: {} differences against {r}", diffs.len());
+            }
+            ExitCode::from(if diffs.is_empty() { 0 } else { 1 })
+        }
+        Err(f) => {
+            eprintln!("ferry verify: {}", f.msg);
+            ExitCode::from(f.code)
+        }
+    }
+}

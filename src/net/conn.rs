@@ -79,6 +79,15 @@ impl Conn {
         Ok(())
     }
 
+    /// Queues a Data frame of `bytes`.
+    pub fn send_data(&mut self, bytes: &[u8]) -> io::Result<()> {
+        super::msg::encode_data(bytes, &mut self.out);
+        if self.out.len() >= OUT_BATCH {
+            self.push_out()?;
+        }
+        Ok(())
+    }
+
     /// Writes everything queued to the socket.
     pub fn flush(&mut self) -> io::Result<()> {
         self.push_out()
@@ -87,24 +96,34 @@ impl Conn {
     /// Hands the gathered plaintext to TLS and writes TLS records until none is left (so
     /// rustls never buffers more than one batch), reading meanwhile.
     fn push_out(&mut self) -> io::Result<()> {
-        if !self.out.is_empty() {
-            self.tls
-                .writer()
-                .write_all(&self.out)
-                .map_err(|e| self.err("tls write to", e))?;
-            self.out.clear();
-        }
         let deadline = Instant::now() + self.idle;
-        while self.tls.wants_write() {
+        let mut off = 0;
+        loop {
+            if off < self.out.len() {
+                // rustls takes what fits under its buffer limit; the rest after a drain.
+                off += self
+                    .tls
+                    .writer()
+                    .write(&self.out[off..])
+                    .map_err(|e| self.err("tls write to", e))?;
+            }
+            if !self.tls.wants_write() {
+                if off >= self.out.len() {
+                    break;
+                }
+                continue;
+            }
             match self.tls.write_tls(&mut self.sock) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.wait(true, deadline)?;
                     self.read_some()?;
                 }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(self.err("send to", e)),
             }
         }
+        self.out.clear();
         Ok(())
     }
 
@@ -293,6 +312,7 @@ impl Conn {
 
     /// Says goodbye (close_notify) and flushes; errors are moot at this point.
     pub fn close(mut self) {
+        let _ = self.push_out();
         self.tls.send_close_notify();
         let _ = self.push_out();
         let _ = self.sock.shutdown(std::net::Shutdown::Write);

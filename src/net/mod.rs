@@ -5,10 +5,18 @@
 //! the version handshake). `certs` makes the CA and node certificates, `tls` turns a
 //! `--tls-dir` into rustls configurations.
 
+pub mod beneath;
 pub mod certs;
 pub mod cli;
+pub mod client;
 pub mod conn;
 pub mod frame;
 pub mod msg;
+pub mod recv;
+pub mod send;
+pub mod serve;
 pub mod session;
 pub mod tls;
+pub mod url;
+pub mod verify;
+pub mod walk;

@@ -147,6 +147,11 @@ fn hello_payload(version: u16) -> Vec<u8> {
     p
 }
 
+/// Appends a Data frame straight from `bytes` (no intermediate message).
+pub fn encode_data(bytes: &[u8], out: &mut Vec<u8>) {
+    frame::encode(T_DATA, bytes, out);
+}
+
 impl Msg {
     /// Appends this message as one frame.
     pub fn encode(&self, out: &mut Vec<u8>) {

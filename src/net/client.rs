@@ -1,0 +1,284 @@
+//! The client side of `ferry copy|verify` with a `ferry://` end: push (local → remote), pull
+//! (remote → local) and verify, each one session on one connection.
+
+use super::beneath;
+use super::conn::Conn;
+use super::msg::{Msg, Op};
+use super::recv::{self, Receiver};
+use super::send::{self, Hooks, Outcome, Sent};
+use super::url::Remote;
+use super::walk::{Item, Kind, Walker};
+use super::{session, tls, verify};
+use crate::coord::checkpoint::{Done, StateDir, absolute};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Why a command stopped before it finished: exit status and message.
+#[derive(Debug)]
+pub struct Fatal {
+    pub code: u8,
+    pub msg: String,
+}
+
+fn usage(msg: impl Into<String>) -> Fatal {
+    Fatal {
+        code: 2,
+        msg: msg.into(),
+    }
+}
+
+/// A refusal by the server (unknown export, path outside it, ...) is bad input: exit 2, and
+/// nothing was written. Anything else (network, TLS) is exit 1.
+fn fatal(e: io::Error) -> Fatal {
+    let code = if matches!(
+        e.kind(),
+        io::ErrorKind::PermissionDenied | io::ErrorKind::InvalidInput
+    ) {
+        2
+    } else {
+        1
+    };
+    Fatal {
+        code,
+        msg: e.to_string(),
+    }
+}
+
+pub struct Options {
+    pub tls_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub fresh: bool,
+}
+
+/// Connects and opens a session; the server's Ready (is_dir, exists).
+fn open(r: &Remote, op: Op, o: &Options) -> Result<(Conn, bool, bool), Fatal> {
+    let cfg = tls::client_config(&o.tls_dir).map_err(fatal)?;
+    let mut c = session::connect(&r.host, r.port, cfg).map_err(fatal)?;
+    let open = Msg::Open {
+        op,
+        export: r.export.as_bytes().to_vec(),
+        path: r.path.clone(),
+    };
+    c.send(&open).and_then(|()| c.flush()).map_err(fatal)?;
+    match c.recv().map_err(fatal)? {
+        Msg::Ready { is_dir, exists } => Ok((c, is_dir, exists)),
+        Msg::Error { msg } => Err(usage(format!("{r}: {msg}"))),
+        other => Err(Fatal {
+            code: 1,
+            msg: format!("{r}: unexpected {other:?}"),
+        }),
+    }
+}
+
+/// `SRC/.` or `.`: the directory's contents, not the directory.
+fn is_contents(p: &Path) -> bool {
+    let b = p.as_os_str().as_bytes();
+    b == b"." || b.ends_with(b"/.")
+}
+
+/// (directory holding `p`, its name there); `SRC/.` is (SRC, ".").
+fn local_root(p: &Path) -> io::Result<(Arc<OwnedFd>, Vec<u8>)> {
+    let open = |d: &Path| {
+        std::fs::File::open(if d.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            d
+        })
+        .map(|f| Arc::new(OwnedFd::from(f)))
+    };
+    if is_contents(p) {
+        return Ok((open(p)?, b".".to_vec()));
+    }
+    let name = p
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+    Ok((
+        open(p.parent().unwrap_or(Path::new(".")))?,
+        name.as_bytes().to_vec(),
+    ))
+}
+
+/// Where each source lands under the remote path (cp -r rules), fixed by the first run.
+fn targets(sources: &[PathBuf], is_dir: bool, exists: bool) -> Result<Vec<Vec<u8>>, Fatal> {
+    let mut out = Vec::new();
+    for s in sources {
+        let st =
+            std::fs::symlink_metadata(s).map_err(|e| usage(format!("'{}': {e}", s.display())))?;
+        let t = if is_contents(s) {
+            if exists && !is_dir {
+                return Err(usage("destination is not a directory"));
+            }
+            Vec::new()
+        } else if is_dir {
+            s.file_name()
+                .map(|n| n.as_bytes().to_vec())
+                .unwrap_or_default()
+        } else if sources.len() == 1 && (!exists || !st.is_dir()) {
+            Vec::new()
+        } else if !exists {
+            return Err(usage(
+                "several sources need an existing destination directory",
+            ));
+        } else {
+            return Err(usage("destination is not a directory"));
+        };
+        out.push(t);
+    }
+    Ok(out)
+}
+
+/// The journal of a push: what became durable at the far end, and the fixed targets.
+struct Journal {
+    sd: StateDir,
+    done: HashMap<PathBuf, Done>,
+}
+
+fn rel_key(rel: &[u8]) -> PathBuf {
+    PathBuf::from(OsStr::from_bytes(rel))
+}
+
+impl Hooks for Journal {
+    fn wanted(&mut self, item: &Item) -> bool {
+        let Some(d) = self.done.get(&rel_key(&item.rel)) else {
+            return true;
+        };
+        item.kind != Kind::File
+            || d.size != item.st.st_size as u64
+            || d.mtime != (item.st.st_mtime, item.st.st_mtime_nsec)
+    }
+
+    fn durable(&mut self, files: &[Sent]) {
+        let recs: Vec<(PathBuf, Done)> = files
+            .iter()
+            .map(|f| {
+                let d = Done {
+                    size: f.size,
+                    mtime: (f.mtime.0, f.mtime.1 as i64),
+                    hash: Some(f.hash),
+                };
+                (rel_key(&f.rel), d)
+            })
+            .collect();
+        if let Err(e) = self.sd.append(&recs) {
+            // Not fatal: those files are durable remotely, a rerun merely sends them again.
+            eprintln!("ferry: journal: {e}");
+        }
+    }
+}
+
+fn job_id(sources: &[PathBuf], r: &Remote) -> String {
+    let mut key = format!("push {r}");
+    for s in sources {
+        key.push('\0');
+        key.push_str(&absolute(s).to_string_lossy());
+    }
+    format!("net-{:016x}", xxhash_rust::xxh3::xxh3_64(key.as_bytes()))
+}
+
+fn load_targets(sd: &StateDir) -> Option<Vec<Vec<u8>>> {
+    serde_json::from_slice(&std::fs::read(sd.dir.join("targets.json")).ok()?).ok()
+}
+
+fn save_targets(sd: &StateDir, t: &[Vec<u8>]) -> io::Result<()> {
+    let p = sd.dir.join("targets.json");
+    let tmp = sd.dir.join("targets.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec(t).map_err(io::Error::other)?)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(tmp, p)
+}
+
+/// Push: sends `sources` into the remote path; resumable through the journal.
+pub fn push(sources: &[PathBuf], r: &Remote, o: &Options) -> Result<Outcome, Fatal> {
+    for s in sources {
+        std::fs::symlink_metadata(s).map_err(|e| usage(format!("'{}': {e}", s.display())))?;
+    }
+    let sd = StateDir::open(&o.state_dir, &job_id(sources, r))
+        .map_err(|e| usage(format!("state dir {}: {e}", o.state_dir.display())))?;
+    if o.fresh {
+        let _ = sd.reset();
+        let _ = std::fs::remove_file(sd.dir.join("targets.json"));
+    }
+    let (mut c, is_dir, exists) = open(r, Op::Push, o)?;
+    let t = match load_targets(&sd) {
+        Some(t) if t.len() == sources.len() => t,
+        _ => {
+            let t = targets(sources, is_dir, exists)?;
+            save_targets(&sd, &t).map_err(|e| usage(format!("state dir: {e}")))?;
+            t
+        }
+    };
+    let mut roots = Vec::new();
+    for (s, rel) in sources.iter().zip(t) {
+        let (dir, name) = local_root(s).map_err(|e| usage(format!("'{}': {e}", s.display())))?;
+        roots.push((dir, name, rel));
+    }
+    let done = sd.load_journal().unwrap_or_default();
+    let mut j = Journal { sd, done };
+    let out = send::send_tree(&mut c, Walker::new(roots), &mut j).map_err(fatal)?;
+    c.close();
+    if out.errors.is_empty() {
+        let _ = j.sd.truncate_journal();
+    }
+    Ok(out)
+}
+
+/// Pull: receives the remote path into `dst` (cp -r rules).
+pub fn pull(r: &Remote, dst: &Path, o: &Options) -> Result<Outcome, Fatal> {
+    let (mut c, _is_dir, _) = open(r, Op::Pull, o)?;
+    let remote_name = beneath::split(&r.path).1.to_vec();
+    let remote_name = if remote_name.is_empty() {
+        r.export.as_bytes().to_vec()
+    } else {
+        remote_name
+    };
+    let (base, prefix) = match std::fs::metadata(dst) {
+        Ok(m) if m.is_dir() && !is_contents(dst) => (dst.to_path_buf(), remote_name),
+        Ok(m) if m.is_dir() => (dst.to_path_buf(), Vec::new()),
+        _ => {
+            let (_, name) =
+                local_root(dst).map_err(|e| usage(format!("'{}': {e}", dst.display())))?;
+            (dst.parent().unwrap_or(Path::new(".")).to_path_buf(), name)
+        }
+    };
+    let base = if base.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        base
+    };
+    let fd = std::fs::File::open(&base).map_err(|e| usage(format!("'{}': {e}", base.display())))?;
+    let mut rx = Receiver::new(OwnedFd::from(fd), prefix);
+    recv::drive(&mut c, &mut rx).map_err(fatal)?;
+    c.close();
+    Ok(Outcome {
+        files: rx.counts.files,
+        bytes: rx.counts.bytes,
+        skipped: 0,
+        errors: rx.errors.into_iter().map(|e| (Vec::new(), e)).collect(),
+    })
+}
+
+/// Verify: the differences between local `src` and the remote path (empty: identical).
+pub fn verify(src: &Path, r: &Remote, o: &Options) -> Result<Vec<String>, Fatal> {
+    let (dir, name) = local_root(src).map_err(|e| usage(format!("'{}': {e}", src.display())))?;
+    let (mut c, _, _) = open(r, Op::Verify, o)?;
+    let (theirs, mut diffs) = verify::receive(&mut c).map_err(fatal)?;
+    c.close();
+    let mut ours = std::collections::BTreeMap::new();
+    verify::entries(Walker::new(vec![(dir, name, Vec::new())]), |p, e| {
+        match e {
+            Ok(e) => {
+                ours.insert(p, e);
+            }
+            Err(e) => diffs.push(format!("local '{}': {e}", beneath::show(&p))),
+        }
+        Ok(())
+    })
+    .map_err(fatal)?;
+    diffs.extend(verify::compare(&ours, &theirs));
+    Ok(diffs)
+}

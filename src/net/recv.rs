@@ -1,0 +1,586 @@
+//! The receiving side of a transfer, as a state machine: messages in (`on_msg`), replies out
+//! (Ack / Fail / Finished pushed to `out`). It does its file I/O itself (blocking calls), all
+//! of it beneath its base directory (see `beneath`).
+//!
+//! Durability order, as for local copies: data into `.<name>.ferry-tmp` → hash and size
+//! checked against the sender's → metadata → group commit (one syncfs per filesystem for the
+//! batch) → final name (rename) → syncfs again (the names durable) → Ack for the batch. A file
+//! whose hash or size differs never gets its final name.
+
+use super::beneath::{self, check_rel, join, show, split};
+use super::conn::Conn;
+use super::frame::ProtoError;
+use super::msg::{Meta, Msg};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use xxhash_rust::xxh3::Xxh3;
+
+/// A batch is committed at this many files or bytes (or on Flush / Done).
+pub const BATCH_FILES: usize = 1024;
+pub const BATCH_BYTES: u64 = 256 << 20;
+/// Directory fds kept open for the files that follow.
+const DIR_CACHE: usize = 256;
+
+/// A directory fd with its filesystem.
+struct DirFd {
+    fd: OwnedFd,
+    dev: u64,
+}
+
+/// The file being received.
+struct Incoming {
+    id: u64,
+    rel: Vec<u8>,
+    dir: Arc<DirFd>,
+    name: Vec<u8>,
+    tmp: Vec<u8>,
+    file: Option<File>,
+    size: u64,
+    written: u64,
+    hash: Xxh3,
+    meta: Meta,
+    failed: Option<String>,
+}
+
+/// Written and checked, waiting for the group commit.
+struct Ready {
+    id: u64,
+    rel: Vec<u8>,
+    dir: Arc<DirFd>,
+    name: Vec<u8>,
+    tmp: Vec<u8>,
+}
+
+/// What the receiver counted.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counts {
+    pub files: u64,
+    pub bytes: u64,
+    pub failed: u64,
+}
+
+pub struct Receiver {
+    base: OwnedFd,
+    prefix: Vec<u8>,
+    dirs: HashMap<Vec<u8>, Arc<DirFd>>,
+    cur: Option<Incoming>,
+    batch: Vec<Ready>,
+    batch_bytes: u64,
+    /// Highest id fully handled (committed, failed, or in the batch).
+    last_id: u64,
+    dir_metas: Vec<(Vec<u8>, Meta)>,
+    root: bool,
+    pub counts: Counts,
+    /// Failures of single entries, as reported to the sender (and the sender's own).
+    pub errors: Vec<String>,
+}
+
+fn os(op: &str, rel: &[u8], e: io::Error) -> String {
+    format!("{op} '{}': {e}", show(rel))
+}
+
+impl Receiver {
+    /// Receives into `prefix` (checked) beneath the directory `base`.
+    pub fn new(base: OwnedFd, prefix: Vec<u8>) -> Receiver {
+        Receiver {
+            base,
+            prefix,
+            dirs: HashMap::new(),
+            cur: None,
+            batch: Vec::new(),
+            batch_bytes: 0,
+            last_id: 0,
+            dir_metas: Vec::new(),
+            // SAFETY: geteuid has no preconditions.
+            root: unsafe { libc::geteuid() } == 0,
+            counts: Counts::default(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// The directory holding `full` (a path beneath base), from the cache or opened now.
+    fn parent(&mut self, full: &[u8]) -> io::Result<(Arc<DirFd>, Vec<u8>)> {
+        let (parent, name) = split(full);
+        if let Some(d) = self.dirs.get(parent) {
+            return Ok((d.clone(), name.to_vec()));
+        }
+        let fd = beneath::open_dir(self.base.as_raw_fd(), parent)?;
+        let st = fstat(fd.as_raw_fd())?;
+        if self.dirs.len() >= DIR_CACHE {
+            self.dirs.clear();
+        }
+        let d = Arc::new(DirFd { fd, dev: st.st_dev });
+        self.dirs.insert(parent.to_vec(), d.clone());
+        Ok((d, name.to_vec()))
+    }
+
+    /// Handles one message. Err: the stream is broken (protocol violation, or the peer's
+    /// error); the session ends. Ok(true): the transfer is finished.
+    pub fn on_msg(&mut self, m: Msg, out: &mut Vec<Msg>) -> Result<bool, String> {
+        match m {
+            Msg::Data { bytes } => self.data(&bytes)?,
+            Msg::File {
+                id,
+                path,
+                size,
+                meta,
+            } => {
+                self.next_id(id)?;
+                self.start_file(id, path, size, meta)?;
+            }
+            Msg::End { id, hash } => self.end_file(id, hash, out)?,
+            Msg::Dir { path, meta } => self.dir(path, meta)?,
+            Msg::Symlink {
+                id,
+                path,
+                target,
+                meta,
+            } => {
+                self.next_id(id)?;
+                self.symlink(id, path, target, meta, out)?;
+            }
+            Msg::Flush => self.commit(out),
+            Msg::Done => {
+                if self.cur.is_some() {
+                    return Err(ProtoError::Unexpected {
+                        what: "Done inside a file",
+                    }
+                    .to_string());
+                }
+                self.commit(out);
+                self.finish_dirs(out);
+                out.push(Msg::Finished);
+                return Ok(true);
+            }
+            Msg::Error { msg } => return Err(format!("sender: {msg}")),
+            Msg::Fail { msg, .. } => {
+                // The sender could not read an entry: nothing of it arrives.
+                self.counts.failed += 1;
+                self.errors.push(format!("sender: {msg}"));
+            }
+            other => return Err(format!("unexpected message {other:?}")),
+        }
+        if self.batch.len() >= BATCH_FILES || self.batch_bytes >= BATCH_BYTES {
+            self.commit(out);
+        }
+        Ok(false)
+    }
+
+    /// Ids rise by one per file or symlink; anything else is a broken sender.
+    fn next_id(&mut self, id: u64) -> Result<(), String> {
+        if self.cur.is_some() {
+            return Err(ProtoError::Unexpected {
+                what: "a file inside a file",
+            }
+            .to_string());
+        }
+        if id != self.last_id + 1 {
+            return Err(format!(
+                "entry id {id} out of order (expected {})",
+                self.last_id + 1
+            ));
+        }
+        Ok(())
+    }
+
+    fn full(&self, rel: &[u8]) -> Result<Vec<u8>, String> {
+        check_rel(rel).map_err(|e| format!("refused path: {e}"))?;
+        Ok(join(&self.prefix, rel))
+    }
+
+    fn start_file(&mut self, id: u64, rel: Vec<u8>, size: u64, meta: Meta) -> Result<(), String> {
+        let full = self.full(&rel)?;
+        if full.is_empty() {
+            return Err("a file cannot replace the export's root".into());
+        }
+        let mut inc = Incoming {
+            id,
+            rel: rel.clone(),
+            dir: Arc::new(DirFd {
+                fd: self.base.try_clone().map_err(|e| os("dup", &rel, e))?,
+                dev: 0,
+            }),
+            name: Vec::new(),
+            tmp: Vec::new(),
+            file: None,
+            size,
+            written: 0,
+            hash: Xxh3::new(),
+            meta,
+            failed: None,
+        };
+        match self.parent(&full) {
+            Ok((dir, name)) => {
+                inc.tmp = beneath::temp_name(&name);
+                inc.name = name;
+                match create_temp(dir.fd.as_raw_fd(), &inc.tmp) {
+                    Ok(f) => inc.file = Some(f),
+                    Err(e) => inc.failed = Some(os("create", &rel, e)),
+                }
+                inc.dir = dir;
+            }
+            Err(e) => inc.failed = Some(os("open directory of", &rel, e)),
+        }
+        self.cur = Some(inc);
+        Ok(())
+    }
+
+    fn data(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let Some(inc) = self.cur.as_mut() else {
+            return Err(ProtoError::Unexpected {
+                what: "data outside a file",
+            }
+            .to_string());
+        };
+        if inc.failed.is_some() {
+            return Ok(());
+        }
+        inc.written += bytes.len() as u64;
+        if inc.written > inc.size {
+            inc.failed = Some(format!("'{}': more data than its size", show(&inc.rel)));
+            return Ok(());
+        }
+        inc.hash.update(bytes);
+        if let Some(f) = inc.file.as_mut()
+            && let Err(e) = f.write_all(bytes)
+        {
+            inc.failed = Some(os("write", &inc.rel, e));
+        }
+        Ok(())
+    }
+
+    fn end_file(&mut self, id: u64, hash: u64, out: &mut Vec<Msg>) -> Result<(), String> {
+        let Some(mut inc) = self.cur.take() else {
+            return Err(ProtoError::Unexpected {
+                what: "end outside a file",
+            }
+            .to_string());
+        };
+        if inc.id != id {
+            return Err(format!("end of file {id} inside file {}", inc.id));
+        }
+        self.last_id = id;
+        if inc.failed.is_none() {
+            if inc.written != inc.size {
+                inc.failed = Some(format!(
+                    "'{}': {} bytes arrived, {} announced (source changed?)",
+                    show(&inc.rel),
+                    inc.written,
+                    inc.size
+                ));
+            } else if inc.hash.digest() != hash {
+                inc.failed = Some(format!(
+                    "'{}': xxh3 {:016x} of the received bytes differs from the sender's {hash:016x}",
+                    show(&inc.rel),
+                    inc.hash.digest()
+                ));
+            }
+        }
+        if inc.failed.is_none()
+            && let Some(f) = &inc.file
+            && let Err(e) = apply_fd(f.as_raw_fd(), &inc.meta, self.root)
+        {
+            inc.failed = Some(os("set metadata", &inc.rel, e));
+        }
+        if let Some(msg) = inc.failed {
+            if inc.file.is_some() {
+                let _ = beneath::unlink_at(inc.dir.fd.as_raw_fd(), &inc.tmp);
+            }
+            self.counts.failed += 1;
+            out.push(Msg::Fail { id, msg });
+            return Ok(());
+        }
+        self.batch_bytes += inc.size;
+        self.counts.bytes += inc.size;
+        self.batch.push(Ready {
+            id,
+            rel: inc.rel,
+            dir: inc.dir,
+            name: inc.name,
+            tmp: inc.tmp,
+        });
+        Ok(())
+    }
+
+    fn dir(&mut self, rel: Vec<u8>, meta: Meta) -> Result<(), String> {
+        if self.cur.is_some() {
+            return Err(ProtoError::Unexpected {
+                what: "a directory inside a file",
+            }
+            .to_string());
+        }
+        let full = self.full(&rel)?;
+        if full.is_empty() {
+            return Ok(()); // the export's root: exists, and its metadata is the operator's
+        }
+        let (dir, name) = self
+            .parent(&full)
+            .map_err(|e| os("open directory of", &rel, e))?;
+        match beneath::mkdir_at(dir.fd.as_raw_fd(), &name, 0o700) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                let st =
+                    beneath::stat_at(dir.fd.as_raw_fd(), &name).map_err(|e| os("stat", &rel, e))?;
+                if st.is_none_or(|s| s.st_mode & libc::S_IFMT != libc::S_IFDIR) {
+                    return Err(format!("'{}' exists and is not a directory", show(&rel)));
+                }
+            }
+            Err(e) => return Err(os("mkdir", &rel, e)),
+        }
+        self.dir_metas.push((full, meta));
+        Ok(())
+    }
+
+    fn symlink(
+        &mut self,
+        id: u64,
+        rel: Vec<u8>,
+        target: Vec<u8>,
+        meta: Meta,
+        out: &mut Vec<Msg>,
+    ) -> Result<(), String> {
+        let full = self.full(&rel)?;
+        self.last_id = id;
+        let r = self.parent(&full).and_then(|(dir, name)| {
+            let tmp = beneath::temp_name(&name);
+            let fd = dir.fd.as_raw_fd();
+            let _ = beneath::unlink_at(fd, &tmp);
+            beneath::symlink_at(&target, fd, &tmp)?;
+            apply_at(fd, &tmp, &meta, self.root)?;
+            Ok(Ready {
+                id,
+                rel: rel.clone(),
+                dir,
+                name,
+                tmp,
+            })
+        });
+        match r {
+            Ok(ready) => self.batch.push(ready),
+            Err(e) => {
+                self.counts.failed += 1;
+                out.push(Msg::Fail {
+                    id,
+                    msg: os("symlink", &rel, e),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Group commit of the batch, then its acknowledgement.
+    fn commit(&mut self, out: &mut Vec<Msg>) {
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        if !batch.is_empty() {
+            let fail = |out: &mut Vec<Msg>, b: &Ready, msg: String| {
+                out.push(Msg::Fail { id: b.id, msg });
+            };
+            let devs = distinct_devs(&batch);
+            if let Some(e) = sync_all(&devs) {
+                for b in &batch {
+                    let _ = beneath::unlink_at(b.dir.fd.as_raw_fd(), &b.tmp);
+                    fail(
+                        out,
+                        b,
+                        os(
+                            "syncfs before naming",
+                            &b.rel,
+                            io::Error::from_raw_os_error(e),
+                        ),
+                    );
+                }
+                self.counts.failed += batch.len() as u64;
+                out.push(Msg::Ack { upto: self.last_id });
+                return;
+            }
+            let mut named = Vec::new();
+            for b in &batch {
+                match beneath::rename_at(b.dir.fd.as_raw_fd(), &b.tmp, &b.name) {
+                    Ok(()) => named.push(b),
+                    Err(e) => {
+                        self.counts.failed += 1;
+                        let _ = beneath::unlink_at(b.dir.fd.as_raw_fd(), &b.tmp);
+                        fail(out, b, os("rename", &b.rel, e));
+                    }
+                }
+            }
+            if let Some(e) = sync_all(&devs) {
+                for b in &named {
+                    fail(
+                        out,
+                        b,
+                        os(
+                            "syncfs after naming",
+                            &b.rel,
+                            io::Error::from_raw_os_error(e),
+                        ),
+                    );
+                }
+                self.counts.failed += named.len() as u64;
+            } else {
+                self.counts.files += named.len() as u64;
+            }
+        }
+        out.push(Msg::Ack { upto: self.last_id });
+    }
+
+    /// Directory metadata, deepest first (after their contents), then made durable.
+    fn finish_dirs(&mut self, out: &mut Vec<Msg>) {
+        let metas = std::mem::take(&mut self.dir_metas);
+        for (full, meta) in metas.iter().rev() {
+            let r = beneath::open_dir(self.base.as_raw_fd(), full)
+                .and_then(|fd| apply_fd(fd.as_raw_fd(), meta, self.root));
+            if let Err(e) = r {
+                out.push(Msg::Fail {
+                    id: 0,
+                    msg: os("set directory metadata", full, e),
+                });
+            }
+        }
+        if !metas.is_empty()
+            && let Err(e) = beneath::syncfs(&self.base)
+        {
+            out.push(Msg::Fail {
+                id: 0,
+                msg: os("syncfs", &self.prefix, e),
+            });
+        }
+    }
+
+    /// On a broken session: removes the temp of a file in flight and the batch's temps
+    /// (nothing of them was named).
+    pub fn abort(&mut self) {
+        if let Some(inc) = self.cur.take()
+            && inc.file.is_some()
+        {
+            let _ = beneath::unlink_at(inc.dir.fd.as_raw_fd(), &inc.tmp);
+        }
+        for b in self.batch.drain(..) {
+            let _ = beneath::unlink_at(b.dir.fd.as_raw_fd(), &b.tmp);
+        }
+    }
+}
+
+fn fstat(fd: RawFd) -> io::Result<libc::stat> {
+    // SAFETY: zeroed stat is valid; valid fd.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut st) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+/// A new temp file (an old one of a killed run is replaced).
+fn create_temp(dir: RawFd, tmp: &[u8]) -> io::Result<File> {
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
+    let fd = match beneath::open_at(dir, tmp, flags, 0o600) {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+            beneath::unlink_at(dir, tmp)?;
+            beneath::open_at(dir, tmp, flags, 0o600)?
+        }
+        r => r?,
+    };
+    Ok(File::from(fd))
+}
+
+/// One directory fd per filesystem in the batch.
+fn distinct_devs(batch: &[Ready]) -> Vec<Arc<DirFd>> {
+    let mut v: Vec<Arc<DirFd>> = Vec::new();
+    for b in batch {
+        if !v.iter().any(|d| d.dev == b.dir.dev) {
+            v.push(b.dir.clone());
+        }
+    }
+    v
+}
+
+/// syncfs of each; the first errno.
+fn sync_all(devs: &[Arc<DirFd>]) -> Option<i32> {
+    for d in devs {
+        if let Err(e) = beneath::syncfs(&d.fd) {
+            return Some(e.raw_os_error().unwrap_or(libc::EIO));
+        }
+    }
+    None
+}
+
+fn ts(t: (i64, u32)) -> libc::timespec {
+    libc::timespec {
+        tv_sec: t.0,
+        tv_nsec: t.1 as i64,
+    }
+}
+
+/// Owner (as root), mode, times on an open file or directory.
+fn apply_fd(fd: RawFd, m: &Meta, root: bool) -> io::Result<()> {
+    // SAFETY: valid fd; two timespecs.
+    unsafe {
+        if root && libc::fchown(fd, m.uid, m.gid) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::fchmod(fd, m.mode & 0o7777) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let t = [ts(m.atime), ts(m.mtime)];
+        if libc::futimens(fd, t.as_ptr()) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Owner (as root) and times of a symlink itself.
+fn apply_at(dir: RawFd, name: &[u8], m: &Meta, root: bool) -> io::Result<()> {
+    let c = beneath::cstr(name)?;
+    let t = [ts(m.atime), ts(m.mtime)];
+    // SAFETY: valid fd and C string; two timespecs.
+    unsafe {
+        if root && libc::fchownat(dir, c.as_ptr(), m.uid, m.gid, libc::AT_SYMLINK_NOFOLLOW) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::utimensat(dir, c.as_ptr(), t.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Runs a receiver on a connection until the sender is done (Ok) or the session breaks (the
+/// temps of unfinished files are removed; nothing partial is ever named).
+pub fn drive(c: &mut Conn, rx: &mut Receiver) -> io::Result<()> {
+    let mut out = Vec::new();
+    loop {
+        let m = match c.recv() {
+            Ok(m) => m,
+            Err(e) => {
+                rx.abort();
+                return Err(e);
+            }
+        };
+        let r = rx.on_msg(m, &mut out);
+        for o in out.drain(..) {
+            if let Msg::Fail { msg, .. } = &o {
+                rx.errors.push(msg.clone());
+            }
+            c.send(&o)?;
+        }
+        match r {
+            Ok(done) => {
+                c.flush()?;
+                if done {
+                    return Ok(());
+                }
+            }
+            Err(msg) => {
+                rx.abort();
+                let _ = c.send(&Msg::Error { msg: msg.clone() });
+                let _ = c.flush();
+                return Err(io::Error::new(io::ErrorKind::InvalidData, msg));
+            }
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! `ferry serve`: accepts mutual-TLS sessions and serves pushes into, pulls from and
+//! verifies of its exported directories. One thread per connection (blocking I/O; see
+//! `conn`); a bad client gets a clear error and is closed, the others go on.
+
+use super::beneath::{self, check_rel, show, split};
+use super::conn::Conn;
+use super::msg::{Msg, Op};
+use super::recv::{self, Receiver};
+use super::send::{self, Hooks};
+use super::walk::Walker;
+use super::{session, verify};
+use std::io;
+use std::net::TcpListener;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Connections served at once; more are refused with a message.
+pub const MAX_CONNS: usize = 256;
+
+/// One exported directory.
+pub struct Export {
+    pub name: String,
+    pub dir: PathBuf,
+    fd: OwnedFd,
+}
+
+impl Export {
+    /// `NAME=DIR`; DIR must be an existing directory.
+    pub fn parse(spec: &str) -> Result<Export, String> {
+        let (name, dir) = spec
+            .split_once('=')
+            .ok_or_else(|| format!("--export '{spec}': expected NAME=DIR"))?;
+        if name.is_empty() || name.contains('/') {
+            return Err(format!(
+                "--export '{spec}': NAME must be non-empty without '/'"
+            ));
+        }
+        let fd = std::fs::File::open(dir)
+            .and_then(|f| {
+                if f.metadata()?.is_dir() {
+                    Ok(OwnedFd::from(f))
+                } else {
+                    Err(io::Error::from_raw_os_error(libc::ENOTDIR))
+                }
+            })
+            .map_err(|e| format!("--export '{spec}': {dir}: {e}"))?;
+        Ok(Export {
+            name: name.to_string(),
+            dir: PathBuf::from(dir),
+            fd,
+        })
+    }
+}
+
+pub struct Server {
+    pub listener: TcpListener,
+    pub exports: Arc<Vec<Export>>,
+    pub tls: Arc<rustls::ServerConfig>,
+}
+
+impl Server {
+    /// Serves until the process ends.
+    pub fn run(self) -> io::Result<()> {
+        let active = Arc::new(AtomicUsize::new(0));
+        loop {
+            let (sock, addr) = match self.listener.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    eprintln!("ferry serve: accept: {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    continue;
+                }
+            };
+            if active.load(Ordering::Relaxed) >= MAX_CONNS {
+                eprintln!("ferry serve: {addr}: refused, {MAX_CONNS} connections already");
+                continue;
+            }
+            active.fetch_add(1, Ordering::Relaxed);
+            let (exports, tls, active) = (self.exports.clone(), self.tls.clone(), active.clone());
+            std::thread::spawn(move || {
+                if let Err(e) = handle(sock, &exports, tls) {
+                    eprintln!("ferry serve: {addr}: {e}");
+                }
+                active.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+    }
+}
+
+/// Refuses the session with `msg` (sent to the client, returned for the log).
+fn refuse(mut c: Conn, msg: String) -> io::Result<()> {
+    let _ = c.send(&Msg::Error { msg: msg.clone() });
+    c.close();
+    Err(io::Error::new(io::ErrorKind::PermissionDenied, msg))
+}
+
+/// The target of a session: (directory holding it, its name there or "." for the export
+/// root, whether it exists, whether it is a directory).
+struct Target {
+    parent: OwnedFd,
+    name: Vec<u8>,
+    exists: bool,
+    is_dir: bool,
+}
+
+fn resolve(ex: &Export, path: &[u8]) -> Result<Target, String> {
+    check_rel(path).map_err(|e| format!("path refused: {e}"))?;
+    let (parent, name) = if path.is_empty() {
+        (&[][..], &b"."[..])
+    } else {
+        split(path)
+    };
+    let pfd = beneath::open_dir(ex.fd.as_raw_fd(), parent).map_err(|e| {
+        let why = match e.raw_os_error() {
+            Some(libc::ELOOP) => "a symlink in the path (not followed)".to_string(),
+            Some(libc::EXDEV) => "it leads outside the export".to_string(),
+            _ => e.to_string(),
+        };
+        format!("{}/{}: {why}", ex.name, show(parent))
+    })?;
+    let st = beneath::stat_at(pfd.as_raw_fd(), name)
+        .map_err(|e| format!("{}/{}: {e}", ex.name, show(path)))?;
+    Ok(Target {
+        parent: pfd,
+        name: name.to_vec(),
+        exists: st.is_some(),
+        is_dir: st.is_some_and(|s| s.st_mode & libc::S_IFMT == libc::S_IFDIR),
+    })
+}
+
+fn handle(
+    sock: std::net::TcpStream,
+    exports: &[Export],
+    tls: Arc<rustls::ServerConfig>,
+) -> io::Result<()> {
+    let mut c = session::accept(sock, tls)?;
+    let (op, export, path) = match c.recv()? {
+        Msg::Open { op, export, path } => (op, export, path),
+        other => return refuse(c, format!("expected Open, got {other:?}")),
+    };
+    let Some(ex) = exports.iter().find(|e| e.name.as_bytes() == export) else {
+        let names: Vec<&str> = exports.iter().map(|e| e.name.as_str()).collect();
+        return refuse(
+            c,
+            format!(
+                "unknown export '{}' (exports: {})",
+                show(&export),
+                names.join(", ")
+            ),
+        );
+    };
+    let t = match resolve(ex, &path) {
+        Ok(t) => t,
+        Err(m) => return refuse(c, m),
+    };
+    match op {
+        Op::Push => {
+            c.send(&Msg::Ready {
+                is_dir: t.is_dir,
+                exists: t.exists,
+            })?;
+            c.flush()?;
+            let base = beneath::open_dir(ex.fd.as_raw_fd(), b"").map_err(io::Error::other)?;
+            let mut rx = Receiver::new(base, path.clone());
+            let r = recv::drive(&mut c, &mut rx);
+            if r.is_ok() {
+                eprintln!(
+                    "ferry serve: {}: push into {}/{}: {} files, {} bytes, {} failed",
+                    c.peer,
+                    ex.name,
+                    show(&path),
+                    rx.counts.files,
+                    rx.counts.bytes,
+                    rx.counts.failed
+                );
+            }
+            r?;
+        }
+        Op::Pull | Op::Verify => {
+            if !t.exists {
+                return refuse(
+                    c,
+                    format!("{}/{}: no such file or directory", ex.name, show(&path)),
+                );
+            }
+            c.send(&Msg::Ready {
+                is_dir: t.is_dir,
+                exists: true,
+            })?;
+            let walker = Walker::new(vec![(Arc::new(t.parent), t.name, Vec::new())]);
+            if op == Op::Pull {
+                struct All;
+                impl Hooks for All {}
+                send::send_tree(&mut c, walker, &mut All)?;
+            } else {
+                verify::list(&mut c, walker)?;
+            }
+        }
+    }
+    c.close();
+    Ok(())
+}

@@ -1,0 +1,312 @@
+//! ferry over the network on loopback: push, pull and verify through a real `ferry serve`,
+//! and the refusals (paths outside an export, unknown export, another protocol version,
+//! random bytes), after each of which the server still serves.
+
+mod common;
+use common::*;
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+struct Server {
+    child: Child,
+    port: u16,
+    log: Arc<Mutex<String>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+/// A CA with a server certificate for "localhost" and a client certificate.
+fn pki(dir: &Path) -> (PathBuf, PathBuf) {
+    ferry::net::certs::init(dir).unwrap();
+    ferry::net::certs::issue(dir, "localhost", 0, 30).unwrap();
+    ferry::net::certs::issue(dir, "client", 0, 30).unwrap();
+    (dir.join("localhost"), dir.join("client"))
+}
+
+fn serve(tls: &Path, exports: &[(&str, &Path)]) -> Server {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--tls-dir"])
+        .arg(tls);
+    for (n, d) in exports {
+        let mut e = std::ffi::OsString::from(format!("{n}="));
+        e.push(d.as_os_str());
+        cmd.arg("--export").arg(e);
+    }
+    let mut child = cmd
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines.next().expect("serve says where it listens").unwrap();
+    let port: u16 = first
+        .split("listening on 127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {first:?}"));
+    let log = Arc::new(Mutex::new(String::new()));
+    let l2 = log.clone();
+    std::thread::spawn(move || {
+        for l in lines.map_while(Result::ok) {
+            let mut g = l2.lock().unwrap();
+            g.push_str(&l);
+            g.push('\n');
+        }
+    });
+    Server { child, port, log }
+}
+
+fn url(s: &Server, rest: &str) -> String {
+    format!("ferry://localhost:{}/{rest}", s.port)
+}
+
+fn run(args: &[&OsStr]) -> std::process::Output {
+    ferry_with(args, std::time::Duration::from_secs(120), None)
+}
+
+fn os<S: AsRef<OsStr> + ?Sized>(s: &S) -> &OsStr {
+    s.as_ref()
+}
+
+/// The fixture without what the network path does not carry yet (FIFOs).
+fn tree(root: &Path) {
+    build_tree(root);
+    std::fs::remove_file(root.join("odd/fifo")).unwrap();
+}
+
+fn push(client: &Path, src: &Path, to: &str, state: &Path) -> std::process::Output {
+    run(&[
+        os("copy"),
+        src.as_os_str(),
+        os(to),
+        os("--tls-dir"),
+        client.as_os_str(),
+        os("--state-dir"),
+        state.as_os_str(),
+    ])
+}
+
+#[test]
+fn push_pull_and_verify_keep_the_tree() {
+    let t = tempfile::tempdir().unwrap();
+    let (stls, ctls) = pki(&t.path().join("pki"));
+    let (src, exp) = (t.path().join("src"), t.path().join("exp"));
+    tree(&src);
+    std::fs::create_dir(&exp).unwrap();
+    let s = serve(&stls, &[("data", &exp)]);
+    let state = t.path().join("state");
+
+    let o = push(&ctls, &src, &url(&s, "data/"), &state);
+    assert!(o.status.success(), "push: {}", stderr(&o));
+    assert_same_tree(&src, &exp.join("src"));
+    let v = ferry(&[os("verify"), src.as_os_str(), exp.join("src").as_os_str()]);
+    assert!(v.status.success(), "local verify: {}", stderr(&v));
+    if is_root() {
+        let (a, b) = (
+            std::fs::symlink_metadata(src.join("sizes/s1")).unwrap(),
+            std::fs::symlink_metadata(exp.join("src/sizes/s1")).unwrap(),
+        );
+        assert_eq!((a.uid(), a.gid()), (b.uid(), b.gid()));
+    }
+    // Nothing but the tree: no temp names left behind.
+    let leftovers = walk_names(&exp)
+        .into_iter()
+        .filter(|n| n.contains("ferry-tmp"))
+        .count();
+    assert_eq!(leftovers, 0);
+
+    // The far end hashes its side.
+    let r = run(&[
+        os("verify"),
+        src.as_os_str(),
+        os(&url(&s, "data/src")),
+        os("--tls-dir"),
+        ctls.as_os_str(),
+    ]);
+    assert!(r.status.success(), "remote verify: {}", stderr(&r));
+    std::fs::write(exp.join("src/sizes/s1"), b"X").unwrap();
+    let r = run(&[
+        os("verify"),
+        src.as_os_str(),
+        os(&url(&s, "data/src")),
+        os("--tls-dir"),
+        ctls.as_os_str(),
+    ]);
+    assert_eq!(r.status.code(), Some(1), "a changed byte is found");
+    assert!(String::from_utf8_lossy(&r.stdout).contains("sizes/s1"));
+    std::fs::write(
+        exp.join("src/sizes/s1"),
+        std::fs::read(src.join("sizes/s1")).unwrap(),
+    )
+    .unwrap();
+
+    // Pull it back into a new directory.
+    let back = t.path().join("back");
+    let o = run(&[
+        os("copy"),
+        os(&url(&s, "data/src")),
+        back.as_os_str(),
+        os("--tls-dir"),
+        ctls.as_os_str(),
+        os("--state-dir"),
+        state.as_os_str(),
+    ]);
+    assert!(o.status.success(), "pull: {}", stderr(&o));
+    let v = ferry(&[os("verify"), src.as_os_str(), back.as_os_str()]);
+    assert!(v.status.success(), "{}", stderr(&v));
+    // (s1 was rewritten at the far end above: same bytes, new mtime.)
+    assert_same_tree(&exp.join("src"), &back);
+}
+
+fn walk_names(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            }
+            out.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    out
+}
+
+#[test]
+fn single_file_and_contents_follow_cp_rules() {
+    let t = tempfile::tempdir().unwrap();
+    let (stls, ctls) = pki(&t.path().join("pki"));
+    let (src, exp) = (t.path().join("src"), t.path().join("exp"));
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    write_file(&src.join("d/f"), 3 << 20, 1);
+    write_file(&src.join("one"), 10, 2);
+    std::fs::create_dir(&exp).unwrap();
+    let s = serve(&stls, &[("data", &exp)]);
+    let state = t.path().join("state");
+    // A file onto a new name: that name becomes the copy.
+    let o = push(&ctls, &src.join("one"), &url(&s, "data/renamed"), &state);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(exp.join("renamed")).unwrap(), pattern(10, 2));
+    // SRC/. lands its contents in the target directory.
+    let o = push(&ctls, &src.join("d/."), &url(&s, "data/into"), &state);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(exp.join("into/f")).unwrap(),
+        pattern(3 << 20, 1)
+    );
+}
+
+#[test]
+fn refusals_write_nothing_and_the_server_keeps_serving() {
+    let t = tempfile::tempdir().unwrap();
+    let (stls, ctls) = pki(&t.path().join("pki"));
+    let (src, exp, outside) = (
+        t.path().join("src"),
+        t.path().join("exp"),
+        t.path().join("outside"),
+    );
+    std::fs::create_dir_all(&src).unwrap();
+    write_file(&src.join("f"), 1000, 1);
+    std::fs::create_dir(&exp).unwrap();
+    std::fs::create_dir(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, exp.join("escape")).unwrap();
+    let s = serve(&stls, &[("data", &exp)]);
+    let state = t.path().join("state");
+
+    // A symlink in the path is not followed.
+    let o = push(&ctls, &src, &url(&s, "data/escape/x"), &state);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("symlink"), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "nothing written outside"
+    );
+    // `..` is refused before anything is sent.
+    let o = push(&ctls, &src, &url(&s, "data/../outside"), &state);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    // An unknown export is named, with the ones that exist.
+    let o = push(&ctls, &src, &url(&s, "nope/x"), &state);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("unknown export 'nope' (exports: data)"),
+        "{}",
+        stderr(&o)
+    );
+    // A path with `..` sent by a client that skips the URL check: the server refuses it.
+    let cfg = ferry::net::tls::client_config(&ctls).unwrap();
+    let mut c = ferry::net::session::connect("localhost", s.port, cfg.clone()).unwrap();
+    c.send(&ferry::net::msg::Msg::Open {
+        op: ferry::net::msg::Op::Push,
+        export: b"data".to_vec(),
+        path: b"../outside".to_vec(),
+    })
+    .unwrap();
+    c.flush().unwrap();
+    match c.recv().unwrap() {
+        ferry::net::msg::Msg::Error { msg } => assert!(msg.contains("path refused"), "{msg}"),
+        other => panic!("accepted: {other:?}"),
+    }
+    // Another protocol version.
+    let e = ferry::net::session::connect_as("localhost", s.port, cfg, 99)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("version mismatch"), "{e}");
+    // Random bytes (no TLS at all), and a TLS-less HTTP request.
+    for junk in [
+        pattern(5000, 9),
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+    ] {
+        let mut raw = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+        raw.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let _ = raw.write_all(&junk);
+        let mut buf = Vec::new();
+        let _ = raw.read_to_end(&mut buf); // the server closes the connection
+    }
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(&exp).unwrap().count(),
+        1,
+        "only the symlink"
+    );
+    // Still serving.
+    let o = push(&ctls, &src, &url(&s, "data/"), &state);
+    assert!(o.status.success(), "{}\nserver: {}", stderr(&o), s.log());
+    assert_eq!(std::fs::read(exp.join("src/f")).unwrap(), pattern(1000, 1));
+    assert!(s.log().contains("version mismatch"), "{}", s.log());
+}
+
+#[test]
+fn a_bad_certificate_writes_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let (stls, _) = pki(&t.path().join("pki"));
+    let (_, other) = pki(&t.path().join("other"));
+    let (src, exp) = (t.path().join("src"), t.path().join("exp"));
+    std::fs::create_dir_all(&src).unwrap();
+    write_file(&src.join("f"), 10, 1);
+    std::fs::create_dir(&exp).unwrap();
+    let s = serve(&stls, &[("data", &exp)]);
+    let o = push(&other, &src, &url(&s, "data/"), &t.path().join("state"));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("UnknownIssuer"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_dir(&exp).unwrap().count(), 0);
+}
