@@ -87,6 +87,65 @@ impl DirStream {
         Ok(sx.stx_size)
     }
 
+    /// Opens an entry for reading, relative to this directory (not following a symlink; a
+    /// FIFO swapped in does not block the open).
+    pub fn open_entry(&self, name: &CStr) -> std::io::Result<OwnedFd> {
+        let flags = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+        // SAFETY: valid fd and C string.
+        let fd = unsafe { libc::openat(self.fd.as_raw_fd(), name.as_ptr(), flags) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fresh fd.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// A symlink entry's target, relative to this directory.
+    pub fn read_link(&self, name: &CStr) -> std::io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+        // SAFETY: valid fd, C string, and a buffer as long as we say.
+        let n = unsafe {
+            libc::readlinkat(
+                self.fd.as_raw_fd(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        buf.truncate(n as usize);
+        Ok(buf)
+    }
+
+    /// Every entry's name and kind (DT_UNKNOWN resolved with a stat), read to the end.
+    pub fn entries(&mut self) -> std::io::Result<Vec<(std::ffi::CString, Kind)>> {
+        let mut buf = vec![0u8; DIRENT_BUF];
+        let mut out = Vec::new();
+        loop {
+            let n = self.fill(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            let mut err = None;
+            parse(&buf[..n], |name, kind| {
+                let kind = match kind {
+                    Kind::Unknown => match self.stat(name) {
+                        Ok(st) => kind_of_mode(st.st_mode),
+                        Err(e) => return err = Some(e),
+                    },
+                    k => k,
+                };
+                out.push((name.to_owned(), kind));
+            });
+            if let Some(e) = err {
+                return Err(e);
+            }
+        }
+        Ok(out)
+    }
+
     /// lstat of an entry, relative to this directory (no path walk).
     pub fn stat(&self, name: &CStr) -> std::io::Result<libc::stat> {
         let mut st: libc::stat = unsafe { std::mem::zeroed() };

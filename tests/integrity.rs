@@ -474,3 +474,29 @@ fn a_resumed_copy_still_writes_a_complete_manifest() {
     assert_eq!(recs.len(), files.len());
     assert_manifest_verifies(&m, &dst);
 }
+
+#[test]
+fn verify_names_the_root_when_a_directory_meets_a_file() {
+    let t = tempfile::tempdir().unwrap();
+    let (d, f) = (t.path().join("d"), t.path().join("f"));
+    fs::create_dir(&d).unwrap();
+    write_file(&f, 10, 1);
+    for (a, b, want) in [
+        (
+            &d,
+            &f,
+            "type differs (directory in source, regular file in destination)",
+        ),
+        (
+            &f,
+            &d,
+            "type differs (regular file in source, directory in destination)",
+        ),
+    ] {
+        let out = ferry(&["verify".as_ref(), a.as_os_str(), b.as_os_str()]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        let text = out_text(&out);
+        let line = format!("differs: {}: {want}", b.display());
+        assert!(text.lines().any(|l| l == line), "want '{line}' in: {text}");
+    }
+}

@@ -58,12 +58,10 @@ fn read_at(dir: &OwnedFd, n: &str) -> Vec<u8> {
     v
 }
 
-#[test]
-fn trees_deeper_than_path_max_copy_completely() {
-    let t = tempfile::tempdir().unwrap();
-    let src = t.path().join("src");
-    std::fs::create_dir(&src).unwrap();
-    let mut dir = open_root(&src);
+/// Builds the 50-level tree under `src` (a new directory); returns the leaf file's bytes.
+fn build_deep(src: &std::path::Path) -> Vec<u8> {
+    std::fs::create_dir(src).unwrap();
+    let mut dir = open_root(src);
     for i in 0..LEVELS {
         let n = name(i);
         // SAFETY: valid fd and C string.
@@ -100,6 +98,27 @@ fn trees_deeper_than_path_max_copy_completely() {
     );
     let total = src.as_os_str().len() + LEVELS * 101 + 9;
     assert!(total > 4096, "the fixture must exceed PATH_MAX ({total})");
+    content
+}
+
+/// The deepest directory of a `build_deep` tree, opened with *at() calls.
+fn open_deepest(root: &std::path::Path) -> OwnedFd {
+    let mut d = open_root(root);
+    for i in 0..LEVELS {
+        d = open_at(&d, &name(i));
+    }
+    d
+}
+
+#[test]
+fn trees_deeper_than_path_max_copy_completely() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let content = build_deep(&src);
+    let (leaf, lnk) = (
+        CString::new("leaf.bin").unwrap(),
+        CString::new("lnk").unwrap(),
+    );
 
     for io in backends() {
         let dst = t.path().join(format!("dst-{io}"));
@@ -111,10 +130,7 @@ fn trees_deeper_than_path_max_copy_completely() {
             dst.as_os_str(),
         ]);
         assert!(out.status.success(), "{}", stderr(&out));
-        let mut d = open_root(&dst);
-        for i in 0..LEVELS {
-            d = open_at(&d, &name(i));
-        }
+        let d = open_deepest(&dst);
         assert_eq!(read_at(&d, "leaf.bin"), content, "deep file content");
         let mut buf = [0u8; 64];
         // SAFETY: valid fd, C string and buffer.
@@ -136,6 +152,66 @@ fn trees_deeper_than_path_max_copy_completely() {
         assert_eq!(st.st_mode & 0o7777, 0o640);
     }
     // tempfile's cleanup cannot remove paths this long; rm -rf can.
+    let _ = std::process::Command::new("rm")
+        .arg("-rf")
+        .arg(t.path())
+        .status();
+}
+
+#[test]
+fn verify_and_manifests_check_trees_deeper_than_path_max() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    build_deep(&src);
+    let (dst, m) = (t.path().join("dst"), t.path().join("m.txt"));
+    let out = ferry(&[
+        "copy".as_ref(),
+        "--manifest".as_ref(),
+        m.as_os_str(),
+        src.as_os_str(),
+        dst.as_os_str(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).into_owned();
+    let out = ferry(&["verify".as_ref(), src.as_os_str(), dst.as_os_str()]);
+    assert!(out.status.success(), "{}{}", text(&out), stderr(&out));
+    assert!(text(&out).contains("verified 1 files"), "{}", text(&out));
+    let args = [
+        "verify".as_ref(),
+        "--manifest".as_ref(),
+        m.as_os_str(),
+        dst.as_os_str(),
+    ];
+    let out = ferry(&args);
+    assert!(out.status.success(), "{}{}", text(&out), stderr(&out));
+    assert!(text(&out).contains("verified 1 files"), "{}", text(&out));
+    // A change at the bottom is found by both, under its full relative path.
+    let d = open_deepest(&dst);
+    let leaf = CString::new("leaf.bin").unwrap();
+    // SAFETY: valid fd and C string.
+    let fd = unsafe {
+        libc::openat(
+            d.as_raw_fd(),
+            leaf.as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        )
+    };
+    assert!(fd >= 0);
+    // SAFETY: fresh fd.
+    let f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    std::os::unix::fs::FileExt::write_all_at(&f, b"X", 1000).unwrap();
+    drop(f);
+    let deep_name = format!(
+        "{}/leaf.bin: content differs",
+        name(LEVELS - 1).to_str().unwrap()
+    );
+    for out in [
+        ferry(&["verify".as_ref(), src.as_os_str(), dst.as_os_str()]),
+        ferry(&args),
+    ] {
+        assert_eq!(out.status.code(), Some(1), "{}{}", text(&out), stderr(&out));
+        assert!(text(&out).contains(&deep_name), "{}", text(&out));
+    }
     let _ = std::process::Command::new("rm")
         .arg("-rf")
         .arg(t.path())
