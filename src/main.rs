@@ -24,6 +24,16 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// The topology format in brief (README.md, "Topology files", has it in full).
+const TOPOLOGY_HELP: &str = "\
+Topology files are JSON (README.md, \"Topology files\"):
+  {\"generation\": 2, \"replicas\": 1, \"pools\": [{\"id\": \"p0\", \"sets\": [
+    {\"id\": \"s0\", \"state\": \"active\", \"weight\": 1.0, \"disks\": [
+      {\"id\": \"d0\", \"path\": \"/srv/s0d0\"}, {\"id\": \"d1\", \"path\": \"/srv/s0d1\"}]}]}]}
+generation grows with every change; state is active, draining or removed; weight > 0;
+set ids are unique, disk ids unique within their set; every disk path is absolute and
+its own directory (not the same as, nor inside, another disk's).";
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Copy files and directory trees (like cp -r, durable, in parallel).
@@ -34,8 +44,10 @@ enum Cmd {
     #[command(override_usage = "ferry move [OPTIONS] SRC... DST")]
     Move(MoveArgs),
     /// Move every object whose owner changed between two topologies to its new owner.
+    #[command(after_help = TOPOLOGY_HELP)]
     Rebalance(RebalanceArgs),
     /// Put, get, delete or locate one object of a cluster: BUCKET/KEY.
+    #[command(after_help = TOPOLOGY_HELP)]
     Object(ObjectArgs),
     /// Compare two trees by content (or a tree against a manifest); list every difference.
     #[command(
@@ -45,6 +57,7 @@ enum Cmd {
     /// Build a sample tree, copy it, check the copy, print the speed, clean up.
     Demo(EngineArgs),
     /// Show what a topology change would move, without touching data.
+    #[command(after_help = TOPOLOGY_HELP)]
     Plan(PlanArgs),
     /// Steer a running job: pause, resume, cancel, status, rate RATE [OPS].
     Ctl(CtlArgs),
@@ -984,6 +997,10 @@ fn plan(a: PlanArgs) -> ExitCode {
             a.from.display(),
             new.generation
         );
+        return ExitCode::from(2);
+    }
+    if let Err(m) = ferry::cluster::topology::check_across((&old, &a.from), (&new, &a.to)) {
+        eprintln!("ferry: {m}");
         return ExitCode::from(2);
     }
     if a.vnodes == 0 || a.vnodes > 10_000 {

@@ -281,7 +281,7 @@ fn plan_scan_counts_misplaced_objects_on_disk() {
         expect > 60 && expect < 140,
         "about half should move: {expect}"
     );
-    assert_eq!(rep.missing_disks, vec!["d1".to_string()]);
+    assert_eq!(rep.missing_disks, vec!["s1/d1".to_string()]);
 }
 
 #[test]

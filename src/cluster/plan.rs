@@ -174,14 +174,15 @@ pub fn scan(old: &Topology, new: &Topology, table: &PartitionTable) -> ScanRepor
                 if !seen.insert(d.path.clone()) {
                     continue;
                 }
+                let key = super::topology::disk_key(set, d);
                 let mut ds = DiskScan {
-                    disk: d.id.clone(),
+                    disk: key.clone(),
                     path: d.path.clone(),
                     present: d.path.is_dir(),
                     ..Default::default()
                 };
                 if !ds.present {
-                    rep.missing_disks.push(d.id.clone());
+                    rep.missing_disks.push(key);
                     rep.disks.push(ds);
                     continue;
                 }
@@ -190,7 +191,7 @@ pub fn scan(old: &Topology, new: &Topology, table: &PartitionTable) -> ScanRepor
                     let owned = table.owners(p).iter().any(|&i| {
                         let id = &table.candidates.ids[i as usize];
                         let s = new.set(id).expect("candidate set");
-                        s.disks[disk_in_set(p, s)].id == d.id
+                        s.id == set.id && s.disks[disk_in_set(p, s)].id == d.id
                     });
                     ds.objects += 1;
                     ds.bytes += size;

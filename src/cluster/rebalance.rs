@@ -14,7 +14,7 @@
 use super::placement::{PARTITIONS, partition_of};
 use super::registry::{FORWARD_TTL_SECS, Registry};
 use super::store::{Cluster, object_path, walk_objects};
-use super::topology::{SetState, Topology};
+use super::topology::{SetState, Topology, disk_key};
 use crate::copy::commit::CommitHook;
 use crate::copy::task::{Ctx, Finished, MAX_ATTEMPTS, Task};
 use crate::error::{Error, ErrorKind};
@@ -105,6 +105,7 @@ struct Mover {
 
 /// A disk of either topology, once.
 struct DiskRef {
+    /// `set/disk`.
     id: String,
     path: PathBuf,
     /// Belongs to a removed set (or only to OLD): if it is gone, its objects are lost.
@@ -117,12 +118,15 @@ fn disks_of(old: &Topology, new: &Topology) -> Vec<DiskRef> {
     for (t, is_new) in [(new, true), (old, false)] {
         for s in t.sets() {
             for d in &s.disks {
-                if seen.insert(d.id.clone()) {
+                let key = disk_key(s, d);
+                if seen.insert(key.clone()) {
                     let in_new = new.sets().any(|x| {
-                        x.state != SetState::Removed && x.disks.iter().any(|y| y.id == d.id)
+                        x.state != SetState::Removed
+                            && x.id == s.id
+                            && x.disks.iter().any(|y| y.id == d.id)
                     });
                     out.push(DiskRef {
-                        id: d.id.clone(),
+                        id: key,
                         path: d.path.clone(),
                         gone_means_lost: !in_new || (is_new && s.state == SetState::Removed),
                     });
@@ -154,6 +158,8 @@ pub fn prepare(
             ),
         ));
     }
+    super::topology::check_across((&old, &opts.from), (&new, &opts.to))
+        .map_err(|m| Error::usage(&opts.to, m))?;
     let registry = Registry::open(&opts.registry)?;
     let json = |t: &Topology| serde_json::to_vec(t).expect("plain data serializes");
     registry.set_topologies(&json(&new), &json(&old))?;
@@ -464,7 +470,7 @@ fn scan(
                             src: object_path(path, bucket, key),
                             dst: object_path(&owner.path, bucket, key),
                             dev,
-                            to: owner.id.clone(),
+                            to: new.owner_key(p),
                         });
                     });
                     for e in errors {

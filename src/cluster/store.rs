@@ -7,7 +7,7 @@
 
 use super::placement::{PartitionTable, Strategy, disk_in_set, partition_of};
 use super::registry::Registry;
-use super::topology::{Disk, Topology};
+use super::topology::{Disk, DiskSet, Topology, disk_key};
 use crate::error::Error;
 use crate::meta;
 use std::collections::HashMap;
@@ -80,21 +80,33 @@ impl Placed {
 
     /// The primary owner disk of a partition.
     pub fn owner(&self, p: u16) -> &Disk {
+        self.owner_in(p).1
+    }
+
+    fn owner_in(&self, p: u16) -> (&DiskSet, &Disk) {
         let set = self
             .topo
             .set(self.table.owner_id(p))
             .expect("table sets come from the topology");
-        &set.disks[disk_in_set(p, set)]
+        (set, &set.disks[disk_in_set(p, set)])
     }
 
-    /// Whether `disk_id` holds one of the partition's replicas.
-    pub fn is_owner(&self, p: u16, disk_id: &str) -> bool {
+    /// The primary owner's cluster-wide name (`set/disk`, see `disk_key`).
+    pub fn owner_key(&self, p: u16) -> String {
+        let (s, d) = self.owner_in(p);
+        disk_key(s, d)
+    }
+
+    /// Whether the disk `key` (`set/disk`) holds one of the partition's replicas.
+    pub fn is_owner(&self, p: u16, key: &str) -> bool {
         self.table.owners(p).iter().any(|&i| {
             let set = self
                 .topo
                 .set(&self.table.candidates.ids[i as usize])
                 .expect("table sets come from the topology");
-            set.disks[disk_in_set(p, set)].id == disk_id
+            key.strip_prefix(set.id.as_str())
+                .and_then(|r| r.strip_prefix('/'))
+                .is_some_and(|d| set.disks[disk_in_set(p, set)].id == d)
         })
     }
 }
@@ -161,7 +173,7 @@ pub struct Cluster {
     pub previous: Option<Placed>,
     pub registry: Option<Registry>,
     locks: Vec<Mutex<()>>,
-    /// Every disk of both topologies, by id.
+    /// Every disk of both topologies, by `set/disk`.
     disks: HashMap<String, PathBuf>,
 }
 
@@ -171,7 +183,7 @@ impl Cluster {
         for t in previous.iter().chain(std::iter::once(&current)) {
             for s in t.sets() {
                 for d in &s.disks {
-                    disks.insert(d.id.clone(), d.path.clone());
+                    disks.insert(disk_key(s, d), d.path.clone());
                 }
             }
         }
@@ -192,13 +204,28 @@ impl Cluster {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// (id, path) of every disk of both topologies.
+    /// (`set/disk`, path) of every disk of both topologies.
     pub fn disks(&self) -> impl Iterator<Item = (&str, &Path)> + '_ {
         self.disks.iter().map(|(i, p)| (i.as_str(), p.as_path()))
     }
 
+    /// The disk named `set/disk`, or by a bare disk id (registries of older builds, when
+    /// disk ids were unique cluster-wide) if exactly one disk has it.
     pub fn disk_path(&self, id: &str) -> Option<&Path> {
-        self.disks.get(id).map(PathBuf::as_path)
+        if let Some(p) = self.disks.get(id) {
+            return Some(p);
+        }
+        if id.contains('/') {
+            return None;
+        }
+        let mut bare = self
+            .disks
+            .iter()
+            .filter(|(k, _)| k.rsplit_once('/').is_some_and(|(_, d)| d == id));
+        match (bare.next(), bare.next()) {
+            (Some((_, p)), None) => Some(p),
+            _ => None,
+        }
     }
 
     fn usage(bucket: &str, key: &[u8]) -> Result<(), Error> {
@@ -211,7 +238,7 @@ impl Cluster {
     pub fn put(&self, bucket: &str, key: &[u8], data: &[u8]) -> Result<(), Error> {
         Self::usage(bucket, key)?;
         let p = partition_of(bucket.as_bytes(), key);
-        let owner = self.current.owner(p).clone();
+        let (owner, owner_key) = (self.current.owner(p).clone(), self.current.owner_key(p));
         let dst = object_path(&owner.path, bucket, key);
         let dir = meta::parent_dir(&dst).to_path_buf();
         let _g = self.lock(bucket, key);
@@ -229,11 +256,11 @@ impl Cluster {
             return Err(e);
         }
         meta::fsync_dir(&dir)?;
-        self.remove_copies(bucket, key, Some(&owner.id))?;
+        self.remove_copies(bucket, key, Some(&owner_key))?;
         if let Some(r) = &self.registry {
             r.set_location(
                 &full_key(bucket, key),
-                &owner.id,
+                &owner_key,
                 self.current.topo.generation,
                 false,
             )?;
@@ -286,9 +313,9 @@ impl Cluster {
         {
             chain.push(d);
         }
-        chain.push(self.current.owner(p).id.clone());
+        chain.push(self.current.owner_key(p));
         if let Some(prev) = &self.previous {
-            chain.push(prev.owner(p).id.clone());
+            chain.push(prev.owner_key(p));
         }
         if let Some(r) = &self.registry
             && let Some(f) = r.forwarding(&fk)?
@@ -332,8 +359,8 @@ impl Cluster {
         found_on.sort();
         Ok(Location {
             partition: p,
-            owner: self.current.owner(p).id.clone(),
-            previous_owner: self.previous.as_ref().map(|x| x.owner(p).id.clone()),
+            owner: self.current.owner_key(p),
+            previous_owner: self.previous.as_ref().map(|x| x.owner_key(p)),
             registry: match &self.registry {
                 Some(r) => r.location(&fk)?,
                 None => None,

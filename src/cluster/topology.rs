@@ -92,7 +92,10 @@ impl Topology {
             message,
         };
         let text = std::fs::read(path).map_err(|e| err(String::new(), format!("read: {e}")))?;
-        Self::parse(&text).map_err(|(f, m)| err(f, m))
+        let t = Self::parse(&text).map_err(|(f, m)| err(f, m))?;
+        // Disk paths as the filesystem sees them (symlinks, bind-like aliases) now.
+        check_places(&t.disk_fields(), true).map_err(|(f, m)| err(f, m))?;
+        Ok(t)
     }
 
     /// Parses and validates; the error is (field path, message).
@@ -114,7 +117,6 @@ impl Topology {
         }
         let mut pool_ids = HashSet::new();
         let mut set_ids = HashSet::new();
-        let mut disk_ids = HashSet::new();
         let mut sets = 0usize;
         for (pi, pool) in self.pools.iter().enumerate() {
             let pf = format!("pools[{pi}]");
@@ -143,16 +145,7 @@ impl Topology {
                 if set.disks.len() > MAX_DISKS_PER_SET {
                     return bad(format!("{sf}.disks"), "too many disks (at most 1024)");
                 }
-                for (di, d) in set.disks.iter().enumerate() {
-                    let df = format!("{sf}.disks[{di}]");
-                    check_id(&d.id, &format!("{df}.id"))?;
-                    if !disk_ids.insert(d.id.as_str()) {
-                        return Err((format!("{df}.id"), format!("duplicate disk id '{}'", d.id)));
-                    }
-                    if d.path.as_os_str().is_empty() {
-                        return bad(format!("{df}.path"), "must not be empty");
-                    }
-                }
+                check_disks(set, &sf)?;
                 sets += 1;
             }
         }
@@ -169,7 +162,20 @@ impl Topology {
                 format!("must be between 1 and the number of active sets ({active})"),
             ));
         }
-        Ok(())
+        check_places(&self.disk_fields(), false)
+    }
+
+    /// Every disk with its field (`pools[0].sets[1].disks[2]`), set and disk.
+    pub fn disk_fields(&self) -> Vec<(String, &DiskSet, &Disk)> {
+        let mut out = Vec::new();
+        for (pi, pool) in self.pools.iter().enumerate() {
+            for (si, set) in pool.sets.iter().enumerate() {
+                for (di, d) in set.disks.iter().enumerate() {
+                    out.push((format!("pools[{pi}].sets[{si}].disks[{di}]"), set, d));
+                }
+            }
+        }
+        out
     }
 
     pub fn sets(&self) -> impl Iterator<Item = &DiskSet> {
@@ -183,6 +189,138 @@ impl Topology {
     pub fn set(&self, id: &str) -> Option<&DiskSet> {
         self.sets().find(|s| s.id == id)
     }
+}
+
+/// A disk's name across the cluster: disk ids are unique only within their set.
+pub fn disk_key(set: &DiskSet, d: &Disk) -> String {
+    format!("{}/{}", set.id, d.id)
+}
+
+/// Disk ids unique within the set; paths absolute and not empty.
+fn check_disks(set: &DiskSet, sf: &str) -> Result<(), (String, String)> {
+    let mut ids = HashSet::new();
+    for (di, d) in set.disks.iter().enumerate() {
+        let df = format!("{sf}.disks[{di}]");
+        check_id(&d.id, &format!("{df}.id"))?;
+        if !ids.insert(d.id.as_str()) {
+            return Err((
+                format!("{df}.id"),
+                format!("duplicate disk id '{}' in set '{}'", d.id, set.id),
+            ));
+        }
+        if d.path.as_os_str().is_empty() {
+            return Err((format!("{df}.path"), "must not be empty".into()));
+        }
+        if !d.path.is_absolute() {
+            return Err((
+                format!("{df}.path"),
+                format!(
+                    "must be an absolute path (got '{}': a relative one would mean another \
+                     directory from every working directory)",
+                    d.path.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Where a disk path points: resolved through symlinks where it exists (`resolve`), else
+/// cleaned of `.`, `..` and repeated slashes.
+fn place_of(p: &Path, resolve: bool) -> PathBuf {
+    if resolve && let Ok(c) = p.canonicalize() {
+        return c;
+    }
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// No two disks at one place, and none inside another (its objects would be read as the
+/// outer disk's): each such pair loses objects (a move onto itself, then the source deleted).
+/// `resolve`: follow symlinks of paths that exist (else by the text of the paths only).
+pub fn check_places(
+    disks: &[(String, &DiskSet, &Disk)],
+    resolve: bool,
+) -> Result<(), (String, String)> {
+    let places: Vec<PathBuf> = disks
+        .iter()
+        .map(|(_, _, d)| place_of(&d.path, resolve))
+        .collect();
+    // Sorted by components, a path's descendants follow it at once: neighbours suffice.
+    let mut order: Vec<usize> = (0..places.len()).collect();
+    order.sort_by(|&a, &b| places[a].cmp(&places[b]).then(a.cmp(&b)));
+    for w in order.windows(2) {
+        let (i, j) = (w[0].min(w[1]), w[0].max(w[1]));
+        let (pi, pj) = (&places[i], &places[j]);
+        let how = if pi == pj {
+            "the same directory as"
+        } else if pj.starts_with(pi) {
+            "inside"
+        } else if pi.starts_with(pj) {
+            "the parent directory of"
+        } else {
+            continue;
+        };
+        let (fi, fj) = (&disks[i].0, &disks[j].0);
+        let resolved = if pi == pj && disks[i].2.path != disks[j].2.path {
+            format!(", both are '{}'", pi.display())
+        } else {
+            String::new()
+        };
+        return Err((
+            format!("{fj}.path"),
+            format!(
+                "'{}' is {how} {fi}.path ('{}'{resolved}): two disks must be two directories",
+                disks[j].2.path.display(),
+                disks[i].2.path.display(),
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Two topologies of one cluster (a rebalance's OLD and NEW): a directory that is a disk in
+/// both must be the same disk (set and disk id), and no disk may lie inside another.
+pub fn check_across(old: (&Topology, &Path), new: (&Topology, &Path)) -> Result<(), String> {
+    let mut all = Vec::new();
+    for (t, file) in [old, new] {
+        for (f, s, d) in t.disk_fields() {
+            all.push((place_of(&d.path, true), disk_key(s, d), f, file, &d.path));
+        }
+    }
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    for w in all.windows(2) {
+        let (a, b) = (&w[0], &w[1]);
+        let how = if a.0 == b.0 && a.1 != b.1 {
+            "the same directory as"
+        } else if b.0 != a.0 && b.0.starts_with(&a.0) {
+            "inside"
+        } else {
+            continue;
+        };
+        return Err(format!(
+            "{}.path in '{}' ('{}', disk {}) is {how} {}.path in '{}' ('{}', disk {}): \
+             one directory cannot be two disks",
+            b.2,
+            b.3.display(),
+            b.4.display(),
+            b.1,
+            a.2,
+            a.3.display(),
+            a.4.display(),
+            a.1
+        ));
+    }
+    Ok(())
 }
 
 fn check_id(id: &str, field: &str) -> Result<(), (String, String)> {
@@ -233,5 +371,45 @@ mod tests {
             err_of(&GOOD.replace("\"path\": \"/srv/d0\"", "\"path\": \"/srv/d0\", \"x\": 1"));
         assert_eq!(f, "pools[0].sets[0].disks[0].x");
         assert!(Topology::parse(b"{").is_err());
+    }
+
+    #[test]
+    fn disk_ids_are_per_set_and_paths_must_be_absolute_and_distinct() {
+        let two = GOOD.replace(
+            "] } ] } ] }",
+            r#"] }, { "id": "set1", "state": "active", "weight": 1.0,
+            "disks": [ { "id": "d0", "path": "/srv/e0" } ] } ] } ] }"#,
+        );
+        let t = Topology::parse(two.as_bytes()).expect("d0 in two sets");
+        let keys: Vec<String> = t
+            .disk_fields()
+            .iter()
+            .map(|(_, s, d)| disk_key(s, d))
+            .collect();
+        assert_eq!(keys, ["set0/d0", "set0/d1", "set1/d0"]);
+        let (f, m) = err_of(&GOOD.replace("\"/srv/d1\"", "\"srv/d1\""));
+        assert_eq!(f, "pools[0].sets[0].disks[1].path");
+        assert!(m.contains("absolute"), "{m}");
+        let (f, m) = err_of(&two.replace("/srv/e0", "/srv/./d0/"));
+        assert_eq!(f, "pools[0].sets[1].disks[0].path", "{m}");
+        assert!(m.contains("pools[0].sets[0].disks[0].path"), "{m}");
+        let (f, m) = err_of(&two.replace("/srv/e0", "/srv/d1/sub"));
+        assert_eq!(f, "pools[0].sets[1].disks[0].path", "{m}");
+        assert!(m.contains("inside pools[0].sets[0].disks[1].path"), "{m}");
+    }
+
+    #[test]
+    fn one_directory_must_be_one_disk_across_old_and_new() {
+        let old = Topology::parse(GOOD.as_bytes()).unwrap();
+        let same = Topology::parse(
+            GOOD.replace("\"generation\": 7", "\"generation\": 8")
+                .as_bytes(),
+        )
+        .unwrap();
+        let (a, b) = (Path::new("old.json"), Path::new("new.json"));
+        check_across((&old, a), (&same, b)).expect("the same disks");
+        let renamed = Topology::parse(GOOD.replace("\"d1\"", "\"d9\"").as_bytes()).unwrap();
+        let m = check_across((&old, a), (&renamed, b)).unwrap_err();
+        assert!(m.contains("set0/d9") && m.contains("set0/d1"), "{m}");
     }
 }
