@@ -39,8 +39,13 @@ fn pki(dir: &Path) -> (PathBuf, PathBuf) {
 }
 
 fn serve(tls: &Path, exports: &[(&str, &Path)]) -> Server {
+    serve_on(tls, exports, 0)
+}
+
+fn serve_on(tls: &Path, exports: &[(&str, &Path)], port: u16) -> Server {
     let mut cmd = Command::new(BIN);
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--tls-dir"])
+    let listen = format!("127.0.0.1:{port}");
+    cmd.args(["serve", "--listen", &listen, "--tls-dir"])
         .arg(tls);
     for (n, d) in exports {
         let mut e = std::ffi::OsString::from(format!("{n}="));
@@ -309,4 +314,186 @@ fn a_bad_certificate_writes_nothing() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("UnknownIssuer"), "{}", stderr(&o));
     assert_eq!(std::fs::read_dir(&exp).unwrap().count(), 0);
+}
+
+/// Small files first (committed in batches of 1024), then a big one that keeps the transfer
+/// going while the test kills one side.
+fn resume_tree(src: &Path) {
+    std::fs::create_dir_all(src.join("a")).unwrap();
+    for i in 0..3000 {
+        write_file(&src.join(format!("a/f{i:04}")), 100 + i % 300, i as u64);
+    }
+    write_file(&src.join("zz-big"), 96 << 20, 7);
+}
+
+/// Every file under a final name in `exp/src` is whole (same bytes as the source).
+fn nothing_partial(src: &Path, dst: &Path) -> usize {
+    let mut n = 0;
+    for sub in ["a", ""] {
+        let Ok(rd) = std::fs::read_dir(dst.join(sub)) else {
+            continue;
+        };
+        for e in rd {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.contains("ferry-tmp") || !e.file_type().unwrap().is_file() {
+                continue;
+            }
+            let rel = Path::new(sub).join(&name);
+            assert_eq!(
+                std::fs::read(dst.join(&rel)).unwrap(),
+                std::fs::read(src.join(&rel)).unwrap(),
+                "{rel:?} is partial under its final name"
+            );
+            n += 1;
+        }
+    }
+    n
+}
+
+fn wait_for_files(dir: &Path, n: usize) {
+    let t0 = std::time::Instant::now();
+    let named = || {
+        std::fs::read_dir(dir)
+            .map(|r| {
+                r.filter(|e| {
+                    !e.as_ref()
+                        .is_ok_and(|e| e.file_name().to_string_lossy().contains("ferry-tmp"))
+                })
+                .count()
+            })
+            .unwrap_or(0)
+    };
+    while named() < n {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "no progress"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn server_killed_mid_push_the_client_waits_and_resumes() {
+    let t = tempfile::tempdir().unwrap();
+    let (stls, ctls) = pki(&t.path().join("pki"));
+    let (src, exp) = (t.path().join("src"), t.path().join("exp"));
+    resume_tree(&src);
+    std::fs::create_dir(&exp).unwrap();
+    let port = free_port();
+    let s = serve_on(&stls, &[("data", &exp)], port);
+    let to = format!("ferry://localhost:{port}/data/");
+    let client = Command::new(BIN)
+        .args(["copy", "--json"])
+        .arg(&src)
+        .arg(&to)
+        .arg("--tls-dir")
+        .arg(&ctls)
+        .arg("--state-dir")
+        .arg(t.path().join("state"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_files(&exp.join("src/a"), 1100);
+    drop(s); // kill -9 of the server
+    let named = nothing_partial(&src, &exp.join("src"));
+    assert!(named < 3001, "killed before the end ({named} named)");
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let _s = serve_on(&stls, &[("data", &exp)], port);
+    let out = client.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("reconnecting"), "{err}");
+    assert_same_tree(&src, &exp.join("src"));
+}
+
+#[test]
+fn client_killed_mid_push_rerun_skips_what_is_durable() {
+    let t = tempfile::tempdir().unwrap();
+    let (stls, ctls) = pki(&t.path().join("pki"));
+    let (src, exp) = (t.path().join("src"), t.path().join("exp"));
+    resume_tree(&src);
+    std::fs::create_dir(&exp).unwrap();
+    let s = serve(&stls, &[("data", &exp)]);
+    let to = url(&s, "data/");
+    let state = t.path().join("state");
+    let mut client = Command::new(BIN)
+        .arg("copy")
+        .arg(&src)
+        .arg(&to)
+        .arg("--tls-dir")
+        .arg(&ctls)
+        .arg("--state-dir")
+        .arg(&state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_files(&exp.join("src/a"), 2100);
+    client.kill().unwrap(); // SIGKILL
+    client.wait().unwrap();
+    nothing_partial(&src, &exp.join("src"));
+    let o = run(&[
+        os("copy"),
+        os("--json"),
+        src.as_os_str(),
+        os(&to),
+        os("--tls-dir"),
+        ctls.as_os_str(),
+        os("--state-dir"),
+        state.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .expect("a JSON report");
+    assert!(report["skipped"].as_u64().unwrap() >= 1024, "{report}");
+    // Skipping thousands of files then streaming a big one must not overrun the receiver's
+    // read-ahead (it once cut the connection as a "flood" and the client had to reconnect).
+    assert!(!stderr(&o).contains("reconnecting"), "{}", stderr(&o));
+    assert_same_tree(&src, &exp.join("src"));
+}
+
+#[test]
+fn move_removes_sources_only_once_verified_remotely() {
+    let t = tempfile::tempdir().unwrap();
+    let (stls, ctls) = pki(&t.path().join("pki"));
+    let (src, exp, keep) = (
+        t.path().join("src"),
+        t.path().join("exp"),
+        t.path().join("keep"),
+    );
+    tree(&src);
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(&src)
+        .arg(&keep)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    std::fs::create_dir(&exp).unwrap();
+    let s = serve(&stls, &[("data", &exp)]);
+    let o = run(&[
+        os("move"),
+        src.as_os_str(),
+        os(&url(&s, "data/moved")),
+        os("--tls-dir"),
+        ctls.as_os_str(),
+        os("--state-dir"),
+        t.path().join("state").as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!src.exists(), "the source tree is gone");
+    // rodir (0555) and the source's other modes arrive as they were.
+    assert_same_tree(&keep, &exp.join("moved"));
 }

@@ -183,12 +183,6 @@ fn exit_fatal(f: super::client::Fatal) -> ExitCode {
 /// `ferry copy SRC... ferry://...` (push) or `ferry copy ferry://... DST` (pull).
 pub fn remote_copy(mut a: RemoteCopy) -> ExitCode {
     use super::url::{is_remote, parse};
-    if a.moving {
-        return exit_fatal(super::client::Fatal {
-            code: 2,
-            msg: "ferry move with a ferry:// end is not available yet; use ferry copy".into(),
-        });
-    }
     let dst = a.paths.pop().expect("clap requires two paths");
     let remote_srcs = a.paths.iter().filter(|p| is_remote(p.as_os_str())).count();
     let start = std::time::Instant::now();
@@ -204,7 +198,12 @@ pub fn remote_copy(mut a: RemoteCopy) -> ExitCode {
             Ok(r) => r,
             Err(m) => return exit_fatal(super::client::Fatal { code: 2, msg: m }),
         };
-        (super::client::push(&a.paths, &r, &o), r.to_string())
+        let res = if a.moving {
+            super::client::move_push(&a.paths, &r, &o)
+        } else {
+            super::client::push(&a.paths, &r, &o).map(|p| p.out)
+        };
+        (res, r.to_string())
     } else {
         if a.paths.len() != 1 || remote_srcs != 1 {
             return exit_fatal(super::client::Fatal {
@@ -216,6 +215,13 @@ pub fn remote_copy(mut a: RemoteCopy) -> ExitCode {
             Ok(r) => r,
             Err(m) => return exit_fatal(super::client::Fatal { code: 2, msg: m }),
         };
+        if a.moving {
+            return exit_fatal(super::client::Fatal {
+                code: 2,
+                msg: "ferry move from a ferry:// source is not available yet (push moves are)"
+                    .into(),
+            });
+        }
         (super::client::pull(&r, &dst, &o), dst.display().to_string())
     };
     match res {

@@ -13,10 +13,12 @@ use crate::coord::checkpoint::{Done, StateDir, absolute};
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Why a command stopped before it finished: exit status and message.
 #[derive(Debug)]
@@ -135,7 +137,10 @@ fn targets(sources: &[PathBuf], is_dir: bool, exists: bool) -> Result<Vec<Vec<u8
 /// The journal of a push: what became durable at the far end, and the fixed targets.
 struct Journal {
     sd: StateDir,
+    /// Durable at the far end by an earlier run or attempt (skipped when unchanged).
     done: HashMap<PathBuf, Done>,
+    /// Acknowledged in this run.
+    now: HashMap<PathBuf, Done>,
 }
 
 fn rel_key(rel: &[u8]) -> PathBuf {
@@ -168,6 +173,10 @@ impl Hooks for Journal {
             // Not fatal: those files are durable remotely, a rerun merely sends them again.
             eprintln!("ferry: journal: {e}");
         }
+        for (k, d) in recs {
+            self.done.insert(k.clone(), d);
+            self.now.insert(k, d);
+        }
     }
 }
 
@@ -192,8 +201,43 @@ fn save_targets(sd: &StateDir, t: &[Vec<u8>]) -> io::Result<()> {
     std::fs::rename(tmp, p)
 }
 
-/// Push: sends `sources` into the remote path; resumable through the journal.
-pub fn push(sources: &[PathBuf], r: &Remote, o: &Options) -> Result<Outcome, Fatal> {
+/// How long a push keeps reconnecting to a peer that went away (reset, killed, restarted).
+pub const RETRY_FOR: Duration = Duration::from_secs(300);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Errors worth reconnecting for: the connection broke or the peer is (still) down.
+fn transient(e: &io::Error) -> bool {
+    use io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionRefused
+            | ConnectionReset
+            | ConnectionAborted
+            | BrokenPipe
+            | UnexpectedEof
+            | TimedOut
+            | NotConnected
+            | HostUnreachable
+            | NetworkUnreachable
+            | Interrupted
+    )
+}
+
+fn local_roots(sources: &[PathBuf], t: Vec<Vec<u8>>) -> Result<Vec<Root>, Fatal> {
+    let mut roots = Vec::new();
+    for (s, rel) in sources.iter().zip(t) {
+        let (dir, name) = local_root(s).map_err(|e| usage(format!("'{}': {e}", s.display())))?;
+        roots.push((dir, name, rel));
+    }
+    Ok(roots)
+}
+
+type Root = (Arc<OwnedFd>, Vec<u8>, Vec<u8>);
+
+/// Push: sends `sources` into the remote path; resumable through the journal. A broken
+/// connection is reopened with backoff (for [`RETRY_FOR`]) and the push goes on: what was
+/// acknowledged is skipped, files in flight are sent again (the receiver named none of them).
+pub fn push(sources: &[PathBuf], r: &Remote, o: &Options) -> Result<Pushed, Fatal> {
     for s in sources {
         std::fs::symlink_metadata(s).map_err(|e| usage(format!("'{}': {e}", s.display())))?;
     }
@@ -212,19 +256,174 @@ pub fn push(sources: &[PathBuf], r: &Remote, o: &Options) -> Result<Outcome, Fat
             t
         }
     };
-    let mut roots = Vec::new();
-    for (s, rel) in sources.iter().zip(t) {
-        let (dir, name) = local_root(s).map_err(|e| usage(format!("'{}': {e}", s.display())))?;
-        roots.push((dir, name, rel));
-    }
     let done = sd.load_journal().unwrap_or_default();
-    let mut j = Journal { sd, done };
-    let out = send::send_tree(&mut c, Walker::new(roots), &mut j).map_err(fatal)?;
-    c.close();
+    let mut j = Journal {
+        sd,
+        done,
+        now: HashMap::new(),
+    };
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(500);
+    let out = loop {
+        let before = j.now.len() as u64;
+        let roots = local_roots(sources, t.clone())?;
+        match send::send_tree(&mut c, Walker::new(roots), &mut j) {
+            Ok(mut out) => {
+                c.close();
+                // Acknowledged by an earlier attempt of this run: copied, not skipped.
+                out.skipped -= before.min(out.skipped);
+                out.files = j.now.len() as u64;
+                out.bytes = j.now.values().map(|d| d.size).sum();
+                break out;
+            }
+            Err(e) if transient(&e) && started.elapsed() < RETRY_FOR => {
+                eprintln!(
+                    "ferry: {e}; {} files durable so far, reconnecting",
+                    j.now.len()
+                );
+                c = reconnect(r, o, started, &mut backoff)?;
+            }
+            Err(e) => return Err(fatal(e)),
+        }
+    };
     if out.errors.is_empty() {
         let _ = j.sd.truncate_journal();
     }
+    Ok(Pushed {
+        out,
+        durable: j.now,
+        roots: local_roots(sources, t)?,
+    })
+}
+
+/// Opens the session again, waiting with doubling pauses while the peer is away.
+fn reconnect(
+    r: &Remote,
+    o: &Options,
+    started: Instant,
+    backoff: &mut Duration,
+) -> Result<Conn, Fatal> {
+    loop {
+        std::thread::sleep(*backoff);
+        *backoff = (*backoff * 2).min(BACKOFF_MAX);
+        let cfg = tls::client_config(&o.tls_dir).map_err(fatal)?;
+        let attempt = session::connect(&r.host, r.port, cfg).and_then(|mut c| {
+            c.send(&Msg::Open {
+                op: Op::Push,
+                export: r.export.as_bytes().to_vec(),
+                path: r.path.clone(),
+            })?;
+            c.flush()?;
+            Ok(c)
+        });
+        match attempt {
+            Ok(mut c) => match c.recv() {
+                Ok(Msg::Ready { .. }) => return Ok(c),
+                Ok(Msg::Error { msg }) => return Err(usage(format!("{r}: {msg}"))),
+                Ok(other) => {
+                    return Err(fatal(io::Error::other(format!(
+                        "{r}: unexpected {other:?}"
+                    ))));
+                }
+                Err(e) if transient(&e) && started.elapsed() < RETRY_FOR => {}
+                Err(e) => return Err(fatal(e)),
+            },
+            Err(e) if transient(&e) && started.elapsed() < RETRY_FOR => {
+                eprintln!("ferry: {e}; retrying in {backoff:?}");
+            }
+            Err(e) => return Err(fatal(e)),
+        }
+    }
+}
+
+/// A finished push: the outcome, what became durable in this run, and the local roots.
+pub struct Pushed {
+    pub out: Outcome,
+    pub durable: HashMap<PathBuf, Done>,
+    roots: Vec<Root>,
+}
+
+/// Move: push, then delete each source whose copy the far end holds with the same xxh3
+/// (listed by a verify session after the push: durable, and read back there) and that is
+/// unchanged since it was sent; then the emptied source directories, bottom-up, each
+/// parent fsynced.
+pub fn move_push(sources: &[PathBuf], r: &Remote, o: &Options) -> Result<Outcome, Fatal> {
+    let p = push(sources, r, o)?;
+    let mut out = p.out;
+    let (mut c, _, _) = open(r, Op::Verify, o)?;
+    let (theirs, errs) = verify::receive(&mut c).map_err(fatal)?;
+    c.close();
+    out.errors.extend(errs.into_iter().map(|e| (Vec::new(), e)));
+    let mut dirs = Vec::new();
+    let mut removed = 0u64;
+    for item in Walker::new(p.roots) {
+        let Ok(item) = item else { continue };
+        let key = rel_key(&item.rel);
+        let remote = theirs.get(&item.rel);
+        let ok = match item.kind {
+            Kind::Dir => {
+                dirs.push(item);
+                continue;
+            }
+            Kind::File => p.durable.get(&key).is_some_and(|d| {
+                d.size == item.st.st_size as u64
+                    && d.mtime == (item.st.st_mtime, item.st.st_mtime_nsec)
+                    && remote.is_some_and(|e| Some(e.hash) == d.hash && e.size == d.size)
+            }),
+            Kind::Symlink => {
+                p.durable.contains_key(&key)
+                    && remote.is_some_and(|e| {
+                        beneath::readlink_at(item.dir.as_raw_fd(), &item.name)
+                            .ok()
+                            .as_ref()
+                            == Some(&e.link)
+                    })
+            }
+            Kind::Other => false,
+        };
+        if !ok {
+            continue;
+        }
+        match beneath::unlink_at(item.dir.as_raw_fd(), &item.name) {
+            Ok(()) => removed += 1,
+            Err(e) => out.errors.push((item.rel, format!("remove source: {e}"))),
+        }
+    }
+    remove_dirs(dirs, &mut out);
+    if removed > 0 {
+        eprintln!("ferry: {removed} sources removed after their copies were verified at {r}");
+    }
     Ok(out)
+}
+
+/// Removes emptied source directories, deepest first; a non-empty one stays (its failed or
+/// skipped entries are in it). `SRC/.` itself stays, emptied.
+fn remove_dirs(dirs: Vec<Item>, out: &mut Outcome) {
+    for d in dirs.into_iter().rev() {
+        if d.name == b"." {
+            continue;
+        }
+        let c = match beneath::cstr(&d.name) {
+            Ok(c) => c,
+            Err(_) => continue,
+        };
+        // SAFETY: valid dir fd and C string.
+        let r = unsafe { libc::unlinkat(d.dir.as_raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ENOTEMPTY) && e.raw_os_error() != Some(libc::EEXIST) {
+                out.errors
+                    .push((d.rel, format!("remove source directory: {e}")));
+            }
+            continue;
+        }
+        // SAFETY: valid fd.
+        if unsafe { libc::fsync(d.dir.as_raw_fd()) } < 0 {
+            let e = io::Error::last_os_error();
+            out.errors
+                .push((d.rel, format!("fsync source directory: {e}")));
+        }
+    }
 }
 
 /// Pull: receives the remote path into `dst` (cp -r rules).

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 
 /// Plaintext gathered before it is pushed through TLS.
 const OUT_BATCH: usize = 256 * 1024;
-/// Most decoded messages' bytes held while we wait to write (a peer that floods us is cut off).
-const INBOX_MAX: usize = 64 << 20;
+/// Decoded messages' bytes read ahead of the caller; past this the socket is left unread
+/// (backpressure on the peer) instead of buffering without bound.
+const READ_AHEAD: usize = 8 << 20;
 
 pub struct Conn {
     sock: TcpStream,
@@ -68,6 +69,11 @@ impl Conn {
 
     fn err(&self, what: &str, e: impl std::fmt::Display) -> io::Error {
         io::Error::other(format!("{what} {}: {e}", self.peer))
+    }
+
+    /// A socket error, keeping its kind (a reset or refused connection is worth a retry).
+    fn sock_err(&self, what: &str, e: io::Error) -> io::Error {
+        io::Error::new(e.kind(), format!("{what} {}: {e}", self.peer))
     }
 
     /// Queues a message; it is written once enough is gathered or on [`Conn::flush`].
@@ -120,7 +126,7 @@ impl Conn {
                     self.read_some()?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.err("send to", e)),
+                Err(e) => return Err(self.sock_err("send to", e)),
             }
         }
         self.out.clear();
@@ -187,7 +193,7 @@ impl Conn {
     /// Reads what the socket has, decrypts, decodes into the inbox. true: progress made.
     fn read_some(&mut self) -> io::Result<bool> {
         let mut progress = false;
-        loop {
+        while self.inbox_bytes < READ_AHEAD {
             match self.tls.read_tls(&mut self.sock) {
                 Ok(0) => {
                     self.eof = true;
@@ -197,7 +203,7 @@ impl Conn {
                 Ok(_) => progress = true,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(self.err("receive from", e)),
+                Err(e) => return Err(self.sock_err("receive from", e)),
             }
             if let Err(e) = self.tls.process_new_packets() {
                 // Tell the peer why (the alert), then give up.
@@ -205,9 +211,6 @@ impl Conn {
                 return Err(self.err("TLS with", e));
             }
             self.drain_plaintext()?;
-            if self.inbox_bytes > INBOX_MAX {
-                return Err(self.err("too much unread data from", "flood"));
-            }
         }
         if let Err(e) = self.tls.process_new_packets() {
             let _ = self.tls.write_tls(&mut self.sock);
@@ -265,7 +268,12 @@ impl Conn {
             }
             return Ok(false);
         }
-        let mut events = libc::POLLIN;
+        // A full inbox is not read until the caller takes from it (no busy loop on POLLIN).
+        let mut events = if self.inbox_bytes < READ_AHEAD {
+            libc::POLLIN
+        } else {
+            0
+        };
         if write {
             events |= libc::POLLOUT;
         }
@@ -299,7 +307,10 @@ impl Conn {
             }
             if self.read_some()? {
                 if self.eof && self.tls.is_handshaking() {
-                    return Err(self.err("TLS handshake with", "connection closed"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        format!("TLS handshake with {}: connection closed", self.peer),
+                    ));
                 }
                 continue;
             }
