@@ -83,6 +83,8 @@ impl fmt::Display for Error {
                 self.op, p, attempts
             ),
             ErrorKind::ZeroWrite => write!(f, "{} '{}': wrote 0 bytes", self.op, p),
+            // An option's error has no path.
+            ErrorKind::Usage(m) if self.path.as_os_str().is_empty() => write!(f, "{m}"),
             ErrorKind::Usage(m) => write!(f, "'{}': {}", p, m),
             ErrorKind::Unsupported(what) => write!(f, "{} '{}': {}", self.op, p, what),
             ErrorKind::Mismatch { expected, got } => write!(

@@ -384,12 +384,12 @@ fn main() -> ExitCode {
             let spec = match e.spec(vec![PathBuf::from(".")], PathBuf::from(".")) {
                 Ok(s) => s,
                 Err(m) => {
-                    eprintln!("ferry: {m}");
+                    eprintln!("ferry demo: {m}");
                     return ExitCode::from(2);
                 }
             };
             if let Err(m) = spec.validate() {
-                eprintln!("ferry: {m}");
+                eprintln!("ferry demo: {m}");
                 return ExitCode::from(2);
             }
             match ferry::demo::run(&spec).and_then(|ok| {
@@ -437,11 +437,15 @@ fn copy(mut a: CopyArgs, rules: Vec<ferry::filter::Rule>, moving: Option<bool>) 
             fresh: a.fresh,
         });
     }
+    let (cmd, done) = match moving {
+        Some(_) => ("move", "moved"),
+        None => ("copy", "copied"),
+    };
     let dest = a.paths.pop().expect("clap requires two paths");
     let mut spec = match a.engine.spec(a.paths, dest) {
         Ok(s) => s,
         Err(m) => {
-            eprintln!("ferry: {m}");
+            eprintln!("ferry {cmd}: {m}");
             return ExitCode::from(2);
         }
     };
@@ -463,26 +467,21 @@ fn copy(mut a: CopyArgs, rules: Vec<ferry::filter::Rule>, moving: Option<bool>) 
     spec.retry_failed = a.retry_failed;
     spec.state_dir_optional = a.state_dir.is_none();
     spec.state_dir = Some(a.state_dir.clone().unwrap_or_else(default_state_dir));
-    let Ok(listener) = bind_metrics(a.metrics.as_deref()) else {
-        eprintln!(
-            "ferry: nothing was {}",
-            if moving.is_some() { "moved" } else { "copied" }
-        );
+    let Ok(listener) = bind_metrics(cmd, a.metrics.as_deref()) else {
+        eprintln!("ferry {cmd}: nothing was {done}");
         return ExitCode::from(2);
     };
     let interrupted = on_signals();
     let handle = match ferry::Job::start(spec) {
         Ok(h) => h,
         Err(e) => {
-            eprintln!("ferry: {e}");
-            eprintln!(
-                "ferry: nothing was {}",
-                if moving.is_some() { "moved" } else { "copied" }
-            );
+            eprintln!("ferry {cmd}: {e}");
+            eprintln!("ferry {cmd}: nothing was {done}");
             return ExitCode::from(2);
         }
     };
     let w = Watch {
+        cmd,
         json: a.json,
         quiet: a.quiet,
         report: a.report.clone(),
@@ -494,11 +493,11 @@ fn copy(mut a: CopyArgs, rules: Vec<ferry::filter::Rule>, moving: Option<bool>) 
 }
 
 /// `--metrics ADDR`, bound before the job starts: an address in use is bad input (said here).
-fn bind_metrics(addr: Option<&str>) -> Result<Option<std::net::TcpListener>, ()> {
+fn bind_metrics(cmd: &str, addr: Option<&str>) -> Result<Option<std::net::TcpListener>, ()> {
     let Some(addr) = addr else { return Ok(None) };
     ferry::coord::metrics::bind(addr)
         .map(Some)
-        .map_err(|e| eprintln!("ferry: --metrics {addr}: {e}"))
+        .map_err(|e| eprintln!("ferry {cmd}: --metrics {addr}: {e}"))
 }
 
 /// SIGINT/SIGTERM: stop cleanly (temp files removed, checkpoint written); a second SIGINT
@@ -514,6 +513,8 @@ fn on_signals() -> Arc<AtomicBool> {
 
 /// How to show a running job.
 struct Watch {
+    /// The command's name for messages: copy, move, rebalance.
+    cmd: &'static str,
     json: bool,
     quiet: bool,
     report: Option<PathBuf>,
@@ -530,6 +531,7 @@ const EXIT_INTERRUPTED: u8 = 130;
 
 /// Where a running job's lines go: JSON lines on stdout, or a progress bar and plain lines.
 struct Printer {
+    cmd: &'static str,
     json: bool,
     migrating: bool,
     bar: Option<indicatif::ProgressBar>,
@@ -559,8 +561,8 @@ impl Printer {
     /// One error, on stderr (above the progress bar) and as a JSON `error` event.
     fn error(&mut self, e: &str) {
         match &self.bar {
-            Some(b) => b.suspend(|| eprintln!("ferry: {e}")),
-            None => eprintln!("ferry: {e}"),
+            Some(b) => b.suspend(|| eprintln!("ferry {}: {e}", self.cmd)),
+            None => eprintln!("ferry {}: {e}", self.cmd),
         }
         if self.json {
             self.json_line(serde_json::json!({"event": "error", "message": e}));
@@ -609,7 +611,7 @@ fn watch(
         Some(Ok(h)) => Some(h),
         Some(Err(e)) => {
             // Only a thread that could not start: the copy runs anyway, said loudly.
-            eprintln!("ferry: --metrics: {e}");
+            eprintln!("ferry {}: --metrics: {e}", a.cmd);
             None
         }
         None => None,
@@ -626,6 +628,7 @@ fn watch(
         pb
     });
     let mut out = Printer {
+        cmd: a.cmd,
         json: a.json,
         migrating: a.migrating,
         bar,
@@ -688,14 +691,15 @@ fn finish(
     if let Some(path) = &a.report
         && let Err(e) = write_report(path, &report)
     {
-        eprintln!("ferry: report '{}': {e}", path.display());
+        eprintln!("ferry {}: report '{}': {e}", a.cmd, path.display());
     }
     for e in report.errors.iter().skip(out.errors_shown) {
         out.error(e);
     }
     if report.failed as usize > report.errors.len() {
         eprintln!(
-            "ferry: {} more errors not shown",
+            "ferry {}: {} more errors not shown",
+            a.cmd,
             report.failed as usize - report.errors.len()
         );
     }
@@ -729,12 +733,16 @@ fn finish(
         }
     }
     if stopping {
-        eprintln!("ferry: interrupted, run the same command to resume");
+        eprintln!(
+            "ferry {}: interrupted, run the same command to resume",
+            a.cmd
+        );
         return ExitCode::from(EXIT_INTERRUPTED);
     }
     if report.cancelled {
         eprintln!(
-            "ferry: job {job_id} cancelled; finished files are kept, run the same command to resume"
+            "ferry {}: job {job_id} cancelled; finished files are kept, run the same command to resume",
+            a.cmd
         );
     }
     if !report.ok() {
@@ -759,7 +767,7 @@ fn rebalance(r: RebalanceArgs) -> ExitCode {
     let mut spec = match r.engine.spec(Vec::new(), PathBuf::new()) {
         Ok(s) => s,
         Err(m) => {
-            eprintln!("ferry: {m}");
+            eprintln!("ferry rebalance: {m}");
             return ExitCode::from(2);
         }
     };
@@ -768,8 +776,8 @@ fn rebalance(r: RebalanceArgs) -> ExitCode {
     spec.ops_limit = r.ops_limit;
     spec.fresh = r.fresh;
     spec.state_dir = Some(state_root);
-    let Ok(listener) = bind_metrics(r.metrics.as_deref()) else {
-        eprintln!("ferry: nothing was moved");
+    let Ok(listener) = bind_metrics("rebalance", r.metrics.as_deref()) else {
+        eprintln!("ferry rebalance: nothing was moved");
         return ExitCode::from(2);
     };
     let interrupted = on_signals();
@@ -782,13 +790,14 @@ fn rebalance(r: RebalanceArgs) -> ExitCode {
     let handle = match handle {
         Ok(h) => h,
         Err(e) => {
-            eprintln!("ferry: {e}");
-            eprintln!("ferry: nothing was moved");
+            eprintln!("ferry rebalance: {e}");
+            eprintln!("ferry rebalance: nothing was moved");
             return ExitCode::from(2);
         }
     };
     let c = counters.expect("set by a successful prepare");
     let w = Watch {
+        cmd: "rebalance",
         json: r.json,
         quiet: r.quiet,
         report: r.report.clone(),
@@ -985,13 +994,13 @@ fn verify(v: VerifyArgs) -> ExitCode {
 }
 
 fn plan(a: PlanArgs) -> ExitCode {
-    let load = |p: &PathBuf| Topology::load(p).map_err(|e| eprintln!("ferry: {e}"));
+    let load = |p: &PathBuf| Topology::load(p).map_err(|e| eprintln!("ferry plan: {e}"));
     let (Ok(old), Ok(new)) = (load(&a.from), load(&a.to)) else {
         return ExitCode::from(2);
     };
     if new.generation <= old.generation {
         eprintln!(
-            "ferry: topology '{}': generation: must grow from {} (in '{}'), got {}",
+            "ferry plan: topology '{}': generation: must grow from {} (in '{}'), got {}",
             a.to.display(),
             old.generation,
             a.from.display(),
@@ -1000,11 +1009,11 @@ fn plan(a: PlanArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     if let Err(m) = ferry::cluster::topology::check_across((&old, &a.from), (&new, &a.to)) {
-        eprintln!("ferry: {m}");
+        eprintln!("ferry plan: {m}");
         return ExitCode::from(2);
     }
     if a.vnodes == 0 || a.vnodes > 10_000 {
-        eprintln!("ferry: --vnodes must be between 1 and 10000");
+        eprintln!("ferry plan: --vnodes must be between 1 and 10000");
         return ExitCode::from(2);
     }
     let mut report = ferry::cluster::plan::plan(&old, &new, a.strategy, a.vnodes);
@@ -1016,7 +1025,7 @@ fn plan(a: PlanArgs) -> ExitCode {
         match serde_json::to_string_pretty(&report) {
             Ok(s) => ferry::outln!("{s}"),
             Err(e) => {
-                eprintln!("ferry: plan: {e}");
+                eprintln!("ferry plan: {e}");
                 return ExitCode::from(1);
             }
         }

@@ -384,3 +384,40 @@ fn a_pseudo_file_whose_size_says_zero_is_copied_to_its_end() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(fs::metadata(t.path().join("empty2")).unwrap().len(), 0);
 }
+
+/// Every message of `ferry move` (option errors, bad input, per-file errors) carries the
+/// command's own name, never `'ferry copy':` (the engine's name for its option checks).
+#[test]
+fn messages_name_the_command_that_was_run() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("a"), b"a").unwrap();
+    let dst = t.path().join("dst");
+    let run = |args: &[&std::ffi::OsStr]| {
+        let o = ferry(args);
+        (o.status.code(), stderr(&o))
+    };
+    let bad: [Vec<&std::ffi::OsStr>; 4] = [
+        vec!["move".as_ref(), "--verify".as_ref(), "none".as_ref()],
+        vec!["move".as_ref(), "--preserve".as_ref(), "bogus".as_ref()],
+        vec!["move".as_ref(), "--exclude".as_ref(), "a[".as_ref()],
+        vec!["copy".as_ref(), "--exclude".as_ref(), "a[".as_ref()],
+    ];
+    for mut a in bad {
+        let cmd = a[0].to_str().unwrap().to_string();
+        a.extend([src.as_os_str(), dst.as_os_str()]);
+        let (code, err) = run(&a);
+        assert_eq!(code, Some(2), "{a:?}: {err}");
+        assert!(err.starts_with(&format!("ferry {cmd}: ")), "{a:?}: {err}");
+        assert!(!err.contains("'ferry"), "{a:?}: {err}");
+    }
+    let (code, err) = run(&[
+        "move".as_ref(),
+        t.path().join("none").as_os_str(),
+        dst.as_os_str(),
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.starts_with("ferry move: stat '"), "{err}");
+    assert!(err.contains("nothing was moved"), "{err}");
+}

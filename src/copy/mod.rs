@@ -121,9 +121,9 @@ pub struct Prepared {
 /// Validates the spec and the command line's paths, probes io_uring. `Err`: bad input.
 pub fn prepare(spec: CopySpec) -> Result<Prepared, Error> {
     spec.validate()
-        .map_err(|m| Error::usage(Path::new("ferry copy"), m))?;
-    let filter = crate::filter::Filter::new(&spec.filters)
-        .map_err(|m| Error::usage(Path::new("ferry copy"), m))?;
+        .map_err(|m| Error::usage(Path::new(""), m))?;
+    let filter =
+        crate::filter::Filter::new(&spec.filters).map_err(|m| Error::usage(Path::new(""), m))?;
     let mut plan = plan::resolve(&spec.sources, &spec.dest)?;
     let engine = choose_engine(spec.io)?;
     raise_fd_limit();
@@ -164,7 +164,7 @@ pub fn prepare_fed(
     finisher: Finisher,
 ) -> Result<Prepared, Error> {
     spec.validate()
-        .map_err(|m| Error::usage(Path::new("ferry"), m))?;
+        .map_err(|m| Error::usage(Path::new(""), m))?;
     let engine = choose_engine(spec.io)?;
     raise_fd_limit();
     let reactors = spec.reactor_count();
