@@ -72,6 +72,28 @@ enum Cmd {
         override_usage = "ferry serve --listen ADDR --export NAME=DIR [--export ...] [--tls-dir DIR] [--state-dir DIR]"
     )]
     Serve(ferry::net::cli::ServeArgs),
+    /// Print a shell completion script: bash, zsh, fish, elvish or powershell.
+    #[command(
+        after_help = "bash: ferry completions bash > /etc/bash_completion.d/ferry\n\
+                            zsh:  ferry completions zsh > \"${fpath[1]}/_ferry\"\n\
+                            fish: ferry completions fish > ~/.config/fish/completions/ferry.fish"
+    )]
+    Completions(CompletionsArgs),
+    /// Print the man page (ferry.1), or write one page per command into --dir.
+    Manpage(ManpageArgs),
+}
+
+#[derive(Args)]
+struct CompletionsArgs {
+    #[arg(value_enum)]
+    shell: clap_complete::Shell,
+}
+
+#[derive(Args)]
+struct ManpageArgs {
+    /// Write ferry.1 and ferry-COMMAND.1 for every command into DIR instead.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -377,6 +399,13 @@ fn main() -> ExitCode {
         Cmd::Plan(p) => plan(p),
         Cmd::Ctl(c) => ctl(c),
         Cmd::Jobs(j) => jobs(j),
+        Cmd::Completions(c) => {
+            let mut out = Vec::new();
+            clap_complete::generate(c.shell, &mut Cli::command(), "ferry", &mut out);
+            ferry::out!("{}", String::from_utf8_lossy(&out));
+            ExitCode::SUCCESS
+        }
+        Cmd::Manpage(m) => manpage(m),
         Cmd::Certs(c) => ferry::net::cli::certs(c),
         Cmd::Agent(a) => ferry::agent::cli::agent(a),
         Cmd::Serve(s) => ferry::net::cli::serve(s),
@@ -1070,6 +1099,30 @@ fn ctl(c: CtlArgs) -> ExitCode {
                 2,
             ),
         },
+    }
+}
+
+/// `ferry manpage [--dir DIR]`.
+fn manpage(m: ManpageArgs) -> ExitCode {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let written = match &m.dir {
+        Some(dir) => clap_mangen::generate_to(cmd, dir)
+            .map_err(|e| format!("writing man pages into '{}': {e}", dir.display())),
+        None => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(cmd)
+                .render(&mut out)
+                .map_err(|e| format!("rendering the man page: {e}"))
+                .map(|()| ferry::out!("{}", String::from_utf8_lossy(&out)))
+        }
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry manpage: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 
