@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 /// Plaintext gathered before it is pushed through TLS.
 const OUT_BATCH: usize = 256 * 1024;
+/// Bytes read from the socket per call.
+const RBUF: usize = 256 * 1024;
 /// Decoded messages' bytes read ahead of the caller; past this the socket is left unread
 /// (backpressure on the peer) instead of buffering without bound.
 const READ_AHEAD: usize = 8 << 20;
@@ -35,6 +37,10 @@ pub struct Conn {
     eof: bool,
     /// The peer's stream went bad after the messages in the inbox (reported after them).
     broken: Option<ProtoError>,
+    /// Bytes read from the socket; rbuf[rstart..rend] not yet given to TLS.
+    rbuf: Vec<u8>,
+    rstart: usize,
+    rend: usize,
 }
 
 fn proto(e: ProtoError) -> io::Error {
@@ -64,6 +70,9 @@ impl Conn {
             idle: Duration::from_secs(60),
             eof: false,
             broken: None,
+            rbuf: vec![0; RBUF],
+            rstart: 0,
+            rend: 0,
         })
     }
 
@@ -190,21 +199,30 @@ impl Conn {
         self.recv_timeout(Duration::ZERO)
     }
 
-    /// Reads what the socket has, decrypts, decodes into the inbox. true: progress made.
+    /// Reads what the socket has (into our own buffer, up to [`RBUF`] per call: rustls alone
+    /// reads one record per syscall), decrypts, decodes into the inbox. true: progress made.
     fn read_some(&mut self) -> io::Result<bool> {
         let mut progress = false;
         while self.inbox_bytes < READ_AHEAD {
-            match self.tls.read_tls(&mut self.sock) {
-                Ok(0) => {
-                    self.eof = true;
-                    progress = true;
-                    break;
+            if self.rstart == self.rend {
+                match self.sock.read(&mut self.rbuf) {
+                    Ok(0) => {
+                        self.eof = true;
+                        progress = true;
+                        break;
+                    }
+                    Ok(n) => (self.rstart, self.rend, progress) = (0, n, true),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(self.sock_err("receive from", e)),
                 }
-                Ok(_) => progress = true,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(self.sock_err("receive from", e)),
             }
+            let mut pending = &self.rbuf[self.rstart..self.rend];
+            let n = self
+                .tls
+                .read_tls(&mut pending)
+                .map_err(|e| self.err("TLS read from", e))?;
+            self.rstart += n;
             if let Err(e) = self.tls.process_new_packets() {
                 // Tell the peer why (the alert), then give up.
                 let _ = self.tls.write_tls(&mut self.sock);
@@ -212,11 +230,6 @@ impl Conn {
             }
             self.drain_plaintext()?;
         }
-        if let Err(e) = self.tls.process_new_packets() {
-            let _ = self.tls.write_tls(&mut self.sock);
-            return Err(self.err("TLS with", e));
-        }
-        self.drain_plaintext()?;
         Ok(progress)
     }
 
@@ -258,6 +271,9 @@ impl Conn {
 
     /// poll(2) for readable (and writable if `write`) until `deadline`. false: timed out.
     fn wait(&self, write: bool, deadline: Instant) -> io::Result<bool> {
+        if self.rstart < self.rend && self.inbox_bytes < READ_AHEAD {
+            return Ok(true); // bytes already here: no need to wait for the socket
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             if write {
