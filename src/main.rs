@@ -732,12 +732,8 @@ fn finish(
             report.failed as usize - report.errors.len()
         );
     }
-    if report.resumed_files > 0 && !a.quiet && !a.json {
-        ferry::outln!(
-            "resumed: {} files ({} bytes) were already done",
-            report.resumed_files,
-            report.resumed_bytes
-        );
+    if !a.quiet && !a.json {
+        say_rerun(&report, &job_id);
     }
     if a.json {
         let mut v = serde_json::to_value(&report).unwrap_or_default();
@@ -780,6 +776,33 @@ fn finish(
         ExitCode::from(EXIT_CANCELLED)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// What an earlier run of the job had done already.
+fn say_rerun(report: &ferry::Report, job_id: &str) {
+    let clean = report.files == 0 && report.failed == 0 && !report.cancelled;
+    if report.was_complete && report.moved_before > 0 && clean && report.resumed_files == 0 {
+        ferry::outln!(
+            "job {job_id} already complete: {} sources moved, nothing left to move",
+            report.moved_before
+        );
+    } else if report.was_complete && clean {
+        ferry::outln!(
+            "job {job_id} already complete: {} files up to date",
+            report.resumed_files
+        );
+    } else if report.was_complete {
+        ferry::outln!(
+            "job {job_id} was complete: {} files up to date, the rest brought up to date",
+            report.resumed_files
+        );
+    } else if report.resumed_files > 0 {
+        ferry::outln!(
+            "resumed: {} files ({} bytes) were already done",
+            report.resumed_files,
+            report.resumed_bytes
+        );
     }
 }
 

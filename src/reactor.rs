@@ -640,7 +640,14 @@ impl Reactor {
                         || (t.st_mtime, t.st_mtime_nsec) == (st.st_mtime, st.st_mtime_nsec))
             })
         {
-            // Copied by an earlier run and unchanged since: skip it.
+            // Copied by an earlier run and unchanged since: skip it, and the temp name a
+            // killed run of this job may have left beside it (nothing else would replace it).
+            if !parent.as_ref().is_some_and(|p| p.made) {
+                let tmp = crate::temp::temp_name(&dst, &self.ctx.temp_token);
+                if let Err(e) = meta::remove_stale_temp(at.map(|a| a.1), &tmp) {
+                    self.ctx.stats.error(e);
+                }
+            }
             if self.ctx.manifest.is_some() {
                 // The manifest lists every file of the job, skipped ones too: with the hash the
                 // journal kept, or (a copy finished just before a crash) by reading the copy.

@@ -27,6 +27,10 @@ pub struct Stats {
     pub skipped: AtomicU64,
     /// `ferry move` roots moved by one rename (same filesystem).
     pub renamed: AtomicU64,
+    /// This run repeats a job that had completed: it only brings the targets up to date.
+    pub was_complete: AtomicBool,
+    /// `ferry move` sources an earlier run of the job had moved already.
+    pub moved_before: AtomicU64,
     pub retries: AtomicU64,
     pub failed: AtomicU64,
     errors: Mutex<Vec<Error>>,
@@ -100,6 +104,8 @@ impl Stats {
             resumed_bytes: self.resumed_bytes.load(Relaxed),
             skipped: self.skipped.load(Relaxed),
             renamed: self.renamed.load(Relaxed),
+            was_complete: self.was_complete.load(Relaxed),
+            moved_before: self.moved_before.load(Relaxed),
             retries: self.retries.load(Relaxed),
             failed: self.failed.load(Relaxed),
             elapsed_secs: elapsed.as_secs_f64(),
@@ -132,6 +138,10 @@ pub struct Report {
     pub resumed_bytes: u64,
     pub skipped: u64,
     pub renamed: u64,
+    /// The job had completed before this run (which only brought its targets up to date).
+    pub was_complete: bool,
+    /// `ferry move` sources an earlier run had moved already.
+    pub moved_before: u64,
     pub retries: u64,
     pub failed: u64,
     pub elapsed_secs: f64,

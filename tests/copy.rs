@@ -130,10 +130,16 @@ fn cp_semantics_for_destinations() {
         let out = run_copy(io, &[], &src, &base.join("new"));
         assert!(out.status.success(), "{}", stderr(&out));
         assert_same_tree(&src, &base.join("new"));
-        // DST an existing dir: SRC lands inside it under its own name.
+        // The same command again lands where the first run did (tests/rerun.rs)...
         let out = run_copy(io, &[], &src, &base.join("new"));
         assert!(out.status.success(), "{}", stderr(&out));
-        assert_same_tree(&src, &base.join("new/tree"));
+        assert!(!base.join("new/tree").exists());
+        // ...while a new job whose DST is an existing dir puts SRC inside it under its name.
+        let exists = base.join("exists");
+        fs::create_dir(&exists).unwrap();
+        let out = run_copy(io, &[], &src, &exists);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_same_tree(&src, &exists.join("tree"));
         // Several sources into a dir.
         let multi = base.join("multi");
         fs::create_dir(&multi).unwrap();

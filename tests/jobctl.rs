@@ -576,11 +576,17 @@ fn a_job_started_by_relative_paths_resumes_from_another_directory() {
         !t.path().join("dst").exists(),
         "nothing lands beside the working directory"
     );
-    // And the finished job run again, relative from its first directory: not refused (it is
-    // a new run; dst exists now, so like cp -r it copies src into it).
+    // And the finished job run again, relative from its first directory: not refused, and it
+    // lands where its first run did (not in dst/src, though dst exists now).
     let out = ferry_cmd(&first).current_dir(&here).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_same_tree(&src, &dst.join("src"));
+    assert!(!dst.join("src").exists(), "a rerun nested into dst/src");
+    assert_same_tree(&src, &dst);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("already complete: 40 files up to date"),
+        "{text}"
+    );
 }
 
 #[test]

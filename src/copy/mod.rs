@@ -124,7 +124,8 @@ pub fn prepare(spec: CopySpec) -> Result<Prepared, Error> {
         .map_err(|m| Error::usage(Path::new(""), m))?;
     let filter =
         crate::filter::Filter::new(&spec.filters).map_err(|m| Error::usage(Path::new(""), m))?;
-    let mut plan = plan::resolve(&spec.sources, &spec.dest)?;
+    let earlier = earlier_run(&spec);
+    let plan = plan::resolve(&spec.sources, &spec.dest, earlier.as_ref())?;
     let engine = choose_engine(spec.io)?;
     raise_fd_limit();
     let reactors = spec.reactor_count();
@@ -132,7 +133,7 @@ pub fn prepare(spec: CopySpec) -> Result<Prepared, Error> {
     if let Some(root) = ctx.spec.state_dir.clone()
         && !ctx.spec.dry_run
     {
-        resume_or_start(&mut ctx, &root, &mut plan)?;
+        resume_or_start(&mut ctx, &root, &plan)?;
     }
     if let Some(m) = ctx.spec.manifest.clone() {
         // Written anew by every run: a resumed run records the files it skips too.
@@ -155,6 +156,20 @@ pub fn prepare(spec: CopySpec) -> Result<Prepared, Error> {
     })
 }
 
+/// Where an earlier run of this job put each source (its checkpoint, read without the lock: a
+/// run still going is refused when the state dir is opened). `--fresh` keeps them too: starting
+/// over means copying again, not into a new place.
+fn earlier_run(spec: &CopySpec) -> Option<plan::Earlier> {
+    use crate::coord::checkpoint::{Checkpoint, job_id};
+    let id = job_id(spec);
+    let path = spec.state_dir.as_ref()?.join(&id).join("checkpoint.json");
+    let cp: Checkpoint = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    (job_id(&cp.spec) == id && cp.spec.rebalance.is_none()).then_some(plan::Earlier {
+        targets: cp.targets,
+        moving: spec.remove_source,
+    })
+}
+
 /// A job without command-line sources: `feeder` produces its tasks, `hook` commits them.
 /// Resumable through the state dir like a copy (its spec's sources/dest name the job).
 pub fn prepare_fed(
@@ -174,13 +189,15 @@ pub fn prepare_fed(
         reactors,
     );
     ctx.hook = Some(hook);
-    let mut plan = plan::Plan {
+    let plan = plan::Plan {
         roots: Vec::new(),
+        targets: Vec::new(),
+        moved_before: 0,
         dest_dir: PathBuf::new(),
         dest_root: PathBuf::new(),
     };
     if let Some(root) = ctx.spec.state_dir.clone() {
-        resume_or_start(&mut ctx, &root, &mut plan)?;
+        resume_or_start(&mut ctx, &root, &plan)?;
     }
     Ok(Prepared {
         ctx: Arc::new(ctx),
@@ -211,7 +228,7 @@ fn adopt_temp_token(
 
 /// Opens the job's state; resumes an unfinished earlier run (its journal says what is done,
 /// its checkpoint where each source lands) unless `--fresh`.
-fn resume_or_start(ctx: &mut Ctx, root: &Path, plan: &mut plan::Plan) -> Result<(), Error> {
+fn resume_or_start(ctx: &mut Ctx, root: &Path, plan: &plan::Plan) -> Result<(), Error> {
     use crate::coord::checkpoint::{StateDir, job_id};
     let id = job_id(&ctx.spec);
     let sd = match StateDir::open(root, &id) {
@@ -255,18 +272,17 @@ fn resume_or_start(ctx: &mut Ctx, root: &Path, plan: &mut plan::Plan) -> Result<
             ),
         ));
     }
+    use crate::coord::state::JobState::Completed;
+    // A copy or move run before (not a rebalance, which plans anew) lands where it did (see
+    // plan::resolve) and skips what is up to date there.
+    let rerun = earlier.as_ref().is_some_and(|cp| {
+        cp.spec.rebalance.is_none() && ctx.spec.rebalance.is_none() && job_id(&cp.spec) == id
+    });
     match earlier {
-        Some(cp)
-            if !ctx.spec.fresh
-                && cp.state != crate::coord::state::JobState::Completed
-                && cp.targets.len() == plan.roots.len() =>
-        {
+        Some(cp) if !ctx.spec.fresh && cp.state != Completed => {
             ctx.done = sd
                 .load_journal()
                 .map_err(|e| Error::os("read journal", &sd.dir, e))?;
-            for (r, t) in plan.roots.iter_mut().zip(cp.targets) {
-                r.target = t;
-            }
             ctx.resuming = true;
             let bytes: u64 = ctx.done.values().map(|d| d.size).sum();
             eprintln!(
@@ -280,6 +296,16 @@ fn resume_or_start(ctx: &mut Ctx, root: &Path, plan: &mut plan::Plan) -> Result<
                 &sd.dir,
                 "--retry-failed: the last run of this job finished without failures",
             ));
+        }
+        Some(cp) if rerun => {
+            // Completed (or --fresh): the journal is forgotten; a target file with its
+            // source's size and mtime is up to date (only this job's finished copies carry
+            // final names there), the rest is copied again.
+            sd.reset()
+                .map_err(|e| Error::os("reset state", &sd.dir, e))?;
+            ctx.resuming = true;
+            let complete = cp.state == Completed && !ctx.spec.fresh;
+            ctx.stats.was_complete.store(complete, Ordering::Relaxed);
         }
         _ => sd
             .reset()
@@ -303,7 +329,7 @@ fn resume_or_start(ctx: &mut Ctx, root: &Path, plan: &mut plan::Plan) -> Result<
         ctx.only = Some(set);
     }
     ctx.job_id = Some(id);
-    ctx.targets = plan.roots.iter().map(|r| r.target.clone()).collect();
+    ctx.targets = plan.targets.clone();
     ctx.state = Some(sd);
     ctx.checkpoint(crate::coord::state::JobState::Running);
     Ok(())
@@ -342,6 +368,7 @@ pub fn execute(p: Prepared) -> Report {
     };
     let reactors = ctx.queues.reactors();
     let spec = ctx.spec.clone();
+    crate::stats::Stats::add(&ctx.stats.moved_before, plan.moved_before);
     for root in plan.roots {
         if ctx.spec.remove_source && !ctx.spec.no_rename && rename_root(&ctx, &root) {
             continue;

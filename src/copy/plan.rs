@@ -14,10 +14,23 @@ pub struct Root {
 /// The directory whose filesystem receives the copies.
 pub struct Plan {
     pub roots: Vec<Root>,
+    /// Every source's target in command-line order (sources an earlier run already moved
+    /// too): what the checkpoint records for the next run.
+    pub targets: Vec<PathBuf>,
+    /// `ferry move` sources that are gone because an earlier run of the job moved them.
+    pub moved_before: u64,
     pub dest_dir: PathBuf,
     /// What manifest paths are relative to: the destination directory, or the directory that
     /// receives a single file copied to a new name.
     pub dest_root: PathBuf,
+}
+
+/// What an earlier run of the same job recorded (its checkpoint).
+pub struct Earlier {
+    /// Where each source landed, in command-line order (absolute).
+    pub targets: Vec<PathBuf>,
+    /// The job is a move: a source that is gone while its target exists was moved.
+    pub moving: bool,
 }
 
 fn exists_follow(p: &Path) -> Option<std::fs::Metadata> {
@@ -56,7 +69,68 @@ pub fn names_contents(src: &Path) -> bool {
     b == b"." || b.ends_with(b"/.")
 }
 
-pub fn resolve(sources: &[PathBuf], dest: &Path) -> Result<Plan, Error> {
+/// The directory that receives DST's entry, checked before anything is written.
+fn dest_dir_of(dest: &Path, dest_is_dir: bool) -> Result<PathBuf, Error> {
+    if dest_is_dir {
+        return Ok(dest.to_path_buf());
+    }
+    let parent = match dest.parent() {
+        Some(x) if !x.as_os_str().is_empty() => x.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    match exists_follow(&parent) {
+        Some(m) if m.is_dir() => Ok(parent),
+        Some(_) => Err(Error::errno("create", dest, libc::ENOTDIR)),
+        None => Err(Error::errno("create", dest, libc::ENOENT)),
+    }
+}
+
+/// The cp -r checks of one source against its target: nothing is written when one fails.
+fn check_root(src: &Path, st: &libc::stat, target: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::MetadataExt;
+    let target_meta = std::fs::symlink_metadata(target).ok();
+    if meta::file_type(st) == libc::S_IFDIR {
+        if target_meta.as_ref().is_some_and(|m| !m.is_dir()) {
+            let why = format!(
+                "cannot overwrite non-directory with directory '{}'",
+                src.display()
+            );
+            return Err(Error::usage(target, why));
+        }
+        let s = src.canonicalize().map_err(|e| Error::os("stat", src, e))?;
+        if canonical_target(target).is_some_and(|t| t.starts_with(&s)) {
+            let why = format!("cannot copy directory '{}' into itself", src.display());
+            return Err(Error::usage(target, why));
+        }
+    } else if let Some(m) = &target_meta {
+        if m.is_dir() {
+            let why = format!(
+                "cannot overwrite directory with non-directory '{}'",
+                src.display()
+            );
+            return Err(Error::usage(target, why));
+        }
+        if m.dev() == st.st_dev && m.ino() == st.st_ino {
+            let why = format!("'{}' and the target are the same file", src.display());
+            return Err(Error::usage(target, why));
+        }
+    }
+    Ok(())
+}
+
+/// The earlier run's target of source `i`, while the directory it lands in still exists (a
+/// destination removed since is resolved anew).
+fn recorded(earlier: Option<&Earlier>, n: usize, i: usize) -> Option<&Path> {
+    let e = earlier.filter(|e| e.targets.len() == n)?;
+    let t = e.targets[i].as_path();
+    exists_follow(meta::parent_dir(t))
+        .is_some_and(|m| m.is_dir())
+        .then_some(t)
+}
+
+/// Resolves SRC... DST like cp -r, except that a job run before lands where its first run did
+/// (`earlier`): a rerun must not nest into the directory its first run created.
+pub fn resolve(sources: &[PathBuf], dest: &Path, earlier: Option<&Earlier>) -> Result<Plan, Error> {
     if sources.is_empty() {
         return Err(Error::usage(dest, "no source given"));
     }
@@ -70,71 +144,43 @@ pub fn resolve(sources: &[PathBuf], dest: &Path) -> Result<Plan, Error> {
         };
         return Err(Error::usage(dest, why));
     }
-    let dest_dir = if dest_is_dir {
-        dest.to_path_buf()
-    } else {
-        let parent = match dest.parent() {
-            Some(x) if !x.as_os_str().is_empty() => x.to_path_buf(),
-            _ => PathBuf::from("."),
+    let dest_dir = dest_dir_of(dest, dest_is_dir)?;
+    let (mut roots, mut targets) = (Vec::with_capacity(sources.len()), Vec::new());
+    let mut moved_before = 0;
+    for (i, src) in sources.iter().enumerate() {
+        let was = recorded(earlier, sources.len(), i);
+        // Missing or unreadable sources are caught here, before anything is written; a move's
+        // source that is gone while its recorded target exists was moved by that run.
+        let st = match meta::lstat(src) {
+            Ok(st) => st,
+            Err(e)
+                if e.raw_os_error() == Some(libc::ENOENT)
+                    && earlier.is_some_and(|e| e.moving)
+                    && was.is_some_and(|t| std::fs::symlink_metadata(t).is_ok()) =>
+            {
+                targets.push(was.expect("checked").to_path_buf());
+                moved_before += 1;
+                continue;
+            }
+            Err(e) => return Err(e),
         };
-        match exists_follow(&parent) {
-            Some(m) if m.is_dir() => parent,
-            Some(_) => return Err(Error::errno("create", dest, libc::ENOTDIR)),
-            None => return Err(Error::errno("create", dest, libc::ENOENT)),
-        }
-    };
-
-    let mut roots = Vec::with_capacity(sources.len());
-    for src in sources {
-        // Missing or unreadable sources are caught here, before anything is written.
-        let st = meta::lstat(src)?;
         let is_dir = meta::file_type(&st) == libc::S_IFDIR;
         // "DST/" that does not exist promises a directory: a file cannot be given that name
         // (cp: "Not a directory"), and saying so now beats failing after the data is written.
-        if !dest_is_dir && !is_dir && dest.as_os_str().as_encoded_bytes().ends_with(b"/") {
+        if was.is_none()
+            && !dest_is_dir
+            && !is_dir
+            && dest.as_os_str().as_encoded_bytes().ends_with(b"/")
+        {
             return Err(Error::errno("create", dest, libc::ENOTDIR));
         }
-        let target = if dest_is_dir && !names_contents(src) {
-            dest.join(base_name(src)?)
-        } else {
-            dest.to_path_buf()
+        let target = match was {
+            Some(t) => t.to_path_buf(),
+            None if dest_is_dir && !names_contents(src) => dest.join(base_name(src)?),
+            None => dest.to_path_buf(),
         };
-        let target_meta = std::fs::symlink_metadata(&target).ok();
-        if is_dir {
-            if target_meta.as_ref().is_some_and(|m| !m.is_dir()) {
-                return Err(Error::usage(
-                    &target,
-                    format!(
-                        "cannot overwrite non-directory with directory '{}'",
-                        src.display()
-                    ),
-                ));
-            }
-            let s = src.canonicalize().map_err(|e| Error::os("stat", src, e))?;
-            if canonical_target(&target).is_some_and(|t| t.starts_with(&s)) {
-                return Err(Error::usage(
-                    &target,
-                    format!("cannot copy directory '{}' into itself", src.display()),
-                ));
-            }
-        } else if let Some(m) = &target_meta {
-            use std::os::unix::fs::MetadataExt;
-            if m.is_dir() {
-                return Err(Error::usage(
-                    &target,
-                    format!(
-                        "cannot overwrite directory with non-directory '{}'",
-                        src.display()
-                    ),
-                ));
-            }
-            if m.dev() == st.st_dev && m.ino() == st.st_ino {
-                return Err(Error::usage(
-                    &target,
-                    format!("'{}' and the target are the same file", src.display()),
-                ));
-            }
-        }
+        check_root(src, &st, &target)?;
+        targets.push(target.clone());
         roots.push(Root {
             src: src.clone(),
             target,
@@ -152,6 +198,8 @@ pub fn resolve(sources: &[PathBuf], dest: &Path) -> Result<Plan, Error> {
     };
     Ok(Plan {
         roots,
+        targets,
+        moved_before,
         dest_dir,
         dest_root,
     })
