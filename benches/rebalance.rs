@@ -28,11 +28,12 @@ fn drop_caches() {
 
 /// One `rebalance g1.json -> g2.json` under `root`, to the end.
 fn rebalance_once(root: &std::path::Path) -> (ferry::Report, std::sync::Arc<rebalance::Counters>) {
-    let opts = Options::new(
+    let mut opts = Options::new(
         root.join("g1.json"),
         root.join("g2.json"),
         root.join("state/registry.redb"),
     );
+    opts.init_disks = true; // the bench's disks are plain new directories
     let mut spec = ferry::CopySpec::new(vec![], PathBuf::new());
     spec.state_dir = Some(root.join("state"));
     let mut counters = None;

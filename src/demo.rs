@@ -202,7 +202,8 @@ fn cluster_in(base: &Path, spec_template: &CopySpec) -> Result<bool, String> {
         total as f64 / 1e6
     );
     let state = base.join("state");
-    let opts = rebalance::Options::new(f1, f2, state.join("registry.redb"));
+    let mut opts = rebalance::Options::new(f1, f2, state.join("registry.redb"));
+    opts.init_disks = true; // new disks: each gets its identity file first
     let mut spec = spec_template.clone();
     spec.state_dir = Some(state);
     let mut handles = None;

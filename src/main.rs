@@ -59,6 +59,9 @@ enum Cmd {
     /// Show what a topology change would move, without touching data.
     #[command(after_help = TOPOLOGY_HELP)]
     Plan(PlanArgs),
+    /// Disks of a cluster: `init` writes each disk's identity file, once.
+    #[command(after_help = TOPOLOGY_HELP)]
+    Disk(DiskArgs),
     /// Steer a running job: pause, resume, cancel, status, rate RATE [OPS].
     Ctl(CtlArgs),
     /// List the jobs in the state dir with their state and progress.
@@ -94,6 +97,24 @@ struct ManpageArgs {
     /// Write ferry.1 and ferry-COMMAND.1 for every command into DIR instead.
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct DiskArgs {
+    #[command(subcommand)]
+    op: DiskOp,
+}
+
+#[derive(Subcommand)]
+enum DiskOp {
+    /// Write the identity file (.ferry-disk: cluster, set and disk id) of every disk of the
+    /// topology that has none. Every disk root must exist; nothing is written otherwise, and
+    /// a disk holding another identity is refused.
+    Init {
+        /// The topology (JSON).
+        #[arg(long)]
+        topology: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -159,6 +180,9 @@ struct RebalanceArgs {
     /// Plan again from the disks instead of resuming an unfinished rebalance.
     #[arg(long)]
     fresh: bool,
+    /// First write the identity file of NEW's disks that have none (as `ferry disk init`).
+    #[arg(long)]
+    init_disks: bool,
     #[arg(long)]
     json: bool,
     #[arg(long, short)]
@@ -397,6 +421,7 @@ fn main() -> ExitCode {
         Cmd::Rebalance(r) => rebalance(r),
         Cmd::Object(o) => object(o),
         Cmd::Plan(p) => plan(p),
+        Cmd::Disk(d) => disk(d),
         Cmd::Ctl(c) => ctl(c),
         Cmd::Jobs(j) => jobs(j),
         Cmd::Completions(c) => {
@@ -816,6 +841,7 @@ fn rebalance(r: RebalanceArgs) -> ExitCode {
     let mut opts = rebalance::Options::new(r.from.clone(), r.to.clone(), registry);
     opts.order = r.order;
     opts.forward_ttl_secs = r.forward_ttl;
+    opts.init_disks = r.init_disks;
     let mut spec = match r.engine.spec(Vec::new(), PathBuf::new()) {
         Ok(s) => s,
         Err(m) => {
@@ -929,7 +955,10 @@ fn object(o: ObjectArgs) -> ExitCode {
         .as_ref()
         .and_then(|r| r.topology("previous").ok().flatten())
         .and_then(|b| Topology::parse(&b).ok());
-    let c = Cluster::new(topo, previous, registry);
+    let c = match Cluster::open(topo, &o.topology, previous, registry) {
+        Ok(c) => c,
+        Err(e) => return fail(e.to_string(), 2),
+    };
     let key = key.as_bytes();
     match o.op.as_str() {
         "put" => {
@@ -1070,6 +1099,11 @@ fn plan(a: PlanArgs) -> ExitCode {
     }
     let mut report = ferry::cluster::plan::plan(&old, &new, a.strategy, a.vnodes);
     if a.scan {
+        let pair = ((&old, a.from.as_path()), (&new, a.to.as_path()));
+        if let Err(e) = ferry::cluster::rebalance::check_disks(pair.0, pair.1, false) {
+            eprintln!("ferry: {e}");
+            return ExitCode::from(2);
+        }
         let table = ferry::cluster::PartitionTable::build(&new, a.strategy, a.vnodes);
         report.scan = Some(ferry::cluster::plan::scan(&old, &new, &table));
     }
@@ -1085,6 +1119,34 @@ fn plan(a: PlanArgs) -> ExitCode {
         ferry::out!("{}", report.render());
     }
     ExitCode::SUCCESS
+}
+
+fn disk(a: DiskArgs) -> ExitCode {
+    let DiskOp::Init { topology } = a.op;
+    let t = match Topology::load(&topology) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("ferry: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match ferry::cluster::identity::init(&t, &topology) {
+        Ok(done) => {
+            for (d, wrote) in done {
+                let what = if wrote {
+                    "initialized"
+                } else {
+                    "already initialized"
+                };
+                ferry::outln!("disk {d}: {what}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ferry: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn ctl(c: CtlArgs) -> ExitCode {

@@ -70,7 +70,10 @@ fn topo(generation: u64, disks: &Disks, sets: &[(usize, &str, f64)]) -> Topology
         })
         .collect();
     let v = serde_json::json!({"generation": generation, "pools": [{"id": "p", "sets": sets}]});
-    Topology::parse(&serde_json::to_vec(&v).unwrap()).unwrap()
+    let t = Topology::parse(&serde_json::to_vec(&v).unwrap()).unwrap();
+    // Each disk proves it is the disk (written once; later topologies find it there).
+    ferry::cluster::identity::init(&t, Path::new("test topology")).unwrap();
+    t
 }
 
 /// `n` equal active sets, one per disk 0..n.

@@ -1,5 +1,6 @@
 //! Cluster map and placement: where every object belongs (topology, placement v1, plans).
 
+pub mod identity;
 pub mod placement;
 pub mod plan;
 pub mod rebalance;

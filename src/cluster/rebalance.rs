@@ -51,6 +51,8 @@ pub struct Options {
     pub registry: PathBuf,
     pub order: Order,
     pub forward_ttl_secs: u64,
+    /// Write the identity of NEW's disks that have none first (`--init-disks`).
+    pub init_disks: bool,
 }
 
 impl Options {
@@ -61,6 +63,7 @@ impl Options {
             registry,
             order: Order::Size,
             forward_ttl_secs: FORWARD_TTL_SECS,
+            init_disks: false,
         }
     }
 }
@@ -137,6 +140,32 @@ fn disks_of(old: &Topology, new: &Topology) -> Vec<DiskRef> {
     out
 }
 
+/// Every disk proves it is the disk before anything moves (`--init-disks` first writes the
+/// identities NEW's disks lack). Disks only OLD names (or NEW only as removed) may be gone:
+/// their objects are reported lost.
+pub fn check_disks(
+    (old, old_file): (&Topology, &Path),
+    (new, new_file): (&Topology, &Path),
+    init: bool,
+) -> Result<(), Error> {
+    use super::identity;
+    use super::topology::{Disk, DiskSet};
+    if init {
+        for (d, wrote) in identity::init(new, new_file)? {
+            if wrote {
+                eprintln!("ferry: disk {d}: identity written");
+            }
+        }
+    }
+    identity::check(new, new_file, &|_, _| false)?;
+    let live = |s: &DiskSet, d: &Disk| {
+        new.sets().any(|x| {
+            x.state != SetState::Removed && x.id == s.id && x.disks.iter().any(|y| y.id == d.id)
+        })
+    };
+    identity::check(old, old_file, &|s, d| !live(s, d))
+}
+
 fn load(path: &Path) -> Result<Topology, Error> {
     Topology::load(path).map_err(|e| Error::usage(path, e.to_string()))
 }
@@ -160,6 +189,7 @@ pub fn prepare(
     }
     super::topology::check_across((&old, &opts.from), (&new, &opts.to))
         .map_err(|m| Error::usage(&opts.to, m))?;
+    check_disks((&old, &opts.from), (&new, &opts.to), opts.init_disks)?;
     let registry = Registry::open(&opts.registry)?;
     let json = |t: &Topology| serde_json::to_vec(t).expect("plain data serializes");
     registry.set_topologies(&json(&new), &json(&old))?;
@@ -382,8 +412,13 @@ fn scan_and_feed(ctx: &Arc<Ctx>, m: &Mover, disks: &[(String, PathBuf, bool)], o
         }
         let dir = meta::parent_dir(&c.dst).to_path_buf();
         if !made.contains(&dir) {
-            if let Err(e) = std::fs::create_dir_all(&dir) {
-                ctx.stats.error(Error::os("mkdir", &dir, e));
+            // Below the owner disk's root only: an unmounted disk gets nothing written.
+            let mk = match m.root_of(&c.dst) {
+                Some(root) => super::identity::make_dirs_below(root, &dir),
+                None => Err(Error::errno("mkdir", &dir, libc::ENOENT)),
+            };
+            if let Err(e) = mk {
+                ctx.stats.error(e);
                 return true;
             }
             if made.len() >= 65_536 {
@@ -535,6 +570,15 @@ fn is_enoent(e: &Error) -> bool {
 }
 
 impl Mover {
+    /// The root of the disk holding `p` (the longest disk path it is under).
+    fn root_of(&self, p: &Path) -> Option<&Path> {
+        self.cluster
+            .disks()
+            .map(|(_, d)| d)
+            .filter(|d| p.starts_with(d))
+            .max_by_key(|d| d.as_os_str().len())
+    }
+
     /// The object a move is about, read back from its paths (`<disk>/<bucket>/<key>`), so
     /// nothing per object is kept in memory between scan and commit.
     fn item_of(&self, src: &Path, dst: &Path) -> Option<Item> {

@@ -196,6 +196,18 @@ impl Cluster {
         }
     }
 
+    /// `new` for commands on the disks: every disk of `current` must prove it is the disk
+    /// (those of removed sets may be gone); see `identity`.
+    pub fn open(
+        current: Topology,
+        file: &Path,
+        previous: Option<Topology>,
+        registry: Option<Registry>,
+    ) -> Result<Self, Error> {
+        super::identity::check(&current, file, &|_, _| false)?;
+        Ok(Self::new(current, previous, registry))
+    }
+
     /// Serializes writers of one key (and the mover's commit of it).
     pub fn lock(&self, bucket: &str, key: &[u8]) -> MutexGuard<'_, ()> {
         let h = xxhash_rust::xxh3::xxh3_64(&full_key(bucket, key));
@@ -242,7 +254,7 @@ impl Cluster {
         let dst = object_path(&owner.path, bucket, key);
         let dir = meta::parent_dir(&dst).to_path_buf();
         let _g = self.lock(bucket, key);
-        std::fs::create_dir_all(&dir).map_err(|e| Error::os("mkdir", &dir, e))?;
+        super::identity::make_dirs_below(&owner.path, &dir)?;
         let tmp = crate::temp::temp_name(&dst, crate::temp::process_token());
         let fd = meta::create_temp(&tmp)?;
         let mut f = std::fs::File::from(fd);

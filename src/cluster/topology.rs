@@ -42,6 +42,10 @@ pub struct Pool {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Topology {
+    /// The cluster's name, written into every disk's identity (a disk of another cluster is
+    /// refused).
+    #[serde(default = "default_cluster")]
+    pub cluster: String,
     pub generation: u64,
     #[serde(default = "one")]
     pub replicas: u32,
@@ -50,6 +54,10 @@ pub struct Topology {
 
 fn one() -> u32 {
     1
+}
+
+fn default_cluster() -> String {
+    "default".into()
 }
 
 /// Most sets and disks a topology may hold (placement builds tables over them).
@@ -112,6 +120,7 @@ impl Topology {
 
     fn validate(&self) -> Result<(), (String, String)> {
         let bad = |f: String, m: &str| Err((f, m.to_string()));
+        check_id(&self.cluster, "cluster")?;
         if self.pools.is_empty() {
             return bad("pools".into(), "at least one pool is required");
         }
@@ -291,6 +300,15 @@ pub fn check_places(
 /// Two topologies of one cluster (a rebalance's OLD and NEW): a directory that is a disk in
 /// both must be the same disk (set and disk id), and no disk may lie inside another.
 pub fn check_across(old: (&Topology, &Path), new: (&Topology, &Path)) -> Result<(), String> {
+    if old.0.cluster != new.0.cluster {
+        return Err(format!(
+            "cluster: '{}' in '{}' but '{}' in '{}': two topologies of one cluster",
+            old.0.cluster,
+            old.1.display(),
+            new.0.cluster,
+            new.1.display()
+        ));
+    }
     let mut all = Vec::new();
     for (t, file) in [old, new] {
         for (f, s, d) in t.disk_fields() {
