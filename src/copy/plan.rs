@@ -128,6 +128,32 @@ fn recorded(earlier: Option<&Earlier>, n: usize, i: usize) -> Option<&Path> {
         .then_some(t)
 }
 
+/// Sources with one target: the same file twice is refused like cp ("specified more than
+/// once": two copies of one file racing for one name); otherwise the last one wins, as with cp,
+/// and the earlier ones are not copied at all (two directories merge).
+fn last_source_wins(roots: Vec<Root>) -> Result<Vec<Root>, Error> {
+    let is_dir = |r: &Root| meta::file_type(&r.st) == libc::S_IFDIR;
+    let mut keep = vec![true; roots.len()];
+    for (j, later) in roots.iter().enumerate() {
+        for (i, earlier) in roots[..j].iter().enumerate() {
+            if earlier.target != later.target {
+                continue;
+            }
+            if (earlier.st.st_dev, earlier.st.st_ino) == (later.st.st_dev, later.st.st_ino) {
+                return Err(Error::usage(&later.src, "specified more than once"));
+            }
+            if !(is_dir(earlier) && is_dir(later)) {
+                keep[i] = false;
+            }
+        }
+    }
+    let mut k = keep.into_iter();
+    Ok(roots
+        .into_iter()
+        .filter(|_| k.next().unwrap_or(true))
+        .collect())
+}
+
 /// Resolves SRC... DST like cp -r, except that a job run before lands where its first run did
 /// (`earlier`): a rerun must not nest into the directory its first run created.
 pub fn resolve(sources: &[PathBuf], dest: &Path, earlier: Option<&Earlier>) -> Result<Plan, Error> {
@@ -187,6 +213,7 @@ pub fn resolve(sources: &[PathBuf], dest: &Path, earlier: Option<&Earlier>) -> R
             st,
         });
     }
+    let roots = last_source_wins(roots)?;
     let dest_root = if dest_is_dir
         || roots
             .iter()
