@@ -104,29 +104,3 @@ impl std::error::Error for Error {
         }
     }
 }
-
-/// Whether a whole file is worth trying again later (with backoff): resource shortages and
-/// timeouts that pass. ENOSPC is not here (it pauses the job), EIO never is.
-pub fn is_transient_file_error(errno: i32) -> bool {
-    matches!(
-        errno,
-        libc::EAGAIN
-            | libc::EINTR
-            | libc::EBUSY
-            | libc::ENOMEM
-            | libc::ENFILE
-            | libc::EMFILE
-            | libc::ETIMEDOUT
-            | libc::ESTALE
-    )
-}
-
-/// Whether a failed I/O completion should simply be submitted again.
-///
-/// EAGAIN: the kernel had no resources right now (io-wq busy, nonblocking punt failed).
-/// EINTR: a signal interrupted a blocking call in the sync backend.
-/// Everything else (EIO, ENOSPC, EDQUOT, EFBIG, EBADF, EROFS, ...) fails the file: retrying an
-/// EIO or fsync error can make the kernel forget the failure, so it is never retried.
-pub fn is_transient(errno: i32) -> bool {
-    errno == libc::EAGAIN || errno == libc::EINTR
-}

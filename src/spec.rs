@@ -186,8 +186,7 @@ fn yes() -> bool {
 
 /// Smallest file copied with O_DIRECT.
 pub const DIRECT_MIN: u64 = 64 << 20;
-/// O_DIRECT alignment ferry uses (offsets, lengths and buffers).
-pub const DIRECT_ALIGN: u64 = 4096;
+pub use crate::io::DIRECT_ALIGN;
 
 /// What a rebalance checkpoint must agree on to be resumed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

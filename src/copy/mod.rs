@@ -1,7 +1,11 @@
 //! The copy job: resolve the command line, start one pinned reactor per CPU and the committer,
 //! wait for every task, then make the destination durable.
 
+mod chunk;
 pub mod commit;
+pub mod driver;
+mod finish;
+mod open;
 pub mod plan;
 pub mod remove;
 pub mod task;
@@ -9,9 +13,9 @@ pub mod walk;
 
 use crate::error::Error;
 use crate::io::{self, Arena, Backend, Probe};
-use crate::reactor::Reactor;
 use crate::spec::{CopySpec, FsyncMode, IoMode};
 use crate::stats::Report;
+use driver::CopyReactor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -450,9 +454,8 @@ pub fn execute(p: Prepared) -> Report {
                 }
                 let spec = c.spec.clone();
                 let backend = make_backend(engine, &spec, me);
-                let name = backend.name();
-                let mut r = Reactor::new(me, c, backend, tx);
-                (r.run(), name)
+                let mut r = CopyReactor::new(me, c, backend, tx);
+                (r.run(), r.backend())
             });
         match h {
             Ok(h) => handles.push(h),

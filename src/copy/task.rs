@@ -46,6 +46,32 @@ pub enum Task {
     },
 }
 
+impl Task {
+    /// A file to copy (again): the one way a file task is built for a requeue or a retry.
+    pub fn file(src: &Path, dst: &Path, parent: &Option<Arc<DirNode>>, attempt: u32) -> Task {
+        Task::File {
+            src: src.to_path_buf(),
+            dst: dst.to_path_buf(),
+            parent: parent.clone(),
+            attempt,
+        }
+    }
+}
+
+/// The journal record of a source as it was copied: `size` bytes (the stat size, but what was
+/// read for a pseudo file whose stat says 0), and the hash of its copy, if streamed.
+pub fn done_record(
+    st: &libc::stat,
+    size: u64,
+    hash: Option<u64>,
+) -> crate::coord::checkpoint::Done {
+    crate::coord::checkpoint::Done {
+        size,
+        mtime: (st.st_mtime, st.st_mtime_nsec),
+        hash,
+    }
+}
+
 /// Directory pairs whose fds are kept open at once (2 fds each; never more than a quarter of
 /// RLIMIT_NOFILE, see `dir_fd_cap`). Past this, files are opened by
 /// their full paths (slower: every component is looked up again, 11.5 us/file more on ext4 in
@@ -304,6 +330,11 @@ impl FileJob {
             anon_slot: Mutex::new(None),
             unsized_len: 0,
         }
+    }
+
+    /// This file's task again (a retry with `attempt`, or a requeue).
+    pub fn task(&self, attempt: u32) -> Task {
+        Task::file(&self.src, &self.dst, &self.parent, attempt)
     }
 
     /// Bytes of the copy: the source's size, or what a pseudo file read to its end.
@@ -566,10 +597,7 @@ impl Ctx {
                 && self.manifest.is_some()
             {
                 let st = meta::lstat(&w.dst)?;
-                self.committed(
-                    &w.dst,
-                    &crate::reactor::done_record(&st, st.st_size as u64, Some(h)),
-                );
+                self.committed(&w.dst, &done_record(&st, st.st_size as u64, Some(h)));
             }
             if self.spec.remove_source {
                 super::remove::remove_entry(self, &w.src, &w.dst)?;

@@ -54,11 +54,34 @@ impl FaultyBackend {
         permille > 0 && (self.rng % 1000) < permille as u64
     }
 
-    fn inject(&mut self, op: &Op, errno: i32) {
+    fn inject(&mut self, user_data: u64, errno: i32) {
         self.injected.push_back(Completion {
-            user_data: op.user_data,
+            user_data,
             result: -errno,
         });
+    }
+}
+
+const B: u32 = super::DIRECT_ALIGN as u32;
+
+/// Block-sized ops are cut at a block boundary, as the kernel does for O_DIRECT (an unaligned
+/// O_DIRECT length would be EINVAL, not a short op); a single block stays whole.
+fn cuttable(len: u32) -> bool {
+    if len.is_multiple_of(B) {
+        len > B
+    } else {
+        len > 1
+    }
+}
+
+impl FaultyBackend {
+    /// A random shorter length for a cuttable op (the last roll picks it).
+    fn shorter(&self, len: u32) -> u32 {
+        if len.is_multiple_of(B) {
+            B * (1 + (self.rng % (len / B - 1) as u64) as u32)
+        } else {
+            1 + (self.rng % (len as u64 - 1)) as u32
+        }
     }
 }
 
@@ -79,10 +102,11 @@ impl Backend for FaultyBackend {
         self.inner.arena()
     }
 
-    fn push(&mut self, mut op: Op) -> io::Result<()> {
+    fn push(&mut self, mut op: Op, user_data: u64) -> io::Result<()> {
         assert!(self.in_flight() < self.capacity());
         let c = self.cfg;
-        let fault = match op.kind {
+        let kind = op.kind();
+        let fault = match kind {
             OpKind::Read if self.roll(c.read_eio_permille) => Some(libc::EIO),
             OpKind::Write if self.roll(c.write_enospc_permille) => Some(libc::ENOSPC),
             OpKind::Write if self.roll(c.write_eio_permille) => Some(libc::EIO),
@@ -91,32 +115,26 @@ impl Backend for FaultyBackend {
             _ => None,
         };
         if let Some(errno) = fault {
-            self.inject(&op, errno);
+            self.inject(user_data, errno);
             return Ok(());
         }
-        if op.kind == OpKind::Write && op.len > 0 && self.roll(c.flip_permille) {
-            let at = (self.rng % op.len as u64) as u32;
-            let p = self.inner.arena().ptr(op.buf, op.buf_off + at);
-            // SAFETY: `at` < op.len, so p is inside the op's part of its registered buffer,
+        if let Op::Write(d) = op
+            && d.len > 0
+            && self.roll(c.flip_permille)
+        {
+            let at = (self.rng % d.len as u64) as u32;
+            let p = self.inner.arena().ptr(d.buf, d.buf_off + at);
+            // SAFETY: `at` < d.len, so p is inside the op's part of its registered buffer,
             // which this reactor owns and nothing else touches while the op is being queued.
             unsafe { *p ^= 0x01 };
         }
-        const B: u32 = crate::spec::DIRECT_ALIGN as u32;
-        // Block-sized ops are cut at a block boundary, as the kernel does for O_DIRECT (an
-        // unaligned O_DIRECT length would be EINVAL, not a short op); a single block stays whole.
-        let cuttable = if op.len.is_multiple_of(B) {
-            op.len > B
-        } else {
-            op.len > 1
-        };
-        if op.kind != OpKind::Fsync && cuttable && self.roll(c.short_permille) {
-            op.len = if op.len.is_multiple_of(B) {
-                B * (1 + (self.rng % (op.len / B - 1) as u64) as u32)
-            } else {
-                1 + (self.rng % (op.len as u64 - 1)) as u32
-            };
+        if let Some(d) = op.data_mut() {
+            let cuttable = cuttable(d.len);
+            if cuttable && self.roll(c.short_permille) {
+                d.len = self.shorter(d.len);
+            }
         }
-        self.inner.push(op)
+        self.inner.push(op, user_data)
     }
 
     fn submit(&mut self, wait: bool) -> io::Result<()> {

@@ -3,6 +3,7 @@
 //! [`Backend`]; each backend only moves bytes between fds and its own buffer arena.
 
 pub mod arena;
+pub mod errno;
 pub mod faulty;
 pub mod sync;
 pub mod uring;
@@ -12,7 +13,10 @@ pub use arena::Arena;
 use std::io;
 use std::os::fd::RawFd;
 
-/// A data operation. Reads and writes address a slice of one arena buffer.
+/// O_DIRECT alignment ferry uses (offsets, lengths and buffers).
+pub const DIRECT_ALIGN: u64 = 4096;
+
+/// What an op does, for the errno policy and the fault injector.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OpKind {
     Read,
@@ -20,20 +24,46 @@ pub enum OpKind {
     Fsync,
 }
 
+/// A byte move between a slice of one arena buffer and a file range.
 #[derive(Clone, Copy, Debug)]
-pub struct Op {
-    pub kind: OpKind,
+pub struct BufIo {
     pub fd: RawFd,
-    /// Arena buffer index (ignored for fsync).
+    /// Arena buffer index.
     pub buf: u32,
     /// Start inside that buffer.
     pub buf_off: u32,
     pub len: u32,
     /// File offset.
     pub offset: u64,
-    pub user_data: u64,
     /// The fd is O_DIRECT: the op goes to the device, never done inline at push time.
     pub direct: bool,
+}
+
+/// A typed operation. Each kind carries only what it needs; the network driver adds send,
+/// recv, accept and connect here (a `BufIo` without an offset, or a socket address).
+#[derive(Clone, Copy, Debug)]
+pub enum Op {
+    Read(BufIo),
+    Write(BufIo),
+    Fsync { fd: RawFd },
+}
+
+impl Op {
+    pub fn kind(&self) -> OpKind {
+        match self {
+            Op::Read(_) => OpKind::Read,
+            Op::Write(_) => OpKind::Write,
+            Op::Fsync { .. } => OpKind::Fsync,
+        }
+    }
+
+    /// The buffer slice a read or write moves.
+    pub fn data_mut(&mut self) -> Option<&mut BufIo> {
+        match self {
+            Op::Read(d) | Op::Write(d) => Some(d),
+            Op::Fsync { .. } => None,
+        }
+    }
 }
 
 /// One finished operation: bytes moved, or a negative errno.
@@ -45,24 +75,24 @@ pub struct Completion {
 
 /// Runs one op with a blocking syscall (pread, pwrite, fsync) and returns its completion: the
 /// sync backend's every op, and the io_uring backend's buffered writes.
-pub(crate) fn run_blocking(arena: &Arena, op: &Op) -> Completion {
-    let res = match op.kind {
-        OpKind::Read | OpKind::Write => {
-            assert!(op.buf_off as usize + op.len as usize <= arena.buf_size());
-            let p = arena.ptr(op.buf, op.buf_off);
-            let (len, off) = (op.len as usize, op.offset as i64);
+pub(crate) fn run_blocking(arena: &Arena, op: &Op, user_data: u64) -> Completion {
+    let res = match op {
+        Op::Read(d) | Op::Write(d) => {
+            assert!(d.buf_off as usize + d.len as usize <= arena.buf_size());
+            let p = arena.ptr(d.buf, d.buf_off);
+            let (len, off) = (d.len as usize, d.offset as i64);
             // SAFETY: p..p+len lies inside the arena (asserted) and no other op uses that
             // buffer meanwhile; the fd is open (the caller owns it until the completion).
             unsafe {
-                if op.kind == OpKind::Read {
-                    libc::pread(op.fd, p.cast(), len, off)
+                if matches!(op, Op::Read(_)) {
+                    libc::pread(d.fd, p.cast(), len, off)
                 } else {
-                    libc::pwrite(op.fd, p.cast(), len, off)
+                    libc::pwrite(d.fd, p.cast(), len, off)
                 }
             }
         }
         // SAFETY: plain syscall on an fd the caller owns.
-        OpKind::Fsync => unsafe { libc::fsync(op.fd) as isize },
+        Op::Fsync { fd } => unsafe { libc::fsync(*fd) as isize },
     };
     let result = if res < 0 {
         -io::Error::last_os_error()
@@ -71,10 +101,7 @@ pub(crate) fn run_blocking(arena: &Arena, op: &Op) -> Completion {
     } else {
         res as i32
     };
-    Completion {
-        user_data: op.user_data,
-        result,
-    }
+    Completion { user_data, result }
 }
 
 /// What a reactor needs from an I/O engine.
@@ -86,8 +113,9 @@ pub trait Backend {
     fn capacity(&self) -> usize;
     fn in_flight(&self) -> usize;
     fn arena(&mut self) -> &mut Arena;
-    /// Queues an op. Caller must have checked `in_flight() < capacity()`.
-    fn push(&mut self, op: Op) -> io::Result<()>;
+    /// Queues an op; its completion carries `user_data`. Caller must have checked
+    /// `in_flight() < capacity()`.
+    fn push(&mut self, op: Op, user_data: u64) -> io::Result<()>;
     /// Hands queued ops to the kernel; when `wait`, blocks until at least one completes.
     fn submit(&mut self, wait: bool) -> io::Result<()>;
     /// Moves finished ops into `out`.

@@ -39,12 +39,13 @@ impl Backend for SyncBackend {
         &mut self.arena
     }
 
-    fn push(&mut self, op: Op) -> io::Result<()> {
+    fn push(&mut self, op: Op, user_data: u64) -> io::Result<()> {
         assert!(
             self.done.len() < self.capacity,
             "sync backend over capacity"
         );
-        self.done.push_back(super::run_blocking(&self.arena, &op));
+        self.done
+            .push_back(super::run_blocking(&self.arena, &op, user_data));
         Ok(())
     }
 

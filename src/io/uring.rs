@@ -11,7 +11,7 @@
 //!   kernels reject the flags with EINVAL and we build a plain ring.
 //! - IORING_FEAT_NODROP (5.5): not relied on; in-flight ops never exceed the CQ size.
 
-use super::{Arena, Backend, Completion, Op, OpKind};
+use super::{Arena, Backend, BufIo, Completion, Op};
 use io_uring::{IoUring, opcode, squeue, types};
 use std::io;
 
@@ -97,34 +97,37 @@ impl UringBackend {
         self.fixed
     }
 
-    fn entry(&self, op: &Op) -> squeue::Entry {
-        let fd = types::Fd(op.fd);
-        let e = match op.kind {
-            OpKind::Read => {
-                assert!(op.buf_off as usize + op.len as usize <= self.arena.buf_size());
-                let p = self.arena.ptr(op.buf, op.buf_off);
+    fn entry(&self, op: &Op, user_data: u64) -> squeue::Entry {
+        let e = match op {
+            Op::Read(d) => {
+                let (fd, p) = self.target(d);
                 if self.fixed {
-                    opcode::ReadFixed::new(fd, p, op.len, op.buf as u16)
-                        .offset(op.offset)
+                    opcode::ReadFixed::new(fd, p, d.len, d.buf as u16)
+                        .offset(d.offset)
                         .build()
                 } else {
-                    opcode::Read::new(fd, p, op.len).offset(op.offset).build()
+                    opcode::Read::new(fd, p, d.len).offset(d.offset).build()
                 }
             }
-            OpKind::Write => {
-                assert!(op.buf_off as usize + op.len as usize <= self.arena.buf_size());
-                let p = self.arena.ptr(op.buf, op.buf_off);
+            Op::Write(d) => {
+                let (fd, p) = self.target(d);
                 if self.fixed {
-                    opcode::WriteFixed::new(fd, p, op.len, op.buf as u16)
-                        .offset(op.offset)
+                    opcode::WriteFixed::new(fd, p, d.len, d.buf as u16)
+                        .offset(d.offset)
                         .build()
                 } else {
-                    opcode::Write::new(fd, p, op.len).offset(op.offset).build()
+                    opcode::Write::new(fd, p, d.len).offset(d.offset).build()
                 }
             }
-            OpKind::Fsync => opcode::Fsync::new(fd).build(),
+            Op::Fsync { fd } => opcode::Fsync::new(types::Fd(*fd)).build(),
         };
-        e.user_data(op.user_data)
+        e.user_data(user_data)
+    }
+
+    /// The fd and the arena address of a read or write (checked to lie inside its buffer).
+    fn target(&self, d: &BufIo) -> (types::Fd, *mut u8) {
+        assert!(d.buf_off as usize + d.len as usize <= self.arena.buf_size());
+        (types::Fd(d.fd), self.arena.ptr(d.buf, d.buf_off))
     }
 
     /// io_uring_enter with GETEVENTS, so deferred task work runs and completions get posted.
@@ -146,16 +149,12 @@ impl UringBackend {
                     self.queued = self.ring.submission().len();
                     return Ok(());
                 }
-                // A signal: just enter again.
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                // EBUSY/EAGAIN: the kernel wants completions reaped first (backpressure).
-                Err(e)
-                    if e.raw_os_error() == Some(libc::EBUSY)
-                        || e.raw_os_error() == Some(libc::EAGAIN) =>
-                {
-                    return Ok(());
-                }
-                Err(e) => return Err(e),
+                Err(e) => match super::errno::on_enter(e.raw_os_error().unwrap_or(0)) {
+                    super::errno::Verdict::Retry => continue,
+                    // The kernel wants completions reaped first (backpressure).
+                    super::errno::Verdict::Park => return Ok(()),
+                    super::errno::Verdict::Fail | super::errno::Verdict::Fatal => return Err(e),
+                },
             }
         }
     }
@@ -178,7 +177,7 @@ impl Backend for UringBackend {
         &mut self.arena
     }
 
-    fn push(&mut self, op: Op) -> io::Result<()> {
+    fn push(&mut self, op: Op, user_data: u64) -> io::Result<()> {
         assert!(self.in_flight < self.capacity, "ring over capacity");
         // Buffered writes are done with pwrite at push time: a buffered write is a copy into the
         // page cache, and a ring write to a filesystem without non-blocking buffered writes
@@ -187,12 +186,15 @@ impl Backend for UringBackend {
         // ext4 1.98-2.71 -> 1.75-2.12 s, tmpfs 1.09/1.56 -> 0.76-0.95 s; cold within noise.
         // A write that waits (dirty-page throttling) holds up this reactor, as in the sync
         // backend. O_DIRECT writes go to the device: those use the ring.
-        if op.kind == OpKind::Write && !op.direct {
-            self.inline.push_back(super::run_blocking(&self.arena, &op));
+        if let Op::Write(d) = &op
+            && !d.direct
+        {
+            self.inline
+                .push_back(super::run_blocking(&self.arena, &op, user_data));
             self.in_flight += 1;
             return Ok(());
         }
-        let entry = self.entry(&op);
+        let entry = self.entry(&op, user_data);
         if self.ring.submission().is_full() {
             self.enter(0)?;
         }
