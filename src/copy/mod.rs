@@ -8,6 +8,8 @@ mod finish;
 mod open;
 pub mod plan;
 pub mod remove;
+#[cfg(test)]
+mod scripted;
 pub mod task;
 pub mod walk;
 

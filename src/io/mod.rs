@@ -17,7 +17,7 @@ use std::os::fd::RawFd;
 pub const DIRECT_ALIGN: u64 = 4096;
 
 /// What an op does, for the errno policy and the fault injector.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum OpKind {
     Read,
     Write,

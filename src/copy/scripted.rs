@@ -1,0 +1,223 @@
+//! The chunk state machine and the per-file commit path against a scripted backend: the n-th
+//! read, write or fsync can be cut short, answered with an errno, or report a byte count,
+//! and the copy must still be whole (or the file fail cleanly: no final name, no temp left).
+
+use super::driver::CopyReactor;
+use super::task::{Ctx, Task};
+use crate::io::{Arena, Backend, Completion, Op, OpKind};
+use crate::spec::{CopySpec, FsyncMode};
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    /// The op is run with at most this many bytes (a short read or write).
+    Short(u32),
+    /// The op is not run; it completes with this result (a negative errno, or a count).
+    Answer(i32),
+}
+
+/// Runs ops with blocking syscalls unless the script says otherwise for the n-th op of a kind.
+struct Scripted {
+    arena: Arena,
+    cap: usize,
+    done: VecDeque<Completion>,
+    script: HashMap<(OpKind, usize), Step>,
+    seen: HashMap<OpKind, usize>,
+}
+
+impl Backend for Scripted {
+    fn name(&self) -> &'static str {
+        "scripted"
+    }
+    fn capacity(&self) -> usize {
+        self.cap
+    }
+    fn in_flight(&self) -> usize {
+        self.done.len()
+    }
+    fn arena(&mut self) -> &mut Arena {
+        &mut self.arena
+    }
+    fn push(&mut self, mut op: Op, user_data: u64) -> std::io::Result<()> {
+        assert!(self.done.len() < self.cap, "pushed over capacity");
+        let n = self.seen.entry(op.kind()).or_default();
+        *n += 1;
+        let c = match self.script.get(&(op.kind(), *n)) {
+            Some(Step::Answer(result)) => Completion {
+                user_data,
+                result: *result,
+            },
+            Some(Step::Short(most)) => {
+                let d = op.data_mut().expect("a short op moves data");
+                d.len = d.len.min(*most);
+                crate::io::run_blocking(&self.arena, &op, user_data)
+            }
+            None => crate::io::run_blocking(&self.arena, &op, user_data),
+        };
+        self.done.push_back(c);
+        Ok(())
+    }
+    fn submit(&mut self, _wait: bool) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn reap(&mut self, out: &mut Vec<Completion>) {
+        out.extend(self.done.drain(..));
+    }
+}
+
+const BUF: usize = 4096;
+
+/// 3.5 buffers of data that differ in every chunk.
+fn data() -> Vec<u8> {
+    (0..BUF * 7 / 2).map(|i| (i * 7 + i / 4096) as u8).collect()
+}
+
+struct Run {
+    dir: tempfile::TempDir,
+    report: crate::stats::Report,
+}
+
+impl Run {
+    fn dst(&self) -> PathBuf {
+        self.dir.path().join("out/f")
+    }
+    /// Names in the destination directory (a temp left behind shows here).
+    fn names(&self) -> Vec<String> {
+        std::fs::read_dir(self.dir.path().join("out"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+    fn assert_whole(&self) {
+        assert_eq!(self.report.failed, 0, "{:?}", self.report.errors);
+        assert_eq!(self.report.files, 1);
+        assert_eq!(std::fs::read(self.dst()).unwrap(), data());
+        assert_eq!(self.names(), vec!["f".to_string()], "no temp left");
+    }
+    /// The file failed with `what` in its error; nothing under the final name, no temp left.
+    fn assert_failed(&self, what: &str) {
+        assert_eq!(self.report.failed, 1);
+        assert_eq!(self.report.files, 0);
+        assert!(
+            self.report.errors.iter().any(|e| e.contains(what)),
+            "{what} not in {:?}",
+            self.report.errors
+        );
+        assert!(!self.dst().exists(), "a failed file got its final name");
+        assert!(self.names().is_empty(), "temp left: {:?}", self.names());
+        let src = self.dir.path().join("src");
+        assert_eq!(std::fs::read(src).unwrap(), data(), "source intact");
+    }
+}
+
+/// Copies one file on one reactor (4 KiB buffers, per-file fsync) over the scripted backend.
+fn copy(script: &[(OpKind, usize, Step)]) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::write(&src, data()).unwrap();
+    std::fs::create_dir(dir.path().join("out")).unwrap();
+    let dst = dir.path().join("out/f");
+    let mut spec = CopySpec::new(vec![src.clone()], dst.clone());
+    spec.buffer_size = BUF;
+    spec.queue_depth = 4;
+    spec.fsync = FsyncMode::File;
+    let ctx = Arc::new(Ctx::new(spec, crate::filter::Filter::new(&[]).unwrap(), 1));
+    ctx.queues.push_local(0, Task::file(&src, &dst, &None, 1));
+    let io = Scripted {
+        arena: Arena::new(BUF, 4),
+        cap: 8,
+        done: VecDeque::new(),
+        script: script.iter().map(|&(k, n, s)| ((k, n), s)).collect(),
+        seen: HashMap::new(),
+    };
+    let mut r = CopyReactor::new(0, ctx.clone(), Box::new(io), None);
+    r.run().expect("the scripted ring never fails");
+    let report = ctx.stats.report(std::time::Duration::ZERO, "scripted", 1);
+    Run { dir, report }
+}
+
+fn path_in(e: &[String], p: &Path) -> bool {
+    e.iter().any(|e| e.contains(&*p.to_string_lossy()))
+}
+
+#[test]
+fn a_clean_copy_is_whole() {
+    copy(&[]).assert_whole();
+}
+
+#[test]
+fn short_reads_and_writes_continue_where_they_stopped() {
+    use OpKind::*;
+    copy(&[(Read, 1, Step::Short(100)), (Read, 2, Step::Short(1))]).assert_whole();
+    copy(&[(Write, 1, Step::Short(4095)), (Write, 3, Step::Short(7))]).assert_whole();
+    // The tail chunk (half a buffer) cut twice in a row.
+    copy(&[(Read, 4, Step::Short(10)), (Read, 5, Step::Short(10))]).assert_whole();
+}
+
+#[test]
+fn eagain_and_eintr_are_resubmitted_at_every_step() {
+    use OpKind::*;
+    for k in [Read, Write] {
+        for n in 1..=5 {
+            copy(&[(k, n, Step::Answer(-libc::EAGAIN))]).assert_whole();
+        }
+        copy(&[(k, 2, Step::Answer(-libc::EINTR))]).assert_whole();
+    }
+}
+
+#[test]
+fn endless_eagain_fails_the_file() {
+    // Every read answered EAGAIN, more often than an op is resubmitted.
+    let script: Vec<_> = (1..=100)
+        .map(|n| (OpKind::Read, n, Step::Answer(-libc::EAGAIN)))
+        .collect();
+    copy(&script).assert_failed("read");
+}
+
+#[test]
+fn eio_at_each_step_fails_the_file_cleanly() {
+    use OpKind::*;
+    for n in 1..=4 {
+        let r = copy(&[(Read, n, Step::Answer(-libc::EIO))]);
+        r.assert_failed("read");
+        assert!(path_in(&r.report.errors, &r.dir.path().join("src")));
+        copy(&[(Write, n, Step::Answer(-libc::EIO))]).assert_failed("write");
+    }
+    // After a short write, the rest fails.
+    copy(&[
+        (Write, 1, Step::Short(5)),
+        (Write, 2, Step::Answer(-libc::EIO)),
+    ])
+    .assert_failed("write");
+}
+
+#[test]
+fn a_failed_fsync_is_never_retried_and_names_nothing() {
+    let r = copy(&[(OpKind::Fsync, 1, Step::Answer(-libc::EIO))]);
+    r.assert_failed("fsync");
+    assert_eq!(r.report.retries, 0);
+}
+
+#[test]
+fn enospc_with_nobody_to_resume_fails_the_file() {
+    // No job around it (so no pause and resume): the file fails with the errno.
+    let r = copy(&[(OpKind::Write, 2, Step::Answer(-libc::ENOSPC))]);
+    r.assert_failed("write");
+    assert!(r.report.errors.iter().any(|e| e.contains("space")));
+}
+
+#[test]
+fn a_zero_byte_write_is_an_error() {
+    copy(&[(OpKind::Write, 1, Step::Answer(0))]).assert_failed("wrote 0 bytes");
+}
+
+#[test]
+fn early_eof_is_a_changed_source_retried_whole() {
+    // The first read sees EOF (as if the file had shrunk): the copy is redone from scratch,
+    // and the retry (the source did not really change) is whole.
+    let r = copy(&[(OpKind::Read, 1, Step::Answer(0))]);
+    r.assert_whole();
+    assert_eq!(r.report.retries, 1);
+}
