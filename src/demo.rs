@@ -213,6 +213,7 @@ fn cluster_in(base: &Path, spec_template: &CopySpec) -> Result<bool, String> {
         handles = Some((cluster, counters));
         Ok(p)
     })
+    .and_then(crate::coord::ctl::serve_job)
     .map_err(|e| err("rebalance", &e))?;
     let (cluster, counters) = handles.expect("set by prepare");
     // A reader reads random objects for as long as the move runs.

@@ -78,8 +78,8 @@ fn transition(
 
 impl Job {
     /// Checks the job (bad input: `Err`, nothing written) and starts it on a coordinator
-    /// thread, which starts the reactors. With a state dir, the job also listens on
-    /// `<state-dir>/<job-id>/ctl.sock`.
+    /// thread, which starts the reactors. Its control socket is started by the front end
+    /// (`coord::ctl::serve_job`).
     pub fn start(spec: CopySpec) -> Result<JobHandle, Error> {
         Self::start_with(|| copy::prepare(spec))
     }
@@ -131,18 +131,11 @@ impl Job {
                 report
             })
             .map_err(|e| Error::os("spawn", std::path::Path::new("ferry-coord"), e))?;
-        let server = match (&ctx.state, &ctx.job_id) {
-            (Some(sd), Some(_)) => Some(crate::coord::ctl::serve(
-                sd.dir.join("ctl.sock"),
-                control.clone(),
-            )?),
-            _ => None,
-        };
         Ok(JobHandle {
             control,
             events_rx: Mutex::new(Some(events_rx)),
             thread: Some(thread),
-            server,
+            server: None,
         })
     }
 }
@@ -251,6 +244,23 @@ impl std::ops::Deref for JobHandle {
 }
 
 impl JobHandle {
+    /// A server the front end started on this job's control handle (the ctl socket): joined
+    /// by `wait`, after the job's end (it sees the final state and exits within its poll).
+    pub fn attach_server(&mut self, server: JoinHandle<()>) {
+        assert!(self.server.is_none(), "one server per job");
+        self.server = Some(server);
+    }
+
+    /// Where this job's control socket goes: `<state-dir>/<job-id>/ctl.sock` (None without a
+    /// state dir).
+    pub fn ctl_socket(&self) -> Option<std::path::PathBuf> {
+        let ctx = &self.control.ctx;
+        match (&ctx.state, &ctx.job_id) {
+            (Some(sd), Some(_)) => Some(sd.dir.join("ctl.sock")),
+            _ => None,
+        }
+    }
+
     /// A shareable handle for servers (metrics, control) that outlive a borrow.
     pub fn control(&self) -> Arc<Control> {
         self.control.clone()

@@ -526,7 +526,8 @@ fn copy(mut a: CopyArgs, rules: Vec<ferry::filter::Rule>, moving: Option<bool>) 
         return ExitCode::from(2);
     };
     let interrupted = on_signals();
-    let handle = match ferry::Job::start(spec) {
+    // The control socket is the front end's: started on the job's control handle.
+    let handle = match ferry::Job::start(spec).and_then(ferry::coord::ctl::serve_job) {
         Ok(h) => h,
         Err(e) => {
             eprintln!("ferry {cmd}: {e}");
@@ -864,7 +865,8 @@ fn rebalance(r: RebalanceArgs) -> ExitCode {
         let (p, _cluster, c) = rebalance::prepare(&opts, spec)?;
         counters = Some(c);
         Ok(p)
-    });
+    })
+    .and_then(ferry::coord::ctl::serve_job);
     let handle = match handle {
         Ok(h) => h,
         Err(e) => {

@@ -2,7 +2,7 @@
 //! one line each way. Commands: pause, resume, cancel, status, rate BYTES[/s] [OPS].
 
 use crate::error::Error;
-use crate::job::Control;
+use crate::job::{Control, JobHandle};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -13,6 +13,17 @@ use std::time::Duration;
 
 /// Longest command line accepted.
 const MAX_LINE: u64 = 256;
+
+/// Starts the control socket of a job that has a state dir (`<state-dir>/<job-id>/ctl.sock`)
+/// on its control handle; the handle waits for it. Front ends call this: the job itself
+/// knows nothing of sockets.
+pub fn serve_job(mut h: JobHandle) -> Result<JobHandle, Error> {
+    if let Some(path) = h.ctl_socket() {
+        let server = serve(path, h.control())?;
+        h.attach_server(server);
+    }
+    Ok(h)
+}
 
 pub fn serve(path: PathBuf, control: Arc<Control>) -> Result<JoinHandle<()>, Error> {
     // A socket left by a killed run is stale: the state dir's lock says no one else runs it.
