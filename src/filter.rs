@@ -22,6 +22,8 @@ struct Compiled {
 
 pub struct Filter {
     rules: Vec<Compiled>,
+    /// Cluster copy: only files whose path partition is in the set.
+    partitions: Option<crate::partset::PartSet>,
 }
 
 /// Most rules accepted (each is tried per entry).
@@ -65,11 +67,20 @@ impl Filter {
                 whole_path,
             });
         }
-        Ok(Filter { rules: out })
+        Ok(Filter {
+            rules: out,
+            partitions: None,
+        })
+    }
+
+    /// Keeps only files whose path partition is in `set` (directories are all kept).
+    pub fn with_partitions(mut self, set: Option<crate::partset::PartSet>) -> Filter {
+        self.partitions = set;
+        self
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
+        self.rules.is_empty() && self.partitions.is_none()
     }
 
     /// Whether any rule could leave an entry out (include rules alone never do).
@@ -79,6 +90,12 @@ impl Filter {
 
     /// Whether the entry at `rel` (relative to its source root) is copied.
     pub fn included(&self, rel: &Path, is_dir: bool) -> bool {
+        if !is_dir
+            && let Some(set) = &self.partitions
+            && !set.contains(crate::partset::path_partition(rel))
+        {
+            return false;
+        }
         let name = Path::new(rel.file_name().unwrap_or(rel.as_os_str()));
         for r in &self.rules {
             if r.dir_only && !is_dir {

@@ -27,6 +27,7 @@ pub mod manifest;
 pub mod meta;
 pub mod net;
 pub mod out;
+pub mod partset;
 pub mod queue;
 pub mod reactor;
 pub mod spec;

@@ -75,6 +75,8 @@ enum Cmd {
         override_usage = "ferry serve --listen ADDR --export NAME=DIR [--export ...] [--tls-dir DIR] [--state-dir DIR]"
     )]
     Serve(ferry::net::cli::ServeArgs),
+    /// A cluster's shared state: apply NEW.json, topology, status, pause, resume, rate RATE [OPS].
+    Cluster(ferry::agent::cluster_cli::ClusterArgs),
     /// Print a shell completion script: bash, zsh, fish, elvish or powershell.
     #[command(
         after_help = "bash: ferry completions bash > /etc/bash_completion.d/ferry\n\
@@ -239,6 +241,13 @@ struct CopyArgs {
     /// Sources, then the destination.
     #[arg(required = true, num_args = 2.., value_name = "PATH")]
     paths: Vec<PathBuf>,
+    /// Copy with the agents of cluster NAME over storage they all see (each copies the
+    /// partitions it owns; the command returns when every partition is durably done).
+    #[arg(long, value_name = "NAME", requires = "etcd")]
+    cluster: Option<String>,
+    /// The cluster's etcd client URLs (with --cluster).
+    #[arg(long, value_name = "URL[,URL...]", requires = "cluster")]
+    etcd: Option<String>,
     #[command(flatten)]
     engine: EngineArgs,
     /// Print the report as JSON on stdout.
@@ -434,6 +443,7 @@ fn main() -> ExitCode {
         Cmd::Certs(c) => ferry::net::cli::certs(c),
         Cmd::Agent(a) => ferry::agent::cli::agent(a),
         Cmd::Serve(s) => ferry::net::cli::serve(s),
+        Cmd::Cluster(c) => ferry::agent::cluster_cli::cluster(c),
         Cmd::Demo(e) => {
             let spec = match e.spec(vec![PathBuf::from(".")], PathBuf::from(".")) {
                 Ok(s) => s,
@@ -496,6 +506,23 @@ fn copy(mut a: CopyArgs, rules: Vec<ferry::filter::Rule>, moving: Option<bool>) 
         None => ("copy", "copied"),
     };
     let dest = a.paths.pop().expect("clap requires two paths");
+    if let (Some(cluster), Some(etcd)) = (&a.cluster, &a.etcd) {
+        if moving.is_some() || a.paths.len() != 1 || !rules.is_empty() || a.dry_run {
+            eprintln!(
+                "ferry: --cluster takes one SRC directory and DST, with copy (no filters, no --dry-run)"
+            );
+            return ExitCode::from(2);
+        }
+        return ferry::agent::ccopy::run(ferry::agent::ccopy::Request {
+            cluster,
+            etcd,
+            src: &a.paths[0],
+            dst: &dest,
+            verify: a.verify.unwrap_or(VerifyMode::Stream),
+            json: a.json,
+            quiet: a.quiet,
+        });
+    }
     let mut spec = match a.engine.spec(a.paths, dest) {
         Ok(s) => s,
         Err(m) => {

@@ -178,6 +178,9 @@ pub struct CopySpec {
     /// cache) where the filesystem allows it.
     #[serde(default = "yes")]
     pub direct: bool,
+    /// `ferry copy --cluster`: only the files whose path partition is in this set.
+    #[serde(default)]
+    pub partitions: Option<crate::partset::PartSet>,
 }
 
 fn yes() -> bool {
@@ -226,6 +229,7 @@ impl CopySpec {
             no_rename: false,
             rebalance: None,
             direct: true,
+            partitions: None,
         }
     }
 

@@ -118,6 +118,7 @@ fn agent_inner(a: AgentArgs) -> Result<ExitCode, String> {
     }
     let mut agent = Agent::new(Arc::new(store), keys, &a.node, &addr, cfg, instance(&dir)?)?;
     agent.json = a.json;
+    agent.work = Box::new(super::runner::Runner::new(agent.cfg.copy_threads));
     let admin = super::admin::serve(listener, token, agent.shared.clone(), stop.clone())
         .map_err(|e| format!("admin thread: {e}"))?;
     let r = agent.run(&stop);

@@ -51,6 +51,9 @@ impl Keys {
     pub fn ack(&self, node: &str) -> String {
         self.k(&format!("acks/{node}"))
     }
+    pub fn status(&self, node: &str) -> String {
+        self.k(&format!("status/{node}"))
+    }
     pub fn topology(&self) -> String {
         self.k("topology")
     }

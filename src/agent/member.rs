@@ -116,6 +116,7 @@ impl Agent {
             self.event("stepped_down", json!({"epoch": epoch, "why": "lease lost"}));
         }
         self.lease = 0;
+        self.status_written = None;
         self.go(AgentState::ClaimingId, "lease lost");
     }
 }

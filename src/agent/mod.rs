@@ -4,11 +4,14 @@
 pub mod etcd;
 pub mod http;
 pub mod store;
+pub mod topo;
 
 pub use store::{ClusterStore, Cmp, Kv, MemStore, Op, Snapshot, StoreError};
 pub mod admin;
 pub mod assign;
+pub mod ccopy;
 pub mod cli;
+pub mod cluster_cli;
 pub mod config;
 pub mod follow;
 pub mod keys;
@@ -16,5 +19,6 @@ pub mod leader;
 pub mod member;
 pub mod node;
 pub mod plan;
+pub mod runner;
 pub mod state;
 pub mod view;

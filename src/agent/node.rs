@@ -91,6 +91,8 @@ pub struct Agent {
     pub(super) applied: (i64, u64),
     pub(super) owned: Vec<bool>,
     pub(super) store_down: Option<Instant>,
+    /// What `status/<node>` says now (written when it changes).
+    pub(super) status_written: Option<(AgentState, usize, bool)>,
 }
 
 impl Agent {
@@ -123,6 +125,7 @@ impl Agent {
             applied: (0, 0),
             owned: vec![false; crate::cluster::PARTITIONS],
             store_down: None,
+            status_written: None,
         })
     }
 
@@ -219,7 +222,28 @@ impl Agent {
         let mut w = std::mem::replace(&mut self.work, Box::new(Idle));
         w.poll(&self.ctx(), &self.view);
         self.work = w;
+        self.write_status();
         Ok(())
+    }
+
+    /// `status/<node>` (lease-bound) for `ferry cluster status`, when it changed.
+    fn write_status(&mut self) {
+        let now = (self.state(), self.owned_count(), self.is_leader());
+        if self.status_written == Some(now) {
+            return;
+        }
+        let v = json!({"state": now.0.name(), "owned": now.1, "leader": now.2, "at_ms": now_ms()});
+        if self
+            .store
+            .put(
+                &self.keys.status(&self.node),
+                v.to_string().as_bytes(),
+                self.lease,
+            )
+            .is_ok()
+        {
+            self.status_written = Some(now);
+        }
     }
 
     pub(super) fn ctx(&self) -> WorkCtx<'_> {

@@ -21,6 +21,9 @@ pub enum SetState {
 pub struct Disk {
     pub id: String,
     pub path: PathBuf,
+    /// Topology v2: the node (agent) that serves this disk; placement ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -128,8 +128,9 @@ pub struct Prepared {
 pub fn prepare(spec: CopySpec) -> Result<Prepared, Error> {
     spec.validate()
         .map_err(|m| Error::usage(Path::new(""), m))?;
-    let filter =
-        crate::filter::Filter::new(&spec.filters).map_err(|m| Error::usage(Path::new(""), m))?;
+    let filter = crate::filter::Filter::new(&spec.filters)
+        .map_err(|m| Error::usage(Path::new(""), m))?
+        .with_partitions(spec.partitions.clone());
     let earlier = earlier_run(&spec);
     let plan = plan::resolve(&spec.sources, &spec.dest, earlier.as_ref())?;
     let engine = choose_engine(spec.io)?;

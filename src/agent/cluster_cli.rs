@@ -1,0 +1,291 @@
+//! `ferry cluster apply|topology|status|pause|resume|rate`: the cluster's shared state in
+//! etcd, read and changed with compare-and-swap.
+
+use super::etcd::EtcdStore;
+use super::keys::Keys;
+use super::plan::Assignment;
+use super::store::{ClusterStore, Cmp, Op};
+use super::view::{Control, MemberInfo};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(clap::Args)]
+pub struct ClusterArgs {
+    #[command(subcommand)]
+    pub cmd: ClusterCmd,
+    /// The cluster's name.
+    #[arg(long, value_name = "NAME", global = true)]
+    pub cluster: Option<String>,
+    /// etcd client URLs: http://HOST:PORT[,http://HOST:PORT...].
+    #[arg(long, value_name = "URL[,URL...]", global = true)]
+    pub etcd: Option<String>,
+}
+
+#[derive(clap::Subcommand)]
+pub enum ClusterCmd {
+    /// Store NEW.json (topology v2: every disk names its node) as the next generation.
+    Apply {
+        #[arg(value_name = "NEW.json")]
+        file: PathBuf,
+    },
+    /// Print the current topology.
+    Topology,
+    /// Members, leader and epoch, generation, assignment and job progress.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pause every agent's cluster jobs (within a second).
+    Pause,
+    /// Resume them.
+    Resume,
+    /// Bytes per second per agent (e.g. 200M; 0 = unlimited) and optionally file ops per second.
+    Rate {
+        #[arg(value_name = "RATE")]
+        rate: String,
+        #[arg(value_name = "OPS")]
+        ops: Option<u64>,
+    },
+}
+
+fn fail(m: impl std::fmt::Display) -> ExitCode {
+    eprintln!("ferry cluster: {m}");
+    ExitCode::from(2)
+}
+
+pub fn cluster(a: ClusterArgs) -> ExitCode {
+    let (Some(name), Some(etcd)) = (&a.cluster, &a.etcd) else {
+        return fail("--cluster NAME and --etcd URL are required");
+    };
+    let keys = match Keys::new(name) {
+        Ok(k) => k,
+        Err(m) => return fail(m),
+    };
+    let store = match EtcdStore::new(etcd, Duration::from_secs(2)) {
+        Ok(s) => s,
+        Err(m) => return fail(format!("--etcd: {m}")),
+    };
+    let r = match a.cmd {
+        ClusterCmd::Apply { file } => apply(&store, &keys, &file),
+        ClusterCmd::Topology => topology(&store, &keys),
+        ClusterCmd::Status { json } => status(&store, &keys, json),
+        ClusterCmd::Pause => control(&store, &keys, |c| c.paused = true),
+        ClusterCmd::Resume => control(&store, &keys, |c| c.paused = false),
+        ClusterCmd::Rate { rate, ops } => match crate::coord::ctl::parse_rate(&rate) {
+            Ok(r) => control(&store, &keys, |c| {
+                c.rate = r;
+                c.ops = ops.unwrap_or(c.ops);
+            }),
+            Err(m) => Err(format!("rate '{rate}': {m}")),
+        },
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(m) => fail(m),
+    }
+}
+
+fn apply(store: &dyn ClusterStore, keys: &Keys, file: &std::path::Path) -> Result<(), String> {
+    let t = crate::cluster::Topology::load(file).map_err(|e| e.to_string())?;
+    super::topo::check_v2(&t).map_err(|m| format!("topology '{}': {m}", file.display()))?;
+    let cur = store.get(&keys.topology()).map_err(|e| e.to_string())?;
+    let cur_rev = cur.as_ref().map(|kv| kv.mod_rev).unwrap_or(0);
+    if let Some(kv) = &cur {
+        let old: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
+        let g = old["generation"].as_u64().unwrap_or(0);
+        if t.generation <= g {
+            return Err(format!(
+                "topology '{}': generation {} does not grow (the cluster is at {g})",
+                file.display(),
+                t.generation
+            ));
+        }
+    }
+    let value = serde_json::to_vec(&t).map_err(|e| e.to_string())?;
+    let put = Op::Put {
+        key: keys.topology(),
+        value,
+        lease: 0,
+    };
+    match store.txn(&[Cmp::ModRev(keys.topology(), cur_rev)], &[put]) {
+        Ok((true, _)) => {
+            println!("topology generation {} stored", t.generation);
+            Ok(())
+        }
+        Ok((false, _)) => {
+            Err("the topology changed while applying (compare-and-swap failed); run again".into())
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn topology(store: &dyn ClusterStore, keys: &Keys) -> Result<(), String> {
+    match store.get(&keys.topology()).map_err(|e| e.to_string())? {
+        Some(kv) => {
+            let v: Value = serde_json::from_slice(&kv.value).map_err(|e| e.to_string())?;
+            crate::outln!("{}", serde_json::to_string_pretty(&v).expect("json"));
+            Ok(())
+        }
+        None => Err(format!(
+            "no topology stored for this cluster yet ({})",
+            keys.topology()
+        )),
+    }
+}
+
+/// Read, change, compare-and-swap (retried on a concurrent change).
+fn control(store: &dyn ClusterStore, keys: &Keys, f: impl Fn(&mut Control)) -> Result<(), String> {
+    for _ in 0..5 {
+        let cur = store.get(&keys.control()).map_err(|e| e.to_string())?;
+        let rev = cur.as_ref().map(|kv| kv.mod_rev).unwrap_or(0);
+        let mut c: Control = cur
+            .and_then(|kv| serde_json::from_slice(&kv.value).ok())
+            .unwrap_or_default();
+        f(&mut c);
+        let put = Op::Put {
+            key: keys.control(),
+            value: serde_json::to_vec(&c).expect("json"),
+            lease: 0,
+        };
+        if store
+            .txn(&[Cmp::ModRev(keys.control(), rev)], &[put])
+            .map_err(|e| e.to_string())?
+            .0
+        {
+            println!(
+                "control: paused {}, rate {} B/s, ops {}/s",
+                c.paused, c.rate, c.ops
+            );
+            return Ok(());
+        }
+    }
+    Err("control kept changing under us; run again".into())
+}
+
+fn status(store: &dyn ClusterStore, keys: &Keys, as_json: bool) -> Result<(), String> {
+    let doc = status_doc(store, keys)?;
+    if as_json {
+        crate::outln!("{doc}");
+    } else {
+        print_status(&doc);
+    }
+    Ok(())
+}
+
+/// Everything `cluster status` shows, as JSON.
+pub fn status_doc(store: &dyn ClusterStore, keys: &Keys) -> Result<Value, String> {
+    let snap = store.range(&keys.root, false).map_err(|e| e.to_string())?;
+    let get = |k: &str| snap.kvs.iter().find(|kv| kv.key == k);
+    let leader = get(&keys.leader()).map(|kv| {
+        let v: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
+        json!({"node": v["node"], "epoch": kv.create_rev})
+    });
+    let a = get(&keys.assignment()).and_then(|kv| Assignment::from_json(&kv.value).ok());
+    let mut members = Vec::new();
+    for kv in snap
+        .kvs
+        .iter()
+        .filter(|kv| kv.key.starts_with(&keys.members()))
+    {
+        let Ok(m) = serde_json::from_slice::<MemberInfo>(&kv.value) else {
+            continue;
+        };
+        let st: Value = get(&keys.status(&m.node))
+            .and_then(|s| serde_json::from_slice(&s.value).ok())
+            .unwrap_or_default();
+        let owned = a.as_ref().map(|a| a.owned_by(&m.node).len()).unwrap_or(0);
+        members.push(
+            json!({"node": m.node, "addr": m.addr, "state": st["state"], "owned": owned,
+            "lease_left_s": store.time_left(kv.lease).unwrap_or(-1)}),
+        );
+    }
+    let generation = get(&keys.topology())
+        .and_then(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
+        .map(|v| v["generation"].clone());
+    let released = a.as_ref().map(|a| {
+        a.owners
+            .iter()
+            .filter(|&&o| o == super::assign::NONE)
+            .count()
+    });
+    let control: Control = get(&keys.control())
+        .and_then(|kv| serde_json::from_slice(&kv.value).ok())
+        .unwrap_or_default();
+    Ok(json!({
+        "cluster": keys.root, "leader": leader, "members": members, "generation": generation,
+        "assignment": a.as_ref().map(|a| json!({"epoch": a.epoch, "seq": a.seq, "strategy": a.strategy,
+            "handover": a.next.is_some(), "released": released})),
+        "control": control, "jobs": jobs(store, keys, &snap.kvs),
+    }))
+}
+
+fn jobs(store: &dyn ClusterStore, keys: &Keys, kvs: &[super::store::Kv]) -> Vec<Value> {
+    let prefix = keys.jobs();
+    let mut out = Vec::new();
+    for kv in kvs
+        .iter()
+        .filter(|kv| kv.key.starts_with(&prefix) && kv.key.ends_with("/spec"))
+    {
+        let id = &kv.key[prefix.len()..kv.key.len() - 5];
+        let Ok(spec) = serde_json::from_slice::<super::runner::JobSpec>(&kv.value) else {
+            continue;
+        };
+        let end = kvs
+            .iter()
+            .find(|e| e.key == kv.key.replace("/spec", "/end"));
+        let state = end
+            .and_then(|e| serde_json::from_slice::<Value>(&e.value).ok())
+            .map(|v| v["state"].clone());
+        let Ok((done, sum)) = super::ccopy::totals(store, keys, id) else {
+            continue;
+        };
+        let secs =
+            (super::state::now_ms().saturating_sub(spec.created_ms) as f64 / 1000.0).max(0.001);
+        let rate = sum.bytes as f64 / secs;
+        let left = crate::cluster::PARTITIONS - done.len();
+        let eta =
+            (!done.is_empty() && state.is_none()).then(|| secs * left as f64 / done.len() as f64);
+        out.push(json!({"id": id, "src": spec.src, "dst": spec.dst, "state": state.unwrap_or(json!("running")),
+            "partitions": {"done": done.len(), "running": sum.running, "pending": left},
+            "files": sum.files, "bytes": sum.bytes, "failed": sum.failed,
+            "rate_bytes_s": rate as u64, "eta_s": eta}));
+    }
+    out
+}
+
+fn print_status(d: &Value) {
+    let l = &d["leader"];
+    println!(
+        "cluster {}  leader {} (epoch {})  topology generation {}",
+        d["cluster"].as_str().unwrap_or(""),
+        l["node"].as_str().unwrap_or("none"),
+        l["epoch"],
+        d["generation"]
+    );
+    println!("assignment {}", d["assignment"]);
+    println!("control {}", d["control"]);
+    for m in d["members"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<16} {:<22} {:<20} owned {:>6}  lease {} s left",
+            m["node"].as_str().unwrap_or(""),
+            m["addr"].as_str().unwrap_or(""),
+            m["state"].as_str().unwrap_or("?"),
+            m["owned"],
+            m["lease_left_s"]
+        );
+    }
+    for j in d["jobs"].as_array().into_iter().flatten() {
+        println!(
+            "  job {} {}: partitions {}, {} files, {} bytes, {} B/s, eta {} s",
+            j["id"].as_str().unwrap_or(""),
+            j["state"],
+            j["partitions"],
+            j["files"],
+            j["bytes"],
+            j["rate_bytes_s"],
+            j["eta_s"]
+        );
+    }
+}
