@@ -72,9 +72,34 @@ impl Error {
     }
 }
 
+/// A path for messages and JSON: printable UTF-8 as it is, and, as in the manifest, `\\` for
+/// a backslash and `\xHH` for each byte of a control character or of invalid UTF-8 (so a
+/// name is never shown as U+FFFD, and a newline in it cannot split a line).
+pub fn shown(p: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = p.as_os_str().as_bytes();
+    let mut out = String::with_capacity(bytes.len());
+    let hex = |out: &mut String, b: &[u8]| {
+        for x in b {
+            out.push_str(&format!("\\x{x:02x}"));
+        }
+    };
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                c if c.is_control() => hex(&mut out, c.encode_utf8(&mut [0; 4]).as_bytes()),
+                c => out.push(c),
+            }
+        }
+        hex(&mut out, chunk.invalid());
+    }
+    out
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let p = self.path.display();
+        let p = shown(&self.path);
         match &self.kind {
             ErrorKind::Os(e) => write!(f, "{} '{}': {}", self.op, p, e),
             ErrorKind::SourceChanged { attempts } => write!(
@@ -102,5 +127,22 @@ impl std::error::Error for Error {
             ErrorKind::Os(e) => Some(e),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStrExt;
+
+    #[test]
+    fn shown_escapes_what_a_line_cannot_carry() {
+        let p = |b: &[u8]| shown(Path::new(std::ffi::OsStr::from_bytes(b)));
+        assert_eq!(p(b"plain/caf\xc3\xa9"), "plain/caf\u{e9}");
+        assert_eq!(p(b"bad\xffname"), "bad\\xffname");
+        assert_eq!(p(b"new\nline\ttab"), "new\\x0aline\\x09tab");
+        assert_eq!(p(b"back\\slash"), "back\\\\slash");
+        let e = Error::errno("open", Path::new(std::ffi::OsStr::from_bytes(b"a\nb")), 2);
+        assert!(!e.to_string().contains('\n'), "{e}");
     }
 }

@@ -427,3 +427,54 @@ fn messages_name_the_command_that_was_run() {
     assert!(err.starts_with("ferry move: stat '"), "{err}");
     assert!(err.contains("nothing was moved"), "{err}");
 }
+
+/// Names that are not UTF-8 or hold a newline are escaped in messages and JSON as in the
+/// manifest (`\xHH`, `\\`), not shown as U+FFFD, and each error stays on one line.
+#[test]
+fn odd_names_are_escaped_in_messages_and_json() {
+    use std::os::unix::ffi::OsStrExt;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let dst = t.path().join("dst");
+    fs::create_dir(&src).unwrap();
+    let names: [&[u8]; 2] = [b"bad\xffname", b"new\nline"];
+    for n in names {
+        let n = std::ffi::OsStr::from_bytes(n);
+        fs::write(src.join(n), b"x").unwrap();
+        // A non-empty directory where the file must go: the file fails, by name.
+        fs::create_dir_all(dst.join(n).join("keep")).unwrap();
+    }
+    let mut into = src.clone().into_os_string();
+    into.push("/.");
+    let st = t.path().join("st");
+    for json in [false, true] {
+        let mut args: Vec<&std::ffi::OsStr> = vec!["copy".as_ref()];
+        if json {
+            args.push("--json".as_ref());
+        }
+        args.extend(["--state-dir".as_ref(), st.as_os_str()]);
+        args.extend([into.as_os_str(), dst.as_os_str()]);
+        let out = ferry(&args);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        let err = stderr(&out);
+        assert!(!err.contains('\u{fffd}'), "{err}");
+        let lines: Vec<&str> = err
+            .lines()
+            .filter(|l| l.contains("Is a directory"))
+            .collect();
+        assert_eq!(lines.len(), 2, "one line per error: {err}");
+        assert!(lines.iter().any(|l| l.contains("bad\\xffname")), "{err}");
+        assert!(lines.iter().any(|l| l.contains("new\\x0aline")), "{err}");
+        if json {
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let msgs: Vec<String> = stdout
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .filter(|v| v["event"] == "error")
+                .map(|v| v["message"].as_str().unwrap().to_string())
+                .collect();
+            assert!(msgs.iter().any(|m| m.contains("bad\\xffname")), "{msgs:?}");
+            assert!(!stdout.contains('\u{fffd}'), "{stdout}");
+        }
+    }
+}

@@ -136,7 +136,10 @@ impl CopyReactor {
         if errno == libc::ENOENT && e.op == "open" {
             // The source vanished between the listing and the open: skipped, not failed.
             Stats::add(&self.ctx.stats.skipped, 1);
-            eprintln!("ferry: skipping '{}': it vanished", e.path.display());
+            eprintln!(
+                "ferry: skipping '{}': it vanished",
+                crate::error::shown(&e.path)
+            );
         } else {
             self.ctx.stats.error(e);
         }

@@ -652,11 +652,11 @@ impl Ctx {
         if let Ok((from, to)) = went {
             let _ = tx.send(crate::job::Event::State { from, to });
             let _ = tx.send(crate::job::Event::DestinationFull {
-                path: path.display().to_string(),
+                path: crate::error::shown(path),
             });
             eprintln!(
                 "ferry: destination full (writing '{}'): job paused; free space, then resume it{}",
-                path.display(),
+                crate::error::shown(path),
                 self.job_id
                     .as_ref()
                     .map(|id| format!(" with `ferry ctl {id} resume`"))

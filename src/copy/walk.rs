@@ -270,7 +270,7 @@ pub fn copy_inline(ctx: &Ctx, src: &Path, dst: &Path) -> Result<(), Error> {
         libc::S_IFSOCK => {
             // A socket is a live endpoint, not data: skipped with a warning (like cp and rsync).
             Stats::add(&ctx.stats.skipped, 1);
-            eprintln!("ferry: skipping socket '{}'", src.display());
+            eprintln!("ferry: skipping socket '{}'", crate::error::shown(src));
         }
         // The entry changed type between readdir and lstat: queue it as what it is now.
         libc::S_IFREG | libc::S_IFDIR => {
