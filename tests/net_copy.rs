@@ -45,8 +45,11 @@ fn serve(tls: &Path, exports: &[(&str, &Path)]) -> Server {
 fn serve_on(tls: &Path, exports: &[(&str, &Path)], port: u16) -> Server {
     let mut cmd = Command::new(BIN);
     let listen = format!("127.0.0.1:{port}");
+    // The server's state (its temp-name token) beside its TLS files: the same on a restart.
     cmd.args(["serve", "--listen", &listen, "--tls-dir"])
-        .arg(tls);
+        .arg(tls)
+        .arg("--state-dir")
+        .arg(tls.with_extension("serve-state"));
     for (n, d) in exports {
         let mut e = std::ffi::OsString::from(format!("{n}="));
         e.push(d.as_os_str());
@@ -107,6 +110,11 @@ fn push(client: &Path, src: &Path, to: &str, state: &Path) -> std::process::Outp
     ])
 }
 
+/// A ferry temp name (any token), as the receiver writes them.
+fn is_temp(name: &str) -> bool {
+    ferry::temp::is_temp_name(name.as_bytes())
+}
+
 #[test]
 fn push_pull_and_verify_keep_the_tree() {
     let t = tempfile::tempdir().unwrap();
@@ -130,10 +138,7 @@ fn push_pull_and_verify_keep_the_tree() {
         assert_eq!((a.uid(), a.gid()), (b.uid(), b.gid()));
     }
     // Nothing but the tree: no temp names left behind.
-    let leftovers = walk_names(&exp)
-        .into_iter()
-        .filter(|n| n.contains("ferry-tmp"))
-        .count();
+    let leftovers = walk_names(&exp).into_iter().filter(|n| is_temp(n)).count();
     assert_eq!(leftovers, 0);
 
     // The far end hashes its side.
@@ -336,7 +341,7 @@ fn nothing_partial(src: &Path, dst: &Path) -> usize {
         for e in rd {
             let e = e.unwrap();
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.contains("ferry-tmp") || !e.file_type().unwrap().is_file() {
+            if is_temp(&name) || !e.file_type().unwrap().is_file() {
                 continue;
             }
             let rel = Path::new(sub).join(&name);
@@ -358,7 +363,7 @@ fn wait_for_files(dir: &Path, n: usize) {
             .map(|r| {
                 r.filter(|e| {
                     !e.as_ref()
-                        .is_ok_and(|e| e.file_name().to_string_lossy().contains("ferry-tmp"))
+                        .is_ok_and(|e| is_temp(&e.file_name().to_string_lossy()))
                 })
                 .count()
             })
@@ -496,4 +501,37 @@ fn move_removes_sources_only_once_verified_remotely() {
     assert!(!src.exists(), "the source tree is gone");
     // rodir (0555) and the source's other modes arrive as they were.
     assert_same_tree(&keep, &exp.join("moved"));
+}
+
+#[test]
+fn user_files_named_like_temps_are_neither_taken_nor_replaced() {
+    let t = tempfile::tempdir().unwrap();
+    let (stls, ctls) = pki(&t.path().join("pki"));
+    let (src, exp) = (t.path().join("lv"), t.path().join("exp"));
+    std::fs::create_dir_all(&src).unwrap();
+    let big: Vec<u8> = (0..2u32 << 20).map(|i| (i * 7 + i / 4099) as u8).collect();
+    std::fs::write(src.join("big"), &big).unwrap();
+    std::fs::write(src.join(".big.ferry-tmp"), vec![0u8; 1 << 20]).unwrap();
+    // A user's file in the export shaped like the old temp name of what arrives beside it.
+    std::fs::create_dir_all(exp.join("lv")).unwrap();
+    std::fs::write(exp.join("lv/.data.ferry-tmp"), b"mine").unwrap();
+    std::fs::write(src.join("data"), b"data").unwrap();
+    let s = serve(&stls, &[("data", &exp)]);
+    let o = push(&ctls, &src, &url(&s, "data/"), &t.path().join("state"));
+    assert!(o.status.success(), "push: {}", stderr(&o));
+    assert_eq!(std::fs::read(exp.join("lv/big")).unwrap(), big);
+    assert_eq!(
+        std::fs::read(exp.join("lv/.big.ferry-tmp")).unwrap(),
+        vec![0u8; 1 << 20]
+    );
+    assert_eq!(
+        std::fs::read(exp.join("lv/.data.ferry-tmp")).unwrap(),
+        b"mine"
+    );
+    assert_eq!(std::fs::read(exp.join("lv/data")).unwrap(), b"data");
+    let left: Vec<_> = walk_names(&exp)
+        .into_iter()
+        .filter(|n| is_temp(n))
+        .collect();
+    assert!(left.is_empty(), "temps left: {left:?}");
 }

@@ -163,17 +163,14 @@ pub fn syncfs(fd: &OwnedFd) -> io::Result<()> {
     check(unsafe { libc::syncfs(fd.as_raw_fd()) })
 }
 
-/// The temp name a file is written under until it is durable: `.<name>.ferry-tmp`; a name
-/// too long for that keeps its start and gets its hash (temps stay within NAME_MAX).
-pub fn temp_name(name: &[u8]) -> Vec<u8> {
-    const NAME_MAX: usize = 255;
-    const SUFFIX: &[u8] = b".ferry-tmp";
-    if 1 + name.len() + SUFFIX.len() <= NAME_MAX {
-        return [b".", name, SUFFIX].concat();
-    }
-    let hash = format!("~{:016x}", xxhash_rust::xxh3::xxh3_64(name));
-    let keep = NAME_MAX - 1 - hash.len() - SUFFIX.len();
-    [b".", &name[..keep], hash.as_bytes(), SUFFIX].concat()
+/// The temp name a file is written under until it is durable: the local copies' scheme,
+/// `.<name>.ferry-<token>.tmp` with the receiving session's random token, so a user's file
+/// in the export can never be taken for (or replaced as) one of this session's temps.
+pub fn temp_name(name: &[u8], tok: &crate::temp::Token) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::path::Path::new(std::ffi::OsStr::from_bytes(name));
+    let t = crate::temp::temp_name(p, tok);
+    t.file_name().unwrap_or_default().as_bytes().to_vec()
 }
 
 #[cfg(test)]
@@ -181,9 +178,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn temp_names_fit_name_max() {
-        assert_eq!(temp_name(b"f"), b".f.ferry-tmp");
-        let (a, b) = (temp_name(&[b'x'; 255]), temp_name(&[b'x'; 250]));
+    fn temp_names_fit_name_max_and_carry_the_token() {
+        let tok = crate::temp::Token::parse("0123456789abcdef").unwrap();
+        assert_eq!(temp_name(b"f", &tok), b".f.ferry-0123456789abcdef.tmp");
+        assert_ne!(
+            temp_name(b"f", &tok),
+            temp_name(b"f", &crate::temp::Token::random())
+        );
+        let (a, b) = (temp_name(&[b'x'; 255], &tok), temp_name(&[b'x'; 250], &tok));
         assert!(a.len() <= 255 && b.len() <= 255 && a != b);
     }
 

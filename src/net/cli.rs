@@ -101,16 +101,24 @@ pub fn serve(a: ServeArgs) -> ExitCode {
         Ok(t) => t,
         Err(e) => return fail(e.to_string()),
     };
-    if let Some(d) = &a.state_dir {
+    let state = a
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| crate::coord::checkpoint::default_state_dir().join("serve"));
+    {
         use std::os::unix::fs::DirBuilderExt;
         if let Err(e) = std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(d)
+            .create(&state)
         {
-            return fail(format!("--state-dir {}: {e}", d.display()));
+            return fail(format!("--state-dir {}: {e}", state.display()));
         }
     }
+    let token = match super::serve::load_token(&state) {
+        Ok(t) => t,
+        Err(m) => return fail(m),
+    };
     let addr = if a.listen.contains(':') {
         a.listen.clone()
     } else {
@@ -133,6 +141,7 @@ pub fn serve(a: ServeArgs) -> ExitCode {
         listener,
         exports: std::sync::Arc::new(exports),
         tls,
+        token,
     };
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,

@@ -450,7 +450,8 @@ pub fn pull(r: &Remote, dst: &Path, o: &Options) -> Result<Outcome, Fatal> {
         base
     };
     let fd = std::fs::File::open(&base).map_err(|e| usage(format!("'{}': {e}", base.display())))?;
-    let mut rx = Receiver::new(OwnedFd::from(fd), prefix);
+    // A pull has no resume yet: its temps carry a token of this run only.
+    let mut rx = Receiver::new(OwnedFd::from(fd), prefix, crate::temp::Token::random());
     recv::drive(&mut c, &mut rx).map_err(fatal)?;
     c.close();
     Ok(Outcome {

@@ -2,7 +2,7 @@
 //! (Ack / Fail / Finished pushed to `out`). It does its file I/O itself (blocking calls), all
 //! of it beneath its base directory (see `beneath`).
 //!
-//! Durability order, as for local copies: data into `.<name>.ferry-tmp` → hash and size
+//! Durability order, as for local copies: data into `.<name>.ferry-<token>.tmp` (the session's random token) → hash and size
 //! checked against the sender's → metadata → group commit (one syncfs per filesystem for the
 //! batch) → final name (rename) → syncfs again (the names durable) → Ack for the batch. A file
 //! whose hash or size differs never gets its final name.
@@ -73,6 +73,8 @@ pub struct Receiver {
     last_id: u64,
     dir_metas: Vec<(Vec<u8>, Meta)>,
     root: bool,
+    /// This session's temp-name token: its temps are the only names it ever replaces or removes.
+    tok: crate::temp::Token,
     pub counts: Counts,
     /// Failures of single entries, as reported to the sender (and the sender's own).
     pub errors: Vec<String>,
@@ -84,7 +86,7 @@ fn os(op: &str, rel: &[u8], e: io::Error) -> String {
 
 impl Receiver {
     /// Receives into `prefix` (checked) beneath the directory `base`.
-    pub fn new(base: OwnedFd, prefix: Vec<u8>) -> Receiver {
+    pub fn new(base: OwnedFd, prefix: Vec<u8>, tok: crate::temp::Token) -> Receiver {
         Receiver {
             base,
             prefix,
@@ -96,6 +98,7 @@ impl Receiver {
             dir_metas: Vec::new(),
             // SAFETY: geteuid has no preconditions.
             root: unsafe { libc::geteuid() } == 0,
+            tok,
             counts: Counts::default(),
             errors: Vec::new(),
         }
@@ -214,7 +217,7 @@ impl Receiver {
         };
         match self.parent(&full) {
             Ok((dir, name)) => {
-                inc.tmp = beneath::temp_name(&name);
+                inc.tmp = beneath::temp_name(&name, &self.tok);
                 inc.name = name;
                 match create_temp(dir.fd.as_raw_fd(), &inc.tmp) {
                     Ok(f) => inc.file = Some(f),
@@ -345,8 +348,9 @@ impl Receiver {
         let full = self.full(&rel)?;
         self.last_id = id;
         let r = self.parent(&full).and_then(|(dir, name)| {
-            let tmp = beneath::temp_name(&name);
+            let tmp = beneath::temp_name(&name, &self.tok);
             let fd = dir.fd.as_raw_fd();
+            // The name carries this receiver's token: only a killed run of it left that name.
             let _ = beneath::unlink_at(fd, &tmp);
             beneath::symlink_at(&target, fd, &tmp)?;
             apply_at(fd, &tmp, &meta, self.root)?;
@@ -474,7 +478,8 @@ fn fstat(fd: RawFd) -> io::Result<libc::stat> {
     Ok(st)
 }
 
-/// A new temp file (an old one of a killed run is replaced).
+/// A new temp file. A name that exists already carries this receiver's token, so a killed
+/// run of it left it (no user file can have it without guessing the token): it is replaced.
 fn create_temp(dir: RawFd, tmp: &[u8]) -> io::Result<File> {
     let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
     let fd = match beneath::open_at(dir, tmp, flags, 0o600) {

@@ -58,6 +58,9 @@ pub struct Server {
     pub listener: TcpListener,
     pub exports: Arc<Vec<Export>>,
     pub tls: Arc<rustls::ServerConfig>,
+    /// The temp-name token of this server (kept in its state dir, so a restarted server
+    /// replaces the temps a killed one left, and nothing else).
+    pub token: crate::temp::Token,
 }
 
 impl Server {
@@ -80,8 +83,9 @@ impl Server {
             }
             active.fetch_add(1, Ordering::Relaxed);
             let (exports, tls, active) = (self.exports.clone(), self.tls.clone(), active.clone());
+            let tok = self.token.clone();
             std::thread::spawn(move || {
-                if let Err(e) = handle(sock, &exports, tls) {
+                if let Err(e) = handle(sock, &exports, tls, tok) {
                     eprintln!("ferry serve: {addr}: {e}");
                 }
                 active.fetch_sub(1, Ordering::Relaxed);
@@ -135,6 +139,7 @@ fn handle(
     sock: std::net::TcpStream,
     exports: &[Export],
     tls: Arc<rustls::ServerConfig>,
+    tok: crate::temp::Token,
 ) -> io::Result<()> {
     let mut c = session::accept(sock, tls)?;
     let (op, export, path) = match c.recv()? {
@@ -164,7 +169,7 @@ fn handle(
             })?;
             c.flush()?;
             let base = beneath::open_dir(ex.fd.as_raw_fd(), b"").map_err(io::Error::other)?;
-            let mut rx = Receiver::new(base, path.clone());
+            let mut rx = Receiver::new(base, path.clone(), tok);
             let r = recv::drive(&mut c, &mut rx);
             if r.is_ok() {
                 eprintln!(
@@ -202,4 +207,23 @@ fn handle(
     }
     c.close();
     Ok(())
+}
+
+/// The server's temp-name token from `dir/serve-token`, made (random, durable) on first use.
+pub fn load_token(dir: &std::path::Path) -> Result<crate::temp::Token, String> {
+    use std::io::Write;
+    let p = dir.join("serve-token");
+    match std::fs::read_to_string(&p) {
+        Ok(s) => crate::temp::Token::parse(s.trim())
+            .ok_or_else(|| format!("{}: not a ferry token (16 hex digits)", p.display())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let tok = crate::temp::Token::random();
+            let w = std::fs::File::create_new(&p)
+                .and_then(|mut f| f.write_all(tok.as_str().as_bytes()).and(f.sync_all()))
+                .and_then(|()| std::fs::File::open(dir)?.sync_all());
+            w.map_err(|e| format!("create {}: {e}", p.display()))?;
+            Ok(tok)
+        }
+        Err(e) => Err(format!("read {}: {e}", p.display())),
+    }
 }
