@@ -42,6 +42,12 @@ impl EtcdStore {
         &self.endpoints
     }
 
+    /// The longest one call can take: passes over the members go on for twice the request
+    /// deadline, and the last pass may cost one deadline per member.
+    pub fn call_limit(&self) -> Duration {
+        self.timeout * (2 + self.endpoints.len() as u32)
+    }
+
     /// One gateway call, tried on each member in turn until one answers; a cluster that is
     /// electing a leader (every member Unavailable) gets a few more passes within twice the
     /// request deadline.

@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Most bytes of one reply accepted (etcd caps a request at 1.5 MiB; JSON + base64 grows it).
 pub const MAX_BODY: usize = 16 << 20;
@@ -24,7 +24,29 @@ pub fn host_port(url: &str) -> Result<String, String> {
     Ok(hp.to_string())
 }
 
-/// POSTs `body` to `http://addr{path}`; (status, body).
+/// A stream whose reads share one deadline: a peer that dribbles its reply a byte at a time
+/// still costs at most the call's timeout, not a timeout per read.
+struct Deadline {
+    s: TcpStream,
+    until: Instant,
+}
+
+impl Read for Deadline {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "reply not complete within the request deadline",
+            ));
+        }
+        self.s.set_read_timeout(Some(left))?;
+        self.s.read(buf)
+    }
+}
+
+/// POSTs `body` to `http://addr{path}`; (status, body). Connecting, sending and reading the
+/// whole reply share one deadline, `timeout`.
 pub fn post(
     addr: &str,
     path: &str,
@@ -35,9 +57,10 @@ pub fn post(
         .to_socket_addrs()?
         .next()
         .ok_or_else(|| std::io::Error::other(format!("{addr}: no address")))?;
+    let until = Instant::now() + timeout;
     let mut s = TcpStream::connect_timeout(&sa, timeout)?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
+    let left = until.saturating_duration_since(Instant::now());
+    s.set_write_timeout(Some(left.max(Duration::from_millis(1))))?;
     s.set_nodelay(true)?;
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -46,7 +69,7 @@ pub fn post(
     let mut req = head.into_bytes();
     req.extend_from_slice(body);
     s.write_all(&req)?;
-    read_reply(&mut BufReader::new(s))
+    read_reply(&mut BufReader::new(Deadline { s, until }))
 }
 
 fn bad(m: &str) -> std::io::Error {
@@ -182,6 +205,29 @@ mod tests {
             assert_eq!(b64_decode(&b64_encode(&d)).unwrap(), d);
         }
         assert!(b64_decode("a*b").is_err());
+    }
+
+    #[test]
+    fn a_reply_dribbled_byte_by_byte_costs_one_deadline() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            // each byte well within the deadline, the whole reply far past it
+            for b in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi".iter() {
+                if c.write_all(&[*b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let t = Duration::from_millis(400);
+        let start = Instant::now();
+        let r = post(&addr, "/x", b"{}", t);
+        let took = start.elapsed();
+        assert!(r.is_err(), "{r:?}");
+        assert!(took < t + Duration::from_millis(300), "{took:?}");
+        server.join().unwrap();
     }
 
     #[test]

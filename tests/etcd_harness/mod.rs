@@ -80,16 +80,52 @@ impl Etcd {
         self.members[i].kill();
     }
 
-    /// Starts a stopped member again on the same data dir.
-    pub fn restart(&mut self, i: usize) {
-        let cluster: Vec<String> = self
+    fn cluster_flag(&self) -> String {
+        let v: Vec<String> = self
             .members
             .iter()
             .map(|m| format!("{}={}", m.name, m.peer))
             .collect();
-        let cluster = cluster.join(",");
+        v.join(",")
+    }
+
+    /// Starts a stopped member again on the same data dir (the others must hold a quorum).
+    pub fn restart(&mut self, i: usize) {
+        let cluster = self.cluster_flag();
         self.members[i].spawn(&cluster, false);
         self.members[i].wait_ready(Duration::from_secs(20));
+    }
+
+    /// Starts every stopped member, then waits for all to serve: one member alone has no
+    /// quorum, so waiting for each before starting the next would wait forever.
+    pub fn restart_all(&mut self) {
+        let cluster = self.cluster_flag();
+        for m in self.members.iter_mut().filter(|m| m.child.is_none()) {
+            m.spawn(&cluster, false);
+        }
+        for m in &self.members {
+            m.wait_ready(Duration::from_secs(30));
+        }
+    }
+
+    /// The index of the raft leader, once the members agree on one.
+    pub fn wait_leader(&self, limit: Duration) -> usize {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            let ids: Vec<Option<(String, String)>> =
+                self.members.iter().map(Member::status).collect();
+            let leaders: Vec<&String> = ids.iter().flatten().map(|(_, l)| l).collect();
+            if let Some(l) = leaders.first()
+                && leaders.iter().all(|x| x == l)
+                && let Some(i) = ids
+                    .iter()
+                    .position(|s| s.as_ref().is_some_and(|(me, _)| me == *l))
+            {
+                return i;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("etcd members agreed on no leader within {limit:?}");
     }
 
     pub fn pid(&self, i: usize) -> u32 {
@@ -125,7 +161,13 @@ impl Member {
                 "--initial-cluster-state",
                 if new { "new" } else { "existing" },
             ])
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args([
+                "--heartbeat-interval",
+                "50",
+                "--election-timeout",
+                "500",
+                "--pre-vote",
+            ])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -154,6 +196,24 @@ impl Member {
             "etcd member {} did not become ready in {limit:?}",
             self.name
         );
+    }
+
+    /// (this member's id, the leader's id) from /v3/maintenance/status; None: not answering
+    /// or stopped, or no leader known.
+    fn status(&self) -> Option<(String, String)> {
+        self.child.as_ref()?;
+        let addr = self.client.trim_start_matches("http://");
+        let (code, body) = ferry::agent::http::post(
+            addr,
+            "/v3/maintenance/status",
+            b"{}",
+            Duration::from_millis(500),
+        )
+        .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        let me = v["header"]["member_id"].as_str()?.to_string();
+        let leader = v["leader"].as_str()?.to_string();
+        (code == 200 && leader != "0").then_some((me, leader))
     }
 
     fn kill(&mut self) {
