@@ -6,6 +6,7 @@ pub mod commit;
 pub mod driver;
 mod finish;
 mod open;
+pub mod overlap;
 pub mod plan;
 pub mod remove;
 #[cfg(test)]
@@ -137,6 +138,12 @@ pub fn prepare(spec: CopySpec) -> Result<Prepared, Error> {
     raise_fd_limit();
     let reactors = spec.reactor_count();
     let mut ctx = Ctx::new(spec, filter, reactors);
+    let roots: Vec<_> = plan
+        .roots
+        .iter()
+        .map(|r| (r.src.clone(), r.target.clone()))
+        .collect();
+    ctx.overlaps = overlap::Overlaps::new(&roots);
     if let Some(root) = ctx.spec.state_dir.clone()
         && !ctx.spec.dry_run
     {
@@ -376,8 +383,17 @@ pub fn execute(p: Prepared) -> Report {
     let reactors = ctx.queues.reactors();
     let spec = ctx.spec.clone();
     crate::stats::Stats::add(&ctx.stats.moved_before, plan.moved_before);
-    for root in plan.roots {
-        if ctx.spec.remove_source && !ctx.spec.no_rename && rename_root(&ctx, &root) {
+    for (i, root) in plan.roots.into_iter().enumerate() {
+        let is_dir = crate::meta::file_type(&root.st) == libc::S_IFDIR;
+        if ctx.overlaps.root_replaced(i, is_dir, &ctx.filter) {
+            walk::replaced(&ctx, &root.src);
+            continue;
+        }
+        if ctx.spec.remove_source
+            && !ctx.spec.no_rename
+            && !ctx.overlaps.involves(i, &ctx.filter)
+            && rename_root(&ctx, &root)
+        {
             continue;
         }
         let owner = ctx.owner_of(root.st.st_dev);

@@ -195,6 +195,8 @@ pub struct DirNode {
     pub fds: std::sync::OnceLock<Option<DirFds>>,
     /// The destination directory was made by this job: no earlier run left temp files in it.
     pub made: bool,
+    /// Its root, and the other roots whose trees meet it (overlapping targets).
+    pub place: super::overlap::Place,
 }
 
 // SAFETY: libc::stat is plain old data.
@@ -229,13 +231,16 @@ pub fn child_done(parent: &Option<Arc<DirNode>>, ctx: &Ctx) {
             cur = node.parent.clone();
             continue;
         }
-        match meta::apply_path_meta(
-            &node.src,
-            &node.dst,
-            &node.st,
-            &ctx.spec.preserve,
-            ctx.umask,
-        ) {
+        use super::overlap::MetaFrom;
+        let applied = match ctx.overlaps.meta_for(&node.place, &node.dst) {
+            MetaFrom::Own => Some((node.src.clone(), node.st)),
+            MetaFrom::Later => None,
+            MetaFrom::Winner(src, st) => Some((src, st)),
+        };
+        let applied = applied.map_or(Ok(()), |(src, st)| {
+            meta::apply_path_meta(&src, &node.dst, &st, &ctx.spec.preserve, ctx.umask)
+        });
+        match applied {
             Ok(()) if ctx.spec.remove_source => {
                 super::remove::remove_dir(ctx, &node.src, &node.dst)
             }
@@ -499,6 +504,8 @@ pub struct Ctx {
     /// Carried by every named temp file of this job (kept in its checkpoint): only names with
     /// it are ever taken for this job's temps.
     pub temp_token: crate::temp::Token,
+    /// Roots whose targets overlap: the last source wins per entry.
+    pub overlaps: super::overlap::Overlaps,
 }
 
 impl Ctx {
@@ -545,6 +552,7 @@ impl Ctx {
             src_fs: Mutex::new(HashMap::new()),
             hook: None,
             temp_token: crate::temp::Token::random(),
+            overlaps: Default::default(),
         }
     }
 

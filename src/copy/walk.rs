@@ -30,37 +30,21 @@ pub fn start_dir(
         ctx.queues.requeue_last(Task::Dir { src, dst, parent });
         return false;
     }
-    let dry = ctx.spec.dry_run;
-    let begun = meta::lstat(&src).and_then(|st| {
-        let made = !dry && meta::make_dir(&dst)?;
-        let (dst_dev, new_gid) = if dry {
-            (0, 0)
-        } else {
-            let d = meta::lstat(&dst)?;
-            let gid = if d.st_mode & libc::S_ISGID != 0 {
-                d.st_gid
-            } else {
-                // SAFETY: plain getter.
-                unsafe { libc::getegid() }
-            };
-            (d.st_dev, gid)
-        };
-        // --one-file-system: a mount point is created (as cp -x and rsync -x do) but not entered.
-        let other_fs =
-            ctx.spec.one_file_system && parent.as_ref().is_some_and(|p| p.st.st_dev != st.st_dev);
-        let stream = if other_fs {
-            None
-        } else {
-            Some(DirStream::open(&src)?)
-        };
-        Ok((st, dst_dev, new_gid, stream, made))
-    });
+    let begun = open_dir(ctx, &src, &dst, &parent);
     match begun {
         Ok((st, dst_dev, new_gid, stream, made)) => {
             Stats::add(&ctx.stats.dirs, 1);
             let rel = match (&parent, src.file_name()) {
                 (Some(p), Some(n)) => p.rel.join(n),
                 _ => PathBuf::new(),
+            };
+            let place = match &parent {
+                Some(p) => ctx.overlaps.place_below(&p.place, &dst, &ctx.filter),
+                None => ctx
+                    .overlaps
+                    .root_index(&src, &dst)
+                    .map(|i| ctx.overlaps.place_of_root(i, &ctx.filter))
+                    .unwrap_or_default(),
             };
             let node = Arc::new(DirNode {
                 src: src.clone(),
@@ -73,6 +57,7 @@ pub fn start_dir(
                 parent,
                 fds: std::sync::OnceLock::new(),
                 made,
+                place,
             });
             match stream {
                 Some(stream) => {
@@ -94,6 +79,44 @@ pub fn start_dir(
         }
     }
     true
+}
+
+/// What starting a directory found: its source's stat, the destination's filesystem and the
+/// group its new files get, the listing (None: a mount point not entered) and whether the
+/// destination directory was made now.
+type Begun = (libc::stat, u64, u32, Option<DirStream>, bool);
+
+/// Makes the destination directory (not in a dry run) and opens the source's listing.
+fn open_dir(
+    ctx: &Ctx,
+    src: &Path,
+    dst: &Path,
+    parent: &Option<Arc<DirNode>>,
+) -> Result<Begun, Error> {
+    let dry = ctx.spec.dry_run;
+    let st = meta::lstat(src)?;
+    let made = !dry && meta::make_dir(dst)?;
+    let (dst_dev, new_gid) = if dry {
+        (0, 0)
+    } else {
+        let d = meta::lstat(dst)?;
+        let gid = if d.st_mode & libc::S_ISGID != 0 {
+            d.st_gid
+        } else {
+            // SAFETY: plain getter.
+            unsafe { libc::getegid() }
+        };
+        (d.st_dev, gid)
+    };
+    // --one-file-system: a mount point is created (as cp -x and rsync -x do) but not entered.
+    let other_fs =
+        ctx.spec.one_file_system && parent.as_ref().is_some_and(|p| p.st.st_dev != st.st_dev);
+    let stream = if other_fs {
+        None
+    } else {
+        Some(DirStream::open(src)?)
+    };
+    Ok((st, dst_dev, new_gid, stream, made))
 }
 
 /// Lists one getdents64 batch at a time; between batches the listing is suspended as a
@@ -142,47 +165,7 @@ pub fn list_more(
             }
         };
         dirents::parse_by_inode(&buf[..n], &mut order, |name, kind| {
-            let os = dirents::os_name(name);
-            let kind = match kind {
-                Kind::Unknown => match stream.stat(name) {
-                    Ok(st) => dirents::kind_of_mode(st.st_mode),
-                    Err(e) => {
-                        ctx.stats.error(Error::os("stat", &src.join(os), e));
-                        return;
-                    }
-                },
-                k => k,
-            };
-            if !ctx.filter.is_empty() && !ctx.filter.included(&node.rel.join(os), kind == Kind::Dir)
-            {
-                return;
-            }
-            if ctx.spec.dry_run && kind == Kind::File {
-                // Sized with one fstatat on the open directory: no task, no open.
-                match stream.size(name) {
-                    Ok(size) => {
-                        Stats::add(&ctx.stats.files, 1);
-                        Stats::add(&ctx.stats.bytes, size);
-                    }
-                    Err(e) => ctx.stats.error(Error::os("stat", &src.join(os), e)),
-                }
-                return;
-            }
-            if kind == Kind::File && !ctx.spec.dry_run {
-                // The first file of the directory opens its fds (directories holding only
-                // directories never take from the budget). Their syscalls go relative to them
-                // when the budget allows; any failure here only means full paths.
-                node.fds.get_or_init(|| {
-                    DirFds::open_within(&ctx.dir_fds, ctx.dir_fd_cap, || {
-                        stream
-                            .dup_fd()
-                            .ok()
-                            .zip(meta::open_dir_path(&node.dst).ok())
-                    })
-                });
-            }
-            node.add_child();
-            dispatch(ctx, owner, kind, src.join(os), node.dst.join(os), &node);
+            take_entry(ctx, owner, &stream, &src, &node, name, kind)
         });
         if n < buf.len() / 2 {
             // A short batch: the listing is almost surely over; the next getdents64 says so
@@ -201,6 +184,83 @@ pub fn list_more(
     child_done(&Some(node), ctx);
     ctx.queues.finish();
     true
+}
+
+/// One listed entry: filtered, decided against overlapping sources, counted (dry run) or
+/// turned into work.
+fn take_entry(
+    ctx: &Ctx,
+    owner: usize,
+    stream: &DirStream,
+    src: &Path,
+    node: &Arc<DirNode>,
+    name: &std::ffi::CStr,
+    kind: Kind,
+) {
+    let os = dirents::os_name(name);
+    let kind = match kind {
+        Kind::Unknown => match stream.stat(name) {
+            Ok(st) => dirents::kind_of_mode(st.st_mode),
+            Err(e) => {
+                ctx.stats.error(Error::os("stat", &src.join(os), e));
+                return;
+            }
+        },
+        k => k,
+    };
+    if !ctx.filter.is_empty() && !ctx.filter.included(&node.rel.join(os), kind == Kind::Dir) {
+        return;
+    }
+    if ctx.overlaps.replaced(
+        &node.place,
+        &node.dst.join(os),
+        kind == Kind::Dir,
+        &ctx.filter,
+    ) {
+        replaced(ctx, &src.join(os));
+        return;
+    }
+    if ctx.spec.dry_run && kind == Kind::File {
+        // Sized with one fstatat on the open directory: no task, no open.
+        match stream.size(name) {
+            Ok(size) => {
+                Stats::add(&ctx.stats.files, 1);
+                Stats::add(&ctx.stats.bytes, size);
+            }
+            Err(e) => ctx.stats.error(Error::os("stat", &src.join(os), e)),
+        }
+        return;
+    }
+    if kind == Kind::File && !ctx.spec.dry_run {
+        // The first file of the directory opens its fds (directories holding only
+        // directories never take from the budget). Their syscalls go relative to them
+        // when the budget allows; any failure here only means full paths.
+        node.fds.get_or_init(|| {
+            DirFds::open_within(&ctx.dir_fds, ctx.dir_fd_cap, || {
+                stream
+                    .dup_fd()
+                    .ok()
+                    .zip(meta::open_dir_path(&node.dst).ok())
+            })
+        });
+    }
+    node.add_child();
+    dispatch(ctx, owner, kind, src.join(os), node.dst.join(os), node);
+}
+
+/// A source entry that a later source's entry replaces at its target: not copied (cp's last
+/// wins, decided before either is copied). A move keeps it where it is, as an error: it cannot
+/// be moved without losing it or the later one.
+pub fn replaced(ctx: &Ctx, src: &Path) {
+    if ctx.spec.remove_source {
+        ctx.stats.error(Error {
+            op: "move",
+            path: src.to_path_buf(),
+            kind: crate::error::ErrorKind::Unsupported(
+                "kept: a later source lands at the same target",
+            ),
+        });
+    }
 }
 
 /// Turns one entry into a task, or copies it at once when it is only metadata.
