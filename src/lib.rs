@@ -19,6 +19,7 @@ pub mod copy;
 pub mod demo;
 pub mod dirents;
 pub mod error;
+pub mod exit;
 pub mod filter;
 pub mod io;
 pub mod job;
@@ -36,6 +37,7 @@ pub mod temp;
 pub mod verify;
 
 pub use error::{Error, ErrorKind};
+pub use exit::Exit;
 pub use job::{Job, JobHandle};
 pub use spec::{CopySpec, FsyncMode, IoMode};
 pub use stats::Report;

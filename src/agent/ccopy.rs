@@ -6,6 +6,7 @@ use super::etcd::EtcdStore;
 use super::keys::Keys;
 use super::runner::{JobSpec, Progress};
 use super::store::{ClusterStore, Cmp, Op};
+use crate::Exit;
 use crate::partset::PartSet;
 use serde_json::json;
 use std::path::Path;
@@ -26,7 +27,7 @@ pub struct Request<'a> {
 
 fn usage(m: impl std::fmt::Display) -> ExitCode {
     eprintln!("ferry copy --cluster: {m}");
-    ExitCode::from(2)
+    Exit::Usage.into()
 }
 
 /// Sums of every agent's progress for job `id`.
@@ -122,7 +123,7 @@ fn follow(store: &dyn ClusterStore, keys: &Keys, id: &str, r: &Request) -> ExitC
         if stop.load(Ordering::Relaxed) {
             finish(store, keys, id, "cancelled");
             eprintln!("ferry copy --cluster: job {id} cancelled; the agents stop their batches");
-            return ExitCode::from(130);
+            return Exit::Interrupted.into();
         }
         let (done, sum) = match totals(store, keys, id) {
             Ok(t) => t,
@@ -159,9 +160,9 @@ fn follow(store: &dyn ClusterStore, keys: &Keys, id: &str, r: &Request) -> ExitC
                 );
             }
             return if sum.failed == 0 {
-                ExitCode::SUCCESS
+                Exit::Ok.into()
             } else {
-                ExitCode::from(1)
+                Exit::Failed.into()
             };
         }
         if !r.quiet && last_print.elapsed() >= Duration::from_secs(2) {

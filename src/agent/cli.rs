@@ -4,6 +4,7 @@ use super::config::AgentConfig;
 use super::etcd::EtcdStore;
 use super::keys::{Keys, check_name};
 use super::node::Agent;
+use crate::Exit;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -40,7 +41,7 @@ pub struct AgentArgs {
 
 fn fail(m: impl std::fmt::Display) -> ExitCode {
     eprintln!("ferry agent: {m}");
-    ExitCode::from(2)
+    Exit::Usage.into()
 }
 
 /// Holds an exclusive lock on the state dir for the process's life (one agent per dir).
@@ -125,8 +126,8 @@ fn agent_inner(a: AgentArgs) -> Result<ExitCode, String> {
     let signalled = stop.swap(true, Ordering::Relaxed);
     let _ = admin.join();
     match r {
-        Ok(()) => Ok(ExitCode::SUCCESS),
-        Err(_) if signalled && agent.lease == 0 => Ok(ExitCode::SUCCESS),
+        Ok(()) => Ok(Exit::Ok.into()),
+        Err(_) if signalled && agent.lease == 0 => Ok(Exit::Ok.into()),
         Err(m) => Err(m),
     }
 }

@@ -6,6 +6,7 @@ use super::keys::Keys;
 use super::plan::Assignment;
 use super::store::{ClusterStore, Cmp, Op};
 use super::view::{Control, MemberInfo};
+use crate::Exit;
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,7 +53,7 @@ pub enum ClusterCmd {
 
 fn fail(m: impl std::fmt::Display) -> ExitCode {
     eprintln!("ferry cluster: {m}");
-    ExitCode::from(2)
+    Exit::Usage.into()
 }
 
 pub fn cluster(a: ClusterArgs) -> ExitCode {
@@ -82,7 +83,7 @@ pub fn cluster(a: ClusterArgs) -> ExitCode {
         },
     };
     match r {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => Exit::Ok.into(),
         Err(m) => fail(m),
     }
 }

@@ -1,6 +1,7 @@
 //! The network commands' command line: `ferry certs`, `ferry serve`, and `ferry copy|move|
 //! verify` with a `ferry://` end. main.rs only forwards to these.
 
+use crate::Exit;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,14 +48,14 @@ pub fn certs(a: CertsArgs) -> ExitCode {
         }
     };
     match r {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => Exit::Ok.into(),
         Err(e) => {
             eprintln!("ferry certs: {e}");
-            ExitCode::from(if e.kind() == std::io::ErrorKind::InvalidInput {
-                2
+            if e.kind() == std::io::ErrorKind::InvalidInput {
+                Exit::Usage.into()
             } else {
-                1
-            })
+                Exit::Failed.into()
+            }
         }
     }
 }
@@ -80,7 +81,7 @@ pub struct ServeArgs {
 pub fn serve(a: ServeArgs) -> ExitCode {
     let fail = |m: String| {
         eprintln!("ferry serve: {m}");
-        ExitCode::from(2)
+        Exit::Usage.into()
     };
     let mut exports = Vec::new();
     for e in &a.exports {
@@ -144,10 +145,10 @@ pub fn serve(a: ServeArgs) -> ExitCode {
         token,
     };
     match server.run() {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => Exit::Ok.into(),
         Err(e) => {
             eprintln!("ferry serve: {e}");
-            ExitCode::from(1)
+            Exit::Failed.into()
         }
     }
 }
@@ -183,10 +184,10 @@ fn options(
 
 fn exit_fatal(f: super::client::Fatal) -> ExitCode {
     eprintln!("ferry: {}", f.msg);
-    if f.code == 2 {
+    if f.code == Exit::Usage {
         eprintln!("ferry: nothing was copied");
     }
-    ExitCode::from(f.code)
+    f.code.into()
 }
 
 /// `ferry copy SRC... ferry://...` (push) or `ferry copy ferry://... DST` (pull).
@@ -199,13 +200,18 @@ pub fn remote_copy(mut a: RemoteCopy) -> ExitCode {
     let (res, target) = if is_remote(dst.as_os_str()) {
         if remote_srcs > 0 {
             return exit_fatal(super::client::Fatal {
-                code: 2,
+                code: Exit::Usage,
                 msg: "copying from one ferry:// URL to another is not supported".into(),
             });
         }
         let r = match parse(dst.as_os_str()) {
             Ok(r) => r,
-            Err(m) => return exit_fatal(super::client::Fatal { code: 2, msg: m }),
+            Err(m) => {
+                return exit_fatal(super::client::Fatal {
+                    code: Exit::Usage,
+                    msg: m,
+                });
+            }
         };
         let res = if a.moving {
             super::client::move_push(&a.paths, &r, &o)
@@ -216,17 +222,22 @@ pub fn remote_copy(mut a: RemoteCopy) -> ExitCode {
     } else {
         if a.paths.len() != 1 || remote_srcs != 1 {
             return exit_fatal(super::client::Fatal {
-                code: 2,
+                code: Exit::Usage,
                 msg: "a pull takes exactly one ferry:// source".into(),
             });
         }
         let r = match parse(a.paths[0].as_os_str()) {
             Ok(r) => r,
-            Err(m) => return exit_fatal(super::client::Fatal { code: 2, msg: m }),
+            Err(m) => {
+                return exit_fatal(super::client::Fatal {
+                    code: Exit::Usage,
+                    msg: m,
+                });
+            }
         };
         if a.moving {
             return exit_fatal(super::client::Fatal {
-                code: 2,
+                code: Exit::Usage,
                 msg: "ferry move from a ferry:// source is not available yet (push moves are)"
                     .into(),
             });
@@ -292,9 +303,9 @@ fn report(
         eprintln!("ferry: --report {}: {e}", p.display());
     }
     if errors.is_empty() {
-        ExitCode::SUCCESS
+        Exit::Ok.into()
     } else {
-        ExitCode::from(1)
+        Exit::Failed.into()
     }
 }
 
@@ -309,7 +320,7 @@ pub fn remote_verify(
         Ok(r) => r,
         Err(m) => {
             eprintln!("ferry verify: {m}");
-            return ExitCode::from(2);
+            return Exit::Usage.into();
         }
     };
     match super::client::verify(src, &r, &options(tls_dir, None, false)) {
@@ -325,11 +336,11 @@ pub fn remote_verify(
                 }
                 eprintln!("ferry verify: {} differences against {r}", diffs.len());
             }
-            ExitCode::from(if diffs.is_empty() { 0 } else { 1 })
+            Exit::ok_or_failed(diffs.is_empty()).into()
         }
         Err(f) => {
             eprintln!("ferry verify: {}", f.msg);
-            ExitCode::from(f.code)
+            f.code.into()
         }
     }
 }

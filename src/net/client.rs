@@ -23,13 +23,13 @@ use std::time::{Duration, Instant};
 /// Why a command stopped before it finished: exit status and message.
 #[derive(Debug)]
 pub struct Fatal {
-    pub code: u8,
+    pub code: crate::Exit,
     pub msg: String,
 }
 
 fn usage(msg: impl Into<String>) -> Fatal {
     Fatal {
-        code: 2,
+        code: crate::Exit::Usage,
         msg: msg.into(),
     }
 }
@@ -41,9 +41,9 @@ fn fatal(e: io::Error) -> Fatal {
         e.kind(),
         io::ErrorKind::PermissionDenied | io::ErrorKind::InvalidInput
     ) {
-        2
+        crate::Exit::Usage
     } else {
-        1
+        crate::Exit::Failed
     };
     Fatal {
         code,
@@ -71,7 +71,7 @@ fn open(r: &Remote, op: Op, o: &Options) -> Result<(Conn, bool, bool), Fatal> {
         Msg::Ready { is_dir, exists } => Ok((c, is_dir, exists)),
         Msg::Error { msg } => Err(usage(format!("{r}: {msg}"))),
         other => Err(Fatal {
-            code: 1,
+            code: crate::Exit::Failed,
             msg: format!("{r}: unexpected {other:?}"),
         }),
     }
