@@ -72,7 +72,8 @@ fn instance(dir: &Path) -> Result<String, String> {
         Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
         _ => {
             let id = super::admin::random_hex(16).map_err(|e| format!("/dev/urandom: {e}"))?;
-            std::fs::write(&p, &id).map_err(|e| format!("write '{}': {e}", p.display()))?;
+            crate::coord::durable::replace(&p, id.as_bytes(), 0o666)
+                .map_err(|e| format!("instance id: {e}"))?;
             Ok(id)
         }
     }

@@ -11,14 +11,10 @@ use std::time::{Duration, Instant};
 
 use super::progress::{Ending, Render, renderer};
 
-/// temp + rename, so a reader never sees half a report.
+/// Durably replaced, so a reader never sees half a report.
 fn write_report(path: &std::path::Path, report: &ferry::Report) -> std::io::Result<()> {
-    let tmp = path.with_extension("ferry-tmp");
-    std::fs::write(
-        &tmp,
-        serde_json::to_vec_pretty(report).map_err(std::io::Error::other)?,
-    )?;
-    std::fs::rename(&tmp, path)
+    let body = serde_json::to_vec_pretty(report).map_err(std::io::Error::other)?;
+    ferry::coord::durable::replace(path, &body, 0o666)
 }
 
 /// `--metrics ADDR`, bound before the job starts: an address in use is bad input (said here).

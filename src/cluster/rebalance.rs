@@ -428,15 +428,8 @@ fn scan_and_feed(ctx: &Arc<Ctx>, m: &Mover, disks: &[(String, PathBuf, bool)], o
         }
         m.remaining[c.partition as usize].fetch_add(1, Ordering::AcqRel);
         Stats::add(&ctx.stats.found_files, 1);
-        ctx.queues.push_local(
-            ctx.owner_of(c.dev),
-            Task::File {
-                src: c.src,
-                dst: c.dst,
-                parent: None,
-                attempt: 1,
-            },
-        );
+        ctx.queues
+            .push_local(ctx.owner_of(c.dev), Task::new_file(c.src, c.dst, None, 1));
         true
     });
     if let Err(e) = fed {
@@ -559,12 +552,6 @@ fn final_pass(ctx: &Ctx, m: &Mover, disks: &[(String, PathBuf, bool)]) {
     }
 }
 
-fn unchanged(st: &libc::stat, d: &crate::coord::checkpoint::Done) -> bool {
-    meta::file_type(st) == libc::S_IFREG
-        && st.st_size as u64 == d.size
-        && (st.st_mtime, st.st_mtime_nsec) == d.mtime
-}
-
 fn is_enoent(e: &Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR))
 }
@@ -630,7 +617,7 @@ impl Mover {
             // A client deleted it, or wrote it anew at its owner (which removed this copy).
             Err(e) if is_enoent(&e) => return Ok(false),
             Err(e) => return Err(e),
-            Ok(st) if !unchanged(&st, &f.done) => {
+            Ok(st) if !f.done.unchanged(&st) => {
                 return Err(Error {
                     op: "rebalance",
                     path: f.src.clone(),
@@ -686,12 +673,8 @@ impl CommitHook for Mover {
                     // Written in place since it was read: move it again (the unit carries over).
                     let _ = meta::unlink(&f.tmp);
                     Stats::add(&ctx.stats.retries, 1);
-                    ctx.queues.share(Task::File {
-                        src: f.src,
-                        dst: f.dst,
-                        parent: None,
-                        attempt: f.attempt + 1,
-                    });
+                    ctx.queues
+                        .share(Task::new_file(f.src, f.dst, None, f.attempt + 1));
                 }
                 Err(e) => {
                     let _ = meta::unlink(&f.tmp);
@@ -743,7 +726,7 @@ impl CommitHook for Mover {
             let res = {
                 let _g = self.cluster.lock(&it.bucket, &it.key);
                 match meta::lstat(&f.src) {
-                    Ok(st) if unchanged(&st, &f.done) => {
+                    Ok(st) if f.done.unchanged(&st) => {
                         meta::unlink(&f.src).map(|_| Some(st.st_dev))
                     }
                     Ok(_) => Ok(None),

@@ -115,6 +115,19 @@ pub struct Done {
     pub hash: Option<u64>,
 }
 
+impl Done {
+    /// `st` has the size and ns mtime the source had when its copy became durable.
+    pub fn same_source(&self, st: &libc::stat) -> bool {
+        self.size == st.st_size as u64 && self.mtime == (st.st_mtime, st.st_mtime_nsec)
+    }
+
+    /// `st` is still that source: a regular file, not written to since (the check before a
+    /// move deletes a source, and before a rebalance switches an object's location).
+    pub fn unchanged(&self, st: &libc::stat) -> bool {
+        st.st_mode & libc::S_IFMT == libc::S_IFREG && self.same_source(st)
+    }
+}
+
 /// Most failed sources remembered for `--retry-failed`.
 pub const MAX_FAILED_RECORDS: usize = 1_000_000;
 
@@ -295,7 +308,7 @@ impl StateDir {
         j.sync_data()
     }
 
-    /// Replaces the list of the last run's failures (temp + rename).
+    /// Replaces the list of the last run's failures (durably, as the checkpoint).
     pub fn write_failed(&self, failed: &[(PathBuf, bool)]) -> io::Result<()> {
         let mut buf = Vec::new();
         for (p, dir) in failed {
@@ -306,10 +319,7 @@ impl StateDir {
                 hex(p.as_os_str().as_bytes())
             )?;
         }
-        let tmp = self.dir.join(".failed.tmp");
-        fs::write(&tmp, &buf)?;
-        File::open(&tmp)?.sync_all()?;
-        fs::rename(&tmp, self.dir.join("failed"))
+        super::durable::replace(&self.dir.join("failed"), &buf, 0o666)
     }
 
     pub fn load_failed(&self) -> io::Result<FailedSet> {
@@ -336,19 +346,8 @@ impl StateDir {
 
     /// temp + fsync + rename + directory fsync: the checkpoint is always whole.
     pub fn write_checkpoint(&self, cp: &Checkpoint) -> io::Result<()> {
-        let tmp = self.dir.join(".checkpoint.json.tmp");
-        {
-            let mut f = OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .write(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(&serde_json::to_vec_pretty(cp).map_err(io::Error::other)?)?;
-            f.sync_all()?;
-        }
-        fs::rename(&tmp, self.dir.join("checkpoint.json"))?;
-        File::open(&self.dir)?.sync_all()
+        let body = serde_json::to_vec_pretty(cp).map_err(io::Error::other)?;
+        super::durable::replace(&self.dir.join("checkpoint.json"), &body, 0o600)
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod checkpoint;
 pub mod ctl;
+pub mod durable;
 pub mod jobs;
 pub mod metrics;
 pub mod state;

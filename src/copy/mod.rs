@@ -411,15 +411,8 @@ pub fn execute(p: Prepared) -> Report {
             }
             libc::S_IFREG => {
                 crate::stats::Stats::add(&ctx.stats.found_files, 1);
-                ctx.queues.push_local(
-                    owner,
-                    Task::File {
-                        src: root.src,
-                        dst: root.target,
-                        parent: None,
-                        attempt: 1,
-                    },
-                )
+                ctx.queues
+                    .push_local(owner, Task::new_file(root.src, root.target, None, 1))
             }
             _ => {
                 if let Err(e) = walk::copy_inline(&ctx, &root.src, &root.target) {

@@ -180,9 +180,7 @@ impl CopyReactor {
 
     /// Copied by an earlier run of this job and unchanged since.
     fn already_copied(&self, o: &Opening, st: &libc::stat) -> bool {
-        let journaled = self.ctx.done.get(&o.src).is_some_and(|d| {
-            d.size == st.st_size as u64 && d.mtime == (st.st_mtime, st.st_mtime_nsec)
-        });
+        let journaled = self.ctx.done.get(&o.src).is_some_and(|d| d.same_source(st));
         // A final name only ever holds a complete, durable copy (temp + sync + rename), and
         // the copy carries the source's ns mtime: when resuming, a destination with the
         // source's size and mtime is this job's finished copy even if the crash came before

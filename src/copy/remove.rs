@@ -20,12 +20,6 @@ pub struct Moved {
     pub attempt: u32,
 }
 
-fn unchanged(st: &libc::stat, d: &Done) -> bool {
-    meta::file_type(st) == libc::S_IFREG
-        && st.st_size as u64 == d.size
-        && (st.st_mtime, st.st_mtime_nsec) == d.mtime
-}
-
 /// Deletes the sources of durable, verified copies and fsyncs their directories. Returns the
 /// items whose source changed since it was read: they are queued again (their task units carry
 /// over) or, out of attempts, failed with the source kept. The caller finishes the rest.
@@ -34,7 +28,7 @@ pub fn remove_files(ctx: &Ctx, items: Vec<Moved>) -> Vec<Option<Arc<super::task:
     let mut finished = Vec::with_capacity(items.len());
     for m in items {
         match meta::lstat(&m.src) {
-            Ok(st) if unchanged(&st, &m.done) => match meta::unlink(&m.src) {
+            Ok(st) if m.done.unchanged(&st) => match meta::unlink(&m.src) {
                 Ok(()) => {
                     if !devs.iter().any(|(d, _)| *d == st.st_dev) {
                         devs.push((st.st_dev, meta::parent_dir(&m.src).to_path_buf()));
@@ -48,12 +42,8 @@ pub fn remove_files(ctx: &Ctx, items: Vec<Moved>) -> Vec<Option<Arc<super::task:
             Ok(_) if m.attempt < super::task::MAX_ATTEMPTS => {
                 // Written to after we read it: the copy is stale, so copy it again.
                 Stats::add(&ctx.stats.retries, 1);
-                ctx.queues.share(Task::File {
-                    src: m.src,
-                    dst: m.dst,
-                    parent: m.parent,
-                    attempt: m.attempt + 1,
-                });
+                ctx.queues
+                    .share(Task::new_file(m.src, m.dst, m.parent, m.attempt + 1));
                 continue;
             }
             Ok(_) => {

@@ -49,10 +49,25 @@ pub enum Task {
 impl Task {
     /// A file to copy (again): the one way a file task is built for a requeue or a retry.
     pub fn file(src: &Path, dst: &Path, parent: &Option<Arc<DirNode>>, attempt: u32) -> Task {
+        Task::new_file(
+            src.to_path_buf(),
+            dst.to_path_buf(),
+            parent.clone(),
+            attempt,
+        )
+    }
+
+    /// The same from owned parts: the one constructor of a file task (first try or requeue).
+    pub fn new_file(
+        src: PathBuf,
+        dst: PathBuf,
+        parent: Option<Arc<DirNode>>,
+        attempt: u32,
+    ) -> Task {
         Task::File {
-            src: src.to_path_buf(),
-            dst: dst.to_path_buf(),
-            parent: parent.clone(),
+            src,
+            dst,
+            parent,
             attempt,
         }
     }
@@ -781,12 +796,7 @@ impl Ctx {
         };
         for w in waiters {
             // Their outstanding units carry over to these tasks.
-            self.queues.share(Task::File {
-                src: w.src,
-                dst: w.dst,
-                parent: w.parent,
-                attempt: 1,
-            });
+            self.queues.share(Task::new_file(w.src, w.dst, w.parent, 1));
         }
     }
 

@@ -194,11 +194,8 @@ fn load_targets(sd: &StateDir) -> Option<Vec<Vec<u8>>> {
 }
 
 fn save_targets(sd: &StateDir, t: &[Vec<u8>]) -> io::Result<()> {
-    let p = sd.dir.join("targets.json");
-    let tmp = sd.dir.join("targets.json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec(t).map_err(io::Error::other)?)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(tmp, p)
+    let body = serde_json::to_vec(t).map_err(io::Error::other)?;
+    crate::coord::durable::replace(&sd.dir.join("targets.json"), &body, 0o666)
 }
 
 /// How long a push keeps reconnecting to a peer that went away (reset, killed, restarted).
