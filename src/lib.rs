@@ -31,6 +31,7 @@ pub mod out;
 pub mod partset;
 pub mod queue;
 pub mod reactor;
+pub mod s3;
 pub mod spec;
 pub mod stats;
 pub mod temp;

@@ -37,6 +37,15 @@ pub struct AgentArgs {
     /// Print every event (state transitions, elections, assignments) as a JSON line on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Also serve this node's objects over the S3 API at ADDR (with --s3-keys, --s3-topology).
+    #[arg(long, value_name = "ADDR", requires_all = ["s3_keys", "s3_topology"])]
+    pub s3_listen: Option<String>,
+    /// The S3 endpoint's access keys ('ACCESS_KEY SECRET_KEY' lines, mode 600).
+    #[arg(long, value_name = "FILE", requires = "s3_listen")]
+    pub s3_keys: Option<PathBuf>,
+    /// The topology of this node's disks for the S3 endpoint (single node for now).
+    #[arg(long, value_name = "FILE", requires = "s3_listen")]
+    pub s3_topology: Option<PathBuf>,
 }
 
 fn fail(m: impl std::fmt::Display) -> ExitCode {
@@ -118,12 +127,24 @@ fn agent_inner(a: AgentArgs) -> Result<ExitCode, String> {
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("signal: {e}"))?;
     }
+    let s3 = match (&a.s3_listen, &a.s3_keys, &a.s3_topology) {
+        (Some(l), Some(k), Some(t)) => {
+            let limits = crate::s3::limits::Limits::default();
+            let reg = dir.join("registry.redb");
+            Some(
+                crate::s3::cli::start(l, t, k, &reg, limits)
+                    .map_err(|m| format!("--s3-listen: {m}"))?,
+            )
+        }
+        _ => None,
+    };
     let mut agent = Agent::new(Arc::new(store), keys, &a.node, &addr, cfg, instance(&dir)?)?;
     agent.json = a.json;
     agent.work = Box::new(super::runner::Runner::new(agent.cfg.copy_threads));
     let admin = super::admin::serve(listener, token, agent.shared.clone(), stop.clone())
         .map_err(|e| format!("admin thread: {e}"))?;
     let r = agent.run(&stop);
+    drop(s3); // stops the endpoint: requests in flight finish first
     let signalled = stop.swap(true, Ordering::Relaxed);
     let _ = admin.join();
     match r {

@@ -93,6 +93,11 @@ enum Cmd {
         override_usage = "ferry serve --listen ADDR --export NAME=DIR [--export ...] [--tls-dir DIR] [--state-dir DIR]"
     )]
     Serve(ferry::net::cli::ServeArgs),
+    /// The S3-compatible endpoint: `serve` this node's objects over the S3 REST API.
+    S3 {
+        #[command(subcommand)]
+        cmd: ferry::s3::cli::S3Cmd,
+    },
     /// A cluster's shared state: apply NEW.json, topology, status, pause, resume, rate RATE [OPS].
     Cluster(ferry::agent::cluster_cli::ClusterArgs),
     /// Print a shell completion script: bash, zsh, fish, elvish or powershell.
@@ -135,6 +140,7 @@ pub fn run() -> ExitCode {
         Cmd::Certs(c) => ferry::net::cli::certs(c),
         Cmd::Agent(a) => ferry::agent::cli::agent(a),
         Cmd::Serve(s) => ferry::net::cli::serve(s),
+        Cmd::S3 { cmd } => ferry::s3::cli::run(cmd),
         Cmd::Cluster(c) => ferry::agent::cluster_cli::cluster(c),
         Cmd::Demo(e) => demo::demo(e),
     }

@@ -48,7 +48,7 @@ pub fn validate(bucket: &str, key: &[u8]) -> Result<(), String> {
 }
 
 /// Names the store keeps for its temp files (this build's and older builds'): never objects.
-fn looks_temp(name: &[u8]) -> bool {
+pub fn looks_temp(name: &[u8]) -> bool {
     name.ends_with(b".ferry-tmp") || crate::temp::is_temp_name(name)
 }
 
@@ -124,6 +124,9 @@ pub fn walk_objects(disk: &Path, errors: &mut Vec<String>, f: &mut dyn FnMut(&st
             continue;
         }
         let bucket = b.file_name().to_string_lossy().into_owned();
+        if bucket.starts_with('.') {
+            continue; // no bucket is named so: ferry's own (S3 uploads in progress)
+        }
         let mut stack = vec![(b.path(), Vec::<u8>::new())];
         while let Some((dir, prefix)) = stack.pop() {
             let rd = match std::fs::read_dir(&dir) {
@@ -248,21 +251,34 @@ impl Cluster {
     /// fsync dir) and removes every other copy. Wins over a move in flight: the mover sees its
     /// source gone and drops its copy.
     pub fn put(&self, bucket: &str, key: &[u8], data: &[u8]) -> Result<(), Error> {
+        self.put_with(bucket, key, &mut |f| f.write_all(data))
+    }
+
+    /// `put` for data that arrives in pieces (the S3 endpoint): `fill` writes the object into
+    /// the temp file; its error aborts the put (the temp removed) and comes back inside the
+    /// returned `Error` (op "write"). The temp is filled outside the key's lock, so a slow
+    /// client holds no writer of other keys; rename and cleanup run under it.
+    pub fn put_with(
+        &self,
+        bucket: &str,
+        key: &[u8],
+        fill: &mut dyn FnMut(&mut std::fs::File) -> std::io::Result<()>,
+    ) -> Result<(), Error> {
         Self::usage(bucket, key)?;
         let p = partition_of(bucket.as_bytes(), key);
         let (owner, owner_key) = (self.current.owner(p).clone(), self.current.owner_key(p));
         let dst = object_path(&owner.path, bucket, key);
         let dir = meta::parent_dir(&dst).to_path_buf();
-        let _g = self.lock(bucket, key);
         super::identity::make_dirs_below(&owner.path, &dir)?;
-        let tmp = crate::temp::temp_name(&dst, crate::temp::process_token());
+        // A temp of its own per writer: two puts of one key never share one.
+        let tmp = crate::temp::temp_name(&dst, &crate::temp::Token::random());
         let fd = meta::create_temp(&tmp)?;
         let mut f = std::fs::File::from(fd);
-        let written = f
-            .write_all(data)
+        let written = fill(&mut f)
             .and_then(|_| f.sync_all())
             .map_err(|e| Error::os("write", &tmp, e));
         drop(f);
+        let _g = self.lock(bucket, key);
         if let Err(e) = written.and_then(|_| meta::rename(&tmp, &dst)) {
             let _ = meta::unlink(&tmp); // best effort; `e` is what the caller sees
             return Err(e);
@@ -341,6 +357,21 @@ impl Cluster {
 
     /// Reads an object; None if no copy exists.
     pub fn get(&self, bucket: &str, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        let Some((mut f, path)) = self.open_object(bucket, key)? else {
+            return Ok(None);
+        };
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut v).map_err(|e| Error::os("read", &path, e))?;
+        Ok(Some(v))
+    }
+
+    /// Opens an object where the read chain finds it (an open file stays readable when a
+    /// mover or a writer replaces the name afterwards); None if no copy exists.
+    pub fn open_object(
+        &self,
+        bucket: &str,
+        key: &[u8],
+    ) -> Result<Option<(std::fs::File, PathBuf)>, Error> {
         Self::usage(bucket, key)?;
         for _ in 0..READ_PASSES {
             for d in self.read_chain(bucket, key)? {
@@ -348,10 +379,11 @@ impl Cluster {
                     continue;
                 };
                 let p = object_path(path, bucket, key);
-                match std::fs::read(&p) {
-                    Ok(v) => return Ok(Some(v)),
+                match std::fs::File::open(&p) {
+                    Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => return Ok(Some((f, p))),
+                    Ok(_) => {}
                     Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {}
-                    Err(e) => return Err(Error::os("read", &p, e)),
+                    Err(e) => return Err(Error::os("open", &p, e)),
                 }
             }
         }
