@@ -1,26 +1,45 @@
 #!/usr/bin/env bash
 # Same-run benchmark of ferry against the peers that are installed (cp -a always; rsync, fcp,
-# xcp, cpz when on PATH or in $PEERS/bin). Each run: remove the destination, sync, drop caches
-# (cold), time the copy through a final `sync`. Tools alternate order run by run. Prints a
-# markdown table: median (min-max) seconds per tool and each peer's time as a ratio to ferry's,
-# peak RSS (/usr/bin/time) and CPU seconds (user+sys) per GB copied. With the large shape cold and
-# fio installed, also the ceiling: fio with 2 readers and 2 writers at once (O_DIRECT, io_uring,
-# 4 MiB blocks; writers overwriting laid-out files, and writing new ones), and ferry's large-cold
-# throughput as a percentage of each.
+# xcp, cpz when on PATH or in $PEERS/bin), on every destination asked for. Each run: a new
+# destination (a freshly made filesystem, or the old copy removed), sync, drop caches (cold) or
+# read the source once (warm), time the copy through a final `sync`. Tools alternate order run
+# by run. Prints a markdown table per run (median (min-max) seconds per tool, each tool's time as
+# a ratio to ferry's, peak RSS (/usr/bin/time) and CPU seconds (user+sys) per GB copied), then a
+# compact summary: one line per shape, cache and destination with ferry's median, the fastest
+# peer's and their ratio (peer / ferry: above 1 is ferry faster), and the load average before
+# and after. With the large shape cold and fio installed, also the ceiling: fio with 2 readers
+# and 2 writers at once (O_DIRECT, io_uring, 4 MiB blocks; writers overwriting laid-out files,
+# and writing new ones), and ferry's large-cold throughput as a percentage of each.
 #
-# usage: [FERRY=BIN] [PEERS=DIR] scripts/bench.sh [-s "large mixed small"] [-r RUNS] [-c "cold warm"] [-d WORKDIR] [-t|-f]
-#   -t  put data and destination on a tmpfs under WORKDIR (warm only: tmpfs has no cold cache)
-#   -f  destination on a fresh ext4 (default mkfs, with journal) on a loop device over a file in
-#       WORKDIR, made anew before every run (root). Why: on an ext4 without a journal (this VM's
-#       root fs) the inode allocator skips every inode freed in the last dirty_expire_interval*2
-#       "seconds" (centiseconds taken as seconds: 100 minutes) while its inode-table block is
-#       cached, rescanning them for every create (find_inode_bit -> recently_deleted was 30 % of
-#       a small-file copy's CPU in perf), so each run pays for the previous run's `rm -rf`.
+# usage: [FERRY=BIN] [FERRY_B=BIN] [FERRY_ARGS=...] [PEERS=DIR] scripts/bench.sh
+#            [-s "large mixed small"] [-r RUNS] [-c "cold warm"] [-d WORKDIR]
+#            [-D "ext4 xfs root tmpfs disk"] [-t|-f] [-o FILE]
+#   -D  destinations, each run of each tool in each (root for ext4, xfs, tmpfs and cold):
+#       ext4   a fresh ext4 (default mkfs, with journal) on a loop device over a file in WORKDIR,
+#              made anew before every run. Why: on an ext4 without a journal (this VM's root
+#              fs) the inode allocator skips every inode freed in the last
+#              dirty_expire_interval*2 "seconds" (centiseconds taken as seconds: 100 minutes)
+#              while its inode-table block is cached, rescanning them for every create
+#              (find_inode_bit -> recently_deleted was 30 % of a small-file copy's CPU in perf),
+#              so each run pays for the previous run's `rm -rf`.
+#       xfs    the same with a fresh XFS (default mkfs.xfs; apt-get install xfsprogs)
+#       root   a directory on the machine's own root filesystem, as a user copying in place
+#              would ($ROOT_DST, default /var/tmp/ferry-bench-root; removed between runs, so
+#              every tool pays for the previous run's removal, alternately)
+#       tmpfs  data and destination on a tmpfs under WORKDIR (warm only: no cold cache)
+#       disk   a directory beside the data in WORKDIR (the default; removed between runs)
+#   -f  = -D ext4;  -t = -D tmpfs (the older spellings)
+#   -o  also append the raw results (shape cache dest tool seconds rss_kb cpu_s_per_gb) to FILE
+#   TOOLS="fcp xcp cpz": only these peers (of those installed; ferry always runs).
+#   FERRY_B: a second ferry binary, benchmarked as the tool "ferry-b" in the same runs (paired
+#   A/B of two builds); FERRY_ARGS: extra options for both (e.g. "--commit fdatasync").
+# The lead's command for the whole table (non-interactive, ~1.5 h on 2 cores):
+#   PEERS=/work/peers scripts/bench.sh -s "small mixed" -r 3 -c "cold warm" -D "ext4 xfs root tmpfs"
 set -euo pipefail
-shapes="large mixed small"; runs=3; caches="cold warm"; work=/work/ferry-bench; tmpfs=0; fresh=0
-while getopts "s:r:c:d:tf" o; do
-  case $o in s) shapes=$OPTARG;; r) runs=$OPTARG;; c) caches=$OPTARG;; d) work=$OPTARG;; t) tmpfs=1;;
-    f) fresh=1;;
+shapes="large mixed small"; runs=3; caches="cold warm"; work=/work/ferry-bench; dests=disk; raw=""
+while getopts "s:r:c:d:D:tfo:" o; do
+  case $o in s) shapes=$OPTARG;; r) runs=$OPTARG;; c) caches=$OPTARG;; d) work=$OPTARG;;
+    D) dests=$OPTARG;; t) dests=tmpfs;; f) dests=ext4;; o) raw=$OPTARG;;
     *) echo "bad option" >&2; exit 2;; esac
 done
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,43 +48,57 @@ if [ -n "${FERRY:-}" ]; then ferry=$FERRY; else
   (cd "$here" && cargo build --release -q)
   ferry="$here/target/release/ferry"
 fi
+ferry_b=${FERRY_B:-}; ferry_args=${FERRY_ARGS:-}
 export PATH="${PEERS:-/opt/ferry-peers}/bin:$PATH"
+root_dst=${ROOT_DST:-/var/tmp/ferry-bench-root}
+for d in $dests; do
+  case $d in
+    ext4|xfs)
+      [ "$(id -u)" = 0 ] && command -v losetup >/dev/null && command -v "mkfs.$d" >/dev/null ||
+        { echo "bench.sh -D $d needs root, losetup and mkfs.$d" >&2; exit 2; } ;;
+    tmpfs) [ "$(id -u)" = 0 ] || { echo "bench.sh -D tmpfs needs root (mount)" >&2; exit 2; } ;;
+    root)
+      mkdir -p "$root_dst"
+      [ "$(stat -c %d "$root_dst")" = "$(stat -c %d /)" ] ||
+        { echo "ROOT_DST=$root_dst is not on the root filesystem" >&2; exit 2; } ;;
+    disk) ;;
+    *) echo "unknown destination $d (ext4 xfs root tmpfs disk)" >&2; exit 2 ;;
+  esac
+done
+if [[ " $caches " == *" cold "* ]] && [ "$(id -u)" != 0 ]; then
+  echo "cold runs need root (drop_caches)" >&2; exit 2
+fi
 mkdir -p "$work"
-if [ "$tmpfs" = 1 ]; then
-  caches=warm
-  mkdir -p "$work/tmpfs"
-  mountpoint -q "$work/tmpfs" || mount -t tmpfs -o size=12g tmpfs "$work/tmpfs"
-  base="$work/tmpfs"; where=tmpfs
-else
-  base="$work"; where=disk
-fi
-data="$base/data"; out="$base/out"; mkdir -p "$data"
-img="$work/fresh.img"; mnt="$work/fresh"
+data="$work/data"; mkdir -p "$data"
+img="$work/fresh.img"; mnt="$work/fresh"; tmnt="$work/tmpfs"
 . "$here/scripts/fresh-fs.sh"
-fresh_off() { fresh_fs_off; }
-fresh_on() { # shape: a new ext4 big enough for two copies of the shape, mounted at $mnt
-  fresh_fs_on "$img" "$mnt" "$data/$1"
-  out="$mnt/out"
-}
-if [ "$fresh" = 1 ]; then
-  [ "$(id -u)" = 0 ] && command -v mkfs.ext4 >/dev/null && command -v losetup >/dev/null ||
-    { echo "bench.sh -f needs root, mkfs.ext4 and losetup" >&2; exit 2; }
-  where="disk, fresh ext4 dst"
-fi
 thp=/sys/kernel/mm/transparent_hugepage/enabled; thp_was=""
+tmpfs_mounted=0
 cleanup() {
   if [ -n "$thp_was" ]; then echo "$thp_was" > "$thp"; fi
-  if [ "$fresh" = 1 ]; then fresh_off; fi
+  fresh_fs_off
+  if [ "$tmpfs_mounted" = 1 ]; then umount "$tmnt" || true; fi
 }
 trap cleanup EXIT
+tmpfs_on() {
+  mkdir -p "$tmnt"
+  if ! mountpoint -q "$tmnt"; then mount -t tmpfs -o size=12g tmpfs "$tmnt"; tmpfs_mounted=1; fi
+}
 
-tools=(ferry cp)
+tools=(ferry)
+if [ -n "$ferry_b" ]; then tools+=(ferry-b); fi
+tools+=(cp)
 command -v rsync >/dev/null && tools+=(rsync)
 for p in fcp xcp cpz; do command -v $p >/dev/null && tools+=($p); done
+if [ -n "${TOOLS:-}" ]; then # only these of the tools found (ferry always)
+  keep=(ferry); for t in "${tools[@]}"; do [[ " $TOOLS " == *" $t "* && $t != ferry ]] && keep+=("$t"); done
+  tools=("${keep[@]}")
+fi
 
 run_tool() { # tool src dst
   case $1 in
-    ferry) "$ferry" copy -q "$2" "$3" ;;
+    ferry) "$ferry" copy -q $ferry_args "$2" "$3" ;;
+    ferry-b) "$ferry_b" copy -q $ferry_args "$2" "$3" ;;
     cp) cp -a "$2" "$3" ;;
     rsync) rsync -a "$2/" "$3/" ;;
     fcp) fcp "$2" "$3" ;;
@@ -73,39 +106,68 @@ run_tool() { # tool src dst
     cpz) cpz "$2" "$3" ;;
   esac
 }
+# Where a run of SHAPE to DEST reads from and writes to: sets src and out (a new, empty place).
+place() { # dest shape
+  src="$data/$2"
+  case $1 in
+    ext4|xfs) fresh_fs_on "$img" "$mnt" "$data/$2" "$1"; out="$mnt/out" ;;
+    root) out="$root_dst/out"; rm -rf "$out" ;;
+    disk) out="$work/out"; rm -rf "$out" ;;
+    tmpfs)
+      tmpfs_on
+      if [ ! -e "$tmnt/data/.$2.complete" ]; then
+        rm -rf "$tmnt/data/$2"; mkdir -p "$tmnt/data"; cp -a "$data/$2" "$tmnt/data/$2"
+        touch "$tmnt/data/.$2.complete"
+      fi
+      src="$tmnt/data/$2"; out="$tmnt/out"; rm -rf "$out" ;;
+  esac
+}
+unplace() { # dest
+  case $1 in
+    ext4|xfs) fresh_fs_off ;;
+    *) rm -rf "$out" ;;
+  esac
+}
+loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 
 results=$(mktemp); meas=$(mktemp)
-echo "# $(date -u +%F) $(uname -r) $(nproc) cores, $where; tools: ${tools[*]}" >&2
+load0=$(loadavg)
+echo "# $(date -u +%FT%TZ) $(uname -r) $(nproc) cores, load $load0; destinations: $dests; tools: ${tools[*]}" >&2
 for shape in $shapes; do
   "$here/scripts/gen_dataset.py" "$shape" "$data/$shape"
-  for cache in $caches; do
-    for ((r = 0; r < runs; r++)); do
-      order=("${tools[@]}")
-      if ((r % 2)); then order=($(printf '%s\n' "${tools[@]}" | tac)); fi
-      for tool in "${order[@]}"; do
-        if [ "$fresh" = 1 ]; then fresh_on "$shape"; else rm -rf "$out"; fi
-        sync
-        if [ "$cache" = cold ]; then echo 3 > /proc/sys/vm/drop_caches; fi
-        if [ "$cache" = warm ]; then tar cf - "$data/$shape" 2>/dev/null | cat >/dev/null; fi
-        t0=$(date +%s.%N)
-        /usr/bin/time -f "%M %U %S" -o "$meas" bash -c "$(declare -f run_tool); ferry=$ferry; run_tool $tool '$data/$shape' '$out'"
-        sync
-        t1=$(date +%s.%N)
-        bytes=$(du -sb "$data/$shape" | cut -f1)
-        read -r rss usr sys < <(tail -1 "$meas")
-        echo "$shape $cache $tool $(awk "BEGIN{printf \"%.3f\", $t1 - $t0}") $rss $(awk "BEGIN{printf \"%.3f\", ($usr + $sys) / ($bytes / 1e9)}")" | tee -a "$results" >&2
+  bytes=$(du -sb "$data/$shape" | cut -f1)
+  for dest in $dests; do
+    for cache in $caches; do
+      if [ "$dest" = tmpfs ] && [ "$cache" = cold ]; then continue; fi
+      for ((r = 0; r < runs; r++)); do
+        order=("${tools[@]}")
+        if ((r % 2)); then order=($(printf '%s\n' "${tools[@]}" | tac)); fi
+        for tool in "${order[@]}"; do
+          place "$dest" "$shape"
+          sync
+          if [ "$cache" = cold ]; then echo 3 > /proc/sys/vm/drop_caches; fi
+          if [ "$cache" = warm ]; then tar cf - "$src" 2>/dev/null | cat >/dev/null; fi
+          t0=$(date +%s.%N)
+          /usr/bin/time -f "%M %U %S" -o "$meas" bash -c "$(declare -f run_tool); ferry=$ferry; ferry_b='$ferry_b'; ferry_args='$ferry_args'; run_tool $tool '$src' '$out'"
+          sync
+          t1=$(date +%s.%N)
+          read -r rss usr sys < <(tail -1 "$meas")
+          echo "$shape $cache $dest $tool $(awk "BEGIN{printf \"%.3f\", $t1 - $t0}") $rss $(awk "BEGIN{printf \"%.3f\", ($usr + $sys) / ($bytes / 1e9)}")" | tee -a "$results" >&2
+          unplace "$dest"
+        done
       done
     done
   done
 done
-if [ "$fresh" = 1 ]; then fresh_off; out="$base/out"; else rm -rf "$out"; fi
-ceiling=""; fresh_ceiling=""
-if [[ " $shapes " == *" large "* && " $caches " == *" cold "* ]] && command -v fio >/dev/null; then
-  # The disk's copy ceiling: 2 readers of the large files and 2 writers, all at once (with -f,
-  # the writers go to a fresh filesystem too, like the copies). Measured twice: writers
-  # overwriting files laid out beforehand (the disk's ceiling: no block allocation; this is the
-  # one the target is judged by), and writers of new files (fio's default: fallocate, then
-  # O_DIRECT writes that convert unwritten extents, the cost every O_DIRECT copier pays).
+ceiling=""; fresh_ceiling=""; cdest=${dests%% *}
+if [[ " $shapes " == *" large "* && " $caches " == *" cold "* ]] && command -v fio >/dev/null &&
+  [ "$cdest" != tmpfs ]; then
+  # The disk's copy ceiling: 2 readers of the large files and 2 writers, all at once, the
+  # writers on the first destination (a fresh filesystem too, like the copies). Measured
+  # twice: writers overwriting files laid out beforehand (the disk's ceiling: no block
+  # allocation; this is the one the target is judged by), and writers of new files (fio's
+  # default: fallocate, then O_DIRECT writes that convert unwritten extents, the cost every
+  # O_DIRECT copier pays).
   fio_ceiling() {
     mkdir -p "$out"
     if [ "$1" = laid ]; then
@@ -137,10 +199,10 @@ print(f"{rd / secs / 1e9:.3f}")' "$meas"
   laid=(); new=()
   for ((i = 0; i < runs; i++)); do
     for kind in laid new; do
-      if [ "$fresh" = 1 ]; then fresh_on large; fi
+      place "$cdest" large
       c=$(fio_ceiling $kind)
       if [ $kind = laid ]; then laid+=("$c"); else new+=("$c"); fi
-      if [ "$fresh" = 1 ]; then fresh_off; out="$base/out"; else rm -rf "$out"; fi
+      unplace "$cdest"
     done
   done
   median() { printf '%s\n' "$@" | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
@@ -149,26 +211,42 @@ print(f"{rd / secs / 1e9:.3f}")' "$meas"
   if [ -n "$thp_was" ]; then echo "$thp_was" > "$thp"; thp_was=""; fi
   echo "fio ceiling (2 readers + 2 writers, O_DIRECT io_uring 4M), median: $ceiling GB/s copied; into new files: $fresh_ceiling GB/s" >&2
 fi
-python3 - "$results" "$where" "$ceiling" "$data" "$fresh_ceiling" <<'PY'
+if [ -n "$raw" ]; then cat "$results" >> "$raw"; fi
+python3 - "$results" "$ceiling" "$data" "$fresh_ceiling" "$load0" "$(loadavg)" <<'PY'
 import sys, statistics, collections, os
 rows = collections.defaultdict(list)
 for line in open(sys.argv[1]):
-    s, c, t, v, rss, cpu = line.split()
-    rows[(s, c, t)].append((float(v), int(rss), float(cpu)))
-where, ceiling = sys.argv[2], sys.argv[3]
+    s, c, d, t, v, rss, cpu = line.split()
+    rows[(s, c, d, t)].append((float(v), int(rss), float(cpu)))
+ceiling = sys.argv[2]
+med = lambda k: statistics.median(x[0] for x in rows[k])
 print("| shape | cache | fs | tool | median s | min-max s | tool / ferry | peak RSS MB | CPU s/GB |")
 print("|---|---|---|---|---|---|---|---|---|")
-for (s, c, t), v in rows.items():
-    f = statistics.median(x[0] for x in rows[(s, c, "ferry")])
-    m = statistics.median(x[0] for x in v)
+for (s, c, d, t), v in rows.items():
+    f = med((s, c, d, "ferry"))
+    m = med((s, c, d, t))
     rss = max(x[1] for x in v) / 1024
     cpu = statistics.median(x[2] for x in v)
-    print(f"| {s} | {c} | {where} | {t} | {m:.2f} | {min(x[0] for x in v):.2f}-{max(x[0] for x in v):.2f} | {m / f:.2f} | {rss:.0f} | {cpu:.2f} |")
-if ceiling and ("large", "cold", "ferry") in rows:
-    size = sum(os.path.getsize(os.path.join(sys.argv[4], "large", n)) for n in os.listdir(os.path.join(sys.argv[4], "large")))
-    m = statistics.median(x[0] for x in rows[("large", "cold", "ferry")])
-    gbs = size / m / 1e9
-    print(f"\nfio ceiling {ceiling} GB/s (writers overwrite laid-out files); ferry large cold {gbs:.3f} GB/s = {100 * gbs / float(ceiling):.0f}% of it")
-    print(f"fio into new files {sys.argv[5]} GB/s; ferry = {100 * gbs / float(sys.argv[5]):.0f}% of it")
+    print(f"| {s} | {c} | {d} | {t} | {m:.2f} | {min(x[0] for x in v):.2f}-{max(x[0] for x in v):.2f} | {m / f:.2f} | {rss:.0f} | {cpu:.2f} |")
+if ceiling and ("large", "cold") in {(k[0], k[1]) for k in rows}:
+    k = next(k for k in rows if k[:2] == ("large", "cold") and k[3] == "ferry")
+    size = sum(os.path.getsize(os.path.join(sys.argv[3], "large", n)) for n in os.listdir(os.path.join(sys.argv[3], "large")))
+    gbs = size / med(k) / 1e9
+    print(f"\nfio ceiling {ceiling} GB/s (writers overwrite laid-out files); ferry large cold ({k[2]}) {gbs:.3f} GB/s = {100 * gbs / float(ceiling):.0f}% of it")
+    print(f"fio into new files {sys.argv[4]} GB/s; ferry = {100 * gbs / float(sys.argv[4]):.0f}% of it")
+# The compact summary: the fastest peer (not ferry, not ferry-b) against ferry, per case.
+print(f"\nsummary (load average before {sys.argv[5]}, after {sys.argv[6]}; ratio = fastest peer's median / ferry's, > 1: ferry faster)")
+cases = sorted({k[:3] for k in rows}, key=lambda k: (k[0], k[2], k[1]))
+for s, c, d in cases:
+    f = med((s, c, d, "ferry"))
+    peers = [(med(k), k[3]) for k in rows if k[:3] == (s, c, d) and not k[3].startswith("ferry")]
+    line = f"{s:6} {c:4} {d:5}  ferry {f:6.2f} s"
+    if (s, c, d, "ferry-b") in rows:
+        b = med((s, c, d, "ferry-b"))
+        line += f"  ferry-b {b:6.2f} s (b/a {b / f:.2f})"
+    if peers:
+        p, name = min(peers)
+        line += f"  fastest peer {name} {p:6.2f} s  ratio {p / f:.2f}"
+    print(line)
 PY
 rm -f "$results" "$meas"

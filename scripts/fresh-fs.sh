@@ -1,7 +1,8 @@
-# Sourced by bench.sh -f, fresh-run.sh and disk-floor.sh: the destination every run gets, a new
-# ext4 (default mkfs, with journal) on a loop device over a file (direct I/O to it, so the page
-# cache holds one copy of the data, not two).
-#   fresh_fs_on IMG MNT DIR   makes and mounts an ext4 at MNT with room for two copies of DIR
+# Sourced by bench.sh, fresh-run.sh and disk-floor.sh: the destination every run gets, a new
+# ext4 (default mkfs, with journal) or XFS (default mkfs) on a loop device over a file (direct
+# I/O to it, so the page cache holds one copy of the data, not two).
+#   fresh_fs_on IMG MNT DIR [ext4|xfs]   makes and mounts a filesystem (default ext4) at MNT
+#                                        with room for two copies of DIR
 #   fresh_fs_off              unmounts and detaches it (safe to repeat); the image stays, cached
 # The image is written through once and kept: over a sparse file every block a copy writes would
 # be allocated twice, in the new ext4 and again in the root filesystem under the image (and the
@@ -36,7 +37,14 @@ fresh_fs_on() {
   mib=$(( bytes * 2 / 1048576 + 2048 ))
   fresh_prewrite "$fresh_img" "$mib"
   # Inode tables written now (not by the lazy-init thread during the run); no discard pass.
-  mkfs.ext4 -q -F -N $((files * 2 + 10000)) -E lazy_itable_init=0,lazy_journal_init=0,nodiscard "$fresh_img" "${mib}M"
   fresh_loop=$(losetup --direct-io=on --sizelimit $((mib * 1048576)) -f --show "$fresh_img")
+  case ${4:-ext4} in
+    ext4) mkfs.ext4 -q -F -N $((files * 2 + 10000)) -E lazy_itable_init=0,lazy_journal_init=0,nodiscard "$fresh_loop" ;;
+    # An ext4 without a journal, like this VM's root filesystem, but new.
+    ext4nj) mkfs.ext4 -q -F -O ^has_journal -N $((files * 2 + 10000)) -E lazy_itable_init=0,nodiscard "$fresh_loop" ;;
+    # XFS allocates inodes as it goes; -K: no discard pass over the image.
+    xfs) mkfs.xfs -q -f -K "$fresh_loop" ;;
+    *) echo "fresh_fs_on: unknown filesystem type $4" >&2; exit 2 ;;
+  esac
   mkdir -p "$fresh_mnt"; mount "$fresh_loop" "$fresh_mnt"
 }
