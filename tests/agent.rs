@@ -5,38 +5,8 @@
 mod agent_harness;
 mod etcd_harness;
 
-use agent_harness::{Cluster, TTL, config};
-use std::io::{Read, Write};
+use agent_harness::{Cluster, TTL, admin_get, config};
 use std::time::{Duration, Instant};
-
-fn admin_get(addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}\r\n").unwrap();
-    let mut r = String::new();
-    s.read_to_string(&mut r).unwrap();
-    let code = r.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (code, r.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
-}
-
-fn member_addr(c: &Cluster, node: &str) -> String {
-    let kv = c.store_get(&c.keys.member(node)).expect("member key");
-    let v: serde_json::Value = serde_json::from_slice(&kv.value).unwrap();
-    v["addr"].as_str().unwrap().to_string()
-}
-
-trait Get {
-    fn store_get(&self, key: &str) -> Option<ferry::agent::Kv>;
-}
-
-impl Get for Cluster {
-    fn store_get(&self, key: &str) -> Option<ferry::agent::Kv> {
-        use ferry::agent::ClusterStore;
-        self.store.get(key).unwrap()
-    }
-}
 
 #[test]
 fn cold_start_honours_its_window_and_owns_every_partition_once() {
@@ -98,7 +68,7 @@ fn cold_start_honours_its_window_and_owns_every_partition_once() {
         "{msg}"
     );
     // the admin API answers only with the token from the state dir
-    let addr = member_addr(&c, "b");
+    let addr = c.member_addr("b");
     let token = std::fs::read_to_string(c.state_dir("b").join("admin.token")).unwrap();
     assert_eq!(admin_get(&addr, "/status", None).0, 401);
     assert_eq!(
@@ -271,6 +241,7 @@ fn a_leader_stalled_past_its_ttl_is_fenced_and_steps_down() {
     let a = c.wait_settled(&rest, Duration::from_secs(TTL + 3));
     let (new, e2) = c.leader().unwrap();
     assert!(new != old && e2 > epoch);
+    let resumed = agent_harness::invariants::now_ms();
     c.signal(&old, libc::SIGCONT);
     // the ex-leader notices, drops what it had and joins again as a follower
     let start = Instant::now();
@@ -289,6 +260,18 @@ fn a_leader_stalled_past_its_ttl_is_fenced_and_steps_down() {
         "leadership stayed with the new term"
     );
     assert!(a2.epoch == e2 && a.epoch == e2);
+    // resumed, the ex-leader wrote nothing: every stored assignment after the new term is its
+    assert!(
+        !c.events(&old)
+            .iter()
+            .any(|e| e["event"] == "assigned" && e["at_ms"].as_u64() > Some(resumed)),
+        "{:?}",
+        c.events(&old)
+    );
+    let h = c.history();
+    agent_harness::invariants::check_history(&h);
+    let first_new = h.iter().position(|(_, a)| a.epoch == e2).unwrap();
+    assert!(h[first_new..].iter().all(|(_, a)| a.epoch == e2));
     // a write fenced by the old epoch is refused by etcd
     let cur = c.assignment().unwrap().0;
     let cmps = [

@@ -20,6 +20,8 @@ pub const NONE: u16 = u16::MAX;
 pub struct Member {
     pub name: String,
     pub weight: f64,
+    /// Which run of the agent this is: its member key's create revision (strategies ignore it).
+    pub incarnation: i64,
 }
 
 pub trait Strategy: Send + Sync {
@@ -74,8 +76,8 @@ impl Strategy for ConsistentHash {
         let equal: Vec<Member> = members
             .iter()
             .map(|m| Member {
-                name: m.name.clone(),
                 weight: 1.0,
+                ..m.clone()
             })
             .collect();
         let quota = quotas(&equal);
@@ -177,6 +179,7 @@ mod tests {
             .map(|i| Member {
                 name: format!("node{i:03}"),
                 weight: 1.0,
+                incarnation: 1,
             })
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));

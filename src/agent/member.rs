@@ -50,11 +50,12 @@ impl Agent {
             value,
             lease,
         };
-        let (ok, _) = st
+        let (ok, rev) = st
             .txn(&[Cmp::CreateRev(key.clone(), 0)], &[put])
             .map_err(e)?;
         if ok {
             self.lease = lease;
+            self.incarnation = rev;
             return Ok(true);
         }
         let _ = st.revoke(lease);

@@ -80,6 +80,8 @@ pub struct Agent {
     pub work: Box<dyn Work>,
     pub(super) machine: Machine,
     pub(super) lease: i64,
+    /// This run: the create revision of our member key (a new one per claim).
+    pub(super) incarnation: i64,
     pub(super) lease_renewed: Instant,
     /// Our leader term (the leader key's create revision) while we lead.
     pub(super) epoch: Option<i64>,
@@ -117,6 +119,7 @@ impl Agent {
             work: Box::new(Idle),
             machine: Machine::default(),
             lease: 0,
+            incarnation: 0,
             lease_renewed: Instant::now(),
             epoch: None,
             planner,

@@ -21,6 +21,10 @@ pub struct Assignment {
     pub strategy: String,
     /// Sorted member names; owners index into this.
     pub members: Vec<String>,
+    /// The run of each member (its member key's create revision) this was written for: a
+    /// restarted agent holds nothing of an assignment made for its earlier run, which the
+    /// leader may be taking away from it without a release.
+    pub incarnations: Vec<i64>,
     pub owners: Vec<u16>,
     /// During a hand-over: the owners once the released partitions are handed on.
     pub next: Option<Vec<u16>>,
@@ -32,6 +36,8 @@ struct Stored {
     seq: u64,
     strategy: String,
     members: Vec<String>,
+    #[serde(default)]
+    incarnations: Vec<i64>,
     owners: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     next: Option<String>,
@@ -59,6 +65,7 @@ impl Assignment {
             seq: self.seq,
             strategy: self.strategy.clone(),
             members: self.members.clone(),
+            incarnations: self.incarnations.clone(),
             owners: pack(&self.owners),
             next: self.next.as_deref().map(pack),
         };
@@ -72,6 +79,7 @@ impl Assignment {
             seq: s.seq,
             strategy: s.strategy,
             members: s.members,
+            incarnations: s.incarnations,
             owners: unpack(&s.owners)?,
             next: s.next.as_deref().map(unpack).transpose()?,
         })
@@ -81,6 +89,12 @@ impl Assignment {
     pub fn owner(&self, p: u16) -> Option<&str> {
         let o = self.owners[p as usize];
         (o != NONE).then(|| self.members[o as usize].as_str())
+    }
+
+    /// The run of `node` this assignment was written for.
+    pub fn incarnation(&self, node: &str) -> Option<i64> {
+        let i = self.members.iter().position(|m| m == node)?;
+        self.incarnations.get(i).copied()
     }
 
     /// The partitions `node` owns.
@@ -156,7 +170,11 @@ pub fn classify(live: &[Member], current: Option<&Assignment>) -> Option<Change>
     if kept * 2 < a.members.len() {
         return Some(Change::Cold);
     }
-    if kept < a.members.len() {
+    // a member restarted: the run its partitions were given to is gone
+    let restarted = live
+        .iter()
+        .any(|m| a.members.contains(&m.name) && a.incarnation(&m.name) != Some(m.incarnation));
+    if kept < a.members.len() || restarted {
         return Some(Change::Emergency);
     }
     (live.len() > kept).then_some(Change::Scale)
@@ -250,6 +268,7 @@ impl Planner {
             seq: v.current.map(|a| a.seq + 1).unwrap_or(1),
             strategy: self.strategy.name().to_string(),
             members,
+            incarnations: v.live.iter().map(|m| m.incarnation).collect(),
             owners,
             next: releasing.then_some(target),
         }
@@ -277,6 +296,7 @@ impl Planner {
             seq: a.seq + 1,
             strategy: a.strategy.clone(),
             members: a.members.clone(),
+            incarnations: a.incarnations.clone(),
             owners: next.to_vec(),
             next: None,
         };
@@ -298,6 +318,7 @@ mod tests {
             .map(|n| Member {
                 name: n.to_string(),
                 weight: 1.0,
+                incarnation: 1,
             })
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
@@ -311,6 +332,19 @@ mod tests {
             emergency_ms: 0,
         };
         Planner::new(w, Box::new(ConsistentHash))
+    }
+
+    /// The cold start of a, b, c at `t0` (epoch 1), once its window has passed.
+    fn cold_three(pl: &mut Planner, t0: Instant) -> Assignment {
+        let l3 = live(&["a", "b", "c"]);
+        let acks = HashMap::new();
+        let v = View {
+            live: &l3,
+            current: None,
+            acks: &acks,
+        };
+        assert!(pl.step(t0, &v, 1).is_none());
+        pl.step(t0 + Duration::from_secs(3), &v, 1).unwrap().0
     }
 
     /// Every partition has one owner or is released, and never goes straight from one live
@@ -353,15 +387,8 @@ mod tests {
     fn scale_waits_and_hands_over_by_release_then_acquire() {
         let mut pl = planner();
         let t0 = Instant::now();
-        let l3 = live(&["a", "b", "c"]);
         let mut acks = HashMap::new();
-        let v = View {
-            live: &l3,
-            current: None,
-            acks: &acks,
-        };
-        pl.step(t0, &v, 1);
-        let (a1, _) = pl.step(t0 + Duration::from_secs(3), &v, 1).unwrap();
+        let a1 = cold_three(&mut pl, t0);
         let l5 = live(&["a", "b", "c", "d", "e"]);
         let t1 = t0 + Duration::from_secs(10);
         let v = View {
@@ -405,13 +432,7 @@ mod tests {
         let t0 = Instant::now();
         let l3 = live(&["a", "b", "c"]);
         let acks = HashMap::new();
-        let v = View {
-            live: &l3,
-            current: None,
-            acks: &acks,
-        };
-        pl.step(t0, &v, 1);
-        let (a1, _) = pl.step(t0 + Duration::from_secs(3), &v, 1).unwrap();
+        let a1 = cold_three(&mut pl, t0);
         let l2 = live(&["a", "b"]);
         let v = View {
             live: &l2,
@@ -425,5 +446,31 @@ mod tests {
         assert!(a2.owned_by("c").is_empty() && a2.owners.iter().all(|&o| o != NONE));
         assert_eq!(classify(&live(&["a"]), Some(&a1)), Some(Change::Cold));
         assert_eq!(classify(&l3, Some(&a1)), None);
+    }
+
+    #[test]
+    fn a_restarted_member_is_an_emergency_and_gets_its_share_back_for_its_new_run() {
+        let mut pl = planner();
+        let t0 = Instant::now();
+        let l3 = live(&["a", "b", "c"]);
+        let acks = HashMap::new();
+        let a1 = cold_three(&mut pl, t0);
+        assert_eq!(a1.incarnation("c"), Some(1));
+        let mut again = l3.clone();
+        again[2].incarnation = 9;
+        assert_eq!(classify(&again, Some(&a1)), Some(Change::Emergency));
+        let v = View {
+            live: &again,
+            current: Some(&a1),
+            acks: &acks,
+        };
+        let (a2, why) = pl.step(t0 + Duration::from_secs(4), &v, 1).unwrap();
+        assert!(why.contains("emergency"), "{why}");
+        assert_eq!(a2.incarnation("c"), Some(9));
+        assert_eq!(
+            a2.owners, a1.owners,
+            "affinity: the same share, for the new run"
+        );
+        assert_eq!(classify(&again, Some(&a2)), None);
     }
 }

@@ -86,9 +86,10 @@ impl View {
     pub fn live(&self, keys: &Keys) -> Vec<Member> {
         self.members(keys)
             .into_iter()
-            .map(|(m, _)| Member {
+            .map(|(m, kv)| Member {
                 name: m.node,
                 weight: m.weight,
+                incarnation: kv.create_rev,
             })
             .collect()
     }

@@ -2,6 +2,8 @@
 //! SIGCONT and SIGTERM by pid; observe the cluster straight from etcd.
 #![allow(dead_code)]
 
+pub mod invariants;
+
 use crate::etcd_harness::Etcd;
 use ferry::agent::etcd::EtcdStore;
 use ferry::agent::plan::Assignment;
@@ -19,6 +21,8 @@ pub struct Cluster {
     pub store: EtcdStore,
     pub keys: Keys,
     pub config: PathBuf,
+    /// When each node's runs were killed (ms since the Unix epoch), in order.
+    pub deaths: HashMap<String, Vec<u64>>,
 }
 
 pub const TTL: u64 = 2;
@@ -39,6 +43,7 @@ impl Cluster {
             store,
             keys: Keys::new("t").unwrap(),
             config: cfg,
+            deaths: HashMap::new(),
         })
     }
 
@@ -99,6 +104,8 @@ impl Cluster {
         let mut c = self.agents.remove(node).unwrap();
         let _ = c.kill();
         let _ = c.wait();
+        let at = ferry::agent::state::now_ms();
+        self.deaths.entry(node.to_string()).or_default().push(at);
     }
 
     /// SIGTERM; the exit status.
@@ -130,6 +137,17 @@ impl Cluster {
             .collect()
     }
 
+    /// The admin API address an agent registered.
+    pub fn member_addr(&self, node: &str) -> String {
+        let kv = self
+            .store
+            .get(&self.keys.member(node))
+            .unwrap()
+            .expect("member key");
+        let v: serde_json::Value = serde_json::from_slice(&kv.value).unwrap();
+        v["addr"].as_str().unwrap().to_string()
+    }
+
     /// (leader node, epoch).
     pub fn leader(&self) -> Option<(String, i64)> {
         let kv = self.store.get(&self.keys.leader()).ok()??;
@@ -142,7 +160,15 @@ impl Cluster {
         let (_, a) = self.assignment()?;
         let mut want: Vec<String> = members.iter().map(|s| s.to_string()).collect();
         want.sort();
+        // written for the members' current runs (not a restarted one's earlier run)
+        let runs = self.store.range(&self.keys.members(), true).ok()?;
+        let current = want.iter().all(|m| {
+            runs.kvs
+                .iter()
+                .any(|kv| kv.key == self.keys.member(m) && a.incarnation(m) == Some(kv.create_rev))
+        });
         (a.members == want
+            && current
             && a.next.is_none()
             && a.owners.iter().all(|&o| (o as usize) < want.len()))
         .then_some(a)
@@ -189,6 +215,20 @@ impl Cluster {
     }
 }
 
+/// GET on an agent's admin API: (status code, body).
+pub fn admin_get(addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}\r\n").unwrap();
+    let mut r = String::new();
+    s.read_to_string(&mut r).unwrap();
+    let code = r.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (code, r.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for (_, c) in self.agents.iter_mut() {
@@ -202,8 +242,12 @@ impl Drop for Cluster {
 
 /// Agent settings for tests: short TTL, windows and rounds.
 pub fn config(cold_ms: u64, scale_ms: u64) -> String {
+    config_ttl(TTL, cold_ms, scale_ms)
+}
+
+pub fn config_ttl(ttl: u64, cold_ms: u64, scale_ms: u64) -> String {
     format!(
-        r#"{{"ttl_secs": {TTL}, "windows": {{"cold_ms": {cold_ms}, "scale_ms": {scale_ms}, "emergency_ms": 0}}, "poll_ms": 100, "request_timeout_ms": 700, "progress_interval_ms": 500, "copy_threads": 1}}"#
+        r#"{{"ttl_secs": {ttl}, "windows": {{"cold_ms": {cold_ms}, "scale_ms": {scale_ms}, "emergency_ms": 0}}, "poll_ms": 100, "request_timeout_ms": 700, "progress_interval_ms": 500, "copy_threads": 1}}"#
     )
 }
 
