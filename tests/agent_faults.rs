@@ -13,6 +13,7 @@ mod etcd_harness;
 
 use agent_harness::invariants::{Observer, check_history, check_no_two_owners, now_ms};
 use agent_harness::{Cluster, TTL, admin_get, config, config_ttl};
+use ferry::agent::ClusterStore;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -198,4 +199,73 @@ fn etcd_stopped_for_10s_agents_keep_their_state_say_so_and_recover() {
     c.kill9("c");
     c.wait_settled(&["a", "b"], Duration::from_secs(TTL + 4));
     check_all(&c, &nodes, obs, Duration::from_secs(TTL + 2));
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Benchmark (BENCHMARKS.md; `scripts/cluster-bench.sh`): kill -9 of the leader until the
+/// rest have all acknowledged an assignment without it, `FERRY_BENCH_KILLS` times (10), TTL
+/// 2 s; the killed agent is restarted and the cluster settled between kills.
+#[test]
+#[ignore]
+fn bench_leader_failover() {
+    let _g = serial();
+    let Some(mut c) = Cluster::new(1, &config(500, 500)) else {
+        return;
+    };
+    let nodes = ["a", "b", "c", "d"];
+    for n in nodes {
+        c.start(n);
+    }
+    c.wait_settled(&nodes, Duration::from_secs(20));
+    let kills: usize = std::env::var("FERRY_BENCH_KILLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let mut took = vec![];
+    for _ in 0..kills {
+        let (leader, _) = c.leader().unwrap();
+        let rest: Vec<&str> = nodes.iter().copied().filter(|n| **n != leader).collect();
+        let t = Instant::now();
+        c.kill9(&leader);
+        loop {
+            if let Some(a) = c.settled_on(&rest) {
+                let acks = c.store.range(&c.keys.acks(), false).unwrap();
+                let acked = |n: &str| {
+                    acks.kvs.iter().any(|kv| {
+                        kv.key == c.keys.ack(n)
+                            && std::str::from_utf8(&kv.value)
+                                .ok()
+                                .and_then(|s| s.parse().ok())
+                                >= Some(a.seq)
+                    })
+                };
+                if rest.iter().all(|n| acked(n)) {
+                    break;
+                }
+            }
+            assert!(t.elapsed() < Duration::from_secs(30), "no failover");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let d = t.elapsed();
+        eprintln!("failover {:.3} s (load {})", d.as_secs_f64(), loadavg());
+        took.push(d);
+        c.start(&leader);
+        c.wait_settled(&nodes, Duration::from_secs(20));
+    }
+    took.sort();
+    println!(
+        "leader failover (kill -9 -> all acknowledged), TTL {TTL} s, {kills} kills: median {:.3} s, min {:.3} s, max {:.3} s (load {})",
+        took[took.len() / 2].as_secs_f64(),
+        took[0].as_secs_f64(),
+        took[took.len() - 1].as_secs_f64(),
+        loadavg()
+    );
 }

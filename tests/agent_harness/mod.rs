@@ -205,9 +205,9 @@ impl Cluster {
         let mut s = String::new();
         for e in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
             let p = e.path();
-            if p.extension().is_some_and(|x| x == "err") {
+            if p.extension().is_some_and(|x| x == "err" || x == "out") {
                 let t = std::fs::read_to_string(&p).unwrap_or_default();
-                let tail: Vec<&str> = t.lines().rev().take(5).collect();
+                let tail: Vec<&str> = t.lines().rev().take(8).collect();
                 s += &format!("{}: {:?}\n", p.display(), tail);
             }
         }

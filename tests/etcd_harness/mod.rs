@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -45,7 +45,17 @@ impl Etcd {
             eprintln!("skipped: etcd is not installed (apt-get install etcd-server)");
             return None;
         }
-        let tmp = tempfile::tempdir().unwrap();
+        // Data dirs in memory where there is /dev/shm: etcd fsyncs every write, and on a disk
+        // busy with other work a slow fsync outlasts the short test TTLs.
+        let base = Path::new("/dev/shm");
+        let tmp = if base.is_dir() {
+            tempfile::Builder::new()
+                .prefix("ferry-etcd")
+                .tempdir_in(base)
+        } else {
+            tempfile::tempdir()
+        }
+        .unwrap();
         let mut members: Vec<Member> = (0..n)
             .map(|i| Member {
                 name: format!("m{i}"),
