@@ -2,7 +2,9 @@
 //! it at target/s3-venv, FERRY_S3_VENV names another) and raw HTTP: anonymous and unsigned
 //! requests refused, oversized heads refused, bad key files refused, limits enforced.
 
+mod agent_harness;
 mod common;
+mod etcd_harness;
 use common::*;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -227,6 +229,10 @@ fn clients() -> Result<(PathBuf, PathBuf), String> {
 }
 
 fn run_clients(mode: &str, s: &Server) {
+    run_clients_at(mode, &s.endpoint);
+}
+
+fn run_clients_at(mode: &str, endpoint: &str) {
     let (py, aws) = match clients() {
         Ok(c) => c,
         Err(why) => {
@@ -238,7 +244,7 @@ fn run_clients(mode: &str, s: &Server) {
     let out = Command::new(py)
         .arg(script)
         .arg(mode)
-        .env("FERRY_S3_ENDPOINT", &s.endpoint)
+        .env("FERRY_S3_ENDPOINT", endpoint)
         .env("FERRY_S3_AK", AK)
         .env("FERRY_S3_SK", SK)
         .env("AWS_CLI", aws)
@@ -260,4 +266,52 @@ fn boto3_and_the_aws_cli_work_against_the_endpoint() {
 fn object_size_and_in_flight_limits_hold_for_real_clients() {
     let s = serve(&["--max-inflight", "1", "--max-object-size", "1M"]);
     run_clients("limits", &s);
+}
+
+#[test]
+fn the_agent_serves_s3_on_s3_listen_and_stops_it_on_sigterm() {
+    let Some(mut c) = agent_harness::Cluster::new(1, &agent_harness::config(100, 100)) else {
+        return; // etcd not installed: said by the harness
+    };
+    let disks = tempfile::tempdir().unwrap();
+    let (topo, keys) = layout(disks.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let child = c
+        .command("n1", &c.state_dir("n1"))
+        .args(["--s3-listen", &format!("127.0.0.1:{port}")])
+        .arg("--s3-keys")
+        .arg(&keys)
+        .arg("--s3-topology")
+        .arg(&topo)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    c.agents.insert("n1".into(), child); // killed by the harness whatever happens
+    let start = std::time::Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the agent's S3 endpoint never came up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = raw(
+        &endpoint,
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(r.contains("<Code>AccessDenied</Code>"), "{r}");
+    run_clients_at("agent", &endpoint);
+    let status = c
+        .term("n1", Duration::from_secs(20))
+        .expect("the agent exits on SIGTERM");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the endpoint stopped"
+    );
 }

@@ -22,6 +22,8 @@ pub enum BodyError {
     Idle,
     /// The body could not be read (connection lost, a bad aws-chunked frame or checksum).
     Read(String),
+    /// The body does not match the digest the client sent (the header named).
+    Digest(String),
 }
 
 impl std::fmt::Display for BodyError {
@@ -33,6 +35,7 @@ impl std::fmt::Display for BodyError {
             }
             BodyError::Idle => write!(f, "the client sent nothing for too long"),
             BodyError::Read(m) => write!(f, "reading the body: {m}"),
+            BodyError::Digest(h) => write!(f, "the body does not match its {h}"),
         }
     }
 }
@@ -50,6 +53,7 @@ impl BodyError {
             BodyError::Short { .. } => S3ErrorCode::IncompleteBody,
             BodyError::Idle => S3ErrorCode::RequestTimeout,
             BodyError::Read(_) => S3ErrorCode::IncompleteBody,
+            BodyError::Digest(_) => S3ErrorCode::BadDigest,
         };
         S3Error::with_message(code, self.to_string())
     }

@@ -6,6 +6,7 @@
 pub mod body;
 pub mod bucket;
 pub mod cli;
+pub mod digest;
 pub mod errors;
 pub mod keys;
 pub mod limits;

@@ -6,7 +6,7 @@
 
 use super::errors::{BodyError, code, no_such_upload, s3};
 use super::limits::Limits;
-use super::object::{Pull, etag, fill};
+use super::object::{Pull, Want, etag, fill};
 use crate::cluster::partition_of;
 use crate::cluster::store::Cluster;
 use crate::error::Error;
@@ -118,13 +118,12 @@ pub fn put_part(
     (id, bucket, key): (&str, &str, &str),
     n: i32,
     pull: &mut Pull,
-    limits: &Limits,
-    expected: Option<u64>,
+    mut want: Want,
 ) -> S3Result<String> {
     check_part_number(n)?;
     let dir = find(c, id, bucket, key)?;
     let p = write_durable(&dir, &part_name(n), &mut |f| {
-        fill(f, pull, limits.max_part, expected).map(|_| ())
+        fill(f, pull, &mut want).map(|_| ())
     })
     .map_err(|e| s3(&e))?;
     let md = std::fs::metadata(&p).map_err(|e| s3(&Error::os("stat", &p, e)))?;

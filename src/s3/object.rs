@@ -3,6 +3,7 @@
 //! a GET opens the object where the read chain finds it (owner, previous owner, forwarding
 //! entry), so an object in the middle of a move is read from wherever it is now.
 
+use super::digest::Digests;
 use super::errors::BodyError;
 use crate::cluster::store::Cluster;
 use crate::error::Error;
@@ -31,20 +32,28 @@ pub fn etag(md: &Metadata) -> String {
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&b))
 }
 
-/// Copies a body into `f`: more than `limit` bytes, or fewer than `expected`, fails (so a
-/// client cutting its upload short never leaves a truncated object).
-pub fn fill(
-    f: &mut File,
-    pull: &mut Pull,
-    limit: u64,
-    expected: Option<u64>,
-) -> std::io::Result<u64> {
+/// What a body must be: at most `limit` bytes, exactly `expected` when announced, matching
+/// the digests the client sent.
+pub struct Want {
+    pub limit: u64,
+    pub expected: Option<u64>,
+    pub digests: Option<Digests>,
+}
+
+/// Copies a body into `f`: more than the limit, fewer bytes than announced or a digest that
+/// does not match fails (so a client cutting its upload short or a corrupted body never
+/// leaves an object).
+pub fn fill(f: &mut File, pull: &mut Pull, want: &mut Want) -> std::io::Result<u64> {
+    let (limit, expected) = (want.limit, want.expected);
     let mut n = 0u64;
     while let Some(chunk) = pull().map_err(BodyError::into_io)? {
         n += chunk.len() as u64;
         if n > limit || expected.is_some_and(|e| n > e) {
             let limit = expected.map_or(limit, |e| e.min(limit));
             return Err(BodyError::TooLarge { limit }.into_io());
+        }
+        if let Some(d) = &mut want.digests {
+            d.update(&chunk);
         }
         f.write_all(&chunk)?;
     }
@@ -57,6 +66,9 @@ pub fn fill(
         }
         .into_io());
     }
+    if let Some(d) = want.digests.take() {
+        d.check().map_err(BodyError::into_io)?;
+    }
     Ok(n)
 }
 
@@ -66,11 +78,10 @@ pub fn put(
     bucket: &str,
     key: &str,
     pull: &mut Pull,
-    limit: u64,
-    expected: Option<u64>,
+    mut want: Want,
 ) -> Result<String, Error> {
     c.put_with(bucket, key.as_bytes(), &mut |f| {
-        fill(f, pull, limit, expected).map(|_| ())
+        fill(f, pull, &mut want).map(|_| ())
     })?;
     // The object as it is now (a later writer may have replaced it already: its ETag then).
     Ok(open(c, bucket, key)?
@@ -100,14 +111,24 @@ mod tests {
     fn fill_counts_the_body_against_the_limit_and_the_content_length() {
         let d = tempfile::tempdir().unwrap();
         let mut f = File::create(d.path().join("f")).unwrap();
-        let ok = fill(&mut f, &mut pull_of(vec![b"abc", b"de"]), 5, Some(5)).unwrap();
+        let w = |limit, expected| Want {
+            limit,
+            expected,
+            digests: None,
+        };
+        let ok = fill(
+            &mut f,
+            &mut pull_of(vec![b"abc", b"de"]),
+            &mut w(5, Some(5)),
+        )
+        .unwrap();
         assert_eq!(ok, 5);
-        let big = fill(&mut f, &mut pull_of(vec![b"abc", b"def"]), 5, None).unwrap_err();
+        let big = fill(&mut f, &mut pull_of(vec![b"abc", b"def"]), &mut w(5, None)).unwrap_err();
         let b = big.get_ref().unwrap().downcast_ref::<BodyError>().unwrap();
         assert!(matches!(b, BodyError::TooLarge { limit: 5 }), "{b:?}");
-        let over = fill(&mut f, &mut pull_of(vec![b"abcd"]), 100, Some(3)).unwrap_err();
+        let over = fill(&mut f, &mut pull_of(vec![b"abcd"]), &mut w(100, Some(3))).unwrap_err();
         assert!(over.to_string().contains("larger than 3"), "{over}");
-        let short = fill(&mut f, &mut pull_of(vec![b"ab"]), 100, Some(3)).unwrap_err();
+        let short = fill(&mut f, &mut pull_of(vec![b"ab"]), &mut w(100, Some(3))).unwrap_err();
         assert!(short.to_string().contains("after 2 of 3"), "{short}");
     }
 
@@ -186,7 +207,12 @@ mod tests {
         );
         // An overwrite goes to the new owner and wins over the old copy.
         let mut pull = pull_of(vec![b"new"]);
-        put(&mid, "b", "k/4", &mut pull, 100, Some(3)).unwrap();
+        let want = Want {
+            limit: 100,
+            expected: Some(3),
+            digests: None,
+        };
+        put(&mid, "b", "k/4", &mut pull, want).unwrap();
         let (mut f, _) = open(&mid, "b", "k/4").unwrap().unwrap();
         let mut v = String::new();
         std::io::Read::read_to_string(&mut f, &mut v).unwrap();

@@ -3,8 +3,10 @@
 //! side only parses, waits and streams.
 
 use super::body::{FileStream, puller};
+use super::digest::{Claims, Digests};
 use super::errors::{code, no_such_bucket, no_such_key, s3};
 use super::limits::{Limits, MAX_KEYS};
+use super::object::Want;
 use super::{bucket, list, multipart, object};
 use crate::cluster::store::Cluster;
 use s3s::dto::*;
@@ -47,6 +49,25 @@ fn announced(len: Option<i64>, limit: u64) -> S3Result<Option<u64>> {
         Some(n) if n as u64 > limit => Err(super::errors::BodyError::TooLarge { limit }.to_s3()),
         n => Ok(n.map(|n| n as u64)),
     }
+}
+
+/// The digests a PUT or UploadPart input claims (the same fields on both).
+macro_rules! claims {
+    ($i:expr, $trailers:expr) => {
+        Digests::new(Claims {
+            content_md5: $i.content_md5.take(),
+            headers: Checksum {
+                checksum_crc32: $i.checksum_crc32.take(),
+                checksum_crc32c: $i.checksum_crc32c.take(),
+                checksum_sha1: $i.checksum_sha1.take(),
+                checksum_sha256: $i.checksum_sha256.take(),
+                checksum_crc64nvme: $i.checksum_crc64nvme.take(),
+                ..Default::default()
+            },
+            algorithm: $i.checksum_algorithm.take(),
+            trailers: $trailers,
+        })
+    };
 }
 
 fn strong(tag: String) -> Option<ETag> {
@@ -136,14 +157,19 @@ impl S3 for Ferry {
         &self,
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
-        let i = req.input;
+        let mut i = req.input;
         let expected = announced(i.content_length, self.limits.max_object)?;
-        let (c, limit) = (self.cluster.clone(), self.limits.max_object);
+        let want = Want {
+            limit: self.limits.max_object,
+            expected,
+            digests: Some(claims!(i, req.trailing_headers)),
+        };
+        let c = self.cluster.clone();
         let mut pull = puller(tokio::runtime::Handle::current(), i.body, self.limits.idle);
         let (b, k) = (i.bucket, i.key);
         let tag = blocking(move || {
             need_bucket(&c, &b)?;
-            object::put(&c, &b, &k, &mut pull, limit, expected).map_err(|e| s3(&e))
+            object::put(&c, &b, &k, &mut pull, want).map_err(|e| s3(&e))
         })
         .await?;
         ok(PutObjectOutput {
@@ -345,14 +371,19 @@ impl S3 for Ferry {
         &self,
         req: S3Request<UploadPartInput>,
     ) -> S3Result<S3Response<UploadPartOutput>> {
-        let i = req.input;
+        let mut i = req.input;
         let expected = announced(i.content_length, self.limits.max_part)?;
-        let (c, limits) = (self.cluster.clone(), self.limits.clone());
+        let want = Want {
+            limit: self.limits.max_part,
+            expected,
+            digests: Some(claims!(i, req.trailing_headers)),
+        };
+        let c = self.cluster.clone();
         let mut pull = puller(tokio::runtime::Handle::current(), i.body, self.limits.idle);
         let (id, b, k, n) = (i.upload_id, i.bucket, i.key, i.part_number);
         let tag = blocking(move || {
             need_bucket(&c, &b)?;
-            multipart::put_part(&c, (&id, &b, &k), n, &mut pull, &limits, expected)
+            multipart::put_part(&c, (&id, &b, &k), n, &mut pull, want)
         })
         .await?;
         ok(UploadPartOutput {

@@ -1,8 +1,8 @@
 """Real S3 clients (boto3 and the AWS CLI) against `ferry s3 serve`.
 
 Run by tests/s3.rs: python clients.py MODE, with FERRY_S3_ENDPOINT, FERRY_S3_AK, FERRY_S3_SK
-in the environment (and AWS_CLI: the aws command). MODE is `main` (the API end to end) or
-`limits` (a server started with --max-inflight 1 --max-object-size 1M). Prints one line per
+in the environment (and AWS_CLI: the aws command). MODE is `main` (the API end to end), `agent`
+(a few calls to `ferry agent --s3-listen`) or `limits` (a server started with --max-inflight 1 --max-object-size 1M). Prints one line per
 check and 'N passed, N failed' at the end; exits 1 if any check failed.
 """
 
@@ -178,6 +178,28 @@ def main_checks():
             Bucket="bk1", Key="mp/y", UploadId=up2, PartNumber=1, Body=b"x"))[0], "NoSuchUpload")
         expect(code_of(lambda: s3.get_object(Bucket="bk1", Key="mp/y"))[0], "NoSuchKey")
 
+    @check("checksums the client sends are checked: a body that does not match is BadDigest")
+    def _():
+        for alg in ["CRC32", "SHA1", "SHA256"]:  # CRC32C needs botocore[crt]
+            s3.put_object(Bucket="bk1", Key=f"sum/{alg}", Body=b"summed", ChecksumAlgorithm=alg)
+            expect(s3.get_object(Bucket="bk1", Key=f"sum/{alg}")["Body"].read(), b"summed")
+        url = s3.generate_presigned_url("put_object", Params={"Bucket": "bk1", "Key": "sum/bad"})
+        for header in [("Content-MD5", "XUFAKrxLKna5cZ2REBfFkg=="),  # md5 of "hello"
+                       ("x-amz-checksum-crc32", "NhCmhg==")]:      # crc32 of "hello"
+            req = urllib.request.Request(url, data=b"hellO", method="PUT", headers=dict([header]))
+            try:
+                urllib.request.urlopen(req, timeout=10)
+                raise AssertionError(f"a body not matching its {header[0]} was taken")
+            except urllib.error.HTTPError as e:
+                body = e.read().decode()
+                expect(e.code, 400)
+                assert "<Code>BadDigest</Code>" in body, body
+            expect(code_of(lambda: s3.head_object(Bucket="bk1", Key="sum/bad"))[1], 404)
+        req = urllib.request.Request(url, data=b"hello", method="PUT",
+                                     headers={"Content-MD5": "XUFAKrxLKna5cZ2REBfFkg=="})
+        urllib.request.urlopen(req, timeout=10)
+        expect(s3.get_object(Bucket="bk1", Key="sum/bad")["Body"].read(), b"hello")
+
     @check("a missing bucket is NoSuchBucket")
     def _():
         expect(code_of(lambda: s3.get_object(Bucket="nobucket", Key="k")), ("NoSuchBucket", 404))
@@ -282,8 +304,23 @@ def limits_checks():
         s3.list_buckets()  # the slot is free again
 
 
+def agent_checks():
+    s3 = client()
+
+    @check("the agent's endpoint: create bucket, put, get, list, delete")
+    def _():
+        s3.create_bucket(Bucket="agt")
+        for i in range(5):
+            s3.put_object(Bucket="agt", Key=f"k/{i}", Body=str(i).encode() * 100)
+        expect(s3.get_object(Bucket="agt", Key="k/3")["Body"].read(), b"3" * 100)
+        expect(keys_of(s3, "agt", Prefix="k/"), [f"k/{i}" for i in range(5)])
+        s3.delete_object(Bucket="agt", Key="k/0")
+        expect(code_of(lambda: s3.get_object(Bucket="agt", Key="k/0"))[0], "NoSuchKey")
+        expect(code_of(lambda: client(sk=SK + "x").list_buckets())[1], 403)
+
+
 if __name__ == "__main__":
-    {"main": main_checks, "limits": limits_checks}[sys.argv[1]]()
+    {"main": main_checks, "limits": limits_checks, "agent": agent_checks}[sys.argv[1]]()
     failed = sum(1 for _, e in RESULTS if e is not None)
     print(f"{len(RESULTS) - failed} passed, {failed} failed")
     sys.exit(1 if failed else 0)
