@@ -29,6 +29,7 @@ pub mod meta;
 pub mod net;
 pub mod out;
 pub mod partset;
+pub mod pathser;
 pub mod queue;
 pub mod reactor;
 pub mod s3;

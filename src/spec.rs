@@ -113,7 +113,9 @@ pub const MAX_ARENA: usize = 1 << 30;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CopySpec {
+    #[serde(with = "crate::pathser::many")]
     pub sources: Vec<PathBuf>,
+    #[serde(with = "crate::pathser")]
     pub dest: PathBuf,
     /// Reactor threads; 0 means one per online CPU.
     pub threads: usize,
@@ -139,7 +141,7 @@ pub struct CopySpec {
     #[serde(default)]
     pub fail_fast: bool,
     /// Where checkpoints and journals live (None: the job is not resumable).
-    #[serde(default)]
+    #[serde(default, with = "crate::pathser::maybe")]
     pub state_dir: Option<PathBuf>,
     /// The state dir is a default, not a request: if it cannot be created, warn and run
     /// without resume instead of refusing the job.
@@ -163,7 +165,7 @@ pub struct CopySpec {
     #[serde(default = "default_verify")]
     pub verify: VerifyMode,
     /// Write one record per copied file (see `manifest`).
-    #[serde(default)]
+    #[serde(default, with = "crate::pathser::maybe")]
     pub manifest: Option<PathBuf>,
     /// `ferry move`: delete each source once its copy is durable and verified.
     #[serde(default)]

@@ -121,6 +121,7 @@ impl Stats {
             threads,
             errors: errors.iter().map(|e| e.to_string()).collect(),
             error_values: errors,
+            targets: Vec::new(),
         }
     }
 }
@@ -154,6 +155,16 @@ pub struct Report {
     pub errors: Vec<String>,
     #[serde(skip)]
     pub error_values: Vec<Error>,
+    /// A dry run: where each source would land (paths shown as in messages).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<Landing>,
+}
+
+/// Where a source lands.
+#[derive(Debug, Serialize)]
+pub struct Landing {
+    pub source: String,
+    pub target: String,
 }
 
 impl Report {

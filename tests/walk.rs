@@ -234,3 +234,71 @@ fn wide_tree_under_a_low_fd_limit() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_same_tree(&src, &dst);
 }
+
+#[test]
+fn dry_run_counts_hard_links_as_links_and_says_where_each_source_lands() {
+    use std::os::unix::ffi::OsStrExt;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("s");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    write_file(&src.join("f"), 1000, 1);
+    fs::hard_link(src.join("f"), src.join("sub/g")).unwrap();
+    write_file(&src.join("h"), 2000, 2);
+    let odd = t.path().join(std::ffi::OsStr::from_bytes(b"odd\nna\xffme"));
+    write_file(&odd, 10, 3);
+    let dst = t.path().join("d");
+    fs::create_dir(&dst).unwrap();
+    let dry = |json: bool| {
+        let mut a: Vec<&std::ffi::OsStr> = vec!["copy".as_ref(), "--dry-run".as_ref()];
+        if json {
+            a.push("--json".as_ref());
+        }
+        a.extend([src.as_os_str(), odd.as_os_str(), dst.as_os_str()]);
+        let out = ferry(&a);
+        assert!(out.status.success(), "{}", stderr(&out));
+        out
+    };
+    let v = report_line(&dry(true));
+    assert_eq!(
+        fs::read_dir(&dst).unwrap().count(),
+        0,
+        "dry run wrote something"
+    );
+    // What the real copy reports.
+    let real = t.path().join("r");
+    fs::create_dir(&real).unwrap();
+    let out = ferry(&[
+        "copy".as_ref(),
+        "--json".as_ref(),
+        src.as_os_str(),
+        odd.as_os_str(),
+        real.as_os_str(),
+    ]);
+    let r = report_line(&out);
+    for k in ["files", "hardlinks", "bytes", "dirs"] {
+        assert_eq!(v[k], r[k], "{k}: dry {v} real {r}");
+    }
+    assert_eq!(v["files"], 3);
+    assert_eq!(v["hardlinks"], 1);
+    let shown = |p: &std::path::Path| ferry::error::shown(p);
+    let targets = v["targets"].as_array().expect("targets in the JSON report");
+    assert_eq!(targets.len(), 2, "{v}");
+    assert_eq!(targets[0]["source"], shown(&src));
+    assert_eq!(targets[0]["target"], shown(&dst.join("s")));
+    assert_eq!(
+        targets[1]["target"],
+        shown(&dst.join(odd.file_name().unwrap()))
+    );
+    let text = String::from_utf8_lossy(&dry(false).stdout).into_owned();
+    assert!(
+        text.contains("would copy 3 files (3010 bytes), 1 hard links"),
+        "{text}"
+    );
+    let line = format!(
+        "dry run: '{}' -> '{}'",
+        shown(&odd),
+        shown(&dst.join(odd.file_name().unwrap()))
+    );
+    assert!(text.lines().any(|l| l == line), "{line} in {text}");
+    assert!(text.contains("odd\\x0ana\\xffme"), "{text}");
+}

@@ -68,10 +68,14 @@ fn state_name(migrating: bool, n: &'static str) -> &'static str {
 }
 
 fn dry_run_line(r: &Report) {
+    for t in &r.targets {
+        ferry::outln!("dry run: '{}' -> '{}'", t.source, t.target);
+    }
     ferry::outln!(
-        "dry run: would copy {} files ({} bytes), {} dirs, {} symlinks, {} special files",
+        "dry run: would copy {} files ({} bytes), {} hard links, {} dirs, {} symlinks, {} special files",
         r.files,
         r.bytes,
+        r.hardlinks,
         r.dirs,
         r.symlinks,
         r.specials

@@ -51,7 +51,9 @@ pub fn absolute(p: &Path) -> PathBuf {
 pub fn job_id(spec: &CopySpec) -> String {
     #[derive(Serialize)]
     struct Key<'a> {
+        #[serde(with = "crate::pathser::many")]
         sources: Vec<PathBuf>,
+        #[serde(with = "crate::pathser")]
         dest: PathBuf,
         preserve: &'a crate::spec::Preserve,
         filters: &'a [crate::filter::Rule],
@@ -95,6 +97,7 @@ pub struct Checkpoint {
     pub spec: CopySpec,
     /// Where each source lands, fixed by the first run (cp -r semantics would change once the
     /// destination exists).
+    #[serde(with = "crate::pathser::many")]
     pub targets: Vec<PathBuf>,
     pub files: u64,
     pub bytes: u64,

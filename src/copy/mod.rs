@@ -383,11 +383,18 @@ pub fn execute(p: Prepared) -> Report {
     let reactors = ctx.queues.reactors();
     let spec = ctx.spec.clone();
     crate::stats::Stats::add(&ctx.stats.moved_before, plan.moved_before);
+    let mut landings = Vec::new();
     for (i, root) in plan.roots.into_iter().enumerate() {
         let is_dir = crate::meta::file_type(&root.st) == libc::S_IFDIR;
         if ctx.overlaps.root_replaced(i, is_dir, &ctx.filter) {
             walk::replaced(&ctx, &root.src);
             continue;
+        }
+        if spec.dry_run {
+            landings.push(crate::stats::Landing {
+                source: crate::error::shown(&root.src),
+                target: crate::error::shown(&root.target),
+            });
         }
         if ctx.spec.remove_source
             && !ctx.spec.no_rename
@@ -571,7 +578,9 @@ pub fn execute(p: Prepared) -> Report {
             ctx.stats.error(Error::os("journal", &sd.dir, e));
         }
     }
-    ctx.stats.report(started.elapsed(), backend_name, reactors)
+    let mut report = ctx.stats.report(started.elapsed(), backend_name, reactors);
+    report.targets = landings;
+    report
 }
 
 /// `ferry move` within one filesystem: one rename(2) moves the whole root (metadata only, atomic).

@@ -169,8 +169,7 @@ impl CopyReactor {
             Stats::add(&self.ctx.stats.resumed_bytes, st.st_size as u64);
         } else if self.ctx.spec.dry_run {
             // Opened and sized like a real copy, so unreadable files are reported the same way.
-            Stats::add(&self.ctx.stats.files, 1);
-            Stats::add(&self.ctx.stats.bytes, st.st_size as u64);
+            super::walk::count_dry(&self.ctx, st);
         } else {
             return false;
         }

@@ -634,6 +634,22 @@ impl Ctx {
         self.queues.finish();
     }
 
+    /// A dry run: whether this is the first name of a multi-link inode seen (the others
+    /// would be linked to its copy).
+    pub fn first_name(&self, st: &libc::stat) -> bool {
+        let mut g = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (st.st_dev, st.st_ino);
+        if g.contains_key(&key) {
+            return false;
+        }
+        let state = LinkState::Copying {
+            waiters: Vec::new(),
+            nlink: st.st_nlink,
+        };
+        g.insert(key, state);
+        true
+    }
+
     /// Whether the job has seen another name of this inode (and may see more).
     pub fn knows_link(&self, key: (u64, u64)) -> bool {
         self.links

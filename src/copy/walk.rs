@@ -221,12 +221,9 @@ fn take_entry(
         return;
     }
     if ctx.spec.dry_run && kind == Kind::File {
-        // Sized with one fstatat on the open directory: no task, no open.
-        match stream.size(name) {
-            Ok(size) => {
-                Stats::add(&ctx.stats.files, 1);
-                Stats::add(&ctx.stats.bytes, size);
-            }
+        // Counted with one fstatat on the open directory: no task, no open.
+        match stream.stat(name) {
+            Ok(st) => count_dry(ctx, &st),
             Err(e) => ctx.stats.error(Error::os("stat", &src.join(os), e)),
         }
         return;
@@ -246,6 +243,17 @@ fn take_entry(
     }
     node.add_child();
     dispatch(ctx, owner, kind, src.join(os), node.dst.join(os), node);
+}
+
+/// A dry run's count of a regular file: a file, or a hard link where the copy would link it
+/// to an earlier name of the same inode.
+pub fn count_dry(ctx: &Ctx, st: &libc::stat) {
+    if ctx.spec.preserve.links && st.st_nlink > 1 && !ctx.first_name(st) {
+        Stats::add(&ctx.stats.hardlinks, 1);
+        return;
+    }
+    Stats::add(&ctx.stats.files, 1);
+    Stats::add(&ctx.stats.bytes, st.st_size as u64);
 }
 
 /// A source entry that a later source's entry replaces at its target: not copied (cp's last
