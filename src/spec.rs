@@ -26,6 +26,30 @@ pub enum FsyncMode {
     File,
 }
 
+/// How big a group commit's batches are (`--commit-batch`; see copy::fskind).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchMode {
+    /// Chosen per destination filesystem (copy::fskind: standard on every kind measured).
+    #[default]
+    Auto,
+    /// Up to 4,096 files or 500 ms per syncfs.
+    Standard,
+    /// Up to 16,384 files or 2 s per syncfs (fewer, larger flushes).
+    Wide,
+}
+
+/// Which temp files a copy is written to (`--temp`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TempMode {
+    /// Unnamed (O_TMPFILE) wherever the job and the filesystem allow it, else named.
+    #[default]
+    Auto,
+    /// Always `.<name>.ferry-<token>.tmp`, renamed at commit.
+    Named,
+}
+
 /// Which metadata is kept. Default: everything, like cp -a.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Preserve {
@@ -127,6 +151,11 @@ pub struct CopySpec {
     pub segment_size: u64,
     pub io: IoMode,
     pub fsync: FsyncMode,
+    /// Group-commit batch sizes (`--fsync=batch`).
+    #[serde(default)]
+    pub commit_batch: BatchMode,
+    #[serde(default)]
+    pub temp: TempMode,
     pub preserve: Preserve,
     /// Include/exclude rules in command-line order (first match wins).
     #[serde(default)]
@@ -213,6 +242,8 @@ impl CopySpec {
             segment_size: 1 << 30,
             io: IoMode::Auto,
             fsync: FsyncMode::Batch,
+            commit_batch: BatchMode::Auto,
+            temp: TempMode::Auto,
             preserve: Preserve::ALL,
             filters: Vec::new(),
             dry_run: false,

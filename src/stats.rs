@@ -44,6 +44,8 @@ pub struct Stats {
     /// The abort is a user's cancel: the files it interrupts are not failures.
     pub cancelled: AtomicBool,
     latencies: Mutex<Option<crate::latency::Latencies>>,
+    /// How each destination filesystem is committed to (copy::fskind), one line each.
+    pub commit: Mutex<Vec<String>>,
 }
 
 impl Stats {
@@ -119,6 +121,11 @@ impl Stats {
                 .unwrap_or_default(),
             backend: backend.to_string(),
             threads,
+            commit: self
+                .commit
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             errors: errors.iter().map(|e| e.to_string()).collect(),
             error_values: errors,
             targets: Vec::new(),
@@ -152,6 +159,9 @@ pub struct Report {
     pub latency_us: crate::latency::LatencyReport,
     pub backend: String,
     pub threads: usize,
+    /// Per destination filesystem: what it is and the group-commit batches it got, e.g.
+    /// "/mnt/x: ext4 without a journal, wide batches".
+    pub commit: Vec<String>,
     pub errors: Vec<String>,
     #[serde(skip)]
     pub error_values: Vec<Error>,

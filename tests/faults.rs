@@ -73,6 +73,37 @@ fn short_io_and_eagain_are_completed_correctly() {
     }
 }
 
+/// Wide batches and named temp files (the other commit strategies) under the same faults.
+#[test]
+fn every_commit_strategy_completes_short_io_and_eagain_correctly() {
+    use ferry::spec::{BatchMode, TempMode};
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    tree(&src);
+    for io in backends() {
+        for (batch, temp) in [
+            (BatchMode::Wide, TempMode::Auto),
+            (BatchMode::Standard, TempMode::Named),
+        ] {
+            let dst = t.path().join(format!("dst-{io}-{batch:?}-{temp:?}"));
+            let f = FaultConfig {
+                seed: 2,
+                short_permille: 400,
+                eagain_permille: 100,
+                ..Default::default()
+            };
+            let mut s = spec(&src, &dst, io, f);
+            s.commit_batch = batch;
+            s.temp = temp;
+            let r = copy_within(s);
+            assert!(r.ok(), "{:?}", r.errors);
+            assert_eq!(r.files, 150);
+            assert_same_tree(&src, &dst.clone());
+            assert!(temp_files(&dst).is_empty());
+        }
+    }
+}
+
 /// Every source file is either copied intact under its final name or absent (and counted as
 /// failed); no temp file survives.
 fn check_all_or_nothing(src: &Path, dst: &Path, names: &[String], failed: u64) -> u64 {

@@ -59,6 +59,13 @@ fn kill_9_never_leaves_partial_data_under_a_final_name() {
     for round in 0..10 {
         let io = if round % 2 == 0 { "auto" } else { "sync" };
         let fsync = if round % 3 == 0 { "file" } else { "batch" };
+        // Each commit strategy is killed too: wide batches, named temp files.
+        let (knob, value) = match round % 4 {
+            1 => ("--commit-batch", "wide"),
+            2 => ("--temp", "named"),
+            3 => ("--commit-batch", "standard"),
+            _ => ("--temp", "auto"),
+        };
         let dst = t.path().join(format!("dst{round}"));
         let mut child = Command::new(BIN)
             .args([
@@ -67,6 +74,8 @@ fn kill_9_never_leaves_partial_data_under_a_final_name() {
                 io,
                 "--fsync",
                 fsync,
+                knob,
+                value,
                 "--buffer-size",
                 "128K",
                 "--state-dir",

@@ -20,13 +20,11 @@ pub trait CommitHook: Send + Sync {
     fn commit(&self, ctx: &Ctx, items: Vec<Finished>);
 }
 
-/// A batch closes at this many files...
-pub const BATCH_FILES: usize = 4096;
-/// ...or this many bytes...
+/// A batch closes at its plan's count of files or age (fskind::BatchPlan: per destination
+/// filesystem), or at this many bytes...
 pub const BATCH_BYTES: u64 = 1 << 30;
-/// ...or when no file arrived for this long, or the oldest waited this long.
+/// ...or when no file arrived for this long.
 pub const BATCH_IDLE: Duration = Duration::from_millis(10);
-pub const BATCH_AGE: Duration = Duration::from_millis(500);
 /// Capacity of the hand-over channel, in messages (a reactor sends one per loop turn, at most
 /// its queue depth of files): reactors block when the committer is this far behind. Large
 /// enough that a syncfs of one batch does not stop the reactors from filling the next (128
@@ -173,7 +171,7 @@ fn run_loop(
     mut syncer: Syncer,
     lat: &mut crate::latency::Latencies,
 ) {
-    let mut batch: Vec<Finished> = Vec::with_capacity(BATCH_FILES);
+    let mut batch: Vec<Finished> = Vec::new();
     // Named after the flush in progress started: durable only with the next one.
     let mut named: Option<Named> = None;
     let mut flush: Option<Flush> = None;
@@ -214,36 +212,28 @@ fn run_loop(
         // Closed: every reactor is gone (the end, or a cancel that abandoned some tasks, so
         // `everything` may never hold): what was gathered is flushed now, there is no later.
         let idle = timed_out && (closed || last.elapsed() >= BATCH_IDLE || everything);
-        let due = batch.len() >= BATCH_FILES
+        let plan = ctx.batch_plan();
+        let due = batch.len() >= plan.files
             || bytes >= BATCH_BYTES
-            || oldest.elapsed() >= BATCH_AGE
+            || oldest.elapsed() >= plan.age
             || idle;
         if flush.is_some() {
             // Once every reactor is gone nothing else can happen meanwhile: wait.
             if let Some(res) = syncer.done(closed) {
-                let Flush {
-                    batch: flushed,
-                    names,
-                } = flush.take().expect("checked");
-                if let Some(n) = names {
+                let done = flush.take().expect("checked");
+                if let Some(n) = done.names {
                     settle(ctx, n, dup(&res));
                 }
                 // The next flush starts before this batch is named, so the two overlap, when
                 // enough gathered meanwhile (a flush per handful of files would cost more
                 // than the overlap gains: on tmpfs flushes end at once and batches shrank to
                 // a few files, 1.30 -> 1.65 s for `small`).
-                if !batch.is_empty() && (due || batch.len() >= BATCH_FILES / 16) {
+                if !batch.is_empty() && (due || batch.len() >= plan.overlap) {
                     flush = Some(start_flush(ctx, &mut syncer, &mut batch, &mut named));
                     bytes = 0;
                 }
                 // Names not carried by a flush yet wait on with these.
-                named = match (named.take(), name_batch(ctx, flushed, res, lat)) {
-                    (Some(mut a), Some(b)) => {
-                        a.absorb(b);
-                        Some(a)
-                    }
-                    (a, b) => a.or(b),
-                };
+                named = Named::merge(named.take(), name_batch(ctx, done.batch, res, lat));
             }
         } else if (due && !batch.is_empty()) || ((idle || closed) && named.is_some()) {
             flush = Some(start_flush(ctx, &mut syncer, &mut batch, &mut named));
@@ -271,6 +261,17 @@ impl Named {
     /// Task units it still holds.
     fn units(&self) -> usize {
         self.finished.len() + self.moved.len()
+    }
+
+    /// Both sets of names, waiting for the same flush.
+    fn merge(a: Option<Named>, b: Option<Named>) -> Option<Named> {
+        match (a, b) {
+            (Some(mut a), Some(b)) => {
+                a.absorb(b);
+                Some(a)
+            }
+            (a, b) => a.or(b),
+        }
     }
 
     fn absorb(&mut self, o: Named) {
@@ -314,41 +315,14 @@ fn name_batch(
     synced: Result<(), crate::error::Error>,
     lat: &mut crate::latency::Latencies,
 ) -> Option<Named> {
-    let batch = &mut batch;
-    let devs = devs_of(batch, None);
-    // --verify=full: read the durable temp files back before they get their names, so a copy
-    // that does not match never carries a final name.
-    let mut checked: Vec<Option<crate::error::Error>> = (0..batch.len()).map(|_| None).collect();
-    if synced.is_ok() && ctx.spec.verify == VerifyMode::Full {
-        verify_batch(ctx, batch, &mut checked);
-    }
-    // The final names, given in parallel: one thread renaming 100,000 small files was the
-    // job's bottleneck on ext4 (renameat ~15 us each), the reactors waiting on the walk's
-    // back-pressure behind it. A hooked job commits its own way, below.
-    if synced.is_ok() && ctx.hook.is_none() {
-        // One worker per reactor: naming is CPU work in the kernel, as the reactors' is.
-        let workers = ctx.queues.reactors();
-        let renamed = par_each(batch, workers, Spread::ByDir, |i, f| {
-            if checked[i].is_some() {
-                // Failed its check: it never gets a final name.
-                return None;
-            }
-            let dir = f.parent.as_ref().and_then(|p| p.child_fds(None, &f.dst));
-            let dir = dir.map(|d| d.1);
-            match &f.anon {
-                Some((fd, _)) => meta::link_anon(fd.as_raw_fd(), dir, &f.tmp, &f.dst).err(),
-                None => meta::rename_in(dir, &f.tmp, &f.dst).err(),
-            }
-        });
-        for (c, r) in checked.iter_mut().zip(renamed) {
-            if c.is_none() {
-                *c = r;
-            }
-        }
-    }
-    let mut journal = Vec::new();
-    let mut moved = Vec::new();
-    let mut finished = Vec::with_capacity(batch.len());
+    let devs = devs_of(&batch, None);
+    let checked = check_and_name(ctx, &batch, synced.is_ok());
+    let mut named = Named {
+        devs,
+        journal: Vec::new(),
+        moved: Vec::new(),
+        finished: Vec::with_capacity(batch.len()),
+    };
     let mut hooked = Vec::new();
     for (mut f, bad) in batch.drain(..).zip(checked) {
         if let (Some(_), Ok(()), None) = (&ctx.hook, &synced, &bad) {
@@ -356,45 +330,8 @@ fn name_batch(
             continue;
         }
         let unnamed = f.anon.is_some();
-        let mut bad = bad;
-        if let Some((fd, _slot)) = f.anon.take() {
-            // Closed explicitly, so an error is seen: the copy is not kept then.
-            if let Err(e) = meta::close(fd, &f.dst)
-                && synced.is_ok()
-                && bad.is_none()
-            {
-                let _ = meta::unlink(&f.dst); // best effort: `e` is what gets reported
-                bad = Some(e);
-            }
-        }
-        let res = match (&synced, bad) {
-            (Err(e), _) => Err(same_failure(e, &f.dst)),
-            (Ok(()), Some(e)) => Err(e),
-            (Ok(()), None) => Ok(()),
-        };
-        match res {
-            Ok(()) => {
-                Stats::add(&ctx.stats.files, 1);
-                Stats::add(&ctx.stats.bytes, f.bytes);
-                crate::latency::record(&mut lat.file, f.opened.elapsed().as_micros() as u64);
-                ctx.committed(&f.dst, &f.done);
-                if let Some(key) = f.link_key {
-                    ctx.link_done(key, &f.dst, f.done.hash);
-                }
-                if ctx.state.is_some() {
-                    journal.push((f.src.clone(), f.done));
-                }
-                if ctx.spec.remove_source {
-                    moved.push(Moved {
-                        src: f.src,
-                        dst: f.dst,
-                        done: f.done,
-                        parent: f.parent,
-                        attempt: f.attempt,
-                    });
-                    continue;
-                }
-            }
+        match outcome(&mut f, &synced, bad) {
+            Ok(()) => named_durably(ctx, f, lat, &mut named),
             Err(e) => {
                 if !unnamed {
                     let _ = meta::unlink(&f.tmp); // best effort: the failure is reported below
@@ -404,27 +341,120 @@ fn name_batch(
                 if let Some(key) = f.link_key {
                     ctx.link_failed(key);
                 }
+                named.finished.push(f.parent);
             }
         }
-        finished.push(f.parent);
     }
     if let Some(h) = &ctx.hook
         && !hooked.is_empty()
     {
         h.commit(ctx, hooked);
     }
-    if journal.is_empty() && moved.is_empty() {
-        finish_all(ctx, finished);
+    if named.journal.is_empty() && named.moved.is_empty() {
+        finish_all(ctx, named.finished);
         return None;
     }
     // The names must be durable before the journal says so (and before a move deletes a
     // source): the next syncfs orders them.
-    Some(Named {
-        devs,
-        journal,
-        moved,
-        finished,
-    })
+    Some(named)
+}
+
+/// After a good flush: [--verify=full re-reads,] then the final names (linkat or rename),
+/// given in parallel. Returns each file's failure, in batch order. A hooked job (rebalance)
+/// names its files its own way.
+fn check_and_name(ctx: &Ctx, batch: &[Finished], synced: bool) -> Vec<Option<crate::error::Error>> {
+    // --verify=full: read the durable temp files back before they get their names, so a copy
+    // that does not match never carries a final name.
+    let mut checked: Vec<Option<crate::error::Error>> = (0..batch.len()).map(|_| None).collect();
+    if synced && ctx.spec.verify == VerifyMode::Full {
+        verify_batch(ctx, batch, &mut checked);
+    }
+    if !synced || ctx.hook.is_some() {
+        return checked;
+    }
+    // One thread renaming 100,000 small files was the job's bottleneck on ext4 (renameat ~15
+    // us each), the reactors waiting on the walk's back-pressure behind it. One worker per
+    // reactor: naming is CPU work in the kernel, as the reactors' is.
+    let workers = ctx.queues.reactors();
+    let renamed = par_each(batch, workers, Spread::ByDir, |i, f| {
+        if checked[i].is_some() {
+            return None; // failed its check: it never gets a final name
+        }
+        let dir = f.parent.as_ref().and_then(|p| p.child_fds(None, &f.dst));
+        let dir = dir.map(|d| d.1);
+        match &f.anon {
+            Some((fd, _)) => meta::link_anon(fd.as_raw_fd(), dir, &f.tmp, &f.dst).err(),
+            None => meta::rename_in(dir, &f.tmp, &f.dst).err(),
+        }
+    });
+    for (c, r) in checked.iter_mut().zip(renamed) {
+        if c.is_none() {
+            *c = r;
+        }
+    }
+    checked
+}
+
+/// A file's outcome once its batch is flushed and named: its unnamed temp's fd is closed
+/// (explicitly, so an error is seen: the copy is not kept then).
+fn outcome(
+    f: &mut Finished,
+    synced: &Result<(), crate::error::Error>,
+    mut bad: Option<crate::error::Error>,
+) -> Result<(), crate::error::Error> {
+    if let Some((fd, _slot)) = f.anon.take()
+        && let Err(e) = meta::close(fd, &f.dst)
+        && synced.is_ok()
+        && bad.is_none()
+    {
+        let _ = meta::unlink(&f.dst); // best effort: `e` is what gets reported
+        bad = Some(e);
+    }
+    match (synced, bad) {
+        (Err(e), _) => Err(same_failure(e, &f.dst)),
+        (Ok(()), Some(e)) => Err(e),
+        (Ok(()), None) => Ok(()),
+    }
+}
+
+/// A file whose data is durable and which has its final name: counted, and queued for the
+/// journal (and a move's source removal) once its name is durable too.
+fn named_durably(ctx: &Ctx, f: Finished, lat: &mut crate::latency::Latencies, named: &mut Named) {
+    count_durable(ctx, lat, &f.dst, &f.done, f.opened, f.link_key);
+    if ctx.state.is_some() {
+        named.journal.push((f.src.clone(), f.done));
+    }
+    if ctx.spec.remove_source {
+        named.moved.push(Moved {
+            src: f.src,
+            dst: f.dst,
+            done: f.done,
+            parent: f.parent,
+            attempt: f.attempt,
+        });
+        return;
+    }
+    named.finished.push(f.parent);
+}
+
+/// Counts a durable file under its final name (both commit paths: the group commit's and
+/// `--fsync=file`'s): files, bytes, its latency, the manifest, the names waiting to be linked
+/// to it.
+pub(super) fn count_durable(
+    ctx: &Ctx,
+    lat: &mut crate::latency::Latencies,
+    dst: &std::path::Path,
+    done: &crate::coord::checkpoint::Done,
+    opened: Instant,
+    link_key: Option<(u64, u64)>,
+) {
+    Stats::add(&ctx.stats.files, 1);
+    Stats::add(&ctx.stats.bytes, done.size);
+    crate::latency::record(&mut lat.file, opened.elapsed().as_micros() as u64);
+    ctx.committed(dst, done);
+    if let Some(key) = link_key {
+        ctx.link_done(key, dst, done.hash);
+    }
 }
 
 /// Re-reads a batch's temp files in parallel (reads are latency-bound on small files).

@@ -197,6 +197,7 @@ impl CopyReactor {
             && spec.verify != crate::spec::VerifyMode::Full
             && self.ctx.anon_cap > 0
             && !self.ctx.anon_off.load(Ordering::Acquire)
+            && spec.temp != crate::spec::TempMode::Named
     }
 
     /// A free unnamed-temp slot (another reactor may still take it first: then that file

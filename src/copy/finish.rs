@@ -165,16 +165,16 @@ impl CopyReactor {
     /// Counts, journals and reports a file whose final name is durable; a move then removes
     /// its source.
     fn file_durable(&mut self, job: &FileJob) {
-        Stats::add(&self.ctx.stats.files, 1);
-        Stats::add(&self.ctx.stats.bytes, job.copied_len());
         let done = done_record(&job.st, job.copied_len(), job.digest());
         self.ctx.journal(&[(job.src.clone(), done)]);
-        self.ctx.committed(&job.dst, &done);
-        let us = job.opened.elapsed().as_micros() as u64;
-        crate::latency::record(&mut self.lat.file, us);
-        if let Some(key) = job.link_key {
-            self.ctx.link_done(key, &job.dst, job.digest());
-        }
+        super::commit::count_durable(
+            &self.ctx,
+            &mut self.lat,
+            &job.dst,
+            &done,
+            job.opened,
+            job.link_key,
+        );
         let parents = if self.ctx.spec.remove_source {
             super::remove::remove_files(
                 &self.ctx,

@@ -5,6 +5,7 @@ mod chunk;
 pub mod commit;
 pub mod driver;
 mod finish;
+pub mod fskind;
 mod open;
 pub mod overlap;
 pub mod plan;

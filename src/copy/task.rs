@@ -510,6 +510,8 @@ pub struct Ctx {
     owners: Mutex<(HashMap<u64, usize>, usize)>,
     /// Destination filesystems: one fd each, opened early, for syncfs.
     dst_fs: Mutex<HashMap<u64, (OwnedFd, PathBuf)>>,
+    /// A destination filesystem got wide batches (fskind::plan_for).
+    wide_batches: AtomicBool,
     /// Source filesystems of a move: one fd each, for syncfs after deleting sources.
     src_fs: Mutex<HashMap<u64, (OwnedFd, PathBuf)>>,
     /// `--manifest`: records of committed files.
@@ -563,6 +565,7 @@ impl Ctx {
             links: Mutex::new(HashMap::new()),
             owners: Mutex::new((HashMap::new(), 0)),
             dst_fs: Mutex::new(HashMap::new()),
+            wide_batches: AtomicBool::new(false),
             manifest: None,
             src_fs: Mutex::new(HashMap::new()),
             hook: None,
@@ -828,13 +831,41 @@ impl Ctx {
         })
     }
 
-    /// Remembers a destination filesystem (by a directory on it) for syncfs.
+    /// Remembers a destination filesystem (by a directory on it) for syncfs, and chooses its
+    /// batches.
     pub fn note_dst_fs(&self, dev: u64, dir: &Path) -> Result<(), Error> {
         let mut g = self.dst_fs.lock().unwrap_or_else(|p| p.into_inner());
         if let std::collections::hash_map::Entry::Vacant(v) = g.entry(dev) {
-            v.insert((meta::open_dir(dir)?, dir.to_path_buf()));
+            let fd = meta::open_dir(dir)?;
+            let kind = super::fskind::detect(&fd, dev);
+            let plan = super::fskind::plan_for(kind, self.spec.commit_batch);
+            if plan == super::fskind::WIDE {
+                self.wide_batches.store(true, Ordering::Release);
+            }
+            let what = if plan == super::fskind::WIDE {
+                "wide"
+            } else {
+                "standard"
+            };
+            let line = format!("{}: {kind}, {what} batches", crate::error::shown(dir));
+            self.stats
+                .commit
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(line);
+            v.insert((fd, dir.to_path_buf()));
         }
         Ok(())
+    }
+
+    /// The group commit's batches: wide when any destination filesystem asked for them (one
+    /// committer serves them all).
+    pub fn batch_plan(&self) -> super::fskind::BatchPlan {
+        if self.wide_batches.load(Ordering::Acquire) {
+            super::fskind::WIDE
+        } else {
+            super::fskind::STANDARD
+        }
     }
 
     /// syncfs on a source filesystem (`dir` is any directory on it, kept open for next time).
