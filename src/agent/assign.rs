@@ -31,11 +31,19 @@ pub trait Strategy: Send + Sync {
     fn assign(&self, members: &[Member], prev: &dyn Fn(u16) -> Option<String>) -> Vec<u16>;
 }
 
-fn rendezvous(p: u16, name: &str) -> u64 {
-    let mut k = Vec::with_capacity(2 + name.len());
-    k.extend_from_slice(&p.to_le_bytes());
-    k.extend_from_slice(name.as_bytes());
-    xxh3_64(&k)
+/// Each member's rendezvous seed (hashed once per assignment, not once per partition).
+fn seeds(members: &[Member]) -> Vec<u64> {
+    members.iter().map(|m| xxh3_64(m.name.as_bytes())).collect()
+}
+
+/// Rendezvous hash of partition `p` for the member with `seed`: a 64-bit finalizer (splitmix64)
+/// over seed and partition; 65,536 × 200 of them take milliseconds, not the allocation and
+/// hash of a key each.
+fn rendezvous(p: u16, seed: u64) -> u64 {
+    let mut z = seed ^ (p as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// Fair share of each member, summing to PARTITIONS (largest remainder).
@@ -94,13 +102,14 @@ impl Strategy for ConsistentHash {
             }
         }
         // The rest: best rendezvous score among members with room.
+        let seed = seeds(members);
         for (p, o) in owners.iter_mut().enumerate() {
             if *o != NONE {
                 continue;
             }
             let best = (0..members.len())
                 .filter(|&i| load[i] < quota[i])
-                .max_by_key(|&i| (rendezvous(p as u16, &members[i].name), std::cmp::Reverse(i)))
+                .max_by_key(|&i| (rendezvous(p as u16, seed[i]), std::cmp::Reverse(i)))
                 .expect("quotas sum to PARTITIONS");
             *o = best as u16;
             load[best] += 1;
@@ -131,12 +140,18 @@ impl Strategy for Weighted {
     }
 
     fn assign(&self, members: &[Member], _prev: &dyn Fn(u16) -> Option<String>) -> Vec<u16> {
+        use crate::cluster::placement::{score, unit};
+        let seed = seeds(members);
         (0..PARTITIONS)
             .map(|p| {
                 let mut best = (f64::NEG_INFINITY, 0usize);
                 for (i, m) in members.iter().enumerate() {
-                    let s =
-                        crate::cluster::placement::score(rendezvous(p as u16, &m.name), m.weight);
+                    let h = rendezvous(p as u16, seed[i]);
+                    // score = w / -ln u <= w / (1 - u): most members lose without the ln
+                    if m.weight / (1.0 - unit(h)) <= best.0 {
+                        continue;
+                    }
+                    let s = score(h, m.weight);
                     if s > best.0 {
                         best = (s, i);
                     }

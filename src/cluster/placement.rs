@@ -30,7 +30,7 @@ pub fn partition_of(bucket: &[u8], key: &[u8]) -> u16 {
 }
 
 /// u in (0, 1) from a 64-bit hash: the top 53 bits, centred so ln(u) is finite and negative.
-fn unit(x: u64) -> f64 {
+pub(crate) fn unit(x: u64) -> f64 {
     ((x >> 11) as f64 + 0.5) / (1u64 << 53) as f64
 }
 
