@@ -42,7 +42,12 @@ fn peers_of_one_ca_talk() {
     let t = tempfile::tempdir().unwrap();
     ca(t.path(), &["localhost", "client"]);
     let cc = tls::client_config(&t.path().join("client")).unwrap();
-    let (s, c) = attempt(&t.path().join("localhost"), cc, "localhost", 1);
+    let (s, c) = attempt(
+        &t.path().join("localhost"),
+        cc,
+        "localhost",
+        ferry::net::msg::VERSION,
+    );
     assert_eq!(s, Ok(()));
     assert_eq!(c, Ok(()));
 }
@@ -53,7 +58,12 @@ fn client_of_another_ca_is_refused() {
     ca(&t.path().join("a"), &["localhost"]);
     ca(&t.path().join("b"), &["client"]);
     let cc = tls::client_config(&t.path().join("b/client")).unwrap();
-    let (s, c) = attempt(&t.path().join("a/localhost"), cc, "localhost", 1);
+    let (s, c) = attempt(
+        &t.path().join("a/localhost"),
+        cc,
+        "localhost",
+        ferry::net::msg::VERSION,
+    );
     // The client trusts CA b only, so it refuses the server as well: both sides say no.
     let s = s.unwrap_err();
     assert!(s.contains("TLS") && s.contains("UnknownCA"), "{s}");
@@ -74,7 +84,12 @@ fn client_certificate_of_another_ca_refused_by_the_server() {
         std::fs::copy(t.path().join("b/client").join(f), dir.join(f)).unwrap();
     }
     let cc = tls::client_config(&dir).unwrap();
-    let (s, c) = attempt(&t.path().join("a/localhost"), cc, "localhost", 1);
+    let (s, c) = attempt(
+        &t.path().join("a/localhost"),
+        cc,
+        "localhost",
+        ferry::net::msg::VERSION,
+    );
     let s = s.unwrap_err();
     assert!(
         s.contains("UnknownIssuer") || s.contains("unknown issuer"),
@@ -88,7 +103,12 @@ fn server_with_the_wrong_name_is_refused() {
     let t = tempfile::tempdir().unwrap();
     ca(t.path(), &["otherhost", "client"]);
     let cc = tls::client_config(&t.path().join("client")).unwrap();
-    let (_, c) = attempt(&t.path().join("otherhost"), cc, "localhost", 1);
+    let (_, c) = attempt(
+        &t.path().join("otherhost"),
+        cc,
+        "localhost",
+        ferry::net::msg::VERSION,
+    );
     let c = c.unwrap_err();
     assert!(
         c.contains("NotValidForName") || c.contains("not valid for name"),
@@ -113,7 +133,12 @@ fn client_without_a_certificate_is_refused() {
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let (s, _) = attempt(&t.path().join("localhost"), Arc::new(cc), "localhost", 1);
+    let (s, _) = attempt(
+        &t.path().join("localhost"),
+        Arc::new(cc),
+        "localhost",
+        ferry::net::msg::VERSION,
+    );
     let s = s.unwrap_err();
     assert!(
         s.contains("NoCertificatesPresented") || s.contains("no certificate"),
@@ -127,7 +152,12 @@ fn expired_client_certificate_is_refused() {
     ca(t.path(), &["localhost"]);
     certs::issue(t.path(), "old", -400, 10).unwrap();
     let cc = tls::client_config(&t.path().join("old")).unwrap();
-    let (s, _) = attempt(&t.path().join("localhost"), cc, "localhost", 1);
+    let (s, _) = attempt(
+        &t.path().join("localhost"),
+        cc,
+        "localhost",
+        ferry::net::msg::VERSION,
+    );
     let s = s.unwrap_err();
     assert!(s.contains("Expired") || s.contains("expired"), "{s}");
 }
@@ -141,7 +171,11 @@ fn another_protocol_version_is_refused_clearly() {
     let s = s.unwrap_err();
     assert!(s.contains("version mismatch"), "{s}");
     let c = c.unwrap_err();
-    assert!(c.contains("server speaks version 1, this client 7"), "{c}");
+    let want = format!(
+        "server speaks version {}, this client 7",
+        ferry::net::msg::VERSION
+    );
+    assert!(c.contains(&want), "{c}");
 }
 
 #[test]

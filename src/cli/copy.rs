@@ -94,6 +94,10 @@ pub struct CopyArgs {
     /// [default: $FERRY_TLS_DIR or ~/.config/ferry/tls].
     #[arg(long, value_name = "DIR")]
     tls_dir: Option<PathBuf>,
+    /// With a ferry:// target: TLS connections used at once (small files are spread over
+    /// them, big files split across them) [default: one per reactor, see --threads].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    streams: Option<u32>,
 }
 
 /// --include and --exclude merged in the order they were given (first match wins).
@@ -125,6 +129,7 @@ pub fn copy(mut a: CopyArgs, rules: Vec<ferry::filter::Rule>, moving: Option<boo
             tls_dir: a.tls_dir,
             state_dir: a.state_dir,
             fresh: a.fresh,
+            streams: a.streams.map_or(a.engine.threads, |n| n as usize),
         });
     }
     let (cmd, done) = match moving {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 pub struct EngineArgs {
     /// Reactor threads, each pinned to its own CPU (default: online CPUs).
     #[arg(long, default_value_t = 0)]
-    threads: usize,
+    pub threads: usize,
     /// Bytes per registered buffer, e.g. 512K, 1M.
     #[arg(long, value_parser = spec::parse_size, default_value = "512K")]
     buffer_size: usize,

@@ -163,6 +163,8 @@ pub struct RemoteCopy {
     pub tls_dir: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
     pub fresh: bool,
+    /// `--streams N` (0: one per reactor thread).
+    pub streams: usize,
 }
 
 /// Whether any of `paths` is a `ferry://` URL.
@@ -174,11 +176,14 @@ fn options(
     tls_dir: Option<PathBuf>,
     state_dir: Option<PathBuf>,
     fresh: bool,
+    streams: usize,
 ) -> super::client::Options {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     super::client::Options {
         tls_dir: tls_dir.unwrap_or_else(super::tls::default_dir),
         state_dir: state_dir.unwrap_or_else(crate::coord::checkpoint::default_state_dir),
         fresh,
+        streams: if streams == 0 { cpus } else { streams },
     }
 }
 
@@ -196,7 +201,7 @@ pub fn remote_copy(mut a: RemoteCopy) -> ExitCode {
     let dst = a.paths.pop().expect("clap requires two paths");
     let remote_srcs = a.paths.iter().filter(|p| is_remote(p.as_os_str())).count();
     let start = std::time::Instant::now();
-    let o = options(a.tls_dir.take(), a.state_dir.take(), a.fresh);
+    let o = options(a.tls_dir.take(), a.state_dir.take(), a.fresh, a.streams);
     let (res, target) = if is_remote(dst.as_os_str()) {
         if remote_srcs > 0 {
             return exit_fatal(super::client::Fatal {
@@ -323,7 +328,7 @@ pub fn remote_verify(
             return Exit::Usage.into();
         }
     };
-    match super::client::verify(src, &r, &options(tls_dir, None, false)) {
+    match super::client::verify(src, &r, &options(tls_dir, None, false, 1)) {
         Ok(diffs) => {
             if json {
                 crate::outln!(

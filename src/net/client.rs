@@ -4,9 +4,11 @@
 use super::beneath;
 use super::conn::Conn;
 use super::msg::{Msg, Op};
+use super::quick::QuickCheck;
 use super::recv::{self, Receiver};
-use super::send::{self, Hooks, Outcome, Sent};
+use super::send::{Hooks, Outcome, Sent};
 use super::url::Remote;
+use super::verify::Listing;
 use super::walk::{Item, Kind, Walker};
 use super::{session, tls, verify};
 use crate::coord::checkpoint::{Done, StateDir, absolute};
@@ -36,7 +38,7 @@ fn usage(msg: impl Into<String>) -> Fatal {
 
 /// A refusal by the server (unknown export, path outside it, ...) is bad input: exit 2, and
 /// nothing was written. Anything else (network, TLS) is exit 1.
-fn fatal(e: io::Error) -> Fatal {
+pub(super) fn fatal(e: io::Error) -> Fatal {
     let code = if matches!(
         e.kind(),
         io::ErrorKind::PermissionDenied | io::ErrorKind::InvalidInput
@@ -55,6 +57,8 @@ pub struct Options {
     pub tls_dir: PathBuf,
     pub state_dir: PathBuf,
     pub fresh: bool,
+    /// TLS connections a push uses at once (at least 1).
+    pub streams: usize,
 }
 
 /// Connects and opens a session; the server's Ready (is_dir, exists).
@@ -141,6 +145,8 @@ struct Journal {
     done: HashMap<PathBuf, Done>,
     /// Acknowledged in this run.
     now: HashMap<PathBuf, Done>,
+    /// What the far end has already (the remote quick check).
+    quick: QuickCheck,
 }
 
 fn rel_key(rel: &[u8]) -> PathBuf {
@@ -149,12 +155,12 @@ fn rel_key(rel: &[u8]) -> PathBuf {
 
 impl Hooks for Journal {
     fn wanted(&mut self, item: &Item) -> bool {
-        let Some(d) = self.done.get(&rel_key(&item.rel)) else {
-            return true;
-        };
-        item.kind != Kind::File
-            || d.size != item.st.st_size as u64
-            || d.mtime != (item.st.st_mtime, item.st.st_mtime_nsec)
+        let journaled = self.done.get(&rel_key(&item.rel)).is_some_and(|d| {
+            item.kind == Kind::File
+                && d.size == item.st.st_size as u64
+                && d.mtime == (item.st.st_mtime, item.st.st_mtime_nsec)
+        });
+        !journaled && !self.quick.skips(item)
     }
 
     fn durable(&mut self, files: &[Sent]) {
@@ -164,7 +170,7 @@ impl Hooks for Journal {
                 let d = Done {
                     size: f.size,
                     mtime: (f.mtime.0, f.mtime.1 as i64),
-                    hash: Some(f.hash),
+                    hash: f.hash,
                 };
                 (rel_key(&f.rel), d)
             })
@@ -194,8 +200,13 @@ fn load_targets(sd: &StateDir) -> Option<Vec<Vec<u8>>> {
 }
 
 fn save_targets(sd: &StateDir, t: &[Vec<u8>]) -> io::Result<()> {
-    let body = serde_json::to_vec(t).map_err(io::Error::other)?;
-    crate::coord::durable::replace(&sd.dir.join("targets.json"), &body, 0o666)
+    save_json(sd, "targets.json", t)
+}
+
+/// `name` in the job's state dir, durably (temp, fsync, rename, directory fsync).
+fn save_json<T: serde::Serialize + ?Sized>(sd: &StateDir, name: &str, v: &T) -> io::Result<()> {
+    let body = serde_json::to_vec(v).map_err(io::Error::other)?;
+    crate::coord::durable::replace(&sd.dir.join(name), &body, 0o666)
 }
 
 /// How long a push keeps reconnecting to a peer that went away (reset, killed, restarted).
@@ -203,7 +214,7 @@ pub const RETRY_FOR: Duration = Duration::from_secs(300);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// Errors worth reconnecting for: the connection broke or the peer is (still) down.
-fn transient(e: &io::Error) -> bool {
+pub(super) fn transient(e: &io::Error) -> bool {
     use io::ErrorKind::*;
     matches!(
         e.kind(),
@@ -231,9 +242,10 @@ fn local_roots(sources: &[PathBuf], t: Vec<Vec<u8>>) -> Result<Vec<Root>, Fatal>
 
 type Root = (Arc<OwnedFd>, Vec<u8>, Vec<u8>);
 
-/// Push: sends `sources` into the remote path; resumable through the journal. A broken
-/// connection is reopened with backoff (for [`RETRY_FOR`]) and the push goes on: what was
-/// acknowledged is skipped, files in flight are sent again (the receiver named none of them).
+/// Push: sends `sources` into the remote path over `o.streams` connections; resumable
+/// through the journal and the remote quick check. A broken connection is reopened with
+/// backoff (for [`RETRY_FOR`]) and its stream goes on: what was acknowledged is done, files
+/// in flight are sent again (the receiver named none of them).
 pub fn push(sources: &[PathBuf], r: &Remote, o: &Options) -> Result<Pushed, Fatal> {
     for s in sources {
         std::fs::symlink_metadata(s).map_err(|e| usage(format!("'{}': {e}", s.display())))?;
@@ -244,7 +256,7 @@ pub fn push(sources: &[PathBuf], r: &Remote, o: &Options) -> Result<Pushed, Fata
         let _ = sd.reset();
         let _ = std::fs::remove_file(sd.dir.join("targets.json"));
     }
-    let (mut c, is_dir, exists) = open(r, Op::Push, o)?;
+    let (c, is_dir, exists) = open(r, Op::Push, o)?;
     let t = match load_targets(&sd) {
         Some(t) if t.len() == sources.len() => t,
         _ => {
@@ -253,36 +265,25 @@ pub fn push(sources: &[PathBuf], r: &Remote, o: &Options) -> Result<Pushed, Fata
             t
         }
     };
+    let quick = if exists && !o.fresh {
+        remote_listing(r, o, &t)?
+    } else {
+        Listing::new()
+    };
     let done = sd.load_journal().unwrap_or_default();
-    let mut j = Journal {
+    let j = std::sync::Mutex::new(Journal {
         sd,
         done,
         now: HashMap::new(),
-    };
-    let started = Instant::now();
-    let mut backoff = Duration::from_millis(500);
-    let out = loop {
-        let before = j.now.len() as u64;
-        let roots = local_roots(sources, t.clone())?;
-        match send::send_tree(&mut c, Walker::new(roots), &mut j) {
-            Ok(mut out) => {
-                c.close();
-                // Acknowledged by an earlier attempt of this run: copied, not skipped.
-                out.skipped -= before.min(out.skipped);
-                out.files = j.now.len() as u64;
-                out.bytes = j.now.values().map(|d| d.size).sum();
-                break out;
-            }
-            Err(e) if transient(&e) && started.elapsed() < RETRY_FOR => {
-                eprintln!(
-                    "ferry: {e}; {} files durable so far, reconnecting",
-                    j.now.len()
-                );
-                c = reconnect(r, o, started, &mut backoff)?;
-            }
-            Err(e) => return Err(fatal(e)),
-        }
-    };
+        quick: QuickCheck(quick),
+    });
+    let mut conns = vec![c];
+    for _ in 1..o.streams.max(1) {
+        conns.push(open(r, Op::Push, o)?.0);
+    }
+    let walker = Walker::new(local_roots(sources, t.clone())?);
+    let out = super::push::run(conns, walker, &j, r, o)?;
+    let j = j.into_inner().unwrap_or_else(|p| p.into_inner());
     if out.errors.is_empty() {
         let _ = j.sd.truncate_journal();
     }
@@ -293,8 +294,27 @@ pub fn push(sources: &[PathBuf], r: &Remote, o: &Options) -> Result<Pushed, Fata
     })
 }
 
+/// The far end's entries under each target (size, type, times: no hashes), keyed by wire
+/// path; a target that does not exist there lists nothing.
+fn remote_listing(r: &Remote, o: &Options, targets: &[Vec<u8>]) -> Result<Listing, Fatal> {
+    let mut all = Listing::new();
+    for t in targets {
+        let mut at = r.clone();
+        at.path = beneath::join(&r.path, t);
+        let mut c = match open(&at, Op::List, o) {
+            Ok((c, _, _)) => c,
+            Err(f) if f.code == crate::Exit::Usage && f.msg.contains("no such file") => continue,
+            Err(f) => return Err(f),
+        };
+        let (list, _) = verify::receive(&mut c).map_err(fatal)?;
+        c.close();
+        all.extend(list.into_iter().map(|(p, e)| (beneath::join(t, &p), e)));
+    }
+    Ok(all)
+}
+
 /// Opens the session again, waiting with doubling pauses while the peer is away.
-fn reconnect(
+pub(super) fn reconnect(
     r: &Remote,
     o: &Options,
     started: Instant,
@@ -365,7 +385,8 @@ pub fn move_push(sources: &[PathBuf], r: &Remote, o: &Options) -> Result<Outcome
             Kind::File => p.durable.get(&key).is_some_and(|d| {
                 d.size == item.st.st_size as u64
                     && d.mtime == (item.st.st_mtime, item.st.st_mtime_nsec)
-                    && remote.is_some_and(|e| Some(e.hash) == d.hash && e.size == d.size)
+                    && remote
+                        .is_some_and(|e| e.size == d.size && Some(e.hash) == sent_hash(&item, d))
             }),
             Kind::Symlink => {
                 p.durable.contains_key(&key)
@@ -391,6 +412,15 @@ pub fn move_push(sources: &[PathBuf], r: &Remote, o: &Options) -> Result<Outcome
         eprintln!("ferry: {removed} sources removed after their copies were verified at {r}");
     }
     Ok(out)
+}
+
+/// The xxh3 a file was sent with; a file sent in ranges has none, so its source (unchanged
+/// since: size and mtime were checked) is read again.
+fn sent_hash(item: &Item, d: &Done) -> Option<u64> {
+    d.hash.or_else(|| {
+        let fd = beneath::open_at(item.dir.as_raw_fd(), &item.name, libc::O_RDONLY, 0).ok()?;
+        verify::hash_fd(fd).ok()
+    })
 }
 
 /// Removes emptied source directories, deepest first; a non-empty one stays (its failed or
@@ -423,9 +453,64 @@ fn remove_dirs(dirs: Vec<Item>, out: &mut Outcome) {
     }
 }
 
-/// Pull: receives the remote path into `dst` (cp -r rules).
+/// Pull: receives the remote path into `dst` (cp -r rules). What is already here under a
+/// final name with the far end's size and mtime is listed to the server first and not sent
+/// again (the quick check), so a rerun of an interrupted or a completed pull resumes.
 pub fn pull(r: &Remote, dst: &Path, o: &Options) -> Result<Outcome, Fatal> {
-    let (mut c, _is_dir, _) = open(r, Op::Pull, o)?;
+    let key = format!("pull {r}\0{}", absolute(dst).to_string_lossy());
+    let id = format!("net-{:016x}", xxhash_rust::xxh3::xxh3_64(key.as_bytes()));
+    let sd = StateDir::open(&o.state_dir, &id)
+        .map_err(|e| usage(format!("state dir {}: {e}", o.state_dir.display())))?;
+    // Where the first run landed, so a rerun does not nest a second copy in it (cp -r rules
+    // would, now that the destination exists).
+    let (base, prefix) = match load_pull_target(&sd) {
+        Some(t) if !o.fresh => t,
+        _ => {
+            let (base, prefix) = pull_target(r, dst)?;
+            let t = (absolute(&base), prefix);
+            let wire = (t.0.as_os_str().as_bytes(), &t.1);
+            save_json(&sd, "pull-target.json", &wire)
+                .map_err(|e| usage(format!("state dir: {e}")))?;
+            t
+        }
+    };
+    let fd = std::fs::File::open(&base).map_err(|e| usage(format!("'{}': {e}", base.display())))?;
+    let base_fd = OwnedFd::from(fd);
+    // The job's own temp token: a rerun replaces the temps a killed run left, nothing else.
+    let tok = super::serve::load_token(&sd.dir).map_err(usage)?;
+    let (mut c, _, _) = open(r, Op::Pull, o)?;
+    let have = Arc::new(base_fd.try_clone().map_err(fatal)?);
+    let name = if prefix.is_empty() {
+        b".".to_vec()
+    } else {
+        prefix.clone()
+    };
+    let roots = if o.fresh {
+        Vec::new()
+    } else {
+        vec![(have, name, Vec::new())]
+    };
+    let mine = Walker::new(roots);
+    verify::list(&mut c, mine, false).map_err(fatal)?;
+    let mut rx = Receiver::new(base_fd, prefix, tok);
+    recv::drive(&mut c, &mut rx).map_err(fatal)?;
+    c.close();
+    Ok(Outcome {
+        files: rx.counts.files,
+        bytes: rx.counts.bytes,
+        skipped: rx.counts.skipped,
+        errors: rx.errors.into_iter().map(|e| (Vec::new(), e)).collect(),
+    })
+}
+
+fn load_pull_target(sd: &StateDir) -> Option<(PathBuf, Vec<u8>)> {
+    let (base, prefix): (Vec<u8>, Vec<u8>) =
+        serde_json::from_slice(&std::fs::read(sd.dir.join("pull-target.json")).ok()?).ok()?;
+    Some((PathBuf::from(OsStr::from_bytes(&base)), prefix))
+}
+
+/// Where a pull lands: (local directory, path beneath it), by cp -r rules.
+fn pull_target(r: &Remote, dst: &Path) -> Result<(PathBuf, Vec<u8>), Fatal> {
     let remote_name = beneath::split(&r.path).1.to_vec();
     let remote_name = if remote_name.is_empty() {
         r.export.as_bytes().to_vec()
@@ -446,17 +531,7 @@ pub fn pull(r: &Remote, dst: &Path, o: &Options) -> Result<Outcome, Fatal> {
     } else {
         base
     };
-    let fd = std::fs::File::open(&base).map_err(|e| usage(format!("'{}': {e}", base.display())))?;
-    // A pull has no resume yet: its temps carry a token of this run only.
-    let mut rx = Receiver::new(OwnedFd::from(fd), prefix, crate::temp::Token::random());
-    recv::drive(&mut c, &mut rx).map_err(fatal)?;
-    c.close();
-    Ok(Outcome {
-        files: rx.counts.files,
-        bytes: rx.counts.bytes,
-        skipped: 0,
-        errors: rx.errors.into_iter().map(|e| (Vec::new(), e)).collect(),
-    })
+    Ok((base, prefix))
 }
 
 /// Verify: the differences between local `src` and the remote path (empty: identical).
@@ -466,7 +541,7 @@ pub fn verify(src: &Path, r: &Remote, o: &Options) -> Result<Vec<String>, Fatal>
     let (theirs, mut diffs) = verify::receive(&mut c).map_err(fatal)?;
     c.close();
     let mut ours = std::collections::BTreeMap::new();
-    verify::entries(Walker::new(vec![(dir, name, Vec::new())]), |p, e| {
+    verify::entries(Walker::new(vec![(dir, name, Vec::new())]), true, |p, e| {
         match e {
             Ok(e) => {
                 ours.insert(p, e);

@@ -12,6 +12,8 @@ pub mod client;
 pub mod conn;
 pub mod frame;
 pub mod msg;
+pub mod push;
+pub mod quick;
 pub mod recv;
 pub mod send;
 pub mod serve;

@@ -5,7 +5,7 @@
 use super::frame::{self, Cursor, Frame, ProtoError, put_bytes};
 
 /// Bumped on any change to the messages; Hello and Welcome themselves never change.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// The start of every Hello/Welcome payload (anything else is not a ferry peer).
 pub const MAGIC: &[u8; 8] = b"FERRYNET";
 
@@ -18,6 +18,8 @@ pub enum Op {
     Pull = 2,
     /// Server lists its side with hashes.
     Verify = 3,
+    /// Server lists its side without hashes (size and times: the remote quick check).
+    List = 4,
 }
 
 /// The metadata a file, directory or symlink carries over the wire.
@@ -64,6 +66,26 @@ pub enum Msg {
         size: u64,
         meta: Meta,
     },
+    /// Sender → receiver: bytes `offset..offset + len` of a file of `size` bytes, sent on
+    /// one of several streams; Data frames follow, then End with the range's xxh3. Written
+    /// into the file's temp, made durable and acknowledged, but never named: a Seal does that.
+    Part {
+        id: u64,
+        path: Vec<u8>,
+        size: u64,
+        offset: u64,
+        len: u64,
+    },
+    /// Sender → receiver: every Part of this file was acknowledged; check its size, apply
+    /// `meta` and name it with the next batch.
+    Seal {
+        id: u64,
+        path: Vec<u8>,
+        size: u64,
+        meta: Meta,
+    },
+    /// Sender → receiver: files skipped (already at the far end by the quick check).
+    Skipped { n: u64 },
     /// A chunk of the current file, in order.
     Data { bytes: Vec<u8> },
     /// The current file's end and its xxh3 on the sender's side.
@@ -105,10 +127,13 @@ const T_ACK: u8 = 13;
 const T_FAIL: u8 = 14;
 const T_FINISHED: u8 = 15;
 const T_ENTRY: u8 = 16;
+const T_PART: u8 = 17;
+const T_SEAL: u8 = 18;
+const T_SKIPPED: u8 = 19;
 
 /// Whether a frame type exists in this version.
 pub fn known(kind: u8) -> bool {
-    (T_HELLO..=T_ENTRY).contains(&kind)
+    (T_HELLO..=T_SKIPPED).contains(&kind)
 }
 
 fn put_meta(out: &mut Vec<u8>, m: &Meta) {
@@ -254,6 +279,42 @@ impl Msg {
                 put_bytes(p, link);
                 T_ENTRY
             }
+            _ => self.payload_parts(p),
+        }
+    }
+
+    fn payload_parts(&self, p: &mut Vec<u8>) -> u8 {
+        match self {
+            Msg::Part {
+                id,
+                path,
+                size,
+                offset,
+                len,
+            } => {
+                p.extend_from_slice(&id.to_le_bytes());
+                put_bytes(p, path);
+                for v in [size, offset, len] {
+                    p.extend_from_slice(&v.to_le_bytes());
+                }
+                T_PART
+            }
+            Msg::Seal {
+                id,
+                path,
+                size,
+                meta,
+            } => {
+                p.extend_from_slice(&id.to_le_bytes());
+                put_bytes(p, path);
+                p.extend_from_slice(&size.to_le_bytes());
+                put_meta(p, meta);
+                T_SEAL
+            }
+            Msg::Skipped { n } => {
+                p.extend_from_slice(&n.to_le_bytes());
+                T_SKIPPED
+            }
             _ => unreachable!("control messages are encoded by payload()"),
         }
     }
@@ -285,6 +346,7 @@ impl Msg {
                     1 => Op::Push,
                     2 => Op::Pull,
                     3 => Op::Verify,
+                    4 => Op::List,
                     _ => return Err(ProtoError::Malformed { what: "operation" }),
                 };
                 Msg::Open {
@@ -341,6 +403,22 @@ impl Msg {
                 msg: String::from_utf8_lossy(c.rest()).into_owned(),
             },
             T_FINISHED => Msg::Finished,
+            T_PART => Msg::Part {
+                id: c.u64("id")?,
+                path: c.bytes("path")?.to_vec(),
+                size: c.u64("size")?,
+                offset: c.u64("offset")?,
+                len: c.u64("length")?,
+            },
+            T_SEAL => Msg::Seal {
+                id: c.u64("id")?,
+                path: c.bytes("path")?.to_vec(),
+                size: c.u64("size")?,
+                meta: get_meta(c)?,
+            },
+            T_SKIPPED => Msg::Skipped {
+                n: c.u64("skipped")?,
+            },
             T_ENTRY => Msg::Entry {
                 path: c.bytes("path")?.to_vec(),
                 meta: get_meta(c)?,
@@ -463,6 +541,20 @@ mod tests {
                 bytes: vec![1; 4096],
             },
             Msg::End { id: 9, hash: 42 },
+            Msg::Part {
+                id: 10,
+                path: b"big".to_vec(),
+                size: 1 << 33,
+                offset: 1 << 32,
+                len: 1 << 20,
+            },
+            Msg::Seal {
+                id: 11,
+                path: b"big".to_vec(),
+                size: 1 << 33,
+                meta,
+            },
+            Msg::Skipped { n: 3 },
             Msg::Flush,
             Msg::Done,
             Msg::Ack { upto: 77 },
@@ -486,11 +578,11 @@ mod tests {
     #[test]
     fn another_version_is_refused_by_number() {
         let mut wire = Vec::new();
-        Msg::Hello { version: 2 }.encode(&mut wire);
+        Msg::Hello { version: 1 }.encode(&mut wire);
         let mut d = MsgDecoder::new();
         d.push(&wire);
         let e = d.next_msg().unwrap_err();
-        assert_eq!(e, ProtoError::Version { ours: 1, theirs: 2 });
+        assert_eq!(e, ProtoError::Version { ours: 2, theirs: 1 });
         assert!(e.to_string().contains("version mismatch"), "{e}");
     }
 

@@ -43,6 +43,9 @@ struct Incoming {
     hash: Xxh3,
     meta: Meta,
     failed: Option<String>,
+    /// A Part: one range of a file whose temp other streams write too (never removed here,
+    /// never named here: a Seal names it).
+    part: bool,
 }
 
 /// Written and checked, waiting for the group commit.
@@ -52,6 +55,11 @@ struct Ready {
     dir: Arc<DirFd>,
     name: Vec<u8>,
     tmp: Vec<u8>,
+    /// A Part: made durable with the batch, not named.
+    part: bool,
+    /// The temp is a split file's (Parts and Seal): other streams' bytes are in it, so a
+    /// broken session leaves it (for a Seal sent again) instead of removing it.
+    shared: bool,
 }
 
 /// What the receiver counted.
@@ -60,6 +68,8 @@ pub struct Counts {
     pub files: u64,
     pub bytes: u64,
     pub failed: u64,
+    /// Files the sender skipped (already here by the quick check).
+    pub skipped: u64,
 }
 
 pub struct Receiver {
@@ -110,7 +120,13 @@ impl Receiver {
         if let Some(d) = self.dirs.get(parent) {
             return Ok((d.clone(), name.to_vec()));
         }
-        let fd = beneath::open_dir(self.base.as_raw_fd(), parent)?;
+        let fd = match beneath::open_dir(self.base.as_raw_fd(), parent) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                self.make_dirs(parent)?;
+                beneath::open_dir(self.base.as_raw_fd(), parent)?
+            }
+            r => r?,
+        };
         let st = fstat(fd.as_raw_fd())?;
         if self.dirs.len() >= DIR_CACHE {
             self.dirs.clear();
@@ -118,6 +134,27 @@ impl Receiver {
         let d = Arc::new(DirFd { fd, dev: st.st_dev });
         self.dirs.insert(parent.to_vec(), d.clone());
         Ok((d, name.to_vec()))
+    }
+
+    /// Creates the missing directories of `path` from the prefix down (0700; their
+    /// metadata comes with their Dir message): with several streams, a file can arrive on
+    /// one before its directory's Dir on another. Nothing above the prefix is created.
+    fn make_dirs(&self, path: &[u8]) -> io::Result<()> {
+        if path.is_empty() || path.len() < self.prefix.len() {
+            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+        }
+        let (pp, name) = split(path);
+        let pfd = match beneath::open_dir(self.base.as_raw_fd(), pp) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                self.make_dirs(pp)?;
+                beneath::open_dir(self.base.as_raw_fd(), pp)?
+            }
+            r => r?,
+        };
+        match beneath::mkdir_at(pfd.as_raw_fd(), name, 0o700) {
+            Err(e) if e.raw_os_error() != Some(libc::EEXIST) => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Handles one message. Err: the stream is broken (protocol violation, or the peer's
@@ -132,9 +169,29 @@ impl Receiver {
                 meta,
             } => {
                 self.next_id(id)?;
-                self.start_file(id, path, size, meta)?;
+                self.start_file(id, path, size, meta, None)?;
             }
             Msg::End { id, hash } => self.end_file(id, hash, out)?,
+            Msg::Part {
+                id,
+                path,
+                size,
+                offset,
+                len,
+            } => {
+                self.next_id(id)?;
+                self.start_part(id, path, size, offset, len)?;
+            }
+            Msg::Seal {
+                id,
+                path,
+                size,
+                meta,
+            } => {
+                self.next_id(id)?;
+                self.seal(id, path, size, meta, out)?;
+            }
+            Msg::Skipped { n } => self.counts.skipped += n,
             Msg::Dir { path, meta } => self.dir(path, meta)?,
             Msg::Symlink {
                 id,
@@ -194,7 +251,15 @@ impl Receiver {
         Ok(join(&self.prefix, rel))
     }
 
-    fn start_file(&mut self, id: u64, rel: Vec<u8>, size: u64, meta: Meta) -> Result<(), String> {
+    /// A file (or, with `part` = (file size, offset), one range of it) starts.
+    fn start_file(
+        &mut self,
+        id: u64,
+        rel: Vec<u8>,
+        size: u64,
+        meta: Meta,
+        part: Option<(u64, u64)>,
+    ) -> Result<(), String> {
         let full = self.full(&rel)?;
         if full.is_empty() {
             return Err("a file cannot replace the export's root".into());
@@ -214,12 +279,18 @@ impl Receiver {
             hash: Xxh3::new(),
             meta,
             failed: None,
+            part: part.is_some(),
         };
         match self.parent(&full) {
             Ok((dir, name)) => {
                 inc.tmp = beneath::temp_name(&name, &self.tok);
                 inc.name = name;
-                match create_temp(dir.fd.as_raw_fd(), &inc.tmp) {
+                let fd = dir.fd.as_raw_fd();
+                let f = match part {
+                    Some((size, offset)) => open_part(fd, &inc.tmp, size, offset),
+                    None => create_temp(fd, &inc.tmp),
+                };
+                match f {
                     Ok(f) => inc.file = Some(f),
                     Err(e) => inc.failed = Some(os("create", &rel, e)),
                 }
@@ -228,6 +299,80 @@ impl Receiver {
             Err(e) => inc.failed = Some(os("open directory of", &rel, e)),
         }
         self.cur = Some(inc);
+        Ok(())
+    }
+
+    /// A range of a big file: written at its offset into the file's temp (created at its
+    /// full size by whichever stream comes first), never named here.
+    fn start_part(
+        &mut self,
+        id: u64,
+        rel: Vec<u8>,
+        size: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), String> {
+        let full = self.full(&rel)?;
+        if full.is_empty() || offset.checked_add(len).is_none_or(|end| end > size) {
+            return Err(format!("'{}': a part outside its file", show(&rel)));
+        }
+        self.start_file(id, rel, len, Meta::default(), Some((size, offset)))
+    }
+
+    /// Every part of a file was acknowledged: check its size, apply its metadata, and name
+    /// it with this batch.
+    fn seal(
+        &mut self,
+        id: u64,
+        rel: Vec<u8>,
+        size: u64,
+        meta: Meta,
+        out: &mut Vec<Msg>,
+    ) -> Result<(), String> {
+        let full = self.full(&rel)?;
+        if full.is_empty() {
+            return Err("a file cannot replace the export's root".into());
+        }
+        self.last_id = id;
+        let r = self.parent(&full).and_then(|(dir, name)| {
+            let tmp = beneath::temp_name(&name, &self.tok);
+            let f = File::from(beneath::open_at(
+                dir.fd.as_raw_fd(),
+                &tmp,
+                libc::O_WRONLY,
+                0,
+            )?);
+            let st = fstat(f.as_raw_fd())?;
+            if st.st_size as u64 != size {
+                let _ = beneath::unlink_at(dir.fd.as_raw_fd(), &tmp);
+                return Err(io::Error::other(format!(
+                    "{} bytes in its parts, {size} announced",
+                    st.st_size
+                )));
+            }
+            apply_fd(f.as_raw_fd(), &meta, self.root)?;
+            Ok((dir, name, tmp))
+        });
+        match r {
+            Ok((dir, name, tmp)) => {
+                self.batch.push(Ready {
+                    id,
+                    rel,
+                    dir,
+                    name,
+                    tmp,
+                    part: false,
+                    shared: true,
+                });
+            }
+            Err(e) => {
+                self.counts.failed += 1;
+                out.push(Msg::Fail {
+                    id,
+                    msg: os("seal", &rel, e),
+                });
+            }
+        }
         Ok(())
     }
 
@@ -283,13 +428,14 @@ impl Receiver {
             }
         }
         if inc.failed.is_none()
+            && !inc.part
             && let Some(f) = &inc.file
             && let Err(e) = apply_fd(f.as_raw_fd(), &inc.meta, self.root)
         {
             inc.failed = Some(os("set metadata", &inc.rel, e));
         }
         if let Some(msg) = inc.failed {
-            if inc.file.is_some() {
+            if inc.file.is_some() && !inc.part {
                 let _ = beneath::unlink_at(inc.dir.fd.as_raw_fd(), &inc.tmp);
             }
             self.counts.failed += 1;
@@ -304,6 +450,8 @@ impl Receiver {
             dir: inc.dir,
             name: inc.name,
             tmp: inc.tmp,
+            part: inc.part,
+            shared: inc.part,
         });
         Ok(())
     }
@@ -360,6 +508,8 @@ impl Receiver {
                 dir,
                 name,
                 tmp,
+                part: false,
+                shared: false,
             })
         });
         match r {
@@ -386,7 +536,9 @@ impl Receiver {
             let devs = distinct_devs(&batch);
             if let Some(e) = sync_all(&devs) {
                 for b in &batch {
-                    let _ = beneath::unlink_at(b.dir.fd.as_raw_fd(), &b.tmp);
+                    if !b.shared {
+                        let _ = beneath::unlink_at(b.dir.fd.as_raw_fd(), &b.tmp);
+                    }
                     fail(
                         out,
                         b,
@@ -402,7 +554,7 @@ impl Receiver {
                 return;
             }
             let mut named = Vec::new();
-            for b in &batch {
+            for b in batch.iter().filter(|b| !b.part) {
                 match beneath::rename_at(b.dir.fd.as_raw_fd(), &b.tmp, &b.name) {
                     Ok(()) => named.push(b),
                     Err(e) => {
@@ -460,10 +612,11 @@ impl Receiver {
     pub fn abort(&mut self) {
         if let Some(inc) = self.cur.take()
             && inc.file.is_some()
+            && !inc.part
         {
             let _ = beneath::unlink_at(inc.dir.fd.as_raw_fd(), &inc.tmp);
         }
-        for b in self.batch.drain(..) {
+        for b in self.batch.drain(..).filter(|b| !b.shared) {
             let _ = beneath::unlink_at(b.dir.fd.as_raw_fd(), &b.tmp);
         }
     }
@@ -490,6 +643,24 @@ fn create_temp(dir: RawFd, tmp: &[u8]) -> io::Result<File> {
         r => r?,
     };
     Ok(File::from(fd))
+}
+
+/// The shared temp of a split file, at its full size, positioned at `offset`. It carries
+/// this receiver's token, so an existing one is a sibling part's (or a killed run's: every
+/// range is written again before a Seal names it).
+fn open_part(dir: RawFd, tmp: &[u8], size: u64, offset: u64) -> io::Result<File> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = File::from(beneath::open_at(
+        dir,
+        tmp,
+        libc::O_WRONLY | libc::O_CREAT,
+        0o600,
+    )?);
+    if fstat(f.as_raw_fd())?.st_size as u64 != size {
+        f.set_len(size)?;
+    }
+    f.seek(SeekFrom::Start(offset))?;
+    Ok(f)
 }
 
 /// One directory fd per filesystem in the batch.

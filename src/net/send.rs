@@ -9,7 +9,7 @@ use super::frame::MAX_CHUNK;
 use super::msg::{Meta, Msg};
 use super::walk::{Item, Kind, Walker};
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::AsRawFd;
 use xxhash_rust::xxh3::Xxh3;
 
@@ -23,7 +23,8 @@ pub struct Sent {
     pub rel: Vec<u8>,
     pub size: u64,
     pub mtime: (i64, u32),
-    pub hash: u64,
+    /// The xxh3 of the bytes sent (None: sent in ranges, no whole-file hash).
+    pub hash: Option<u64>,
 }
 
 /// What the caller decides about each entry, and learns about each durable one.
@@ -66,6 +67,34 @@ struct Sender<'a> {
     buf: Vec<u8>,
 }
 
+/// Streams bytes `offset..offset + len` of `f` as Data frames; their xxh3, and a read error
+/// if the file could not be read to the end (the receiver then sees a short count and fails
+/// it; a file that shrank does the same without an error here).
+pub fn send_range(
+    conn: &mut Conn,
+    f: &std::fs::File,
+    offset: u64,
+    len: u64,
+    buf: &mut [u8],
+) -> io::Result<(u64, Option<String>)> {
+    use std::os::unix::fs::FileExt;
+    let mut h = Xxh3::new();
+    let mut done = 0u64;
+    while done < len {
+        let want = ((len - done) as usize).min(buf.len());
+        let n = match f.read_at(&mut buf[..want], offset + done) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Ok((h.digest(), Some(format!("read: {e}")))),
+        };
+        h.update(&buf[..n]);
+        conn.send_data(&buf[..n])?;
+        done += n as u64;
+    }
+    Ok((h.digest(), None))
+}
+
 /// Sends everything `walker` yields and waits until it is all durable (Finished).
 pub fn send_tree(conn: &mut Conn, walker: Walker, hooks: &mut dyn Hooks) -> io::Result<Outcome> {
     let mut s = Sender {
@@ -91,6 +120,9 @@ pub fn send_tree(conn: &mut Conn, walker: Walker, hooks: &mut dyn Hooks) -> io::
         }
         s.take_acks(hooks, false)?;
     }
+    if s.out.skipped > 0 {
+        s.conn.send(&Msg::Skipped { n: s.out.skipped })?;
+    }
     s.conn.send(&Msg::Done)?;
     s.conn.flush()?;
     while s.take_acks(hooks, true)? {}
@@ -105,6 +137,10 @@ impl Sender<'_> {
                 path: item.rel,
                 meta,
             }),
+            Kind::Symlink if !hooks.wanted(&item) => {
+                self.out.skipped += 1;
+                Ok(())
+            }
             Kind::Symlink => match beneath::readlink_at(item.dir.as_raw_fd(), &item.name) {
                 Ok(target) => {
                     let id = self.track(&item, 0, 0);
@@ -145,7 +181,7 @@ impl Sender<'_> {
             rel: item.rel.clone(),
             size,
             mtime: (item.st.st_mtime, item.st.st_mtime_nsec as u32),
-            hash,
+            hash: Some(hash),
         });
         id
     }
@@ -167,27 +203,12 @@ impl Sender<'_> {
             size,
             meta,
         })?;
-        let mut h = Xxh3::new();
-        let mut left = size;
-        let mut f = f.take(size);
-        while left > 0 {
-            let want = (left as usize).min(self.buf.len());
-            let n = match f.read(&mut self.buf[..want]) {
-                Ok(0) => break, // shrank: the receiver sees the short count and fails it
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.failed.insert(id, format!("read: {e}"));
-                    break;
-                }
-            };
-            h.update(&self.buf[..n]);
-            self.conn.send_data(&self.buf[..n])?;
-            left -= n as u64;
+        let (hash, err) = send_range(self.conn, &f, 0, size, &mut self.buf)?;
+        if let Some(e) = err {
+            self.failed.insert(id, e);
         }
-        let hash = h.digest();
         if let Some(p) = self.pending.back_mut() {
-            p.hash = hash;
+            p.hash = Some(hash);
         }
         self.conn.send(&Msg::End { id, hash })
     }

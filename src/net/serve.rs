@@ -5,8 +5,9 @@
 use super::beneath::{self, check_rel, show, split};
 use super::conn::Conn;
 use super::msg::{Msg, Op};
+use super::quick::QuickCheck;
 use super::recv::{self, Receiver};
-use super::send::{self, Hooks};
+use super::send;
 use super::walk::Walker;
 use super::{session, verify};
 use std::io;
@@ -184,7 +185,7 @@ fn handle(
             }
             r?;
         }
-        Op::Pull | Op::Verify => {
+        Op::Pull | Op::Verify | Op::List => {
             if !t.exists {
                 return refuse(
                     c,
@@ -197,15 +198,31 @@ fn handle(
             })?;
             let walker = Walker::new(vec![(Arc::new(t.parent), t.name, Vec::new())]);
             if op == Op::Pull {
-                struct All;
-                impl Hooks for All {}
-                send::send_tree(&mut c, walker, &mut All)?;
+                send_pull(&mut c, walker, &ex.name, &path)?;
             } else {
-                verify::list(&mut c, walker)?;
+                verify::list(&mut c, walker, op == Op::Verify)?;
             }
         }
     }
     c.close();
+    Ok(())
+}
+
+/// A pull: the client lists what it has first (the quick check skips those), then the tree
+/// is sent.
+fn send_pull(c: &mut Conn, walker: Walker, export: &str, path: &[u8]) -> io::Result<()> {
+    c.flush()?;
+    let (have, _) = verify::receive(c)?;
+    let out = send::send_tree(c, walker, &mut QuickCheck(have))?;
+    eprintln!(
+        "ferry serve: {}: pull of {export}/{}: {} files, {} bytes, {} skipped (quick check), {} failed",
+        c.peer,
+        show(path),
+        out.files,
+        out.bytes,
+        out.skipped,
+        out.errors.len()
+    );
     Ok(())
 }
 

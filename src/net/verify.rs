@@ -19,7 +19,7 @@ pub struct Entry {
     pub link: Vec<u8>,
 }
 
-fn hash_fd(fd: std::os::fd::OwnedFd) -> io::Result<u64> {
+pub fn hash_fd(fd: std::os::fd::OwnedFd) -> io::Result<u64> {
     let mut f = std::fs::File::from(fd);
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -33,9 +33,11 @@ fn hash_fd(fd: std::os::fd::OwnedFd) -> io::Result<u64> {
     }
 }
 
-/// Walks and describes every entry; errors come back as (path, why).
+/// Walks and describes every entry (`hash`: with the xxh3 of every file's content, else
+/// 0); errors come back as (path, why).
 pub fn entries(
     walker: Walker,
+    hash: bool,
     mut each: impl FnMut(Vec<u8>, io::Result<Entry>) -> io::Result<()>,
 ) -> io::Result<()> {
     for item in walker {
@@ -54,6 +56,10 @@ pub fn entries(
             link: Vec::new(),
         };
         let r = match item.kind {
+            Kind::File if !hash => {
+                e.size = item.st.st_size as u64;
+                Ok(())
+            }
             Kind::File => {
                 e.size = item.st.st_size as u64;
                 beneath::open_at(dirfd, &item.name, libc::O_RDONLY, 0)
@@ -68,9 +74,10 @@ pub fn entries(
     Ok(())
 }
 
-/// Server side: lists its tree to the client, then Finished.
-pub fn list(c: &mut Conn, walker: Walker) -> io::Result<()> {
-    entries(walker, |path, r| match r {
+/// Lists a tree to the peer (with hashes for a verify; without for the quick check), then
+/// Finished.
+pub fn list(c: &mut Conn, walker: Walker, hash: bool) -> io::Result<()> {
+    entries(walker, hash, |path, r| match r {
         Ok(e) => c.send(&Msg::Entry {
             path,
             meta: e.meta,

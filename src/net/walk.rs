@@ -18,6 +18,7 @@ pub enum Kind {
 }
 
 /// One entry to send.
+#[derive(Clone)]
 pub struct Item {
     pub kind: Kind,
     /// The directory it is in, and its name there.

@@ -1,0 +1,101 @@
+//! Pull resume: a pull whose client is killed (SIGKILL) resumes on a rerun without
+//! receiving again what it already named (the client lists what it has; the server's quick
+//! check skips it), and a rerun of a completed pull receives nothing.
+
+mod common;
+mod netkit;
+use common::*;
+use netkit::*;
+use std::process::{Command, Stdio};
+
+fn named_in(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|r| {
+            r.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| !ferry::temp::is_temp_name(e.file_name().as_encoded_bytes()))
+            })
+            .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_killed_pull_resumes_and_a_completed_one_receives_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let (stls, ctls) = pki(&t.path().join("pki"), "localhost");
+    let (exp, dst, state) = (
+        t.path().join("exp"),
+        t.path().join("dst"),
+        t.path().join("st"),
+    );
+    let src = exp.join("tree");
+    std::fs::create_dir_all(src.join("a")).unwrap();
+    for i in 0..3000 {
+        write_file(&src.join(format!("a/f{i:04}")), 100 + i % 300, i as u64);
+    }
+    write_file(&src.join("zz-big"), 96 << 20, 7);
+    let s = serve(&stls, &[("data", &exp)], "127.0.0.1", 0, None);
+    let from = format!("ferry://localhost:{}/data/tree", s.port);
+    let mut client = Command::new(BIN)
+        .args(["copy", &from])
+        .arg(&dst)
+        .arg("--tls-dir")
+        .arg(&ctls)
+        .arg("--state-dir")
+        .arg(&state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while named_in(&dst.join("a")) < 1100 {
+        assert!(t0.elapsed().as_secs() < 60, "no progress");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    client.kill().unwrap();
+    client.wait().unwrap();
+    let before = named_in(&dst.join("a"));
+    assert!(before < 3000, "killed before the end");
+    // Every final name holds the whole file.
+    for e in std::fs::read_dir(dst.join("a")).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name();
+        if ferry::temp::is_temp_name(name.as_encoded_bytes()) {
+            continue;
+        }
+        assert!(
+            files_equal(&e.path(), &src.join("a").join(&name)),
+            "{name:?} partial"
+        );
+    }
+    let o = copy(&[os("--json"), os(&from), dst.as_os_str()], &ctls, &state);
+    assert!(
+        o.status.success(),
+        "rerun: {}\nserver: {}",
+        stderr(&o),
+        s.log()
+    );
+    let r = report(&o);
+    let files = r["files"].as_u64().unwrap();
+    assert!(files <= 3001 - before as u64, "resent completed files: {r}");
+    assert!(r["skipped"].as_u64().unwrap() >= before as u64, "{r}");
+    assert_same_tree(&src, &dst);
+    assert!(temps(&dst).is_empty(), "temps left: {:?}", temps(&dst));
+
+    let o = copy(&[os("--json"), os(&from), dst.as_os_str()], &ctls, &state);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = report(&o);
+    assert_eq!(
+        (r["files"].as_u64(), r["bytes"].as_u64()),
+        (Some(0), Some(0)),
+        "{r}"
+    );
+    assert_eq!(r["skipped"].as_u64(), Some(3001), "{r}");
+    // The server logs the session after its last reply: wait for the line.
+    let t0 = std::time::Instant::now();
+    while !s.log().contains("0 files, 0 bytes, 3001 skipped") {
+        assert!(t0.elapsed().as_secs() < 10, "{}", s.log());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

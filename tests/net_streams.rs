@@ -1,0 +1,195 @@
+//! `--streams N`: many small files spread over several TLS connections, big files split
+//! across them in ranges (named by a Seal once every range is durable), a stream reset in
+//! the middle retried on a new connection, and a rerun of a completed push that sends
+//! nothing (the remote quick check).
+
+mod common;
+mod netkit;
+use common::*;
+use netkit::*;
+use std::time::Duration;
+
+fn bytes_per_session(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|l| l.contains(": push into "))
+        .filter_map(|l| {
+            let t = l.split(" files, ").nth(1)?;
+            t.split(' ').next()?.parse().ok()
+        })
+        .collect()
+}
+
+/// The bytes of each push session the server logged, once it logged `n` (it logs a session
+/// after its last reply, so a little after the client is done).
+fn sessions(s: &Server, n: usize) -> Vec<u64> {
+    let t0 = std::time::Instant::now();
+    loop {
+        let per = bytes_per_session(&s.log());
+        if per.len() >= n {
+            assert_eq!(per.len(), n, "{}", s.log());
+            return per;
+        }
+        assert!(t0.elapsed().as_secs() < 10, "{}", s.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn big_and_small_files_over_three_streams_arrive_identical() {
+    let t = tempfile::tempdir().unwrap();
+    let (stls, ctls) = pki(&t.path().join("pki"), "localhost");
+    let (src, exp, state) = (
+        t.path().join("src"),
+        t.path().join("exp"),
+        t.path().join("st"),
+    );
+    mixed_tree(&src, 1500, &[70 << 20, 33 << 20, 5 << 20]);
+    std::fs::create_dir(&exp).unwrap();
+    let s = serve(&stls, &[("data", &exp)], "127.0.0.1", 0, None);
+    let to = format!("ferry://localhost:{}/data/", s.port);
+    let o = copy(
+        &[
+            os("--json"),
+            os("--streams"),
+            os("3"),
+            src.as_os_str(),
+            os(&to),
+        ],
+        &ctls,
+        &state,
+    );
+    assert!(
+        o.status.success(),
+        "push: {}\nserver: {}",
+        stderr(&o),
+        s.log()
+    );
+    assert_same_tree(&src, &exp.join("src"));
+    assert!(temps(&exp).is_empty(), "temps left: {:?}", temps(&exp));
+    let r = report(&o);
+    // 1500 small + 3 big + rodir/inside + 2 symlinks.
+    assert_eq!(r["files"].as_u64(), Some(1506), "{r}");
+    // Three sessions, and the 70 MiB file's ranges went over more than one of them.
+    let per = sessions(&s, 3);
+    assert!(
+        per.iter().filter(|&&b| b >= 16 << 20).count() >= 2,
+        "{per:?}"
+    );
+    // The far end hashes its side: identical.
+    let v = ferry(&[
+        os("verify"),
+        src.as_os_str(),
+        os(&format!("ferry://localhost:{}/data/src", s.port)),
+        os("--tls-dir"),
+        ctls.as_os_str(),
+    ]);
+    assert!(v.status.success(), "remote verify: {}", stderr(&v));
+
+    // A rerun of the completed push: the remote quick check skips everything.
+    let o = copy(
+        &[
+            os("--json"),
+            os("--streams"),
+            os("3"),
+            src.as_os_str(),
+            os(&to),
+        ],
+        &ctls,
+        &state,
+    );
+    assert!(o.status.success(), "rerun: {}", stderr(&o));
+    let r = report(&o);
+    assert_eq!(
+        (r["files"].as_u64(), r["bytes"].as_u64()),
+        (Some(0), Some(0)),
+        "{r}"
+    );
+    assert_eq!(r["skipped"].as_u64(), Some(1506), "{r}");
+    let per = sessions(&s, 6);
+    assert_eq!(
+        per[3..].iter().sum::<u64>(),
+        0,
+        "the rerun sent data: {per:?}"
+    );
+    // A changed file is sent again, and only it.
+    write_file(&src.join("d1/e1/f00001"), 999, 5);
+    let o = copy(&[os("--json"), src.as_os_str(), os(&to)], &ctls, &state);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(report(&o)["files"].as_u64(), Some(1), "{}", report(&o));
+    assert_same_tree(&src, &exp.join("src"));
+}
+
+#[test]
+fn a_stream_reset_mid_transfer_is_retried_and_nothing_is_lost() {
+    let t = tempfile::tempdir().unwrap();
+    let (stls, ctls) = pki(&t.path().join("pki"), "localhost");
+    let (src, exp, state) = (
+        t.path().join("src"),
+        t.path().join("exp"),
+        t.path().join("st"),
+    );
+    mixed_tree(&src, 800, &[60 << 20, 2 << 20]);
+    std::fs::create_dir(&exp).unwrap();
+    let s = serve(&stls, &[("data", &exp)], "127.0.0.1", 0, None);
+    // Connections: 0 stream 0, 1 the quick check's listing, 2 and 3 streams 1 and 2. Two
+    // of the streams are reset in the middle (of a big file's range, most likely); the
+    // connections that replace them pass.
+    let p = Proxy::start(s.port, Duration::ZERO, |n| match n {
+        2 => Some(6 << 20),
+        3 => Some(2 << 20),
+        _ => None,
+    });
+    let to = format!("ferry://localhost:{}/data/", p.port);
+    let o = copy(
+        &[
+            os("--json"),
+            os("--streams"),
+            os("3"),
+            src.as_os_str(),
+            os(&to),
+        ],
+        &ctls,
+        &state,
+    );
+    let err = stderr(&o);
+    assert!(o.status.success(), "push: {err}\nserver: {}", s.log());
+    assert!(p.resets.load(std::sync::atomic::Ordering::Relaxed) >= 2);
+    assert!(err.contains("reconnecting"), "{err}");
+    assert_same_tree(&src, &exp.join("src"));
+    assert!(temps(&exp).is_empty(), "temps left: {:?}", temps(&exp));
+    assert_eq!(report(&o)["files"].as_u64(), Some(805));
+}
+
+#[test]
+fn a_move_of_a_file_sent_in_ranges_removes_its_source_once_verified() {
+    let t = tempfile::tempdir().unwrap();
+    let (stls, ctls) = pki(&t.path().join("pki"), "localhost");
+    let (src, exp) = (t.path().join("src"), t.path().join("exp"));
+    std::fs::create_dir_all(&src).unwrap();
+    write_file(&src.join("big"), 40 << 20, 3);
+    write_file(&src.join("small"), 100, 4);
+    std::fs::create_dir(&exp).unwrap();
+    let s = serve(&stls, &[("data", &exp)], "127.0.0.1", 0, None);
+    let to = format!("ferry://localhost:{}/data/moved", s.port);
+    let o = ferry(&[
+        os("move"),
+        os("--streams"),
+        os("2"),
+        src.as_os_str(),
+        os(&to),
+        os("--tls-dir"),
+        ctls.as_os_str(),
+        os("--state-dir"),
+        t.path().join("st").as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}\nserver: {}", stderr(&o), s.log());
+    assert!(!src.exists(), "the sources are gone");
+    assert_eq!(
+        std::fs::read(exp.join("moved/big")).unwrap(),
+        pattern(40 << 20, 3)
+    );
+    assert_eq!(
+        std::fs::read(exp.join("moved/small")).unwrap(),
+        pattern(100, 4)
+    );
+}

@@ -1,0 +1,317 @@
+#![allow(dead_code)]
+//! Helpers of the network tests: a CA, a real `ferry serve` (optionally inside a network
+//! namespace), and a TCP fault proxy that delays and resets connections.
+
+use super::common::*;
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A CA with a server certificate for `server` (a host name or an IP) and a client one.
+pub fn pki(dir: &Path, server: &str) -> (PathBuf, PathBuf) {
+    ferry::net::certs::init(dir).unwrap();
+    ferry::net::certs::issue(dir, server, 0, 30).unwrap();
+    ferry::net::certs::issue(dir, "client", 0, 30).unwrap();
+    (dir.join(server), dir.join("client"))
+}
+
+/// A running `ferry serve`, killed (SIGKILL) on drop.
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+    log: Arc<Mutex<String>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+/// `ferry serve --listen ADDR:PORT` (port 0: any) exporting `exports`; `netns`: run inside
+/// that network namespace.
+pub fn serve(
+    tls: &Path,
+    exports: &[(&str, &Path)],
+    addr: &str,
+    port: u16,
+    netns: Option<&str>,
+) -> Server {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, BIN]);
+            c
+        }
+        None => Command::new(BIN),
+    };
+    let listen = format!("{addr}:{port}");
+    cmd.args(["serve", "--listen", &listen, "--tls-dir"])
+        .arg(tls)
+        .arg("--state-dir")
+        .arg(tls.with_extension("serve-state"));
+    for (n, d) in exports {
+        let mut e = std::ffi::OsString::from(format!("{n}="));
+        e.push(d.as_os_str());
+        cmd.arg("--export").arg(e);
+    }
+    let mut child = cmd
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines.next().expect("serve says where it listens").unwrap();
+    let port: u16 = first
+        .split(&format!("listening on {addr}:"))
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {first:?}"));
+    let log = Arc::new(Mutex::new(String::new()));
+    let l2 = log.clone();
+    std::thread::spawn(move || {
+        for l in lines.map_while(Result::ok) {
+            let mut g = l2.lock().unwrap();
+            g.push_str(&l);
+            g.push('\n');
+        }
+    });
+    Server { child, port, log }
+}
+
+pub fn os<S: AsRef<OsStr> + ?Sized>(s: &S) -> &OsStr {
+    s.as_ref()
+}
+
+/// `ferry copy ARGS... --tls-dir TLS --state-dir STATE` (killed after 180 s: a hang).
+pub fn copy(args: &[&OsStr], tls: &Path, state: &Path) -> std::process::Output {
+    let mut a: Vec<&OsStr> = vec![os("copy")];
+    a.extend_from_slice(args);
+    a.extend([
+        os("--tls-dir"),
+        tls.as_os_str(),
+        os("--state-dir"),
+        state.as_os_str(),
+    ]);
+    ferry_with(&a, Duration::from_secs(180), None)
+}
+
+/// The JSON report of a `--json` run.
+pub fn report(o: &std::process::Output) -> serde_json::Value {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON report; stderr: {}", stderr(o)))
+}
+
+/// Temp names (of any ferry run) anywhere under `root`.
+pub fn temps(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.map_while(Result::ok) {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            }
+            if ferry::temp::is_temp_name(e.file_name().as_encoded_bytes()) {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// Small files in nested directories, symlinks, a read-only directory, and big files
+/// (`big` bytes each: split across streams when at least 32 MiB).
+pub fn mixed_tree(root: &Path, small: usize, big: &[usize]) {
+    for i in 0..small {
+        let d = root.join(format!("d{}/e{}", i % 7, i % 3));
+        std::fs::create_dir_all(&d).unwrap();
+        write_file(&d.join(format!("f{i:05}")), (i * 37) % 20_000, i as u64);
+    }
+    for (i, &n) in big.iter().enumerate() {
+        write_file(&root.join(format!("big{i}")), n, 1000 + i as u64);
+    }
+    std::os::unix::fs::symlink("d0/e0", root.join("link")).unwrap();
+    std::os::unix::fs::symlink("nowhere", root.join("dangling")).unwrap();
+    let ro = root.join("rodir");
+    std::fs::create_dir_all(&ro).unwrap();
+    write_file(&ro.join("inside"), 5000, 77);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
+}
+
+/// What the proxy does to one connection: reset it once this many bytes went through it
+/// (both ways together); None: pass everything.
+pub type ResetAfter = Option<u64>;
+
+/// A TCP proxy to `127.0.0.1:upstream` that injects faults: each new connection asks `plan`
+/// (with its number, from 0) when to reset it; `delay` is slept before every forwarded
+/// piece; `reset_all` cuts every live connection at once.
+pub struct Proxy {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+    live: Arc<Mutex<Vec<TcpStream>>>,
+    pub resets: Arc<AtomicUsize>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.reset_all();
+    }
+}
+
+/// Closes a connection with a reset (SO_LINGER 0), waking the pumps blocked on it.
+fn cut(s: &TcpStream) {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: valid fd and option value.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &l as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as u32,
+        );
+    }
+    let _ = s.shutdown(Shutdown::Both);
+}
+
+impl Proxy {
+    pub fn start(
+        upstream: u16,
+        delay: Duration,
+        plan: impl Fn(usize) -> ResetAfter + Send + 'static,
+    ) -> Proxy {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let port = l.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let live = Arc::new(Mutex::new(Vec::new()));
+        let resets = Arc::new(AtomicUsize::new(0));
+        let (st, lv, rs) = (stop.clone(), live.clone(), resets.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !st.load(Ordering::Relaxed) {
+                let Ok((down, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                };
+                let Ok(up) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    cut(&down);
+                    continue;
+                };
+                down.set_nonblocking(false).unwrap();
+                let limit = plan(n);
+                n += 1;
+                lv.lock().unwrap().push(down.try_clone().unwrap());
+                lv.lock().unwrap().push(up.try_clone().unwrap());
+                let passed = Arc::new(AtomicU64::new(0));
+                for (a, b) in [(&down, &up), (&up, &down)] {
+                    let (a, b) = (a.try_clone().unwrap(), b.try_clone().unwrap());
+                    let (p, rs) = (passed.clone(), rs.clone());
+                    std::thread::spawn(move || pump(a, b, p, limit, delay, rs));
+                }
+            }
+        });
+        Proxy {
+            port,
+            stop,
+            live,
+            resets,
+        }
+    }
+
+    /// Resets every connection open now.
+    pub fn reset_all(&self) {
+        for s in self.live.lock().unwrap().drain(..) {
+            cut(&s);
+        }
+    }
+}
+
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    passed: Arc<AtomicU64>,
+    limit: ResetAfter,
+    delay: Duration,
+    resets: Arc<AtomicUsize>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+        let before = passed.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(lim) = limit
+            && before + n as u64 > lim
+        {
+            // Forward up to the limit (a frame cut in the middle), then reset both ends.
+            let keep = lim.saturating_sub(before) as usize;
+            let _ = to.write_all(&buf[..keep.min(n)]);
+            resets.fetch_add(1, Ordering::Relaxed);
+            cut(&from);
+            cut(&to);
+            return;
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+}
+
+/// A small deterministic generator for the random fault points (seed printed by tests).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+pub fn seed() -> u64 {
+    let s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let s = std::env::var("FERRY_TEST_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(s | 1);
+    eprintln!("fault seed {s} (FERRY_TEST_SEED={s} repeats it)");
+    s
+}
