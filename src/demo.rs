@@ -161,23 +161,72 @@ fn topology_json(generation: u64, disks: &[std::path::PathBuf]) -> serde_json::V
     serde_json::json!({"generation": generation, "pools": [{"id": "demo", "sets": sets}]})
 }
 
+fn err(what: &str, e: &dyn std::fmt::Display) -> String {
+    format!("{what}: {e}")
+}
+
+/// The demo's objects: (key, xxh3 of its bytes).
+type Objects = Vec<(String, u64)>;
+
 fn cluster_in(base: &Path, spec_template: &CopySpec) -> Result<bool, String> {
     use crate::cluster::rebalance;
-    use crate::cluster::store::{Placed, object_path};
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    let err = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
+    use crate::cluster::store::Placed;
     let disks: Vec<_> = (1..=5).map(|i| base.join(format!("disk{i}"))).collect();
     for d in &disks {
         fs::create_dir_all(d).map_err(|e| err("create disk", &e))?;
     }
-    let t1 = topology_json(1, &disks[..4]);
-    let t2 = topology_json(2, &disks);
     let (f1, f2) = (base.join("gen1.json"), base.join("gen2.json"));
-    fs::write(&f1, t1.to_string()).map_err(|e| err("write topology", &e))?;
-    fs::write(&f2, t2.to_string()).map_err(|e| err("write topology", &e))?;
-    let g1 = Placed::new(crate::cluster::Topology::load(&f1).map_err(|e| err("topology", &e))?);
-    let g2 = Placed::new(crate::cluster::Topology::load(&f2).map_err(|e| err("topology", &e))?);
-    // Fill: mixed sizes (1 KiB .. 512 KiB, log-uniform), placed by generation 1.
+    fs::write(&f1, topology_json(1, &disks[..4]).to_string())
+        .map_err(|e| err("write topology", &e))?;
+    fs::write(&f2, topology_json(2, &disks).to_string()).map_err(|e| err("write topology", &e))?;
+    let load = |f: &Path| crate::cluster::Topology::load(f).map_err(|e| err("topology", &e));
+    let (g1, g2) = (Placed::new(load(&f1)?), Placed::new(load(&f2)?));
+    let objects = fill(&g1)?;
+    let state = base.join("state");
+    let mut opts = rebalance::Options::new(f1, f2, state.join("registry.redb"));
+    opts.init_disks = true; // new disks: each gets its identity file first
+    let mut spec = spec_template.clone();
+    spec.state_dir = Some(state);
+    let mut handles = None;
+    let t0 = std::time::Instant::now();
+    let h = crate::Job::start_with(|| {
+        let (p, cluster, counters) = rebalance::prepare(&opts, spec)?;
+        handles = Some((cluster, counters));
+        Ok(p)
+    })
+    .and_then(crate::coord::ctl::serve_job)
+    .map_err(|e| err("rebalance", &e))?;
+    let (cluster, counters) = handles.expect("set by prepare");
+    let (reads, bad_reads) = read_while_moving(&h, &cluster, &counters, &objects);
+    let report = h.wait();
+    let secs = t0.elapsed().as_secs_f64();
+    for e in &report.errors {
+        eprintln!("ferry: {e}");
+    }
+    let bad = misplaced(&objects, &g2, &disks);
+    let ideal = 0.2; // a fifth equal disk should receive a fifth of the data
+    let moved = report.files as f64 / objects.len() as f64;
+    crate::outln!(
+        "ferry demo: rebalanced {} objects, {:.1} MB in {:.2}s ({:.1} MB/s); moved {:.1}% of the objects (ideal {:.1}%, ratio {:.2})",
+        report.files,
+        report.bytes as f64 / 1e6,
+        secs,
+        report.bytes as f64 / 1e6 / secs.max(1e-9),
+        moved * 100.0,
+        ideal * 100.0,
+        moved / ideal
+    );
+    crate::outln!("ferry demo: {reads} reads during the move, {bad_reads} failed");
+    let ok = report.ok() && bad == 0 && bad_reads == 0;
+    if ok {
+        crate::outln!("ferry demo: verified: every object is once, at its owner, intact");
+    }
+    Ok(ok)
+}
+
+/// Fill: mixed sizes (1 KiB .. 512 KiB, log-uniform), placed by generation 1.
+fn fill(g1: &crate::cluster::store::Placed) -> Result<Objects, String> {
+    use crate::cluster::store::object_path;
     let mut rng = XorShift(7);
     let mut objects = Vec::with_capacity(CLUSTER_OBJECTS);
     let mut total = 0u64;
@@ -201,22 +250,18 @@ fn cluster_in(base: &Path, spec_template: &CopySpec) -> Result<bool, String> {
         objects.len(),
         total as f64 / 1e6
     );
-    let state = base.join("state");
-    let mut opts = rebalance::Options::new(f1, f2, state.join("registry.redb"));
-    opts.init_disks = true; // new disks: each gets its identity file first
-    let mut spec = spec_template.clone();
-    spec.state_dir = Some(state);
-    let mut handles = None;
-    let t0 = std::time::Instant::now();
-    let h = crate::Job::start_with(|| {
-        let (p, cluster, counters) = rebalance::prepare(&opts, spec)?;
-        handles = Some((cluster, counters));
-        Ok(p)
-    })
-    .and_then(crate::coord::ctl::serve_job)
-    .map_err(|e| err("rebalance", &e))?;
-    let (cluster, counters) = handles.expect("set by prepare");
-    // A reader reads random objects for as long as the move runs.
+    Ok(objects)
+}
+
+/// A reader reads random objects for as long as the move runs (progress every 0.5 s); the
+/// reads served and how many of them were wrong.
+fn read_while_moving(
+    h: &crate::JobHandle,
+    cluster: &crate::cluster::store::Cluster,
+    counters: &crate::cluster::rebalance::Counters,
+    objects: &Objects,
+) -> (u64, u64) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let stop = AtomicBool::new(false);
     let (reads, bad_reads) = (AtomicU64::new(0), AtomicU64::new(0));
     std::thread::scope(|s| {
@@ -251,14 +296,19 @@ fn cluster_in(base: &Path, spec_template: &CopySpec) -> Result<bool, String> {
         }
         stop.store(true, Ordering::Release);
     });
-    let report = h.wait();
-    let secs = t0.elapsed().as_secs_f64();
-    for e in &report.errors {
-        eprintln!("ferry: {e}");
-    }
-    // Every object exactly once, at its owner under generation 2, with its bytes.
+    (reads.into_inner(), bad_reads.into_inner())
+}
+
+/// Every object exactly once, at its owner under generation 2, with its bytes: how many are
+/// not (the first ten are named).
+fn misplaced(
+    objects: &Objects,
+    g2: &crate::cluster::store::Placed,
+    disks: &[std::path::PathBuf],
+) -> usize {
+    use crate::cluster::store::object_path;
     let mut bad = 0;
-    for (k, hash) in &objects {
+    for (k, hash) in objects {
         let p = crate::cluster::partition_of(b"demo", k.as_bytes());
         let owner = g2.owner(p);
         let copies = disks
@@ -274,26 +324,5 @@ fn cluster_in(base: &Path, spec_template: &CopySpec) -> Result<bool, String> {
             }
         }
     }
-    let ideal = 0.2; // a fifth equal disk should receive a fifth of the data
-    let moved = report.files as f64 / objects.len() as f64;
-    crate::outln!(
-        "ferry demo: rebalanced {} objects, {:.1} MB in {:.2}s ({:.1} MB/s); moved {:.1}% of the objects (ideal {:.1}%, ratio {:.2})",
-        report.files,
-        report.bytes as f64 / 1e6,
-        secs,
-        report.bytes as f64 / 1e6 / secs.max(1e-9),
-        moved * 100.0,
-        ideal * 100.0,
-        moved / ideal
-    );
-    crate::outln!(
-        "ferry demo: {} reads during the move, {} failed",
-        reads.load(Ordering::Relaxed),
-        bad_reads.load(Ordering::Relaxed)
-    );
-    let ok = report.ok() && bad == 0 && bad_reads.load(Ordering::Relaxed) == 0;
-    if ok {
-        crate::outln!("ferry demo: verified: every object is once, at its owner, intact");
-    }
-    Ok(ok)
+    bad
 }

@@ -1,4 +1,5 @@
-//! The engine's error type: every failure names the operation, the path and the errno.
+//! The engine's error type: every failure names the operation, its target (a path, a peer, a
+//! reactor, an engine thread or a setting) and the errno, or says in words what went wrong.
 
 use std::fmt;
 use std::io;
@@ -9,10 +10,25 @@ use std::path::{Path, PathBuf};
 pub struct Error {
     /// What ferry was doing: "open", "read", "write", "fsync", "rename", ...
     pub op: &'static str,
-    /// The path it was doing it to.
-    pub path: PathBuf,
+    /// What it was doing it to.
+    pub target: Target,
     /// The kind of failure.
     pub kind: ErrorKind,
+}
+
+/// What an operation was done to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A file or directory (empty: none, as for a bad option).
+    Path(PathBuf),
+    /// A network peer (host:port).
+    Peer(String),
+    /// Reactor N (its ring).
+    Reactor(usize),
+    /// One of the engine's threads (ferry-commit, ferry-feed, ...).
+    Thread(&'static str),
+    /// A setting, such as `--io=uring`.
+    Setting(&'static str),
 }
 
 /// Why an operation failed.
@@ -30,14 +46,55 @@ pub enum ErrorKind {
     Unsupported(&'static str),
     /// The bytes read back are not the bytes that were copied (`--verify=full`).
     Mismatch { expected: u64, got: u64 },
+    /// A failure the kernel gave no errno for, said in words (an unreadable entry of a
+    /// rebalance scan, objects left behind). Counted as failed, not as bad input.
+    Failed(String),
+    /// A bug: a thread that panicked (its message), or one that is gone when it is needed.
+    Internal(String),
 }
 
 impl Error {
     pub fn os(op: &'static str, path: &Path, err: io::Error) -> Self {
-        Error {
+        Self::at(op, Target::Path(path.to_path_buf()), ErrorKind::Os(err))
+    }
+
+    pub fn at(op: &'static str, target: Target, kind: ErrorKind) -> Self {
+        Error { op, target, kind }
+    }
+
+    /// A failure without an errno, in words (exit 1, not a usage error).
+    pub fn failed(op: &'static str, path: &Path, msg: impl Into<String>) -> Self {
+        Self::at(
             op,
-            path: path.to_path_buf(),
-            kind: ErrorKind::Os(err),
+            Target::Path(path.to_path_buf()),
+            ErrorKind::Failed(msg.into()),
+        )
+    }
+
+    /// A bug reported rather than hidden: `what` panicked or is gone.
+    pub fn internal(op: &'static str, target: Target, msg: impl Into<String>) -> Self {
+        Self::at(op, target, ErrorKind::Internal(msg.into()))
+    }
+
+    /// A thread that panicked, with its panic message.
+    pub fn panicked(
+        op: &'static str,
+        target: Target,
+        payload: &(dyn std::any::Any + Send),
+    ) -> Self {
+        let msg = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".to_string());
+        Self::internal(op, target, format!("panicked: {msg}"))
+    }
+
+    /// The path this is about; empty when the target is not a path.
+    pub fn path(&self) -> &Path {
+        match &self.target {
+            Target::Path(p) => p,
+            _ => Path::new(""),
         }
     }
 
@@ -52,11 +109,11 @@ impl Error {
     }
 
     pub fn usage(path: &Path, msg: impl Into<String>) -> Self {
-        Error {
-            op: "usage",
-            path: path.to_path_buf(),
-            kind: ErrorKind::Usage(msg.into()),
-        }
+        Self::at(
+            "usage",
+            Target::Path(path.to_path_buf()),
+            ErrorKind::Usage(msg.into()),
+        )
     }
 
     /// The errno, when the kernel gave one.
@@ -97,26 +154,40 @@ pub fn shown(p: &Path) -> String {
     out
 }
 
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Path(p) => write!(f, "'{}'", shown(p)),
+            Target::Peer(p) => write!(f, "peer {p}"),
+            Target::Reactor(n) => write!(f, "reactor {n}"),
+            Target::Thread(t) => write!(f, "thread {t}"),
+            Target::Setting(s) => write!(f, "{s}"),
+        }
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let p = shown(&self.path);
+        let p = &self.target;
         match &self.kind {
-            ErrorKind::Os(e) => write!(f, "{} '{}': {}", self.op, p, e),
+            ErrorKind::Os(e) => write!(f, "{} {}: {}", self.op, p, e),
             ErrorKind::SourceChanged { attempts } => write!(
                 f,
-                "{} '{}': source changed while it was copied ({} attempts)",
+                "{} {}: source changed while it was copied ({} attempts)",
                 self.op, p, attempts
             ),
-            ErrorKind::ZeroWrite => write!(f, "{} '{}': wrote 0 bytes", self.op, p),
+            ErrorKind::ZeroWrite => write!(f, "{} {}: wrote 0 bytes", self.op, p),
             // An option's error has no path.
-            ErrorKind::Usage(m) if self.path.as_os_str().is_empty() => write!(f, "{m}"),
-            ErrorKind::Usage(m) => write!(f, "'{}': {}", p, m),
-            ErrorKind::Unsupported(what) => write!(f, "{} '{}': {}", self.op, p, what),
+            ErrorKind::Usage(m) if self.path().as_os_str().is_empty() => write!(f, "{m}"),
+            ErrorKind::Usage(m) => write!(f, "{}: {}", p, m),
+            ErrorKind::Unsupported(what) => write!(f, "{} {}: {}", self.op, p, what),
             ErrorKind::Mismatch { expected, got } => write!(
                 f,
-                "{} '{}': content differs from what was copied (xxh3 {got:016x}, expected {expected:016x})",
+                "{} {}: content differs from what was copied (xxh3 {got:016x}, expected {expected:016x})",
                 self.op, p
             ),
+            ErrorKind::Failed(m) => write!(f, "{} {}: {}", self.op, p, m),
+            ErrorKind::Internal(m) => write!(f, "{} {}: internal error: {}", self.op, p, m),
         }
     }
 }
@@ -144,5 +215,41 @@ mod tests {
         assert_eq!(p(b"back\\slash"), "back\\\\slash");
         let e = Error::errno("open", Path::new(std::ffi::OsStr::from_bytes(b"a\nb")), 2);
         assert!(!e.to_string().contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn each_target_says_what_it_is() {
+        let enter = |t| {
+            Error::at(
+                "io_uring_enter",
+                t,
+                ErrorKind::Os(io::Error::from_raw_os_error(libc::EBADF)),
+            )
+        };
+        let e = enter(Target::Reactor(3));
+        assert!(
+            e.to_string().starts_with("io_uring_enter reactor 3: "),
+            "{e}"
+        );
+        assert_eq!(e.raw_os_error(), Some(libc::EBADF));
+        assert_eq!(e.path(), Path::new(""));
+        let e = enter(Target::Peer("10.0.0.1:9000".into()));
+        assert!(
+            e.to_string()
+                .starts_with("io_uring_enter peer 10.0.0.1:9000: "),
+            "{e}"
+        );
+        let e = Error::errno("open", Path::new("/a"), libc::ENOENT);
+        assert!(e.to_string().starts_with("open '/a': "), "{e}");
+        let payload: Box<dyn std::any::Any + Send> = Box::new("index out of bounds");
+        let e = Error::panicked("reactor", Target::Thread("ferry-r1"), payload.as_ref());
+        assert_eq!(
+            e.to_string(),
+            "reactor thread ferry-r1: internal error: panicked: index out of bounds"
+        );
+        assert!(!e.is_usage() && e.raw_os_error().is_none());
+        let e = Error::failed("scan", Path::new("/d"), "unreadable");
+        assert_eq!(e.to_string(), "scan '/d': unreadable");
+        assert!(!e.is_usage());
     }
 }

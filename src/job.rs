@@ -3,7 +3,7 @@
 
 use crate::coord::state::{InvalidTransition, JobState, Machine};
 use crate::copy::{self, task::Ctx};
-use crate::error::Error;
+use crate::error::{Error, ErrorKind, Target};
 use crate::spec::CopySpec;
 use crate::stats::Report;
 use serde::Serialize;
@@ -130,7 +130,7 @@ impl Job {
                 }
                 report
             })
-            .map_err(|e| Error::os("spawn", std::path::Path::new("ferry-coord"), e))?;
+            .map_err(|e| Error::at("spawn", Target::Thread("ferry-coord"), ErrorKind::Os(e)))?;
         Ok(JobHandle {
             control,
             events_rx: Mutex::new(Some(events_rx)),

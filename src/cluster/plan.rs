@@ -76,11 +76,8 @@ fn fair_shares(t: &Topology) -> HashMap<&str, f64> {
         .collect()
 }
 
-pub fn plan(old: &Topology, new: &Topology, strategy: Strategy, vnodes: u32) -> PlanReport {
-    let (a, b) = (
-        PartitionTable::build(old, strategy, vnodes),
-        PartitionTable::build(new, strategy, vnodes),
-    );
+/// One row per set of either topology, with its state before and after.
+fn set_rows(old: &Topology, new: &Topology) -> BTreeMap<String, SetRow> {
     let mut rows: BTreeMap<String, SetRow> = BTreeMap::new();
     for (t, before) in [(old, true), (new, false)] {
         for s in t.sets() {
@@ -102,6 +99,15 @@ pub fn plan(old: &Topology, new: &Topology, strategy: Strategy, vnodes: u32) -> 
             }
         }
     }
+    rows
+}
+
+pub fn plan(old: &Topology, new: &Topology, strategy: Strategy, vnodes: u32) -> PlanReport {
+    let (a, b) = (
+        PartitionTable::build(old, strategy, vnodes),
+        PartitionTable::build(new, strategy, vnodes),
+    );
+    let mut rows = set_rows(old, new);
     let (mut moved, mut moved_disk, mut replica_moves) = (0u64, 0u64, 0u64);
     for p in 0..=u16::MAX {
         let (oa, ob) = (a.owner_id(p), b.owner_id(p));

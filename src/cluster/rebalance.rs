@@ -502,7 +502,7 @@ fn scan(
                         });
                     });
                     for e in errors {
-                        ctx.stats.error(Error::usage(path, e));
+                        ctx.stats.error(Error::failed("scan", path, e));
                     }
                 }
             });
@@ -535,10 +535,11 @@ fn final_pass(ctx: &Ctx, m: &Mover, disks: &[(String, PathBuf, bool)]) {
     let left = left.into_inner();
     m.counters.left_over.store(left, Ordering::Release);
     if let Some(c) = first.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        ctx.stats.error(Error::usage(
+        ctx.stats.error(Error::failed(
+            "final pass",
             &c.src,
             format!(
-                "final pass: {left} objects are still on non-owner disks (this one belongs on {})",
+                "{left} objects are still on non-owner disks (this one belongs on {})",
                 c.to
             ),
         ));
@@ -620,7 +621,7 @@ impl Mover {
             Ok(st) if !f.done.unchanged(&st) => {
                 return Err(Error {
                     op: "rebalance",
-                    path: f.src.clone(),
+                    target: crate::error::Target::Path(f.src.clone()),
                     kind: ErrorKind::SourceChanged {
                         attempts: f.attempt,
                     },
@@ -648,8 +649,49 @@ impl Mover {
 
 impl CommitHook for Mover {
     fn commit(&self, ctx: &Ctx, items: Vec<Finished>) {
-        let mut placed: Vec<(Finished, Option<Item>)> = Vec::with_capacity(items.len());
         let mut log = Vec::new();
+        let placed = self.place_all(ctx, items, &mut log);
+        // The names must be durable before any source goes.
+        let mut devs: Vec<u64> = placed.iter().map(|(f, _)| f.dev).collect();
+        devs.sort_unstable();
+        devs.dedup();
+        let forwarded = ctx
+            .sync_dst(Some(&devs))
+            .and_then(|()| self.forward(&placed));
+        if let Err(e) = forwarded {
+            ctx.stats.error(e);
+            for (_, item) in placed {
+                self.finish(ctx, item, false, &mut log);
+            }
+            return;
+        }
+        let src_devs = self.clean_up(ctx, placed, &mut log);
+        // The deletions become durable with one syncfs per source filesystem (not one fsync
+        // per directory: a batch touches hundreds of them).
+        for (dev, dir) in src_devs {
+            if let Err(e) = ctx.sync_src(dev, &dir) {
+                ctx.stats.error(e);
+            }
+        }
+        if let Some(r) = &self.cluster.registry
+            && let Err(e) = r.flush()
+        {
+            ctx.stats.error(e);
+        }
+        log_partitions(ctx, log);
+    }
+}
+
+impl Mover {
+    /// Each copy to its final name under its key's lock; the placed ones (with their
+    /// record), the rest superseded, requeued (written in place meanwhile) or failed.
+    fn place_all(
+        &self,
+        ctx: &Ctx,
+        items: Vec<Finished>,
+        log: &mut Vec<u16>,
+    ) -> Vec<(Finished, Option<Item>)> {
+        let mut placed = Vec::with_capacity(items.len());
         for f in items {
             let item = self.item_of(&f.src, &f.dst);
             let res = match &item {
@@ -664,7 +706,7 @@ impl CommitHook for Mover {
                 Ok(false) => {
                     let _ = meta::unlink(&f.tmp); // dropped copy; nothing depends on it
                     self.counters.superseded.fetch_add(1, Ordering::Relaxed);
-                    self.finish(ctx, item, true, &mut log);
+                    self.finish(ctx, item, true, log);
                 }
                 Err(e)
                     if matches!(e.kind, ErrorKind::SourceChanged { .. })
@@ -680,46 +722,43 @@ impl CommitHook for Mover {
                     let _ = meta::unlink(&f.tmp);
                     ctx.note_failed(&f.src, false);
                     ctx.stats.error(e);
-                    self.finish(ctx, item, false, &mut log);
+                    self.finish(ctx, item, false, log);
                 }
             }
         }
-        // The names must be durable before any source goes.
-        let mut devs: Vec<u64> = placed.iter().map(|(f, _)| f.dev).collect();
-        devs.sort_unstable();
-        devs.dedup();
-        if let Err(e) = ctx.sync_dst(Some(&devs)) {
-            ctx.stats.error(e);
-            for (_, item) in placed {
-                self.finish(ctx, item, false, &mut log);
-            }
-            return;
-        }
-        // FORWARD for the whole batch in one registry transaction. It may name a copy a client
-        // replaces or deletes before the cleanup below: the registry is a hint, a stale entry
-        // costs a reader one miss (reads fall back to placement), never an object.
-        if let Some(r) = &self.cluster.registry {
-            let moves: Vec<(Vec<u8>, String, String)> = placed
-                .iter()
-                .filter_map(|(_, it)| it.as_ref())
-                .map(|it| {
-                    (
-                        super::store::full_key(&it.bucket, &it.key),
-                        it.from.clone(),
-                        it.to.clone(),
-                    )
-                })
-                .collect();
-            if let Err(e) = r.forward_many(&moves, self.generation, self.ttl) {
-                ctx.stats.error(e);
-                for (_, item) in placed {
-                    self.finish(ctx, item, false, &mut log);
-                }
-                return;
-            }
-        }
-        // CLEANUP, each under its key's lock: the source goes only if it is still what was
-        // read (a client's write or delete since then is its call, not ours).
+        placed
+    }
+
+    /// FORWARD for the whole batch in one registry transaction. It may name a copy a client
+    /// replaces or deletes before the cleanup: the registry is a hint, a stale entry costs a
+    /// reader one miss (reads fall back to placement), never an object.
+    fn forward(&self, placed: &[(Finished, Option<Item>)]) -> Result<(), Error> {
+        let Some(r) = &self.cluster.registry else {
+            return Ok(());
+        };
+        let moves: Vec<(Vec<u8>, String, String)> = placed
+            .iter()
+            .filter_map(|(_, it)| it.as_ref())
+            .map(|it| {
+                (
+                    super::store::full_key(&it.bucket, &it.key),
+                    it.from.clone(),
+                    it.to.clone(),
+                )
+            })
+            .collect();
+        r.forward_many(&moves, self.generation, self.ttl)
+    }
+
+    /// CLEANUP, each under its key's lock: the source goes only if it is still what was read
+    /// (a client's write or delete since then is its call, not ours). The source directories
+    /// to make durable, one per filesystem.
+    fn clean_up(
+        &self,
+        ctx: &Ctx,
+        placed: Vec<(Finished, Option<Item>)>,
+        log: &mut Vec<u16>,
+    ) -> Vec<(u64, PathBuf)> {
         let mut src_devs: Vec<(u64, PathBuf)> = Vec::new();
         for (f, item) in placed {
             let it = item.as_ref().expect("placed items have their record");
@@ -741,48 +780,40 @@ impl CommitHook for Mover {
                     if !src_devs.iter().any(|(d, _)| *d == dev) {
                         src_devs.push((dev, meta::parent_dir(&f.src).to_path_buf()));
                     }
-                    self.finish(ctx, item, true, &mut log);
+                    self.finish(ctx, item, true, log);
                 }
                 Ok(None) => {
                     self.counters.superseded.fetch_add(1, Ordering::Relaxed);
-                    self.finish(ctx, item, true, &mut log);
+                    self.finish(ctx, item, true, log);
                 }
                 Err(e) => {
                     ctx.stats.error(e);
-                    self.finish(ctx, item, false, &mut log);
+                    self.finish(ctx, item, false, log);
                 }
             }
         }
-        // The deletions become durable with one syncfs per source filesystem (not one fsync
-        // per directory: a batch touches hundreds of them).
-        for (dev, dir) in src_devs {
-            if let Err(e) = ctx.sync_src(dev, &dir) {
-                ctx.stats.error(e);
-            }
-        }
-        if let Some(r) = &self.cluster.registry
-            && let Err(e) = r.flush()
-        {
-            ctx.stats.error(e);
-        }
-        // No per-object journal: a resume rescans the disks (moved objects are no longer
-        // misplaced), so memory on resume stays flat too; the partition log below is enough.
-        if !log.is_empty()
-            && let Some(p) = partitions_file(ctx)
-        {
-            let mut text = String::new();
-            for x in log {
-                text.push_str(&format!("{x}\n"));
-            }
-            let w = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&p)
-                .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|_| f.sync_data()));
-            if let Err(e) = w {
-                // Not fatal: a resume then rescans those partitions too.
-                ctx.stats.error(Error::os("checkpoint partitions", &p, e));
-            }
-        }
+        src_devs
+    }
+}
+
+/// The partitions finished by this batch, appended to the partition log. No per-object
+/// journal: a resume rescans the disks (moved objects are no longer misplaced), so memory on
+/// resume stays flat too; the partition log is enough.
+fn log_partitions(ctx: &Ctx, log: Vec<u16>) {
+    let Some(p) = partitions_file(ctx).filter(|_| !log.is_empty()) else {
+        return;
+    };
+    let mut text = String::new();
+    for x in log {
+        text.push_str(&format!("{x}\n"));
+    }
+    let w = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&p)
+        .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|_| f.sync_data()));
+    if let Err(e) = w {
+        // Not fatal: a resume then rescans those partitions too.
+        ctx.stats.error(Error::os("checkpoint partitions", &p, e));
     }
 }

@@ -1,7 +1,7 @@
 //! The control socket `<state-dir>/<job-id>/ctl.sock` (mode 0600): one command per connection,
 //! one line each way. Commands: pause, resume, cancel, status, rate BYTES[/s] [OPS].
 
-use crate::error::Error;
+use crate::error::{Error, ErrorKind, Target};
 use crate::job::{Control, JobHandle};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -48,7 +48,7 @@ pub fn serve(path: PathBuf, control: Arc<Control>) -> Result<JoinHandle<()>, Err
             }
             let _ = std::fs::remove_file(&path);
         })
-        .map_err(|e| Error::os("spawn", Path::new("ferry-ctl"), e))
+        .map_err(|e| Error::at("spawn", Target::Thread("ferry-ctl"), ErrorKind::Os(e)))
 }
 
 fn handle(s: UnixStream, c: &Control) {

@@ -1,7 +1,7 @@
 //! `--metrics ADDR`: Prometheus text exposition of a running job (bytes, files, failures,
 //! state, rate limits) over plain HTTP/1.0. Bounded: one request at a time, 4 KiB read.
 
-use crate::error::Error;
+use crate::error::{Error, ErrorKind, Target};
 use crate::job::Control;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -35,7 +35,7 @@ pub fn serve_on(listener: TcpListener, control: Arc<Control>) -> Result<JoinHand
                 }
             }
         })
-        .map_err(|e| Error::os("spawn", std::path::Path::new("ferry-metrics"), e))
+        .map_err(|e| Error::at("spawn", Target::Thread("ferry-metrics"), ErrorKind::Os(e)))
 }
 
 fn answer(mut s: TcpStream, c: &Control) {
@@ -56,48 +56,71 @@ pub fn render(c: &Control) -> String {
     let p = c.status();
     let (bw, ops) = c.rates();
     let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+    let gauges: [(&str, &str, &str, String); 6] = [
+        (
+            "ferry_bytes_total",
+            "counter",
+            "Bytes durably copied.",
+            p.bytes.to_string(),
+        ),
+        (
+            "ferry_files_total",
+            "counter",
+            "Files durably copied.",
+            p.files.to_string(),
+        ),
+        (
+            "ferry_failures_total",
+            "counter",
+            "Failed items.",
+            p.failed.to_string(),
+        ),
+        (
+            "ferry_elapsed_seconds",
+            "gauge",
+            "Time since the job started.",
+            format!("{:.3}", p.elapsed_secs),
+        ),
+        (
+            "ferry_bwlimit_bytes_per_second",
+            "gauge",
+            "Bandwidth limit (0 = none).",
+            bw.to_string(),
+        ),
+        (
+            "ferry_ops_limit_per_second",
+            "gauge",
+            "File operation limit (0 = none).",
+            ops.to_string(),
+        ),
+    ];
+    for (name, kind, help, value) in gauges {
         out.push_str(&format!(
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
         ));
-    };
-    metric(
-        "ferry_bytes_total",
-        "counter",
-        "Bytes durably copied.",
-        p.bytes.to_string(),
+    }
+    latencies(&mut out, &c.latencies());
+    out.push_str(
+        "# HELP ferry_state The job's state (1 for the current one).\n# TYPE ferry_state gauge\n",
     );
-    metric(
-        "ferry_files_total",
-        "counter",
-        "Files durably copied.",
-        p.files.to_string(),
-    );
-    metric(
-        "ferry_failures_total",
-        "counter",
-        "Failed items.",
-        p.failed.to_string(),
-    );
-    metric(
-        "ferry_elapsed_seconds",
-        "gauge",
-        "Time since the job started.",
-        format!("{:.3}", p.elapsed_secs),
-    );
-    metric(
-        "ferry_bwlimit_bytes_per_second",
-        "gauge",
-        "Bandwidth limit (0 = none).",
-        bw.to_string(),
-    );
-    metric(
-        "ferry_ops_limit_per_second",
-        "gauge",
-        "File operation limit (0 = none).",
-        ops.to_string(),
-    );
-    let lat = c.latencies();
+    for s in [
+        "scanning",
+        "running",
+        "paused",
+        "completed",
+        "failed",
+        "cancelled",
+    ] {
+        out.push_str(&format!(
+            "ferry_state{{state=\"{s}\"}} {}\n",
+            u8::from(p.state.name() == s)
+        ));
+    }
+    out
+}
+
+/// The latency summary: quantiles and a count per kind of operation.
+fn latencies(out: &mut String, lat: &crate::latency::LatencyReport) {
     out.push_str(
         "# HELP ferry_latency_us Operation latency quantiles (microseconds).\n\
          # TYPE ferry_latency_us summary\n",
@@ -125,21 +148,4 @@ pub fn render(c: &Control) -> String {
             q.count
         ));
     }
-    out.push_str(
-        "# HELP ferry_state The job's state (1 for the current one).\n# TYPE ferry_state gauge\n",
-    );
-    for s in [
-        "scanning",
-        "running",
-        "paused",
-        "completed",
-        "failed",
-        "cancelled",
-    ] {
-        out.push_str(&format!(
-            "ferry_state{{state=\"{s}\"}} {}\n",
-            u8::from(p.state.name() == s)
-        ));
-    }
-    out
 }

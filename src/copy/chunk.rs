@@ -185,7 +185,7 @@ impl CopyReactor {
             if slot.writing {
                 job.fail(Error {
                     op: "write",
-                    path: job.tmp.clone(),
+                    target: crate::error::Target::Path(job.tmp.clone()),
                     kind: ErrorKind::ZeroWrite,
                 });
             } else {

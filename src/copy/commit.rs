@@ -145,7 +145,9 @@ fn devs_of(batch: &[Finished], names: Option<&Named>) -> Vec<u64> {
 
 /// The same outcome again (one flush decides for the batch and for the names it carried).
 fn dup(r: &Result<(), crate::error::Error>) -> Result<(), crate::error::Error> {
-    r.as_ref().map(|_| ()).map_err(|e| same_failure(e, &e.path))
+    r.as_ref()
+        .map(|_| ())
+        .map_err(|e| same_failure(e, e.path()))
 }
 
 /// A flush's failure, told about `path` (each file of a failed flush fails with its errno).
@@ -564,7 +566,7 @@ pub fn verify_durable(
     if n != size || got != expected {
         return Err(crate::error::Error {
             op: "verify",
-            path: path.to_path_buf(),
+            target: crate::error::Target::Path(path.to_path_buf()),
             kind: crate::error::ErrorKind::Mismatch { expected, got },
         });
     }

@@ -99,9 +99,11 @@ impl CopyReactor {
                 if f.anon.is_none() {
                     let _ = meta::unlink(&f.tmp); // best effort; the error below is the report
                 }
-                self.ctx
-                    .stats
-                    .error(Error::errno("commit", &f.dst, libc::EPIPE));
+                self.ctx.stats.error(Error::internal(
+                    "commit",
+                    crate::error::Target::Path(f.dst.clone()),
+                    "the committer thread is gone (it panicked): not made durable",
+                ));
                 if let Some(key) = f.link_key {
                     self.ctx.link_failed(key);
                 }
@@ -232,7 +234,7 @@ impl CopyReactor {
         self.ctx.note_failed(&job.src, false);
         let err = err.unwrap_or_else(|| Error {
             op: "copy",
-            path: job.src.clone(),
+            target: crate::error::Target::Path(job.src.clone()),
             kind: ErrorKind::SourceChanged {
                 attempts: job.attempt,
             },

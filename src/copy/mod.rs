@@ -4,6 +4,7 @@
 mod chunk;
 pub mod commit;
 pub mod driver;
+mod execute;
 mod finish;
 pub mod fskind;
 mod open;
@@ -17,14 +18,14 @@ pub mod walk;
 
 use crate::error::Error;
 use crate::io::{self, Arena, Backend, Probe};
-use crate::spec::{CopySpec, FsyncMode, IoMode};
+use crate::spec::{CopySpec, IoMode};
 use crate::stats::Report;
-use driver::CopyReactor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
-use task::{Ctx, Task};
+use task::Ctx;
+
+pub use execute::execute;
 
 /// Which backend the reactors build, decided once per job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,7 +43,11 @@ fn choose_engine(mode: IoMode) -> Result<Engine, Error> {
                 eprintln!("ferry: io_uring unavailable ({e}); using the blocking backend");
                 Ok(Engine::Sync)
             }
-            Probe::Unavailable(e) => Err(Error::os("io_uring_setup", Path::new("--io=uring"), e)),
+            Probe::Unavailable(e) => Err(Error::at(
+                "io_uring_setup",
+                crate::error::Target::Setting("--io=uring"),
+                crate::error::ErrorKind::Os(e),
+            )),
         },
     }
 }
@@ -262,24 +267,45 @@ fn resume_or_start(ctx: &mut Ctx, root: &Path, plan: &plan::Plan) -> Result<(), 
     };
     let earlier = sd.load_checkpoint();
     adopt_temp_token(ctx, earlier.as_ref(), &sd.dir);
-    if let Some(cp) = &earlier
-        && !ctx.spec.fresh
-        && job_id(&cp.spec) != id
-    {
+    if let Some(cp) = &earlier {
+        refuse_another_job(ctx, cp, &sd.dir, &id)?;
+    }
+    take_over(ctx, &sd, earlier, &id)?;
+    if ctx.spec.retry_failed {
+        only_the_failed(ctx, &sd)?;
+    }
+    ctx.job_id = Some(id);
+    ctx.targets = plan.targets.clone();
+    ctx.state = Some(sd);
+    ctx.checkpoint(crate::coord::state::JobState::Running);
+    Ok(())
+}
+
+/// Unless `--fresh`: a checkpoint of another spec, or an unfinished rebalance between other
+/// generations, is refused (bad input).
+fn refuse_another_job(
+    ctx: &Ctx,
+    cp: &crate::coord::checkpoint::Checkpoint,
+    dir: &Path,
+    id: &str,
+) -> Result<(), Error> {
+    use crate::coord::checkpoint::job_id;
+    if ctx.spec.fresh {
+        return Ok(());
+    }
+    if job_id(&cp.spec) != id {
         return Err(Error::usage(
-            &sd.dir,
+            dir,
             "the checkpoint there was written for a different job spec; \
              run with --fresh to start over",
         ));
     }
-    if let Some(cp) = &earlier
-        && !ctx.spec.fresh
-        && cp.state != crate::coord::state::JobState::Completed
+    if cp.state != crate::coord::state::JobState::Completed
         && let (Some(was), Some(now)) = (&cp.spec.rebalance, &ctx.spec.rebalance)
         && (was.from_generation, was.to_generation) != (now.from_generation, now.to_generation)
     {
         return Err(Error::usage(
-            &sd.dir,
+            dir,
             format!(
                 "the unfinished rebalance there moves generation {} -> {}, not {} -> {}; \
                  run with --fresh to plan again from the disks",
@@ -287,6 +313,18 @@ fn resume_or_start(ctx: &mut Ctx, root: &Path, plan: &plan::Plan) -> Result<(), 
             ),
         ));
     }
+    Ok(())
+}
+
+/// What this run takes over from the earlier one: its journal (unfinished), the targets'
+/// quick check (a rerun of a copy or move), or nothing (the state is reset).
+fn take_over(
+    ctx: &mut Ctx,
+    sd: &crate::coord::checkpoint::StateDir,
+    earlier: Option<crate::coord::checkpoint::Checkpoint>,
+    id: &str,
+) -> Result<(), Error> {
+    use crate::coord::checkpoint::job_id;
     use crate::coord::state::JobState::Completed;
     // A copy or move run before (not a rebalance, which plans anew) lands where it did (see
     // plan::resolve) and skips what is up to date there.
@@ -326,262 +364,27 @@ fn resume_or_start(ctx: &mut Ctx, root: &Path, plan: &plan::Plan) -> Result<(), 
             .reset()
             .map_err(|e| Error::os("reset state", &sd.dir, e))?,
     }
-    if ctx.spec.retry_failed {
-        let set = sd
-            .load_failed()
-            .map_err(|e| Error::os("read failures", &sd.dir, e))?;
-        if set.is_empty() {
-            return Err(Error::usage(
-                &sd.dir,
-                "--retry-failed: the last run of this job recorded no failures",
-            ));
-        }
-        eprintln!(
-            "ferry: retrying {} failed files and {} failed directories",
-            set.files.len(),
-            set.dirs.len()
-        );
-        ctx.only = Some(set);
-    }
-    ctx.job_id = Some(id);
-    ctx.targets = plan.targets.clone();
-    ctx.state = Some(sd);
-    ctx.checkpoint(crate::coord::state::JobState::Running);
     Ok(())
 }
 
-/// Runs a prepared job to its end (or its cancel/abort) and reports.
-pub fn execute(p: Prepared) -> Report {
-    let Prepared {
-        ctx,
-        plan,
-        engine,
-        feeder,
-        finisher,
-    } = p;
-    let started = Instant::now();
-    let feeding = feeder.map(|f| {
-        ctx.queues.hold();
-        let c = ctx.clone();
-        std::thread::Builder::new()
-            .name("ferry-feed".into())
-            .spawn(move || {
-                let _guard = AbortOnPanic(c.clone());
-                f(&c);
-                c.queues.finish();
-            })
-    });
-    let feeding = match feeding {
-        Some(Ok(h)) => Some(h),
-        Some(Err(e)) => {
-            ctx.stats
-                .error(Error::os("spawn", Path::new("ferry-feed"), e));
-            ctx.stats.abort.store(true, Ordering::Release);
-            None
-        }
-        None => None,
-    };
-    let reactors = ctx.queues.reactors();
-    let spec = ctx.spec.clone();
-    crate::stats::Stats::add(&ctx.stats.moved_before, plan.moved_before);
-    let mut landings = Vec::new();
-    for (i, root) in plan.roots.into_iter().enumerate() {
-        let is_dir = crate::meta::file_type(&root.st) == libc::S_IFDIR;
-        if ctx.overlaps.root_replaced(i, is_dir, &ctx.filter) {
-            walk::replaced(&ctx, &root.src);
-            continue;
-        }
-        if spec.dry_run {
-            landings.push(crate::stats::Landing {
-                source: crate::error::shown(&root.src),
-                target: crate::error::shown(&root.target),
-            });
-        }
-        if ctx.spec.remove_source
-            && !ctx.spec.no_rename
-            && !ctx.overlaps.involves(i, &ctx.filter)
-            && rename_root(&ctx, &root)
-        {
-            continue;
-        }
-        let owner = ctx.owner_of(root.st.st_dev);
-        match crate::meta::file_type(&root.st) {
-            libc::S_IFDIR => {
-                ctx.stats.walking.fetch_add(1, Ordering::AcqRel);
-                ctx.queues.push_local(
-                    owner,
-                    Task::Dir {
-                        src: root.src,
-                        dst: root.target,
-                        parent: None,
-                    },
-                )
-            }
-            libc::S_IFREG => {
-                crate::stats::Stats::add(&ctx.stats.found_files, 1);
-                ctx.queues
-                    .push_local(owner, Task::new_file(root.src, root.target, None, 1))
-            }
-            _ => {
-                if let Err(e) = walk::copy_inline(&ctx, &root.src, &root.target) {
-                    ctx.stats.error(e);
-                }
-            }
-        }
-    }
-
-    let (commit_tx, committer) = match spec.fsync {
-        FsyncMode::Batch => {
-            let (tx, rx) = std::sync::mpsc::sync_channel(commit::CHANNEL);
-            let c = ctx.clone();
-            let h = std::thread::Builder::new()
-                .name("ferry-commit".into())
-                .spawn(move || {
-                    let _guard = AbortOnPanic(c.clone());
-                    commit::run(c, rx)
-                });
-            match h {
-                Ok(h) => (Some(tx), Some(h)),
-                Err(e) => {
-                    ctx.stats
-                        .error(Error::os("spawn", Path::new("ferry-commit"), e));
-                    ctx.stats.abort.store(true, Ordering::Release);
-                    (None, None)
-                }
-            }
-        }
-        FsyncMode::File => (None, None),
-    };
-
-    let cores = core_affinity::get_core_ids().unwrap_or_default();
-    let mut handles = Vec::with_capacity(reactors);
-    // Each reactor says when it is done, so the coordinator wakes at once, not on its next tick.
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let mut backend_name = "sync";
-    for me in 0..reactors {
-        let c = ctx.clone();
-        let tx = commit_tx.clone();
-        let core = (!cores.is_empty()).then(|| cores[me % cores.len()]);
-        let done = done_tx.clone();
-        let h = std::thread::Builder::new()
-            .name(format!("ferry-r{me}"))
-            .spawn(move || {
-                let _guard = AbortOnPanic(c.clone());
-                // Dropped last (also by a panic): the coordinator's wake-up.
-                let _done = done;
-                if let Some(core) = core {
-                    core_affinity::set_for_current(core);
-                }
-                let spec = c.spec.clone();
-                let backend = make_backend(engine, &spec, me);
-                let mut r = CopyReactor::new(me, c, backend, tx);
-                (r.run(), r.backend())
-            });
-        match h {
-            Ok(h) => handles.push(h),
-            Err(e) => {
-                ctx.stats.abort.store(true, Ordering::Release);
-                ctx.stats
-                    .error(Error::os("spawn", Path::new("ferry reactor"), e));
-                break;
-            }
-        }
-    }
-    drop(commit_tx);
-    drop(done_tx);
-    // The coordinator's loop: checkpoint every 1000 files or 5 s (and on pause) until the
-    // reactors are done. It never touches a ring.
-    let (mut last_cp, mut last_files, mut was_paused) = (Instant::now(), 0u64, false);
-    loop {
-        // Every reactor dropped its sender: all are done.
-        if let Err(std::sync::mpsc::RecvTimeoutError::Disconnected) =
-            done_rx.recv_timeout(std::time::Duration::from_millis(50))
-        {
-            break;
-        }
-        let files = ctx.stats.files.load(Ordering::Relaxed);
-        let paused = ctx.paused.load(Ordering::Acquire);
-        if files >= last_files + 1000 || last_cp.elapsed().as_secs() >= 5 || paused != was_paused {
-            let st = if paused {
-                crate::coord::state::JobState::Paused
-            } else {
-                crate::coord::state::JobState::Running
-            };
-            ctx.checkpoint(st);
-            (last_cp, last_files, was_paused) = (Instant::now(), files, paused);
-        }
-    }
-    for h in handles {
-        match h.join() {
-            Ok((Ok(()), name)) => backend_name = name,
-            Ok((Err(e), _)) => ctx.stats.error(e),
-            Err(_) => ctx.stats.error(Error::errno(
-                "reactor",
-                Path::new("ferry reactor"),
-                libc::EFAULT, /* a panic: a bug, reported rather than hidden */
-            )),
-        }
-    }
-    if let Some(h) = committer
-        && h.join().is_err()
-    {
-        ctx.stats.error(Error::errno(
-            "commit",
-            Path::new("ferry-commit"),
-            libc::EFAULT,
+/// `--retry-failed`: only what the last run recorded as failed is copied.
+fn only_the_failed(ctx: &mut Ctx, sd: &crate::coord::checkpoint::StateDir) -> Result<(), Error> {
+    let set = sd
+        .load_failed()
+        .map_err(|e| Error::os("read failures", &sd.dir, e))?;
+    if set.is_empty() {
+        return Err(Error::usage(
+            &sd.dir,
+            "--retry-failed: the last run of this job recorded no failures",
         ));
     }
-    if let Some(h) = feeding
-        && h.join().is_err()
-    {
-        ctx.stats
-            .error(Error::errno("feed", Path::new("ferry-feed"), libc::EFAULT));
-    }
-    // An aborted job leaves tasks behind: remove the temp files of half-copied big files.
-    while let Some(t) = ctx.queues.pop(0) {
-        if let Task::Segment { job, .. } = t
-            && job.segment_done()
-        {
-            drop(job.take_dst_fd());
-            let _ = crate::meta::unlink(&job.tmp); // best effort on an already failed job
-        }
-    }
-    // Renames and directory metadata become durable here; exit 0 promises it.
-    if let Err(e) = ctx.sync_dst(None) {
-        ctx.stats.error(e);
-    }
-    if let Some(m) = &ctx.manifest
-        && let Err(e) = m.lock().unwrap_or_else(|p| p.into_inner()).finish()
-    {
-        ctx.stats.error(e);
-    }
-    if let Some(f) = finisher
-        && !ctx.stats.cancelled.load(Ordering::Acquire)
-        && !ctx.stats.abort.load(Ordering::Acquire)
-    {
-        f(&ctx);
-    }
-    {
-        use crate::coord::state::JobState;
-        let end = if ctx.stats.cancelled.load(Ordering::Acquire) {
-            JobState::Cancelled
-        } else if ctx.stats.failed.load(Ordering::Acquire) == 0 {
-            JobState::Completed
-        } else {
-            JobState::Failed
-        };
-        ctx.save_failed();
-        ctx.checkpoint(end);
-        if end == JobState::Completed
-            && let Some(sd) = &ctx.state
-            && let Err(e) = sd.truncate_journal()
-        {
-            ctx.stats.error(Error::os("journal", &sd.dir, e));
-        }
-    }
-    let mut report = ctx.stats.report(started.elapsed(), backend_name, reactors);
-    report.targets = landings;
-    report
+    eprintln!(
+        "ferry: retrying {} failed files and {} failed directories",
+        set.files.len(),
+        set.dirs.len()
+    );
+    ctx.only = Some(set);
+    Ok(())
 }
 
 /// `ferry move` within one filesystem: one rename(2) moves the whole root (metadata only, atomic).

@@ -123,7 +123,7 @@ impl CopyReactor {
                 self.delayed.push((Instant::now() + wait, t));
                 return;
             }
-            Verdict::Park if self.ctx.destination_full(&e.path) => {
+            Verdict::Park if self.ctx.destination_full(e.path()) => {
                 // No room for the temp file or its blocks: paused; this file is tried again on
                 // resume (same attempt: nothing about the file was wrong).
                 let t = Task::file(&o.src, &o.dst, &o.parent, o.attempt);
@@ -138,7 +138,7 @@ impl CopyReactor {
             Stats::add(&self.ctx.stats.skipped, 1);
             eprintln!(
                 "ferry: skipping '{}': it vanished",
-                crate::error::shown(&e.path)
+                crate::error::shown(e.path())
             );
         } else {
             self.ctx.stats.error(e);

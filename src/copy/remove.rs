@@ -50,7 +50,7 @@ pub fn remove_files(ctx: &Ctx, items: Vec<Moved>) -> Vec<Option<Arc<super::task:
                 ctx.note_failed(&m.src, false);
                 ctx.stats.error(Error {
                     op: "move",
-                    path: m.src.clone(),
+                    target: crate::error::Target::Path(m.src.clone()),
                     kind: crate::error::ErrorKind::SourceChanged {
                         attempts: m.attempt,
                     },

@@ -263,7 +263,7 @@ pub fn replaced(ctx: &Ctx, src: &Path) {
     if ctx.spec.remove_source {
         ctx.stats.error(Error {
             op: "move",
-            path: src.to_path_buf(),
+            target: crate::error::Target::Path(src.to_path_buf()),
             kind: crate::error::ErrorKind::Unsupported(
                 "kept: a later source lands at the same target",
             ),

@@ -12,7 +12,6 @@ pub mod slab;
 use crate::error::Error;
 use crate::io::{Arena, Backend, Completion, Op};
 use slab::Slab;
-use std::path::PathBuf;
 use std::time::Duration;
 
 /// The backend and the state of every op in flight on it, keyed by user_data.
@@ -81,10 +80,10 @@ impl<T> Ring<T> {
     }
 
     fn fatal(&self, e: std::io::Error) -> Error {
-        Error::os(
+        Error::at(
             "io_uring_enter",
-            &PathBuf::from(format!("<reactor {}>", self.me)),
-            e,
+            crate::error::Target::Reactor(self.me),
+            crate::error::ErrorKind::Os(e),
         )
     }
 }
