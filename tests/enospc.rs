@@ -13,24 +13,6 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-struct Unmount(std::path::PathBuf);
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
-/// mount ARGS... TARGET; None (the caller skips) when this machine cannot.
-fn mount(args: &[&std::ffi::OsStr], target: &std::path::Path) -> Option<Unmount> {
-    let ok = Command::new("mount")
-        .args(args)
-        .arg(target)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    ok.then(|| Unmount(target.to_path_buf()))
-}
-
 /// Waits (bounded) for the job to pause on a full destination; returns the path it named.
 fn wait_for_full(h: &ferry::JobHandle, events: &std::sync::mpsc::Receiver<Event>) -> String {
     let start = Instant::now();
@@ -49,7 +31,7 @@ fn wait_for_full(h: &ferry::JobHandle, events: &std::sync::mpsc::Receiver<Event>
 
 /// 12 MiB of sources under `t`/src and a 4 MiB tmpfs at `t`/small to copy them to; None (the
 /// caller skips, having said why) without root or tmpfs.
-fn too_small_destination(t: &std::path::Path) -> Option<(PathBuf, PathBuf, Unmount)> {
+fn too_small_destination(t: &std::path::Path) -> Option<(PathBuf, PathBuf, Mounted)> {
     if !is_root() {
         eprintln!("SKIP: mounting a small tmpfs needs root");
         return None;
@@ -61,8 +43,7 @@ fn too_small_destination(t: &std::path::Path) -> Option<(PathBuf, PathBuf, Unmou
     }
     let mnt = t.join("small");
     fs::create_dir(&mnt).unwrap();
-    let args = ["-t", "tmpfs", "-o", "size=4m", "tmpfs"].map(std::ffi::OsStr::new);
-    let Some(guard) = mount(&args, &mnt) else {
+    let Some(guard) = mount_tmpfs(&mnt, "4m") else {
         eprintln!("SKIP: cannot mount tmpfs here");
         return None;
     };
@@ -286,28 +267,16 @@ fn fail_fast_at_a_full_destination_keeps_the_files_that_fit() {
 /// "destination full", no source is lost, and it completes once space is freed.
 #[test]
 fn move_onto_a_full_loop_device_pauses_and_loses_nothing() {
-    if !is_root() {
-        eprintln!("SKIP: loop-device filesystems need root");
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let img = t.path().join("disk.img");
     let mnt = t.path().join("disk");
     fs::create_dir(&mnt).unwrap();
-    fs::File::create(&img).unwrap().set_len(32 << 20).unwrap();
-    let made = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-m", "0"])
-        .arg(&img)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !made {
-        eprintln!("SKIP: mkfs.ext4 is not installed (apt-get install e2fsprogs)");
-        return;
-    }
-    let Some(_guard) = mount(&["-o".as_ref(), "loop".as_ref(), img.as_os_str()], &mnt) else {
-        eprintln!("SKIP: cannot mount a loop device here");
-        return;
+    let _guard = match loop_ext4(&img, &mnt, 32 << 20) {
+        Ok(g) => g,
+        Err(why) => {
+            eprintln!("SKIP: {why}");
+            return;
+        }
     };
     // Leave ~8 MiB free for 16 MiB of sources.
     let filler = mnt.join("filler");

@@ -107,22 +107,10 @@ fn move_one_file_system_leaves_a_mounted_filesystem_where_it_is() {
     tree(&src);
     let mnt = src.join("mnt");
     fs::create_dir(&mnt).unwrap();
-    let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
+    let Some(_guard) = mount_tmpfs(&mnt, "4m") else {
         eprintln!("SKIP move -x: mount -t tmpfs failed here");
         return;
-    }
-    struct Umount<'a>(&'a Path);
-    impl Drop for Umount<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _guard = Umount(&mnt);
+    };
     write_file(&mnt.join("other-fs"), 1000, 9);
     let dst = t.path().join("dst");
     let out = ferry(&[

@@ -462,6 +462,7 @@ fn a_resumed_copy_still_writes_a_complete_manifest() {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
+        .map(Spawned::new)
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1000));
     assert!(child.try_wait().unwrap().is_none(), "finished too early");

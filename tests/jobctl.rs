@@ -189,28 +189,9 @@ fn ferry_ctl_and_jobs_steer_a_running_copy() {
         dst.as_os_str(),
     ])
     .spawn()
+    .map(Spawned::new)
     .unwrap();
-    // Find the job id and its socket.
-    let start = Instant::now();
-    let id = loop {
-        let found = fs::read_dir(&state).ok().and_then(|mut rd| {
-            rd.find_map(|e| {
-                let e = e.ok()?;
-                e.path()
-                    .join("ctl.sock")
-                    .exists()
-                    .then(|| e.file_name().to_string_lossy().into_owned())
-            })
-        });
-        if let Some(id) = found {
-            break id;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "no control socket appeared"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let id = wait_for_socket(&state);
     let ctl = |cmd: &[&str]| {
         let mut a: Vec<&std::ffi::OsStr> = vec!["ctl".as_ref(), id.as_ref()];
         a.extend(cmd.iter().map(|s| std::ffi::OsStr::new(*s)));
@@ -251,30 +232,6 @@ fn ferry_ctl_and_jobs_steer_a_running_copy() {
     assert_same_tree(&src, &dst);
     let (code, _) = ctl(&["status"]);
     assert_eq!(code, Some(1), "the job is over: no socket");
-}
-
-/// Waits (bounded) for a job of `state` to open its control socket; returns its id.
-fn wait_for_socket(state: &Path) -> String {
-    let start = Instant::now();
-    loop {
-        let found = fs::read_dir(state).ok().and_then(|mut rd| {
-            rd.find_map(|e| {
-                let e = e.ok()?;
-                e.path()
-                    .join("ctl.sock")
-                    .exists()
-                    .then(|| e.file_name().to_string_lossy().into_owned())
-            })
-        });
-        if let Some(id) = found {
-            return id;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "no control socket appeared"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// `ferry ctl ARGS... --state-dir STATE`: (exit code, stdout, stderr).
@@ -323,7 +280,7 @@ fn jobs_and_ctl_tell_live_killed_finished_and_unknown_jobs_apart() {
         src.as_os_str(),
         dst.as_os_str(),
     ];
-    let mut child = ferry_cmd(&args).spawn().unwrap();
+    let mut child = ferry_cmd(&args).spawn().map(Spawned::new).unwrap();
     let id = wait_for_socket(&state);
     let live = jobs_line(&state, &id);
     assert!(
@@ -402,6 +359,7 @@ fn a_cancelled_copy_exits_3_not_1() {
         t.path().join("dst").as_os_str(),
     ])
     .spawn()
+    .map(Spawned::new)
     .unwrap();
     let id = wait_for_socket(&state);
     let (code, _, err) = ctl_in(&state, &[&id, "cancel"]);
@@ -434,6 +392,7 @@ fn json_ends_with_the_report_after_sigint_and_sigterm() {
             t.path().join("dst").as_os_str(),
         ])
         .spawn()
+        .map(Spawned::new)
         .unwrap();
         wait_for_socket(&t.path().join("state"));
         std::thread::sleep(Duration::from_millis(300));
@@ -507,7 +466,7 @@ fn sigint_checkpoints_and_the_same_command_resumes() {
         src.as_os_str(),
         dst.as_os_str(),
     ];
-    let child = ferry_cmd(&args).spawn().unwrap();
+    let child = ferry_cmd(&args).spawn().map(Spawned::new).unwrap();
     std::thread::sleep(Duration::from_millis(1000));
     // SAFETY: plain kill(2) on our child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
@@ -553,7 +512,11 @@ fn a_job_started_by_relative_paths_resumes_from_another_directory() {
         "src".as_ref(),
         "dst".as_ref(),
     ];
-    let child = ferry_cmd(&first).current_dir(&here).spawn().unwrap();
+    let child = ferry_cmd(&first)
+        .current_dir(&here)
+        .spawn()
+        .map(Spawned::new)
+        .unwrap();
     std::thread::sleep(Duration::from_millis(1000));
     // SAFETY: plain kill(2) on our child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
@@ -612,6 +575,7 @@ fn kill_9_then_resume_redoes_almost_nothing() {
             dst.as_os_str(),
         ])
         .spawn()
+        .map(Spawned::new)
         .unwrap();
         std::thread::sleep(Duration::from_millis(200 + rng.next_u64() % 1000));
         assert!(
@@ -807,6 +771,7 @@ fn metrics_endpoint_serves_prometheus_text_while_running() {
         t.path().join("dst").as_os_str(),
     ])
     .spawn()
+    .map(Spawned::new)
     .unwrap();
     let start = Instant::now();
     let body = loop {
@@ -936,6 +901,7 @@ fn a_closed_stdout_does_not_stop_the_job() {
     ])
     .env("XDG_STATE_HOME", state_home())
     .spawn()
+    .map(Spawned::new)
     .unwrap();
     drop(child.stdout.take()); // the reader is gone before ferry writes its first line
     let out = child.wait_with_output().unwrap();

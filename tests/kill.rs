@@ -86,6 +86,7 @@ fn kill_9_never_leaves_partial_data_under_a_final_name() {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
+            .map(Spawned::new)
             .unwrap();
         let delay = 20 + rng.next_u64() % 400;
         std::thread::sleep(Duration::from_millis(delay));
@@ -209,6 +210,7 @@ fn kill_9_during_a_move_never_loses_a_file() {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
+            .map(Spawned::new)
             .unwrap();
         let delay = 50 + rng.next_u64() % 300;
         std::thread::sleep(Duration::from_millis(delay));

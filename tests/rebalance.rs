@@ -397,6 +397,7 @@ fn kill_9_during_a_rebalance_loses_nothing_and_resume_finishes() {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
+            .map(Spawned::new)
             .unwrap();
         let delay = 100 + rng.next_u64() % 400;
         std::thread::sleep(Duration::from_millis(delay));

@@ -85,6 +85,7 @@ fn fresh_after_an_interrupted_copy_lands_in_the_first_runs_target() {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
+        .map(Spawned::new)
         .unwrap();
     // Until the first run has made bd2 (so cp -r rules would now say bd2/big).
     let t0 = std::time::Instant::now();

@@ -150,6 +150,7 @@ fn kill_9_on_a_big_file_then_resume_cleans_only_ferrys_own_temps() {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(Spawned::new)
         .unwrap();
     // Wait for the big file's temp to appear, then kill -9 in the middle of it.
     let start = Instant::now();

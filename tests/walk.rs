@@ -167,16 +167,10 @@ fn one_file_system_does_not_enter_mount_points() {
     tree(&src);
     let mnt = src.join("mnt");
     fs::create_dir(&mnt).unwrap();
-    let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
+    let Some(guard) = mount_tmpfs(&mnt, "8m") else {
         eprintln!("SKIP: cannot mount tmpfs here");
         return;
-    }
+    };
     write_file(&mnt.join("other-fs-file"), 100, 1);
     let dst = t.path().join("d");
     let out = ferry(&[
@@ -187,7 +181,7 @@ fn one_file_system_does_not_enter_mount_points() {
     ]);
     let dst_all = t.path().join("d-all");
     let out_all = ferry(&["copy".as_ref(), src.as_os_str(), dst_all.as_os_str()]);
-    let _ = std::process::Command::new("umount").arg(&mnt).status();
+    drop(guard);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(out_all.status.success(), "{}", stderr(&out_all));
     assert!(

@@ -349,3 +349,115 @@ pub fn give_to_nobody(top: &Path, dirs: &[&Path]) {
         assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
     }
 }
+
+/// A spawned `ferry` that is killed (SIGKILL) and reaped when dropped, so a failing test never
+/// leaves a copy running on after it (one once ran on for 50 minutes).
+pub struct Spawned(Option<std::process::Child>);
+
+impl Spawned {
+    pub fn new(c: std::process::Child) -> Spawned {
+        Spawned(Some(c))
+    }
+
+    /// As `Child::wait_with_output`: the guard's work is done once the child has exited.
+    pub fn wait_with_output(mut self) -> std::io::Result<Output> {
+        self.0.take().expect("not waited yet").wait_with_output()
+    }
+}
+
+impl std::ops::Deref for Spawned {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        self.0.as_ref().expect("not waited yet")
+    }
+}
+
+impl std::ops::DerefMut for Spawned {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().expect("not waited yet")
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Waits (bounded: 10 s) for a job in `state` to open its control socket; returns its id.
+pub fn wait_for_socket(state: &Path) -> String {
+    let start = Instant::now();
+    loop {
+        let found = fs::read_dir(state).ok().and_then(|mut rd| {
+            rd.find_map(|e| {
+                let e = e.ok()?;
+                e.path()
+                    .join("ctl.sock")
+                    .exists()
+                    .then(|| e.file_name().to_string_lossy().into_owned())
+            })
+        });
+        if let Some(id) = found {
+            return id;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no control socket appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A mount that is unmounted when dropped (also when the test fails).
+pub struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// mount ARGS... TARGET; None (the caller skips) when this machine cannot.
+pub fn mount(args: &[&std::ffi::OsStr], target: &Path) -> Option<Mounted> {
+    let ok = Command::new("mount")
+        .args(args)
+        .arg(target)
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then(|| Mounted(target.to_path_buf()))
+}
+
+/// A tmpfs of `size` (as mount's size=, e.g. "4m") at `target`.
+pub fn mount_tmpfs(target: &Path, size: &str) -> Option<Mounted> {
+    let opt = format!("size={size}");
+    let args = [
+        "-t".as_ref(),
+        "tmpfs".as_ref(),
+        "-o".as_ref(),
+        opt.as_ref(),
+        "tmpfs".as_ref(),
+    ];
+    mount(&args, target)
+}
+
+/// A fresh ext4 of `bytes` in the image `img`, mounted at `mnt` through a loop device (the
+/// loop device goes with the unmount). Err: why this machine cannot (the caller skips).
+pub fn loop_ext4(img: &Path, mnt: &Path, bytes: u64) -> Result<Mounted, &'static str> {
+    if !is_root() {
+        return Err("loop-device filesystems need root");
+    }
+    fs::File::create(img).unwrap().set_len(bytes).unwrap();
+    let made = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-m", "0"])
+        .arg(img)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !made {
+        return Err("mkfs.ext4 is not installed (apt-get install e2fsprogs)");
+    }
+    mount(&["-o".as_ref(), "loop".as_ref(), img.as_os_str()], mnt)
+        .ok_or("cannot mount a loop device here")
+}
