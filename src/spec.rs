@@ -188,9 +188,10 @@ pub struct CopySpec {
     /// File operations per second (0 = unlimited).
     #[serde(default)]
     pub ops_limit: u64,
-    /// Fault injection for tests (wraps every reactor's backend); never set by the CLI.
-    #[serde(default)]
-    pub faults: Option<crate::io::faulty::FaultConfig>,
+    /// Wraps every reactor's backend (tests inject faults with `io::faulty::factory`); never
+    /// set by the CLI, never part of a checkpoint or of the job's id.
+    #[serde(skip)]
+    pub backend: Option<crate::io::BackendFactory>,
     #[serde(default = "default_verify")]
     pub verify: VerifyMode,
     /// Write one record per copied file (see `manifest`).
@@ -255,7 +256,7 @@ impl CopySpec {
             fresh: false,
             bwlimit: 0,
             ops_limit: 0,
-            faults: None,
+            backend: None,
             verify: VerifyMode::Stream,
             manifest: None,
             remove_source: false,

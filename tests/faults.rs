@@ -47,7 +47,7 @@ fn spec(src: &Path, dst: &Path, io: &str, faults: FaultConfig) -> CopySpec {
     } else {
         ferry::spec::VerifyMode::Stream
     };
-    s.faults = Some(faults);
+    s.backend = Some(ferry::io::faulty::factory(faults));
     s
 }
 

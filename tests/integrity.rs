@@ -184,7 +184,7 @@ fn fault_spec(src: &Path, dst: &Path, io: &str, f: FaultConfig) -> CopySpec {
     s.buffer_size = 64 << 10;
     s.queue_depth = 8;
     s.threads = 2;
-    s.faults = Some(f);
+    s.backend = Some(ferry::io::faulty::factory(f));
     s
 }
 

@@ -54,8 +54,8 @@ fn choose_engine(mode: IoMode) -> Result<Engine, Error> {
 
 fn make_backend(engine: Engine, spec: &CopySpec, me: usize) -> Box<dyn Backend> {
     let real = make_real_backend(engine, spec, me);
-    match spec.faults {
-        Some(cfg) => Box::new(io::faulty::FaultyBackend::new(real, cfg, me)),
+    match &spec.backend {
+        Some(wrap) => wrap.wrap(real, me),
         None => real,
     }
 }

@@ -37,6 +37,11 @@ pub struct FaultyBackend {
     injected: VecDeque<Completion>,
 }
 
+/// A factory that wraps every reactor's backend in a `FaultyBackend` seeded per reactor.
+pub fn factory(cfg: FaultConfig) -> super::BackendFactory {
+    super::BackendFactory::new(move |real, me| Box::new(FaultyBackend::new(real, cfg, me)))
+}
+
 impl FaultyBackend {
     pub fn new(inner: Box<dyn Backend>, cfg: FaultConfig, reactor: usize) -> Self {
         FaultyBackend {

@@ -122,6 +122,33 @@ pub trait Backend {
     fn reap(&mut self, out: &mut Vec<Completion>);
 }
 
+/// Wraps the backend each reactor builds (given the backend and the reactor's index): how a
+/// caller (a test) passes in a backend of its own, such as the fault-injecting one.
+#[derive(Clone)]
+pub struct BackendFactory(std::sync::Arc<WrapFn>);
+
+/// (the real backend, the reactor's index) -> the backend the reactor uses.
+type WrapFn = dyn Fn(Box<dyn Backend>, usize) -> Box<dyn Backend> + Send + Sync;
+
+impl BackendFactory {
+    pub fn new(
+        f: impl Fn(Box<dyn Backend>, usize) -> Box<dyn Backend> + Send + Sync + 'static,
+    ) -> BackendFactory {
+        BackendFactory(std::sync::Arc::new(f))
+    }
+
+    /// Reactor `me`'s backend, made from the real one.
+    pub fn wrap(&self, real: Box<dyn Backend>, me: usize) -> Box<dyn Backend> {
+        (self.0)(real, me)
+    }
+}
+
+impl std::fmt::Debug for BackendFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BackendFactory")
+    }
+}
+
 /// Result of probing io_uring once at start.
 #[derive(Debug)]
 pub enum Probe {
