@@ -927,3 +927,41 @@ fn a_tiny_bwlimit_has_no_big_initial_burst() {
     h.cancel().unwrap();
     within(Duration::from_secs(30), move || h.wait());
 }
+
+#[test]
+fn ferry_jobs_shows_a_live_jobs_counts_not_its_last_checkpoint() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    tree(&src, 40, 64 << 10);
+    let (dst, state) = (t.path().join("dst"), t.path().join("state"));
+    let mut child = ferry_cmd(&[
+        "copy".as_ref(),
+        "--bwlimit".as_ref(),
+        "256K".as_ref(),
+        "--state-dir".as_ref(),
+        state.as_os_str(),
+        src.as_os_str(),
+        dst.as_os_str(),
+    ])
+    .spawn()
+    .unwrap();
+    // Checkpoints come every 5 s: at 2.5 s the last one still says 0 files.
+    std::thread::sleep(Duration::from_millis(2500));
+    let jobs = ferry_cmd(&["jobs".as_ref(), "--state-dir".as_ref(), state.as_os_str()])
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let listing = String::from_utf8_lossy(&jobs.stdout).into_owned();
+    let files: u64 = listing
+        .split_whitespace()
+        .zip(listing.split_whitespace().skip(1))
+        .find(|(_, w)| *w == "files")
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("a files count in {listing}"));
+    assert!(files > 0, "a live job shows its files so far: {listing}");
+    assert!(
+        listing.contains("running") && listing.contains("counts: live"),
+        "{listing}"
+    );
+}

@@ -22,8 +22,10 @@ pub fn jobs(j: JobsArgs) -> ExitCode {
     for e in rd.flatten() {
         let id = e.file_name();
         if let Some(job) = ferry::coord::jobs::JobEntry::load(&root, &id.to_string_lossy()) {
-            let note = if job.running {
-                format!("  (running, pid {})", job.cp.pid)
+            let note = if job.running && job.live {
+                format!("  (running, pid {}; counts: live)", job.cp.pid)
+            } else if job.running {
+                format!("  (running, pid {}; counts: last checkpoint)", job.cp.pid)
             } else if job.interrupted() {
                 "  (its process is gone: rerun the same command to resume)".to_string()
             } else {
@@ -41,10 +43,10 @@ pub fn jobs(j: JobsArgs) -> ExitCode {
                 cp.spec
                     .sources
                     .iter()
-                    .map(|s| s.display().to_string())
+                    .map(|s| ferry::error::shown(s))
                     .collect::<Vec<_>>()
                     .join(" "),
-                cp.spec.dest.display(),
+                ferry::error::shown(&cp.spec.dest),
             ));
         }
     }

@@ -11,6 +11,30 @@ pub struct JobEntry {
     pub cp: Checkpoint,
     /// A process holds the job's lock now.
     pub running: bool,
+    /// The counts are the running job's own (from its control socket), not the last
+    /// checkpoint's (written every 5 s).
+    pub live: bool,
+}
+
+/// Asks a running job for its counts (`ferry ctl ID status`); false if it does not answer.
+fn live_counts(dir: &Path, cp: &mut Checkpoint) -> bool {
+    let Ok(reply) = super::ctl::send(&dir.join("ctl.sock"), "status") else {
+        return false;
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&reply) else {
+        return false;
+    };
+    match (
+        v["files"].as_u64(),
+        v["bytes"].as_u64(),
+        v["failed"].as_u64(),
+    ) {
+        (Some(f), Some(b), Some(x)) => {
+            (cp.files, cp.bytes, cp.failed) = (f, b, x);
+            true
+        }
+        _ => false,
+    }
 }
 
 impl JobEntry {
@@ -18,11 +42,10 @@ impl JobEntry {
     pub fn load(root: &Path, id: &str) -> Option<JobEntry> {
         let dir = root.join(id);
         let bytes = std::fs::read(dir.join("checkpoint.json")).ok()?;
-        let cp = serde_json::from_slice::<Checkpoint>(&bytes).ok()?;
-        Some(JobEntry {
-            running: is_running(&dir),
-            cp,
-        })
+        let mut cp = serde_json::from_slice::<Checkpoint>(&bytes).ok()?;
+        let running = is_running(&dir);
+        let live = running && live_counts(&dir, &mut cp);
+        Some(JobEntry { cp, running, live })
     }
 
     /// Its process is gone but the job never reached an end state.

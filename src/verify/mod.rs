@@ -46,45 +46,48 @@ pub fn compare_trees(a: &Path, b: &Path) -> Vec<String> {
 fn compare(a: &Path, b: &Path, out: &mut Vec<String>) {
     let (ma, mb) = match (fs::symlink_metadata(a), fs::symlink_metadata(b)) {
         (Ok(x), Ok(y)) => (x, y),
-        (Err(e), _) => return out.push(format!("{}: {e}", a.display())),
-        (_, Err(e)) => return out.push(format!("{}: {e}", b.display())),
+        (Err(e), _) => return out.push(format!("{}: {e}", crate::error::shown(a))),
+        (_, Err(e)) => return out.push(format!("{}: {e}", crate::error::shown(b))),
     };
     if ma.file_type() != mb.file_type() {
-        return out.push(format!("{}: type differs", b.display()));
+        return out.push(format!("{}: type differs", crate::error::shown(b)));
     }
     if !ma.file_type().is_symlink() && ma.mode() != mb.mode() {
         out.push(format!(
             "{}: mode {:o} != {:o}",
-            b.display(),
+            crate::error::shown(b),
             mb.mode(),
             ma.mode()
         ));
     }
     if !ma.is_dir() && (ma.mtime(), ma.mtime_nsec()) != (mb.mtime(), mb.mtime_nsec()) {
-        out.push(format!("{}: mtime differs", b.display()));
+        out.push(format!("{}: mtime differs", crate::error::shown(b)));
     }
     if ma.file_type().is_symlink() {
         if fs::read_link(a).ok() != fs::read_link(b).ok() {
-            out.push(format!("{}: link target differs", b.display()));
+            out.push(format!("{}: link target differs", crate::error::shown(b)));
         }
     } else if ma.is_file() {
         if ma.len() != mb.len() {
             out.push(format!(
                 "{}: size {} != {}",
-                b.display(),
+                crate::error::shown(b),
                 mb.len(),
                 ma.len()
             ));
         } else {
             match (hash_file(a), hash_file(b)) {
                 (Ok(x), Ok(y)) if x == y => {}
-                (Ok(_), Ok(_)) => out.push(format!("{}: content differs", b.display())),
-                (Err(e), _) | (_, Err(e)) => out.push(format!("{}: {e}", b.display())),
+                (Ok(_), Ok(_)) => out.push(format!("{}: content differs", crate::error::shown(b))),
+                (Err(e), _) | (_, Err(e)) => out.push(format!("{}: {e}", crate::error::shown(b))),
             }
         }
     } else if ma.is_dir() {
         if (ma.mtime(), ma.mtime_nsec()) != (mb.mtime(), mb.mtime_nsec()) {
-            out.push(format!("{}: directory mtime differs", b.display()));
+            out.push(format!(
+                "{}: directory mtime differs",
+                crate::error::shown(b)
+            ));
         }
         let names = |p: &Path| -> Vec<std::ffi::OsString> {
             let mut v: Vec<_> = fs::read_dir(p)
@@ -95,7 +98,7 @@ fn compare(a: &Path, b: &Path, out: &mut Vec<String>) {
         };
         let (na, nb) = (names(a), names(b));
         if na != nb {
-            out.push(format!("{}: entries differ", b.display()));
+            out.push(format!("{}: entries differ", crate::error::shown(b)));
         }
         for n in &na {
             if nb.contains(n) {

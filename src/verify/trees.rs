@@ -42,7 +42,7 @@ struct Shared {
 impl Shared {
     fn new(root: &Path) -> Shared {
         Shared {
-            root: crate::manifest::escape(root),
+            root: crate::error::shown(root),
             files: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             extra: AtomicU64::new(0),
@@ -57,7 +57,7 @@ impl Shared {
             let shown = if rel.as_os_str().is_empty() {
                 self.root.clone()
             } else {
-                crate::manifest::escape(rel)
+                crate::error::shown(rel)
             };
             g.push(format!("{shown}: {what}"));
         } else {
