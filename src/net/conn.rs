@@ -55,6 +55,18 @@ fn msg_size(m: &Msg) -> usize {
 }
 
 impl Conn {
+    /// The error for a reply this side's protocol state does not take: the peer's own
+    /// `Error` says why it stopped; anything else is a protocol violation.
+    pub fn refused(&self, m: Msg) -> io::Error {
+        match m {
+            Msg::Error { msg } => io::Error::other(format!("{} failed: {msg}", self.peer)),
+            other => io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: unexpected {other:?}", self.peer),
+            ),
+        }
+    }
+
     pub fn new(sock: TcpStream, tls: rustls::Connection, peer: String) -> io::Result<Conn> {
         sock.set_nonblocking(true)?;
         sock.set_nodelay(true)?;

@@ -622,18 +622,7 @@ impl<'a> Stream<'a> {
                 }
                 return Ok(false);
             }
-            Msg::Error { msg } => {
-                return Err(io::Error::other(format!(
-                    "{} failed: {msg}",
-                    self.conn.peer
-                )));
-            }
-            other => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{}: unexpected {other:?}", self.conn.peer),
-                ));
-            }
+            other => return Err(self.conn.refused(other)),
         }
         Ok(true)
     }

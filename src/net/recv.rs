@@ -365,15 +365,15 @@ impl Receiver {
                     shared: true,
                 });
             }
-            Err(e) => {
-                self.counts.failed += 1;
-                out.push(Msg::Fail {
-                    id,
-                    msg: os("seal", &rel, e),
-                });
-            }
+            Err(e) => self.refuse(out, id, os("seal", &rel, e)),
         }
         Ok(())
+    }
+
+    /// An entry that will not be named: counted, and the sender told why.
+    fn refuse(&mut self, out: &mut Vec<Msg>, id: u64, msg: String) {
+        self.counts.failed += 1;
+        out.push(Msg::Fail { id, msg });
     }
 
     fn data(&mut self, bytes: &[u8]) -> Result<(), String> {
@@ -438,8 +438,7 @@ impl Receiver {
             if inc.file.is_some() && !inc.part {
                 let _ = beneath::unlink_at(inc.dir.fd.as_raw_fd(), &inc.tmp);
             }
-            self.counts.failed += 1;
-            out.push(Msg::Fail { id, msg });
+            self.refuse(out, id, msg);
             return Ok(());
         }
         self.batch_bytes += inc.size;
@@ -514,13 +513,7 @@ impl Receiver {
         });
         match r {
             Ok(ready) => self.batch.push(ready),
-            Err(e) => {
-                self.counts.failed += 1;
-                out.push(Msg::Fail {
-                    id,
-                    msg: os("symlink", &rel, e),
-                });
-            }
+            Err(e) => self.refuse(out, id, os("symlink", &rel, e)),
         }
         Ok(())
     }

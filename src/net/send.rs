@@ -245,18 +245,7 @@ impl Sender<'_> {
                     }
                     return Ok(false);
                 }
-                Msg::Error { msg } => {
-                    return Err(io::Error::other(format!(
-                        "{} failed: {msg}",
-                        self.conn.peer
-                    )));
-                }
-                other => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("{}: unexpected {other:?}", self.conn.peer),
-                    ));
-                }
+                other => return Err(self.conn.refused(other)),
             }
         }
     }
