@@ -90,8 +90,9 @@ if [ -n "$ferry_b" ]; then tools+=(ferry-b); fi
 tools+=(cp)
 command -v rsync >/dev/null && tools+=(rsync)
 for p in fcp xcp cpz; do command -v $p >/dev/null && tools+=($p); done
-if [ -n "${TOOLS:-}" ]; then # only these of the tools found (ferry always)
-  keep=(ferry); for t in "${tools[@]}"; do [[ " $TOOLS " == *" $t "* && $t != ferry ]] && keep+=("$t"); done
+if [ -n "${TOOLS:-}" ]; then # only these of the tools found (ferry, and ferry-b when set, always)
+  keep=(ferry); [ -n "$ferry_b" ] && keep+=(ferry-b)
+  for t in "${tools[@]}"; do [[ " $TOOLS " == *" $t "* && $t != ferry* ]] && keep+=("$t"); done
   tools=("${keep[@]}")
 fi
 
