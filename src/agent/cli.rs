@@ -138,9 +138,20 @@ fn agent_inner(a: AgentArgs) -> Result<ExitCode, String> {
         }
         _ => None,
     };
-    let mut agent = Agent::new(Arc::new(store), keys, &a.node, &addr, cfg, instance(&dir)?)?;
+    let store: Arc<dyn super::store::ClusterStore> = Arc::new(store);
+    let mut agent = Agent::new(store.clone(), keys, &a.node, &addr, cfg, instance(&dir)?)?;
     agent.json = a.json;
-    agent.work = Box::new(super::runner::Runner::new(agent.cfg.copy_threads));
+    let threads = agent.cfg.copy_threads;
+    let sender = Arc::new(crate::cluster::migrate::NoTransport);
+    agent.work = Box::new(super::node::Works(vec![
+        Box::new(super::runner::Runner::new(threads)),
+        Box::new(super::rebalance::Rebalancer::new(
+            store,
+            dir.clone(),
+            threads,
+            sender,
+        )),
+    ]));
     let admin = super::admin::serve(listener, token, agent.shared.clone(), stop.clone())
         .map_err(|e| format!("admin thread: {e}"))?;
     let r = agent.run(&stop);

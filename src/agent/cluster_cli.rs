@@ -8,7 +8,7 @@ use super::store::{ClusterStore, Cmp, Op};
 use super::view::{Control, MemberInfo};
 use crate::Exit;
 use serde_json::{Value, json};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -26,10 +26,14 @@ pub struct ClusterArgs {
 
 #[derive(clap::Subcommand)]
 pub enum ClusterCmd {
-    /// Store NEW.json (topology v2: every disk names its node) as the next generation.
+    /// Store NEW.json (topology v2: every disk names its node) as the next generation, and
+    /// start the rebalance to it.
     Apply {
         #[arg(value_name = "NEW.json")]
         file: PathBuf,
+        /// Which objects move first: size (small first) or partition.
+        #[arg(long, value_enum, default_value_t = crate::cluster::rebalance::Order::Size)]
+        order: crate::cluster::rebalance::Order,
     },
     /// Print the current topology.
     Topology,
@@ -38,7 +42,7 @@ pub enum ClusterCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Pause every agent's cluster jobs (within a second).
+    /// Pause every agent's cluster jobs and the rebalance (within a second).
     Pause,
     /// Resume them.
     Resume,
@@ -69,7 +73,7 @@ pub fn cluster(a: ClusterArgs) -> ExitCode {
         Err(m) => return fail(format!("--etcd: {m}")),
     };
     let r = match a.cmd {
-        ClusterCmd::Apply { file } => apply(&store, &keys, &file),
+        ClusterCmd::Apply { file, order } => apply(&store, &keys, &file, order),
         ClusterCmd::Topology => topology(&store, &keys),
         ClusterCmd::Status { json } => status(&store, &keys, json),
         ClusterCmd::Pause => control(&store, &keys, |c| c.paused = true),
@@ -88,29 +92,57 @@ pub fn cluster(a: ClusterArgs) -> ExitCode {
     }
 }
 
-fn apply(store: &dyn ClusterStore, keys: &Keys, file: &std::path::Path) -> Result<(), String> {
+fn apply(
+    store: &dyn ClusterStore,
+    keys: &Keys,
+    file: &std::path::Path,
+    order: crate::cluster::rebalance::Order,
+) -> Result<(), String> {
     let t = crate::cluster::Topology::load(file).map_err(|e| e.to_string())?;
     super::topo::check_v2(&t).map_err(|m| format!("topology '{}': {m}", file.display()))?;
     let cur = store.get(&keys.topology()).map_err(|e| e.to_string())?;
     let cur_rev = cur.as_ref().map(|kv| kv.mod_rev).unwrap_or(0);
+    let mut ops = Vec::new();
     if let Some(kv) = &cur {
-        let old: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
-        let g = old["generation"].as_u64().unwrap_or(0);
-        if t.generation <= g {
+        let old = crate::cluster::Topology::parse(&kv.value)
+            .map_err(|(f, m)| format!("the stored topology ({}): {f}: {m}", keys.topology()))?;
+        if t.generation <= old.generation {
             return Err(format!(
-                "topology '{}': generation {} does not grow (the cluster is at {g})",
+                "topology '{}': generation {} does not grow (the cluster is at {})",
                 file.display(),
-                t.generation
+                t.generation,
+                old.generation
             ));
         }
+        crate::cluster::topology::check_across((&old, Path::new("the cluster's")), (&t, file))?;
+        let spec = super::rebalance_state::Spec {
+            generation: t.generation,
+            from_generation: old.generation,
+            order: order.name().into(),
+            previous: old,
+            topology: t.clone(),
+            created_ms: super::state::now_ms(),
+        };
+        ops.push(Op::Put {
+            key: keys.rebalance(t.generation),
+            value: serde_json::to_vec(&spec).map_err(|e| e.to_string())?,
+            lease: 0,
+        });
     }
     let value = serde_json::to_vec(&t).map_err(|e| e.to_string())?;
-    let put = Op::Put {
+    ops.push(Op::Put {
         key: keys.topology(),
         value,
         lease: 0,
-    };
-    match store.txn(&[Cmp::ModRev(keys.topology(), cur_rev)], &[put]) {
+    });
+    match store.txn(&[Cmp::ModRev(keys.topology(), cur_rev)], &ops) {
+        Ok((true, _)) if ops.len() > 1 => {
+            println!(
+                "topology generation {} stored; rebalance to it started (ferry cluster status)",
+                t.generation
+            );
+            Ok(())
+        }
         Ok((true, _)) => {
             println!("topology generation {} stored", t.generation);
             Ok(())
@@ -219,6 +251,7 @@ pub fn status_doc(store: &dyn ClusterStore, keys: &Keys) -> Result<Value, String
         "assignment": a.as_ref().map(|a| json!({"epoch": a.epoch, "seq": a.seq, "strategy": a.strategy,
             "handover": a.next.is_some(), "released": released})),
         "control": control, "jobs": jobs(store, keys, &snap.kvs),
+        "rebalance": super::rebalance_state::summary(keys, &snap.kvs, control.paused),
     }))
 }
 
@@ -277,6 +310,7 @@ fn print_status(d: &Value) {
             m["lease_left_s"]
         );
     }
+    print_rebalance(&d["rebalance"]);
     for j in d["jobs"].as_array().into_iter().flatten() {
         println!(
             "  job {} {}: partitions {}, {} files, {} bytes, {} B/s, eta {} s",
@@ -288,5 +322,50 @@ fn print_status(d: &Value) {
             j["rate_bytes_s"],
             j["eta_s"]
         );
+    }
+}
+
+fn mb(v: &Value) -> f64 {
+    v.as_u64().unwrap_or(0) as f64 / 1e6
+}
+
+fn eta(v: &Value) -> String {
+    v.as_f64().map_or("-".into(), |s| format!("{s:.0} s"))
+}
+
+fn print_rebalance(r: &Value) {
+    if r.is_null() {
+        return;
+    }
+    println!(
+        "rebalance {} -> {} ({}): {}/{} objects, {:.1}/{:.1} MB, {:.1} MB/s, eta {}, {} superseded, {} failed",
+        r["from_generation"],
+        r["generation"],
+        r["state"].as_str().unwrap_or("?"),
+        r["objects"],
+        r["objects_total"],
+        mb(&r["bytes"]),
+        mb(&r["bytes_total"]),
+        mb(&r["rate_bytes_s"]),
+        eta(&r["eta_s"]),
+        r["superseded"],
+        r["failed"]
+    );
+    for n in r["nodes"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<16} {:<10} {}/{} objects, {:.1}/{:.1} MB, {:.1} MB/s, eta {}, {} partitions done",
+            n["node"].as_str().unwrap_or(""),
+            n["state"].as_str().unwrap_or("?"),
+            n["objects"],
+            n["objects_total"],
+            mb(&n["bytes"]),
+            mb(&n["bytes_total"]),
+            mb(&n["rate_bytes_s"]),
+            eta(&n["eta_s"]),
+            n["partitions_done"]
+        );
+        for e in n["errors"].as_array().into_iter().flatten().take(3) {
+            println!("    error: {}", e.as_str().unwrap_or(""));
+        }
     }
 }

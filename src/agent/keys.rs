@@ -72,4 +72,17 @@ impl Keys {
     pub fn progress_prefix(&self, id: &str) -> String {
         self.k(&format!("jobs/{id}/progress/"))
     }
+    /// Rebalance jobs, one per topology generation (zero-padded: key order is number order).
+    pub fn rebalances(&self) -> String {
+        self.k("rebalance/")
+    }
+    pub fn rebalance(&self, generation: u64) -> String {
+        self.k(&format!("rebalance/{generation:020}/spec"))
+    }
+    pub fn rebalance_progress(&self, generation: u64, node: &str) -> String {
+        self.k(&format!("rebalance/{generation:020}/progress/{node}"))
+    }
+    pub fn rebalance_progress_prefix(&self, generation: u64) -> String {
+        self.k(&format!("rebalance/{generation:020}/progress/"))
+    }
 }

@@ -19,6 +19,8 @@ pub mod leader;
 pub mod member;
 pub mod node;
 pub mod plan;
+pub mod rebalance;
+pub mod rebalance_state;
 pub mod runner;
 pub mod state;
 pub mod view;

@@ -26,6 +26,37 @@ pub trait Work: Send {
     fn status(&self) -> Value {
         Value::Null
     }
+    /// Events since the last call (kind, fields): the agent prints and keeps them.
+    fn take_events(&mut self) -> Vec<(&'static str, Value)> {
+        Vec::new()
+    }
+}
+
+/// Several kinds of work side by side (cluster copies and the rebalance).
+pub struct Works(pub Vec<Box<dyn Work>>);
+
+impl Work for Works {
+    fn set_owned(&mut self, ctx: &WorkCtx, owned: &[bool]) {
+        self.0.iter_mut().for_each(|w| w.set_owned(ctx, owned));
+    }
+    fn poll(&mut self, ctx: &WorkCtx, view: &View) {
+        self.0.iter_mut().for_each(|w| w.poll(ctx, view));
+    }
+    fn stop(&mut self) {
+        self.0.iter_mut().for_each(|w| w.stop());
+    }
+    fn status(&self) -> Value {
+        let mut doc = serde_json::Map::new();
+        for w in &self.0 {
+            if let Value::Object(m) = w.status() {
+                doc.extend(m);
+            }
+        }
+        Value::Object(doc)
+    }
+    fn take_events(&mut self) -> Vec<(&'static str, Value)> {
+        self.0.iter_mut().flat_map(|w| w.take_events()).collect()
+    }
 }
 
 /// Work that does nothing (an agent with no cluster job).
@@ -43,6 +74,8 @@ pub struct WorkCtx<'a> {
     pub keys: &'a Keys,
     pub node: &'a str,
     pub lease: i64,
+    /// This run's member key create revision (0: not claimed).
+    pub incarnation: i64,
     /// Mod revision of the assignment this agent follows (0: none).
     pub fence: i64,
     pub control: Control,
@@ -224,7 +257,11 @@ impl Agent {
         self.follow();
         let mut w = std::mem::replace(&mut self.work, Box::new(Idle));
         w.poll(&self.ctx(), &self.view);
+        let events = w.take_events();
         self.work = w;
+        for (kind, fields) in events {
+            self.event(kind, fields);
+        }
         self.write_status();
         Ok(())
     }
@@ -255,6 +292,7 @@ impl Agent {
             keys: &self.keys,
             node: &self.node,
             lease: self.lease,
+            incarnation: self.incarnation,
             fence: self.applied.0,
             control: self.view.control(&self.keys),
             progress_interval: Duration::from_millis(self.cfg.progress_interval_ms),

@@ -1,10 +1,12 @@
 //! Cluster map and placement: where every object belongs (topology, placement v1, plans).
 
 pub mod identity;
+pub mod migrate;
 pub mod placement;
 pub mod plan;
 pub mod rebalance;
 pub mod registry;
+pub(crate) mod spill;
 pub mod store;
 pub mod topology;
 

@@ -11,8 +11,10 @@
 //! object is left on a non-owner disk before the job completes. Partitions whose objects are
 //! all moved are logged (`partitions` in the job's state dir) and skipped on resume.
 
+use super::migrate::{Local, Remote, Sent};
 use super::placement::{PARTITIONS, partition_of};
 use super::registry::{FORWARD_TTL_SECS, Registry};
+use super::spill::{Candidate, MAX_QUEUED, Spill};
 use super::store::{Cluster, object_path, walk_objects};
 use super::topology::{SetState, Topology, disk_key};
 use crate::copy::commit::CommitHook;
@@ -27,22 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Order {
-    /// Small objects first: the most objects reach their owner soonest.
-    Size,
-    /// Partition by partition: each partition's move finishes early (fine-grained checkpoints).
-    Partition,
-}
-
-impl Order {
-    fn name(self) -> &'static str {
-        match self {
-            Order::Size => "size",
-            Order::Partition => "partition",
-        }
-    }
-}
+pub use super::spill::Order;
 
 pub struct Options {
     pub from: PathBuf,
@@ -53,6 +40,8 @@ pub struct Options {
     pub forward_ttl_secs: u64,
     /// Write the identity of NEW's disks that have none first (`--init-disks`).
     pub init_disks: bool,
+    /// Run by one node's agent: only its disks; moves to other nodes through its sender.
+    pub local: Option<Local>,
 }
 
 impl Options {
@@ -64,6 +53,7 @@ impl Options {
             order: Order::Size,
             forward_ttl_secs: FORWARD_TTL_SECS,
             init_disks: false,
+            local: None,
         }
     }
 }
@@ -104,6 +94,7 @@ struct Mover {
     remaining: Vec<AtomicU32>,
     generation: u64,
     ttl: u64,
+    local: Option<Local>,
 }
 
 /// A disk of either topology, once.
@@ -115,12 +106,16 @@ struct DiskRef {
     gone_means_lost: bool,
 }
 
-fn disks_of(old: &Topology, new: &Topology) -> Vec<DiskRef> {
+/// Every disk of both topologies (only those `node` serves, when given).
+fn disks_of(old: &Topology, new: &Topology, node: Option<&str>) -> Vec<DiskRef> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for (t, is_new) in [(new, true), (old, false)] {
         for s in t.sets() {
             for d in &s.disks {
+                if node.is_some_and(|n| d.node.as_deref() != Some(n)) {
+                    continue;
+                }
                 let key = disk_key(s, d);
                 if seen.insert(key.clone()) {
                     let in_new = new.sets().any(|x| {
@@ -170,12 +165,8 @@ fn load(path: &Path) -> Result<Topology, Error> {
     Topology::load(path).map_err(|e| Error::usage(path, e.to_string()))
 }
 
-/// Builds a rebalance job; start it with `Job::start_with`. `spec` carries the engine settings
-/// (threads, buffers, throttle, state dir, verify); its sources/dest are set here.
-pub fn prepare(
-    opts: &Options,
-    mut spec: CopySpec,
-) -> Result<(crate::copy::Prepared, Arc<Cluster>, Arc<Counters>), Error> {
+/// OLD and NEW, read and checked against each other.
+fn load_pair(opts: &Options) -> Result<(Topology, Topology), Error> {
     let old = load(&opts.from)?;
     let new = load(&opts.to)?;
     if new.generation <= old.generation {
@@ -189,12 +180,51 @@ pub fn prepare(
     }
     super::topology::check_across((&old, &opts.from), (&new, &opts.to))
         .map_err(|m| Error::usage(&opts.to, m))?;
-    check_disks((&old, &opts.from), (&new, &opts.to), opts.init_disks)?;
-    let registry = Registry::open(&opts.registry)?;
-    let json = |t: &Topology| serde_json::to_vec(t).expect("plain data serializes");
-    registry.set_topologies(&json(&new), &json(&old))?;
-    registry.expire_forwards(false)?;
-    let disks = disks_of(&old, &new);
+    Ok((old, new))
+}
+
+/// The disks proven and the object layer the move runs on: its own (with the registry) for
+/// `ferry rebalance`; the agent's for a node's run (only its disks are checked).
+fn cluster_for(opts: &Options, old: &Topology, new: &Topology) -> Result<Arc<Cluster>, Error> {
+    let cluster = match &opts.local {
+        None => {
+            check_disks((old, &opts.from), (new, &opts.to), opts.init_disks)?;
+            let registry = Registry::open(&opts.registry)?;
+            Arc::new(Cluster::new(new.clone(), Some(old.clone()), Some(registry)))
+        }
+        Some(l) => {
+            let (o, n) = (only_node(old, &l.node), only_node(new, &l.node));
+            check_disks((&o, &opts.from), (&n, &opts.to), opts.init_disks)?;
+            l.cluster.clone()
+        }
+    };
+    if let Some(registry) = &cluster.registry {
+        let json = |t: &Topology| serde_json::to_vec(t).expect("plain data serializes");
+        registry.set_topologies(&json(new), &json(old))?;
+        registry.expire_forwards(false)?;
+    }
+    Ok(cluster)
+}
+
+/// `t` with only the disks `node` serves (for checking them: placement needs all of `t`).
+fn only_node(t: &Topology, node: &str) -> Topology {
+    let mut t = t.clone();
+    for s in t.pools.iter_mut().flat_map(|p| p.sets.iter_mut()) {
+        s.disks.retain(|d| d.node.as_deref() == Some(node));
+    }
+    t
+}
+
+/// Builds a rebalance job; start it with `Job::start_with`. `spec` carries the engine settings
+/// (threads, buffers, throttle, state dir, verify); its sources/dest are set here.
+pub fn prepare(
+    opts: &Options,
+    mut spec: CopySpec,
+) -> Result<(crate::copy::Prepared, Arc<Cluster>, Arc<Counters>), Error> {
+    let (old, new) = load_pair(opts)?;
+    let cluster = cluster_for(opts, &old, &new)?;
+    let node = opts.local.as_ref().map(|l| l.node.as_str());
+    let disks = disks_of(&old, &new, node);
     let generation = new.generation;
     spec.sources = vec![opts.from.clone()];
     spec.dest = opts.to.clone();
@@ -206,7 +236,6 @@ pub fn prepare(
         to_generation: new.generation,
         order: opts.order.name().into(),
     });
-    let cluster = Arc::new(Cluster::new(new, Some(old), Some(registry)));
     let counters = Arc::new(Counters::default());
     let mover = Arc::new(Mover {
         cluster: cluster.clone(),
@@ -214,6 +243,7 @@ pub fn prepare(
         remaining: (0..PARTITIONS).map(|_| AtomicU32::new(0)).collect(),
         generation,
         ttl: opts.forward_ttl_secs,
+        local: opts.local.clone(),
     });
     let disks: Vec<(String, PathBuf, bool)> = disks
         .into_iter()
@@ -251,143 +281,46 @@ fn load_done_partitions(ctx: &Ctx) -> HashSet<u16> {
         .collect()
 }
 
-struct Candidate {
-    size: u64,
-    partition: u16,
-    src: PathBuf,
-    dst: PathBuf,
-    dev: u64,
-    /// Where the object belongs (for messages).
-    to: String,
-}
-
-/// Most moves queued at once: the scanner spills what it finds to files and feeds the queue
-/// from them, so memory stays flat however many objects move.
-pub const MAX_QUEUED: usize = 16_384;
-/// Spill classes: by size (powers of two) or by partition (top 8 bits).
-const CLASSES: usize = 257;
-
-/// Misplaced objects found by the scan, in files by class (the order they are moved in).
-struct Spill {
-    dir: PathBuf,
-    files: Vec<Mutex<Option<std::io::BufWriter<std::fs::File>>>>,
-    order: Order,
-}
-
-impl Spill {
-    fn new(dir: PathBuf, order: Order) -> std::io::Result<Spill> {
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        Ok(Spill {
-            dir,
-            files: (0..CLASSES).map(|_| Mutex::new(None)).collect(),
-            order,
-        })
-    }
-
-    fn class(&self, c: &Candidate) -> usize {
-        match self.order {
-            Order::Size => (64 - c.size.leading_zeros()) as usize,
-            Order::Partition => (c.partition >> 8) as usize,
+fn open_spill(ctx: &Ctx, name: &str, order: Order) -> Option<Spill> {
+    let dir = match &ctx.state {
+        Some(sd) => sd.dir.join(name),
+        None => std::env::temp_dir().join(format!("ferry-{name}-{}", std::process::id())),
+    };
+    match Spill::new(dir.clone(), order) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            ctx.stats.error(Error::os("create spill", &dir, e));
+            None
         }
-    }
-
-    fn put(&self, c: &Candidate) -> std::io::Result<()> {
-        use std::os::unix::ffi::OsStrExt;
-        let k = self.class(c);
-        let mut g = self.files[k].lock().unwrap_or_else(|p| p.into_inner());
-        if g.is_none() {
-            let f = std::fs::File::create(self.dir.join(k.to_string()))?;
-            *g = Some(std::io::BufWriter::with_capacity(64 << 10, f));
-        }
-        let w = g.as_mut().expect("opened above");
-        w.write_all(&c.size.to_le_bytes())?;
-        w.write_all(&c.dev.to_le_bytes())?;
-        w.write_all(&c.partition.to_le_bytes())?;
-        for p in [&c.src, &c.dst] {
-            let b = p.as_os_str().as_bytes();
-            w.write_all(&(b.len() as u32).to_le_bytes())?;
-            w.write_all(b)?;
-        }
-        Ok(())
-    }
-
-    /// Calls `f` for every record, class by class.
-    fn drain(&self, f: &mut dyn FnMut(Candidate) -> bool) -> std::io::Result<()> {
-        use std::io::Read;
-        use std::os::unix::ffi::OsStringExt;
-        for k in 0..CLASSES {
-            let Some(mut w) = self.files[k]
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take()
-            else {
-                continue;
-            };
-            w.flush()?;
-            drop(w);
-            let path = self.dir.join(k.to_string());
-            let mut r = std::io::BufReader::with_capacity(64 << 10, std::fs::File::open(&path)?);
-            let mut head = [0u8; 18];
-            loop {
-                match r.read_exact(&mut head) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-                    Err(e) => return Err(e),
-                }
-                let mut paths = [PathBuf::new(), PathBuf::new()];
-                for p in &mut paths {
-                    let mut len = [0u8; 4];
-                    r.read_exact(&mut len)?;
-                    let mut b = vec![0u8; u32::from_le_bytes(len) as usize];
-                    r.read_exact(&mut b)?;
-                    *p = PathBuf::from(std::ffi::OsString::from_vec(b));
-                }
-                let [src, dst] = paths;
-                let c = Candidate {
-                    size: u64::from_le_bytes(head[..8].try_into().expect("8 bytes")),
-                    dev: u64::from_le_bytes(head[8..16].try_into().expect("8 bytes")),
-                    partition: u16::from_le_bytes(head[16..18].try_into().expect("2 bytes")),
-                    src,
-                    dst,
-                    to: String::new(),
-                };
-                if !f(c) {
-                    break;
-                }
-            }
-            std::fs::remove_file(&path)?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Spill {
-    fn drop(&mut self) {
-        // Scratch space only: nothing is lost if it stays behind.
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
 fn scan_and_feed(ctx: &Arc<Ctx>, m: &Mover, disks: &[(String, PathBuf, bool)], order: Order) {
     let t0 = std::time::Instant::now();
     ctx.stats.walking.fetch_add(1, Ordering::AcqRel);
-    let done = load_done_partitions(ctx);
-    let spill_dir = match &ctx.state {
-        Some(sd) => sd.dir.join("spill"),
-        None => std::env::temp_dir().join(format!("ferry-spill-{}", std::process::id())),
-    };
-    let spill = match Spill::new(spill_dir.clone(), order) {
-        Ok(s) => s,
-        Err(e) => {
-            ctx.stats.error(Error::os("create spill", &spill_dir, e));
-            ctx.stats.walking.fetch_sub(1, Ordering::AcqRel);
-            return;
-        }
+    let mut done = load_done_partitions(ctx);
+    if let Some(l) = &m.local {
+        done.extend(l.skip.iter().copied());
+    }
+    let spills = (
+        open_spill(ctx, "spill", order),
+        open_spill(ctx, "spill-remote", order),
+    );
+    let (Some(spill), Some(remote)) = spills else {
+        ctx.stats.walking.fetch_sub(1, Ordering::AcqRel);
+        return;
     };
     let spill_err = Mutex::new(None);
     scan(ctx, m, disks, Some(&done), &|c| {
-        if let Err(e) = spill.put(&c) {
+        // Counted here, before any of the partition moves: a partition is done only once
+        // all of its objects are, whichever spill class they are in.
+        m.remaining[c.partition as usize].fetch_add(1, Ordering::AcqRel);
+        let to = if m.is_remote(c.partition) {
+            &remote
+        } else {
+            &spill
+        };
+        if let Err(e) = to.put(&c) {
             spill_err
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -395,12 +328,22 @@ fn scan_and_feed(ctx: &Arc<Ctx>, m: &Mover, disks: &[(String, PathBuf, bool)], o
         }
     });
     if let Some(e) = spill_err.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        ctx.stats.error(Error::os("write spill", &spill_dir, e));
+        ctx.stats.error(Error::os("write spill", &ctx.spec.dest, e));
     }
     *m.counters
         .scan_secs
         .lock()
         .unwrap_or_else(|p| p.into_inner()) = t0.elapsed().as_secs_f64();
+    std::thread::scope(|s| {
+        s.spawn(|| feed_remote(ctx, m, &remote));
+        feed_local(ctx, m, &spill);
+    });
+    m.counters.scan_done.store(true, Ordering::Release);
+    ctx.stats.walking.fetch_sub(1, Ordering::AcqRel);
+}
+
+/// Same-node moves: into the engine's queues (at most MAX_QUEUED at once), spill order.
+fn feed_local(ctx: &Ctx, m: &Mover, spill: &Spill) {
     let mut made: HashSet<PathBuf> = HashSet::new();
     let fed = spill.drain(&mut |c| {
         // Back-pressure: the queues hold at most MAX_QUEUED moves.
@@ -426,17 +369,79 @@ fn scan_and_feed(ctx: &Arc<Ctx>, m: &Mover, disks: &[(String, PathBuf, bool)], o
             }
             made.insert(dir);
         }
-        m.remaining[c.partition as usize].fetch_add(1, Ordering::AcqRel);
         Stats::add(&ctx.stats.found_files, 1);
         ctx.queues
             .push_local(ctx.owner_of(c.dev), Task::new_file(c.src, c.dst, None, 1));
         true
     });
     if let Err(e) = fed {
-        ctx.stats.error(Error::os("read spill", &spill_dir, e));
+        ctx.stats.error(Error::os("read spill", &ctx.spec.dest, e));
     }
-    m.counters.scan_done.store(true, Ordering::Release);
-    ctx.stats.walking.fetch_sub(1, Ordering::AcqRel);
+}
+
+/// Waits for the job's turn to send `size` bytes: not paused, within its rates. False: the
+/// job is cancelled or aborted.
+fn wait_turn(ctx: &Ctx, size: u64) -> bool {
+    loop {
+        if ctx.stats.abort.load(Ordering::Acquire) {
+            return false;
+        }
+        if !ctx.paused.load(Ordering::Acquire) && ctx.ops_limit.try_take(1) {
+            if ctx.bytes_limit.try_take(size.max(1)) {
+                return true;
+            }
+            ctx.ops_limit.refund(1);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// Moves to other nodes, one at a time through the node's sender (spill order), beside the
+/// engine's same-node moves, under the job's pause and rates.
+fn feed_remote(ctx: &Ctx, m: &Mover, spill: &Spill) {
+    let Some(local) = &m.local else {
+        return;
+    };
+    let mut log = Vec::new();
+    let fed = spill.drain(&mut |c| {
+        if !wait_turn(ctx, c.size) {
+            return false;
+        }
+        Stats::add(&ctx.stats.found_files, 1);
+        let sent = match m.remote_of(&c) {
+            Some(it) => super::migrate::send_one(local, &it, m.generation, m.ttl),
+            None => Err(Error::failed(
+                "migrate",
+                &c.src,
+                "not on a disk of this node",
+            )),
+        };
+        let moved = match sent {
+            Ok(Sent::Moved(n)) => {
+                Stats::add(&ctx.stats.files, 1);
+                Stats::add(&ctx.stats.bytes, n);
+                true
+            }
+            Ok(Sent::Superseded) => {
+                m.counters.superseded.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                ctx.note_failed(&c.src, false);
+                ctx.stats.error(e);
+                false
+            }
+        };
+        m.finish_partition(c.partition, moved, &mut log);
+        if log.len() >= 256 {
+            log_partitions(ctx, m, std::mem::take(&mut log));
+        }
+        true
+    });
+    log_partitions(ctx, m, log);
+    if let Err(e) = fed {
+        ctx.stats.error(Error::os("read spill", &ctx.spec.dest, e));
+    }
 }
 
 /// Walks every present disk in parallel and hands each misplaced object to `sink` (objects in
@@ -522,6 +527,7 @@ fn final_pass(ctx: &Ctx, m: &Mover, disks: &[(String, PathBuf, bool)]) {
         remaining: Vec::new(),
         generation: m.generation,
         ttl: m.ttl,
+        local: None,
     };
     let first: Mutex<Option<Candidate>> = Mutex::new(None);
     let left = AtomicU64::new(0);
@@ -570,26 +576,8 @@ impl Mover {
     /// The object a move is about, read back from its paths (`<disk>/<bucket>/<key>`), so
     /// nothing per object is kept in memory between scan and commit.
     fn item_of(&self, src: &Path, dst: &Path) -> Option<Item> {
-        use std::os::unix::ffi::OsStrExt;
-        let disk_of = |p: &Path| -> Option<(String, PathBuf)> {
-            self.cluster
-                .disks()
-                .filter_map(|(id, d)| {
-                    p.strip_prefix(d)
-                        .ok()
-                        .map(|r| (id.to_string(), d.as_os_str().len(), r.to_path_buf()))
-                })
-                .max_by_key(|(_, n, _)| *n)
-                .map(|(id, _, r)| (id, r))
-        };
-        let (from, rel) = disk_of(src)?;
-        let (to, _) = disk_of(dst)?;
-        let mut parts = rel.components();
-        let bucket = parts.next()?.as_os_str().to_str()?.to_string();
-        let key = parts.as_path().as_os_str().as_bytes().to_vec();
-        if key.is_empty() {
-            return None;
-        }
+        let (from, bucket, key) = self.object_at(src)?;
+        let (to, _) = self.disk_of(dst)?;
         let partition = partition_of(bucket.as_bytes(), &key);
         Some(Item {
             bucket,
@@ -600,15 +588,64 @@ impl Mover {
         })
     }
 
+    /// The disk (`set/disk`) holding `p` and `p` below its root.
+    fn disk_of(&self, p: &Path) -> Option<(String, PathBuf)> {
+        self.cluster
+            .disks()
+            .filter_map(|(id, d)| {
+                p.strip_prefix(d)
+                    .ok()
+                    .map(|r| (id.to_string(), d.as_os_str().len(), r.to_path_buf()))
+            })
+            .max_by_key(|(_, n, _)| *n)
+            .map(|(id, _, r)| (id, r))
+    }
+
+    /// (disk, bucket, key) of the object file at `p`.
+    fn object_at(&self, p: &Path) -> Option<(String, String, Vec<u8>)> {
+        use std::os::unix::ffi::OsStrExt;
+        let (disk, rel) = self.disk_of(p)?;
+        let mut parts = rel.components();
+        let bucket = parts.next()?.as_os_str().to_str()?.to_string();
+        let key = parts.as_path().as_os_str().as_bytes().to_vec();
+        (!key.is_empty()).then_some((disk, bucket, key))
+    }
+
     /// An object's move is over (moved, superseded or failed): its task unit ends.
     fn finish(&self, ctx: &Ctx, item: Option<Item>, moved: bool, log: &mut Vec<u16>) {
         if let Some(it) = item {
-            let left = self.remaining[it.partition as usize].fetch_sub(1, Ordering::AcqRel);
-            if moved && left == 1 {
-                log.push(it.partition);
-            }
+            self.finish_partition(it.partition, moved, log);
         }
         ctx.queues.finish();
+    }
+
+    /// One of the partition's objects is at its owner (`moved`), or failed: a partition with
+    /// a failure is never done (the next run moves what is left of it).
+    fn finish_partition(&self, p: u16, moved: bool, log: &mut Vec<u16>) {
+        if moved && self.remaining[p as usize].fetch_sub(1, Ordering::AcqRel) == 1 {
+            log.push(p);
+        }
+    }
+
+    /// Whether partition `p`'s owner disk is another node's (a node's run only).
+    fn is_remote(&self, p: u16) -> bool {
+        self.local
+            .as_ref()
+            .is_some_and(|l| self.cluster.current.owner(p).node.as_deref() != Some(l.node.as_str()))
+    }
+
+    /// A cross-node move of the object at `c.src`.
+    fn remote_of(&self, c: &Candidate) -> Option<Remote> {
+        let (from, bucket, key) = self.object_at(&c.src)?;
+        let owner = self.cluster.current.owner(c.partition);
+        Some(Remote {
+            bucket,
+            key,
+            src: c.src.clone(),
+            from,
+            node: owner.node.clone()?,
+            disk: self.cluster.current.owner_key(c.partition),
+        })
     }
 
     /// Gives the copy its name (phase 1, under the key's lock). Ok(true): the destination now
@@ -658,7 +695,8 @@ impl CommitHook for Mover {
         let forwarded = ctx
             .sync_dst(Some(&devs))
             .and_then(|()| self.forward(&placed));
-        if let Err(e) = forwarded {
+        if let Err(e) = forwarded.and_then(|()| self.still_owned(&placed)) {
+            // Copies are durable at their owners; the sources stay (a later run drops them).
             ctx.stats.error(e);
             for (_, item) in placed {
                 self.finish(ctx, item, false, &mut log);
@@ -678,7 +716,7 @@ impl CommitHook for Mover {
         {
             ctx.stats.error(e);
         }
-        log_partitions(ctx, log);
+        log_partitions(ctx, self, log);
     }
 }
 
@@ -750,6 +788,22 @@ impl Mover {
         r.forward_many(&moves, self.generation, self.ttl)
     }
 
+    /// A node's run deletes sources only while the node still owns its moves in etcd.
+    fn still_owned(&self, placed: &[(Finished, Option<Item>)]) -> Result<(), Error> {
+        let (Some(l), Some((f, _))) = (&self.local, placed.first()) else {
+            return Ok(());
+        };
+        match (l.fence)() {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::failed(
+                "rebalance",
+                &f.src,
+                "this node no longer owns its moves in etcd (fence): sources kept",
+            )),
+            Err(m) => Err(Error::failed("rebalance fence", &f.src, m)),
+        }
+    }
+
     /// CLEANUP, each under its key's lock: the source goes only if it is still what was read
     /// (a client's write or delete since then is its call, not ours). The source directories
     /// to make durable, one per filesystem.
@@ -799,7 +853,10 @@ impl Mover {
 /// The partitions finished by this batch, appended to the partition log. No per-object
 /// journal: a resume rescans the disks (moved objects are no longer misplaced), so memory on
 /// resume stays flat too; the partition log is enough.
-fn log_partitions(ctx: &Ctx, log: Vec<u16>) {
+fn log_partitions(ctx: &Ctx, m: &Mover, log: Vec<u16>) {
+    if let Some(l) = &m.local {
+        log.iter().for_each(|&p| (l.on_done)(p));
+    }
     let Some(p) = partitions_file(ctx).filter(|_| !log.is_empty()) else {
         return;
     };

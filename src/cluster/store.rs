@@ -199,6 +199,30 @@ impl Cluster {
         }
     }
 
+    /// `new` for one node's agent (topology v2): only the disks `node` serves are ever
+    /// touched; the other nodes' disk paths may exist here and be something else.
+    pub fn for_node(
+        current: Topology,
+        previous: Option<Topology>,
+        registry: Option<Registry>,
+        node: &str,
+    ) -> Self {
+        let mine: std::collections::HashSet<String> = previous
+            .iter()
+            .chain(std::iter::once(&current))
+            .flat_map(|t| t.sets())
+            .flat_map(|s| {
+                s.disks
+                    .iter()
+                    .filter(|d| d.node.as_deref() == Some(node))
+                    .map(move |d| disk_key(s, d))
+            })
+            .collect();
+        let mut c = Self::new(current, previous, registry);
+        c.disks.retain(|id, _| mine.contains(id));
+        c
+    }
+
     /// `new` for commands on the disks: every disk of `current` must prove it is the disk
     /// (those of removed sets may be gone); see `identity`.
     pub fn open(

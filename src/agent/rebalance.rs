@@ -1,0 +1,499 @@
+//! The cluster rebalance on this agent. `ferry cluster apply NEW.json` stores the next
+//! topology generation and, with it, `rebalance/<gen>/spec`. Every agent moves the objects on
+//! its own disks whose owner under the newest generation is another disk: to a disk of this
+//! node with the local mover (`cluster::rebalance` on the copy engine), to another node's
+//! through its `Migrate` sender. A source is deleted only while this run owns the node's moves
+//! in etcd (the fence: a transaction comparing this run's member key and the topology
+//! planned against). Progress goes to `rebalance/<gen>/progress/<node>` at most once per
+//! progress interval (and on every state change); a restarted agent skips the partitions it
+//! recorded done. A newer generation cancels the run and replans against it.
+
+use super::node::{Work, WorkCtx};
+use super::rebalance_state::{COMPLETED, FAILED, NodeProgress, Spec, newest};
+use super::store::{ClusterStore, Cmp, Op};
+use super::view::View;
+use crate::cluster::migrate::{Fence, Local, Migrate};
+use crate::cluster::rebalance::{Counters, Options, Order};
+use crate::cluster::store::Cluster;
+use crate::coord::state::JobState;
+use crate::partset::PartSet;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// Runs of one generation before this node reports it failed.
+pub const MAX_RUNS: u32 = 3;
+
+pub struct Rebalancer {
+    store: Arc<dyn ClusterStore>,
+    /// The agent's state dir (topology files, the engine's state, the registry).
+    dir: PathBuf,
+    threads: usize,
+    sender: Arc<dyn Migrate>,
+    /// This agent's member key create revision, for the fence (0: not claimed).
+    incarnation: Arc<AtomicI64>,
+    run: Option<Run>,
+    /// The newest generation finished here (completed, or failed for good).
+    finished: u64,
+    events: Vec<(&'static str, Value)>,
+}
+
+struct Active {
+    handle: crate::JobHandle,
+    counters: Arc<Counters>,
+    rate: (u64, u64),
+}
+
+struct Run {
+    spec: Spec,
+    /// The topology key's mod revision this run plans against.
+    topo_rev: i64,
+    cluster: Option<Arc<Cluster>>,
+    active: Option<Active>,
+    done: Arc<Mutex<PartSet>>,
+    rec: NodeProgress,
+    /// (moved, bytes, superseded) before the engine run now active.
+    base: (u64, u64, u64),
+    started: Instant,
+    dirty: bool,
+    last_write: Option<Instant>,
+    /// Attempts of this agent process (the record's `runs` counts restarts too).
+    attempts: u32,
+}
+
+impl Rebalancer {
+    pub fn new(
+        store: Arc<dyn ClusterStore>,
+        dir: PathBuf,
+        threads: usize,
+        sender: Arc<dyn Migrate>,
+    ) -> Rebalancer {
+        Rebalancer {
+            store,
+            dir,
+            threads,
+            sender,
+            incarnation: Arc::new(AtomicI64::new(0)),
+            run: None,
+            finished: 0,
+            events: Vec::new(),
+        }
+    }
+
+    fn event(&mut self, kind: &'static str, generation: u64, mut fields: Value) {
+        fields["generation"] = json!(generation);
+        self.events.push((kind, fields));
+    }
+
+    /// A newer generation: the run is cancelled (moves in flight finish or are dropped).
+    fn replace(&mut self, newer: u64) {
+        if let Some(mut r) = self.run.take() {
+            r.cancel();
+            let g = r.spec.generation;
+            self.event("rebalance_replaced", g, json!({"by": newer}));
+        }
+    }
+
+    /// Begins (or resumes, from this node's record) the run of `spec`.
+    fn begin(&mut self, ctx: &WorkCtx, view: &View, spec: Spec, topo_rev: i64) {
+        let g = spec.generation;
+        let rec: NodeProgress = view
+            .get(&ctx.keys.rebalance_progress(g, ctx.node))
+            .and_then(|kv| serde_json::from_slice(&kv.value).ok())
+            .unwrap_or_default();
+        if rec.state == COMPLETED || rec.state == FAILED {
+            self.finished = g;
+            return;
+        }
+        let done = PartSet::from_text(&rec.done).unwrap_or_default();
+        self.event(
+            "rebalance_started",
+            g,
+            json!({"from_generation": spec.from_generation, "order": spec.order,
+                "partitions_done_before": done.len(), "runs_before": rec.runs}),
+        );
+        self.run = Some(Run {
+            spec,
+            topo_rev,
+            cluster: None,
+            active: None,
+            done: Arc::new(Mutex::new(done)),
+            base: (rec.moved, rec.moved_bytes, rec.superseded),
+            rec,
+            started: Instant::now(),
+            dirty: true,
+            last_write: None,
+            attempts: 0,
+        });
+    }
+
+    /// The fence: this agent's current run holds its member key, and the topology is still
+    /// the one the run planned against.
+    fn fence(&self, ctx: &WorkCtx, topo_rev: i64) -> Fence {
+        let (store, inc) = (self.store.clone(), self.incarnation.clone());
+        let (member, topo) = (ctx.keys.member(ctx.node), ctx.keys.topology());
+        Arc::new(move || {
+            let i = inc.load(Ordering::Acquire);
+            if i == 0 {
+                return Ok(false);
+            }
+            let c = [
+                Cmp::CreateRev(member.clone(), i),
+                Cmp::ModRev(topo.clone(), topo_rev),
+            ];
+            store
+                .txn(&c, &[])
+                .map(|(ok, _)| ok)
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    /// Starts an engine run of the current generation on this node's disks.
+    fn start(&mut self, ctx: &WorkCtx) -> Result<(), String> {
+        let fence = {
+            let r = self.run.as_ref().expect("a run");
+            self.fence(ctx, r.topo_rev)
+        };
+        let (dir, threads, sender) = (self.dir.clone(), self.threads, self.sender.clone());
+        let r = self.run.as_mut().expect("a run");
+        let g = r.spec.generation;
+        let gdir = dir.join("rebalance").join(format!("g{g}"));
+        let write = |name: &str, t: &crate::cluster::Topology| {
+            let p = gdir.join(name);
+            let text = serde_json::to_vec_pretty(t).expect("plain data");
+            crate::coord::durable::replace(&p, &text, 0o644)
+                .map(|_| p.clone())
+                .map_err(|e| format!("write '{}': {e}", p.display()))
+        };
+        std::fs::create_dir_all(&gdir).map_err(|e| format!("create '{}': {e}", gdir.display()))?;
+        let from = write("from.json", &r.spec.previous)?;
+        let to = write("to.json", &r.spec.topology)?;
+        if r.cluster.is_none() {
+            r.cluster = Some(Arc::new(open_cluster(&dir, &r.spec, ctx.node)?));
+        }
+        let done = r.done.clone();
+        let local = Local {
+            node: ctx.node.to_string(),
+            cluster: r.cluster.clone().expect("opened above"),
+            sender,
+            fence,
+            skip: r
+                .done
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .collect(),
+            on_done: Arc::new(move |p| done.lock().unwrap_or_else(|e| e.into_inner()).insert(p)),
+        };
+        let mut opts = Options::new(from, to, dir.join("registry.redb"));
+        opts.order = Order::parse(&r.spec.order).unwrap_or(Order::Size);
+        opts.local = Some(local);
+        let mut spec = crate::CopySpec::new(Vec::new(), PathBuf::new());
+        spec.threads = threads;
+        spec.verify = crate::spec::VerifyMode::Full;
+        spec.bwlimit = ctx.control.rate;
+        spec.ops_limit = ctx.control.ops;
+        spec.state_dir = Some(dir.join("rebalance").join("state"));
+        spec.fresh = true;
+        let mut counters = None;
+        let handle = crate::Job::start_with(|| {
+            let (p, _, c) = crate::cluster::rebalance::prepare(&opts, spec)?;
+            counters = Some(c);
+            Ok(p)
+        })
+        .map_err(|e| e.to_string())?;
+        r.base = (r.rec.moved, r.rec.moved_bytes, r.rec.superseded);
+        r.rec.runs += 1;
+        r.rec.started_ms = super::state::now_ms();
+        r.started = Instant::now();
+        r.active = Some(Active {
+            handle,
+            counters: counters.expect("set by a successful prepare"),
+            rate: (ctx.control.rate, ctx.control.ops),
+        });
+        r.dirty = true;
+        Ok(())
+    }
+}
+
+/// This node's object layer for a generation: only its disks, with its registry (None while
+/// another part of this agent holds it: reads then fall back to placement).
+fn open_cluster(dir: &std::path::Path, spec: &Spec, node: &str) -> Result<Cluster, String> {
+    let reg = dir.join("registry.redb");
+    let registry = match crate::cluster::registry::Registry::open(&reg) {
+        Ok(r) => Some(r),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => None,
+        Err(e) => return Err(e.to_string()),
+    };
+    Ok(Cluster::for_node(
+        spec.topology.clone(),
+        Some(spec.previous.clone()),
+        registry,
+        node,
+    ))
+}
+
+impl Run {
+    fn cancel(&mut self) {
+        if let Some(a) = self.active.take() {
+            let _ = a.handle.cancel();
+            let _ = a.handle.wait();
+        }
+    }
+
+    /// Pause, resume and rates follow the cluster's control.
+    fn steer(&mut self, ctx: &WorkCtx) -> Option<&'static str> {
+        let a = self.active.as_mut()?;
+        let st = a.handle.state();
+        let rate = (ctx.control.rate, ctx.control.ops);
+        if rate != a.rate {
+            a.handle.set_rate(rate.0, rate.1);
+            a.rate = rate;
+        }
+        if ctx.control.paused && st == JobState::Running {
+            let _ = a.handle.pause();
+            return Some("rebalance_paused");
+        }
+        if !ctx.control.paused && st == JobState::Paused {
+            let _ = a.handle.resume();
+            return Some("rebalance_resumed");
+        }
+        None
+    }
+
+    /// The record from the live counters.
+    fn refresh(&mut self) {
+        let Some(a) = &self.active else {
+            return;
+        };
+        let st = a.handle.status();
+        let c = &a.counters;
+        let r = &mut self.rec;
+        r.moved = self.base.0 + st.files;
+        r.moved_bytes = self.base.1 + st.bytes;
+        r.superseded = self.base.2 + c.superseded.load(Ordering::Relaxed);
+        r.total = self.base.0 + self.base.2 + c.misplaced.load(Ordering::Relaxed);
+        r.total_bytes = self.base.1 + c.misplaced_bytes.load(Ordering::Relaxed);
+        let secs = self.started.elapsed().as_secs_f64().max(0.001);
+        r.rate_bytes_s = (st.bytes as f64 / secs) as u64;
+        let left = r.total_bytes.saturating_sub(r.moved_bytes);
+        r.eta_s = (r.rate_bytes_s > 0).then(|| left as f64 / r.rate_bytes_s as f64);
+        let state = match st.state {
+            JobState::Paused => "paused",
+            _ if !c.scan_done.load(Ordering::Acquire) => "scanning",
+            _ => "migrating",
+        };
+        if r.state != state {
+            r.state = state.into();
+            self.last_write = None; // a state change is written at once
+        }
+        r.done = self
+            .done
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .to_text();
+        self.dirty = true;
+    }
+
+    /// A finished engine run: Some(true) completed, Some(false) failed (retried up to
+    /// MAX_RUNS), None still running.
+    fn reap(&mut self) -> Option<bool> {
+        if !self.active.as_ref()?.handle.is_finished() {
+            return None;
+        }
+        self.refresh();
+        let a = self.active.take().expect("checked");
+        let report = a.handle.wait();
+        let ok = report.ok() && !report.cancelled;
+        if !ok {
+            self.rec.failed += report.errors.len().max(1) as u64;
+            let room = 10usize.saturating_sub(self.rec.errors.len());
+            self.rec
+                .errors
+                .extend(report.errors.iter().take(room).cloned());
+        }
+        Some(ok)
+    }
+
+    /// The record, fenced by this run's member key, at most once per interval.
+    fn record(&mut self, ctx: &WorkCtx, store: &dyn ClusterStore) {
+        if !self.dirty
+            || self
+                .last_write
+                .is_some_and(|t| t.elapsed() < ctx.progress_interval)
+        {
+            return;
+        }
+        self.rec.at_ms = super::state::now_ms();
+        let put = Op::Put {
+            key: ctx.keys.rebalance_progress(self.spec.generation, ctx.node),
+            value: serde_json::to_vec(&self.rec).expect("serializable"),
+            lease: 0,
+        };
+        let c = [Cmp::CreateRev(ctx.keys.member(ctx.node), ctx.incarnation)];
+        if ctx.incarnation != 0 && matches!(store.txn(&c, &[put]), Ok((true, _))) {
+            self.dirty = false;
+            self.last_write = Some(Instant::now());
+        }
+    }
+}
+
+impl Rebalancer {
+    /// Collects a finished engine run: completed, retried, or failed for good.
+    fn settle(&mut self, ctx: &WorkCtx) {
+        let Some(r) = self.run.as_mut() else {
+            return;
+        };
+        let Some(ok) = r.reap() else {
+            return;
+        };
+        let g = r.spec.generation;
+        r.attempts += 1;
+        r.last_write = None;
+        let fields = json!({"moved": r.rec.moved, "bytes": r.rec.moved_bytes,
+            "superseded": r.rec.superseded, "failed": r.rec.failed, "errors": r.rec.errors});
+        if ok {
+            r.rec.state = COMPLETED.into();
+            r.rec.eta_s = None;
+            r.record(ctx, &*self.store);
+            self.finished = g;
+            self.event("rebalance_completed", g, fields);
+        } else if r.attempts >= MAX_RUNS {
+            r.rec.state = FAILED.into();
+            r.record(ctx, &*self.store);
+            self.finished = g;
+            self.event("rebalance_failed", g, fields);
+        } else {
+            r.record(ctx, &*self.store);
+            self.event("rebalance_retry", g, fields);
+        }
+        if self.finished == g {
+            self.run = None;
+        }
+    }
+}
+
+impl Work for Rebalancer {
+    fn set_owned(&mut self, _: &WorkCtx, _: &[bool]) {
+        // A node's disks are its own: its moves do not follow the partition assignment.
+    }
+
+    fn poll(&mut self, ctx: &WorkCtx, view: &View) {
+        self.incarnation.store(ctx.incarnation, Ordering::Release);
+        if ctx.incarnation == 0 {
+            return;
+        }
+        let newest = newest(ctx.keys, view.under(&ctx.keys.rebalances()));
+        let newer = newest.as_ref().map_or(0, |(s, _)| s.generation);
+        if self.run.as_ref().is_some_and(|r| newer > r.spec.generation) {
+            self.replace(newer);
+        }
+        if self.run.is_none()
+            && let Some((spec, _)) = newest
+            && spec.generation > self.finished
+        {
+            let topo_rev = view.get(&ctx.keys.topology()).map_or(0, |kv| kv.mod_rev);
+            self.begin(ctx, view, spec, topo_rev);
+        }
+        self.settle(ctx);
+        let Some(r) = self.run.as_mut() else {
+            return;
+        };
+        if r.active.is_none() {
+            let g = r.spec.generation;
+            if let Err(m) = self.start(ctx) {
+                let r = self.run.as_mut().expect("a run");
+                r.attempts += 1;
+                r.rec.errors.truncate(9);
+                r.rec.errors.push(m.clone());
+                let give_up = r.attempts >= MAX_RUNS;
+                self.event("rebalance_error", g, json!({"message": m}));
+                let r = self.run.as_mut().expect("a run");
+                if give_up {
+                    r.rec.state = FAILED.into();
+                    r.record(ctx, &*self.store);
+                    self.finished = g;
+                    self.run = None;
+                    return;
+                }
+            }
+        }
+        let r = self.run.as_mut().expect("a run");
+        let g = r.spec.generation;
+        let steered = r.steer(ctx);
+        r.refresh();
+        r.record(ctx, &*self.store);
+        if let Some(kind) = steered {
+            self.event(kind, g, json!({}));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(r) = &mut self.run {
+            r.cancel();
+        }
+        self.run = None;
+        self.finished = 0;
+    }
+
+    fn status(&self) -> Value {
+        let r = self.run.as_ref().map(|r| {
+            json!({"generation": r.spec.generation, "record": r.rec,
+                "running": r.active.is_some()})
+        });
+        json!({"rebalance": r})
+    }
+
+    fn take_events(&mut self) -> Vec<(&'static str, Value)> {
+        std::mem::take(&mut self.events)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::keys::Keys;
+    use crate::agent::store::MemStore;
+
+    #[test]
+    fn the_fence_holds_only_for_this_run_and_the_planned_topology() {
+        let store = Arc::new(MemStore::default());
+        let keys = Keys::new("t").unwrap();
+        let lease = store.grant(30).unwrap();
+        let inc = store.put(&keys.member("a"), b"{}", lease).unwrap();
+        let topo_rev = store.put(&keys.topology(), b"{}", 0).unwrap();
+        let rb = Rebalancer::new(
+            store.clone(),
+            PathBuf::new(),
+            1,
+            Arc::new(crate::cluster::migrate::NoTransport),
+        );
+        let ctx = WorkCtx {
+            store: &*store,
+            keys: &keys,
+            node: "a",
+            lease,
+            incarnation: inc,
+            fence: 0,
+            control: Default::default(),
+            progress_interval: std::time::Duration::from_secs(1),
+        };
+        let fence = rb.fence(&ctx, topo_rev);
+        assert_eq!(fence(), Ok(false), "not claimed yet (poll not run)");
+        rb.incarnation.store(inc, Ordering::Release);
+        assert_eq!(fence(), Ok(true));
+        // a newer topology: the run planned against the old one may delete nothing
+        store.put(&keys.topology(), b"{\"g\":3}", 0).unwrap();
+        assert_eq!(fence(), Ok(false));
+        let fence = rb.fence(&ctx, store.get(&keys.topology()).unwrap().unwrap().mod_rev);
+        assert_eq!(fence(), Ok(true));
+        // the lease expired and another run of `a` claimed the key: ours is fenced off
+        store.revoke(lease).unwrap();
+        assert_eq!(fence(), Ok(false));
+        let l2 = store.grant(30).unwrap();
+        store.put(&keys.member("a"), b"{}", l2).unwrap();
+        assert_eq!(fence(), Ok(false));
+    }
+}

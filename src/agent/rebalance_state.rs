@@ -1,0 +1,253 @@
+//! The cluster rebalance job's records in etcd: its spec (`rebalance/<gen>/spec`, written by
+//! `ferry cluster apply` together with the topology it moves to) and each node's progress
+//! (`rebalance/<gen>/progress/<node>`, written by that node's agent), and the job's summary
+//! for `ferry cluster status`.
+
+use super::keys::Keys;
+use super::store::Kv;
+use crate::cluster::Topology;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// A rebalance to `topology` (generation `generation`) from `previous`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Spec {
+    pub generation: u64,
+    pub from_generation: u64,
+    /// `size` (small objects first) or `partition`.
+    pub order: String,
+    pub previous: Topology,
+    pub topology: Topology,
+    pub created_ms: u64,
+}
+
+/// One node's account of a rebalance (it outlives the agent: a restart resumes from it).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NodeProgress {
+    /// scanning, migrating, paused, completed, failed.
+    pub state: String,
+    /// Partitions whose misplaced objects on this node are all at their owners (PartSet).
+    pub done: String,
+    /// Objects and bytes moved to their owners (over all of this node's runs of the job).
+    pub moved: u64,
+    pub moved_bytes: u64,
+    /// What this node has to move: moved before its latest run plus what that run's scan found.
+    pub total: u64,
+    pub total_bytes: u64,
+    /// Moves dropped because a client wrote or deleted the key meanwhile.
+    pub superseded: u64,
+    pub failed: u64,
+    pub errors: Vec<String>,
+    pub rate_bytes_s: u64,
+    pub eta_s: Option<f64>,
+    /// Runs of the job on this node (a restart or a retry adds one).
+    pub runs: u32,
+    pub started_ms: u64,
+    pub at_ms: u64,
+}
+
+pub const COMPLETED: &str = "completed";
+pub const FAILED: &str = "failed";
+
+/// The generation in a key `.../rebalance/<gen>/...`.
+fn generation_of(keys: &Keys, key: &str) -> Option<u64> {
+    key.strip_prefix(&keys.rebalances())?
+        .split('/')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The newest rebalance spec among `kvs` (and its key's mod revision).
+pub fn newest<'a>(keys: &Keys, kvs: impl Iterator<Item = &'a Kv>) -> Option<(Spec, i64)> {
+    kvs.filter(|kv| kv.key.ends_with("/spec"))
+        .filter_map(|kv| {
+            let g = generation_of(keys, &kv.key)?;
+            let s: Spec = serde_json::from_slice(&kv.value).ok()?;
+            (s.generation == g).then_some((s, kv.mod_rev))
+        })
+        .max_by_key(|(s, _)| s.generation)
+}
+
+/// Every node that serves a disk of either topology of the job (each must finish its part).
+pub fn nodes(spec: &Spec) -> Vec<String> {
+    let mut v: Vec<String> = [&spec.previous, &spec.topology]
+        .into_iter()
+        .flat_map(|t| t.sets())
+        .flat_map(|s| s.disks.iter())
+        .filter_map(|d| d.node.clone())
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// The job's state from its nodes' records: completed once every node's part is, failed if
+/// one failed for good, else running (paused with the cluster's control).
+pub fn job_state(spec: &Spec, progress: &[(String, NodeProgress)], paused: bool) -> &'static str {
+    let state = |n: &str| {
+        progress
+            .iter()
+            .find(|(m, _)| m == n)
+            .map(|(_, p)| p.state.as_str())
+    };
+    let ns = nodes(spec);
+    if ns.iter().any(|n| state(n) == Some(FAILED)) {
+        FAILED
+    } else if ns.iter().all(|n| state(n) == Some(COMPLETED)) {
+        COMPLETED
+    } else if paused {
+        "paused"
+    } else {
+        "migrating"
+    }
+}
+
+/// `ferry cluster status`'s view of the newest rebalance: per node and in total (objects,
+/// bytes, rate, ETA).
+pub fn summary(keys: &Keys, kvs: &[Kv], paused: bool) -> Value {
+    let Some((spec, _)) = newest(keys, kvs.iter()) else {
+        return Value::Null;
+    };
+    let prefix = keys.rebalance_progress_prefix(spec.generation);
+    let progress: Vec<(String, NodeProgress)> = kvs
+        .iter()
+        .filter(|kv| kv.key.starts_with(&prefix))
+        .filter_map(|kv| {
+            let p = serde_json::from_slice(&kv.value).ok()?;
+            Some((kv.key[prefix.len()..].to_string(), p))
+        })
+        .collect();
+    let state = job_state(&spec, &progress, paused);
+    let mut t = NodeProgress::default();
+    let mut per_node = Vec::new();
+    for n in nodes(&spec) {
+        let p = progress
+            .iter()
+            .find(|(m, _)| *m == n)
+            .map(|(_, p)| p.clone())
+            .unwrap_or_default();
+        t.moved += p.moved;
+        t.moved_bytes += p.moved_bytes;
+        t.total += p.total;
+        t.total_bytes += p.total_bytes;
+        t.superseded += p.superseded;
+        t.failed += p.failed;
+        if p.state != COMPLETED {
+            t.rate_bytes_s += p.rate_bytes_s;
+        }
+        let parts = crate::partset::PartSet::from_text(&p.done).map_or(0, |s| s.len());
+        per_node.push(json!({"node": n, "state": if p.state.is_empty() { "waiting" } else { p.state.as_str() },
+            "objects": p.moved, "objects_total": p.total, "bytes": p.moved_bytes,
+            "bytes_total": p.total_bytes, "superseded": p.superseded, "failed": p.failed,
+            "partitions_done": parts, "rate_bytes_s": p.rate_bytes_s, "eta_s": p.eta_s,
+            "errors": p.errors}));
+    }
+    let left = t.total_bytes.saturating_sub(t.moved_bytes);
+    let eta =
+        (state != COMPLETED && t.rate_bytes_s > 0).then(|| left as f64 / t.rate_bytes_s as f64);
+    json!({"generation": spec.generation, "from_generation": spec.from_generation,
+        "order": spec.order, "state": state, "created_ms": spec.created_ms,
+        "objects": t.moved, "objects_total": t.total, "bytes": t.moved_bytes,
+        "bytes_total": t.total_bytes, "superseded": t.superseded, "failed": t.failed,
+        "rate_bytes_s": t.rate_bytes_s, "eta_s": eta, "nodes": per_node})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topo(g: u64, nodes: &[&str]) -> Topology {
+        let disks: Vec<Value> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| json!({"id": format!("d{i}"), "path": format!("/nonexistent/{g}/{i}"), "node": n}))
+            .collect();
+        let v = json!({"generation": g, "pools": [{"id": "p", "sets": [{"id": "s", "state": "active", "weight": 1.0, "disks": disks}]}]});
+        Topology::parse(&serde_json::to_vec(&v).unwrap()).unwrap()
+    }
+
+    fn kv(key: String, v: &impl Serialize) -> Kv {
+        Kv {
+            key,
+            value: serde_json::to_vec(v).unwrap(),
+            create_rev: 1,
+            mod_rev: 1,
+            lease: 0,
+        }
+    }
+
+    #[test]
+    fn the_newest_generation_is_summed_over_every_node_of_both_topologies() {
+        let keys = Keys::new("t").unwrap();
+        let spec = |g: u64| Spec {
+            generation: g,
+            from_generation: g - 1,
+            order: "size".into(),
+            previous: topo(g - 1, &["a", "b"]),
+            topology: topo(g, &["a", "b", "c"]),
+            created_ms: 0,
+        };
+        let rec = |state: &str, moved: u64, total: u64| NodeProgress {
+            state: state.into(),
+            moved,
+            moved_bytes: moved * 10,
+            total,
+            total_bytes: total * 10,
+            rate_bytes_s: 100,
+            ..Default::default()
+        };
+        let kvs_of = |recs: &[(&str, NodeProgress)]| {
+            let mut kvs = vec![
+                kv(keys.rebalance(9), &spec(9)),
+                kv(keys.rebalance(10), &spec(10)),
+                kv(keys.rebalance_progress(9, "c"), &rec(FAILED, 0, 1)),
+            ];
+            for (n, r) in recs {
+                kvs.push(kv(keys.rebalance_progress(10, n), r));
+            }
+            kvs.sort_by(|a, b| a.key.cmp(&b.key));
+            kvs
+        };
+        let kvs = kvs_of(&[("a", rec(COMPLETED, 5, 5)), ("b", rec("migrating", 2, 8))]);
+        let s = summary(&keys, &kvs, false);
+        assert_eq!(s["generation"], 10, "{s}");
+        assert_eq!(s["state"], "migrating", "c has not reported for 10: {s}");
+        assert_eq!(
+            (s["objects"].clone(), s["objects_total"].clone()),
+            (json!(7), json!(13))
+        );
+        assert_eq!(s["rate_bytes_s"], 100, "a completed node adds no rate");
+        assert_eq!(s["eta_s"], 0.6);
+        assert_eq!(node_state(&s, "c"), "waiting");
+        let all = |c: NodeProgress| {
+            kvs_of(&[
+                ("a", rec(COMPLETED, 5, 5)),
+                ("b", rec(COMPLETED, 8, 8)),
+                ("c", c),
+            ])
+        };
+        assert_eq!(
+            summary(&keys, &all(rec(COMPLETED, 0, 0)), true)["state"],
+            COMPLETED
+        );
+        assert_eq!(
+            summary(&keys, &all(rec(FAILED, 0, 0)), true)["state"],
+            FAILED
+        );
+        assert_eq!(
+            summary(&keys, &all(rec("migrating", 0, 0)), true)["state"],
+            "paused"
+        );
+    }
+
+    fn node_state(s: &Value, n: &str) -> String {
+        s["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["node"] == n)
+            .map(|x| x["state"].as_str().unwrap().to_string())
+            .unwrap()
+    }
+}

@@ -1,0 +1,263 @@
+//! The cluster rebalance job with real agents and etcd: `ferry cluster apply` starts it, each
+//! agent moves its own disks' misplaced objects, `ferry cluster status` shows per-node and
+//! total progress, pause stops the moves within a second, resume continues, and an agent
+//! killed -9 mid-rebalance resumes its partitions when restarted. Afterwards every object is
+//! exactly once at its owner with its content. Skips (saying why) without etcd.
+
+mod agent_harness;
+mod etcd_harness;
+
+use agent_harness::{Cluster, config};
+use ferry::cluster::store::{Placed, object_path, walk_objects};
+use ferry::cluster::{Topology, partition_of};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn ferry(c: &Cluster, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .args(["--cluster", &c.name, "--etcd", &c.etcd.urls()])
+        .output()
+        .unwrap()
+}
+
+fn ok(o: std::process::Output) -> std::process::Output {
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+/// A topology v2 of sets `(set, [(disk, node)])` with disks under `root`.
+fn topo(root: &Path, g: u64, sets: &[(&str, &[(&str, &str)])]) -> Topology {
+    let sets: Vec<Value> = sets
+        .iter()
+        .map(|(s, disks)| {
+            let disks: Vec<Value> = disks
+                .iter()
+                .map(|(d, n)| json!({"id": d, "path": root.join(format!("{s}{d}")), "node": n}))
+                .collect();
+            json!({"id": s, "state": "active", "weight": 1.0, "disks": disks})
+        })
+        .collect();
+    let v = json!({"generation": g, "pools": [{"id": "p", "sets": sets}]});
+    let t = Topology::parse(&serde_json::to_vec(&v).unwrap()).unwrap();
+    for s in t.sets() {
+        for d in &s.disks {
+            std::fs::create_dir_all(&d.path).unwrap();
+        }
+    }
+    ferry::cluster::identity::init(&t, Path::new("test topology")).unwrap();
+    t
+}
+
+fn save(t: &Topology, p: &Path) -> PathBuf {
+    std::fs::write(p, serde_json::to_vec(t).unwrap()).unwrap();
+    p.to_path_buf()
+}
+
+/// `n` objects put under `t`; key -> bytes.
+fn fill(t: &Topology, n: usize) -> HashMap<String, Vec<u8>> {
+    let c = ferry::cluster::store::Cluster::new(t.clone(), None, None);
+    let mut want = HashMap::new();
+    for i in 0..n {
+        let key = format!("d{}/o{i}", i % 11);
+        let data: Vec<u8> = (0..(i * 997) % 16_000 + 1)
+            .map(|j| (i * 7 + j) as u8)
+            .collect();
+        c.put("bkt", key.as_bytes(), &data).unwrap();
+        want.insert(key, data);
+    }
+    want
+}
+
+/// Objects on every disk of `t`: key -> disks holding it.
+fn where_is(t: &Topology) -> HashMap<String, Vec<String>> {
+    let mut m: HashMap<String, Vec<String>> = HashMap::new();
+    for s in t.sets() {
+        for d in &s.disks {
+            let mut errors = Vec::new();
+            walk_objects(&d.path, &mut errors, &mut |_, k, _| {
+                m.entry(String::from_utf8(k.to_vec()).unwrap())
+                    .or_default()
+                    .push(format!("{}/{}", s.id, d.id));
+            });
+        }
+    }
+    m
+}
+
+/// Every object exactly once, at its owner under `t`, with its bytes; nothing else.
+fn assert_placed(t: &Topology, want: &HashMap<String, Vec<u8>>) {
+    let placed = Placed::new(t.clone());
+    let at = where_is(t);
+    assert_eq!(at.len(), want.len(), "objects nobody put exist");
+    for (k, data) in want {
+        let p = partition_of(b"bkt", k.as_bytes());
+        assert_eq!(at.get(k), Some(&vec![placed.owner_key(p)]), "{k}");
+        let path = object_path(&placed.owner(p).path, "bkt", k.as_bytes());
+        assert_eq!(&std::fs::read(path).unwrap(), data, "{k}: its bytes");
+    }
+}
+
+fn status(c: &Cluster) -> Value {
+    let o = ok(ferry(c, &["cluster", "status", "--json"]));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// Waits until `f` holds for the rebalance section of `cluster status`.
+fn wait_rebalance(c: &Cluster, limit: Duration, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let r = status(c)["rebalance"].clone();
+        if f(&r) {
+            return r;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "rebalance: {what} not within {limit:?}: {r}\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Objects on the disks that only gain objects (a1, b1): the moves done so far.
+fn arrived(t: &Topology) -> usize {
+    let mut n = 0;
+    for s in t.sets() {
+        for d in s.disks.iter().filter(|d| d.id == "d1") {
+            let mut errors = Vec::new();
+            walk_objects(&d.path, &mut errors, &mut |_, _, _| n += 1);
+        }
+    }
+    n
+}
+
+fn node(r: &Value, n: &str) -> Value {
+    r["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["node"] == n)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+#[test]
+fn rebalance_job_moves_same_node_objects_pauses_resumes_and_survives_kill9() {
+    let Some(mut c) = Cluster::new(1, &config(300, 300)) else {
+        return;
+    };
+    let root = c.dir.path().join("disks");
+    let g1 = topo(&root, 1, &[("s0", &[("d0", "a")]), ("s1", &[("d0", "b")])]);
+    let g2 = topo(
+        &root,
+        2,
+        &[
+            ("s0", &[("d0", "a"), ("d1", "a")]),
+            ("s1", &[("d0", "b"), ("d1", "b")]),
+        ],
+    );
+    let want = fill(&g1, 3000);
+    let placed = Placed::new(g2.clone());
+    let ideal = want
+        .keys()
+        .filter(|k| placed.owner(partition_of(b"bkt", k.as_bytes())).id == "d1")
+        .count();
+    ok(ferry(
+        &c,
+        &[
+            "cluster",
+            "apply",
+            save(&g1, &root.join("g1.json")).to_str().unwrap(),
+        ],
+    ));
+    for n in ["a", "b"] {
+        c.start(n);
+    }
+    c.wait_settled(&["a", "b"], Duration::from_secs(10));
+    // slow enough to pause and kill mid-way: ~12 MB to move, 1 MB/s per agent
+    ok(ferry(&c, &["cluster", "rate", "1M"]));
+    let applied = ok(ferry(
+        &c,
+        &[
+            "cluster",
+            "apply",
+            save(&g2, &root.join("g2.json")).to_str().unwrap(),
+        ],
+    ));
+    assert!(String::from_utf8_lossy(&applied.stdout).contains("rebalance to it started"));
+    wait_rebalance(&c, Duration::from_secs(20), "moves under way", |r| {
+        r["objects"].as_u64() > Some(100)
+    });
+    // pause: within a second nothing more arrives
+    ok(ferry(&c, &["cluster", "pause"]));
+    std::thread::sleep(Duration::from_secs(1));
+    let before = arrived(&g2);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(arrived(&g2), before, "moves went on while paused");
+    assert!(before < ideal, "everything moved before the pause");
+    let r = wait_rebalance(&c, Duration::from_secs(5), "paused state", |r| {
+        r["state"] == "paused"
+    });
+    assert_eq!(r["generation"], 2);
+    ok(ferry(&c, &["cluster", "resume"]));
+    let start = Instant::now();
+    while arrived(&g2) == before {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "resume did not continue"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // kill -9 a mid-move; restarted, it resumes from its record in etcd
+    std::thread::sleep(Duration::from_millis(700));
+    c.kill9("a");
+    let a_left = ideal - arrived(&g2).min(ideal);
+    assert!(a_left > 0, "the kill came too late");
+    std::thread::sleep(Duration::from_millis(500));
+    c.start("a");
+    let r = wait_rebalance(&c, Duration::from_secs(60), "completion", |r| {
+        r["state"] == "completed"
+    });
+    assert_placed(&g2, &want);
+    let (a, b) = (node(&r, "a"), node(&r, "b"));
+    assert_eq!(a["state"], "completed", "{r}");
+    assert_eq!(b["state"], "completed", "{r}");
+    assert_eq!(
+        b["objects"].as_u64().unwrap() + b["superseded"].as_u64().unwrap(),
+        b["objects_total"].as_u64().unwrap(),
+        "{r}"
+    );
+    assert!(a["partitions_done"].as_u64() > Some(0), "{r}");
+    assert_eq!(r["failed"], 0, "{r}");
+    let ev = c.events("a");
+    let started: Vec<&Value> = ev
+        .iter()
+        .filter(|e| e["event"] == "rebalance_started")
+        .collect();
+    assert!(started.len() >= 2, "{started:?}");
+    assert!(
+        started.last().unwrap()["partitions_done_before"].as_u64() > Some(0),
+        "the restarted run did not resume its partitions: {started:?}"
+    );
+    assert!(ev.iter().any(|e| e["event"] == "rebalance_completed"));
+    let evb = c.events("b");
+    for k in [
+        "rebalance_paused",
+        "rebalance_resumed",
+        "rebalance_completed",
+    ] {
+        assert!(evb.iter().any(|e| e["event"] == k), "no {k} event from b");
+    }
+    let text = ok(ferry(&c, &["cluster", "status"]));
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("rebalance 1 -> 2 (completed)"), "{text}");
+}

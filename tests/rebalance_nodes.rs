@@ -1,0 +1,253 @@
+//! A rebalance run by one node (`rebalance::Options::local`), in process: same-node moves go
+//! through the engine, moves to another node's disk through the `Migrate` sender (here an
+//! in-process receiver that writes the owner disk as the transport's would), and no source
+//! is deleted once the fence says this node no longer owns its moves.
+
+use ferry::cluster::migrate::{Fence, Local, Migrate, Outcome};
+use ferry::cluster::rebalance::{self, Options};
+use ferry::cluster::store::{Cluster, Placed, object_path, walk_objects};
+use ferry::cluster::{Topology, partition_of};
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Disks `(set, disk, node)` under `root`; generation `g`.
+fn topo(root: &Path, g: u64, sets: &[(&str, &[(&str, &str)])]) -> Topology {
+    let sets: Vec<serde_json::Value> = sets
+        .iter()
+        .map(|(s, disks)| {
+            let disks: Vec<serde_json::Value> = disks
+                .iter()
+                .map(|(d, n)| serde_json::json!({"id": d, "path": root.join(format!("{s}{d}")), "node": n}))
+                .collect();
+            serde_json::json!({"id": s, "state": "active", "weight": 1.0, "disks": disks})
+        })
+        .collect();
+    let v = serde_json::json!({"generation": g, "pools": [{"id": "p", "sets": sets}]});
+    let t = Topology::parse(&serde_json::to_vec(&v).unwrap()).unwrap();
+    for s in t.sets() {
+        for d in &s.disks {
+            std::fs::create_dir_all(&d.path).unwrap();
+        }
+    }
+    ferry::cluster::identity::init(&t, Path::new("test topology")).unwrap();
+    t
+}
+
+/// The receiving side of a cross-node move, in process: temp, fsync, rename on the owner
+/// disk; a copy already there is a newer client write (Superseded).
+struct Receiver {
+    disks: HashMap<String, PathBuf>,
+    calls: AtomicUsize,
+}
+
+impl Migrate for Receiver {
+    fn migrate(
+        &self,
+        _node: &str,
+        disk: &str,
+        bucket: &str,
+        key: &[u8],
+        size: u64,
+        hash: u64,
+        body: &mut dyn Read,
+    ) -> Result<Outcome, ferry::Error> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let dst = object_path(&self.disks[disk], bucket, key);
+        let mut data = Vec::new();
+        body.read_to_end(&mut data).unwrap();
+        assert_eq!(data.len() as u64, size);
+        assert_eq!(xxhash_rust::xxh3::xxh3_64(&data), hash, "the sender's xxh3");
+        if dst.exists() {
+            return Ok(Outcome::Superseded);
+        }
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        let tmp = dst.with_extension("ferry-tmp");
+        let mut f = std::fs::File::create(&tmp).unwrap();
+        f.write_all(&data).unwrap();
+        f.sync_all().unwrap();
+        std::fs::rename(&tmp, &dst).unwrap();
+        Ok(Outcome::Stored)
+    }
+}
+
+struct Setup {
+    _t: tempfile::TempDir,
+    dir: PathBuf,
+    old: Topology,
+    new: Topology,
+    want: HashMap<String, Vec<u8>>,
+}
+
+/// Node a has s0/d0; NEW adds s0/d1 on a (same-node moves) and set s1 on node b (cross-node).
+fn setup(n: usize) -> Setup {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().to_path_buf();
+    let old = topo(&dir, 1, &[("s0", &[("d0", "a")])]);
+    let new = topo(
+        &dir,
+        2,
+        &[("s0", &[("d0", "a"), ("d1", "a")]), ("s1", &[("d0", "b")])],
+    );
+    let c = Cluster::new(old.clone(), None, None);
+    let mut want = HashMap::new();
+    for i in 0..n {
+        let key = format!("k{}/obj{i}", i % 5);
+        let data: Vec<u8> = (0..(i * 37) % 5000 + 1).map(|j| (i + j) as u8).collect();
+        c.put("bkt", key.as_bytes(), &data).unwrap();
+        want.insert(key, data);
+    }
+    std::fs::write(dir.join("old.json"), serde_json::to_vec(&old).unwrap()).unwrap();
+    std::fs::write(dir.join("new.json"), serde_json::to_vec(&new).unwrap()).unwrap();
+    Setup {
+        _t: t,
+        dir,
+        old,
+        new,
+        want,
+    }
+}
+
+/// Node a's run with `sender` and `fence`; its report and the partitions it logged done.
+fn run_a(s: &Setup, sender: Arc<dyn Migrate>, fence: Fence) -> (ferry::Report, HashSet<u16>) {
+    let cluster = Arc::new(Cluster::for_node(
+        s.new.clone(),
+        Some(s.old.clone()),
+        None,
+        "a",
+    ));
+    let done = Arc::new(Mutex::new(HashSet::new()));
+    let d2 = done.clone();
+    let mut opts = Options::new(
+        s.dir.join("old.json"),
+        s.dir.join("new.json"),
+        s.dir.join("unused.redb"),
+    );
+    opts.local = Some(Local {
+        node: "a".into(),
+        cluster,
+        sender,
+        fence,
+        skip: HashSet::new(),
+        on_done: Arc::new(move |p| {
+            d2.lock().unwrap().insert(p);
+        }),
+    });
+    let mut spec = ferry::CopySpec::new(vec![], PathBuf::new());
+    spec.state_dir = Some(s.dir.join("state"));
+    spec.fresh = true;
+    let h = ferry::Job::start_with(|| Ok(rebalance::prepare(&opts, spec)?.0)).unwrap();
+    let r = h.wait();
+    let d = done.lock().unwrap().clone();
+    (r, d)
+}
+
+/// key -> disks (`set/disk`) holding it.
+fn where_is(t: &Topology) -> HashMap<String, Vec<String>> {
+    let mut m: HashMap<String, Vec<String>> = HashMap::new();
+    for s in t.sets() {
+        for d in &s.disks {
+            let mut errors = Vec::new();
+            walk_objects(&d.path, &mut errors, &mut |_, k, _| {
+                m.entry(String::from_utf8(k.to_vec()).unwrap())
+                    .or_default()
+                    .push(format!("{}/{}", s.id, d.id));
+            });
+        }
+    }
+    m
+}
+
+#[test]
+fn a_nodes_run_moves_locally_and_through_the_sender_each_object_once() {
+    let s = setup(600);
+    let rx = Arc::new(Receiver {
+        disks: HashMap::from([("s1/d0".to_string(), s.dir.join("s1d0"))]),
+        calls: AtomicUsize::new(0),
+    });
+    let (r, done) = run_a(&s, rx.clone(), Arc::new(|| Ok(true)));
+    assert!(r.ok(), "{:?}", r.errors);
+    let placed = Placed::new(s.new.clone());
+    let at = where_is(&s.new);
+    let (mut local, mut remote) = (0, 0);
+    for (k, data) in &s.want {
+        let p = partition_of(b"bkt", k.as_bytes());
+        let owner = placed.owner_key(p);
+        assert_eq!(
+            at.get(k),
+            Some(&vec![owner.clone()]),
+            "{k}: exactly once, at its owner"
+        );
+        assert_eq!(
+            &std::fs::read(object_path(&placed.owner(p).path, "bkt", k.as_bytes())).unwrap(),
+            data
+        );
+        match owner.as_str() {
+            "s1/d0" => remote += 1,
+            "s0/d1" => local += 1,
+            _ => {}
+        }
+    }
+    assert!(local > 50 && remote > 100, "local {local}, remote {remote}");
+    assert_eq!(
+        rx.calls.load(Ordering::Relaxed),
+        remote,
+        "one send per cross-node object"
+    );
+    assert_eq!(r.files as usize, local + remote);
+    // every partition that had an object to move is logged done
+    let moved: HashSet<u16> = s
+        .want
+        .keys()
+        .map(|k| partition_of(b"bkt", k.as_bytes()))
+        .filter(|&p| placed.owner_key(p) != "s0/d0")
+        .collect();
+    assert_eq!(done, moved);
+}
+
+#[test]
+fn without_ownership_no_source_is_deleted() {
+    let s = setup(300);
+    let rx = Arc::new(Receiver {
+        disks: HashMap::from([("s1/d0".to_string(), s.dir.join("s1d0"))]),
+        calls: AtomicUsize::new(0),
+    });
+    let owned = Arc::new(AtomicBool::new(false));
+    let o2 = owned.clone();
+    let (r, done) = run_a(
+        &s,
+        rx.clone(),
+        Arc::new(move || Ok(o2.load(Ordering::Relaxed))),
+    );
+    assert!(
+        !r.ok(),
+        "a run that may not delete its sources cannot complete"
+    );
+    assert!(
+        r.errors.iter().any(|e| e.contains("fence")),
+        "{:?}",
+        r.errors
+    );
+    assert!(done.is_empty(), "{} partitions logged done", done.len());
+    // every object is still at its source (s0/d0), maybe copied to its owner as well
+    let at = where_is(&s.new);
+    for k in s.want.keys() {
+        assert!(at[k].contains(&"s0/d0".to_string()), "{k}: {:?}", at[k]);
+    }
+    // ownership back: the next run finishes, every object once at its owner
+    owned.store(true, Ordering::Relaxed);
+    let (r, _) = run_a(&s, rx, Arc::new(move || Ok(owned.load(Ordering::Relaxed))));
+    assert!(r.ok(), "{:?}", r.errors);
+    let placed = Placed::new(s.new.clone());
+    let at = where_is(&s.new);
+    for (k, data) in &s.want {
+        let p = partition_of(b"bkt", k.as_bytes());
+        assert_eq!(at[k], vec![placed.owner_key(p)], "{k}");
+        assert_eq!(
+            &std::fs::read(object_path(&placed.owner(p).path, "bkt", k.as_bytes())).unwrap(),
+            data
+        );
+    }
+}
