@@ -3,7 +3,7 @@
 //! in-process receiver that writes the owner disk as the transport's would), and no source
 //! is deleted once the fence says this node no longer owns its moves.
 
-use ferry::cluster::migrate::{Fence, Local, Migrate, Outcome};
+use ferry::cluster::migrate::{Fence, Local, Migrate, Object, Outcome};
 use ferry::cluster::rebalance::{self, Options};
 use ferry::cluster::store::{Cluster, Placed, object_path, walk_objects};
 use ferry::cluster::{Topology, partition_of};
@@ -48,12 +48,11 @@ impl Migrate for Receiver {
         &self,
         _node: &str,
         disk: &str,
-        bucket: &str,
-        key: &[u8],
-        size: u64,
-        hash: u64,
+        obj: &Object,
         body: &mut dyn Read,
     ) -> Result<Outcome, ferry::Error> {
+        let (bucket, key, size, hash) = (obj.bucket, obj.key, obj.size, obj.hash);
+        assert_eq!(obj.from, "s0/d0", "the source disk");
         self.calls.fetch_add(1, Ordering::Relaxed);
         let dst = object_path(&self.disks[disk], bucket, key);
         let mut data = Vec::new();

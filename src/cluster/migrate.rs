@@ -28,18 +28,25 @@ pub enum Outcome {
     Superseded,
 }
 
-/// Sends one object to the disk `disk` (`set/disk`) served by `node`. `body` yields exactly
-/// `size` bytes whose xxh3_64 is `hash`; Ok only once the receiver's answer is durable.
+/// One object a node sends: `bucket/key` from its disk `from` (`set/disk`), `size` bytes with
+/// the source's `mtime` (the receiver keeps a newer write of the key) and xxh3_64 `hash`.
+pub struct Object<'a> {
+    pub from: &'a str,
+    pub bucket: &'a str,
+    pub key: &'a [u8],
+    pub size: u64,
+    pub mtime: std::time::SystemTime,
+    pub hash: u64,
+}
+
+/// Sends one object to the disk `disk` (`set/disk`) served by `node`; `body` yields exactly
+/// `obj.size` bytes. Ok only once the receiver's answer is durable.
 pub trait Migrate: Send + Sync {
-    #[allow(clippy::too_many_arguments)]
     fn migrate(
         &self,
         node: &str,
         disk: &str,
-        bucket: &str,
-        key: &[u8],
-        size: u64,
-        hash: u64,
+        obj: &Object,
         body: &mut dyn Read,
     ) -> Result<Outcome, Error>;
 }
@@ -53,10 +60,7 @@ impl Migrate for NoTransport {
         &self,
         node: &str,
         disk: &str,
-        _: &str,
-        _: &[u8],
-        _: u64,
-        _: u64,
+        _: &Object,
         _: &mut dyn Read,
     ) -> Result<Outcome, Error> {
         Err(Error::at(
@@ -147,10 +151,18 @@ pub fn send_one(local: &Local, it: &Remote, generation: u64, ttl: u64) -> Result
     let before = f.metadata().map_err(|e| Error::os("stat", &it.src, e))?;
     let hash = hash_file(&mut f, &it.src)?;
     let size = before.len();
+    let obj = Object {
+        from: &it.from,
+        bucket: &it.bucket,
+        key: &it.key,
+        size,
+        mtime: before
+            .modified()
+            .map_err(|e| Error::os("stat", &it.src, e))?,
+        hash,
+    };
     let mut body = (&mut f).take(size);
-    let outcome = local.sender.migrate(
-        &it.node, &it.disk, &it.bucket, &it.key, size, hash, &mut body,
-    )?;
+    let outcome = local.sender.migrate(&it.node, &it.disk, &obj, &mut body)?;
     // Under our lock only a writer from outside ferry can change the file; then the copy
     // sent is not what is here, and the source must stay.
     match std::fs::symlink_metadata(&it.src) {
