@@ -150,6 +150,7 @@ fn agent_inner(a: AgentArgs) -> Result<ExitCode, String> {
             dir.clone(),
             threads,
             sender,
+            &a.node,
         )),
     ]));
     let admin = super::admin::serve(listener, token, agent.shared.clone(), stop.clone())

@@ -26,6 +26,12 @@ use std::time::Instant;
 /// Runs of one generation before this node reports it failed.
 pub const MAX_RUNS: u32 = 3;
 
+/// The object layer a run of `spec` moves on, for this node: Ok(None) while it is not ready
+/// (the agent's own layer is still at another generation). By default the rebalance opens
+/// its own (this node's disks, the registry in the state dir); an agent that serves objects
+/// hands in the one it serves them from, so client writes and the moves share key locks.
+pub type ClusterFor = Box<dyn Fn(&Spec) -> Result<Option<Arc<Cluster>>, String> + Send>;
+
 pub struct Rebalancer {
     store: Arc<dyn ClusterStore>,
     /// The agent's state dir (topology files, the engine's state, the registry).
@@ -35,6 +41,7 @@ pub struct Rebalancer {
     /// This agent's member key create revision, for the fence (0: not claimed).
     incarnation: Arc<AtomicI64>,
     run: Option<Run>,
+    clusters: ClusterFor,
     /// The newest generation finished here (completed, or failed for good).
     finished: u64,
     events: Vec<(&'static str, Value)>,
@@ -69,9 +76,14 @@ impl Rebalancer {
         dir: PathBuf,
         threads: usize,
         sender: Arc<dyn Migrate>,
+        node: &str,
     ) -> Rebalancer {
+        let (d, n) = (dir.clone(), node.to_string());
+        let clusters: ClusterFor =
+            Box::new(move |spec| open_cluster(&d, spec, &n).map(|c| Some(Arc::new(c))));
         Rebalancer {
             store,
+            clusters,
             dir,
             threads,
             sender,
@@ -80,6 +92,12 @@ impl Rebalancer {
             finished: 0,
             events: Vec::new(),
         }
+    }
+
+    /// Moves on the object layers `f` gives (see `ClusterFor`).
+    pub fn with_clusters(mut self, f: ClusterFor) -> Self {
+        self.clusters = f;
+        self
     }
 
     fn event(&mut self, kind: &'static str, generation: u64, mut fields: Value) {
@@ -151,7 +169,8 @@ impl Rebalancer {
     }
 
     /// Starts an engine run of the current generation on this node's disks.
-    fn start(&mut self, ctx: &WorkCtx) -> Result<(), String> {
+    /// Ok(false): the object layer is not ready yet (tried again next round).
+    fn start(&mut self, ctx: &WorkCtx) -> Result<bool, String> {
         let fence = {
             let r = self.run.as_ref().expect("a run");
             self.fence(ctx, r.topo_rev)
@@ -171,7 +190,10 @@ impl Rebalancer {
         let from = write("from.json", &r.spec.previous)?;
         let to = write("to.json", &r.spec.topology)?;
         if r.cluster.is_none() {
-            r.cluster = Some(Arc::new(open_cluster(&dir, &r.spec, ctx.node)?));
+            match (self.clusters)(&r.spec)? {
+                Some(c) => r.cluster = Some(c),
+                None => return Ok(false),
+            }
         }
         let done = r.done.clone();
         let local = Local {
@@ -214,7 +236,7 @@ impl Rebalancer {
             rate: (ctx.control.rate, ctx.control.ops),
         });
         r.dirty = true;
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -469,6 +491,7 @@ mod tests {
             PathBuf::new(),
             1,
             Arc::new(crate::cluster::migrate::NoTransport),
+            "a",
         );
         let ctx = WorkCtx {
             store: &*store,
