@@ -187,7 +187,11 @@ impl CopyReactor {
         let quick = self.ctx.resuming && self.ctx.spec.preserve.timestamps;
         // A move whose source is still here did not finish it (the crash came before the
         // unlink): it is copied again, which is always safe, instead of trusting the old copy.
+        // A directory this run made holds no earlier copy: no stat (a rerun into a new
+        // destination would otherwise pay a failing lstat for every file).
+        let fresh_dir = o.parent.as_ref().is_some_and(|p| p.made);
         (journaled || quick)
+            && !fresh_dir
             && !self.ctx.spec.remove_source
             && meta::lstat(&o.dst).is_ok_and(|t| {
                 meta::file_type(&t) == libc::S_IFREG

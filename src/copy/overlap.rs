@@ -155,11 +155,20 @@ impl Overlaps {
 
     /// Whether a later source's entry replaces this tree's entry at `dst` (in a directory at
     /// `place`); not when both are directories: they merge.
-    pub fn replaced(&self, place: &Place, dst: &Path, is_dir: bool, filter: &Filter) -> bool {
+    /// `name` in the destination directory `dir`: the path is only built when another
+    /// source shares the place (the common case of one source pays no allocation per entry).
+    pub fn replaced(
+        &self,
+        place: &Place,
+        dir: &Path,
+        name: &std::ffi::OsStr,
+        is_dir: bool,
+        filter: &Filter,
+    ) -> bool {
         if place.others.is_empty() {
             return false;
         }
-        let abs = self.abs(place.root, dst);
+        let abs = self.abs(place.root, &dir.join(name));
         place
             .others
             .iter()

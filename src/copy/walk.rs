@@ -211,12 +211,10 @@ fn take_entry(
     if !ctx.filter.is_empty() && !ctx.filter.included(&node.rel.join(os), kind == Kind::Dir) {
         return;
     }
-    if ctx.overlaps.replaced(
-        &node.place,
-        &node.dst.join(os),
-        kind == Kind::Dir,
-        &ctx.filter,
-    ) {
+    if ctx
+        .overlaps
+        .replaced(&node.place, &node.dst, os, kind == Kind::Dir, &ctx.filter)
+    {
         replaced(ctx, &src.join(os));
         return;
     }
