@@ -34,16 +34,25 @@ fn ok(o: std::process::Output) -> std::process::Output {
     o
 }
 
-/// A topology v2 of sets `(set, [(disk, node)])` with disks under `root`.
+/// Disks of a set: (disk id, node).
+type Disks<'a> = &'a [(&'a str, &'a str)];
+
+/// A topology v2 of active sets `(set, [(disk, node)])` with disks under `root`.
 fn topo(root: &Path, g: u64, sets: &[(&str, &[(&str, &str)])]) -> Topology {
+    let sets: Vec<(&str, &str, Disks)> = sets.iter().map(|(s, d)| (*s, "active", *d)).collect();
+    topo_states(root, g, &sets)
+}
+
+/// A topology v2 of sets `(set, state, [(disk, node)])` with disks under `root`.
+fn topo_states(root: &Path, g: u64, sets: &[(&str, &str, Disks)]) -> Topology {
     let sets: Vec<Value> = sets
         .iter()
-        .map(|(s, disks)| {
+        .map(|(s, state, disks)| {
             let disks: Vec<Value> = disks
                 .iter()
                 .map(|(d, n)| json!({"id": d, "path": root.join(format!("{s}{d}")), "node": n}))
                 .collect();
-            json!({"id": s, "state": "active", "weight": 1.0, "disks": disks})
+            json!({"id": s, "state": state, "weight": 1.0, "disks": disks})
         })
         .collect();
     let v = json!({"generation": g, "pools": [{"id": "p", "sets": sets}]});
@@ -260,4 +269,65 @@ fn rebalance_job_moves_same_node_objects_pauses_resumes_and_survives_kill9() {
     let text = ok(ferry(&c, &["cluster", "status"]));
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("rebalance 1 -> 2 (completed)"), "{text}");
+}
+
+/// One node's sets (a drained set's objects may go to any active set: all are on node a
+/// here, so every move is a same-node one).
+#[test]
+fn a_newer_topology_replans_and_a_drained_set_ends_empty() {
+    let Some(mut c) = Cluster::new(1, &config(300, 300)) else {
+        return;
+    };
+    let root = c.dir.path().join("disks");
+    let a0: &[(&str, &str)] = &[("d0", "a")];
+    let a01: &[(&str, &str)] = &[("d0", "a"), ("d1", "a")];
+    let g1 = topo(&root, 1, &[("s0", a0), ("s1", a0), ("s2", a0)]);
+    let g2 = topo_states(
+        &root,
+        2,
+        &[
+            ("s0", "active", a01),
+            ("s1", "active", a0),
+            ("s2", "draining", a0),
+        ],
+    );
+    let g3 = topo_states(
+        &root,
+        3,
+        &[
+            ("s0", "active", a01),
+            ("s1", "active", a01),
+            ("s2", "draining", a0),
+        ],
+    );
+    let want = fill(&g1, 1500);
+    let apply = |c: &Cluster, t: &Topology, name: &str| {
+        let f = save(t, &root.join(name));
+        ok(ferry(c, &["cluster", "apply", f.to_str().unwrap()]));
+    };
+    apply(&c, &g1, "g1.json");
+    c.start("a");
+    c.wait_settled(&["a"], Duration::from_secs(10));
+    ok(ferry(&c, &["cluster", "rate", "500K"]));
+    apply(&c, &g2, "g2.json");
+    wait_rebalance(&c, Duration::from_secs(20), "g2 moves under way", |r| {
+        r["generation"] == 2 && r["objects"].as_u64() > Some(20)
+    });
+    apply(&c, &g3, "g3.json");
+    ok(ferry(&c, &["cluster", "rate", "0"]));
+    let r = wait_rebalance(&c, Duration::from_secs(60), "g3 completion", |r| {
+        r["generation"] == 3 && r["state"] == "completed"
+    });
+    assert_eq!(r["from_generation"], 2, "{r}");
+    assert_placed(&g3, &want);
+    let s2 = g3.set("s2").unwrap();
+    let mut left = 0;
+    walk_objects(&s2.disks[0].path, &mut Vec::new(), &mut |_, _, _| left += 1);
+    assert_eq!(left, 0, "the drained set still holds objects");
+    let ev = c.events("a");
+    assert!(
+        ev.iter()
+            .any(|e| e["event"] == "rebalance_replaced" && e["generation"] == 2 && e["by"] == 3),
+        "{ev:?}"
+    );
 }
