@@ -23,8 +23,13 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-/// Runs of one generation before this node reports it failed.
-pub const MAX_RUNS: u32 = 3;
+/// Runs of one generation before this node reports it failed; a failed run is retried after
+/// 2, 4, 8, 16 s (a receiving node restarting, or still loading the generation).
+pub const MAX_RUNS: u32 = 5;
+
+fn backoff(attempts: u32) -> Option<Instant> {
+    Some(Instant::now() + std::time::Duration::from_secs(1 << attempts.min(5)))
+}
 
 /// The object layer a run of `spec` moves on, for this node: Ok(None) while it is not ready
 /// (the agent's own layer is still at another generation). By default the rebalance opens
@@ -68,6 +73,8 @@ struct Run {
     last_write: Option<Instant>,
     /// Attempts of this agent process (the record's `runs` counts restarts too).
     attempts: u32,
+    /// A retry waits until then.
+    not_before: Option<Instant>,
 }
 
 impl Rebalancer {
@@ -144,6 +151,7 @@ impl Rebalancer {
             dirty: true,
             last_write: None,
             attempts: 0,
+            not_before: None,
         });
     }
 
@@ -389,6 +397,7 @@ impl Rebalancer {
             self.event("rebalance_failed", g, fields);
         } else {
             r.record(ctx, &*self.store);
+            r.not_before = backoff(r.attempts);
             self.event("rebalance_retry", g, fields);
         }
         if self.finished == g {
@@ -423,13 +432,14 @@ impl Work for Rebalancer {
         let Some(r) = self.run.as_mut() else {
             return;
         };
-        if r.active.is_none() {
+        if r.active.is_none() && r.not_before.is_none_or(|t| Instant::now() >= t) {
             let g = r.spec.generation;
             if let Err(m) = self.start(ctx) {
                 let r = self.run.as_mut().expect("a run");
                 r.attempts += 1;
                 r.rec.errors.truncate(9);
                 r.rec.errors.push(m.clone());
+                r.not_before = backoff(r.attempts);
                 let give_up = r.attempts >= MAX_RUNS;
                 self.event("rebalance_error", g, json!({"message": m}));
                 let r = self.run.as_mut().expect("a run");
