@@ -266,6 +266,17 @@ fn rebalance_job_moves_same_node_objects_pauses_resumes_and_survives_kill9() {
     ] {
         assert!(evb.iter().any(|e| e["event"] == k), "no {k} event from b");
     }
+    // b's admin API: the rebalance in its metrics
+    let token = std::fs::read_to_string(c.state_dir("b").join("admin.token")).unwrap();
+    let (code, body) =
+        agent_harness::admin_get(&c.member_addr("b"), "/metrics", Some(token.trim()));
+    assert_eq!(code, 200);
+    let line = format!("ferry_agent_rebalance_moved_objects {}", b["objects"]);
+    assert!(body.contains(&line), "no '{line}' in\n{body}");
+    assert!(
+        body.contains("ferry_agent_rebalance_generation 2"),
+        "{body}"
+    );
     let text = ok(ferry(&c, &["cluster", "status"]));
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("rebalance 1 -> 2 (completed)"), "{text}");

@@ -181,5 +181,24 @@ fn metrics(doc: &Value) -> String {
         "ferry_agent_assignment_epoch {}\n",
         num(&doc["assignment_epoch"])
     );
+    let rb = &doc["work"]["rebalance"];
+    if !rb.is_null() {
+        m += &format!(
+            "ferry_agent_rebalance_generation {}\n",
+            num(&rb["generation"])
+        );
+        let r = &rb["record"];
+        for (name, field) in [
+            ("moved_objects", "moved"),
+            ("moved_bytes", "moved_bytes"),
+            ("total_objects", "total"),
+            ("total_bytes", "total_bytes"),
+            ("superseded_objects", "superseded"),
+            ("failed_objects", "failed"),
+            ("rate_bytes_per_second", "rate_bytes_s"),
+        ] {
+            m += &format!("ferry_agent_rebalance_{name} {}\n", num(&r[field]));
+        }
+    }
     m
 }

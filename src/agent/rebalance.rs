@@ -49,6 +49,8 @@ pub struct Rebalancer {
     clusters: ClusterFor,
     /// The newest generation finished here (completed, or failed for good).
     finished: u64,
+    /// Its last record, for status and metrics.
+    last: Value,
     events: Vec<(&'static str, Value)>,
 }
 
@@ -97,6 +99,7 @@ impl Rebalancer {
             incarnation: Arc::new(AtomicI64::new(0)),
             run: None,
             finished: 0,
+            last: Value::Null,
             events: Vec::new(),
         }
     }
@@ -400,8 +403,10 @@ impl Rebalancer {
             r.not_before = backoff(r.attempts);
             self.event("rebalance_retry", g, fields);
         }
-        if self.finished == g {
-            self.run = None;
+        if self.finished == g
+            && let Some(r) = self.run.take()
+        {
+            self.last = json!({"generation": g, "record": r.rec, "running": false});
         }
     }
 }
@@ -471,7 +476,7 @@ impl Work for Rebalancer {
     }
 
     fn status(&self) -> Value {
-        let r = self.run.as_ref().map(|r| {
+        let r = self.run.as_ref().map_or(self.last.clone(), |r| {
             json!({"generation": r.spec.generation, "record": r.rec,
                 "running": r.active.is_some()})
         });
