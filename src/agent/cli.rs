@@ -37,15 +37,93 @@ pub struct AgentArgs {
     /// Print every event (state transitions, elections, assignments) as a JSON line on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Also serve this node's objects over the S3 API at ADDR (with --s3-keys, --s3-topology).
-    #[arg(long, value_name = "ADDR", requires_all = ["s3_keys", "s3_topology"])]
+    /// Also serve the cluster's objects over the S3 API at ADDR (with --s3-keys; the
+    /// topology from etcd, other nodes' objects through --peer-listen's transport).
+    #[arg(long, value_name = "ADDR", requires = "s3_keys")]
     pub s3_listen: Option<String>,
     /// The S3 endpoint's access keys ('ACCESS_KEY SECRET_KEY' lines, mode 600).
     #[arg(long, value_name = "FILE", requires = "s3_listen")]
     pub s3_keys: Option<PathBuf>,
-    /// The topology of this node's disks for the S3 endpoint (single node for now).
+    /// Serve the objects of a local topology file instead (one node, no etcd topology).
     #[arg(long, value_name = "FILE", requires = "s3_listen")]
     pub s3_topology: Option<PathBuf>,
+    /// Serve this node's objects to the other agents at ADDR (mutual TLS; published in the
+    /// member record), e.g. 10.0.0.1:7734.
+    #[arg(long, value_name = "ADDR", requires = "tls_dir")]
+    pub peer_listen: Option<String>,
+    /// This node's TLS identity and the cluster CA (`ferry certs issue DIR NODE` makes it).
+    #[arg(long, value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
+}
+
+/// What the agent serves besides its admin API (stopped when dropped, S3 first).
+#[derive(Default)]
+struct Served {
+    s3: Option<crate::s3::server::Endpoint>,
+    peer: Option<super::peer::server::PeerServer>,
+    objects: Option<super::objects::Objects>,
+    client: Option<Arc<super::peer::PeerClient>>,
+}
+
+impl Served {
+    fn stop(&mut self) {
+        self.s3.take(); // requests in flight finish first
+        self.peer.take();
+        self.objects.take();
+    }
+}
+
+/// The S3 endpoint and the peer transport, as the flags ask.
+fn serve_objects(
+    a: &AgentArgs,
+    dir: &Path,
+    store: &Arc<dyn super::store::ClusterStore>,
+    keys: &Keys,
+) -> Result<Served, String> {
+    let limits = crate::s3::limits::Limits::default();
+    let reg = dir.join("registry.redb");
+    let mut out = Served::default();
+    if let (Some(l), Some(k), Some(t)) = (&a.s3_listen, &a.s3_keys, &a.s3_topology) {
+        let ep = crate::s3::cli::start(l, t, k, &reg, limits);
+        out.s3 = Some(ep.map_err(|m| format!("--s3-listen: {m}"))?);
+        return Ok(out);
+    }
+    if a.s3_listen.is_none() && a.peer_listen.is_none() {
+        return Ok(out);
+    }
+    let (Some(pl), Some(tls)) = (&a.peer_listen, &a.tls_dir) else {
+        return Err("--s3-listen without --s3-topology serves the cluster's objects: it needs --peer-listen ADDR and --tls-dir DIR".into());
+    };
+    let objects = super::objects::watch(store.clone(), keys, &a.node, &reg)?;
+    let cfg = crate::net::tls::server_config(tls).map_err(|e| format!("--tls-dir: {e}"))?;
+    let l =
+        std::net::TcpListener::bind(pl).map_err(|e| format!("--peer-listen {pl}: bind: {e}"))?;
+    let lim = super::peer::server::Limits::default();
+    let peer = super::peer::server::start(l, cfg, &a.node, objects.cell.clone(), lim)
+        .map_err(|e| format!("--peer-listen {pl}: {e}"))?;
+    let resolve = super::peer::client::etcd_resolver(
+        store.clone(),
+        Keys {
+            root: keys.root.clone(),
+        },
+    );
+    let client = super::peer::PeerClient::new(tls, &a.node, resolve)
+        .map_err(|e| format!("--tls-dir: {e}"))?;
+    let client = Arc::new(client);
+    if let (Some(l), Some(k)) = (&a.s3_listen, &a.s3_keys) {
+        let ring = crate::s3::keys::KeyRing::load(k)?;
+        let remote: Arc<dyn crate::s3::remote::Remote> = client.clone();
+        let o = crate::s3::server::Objects {
+            cell: objects.cell.clone(),
+            remote: Some(remote),
+        };
+        let ep = crate::s3::cli::start_with(l, o, ring, limits);
+        out.s3 = Some(ep.map_err(|m| format!("--s3-listen: {m}"))?);
+    }
+    out.peer = Some(peer);
+    out.objects = Some(objects);
+    out.client = Some(client);
+    Ok(out)
 }
 
 fn fail(m: impl std::fmt::Display) -> ExitCode {
@@ -117,6 +195,7 @@ fn agent_inner(a: AgentArgs) -> Result<ExitCode, String> {
     )?;
     let store = EtcdStore::new(&a.etcd, Duration::from_millis(cfg.request_timeout_ms))
         .map_err(|m| format!("--etcd: {m}"))?;
+    let store: Arc<dyn super::store::ClusterStore> = Arc::new(store);
     let listener = std::net::TcpListener::bind(&a.listen)
         .map_err(|e| format!("--listen {}: bind: {e}", a.listen))?;
     let addr = listener
@@ -127,36 +206,34 @@ fn agent_inner(a: AgentArgs) -> Result<ExitCode, String> {
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("signal: {e}"))?;
     }
-    let s3 = match (&a.s3_listen, &a.s3_keys, &a.s3_topology) {
-        (Some(l), Some(k), Some(t)) => {
-            let limits = crate::s3::limits::Limits::default();
-            let reg = dir.join("registry.redb");
-            Some(
-                crate::s3::cli::start(l, t, k, &reg, limits)
-                    .map_err(|m| format!("--s3-listen: {m}"))?,
-            )
-        }
-        _ => None,
-    };
-    let store: Arc<dyn super::store::ClusterStore> = Arc::new(store);
+    let mut served = serve_objects(&a, &dir, &store, &keys)?;
     let mut agent = Agent::new(store.clone(), keys, &a.node, &addr, cfg, instance(&dir)?)?;
     agent.json = a.json;
+    agent.peer = served.peer.as_ref().map(|p| p.addr.to_string());
     let threads = agent.cfg.copy_threads;
-    let sender = Arc::new(crate::cluster::migrate::NoTransport);
+    let sender: Arc<dyn crate::cluster::migrate::Migrate> = match &served.client {
+        Some(c) => c.clone(),
+        None => Arc::new(crate::cluster::migrate::NoTransport),
+    };
+    let mut rebalancer =
+        super::rebalance::Rebalancer::new(store, dir.clone(), threads, sender, &a.node);
+    if let Some(o) = &served.objects {
+        // Moves and client writes on one object layer: the same key locks and registry.
+        let cell = o.cell.clone();
+        rebalancer = rebalancer.with_clusters(Box::new(move |spec| {
+            Ok(cell
+                .get()
+                .filter(|c| c.current.topo.generation == spec.generation))
+        }));
+    }
     agent.work = Box::new(super::node::Works(vec![
         Box::new(super::runner::Runner::new(threads)),
-        Box::new(super::rebalance::Rebalancer::new(
-            store,
-            dir.clone(),
-            threads,
-            sender,
-            &a.node,
-        )),
+        Box::new(rebalancer),
     ]));
     let admin = super::admin::serve(listener, token, agent.shared.clone(), stop.clone())
         .map_err(|e| format!("admin thread: {e}"))?;
     let r = agent.run(&stop);
-    drop(s3); // stops the endpoint: requests in flight finish first
+    served.stop();
     let signalled = stop.swap(true, Ordering::Relaxed);
     let _ = admin.join();
     match r {

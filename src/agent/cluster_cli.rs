@@ -135,6 +135,14 @@ fn apply(
         value,
         lease: 0,
     });
+    if let Some(kv) = &cur {
+        // The replaced generation too: agents' reads fall back to its owners.
+        ops.push(Op::Put {
+            key: keys.previous_topology(),
+            value: kv.value.clone(),
+            lease: 0,
+        });
+    }
     match store.txn(&[Cmp::ModRev(keys.topology(), cur_rev)], &ops) {
         Ok((true, _)) if ops.len() > 1 => {
             println!(

@@ -57,6 +57,10 @@ impl Keys {
     pub fn topology(&self) -> String {
         self.k("topology")
     }
+    /// The topology `topology` replaced (reads fall back to its owners while objects move).
+    pub fn previous_topology(&self) -> String {
+        self.k("previous_topology")
+    }
     pub fn control(&self) -> String {
         self.k("control")
     }

@@ -18,6 +18,8 @@ pub mod keys;
 pub mod leader;
 pub mod member;
 pub mod node;
+pub mod objects;
+pub mod peer;
 pub mod plan;
 pub mod rebalance;
 pub mod rebalance_state;

@@ -108,6 +108,8 @@ pub struct Agent {
     pub addr: String,
     pub cfg: AgentConfig,
     pub instance: String,
+    /// The peer transport's address, published in the member record.
+    pub peer: Option<String>,
     pub json: bool,
     pub shared: Arc<Mutex<Shared>>,
     pub work: Box<dyn Work>,
@@ -147,6 +149,7 @@ impl Agent {
             addr: addr.to_string(),
             cfg,
             instance,
+            peer: None,
             json: false,
             shared: Arc::default(),
             work: Box::new(Idle),
@@ -215,6 +218,7 @@ impl Agent {
             pid: std::process::id(),
             instance: self.instance.clone(),
             started_ms: now_ms(),
+            peer: self.peer.clone(),
         }
     }
 

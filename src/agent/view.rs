@@ -19,6 +19,9 @@ pub struct MemberInfo {
     /// Random per state dir: tells a restart of the same agent from a second agent.
     pub instance: String,
     pub started_ms: u64,
+    /// Where the agent serves the peer transport (`--peer-listen`), if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
 }
 
 /// `control`: pause and rates, watched by every agent.

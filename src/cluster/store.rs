@@ -13,7 +13,7 @@ use crate::meta;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Lock stripes (keys hash onto them).
 pub const LOCK_STRIPES: usize = 256;
@@ -174,19 +174,54 @@ pub struct Location {
 pub struct Cluster {
     pub current: Placed,
     pub previous: Option<Placed>,
-    pub registry: Option<Registry>,
-    locks: Vec<Mutex<()>>,
-    /// Every disk of both topologies, by `set/disk`.
+    pub registry: Option<Arc<Registry>>,
+    locks: Arc<Vec<Mutex<()>>>,
+    /// Every disk of both topologies this process serves, by `set/disk`.
     disks: HashMap<String, PathBuf>,
+    /// The node (topology v2) serving each disk of both topologies, by `set/disk`.
+    nodes: HashMap<String, String>,
+    /// Set: only this node's disks are served here (the others through their agents).
+    node: Option<String>,
+}
+
+fn stripes() -> Arc<Vec<Mutex<()>>> {
+    Arc::new((0..LOCK_STRIPES).map(|_| Mutex::new(())).collect())
+}
+
+/// `t` with only the disks `node` serves (for their identity check).
+fn only_node(t: &Topology, node: &str) -> Topology {
+    let mut mine = t.clone();
+    for p in &mut mine.pools {
+        for s in &mut p.sets {
+            s.disks.retain(|d| d.node.as_deref() == Some(node));
+        }
+    }
+    mine
 }
 
 impl Cluster {
     pub fn new(current: Topology, previous: Option<Topology>, registry: Option<Registry>) -> Self {
-        let mut disks = HashMap::new();
+        Self::build(current, previous, registry.map(Arc::new), None, stripes())
+    }
+
+    fn build(
+        current: Topology,
+        previous: Option<Topology>,
+        registry: Option<Arc<Registry>>,
+        node: Option<String>,
+        locks: Arc<Vec<Mutex<()>>>,
+    ) -> Self {
+        let (mut disks, mut nodes) = (HashMap::new(), HashMap::new());
         for t in previous.iter().chain(std::iter::once(&current)) {
             for s in t.sets() {
                 for d in &s.disks {
-                    disks.insert(disk_key(s, d), d.path.clone());
+                    let k = disk_key(s, d);
+                    if let Some(n) = &d.node {
+                        nodes.insert(k.clone(), n.clone());
+                    }
+                    if node.is_none() || d.node == node {
+                        disks.insert(k, d.path.clone());
+                    }
                 }
             }
         }
@@ -194,8 +229,10 @@ impl Cluster {
             current: Placed::new(current),
             previous: previous.map(Placed::new),
             registry,
-            locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            locks,
             disks,
+            nodes,
+            node,
         }
     }
 
@@ -207,20 +244,8 @@ impl Cluster {
         registry: Option<Registry>,
         node: &str,
     ) -> Self {
-        let mine: std::collections::HashSet<String> = previous
-            .iter()
-            .chain(std::iter::once(&current))
-            .flat_map(|t| t.sets())
-            .flat_map(|s| {
-                s.disks
-                    .iter()
-                    .filter(|d| d.node.as_deref() == Some(node))
-                    .map(move |d| disk_key(s, d))
-            })
-            .collect();
-        let mut c = Self::new(current, previous, registry);
-        c.disks.retain(|id, _| mine.contains(id));
-        c
+        let n = Some(node.to_string());
+        Self::build(current, previous, registry.map(Arc::new), n, stripes())
     }
 
     /// `new` for commands on the disks: every disk of `current` must prove it is the disk
@@ -233,6 +258,61 @@ impl Cluster {
     ) -> Result<Self, Error> {
         super::identity::check(&current, file, &|_, _| false)?;
         Ok(Self::new(current, previous, registry))
+    }
+
+    /// The cluster as the agent of `node` serves it (topology v2): placement over every
+    /// disk, but only the disks whose `node` is `node` are opened here (and must prove their
+    /// identity); the others are on other nodes, reached through their agents.
+    pub fn open_node(
+        current: Topology,
+        file: &Path,
+        previous: Option<Topology>,
+        registry: Option<Arc<Registry>>,
+        node: &str,
+    ) -> Result<Self, Error> {
+        super::identity::check(&only_node(&current, node), file, &|_, _| false)?;
+        let n = Some(node.to_string());
+        Ok(Self::build(current, previous, registry, n, stripes()))
+    }
+
+    /// This cluster under new topologies, sharing the registry, the node and the key locks
+    /// (writers under the old map and under the new one still exclude each other).
+    pub fn retopo(
+        &self,
+        current: Topology,
+        file: &Path,
+        previous: Option<Topology>,
+    ) -> Result<Self, Error> {
+        let mine = match &self.node {
+            Some(n) => only_node(&current, n),
+            None => current.clone(),
+        };
+        super::identity::check(&mine, file, &|_, _| false)?;
+        let (r, n) = (self.registry.clone(), self.node.clone());
+        Ok(Self::build(current, previous, r, n, self.locks.clone()))
+    }
+
+    /// The node this process serves (None: every disk is local).
+    pub fn node(&self) -> Option<&str> {
+        self.node.as_deref()
+    }
+
+    /// The node that serves disk `set/disk` (topology v2).
+    pub fn node_of(&self, disk: &str) -> Option<&str> {
+        self.nodes.get(disk).map(String::as_str)
+    }
+
+    /// Every node either topology names, but this one, sorted.
+    pub fn other_nodes(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .nodes
+            .values()
+            .filter(|n| Some(n.as_str()) != self.node())
+            .cloned()
+            .collect();
+        v.sort();
+        v.dedup();
+        v
     }
 
     /// Serializes writers of one key (and the mover's commit of it).
@@ -290,10 +370,29 @@ impl Cluster {
     ) -> Result<(), Error> {
         Self::usage(bucket, key)?;
         let p = partition_of(bucket.as_bytes(), key);
-        let (owner, owner_key) = (self.current.owner(p).clone(), self.current.owner_key(p));
-        let dst = object_path(&owner.path, bucket, key);
+        self.put_on(&self.current.owner_key(p), bucket, key, fill)
+    }
+
+    /// `put_with` on the disk `disk` (`set/disk`), which this process must serve: the owner
+    /// under the current generation as the writer saw it (an agent proxying a client's write
+    /// names the disk). Other copies on this process's disks are removed.
+    pub fn put_on(
+        &self,
+        disk: &str,
+        bucket: &str,
+        key: &[u8],
+        fill: &mut dyn FnMut(&mut std::fs::File) -> std::io::Result<()>,
+    ) -> Result<(), Error> {
+        Self::usage(bucket, key)?;
+        let Some(root) = self.disks.get(disk).cloned() else {
+            let by = self.node_of(disk).map(|n| format!(" (node {n} serves it)"));
+            let m = format!("disk {disk} is not served here{}", by.unwrap_or_default());
+            return Err(Error::usage(Path::new(disk), m));
+        };
+        let owner_key = disk.to_string();
+        let dst = object_path(&root, bucket, key);
         let dir = meta::parent_dir(&dst).to_path_buf();
-        super::identity::make_dirs_below(&owner.path, &dir)?;
+        super::identity::make_dirs_below(&root, &dir)?;
         // A temp of its own per writer: two puts of one key never share one.
         let tmp = crate::temp::temp_name(&dst, &crate::temp::Token::random());
         let fd = meta::create_temp(&tmp)?;
@@ -356,7 +455,7 @@ impl Cluster {
     }
 
     /// The disks to try, in order: registry, current owner, previous owner, forward target.
-    fn read_chain(&self, bucket: &str, key: &[u8]) -> Result<Vec<String>, Error> {
+    pub fn read_chain(&self, bucket: &str, key: &[u8]) -> Result<Vec<String>, Error> {
         let p = partition_of(bucket.as_bytes(), key);
         let mut chain = Vec::with_capacity(4);
         let fk = full_key(bucket, key);
@@ -399,19 +498,31 @@ impl Cluster {
         Self::usage(bucket, key)?;
         for _ in 0..READ_PASSES {
             for d in self.read_chain(bucket, key)? {
-                let Some(path) = self.disk_path(&d) else {
-                    continue;
-                };
-                let p = object_path(path, bucket, key);
-                match std::fs::File::open(&p) {
-                    Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => return Ok(Some((f, p))),
-                    Ok(_) => {}
-                    Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {}
-                    Err(e) => return Err(Error::os("open", &p, e)),
+                if let Some(found) = self.open_on(&d, bucket, key)? {
+                    return Ok(Some(found));
                 }
             }
         }
         Ok(None)
+    }
+
+    /// Opens the object on disk `disk` if this process serves that disk and a copy is there.
+    pub fn open_on(
+        &self,
+        disk: &str,
+        bucket: &str,
+        key: &[u8],
+    ) -> Result<Option<(std::fs::File, PathBuf)>, Error> {
+        let Some(path) = self.disk_path(disk) else {
+            return Ok(None);
+        };
+        let p = object_path(path, bucket, key);
+        match std::fs::File::open(&p) {
+            Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => Ok(Some((f, p))),
+            Ok(_) => Ok(None),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => Ok(None),
+            Err(e) => Err(Error::os("open", &p, e)),
+        }
     }
 
     pub fn locate(&self, bucket: &str, key: &[u8]) -> Result<Location, Error> {

@@ -37,6 +37,28 @@ impl FileStream {
     }
 }
 
+impl FileStream {
+    /// The bytes of a remote object (`len` of them), pulled on a blocking thread.
+    pub fn from_chunks(mut chunks: super::remote::Chunks, len: u64) -> FileStream {
+        let (tx, rx) = mpsc::channel(AHEAD);
+        tokio::task::spawn_blocking(move || {
+            loop {
+                let r = chunks();
+                let stop = !matches!(r, Ok(Some(_)));
+                let item = match r {
+                    Ok(Some(b)) => Ok(b),
+                    Ok(None) => return,
+                    Err(e) => Err(e),
+                };
+                if tx.blocking_send(item).is_err() || stop {
+                    return; // the client went away (dropping `chunks` drops the connection)
+                }
+            }
+        });
+        FileStream { rx, left: len }
+    }
+}
+
 fn read_range(f: &File, range: Range<u64>, tx: &mpsc::Sender<Result<Bytes, std::io::Error>>) {
     use std::os::unix::fs::FileExt;
     let mut at = range.start;

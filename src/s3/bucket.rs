@@ -98,6 +98,11 @@ pub fn delete(c: &Cluster, bucket: &str) -> Result<Result<(), DeleteRefused>, Er
     Ok(Ok(()))
 }
 
+/// Whether no disk of the node holds an object of `bucket`.
+pub fn is_empty(c: &Cluster, bucket: &str) -> bool {
+    !c.disks().any(|(_, p)| has_object(&p.join(bucket)))
+}
+
 /// Whether a directory tree holds any object (a file that is not a temp).
 fn has_object(dir: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;

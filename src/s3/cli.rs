@@ -107,10 +107,25 @@ pub fn start(
 ) -> Result<super::server::Endpoint, String> {
     limits.check()?;
     let keys = KeyRing::load(keys)?;
-    let cluster = Arc::new(open_cluster(topology, registry)?);
+    let cell = Arc::new(super::remote::ClusterCell::new(Some(open_cluster(
+        topology, registry,
+    )?)));
+    let objects = super::server::Objects { cell, remote: None };
+    start_with(listen, objects, keys, limits)
+}
+
+/// Starts an endpoint on `objects` (the agent's: the cluster's topology from etcd, the
+/// other nodes through its peer transport).
+pub fn start_with(
+    listen: &str,
+    objects: super::server::Objects,
+    keys: KeyRing,
+    limits: Limits,
+) -> Result<super::server::Endpoint, String> {
+    limits.check()?;
     let listener =
         std::net::TcpListener::bind(listen).map_err(|e| format!("--listen {listen}: bind: {e}"))?;
-    super::server::start(listener, cluster, keys, limits)
+    super::server::start(listener, objects, keys, limits)
         .map_err(|e| format!("start the S3 endpoint: {e}"))
 }
 

@@ -14,5 +14,7 @@ pub mod list;
 pub mod listing;
 pub mod multipart;
 pub mod object;
+pub mod remote;
+pub mod route;
 pub mod server;
 pub mod service;

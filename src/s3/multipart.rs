@@ -57,11 +57,19 @@ fn write_durable(
 pub fn create(c: &Cluster, bucket: &str, key: &str) -> S3Result<String> {
     crate::cluster::store::validate(bucket, key.as_bytes())
         .map_err(|m| s3(&Error::usage(Path::new(key), m)))?;
-    let disk = c
+    let owner = c
         .current
-        .owner(partition_of(bucket.as_bytes(), key.as_bytes()))
-        .path
-        .clone();
+        .owner_key(partition_of(bucket.as_bytes(), key.as_bytes()));
+    // Staged on the owner disk when it is this node's, else on one of this node's disks.
+    let mut local: Vec<PathBuf> = c.disks().map(|(_, p)| p.to_path_buf()).collect();
+    local.sort();
+    let disk = match c.disk_path(&owner) {
+        Some(p) => p.to_path_buf(),
+        None => local
+            .into_iter()
+            .next()
+            .ok_or_else(|| s3(&Error::usage(Path::new(key), "this node serves no disk")))?,
+    };
     let id = new_id();
     let dir = disk.join(STAGING).join(&id);
     let json = serde_json::to_vec(&Upload {
@@ -181,24 +189,67 @@ fn chosen_parts(dir: &Path, parts: &[(i32, String)], limits: &Limits) -> S3Resul
 
 /// Completes an upload: the object is the chosen parts, in order; its ETag.
 pub fn complete(
-    c: &Cluster,
+    (c, r): (&Cluster, Option<&dyn super::remote::Remote>),
     (id, bucket, key): (&str, &str, &str),
     parts: &[(i32, String)],
     limits: &Limits,
 ) -> S3Result<String> {
     let dir = find(c, id, bucket, key)?;
     let files = chosen_parts(&dir, parts, limits)?;
-    c.put_with(bucket, key.as_bytes(), &mut |f| {
-        for p in &files {
-            // std's copy uses copy_file_range: in the kernel, a reflink where the fs can.
-            std::io::copy(&mut std::fs::File::open(p)?, f)?;
-        }
-        Ok(())
-    })
-    .map_err(|e| s3(&e))?;
+    let owner = c
+        .current
+        .owner_key(partition_of(bucket.as_bytes(), key.as_bytes()));
+    let tag = if c.disk_path(&owner).is_some() {
+        c.put_with(bucket, key.as_bytes(), &mut |f| {
+            for p in &files {
+                // std's copy uses copy_file_range: in the kernel, a reflink where the fs can.
+                std::io::copy(&mut std::fs::File::open(p)?, f)?;
+            }
+            Ok(())
+        })
+        .map_err(|e| s3(&e))?;
+        let tag = super::object::open(c, bucket, key).map_err(|e| s3(&e))?;
+        tag.map(|(_, m)| etag(&m)).unwrap_or_default()
+    } else {
+        // The owner is another node: the parts stream to it like one PUT's body.
+        let mut pull = parts_reader(files);
+        let want = Want {
+            limit: u64::MAX,
+            expected: None,
+            digests: None,
+        };
+        super::route::put(c, r, (bucket, key), &mut pull, want).map_err(|e| s3(&e))?
+    };
     remove(&dir).map_err(|e| s3(&e))?;
-    let tag = super::object::open(c, bucket, key).map_err(|e| s3(&e))?;
-    Ok(tag.map(|(_, m)| etag(&m)).unwrap_or_default())
+    Ok(tag)
+}
+
+/// The parts' bytes in order, 1 MiB at a time.
+fn parts_reader(files: Vec<PathBuf>) -> impl FnMut() -> Result<Option<bytes::Bytes>, BodyError> {
+    let mut files = files.into_iter();
+    let mut cur: Option<std::fs::File> = None;
+    move || {
+        loop {
+            if cur.is_none() {
+                let Some(p) = files.next() else {
+                    return Ok(None);
+                };
+                let f = std::fs::File::open(&p)
+                    .map_err(|e| BodyError::Read(format!("{}: {e}", p.display())))?;
+                cur = Some(f);
+            }
+            let mut buf = vec![0u8; 1 << 20];
+            let f = cur.as_mut().expect("opened above");
+            match std::io::Read::read(f, &mut buf) {
+                Ok(0) => cur = None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    return Ok(Some(bytes::Bytes::from(buf)));
+                }
+                Err(e) => return Err(BodyError::Read(e.to_string())),
+            }
+        }
+    }
 }
 
 pub fn abort(c: &Cluster, (id, bucket, key): (&str, &str, &str)) -> S3Result<()> {

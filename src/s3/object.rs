@@ -72,6 +72,47 @@ pub fn fill(f: &mut File, pull: &mut Pull, want: &mut Want) -> std::io::Result<u
     Ok(n)
 }
 
+/// A body as a source of checked chunks, for a put proxied to another node: the same limits
+/// and digests as `fill`; a short body or a digest that does not match is an error at its
+/// end, so the proxy never sends the End that would let the owner name the object.
+pub fn checked<'a>(
+    pull: &'a mut Pull,
+    want: &'a mut Want,
+) -> impl FnMut() -> std::io::Result<Option<Bytes>> + 'a {
+    let mut n = 0u64;
+    move || {
+        let (limit, expected) = (want.limit, want.expected);
+        match pull().map_err(BodyError::into_io)? {
+            Some(chunk) => {
+                n += chunk.len() as u64;
+                if n > limit || expected.is_some_and(|e| n > e) {
+                    let limit = expected.map_or(limit, |e| e.min(limit));
+                    return Err(BodyError::TooLarge { limit }.into_io());
+                }
+                if let Some(d) = &mut want.digests {
+                    d.update(&chunk);
+                }
+                Ok(Some(chunk))
+            }
+            None => {
+                if let Some(e) = expected
+                    && n != e
+                {
+                    return Err(BodyError::Short {
+                        expected: e,
+                        got: n,
+                    }
+                    .into_io());
+                }
+                if let Some(d) = want.digests.take() {
+                    d.check().map_err(BodyError::into_io)?;
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
 /// Writes an object from a body; its ETag.
 pub fn put(
     c: &Cluster,

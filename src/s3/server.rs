@@ -6,7 +6,6 @@
 use super::keys::KeyRing;
 use super::limits::Limits;
 use super::service::Ferry;
-use crate::cluster::store::Cluster;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use s3s::service::{S3Service, S3ServiceBuilder};
@@ -48,9 +47,17 @@ impl Drop for Endpoint {
     }
 }
 
-fn service(cluster: Arc<Cluster>, keys: KeyRing, limits: &Limits) -> S3Service {
+/// The objects an endpoint serves: the object layer (in a cell, swapped when the topology
+/// changes) and, in a cluster, the other nodes.
+pub struct Objects {
+    pub cell: Arc<super::remote::ClusterCell>,
+    pub remote: Option<Arc<dyn super::remote::Remote>>,
+}
+
+fn service(objects: Objects, keys: KeyRing, limits: &Limits) -> S3Service {
     let mut b = S3ServiceBuilder::new(Ferry {
-        cluster,
+        cell: objects.cell,
+        remote: objects.remote,
         limits: limits.clone(),
     });
     // With an auth provider s3s refuses unsigned requests (AccessDenied) and checks SigV4.
@@ -66,7 +73,7 @@ fn service(cluster: Arc<Cluster>, keys: KeyRing, limits: &Limits) -> S3Service {
 /// Serves S3 on `listener` until stopped.
 pub fn start(
     listener: std::net::TcpListener,
-    cluster: Arc<Cluster>,
+    objects: Objects,
     keys: KeyRing,
     limits: Limits,
 ) -> std::io::Result<Endpoint> {
@@ -79,7 +86,7 @@ pub fn start(
         .thread_name("ferry-s3")
         .enable_all()
         .build()?;
-    let svc = service(cluster, keys, &limits);
+    let svc = service(objects, keys, &limits);
     let (stop, stopped) = watch::channel(false);
     let thread = std::thread::Builder::new()
         .name("ferry-s3-accept".into())

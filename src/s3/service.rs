@@ -7,6 +7,8 @@ use super::digest::{Claims, Digests};
 use super::errors::{code, no_such_bucket, no_such_key, s3};
 use super::limits::{Limits, MAX_KEYS};
 use super::object::Want;
+use super::remote::{ClusterCell, Fetched, Remote, Stat};
+use super::route::{self, Got};
 use super::{bucket, list, multipart, object};
 use crate::cluster::store::Cluster;
 use s3s::dto::*;
@@ -14,8 +16,39 @@ use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 use std::sync::Arc;
 
 pub struct Ferry {
-    pub cluster: Arc<Cluster>,
+    /// The object layer served now (swapped when the cluster's topology changes).
+    pub cell: Arc<ClusterCell>,
+    /// Other nodes' objects (None: every disk is local).
+    pub remote: Option<Arc<dyn Remote>>,
     pub limits: Limits,
+}
+
+/// What one request works with: the object layer as it was when the request came in.
+#[derive(Clone)]
+struct Backend {
+    c: Arc<Cluster>,
+    r: Option<Arc<dyn Remote>>,
+}
+
+impl Backend {
+    fn r(&self) -> Option<&dyn Remote> {
+        self.r.as_deref()
+    }
+}
+
+impl Ferry {
+    fn backend(&self) -> S3Result<Backend> {
+        let c = self.cell.get().ok_or_else(|| {
+            code(
+                S3ErrorCode::ServiceUnavailable,
+                "no cluster topology yet (ferry cluster apply)",
+            )
+        })?;
+        Ok(Backend {
+            c,
+            r: self.remote.clone(),
+        })
+    }
 }
 
 /// Runs file work off the async threads.
@@ -31,8 +64,8 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-fn need_bucket(c: &Cluster, b: &str) -> S3Result<()> {
-    if bucket::exists(c, b) {
+fn need_bucket(c: &Backend, b: &str) -> S3Result<()> {
+    if route::bucket_exists(&c.c, c.r(), b).map_err(|e| s3(&e))? {
         Ok(())
     } else {
         Err(no_such_bucket(b))
@@ -70,6 +103,14 @@ macro_rules! claims {
     };
 }
 
+fn local_stat(md: &std::fs::Metadata) -> Stat {
+    Stat {
+        size: md.len(),
+        modified: md.modified().unwrap_or(std::time::UNIX_EPOCH),
+        etag: object::etag(md),
+    }
+}
+
 fn strong(tag: String) -> Option<ETag> {
     Some(ETag::Strong(tag))
 }
@@ -84,9 +125,10 @@ impl S3 for Ferry {
         &self,
         req: S3Request<CreateBucketInput>,
     ) -> S3Result<S3Response<CreateBucketOutput>> {
-        let (c, b) = (self.cluster.clone(), req.input.bucket);
+        let (c, b) = (self.backend()?, req.input.bucket);
         let name = b.clone();
-        let created = blocking(move || bucket::create(&c, &b).map_err(|e| s3(&e))).await?;
+        let created =
+            blocking(move || route::bucket_create(&c.c, c.r(), &b).map_err(|e| s3(&e))).await?;
         if !created {
             return Err(code(
                 S3ErrorCode::BucketAlreadyOwnedByYou,
@@ -102,15 +144,17 @@ impl S3 for Ferry {
         &self,
         req: S3Request<DeleteBucketInput>,
     ) -> S3Result<S3Response<DeleteBucketOutput>> {
-        let (c, b) = (self.cluster.clone(), req.input.bucket);
-        blocking(move || match bucket::delete(&c, &b).map_err(|e| s3(&e))? {
-            Ok(()) => Ok(()),
-            Err(bucket::DeleteRefused::NoSuchBucket) => Err(no_such_bucket(&b)),
-            Err(bucket::DeleteRefused::NotEmpty) => Err(code(
-                S3ErrorCode::BucketNotEmpty,
-                format!("The bucket you tried to delete is not empty: {b}"),
-            )),
-        })
+        let (c, b) = (self.backend()?, req.input.bucket);
+        blocking(
+            move || match route::bucket_delete(&c.c, c.r(), &b).map_err(|e| s3(&e))? {
+                Ok(()) => Ok(()),
+                Err(bucket::DeleteRefused::NoSuchBucket) => Err(no_such_bucket(&b)),
+                Err(bucket::DeleteRefused::NotEmpty) => Err(code(
+                    S3ErrorCode::BucketNotEmpty,
+                    format!("The bucket you tried to delete is not empty: {b}"),
+                )),
+            },
+        )
         .await?;
         ok(DeleteBucketOutput::default())
     }
@@ -119,7 +163,7 @@ impl S3 for Ferry {
         &self,
         req: S3Request<HeadBucketInput>,
     ) -> S3Result<S3Response<HeadBucketOutput>> {
-        let (c, b) = (self.cluster.clone(), req.input.bucket);
+        let (c, b) = (self.backend()?, req.input.bucket);
         blocking(move || need_bucket(&c, &b)).await?;
         ok(HeadBucketOutput::default())
     }
@@ -128,7 +172,7 @@ impl S3 for Ferry {
         &self,
         req: S3Request<GetBucketLocationInput>,
     ) -> S3Result<S3Response<GetBucketLocationOutput>> {
-        let (c, b) = (self.cluster.clone(), req.input.bucket);
+        let (c, b) = (self.backend()?, req.input.bucket);
         blocking(move || need_bucket(&c, &b)).await?;
         ok(GetBucketLocationOutput::default())
     }
@@ -137,8 +181,8 @@ impl S3 for Ferry {
         &self,
         _req: S3Request<ListBucketsInput>,
     ) -> S3Result<S3Response<ListBucketsOutput>> {
-        let c = self.cluster.clone();
-        let all = blocking(move || Ok(bucket::list(&c))).await?;
+        let c = self.backend()?;
+        let all = blocking(move || Ok(route::buckets(&c.c, c.r()))).await?;
         let buckets = all
             .into_iter()
             .map(|(name, t)| Bucket {
@@ -164,12 +208,12 @@ impl S3 for Ferry {
             expected,
             digests: Some(claims!(i, req.trailing_headers)),
         };
-        let c = self.cluster.clone();
+        let c = self.backend()?;
         let mut pull = puller(tokio::runtime::Handle::current(), i.body, self.limits.idle);
         let (b, k) = (i.bucket, i.key);
         let tag = blocking(move || {
             need_bucket(&c, &b)?;
-            object::put(&c, &b, &k, &mut pull, want).map_err(|e| s3(&e))
+            route::put(&c.c, c.r(), (&b, &k), &mut pull, want).map_err(|e| s3(&e))
         })
         .await?;
         ok(PutObjectOutput {
@@ -186,31 +230,52 @@ impl S3 for Ferry {
         if i.part_number.is_some() {
             return Err(code(S3ErrorCode::NotImplemented, "GetObject by partNumber"));
         }
-        let (c, b, k) = (self.cluster.clone(), i.bucket, i.key);
-        let (f, md) = blocking(move || {
+        let (c, b, k) = (self.backend()?, i.bucket, i.key);
+        let want = i.range;
+        let got = blocking(move || {
             need_bucket(&c, &b)?;
-            object::open(&c, &b, &k)
+            route::get(&c.c, c.r(), (&b, &k), want.as_ref(), true)
                 .map_err(|e| s3(&e))?
                 .ok_or_else(|| no_such_key(&b, &k))
         })
         .await?;
-        let len = md.len();
-        let (range, content_range) = match &i.range {
-            None => (0..len, None),
-            Some(r) => {
-                let x = r.check(len).map_err(S3Error::from)?;
-                let cr = format!("bytes {}-{}/{len}", x.start, x.end.saturating_sub(1));
-                (x, Some(cr))
+        let (stat, range, body) = match got {
+            Got::Local(f, md) => {
+                let range = match &want {
+                    None => 0..md.len(),
+                    Some(r) => r.check(md.len()).map_err(S3Error::from)?,
+                };
+                let body = FileStream::spawn(f, range.clone());
+                (local_stat(&md), range, body)
             }
+            Got::Remote(Fetched::Found { stat, range, body }) => {
+                let n = range.end - range.start;
+                let chunks = body.ok_or_else(|| code(S3ErrorCode::InternalError, "no body"))?;
+                (stat, range, FileStream::from_chunks(chunks, n))
+            }
+            Got::Remote(Fetched::BadRange { size }) => {
+                let r = want.ok_or_else(|| code(S3ErrorCode::InternalError, "range"))?;
+                r.check(size).map_err(S3Error::from)?;
+                return Err(code(S3ErrorCode::InvalidRange, "range not satisfiable"));
+            }
+            Got::Remote(Fetched::Missing) => return Err(code(S3ErrorCode::NoSuchKey, "missing")),
         };
+        let len = stat.size;
+        let content_range = want.is_some().then(|| {
+            format!(
+                "bytes {}-{}/{len}",
+                range.start,
+                range.end.saturating_sub(1)
+            )
+        });
         let n = range.end - range.start;
         ok(GetObjectOutput {
-            body: Some(StreamingBlob::new(FileStream::spawn(f, range))),
+            body: Some(StreamingBlob::new(body)),
             content_length: Some(n as i64),
             content_range,
             accept_ranges: Some("bytes".into()),
-            e_tag: strong(object::etag(&md)),
-            last_modified: md.modified().ok().map(Timestamp::from),
+            e_tag: strong(stat.etag),
+            last_modified: Some(Timestamp::from(stat.modified)),
             content_type: Some(
                 "application/octet-stream"
                     .parse()
@@ -224,19 +289,24 @@ impl S3 for Ferry {
         &self,
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
-        let (c, b, k) = (self.cluster.clone(), req.input.bucket, req.input.key);
-        let (_, md) = blocking(move || {
+        let (c, b, k) = (self.backend()?, req.input.bucket, req.input.key);
+        let got = blocking(move || {
             need_bucket(&c, &b)?;
-            object::open(&c, &b, &k)
+            route::get(&c.c, c.r(), (&b, &k), None, false)
                 .map_err(|e| s3(&e))?
                 .ok_or_else(|| no_such_key(&b, &k))
         })
         .await?;
+        let stat = match got {
+            Got::Local(_, md) => local_stat(&md),
+            Got::Remote(Fetched::Found { stat, .. }) => stat,
+            Got::Remote(_) => return Err(code(S3ErrorCode::NoSuchKey, "missing")),
+        };
         ok(HeadObjectOutput {
-            content_length: Some(md.len() as i64),
+            content_length: Some(stat.size as i64),
             accept_ranges: Some("bytes".into()),
-            e_tag: strong(object::etag(&md)),
-            last_modified: md.modified().ok().map(Timestamp::from),
+            e_tag: strong(stat.etag),
+            last_modified: Some(Timestamp::from(stat.modified)),
             content_type: Some(
                 "application/octet-stream"
                     .parse()
@@ -250,10 +320,12 @@ impl S3 for Ferry {
         &self,
         req: S3Request<DeleteObjectInput>,
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
-        let (c, b, k) = (self.cluster.clone(), req.input.bucket, req.input.key);
+        let (c, b, k) = (self.backend()?, req.input.bucket, req.input.key);
         blocking(move || {
             need_bucket(&c, &b)?;
-            c.rm(&b, k.as_bytes()).map(|_| ()).map_err(|e| s3(&e))
+            route::delete(&c.c, c.r(), &b, &k)
+                .map(|_| ())
+                .map_err(|e| s3(&e))
         })
         .await?;
         ok(DeleteObjectOutput::default())
@@ -263,7 +335,7 @@ impl S3 for Ferry {
         &self,
         req: S3Request<DeleteObjectsInput>,
     ) -> S3Result<S3Response<DeleteObjectsOutput>> {
-        let (c, b) = (self.cluster.clone(), req.input.bucket);
+        let (c, b) = (self.backend()?, req.input.bucket);
         let quiet = req.input.delete.quiet.unwrap_or(false);
         let keys: Vec<String> = req
             .input
@@ -282,7 +354,7 @@ impl S3 for Ferry {
             need_bucket(&c, &b)?;
             let (mut deleted, mut errors) = (vec![], vec![]);
             for k in keys {
-                match c.rm(&b, k.as_bytes()) {
+                match route::delete(&c.c, c.r(), &b, &k) {
                     Ok(_) => deleted.push(DeletedObject {
                         key: Some(k),
                         ..Default::default()
@@ -331,11 +403,12 @@ impl S3 for Ferry {
             None => None,
         };
         let after = token.or_else(|| i.start_after.clone());
-        let (c, b) = (self.cluster.clone(), i.bucket.clone());
+        let (c, b) = (self.backend()?, i.bucket.clone());
         let (prefix, delim) = (i.prefix.clone().unwrap_or_default(), i.delimiter.clone());
         let page = blocking(move || {
             need_bucket(&c, &b)?;
-            let all = list::gather(&c, &b, &prefix);
+            let all =
+                route::list(&c.c, c.r(), &b, &prefix, after.as_deref()).map_err(|e| s3(&e))?;
             let q = list::Query {
                 prefix: &prefix,
                 delimiter: delim.as_deref(),
@@ -352,11 +425,11 @@ impl S3 for Ferry {
         &self,
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
-        let (c, b, k) = (self.cluster.clone(), req.input.bucket, req.input.key);
+        let (c, b, k) = (self.backend()?, req.input.bucket, req.input.key);
         let (bb, kk) = (b.clone(), k.clone());
         let id = blocking(move || {
             need_bucket(&c, &b)?;
-            multipart::create(&c, &b, &k)
+            multipart::create(&c.c, &b, &k)
         })
         .await?;
         ok(CreateMultipartUploadOutput {
@@ -378,12 +451,12 @@ impl S3 for Ferry {
             expected,
             digests: Some(claims!(i, req.trailing_headers)),
         };
-        let c = self.cluster.clone();
+        let c = self.backend()?;
         let mut pull = puller(tokio::runtime::Handle::current(), i.body, self.limits.idle);
         let (id, b, k, n) = (i.upload_id, i.bucket, i.key, i.part_number);
         let tag = blocking(move || {
             need_bucket(&c, &b)?;
-            multipart::put_part(&c, (&id, &b, &k), n, &mut pull, want)
+            multipart::put_part(&c.c, (&id, &b, &k), n, &mut pull, want)
         })
         .await?;
         ok(UploadPartOutput {
@@ -403,12 +476,12 @@ impl S3 for Ferry {
             .map(|p| Some((p.part_number?, p.e_tag?.value().to_string())))
             .collect::<Option<Vec<_>>>()
             .ok_or_else(multipart::incomplete_part_list)?;
-        let (c, limits) = (self.cluster.clone(), self.limits.clone());
+        let (c, limits) = (self.backend()?, self.limits.clone());
         let (id, b, k) = (i.upload_id, i.bucket, i.key);
         let (bb, kk) = (b.clone(), k.clone());
         let tag = blocking(move || {
             need_bucket(&c, &b)?;
-            multipart::complete(&c, (&id, &b, &k), &parts, &limits)
+            multipart::complete((&c.c, c.r()), (&id, &b, &k), &parts, &limits)
         })
         .await?;
         ok(CompleteMultipartUploadOutput {
@@ -424,10 +497,10 @@ impl S3 for Ferry {
         &self,
         req: S3Request<AbortMultipartUploadInput>,
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
-        let (c, i) = (self.cluster.clone(), req.input);
+        let (c, i) = (self.backend()?, req.input);
         blocking(move || {
             need_bucket(&c, &i.bucket)?;
-            multipart::abort(&c, (&i.upload_id, &i.bucket, &i.key))
+            multipart::abort(&c.c, (&i.upload_id, &i.bucket, &i.key))
         })
         .await?;
         ok(AbortMultipartUploadOutput::default())

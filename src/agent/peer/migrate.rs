@@ -1,0 +1,91 @@
+//! The receiving side of a migration: a copy of an object another node sends (the rebalance
+//! across nodes) stored on one of this node's disks, unless a client wrote the key there
+//! since (a client's write during a move wins).
+
+use crate::cluster::registry::FORWARD_TTL_SECS;
+use crate::cluster::store::{Cluster, full_key, object_path, validate};
+use crate::error::Error;
+use crate::meta;
+use std::fs::{File, FileTimes};
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// What became of a migrated copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Migrated {
+    /// The copy is under its name on the disk, durable, with its location and forwarding
+    /// entry recorded.
+    Stored,
+    /// The disk holds the key with an mtime at least as new (a client's write since, or an
+    /// earlier migration of the same object): the copy was dropped.
+    Superseded,
+}
+
+fn stamp(t: SystemTime) -> (i64, i64) {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    (d.as_secs() as i64, d.subsec_nanos() as i64)
+}
+
+/// Stores `bucket/key` on the local disk `disk` (`set/disk`) from `fill`, with the source's
+/// `mtime`: temp → fsync; then under the key's lock: the newer mtime wins (a tie keeps what
+/// is there), rename, directory fsync, registry (location + forwarding entry from `from`,
+/// made durable). `fill` fails (and nothing is named) on a short body or an xxh3 mismatch.
+pub fn store(
+    c: &Cluster,
+    (disk, from): (&str, &str),
+    bucket: &str,
+    key: &str,
+    mtime: SystemTime,
+    fill: &mut dyn FnMut(&mut File) -> std::io::Result<()>,
+) -> Result<Migrated, Error> {
+    validate(bucket, key.as_bytes()).map_err(|m| Error::usage(Path::new(key), m))?;
+    let root = match c.disk_path(disk) {
+        Some(r) if disk.contains('/') => r.to_path_buf(),
+        _ => {
+            let m = format!("disk {disk} is not a disk of this node");
+            return Err(Error::usage(Path::new(disk), m));
+        }
+    };
+    let dst = object_path(&root, bucket, key.as_bytes());
+    let dir = meta::parent_dir(&dst).to_path_buf();
+    crate::cluster::identity::make_dirs_below(&root, &dir)?;
+    let tmp = crate::temp::temp_name(&dst, &crate::temp::Token::random());
+    let mut f = File::from(meta::create_temp(&tmp)?);
+    let written = fill(&mut f)
+        .and_then(|_| f.set_times(FileTimes::new().set_modified(mtime)))
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::os("migrate", &tmp, e));
+    drop(f);
+    if let Err(e) = written {
+        let _ = meta::unlink(&tmp); // best effort; `e` is what the sender sees
+        return Err(e);
+    }
+    let _g = c.lock(bucket, key.as_bytes());
+    let newer_there = match meta::lstat(&dst) {
+        Ok(st) => (st.st_mtime, st.st_mtime_nsec) >= stamp(mtime),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT)) => false,
+        Err(e) => {
+            let _ = meta::unlink(&tmp);
+            return Err(e);
+        }
+    };
+    if newer_there {
+        meta::unlink(&tmp)?;
+        return Ok(Migrated::Superseded);
+    }
+    if let Err(e) = meta::rename(&tmp, &dst) {
+        let _ = meta::unlink(&tmp);
+        return Err(e);
+    }
+    meta::fsync_dir(&dir)?;
+    if let Some(r) = &c.registry {
+        let moves = [(
+            full_key(bucket, key.as_bytes()),
+            from.to_string(),
+            disk.to_string(),
+        )];
+        r.forward_many(&moves, c.current.topo.generation, FORWARD_TTL_SECS)?;
+        r.flush()?;
+    }
+    Ok(Migrated::Stored)
+}

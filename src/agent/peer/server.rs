@@ -1,0 +1,449 @@
+//! The serving side of the peer transport: `--peer-listen ADDR`. One thread per connection
+//! (at most `Limits::connections`; more are closed at once), one request at a time per
+//! connection, at most `Limits::inflight` requests served at once (more are answered Busy),
+//! every read and write bounded by `Limits::timeout`, a connection idle for `Limits::idle`
+//! closed. Requests work on this node's disks only (the object layer in the cell).
+
+use super::migrate::{self, Migrated};
+use super::msg::{Code, Entry, Msg, Range, Req};
+use super::wire::Wire;
+use crate::cluster::store::Cluster;
+use crate::error::Error;
+use crate::s3::remote::ClusterCell;
+use std::fs::File;
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+use xxhash_rust::xxh3::Xxh3;
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Open peer connections at once.
+    pub connections: usize,
+    /// Requests served at once (over all connections).
+    pub inflight: usize,
+    /// Longest wait for one read or write inside a request.
+    pub timeout: Duration,
+    /// A connection with no request for this long is closed.
+    pub idle: Duration,
+    /// Largest object a Put or Migrate may carry.
+    pub max_object: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connections: 256,
+            inflight: 64,
+            timeout: Duration::from_secs(30),
+            idle: Duration::from_secs(60),
+            max_object: 5 << 30,
+        }
+    }
+}
+
+/// A running peer server; dropping it stops accepting (connections in flight finish).
+pub struct PeerServer {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for PeerServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Ctx {
+    me: String,
+    cell: Arc<ClusterCell>,
+    limits: Limits,
+    conns: AtomicUsize,
+    inflight: AtomicUsize,
+}
+
+/// Serves `listener` as node `me` with the TLS identity `tls` (the cluster CA's).
+pub fn start(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    me: &str,
+    cell: Arc<ClusterCell>,
+    limits: Limits,
+) -> io::Result<PeerServer> {
+    let addr = listener.local_addr()?;
+    listener.set_nonblocking(true)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let ctx = Arc::new(Ctx {
+        me: me.to_string(),
+        cell,
+        limits,
+        conns: AtomicUsize::new(0),
+        inflight: AtomicUsize::new(0),
+    });
+    let s = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("ferry-peer".into())
+        .spawn(move || accept_loop(&listener, &tls, &ctx, &s))?;
+    Ok(PeerServer {
+        addr,
+        stop,
+        thread: Some(thread),
+    })
+}
+
+fn accept_loop(
+    l: &TcpListener,
+    tls: &Arc<rustls::ServerConfig>,
+    ctx: &Arc<Ctx>,
+    stop: &AtomicBool,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let sock = match l.accept() {
+            Ok((s, _)) => s,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            Err(e) => {
+                eprintln!("ferry peer {}: accept: {e}", ctx.me);
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        if ctx.conns.fetch_add(1, Ordering::AcqRel) >= ctx.limits.connections {
+            ctx.conns.fetch_sub(1, Ordering::AcqRel);
+            drop(sock); // over the limit: closed at once, the peer retries later
+            continue;
+        }
+        let (ctx2, tls) = (ctx.clone(), tls.clone());
+        let spawned = std::thread::Builder::new()
+            .name("ferry-peer-conn".into())
+            .spawn(move || {
+                let _ = sock.set_nonblocking(false);
+                if let Err(e) = serve_conn(sock, tls, &ctx2) {
+                    eprintln!("ferry peer {}: {e}", ctx2.me);
+                }
+                ctx2.conns.fetch_sub(1, Ordering::AcqRel);
+            });
+        if spawned.is_err() {
+            ctx.conns.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+fn serve_conn(
+    sock: std::net::TcpStream,
+    tls: Arc<rustls::ServerConfig>,
+    ctx: &Ctx,
+) -> io::Result<()> {
+    let t = ctx.limits.timeout;
+    let mut w = Wire::accept(sock.try_clone()?, tls, &ctx.me, t)?;
+    loop {
+        sock.set_read_timeout(Some(ctx.limits.idle))?;
+        let m = match w.recv() {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => return Ok(()), // idle
+            Err(e) => return Err(e),
+        };
+        sock.set_read_timeout(Some(t))?;
+        let Msg::Req(req) = m else {
+            return Err(w.unexpected(&m));
+        };
+        if ctx.inflight.fetch_add(1, Ordering::AcqRel) >= ctx.limits.inflight {
+            ctx.inflight.fetch_sub(1, Ordering::AcqRel);
+            let busy = format!("node {}: too many requests in flight", ctx.me);
+            w.send(&failure(Code::Busy, 0, busy))?;
+            return Ok(()); // a body may follow the request: the connection cannot go on
+        }
+        let r = serve_req(&mut w, ctx, req);
+        ctx.inflight.fetch_sub(1, Ordering::AcqRel);
+        match r {
+            Ok(true) => {}
+            Ok(false) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn failure(code: Code, errno: i32, msg: String) -> Msg {
+    Msg::Error { code, errno, msg }
+}
+
+/// The answer for an error of the object layer.
+fn answer(e: &Error) -> Msg {
+    let code = if e.is_usage() {
+        Code::Usage
+    } else {
+        Code::Failed
+    };
+    failure(code, e.raw_os_error().unwrap_or(0), e.to_string())
+}
+
+/// One request. Ok(false): the connection must close (a body was left half read).
+fn serve_req(w: &mut Wire, ctx: &Ctx, req: Req) -> io::Result<bool> {
+    let Some(c) = ctx.cell.get() else {
+        let m = format!("node {}: no topology yet (ferry cluster apply)", ctx.me);
+        w.send(&failure(Code::Busy, 0, m))?;
+        return Ok(!matches!(req, Req::Put { .. } | Req::Migrate { .. }));
+    };
+    match req {
+        Req::Get {
+            bucket,
+            key,
+            range,
+            body,
+        } => get(w, &c, (&bucket, &key), range, body).map(|_| true),
+        Req::Put {
+            disk,
+            bucket,
+            key,
+            size,
+        } => {
+            let limit = ctx.limits.max_object;
+            let r = c.put_on(&disk, &bucket, key.as_bytes(), &mut |f| {
+                recv_body(w, f, size, limit)
+            });
+            body_done(w, &c, r.map(|_| Some(disk)), (&bucket, &key))
+        }
+        Req::Migrate {
+            disk,
+            from,
+            bucket,
+            key,
+            size,
+            mtime,
+        } => {
+            let limit = ctx.limits.max_object.min(size);
+            let r = migrate::store(&c, (&disk, &from), &bucket, &key, mtime, &mut |f| {
+                recv_body(w, f, Some(size), limit)
+            });
+            let r = r.map(|m| (m == Migrated::Stored).then_some(disk));
+            body_done(w, &c, r, (&bucket, &key))
+        }
+        Req::Delete { bucket, key } => {
+            let m = match c.rm(&bucket, key.as_bytes()) {
+                Ok(existed) => done(existed, SystemTime::UNIX_EPOCH, String::new()),
+                Err(e) => answer(&e),
+            };
+            w.send(&m).map(|_| true)
+        }
+        Req::List {
+            bucket,
+            prefix,
+            after,
+        } => list(w, &c, &bucket, &prefix, after.as_deref()).map(|_| true),
+        Req::Bucket { op, bucket } => bucket_op(w, &c, op, &bucket).map(|_| true),
+        Req::Buckets => {
+            let all = crate::s3::bucket::list(&c);
+            let v = all.into_iter().map(|(name, t)| Entry {
+                name,
+                size: 0,
+                mtime: t,
+                etag: String::new(),
+            });
+            send_entries(w, v).map(|_| true)
+        }
+    }
+}
+
+fn done(flag: bool, mtime: SystemTime, etag: String) -> Msg {
+    Msg::Done { flag, mtime, etag }
+}
+
+/// The answer to a Put or Migrate: Done with the stored object's stat, Superseded (None),
+/// or the error, after which the connection closes (the body may be half read).
+fn body_done(
+    w: &mut Wire,
+    c: &Cluster,
+    r: Result<Option<String>, Error>,
+    (bucket, key): (&str, &str),
+) -> io::Result<bool> {
+    match r {
+        Ok(Some(disk)) => {
+            let st = c.open_on(&disk, bucket, key.as_bytes()).ok().flatten();
+            let md = st.and_then(|(f, _)| f.metadata().ok());
+            let (mtime, etag) = md
+                .map(|m| {
+                    (
+                        m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                        crate::s3::object::etag(&m),
+                    )
+                })
+                .unwrap_or((SystemTime::UNIX_EPOCH, String::new()));
+            w.send(&done(true, mtime, etag)).map(|_| true)
+        }
+        Ok(None) => w.send(&Msg::Superseded).map(|_| true),
+        Err(e) => {
+            let _ = w.send(&answer(&e));
+            Ok(false)
+        }
+    }
+}
+
+/// Reads Data frames into `f` until End: more than `limit` (or than `size`) bytes, a count
+/// or an xxh3 that differs from the End's fails.
+fn recv_body(w: &mut Wire, f: &mut File, size: Option<u64>, limit: u64) -> io::Result<()> {
+    let (mut h, mut n) = (Xxh3::new(), 0u64);
+    loop {
+        match w.recv()? {
+            Msg::Data(b) => {
+                n += b.len() as u64;
+                if n > limit || size.is_some_and(|s| n > s) {
+                    let m = format!("body over {} bytes", size.unwrap_or(limit).min(limit));
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, m));
+                }
+                h.update(&b);
+                f.write_all(&b)?;
+            }
+            Msg::End { len, hash } => {
+                if len != n || size.is_some_and(|s| s != n) {
+                    let m = format!("body of {n} bytes, announced {size:?}, End says {len}");
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, m));
+                }
+                if hash != h.digest() {
+                    let m = format!(
+                        "body xxh3 {:016x} differs from the sender's {hash:016x}",
+                        h.digest()
+                    );
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, m));
+                }
+                return Ok(());
+            }
+            other => return Err(w.unexpected(&other)),
+        }
+    }
+}
+
+fn s3_range(r: Range) -> s3s::dto::Range {
+    match r {
+        Range::Int { first, last } => s3s::dto::Range::Int { first, last },
+        Range::Suffix { length } => s3s::dto::Range::Suffix { length },
+    }
+}
+
+/// Get: the object where this node's read chain finds it, the range of it, then its bytes
+/// and their xxh3.
+fn get(
+    w: &mut Wire,
+    c: &Cluster,
+    (bucket, key): (&str, &str),
+    range: Option<Range>,
+    body: bool,
+) -> io::Result<()> {
+    let (f, md) = match crate::s3::object::open(c, bucket, key) {
+        Ok(Some(x)) => x,
+        Ok(None) => return w.send(&Msg::Missing),
+        Err(e) => return w.send(&answer(&e)),
+    };
+    let size = md.len();
+    let r = match range.map(s3_range) {
+        None => 0..size,
+        Some(r) => match r.check(size) {
+            Ok(x) => x,
+            Err(_) => return w.send(&Msg::BadRange { size }),
+        },
+    };
+    w.queue(&Msg::Found {
+        size,
+        mtime: md.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        etag: crate::s3::object::etag(&md),
+        start: r.start,
+        end: r.end,
+    })?;
+    if !body {
+        return w.flush();
+    }
+    send_range(w, &f, r)
+}
+
+fn send_range(w: &mut Wire, f: &File, r: std::ops::Range<u64>) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; crate::net::frame::MAX_CHUNK];
+    let (mut h, mut at) = (Xxh3::new(), r.start);
+    while at < r.end {
+        let want = buf.len().min((r.end - at) as usize);
+        let n = match f.read_at(&mut buf[..want], at) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e), // the reader sees the stream end without End
+        };
+        h.update(&buf[..n]);
+        w.queue_data(&buf[..n])?;
+        at += n as u64;
+    }
+    w.send(&Msg::End {
+        len: r.end - r.start,
+        hash: h.digest(),
+    })
+}
+
+fn list(
+    w: &mut Wire,
+    c: &Cluster,
+    bucket: &str,
+    prefix: &str,
+    after: Option<&str>,
+) -> io::Result<()> {
+    let all = crate::s3::list::gather(c, bucket, prefix);
+    let v = all
+        .into_iter()
+        .filter(|(k, _)| after.is_none_or(|a| k.as_str() > a))
+        .map(|(name, it)| Entry {
+            name,
+            size: it.size,
+            mtime: it.modified,
+            etag: it.etag,
+        });
+    send_entries(w, v)
+}
+
+/// Entries in frames of about `ENTRIES_BATCH` bytes, then Done.
+fn send_entries(w: &mut Wire, v: impl Iterator<Item = Entry>) -> io::Result<()> {
+    let (mut batch, mut bytes) = (Vec::new(), 0);
+    for e in v {
+        bytes += e.name.len() + e.etag.len() + 32;
+        batch.push(e);
+        if bytes >= super::msg::ENTRIES_BATCH {
+            w.queue(&Msg::Entries(std::mem::take(&mut batch)))?;
+            bytes = 0;
+        }
+    }
+    if !batch.is_empty() {
+        w.queue(&Msg::Entries(batch))?;
+    }
+    w.send(&done(true, SystemTime::UNIX_EPOCH, String::new()))
+}
+
+fn bucket_op(w: &mut Wire, c: &Cluster, op: u8, bucket: &str) -> io::Result<()> {
+    use crate::s3::bucket;
+    use crate::s3::remote::BucketOp;
+    let flag = |b: bool| done(b, SystemTime::UNIX_EPOCH, String::new());
+    let m = match super::client::bucket_op_of(op) {
+        Some(BucketOp::Create) => match bucket::create(c, bucket) {
+            Ok(made) => flag(made),
+            Err(e) => answer(&e),
+        },
+        Some(BucketOp::Exists) => flag(bucket::exists(c, bucket)),
+        Some(BucketOp::Empty) => flag(bucket::is_empty(c, bucket)),
+        Some(BucketOp::Delete) => match bucket::delete(c, bucket) {
+            Ok(Ok(())) => flag(true),
+            Ok(Err(bucket::DeleteRefused::NoSuchBucket)) => flag(false),
+            Ok(Err(bucket::DeleteRefused::NotEmpty)) => failure(
+                Code::Usage,
+                libc::ENOTEMPTY,
+                format!("bucket {bucket} is not empty"),
+            ),
+            Err(e) => answer(&e),
+        },
+        None => failure(Code::Usage, 0, format!("unknown bucket operation {op}")),
+    };
+    w.send(&m)
+}

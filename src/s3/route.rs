@@ -1,0 +1,305 @@
+//! Where a request goes when the cluster spans nodes: this node's disks are used directly,
+//! other nodes' through `Remote` (the agent's peer transport). Without a `Remote` every disk
+//! is local (`ferry s3 serve`, one node) and this is the single-node object layer.
+//!
+//! - Reads follow the read chain (registry, owner under the current generation, owner under
+//!   the previous one, forwarding entry), each disk where it is: a local disk is opened, a
+//!   remote one is asked once per node (the node runs its own chain over its own disks).
+//!   A node that cannot be reached is skipped; if no reachable one has the object, the
+//!   error is the unreachable node's (503), never NoSuchKey.
+//! - Writes go to the owner disk under the current generation (proxied to its node, which
+//!   answers once the object is durable); copies at the other nodes of the chain are then
+//!   removed (best effort: reads prefer the owner anyway).
+//! - Deletes go to every node of the chain, the current owner's last, and stop at the first
+//!   node that cannot be reached (so a copy that stays is never shadowed by a missing one).
+
+use super::list::Item;
+use super::object::{self, Pull, Want};
+use super::remote::{BucketOp, Fetched, Remote};
+use crate::cluster::partition_of;
+use crate::cluster::store::{Cluster, READ_PASSES};
+use crate::error::{Error, Target};
+use std::collections::BTreeMap;
+use std::fs::{File, Metadata};
+
+/// One step of a read chain.
+enum Hop {
+    Local(String),
+    Node(String),
+}
+
+/// What a read found.
+pub enum Got {
+    Local(File, Metadata),
+    /// `Fetched::Found` or `Fetched::BadRange`.
+    Remote(Fetched),
+}
+
+/// Whether an error says a node could not be reached (worth trying the next one).
+pub fn unreachable(e: &Error) -> bool {
+    matches!(e.target, Target::Peer(_)) && matches!(e.kind, crate::error::ErrorKind::Os(_))
+}
+
+/// The read chain of `bucket/key` as hops: local disks in place, each other node once.
+fn hops(c: &Cluster, bucket: &str, key: &str) -> Result<Vec<Hop>, Error> {
+    let mut out = Vec::new();
+    let mut nodes = std::collections::HashSet::new();
+    for d in c.read_chain(bucket, key.as_bytes())? {
+        if c.disk_path(&d).is_some() {
+            out.push(Hop::Local(d));
+        } else if let Some(n) = c.node_of(&d)
+            && nodes.insert(n.to_string())
+        {
+            out.push(Hop::Node(n.to_string()));
+        }
+    }
+    Ok(out)
+}
+
+/// Finds `bucket/key` (the `range` of it from a remote node; only its stat without `body`).
+pub fn get(
+    c: &Cluster,
+    r: Option<&dyn Remote>,
+    (bucket, key): (&str, &str),
+    range: Option<&s3s::dto::Range>,
+    body: bool,
+) -> Result<Option<Got>, Error> {
+    crate::cluster::store::validate(bucket, key.as_bytes())
+        .map_err(|m| Error::usage(std::path::Path::new("object"), m))?;
+    let mut down: Option<Error> = None;
+    for _ in 0..READ_PASSES {
+        for h in hops(c, bucket, key)? {
+            match h {
+                Hop::Local(d) => {
+                    if let Some((f, p)) = c.open_on(&d, bucket, key.as_bytes())? {
+                        let md = f.metadata().map_err(|e| Error::os("stat", &p, e))?;
+                        return Ok(Some(Got::Local(f, md)));
+                    }
+                }
+                Hop::Node(n) => {
+                    let Some(r) = r else { continue };
+                    match r.get(&n, bucket, key, range, body) {
+                        Ok(Fetched::Missing) => {}
+                        Ok(f) => return Ok(Some(Got::Remote(f))),
+                        Err(e) if unreachable(&e) => {
+                            down.get_or_insert(e);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        if down.is_some() {
+            break; // another pass would wait for the same node again
+        }
+    }
+    match down {
+        Some(e) => Err(e),
+        None => Ok(None),
+    }
+}
+
+/// The nodes (None: this one) of `bucket/key`'s chain other than its current owner's.
+fn others(c: &Cluster, bucket: &str, key: &str) -> Result<Vec<Option<String>>, Error> {
+    let p = partition_of(bucket.as_bytes(), key.as_bytes());
+    let owner = where_is(c, &c.current.owner_key(p));
+    let mut v = Vec::new();
+    for d in c.read_chain(bucket, key.as_bytes())? {
+        let n = where_is(c, &d);
+        if n != owner && !v.contains(&n) {
+            v.push(n);
+        }
+    }
+    Ok(v)
+}
+
+/// The node serving disk `d` (None: this process).
+fn where_is(c: &Cluster, d: &str) -> Option<String> {
+    if c.disk_path(d).is_some() {
+        None
+    } else {
+        c.node_of(d).map(str::to_string)
+    }
+}
+
+fn no_transport(node: &str) -> Error {
+    let e = std::io::Error::new(
+        std::io::ErrorKind::NotConnected,
+        "this endpoint has no peer transport (ferry agent --peer-listen)",
+    );
+    Error::at(
+        "route",
+        Target::Peer(node.to_string()),
+        crate::error::ErrorKind::Os(e),
+    )
+}
+
+/// Writes an object from a body at its owner; its ETag.
+pub fn put(
+    c: &Cluster,
+    r: Option<&dyn Remote>,
+    (bucket, key): (&str, &str),
+    pull: &mut Pull,
+    mut want: Want,
+) -> Result<String, Error> {
+    crate::cluster::store::validate(bucket, key.as_bytes())
+        .map_err(|m| Error::usage(std::path::Path::new("object"), m))?;
+    let disk = c
+        .current
+        .owner_key(partition_of(bucket.as_bytes(), key.as_bytes()));
+    let tag = match where_is(c, &disk) {
+        None => object::put(c, bucket, key, pull, want)?,
+        Some(n) => {
+            let r = r.ok_or_else(|| no_transport(&n))?;
+            let expected = want.expected;
+            let mut src = object::checked(pull, &mut want);
+            r.put(&n, &disk, bucket, key, expected, &mut src)?.etag
+        }
+    };
+    clean_elsewhere(c, r, bucket, key);
+    Ok(tag)
+}
+
+/// Removes the copies other nodes of the chain may still hold (a previous owner's).
+fn clean_elsewhere(c: &Cluster, r: Option<&dyn Remote>, bucket: &str, key: &str) {
+    let Ok(v) = others(c, bucket, key) else {
+        return;
+    };
+    for n in v {
+        let res = match (&n, r) {
+            (None, _) => c.rm(bucket, key.as_bytes()).map(|_| ()),
+            (Some(n), Some(r)) => r.delete(n, bucket, key).map(|_| ()),
+            (Some(_), None) => Ok(()),
+        };
+        if let Err(e) = res {
+            eprintln!("ferry s3: after a put of {bucket}/{key}: {e}");
+        }
+    }
+}
+
+/// Deletes every copy: the other nodes of the chain first, the current owner's last.
+pub fn delete(c: &Cluster, r: Option<&dyn Remote>, bucket: &str, key: &str) -> Result<bool, Error> {
+    crate::cluster::store::validate(bucket, key.as_bytes())
+        .map_err(|m| Error::usage(std::path::Path::new("object"), m))?;
+    let p = partition_of(bucket.as_bytes(), key.as_bytes());
+    let mut order = others(c, bucket, key)?;
+    order.push(where_is(c, &c.current.owner_key(p)));
+    let mut any = false;
+    for n in order {
+        any |= match n {
+            None => c.rm(bucket, key.as_bytes())?,
+            Some(n) => r.ok_or_else(|| no_transport(&n))?.delete(&n, bucket, key)?,
+        };
+    }
+    Ok(any)
+}
+
+/// Every key of `bucket` under `prefix` on every node (a key on two, mid-move: the newer).
+pub fn list(
+    c: &Cluster,
+    r: Option<&dyn Remote>,
+    bucket: &str,
+    prefix: &str,
+    after: Option<&str>,
+) -> Result<BTreeMap<String, Item>, Error> {
+    let mut all = super::list::gather(c, bucket, prefix);
+    let Some(r) = r else {
+        return Ok(all);
+    };
+    for n in c.other_nodes() {
+        for (k, it) in r.list(&n, bucket, prefix, after)? {
+            match all.get(&k) {
+                Some(old) if old.modified >= it.modified => {}
+                _ => {
+                    all.insert(k, it);
+                }
+            }
+        }
+    }
+    Ok(all)
+}
+
+/// Whether any node has the bucket (an unreachable node only matters if none says yes).
+pub fn bucket_exists(c: &Cluster, r: Option<&dyn Remote>, bucket: &str) -> Result<bool, Error> {
+    if super::bucket::exists(c, bucket) {
+        return Ok(true);
+    }
+    let Some(r) = r else { return Ok(false) };
+    let mut down = None;
+    for n in c.other_nodes() {
+        match r.bucket(&n, BucketOp::Exists, bucket) {
+            Ok(true) => return Ok(true),
+            Ok(false) => {}
+            Err(e) if unreachable(&e) => down = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    down.map_or(Ok(false), Err)
+}
+
+/// Makes the bucket on every node that can be reached (a node down now gets its directory
+/// with its first object); false if it existed.
+pub fn bucket_create(c: &Cluster, r: Option<&dyn Remote>, bucket: &str) -> Result<bool, Error> {
+    let existed = bucket_exists(c, r, bucket).unwrap_or(false);
+    super::bucket::create(c, bucket)?;
+    if let Some(r) = r {
+        for n in c.other_nodes() {
+            match r.bucket(&n, BucketOp::Create, bucket) {
+                Ok(_) => {}
+                Err(e) if unreachable(&e) => eprintln!("ferry s3: create bucket {bucket}: {e}"),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(!existed)
+}
+
+/// The buckets of every node that can be reached.
+pub fn buckets(c: &Cluster, r: Option<&dyn Remote>) -> Vec<(String, std::time::SystemTime)> {
+    let mut all: BTreeMap<String, std::time::SystemTime> =
+        super::bucket::list(c).into_iter().collect();
+    if let Some(r) = r {
+        for n in c.other_nodes() {
+            for (b, t) in r.buckets(&n).unwrap_or_default() {
+                let e = all.entry(b).or_insert(t);
+                *e = (*e).min(t);
+            }
+        }
+    }
+    all.into_iter().collect()
+}
+
+/// Deletes an empty bucket everywhere: every node must be reachable and hold no object of
+/// it. Ok(Err(..)) says why not.
+pub fn bucket_delete(
+    c: &Cluster,
+    r: Option<&dyn Remote>,
+    bucket: &str,
+) -> Result<Result<(), super::bucket::DeleteRefused>, Error> {
+    use super::bucket::DeleteRefused;
+    if !bucket_exists(c, r, bucket)? {
+        return Ok(Err(DeleteRefused::NoSuchBucket));
+    }
+    let nodes = if r.is_some() { c.other_nodes() } else { vec![] };
+    if let Some(r) = r {
+        for n in &nodes {
+            if !r.bucket(n, BucketOp::Empty, bucket)? {
+                return Ok(Err(DeleteRefused::NotEmpty));
+            }
+        }
+    }
+    if let Err(DeleteRefused::NotEmpty) = super::bucket::delete(c, bucket)? {
+        return Ok(Err(DeleteRefused::NotEmpty));
+    }
+    if let Some(r) = r {
+        for n in &nodes {
+            if let Err(e) = r.bucket(n, BucketOp::Delete, bucket) {
+                if e.raw_os_error() == Some(libc::ENOTEMPTY) {
+                    return Ok(Err(DeleteRefused::NotEmpty));
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(Ok(()))
+}

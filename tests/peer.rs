@@ -1,0 +1,350 @@
+//! The peer transport between agents (src/agent/peer), in process: two nodes' object layers,
+//! a peer server for each, clients as the other node. Mutual TLS with the cluster CA and the
+//! node names, Get/Put/Delete/List/Bucket, Migrate (a client's newer write wins), bodies
+//! checked (size, xxh3), a node down answered fast, limits.
+
+use bytes::Bytes;
+use ferry::agent::peer::msg::{Msg, Range, Req};
+use ferry::agent::peer::server::{self, Limits, PeerServer};
+use ferry::agent::peer::wire::Wire;
+use ferry::agent::peer::{Migrated, PeerClient};
+use ferry::cluster::registry::Registry;
+use ferry::net::certs;
+use ferry::s3::remote::{BucketOp, ClusterCell, Fetched};
+use ferry::{Cluster, Target, Topology};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+struct Node {
+    cell: Arc<ClusterCell>,
+    server: PeerServer,
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    nodes: HashMap<String, Node>,
+}
+
+fn topology(root: &Path) -> Topology {
+    let set = |s: &str, n: &str| {
+        let disk = |d: &str| {
+            let p = root.join(format!("{s}{d}"));
+            std::fs::create_dir_all(&p).unwrap();
+            serde_json::json!({"id": d, "path": p, "node": n})
+        };
+        serde_json::json!({"id": s, "state": "active", "weight": 1.0, "disks": [disk("d0"), disk("d1")]})
+    };
+    let v = serde_json::json!({"generation": 1, "cluster": "t",
+        "pools": [{"id": "p", "sets": [set("s1", "n1"), set("s2", "n2")]}]});
+    Topology::parse(&serde_json::to_vec(&v).unwrap()).unwrap()
+}
+
+fn fixture(limits: Limits) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    certs::init(&ca).unwrap();
+    for n in ["n1", "n2", "n3"] {
+        certs::issue(&ca, n, 0, 30).unwrap();
+    }
+    let t = topology(dir.path());
+    ferry::cluster::identity::init(&t, Path::new("t.json")).unwrap();
+    let mut nodes = HashMap::new();
+    for n in ["n1", "n2"] {
+        let reg = Registry::open(&dir.path().join(format!("{n}.redb"))).unwrap();
+        let c =
+            Cluster::open_node(t.clone(), Path::new("t"), None, Some(Arc::new(reg)), n).unwrap();
+        let cell = Arc::new(ClusterCell::new(Some(c)));
+        let tls = ferry::net::tls::server_config(&ca.join(n)).unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = server::start(l, tls, n, cell.clone(), limits.clone()).unwrap();
+        nodes.insert(n.to_string(), Node { cell, server });
+    }
+    Fixture { dir, nodes }
+}
+
+impl Fixture {
+    fn tls(&self, who: &str) -> PathBuf {
+        self.dir.path().join("ca").join(who)
+    }
+
+    fn addrs(&self) -> HashMap<String, String> {
+        self.nodes
+            .iter()
+            .map(|(n, x)| (n.clone(), x.server.addr.to_string()))
+            .collect()
+    }
+
+    /// A client presenting `who`'s certificate as node `me`.
+    fn client_as(&self, tls: &Path, me: &str) -> PeerClient {
+        let addrs = self.addrs();
+        let resolve =
+            Box::new(move |n: &str| addrs.get(n).cloned().ok_or_else(|| format!("no {n}")));
+        PeerClient::new(tls, me, resolve).unwrap()
+    }
+
+    fn client(&self, me: &str) -> PeerClient {
+        self.client_as(&self.tls(me), me)
+    }
+
+    fn cluster(&self, n: &str) -> Arc<Cluster> {
+        self.nodes[n].cell.get().unwrap()
+    }
+}
+
+fn source(data: &[u8], piece: usize) -> impl FnMut() -> std::io::Result<Option<Bytes>> + '_ {
+    let mut at = 0;
+    move || {
+        if at >= data.len() {
+            return Ok(None);
+        }
+        let n = piece.min(data.len() - at);
+        at += n;
+        Ok(Some(Bytes::copy_from_slice(&data[at - n..at])))
+    }
+}
+
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+fn read_all(f: Fetched) -> (u64, std::ops::Range<u64>, Vec<u8>) {
+    let Fetched::Found { stat, range, body } = f else {
+        panic!("not found");
+    };
+    let mut body = body.expect("a body");
+    let mut v = Vec::new();
+    while let Some(b) = body().unwrap() {
+        v.extend_from_slice(&b);
+    }
+    (stat.size, range, v)
+}
+
+#[test]
+fn objects_are_put_read_listed_and_deleted_on_another_node() {
+    let f = fixture(Limits::default());
+    let c = f.client("n1");
+    let data = pattern(3 << 20 | 123);
+    c.bucket("n2", BucketOp::Create, "b").unwrap();
+    assert!(c.bucket("n2", BucketOp::Exists, "b").unwrap());
+    assert!(c.bucket("n2", BucketOp::Empty, "b").unwrap());
+    let st = c
+        .put(
+            "n2",
+            "s2/d0",
+            ("b", "dir/k"),
+            Some(data.len() as u64),
+            &mut source(&data, 70_000),
+        )
+        .unwrap();
+    assert!(!st.etag.is_empty());
+    let on_disk = std::fs::read(f.dir.path().join("s2d0/b/dir/k")).unwrap();
+    assert!(on_disk == data, "the object is on n2's disk s2/d0");
+    let (size, range, got) = read_all(c.get("n2", "b", "dir/k", None, true).unwrap());
+    assert_eq!((size, range), (data.len() as u64, 0..data.len() as u64));
+    assert!(got == data, "the whole object came back");
+    let r = Range::Int {
+        first: 10,
+        last: Some(19),
+    };
+    let (_, range, got) = read_all(c.get("n2", "b", "dir/k", Some(r), true).unwrap());
+    assert_eq!((range, got.as_slice()), (10..20, &data[10..20]));
+    let (_, _, got) = read_all(
+        c.get("n2", "b", "dir/k", Some(Range::Suffix { length: 5 }), true)
+            .unwrap(),
+    );
+    assert_eq!(got, &data[data.len() - 5..]);
+    let bad = Range::Int {
+        first: data.len() as u64,
+        last: None,
+    };
+    assert!(matches!(
+        c.get("n2", "b", "dir/k", Some(bad), true).unwrap(),
+        Fetched::BadRange { .. }
+    ));
+    assert!(matches!(
+        c.get("n2", "b", "nope", None, true).unwrap(),
+        Fetched::Missing
+    ));
+    let head = c.get("n2", "b", "dir/k", None, false).unwrap();
+    assert!(matches!(head, Fetched::Found { body: None, .. }));
+    let keys: Vec<String> = c
+        .list("n2", "b", "dir/", None)
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(keys, ["dir/k"]);
+    assert!(!c.bucket("n2", BucketOp::Empty, "b").unwrap());
+    assert!(c.buckets("n2").unwrap().iter().any(|(b, _)| b == "b"));
+    // n2 does not serve s1/d0: refused, nothing written there.
+    let e = c
+        .put("n2", "s1/d0", ("b", "x"), Some(1), &mut source(b"x", 1))
+        .unwrap_err();
+    assert!(e.is_usage(), "{e}");
+    assert!(!f.dir.path().join("s1d0/b/x").exists());
+    assert!(c.delete("n2", "b", "dir/k").unwrap());
+    assert!(!c.delete("n2", "b", "dir/k").unwrap());
+    assert!(matches!(
+        c.get("n2", "b", "dir/k", None, true).unwrap(),
+        Fetched::Missing
+    ));
+}
+
+#[test]
+fn a_migrated_copy_is_stored_once_and_a_newer_client_write_wins() {
+    let f = fixture(Limits::default());
+    let c = f.client("n1");
+    let old = UNIX_EPOCH + Duration::new(1_600_000_000, 5);
+    let m = c
+        .migrate(
+            "n2",
+            ("s2/d1", "s1/d0"),
+            ("b", "m/1"),
+            (4, old, None),
+            &mut source(b"v1v1", 3),
+        )
+        .unwrap();
+    assert_eq!(m, Migrated::Stored);
+    let p = f.dir.path().join("s2d1/b/m/1");
+    assert_eq!(std::fs::read(&p).unwrap(), b"v1v1");
+    assert_eq!(
+        std::fs::metadata(&p).unwrap().modified().unwrap(),
+        old,
+        "the source's mtime"
+    );
+    let reg = f.cluster("n2");
+    let r = reg.registry.as_ref().unwrap();
+    assert_eq!(r.location(b"b/m/1").unwrap().unwrap().0, "s2/d1");
+    assert_eq!(r.forwarding(b"b/m/1").unwrap().unwrap().from, "s1/d0");
+    // The same object again (a retry): nothing changes.
+    let again = c.migrate(
+        "n2",
+        ("s2/d1", "s1/d0"),
+        ("b", "m/1"),
+        (4, old, None),
+        &mut source(b"v1v1", 4),
+    );
+    assert_eq!(again.unwrap(), Migrated::Superseded);
+    // A client's write at the owner, then the old copy arrives: the write wins.
+    c.put("n2", "s2/d1", ("b", "m/2"), Some(3), &mut source(b"new", 3))
+        .unwrap();
+    let late = c.migrate(
+        "n2",
+        ("s2/d1", "s1/d0"),
+        ("b", "m/2"),
+        (3, old, None),
+        &mut source(b"old", 3),
+    );
+    assert_eq!(late.unwrap(), Migrated::Superseded);
+    assert_eq!(
+        std::fs::read(f.dir.path().join("s2d1/b/m/2")).unwrap(),
+        b"new"
+    );
+    // A body shorter than announced: an error, nothing named.
+    let e = c.migrate(
+        "n2",
+        ("s2/d1", "s1/d0"),
+        ("b", "m/3"),
+        (10, old, None),
+        &mut source(b"short", 5),
+    );
+    assert!(e.is_err());
+    assert!(!f.dir.path().join("s2d1/b/m/3").exists());
+    assert!(
+        std::fs::read_dir(f.dir.path().join("s2d1/b/m"))
+            .unwrap()
+            .count()
+            == 2,
+        "no temp left"
+    );
+    // A disk the node does not serve.
+    let e = c.migrate(
+        "n2",
+        ("s1/d1", "s1/d0"),
+        ("b", "m/4"),
+        (1, old, None),
+        &mut source(b"x", 1),
+    );
+    assert!(e.unwrap_err().is_usage());
+}
+
+#[test]
+fn a_body_whose_xxh3_differs_is_never_named() {
+    let f = fixture(Limits::default());
+    let tls = ferry::net::tls::client_config(&f.tls("n1")).unwrap();
+    let addr = f.nodes["n2"].server.addr.to_string();
+    let t = Duration::from_secs(5);
+    let mut w = Wire::connect(&addr, "n2", "n1", tls, t, t).unwrap();
+    let req = Req::Put {
+        disk: "s2/d0".into(),
+        bucket: "b".into(),
+        key: "h".into(),
+        size: Some(3),
+    };
+    w.queue(&Msg::Req(req)).unwrap();
+    w.queue_data(b"abc").unwrap();
+    w.send(&Msg::End {
+        len: 3,
+        hash: 12345,
+    })
+    .unwrap();
+    match w.recv().unwrap() {
+        Msg::Error { msg, .. } => assert!(msg.contains("xxh3"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(!f.dir.path().join("s2d0/b/h").exists());
+}
+
+#[test]
+fn only_peers_with_the_cluster_ca_and_their_own_name_are_accepted() {
+    let f = fixture(Limits::default());
+    let other = f.dir.path().join("other");
+    certs::init(&other).unwrap();
+    certs::issue(&other, "n1", 0, 30).unwrap();
+    let e = f
+        .client_as(&other.join("n1"), "n1")
+        .delete("n2", "b", "k")
+        .unwrap_err();
+    assert!(matches!(e.target, Target::Peer(_)), "{e}");
+    // n3's certificate (our CA) claiming to be n1.
+    let e = f
+        .client_as(&f.tls("n3"), "n1")
+        .delete("n2", "b", "k")
+        .unwrap_err();
+    assert!(e.to_string().contains("does not name node 'n1'"), "{e}");
+    // n1's server answering for n2: the client checks the name it dialled.
+    let mut addrs = f.addrs();
+    addrs.insert("n2".into(), addrs["n1"].clone());
+    let resolve = Box::new(move |n: &str| addrs.get(n).cloned().ok_or_else(|| n.to_string()));
+    let c = PeerClient::new(&f.tls("n3"), "n3", resolve).unwrap();
+    let e = c.delete("n2", "b", "k").unwrap_err();
+    assert!(matches!(e.target, Target::Peer(_)), "{e}");
+    assert!(
+        f.client("n1").delete("n2", "b", "k").is_ok(),
+        "the right peer is served"
+    );
+}
+
+#[test]
+fn a_node_that_is_down_or_busy_is_an_error_at_once() {
+    let f = fixture(Limits {
+        inflight: 0,
+        ..Limits::default()
+    });
+    let c = f.client("n1");
+    let e = c.delete("n2", "b", "k").unwrap_err();
+    assert!(e.to_string().contains("too many requests"), "{e}");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let resolve = Box::new(move |_: &str| Ok(closed.to_string()));
+    let c = PeerClient::new(&f.tls("n1"), "n1", resolve).unwrap();
+    let t = Instant::now();
+    let e = c.get("n2", "b", "k", None, true).err().unwrap();
+    assert!(matches!(e.target, Target::Peer(_)), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    let _ = SystemTime::now();
+}
