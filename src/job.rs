@@ -1,6 +1,7 @@
 //! The library's job API: start a copy, then pause, resume, cancel, re-rate and watch it from
 //! any thread while it runs; `wait` returns the report. No global state: jobs are independent.
 
+pub use crate::coord::state::Event;
 use crate::coord::state::{InvalidTransition, JobState, Machine};
 use crate::copy::{self, task::Ctx};
 use crate::error::{Error, ErrorKind, Target};
@@ -12,25 +13,6 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
-
-/// What a job reports while it runs.
-#[derive(Clone, Debug, Serialize)]
-#[serde(tag = "event", rename_all = "lowercase")]
-pub enum Event {
-    State {
-        from: JobState,
-        to: JobState,
-    },
-    /// ENOSPC: the job paused itself; free space and resume.
-    #[serde(rename = "destination_full")]
-    DestinationFull {
-        path: String,
-    },
-    Rate {
-        bytes_per_sec: u64,
-        ops_per_sec: u64,
-    },
-}
 
 /// A snapshot of a running job. Counts only durable work, so it never goes backwards.
 #[derive(Clone, Debug, Serialize)]
@@ -99,7 +81,7 @@ impl Job {
             }
         };
         let ctx = prepared.ctx.clone();
-        let _ = ctx.job_link.set((machine.clone(), events_tx.clone()));
+        let _ = ctx.steer.link.set((machine.clone(), events_tx.clone()));
         transition(&machine, &events_tx, JobState::Running).expect("scanning -> running");
         let control = Arc::new(Control {
             ctx: ctx.clone(),
@@ -156,15 +138,13 @@ impl Control {
     /// Stops new submissions (within milliseconds); in-flight I/O completes.
     pub fn pause(&self) -> Result<(), InvalidTransition> {
         transition(&self.machine, &self.events_tx, JobState::Paused)?;
-        self.ctx.paused.store(true, Ordering::Release);
+        self.ctx.steer.pause();
         Ok(())
     }
 
     pub fn resume(&self) -> Result<(), InvalidTransition> {
         transition(&self.machine, &self.events_tx, JobState::Running)?;
-        self.ctx.resumes.fetch_add(1, Ordering::AcqRel);
-        self.ctx.paused.store(false, Ordering::Release);
-        self.ctx.full.store(false, Ordering::Release);
+        self.ctx.steer.resume();
         Ok(())
     }
 
@@ -178,19 +158,13 @@ impl Control {
                 to: JobState::Cancelled,
             });
         }
-        self.ctx.stats.cancelled.store(true, Ordering::Release);
-        self.ctx.stats.abort.store(true, Ordering::Release);
-        self.ctx.paused.store(false, Ordering::Release);
+        self.ctx.steer.cancel();
         Ok(())
     }
 
     /// New limits (0 = unlimited), effective for the next chunk and the next file.
     pub fn set_rate(&self, bytes_per_sec: u64, ops_per_sec: u64) {
-        use crate::coord::throttle::burst_for;
-        self.ctx
-            .bytes_limit
-            .set(bytes_per_sec, burst_for(bytes_per_sec));
-        self.ctx.ops_limit.set(ops_per_sec, burst_for(ops_per_sec));
+        self.ctx.steer.set_rate(bytes_per_sec, ops_per_sec);
         let _ = self.events_tx.send(Event::Rate {
             bytes_per_sec,
             ops_per_sec,
@@ -208,7 +182,7 @@ impl Control {
     }
 
     pub fn rates(&self) -> (u64, u64) {
-        (self.ctx.bytes_limit.rate(), self.ctx.ops_limit.rate())
+        self.ctx.steer.rates()
     }
 
     pub fn status(&self) -> Progress {
@@ -255,7 +229,7 @@ impl JobHandle {
     /// state dir).
     pub fn ctl_socket(&self) -> Option<std::path::PathBuf> {
         let ctx = &self.control.ctx;
-        match (&ctx.state, &ctx.job_id) {
+        match (&ctx.state, &ctx.record.job_id) {
             (Some(sd), Some(_)) => Some(sd.dir.join("ctl.sock")),
             _ => None,
         }
@@ -267,7 +241,7 @@ impl JobHandle {
     }
 
     pub fn job_id(&self) -> Option<&str> {
-        self.control.ctx.job_id.as_deref()
+        self.control.ctx.record.job_id.as_deref()
     }
 
     /// The event stream (state changes, rate changes); can be taken once.

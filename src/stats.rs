@@ -1,9 +1,10 @@
 //! Counters shared by reactors and the committer, and the final report.
 
+use crate::coord::stop::Stop;
 use crate::error::Error;
 use serde::Serialize;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// At most this many errors are kept with their text; the rest are only counted.
@@ -34,21 +35,23 @@ pub struct Stats {
     pub retries: AtomicU64,
     pub failed: AtomicU64,
     errors: Mutex<Vec<Error>>,
-    /// Stop: a fatal reactor error, a reactor panic, or any error under --fail-fast. Reactors
-    /// drain what is in flight and exit.
-    pub abort: AtomicBool,
-    pub fail_fast: AtomicBool,
-    /// --fail-fast met a full destination: no new file starts; the files already started
-    /// finish (or fail) and are committed, then the job stops (see `Reactor::drain_full`).
-    pub full_stop: AtomicBool,
-    /// The abort is a user's cancel: the files it interrupts are not failures.
-    pub cancelled: AtomicBool,
+    /// The job's stop flags (the same as its steering's): an error under --fail-fast raises
+    /// them. Held, not owned: the counters say what happened, the flags steer the job.
+    stop: Arc<Stop>,
     latencies: Mutex<Option<crate::latency::Latencies>>,
     /// How each destination filesystem is committed to (copy::fskind), one line each.
     pub commit: Mutex<Vec<String>>,
 }
 
 impl Stats {
+    /// Counters of a job whose errors raise `stop` (under --fail-fast).
+    pub fn new(stop: Arc<Stop>) -> Self {
+        Stats {
+            stop,
+            ..Stats::default()
+        }
+    }
+
     pub fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Relaxed);
     }
@@ -71,14 +74,7 @@ impl Stats {
 
     pub fn error(&self, e: Error) {
         self.failed.fetch_add(1, Relaxed);
-        if self.fail_fast.load(Relaxed) {
-            if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
-                self.full_stop
-                    .store(true, std::sync::atomic::Ordering::Release);
-            } else {
-                self.abort.store(true, std::sync::atomic::Ordering::Release);
-            }
-        }
+        self.stop.on_error(e.raw_os_error());
         let mut v = self.errors.lock().unwrap_or_else(|p| p.into_inner());
         if v.len() < MAX_KEPT_ERRORS {
             v.push(e);
@@ -111,7 +107,7 @@ impl Stats {
             retries: self.retries.load(Relaxed),
             failed: self.failed.load(Relaxed),
             elapsed_secs: elapsed.as_secs_f64(),
-            cancelled: self.cancelled.load(Relaxed),
+            cancelled: self.stop.cancelled.load(Relaxed),
             latency_us: self
                 .latencies
                 .lock()
@@ -130,6 +126,16 @@ impl Stats {
             error_values: errors,
             targets: Vec::new(),
         }
+    }
+}
+
+/// Only for src/cluster/rebalance.rs, which reads `ctx.stats.abort` (src/cluster is another
+/// room's this session): the engine reads the flags through `Ctx::steer.stop`. Remove once
+/// rebalance does too.
+impl std::ops::Deref for Stats {
+    type Target = Stop;
+    fn deref(&self) -> &Stop {
+        &self.stop
     }
 }
 

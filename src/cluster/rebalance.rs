@@ -386,11 +386,11 @@ fn wait_turn(ctx: &Ctx, size: u64) -> bool {
         if ctx.stats.abort.load(Ordering::Acquire) {
             return false;
         }
-        if !ctx.paused.load(Ordering::Acquire) && ctx.ops_limit.try_take(1) {
-            if ctx.bytes_limit.try_take(size.max(1)) {
+        if !ctx.steer.paused.load(Ordering::Acquire) && ctx.steer.ops_limit.try_take(1) {
+            if ctx.steer.bytes_limit.try_take(size.max(1)) {
                 return true;
             }
-            ctx.ops_limit.refund(1);
+            ctx.steer.ops_limit.refund(1);
         }
         std::thread::sleep(std::time::Duration::from_millis(2));
     }

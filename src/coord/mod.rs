@@ -6,4 +6,5 @@ pub mod durable;
 pub mod jobs;
 pub mod metrics;
 pub mod state;
+pub mod stop;
 pub mod throttle;

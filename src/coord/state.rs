@@ -18,6 +18,25 @@ pub enum JobState {
     Cancelled,
 }
 
+/// What a job reports while it runs (here, below the job and the engine that both send it).
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "event", rename_all = "lowercase")]
+pub enum Event {
+    State {
+        from: JobState,
+        to: JobState,
+    },
+    /// ENOSPC: the job paused itself; free space and resume.
+    #[serde(rename = "destination_full")]
+    DestinationFull {
+        path: String,
+    },
+    Rate {
+        bytes_per_sec: u64,
+        ops_per_sec: u64,
+    },
+}
+
 impl JobState {
     pub fn is_terminal(self) -> bool {
         matches!(

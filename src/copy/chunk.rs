@@ -105,7 +105,7 @@ fn chunk_op(job: &FileJob, buf: u32, s: &Slot) -> Op {
 impl CopyReactor {
     /// Fills free buffers with reads, oldest active file first (so files finish early).
     pub(super) fn issue_reads(&mut self) -> Result<(), Error> {
-        if self.ctx.stats.abort.load(Ordering::Acquire) || self.halted() {
+        if self.ctx.steer.stop.aborted() || self.halted() {
             return Ok(());
         }
         for idx in 0..self.active.len() {
@@ -123,9 +123,9 @@ impl CopyReactor {
                     break;
                 }
                 // Under a byte limit, chunks are no bigger than its burst.
-                let most = self.ctx.bytes_limit.chunk(self.buf_size);
+                let most = self.ctx.steer.bytes_limit.chunk(self.buf_size);
                 let len = (seg.end - seg.next).min(most) as u32;
-                if !self.ctx.bytes_limit.try_take(len as u64) {
+                if !self.ctx.steer.bytes_limit.try_take(len as u64) {
                     return Ok(()); // throttled: try again after the next completion or nap
                 }
                 self.start_read(idx, len)?;
@@ -137,7 +137,7 @@ impl CopyReactor {
     /// Reads the next `len` bytes of segment `idx` into a free buffer.
     fn start_read(&mut self, idx: usize, len: u32) -> Result<(), Error> {
         let t0 = self.now_ns();
-        let resumes = self.ctx.resumes.load(Ordering::Acquire);
+        let resumes = self.ctx.steer.resumes();
         let seg = self.active[idx].as_mut().expect("active segment");
         let off = seg.next;
         seg.next += len as u64;
@@ -214,7 +214,7 @@ impl CopyReactor {
         crate::latency::record(h, now.saturating_sub(s.t0) / 1000);
         s.t0 = now;
         let (writing, seg_idx) = (s.writing, s.seg as usize);
-        if writing || job.is_failed() || self.ctx.stats.abort.load(Ordering::Acquire) {
+        if writing || job.is_failed() || self.ctx.steer.stop.aborted() {
             return self.release(buf);
         }
         if self.active[seg_idx]
@@ -243,7 +243,7 @@ impl CopyReactor {
         };
         let retry = slot.retries < MAX_OP_RETRIES;
         match errno::on_completion(kind, errno) {
-            Verdict::Park if retry && slot.resumes != self.ctx.resumes.load(Ordering::Acquire) => {
+            Verdict::Park if retry && slot.resumes != self.ctx.steer.resumes() => {
                 // Submitted before the last resume: try again now that space was freed.
                 self.slots[buf as usize].retries += 1;
                 return self.resubmit(buf, job);
@@ -295,7 +295,7 @@ impl CopyReactor {
             seg.order.pop_front();
             self.slots[buf as usize].ready = false;
             let job = seg.job.clone();
-            if job.is_failed() || self.ctx.stats.abort.load(Ordering::Acquire) {
+            if job.is_failed() || self.ctx.steer.stop.aborted() {
                 self.release(buf)?;
                 continue;
             }
@@ -324,7 +324,7 @@ impl CopyReactor {
             self.parked.push(buf);
             return Ok(());
         }
-        self.slots[buf as usize].resumes = self.ctx.resumes.load(Ordering::Acquire);
+        self.slots[buf as usize].resumes = self.ctx.steer.resumes();
         let op = chunk_op(job, buf, &self.slots[buf as usize]);
         self.ring.push(op, CopyOp::Chunk(buf))
     }
@@ -354,8 +354,7 @@ impl CopyReactor {
         let Some(seg) = self.active[seg_idx].as_ref() else {
             return Ok(());
         };
-        let over =
-            seg.exhausted() || seg.job.is_failed() || self.ctx.stats.abort.load(Ordering::Acquire);
+        let over = seg.exhausted() || seg.job.is_failed() || self.ctx.steer.stop.aborted();
         if seg.inflight > 0 || !over {
             return Ok(());
         }
@@ -403,7 +402,7 @@ impl CopyReactor {
             crate::verify::hash_zeros(&mut h, size - seg.hashed);
             seg.job.set_digest(h.digest());
         }
-        if self.ctx.stats.abort.load(Ordering::Acquire) {
+        if self.ctx.steer.stop.aborted() {
             seg.job
                 .fail(Error::errno("copy", &seg.job.src, libc::ECANCELED));
         }

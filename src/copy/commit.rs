@@ -12,13 +12,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-/// Gives a batch of durable, verified temp files their final places, for jobs whose commit is
-/// more than a rename (rebalance: under the object's lock, aware of concurrent writers). It
-/// owns the items: it counts them, reports their errors, and finishes (or requeues) each
-/// item's task unit.
-pub trait CommitHook: Send + Sync {
-    fn commit(&self, ctx: &Ctx, items: Vec<Finished>);
-}
+pub use super::task::CommitHook;
 
 /// A batch closes at its plan's count of files or age (fskind::BatchPlan: per destination
 /// filesystem), or at this many bytes...
@@ -42,7 +36,7 @@ pub fn run(ctx: Arc<Ctx>, rx: Receiver<Vec<Finished>>) {
             .name("ferry-sync".into())
             .spawn_scoped(s, move || {
                 for devs in req_rx {
-                    if res_tx.send(c.sync_dst(Some(&devs))).is_err() {
+                    if res_tx.send(c.fds.sync_dst(Some(&devs))).is_err() {
                         return;
                     }
                 }
@@ -81,7 +75,7 @@ impl Syncer {
                     unreachable!("the flush thread lives as long as the committer");
                 }
             }
-            Syncer::Inline(r) => *r = Some(ctx.sync_dst(Some(&devs))),
+            Syncer::Inline(r) => *r = Some(ctx.fds.sync_dst(Some(&devs))),
         }
     }
 
@@ -327,7 +321,7 @@ fn name_batch(
     };
     let mut hooked = Vec::new();
     for (mut f, bad) in batch.drain(..).zip(checked) {
-        if let (Some(_), Ok(()), None) = (&ctx.hook, &synced, &bad) {
+        if let (Some(_), Ok(()), None) = (&ctx.out.hook, &synced, &bad) {
             hooked.push(f);
             continue;
         }
@@ -347,7 +341,7 @@ fn name_batch(
             }
         }
     }
-    if let Some(h) = &ctx.hook
+    if let Some(h) = &ctx.out.hook
         && !hooked.is_empty()
     {
         h.commit(ctx, hooked);
@@ -371,7 +365,7 @@ fn check_and_name(ctx: &Ctx, batch: &[Finished], synced: bool) -> Vec<Option<cra
     if synced && ctx.spec.verify == VerifyMode::Full {
         verify_batch(ctx, batch, &mut checked);
     }
-    if !synced || ctx.hook.is_some() {
+    if !synced || ctx.out.hook.is_some() {
         return checked;
     }
     // One thread renaming 100,000 small files was the job's bottleneck on ext4 (renameat ~15
@@ -453,7 +447,7 @@ pub(super) fn count_durable(
     Stats::add(&ctx.stats.files, 1);
     Stats::add(&ctx.stats.bytes, done.size);
     crate::latency::record(&mut lat.file, opened.elapsed().as_micros() as u64);
-    ctx.committed(dst, done);
+    ctx.out.committed(dst, done);
     if let Some(key) = link_key {
         ctx.link_done(key, dst, done.hash);
     }

@@ -58,7 +58,7 @@ pub struct CopyReactor {
     pub(super) dirbuf: Vec<u8>,
     /// Chunks whose next op waits for resume (bounded by the buffer count).
     pub(super) parked: Vec<u32>,
-    /// Counted in `ctx.drained` (see `drain_full`).
+    /// Counted in `ctx.steer.drained` (see `drain_full`).
     pub(super) drained: bool,
     /// Files to try again later (transient errors), with when.
     pub(super) delayed: Vec<(Instant, Task)>,
@@ -115,7 +115,7 @@ impl CopyReactor {
     pub fn run(&mut self) -> Result<(), Error> {
         let r = reactor::run(self);
         if r.is_err() {
-            self.ctx.stats.abort.store(true, Ordering::Release);
+            self.ctx.steer.stop.abort();
         }
         self.flush_outbox();
         self.ctx.stats.merge_latencies(&self.lat);
@@ -141,26 +141,26 @@ impl CopyReactor {
         }
     }
 
-    /// No new file may start: paused, or --fail-fast met a full destination.
+    /// No new file may start (see `Steering::no_new_files`).
     pub(super) fn no_new_files(&self) -> bool {
-        self.ctx.paused.load(Ordering::Acquire) || self.ctx.stats.full_stop.load(Ordering::Acquire)
+        self.ctx.steer.no_new_files()
     }
 
-    /// No new I/O at all: a user's pause (a full destination lets started files go on).
+    /// No new I/O at all (see `Steering::halted`).
     pub(super) fn halted(&self) -> bool {
-        self.ctx.paused.load(Ordering::Acquire) && !self.ctx.full.load(Ordering::Acquire)
+        self.ctx.steer.halted()
     }
 
     /// --fail-fast met a full destination and this reactor's started files are all finished
     /// (committed, or failed): counted once; the last reactor to get here stops the job.
     fn drain_full(&mut self) {
-        let ctx = &self.ctx;
-        if !ctx.stats.full_stop.load(Ordering::Acquire) || self.drained {
+        let steer = &self.ctx.steer;
+        if !steer.stop.full_stopped() || self.drained {
             return;
         }
         self.drained = true;
-        if ctx.drained.fetch_add(1, Ordering::AcqRel) + 1 == ctx.queues.reactors() {
-            ctx.stats.abort.store(true, Ordering::Release);
+        if steer.drained.fetch_add(1, Ordering::AcqRel) + 1 == self.ctx.queues.reactors() {
+            steer.stop.abort();
         }
     }
 
@@ -186,24 +186,24 @@ impl CopyReactor {
         if !self.anon_eligible() || (self.ctx.spec.direct && size >= crate::spec::DIRECT_MIN) {
             return None;
         }
-        super::task::AnonSlot::take(&self.ctx.anon_fds, self.ctx.anon_cap)
+        self.ctx.fds.anon_slot()
     }
 
     /// Whether this job's files get unnamed temp files (size aside; see `anon_slot`).
     fn anon_eligible(&self) -> bool {
         let spec = &self.ctx.spec;
         spec.fsync == FsyncMode::Batch
-            && self.ctx.hook.is_none()
+            && self.ctx.out.hook.is_none()
             && spec.verify != crate::spec::VerifyMode::Full
-            && self.ctx.anon_cap > 0
-            && !self.ctx.anon_off.load(Ordering::Acquire)
+            && self.ctx.fds.anon_cap > 0
+            && !self.ctx.fds.anon_off.load(Ordering::Acquire)
             && spec.temp != crate::spec::TempMode::Named
     }
 
     /// A free unnamed-temp slot (another reactor may still take it first: then that file
     /// falls back to a named temp file).
     fn anon_room(&self) -> bool {
-        self.ctx.anon_fds.load(Ordering::Acquire) < self.ctx.anon_cap
+        self.ctx.fds.anon_room()
     }
 
     fn can_take(&self) -> bool {
@@ -279,7 +279,7 @@ impl Driver for CopyReactor {
             self.lat.reset();
             self.merged = Instant::now();
         }
-        let aborting = self.ctx.stats.abort.load(Ordering::Acquire);
+        let aborting = self.ctx.steer.stop.aborted();
         let paused = self.no_new_files() && !aborting;
         self.turn = Turn {
             aborting,
@@ -324,10 +324,10 @@ impl Driver for CopyReactor {
         while !self.turn.aborting
             && !self.no_new_files()
             && self.can_take()
-            && self.ctx.ops_limit.try_take(1)
+            && self.ctx.steer.ops_limit.try_take(1)
         {
             let Some(task) = self.ctx.queues.pop(self.me) else {
-                self.ctx.ops_limit.refund(1);
+                self.ctx.steer.ops_limit.refund(1);
                 break;
             };
             if !self.take_task(task)? {
@@ -335,7 +335,7 @@ impl Driver for CopyReactor {
                 // popped last, so the next pop finds other work if there is any; only a
                 // run of deferrals means nothing else is left, and then taking it again
                 // at once would spin: what is in flight (or the idle back-off) comes first.
-                self.ctx.ops_limit.refund(1);
+                self.ctx.steer.ops_limit.refund(1);
                 deferred += 1;
                 if deferred >= MAX_DEFERRALS {
                     break;

@@ -92,7 +92,7 @@ fn spawn<T: Send + 'static>(
                 Target::Thread(name),
                 crate::error::ErrorKind::Os(e),
             ));
-            ctx.stats.abort.store(true, Ordering::Release);
+            ctx.steer.stop.abort();
             None
         }
     }
@@ -105,7 +105,7 @@ fn queue_roots(ctx: &Ctx, plan: plan::Plan) -> Vec<crate::stats::Landing> {
     let mut landings = Vec::new();
     for (i, root) in plan.roots.into_iter().enumerate() {
         let is_dir = crate::meta::file_type(&root.st) == libc::S_IFDIR;
-        if ctx.overlaps.root_replaced(i, is_dir, &ctx.filter) {
+        if ctx.tables.overlaps.root_replaced(i, is_dir, &ctx.filter) {
             walk::replaced(ctx, &root.src);
             continue;
         }
@@ -117,7 +117,7 @@ fn queue_roots(ctx: &Ctx, plan: plan::Plan) -> Vec<crate::stats::Landing> {
         }
         if ctx.spec.remove_source
             && !ctx.spec.no_rename
-            && !ctx.overlaps.involves(i, &ctx.filter)
+            && !ctx.tables.overlaps.involves(i, &ctx.filter)
             && rename_root(ctx, &root)
         {
             continue;
@@ -188,7 +188,7 @@ fn start_reactors(
         match h {
             Ok(h) => handles.push(h),
             Err(e) => {
-                ctx.stats.abort.store(true, Ordering::Release);
+                ctx.steer.stop.abort();
                 ctx.stats.error(Error::at(
                     "spawn",
                     Target::Reactor(me),
@@ -213,7 +213,7 @@ fn coordinate(ctx: &Ctx, done_rx: &Receiver<()>) {
             return;
         }
         let files = ctx.stats.files.load(Ordering::Relaxed);
-        let paused = ctx.paused.load(Ordering::Acquire);
+        let paused = ctx.steer.is_paused();
         if files >= last_files + 1000 || last_cp.elapsed().as_secs() >= 5 || paused != was_paused {
             ctx.checkpoint(if paused {
                 JobState::Paused
@@ -239,21 +239,21 @@ fn wrap_up(ctx: &Arc<Ctx>, finisher: Option<super::Finisher>) {
         }
     }
     // Renames and directory metadata become durable here; exit 0 promises it.
-    if let Err(e) = ctx.sync_dst(None) {
+    if let Err(e) = ctx.fds.sync_dst(None) {
         ctx.stats.error(e);
     }
-    if let Some(m) = &ctx.manifest
+    if let Some(m) = &ctx.out.manifest
         && let Err(e) = m.lock().unwrap_or_else(|p| p.into_inner()).finish()
     {
         ctx.stats.error(e);
     }
     if let Some(f) = finisher
-        && !ctx.stats.cancelled.load(Ordering::Acquire)
-        && !ctx.stats.abort.load(Ordering::Acquire)
+        && !ctx.steer.stop.cancelled()
+        && !ctx.steer.stop.aborted()
     {
         f(ctx);
     }
-    let end = if ctx.stats.cancelled.load(Ordering::Acquire) {
+    let end = if ctx.steer.stop.cancelled() {
         JobState::Cancelled
     } else if ctx.stats.failed.load(Ordering::Acquire) == 0 {
         JobState::Completed

@@ -94,7 +94,7 @@ impl CopyReactor {
         let tx = self.commit_tx.as_ref().expect("batch mode has a committer");
         if let Err(std::sync::mpsc::SendError(files)) = tx.send(files) {
             // The committer is gone (it panicked): nothing more can become durable.
-            self.ctx.stats.abort.store(true, Ordering::Release);
+            self.ctx.steer.stop.abort();
             for f in files {
                 if f.anon.is_none() {
                     let _ = meta::unlink(&f.tmp); // best effort; the error below is the report
@@ -212,7 +212,7 @@ impl CopyReactor {
         if let Some(key) = job.link_key {
             self.ctx.link_failed(key);
         }
-        if self.ctx.stats.cancelled.load(Ordering::Acquire) {
+        if self.ctx.steer.stop.cancelled() {
             // Interrupted by a cancel: not a failure; the temp file is gone, the source stays.
             child_done(&job.parent, &self.ctx);
             self.ctx.queues.finish();

@@ -107,7 +107,7 @@ pub const WIDE: BatchPlan = BatchPlan {
     overlap: 4096,
 };
 
-const _: () = assert!(WIDE.files <= super::task::MAX_ANON_FDS);
+const _: () = assert!(WIDE.files <= super::fds::MAX_ANON_FDS);
 
 /// The plan for a filesystem under `--commit-batch MODE`.
 pub fn plan_for(kind: FsKind, mode: BatchMode) -> BatchPlan {

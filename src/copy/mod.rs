@@ -5,14 +5,17 @@ mod chunk;
 pub mod commit;
 pub mod driver;
 mod execute;
+pub mod fds;
 mod finish;
 pub mod fskind;
+pub mod links;
 mod open;
 pub mod overlap;
 pub mod plan;
 pub mod remove;
 #[cfg(test)]
 mod scripted;
+pub mod steer;
 pub mod task;
 pub mod walk;
 
@@ -103,7 +106,7 @@ struct AbortOnPanic(Arc<Ctx>);
 impl Drop for AbortOnPanic {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            self.0.stats.abort.store(true, Ordering::Release);
+            self.0.steer.stop.abort();
         }
     }
 }
@@ -149,7 +152,7 @@ pub fn prepare(spec: CopySpec) -> Result<Prepared, Error> {
         .iter()
         .map(|r| (r.src.clone(), r.target.clone()))
         .collect();
-    ctx.overlaps = overlap::Overlaps::new(&roots);
+    ctx.tables.overlaps = overlap::Overlaps::new(&roots);
     if let Some(root) = ctx.spec.state_dir.clone()
         && !ctx.spec.dry_run
     {
@@ -157,7 +160,7 @@ pub fn prepare(spec: CopySpec) -> Result<Prepared, Error> {
     }
     if let Some(m) = ctx.spec.manifest.clone() {
         // Written anew by every run: a resumed run records the files it skips too.
-        ctx.manifest = Some(std::sync::Mutex::new(crate::manifest::Writer::create(
+        ctx.out.manifest = Some(std::sync::Mutex::new(crate::manifest::Writer::create(
             &m,
             &plan.dest_root,
         )?));
@@ -208,7 +211,7 @@ pub fn prepare_fed(
         crate::filter::Filter::new(&[]).expect("no rules"),
         reactors,
     );
-    ctx.hook = Some(hook);
+    ctx.out.hook = Some(hook);
     let plan = plan::Plan {
         roots: Vec::new(),
         targets: Vec::new(),
@@ -237,7 +240,7 @@ fn adopt_temp_token(
 ) {
     if let Some(t) = earlier.and_then(|cp| cp.temp_token.as_deref()) {
         match crate::temp::Token::parse(t) {
-            Some(t) => ctx.temp_token = t,
+            Some(t) => ctx.record.temp_token = t,
             None => eprintln!(
                 "ferry: ignoring a malformed temp token in {}",
                 dir.display()
@@ -274,8 +277,8 @@ fn resume_or_start(ctx: &mut Ctx, root: &Path, plan: &plan::Plan) -> Result<(), 
     if ctx.spec.retry_failed {
         only_the_failed(ctx, &sd)?;
     }
-    ctx.job_id = Some(id);
-    ctx.targets = plan.targets.clone();
+    ctx.record.job_id = Some(id);
+    ctx.record.targets = plan.targets.clone();
     ctx.state = Some(sd);
     ctx.checkpoint(crate::coord::state::JobState::Running);
     Ok(())
@@ -333,14 +336,14 @@ fn take_over(
     });
     match earlier {
         Some(cp) if !ctx.spec.fresh && cp.state != Completed => {
-            ctx.done = sd
+            ctx.tables.done = sd
                 .load_journal()
                 .map_err(|e| Error::os("read journal", &sd.dir, e))?;
             ctx.resuming = true;
-            let bytes: u64 = ctx.done.values().map(|d| d.size).sum();
+            let bytes: u64 = ctx.tables.done.values().map(|d| d.size).sum();
             eprintln!(
                 "ferry: resuming job {id}: {} files, {} bytes already done",
-                ctx.done.len(),
+                ctx.tables.done.len(),
                 bytes
             );
         }
@@ -383,7 +386,7 @@ fn only_the_failed(ctx: &mut Ctx, sd: &crate::coord::checkpoint::StateDir) -> Re
         set.files.len(),
         set.dirs.len()
     );
-    ctx.only = Some(set);
+    ctx.tables.only = Some(set);
     Ok(())
 }
 

@@ -155,16 +155,16 @@ impl CopyReactor {
     /// Whether the file is settled without a copy: --retry-failed leaves it, an earlier run
     /// copied it, or a dry run only counts it.
     fn needs_no_copy(&mut self, o: &Opening, st: &libc::stat) -> bool {
-        if let Some(only) = &self.ctx.only
+        if let Some(only) = &self.ctx.tables.only
             && !only.contains(&o.src)
         {
             // --retry-failed: this file did not fail last time.
-            self.ctx.ops_limit.refund(1);
+            self.ctx.steer.ops_limit.refund(1);
             Stats::add(&self.ctx.stats.skipped, 1);
         } else if self.already_copied(o, st) {
             self.skip_copied(o, st);
             // A skip touches nothing: it does not count against --ops-limit.
-            self.ctx.ops_limit.refund(1);
+            self.ctx.steer.ops_limit.refund(1);
             Stats::add(&self.ctx.stats.resumed_files, 1);
             Stats::add(&self.ctx.stats.resumed_bytes, st.st_size as u64);
         } else if self.ctx.spec.dry_run {
@@ -179,7 +179,12 @@ impl CopyReactor {
 
     /// Copied by an earlier run of this job and unchanged since.
     fn already_copied(&self, o: &Opening, st: &libc::stat) -> bool {
-        let journaled = self.ctx.done.get(&o.src).is_some_and(|d| d.same_source(st));
+        let journaled = self
+            .ctx
+            .tables
+            .done
+            .get(&o.src)
+            .is_some_and(|d| d.same_source(st));
         // A final name only ever holds a complete, durable copy (temp + sync + rename), and
         // the copy carries the source's ns mtime: when resuming, a destination with the
         // source's size and mtime is this job's finished copy even if the crash came before
@@ -206,15 +211,15 @@ impl CopyReactor {
         // The temp name a killed run of this job may have left beside it goes too (nothing
         // else would replace it).
         if !o.parent.as_ref().is_some_and(|p| p.made) {
-            let tmp = crate::temp::temp_name(&o.dst, &self.ctx.temp_token);
+            let tmp = crate::temp::temp_name(&o.dst, &self.ctx.record.temp_token);
             if let Err(e) = meta::remove_stale_temp(o.at.map(|a| a.1), &tmp) {
                 self.ctx.stats.error(e);
             }
         }
-        if self.ctx.manifest.is_some() {
+        if self.ctx.out.manifest.is_some() {
             // The manifest lists every file of the job, skipped ones too: with the hash the
             // journal kept, or (a copy finished just before a crash) by reading the copy.
-            let known = self.ctx.done.get(&o.src).and_then(|d| d.hash);
+            let known = self.ctx.tables.done.get(&o.src).and_then(|d| d.hash);
             let hash = match known {
                 Some(h) => Ok(h),
                 None => crate::verify::reread(&o.dst).map(|(_, h)| h),
@@ -222,13 +227,16 @@ impl CopyReactor {
             match hash {
                 Ok(h) => self
                     .ctx
+                    .out
                     .committed(&o.dst, &done_record(st, st.st_size as u64, Some(h))),
                 Err(e) => self.ctx.stats.error(e),
             }
         }
         if self.ctx.spec.preserve.links && st.st_nlink > 1 {
             self.ctx
-                .link_known((st.st_dev, st.st_ino), &o.dst, st.st_nlink);
+                .tables
+                .links
+                .known((st.st_dev, st.st_ino), &o.dst, st.st_nlink);
         }
     }
 
@@ -240,7 +248,7 @@ impl CopyReactor {
         let key = (st.st_dev, st.st_ino);
         let spec = &self.ctx.spec;
         let linked = spec.preserve.links
-            && (st.st_nlink > 1 || (spec.remove_source && self.ctx.knows_link(key)));
+            && (st.st_nlink > 1 || (spec.remove_source && self.ctx.tables.links.knows(key)));
         if !linked {
             return Ok(None);
         }
@@ -286,7 +294,7 @@ impl CopyReactor {
         anon: &mut Option<AnonSlot>,
     ) -> Result<Created, Error> {
         let ranges = meta::data_ranges(src_fd.as_raw_fd(), st, &o.src, MAX_RANGES)?;
-        let tmp = crate::temp::temp_name(&o.dst, &self.ctx.temp_token);
+        let tmp = crate::temp::temp_name(&o.dst, &self.ctx.record.temp_token);
         let dir = o.at.map(|a| a.1);
         if anon.is_some() && !o.parent.as_ref().is_some_and(|p| p.made) {
             // Nothing will create (and so replace) the old temp name.
@@ -297,7 +305,7 @@ impl CopyReactor {
                 Ok(fd) => fd,
                 Err(e) if meta::anon_unsupported(&e) => {
                     // Said once per job; named temp files work everywhere.
-                    if !self.ctx.anon_off.swap(true, Ordering::AcqRel) {
+                    if !self.ctx.fds.anon_off.swap(true, Ordering::AcqRel) {
                         eprintln!("ferry: {e}; using named temp files");
                     }
                     *anon = None;

@@ -62,7 +62,7 @@ pub fn remove_files(ctx: &Ctx, items: Vec<Moved>) -> Vec<Option<Arc<super::task:
     // One syncfs per source filesystem makes the batch's deletions durable (a batch can touch
     // thousands of directories; one fsync each would dominate small-file moves).
     for (dev, dir) in devs {
-        if let Err(e) = ctx.sync_src(dev, &dir) {
+        if let Err(e) = ctx.fds.sync_src(dev, &dir) {
             ctx.stats.error(e);
         }
     }

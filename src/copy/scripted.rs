@@ -16,6 +16,9 @@ enum Step {
     Short(u32),
     /// The op is not run; it completes with this result (a negative errno, or a count).
     Answer(i32),
+    /// A write carries its first byte flipped (after the chunk was hashed): only a re-read
+    /// of the durable copy can tell.
+    Flip,
 }
 
 /// Runs ops with blocking syscalls unless the script says otherwise for the n-th op of a kind.
@@ -52,6 +55,13 @@ impl Backend for Scripted {
             Some(Step::Short(most)) => {
                 let d = op.data_mut().expect("a short op moves data");
                 d.len = d.len.min(*most);
+                crate::io::run_blocking(&self.arena, &op, user_data)
+            }
+            Some(Step::Flip) => {
+                let d = op.data_mut().expect("a flipped op moves data");
+                let p = self.arena.ptr(d.buf, d.buf_off);
+                // SAFETY: inside the op's part of its buffer, which only this reactor touches.
+                unsafe { *p ^= 0x01 };
                 crate::io::run_blocking(&self.arena, &op, user_data)
             }
             None => crate::io::run_blocking(&self.arena, &op, user_data),
@@ -114,6 +124,16 @@ impl Run {
 
 /// Copies one file on one reactor (4 KiB buffers, per-file fsync) over the scripted backend.
 fn copy(script: &[(OpKind, usize, Step)]) -> Run {
+    copy_with(FsyncMode::File, |_| {}, script)
+}
+
+/// The same in fsync mode `fsync` (batch: with a group committer on its own thread), the
+/// spec adjusted by `adjust`.
+fn copy_with(
+    fsync: FsyncMode,
+    adjust: impl FnOnce(&mut CopySpec),
+    script: &[(OpKind, usize, Step)],
+) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     std::fs::write(&src, data()).unwrap();
@@ -122,8 +142,16 @@ fn copy(script: &[(OpKind, usize, Step)]) -> Run {
     let mut spec = CopySpec::new(vec![src.clone()], dst.clone());
     spec.buffer_size = BUF;
     spec.queue_depth = 4;
-    spec.fsync = FsyncMode::File;
-    let ctx = Arc::new(Ctx::new(spec, crate::filter::Filter::new(&[]).unwrap(), 1));
+    spec.fsync = fsync;
+    adjust(&mut spec);
+    let mut ctx = Ctx::new(spec, crate::filter::Filter::new(&[]).unwrap(), 1);
+    if let Some(root) = ctx.spec.state_dir.clone() {
+        ctx.state = Some(crate::coord::checkpoint::StateDir::open(&root, "job").unwrap());
+    }
+    let ctx = Arc::new(ctx);
+    let out = dir.path().join("out");
+    ctx.note_dst_fs(crate::meta::lstat(&out).unwrap().st_dev, &out)
+        .unwrap();
     ctx.queues.push_local(0, Task::file(&src, &dst, &None, 1));
     let io = Scripted {
         arena: Arena::new(BUF, 4),
@@ -132,8 +160,21 @@ fn copy(script: &[(OpKind, usize, Step)]) -> Run {
         script: script.iter().map(|&(k, n, s)| ((k, n), s)).collect(),
         seen: HashMap::new(),
     };
-    let mut r = CopyReactor::new(0, ctx.clone(), Box::new(io), None);
+    let (tx, committer) = match fsync {
+        FsyncMode::File => (None, None),
+        FsyncMode::Batch => {
+            let (tx, rx) = std::sync::mpsc::sync_channel(super::commit::CHANNEL);
+            let c = ctx.clone();
+            let h = std::thread::spawn(move || super::commit::run(c, rx));
+            (Some(tx), Some(h))
+        }
+    };
+    let mut r = CopyReactor::new(0, ctx.clone(), Box::new(io), tx);
     r.run().expect("the scripted ring never fails");
+    drop(r); // the committer's channel closes: it names what it holds and ends
+    if let Some(h) = committer {
+        h.join().expect("the committer ends cleanly");
+    }
     let report = ctx.stats.report(std::time::Duration::ZERO, "scripted", 1);
     Run { dir, report }
 }
@@ -220,4 +261,99 @@ fn early_eof_is_a_changed_source_retried_whole() {
     let r = copy(&[(OpKind::Read, 1, Step::Answer(0))]);
     r.assert_whole();
     assert_eq!(r.report.retries, 1);
+}
+
+#[test]
+fn enospc_at_each_write_step_fails_the_file_in_both_modes() {
+    for fsync in [FsyncMode::File, FsyncMode::Batch] {
+        for n in 1..=4 {
+            let r = copy_with(
+                fsync,
+                |_| {},
+                &[(OpKind::Write, n, Step::Answer(-libc::ENOSPC))],
+            );
+            r.assert_failed("write");
+            assert!(r.report.errors.iter().any(|e| e.contains("space")));
+        }
+    }
+}
+
+#[test]
+fn an_fsync_is_never_resubmitted_whatever_its_errno() {
+    for errno in [libc::EAGAIN, libc::EINTR, libc::ENOSPC, libc::EIO] {
+        let r = copy(&[(OpKind::Fsync, 1, Step::Answer(-errno))]);
+        r.assert_failed("fsync");
+        assert_eq!(r.report.retries, 0, "errno {errno}");
+    }
+}
+
+#[test]
+fn the_group_commit_names_whole_copies_named_or_unnamed() {
+    use crate::spec::TempMode;
+    for temp in [TempMode::Auto, TempMode::Named] {
+        let r = copy_with(FsyncMode::Batch, |s| s.temp = temp, &[]);
+        r.assert_whole();
+        let r = copy_with(
+            FsyncMode::Batch,
+            |s| s.temp = temp,
+            &[
+                (OpKind::Read, 1, Step::Short(100)),
+                (OpKind::Write, 2, Step::Short(9)),
+                (OpKind::Write, 3, Step::Answer(-libc::EAGAIN)),
+            ],
+        );
+        r.assert_whole();
+    }
+}
+
+#[test]
+fn eio_in_batch_mode_fails_the_file_cleanly() {
+    for n in 1..=4 {
+        let script = [(OpKind::Read, n, Step::Answer(-libc::EIO))];
+        copy_with(FsyncMode::Batch, |_| {}, &script).assert_failed("read");
+        let script = [(OpKind::Write, n, Step::Answer(-libc::EIO))];
+        copy_with(FsyncMode::Batch, |_| {}, &script).assert_failed("write");
+    }
+}
+
+#[test]
+fn a_copy_that_reads_back_wrong_never_gets_its_final_name() {
+    // --verify=full re-reads the durable temp file before naming it, in both commit paths.
+    for fsync in [FsyncMode::File, FsyncMode::Batch] {
+        for n in [1, 4] {
+            let full = |s: &mut CopySpec| s.verify = crate::spec::VerifyMode::Full;
+            let r = copy_with(fsync, full, &[(OpKind::Write, n, Step::Flip)]);
+            r.assert_failed("verify");
+        }
+        // Unflipped, the same check passes.
+        copy_with(fsync, |s| s.verify = crate::spec::VerifyMode::Full, &[]).assert_whole();
+    }
+}
+
+#[test]
+fn both_commit_paths_journal_and_move_only_durable_names() {
+    for fsync in [FsyncMode::File, FsyncMode::Batch] {
+        let state = tempfile::tempdir().unwrap();
+        let root = state.path().to_path_buf();
+        let r = copy_with(
+            fsync,
+            |s| {
+                s.state_dir = Some(root.clone());
+                s.remove_source = true;
+            },
+            &[],
+        );
+        assert_eq!(r.report.failed, 0, "{:?}", r.report.errors);
+        assert_eq!(std::fs::read(r.dst()).unwrap(), data());
+        assert!(
+            !r.dir.path().join("src").exists(),
+            "a move removes the source"
+        );
+        let sd = crate::coord::checkpoint::StateDir::open(&root, "job").unwrap();
+        let journal = sd.load_journal().unwrap();
+        let rec = journal
+            .get(&r.dir.path().join("src"))
+            .expect("the file is journaled once its name is durable");
+        assert_eq!(rec.size, data().len() as u64);
+    }
 }

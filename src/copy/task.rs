@@ -1,5 +1,8 @@
 //! Units of work and the shared state of one copy job.
 
+use super::links::{Claim, Links};
+use super::steer::Steering;
+use crate::coord::checkpoint::{Done, StateDir};
 use crate::error::Error;
 use crate::meta;
 use crate::queue::TaskQueues;
@@ -11,13 +14,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+pub use super::fds::{AnonSlot, DirFds, Fds, MAX_ANON_FDS, MAX_DIR_CONTINUATIONS};
+
 /// Attempts per file: the first plus 3 retries (a source that changed while it was copied, or
 /// a transient error).
 pub const MAX_ATTEMPTS: u32 = 4;
 /// Tasks a reactor's own queue holds before new ones overflow to the shared queue.
 pub const LOCAL_QUEUE: usize = 8192;
-/// Directories whose listing may be suspended (each holds an open fd) at once.
-pub const MAX_DIR_CONTINUATIONS: usize = 64;
 
 pub enum Task {
     /// A directory to create and list.
@@ -87,107 +90,6 @@ pub fn done_record(
     }
 }
 
-/// Directory pairs whose fds are kept open at once (2 fds each; never more than a quarter of
-/// RLIMIT_NOFILE, see `dir_fd_cap`). Past this, files are opened by
-/// their full paths (slower: every component is looked up again, 11.5 us/file more on ext4 in
-/// `cargo bench --bench floor`, but correct).
-pub const MAX_DIR_FD_PAIRS: usize = 2048;
-
-/// The open source directory and destination directory (O_PATH) of a DirNode: its files are
-/// opened, created and renamed relative to them, so no path is walked again per file.
-pub struct DirFds {
-    pub src: OwnedFd,
-    pub dst: OwnedFd,
-    budget: Arc<AtomicUsize>,
-}
-
-impl DirFds {
-    /// Takes one pair from the job's budget and opens it with `open`; None when the budget is
-    /// spent or `open` fails (the slot is given back), and the caller uses full paths.
-    pub fn open_within(
-        budget: &Arc<AtomicUsize>,
-        cap: usize,
-        open: impl FnOnce() -> Option<(OwnedFd, OwnedFd)>,
-    ) -> Option<DirFds> {
-        if budget.fetch_add(1, Ordering::AcqRel) >= cap {
-            budget.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        let Some((src, dst)) = open() else {
-            budget.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        };
-        Some(DirFds {
-            src,
-            dst,
-            budget: budget.clone(),
-        })
-    }
-}
-
-/// MAX_DIR_FD_PAIRS, or fewer where RLIMIT_NOFILE is low: the pairs may take a quarter of it
-/// (files in flight, listings and the journal need the rest).
-fn dir_fd_cap() -> usize {
-    MAX_DIR_FD_PAIRS.min(nofile() / 8)
-}
-
-impl Drop for DirFds {
-    fn drop(&mut self) {
-        // The fds close with their OwnedFds: a read-only directory fd and an O_PATH fd hold no
-        // data, so a close error cannot lose anything (nothing to report).
-        self.budget.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Unnamed temp files (O_TMPFILE) held open at once, from creation until their batch is
-/// durable and they are linked (one fd each; never more than half of RLIMIT_NOFILE, see
-/// `anon_cap`: directory pairs take up to a quarter, files in flight the rest). When all are
-/// held, a reactor puts new files back until the committer gives slots back (falling back to
-/// named temp files instead left 75 % of `flat` on the slow path). Four batches of 4,096.
-pub const MAX_ANON_FDS: usize = 16384;
-
-/// One slot of the unnamed-temp budget, given back when dropped (with the file's fd).
-pub struct AnonSlot(Arc<AtomicUsize>);
-
-impl AnonSlot {
-    pub fn take(budget: &Arc<AtomicUsize>, cap: usize) -> Option<AnonSlot> {
-        if budget.fetch_add(1, Ordering::AcqRel) >= cap {
-            budget.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(AnonSlot(budget.clone()))
-    }
-}
-
-impl Drop for AnonSlot {
-    fn drop(&mut self) {
-        let prev = self.0.fetch_sub(1, Ordering::AcqRel);
-        assert!(prev > 0, "unnamed-temp budget given back twice");
-    }
-}
-
-/// MAX_ANON_FDS, or fewer where RLIMIT_NOFILE is low (half of it); 0 when an unnamed file
-/// could not be linked: linkat(AT_EMPTY_PATH) needs CAP_DAC_READ_SEARCH (root has it), the
-/// fallback needs /proc.
-fn anon_cap(euid: u32) -> usize {
-    if euid != 0 && !Path::new("/proc/self/fd").exists() {
-        return 0;
-    }
-    MAX_ANON_FDS.min(nofile() / 2)
-}
-
-fn nofile() -> usize {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: valid out-pointer.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
-        return 0;
-    }
-    r.rlim_cur.min(usize::MAX as u64) as usize
-}
-
 /// A destination directory whose mode and times are applied once all its children are done
 /// (bottom-up, so writing the children does not disturb its mtime, and a 0555 source directory
 /// is filled before it becomes read-only).
@@ -247,7 +149,7 @@ pub fn child_done(parent: &Option<Arc<DirNode>>, ctx: &Ctx) {
             continue;
         }
         use super::overlap::MetaFrom;
-        let applied = match ctx.overlaps.meta_for(&node.place, &node.dst) {
+        let applied = match ctx.tables.overlaps.meta_for(&node.place, &node.dst) {
             MetaFrom::Own => Some((node.src.clone(), node.st)),
             MetaFrom::Later => None,
             MetaFrom::Winner(src, st) => Some((src, st)),
@@ -432,20 +334,6 @@ pub struct LinkWaiter {
     pub parent: Option<Arc<DirNode>>,
 }
 
-enum LinkState {
-    /// The first name is being copied; these names wait for it.
-    Copying {
-        waiters: Vec<LinkWaiter>,
-        nlink: u64,
-    },
-    /// Copied to this path; `left` more names may still come (then the entry is dropped).
-    Done {
-        path: PathBuf,
-        left: u64,
-        hash: Option<u64>,
-    },
-}
-
 pub enum LinkClaim {
     /// Copy this name; the others will link to it.
     First,
@@ -453,129 +341,95 @@ pub enum LinkClaim {
     Handled,
 }
 
-/// Everything the reactors and committer share for one job.
-/// The job's state machine and event stream, when it runs under a `Job` (set once at start).
-pub type JobLink = (
-    Arc<Mutex<crate::coord::state::Machine>>,
-    std::sync::mpsc::Sender<crate::job::Event>,
-);
-
+/// Everything the reactors and committer share for one job, by concern.
 pub struct Ctx {
+    /// What to copy and how (the command's options), and which entries.
     pub spec: CopySpec,
-    pub job_link: std::sync::OnceLock<JobLink>,
+    pub filter: crate::filter::Filter,
+    /// Pause and resume, the throttles, the stop flags, the link to the job's state machine.
+    pub steer: Steering,
+    /// Tasks waiting for a reactor.
+    pub queues: TaskQueues<Task>,
+    /// What the job counted (durable work only) and the errors it met.
+    pub stats: Stats,
+    /// Fds held open, each kind within its budget, and the filesystems' syncfs fds.
+    pub fds: Fds,
+    /// What the job knows across its files: earlier runs' work, hard links, owners, overlaps.
+    pub tables: Tables,
     /// The job's journal and checkpoint (None: not resumable).
-    pub state: Option<crate::coord::checkpoint::StateDir>,
-    /// Files an earlier run finished durably, by source path (resume skips them if unchanged).
-    pub done: HashMap<PathBuf, crate::coord::checkpoint::Done>,
-    pub job_id: Option<String>,
+    pub state: Option<StateDir>,
     /// This run continues an unfinished earlier one.
     pub resuming: bool,
-    /// `--retry-failed`: only these sources (files, and everything under failed directories).
-    pub only: Option<crate::coord::checkpoint::FailedSet>,
-    /// Sources that failed in this run (kept for `--retry-failed`), bounded.
-    failed_srcs: Mutex<Vec<(PathBuf, bool)>>,
-    /// Where each root source lands (kept in the checkpoint for resume).
-    pub targets: Vec<PathBuf>,
-    /// Set by pause: reactors submit nothing new; cleared by resume.
-    pub paused: AtomicBool,
-    /// The pause is a full destination's: no new file starts, but files already started go
-    /// on, so what fits is committed (and what does not is dropped) before the job rests.
-    pub full: AtomicBool,
-    /// Reactors with nothing left in flight after a full destination under --fail-fast; the
-    /// last one ends the job.
-    pub drained: AtomicUsize,
-    /// How many times the job was resumed (tells stale ENOSPC results from fresh ones).
-    pub resumes: std::sync::atomic::AtomicU64,
-    pub bytes_limit: crate::coord::throttle::TokenBucket,
-    pub ops_limit: crate::coord::throttle::TokenBucket,
-    pub filter: crate::filter::Filter,
-    pub queues: TaskQueues<Task>,
-    pub stats: Stats,
-    pub dir_continuations: AtomicUsize,
-    /// Directory fd pairs open (DirFds), at most `dir_fd_cap`.
-    pub dir_fds: Arc<AtomicUsize>,
-    pub dir_fd_cap: usize,
-    /// Unnamed temp files open (AnonSlot), at most `anon_cap`.
-    pub anon_fds: Arc<AtomicUsize>,
-    pub anon_cap: usize,
-    /// Set when creating an unnamed temp file failed as unsupported: named ones from then on.
-    pub anon_off: AtomicBool,
+    /// What the checkpoint keeps of this job besides its counts.
+    pub record: Record,
+    /// What the job writes besides the copies.
+    pub out: Outputs,
     /// The umask, for modes that are not preserved.
     pub umask: u32,
     /// Our effective uid (owner of the files we create), read once.
     pub euid: u32,
-    /// Files with several links, by source (dev, inode): the first copy, or who waits for it.
-    links: Mutex<HashMap<(u64, u64), LinkState>>,
+}
+
+/// Per-job tables, read and written by every reactor.
+#[derive(Default)]
+pub struct Tables {
+    /// Files an earlier run finished durably, by source path (resume skips them if unchanged).
+    pub done: HashMap<PathBuf, Done>,
+    /// `--retry-failed`: only these sources (files, and everything under failed directories).
+    pub only: Option<crate::coord::checkpoint::FailedSet>,
+    /// Files with several links: the first copy, or who waits for it.
+    pub links: Links<LinkWaiter>,
     /// Source device -> reactor that owns it.
     owners: Mutex<(HashMap<u64, usize>, usize)>,
-    /// Destination filesystems: one fd each, opened early, for syncfs.
-    dst_fs: Mutex<HashMap<u64, (OwnedFd, PathBuf)>>,
-    /// A destination filesystem got wide batches (fskind::plan_for).
-    wide_batches: AtomicBool,
-    /// Source filesystems of a move: one fd each, for syncfs after deleting sources.
-    src_fs: Mutex<HashMap<u64, (OwnedFd, PathBuf)>>,
-    /// `--manifest`: records of committed files.
-    pub manifest: Option<Mutex<crate::manifest::Writer>>,
-    /// Replaces rename-and-journal for jobs with their own commit rules (rebalance).
-    pub hook: Option<Arc<dyn super::commit::CommitHook>>,
-    /// Carried by every named temp file of this job (kept in its checkpoint): only names with
-    /// it are ever taken for this job's temps.
-    pub temp_token: crate::temp::Token,
     /// Roots whose targets overlap: the last source wins per entry.
     pub overlaps: super::overlap::Overlaps,
 }
 
-impl Ctx {
-    pub fn new(spec: CopySpec, filter: crate::filter::Filter, reactors: usize) -> Self {
-        let stats = Stats::default();
-        stats
-            .fail_fast
-            .store(spec.fail_fast, std::sync::atomic::Ordering::Relaxed);
-        let (bytes_limit, ops_limit) =
-            crate::coord::throttle::buckets(spec.bwlimit, spec.ops_limit);
-        // SAFETY: plain getter.
-        let euid = unsafe { libc::geteuid() };
-        Ctx {
-            job_link: std::sync::OnceLock::new(),
-            state: None,
-            done: HashMap::new(),
-            job_id: None,
-            resuming: false,
-            only: None,
-            failed_srcs: Mutex::new(Vec::new()),
-            targets: Vec::new(),
-            paused: AtomicBool::new(false),
-            full: AtomicBool::new(false),
-            drained: AtomicUsize::new(0),
-            resumes: std::sync::atomic::AtomicU64::new(0),
-            bytes_limit,
-            ops_limit,
-            spec,
-            filter,
-            queues: TaskQueues::new(reactors, LOCAL_QUEUE),
-            stats,
-            dir_continuations: AtomicUsize::new(0),
-            dir_fds: Arc::new(AtomicUsize::new(0)),
-            dir_fd_cap: dir_fd_cap(),
-            anon_fds: Arc::new(AtomicUsize::new(0)),
-            anon_cap: anon_cap(euid),
-            anon_off: AtomicBool::new(false),
-            umask: meta::read_umask(),
-            euid,
-            links: Mutex::new(HashMap::new()),
-            owners: Mutex::new((HashMap::new(), 0)),
-            dst_fs: Mutex::new(HashMap::new()),
-            wide_batches: AtomicBool::new(false),
-            manifest: None,
-            src_fs: Mutex::new(HashMap::new()),
-            hook: None,
-            temp_token: crate::temp::Token::random(),
-            overlaps: Default::default(),
-        }
+impl Tables {
+    /// Round-robin assignment of source devices to `reactors`, fixed for the job.
+    pub fn owner_of(&self, dev: u64, reactors: usize) -> usize {
+        let mut g = self.owners.lock().unwrap_or_else(|p| p.into_inner());
+        let (map, next) = &mut *g;
+        *map.entry(dev).or_insert_with(|| {
+            let o = *next % reactors;
+            *next += 1;
+            o
+        })
     }
+}
 
+/// What the checkpoint keeps of a job besides its counts.
+pub struct Record {
+    pub job_id: Option<String>,
+    /// Where each root source lands (kept for resume).
+    pub targets: Vec<PathBuf>,
+    /// Sources that failed in this run (kept for `--retry-failed`), bounded.
+    failed: Mutex<Vec<(PathBuf, bool)>>,
+    /// Carried by every named temp file of this job: only names with it are ever taken for
+    /// this job's temps.
+    pub temp_token: crate::temp::Token,
+}
+
+/// Gives a batch of durable, verified temp files their final places, for jobs whose commit is
+/// more than a rename (rebalance: under the object's lock, aware of concurrent writers). It
+/// owns the items: it counts them, reports their errors, and finishes (or requeues) each
+/// item's task unit. (Here, beside the Ctx it is given; `commit::CommitHook` names it too.)
+pub trait CommitHook: Send + Sync {
+    fn commit(&self, ctx: &Ctx, items: Vec<Finished>);
+}
+
+/// What a job writes besides the copies.
+#[derive(Default)]
+pub struct Outputs {
+    /// `--manifest`: records of committed files.
+    pub manifest: Option<Mutex<crate::manifest::Writer>>,
+    /// Replaces rename-and-journal for jobs with their own commit rules (rebalance).
+    pub hook: Option<Arc<dyn CommitHook>>,
+}
+
+impl Outputs {
     /// A file got its final name: record it in the manifest.
-    pub fn committed(&self, dst: &Path, done: &crate::coord::checkpoint::Done) {
+    pub fn committed(&self, dst: &Path, done: &Done) {
         if let (Some(m), Some(h)) = (&self.manifest, done.hash) {
             let ns = done.mtime.0 as i128 * 1_000_000_000 + done.mtime.1 as i128;
             m.lock()
@@ -583,47 +437,57 @@ impl Ctx {
                 .record(dst, done.size, ns, h);
         }
     }
+}
+
+impl Ctx {
+    pub fn new(spec: CopySpec, filter: crate::filter::Filter, reactors: usize) -> Self {
+        let steer = Steering::new(spec.bwlimit, spec.ops_limit, spec.fail_fast);
+        // SAFETY: plain getter.
+        let euid = unsafe { libc::geteuid() };
+        Ctx {
+            stats: Stats::new(steer.stop.clone()),
+            steer,
+            state: None,
+            resuming: false,
+            record: Record {
+                job_id: None,
+                targets: Vec::new(),
+                failed: Mutex::new(Vec::new()),
+                temp_token: crate::temp::Token::random(),
+            },
+            spec,
+            filter,
+            queues: TaskQueues::new(reactors, LOCAL_QUEUE),
+            fds: Fds::new(euid),
+            tables: Tables::default(),
+            out: Outputs::default(),
+            umask: meta::read_umask(),
+            euid,
+        }
+    }
 
     /// The first name of a multi-link file copies it; later names link to the copy (at once,
     /// or when the copy is final).
     pub fn claim_link(&self, key: (u64, u64), nlink: u64, w: LinkWaiter) -> LinkClaim {
-        let mut g = self.links.lock().unwrap_or_else(|p| p.into_inner());
-        match g.get_mut(&key) {
-            None => {
-                g.insert(
-                    key,
-                    LinkState::Copying {
-                        waiters: Vec::new(),
-                        nlink,
-                    },
-                );
-                LinkClaim::First
-            }
-            Some(LinkState::Copying { waiters, .. }) => {
-                waiters.push(w);
-                LinkClaim::Handled
-            }
-            Some(LinkState::Done { path, left, hash }) => {
-                let (path, hash) = (path.clone(), *hash);
-                *left = left.saturating_sub(1);
-                if *left == 0 {
-                    g.remove(&key);
-                }
-                drop(g);
-                self.make_link(&path, w, hash);
+        match self.tables.links.claim(key, nlink, w) {
+            Claim::First => LinkClaim::First,
+            Claim::Waiting => LinkClaim::Handled,
+            Claim::LinkTo { path, hash, waiter } => {
+                self.make_link(&path, waiter, hash);
                 LinkClaim::Handled
             }
         }
     }
 
     fn make_link(&self, existing: &Path, w: LinkWaiter, hash: Option<u64>) {
-        let linked = meta::hardlink(existing, &w.dst, &self.temp_token).and_then(|()| {
+        let linked = meta::hardlink(existing, &w.dst, &self.record.temp_token).and_then(|()| {
             Stats::add(&self.stats.hardlinks, 1);
             if let Some(h) = hash
-                && self.manifest.is_some()
+                && self.out.manifest.is_some()
             {
                 let st = meta::lstat(&w.dst)?;
-                self.committed(&w.dst, &done_record(&st, st.st_size as u64, Some(h)));
+                self.out
+                    .committed(&w.dst, &done_record(&st, st.st_size as u64, Some(h)));
             }
             if self.spec.remove_source {
                 super::remove::remove_entry(self, &w.src, &w.dst)?;
@@ -637,75 +501,17 @@ impl Ctx {
         self.queues.finish();
     }
 
-    /// A dry run: whether this is the first name of a multi-link inode seen (the others
-    /// would be linked to its copy).
-    pub fn first_name(&self, st: &libc::stat) -> bool {
-        let mut g = self.links.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (st.st_dev, st.st_ino);
-        if g.contains_key(&key) {
-            return false;
-        }
-        let state = LinkState::Copying {
-            waiters: Vec::new(),
-            nlink: st.st_nlink,
-        };
-        g.insert(key, state);
-        true
-    }
-
-    /// Whether the job has seen another name of this inode (and may see more).
-    pub fn knows_link(&self, key: (u64, u64)) -> bool {
-        self.links
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(&key)
-    }
-
-    /// Resume: a multi-link file already copied by an earlier run; its other names link to it.
-    pub fn link_known(&self, key: (u64, u64), path: &Path, nlink: u64) {
-        let mut g = self.links.lock().unwrap_or_else(|p| p.into_inner());
-        g.entry(key).or_insert_with(|| LinkState::Done {
-            path: path.to_path_buf(),
-            left: nlink.saturating_sub(1),
-            hash: None,
-        });
-    }
-
     /// ENOSPC on the destination: under a `Job` (someone can resume it) the job pauses, and
     /// nothing is failed; returns false without one (the caller fails the item). Files already
     /// started go on; the one that met ENOSPC is dropped and waits for resume.
     pub fn destination_full(&self, path: &Path) -> bool {
-        use crate::coord::state::JobState;
         // --fail-fast: nobody is there to free space and resume; the file fails and the job
         // stops like on any other error (run it again to resume).
         if self.spec.fail_fast {
             return false;
         }
-        let Some((m, tx)) = self.job_link.get() else {
-            return false;
-        };
-        let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
-        let went = g.go(JobState::Paused);
-        if went.is_ok() {
-            // Set before `paused`, so no reactor sees a bare pause that stops the started files.
-            self.full.store(true, Ordering::Release);
-        }
-        self.paused.store(true, Ordering::Release);
-        if let Ok((from, to)) = went {
-            let _ = tx.send(crate::job::Event::State { from, to });
-            let _ = tx.send(crate::job::Event::DestinationFull {
-                path: crate::error::shown(path),
-            });
-            eprintln!(
-                "ferry: destination full (writing '{}'): job paused; free space, then resume it{}",
-                crate::error::shown(path),
-                self.job_id
-                    .as_ref()
-                    .map(|id| format!(" with `ferry ctl {id} resume`"))
-                    .unwrap_or_default()
-            );
-        }
-        true
+        self.steer
+            .pause_for_room(path, self.record.job_id.as_deref())
     }
 
     /// Remembers a failed source (a file, or a directory whose subtree is then retried).
@@ -713,7 +519,7 @@ impl Ctx {
         if self.state.is_none() {
             return;
         }
-        let mut g = self.failed_srcs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self.record.failed.lock().unwrap_or_else(|p| p.into_inner());
         if g.len() < crate::coord::checkpoint::MAX_FAILED_RECORDS {
             g.push((src.to_path_buf(), is_dir));
         }
@@ -722,7 +528,7 @@ impl Ctx {
     /// Saves this run's failures for `--retry-failed`.
     pub fn save_failed(&self) {
         if let Some(sd) = &self.state {
-            let g = self.failed_srcs.lock().unwrap_or_else(|p| p.into_inner());
+            let g = self.record.failed.lock().unwrap_or_else(|p| p.into_inner());
             if let Err(e) = sd.write_failed(&g) {
                 self.stats.error(Error::os("save failures", &sd.dir, e));
             }
@@ -732,7 +538,7 @@ impl Ctx {
     /// Writes the checkpoint (no-op without a state dir). A failure is reported, not fatal:
     /// the journal alone is enough to resume.
     pub fn checkpoint(&self, state: crate::coord::state::JobState) {
-        let (Some(sd), Some(id)) = (&self.state, &self.job_id) else {
+        let (Some(sd), Some(id)) = (&self.state, &self.record.job_id) else {
             return;
         };
         use crate::coord::checkpoint::absolute;
@@ -745,7 +551,7 @@ impl Ctx {
             job_id: id.clone(),
             state,
             spec,
-            targets: self.targets.iter().map(|p| absolute(p)).collect(),
+            targets: self.record.targets.iter().map(|p| absolute(p)).collect(),
             files: self.stats.files.load(Ordering::Relaxed)
                 + self.stats.resumed_files.load(Ordering::Relaxed),
             bytes: self.stats.bytes.load(Ordering::Relaxed)
@@ -756,7 +562,7 @@ impl Ctx {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             pid: std::process::id(),
-            temp_token: Some(self.temp_token.as_str().to_string()),
+            temp_token: Some(self.record.temp_token.as_str().to_string()),
         };
         if let Err(e) = sd.write_checkpoint(&cp) {
             self.stats.error(Error::os("checkpoint", &sd.dir, e));
@@ -764,7 +570,7 @@ impl Ctx {
     }
 
     /// Records files whose copies (and names) are durable, so a rerun can skip them.
-    pub fn journal(&self, recs: &[(PathBuf, crate::coord::checkpoint::Done)]) {
+    pub fn journal(&self, recs: &[(PathBuf, Done)]) {
         if let Some(s) = &self.state
             && let Err(e) = s.append(recs)
         {
@@ -775,28 +581,7 @@ impl Ctx {
 
     /// The first name's copy has its final name: link the names that waited.
     pub fn link_done(&self, key: (u64, u64), path: &Path, hash: Option<u64>) {
-        let waiters = {
-            let mut g = self.links.lock().unwrap_or_else(|p| p.into_inner());
-            match g.remove(&key) {
-                Some(LinkState::Copying { waiters, nlink }) => {
-                    // Names not seen yet (beyond the first and the waiters) may still come.
-                    let left = nlink.saturating_sub(1 + waiters.len() as u64);
-                    if left > 0 {
-                        g.insert(
-                            key,
-                            LinkState::Done {
-                                path: path.to_path_buf(),
-                                left,
-                                hash,
-                            },
-                        );
-                    }
-                    waiters
-                }
-                _ => Vec::new(),
-            }
-        };
-        for w in waiters {
+        for w in self.tables.links.done(key, path, hash) {
             self.make_link(path, w, hash);
         }
     }
@@ -804,120 +589,52 @@ impl Ctx {
     /// The first name failed: forget it; the waiting names are copied on their own (the first
     /// of them becomes the new first).
     pub fn link_failed(&self, key: (u64, u64)) {
-        let waiters = match self
-            .links
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key)
-        {
-            Some(LinkState::Copying { waiters, .. }) => waiters,
-            _ => Vec::new(),
-        };
-        for w in waiters {
+        for w in self.tables.links.failed(key) {
             // Their outstanding units carry over to these tasks.
             self.queues.share(Task::new_file(w.src, w.dst, w.parent, 1));
         }
     }
 
-    /// Round-robin assignment of source devices to reactors, fixed for the job.
+    /// The reactor that owns a source device.
     pub fn owner_of(&self, dev: u64) -> usize {
-        let mut g = self.owners.lock().unwrap_or_else(|p| p.into_inner());
-        let n = self.queues.reactors();
-        let (map, next) = &mut *g;
-        *map.entry(dev).or_insert_with(|| {
-            let o = *next % n;
-            *next += 1;
-            o
-        })
+        self.tables.owner_of(dev, self.queues.reactors())
     }
 
-    /// Remembers a destination filesystem (by a directory on it) for syncfs, and chooses its
-    /// batches.
+    /// Remembers a destination filesystem (by a directory on it) for syncfs, chooses its
+    /// batches and lists it in the report.
     pub fn note_dst_fs(&self, dev: u64, dir: &Path) -> Result<(), Error> {
-        let mut g = self.dst_fs.lock().unwrap_or_else(|p| p.into_inner());
-        if let std::collections::hash_map::Entry::Vacant(v) = g.entry(dev) {
-            let fd = meta::open_dir(dir)?;
-            let kind = super::fskind::detect(&fd, dev);
-            let plan = super::fskind::plan_for(kind, self.spec.commit_batch);
-            if plan == super::fskind::WIDE {
-                self.wide_batches.store(true, Ordering::Release);
-            }
-            let what = if plan == super::fskind::WIDE {
-                "wide"
-            } else {
-                "standard"
-            };
+        let batch = self.spec.commit_batch;
+        let plan = |fd: &OwnedFd| {
+            let kind = super::fskind::detect(fd, dev);
+            let wide = super::fskind::plan_for(kind, batch) == super::fskind::WIDE;
+            let what = if wide { "wide" } else { "standard" };
             let line = format!("{}: {kind}, {what} batches", crate::error::shown(dir));
-            self.stats
-                .commit
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(line);
-            v.insert((fd, dir.to_path_buf()));
+            (wide, line)
+        };
+        if let Some(line) = self.fds.note_dst_fs(dev, dir, plan)? {
+            let mut g = self.stats.commit.lock().unwrap_or_else(|p| p.into_inner());
+            g.push(line);
         }
         Ok(())
     }
 
-    /// The group commit's batches: wide when any destination filesystem asked for them (one
-    /// committer serves them all).
+    /// The group commit's batches: wide when any destination filesystem asked for them.
     pub fn batch_plan(&self) -> super::fskind::BatchPlan {
-        if self.wide_batches.load(Ordering::Acquire) {
+        if self.fds.wide_batches() {
             super::fskind::WIDE
         } else {
             super::fskind::STANDARD
         }
     }
 
-    /// syncfs on a source filesystem (`dir` is any directory on it, kept open for next time).
-    pub fn sync_src(&self, dev: u64, dir: &Path) -> Result<(), Error> {
-        let mut g = self.src_fs.lock().unwrap_or_else(|p| p.into_inner());
-        if let std::collections::hash_map::Entry::Vacant(v) = g.entry(dev) {
-            v.insert((meta::open_dir(dir)?, dir.to_path_buf()));
-        }
-        let (fd, path) = g.get(&dev).expect("inserted above");
-        meta::syncfs(fd, path)
-    }
-
-    /// syncfs on the given destination filesystems (all when `devs` is None).
+    /// syncfs on the given destination filesystems (see `Fds::sync_dst`; rebalance calls
+    /// it here).
     pub fn sync_dst(&self, devs: Option<&[u64]>) -> Result<(), Error> {
-        let g = self.dst_fs.lock().unwrap_or_else(|p| p.into_inner());
-        for (dev, (fd, path)) in g.iter() {
-            if devs.is_none_or(|d| d.contains(dev)) {
-                meta::syncfs(fd, path)?;
-            }
-        }
-        Ok(())
+        self.fds.sync_dst(devs)
     }
-}
 
-#[cfg(test)]
-mod dir_fd_tests {
-    use super::*;
-
-    #[test]
-    fn dir_fd_budget_is_bounded_and_returned_on_drop() {
-        let budget = Arc::new(AtomicUsize::new(0));
-        let pair = || {
-            let open = || OwnedFd::from(std::fs::File::open("/").unwrap());
-            Some((open(), open()))
-        };
-        let mut held: Vec<DirFds> = (0..MAX_DIR_FD_PAIRS)
-            .map(|_| DirFds::open_within(&budget, MAX_DIR_FD_PAIRS, pair).expect("in budget"))
-            .collect();
-        assert!(
-            DirFds::open_within(&budget, MAX_DIR_FD_PAIRS, pair).is_none(),
-            "budget spent"
-        );
-        assert_eq!(budget.load(Ordering::Acquire), MAX_DIR_FD_PAIRS);
-        held.pop();
-        assert!(
-            DirFds::open_within(&budget, MAX_DIR_FD_PAIRS, || None).is_none(),
-            "failed open"
-        );
-        let again = DirFds::open_within(&budget, MAX_DIR_FD_PAIRS, pair)
-            .expect("a dropped pair frees its slot");
-        drop(again);
-        held.clear();
-        assert_eq!(budget.load(Ordering::Acquire), 0, "every slot given back");
+    /// syncfs on a source filesystem (see `Fds::sync_src`; rebalance calls it here).
+    pub fn sync_src(&self, dev: u64, dir: &Path) -> Result<(), Error> {
+        self.fds.sync_src(dev, dir)
     }
 }

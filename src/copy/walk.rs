@@ -1,7 +1,7 @@
 //! Directory tasks: create the destination directory, list the source in batches and turn each
 //! entry into work. Directories are tasks like files, so the walk runs on every reactor at once.
 
-use super::task::{Ctx, DirFds, DirNode, MAX_DIR_CONTINUATIONS, Task, child_done};
+use super::task::{Ctx, DirNode, Task, child_done};
 use crate::dirents::{self, DirStream, Kind};
 use crate::error::Error;
 use crate::meta;
@@ -24,7 +24,7 @@ pub fn start_dir(
     parent: Option<Arc<DirNode>>,
     buf: &mut [u8],
 ) -> bool {
-    if ctx.queues.outstanding() > WALK_AHEAD && !ctx.stats.abort.load(Ordering::Acquire) {
+    if ctx.queues.outstanding() > WALK_AHEAD && !ctx.steer.stop.aborted() {
         // The walk is far ahead of the copy: this directory waits behind the queued files
         // (nothing is open yet, so any number of directories can wait).
         ctx.queues.requeue_last(Task::Dir { src, dst, parent });
@@ -39,11 +39,12 @@ pub fn start_dir(
                 _ => PathBuf::new(),
             };
             let place = match &parent {
-                Some(p) => ctx.overlaps.place_below(&p.place, &dst, &ctx.filter),
+                Some(p) => ctx.tables.overlaps.place_below(&p.place, &dst, &ctx.filter),
                 None => ctx
+                    .tables
                     .overlaps
                     .root_index(&src, &dst)
-                    .map(|i| ctx.overlaps.place_of_root(i, &ctx.filter))
+                    .map(|i| ctx.tables.overlaps.place_of_root(i, &ctx.filter))
                     .unwrap_or_default(),
             };
             let node = Arc::new(DirNode {
@@ -133,26 +134,24 @@ pub fn list_more(
 ) -> bool {
     let mut listed = false;
     if was_suspended {
-        ctx.dir_continuations.fetch_sub(1, Ordering::AcqRel);
+        ctx.fds.resume_listing();
     }
     let owner = ctx.owner_of(node.st.st_dev);
     // Reused by every batch of this listing (entries in inode order).
     let mut order = Vec::new();
     loop {
-        if ctx.stats.abort.load(Ordering::Acquire) {
+        if ctx.steer.stop.aborted() {
             break;
         }
         if ctx.queues.outstanding() > WALK_AHEAD {
             // The walk is far ahead of the copy: let the queued files go first (memory stays
             // flat however many entries the tree has). Bounded by the suspended-listing limit.
-            let suspended = ctx.dir_continuations.fetch_add(1, Ordering::AcqRel);
-            if suspended < MAX_DIR_CONTINUATIONS {
+            if ctx.fds.suspend_listing() {
                 // Behind the queued files (a reactor's own queue may hold only continuations
                 // while the files overflowed to the shared queue: requeueing locally would spin).
                 ctx.queues.requeue_last(Task::DirMore { stream, src, node });
                 return listed;
             }
-            ctx.dir_continuations.fetch_sub(1, Ordering::AcqRel);
         }
         listed = true;
         let n = match stream.fill(buf) {
@@ -172,12 +171,10 @@ pub fn list_more(
             // without a trip through the queue.
             continue;
         }
-        let suspended = ctx.dir_continuations.fetch_add(1, Ordering::AcqRel);
-        if suspended < MAX_DIR_CONTINUATIONS {
+        if ctx.fds.suspend_listing() {
             ctx.queues.requeue(me, Task::DirMore { stream, src, node });
             return true;
         }
-        ctx.dir_continuations.fetch_sub(1, Ordering::AcqRel);
     }
     // The listing itself is one of the node's pending units.
     ctx.stats.walking.fetch_sub(1, Ordering::AcqRel);
@@ -212,6 +209,7 @@ fn take_entry(
         return;
     }
     if ctx
+        .tables
         .overlaps
         .replaced(&node.place, &node.dst, os, kind == Kind::Dir, &ctx.filter)
     {
@@ -231,7 +229,7 @@ fn take_entry(
         // directories never take from the budget). Their syscalls go relative to them
         // when the budget allows; any failure here only means full paths.
         node.fds.get_or_init(|| {
-            DirFds::open_within(&ctx.dir_fds, ctx.dir_fd_cap, || {
+            ctx.fds.dir_pair(|| {
                 stream
                     .dup_fd()
                     .ok()
@@ -246,7 +244,13 @@ fn take_entry(
 /// A dry run's count of a regular file: a file, or a hard link where the copy would link it
 /// to an earlier name of the same inode.
 pub fn count_dry(ctx: &Ctx, st: &libc::stat) {
-    if ctx.spec.preserve.links && st.st_nlink > 1 && !ctx.first_name(st) {
+    if ctx.spec.preserve.links
+        && st.st_nlink > 1
+        && !ctx
+            .tables
+            .links
+            .first_name((st.st_dev, st.st_ino), st.st_nlink)
+    {
         Stats::add(&ctx.stats.hardlinks, 1);
         return;
     }
@@ -318,7 +322,7 @@ pub fn copy_inline(ctx: &Ctx, src: &Path, dst: &Path) -> Result<(), Error> {
                 &st,
                 &ctx.spec.preserve,
                 ctx.umask,
-                &ctx.temp_token,
+                &ctx.record.temp_token,
             )?;
             Stats::add(&ctx.stats.symlinks, 1);
         }
@@ -329,7 +333,7 @@ pub fn copy_inline(ctx: &Ctx, src: &Path, dst: &Path) -> Result<(), Error> {
                 &st,
                 &ctx.spec.preserve,
                 ctx.umask,
-                &ctx.temp_token,
+                &ctx.record.temp_token,
             )?;
             Stats::add(&ctx.stats.specials, 1);
         }
