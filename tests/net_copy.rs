@@ -3,81 +3,27 @@
 //! random bytes), after each of which the server still serves.
 
 mod common;
+mod netkit;
 use common::*;
+use netkit::{Server, os};
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-
-struct Server {
-    child: Child,
-    port: u16,
-    log: Arc<Mutex<String>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-}
+use std::path::Path;
+use std::process::{Command, Stdio};
 
 /// A CA with a server certificate for "localhost" and a client certificate.
-fn pki(dir: &Path) -> (PathBuf, PathBuf) {
-    ferry::net::certs::init(dir).unwrap();
-    ferry::net::certs::issue(dir, "localhost", 0, 30).unwrap();
-    ferry::net::certs::issue(dir, "client", 0, 30).unwrap();
-    (dir.join("localhost"), dir.join("client"))
+fn pki(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    netkit::pki(dir, "localhost")
 }
 
 fn serve(tls: &Path, exports: &[(&str, &Path)]) -> Server {
     serve_on(tls, exports, 0)
 }
 
+/// The server's state (its temp-name token) stays beside its TLS files: the same on a restart.
 fn serve_on(tls: &Path, exports: &[(&str, &Path)], port: u16) -> Server {
-    let mut cmd = Command::new(BIN);
-    let listen = format!("127.0.0.1:{port}");
-    // The server's state (its temp-name token) beside its TLS files: the same on a restart.
-    cmd.args(["serve", "--listen", &listen, "--tls-dir"])
-        .arg(tls)
-        .arg("--state-dir")
-        .arg(tls.with_extension("serve-state"));
-    for (n, d) in exports {
-        let mut e = std::ffi::OsString::from(format!("{n}="));
-        e.push(d.as_os_str());
-        cmd.arg("--export").arg(e);
-    }
-    let mut child = cmd
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let first = lines.next().expect("serve says where it listens").unwrap();
-    let port: u16 = first
-        .split("listening on 127.0.0.1:")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no port in {first:?}"));
-    let log = Arc::new(Mutex::new(String::new()));
-    let l2 = log.clone();
-    std::thread::spawn(move || {
-        for l in lines.map_while(Result::ok) {
-            let mut g = l2.lock().unwrap();
-            g.push_str(&l);
-            g.push('\n');
-        }
-    });
-    Server { child, port, log }
+    netkit::serve(tls, exports, "127.0.0.1", port, None)
 }
 
 fn url(s: &Server, rest: &str) -> String {
@@ -88,14 +34,9 @@ fn run(args: &[&OsStr]) -> std::process::Output {
     ferry_with(args, std::time::Duration::from_secs(120), None)
 }
 
-fn os<S: AsRef<OsStr> + ?Sized>(s: &S) -> &OsStr {
-    s.as_ref()
-}
-
-/// The fixture without what the network path does not carry yet (FIFOs).
+/// The fixture (its FIFO included: FIFOs travel as nodes).
 fn tree(root: &Path) {
     build_tree(root);
-    std::fs::remove_file(root.join("odd/fifo")).unwrap();
 }
 
 fn push(client: &Path, src: &Path, to: &str, state: &Path) -> std::process::Output {

@@ -78,6 +78,34 @@ pub fn open_dir(root: RawFd, rel: &[u8]) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// Paths longer than this are opened a piece at a time (openat2 refuses PATH_MAX and more).
+const PIECE: usize = 3072;
+
+/// As [`open_dir`], for a path of any length: a long one is opened piece by piece (each
+/// piece beneath the directory the previous one opened, so still beneath `root`).
+pub fn open_dir_long(root: RawFd, rel: &[u8]) -> io::Result<OwnedFd> {
+    if rel.len() < PIECE {
+        return open_dir(root, rel);
+    }
+    let mut fd: Option<OwnedFd> = None;
+    let mut start = 0;
+    while start < rel.len() {
+        let mut end = rel.len();
+        if end - start >= PIECE {
+            // The last '/' within the piece (a name is at most 255 bytes, so there is one).
+            end = start
+                + rel[start..start + PIECE]
+                    .iter()
+                    .rposition(|&b| b == b'/')
+                    .ok_or_else(|| io::Error::from_raw_os_error(libc::ENAMETOOLONG))?;
+        }
+        let at = fd.as_ref().map_or(root, |f| f.as_raw_fd());
+        fd = Some(open_dir(at, &rel[start..end])?);
+        start = end + 1;
+    }
+    fd.map_or_else(|| open_dir(root, b""), Ok)
+}
+
 /// lstat of `name` in `dir`; None if it does not exist.
 pub fn stat_at(dir: RawFd, name: &[u8]) -> io::Result<Option<libc::stat>> {
     let c = cstr(name)?;
@@ -146,6 +174,20 @@ pub fn symlink_at(target: &[u8], dir: RawFd, name: &[u8]) -> io::Result<()> {
     check(unsafe { libc::symlinkat(t.as_ptr(), dir, n.as_ptr()) })
 }
 
+/// A hard link `dir/name` to `from_dir/from` (never following a symlink).
+pub fn link_at(from_dir: RawFd, from: &[u8], dir: RawFd, name: &[u8]) -> io::Result<()> {
+    let (a, b) = (cstr(from)?, cstr(name)?);
+    // SAFETY: valid fds and C strings.
+    check(unsafe { libc::linkat(from_dir, a.as_ptr(), dir, b.as_ptr(), 0) })
+}
+
+/// A FIFO or device node (`mode` carries its type).
+pub fn mknod_at(dir: RawFd, name: &[u8], mode: u32, rdev: u64) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid fd and C string.
+    check(unsafe { libc::mknodat(dir, c.as_ptr(), mode, rdev as libc::dev_t) })
+}
+
 pub fn readlink_at(dir: RawFd, name: &[u8]) -> io::Result<Vec<u8>> {
     let c = cstr(name)?;
     let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
@@ -212,5 +254,41 @@ mod tests {
         assert!(open_dir(fd, b"link").is_err(), "symlink followed");
         assert!(open_dir(fd, b"d/../..").is_err(), "escaped with ..");
         assert!(open_dir(fd, b"/etc").is_err(), "absolute path");
+    }
+
+    #[test]
+    fn paths_past_path_max_open_piece_by_piece() {
+        let t = tempfile::tempdir().unwrap();
+        let root = std::fs::File::open(t.path()).unwrap();
+        let comp = [b'd'; 200];
+        let mut rel = Vec::new();
+        let mut fd = root.try_clone().unwrap();
+        for _ in 0..30 {
+            mkdir_at(fd.as_raw_fd(), &comp, 0o700).unwrap();
+            fd = std::fs::File::from(open_dir(fd.as_raw_fd(), &comp).unwrap());
+            rel = join(&rel, &comp);
+        }
+        assert!(rel.len() > libc::PATH_MAX as usize);
+        assert!(
+            open_dir(root.as_raw_fd(), &rel).is_err(),
+            "openat2 takes it whole"
+        );
+        let d = open_dir_long(root.as_raw_fd(), &rel).unwrap();
+        let (a, b) = (fstat_ino(d.as_raw_fd()), fstat_ino(fd.as_raw_fd()));
+        assert_eq!(a, b);
+        // Each piece stays beneath the directory it starts from: `..` cannot climb out.
+        let mut bad = rel.clone();
+        for _ in 0..31 {
+            bad.extend_from_slice(b"/..");
+        }
+        let e = open_dir_long(root.as_raw_fd(), &bad).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EXDEV), "{e}");
+    }
+
+    fn fstat_ino(fd: RawFd) -> u64 {
+        // SAFETY: zeroed stat is valid; valid fd.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::fstat(fd, &mut st) }, 0);
+        st.st_ino
     }
 }

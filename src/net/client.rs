@@ -143,8 +143,6 @@ struct Journal {
     sd: StateDir,
     /// Durable at the far end by an earlier run or attempt (skipped when unchanged).
     done: HashMap<PathBuf, Done>,
-    /// Acknowledged in this run.
-    now: HashMap<PathBuf, Done>,
     /// What the far end has already (the remote quick check).
     quick: QuickCheck,
 }
@@ -179,10 +177,7 @@ impl Hooks for Journal {
             // Not fatal: those files are durable remotely, a rerun merely sends them again.
             eprintln!("ferry: journal: {e}");
         }
-        for (k, d) in recs {
-            self.done.insert(k.clone(), d);
-            self.now.insert(k, d);
-        }
+        self.done.extend(recs);
     }
 }
 
@@ -274,7 +269,6 @@ pub fn push(sources: &[PathBuf], r: &Remote, o: &Options) -> Result<Pushed, Fata
     let j = std::sync::Mutex::new(Journal {
         sd,
         done,
-        now: HashMap::new(),
         quick: QuickCheck(quick),
     });
     let mut conns = vec![c];
@@ -289,7 +283,9 @@ pub fn push(sources: &[PathBuf], r: &Remote, o: &Options) -> Result<Pushed, Fata
     }
     Ok(Pushed {
         out,
-        durable: j.now,
+        // An interrupted run's journaled files count too: a rerun of a move skips them
+        // (durable there already) and must still remove their sources.
+        durable: j.done,
         roots: local_roots(sources, t)?,
     })
 }
@@ -353,7 +349,8 @@ pub(super) fn reconnect(
     }
 }
 
-/// A finished push: the outcome, what became durable in this run, and the local roots.
+/// A finished push: the outcome, what is durable at the far end (this run's acknowledged
+/// files and those journaled by an interrupted earlier run), and the local roots.
 pub struct Pushed {
     pub out: Outcome,
     pub durable: HashMap<PathBuf, Done>,
@@ -397,7 +394,13 @@ pub fn move_push(sources: &[PathBuf], r: &Remote, o: &Options) -> Result<Outcome
                             == Some(&e.link)
                     })
             }
-            Kind::Other => false,
+            Kind::Other => {
+                p.durable.contains_key(&key)
+                    && remote.is_some_and(|e| {
+                        e.meta.mode & libc::S_IFMT == item.st.st_mode & libc::S_IFMT
+                            && e.size == item.st.st_rdev
+                    })
+            }
         };
         if !ok {
             continue;

@@ -22,3 +22,4 @@ pub mod tls;
 pub mod url;
 pub mod verify;
 pub mod walk;
+pub mod xattr;

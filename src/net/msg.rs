@@ -5,7 +5,7 @@
 use super::frame::{self, Cursor, Frame, ProtoError, put_bytes};
 
 /// Bumped on any change to the messages; Hello and Welcome themselves never change.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// The start of every Hello/Welcome payload (anything else is not a ferry peer).
 pub const MAGIC: &[u8; 8] = b"FERRYNET";
 
@@ -100,7 +100,28 @@ pub enum Msg {
     Fail { id: u64, msg: String },
     /// Receiver → sender: everything is durable, directories included.
     Finished,
-    /// Verify: one entry of the server's side (`hash` 0 for non-files).
+    /// Sender → receiver: the extended attributes (POSIX ACLs included) of the next Dir,
+    /// File, Seal, Symlink or Node, as (name, value) pairs.
+    Xattrs { pairs: Vec<(Vec<u8>, Vec<u8>)> },
+    /// Sender → receiver: `path` is another name of the file `target` (a hard link), sent
+    /// only once `target` has its final name there; named with the next batch.
+    Link {
+        id: u64,
+        path: Vec<u8>,
+        target: Vec<u8>,
+    },
+    /// Sender → receiver: a FIFO or a device node (`rdev`), named with the next batch.
+    Node {
+        id: u64,
+        path: Vec<u8>,
+        rdev: u64,
+        meta: Meta,
+    },
+    /// Inside a file or range: `len` zero bytes that are not sent (a hole of a sparse file;
+    /// the receiver leaves a hole and hashes them as zeros).
+    Hole { len: u64 },
+    /// Verify: one entry of the server's side (`hash` 0 for non-files; a device's `size` is
+    /// its device number).
     Entry {
         path: Vec<u8>,
         meta: Meta,
@@ -130,10 +151,14 @@ const T_ENTRY: u8 = 16;
 const T_PART: u8 = 17;
 const T_SEAL: u8 = 18;
 const T_SKIPPED: u8 = 19;
+const T_XATTRS: u8 = 20;
+const T_LINK: u8 = 21;
+const T_NODE: u8 = 22;
+const T_HOLE: u8 = 23;
 
 /// Whether a frame type exists in this version.
 pub fn known(kind: u8) -> bool {
-    (T_HELLO..=T_SKIPPED).contains(&kind)
+    (T_HELLO..=T_HOLE).contains(&kind)
 }
 
 fn put_meta(out: &mut Vec<u8>, m: &Meta) {
@@ -164,6 +189,23 @@ fn get_meta(c: &mut Cursor) -> Result<Meta, ProtoError> {
         atime: t[0],
         mtime: t[1],
     })
+}
+
+/// The head File and Seal share: id, path, size, metadata.
+fn put_head(p: &mut Vec<u8>, id: u64, path: &[u8], size: u64, meta: &Meta) {
+    p.extend_from_slice(&id.to_le_bytes());
+    put_bytes(p, path);
+    p.extend_from_slice(&size.to_le_bytes());
+    put_meta(p, meta);
+}
+
+fn get_head(c: &mut Cursor) -> Result<(u64, Vec<u8>, u64, Meta), ProtoError> {
+    Ok((
+        c.u64("id")?,
+        c.bytes("path")?.to_vec(),
+        c.u64("size")?,
+        get_meta(c)?,
+    ))
 }
 
 fn hello_payload(version: u16) -> Vec<u8> {
@@ -238,10 +280,7 @@ impl Msg {
                 size,
                 meta,
             } => {
-                p.extend_from_slice(&id.to_le_bytes());
-                put_bytes(p, path);
-                p.extend_from_slice(&size.to_le_bytes());
-                put_meta(p, meta);
+                put_head(p, *id, path, *size, meta);
                 T_FILE
             }
             Msg::Data { bytes } => {
@@ -305,15 +344,48 @@ impl Msg {
                 size,
                 meta,
             } => {
-                p.extend_from_slice(&id.to_le_bytes());
-                put_bytes(p, path);
-                p.extend_from_slice(&size.to_le_bytes());
-                put_meta(p, meta);
+                put_head(p, *id, path, *size, meta);
                 T_SEAL
             }
             Msg::Skipped { n } => {
                 p.extend_from_slice(&n.to_le_bytes());
                 T_SKIPPED
+            }
+            _ => self.payload_meta(p),
+        }
+    }
+
+    fn payload_meta(&self, p: &mut Vec<u8>) -> u8 {
+        match self {
+            Msg::Xattrs { pairs } => {
+                p.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+                for (n, v) in pairs {
+                    put_bytes(p, n);
+                    put_bytes(p, v);
+                }
+                T_XATTRS
+            }
+            Msg::Link { id, path, target } => {
+                p.extend_from_slice(&id.to_le_bytes());
+                put_bytes(p, path);
+                put_bytes(p, target);
+                T_LINK
+            }
+            Msg::Node {
+                id,
+                path,
+                rdev,
+                meta,
+            } => {
+                p.extend_from_slice(&id.to_le_bytes());
+                put_bytes(p, path);
+                p.extend_from_slice(&rdev.to_le_bytes());
+                put_meta(p, meta);
+                T_NODE
+            }
+            Msg::Hole { len } => {
+                p.extend_from_slice(&len.to_le_bytes());
+                T_HOLE
             }
             _ => unreachable!("control messages are encoded by payload()"),
         }
@@ -380,12 +452,15 @@ impl Msg {
                 target: c.bytes("target")?.to_vec(),
                 meta: get_meta(c)?,
             },
-            T_FILE => Msg::File {
-                id: c.u64("id")?,
-                path: c.bytes("path")?.to_vec(),
-                size: c.u64("size")?,
-                meta: get_meta(c)?,
-            },
+            T_FILE => {
+                let (id, path, size, meta) = get_head(c)?;
+                Msg::File {
+                    id,
+                    path,
+                    size,
+                    meta,
+                }
+            }
             T_DATA => Msg::Data {
                 bytes: c.rest().to_vec(),
             },
@@ -410,12 +485,15 @@ impl Msg {
                 offset: c.u64("offset")?,
                 len: c.u64("length")?,
             },
-            T_SEAL => Msg::Seal {
-                id: c.u64("id")?,
-                path: c.bytes("path")?.to_vec(),
-                size: c.u64("size")?,
-                meta: get_meta(c)?,
-            },
+            T_SEAL => {
+                let (id, path, size, meta) = get_head(c)?;
+                Msg::Seal {
+                    id,
+                    path,
+                    size,
+                    meta,
+                }
+            }
             T_SKIPPED => Msg::Skipped {
                 n: c.u64("skipped")?,
             },
@@ -425,6 +503,39 @@ impl Msg {
                 size: c.u64("size")?,
                 hash: c.u64("hash")?,
                 link: c.bytes("link")?.to_vec(),
+            },
+            other => return Self::decode_meta(other, c),
+        };
+        c.end("trailing bytes")?;
+        Ok(m)
+    }
+
+    fn decode_meta(kind: u8, c: &mut Cursor) -> Result<Msg, ProtoError> {
+        let m = match kind {
+            T_XATTRS => {
+                let n = c.u32("xattr count")?;
+                let mut pairs = Vec::new();
+                for _ in 0..n {
+                    // Each pair takes at least 8 bytes of the (bounded) payload: no
+                    // allocation beyond what arrived.
+                    let name = c.bytes("xattr name")?.to_vec();
+                    pairs.push((name, c.bytes("xattr value")?.to_vec()));
+                }
+                Msg::Xattrs { pairs }
+            }
+            T_LINK => Msg::Link {
+                id: c.u64("id")?,
+                path: c.bytes("path")?.to_vec(),
+                target: c.bytes("link target")?.to_vec(),
+            },
+            T_NODE => Msg::Node {
+                id: c.u64("id")?,
+                path: c.bytes("path")?.to_vec(),
+                rdev: c.u64("device")?,
+                meta: get_meta(c)?,
+            },
+            T_HOLE => Msg::Hole {
+                len: c.u64("hole")?,
             },
             other => return Err(ProtoError::UnknownType(other)),
         };
@@ -576,13 +687,53 @@ mod tests {
     }
 
     #[test]
+    fn metadata_messages_round_trip() {
+        let meta = Meta {
+            mode: 0o020640,
+            uid: 3,
+            gid: 4,
+            atime: (0, 0),
+            mtime: (1_700_000_000, 5),
+        };
+        for m in [
+            Msg::Xattrs {
+                pairs: vec![
+                    (b"user.a".to_vec(), b"x\0y".to_vec()),
+                    (b"system.posix_acl_access".to_vec(), vec![]),
+                ],
+            },
+            Msg::Xattrs { pairs: vec![] },
+            Msg::Link {
+                id: 12,
+                path: b"a/two".to_vec(),
+                target: b"one".to_vec(),
+            },
+            Msg::Node {
+                id: 13,
+                path: b"fifo".to_vec(),
+                rdev: 0x0103,
+                meta,
+            },
+            Msg::Hole { len: 1 << 30 },
+        ] {
+            roundtrip(m);
+        }
+    }
+
+    #[test]
     fn another_version_is_refused_by_number() {
         let mut wire = Vec::new();
         Msg::Hello { version: 1 }.encode(&mut wire);
         let mut d = MsgDecoder::new();
         d.push(&wire);
         let e = d.next_msg().unwrap_err();
-        assert_eq!(e, ProtoError::Version { ours: 2, theirs: 1 });
+        assert_eq!(
+            e,
+            ProtoError::Version {
+                ours: VERSION,
+                theirs: 1
+            }
+        );
         assert!(e.to_string().contains("version mismatch"), "{e}");
     }
 

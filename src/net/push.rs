@@ -12,9 +12,12 @@ use super::client::{Fatal, RETRY_FOR, fatal, reconnect, transient};
 use super::conn::Conn;
 use super::frame::MAX_CHUNK;
 use super::msg::{Meta, Msg};
-use super::send::{Hooks, Outcome, Sent, meta_of, send_range};
+use super::send::{
+    Hooks, LinkTo, Links, NO_SOCKETS, Outcome, Sent, is_node, meta_of, send_range, xattrs_of,
+};
 use super::url::Remote;
 use super::walk::{Item, Kind, Walker};
+use super::xattr::Pairs;
 use super::{beneath, client};
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -48,9 +51,13 @@ struct Split {
 
 #[derive(Clone)]
 enum Job {
-    Dir(Vec<u8>, Meta),
+    Dir(Vec<u8>, Meta, Pairs),
     Symlink(Item),
     File(Item),
+    /// A FIFO or device node.
+    Node(Item),
+    /// A later name of a file sent before: sent by stream 0 once every other stream is done.
+    Link(LinkTo),
     Part(Arc<Split>, u64, u64),
     Seal(Arc<Split>),
 }
@@ -73,6 +80,8 @@ struct Shared<'a> {
     finished_cv: Condvar,
     /// A stream failed for good: the others stop.
     abort: AtomicBool,
+    /// Hard links, for stream 0 to send last.
+    links: Mutex<Vec<Job>>,
     streams: usize,
     remote: &'a Remote,
     opts: &'a client::Options,
@@ -89,7 +98,7 @@ struct Stream<'a> {
     /// To send before anything else: entries of a broken connection, Seals.
     redo: VecDeque<Job>,
     /// Stream 0: every Dir sent (sent again on a new connection: their metadata).
-    dirs_sent: Vec<(Vec<u8>, Meta)>,
+    dirs_sent: Vec<(Vec<u8>, Meta, Pairs)>,
     resend_dirs: bool,
     flushed: bool,
     progress: bool,
@@ -123,6 +132,7 @@ pub fn run(
         finished: Mutex::new(0),
         finished_cv: Condvar::new(),
         abort: AtomicBool::new(false),
+        links: Mutex::new(Vec::new()),
         streams: conns.len(),
         remote: r,
         opts: o,
@@ -168,6 +178,7 @@ fn feed(
     dirs: &mpsc::Sender<Job>,
 ) -> Outcome {
     let mut out = Outcome::default();
+    let mut links = Links::default();
     for item in walker {
         if sh.abort.load(Ordering::Relaxed) {
             break;
@@ -179,7 +190,12 @@ fn feed(
                 continue;
             }
         };
-        let wanted = matches!(item.kind, Kind::Dir | Kind::Other)
+        if item.kind == Kind::Other && !is_node(&item.st) {
+            out.errors.push((item.rel, NO_SOCKETS.into()));
+            continue;
+        }
+        let later = links.seen(&item);
+        let wanted = item.kind == Kind::Dir
             || sh
                 .hooks
                 .lock()
@@ -189,28 +205,40 @@ fn feed(
             out.skipped += 1;
             continue;
         }
-        let size = item.st.st_size as u64;
+        if let Some(target) = later {
+            let l = Job::Link(LinkTo::new(&item, target));
+            sh.links.lock().unwrap_or_else(|p| p.into_inner()).push(l);
+            continue;
+        }
         let sent = match item.kind {
-            Kind::Dir => dirs
-                .send(Job::Dir(item.rel.clone(), meta_of(&item.st)))
-                .is_ok(),
-            Kind::Symlink => put(sh, q, Job::Symlink(item)),
-            Kind::File if sh.streams > 1 && size >= SPLIT_MIN => split(item, sh, q),
-            Kind::File => put(sh, q, Job::File(item)),
-            Kind::Other => {
-                out.errors.push((
-                    item.rel,
-                    "not sent: FIFOs, devices and sockets are not supported over the network yet"
-                        .into(),
-                ));
-                true
-            }
+            Kind::Dir => match xattrs_of(&item) {
+                Ok(pairs) => {
+                    let meta = meta_of(&item.st);
+                    dirs.send(Job::Dir(item.rel, meta, pairs)).is_ok()
+                }
+                Err(e) => {
+                    out.errors.push((item.rel, e));
+                    true
+                }
+            },
+            _ => queue(item, sh, q),
         };
         if !sent {
             break; // every stream is gone (failed): they report why
         }
     }
     out
+}
+
+/// Queues a symlink, file (a big one as ranges) or node.
+fn queue(item: Item, sh: &Shared, q: &mpsc::SyncSender<Job>) -> bool {
+    let size = item.st.st_size as u64;
+    match item.kind {
+        Kind::Symlink => put(sh, q, Job::Symlink(item)),
+        Kind::File if sh.streams > 1 && size >= SPLIT_MIN => split(item, sh, q),
+        Kind::File => put(sh, q, Job::File(item)),
+        _ => put(sh, q, Job::Node(item)),
+    }
 }
 
 /// Queues a job, waiting while the queue is full; false: the streams stopped.
@@ -332,10 +360,35 @@ impl<'a> Stream<'a> {
     /// ends the session (stream 0 last).
     fn pump(&mut self) -> io::Result<()> {
         if std::mem::take(&mut self.resend_dirs) {
-            for (rel, meta) in self.dirs_sent.clone() {
+            for (rel, meta, pairs) in self.dirs_sent.clone() {
+                if !pairs.is_empty() {
+                    self.conn.send(&Msg::Xattrs { pairs })?;
+                }
                 self.conn.send(&Msg::Dir { path: rel, meta })?;
             }
         }
+        loop {
+            self.send_all()?;
+            if self.k != 0 {
+                break;
+            }
+            self.wait_others()?;
+            // Every file is named at the far end now: the hard links to them can go.
+            let links =
+                std::mem::take(&mut *self.sh.links.lock().unwrap_or_else(|p| p.into_inner()));
+            if links.is_empty() {
+                break;
+            }
+            self.redo.extend(links);
+        }
+        self.conn.send(&Msg::Done)?;
+        self.conn.flush()?;
+        while self.take_acks(true)? {}
+        Ok(())
+    }
+
+    /// Sends until the walk is over and everything of this stream is acknowledged.
+    fn send_all(&mut self) -> io::Result<()> {
         loop {
             if self.sh.abort.load(Ordering::Relaxed) {
                 return Err(io::Error::other(STOPPED));
@@ -350,20 +403,15 @@ impl<'a> Stream<'a> {
                     self.ask_ack()?;
                     self.take_acks_for(Duration::from_millis(1))?;
                 }
-                Next::Drained if self.pending.is_empty() && self.redo.is_empty() => break,
+                Next::Drained if self.pending.is_empty() && self.redo.is_empty() => {
+                    return Ok(());
+                }
                 Next::Drained => {
                     self.ask_ack()?;
                     self.take_acks(true)?;
                 }
             }
         }
-        if self.k == 0 {
-            self.wait_others()?;
-        }
-        self.conn.send(&Msg::Done)?;
-        self.conn.flush()?;
-        while self.take_acks(true)? {}
-        Ok(())
     }
 
     /// Stream 0: waits until every other stream is finished (its Done applies directory
@@ -450,9 +498,13 @@ impl<'a> Stream<'a> {
 
     fn send_job(&mut self, j: Job) -> io::Result<()> {
         match &j {
-            Job::Dir(rel, meta) => {
+            Job::Dir(rel, meta, pairs) => {
                 if self.k == 0 {
-                    self.dirs_sent.push((rel.clone(), *meta));
+                    self.dirs_sent.push((rel.clone(), *meta, pairs.clone()));
+                }
+                if !pairs.is_empty() {
+                    let pairs = pairs.clone();
+                    self.conn.send(&Msg::Xattrs { pairs })?;
                 }
                 self.conn.send(&Msg::Dir {
                     path: rel.clone(),
@@ -461,6 +513,9 @@ impl<'a> Stream<'a> {
             }
             Job::Symlink(item) => match beneath::readlink_at(item.dir.as_raw_fd(), &item.name) {
                 Ok(target) => {
+                    if !self.xattrs(item)? {
+                        return Ok(());
+                    }
                     let (path, meta) = (item.rel.clone(), meta_of(&item.st));
                     let id = self.track(j, 0);
                     self.conn.send(&Msg::Symlink {
@@ -477,8 +532,39 @@ impl<'a> Stream<'a> {
                 }
             },
             Job::File(item) => self.send_file(item.clone(), j),
+            Job::Node(item) => {
+                if !self.xattrs(item)? {
+                    return Ok(());
+                }
+                let (path, rdev, meta) = (item.rel.clone(), item.st.st_rdev, meta_of(&item.st));
+                let id = self.track(j, 0);
+                self.conn.send(&Msg::Node {
+                    id,
+                    path,
+                    rdev,
+                    meta,
+                })
+            }
+            Job::Link(l) => {
+                let (path, target) = (l.rel.clone(), l.target.clone());
+                let id = self.track(j, 0);
+                self.conn.send(&Msg::Link { id, path, target })
+            }
             Job::Part(s, off, len) => self.send_part(s.clone(), *off, *len, j),
             Job::Seal(s) => self.send_seal(s.clone(), j),
+        }
+    }
+
+    /// Sends the entry's extended attributes ahead of it; false: they could not be read
+    /// (recorded; the entry is not sent).
+    fn xattrs(&mut self, item: &Item) -> io::Result<bool> {
+        match xattrs_of(item) {
+            Ok(p) if p.is_empty() => Ok(true),
+            Ok(pairs) => self.conn.send(&Msg::Xattrs { pairs }).map(|()| true),
+            Err(e) => {
+                self.out.errors.push((item.rel.clone(), e));
+                Ok(false)
+            }
         }
     }
 
@@ -500,6 +586,9 @@ impl<'a> Stream<'a> {
         let Some(f) = self.open(&item) else {
             return Ok(());
         };
+        if !self.xattrs(&item)? {
+            return Ok(());
+        }
         let size = item.st.st_size as u64;
         let id = self.track(j, size);
         self.conn.send(&Msg::File {
@@ -559,6 +648,11 @@ impl<'a> Stream<'a> {
                 .push((rel, "changed while it was sent; not named".into()));
             return Ok(());
         }
+        if !self.xattrs(&s.item)? {
+            s.failed.store(true, Ordering::Relaxed);
+            return Ok(());
+        }
+        let it = &s.item;
         let (path, size, meta) = (it.rel.clone(), it.st.st_size as u64, meta_of(&it.st));
         let id = self.track(j, 0);
         self.conn.send(&Msg::Seal {
@@ -629,6 +723,8 @@ impl<'a> Stream<'a> {
 
     fn acked(&mut self, upto: u64) {
         let mut durable = Vec::new();
+        // Links are journaled with their file's size, but no bytes of them were sent.
+        let mut unsent = 0;
         while self.pending.front().is_some_and(|p| p.id <= upto) {
             let p = self.pending.pop_front().expect("front exists");
             self.pending_bytes -= p.size;
@@ -648,8 +744,12 @@ impl<'a> Stream<'a> {
                     }
                 }
                 (Job::Seal(s), None) => durable.push(sent(&s.item, None)),
-                (job @ (Job::File(_) | Job::Symlink(_)), None) => {
-                    if let Job::File(i) | Job::Symlink(i) = &job {
+                (Job::Link(l), None) => {
+                    unsent += l.size;
+                    durable.push(l.sent());
+                }
+                (job @ (Job::File(_) | Job::Symlink(_) | Job::Node(_)), None) => {
+                    if let Job::File(i) | Job::Symlink(i) | Job::Node(i) = &job {
                         durable.push(sent(i, Some(p.hash)));
                     }
                 }
@@ -657,7 +757,7 @@ impl<'a> Stream<'a> {
             }
         }
         self.out.files += durable.len() as u64;
-        self.out.bytes += durable.iter().map(|d| d.size).sum::<u64>();
+        self.out.bytes += durable.iter().map(|d| d.size).sum::<u64>() - unsent;
         if !durable.is_empty() {
             let mut h = self.sh.hooks.lock().unwrap_or_else(|p| p.into_inner());
             h.durable(&durable);
@@ -681,8 +781,9 @@ fn sent(i: &Item, hash: Option<u64>) -> Sent {
 
 fn rel_of(j: &Job) -> Vec<u8> {
     match j {
-        Job::Dir(rel, _) => rel.clone(),
-        Job::Symlink(i) | Job::File(i) => i.rel.clone(),
+        Job::Dir(rel, ..) => rel.clone(),
+        Job::Link(l) => l.rel.clone(),
+        Job::Symlink(i) | Job::File(i) | Job::Node(i) => i.rel.clone(),
         Job::Part(s, ..) | Job::Seal(s) => s.item.rel.clone(),
     }
 }

@@ -20,7 +20,9 @@ pub fn same(item: &Item, e: &Entry) -> bool {
         Kind::Symlink => {
             beneath::readlink_at(item.dir.as_raw_fd(), &item.name).is_ok_and(|l| l == e.link)
         }
-        _ => false,
+        // A node: the same device number (listed as its size).
+        Kind::Other => e.size == item.st.st_rdev,
+        Kind::Dir => false,
     }
 }
 

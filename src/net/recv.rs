@@ -11,12 +11,16 @@ use super::beneath::{self, check_rel, join, show, split};
 use super::conn::Conn;
 use super::frame::ProtoError;
 use super::msg::{Meta, Msg};
+use super::xattr::{self, Pairs};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use xxhash_rust::xxh3::Xxh3;
+
+mod special;
+pub use special::hash_zeros;
 
 /// A batch is committed at this many files or bytes (or on Flush / Done).
 pub const BATCH_FILES: usize = 1024;
@@ -42,6 +46,9 @@ struct Incoming {
     written: u64,
     hash: Xxh3,
     meta: Meta,
+    xattrs: Pairs,
+    /// A hole was skipped: the size is set at the end (a file may end in a hole).
+    sparse: bool,
     failed: Option<String>,
     /// A Part: one range of a file whose temp other streams write too (never removed here,
     /// never named here: a Seal names it).
@@ -81,7 +88,9 @@ pub struct Receiver {
     batch_bytes: u64,
     /// Highest id fully handled (committed, failed, or in the batch).
     last_id: u64,
-    dir_metas: Vec<(Vec<u8>, Meta)>,
+    dir_metas: Vec<(Vec<u8>, Meta, Pairs)>,
+    /// The extended attributes for the next entry (an Xattrs message comes before it).
+    xattrs: Pairs,
     root: bool,
     /// This session's temp-name token: its temps are the only names it ever replaces or removes.
     tok: crate::temp::Token,
@@ -106,6 +115,7 @@ impl Receiver {
             batch_bytes: 0,
             last_id: 0,
             dir_metas: Vec::new(),
+            xattrs: Vec::new(),
             // SAFETY: geteuid has no preconditions.
             root: unsafe { libc::geteuid() } == 0,
             tok,
@@ -120,10 +130,10 @@ impl Receiver {
         if let Some(d) = self.dirs.get(parent) {
             return Ok((d.clone(), name.to_vec()));
         }
-        let fd = match beneath::open_dir(self.base.as_raw_fd(), parent) {
+        let fd = match beneath::open_dir_long(self.base.as_raw_fd(), parent) {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 self.make_dirs(parent)?;
-                beneath::open_dir(self.base.as_raw_fd(), parent)?
+                beneath::open_dir_long(self.base.as_raw_fd(), parent)?
             }
             r => r?,
         };
@@ -144,10 +154,10 @@ impl Receiver {
             return Err(io::Error::from_raw_os_error(libc::ENOENT));
         }
         let (pp, name) = split(path);
-        let pfd = match beneath::open_dir(self.base.as_raw_fd(), pp) {
+        let pfd = match beneath::open_dir_long(self.base.as_raw_fd(), pp) {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 self.make_dirs(pp)?;
-                beneath::open_dir(self.base.as_raw_fd(), pp)?
+                beneath::open_dir_long(self.base.as_raw_fd(), pp)?
             }
             r => r?,
         };
@@ -193,15 +203,6 @@ impl Receiver {
             }
             Msg::Skipped { n } => self.counts.skipped += n,
             Msg::Dir { path, meta } => self.dir(path, meta)?,
-            Msg::Symlink {
-                id,
-                path,
-                target,
-                meta,
-            } => {
-                self.next_id(id)?;
-                self.symlink(id, path, target, meta, out)?;
-            }
             Msg::Flush => self.commit(out),
             Msg::Done => {
                 if self.cur.is_some() {
@@ -221,12 +222,52 @@ impl Receiver {
                 self.counts.failed += 1;
                 self.errors.push(format!("sender: {msg}"));
             }
-            other => return Err(format!("unexpected message {other:?}")),
+            other => self.on_entry(other, out)?,
         }
         if self.batch.len() >= BATCH_FILES || self.batch_bytes >= BATCH_BYTES {
             self.commit(out);
         }
         Ok(false)
+    }
+
+    /// Symlinks, hard links, nodes, holes and extended attributes.
+    fn on_entry(&mut self, m: Msg, out: &mut Vec<Msg>) -> Result<(), String> {
+        match m {
+            Msg::Symlink {
+                id,
+                path,
+                target,
+                meta,
+            } => {
+                self.next_id(id)?;
+                self.symlink(id, path, target, meta, out)
+            }
+            Msg::Link { id, path, target } => {
+                self.next_id(id)?;
+                self.link(id, path, target, out)
+            }
+            Msg::Node {
+                id,
+                path,
+                rdev,
+                meta,
+            } => {
+                self.next_id(id)?;
+                self.node(id, path, rdev, meta, out)
+            }
+            Msg::Hole { len } => self.hole(len),
+            Msg::Xattrs { pairs } => {
+                if self.cur.is_some() {
+                    return Err(ProtoError::Unexpected {
+                        what: "attributes inside a file",
+                    }
+                    .to_string());
+                }
+                self.xattrs = pairs;
+                Ok(())
+            }
+            other => Err(format!("unexpected message {other:?}")),
+        }
     }
 
     /// Ids rise by one per file or symlink; anything else is a broken sender.
@@ -278,6 +319,13 @@ impl Receiver {
             written: 0,
             hash: Xxh3::new(),
             meta,
+            // A part carries none: the Seal brings them.
+            xattrs: if part.is_some() {
+                Vec::new()
+            } else {
+                std::mem::take(&mut self.xattrs)
+            },
+            sparse: false,
             failed: None,
             part: part.is_some(),
         };
@@ -334,6 +382,7 @@ impl Receiver {
             return Err("a file cannot replace the export's root".into());
         }
         self.last_id = id;
+        let x = std::mem::take(&mut self.xattrs);
         let r = self.parent(&full).and_then(|(dir, name)| {
             let tmp = beneath::temp_name(&name, &self.tok);
             let f = File::from(beneath::open_at(
@@ -350,7 +399,8 @@ impl Receiver {
                     st.st_size
                 )));
             }
-            apply_fd(f.as_raw_fd(), &meta, self.root)?;
+            let at = (dir.fd.as_raw_fd(), &tmp[..]);
+            apply_fd(f.as_raw_fd(), at, &meta, &x, self.root)?;
             Ok((dir, name, tmp))
         });
         match r {
@@ -430,9 +480,18 @@ impl Receiver {
         if inc.failed.is_none()
             && !inc.part
             && let Some(f) = &inc.file
-            && let Err(e) = apply_fd(f.as_raw_fd(), &inc.meta, self.root)
         {
-            inc.failed = Some(os("set metadata", &inc.rel, e));
+            let at = (inc.dir.fd.as_raw_fd(), &inc.tmp[..]);
+            // A file may end in a hole: its size is set, not written.
+            let r = if inc.sparse {
+                f.set_len(inc.size)
+            } else {
+                Ok(())
+            };
+            let r = r.and_then(|()| apply_fd(f.as_raw_fd(), at, &inc.meta, &inc.xattrs, self.root));
+            if let Err(e) = r {
+                inc.failed = Some(os("set metadata", &inc.rel, e));
+            }
         }
         if let Some(msg) = inc.failed {
             if inc.file.is_some() && !inc.part {
@@ -463,6 +522,7 @@ impl Receiver {
             .to_string());
         }
         let full = self.full(&rel)?;
+        let x = std::mem::take(&mut self.xattrs);
         if full.is_empty() {
             return Ok(()); // the export's root: exists, and its metadata is the operator's
         }
@@ -480,7 +540,7 @@ impl Receiver {
             }
             Err(e) => return Err(os("mkdir", &rel, e)),
         }
-        self.dir_metas.push((full, meta));
+        self.dir_metas.push((full, meta, x));
         Ok(())
     }
 
@@ -494,13 +554,14 @@ impl Receiver {
     ) -> Result<(), String> {
         let full = self.full(&rel)?;
         self.last_id = id;
+        let x = std::mem::take(&mut self.xattrs);
         let r = self.parent(&full).and_then(|(dir, name)| {
             let tmp = beneath::temp_name(&name, &self.tok);
             let fd = dir.fd.as_raw_fd();
             // The name carries this receiver's token: only a killed run of it left that name.
             let _ = beneath::unlink_at(fd, &tmp);
             beneath::symlink_at(&target, fd, &tmp)?;
-            apply_at(fd, &tmp, &meta, self.root)?;
+            apply_at(fd, &tmp, &meta, &x, self.root)?;
             Ok(Ready {
                 id,
                 rel: rel.clone(),
@@ -580,9 +641,11 @@ impl Receiver {
     /// Directory metadata, deepest first (after their contents), then made durable.
     fn finish_dirs(&mut self, out: &mut Vec<Msg>) {
         let metas = std::mem::take(&mut self.dir_metas);
-        for (full, meta) in metas.iter().rev() {
-            let r = beneath::open_dir(self.base.as_raw_fd(), full)
-                .and_then(|fd| apply_fd(fd.as_raw_fd(), meta, self.root));
+        for (full, meta, x) in metas.iter().rev() {
+            let r = beneath::open_dir_long(self.base.as_raw_fd(), full).and_then(|fd| {
+                let at = (fd.as_raw_fd(), &b"."[..]);
+                apply_fd(fd.as_raw_fd(), at, meta, x, self.root)
+            });
             if let Err(e) = r {
                 out.push(Msg::Fail {
                     id: 0,
@@ -684,13 +747,17 @@ fn ts(t: (i64, u32)) -> libc::timespec {
     }
 }
 
-/// Owner (as root), mode, times on an open file or directory.
-fn apply_fd(fd: RawFd, m: &Meta, root: bool) -> io::Result<()> {
+/// Owner (as root), extended attributes (of `at`: the same file by its directory and name),
+/// mode and times of an open file or directory, in that order: chown clears setuid bits and
+/// security.capability, and an ACL sets the group bits the mode then sets again.
+fn apply_fd(fd: RawFd, at: (RawFd, &[u8]), m: &Meta, x: &Pairs, root: bool) -> io::Result<()> {
+    // SAFETY: valid fd.
+    if root && unsafe { libc::fchown(fd, m.uid, m.gid) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    xattr::apply(at.0, at.1, x, root)?;
     // SAFETY: valid fd; two timespecs.
     unsafe {
-        if root && libc::fchown(fd, m.uid, m.gid) < 0 {
-            return Err(io::Error::last_os_error());
-        }
         if libc::fchmod(fd, m.mode & 0o7777) < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -702,15 +769,20 @@ fn apply_fd(fd: RawFd, m: &Meta, root: bool) -> io::Result<()> {
     Ok(())
 }
 
-/// Owner (as root) and times of a symlink itself.
-fn apply_at(dir: RawFd, name: &[u8], m: &Meta, root: bool) -> io::Result<()> {
+/// Owner (as root), extended attributes and times of a symlink itself (or of a node, whose
+/// mode the caller sets).
+fn apply_at(dir: RawFd, name: &[u8], m: &Meta, x: &Pairs, root: bool) -> io::Result<()> {
     let c = beneath::cstr(name)?;
     let t = [ts(m.atime), ts(m.mtime)];
+    // SAFETY: valid fd and C string.
+    if root
+        && unsafe { libc::fchownat(dir, c.as_ptr(), m.uid, m.gid, libc::AT_SYMLINK_NOFOLLOW) } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    xattr::apply(dir, name, x, root)?;
     // SAFETY: valid fd and C string; two timespecs.
     unsafe {
-        if root && libc::fchownat(dir, c.as_ptr(), m.uid, m.gid, libc::AT_SYMLINK_NOFOLLOW) < 0 {
-            return Err(io::Error::last_os_error());
-        }
         if libc::utimensat(dir, c.as_ptr(), t.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) < 0 {
             return Err(io::Error::last_os_error());
         }

@@ -8,6 +8,7 @@ use super::conn::Conn;
 use super::frame::MAX_CHUNK;
 use super::msg::{Meta, Msg};
 use super::walk::{Item, Kind, Walker};
+use super::xattr;
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -57,6 +58,78 @@ pub fn meta_of(st: &libc::stat) -> Meta {
     }
 }
 
+/// Another name of a file sent before it (a hard link): sent once that file is named.
+#[derive(Clone)]
+pub struct LinkTo {
+    pub rel: Vec<u8>,
+    pub target: Vec<u8>,
+    pub size: u64,
+    pub mtime: (i64, u32),
+}
+
+/// The names of files with several links seen so far: a later name of one becomes a link.
+#[derive(Default)]
+pub struct Links(HashMap<(u64, u64), Vec<u8>>);
+
+impl Links {
+    /// For a file's second and later names, the first name (the link's target).
+    pub fn seen(&mut self, item: &Item) -> Option<Vec<u8>> {
+        if item.kind != Kind::File || item.st.st_nlink < 2 {
+            return None;
+        }
+        let key = (item.st.st_dev, item.st.st_ino);
+        match self.0.get(&key) {
+            Some(first) => Some(first.clone()),
+            None => {
+                self.0.insert(key, item.rel.clone());
+                None
+            }
+        }
+    }
+}
+
+impl LinkTo {
+    pub fn new(item: &Item, target: Vec<u8>) -> LinkTo {
+        LinkTo {
+            rel: item.rel.clone(),
+            target,
+            size: item.st.st_size as u64,
+            mtime: (item.st.st_mtime, item.st.st_mtime_nsec as u32),
+        }
+    }
+
+    pub fn sent(&self) -> Sent {
+        Sent {
+            id: 0,
+            rel: self.rel.clone(),
+            size: self.size,
+            mtime: self.mtime,
+            hash: None,
+        }
+    }
+}
+
+/// The extended attributes that go before `item` (in an Xattrs message, when there are
+/// any). Err: they cannot be read or do not fit a frame (the entry is then not sent).
+pub fn xattrs_of(item: &Item) -> Result<xattr::Pairs, String> {
+    let pairs =
+        xattr::read(item.dir.as_raw_fd(), &item.name).map_err(|e| format!("listxattr: {e}"))?;
+    if !xattr::fits(&pairs) {
+        return Err("extended attributes too large for one frame; not sent".into());
+    }
+    Ok(pairs)
+}
+
+/// Whether an entry of another kind is sent as a node (sockets are not).
+pub fn is_node(st: &libc::stat) -> bool {
+    matches!(
+        st.st_mode & libc::S_IFMT,
+        libc::S_IFIFO | libc::S_IFCHR | libc::S_IFBLK
+    )
+}
+
+pub const NO_SOCKETS: &str = "not sent: sockets are not copied";
+
 struct Sender<'a> {
     conn: &'a mut Conn,
     next_id: u64,
@@ -65,6 +138,40 @@ struct Sender<'a> {
     failed: HashMap<u64, String>,
     out: Outcome,
     buf: Vec<u8>,
+    links: Links,
+    /// Later names of hard-linked files, sent at the end (once their targets are named).
+    later: Vec<LinkTo>,
+}
+
+/// Holes smaller than this are sent as data (not worth a message).
+const HOLE_MIN: u64 = 64 << 10;
+
+/// The next piece of `fd` from `pos` (before `end`): (where data starts, where it ends).
+/// Only called for sparse files; a filesystem without SEEK_DATA answers all data.
+fn next_data(f: &std::fs::File, pos: u64, end: u64) -> (u64, u64) {
+    let fd = f.as_raw_fd();
+    // SAFETY: lseek on a valid fd has no memory effects.
+    let data = unsafe { libc::lseek(fd, pos as i64, libc::SEEK_DATA) };
+    if data < 0 {
+        let e = io::Error::last_os_error().raw_os_error();
+        // ENXIO: only a hole is left, if the file still reaches `end` (a file that shrank
+        // is read, and found short, never padded with zeros).
+        let whole = f.metadata().is_ok_and(|m| m.len() >= end);
+        return if e == Some(libc::ENXIO) && whole {
+            (end, end)
+        } else {
+            (pos, end)
+        };
+    }
+    let data = (data as u64).clamp(pos, end);
+    // SAFETY: as above.
+    let hole = unsafe { libc::lseek(fd, data as i64, libc::SEEK_HOLE) };
+    let hole = if hole < 0 {
+        end
+    } else {
+        (hole as u64).clamp(data, end)
+    };
+    (data, hole)
 }
 
 /// Streams bytes `offset..offset + len` of `f` as Data frames; their xxh3, and a read error
@@ -77,20 +184,39 @@ pub fn send_range(
     len: u64,
     buf: &mut [u8],
 ) -> io::Result<(u64, Option<String>)> {
-    use std::os::unix::fs::FileExt;
+    use std::os::unix::fs::{FileExt, MetadataExt};
     let mut h = Xxh3::new();
-    let mut done = 0u64;
-    while done < len {
-        let want = ((len - done) as usize).min(buf.len());
-        let n = match f.read_at(&mut buf[..want], offset + done) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Ok((h.digest(), Some(format!("read: {e}")))),
+    let sparse = f.metadata().is_ok_and(|m| m.blocks() * 512 < m.size());
+    let (mut pos, end) = (offset, offset + len);
+    while pos < end {
+        let (data, mut to) = if sparse {
+            next_data(f, pos, end)
+        } else {
+            (pos, end)
         };
-        h.update(&buf[..n]);
-        conn.send_data(&buf[..n])?;
-        done += n as u64;
+        // A sparse file's holes are not sent (the receiver leaves them holes); a small one
+        // goes as the zeros it reads as, with the data after it.
+        if data > pos && (data - pos >= HOLE_MIN || data == end) {
+            conn.send(&Msg::Hole { len: data - pos })?;
+            super::recv::hash_zeros(&mut h, data - pos);
+            pos = data;
+        }
+        if to <= pos {
+            to = end;
+        }
+        while pos < to {
+            let want = ((to - pos) as usize).min(buf.len());
+            let n = match f.read_at(&mut buf[..want], pos) {
+                // It shrank: the receiver sees fewer bytes than announced and fails it.
+                Ok(0) => return Ok((h.digest(), None)),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Ok((h.digest(), Some(format!("read: {e}")))),
+            };
+            h.update(&buf[..n]);
+            conn.send_data(&buf[..n])?;
+            pos += n as u64;
+        }
     }
     Ok((h.digest(), None))
 }
@@ -105,6 +231,8 @@ pub fn send_tree(conn: &mut Conn, walker: Walker, hooks: &mut dyn Hooks) -> io::
         failed: HashMap::new(),
         out: Outcome::default(),
         buf: vec![0; MAX_CHUNK],
+        links: Links::default(),
+        later: Vec::new(),
     };
     for item in walker {
         let before = s.out.errors.len();
@@ -120,6 +248,7 @@ pub fn send_tree(conn: &mut Conn, walker: Walker, hooks: &mut dyn Hooks) -> io::
         }
         s.take_acks(hooks, false)?;
     }
+    s.send_links(hooks)?;
     if s.out.skipped > 0 {
         s.conn.send(&Msg::Skipped { n: s.out.skipped })?;
     }
@@ -130,43 +259,98 @@ pub fn send_tree(conn: &mut Conn, walker: Walker, hooks: &mut dyn Hooks) -> io::
 }
 
 impl Sender<'_> {
+    /// The later names of hard-linked files, once everything before is acknowledged (their
+    /// targets have their final names at the far end).
+    fn send_links(&mut self, hooks: &mut dyn Hooks) -> io::Result<()> {
+        if self.later.is_empty() {
+            return Ok(());
+        }
+        self.conn.send(&Msg::Flush)?;
+        self.conn.flush()?;
+        while !self.pending.is_empty() {
+            self.take_acks(hooks, true)?;
+        }
+        for l in std::mem::take(&mut self.later) {
+            let mut sent = l.sent();
+            sent.size = 0; // no bytes are sent for a link (a pull's hooks journal nothing)
+            sent.id = self.next_id;
+            self.next_id += 1;
+            self.pending.push_back(sent);
+            self.conn.send(&Msg::Link {
+                id: self.next_id - 1,
+                path: l.rel,
+                target: l.target,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Sends the entry's extended attributes ahead of it; false: they could not be read
+    /// (recorded; the entry is not sent).
+    fn xattrs(&mut self, item: &Item) -> io::Result<bool> {
+        match xattrs_of(item) {
+            Ok(p) if p.is_empty() => Ok(true),
+            Ok(pairs) => self.conn.send(&Msg::Xattrs { pairs }).map(|()| true),
+            Err(e) => {
+                self.out.errors.push((item.rel.clone(), e));
+                Ok(false)
+            }
+        }
+    }
+
+    /// One entry. Its Xattrs go right before its own message, after every local step that
+    /// can fail (the far end gives them to the next entry it gets).
     fn item(&mut self, item: Item, hooks: &mut dyn Hooks) -> io::Result<()> {
         let meta = meta_of(&item.st);
+        if item.kind == Kind::Other && !is_node(&item.st) {
+            self.out.errors.push((item.rel, NO_SOCKETS.into()));
+            return Ok(());
+        }
+        let later = self.links.seen(&item);
+        if item.kind != Kind::Dir && !hooks.wanted(&item) {
+            self.out.skipped += 1;
+            return Ok(());
+        }
+        if let Some(target) = later {
+            self.later.push(LinkTo::new(&item, target));
+            return Ok(());
+        }
         match item.kind {
-            Kind::Dir => self.conn.send(&Msg::Dir {
-                path: item.rel,
-                meta,
-            }),
-            Kind::Symlink if !hooks.wanted(&item) => {
-                self.out.skipped += 1;
+            Kind::Dir => {
+                if self.xattrs(&item)? {
+                    let path = item.rel;
+                    self.conn.send(&Msg::Dir { path, meta })?;
+                }
                 Ok(())
             }
             Kind::Symlink => match beneath::readlink_at(item.dir.as_raw_fd(), &item.name) {
-                Ok(target) => {
+                Ok(target) if self.xattrs(&item)? => {
                     let id = self.track(&item, 0, 0);
+                    let path = item.rel;
                     self.conn.send(&Msg::Symlink {
                         id,
-                        path: item.rel,
+                        path,
                         target,
                         meta,
                     })
                 }
+                Ok(_) => Ok(()),
                 Err(e) => {
                     self.out.errors.push((item.rel, format!("readlink: {e}")));
                     Ok(())
                 }
             },
-            Kind::File if !hooks.wanted(&item) => {
-                self.out.skipped += 1;
-                Ok(())
-            }
             Kind::File => self.file(item, meta),
             Kind::Other => {
-                self.out.errors.push((
-                    item.rel,
-                    "not sent: FIFOs, devices and sockets are not supported over the network yet"
-                        .into(),
-                ));
+                if self.xattrs(&item)? {
+                    let id = self.track(&item, 0, 0);
+                    self.conn.send(&Msg::Node {
+                        id,
+                        path: item.rel,
+                        rdev: item.st.st_rdev,
+                        meta,
+                    })?;
+                }
                 Ok(())
             }
         }
@@ -195,6 +379,9 @@ impl Sender<'_> {
                 return Ok(());
             }
         };
+        if !self.xattrs(&item)? {
+            return Ok(());
+        }
         let size = item.st.st_size as u64;
         let id = self.track(&item, size, 0);
         self.conn.send(&Msg::File {

@@ -67,7 +67,11 @@ pub fn entries(
                     .map(|h| e.hash = h)
             }
             Kind::Symlink => beneath::readlink_at(dirfd, &item.name).map(|l| e.link = l),
-            _ => Ok(()),
+            Kind::Other => {
+                e.size = item.st.st_rdev;
+                Ok(())
+            }
+            Kind::Dir => Ok(()),
         };
         each(item.rel, r.map(|()| e))?;
     }
@@ -122,13 +126,7 @@ pub fn receive(c: &mut Conn) -> io::Result<(Listing, Vec<String>)> {
             }
             Msg::Fail { msg, .. } => errors.push(format!("remote: {msg}")),
             Msg::Finished => return Ok((map, errors)),
-            Msg::Error { msg } => return Err(io::Error::other(format!("{}: {msg}", c.peer))),
-            other => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{}: unexpected {other:?}", c.peer),
-                ));
-            }
+            other => return Err(c.refused(other)),
         }
     }
 }

@@ -13,7 +13,7 @@ pub enum Kind {
     Dir,
     File,
     Symlink,
-    /// FIFOs, devices, sockets: not sent yet.
+    /// FIFOs and devices (sent as nodes), sockets (not sent).
     Other,
 }
 

@@ -1,6 +1,8 @@
 #![allow(dead_code)]
 //! Helpers for the integration tests: run the real binary with a time limit, build fixtures.
 
+pub mod metafix;
+
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;

@@ -2,6 +2,8 @@
 //! Helpers of the network tests: a CA, a real `ferry serve` (optionally inside a network
 //! namespace), and a TCP fault proxy that delays and resets connections.
 
+pub mod netns;
+
 use super::common::*;
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -170,6 +172,8 @@ pub struct Proxy {
     stop: Arc<AtomicBool>,
     live: Arc<Mutex<Vec<TcpStream>>>,
     pub resets: Arc<AtomicUsize>,
+    /// Bytes forwarded (both ways, every connection).
+    pub bytes: Arc<AtomicU64>,
 }
 
 impl Drop for Proxy {
@@ -210,7 +214,8 @@ impl Proxy {
         let stop = Arc::new(AtomicBool::new(false));
         let live = Arc::new(Mutex::new(Vec::new()));
         let resets = Arc::new(AtomicUsize::new(0));
-        let (st, lv, rs) = (stop.clone(), live.clone(), resets.clone());
+        let bytes = Arc::new(AtomicU64::new(0));
+        let (st, lv, rs, by) = (stop.clone(), live.clone(), resets.clone(), bytes.clone());
         std::thread::spawn(move || {
             let mut n = 0;
             while !st.load(Ordering::Relaxed) {
@@ -230,8 +235,8 @@ impl Proxy {
                 let passed = Arc::new(AtomicU64::new(0));
                 for (a, b) in [(&down, &up), (&up, &down)] {
                     let (a, b) = (a.try_clone().unwrap(), b.try_clone().unwrap());
-                    let (p, rs) = (passed.clone(), rs.clone());
-                    std::thread::spawn(move || pump(a, b, p, limit, delay, rs));
+                    let (p, rs, by) = (passed.clone(), rs.clone(), by.clone());
+                    std::thread::spawn(move || pump(a, b, [p, by], limit, delay, rs));
                 }
             }
         });
@@ -240,6 +245,7 @@ impl Proxy {
             stop,
             live,
             resets,
+            bytes,
         }
     }
 
@@ -251,10 +257,11 @@ impl Proxy {
     }
 }
 
+/// Forwards `from` to `to`; `counts`: this connection's bytes, and every connection's.
 fn pump(
     mut from: TcpStream,
     mut to: TcpStream,
-    passed: Arc<AtomicU64>,
+    counts: [Arc<AtomicU64>; 2],
     limit: ResetAfter,
     delay: Duration,
     resets: Arc<AtomicUsize>,
@@ -268,7 +275,8 @@ fn pump(
         if !delay.is_zero() {
             std::thread::sleep(delay);
         }
-        let before = passed.fetch_add(n as u64, Ordering::Relaxed);
+        counts[1].fetch_add(n as u64, Ordering::Relaxed);
+        let before = counts[0].fetch_add(n as u64, Ordering::Relaxed);
         if let Some(lim) = limit
             && before + n as u64 > lim
         {
@@ -314,4 +322,89 @@ pub fn seed() -> u64 {
         .unwrap_or(s | 1);
     eprintln!("fault seed {s} (FERRY_TEST_SEED={s} repeats it)");
     s
+}
+
+/// What the metadata fixture lacks and the network keeps too: a FIFO, a sparse file (64 MiB
+/// with 8 KiB of data, ending in a hole), a name that is not UTF-8 and a symlink.
+pub fn extras(root: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::FileExt;
+    let fifo = root.join("fifo");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+    // SAFETY: valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o640) }, 0);
+    set_mtime(&fifo, 1_400_000_000, 42);
+    let f = std::fs::File::create(root.join("sparse")).unwrap();
+    f.set_len(SPARSE_LEN).unwrap();
+    f.write_all_at(&pattern(4096, 11), 1 << 20).unwrap();
+    f.write_all_at(&pattern(4096, 12), 40 << 20).unwrap();
+    write_file(&root.join(OsStr::from_bytes(b"bytes-\xff\xfe")), 13, 4);
+    std::os::unix::fs::symlink("a/one", root.join("to-one")).unwrap();
+}
+
+pub const SPARSE_LEN: u64 = 64 << 20;
+
+/// Bytes a file takes on disk.
+pub fn allocated(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(p).unwrap().blocks() * 512
+}
+
+/// Every regular file under a final name below `dst` has the bytes of its source in `src`
+/// (nothing partial is named); how many there are.
+pub fn nothing_partial(src: &Path, dst: &Path) -> usize {
+    let mut n = 0;
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(dst.join(&rel)) else {
+            continue;
+        };
+        for e in rd.map_while(Result::ok) {
+            let r = rel.join(e.file_name());
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() {
+                stack.push(r);
+            } else if t.is_file() && !ferry::temp::is_temp_name(e.file_name().as_encoded_bytes()) {
+                assert!(
+                    files_equal(&src.join(&r), &dst.join(&r)),
+                    "{r:?} is partial (or wrong) under its final name"
+                );
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// Bytes in regular files below `root` (temps included): how far a transfer got.
+pub fn bytes_under(root: &Path) -> u64 {
+    let mut n = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.map_while(Result::ok) {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) if m.is_file() => n += m.len(),
+                _ => {}
+            }
+        }
+    }
+    n
+}
+
+/// Waits for a spawned ferry (killed after `limit`: a hang, which fails the test).
+pub fn finish(mut c: Spawned, limit: Duration) -> std::process::Output {
+    let t0 = std::time::Instant::now();
+    while c.try_wait().unwrap().is_none() {
+        if t0.elapsed() > limit {
+            let _ = c.kill();
+            let o = c.wait_with_output().unwrap();
+            panic!("ferry hung for {limit:?}; stderr: {}", stderr(&o));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.wait_with_output().unwrap()
 }

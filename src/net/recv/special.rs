@@ -1,0 +1,164 @@
+//! The receiver's rarer entries: hard links, FIFOs and device nodes, and holes of sparse
+//! files. Links and nodes are made at their temp name and named with the batch, like files.
+
+use super::{DirFd, Ready, Receiver, apply_at, os};
+use crate::net::beneath::{self, show};
+use crate::net::frame::ProtoError;
+use crate::net::msg::{Meta, Msg};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+/// Where a new entry waits for its batch: its directory, final name and temp name.
+type Placed = (Arc<DirFd>, Vec<u8>, Vec<u8>);
+
+/// Zeros hashed in place of a hole's bytes.
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+
+/// Feeds `n` zero bytes to a hash (a hole hashes as the zeros a read of it returns).
+pub fn hash_zeros(h: &mut xxhash_rust::xxh3::Xxh3, mut n: u64) {
+    while n > 0 {
+        let k = n.min(ZEROS.len() as u64) as usize;
+        h.update(&ZEROS[..k]);
+        n -= k as u64;
+    }
+}
+
+impl Receiver {
+    /// `rel` becomes another name of the already named file `target`.
+    pub(super) fn link(
+        &mut self,
+        id: u64,
+        rel: Vec<u8>,
+        target: Vec<u8>,
+        out: &mut Vec<Msg>,
+    ) -> Result<(), String> {
+        let (full, tfull) = (self.full(&rel)?, self.full(&target)?);
+        if full.is_empty() || tfull.is_empty() {
+            return Err("a link cannot name the export's root".into());
+        }
+        self.last_id = id;
+        match self.link_tmp(&full, &tfull) {
+            Ok(Some((dir, name, tmp))) => self.batch.push(Ready {
+                id,
+                rel,
+                dir,
+                name,
+                tmp,
+                part: false,
+                shared: false,
+            }),
+            Ok(None) => {} // that name is that file already
+            Err(e) => self.refuse(out, id, os("link", &rel, e)),
+        }
+        Ok(())
+    }
+
+    /// The link at its temp name; None when the final name is that file already (a rename
+    /// of one name of a file onto another does nothing, and would leave the temp).
+    fn link_tmp(&mut self, full: &[u8], tfull: &[u8]) -> io::Result<Option<Placed>> {
+        let (tdir, tname) = self.parent(tfull)?;
+        let (dir, name) = self.parent(full)?;
+        let t = beneath::stat_at(tdir.fd.as_raw_fd(), &tname)?
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+        if t.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(io::Error::other(format!(
+                "'{}' is not a regular file",
+                show(tfull)
+            )));
+        }
+        let now = beneath::stat_at(dir.fd.as_raw_fd(), &name)?;
+        if now.is_some_and(|s| (s.st_dev, s.st_ino) == (t.st_dev, t.st_ino)) {
+            return Ok(None);
+        }
+        let tmp = beneath::temp_name(&name, &self.tok);
+        let _ = beneath::unlink_at(dir.fd.as_raw_fd(), &tmp); // a killed run's (our token)
+        beneath::link_at(tdir.fd.as_raw_fd(), &tname, dir.fd.as_raw_fd(), &tmp)?;
+        Ok(Some((dir, name, tmp)))
+    }
+
+    /// A FIFO or device node at its temp name, with its metadata; named with the batch.
+    pub(super) fn node(
+        &mut self,
+        id: u64,
+        rel: Vec<u8>,
+        rdev: u64,
+        meta: Meta,
+        out: &mut Vec<Msg>,
+    ) -> Result<(), String> {
+        let full = self.full(&rel)?;
+        if full.is_empty() {
+            return Err("a node cannot replace the export's root".into());
+        }
+        self.last_id = id;
+        let x = std::mem::take(&mut self.xattrs);
+        let kind = meta.mode & libc::S_IFMT;
+        if ![libc::S_IFIFO, libc::S_IFCHR, libc::S_IFBLK].contains(&kind) {
+            self.refuse(out, id, format!("'{}': not a FIFO or device", show(&rel)));
+            return Ok(());
+        }
+        let root = self.root;
+        let r = self.parent(&full).and_then(|(dir, name)| {
+            let tmp = beneath::temp_name(&name, &self.tok);
+            let fd = dir.fd.as_raw_fd();
+            let _ = beneath::unlink_at(fd, &tmp); // a killed run's (our token)
+            beneath::mknod_at(fd, &tmp, kind | 0o600, rdev)?;
+            let done = apply_at(fd, &tmp, &meta, &x, root).and_then(|()| chmod_at(fd, &tmp, &meta));
+            if let Err(e) = done {
+                let _ = beneath::unlink_at(fd, &tmp);
+                return Err(e);
+            }
+            Ok((dir, name, tmp))
+        });
+        match r {
+            Ok((dir, name, tmp)) => self.batch.push(Ready {
+                id,
+                rel,
+                dir,
+                name,
+                tmp,
+                part: false,
+                shared: false,
+            }),
+            Err(e) => self.refuse(out, id, os("mknod", &rel, e)),
+        }
+        Ok(())
+    }
+
+    /// A hole: the file's offset moves on, and the hash takes the zeros.
+    pub(super) fn hole(&mut self, len: u64) -> Result<(), String> {
+        use std::io::{Seek, SeekFrom};
+        let Some(inc) = self.cur.as_mut() else {
+            return Err(ProtoError::Unexpected {
+                what: "a hole outside a file",
+            }
+            .to_string());
+        };
+        if inc.failed.is_some() {
+            return Ok(());
+        }
+        inc.written = inc.written.saturating_add(len);
+        if inc.written > inc.size {
+            inc.failed = Some(format!("'{}': more data than its size", show(&inc.rel)));
+            return Ok(());
+        }
+        hash_zeros(&mut inc.hash, len);
+        inc.sparse = true;
+        if let Some(f) = inc.file.as_mut()
+            && let Err(e) = f.seek(SeekFrom::Current(len as i64))
+        {
+            inc.failed = Some(os("seek", &inc.rel, e));
+        }
+        Ok(())
+    }
+}
+
+/// The permission bits of a node (by name: a FIFO or device is never opened).
+fn chmod_at(dir: i32, name: &[u8], m: &Meta) -> io::Result<()> {
+    let c = beneath::cstr(name)?;
+    // SAFETY: valid fd and C string.
+    if unsafe { libc::fchmodat(dir, c.as_ptr(), m.mode & 0o7777, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
