@@ -194,7 +194,7 @@ fn cluster_in(base: &Path, spec_template: &CopySpec) -> Result<bool, String> {
         handles = Some((cluster, counters));
         Ok(p)
     })
-    .and_then(crate::coord::ctl::serve_job)
+    .and_then(crate::job::ctl::serve_job)
     .map_err(|e| err("rebalance", &e))?;
     let (cluster, counters) = handles.expect("set by prepare");
     let (reads, bad_reads) = read_while_moving(&h, &cluster, &counters, &objects);

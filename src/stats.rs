@@ -129,16 +129,6 @@ impl Stats {
     }
 }
 
-/// Only for src/cluster/rebalance.rs, which reads `ctx.stats.abort` (src/cluster is another
-/// room's this session): the engine reads the flags through `Ctx::steer.stop`. Remove once
-/// rebalance does too.
-impl std::ops::Deref for Stats {
-    type Target = Stop;
-    fn deref(&self) -> &Stop {
-        &self.stop
-    }
-}
-
 /// What a finished copy did. Everything counted in `files`/`bytes` is durable.
 #[derive(Debug, Serialize)]
 pub struct Report {

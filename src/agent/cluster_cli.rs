@@ -78,7 +78,7 @@ pub fn cluster(a: ClusterArgs) -> ExitCode {
         ClusterCmd::Status { json } => status(&store, &keys, json),
         ClusterCmd::Pause => control(&store, &keys, |c| c.paused = true),
         ClusterCmd::Resume => control(&store, &keys, |c| c.paused = false),
-        ClusterCmd::Rate { rate, ops } => match crate::coord::ctl::parse_rate(&rate) {
+        ClusterCmd::Rate { rate, ops } => match crate::job::ctl::parse_rate(&rate) {
             Ok(r) => control(&store, &keys, |c| {
                 c.rate = r;
                 c.ops = ops.unwrap_or(c.ops);

@@ -171,7 +171,7 @@ pub fn copy(mut a: CopyArgs, rules: Vec<ferry::filter::Rule>, moving: Option<boo
     };
     let interrupted = on_signals();
     // The control socket is the front end's: started on the job's control handle.
-    let handle = match ferry::Job::start(spec).and_then(ferry::coord::ctl::serve_job) {
+    let handle = match ferry::Job::start(spec).and_then(ferry::job::ctl::serve_job) {
         Ok(h) => h,
         Err(e) => {
             eprintln!("ferry {cmd}: {e}");

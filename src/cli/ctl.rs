@@ -18,7 +18,7 @@ pub struct CtlArgs {
 }
 
 pub fn ctl(c: CtlArgs) -> ExitCode {
-    use ferry::coord::ctl;
+    use ferry::job::ctl;
     let root = c.state_dir.unwrap_or_else(default_state_dir);
     let fail = |m: String, code: Exit| {
         eprintln!("ferry ctl: {m}");
@@ -43,7 +43,7 @@ pub fn ctl(c: CtlArgs) -> ExitCode {
                 Exit::Ok.into()
             }
         },
-        Err(e) => match ferry::coord::jobs::JobEntry::load(&root, &c.job) {
+        Err(e) => match ferry::job::jobs::JobEntry::load(&root, &c.job) {
             Some(job) => fail(job.not_running(&sock, &e), Exit::Failed),
             None => fail(
                 format!(

@@ -76,5 +76,5 @@ impl EngineArgs {
 
 /// `--bwlimit` and friends: binary multiples, 0 = unlimited.
 pub fn parse_rate(s: &str) -> Result<u64, String> {
-    ferry::coord::ctl::parse_rate(s)
+    ferry::job::ctl::parse_rate(s)
 }

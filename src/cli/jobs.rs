@@ -21,7 +21,7 @@ pub fn jobs(j: JobsArgs) -> ExitCode {
     let mut rows = Vec::new();
     for e in rd.flatten() {
         let id = e.file_name();
-        if let Some(job) = ferry::coord::jobs::JobEntry::load(&root, &id.to_string_lossy()) {
+        if let Some(job) = ferry::job::jobs::JobEntry::load(&root, &id.to_string_lossy()) {
             let note = if job.running && job.live {
                 format!("  (running, pid {}; counts: live)", job.cp.pid)
             } else if job.running {

@@ -90,7 +90,7 @@ pub fn rebalance(r: RebalanceArgs) -> ExitCode {
         counters = Some(c);
         Ok(p)
     })
-    .and_then(ferry::coord::ctl::serve_job);
+    .and_then(ferry::job::ctl::serve_job);
     let handle = match handle {
         Ok(h) => h,
         Err(e) => {

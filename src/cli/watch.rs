@@ -20,7 +20,7 @@ fn write_report(path: &std::path::Path, report: &ferry::Report) -> std::io::Resu
 /// `--metrics ADDR`, bound before the job starts: an address in use is bad input (said here).
 pub fn bind_metrics(cmd: &str, addr: Option<&str>) -> Result<Option<std::net::TcpListener>, ()> {
     let Some(addr) = addr else { return Ok(None) };
-    ferry::coord::metrics::bind(addr)
+    ferry::job::metrics::bind(addr)
         .map(Some)
         .map_err(|e| eprintln!("ferry {cmd}: --metrics {addr}: {e}"))
 }
@@ -57,7 +57,7 @@ pub fn watch(
     interrupted: &AtomicBool,
 ) -> ExitCode {
     let job_id = handle.job_id().map(str::to_string);
-    let metrics = match listener.map(|l| ferry::coord::metrics::serve_on(l, handle.control())) {
+    let metrics = match listener.map(|l| ferry::job::metrics::serve_on(l, handle.control())) {
         Some(Ok(h)) => Some(h),
         Some(Err(e)) => {
             // Only a thread that could not start: the copy runs anyway, said loudly.

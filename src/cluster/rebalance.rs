@@ -347,10 +347,11 @@ fn feed_local(ctx: &Ctx, m: &Mover, spill: &Spill) {
     let mut made: HashSet<PathBuf> = HashSet::new();
     let fed = spill.drain(&mut |c| {
         // Back-pressure: the queues hold at most MAX_QUEUED moves.
-        while ctx.queues.outstanding() > MAX_QUEUED && !ctx.stats.abort.load(Ordering::Acquire) {
+        while ctx.queues.outstanding() > MAX_QUEUED && !ctx.steer.stop.abort.load(Ordering::Acquire)
+        {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        if ctx.stats.abort.load(Ordering::Acquire) {
+        if ctx.steer.stop.abort.load(Ordering::Acquire) {
             return false;
         }
         let dir = meta::parent_dir(&c.dst).to_path_buf();
@@ -383,7 +384,7 @@ fn feed_local(ctx: &Ctx, m: &Mover, spill: &Spill) {
 /// job is cancelled or aborted.
 fn wait_turn(ctx: &Ctx, size: u64) -> bool {
     loop {
-        if ctx.stats.abort.load(Ordering::Acquire) {
+        if ctx.steer.stop.abort.load(Ordering::Acquire) {
             return false;
         }
         if !ctx.steer.paused.load(Ordering::Acquire) && ctx.steer.ops_limit.try_take(1) {

@@ -1,10 +1,9 @@
-//! Job control: the state machine and the throttle (the coordinator's tools).
+//! The coordinator's tools, below every job: the state machine and its events, the stop flags,
+//! token buckets, the checkpoint and journal, durable replace. The control socket and the
+//! metrics endpoint are front ends of a job: they live in `job`.
 
 pub mod checkpoint;
-pub mod ctl;
 pub mod durable;
-pub mod jobs;
-pub mod metrics;
 pub mod state;
 pub mod stop;
 pub mod throttle;

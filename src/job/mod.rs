@@ -1,6 +1,10 @@
 //! The library's job API: start a copy, then pause, resume, cancel, re-rate and watch it from
 //! any thread while it runs; `wait` returns the report. No global state: jobs are independent.
 
+pub mod ctl;
+pub mod jobs;
+pub mod metrics;
+
 pub use crate::coord::state::Event;
 use crate::coord::state::{InvalidTransition, JobState, Machine};
 use crate::copy::{self, task::Ctx};
@@ -61,7 +65,7 @@ fn transition(
 impl Job {
     /// Checks the job (bad input: `Err`, nothing written) and starts it on a coordinator
     /// thread, which starts the reactors. Its control socket is started by the front end
-    /// (`coord::ctl::serve_job`).
+    /// (`job::ctl::serve_job`).
     pub fn start(spec: CopySpec) -> Result<JobHandle, Error> {
         Self::start_with(|| copy::prepare(spec))
     }

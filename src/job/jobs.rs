@@ -2,8 +2,8 @@
 //! its lock), interrupted (its process died mid-run, e.g. kill -9: the checkpoint still says
 //! running; rerunning the same command resumes it), or over (completed, failed, cancelled).
 
-use super::checkpoint::{Checkpoint, is_running};
-use super::state::JobState;
+use crate::coord::checkpoint::{Checkpoint, is_running};
+use crate::coord::state::JobState;
 use std::path::Path;
 
 /// A job found in the state dir.
@@ -125,7 +125,7 @@ mod tests {
     #[test]
     fn a_held_lock_is_running_and_a_released_one_is_not() {
         let t = tempfile::tempdir().unwrap();
-        let sd = super::super::checkpoint::StateDir::open(t.path(), "j").unwrap();
+        let sd = crate::coord::checkpoint::StateDir::open(t.path(), "j").unwrap();
         assert!(is_running(&t.path().join("j")));
         drop(sd);
         assert!(!is_running(&t.path().join("j")));
