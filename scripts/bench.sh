@@ -13,7 +13,7 @@
 #
 # usage: [FERRY=BIN] [FERRY_B=BIN] [FERRY_ARGS=...] [PEERS=DIR] scripts/bench.sh
 #            [-s "large mixed small"] [-r RUNS] [-c "cold warm"] [-d WORKDIR]
-#            [-D "ext4 xfs root tmpfs disk"] [-t|-f] [-o FILE]
+#            [-D "ext4 ext4nj xfs root tmpfs disk"] [-t|-f] [-o FILE]
 #   -D  destinations, each run of each tool in each (root for ext4, xfs, tmpfs and cold):
 #       ext4   a fresh ext4 (default mkfs, with journal) on a loop device over a file in WORKDIR,
 #              made anew before every run. Why: on an ext4 without a journal (this VM's root
@@ -22,6 +22,8 @@
 #              while its inode-table block is cached, rescanning them for every create
 #              (find_inode_bit -> recently_deleted was 30 % of a small-file copy's CPU in perf),
 #              so each run pays for the previous run's `rm -rf`.
+#       ext4nj the same with a fresh ext4 without a journal (the root fs's kind, without its
+#              history of deleted inodes)
 #       xfs    the same with a fresh XFS (default mkfs.xfs; apt-get install xfsprogs)
 #       root   a directory on the machine's own root filesystem, as a user copying in place
 #              would ($ROOT_DST, default /var/tmp/ferry-bench-root; removed between runs, so
@@ -53,16 +55,16 @@ export PATH="${PEERS:-/opt/ferry-peers}/bin:$PATH"
 root_dst=${ROOT_DST:-/var/tmp/ferry-bench-root}
 for d in $dests; do
   case $d in
-    ext4|xfs)
-      [ "$(id -u)" = 0 ] && command -v losetup >/dev/null && command -v "mkfs.$d" >/dev/null ||
-        { echo "bench.sh -D $d needs root, losetup and mkfs.$d" >&2; exit 2; } ;;
+    ext4|ext4nj|xfs)
+      [ "$(id -u)" = 0 ] && command -v losetup >/dev/null && command -v "mkfs.${d%nj}" >/dev/null ||
+        { echo "bench.sh -D $d needs root, losetup and mkfs.${d%nj}" >&2; exit 2; } ;;
     tmpfs) [ "$(id -u)" = 0 ] || { echo "bench.sh -D tmpfs needs root (mount)" >&2; exit 2; } ;;
     root)
       mkdir -p "$root_dst"
       [ "$(stat -c %d "$root_dst")" = "$(stat -c %d /)" ] ||
         { echo "ROOT_DST=$root_dst is not on the root filesystem" >&2; exit 2; } ;;
     disk) ;;
-    *) echo "unknown destination $d (ext4 xfs root tmpfs disk)" >&2; exit 2 ;;
+    *) echo "unknown destination $d (ext4 ext4nj xfs root tmpfs disk)" >&2; exit 2 ;;
   esac
 done
 if [[ " $caches " == *" cold "* ]] && [ "$(id -u)" != 0 ]; then
@@ -111,7 +113,7 @@ run_tool() { # tool src dst
 place() { # dest shape
   src="$data/$2"
   case $1 in
-    ext4|xfs) fresh_fs_on "$img" "$mnt" "$data/$2" "$1"; out="$mnt/out" ;;
+    ext4|ext4nj|xfs) fresh_fs_on "$img" "$mnt" "$data/$2" "$1"; out="$mnt/out" ;;
     root) out="$root_dst/out"; rm -rf "$out" ;;
     disk) out="$work/out"; rm -rf "$out" ;;
     tmpfs)
@@ -125,7 +127,7 @@ place() { # dest shape
 }
 unplace() { # dest
   case $1 in
-    ext4|xfs) fresh_fs_off ;;
+    ext4|ext4nj|xfs) fresh_fs_off ;;
     *) rm -rf "$out" ;;
   esac
 }

@@ -14,6 +14,20 @@ fresh_img=""; fresh_mnt=""; fresh_loop=""
 fresh_fs_off() {
   if [ -n "$fresh_mnt" ] && mountpoint -q "$fresh_mnt"; then umount "$fresh_mnt"; fi
   if [ -n "$fresh_loop" ]; then losetup -d "$fresh_loop"; fresh_loop=""; fi
+  # A mount namespace made while it was mounted (another process's unshare, `ip netns exec`)
+  # holds a copy of the mount: the filesystem lives on there, its loop device stays bound
+  # to the image, and it writes its last log into the image after the next mkfs (seen: XFS
+  # "Metadata CRC error", EUCLEAN in the next run). The image is reused only once free.
+  if [ -n "$fresh_img" ]; then
+    local i
+    for ((i = 0; i < 6000; i++)); do
+      [ -z "$(losetup -j "$fresh_img")" ] && return 0
+      if ((i == 50)); then echo "fresh_fs_off: waiting for $(losetup -j "$fresh_img" | cut -d: -f1), still mounted in another mount namespace" >&2; fi
+      sleep 0.1
+    done
+    echo "fresh_fs_off: $fresh_img still bound after 10 minutes: $(losetup -j "$fresh_img")" >&2
+    exit 2
+  fi
 }
 fresh_prewrite() { # IMG MIB: IMG holds at least MIB MiB of written (not sparse) blocks
   local have=0 alloc=0
