@@ -51,23 +51,55 @@ impl Token {
 /// The temp name for `dst` under `tok`. Names too long for it keep a prefix plus a hash of the
 /// whole name, so the temp name still fits NAME_MAX, is unique and is the same on every run.
 pub fn temp_name(dst: &Path, tok: &Token) -> PathBuf {
+    // Every file copied builds one: the common shape (a plain last component after a '/')
+    // is cut by bytes into one allocation, without Path's component parser.
+    let whole = dst.as_os_str().as_bytes();
+    if let Some(cut) = whole.iter().rposition(|&c| c == b'/')
+        && plain_name(&whole[cut + 1..])
+        && plain_parent(&whole[..cut])
+    {
+        let name = &whole[cut + 1..];
+        let mut t = Vec::with_capacity(cut + 2 + name.len() + TAIL);
+        t.extend_from_slice(&whole[..=cut]);
+        push_temp(&mut t, name, tok);
+        return PathBuf::from(std::ffi::OsString::from_vec(t));
+    }
     let name = dst.file_name().unwrap_or_default().as_bytes();
-    let tail = MARK.len() + TOKEN_LEN + SUFFIX.len();
     let mut t = Vec::with_capacity(NAME_MAX);
+    push_temp(&mut t, name, tok);
+    dst.with_file_name(std::ffi::OsString::from_vec(t))
+}
+
+/// Bytes a temp name adds after the file's name.
+const TAIL: usize = MARK.len() + TOKEN_LEN + SUFFIX.len();
+
+/// A last component `Path::file_name` returns as it is (so the byte cut agrees with it).
+fn plain_name(name: &[u8]) -> bool {
+    !name.is_empty() && name != b"." && name != b".."
+}
+
+/// A parent `Path::parent` returns as it is: no trailing '/' or "." component, which it
+/// would trim.
+fn plain_parent(dir: &[u8]) -> bool {
+    !dir.ends_with(b"/") && dir != b"." && !dir.ends_with(b"/.")
+}
+
+/// Appends the temp name of the file name `name` to `t`.
+fn push_temp(t: &mut Vec<u8>, name: &[u8], tok: &Token) {
+    let start = t.len();
     t.push(b'.');
-    if 1 + name.len() + tail <= NAME_MAX {
+    if 1 + name.len() + TAIL <= NAME_MAX {
         t.extend_from_slice(name);
     } else {
         let hash = format!("~{:016x}", xxhash_rust::xxh3::xxh3_64(name));
-        let keep = NAME_MAX - 1 - hash.len() - tail;
+        let keep = NAME_MAX - 1 - hash.len() - TAIL;
         t.extend_from_slice(&name[..keep]);
         t.extend_from_slice(hash.as_bytes());
     }
     t.extend_from_slice(MARK);
     t.extend_from_slice(tok.0.as_bytes());
     t.extend_from_slice(SUFFIX);
-    debug_assert!(t.len() <= NAME_MAX);
-    dst.with_file_name(std::ffi::OsString::from_vec(t))
+    debug_assert!(t.len() - start <= NAME_MAX);
 }
 
 /// Whether a file name has the shape of a ferry temp name (any token). Only for places where
@@ -110,6 +142,17 @@ mod tests {
         assert!(is_temp_name(t1.file_name().unwrap().as_bytes()));
         assert_ne!(t1, t2);
         assert_eq!(t1, temp_name(&Path::new("/d").join(&long1), &tok));
+        // The byte cut and Path's own parsing agree, whatever the shape of the path.
+        for p in [
+            "/d/file", "d/e/f", "f", "/d//f", "./f", "/d/f/", "/d/.", "/d/..", "/", "", "a/b/./",
+            "a/./f", "a/../f", "/f", "//f", "a/.f",
+        ] {
+            let name = Path::new(p).file_name().unwrap_or_default();
+            let mut t = Vec::new();
+            push_temp(&mut t, name.as_bytes(), &tok);
+            let slow = Path::new(p).with_file_name(std::ffi::OsString::from_vec(t));
+            assert_eq!(temp_name(Path::new(p), &tok), slow, "{p}");
+        }
         let other = temp_name(Path::new("/d/file"), &Token::random());
         assert_ne!(a, other, "another job's temp is another name");
     }

@@ -108,30 +108,45 @@ impl CopyReactor {
         if self.ctx.steer.stop.aborted() || self.halted() {
             return Ok(());
         }
-        for idx in 0..self.active.len() {
+        // Only segments with data left to read (see `unread`), in slot order.
+        let mut at = self.unread.next_from(0);
+        while let Some(idx) = at {
+            at = self.unread.next_from(idx + 1);
             // A segment whose file failed elsewhere before it issued anything: retire it now,
             // no completion will come for it.
             if matches!(&self.active[idx], Some(s) if s.inflight == 0 && s.job.is_failed()) {
                 self.retire(idx)?;
                 continue;
             }
-            while !self.free.is_empty() {
-                let Some(seg) = self.active[idx].as_mut() else {
-                    break;
-                };
-                if !seg.next_range() || seg.job.is_failed() {
-                    break;
-                }
-                // Under a byte limit, chunks are no bigger than its burst.
-                let most = self.ctx.steer.bytes_limit.chunk(self.buf_size);
-                let len = (seg.end - seg.next).min(most) as u32;
-                if !self.ctx.steer.bytes_limit.try_take(len as u64) {
-                    return Ok(()); // throttled: try again after the next completion or nap
-                }
-                self.start_read(idx, len)?;
+            let go = self.read_segment(idx);
+            if matches!(&self.active[idx], Some(s) if s.exhausted()) {
+                self.unread.remove(idx);
+            }
+            if !go? {
+                return Ok(()); // throttled: try again after the next completion or nap
             }
         }
         Ok(())
+    }
+
+    /// Starts reads of segment `idx` while buffers are free; false when throttled.
+    fn read_segment(&mut self, idx: usize) -> Result<bool, Error> {
+        while !self.free.is_empty() {
+            let Some(seg) = self.active[idx].as_mut() else {
+                break;
+            };
+            if !seg.next_range() || seg.job.is_failed() {
+                break;
+            }
+            // Under a byte limit, chunks are no bigger than its burst.
+            let most = self.ctx.steer.bytes_limit.chunk(self.buf_size);
+            let len = (seg.end - seg.next).min(most) as u32;
+            if !self.ctx.steer.bytes_limit.try_take(len as u64) {
+                return Ok(false);
+            }
+            self.start_read(idx, len)?;
+        }
+        Ok(true)
     }
 
     /// Reads the next `len` bytes of segment `idx` into a free buffer.
@@ -194,17 +209,17 @@ impl CopyReactor {
             }
             return self.release(buf);
         }
-        self.chunk_moved(buf, n, &job)
+        self.chunk_moved(buf, n, job)
     }
 
     /// `n` more bytes of the chunk's phase moved: continue it, or start the next phase.
-    fn chunk_moved(&mut self, buf: u32, n: u32, job: &FileJob) -> Result<(), Error> {
+    fn chunk_moved(&mut self, buf: u32, n: u32, job: Arc<FileJob>) -> Result<(), Error> {
         let now = self.now_ns();
         let s = &mut self.slots[buf as usize];
         s.done += n;
         if s.done < s.len {
             // Short read or write: continue where it stopped, same buffer.
-            return self.resubmit(buf, job);
+            return self.resubmit(buf, &job);
         }
         let h = if s.writing {
             &mut self.lat.write
@@ -215,6 +230,9 @@ impl CopyReactor {
         s.t0 = now;
         let (writing, seg_idx) = (s.writing, s.seg as usize);
         if writing || job.is_failed() || self.ctx.steer.stop.aborted() {
+            // Dropped first: the last segment's release finalizes the file, which then
+            // finds its job unshared and moves its paths instead of copying them.
+            drop(job);
             return self.release(buf);
         }
         if self.active[seg_idx]
@@ -225,7 +243,7 @@ impl CopyReactor {
             self.slots[buf as usize].ready = true;
             return self.hash_ready(seg_idx);
         }
-        self.start_write(buf, job)
+        self.start_write(buf, &job)
     }
 
     /// A chunk's op failed with `errno`: retried, parked for room, or the file fails.
@@ -367,26 +385,49 @@ impl CopyReactor {
         ranges.reverse();
         let (start, end) = ranges.pop().expect("non-empty");
         let idx = self
-            .active
-            .iter()
-            .position(|s| s.is_none())
+            .taken
+            .first_absent(self.active.len())
             .expect("can_take checked for a free active slot");
+        assert!(self.active[idx].is_none(), "slot set out of step");
+        self.taken.insert(idx);
+        self.unread.insert(idx);
         self.active[idx] = Some(Seg {
             job,
             next: start,
             end,
             more: ranges,
             inflight: 0,
-            hash: hash.then(|| Box::new(Xxh3::new())),
+            hash: hash.then(|| self.hasher()),
             hashed: 0,
             order: VecDeque::new(),
         });
         self.active_count += 1;
     }
 
+    /// A streaming hasher, reset: a kept one when there is one (its state is ~600 bytes,
+    /// allocated and filled per file otherwise).
+    fn hasher(&mut self) -> Box<Xxh3> {
+        match self.hashers.pop() {
+            Some(mut h) => {
+                h.reset();
+                h
+            }
+            None => Box::new(Xxh3::new()),
+        }
+    }
+
+    /// Keeps a finished hasher for the next file (at most one per active slot).
+    fn keep_hasher(&mut self, h: Box<Xxh3>) {
+        if self.hashers.len() < self.active.len() {
+            self.hashers.push(h);
+        }
+    }
+
     /// Removes a segment with nothing in flight; the last segment of a file finalizes it.
     pub(super) fn retire(&mut self, idx: usize) -> Result<(), Error> {
         let seg = self.active[idx].take().expect("active segment");
+        self.taken.remove(idx);
+        self.unread.remove(idx);
         assert_eq!(seg.inflight, 0, "retiring a segment with I/O in flight");
         assert!(
             seg.order.is_empty(),
@@ -401,6 +442,7 @@ impl CopyReactor {
             assert!(seg.hashed <= size);
             crate::verify::hash_zeros(&mut h, size - seg.hashed);
             seg.job.set_digest(h.digest());
+            self.keep_hasher(h);
         }
         if self.ctx.steer.stop.aborted() {
             seg.job

@@ -3,6 +3,7 @@
 //! and create; chunk.rs: read -> [hash] -> write; finish.rs: metadata, commit or fsync).
 
 use super::chunk::{Seg, Slot};
+use super::slotset::SlotSet;
 use super::task::{Ctx, FileJob, Finished, Task};
 use super::walk;
 use crate::error::Error;
@@ -50,6 +51,16 @@ pub struct CopyReactor {
     pub(super) slots: Vec<Slot>,
     pub(super) active: Vec<Option<Seg>>,
     pub(super) active_count: usize,
+    /// Slots of `active` holding a segment.
+    pub(super) taken: SlotSet,
+    /// Slots whose segment has data left to read (not exhausted): what `issue_reads` visits.
+    /// A segment only leaves it by its last read or its retirement, and an exhausted segment
+    /// always has a chunk in flight, so no other slot can need a read or a retirement there.
+    pub(super) unread: SlotSet,
+    /// Streaming hashers of retired segments, reused (see `chunk::hasher`). Boxed: they move
+    /// to and from `Seg::hash` as they are, without copying their ~600-byte state.
+    #[allow(clippy::vec_box)]
+    pub(super) hashers: Vec<Box<xxhash_rust::xxh3::Xxh3>>,
     /// Per-file fsyncs in flight, at most one per buffer.
     pub(super) fsyncs: usize,
     pub(super) fsync_wait: VecDeque<Arc<FileJob>>,
@@ -91,6 +102,9 @@ impl CopyReactor {
             slots: vec![Slot::default(); depth],
             active: (0..depth).map(|_| None).collect(),
             active_count: 0,
+            taken: SlotSet::new(depth),
+            unread: SlotSet::new(depth),
+            hashers: Vec::new(),
             fsyncs: 0,
             fsync_wait: VecDeque::new(),
             known_devs: Vec::new(),
@@ -211,9 +225,9 @@ impl CopyReactor {
     }
 
     fn has_issuable(&self) -> bool {
-        self.active
+        self.unread
             .iter()
-            .flatten()
+            .filter_map(|i| self.active[i].as_ref())
             .any(|s| !s.exhausted() && !s.job.is_failed())
     }
 

@@ -10,6 +10,7 @@ use crate::meta;
 use crate::spec::FsyncMode;
 use crate::stats::Stats;
 use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -82,7 +83,7 @@ impl CopyReactor {
                 None
             }
         };
-        self.outbox.push(finished(&job, anon));
+        self.outbox.push(finished(job, anon));
     }
 
     /// Hands the finished files to the committer.
@@ -90,7 +91,9 @@ impl CopyReactor {
         if self.outbox.is_empty() {
             return;
         }
-        let files = std::mem::take(&mut self.outbox);
+        // The next turn's outbox starts at this one's size: no regrowth, file by file.
+        let cap = self.outbox.len();
+        let files = std::mem::replace(&mut self.outbox, Vec::with_capacity(cap));
         let tx = self.commit_tx.as_ref().expect("batch mode has a committer");
         if let Err(std::sync::mpsc::SendError(files)) = tx.send(files) {
             // The committer is gone (it panicked): nothing more can become durable.
@@ -245,19 +248,29 @@ impl CopyReactor {
     }
 }
 
-/// What the committer needs of a finished file.
-fn finished(job: &FileJob, anon: Option<(OwnedFd, super::task::AnonSlot)>) -> Finished {
-    Finished {
+/// What the committer needs of a finished file. The job is usually this reactor's alone by
+/// now (its segments are over): then its paths move over instead of being copied.
+fn finished(job: Arc<FileJob>, anon: Option<(OwnedFd, super::task::AnonSlot)>) -> Finished {
+    let mut f = Finished {
         opened: job.opened,
-        src: job.src.clone(),
+        src: PathBuf::new(),
         done: done_record(&job.st, job.copied_len(), job.digest()),
-        tmp: job.tmp.clone(),
-        dst: job.dst.clone(),
+        tmp: PathBuf::new(),
+        dst: PathBuf::new(),
         dev: job.dst_dev,
         bytes: job.copied_len(),
-        parent: job.parent.clone(),
+        parent: None,
         link_key: job.link_key,
         attempt: job.attempt,
         anon,
+    };
+    match Arc::try_unwrap(job) {
+        // The source fd closes here, with the rest of the job.
+        Ok(j) => (f.src, f.tmp, f.dst, f.parent) = (j.src, j.tmp, j.dst, j.parent),
+        Err(j) => {
+            (f.src, f.tmp, f.dst) = (j.src.clone(), j.tmp.clone(), j.dst.clone());
+            f.parent = j.parent.clone();
+        }
     }
+    f
 }

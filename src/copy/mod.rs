@@ -15,6 +15,7 @@ pub mod plan;
 pub mod remove;
 #[cfg(test)]
 mod scripted;
+mod slotset;
 pub mod steer;
 pub mod task;
 pub mod walk;

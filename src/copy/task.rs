@@ -124,7 +124,9 @@ impl DirNode {
     /// The directory fds for *at() calls on a child: (source dir, destination dir), when this
     /// node has them and `dst` (and `src`, when given) are its direct children.
     pub fn child_fds(&self, src: Option<&Path>, dst: &Path) -> Option<(RawFd, RawFd)> {
-        let child = |f: &Path, d: &Path| f.parent().is_some_and(|q| q.as_os_str() == d.as_os_str());
+        let child = |f: &Path, d: &Path| {
+            is_child_bytes(f, d) || f.parent().is_some_and(|q| q.as_os_str() == d.as_os_str())
+        };
         let fds = self.fds.get()?.as_ref()?;
         (child(dst, &self.dst) && src.is_none_or(|s| child(s, &self.src)))
             .then(|| (fds.src.as_raw_fd(), fds.dst.as_raw_fd()))
@@ -133,6 +135,18 @@ impl DirNode {
     pub fn add_child(&self) {
         self.pending.fetch_add(1, Ordering::AcqRel);
     }
+}
+
+/// `f` is `d`, a '/', then one plain name: a child of the directory `d` names, whatever
+/// `Path::parent` would make of `d` (the per-file check, by bytes; the walk builds exactly
+/// this shape).
+fn is_child_bytes(f: &Path, d: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let (f, d) = (f.as_os_str().as_bytes(), d.as_os_str().as_bytes());
+    let Some(name) = f.strip_prefix(d).and_then(|r| r.strip_prefix(b"/")) else {
+        return false;
+    };
+    !d.is_empty() && !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/')
 }
 
 /// One child of `parent` is finished; applies metadata up the tree as directories complete.
@@ -636,5 +650,39 @@ impl Ctx {
     /// syncfs on a source filesystem (see `Fds::sync_src`; rebalance calls it here).
     pub fn sync_src(&self, dev: u64, dir: &Path) -> Result<(), Error> {
         self.fds.sync_src(dev, dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_child_by_bytes_is_one_plain_name_below_the_directory() {
+        use std::path::Path;
+        let yes = [
+            ("d/f", "d"),
+            ("/a/b/c", "/a/b"),
+            ("x/./f", "x/."),
+            ("d/.f", "d"),
+        ];
+        let no = [
+            ("d/e/f", "d"),
+            ("d", "d"),
+            ("d/", "d"),
+            ("dd/f", "d"),
+            ("d/..", "d"),
+        ];
+        for (f, d) in yes {
+            assert!(
+                super::is_child_bytes(Path::new(f), Path::new(d)),
+                "{f} in {d}"
+            );
+        }
+        for (f, d) in no {
+            assert!(
+                !super::is_child_bytes(Path::new(f), Path::new(d)),
+                "{f} in {d}"
+            );
+        }
+        assert!(!super::is_child_bytes(Path::new("/f"), Path::new("")));
     }
 }

@@ -238,7 +238,22 @@ fn take_entry(
         });
     }
     node.add_child();
-    dispatch(ctx, owner, kind, src.join(os), node.dst.join(os), node);
+    dispatch(ctx, owner, kind, child(src, os), child(&node.dst, os), node);
+}
+
+/// `dir.join(name)` for a listed name (never empty, never holding '/'), built in one
+/// allocation of the right size: it runs twice per file.
+fn child(dir: &Path, name: &std::ffi::OsStr) -> PathBuf {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let (d, n) = (dir.as_os_str().as_bytes(), name.as_bytes());
+    let sep = !d.is_empty() && !d.ends_with(b"/");
+    let mut p = Vec::with_capacity(d.len() + usize::from(sep) + n.len());
+    p.extend_from_slice(d);
+    if sep {
+        p.push(b'/');
+    }
+    p.extend_from_slice(n);
+    PathBuf::from(std::ffi::OsString::from_vec(p))
 }
 
 /// A dry run's count of a regular file: a file, or a hard link where the copy would link it
@@ -352,4 +367,19 @@ pub fn copy_inline(ctx: &Ctx, src: &Path, dst: &Path) -> Result<(), Error> {
         super::remove::remove_entry(ctx, src, dst)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn child_paths_are_what_join_makes() {
+        use std::ffi::OsStr;
+        use std::path::Path;
+        for d in ["", "/", "a", "a/", "/x/y", "./z", "a//"] {
+            for n in ["f", ".f", "..f", "f g"] {
+                let (dir, name) = (Path::new(d), OsStr::new(n));
+                assert_eq!(super::child(dir, name), dir.join(name), "{d} + {n}");
+            }
+        }
+    }
 }
