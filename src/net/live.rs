@@ -188,7 +188,10 @@ mod tests {
         let (_c2, server2) = pair();
         let stuck = live.start(server2);
         let e = live
-            .retire(&[stuck.token.clone()], Duration::from_millis(100))
+            .retire(
+                std::slice::from_ref(&stuck.token),
+                Duration::from_millis(100),
+            )
             .unwrap_err();
         assert!(e.contains("still ending"), "{e}");
     }

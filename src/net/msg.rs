@@ -579,7 +579,7 @@ impl Msg {
 /// Concatenated tokens (16 hex digits each), at most [`MAX_STALE`].
 fn tokens(b: &[u8]) -> Result<Vec<Token>, ProtoError> {
     let bad = ProtoError::Malformed { what: "token" };
-    if b.len() % TOKEN_LEN != 0 || b.len() / TOKEN_LEN > MAX_STALE {
+    if !b.len().is_multiple_of(TOKEN_LEN) || b.len() / TOKEN_LEN > MAX_STALE {
         return Err(bad);
     }
     b.chunks(TOKEN_LEN)
@@ -779,6 +779,39 @@ mod tests {
         ] {
             roundtrip(m);
         }
+    }
+
+    #[test]
+    fn stale_tokens_are_bounded_and_checked() {
+        let open = |stale: Vec<Token>| Msg::Open {
+            op: Op::Push,
+            export: b"x".to_vec(),
+            path: Vec::new(),
+            stale,
+        };
+        let decode = |m: &Msg| {
+            let mut payload = Vec::new();
+            let kind = m.payload(&mut payload);
+            Msg::decode(&Frame { kind, payload })
+        };
+        let most: Vec<Token> = (0..MAX_STALE).map(|_| Token::random()).collect();
+        assert!(decode(&open(most.clone())).is_ok());
+        let mut over = most;
+        over.push(Token::random());
+        assert_eq!(
+            decode(&open(over)),
+            Err(ProtoError::Malformed { what: "token" })
+        );
+        // Not 16 hex digits: refused, not taken as a token.
+        let mut p = vec![Op::Push as u8];
+        put_bytes(&mut p, b"x");
+        put_bytes(&mut p, b"");
+        put_bytes(&mut p, b"0123456789ABCDEF");
+        let f = Frame {
+            kind: T_OPEN,
+            payload: p,
+        };
+        assert!(Msg::decode(&f).is_err());
     }
 
     #[test]
