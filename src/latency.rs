@@ -79,7 +79,7 @@ pub struct Quantiles {
 }
 
 impl Quantiles {
-    fn of(h: &Histogram<u64>) -> Self {
+    pub fn of(h: &Histogram<u64>) -> Self {
         if h.is_empty() {
             return Quantiles::default();
         }
@@ -101,4 +101,52 @@ pub struct LatencyReport {
     pub write: Quantiles,
     pub fsync: Quantiles,
     pub file: Quantiles,
+}
+
+/// Latencies of requests served by many threads, taken a window at a time (the S3
+/// endpoint's client requests, for the rebalance's pace). A mutex: one record per request.
+pub struct Window(std::sync::Mutex<Histogram<u64>>);
+
+impl Default for Window {
+    fn default() -> Self {
+        Window(std::sync::Mutex::new(hist()))
+    }
+}
+
+impl Window {
+    pub fn record(&self, d: std::time::Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(MAX_US);
+        record(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()), us);
+    }
+
+    /// The window since the last take (and a new one begins).
+    pub fn take(&self) -> Quantiles {
+        Quantiles::of(&self.take_histogram())
+    }
+
+    /// The same, as the histogram (to merge windows into a longer one).
+    pub fn take_histogram(&self) -> Histogram<u64> {
+        let mut h = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::replace(&mut *h, hist())
+    }
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_window_gives_its_p99_and_starts_over() {
+        let w = Window::default();
+        for _ in 0..99 {
+            w.record(Duration::from_millis(1));
+        }
+        w.record(Duration::from_millis(80));
+        w.record(Duration::from_millis(90));
+        let q = w.take();
+        assert_eq!(q.count, 101);
+        assert!((79_000..=81_000).contains(&q.p99), "p99 {}", q.p99);
+        assert_eq!(w.take().count, 0, "the next window is empty");
+    }
 }

@@ -17,6 +17,7 @@
 // ones marked hidden are the engine's insides, not a surface to build on.
 pub mod agent;
 pub mod cluster;
+pub mod cluster_demo;
 pub mod coord;
 pub mod copy;
 #[doc(hidden)]

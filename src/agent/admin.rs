@@ -200,5 +200,25 @@ fn metrics(doc: &Value) -> String {
             m += &format!("ferry_agent_rebalance_{name} {}\n", num(&r[field]));
         }
     }
+    let p = &doc["work"]["pace"];
+    if !p.is_null() {
+        m += &format!(
+            "ferry_agent_pace_limit_bytes_per_second {}\n",
+            num(&p["limit_bytes_s"])
+        );
+        m += &format!(
+            "ferry_agent_pace_limit_ops_per_second {}\n",
+            num(&p["limit_ops_s"])
+        );
+        for (name, field) in [
+            ("user_p99", "user_p99_us"),
+            ("user_p99_target", "user_target_us"),
+            ("disk_await", "disk_await_us"),
+            ("disk_await_target", "disk_target_us"),
+        ] {
+            m += &format!("ferry_agent_pace_{name}_seconds {}\n", num(&p[field]) / 1e6);
+        }
+        m += &format!("ferry_agent_pace_requests {}\n", num(&p["requests"]));
+    }
     m
 }

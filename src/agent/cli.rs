@@ -54,6 +54,26 @@ pub struct AgentArgs {
     /// This node's TLS identity and the cluster CA (`ferry certs issue DIR NODE` makes it).
     #[arg(long, value_name = "DIR")]
     pub tls_dir: Option<PathBuf>,
+    /// User I/O first: the client p99 (at the S3 endpoint) the rebalance yields to, e.g.
+    /// 20ms; it also yields to this node's disks' completion latency. `off`: only the
+    /// cluster's fixed rate [default: 1.25x the idle p99, 50ms before one is measured].
+    #[arg(long, value_name = "DURATION|off")]
+    pub user_p99: Option<String>,
+}
+
+/// The pace's settings from `--user-p99` (None: off).
+fn pace_settings(a: &AgentArgs) -> Result<Option<crate::coord::pace::Settings>, String> {
+    let user_p99 = match a.user_p99.as_deref() {
+        Some("off") => return Ok(None),
+        Some(v) => {
+            Some(crate::coord::pace::parse_duration(v).map_err(|m| format!("--user-p99 {m}"))?)
+        }
+        None => None,
+    };
+    Ok(Some(crate::coord::pace::Settings {
+        user_p99,
+        disk_await: None,
+    }))
 }
 
 /// What the agent serves besides its admin API (stopped when dropped, S3 first).
@@ -178,6 +198,7 @@ fn agent_inner(a: AgentArgs) -> Result<ExitCode, String> {
         Some(p) => AgentConfig::load(p)?,
         None => AgentConfig::default(),
     };
+    let pace = pace_settings(&a)?;
     let keys = Keys::new(&a.cluster)?;
     check_name("--node", &a.node)?;
     let dir = a.state_dir.clone().unwrap_or_else(|| {
@@ -217,6 +238,10 @@ fn agent_inner(a: AgentArgs) -> Result<ExitCode, String> {
     };
     let mut rebalancer =
         super::rebalance::Rebalancer::new(store, dir.clone(), threads, sender, &a.node);
+    if let Some(st) = pace {
+        let latency = served.s3.as_ref().map(|e| e.latency.clone());
+        rebalancer = rebalancer.with_pace(super::pace::Paced::new(st, latency));
+    }
     if let Some(o) = &served.objects {
         // Moves and client writes on one object layer: the same key locks and registry.
         let cell = o.cell.clone();

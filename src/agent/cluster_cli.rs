@@ -372,6 +372,18 @@ fn print_rebalance(r: &Value) {
             eta(&n["eta_s"]),
             n["partitions_done"]
         );
+        if n["user_target_us"].as_u64().unwrap_or(0) > 0 {
+            let ms = |k: &str| n[k].as_f64().unwrap_or(0.0) / 1000.0;
+            let limit = match n["limit_bytes_s"].as_u64().unwrap_or(0) {
+                0 => "unlimited".to_string(),
+                b => format!("{:.1} MB/s", b as f64 / 1e6),
+            };
+            println!(
+                "    pace: limit {limit}, client p99 {:.1} ms (target {:.1} ms)",
+                ms("user_p99_us"),
+                ms("user_target_us")
+            );
+        }
         for e in n["errors"].as_array().into_iter().flatten().take(3) {
             println!("    error: {}", e.as_str().unwrap_or(""));
         }

@@ -19,6 +19,7 @@ pub mod leader;
 pub mod member;
 pub mod node;
 pub mod objects;
+pub mod pace;
 pub mod peer;
 pub mod plan;
 pub mod rebalance;

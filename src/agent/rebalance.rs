@@ -52,6 +52,10 @@ pub struct Rebalancer {
     /// Its last record, for status and metrics.
     last: Value,
     events: Vec<(&'static str, Value)>,
+    /// The adaptive pace (None: the cluster's rate only, `--user-p99 off`).
+    pace: Option<super::pace::Paced>,
+    /// The cluster's fixed rates last seen: the pace's ceiling.
+    ceiling: (u64, u64),
 }
 
 struct Active {
@@ -101,6 +105,27 @@ impl Rebalancer {
             finished: 0,
             last: Value::Null,
             events: Vec::new(),
+            pace: None,
+            ceiling: (0, 0),
+        }
+    }
+
+    /// Paces the migration by client and disk latency (user I/O first).
+    pub fn with_pace(mut self, p: super::pace::Paced) -> Self {
+        self.pace = Some(p);
+        self
+    }
+
+    /// The rates to run at now: the pace's under the cluster's (stepped once a window).
+    fn rates(&mut self, ctx: &WorkCtx) -> (u64, u64) {
+        self.ceiling = (ctx.control.rate, ctx.control.ops);
+        let moved = self.run.as_ref().and_then(|r| r.active.as_ref()).map(|a| {
+            let st = a.handle.status();
+            (st.bytes, st.files)
+        });
+        match &mut self.pace {
+            Some(p) => p.rates(moved, self.ceiling),
+            None => self.ceiling,
         }
     }
 
@@ -187,6 +212,7 @@ impl Rebalancer {
             self.fence(ctx, r.topo_rev)
         };
         let (dir, threads, sender) = (self.dir.clone(), self.threads, self.sender.clone());
+        let rate = self.rates(ctx);
         let r = self.run.as_mut().expect("a run");
         let g = r.spec.generation;
         let gdir = dir.join("rebalance").join(format!("g{g}"));
@@ -226,8 +252,7 @@ impl Rebalancer {
         let mut spec = crate::CopySpec::new(Vec::new(), PathBuf::new());
         spec.threads = threads;
         spec.verify = crate::spec::VerifyMode::Full;
-        spec.bwlimit = ctx.control.rate;
-        spec.ops_limit = ctx.control.ops;
+        (spec.bwlimit, spec.ops_limit) = rate;
         spec.state_dir = Some(dir.join("rebalance").join("state"));
         spec.fresh = true;
         let mut counters = None;
@@ -244,9 +269,13 @@ impl Rebalancer {
         r.active = Some(Active {
             handle,
             counters: counters.expect("set by a successful prepare"),
-            rate: (ctx.control.rate, ctx.control.ops),
+            rate,
         });
         r.dirty = true;
+        if let (Some(p), Some(c)) = (&mut self.pace, &r.cluster) {
+            p.restart();
+            p.watch_disks(&c.disks().map(|(_, d)| d.to_path_buf()).collect::<Vec<_>>());
+        }
         Ok(true)
     }
 }
@@ -276,11 +305,10 @@ impl Run {
         }
     }
 
-    /// Pause, resume and rates follow the cluster's control.
-    fn steer(&mut self, ctx: &WorkCtx) -> Option<&'static str> {
+    /// Pause and resume follow the cluster's control, the rates the pace's.
+    fn steer(&mut self, ctx: &WorkCtx, rate: (u64, u64)) -> Option<&'static str> {
         let a = self.active.as_mut()?;
         let st = a.handle.state();
-        let rate = (ctx.control.rate, ctx.control.ops);
         if rate != a.rate {
             a.handle.set_rate(rate.0, rate.1);
             a.rate = rate;
@@ -434,6 +462,7 @@ impl Work for Rebalancer {
             self.begin(ctx, view, spec, topo_rev);
         }
         self.settle(ctx);
+        let rate = self.rates(ctx);
         let Some(r) = self.run.as_mut() else {
             return;
         };
@@ -457,10 +486,14 @@ impl Work for Rebalancer {
                 }
             }
         }
+        let pace = self.pace.as_ref().map(|p| p.status(self.ceiling));
         let r = self.run.as_mut().expect("a run");
         let g = r.spec.generation;
-        let steered = r.steer(ctx);
+        let steered = r.steer(ctx, rate);
         r.refresh();
+        if let Some(p) = pace {
+            r.rec.pace(&p);
+        }
         r.record(ctx, &*self.store);
         if let Some(kind) = steered {
             self.event(kind, g, json!({}));
@@ -480,7 +513,8 @@ impl Work for Rebalancer {
             json!({"generation": r.spec.generation, "record": r.rec,
                 "running": r.active.is_some()})
         });
-        json!({"rebalance": r})
+        let pace = self.pace.as_ref().map(|p| p.status(self.ceiling));
+        json!({"rebalance": r, "pace": pace})
     }
 
     fn take_events(&mut self) -> Vec<(&'static str, Value)> {

@@ -44,6 +44,24 @@ pub struct NodeProgress {
     pub runs: u32,
     pub started_ms: u64,
     pub at_ms: u64,
+    /// The pace (user I/O first): the byte rate it allows now (0: unlimited), the client
+    /// p99 of its last window and its target (µs).
+    #[serde(default)]
+    pub limit_bytes_s: u64,
+    #[serde(default)]
+    pub user_p99_us: u64,
+    #[serde(default)]
+    pub user_target_us: u64,
+}
+
+impl NodeProgress {
+    /// The pace's figures from its status document.
+    pub fn pace(&mut self, p: &Value) {
+        let n = |k: &str| p[k].as_u64().unwrap_or(0);
+        self.limit_bytes_s = n("limit_bytes_s");
+        self.user_p99_us = n("user_p99_us");
+        self.user_target_us = n("user_target_us");
+    }
 }
 
 pub const COMPLETED: &str = "completed";
@@ -141,7 +159,8 @@ pub fn summary(keys: &Keys, kvs: &[Kv], paused: bool) -> Value {
             "objects": p.moved, "objects_total": p.total, "bytes": p.moved_bytes,
             "bytes_total": p.total_bytes, "superseded": p.superseded, "failed": p.failed,
             "partitions_done": parts, "rate_bytes_s": p.rate_bytes_s, "eta_s": p.eta_s,
-            "errors": p.errors}));
+            "errors": p.errors, "limit_bytes_s": p.limit_bytes_s, "user_p99_us": p.user_p99_us,
+            "user_target_us": p.user_target_us}));
     }
     let left = t.total_bytes.saturating_sub(t.moved_bytes);
     let eta =

@@ -23,7 +23,6 @@ use copy::{CopyArgs, MoveArgs};
 use ctl::CtlArgs;
 use disk::DiskArgs;
 use docs::{CompletionsArgs, ManpageArgs};
-use engine::EngineArgs;
 use jobs::JobsArgs;
 use object::ObjectArgs;
 use plan::PlanArgs;
@@ -72,8 +71,9 @@ enum Cmd {
         override_usage = "ferry verify [OPTIONS] SRC DST\n       ferry verify [OPTIONS] --manifest FILE DST"
     )]
     Verify(VerifyArgs),
-    /// Build a sample tree, copy it, check the copy, print the speed, clean up.
-    Demo(EngineArgs),
+    /// Build a sample tree, copy it, check the copy, print the speed, clean up; with
+    /// --cluster, etcd and agents on loopback rebalancing under client load.
+    Demo(demo::DemoArgs),
     /// Show what a topology change would move, without touching data.
     #[command(after_help = TOPOLOGY_HELP)]
     Plan(PlanArgs),

@@ -11,7 +11,6 @@ pub mod cli;
 pub mod client;
 pub mod conn;
 pub mod frame;
-pub mod live;
 pub mod msg;
 pub mod push;
 pub mod quick;

@@ -323,8 +323,7 @@ impl<'a> Stream<'a> {
                 "ferry: {e}; stream {}: {acked} files durable so far, reconnecting",
                 self.k
             );
-            let old = self.conn.session.take();
-            match reconnect(self.sh.remote, self.sh.opts, old, since, &mut backoff) {
+            match reconnect(self.sh.remote, self.sh.opts, since, &mut backoff) {
                 Ok(c) => self.restart(c),
                 Err(f) => return Err(self.fail(f)),
             }

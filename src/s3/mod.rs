@@ -6,6 +6,7 @@
 pub mod body;
 pub mod bucket;
 pub mod cli;
+pub mod client;
 pub mod digest;
 pub mod errors;
 pub mod keys;

@@ -23,6 +23,9 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// A running endpoint; `stop` ends it.
 pub struct Endpoint {
     pub addr: SocketAddr,
+    /// Client requests' latencies (request in to last response byte out), a window at a
+    /// time: the agent's rebalance yields to them.
+    pub latency: Arc<crate::latency::Window>,
     stop: watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -87,15 +90,18 @@ pub fn start(
         .enable_all()
         .build()?;
     let svc = service(objects, keys, &limits);
+    let latency = Arc::new(crate::latency::Window::default());
+    let lat = latency.clone();
     let (stop, stopped) = watch::channel(false);
     let thread = std::thread::Builder::new()
         .name("ferry-s3-accept".into())
         .spawn(move || {
-            rt.block_on(serve(listener, svc, limits, stopped));
+            rt.block_on(serve(listener, svc, limits, lat, stopped));
             rt.shutdown_timeout(Duration::from_secs(1));
         })?;
     Ok(Endpoint {
         addr,
+        latency,
         stop,
         thread: Some(thread),
     })
@@ -105,6 +111,7 @@ async fn serve(
     l: std::net::TcpListener,
     svc: S3Service,
     limits: Limits,
+    latency: Arc<crate::latency::Window>,
     mut stop: watch::Receiver<bool>,
 ) {
     let l = match tokio::net::TcpListener::from_std(l) {
@@ -137,10 +144,13 @@ async fn serve(
             _ = stop.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let (svc, inflight) = (svc.clone(), inflight.clone());
+        let (svc, inflight, lat) = (svc.clone(), inflight.clone(), latency.clone());
         let conn = h.serve_connection(
             TokioIo::new(stream),
-            hyper::service::service_fn(move |req| handle(svc.clone(), inflight.clone(), req)),
+            hyper::service::service_fn(move |req| {
+                let timed = (std::time::Instant::now(), lat.clone());
+                handle(svc.clone(), inflight.clone(), req, timed)
+            }),
         );
         tokio::spawn(async move {
             let _held = permit;
@@ -157,6 +167,7 @@ async fn handle(
     svc: S3Service,
     inflight: Arc<Semaphore>,
     req: hyper::Request<Incoming>,
+    timed: Timed,
 ) -> Result<hyper::Response<Held>, s3s::HttpError> {
     let Ok(permit) = inflight.try_acquire_owned() else {
         let e = S3Error::with_message(S3ErrorCode::SlowDown, "too many requests in flight; retry");
@@ -166,6 +177,7 @@ async fn handle(
         return Ok(resp.map(|b| Held {
             inner: b,
             _permit: None,
+            timed: Some(timed),
         }));
     };
     let resp = svc.call(req.map(s3s::Body::from)).await?;
@@ -173,13 +185,27 @@ async fn handle(
     Ok(resp.map(|b| Held {
         inner: b,
         _permit: Some(permit),
+        timed: Some(timed),
     }))
 }
 
-/// A response body holding its request's in-flight permit.
+/// When a request came in, and where its latency goes.
+type Timed = (std::time::Instant, Arc<crate::latency::Window>);
+
+/// A response body holding its request's in-flight permit; its latency is recorded when it
+/// is dropped (the last byte sent, or the client gone).
 pub struct Held {
     inner: s3s::Body,
     _permit: Option<OwnedSemaphorePermit>,
+    timed: Option<Timed>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some((t, w)) = self.timed.take() {
+            w.record(t.elapsed());
+        }
+    }
 }
 
 impl Body for Held {

@@ -44,19 +44,36 @@ pub fn ferry_with(args: &[&std::ffi::OsStr], limit: Duration, uid: Option<u32>) 
         cmd.env("XDG_STATE_HOME", state_home());
     }
     let mut child = cmd.spawn().expect("spawn ferry");
+    // Drained while it runs: output past the pipe's 64 KiB would block the child forever.
+    let drain = |r: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut v);
+            }
+            v
+        })
+    };
+    let out = drain(child.stdout.take().map(|o| Box::new(o) as _));
+    let err = drain(child.stderr.take().map(|e| Box::new(e) as _));
     let start = Instant::now();
     loop {
-        if child.try_wait().expect("wait").is_some() {
-            return child.wait_with_output().expect("output");
+        if let Some(status) = child.try_wait().expect("wait") {
+            let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
+            return Output {
+                status,
+                stdout,
+                stderr,
+            };
         }
         if start.elapsed() > limit {
             let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
+            let _ = child.wait();
             panic!(
                 "ferry {:?} hung for {:?}; stderr: {}",
                 args,
                 limit,
-                String::from_utf8_lossy(&out.stderr)
+                String::from_utf8_lossy(&err.join().unwrap())
             );
         }
         std::thread::sleep(Duration::from_millis(5));
