@@ -14,7 +14,7 @@ const MARK: &[u8] = b".ferry-";
 const SUFFIX: &[u8] = b".tmp";
 
 /// A job's temp-name token: 16 lower-case hex digits.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Token(String);
 
 impl Token {

@@ -208,6 +208,7 @@ fn refusals_write_nothing_and_the_server_keeps_serving() {
         op: ferry::net::msg::Op::Push,
         export: b"data".to_vec(),
         path: b"../outside".to_vec(),
+        stale: Vec::new(),
     })
     .unwrap();
     c.flush().unwrap();

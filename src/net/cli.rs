@@ -184,6 +184,7 @@ fn options(
         state_dir: state_dir.unwrap_or_else(crate::coord::checkpoint::default_state_dir),
         fresh,
         streams: if streams == 0 { cpus } else { streams },
+        sessions: Default::default(),
     }
 }
 

@@ -3,7 +3,7 @@
 
 use super::beneath;
 use super::conn::Conn;
-use super::msg::{Msg, Op};
+use super::msg::{MAX_STALE, Msg, Op};
 use super::quick::QuickCheck;
 use super::recv::{self, Receiver};
 use super::send::{Hooks, Outcome, Sent};
@@ -12,6 +12,7 @@ use super::verify::Listing;
 use super::walk::{Item, Kind, Walker};
 use super::{session, tls, verify};
 use crate::coord::checkpoint::{Done, StateDir, absolute};
+use crate::temp::Token;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
@@ -59,26 +60,123 @@ pub struct Options {
     pub fresh: bool,
     /// TLS connections a push uses at once (at least 1).
     pub streams: usize,
+    /// A push's sessions (filled by [`push`]).
+    pub sessions: Sessions,
 }
 
-/// Connects and opens a session; the server's Ready (is_dir, exists).
-fn open(r: &Remote, op: Op, o: &Options) -> Result<(Conn, bool, bool), Fatal> {
-    let cfg = tls::client_config(&o.tls_dir).map_err(fatal)?;
-    let mut c = session::connect(&r.host, r.port, cfg).map_err(fatal)?;
+/// The temp tokens of a push job's sessions, kept in its state dir (`sessions`, one a line,
+/// each durable before its session carries anything): a reconnect or a rerun names the
+/// earlier ones stale, so the server stops those still running and sweeps what they left.
+#[derive(Default)]
+pub struct Sessions(std::sync::Mutex<Known>);
+
+#[derive(Default)]
+struct Known {
+    file: Option<PathBuf>,
+    /// Sessions given up on: an earlier run's, and this run's broken connections'.
+    stale: Vec<Token>,
+}
+
+impl Sessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Known> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The job's earlier runs' sessions become stale (the newest [`MAX_STALE`]).
+    fn attach(&self, sd: &StateDir) {
+        let file = sd.dir.join("sessions");
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        let mut k = self.lock();
+        k.stale = text.lines().filter_map(Token::parse).collect();
+        let over = k.stale.len().saturating_sub(MAX_STALE);
+        k.stale.drain(..over);
+        k.file = Some(file);
+    }
+
+    fn stale(&self) -> Vec<Token> {
+        self.lock().stale.clone()
+    }
+
+    /// Keeps a new session's token, durably, before the session is used.
+    fn record(&self, t: &Token) -> io::Result<()> {
+        use std::io::Write;
+        let k = self.lock();
+        let Some(p) = &k.file else { return Ok(()) };
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .map_err(|e| io::Error::new(e.kind(), format!("open {}: {e}", p.display())))?;
+        f.write_all(format!("{}\n", t.as_str()).as_bytes())
+            .and_then(|()| f.sync_data())
+            .map_err(|e| io::Error::new(e.kind(), format!("write {}: {e}", p.display())))
+    }
+
+    /// A session this run gave up on (its connection broke).
+    fn dead(&self, t: Token) {
+        let mut k = self.lock();
+        if !k.stale.contains(&t) {
+            k.stale.push(t);
+        }
+        let over = k.stale.len().saturating_sub(MAX_STALE);
+        k.stale.drain(..over);
+    }
+
+    /// The push completed: no session of it left anything.
+    fn clear(&self) {
+        let mut k = self.lock();
+        k.stale.clear();
+        if let Some(p) = &k.file {
+            let _ = crate::coord::durable::replace(p, b"", 0o600);
+        }
+    }
+}
+
+/// Sends Open and reads the server's answer; a push session's token is recorded first.
+fn open_on(
+    mut c: Conn,
+    r: &Remote,
+    op: Op,
+    o: &Options,
+) -> io::Result<Result<(Conn, bool, bool), Fatal>> {
+    let stale = if op == Op::Push {
+        o.sessions.stale()
+    } else {
+        Vec::new()
+    };
     let open = Msg::Open {
         op,
         export: r.export.as_bytes().to_vec(),
         path: r.path.clone(),
+        stale,
     };
-    c.send(&open).and_then(|()| c.flush()).map_err(fatal)?;
-    match c.recv().map_err(fatal)? {
-        Msg::Ready { is_dir, exists } => Ok((c, is_dir, exists)),
+    c.send(&open)?;
+    c.flush()?;
+    Ok(match c.recv()? {
+        Msg::Ready {
+            is_dir,
+            exists,
+            token,
+        } => {
+            if let Some(t) = &token {
+                o.sessions.record(t)?;
+            }
+            c.session = token;
+            Ok((c, is_dir, exists))
+        }
         Msg::Error { msg } => Err(usage(format!("{r}: {msg}"))),
         other => Err(Fatal {
             code: crate::Exit::Failed,
             msg: format!("{r}: unexpected {other:?}"),
         }),
-    }
+    })
+}
+
+/// Connects and opens a session; the server's Ready (is_dir, exists).
+fn open(r: &Remote, op: Op, o: &Options) -> Result<(Conn, bool, bool), Fatal> {
+    let cfg = tls::client_config(&o.tls_dir).map_err(fatal)?;
+    let c = session::connect(&r.host, r.port, cfg).map_err(fatal)?;
+    open_on(c, r, op, o).map_err(fatal)?
 }
 
 /// `SRC/.` or `.`: the directory's contents, not the directory.
@@ -251,6 +349,7 @@ pub fn push(sources: &[PathBuf], r: &Remote, o: &Options) -> Result<Pushed, Fata
         let _ = sd.reset();
         let _ = std::fs::remove_file(sd.dir.join("targets.json"));
     }
+    o.sessions.attach(&sd);
     let (c, is_dir, exists) = open(r, Op::Push, o)?;
     let t = match load_targets(&sd) {
         Some(t) if t.len() == sources.len() => t,
@@ -280,6 +379,7 @@ pub fn push(sources: &[PathBuf], r: &Remote, o: &Options) -> Result<Pushed, Fata
     let j = j.into_inner().unwrap_or_else(|p| p.into_inner());
     if out.errors.is_empty() {
         let _ = j.sd.truncate_journal();
+        o.sessions.clear();
     }
     Ok(Pushed {
         out,
@@ -309,38 +409,27 @@ fn remote_listing(r: &Remote, o: &Options, targets: &[Vec<u8>]) -> Result<Listin
     Ok(all)
 }
 
-/// Opens the session again, waiting with doubling pauses while the peer is away.
+/// Opens the session again, waiting with doubling pauses while the peer is away; `old`, the
+/// broken session, is named stale (the server stops it if it still runs).
 pub(super) fn reconnect(
     r: &Remote,
     o: &Options,
+    old: Option<Token>,
     started: Instant,
     backoff: &mut Duration,
 ) -> Result<Conn, Fatal> {
+    if let Some(t) = old {
+        o.sessions.dead(t);
+    }
     loop {
         std::thread::sleep(*backoff);
         *backoff = (*backoff * 2).min(BACKOFF_MAX);
         let cfg = tls::client_config(&o.tls_dir).map_err(fatal)?;
-        let attempt = session::connect(&r.host, r.port, cfg).and_then(|mut c| {
-            c.send(&Msg::Open {
-                op: Op::Push,
-                export: r.export.as_bytes().to_vec(),
-                path: r.path.clone(),
-            })?;
-            c.flush()?;
-            Ok(c)
-        });
+        let attempt =
+            session::connect(&r.host, r.port, cfg).and_then(|c| open_on(c, r, Op::Push, o));
         match attempt {
-            Ok(mut c) => match c.recv() {
-                Ok(Msg::Ready { .. }) => return Ok(c),
-                Ok(Msg::Error { msg }) => return Err(usage(format!("{r}: {msg}"))),
-                Ok(other) => {
-                    return Err(fatal(io::Error::other(format!(
-                        "{r}: unexpected {other:?}"
-                    ))));
-                }
-                Err(e) if transient(&e) && started.elapsed() < RETRY_FOR => {}
-                Err(e) => return Err(fatal(e)),
-            },
+            Ok(Ok((c, _, _))) => return Ok(c),
+            Ok(Err(f)) => return Err(f),
             Err(e) if transient(&e) && started.elapsed() < RETRY_FOR => {
                 eprintln!("ferry: {e}; retrying in {backoff:?}");
             }

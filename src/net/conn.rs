@@ -34,6 +34,8 @@ pub struct Conn {
     pub peer: String,
     /// How long a wait for the peer may take before the connection is declared stalled.
     pub idle: Duration,
+    /// A push session's temp-name token (from the server's Ready): named stale on a reconnect.
+    pub session: Option<crate::temp::Token>,
     eof: bool,
     /// The peer's stream went bad after the messages in the inbox (reported after them).
     broken: Option<ProtoError>,
@@ -80,12 +82,18 @@ impl Conn {
             inbox_bytes: 0,
             peer,
             idle: Duration::from_secs(60),
+            session: None,
             eof: false,
             broken: None,
             rbuf: vec![0; RBUF],
             rstart: 0,
             rend: 0,
         })
+    }
+
+    /// The socket (to poll whether the peer hung up).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.sock.as_raw_fd()
     }
 
     fn err(&self, what: &str, e: impl std::fmt::Display) -> io::Error {

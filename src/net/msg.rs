@@ -3,11 +3,14 @@
 //! '/'-separated).
 
 use super::frame::{self, Cursor, Frame, ProtoError, put_bytes};
+use crate::temp::{TOKEN_LEN, Token};
 
 /// Bumped on any change to the messages; Hello and Welcome themselves never change.
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 /// The start of every Hello/Welcome payload (anything else is not a ferry peer).
 pub const MAGIC: &[u8; 8] = b"FERRYNET";
+/// Stale session tokens an Open may name.
+pub const MAX_STALE: usize = 256;
 
 /// What a client opens a session for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,14 +43,22 @@ pub enum Msg {
     Hello { version: u16 },
     /// Server → client, answer to a Hello of the same version.
     Welcome { version: u16 },
-    /// Client → server: the session's export, path inside it and operation.
+    /// Client → server: the session's export, path inside it and operation. A push names
+    /// the temp tokens of its job's earlier sessions it gave up on (`stale`, at most
+    /// [`MAX_STALE`]): the server stops those that still run before this one starts.
     Open {
         op: Op,
         export: Vec<u8>,
         path: Vec<u8>,
+        stale: Vec<Token>,
     },
-    /// Server → client: the session is open; `is_dir`: the path is an existing directory.
-    Ready { is_dir: bool, exists: bool },
+    /// Server → client: the session is open; `is_dir`: the path is an existing directory;
+    /// `token`: a push session's own temp-name token.
+    Ready {
+        is_dir: bool,
+        exists: bool,
+        token: Option<Token>,
+    },
     /// Either way: fatal, the connection closes after it.
     Error { msg: String },
     /// Sender → receiver: a directory (created now, its metadata applied at the end).
@@ -237,14 +248,29 @@ impl Msg {
                 *p = hello_payload(*version);
                 T_WELCOME
             }
-            Msg::Open { op, export, path } => {
+            Msg::Open {
+                op,
+                export,
+                path,
+                stale,
+            } => {
                 p.push(*op as u8);
                 put_bytes(p, export);
                 put_bytes(p, path);
+                let toks: Vec<u8> = stale.iter().flat_map(|t| t.as_str().bytes()).collect();
+                put_bytes(p, &toks);
                 T_OPEN
             }
-            Msg::Ready { is_dir, exists } => {
+            Msg::Ready {
+                is_dir,
+                exists,
+                token,
+            } => {
                 p.extend_from_slice(&[*is_dir as u8, *exists as u8]);
+                put_bytes(
+                    p,
+                    token.as_ref().map_or(&b""[..], |t| t.as_str().as_bytes()),
+                );
                 T_READY
             }
             Msg::Error { msg } => {
@@ -425,11 +451,17 @@ impl Msg {
                     op,
                     export: c.bytes("export")?.to_vec(),
                     path: c.bytes("path")?.to_vec(),
+                    stale: tokens(c.bytes("stale tokens")?)?,
                 }
             }
             T_READY => Msg::Ready {
                 is_dir: c.u8("ready")? != 0,
                 exists: c.u8("ready")? != 0,
+                token: match c.bytes("token")? {
+                    b"" => None,
+                    t if t.len() == TOKEN_LEN => tokens(t)?.pop(),
+                    _ => return Err(ProtoError::Malformed { what: "token" }),
+                },
             },
             T_ERROR => Msg::Error {
                 msg: String::from_utf8_lossy(c.rest()).into_owned(),
@@ -544,6 +576,22 @@ impl Msg {
     }
 }
 
+/// Concatenated tokens (16 hex digits each), at most [`MAX_STALE`].
+fn tokens(b: &[u8]) -> Result<Vec<Token>, ProtoError> {
+    let bad = ProtoError::Malformed { what: "token" };
+    if !b.len().is_multiple_of(TOKEN_LEN) || b.len() / TOKEN_LEN > MAX_STALE {
+        return Err(bad);
+    }
+    b.chunks(TOKEN_LEN)
+        .map(|t| {
+            std::str::from_utf8(t)
+                .ok()
+                .and_then(Token::parse)
+                .ok_or_else(|| bad.clone())
+        })
+        .collect()
+}
+
 /// A decoder of messages: frames plus the rule that the first frame must be a Hello/Welcome
 /// (anything else is not a ferry peer).
 pub struct MsgDecoder {
@@ -626,10 +674,23 @@ mod tests {
                 op: Op::Pull,
                 export: b"data".to_vec(),
                 path: b"a/b\xff".to_vec(),
+                stale: Vec::new(),
+            },
+            Msg::Open {
+                op: Op::Push,
+                export: b"data".to_vec(),
+                path: Vec::new(),
+                stale: vec![Token::random(), Token::random()],
             },
             Msg::Ready {
                 is_dir: true,
                 exists: true,
+                token: None,
+            },
+            Msg::Ready {
+                is_dir: false,
+                exists: false,
+                token: Some(Token::random()),
             },
             Msg::Error { msg: "no".into() },
             Msg::Dir {
@@ -718,6 +779,39 @@ mod tests {
         ] {
             roundtrip(m);
         }
+    }
+
+    #[test]
+    fn stale_tokens_are_bounded_and_checked() {
+        let open = |stale: Vec<Token>| Msg::Open {
+            op: Op::Push,
+            export: b"x".to_vec(),
+            path: Vec::new(),
+            stale,
+        };
+        let decode = |m: &Msg| {
+            let mut payload = Vec::new();
+            let kind = m.payload(&mut payload);
+            Msg::decode(&Frame { kind, payload })
+        };
+        let most: Vec<Token> = (0..MAX_STALE).map(|_| Token::random()).collect();
+        assert!(decode(&open(most.clone())).is_ok());
+        let mut over = most;
+        over.push(Token::random());
+        assert_eq!(
+            decode(&open(over)),
+            Err(ProtoError::Malformed { what: "token" })
+        );
+        // Not 16 hex digits: refused, not taken as a token.
+        let mut p = vec![Op::Push as u8];
+        put_bytes(&mut p, b"x");
+        put_bytes(&mut p, b"");
+        put_bytes(&mut p, b"0123456789ABCDEF");
+        let f = Frame {
+            kind: T_OPEN,
+            payload: p,
+        };
+        assert!(Msg::decode(&f).is_err());
     }
 
     #[test]

@@ -323,7 +323,8 @@ impl<'a> Stream<'a> {
                 "ferry: {e}; stream {}: {acked} files durable so far, reconnecting",
                 self.k
             );
-            match reconnect(self.sh.remote, self.sh.opts, since, &mut backoff) {
+            let old = self.conn.session.take();
+            match reconnect(self.sh.remote, self.sh.opts, old, since, &mut backoff) {
                 Ok(c) => self.restart(c),
                 Err(f) => return Err(self.fail(f)),
             }

@@ -17,6 +17,8 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 use xxhash_rust::xxh3::Xxh3;
 
 mod special;
@@ -27,6 +29,37 @@ pub const BATCH_FILES: usize = 1024;
 pub const BATCH_BYTES: u64 = 256 << 20;
 /// Directory fds kept open for the files that follow.
 const DIR_CACHE: usize = 256;
+/// How often a watched session looks whether its sender is still there.
+const WATCH_EVERY: Duration = Duration::from_millis(5);
+
+/// What stops a session before it names anything more: the sender hung up (its input read
+/// ahead is not worked through: it will never see the acknowledgement, and its rerun sends
+/// those files again), or a newer session of the same client retired this one.
+pub struct Watch {
+    fd: RawFd,
+    stop: Arc<AtomicBool>,
+}
+
+impl Watch {
+    /// `fd`: the session's socket (outlives the receiver).
+    pub fn new(fd: RawFd, stop: Arc<AtomicBool>) -> Watch {
+        Watch { fd, stop }
+    }
+
+    fn stopped(&self) -> bool {
+        if self.stop.load(Ordering::Acquire) {
+            return true;
+        }
+        let mut p = libc::pollfd {
+            fd: self.fd,
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; no waiting.
+        let r = unsafe { libc::poll(&mut p, 1, 0) };
+        r > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+    }
+}
 
 /// A directory fd with its filesystem.
 struct DirFd {
@@ -94,6 +127,12 @@ pub struct Receiver {
     root: bool,
     /// This session's temp-name token: its temps are the only names it ever replaces or removes.
     tok: crate::temp::Token,
+    /// The token of split files' temps, which every stream (and session) of a push shares.
+    parts: crate::temp::Token,
+    /// Tokens of the client's earlier sessions that may have left temps (a killed server's):
+    /// removed where this session makes its own.
+    sweep: Vec<crate::temp::Token>,
+    watch: Option<Watch>,
     pub counts: Counts,
     /// Failures of single entries, as reported to the sender (and the sender's own).
     pub errors: Vec<String>,
@@ -118,10 +157,55 @@ impl Receiver {
             xattrs: Vec::new(),
             // SAFETY: geteuid has no preconditions.
             root: unsafe { libc::geteuid() } == 0,
+            parts: tok.clone(),
             tok,
+            sweep: Vec::new(),
+            watch: None,
             counts: Counts::default(),
             errors: Vec::new(),
         }
+    }
+
+    /// Split files' temps under `parts` (the same for every session of a push).
+    pub fn with_parts(mut self, parts: crate::temp::Token) -> Receiver {
+        self.parts = parts;
+        self
+    }
+
+    /// Removes the temps of `stale` tokens where this session writes.
+    pub fn sweeping(mut self, stale: Vec<crate::temp::Token>) -> Receiver {
+        self.sweep = stale;
+        self
+    }
+
+    /// Stops (nothing more named) when `w` says so.
+    pub fn watched(mut self, w: Watch) -> Receiver {
+        self.watch = Some(w);
+        self
+    }
+
+    fn stopped(&self) -> bool {
+        self.watch.as_ref().is_some_and(Watch::stopped)
+    }
+
+    /// This session's temp name for `name` in `dir`, after removing the stale sessions'
+    /// temps of that name.
+    fn temp_at(&self, dir: RawFd, name: &[u8]) -> Vec<u8> {
+        for t in &self.sweep {
+            let _ = beneath::unlink_at(dir, &beneath::temp_name(name, t));
+        }
+        beneath::temp_name(name, &self.tok)
+    }
+
+    /// The start of an entry named with the batch: its path beneath the prefix (never the
+    /// export's root), its id handled, and the attributes sent before it.
+    fn begin_entry(&mut self, id: u64, rel: &[u8], what: &str) -> Result<(Vec<u8>, Pairs), String> {
+        let full = self.full(rel)?;
+        if full.is_empty() {
+            return Err(format!("a {what} cannot replace the export's root"));
+        }
+        self.last_id = id;
+        Ok((full, std::mem::take(&mut self.xattrs)))
     }
 
     /// The directory holding `full` (a path beneath base), from the cache or opened now.
@@ -203,7 +287,7 @@ impl Receiver {
             }
             Msg::Skipped { n } => self.counts.skipped += n,
             Msg::Dir { path, meta } => self.dir(path, meta)?,
-            Msg::Flush => self.commit(out),
+            Msg::Flush => self.commit(out)?,
             Msg::Done => {
                 if self.cur.is_some() {
                     return Err(ProtoError::Unexpected {
@@ -211,7 +295,7 @@ impl Receiver {
                     }
                     .to_string());
                 }
-                self.commit(out);
+                self.commit(out)?;
                 self.finish_dirs(out);
                 out.push(Msg::Finished);
                 return Ok(true);
@@ -225,7 +309,7 @@ impl Receiver {
             other => self.on_entry(other, out)?,
         }
         if self.batch.len() >= BATCH_FILES || self.batch_bytes >= BATCH_BYTES {
-            self.commit(out);
+            self.commit(out)?;
         }
         Ok(false)
     }
@@ -331,9 +415,12 @@ impl Receiver {
         };
         match self.parent(&full) {
             Ok((dir, name)) => {
-                inc.tmp = beneath::temp_name(&name, &self.tok);
-                inc.name = name;
                 let fd = dir.fd.as_raw_fd();
+                inc.tmp = match part {
+                    Some(_) => beneath::temp_name(&name, &self.parts),
+                    None => self.temp_at(fd, &name),
+                };
+                inc.name = name;
                 let f = match part {
                     Some((size, offset)) => open_part(fd, &inc.tmp, size, offset),
                     None => create_temp(fd, &inc.tmp),
@@ -377,14 +464,9 @@ impl Receiver {
         meta: Meta,
         out: &mut Vec<Msg>,
     ) -> Result<(), String> {
-        let full = self.full(&rel)?;
-        if full.is_empty() {
-            return Err("a file cannot replace the export's root".into());
-        }
-        self.last_id = id;
-        let x = std::mem::take(&mut self.xattrs);
+        let (full, x) = self.begin_entry(id, &rel, "file")?;
         let r = self.parent(&full).and_then(|(dir, name)| {
-            let tmp = beneath::temp_name(&name, &self.tok);
+            let tmp = beneath::temp_name(&name, &self.parts);
             let f = File::from(beneath::open_at(
                 dir.fd.as_raw_fd(),
                 &tmp,
@@ -552,16 +634,17 @@ impl Receiver {
         meta: Meta,
         out: &mut Vec<Msg>,
     ) -> Result<(), String> {
-        let full = self.full(&rel)?;
-        self.last_id = id;
-        let x = std::mem::take(&mut self.xattrs);
+        let (full, x) = self.begin_entry(id, &rel, "symlink")?;
         let r = self.parent(&full).and_then(|(dir, name)| {
-            let tmp = beneath::temp_name(&name, &self.tok);
             let fd = dir.fd.as_raw_fd();
+            let tmp = self.temp_at(fd, &name);
             // The name carries this receiver's token: only a killed run of it left that name.
             let _ = beneath::unlink_at(fd, &tmp);
             beneath::symlink_at(&target, fd, &tmp)?;
-            apply_at(fd, &tmp, &meta, &x, self.root)?;
+            if let Err(e) = apply_at(fd, &tmp, &meta, &x, self.root) {
+                let _ = beneath::unlink_at(fd, &tmp);
+                return Err(e);
+            }
             Ok(Ready {
                 id,
                 rel: rel.clone(),
@@ -579,8 +662,9 @@ impl Receiver {
         Ok(())
     }
 
-    /// Group commit of the batch, then its acknowledgement.
-    fn commit(&mut self, out: &mut Vec<Msg>) {
+    /// Group commit of the batch, then its acknowledgement. Err: the session was stopped
+    /// (see [`Watch`]) before the batch was named; its temps stay for [`Receiver::abort`].
+    fn commit(&mut self, out: &mut Vec<Msg>) -> Result<(), String> {
         let batch = std::mem::take(&mut self.batch);
         self.batch_bytes = 0;
         if !batch.is_empty() {
@@ -605,7 +689,13 @@ impl Receiver {
                 }
                 self.counts.failed += batch.len() as u64;
                 out.push(Msg::Ack { upto: self.last_id });
-                return;
+                return Ok(());
+            }
+            // Last look before names change: a sender gone (or replaced) never learns of
+            // them, and its next session may be writing the same names already.
+            if self.stopped() {
+                self.batch = batch;
+                return Err(STOPPED.into());
             }
             let mut named = Vec::new();
             for b in batch.iter().filter(|b| !b.part) {
@@ -636,6 +726,7 @@ impl Receiver {
             }
         }
         out.push(Msg::Ack { upto: self.last_id });
+        Ok(())
     }
 
     /// Directory metadata, deepest first (after their contents), then made durable.
@@ -790,18 +881,30 @@ fn apply_at(dir: RawFd, name: &[u8], m: &Meta, x: &Pairs, root: bool) -> io::Res
     Ok(())
 }
 
-/// Runs a receiver on a connection until the sender is done (Ok) or the session breaks (the
-/// temps of unfinished files are removed; nothing partial is ever named).
+/// Why a watched session stopped.
+const STOPPED: &str = "the sender hung up or started a newer session: nothing more is named";
+
+/// Runs a receiver on a connection until the sender is done (Ok) or the session breaks or is
+/// stopped (the temps of unfinished files are removed; nothing partial is ever named).
 pub fn drive(c: &mut Conn, rx: &mut Receiver) -> io::Result<()> {
+    let r = drive_on(c, rx);
+    if r.is_err() {
+        rx.abort();
+    }
+    r
+}
+
+fn drive_on(c: &mut Conn, rx: &mut Receiver) -> io::Result<()> {
     let mut out = Vec::new();
+    let mut looked = Instant::now();
     loop {
-        let m = match c.recv() {
-            Ok(m) => m,
-            Err(e) => {
-                rx.abort();
-                return Err(e);
+        let m = c.recv()?;
+        if looked.elapsed() >= WATCH_EVERY {
+            if rx.stopped() {
+                return Err(io::Error::new(io::ErrorKind::ConnectionAborted, STOPPED));
             }
-        };
+            looked = Instant::now();
+        }
         let r = rx.on_msg(m, &mut out);
         for o in out.drain(..) {
             if let Msg::Fail { msg, .. } = &o {
@@ -816,8 +919,10 @@ pub fn drive(c: &mut Conn, rx: &mut Receiver) -> io::Result<()> {
                     return Ok(());
                 }
             }
+            Err(msg) if msg == STOPPED => {
+                return Err(io::Error::new(io::ErrorKind::ConnectionAborted, msg));
+            }
             Err(msg) => {
-                rx.abort();
                 let _ = c.send(&Msg::Error { msg: msg.clone() });
                 let _ = c.flush();
                 return Err(io::Error::new(io::ErrorKind::InvalidData, msg));

@@ -4,6 +4,7 @@
 
 use super::beneath::{self, check_rel, show, split};
 use super::conn::Conn;
+use super::live::{self, Live};
 use super::msg::{Msg, Op};
 use super::quick::QuickCheck;
 use super::recv::{self, Receiver};
@@ -59,8 +60,9 @@ pub struct Server {
     pub listener: TcpListener,
     pub exports: Arc<Vec<Export>>,
     pub tls: Arc<rustls::ServerConfig>,
-    /// The temp-name token of this server (kept in its state dir, so a restarted server
-    /// replaces the temps a killed one left, and nothing else).
+    /// The temp-name token of this server for the shared temps of files sent in ranges
+    /// (kept in its state dir, so a restarted server's rerun ranges land in the same temp).
+    /// Every other temp carries its push session's own token (see `live`).
     pub token: crate::temp::Token,
 }
 
@@ -68,6 +70,7 @@ impl Server {
     /// Serves until the process ends.
     pub fn run(self) -> io::Result<()> {
         let active = Arc::new(AtomicUsize::new(0));
+        let live = Arc::new(Live::default());
         loop {
             let (sock, addr) = match self.listener.accept() {
                 Ok(x) => x,
@@ -85,8 +88,9 @@ impl Server {
             active.fetch_add(1, Ordering::Relaxed);
             let (exports, tls, active) = (self.exports.clone(), self.tls.clone(), active.clone());
             let tok = self.token.clone();
+            let live = live.clone();
             std::thread::spawn(move || {
-                if let Err(e) = handle(sock, &exports, tls, tok) {
+                if let Err(e) = handle(sock, &exports, tls, tok, &live) {
                     eprintln!("ferry serve: {addr}: {e}");
                 }
                 active.fetch_sub(1, Ordering::Relaxed);
@@ -141,10 +145,17 @@ fn handle(
     exports: &[Export],
     tls: Arc<rustls::ServerConfig>,
     tok: crate::temp::Token,
+    live: &Arc<Live>,
 ) -> io::Result<()> {
+    let handle = sock.try_clone()?;
     let mut c = session::accept(sock, tls)?;
-    let (op, export, path) = match c.recv()? {
-        Msg::Open { op, export, path } => (op, export, path),
+    let (op, export, path, stale) = match c.recv()? {
+        Msg::Open {
+            op,
+            export,
+            path,
+            stale,
+        } => (op, export, path, stale),
         other => return refuse(c, format!("expected Open, got {other:?}")),
     };
     let Some(ex) = exports.iter().find(|e| e.name.as_bytes() == export) else {
@@ -164,26 +175,12 @@ fn handle(
     };
     match op {
         Op::Push => {
-            c.send(&Msg::Ready {
-                is_dir: t.is_dir,
-                exists: t.exists,
-            })?;
-            c.flush()?;
-            let base = beneath::open_dir(ex.fd.as_raw_fd(), b"").map_err(io::Error::other)?;
-            let mut rx = Receiver::new(base, path.clone(), tok);
-            let r = recv::drive(&mut c, &mut rx);
-            if r.is_ok() {
-                eprintln!(
-                    "ferry serve: {}: push into {}/{}: {} files, {} bytes, {} failed",
-                    c.peer,
-                    ex.name,
-                    show(&path),
-                    rx.counts.files,
-                    rx.counts.bytes,
-                    rx.counts.failed
-                );
-            }
-            r?;
+            let sweep = match live.retire(&stale, live::RETIRE_WAIT) {
+                Ok(s) => s,
+                Err(m) => return refuse(c, m),
+            };
+            push(c, ex, &t, path, tok, live.start(handle), sweep)?;
+            return Ok(());
         }
         Op::Pull | Op::Verify | Op::List => {
             if !t.exists {
@@ -195,6 +192,7 @@ fn handle(
             c.send(&Msg::Ready {
                 is_dir: t.is_dir,
                 exists: true,
+                token: None,
             })?;
             let walker = Walker::new(vec![(Arc::new(t.parent), t.name, Vec::new())]);
             if op == Op::Pull {
@@ -205,6 +203,50 @@ fn handle(
         }
     }
     c.close();
+    Ok(())
+}
+
+/// A push into `path`: received under the session's own temp token (ranges of split files
+/// under the server's `parts` token), stopped as soon as the client hangs up or a newer
+/// session of it retires this one; the stale tokens' leftover temps are swept on the way.
+fn push(
+    mut c: Conn,
+    ex: &Export,
+    t: &Target,
+    path: Vec<u8>,
+    parts: crate::temp::Token,
+    mut s: live::Session,
+    sweep: Vec<crate::temp::Token>,
+) -> io::Result<()> {
+    c.send(&Msg::Ready {
+        is_dir: t.is_dir,
+        exists: t.exists,
+        token: Some(s.token.clone()),
+    })?;
+    c.flush()?;
+    let base = beneath::open_dir(ex.fd.as_raw_fd(), b"").map_err(io::Error::other)?;
+    let mut rx = Receiver::new(base, path.clone(), s.token.clone())
+        .with_parts(parts)
+        .sweeping(sweep)
+        .watched(recv::Watch::new(c.raw_fd(), s.stop.clone()));
+    let r = recv::drive(&mut c, &mut rx);
+    // drive removed this session's temps whichever way it ended.
+    s.clean();
+    let what = format!("{}: push into {}/{}", c.peer, ex.name, show(&path));
+    let n = rx.counts;
+    match &r {
+        Ok(()) => eprintln!(
+            "ferry serve: {what}: {} files, {} bytes, {} failed",
+            n.files, n.bytes, n.failed
+        ),
+        Err(e) => eprintln!(
+            "ferry serve: {what}: stopped after {} files ({e}); nothing of it unfinished is named",
+            n.files
+        ),
+    }
+    if r.is_ok() {
+        c.close();
+    }
     Ok(())
 }
 

@@ -33,11 +33,11 @@ impl Receiver {
         target: Vec<u8>,
         out: &mut Vec<Msg>,
     ) -> Result<(), String> {
-        let (full, tfull) = (self.full(&rel)?, self.full(&target)?);
-        if full.is_empty() || tfull.is_empty() {
+        let tfull = self.full(&target)?;
+        if tfull.is_empty() {
             return Err("a link cannot name the export's root".into());
         }
-        self.last_id = id;
+        let (full, _) = self.begin_entry(id, &rel, "link")?;
         match self.link_tmp(&full, &tfull) {
             Ok(Some((dir, name, tmp))) => self.batch.push(Ready {
                 id,
@@ -71,7 +71,7 @@ impl Receiver {
         if now.is_some_and(|s| (s.st_dev, s.st_ino) == (t.st_dev, t.st_ino)) {
             return Ok(None);
         }
-        let tmp = beneath::temp_name(&name, &self.tok);
+        let tmp = self.temp_at(dir.fd.as_raw_fd(), &name);
         let _ = beneath::unlink_at(dir.fd.as_raw_fd(), &tmp); // a killed run's (our token)
         beneath::link_at(tdir.fd.as_raw_fd(), &tname, dir.fd.as_raw_fd(), &tmp)?;
         Ok(Some((dir, name, tmp)))
@@ -86,12 +86,7 @@ impl Receiver {
         meta: Meta,
         out: &mut Vec<Msg>,
     ) -> Result<(), String> {
-        let full = self.full(&rel)?;
-        if full.is_empty() {
-            return Err("a node cannot replace the export's root".into());
-        }
-        self.last_id = id;
-        let x = std::mem::take(&mut self.xattrs);
+        let (full, x) = self.begin_entry(id, &rel, "node")?;
         let kind = meta.mode & libc::S_IFMT;
         if ![libc::S_IFIFO, libc::S_IFCHR, libc::S_IFBLK].contains(&kind) {
             self.refuse(out, id, format!("'{}': not a FIFO or device", show(&rel)));
@@ -99,8 +94,8 @@ impl Receiver {
         }
         let root = self.root;
         let r = self.parent(&full).and_then(|(dir, name)| {
-            let tmp = beneath::temp_name(&name, &self.tok);
             let fd = dir.fd.as_raw_fd();
+            let tmp = self.temp_at(fd, &name);
             let _ = beneath::unlink_at(fd, &tmp); // a killed run's (our token)
             beneath::mknod_at(fd, &tmp, kind | 0o600, rdev)?;
             let done = apply_at(fd, &tmp, &meta, &x, root).and_then(|()| chmod_at(fd, &tmp, &meta));
