@@ -5,10 +5,12 @@
 //! exactly once at its owner with its content. Skips (saying why) without etcd.
 
 mod agent_harness;
+mod common;
 mod etcd_harness;
 
 use agent_harness::{Cluster, config};
-use ferry::cluster::store::{Placed, object_path, walk_objects};
+use common::placed::assert_placed;
+use ferry::cluster::store::{Placed, walk_objects};
 use ferry::cluster::{Topology, partition_of};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -84,35 +86,6 @@ fn fill(t: &Topology, n: usize) -> HashMap<String, Vec<u8>> {
         want.insert(key, data);
     }
     want
-}
-
-/// Objects on every disk of `t`: key -> disks holding it.
-fn where_is(t: &Topology) -> HashMap<String, Vec<String>> {
-    let mut m: HashMap<String, Vec<String>> = HashMap::new();
-    for s in t.sets() {
-        for d in &s.disks {
-            let mut errors = Vec::new();
-            walk_objects(&d.path, &mut errors, &mut |_, k, _| {
-                m.entry(String::from_utf8(k.to_vec()).unwrap())
-                    .or_default()
-                    .push(format!("{}/{}", s.id, d.id));
-            });
-        }
-    }
-    m
-}
-
-/// Every object exactly once, at its owner under `t`, with its bytes; nothing else.
-fn assert_placed(t: &Topology, want: &HashMap<String, Vec<u8>>) {
-    let placed = Placed::new(t.clone());
-    let at = where_is(t);
-    assert_eq!(at.len(), want.len(), "objects nobody put exist");
-    for (k, data) in want {
-        let p = partition_of(b"bkt", k.as_bytes());
-        assert_eq!(at.get(k), Some(&vec![placed.owner_key(p)]), "{k}");
-        let path = object_path(&placed.owner(p).path, "bkt", k.as_bytes());
-        assert_eq!(&std::fs::read(path).unwrap(), data, "{k}: its bytes");
-    }
 }
 
 fn status(c: &Cluster) -> Value {
@@ -236,7 +209,7 @@ fn rebalance_job_moves_same_node_objects_pauses_resumes_and_survives_kill9() {
     let r = wait_rebalance(&c, Duration::from_secs(60), "completion", |r| {
         r["state"] == "completed"
     });
-    assert_placed(&g2, &want);
+    assert_placed(&g2, "bkt", &want);
     let (a, b) = (node(&r, "a"), node(&r, "b"));
     assert_eq!(a["state"], "completed", "{r}");
     assert_eq!(b["state"], "completed", "{r}");
@@ -330,7 +303,7 @@ fn a_newer_topology_replans_and_a_drained_set_ends_empty() {
         r["generation"] == 3 && r["state"] == "completed"
     });
     assert_eq!(r["from_generation"], 2, "{r}");
-    assert_placed(&g3, &want);
+    assert_placed(&g3, "bkt", &want);
     let s2 = g3.set("s2").unwrap();
     let mut left = 0;
     walk_objects(&s2.disks[0].path, &mut Vec::new(), &mut |_, _, _| left += 1);

@@ -348,3 +348,37 @@ fn a_node_that_is_down_or_busy_is_an_error_at_once() {
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     let _ = SystemTime::now();
 }
+
+/// An agent restarted on another port (`--peer-listen HOST:0`) is reached at once through
+/// the member record in etcd: an address that does not answer is looked up again.
+#[test]
+fn a_node_restarted_on_another_address_is_reached_at_once() {
+    use ferry::agent::{ClusterStore, MemStore, keys::Keys};
+    let mut f = fixture(Limits::default());
+    let store = Arc::new(MemStore::default());
+    let keys = Keys::new("t").unwrap();
+    let record = |addr: &str| {
+        let v = serde_json::json!({"node": "n2", "addr": "x", "weight": 1.0, "pid": 1,
+            "instance": "i", "started_ms": 0, "peer": addr});
+        store
+            .put(&keys.member("n2"), &serde_json::to_vec(&v).unwrap(), 0)
+            .unwrap();
+    };
+    record(&f.addrs()["n2"]);
+    let resolve = ferry::agent::peer::client::etcd_resolver(store.clone(), Keys::new("t").unwrap());
+    let c = PeerClient::new(&f.tls("n1"), "n1", resolve).unwrap();
+    assert!(!c.bucket("n2", BucketOp::Exists, "b").unwrap());
+    // n2 restarts on a new port and says so in its member record
+    let n2 = f.nodes.remove("n2").unwrap();
+    let cell = n2.cell.clone();
+    drop(n2.server);
+    let tls = ferry::net::tls::server_config(&f.tls("n2")).unwrap();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = server::start(l, tls, "n2", cell.clone(), Limits::default()).unwrap();
+    record(&server.addr.to_string());
+    let t = Instant::now();
+    let r = c.bucket("n2", BucketOp::Exists, "b");
+    assert!(r.is_ok(), "n2 at its new address: {:?}", r.err());
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    f.nodes.insert("n2".into(), Node { cell, server });
+}

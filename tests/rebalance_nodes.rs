@@ -3,9 +3,11 @@
 //! in-process receiver that writes the owner disk as the transport's would), and no source
 //! is deleted once the fence says this node no longer owns its moves.
 
+mod common;
+use common::placed::{assert_placed, where_is};
 use ferry::cluster::migrate::{Fence, Local, Migrate, Object, Outcome};
 use ferry::cluster::rebalance::{self, Options};
-use ferry::cluster::store::{Cluster, Placed, object_path, walk_objects};
+use ferry::cluster::store::{Cluster, Placed, object_path};
 use ferry::cluster::{Topology, partition_of};
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
@@ -143,22 +145,6 @@ fn run_a(s: &Setup, sender: Arc<dyn Migrate>, fence: Fence) -> (ferry::Report, H
     (r, d)
 }
 
-/// key -> disks (`set/disk`) holding it.
-fn where_is(t: &Topology) -> HashMap<String, Vec<String>> {
-    let mut m: HashMap<String, Vec<String>> = HashMap::new();
-    for s in t.sets() {
-        for d in &s.disks {
-            let mut errors = Vec::new();
-            walk_objects(&d.path, &mut errors, &mut |_, k, _| {
-                m.entry(String::from_utf8(k.to_vec()).unwrap())
-                    .or_default()
-                    .push(format!("{}/{}", s.id, d.id));
-            });
-        }
-    }
-    m
-}
-
 #[test]
 fn a_nodes_run_moves_locally_and_through_the_sender_each_object_once() {
     let s = setup(600);
@@ -169,7 +155,7 @@ fn a_nodes_run_moves_locally_and_through_the_sender_each_object_once() {
     let (r, done) = run_a(&s, rx.clone(), Arc::new(|| Ok(true)));
     assert!(r.ok(), "{:?}", r.errors);
     let placed = Placed::new(s.new.clone());
-    let at = where_is(&s.new);
+    let at = where_is(&s.new, "bkt");
     let (mut local, mut remote) = (0, 0);
     for (k, data) in &s.want {
         let p = partition_of(b"bkt", k.as_bytes());
@@ -231,7 +217,7 @@ fn without_ownership_no_source_is_deleted() {
     );
     assert!(done.is_empty(), "{} partitions logged done", done.len());
     // every object is still at its source (s0/d0), maybe copied to its owner as well
-    let at = where_is(&s.new);
+    let at = where_is(&s.new, "bkt");
     for k in s.want.keys() {
         assert!(at[k].contains(&"s0/d0".to_string()), "{k}: {:?}", at[k]);
     }
@@ -239,14 +225,5 @@ fn without_ownership_no_source_is_deleted() {
     owned.store(true, Ordering::Relaxed);
     let (r, _) = run_a(&s, rx, Arc::new(move || Ok(owned.load(Ordering::Relaxed))));
     assert!(r.ok(), "{:?}", r.errors);
-    let placed = Placed::new(s.new.clone());
-    let at = where_is(&s.new);
-    for (k, data) in &s.want {
-        let p = partition_of(b"bkt", k.as_bytes());
-        assert_eq!(at[k], vec![placed.owner_key(p)], "{k}");
-        assert_eq!(
-            &std::fs::read(object_path(&placed.owner(p).path, "bkt", k.as_bytes())).unwrap(),
-            data
-        );
-    }
+    assert_placed(&s.new, "bkt", &s.want);
 }

@@ -228,6 +228,9 @@ fn agent_inner(a: AgentArgs) -> Result<ExitCode, String> {
         signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("signal: {e}"))?;
     }
     let mut served = serve_objects(&a, &dir, &store, &keys)?;
+    let k = Keys {
+        root: keys.root.clone(),
+    };
     let mut agent = Agent::new(store.clone(), keys, &a.node, &addr, cfg, instance(&dir)?)?;
     agent.json = a.json;
     agent.peer = served.peer.as_ref().map(|p| p.addr.to_string());
@@ -237,19 +240,13 @@ fn agent_inner(a: AgentArgs) -> Result<ExitCode, String> {
         None => Arc::new(crate::cluster::migrate::NoTransport),
     };
     let mut rebalancer =
-        super::rebalance::Rebalancer::new(store, dir.clone(), threads, sender, &a.node);
+        super::rebalance::Rebalancer::new(store.clone(), dir.clone(), threads, sender, &a.node);
     if let Some(st) = pace {
         let latency = served.s3.as_ref().map(|e| e.latency.clone());
         rebalancer = rebalancer.with_pace(super::pace::Paced::new(st, latency));
     }
     if let Some(o) = &served.objects {
-        // Moves and client writes on one object layer: the same key locks and registry.
-        let cell = o.cell.clone();
-        rebalancer = rebalancer.with_clusters(Box::new(move |spec| {
-            Ok(cell
-                .get()
-                .filter(|c| c.current.topo.generation == spec.generation))
-        }));
+        rebalancer = rebalancer.with_clusters(o.moves_on(store, k));
     }
     agent.work = Box::new(super::node::Works(vec![
         Box::new(super::runner::Runner::new(threads)),

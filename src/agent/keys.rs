@@ -61,6 +61,11 @@ impl Keys {
     pub fn previous_topology(&self) -> String {
         self.k("previous_topology")
     }
+    /// The topology generation a node's object layer routes every request by (its S3
+    /// endpoint and peer transport), once requests routed by an older one are done.
+    pub fn served(&self, node: &str) -> String {
+        self.k(&format!("served/{node}"))
+    }
     pub fn control(&self) -> String {
         self.k("control")
     }

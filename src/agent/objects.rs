@@ -2,9 +2,13 @@
 //! stores it, with the generation it replaced), with only this node's disks opened (their
 //! identity checked); other nodes' disks are reached through the peer transport. A watcher
 //! thread swaps in a new object layer when the generation changes (the registry and the key
-//! locks carry over, so writers under both maps still exclude each other).
+//! locks carry over, so writers under both maps still exclude each other). Once requests
+//! routed by the layer before are done, the node says so in etcd (`served/<node>`): the
+//! moves of a generation start only when every live agent routes by it (`all_serve`), so a
+//! request routed by an older map never meets an object that has already moved.
 
 use super::keys::Keys;
+use super::rebalance::ClusterFor;
 use super::store::ClusterStore;
 use super::topo::check_v2;
 use crate::cluster::registry::Registry;
@@ -18,6 +22,9 @@ use std::time::Duration;
 
 /// How often the watcher reads the topology keys.
 const POLL: Duration = Duration::from_millis(500);
+/// How long a new layer waits for requests routed by the one before it (each is bounded by
+/// the peer and S3 I/O timeouts) before it is published as served anyway.
+const DRAIN: Duration = Duration::from_secs(30);
 
 pub struct Objects {
     /// The object layer now (None until a topology is stored and this node's disks pass).
@@ -41,8 +48,12 @@ struct Watch {
     node: String,
     registry: Arc<Registry>,
     cell: Arc<ClusterCell>,
-    /// (current, previous) generations last tried.
-    seen: Option<(u64, u64)>,
+    /// (current, previous) generations of the layer served now.
+    built: Option<(u64, u64)>,
+    /// Those whose layer could not be built, said once.
+    said: Option<(u64, u64)>,
+    /// A generation served here but not yet published in etcd.
+    unpublished: Option<u64>,
 }
 
 fn parse(what: &str, v: &[u8]) -> Result<Topology, String> {
@@ -65,7 +76,8 @@ impl Watch {
     }
 
     /// One look at etcd: a new generation becomes the object layer once this node's disks
-    /// pass their identity check (else it says why, once per generation).
+    /// pass their identity check (else it says why, once per generation, and tries again
+    /// next round: a disk mounted late).
     fn round(&mut self) {
         let (cur, prev) = match self.read() {
             Ok(Some(x)) => x,
@@ -73,23 +85,87 @@ impl Watch {
             Err(m) => return eprintln!("ferry agent {}: {m}", self.node),
         };
         let gens = (cur.generation, prev.as_ref().map_or(0, |p| p.generation));
-        if self.seen == Some(gens) {
+        if self.built == Some(gens) {
             return;
         }
-        self.seen = Some(gens);
         let file = Path::new("etcd topology");
         let built = match self.cell.get() {
             Some(old) => old.retopo(cur, file, prev),
             None => Cluster::open_node(cur, file, prev, Some(self.registry.clone()), &self.node),
         };
         match built {
-            Ok(c) => self.cell.set(c),
-            Err(e) => eprintln!(
-                "ferry agent {}: topology generation {}: {e}",
-                self.node, gens.0
-            ),
+            Ok(c) => {
+                let old = self.cell.get();
+                self.cell.set(c);
+                drain(old);
+                self.built = Some(gens);
+                self.unpublished = Some(gens.0);
+            }
+            Err(e) if self.said != Some(gens) => {
+                self.said = Some(gens);
+                eprintln!(
+                    "ferry agent {}: topology generation {}: {e}",
+                    self.node, gens.0
+                )
+            }
+            Err(_) => {}
         }
     }
+
+    /// Says in etcd which generation this node routes by (again next round if etcd is away).
+    fn publish(&mut self) {
+        let Some(g) = self.unpublished else { return };
+        let key = self.keys.served(&self.node);
+        match self.store.put(&key, g.to_string().as_bytes(), 0) {
+            Ok(_) => self.unpublished = None,
+            Err(e) => eprintln!("ferry agent {}: put {key}: {e}", self.node),
+        }
+    }
+}
+
+impl Objects {
+    /// The object layer a rebalance of a generation moves on: this one (client writes and
+    /// moves share its key locks and registry), once it serves that generation and every
+    /// live agent routes by it (etcd away: not yet).
+    pub fn moves_on(&self, store: Arc<dyn ClusterStore>, keys: Keys) -> ClusterFor {
+        let cell = self.cell.clone();
+        Box::new(move |spec| {
+            let g = spec.generation;
+            let c = cell.get().filter(|c| c.current.topo.generation == g);
+            let all = c.is_some() && all_serve(&*store, &keys, g).unwrap_or(false);
+            Ok(c.filter(|_| all))
+        })
+    }
+}
+
+/// Waits until nobody but the caller holds `old`: the requests routed by it are done.
+fn drain(old: Option<Arc<Cluster>>) {
+    let Some(old) = old else { return };
+    let start = std::time::Instant::now();
+    while Arc::strong_count(&old) > 1 && start.elapsed() < DRAIN {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether every live member's object layer routes by generation `g` or a newer one (a
+/// member that serves no objects publishes nothing and does not count): only then may the
+/// moves of `g` start anywhere.
+pub fn all_serve(store: &dyn ClusterStore, keys: &Keys, g: u64) -> Result<bool, String> {
+    let prefix = keys.members();
+    let members = store.range(&prefix, true).map_err(|e| e.to_string())?;
+    for kv in &members.kvs {
+        let node = &kv.key[prefix.len()..];
+        let Some(s) = store.get(&keys.served(node)).map_err(|e| e.to_string())? else {
+            continue;
+        };
+        let served = std::str::from_utf8(&s.value)
+            .ok()
+            .and_then(|v| v.parse().ok());
+        if served.unwrap_or(0) < g {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Opens the registry, loads the topology once, and keeps it current on a thread.
@@ -109,9 +185,12 @@ pub fn watch(
         node: node.to_string(),
         registry: Arc::new(reg),
         cell: cell.clone(),
-        seen: None,
+        built: None,
+        said: None,
+        unpublished: None,
     };
     w.round();
+    w.publish();
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
     let thread = std::thread::Builder::new()
@@ -120,6 +199,7 @@ pub fn watch(
             while !s.load(Ordering::Relaxed) {
                 std::thread::sleep(POLL);
                 w.round();
+                w.publish();
             }
         })
         .map_err(|e| format!("topology thread: {e}"))?;

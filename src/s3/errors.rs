@@ -1,9 +1,10 @@
 //! ferry's errors as S3 errors. A request's own mistake gets the S3 code a client expects
-//! (NoSuchKey, InvalidArgument, EntityTooLarge...); a server failure is InternalError whose
-//! message names the operation and the errno, while the full error (with the disk path) goes
-//! to the endpoint's log only.
+//! (NoSuchKey, InvalidArgument, EntityTooLarge...); another node that cannot be reached is a
+//! 503 (SlowDown when it said it is busy, else ServiceUnavailable: retry later); a server
+//! failure is InternalError whose message names the operation and the errno, while the full
+//! error (with the disk path) goes to the endpoint's log only.
 
-use crate::error::Error;
+use crate::error::{Error, ErrorKind, Target};
 use s3s::{S3Error, S3ErrorCode};
 
 /// Why a streamed body was refused. Carried inside the `io::Error` the object layer returns
@@ -61,12 +62,15 @@ impl BodyError {
 
 /// The S3 error for a failure of the object layer.
 pub fn s3(e: &Error) -> S3Error {
-    if let crate::error::ErrorKind::Os(io) = &e.kind
+    if let ErrorKind::Os(io) = &e.kind
         && let Some(b) = io.get_ref().and_then(|x| x.downcast_ref::<BodyError>())
     {
         return b.to_s3();
     }
-    if let crate::error::ErrorKind::Usage(m) = &e.kind {
+    if let Some(u) = unavailable(e) {
+        return u;
+    }
+    if let ErrorKind::Usage(m) = &e.kind {
         let code = if m.contains("object keys are 1-") {
             S3ErrorCode::KeyTooLongError
         } else {
@@ -87,6 +91,22 @@ pub fn s3(e: &Error) -> S3Error {
         ),
         _ => internal(e),
     }
+}
+
+/// A node that could not be reached (or is busy): 503, with the operation, the node and the
+/// reason, so a client retries later. None for any other error.
+fn unavailable(e: &Error) -> Option<S3Error> {
+    let (Target::Peer(node), ErrorKind::Os(io)) = (&e.target, &e.kind) else {
+        return None;
+    };
+    eprintln!("ferry s3: {e}");
+    let code = if io.kind() == std::io::ErrorKind::WouldBlock {
+        S3ErrorCode::SlowDown
+    } else {
+        S3ErrorCode::ServiceUnavailable
+    };
+    let m = format!("{}: node {node} unavailable ({io}); retry later", e.op);
+    Some(S3Error::with_message(code, m))
 }
 
 /// InternalError: the operation and errno for the client, everything in the log.
@@ -156,5 +176,32 @@ mod tests {
         let m = full.message().unwrap();
         assert!(m.contains("write") && m.contains("No space left"), "{m}");
         assert!(!m.contains("/d/b"), "{m}");
+    }
+
+    #[test]
+    fn an_unreachable_or_busy_node_is_503_not_500() {
+        let peer = |k: std::io::ErrorKind| {
+            let io = std::io::Error::new(k, "connect 127.0.0.1:9: refused");
+            Error::at("peer get", Target::Peer("n2".into()), ErrorKind::Os(io))
+        };
+        let down = s3(&peer(std::io::ErrorKind::ConnectionRefused));
+        assert_eq!(*down.code(), S3ErrorCode::ServiceUnavailable);
+        let m = down.message().unwrap();
+        assert!(m.contains("peer get") && m.contains("n2"), "{m}");
+        let busy = s3(&peer(std::io::ErrorKind::WouldBlock));
+        assert_eq!(*busy.code(), S3ErrorCode::SlowDown);
+        for e in [down, busy] {
+            assert_eq!(
+                e.status_code(),
+                Some(hyper::StatusCode::SERVICE_UNAVAILABLE)
+            );
+        }
+        // a node that answered with a failure of its own stays a 500
+        let failed = Error::at(
+            "peer put",
+            Target::Peer("n2".into()),
+            ErrorKind::Failed("node n2: disk full".into()),
+        );
+        assert_eq!(*s3(&failed).code(), S3ErrorCode::InternalError);
     }
 }

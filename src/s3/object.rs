@@ -40,42 +40,25 @@ pub struct Want {
     pub digests: Option<Digests>,
 }
 
-/// Copies a body into `f`: more than the limit, fewer bytes than announced or a digest that
-/// does not match fails (so a client cutting its upload short or a corrupted body never
-/// leaves an object).
+/// Copies a body into `f` through `intake`: more than the limit, fewer bytes than announced
+/// or a digest that does not match fails (so a client cutting its upload short or a
+/// corrupted body never leaves an object).
 pub fn fill(f: &mut File, pull: &mut Pull, want: &mut Want) -> std::io::Result<u64> {
-    let (limit, expected) = (want.limit, want.expected);
     let mut n = 0u64;
-    while let Some(chunk) = pull().map_err(BodyError::into_io)? {
+    let mut src = intake(pull, want);
+    while let Some(chunk) = src()? {
         n += chunk.len() as u64;
-        if n > limit || expected.is_some_and(|e| n > e) {
-            let limit = expected.map_or(limit, |e| e.min(limit));
-            return Err(BodyError::TooLarge { limit }.into_io());
-        }
-        if let Some(d) = &mut want.digests {
-            d.update(&chunk);
-        }
         f.write_all(&chunk)?;
-    }
-    if let Some(e) = expected
-        && n != e
-    {
-        return Err(BodyError::Short {
-            expected: e,
-            got: n,
-        }
-        .into_io());
-    }
-    if let Some(d) = want.digests.take() {
-        d.check().map_err(BodyError::into_io)?;
     }
     Ok(n)
 }
 
-/// A body as a source of checked chunks, for a put proxied to another node: the same limits
-/// and digests as `fill`; a short body or a digest that does not match is an error at its
-/// end, so the proxy never sends the End that would let the owner name the object.
-pub fn checked<'a>(
+/// A body as a source of checked chunks (for a local write through `fill`, and for a put
+/// proxied to another node): more than `want.limit` (or than announced) fails at once; a
+/// short body or a digest that does not match is an error at its end, so neither the local
+/// writer nor the proxy (which never sends the End that would let the owner name the
+/// object) keeps it.
+pub fn intake<'a>(
     pull: &'a mut Pull,
     want: &'a mut Want,
 ) -> impl FnMut() -> std::io::Result<Option<Bytes>> + 'a {

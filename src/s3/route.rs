@@ -152,7 +152,7 @@ pub fn put(
         Some(n) => {
             let r = r.ok_or_else(|| no_transport(&n))?;
             let expected = want.expected;
-            let mut src = object::checked(pull, &mut want);
+            let mut src = object::intake(pull, &mut want);
             r.put(&n, &disk, bucket, key, expected, &mut src)?.etag
         }
     };

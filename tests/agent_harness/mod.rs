@@ -23,6 +23,8 @@ pub struct Cluster {
     pub config: PathBuf,
     /// When each node's runs were killed (ms since the Unix epoch), in order.
     pub deaths: HashMap<String, Vec<u64>>,
+    /// Flags each node's agent gets besides the harness's own (its peer transport...).
+    pub args: HashMap<String, Vec<String>>,
 }
 
 pub const TTL: u64 = 2;
@@ -44,6 +46,7 @@ impl Cluster {
             keys: Keys::new("t").unwrap(),
             config: cfg,
             deaths: HashMap::new(),
+            args: HashMap::new(),
         })
     }
 
@@ -69,7 +72,8 @@ impl Cluster {
         .args(["--listen", "127.0.0.1:0", "--json", "--state-dir"])
         .arg(state_dir)
         .arg("--config")
-        .arg(&self.config);
+        .arg(&self.config)
+        .args(self.args.get(node).into_iter().flatten());
         c
     }
 

@@ -2,6 +2,8 @@
 //! Helpers for the integration tests: run the real binary with a time limit, build fixtures.
 
 pub mod metafix;
+pub mod placed;
+pub mod s3client;
 
 use std::fs;
 use std::io::Write;

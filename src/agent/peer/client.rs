@@ -35,6 +35,9 @@ pub type Resolver = Box<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
 const POOL_PER_NODE: usize = 8;
 /// Idle connections older than this are not reused (the server closes after 60 s idle).
 const POOL_AGE: Duration = Duration::from_secs(20);
+/// A node's address is asked for again after this long, or at once when it cannot be
+/// dialled there (a restarted agent listens on another port).
+const ADDR_AGE: Duration = Duration::from_secs(2);
 
 type Pool = Mutex<HashMap<String, Vec<(Wire, Instant)>>>;
 
@@ -42,6 +45,8 @@ pub struct PeerClient {
     me: String,
     tls: Arc<rustls::ClientConfig>,
     resolve: Resolver,
+    /// Addresses resolved recently: node -> (HOST:PORT, when).
+    addrs: Mutex<HashMap<String, (String, Instant)>>,
     pool: Arc<Pool>,
     pub connect_timeout: Duration,
     pub timeout: Duration,
@@ -103,6 +108,7 @@ impl PeerClient {
             me: me.to_string(),
             tls: crate::net::tls::client_config(tls_dir)?,
             resolve,
+            addrs: Mutex::default(),
             pool: Arc::default(),
             connect_timeout: Duration::from_secs(2),
             timeout: Duration::from_secs(30),
@@ -121,18 +127,52 @@ impl PeerClient {
                 }
             }
         }
+        Ok((self.dial(op, node)?, false))
+    }
+
+    /// `node`'s address: the one resolved within `ADDR_AGE` if `cached_ok` (true: it was).
+    fn address(
+        &self,
+        op: &'static str,
+        node: &str,
+        cached_ok: bool,
+    ) -> Result<(String, bool), Error> {
+        let addrs = || self.addrs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((addr, at)) = addrs().get(node)
+            && cached_ok
+            && at.elapsed() < ADDR_AGE
+        {
+            return Ok((addr.clone(), true));
+        }
         let addr = (self.resolve)(node)
             .map_err(|m| down(op, node, io::Error::new(io::ErrorKind::NotFound, m)))?;
-        let w = Wire::connect(
-            &addr,
-            node,
-            &self.me,
-            self.tls.clone(),
-            self.connect_timeout,
-            self.timeout,
-        )
-        .map_err(|e| down(op, node, e))?;
-        Ok((w, false))
+        addrs().insert(node.to_string(), (addr.clone(), Instant::now()));
+        Ok((addr, false))
+    }
+
+    /// A new connection to `node`; where a cached address does not answer, the node is
+    /// looked up again (once) before it counts as down.
+    fn dial(&self, op: &'static str, node: &str) -> Result<Wire, Error> {
+        let connect = |addr: &str| {
+            let tls = self.tls.clone();
+            Wire::connect(
+                addr,
+                node,
+                &self.me,
+                tls,
+                self.connect_timeout,
+                self.timeout,
+            )
+        };
+        let (addr, cached) = self.address(op, node, true)?;
+        match connect(&addr) {
+            Ok(w) => Ok(w),
+            Err(e) if cached => match self.address(op, node, false)? {
+                (fresh, _) if fresh != addr => connect(&fresh).map_err(|e| down(op, node, e)),
+                _ => Err(down(op, node, e)),
+            },
+            Err(e) => Err(down(op, node, e)),
+        }
     }
 
     fn give_back(pool: &Pool, node: &str, w: Wire) {
@@ -375,14 +415,14 @@ impl PeerClient {
         (size, mtime, hash): (u64, SystemTime, Option<u64>),
         src: &mut Source,
     ) -> Result<Migrated, Error> {
-        let req = Req::Migrate {
+        let req = Req::Migrate(super::msg::Migrate {
             disk: disk.into(),
             from: from.into(),
             bucket: bucket.into(),
             key: key.into(),
             size,
             mtime,
-        };
+        });
         let (w, m) = self.with_body("peer migrate", node, req, (src, hash), key)?;
         match m {
             Msg::Done { .. } => {
@@ -397,6 +437,19 @@ impl PeerClient {
         }
     }
 
+    /// A request answered by `Done`: its flag (the connection goes back to the pool), or
+    /// the node's error.
+    fn flag_request(&self, op: &'static str, node: &str, req: Req) -> Result<bool, Error> {
+        let (w, m) = self.request(op, node, req)?;
+        match m {
+            Msg::Done { flag, .. } => {
+                self.finish(node, w);
+                Ok(flag)
+            }
+            other => self.fail(op, node, w, other),
+        }
+    }
+
     /// Removes every copy of `bucket/key` on `node`'s disks (under its key lock); true if
     /// there was one.
     pub fn delete(&self, node: &str, bucket: &str, key: &str) -> Result<bool, Error> {
@@ -404,14 +457,7 @@ impl PeerClient {
             bucket: bucket.into(),
             key: key.into(),
         };
-        let (w, m) = self.request("peer delete", node, req)?;
-        match m {
-            Msg::Done { flag, .. } => {
-                self.finish(node, w);
-                Ok(flag)
-            }
-            other => self.fail("peer delete", node, w, other),
-        }
+        self.flag_request("peer delete", node, req)
     }
 
     /// Entries answers up to Done.
@@ -461,14 +507,7 @@ impl PeerClient {
             op: bucket_op_code(op),
             bucket: bucket.into(),
         };
-        let (w, m) = self.request("peer bucket", node, req)?;
-        match m {
-            Msg::Done { flag, .. } => {
-                self.finish(node, w);
-                Ok(flag)
-            }
-            other => self.fail("peer bucket", node, w, other),
-        }
+        self.flag_request("peer bucket", node, req)
     }
 
     pub fn buckets(&self, node: &str) -> Result<Vec<(String, SystemTime)>, Error> {
@@ -574,29 +613,19 @@ impl Remote for PeerClient {
 }
 
 /// The resolver of an agent: a node's `peer` address from its member record in etcd
-/// (`/ferry/v1/<cluster>/members/<node>`), cached for 2 s.
+/// (`/ferry/v1/<cluster>/members/<node>`; `PeerClient` keeps it for a while).
 pub fn etcd_resolver(
     store: Arc<dyn crate::agent::ClusterStore>,
     keys: crate::agent::keys::Keys,
 ) -> Resolver {
-    let cache: Mutex<HashMap<String, (String, Instant)>> = Mutex::default();
     Box::new(move |node: &str| {
-        if let Some((a, at)) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(node)
-            && at.elapsed() < Duration::from_secs(2)
-        {
-            return Ok(a.clone());
-        }
         let kv = store
             .get(&keys.member(node))
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("node {node} is not a live member of the cluster"))?;
         let m: crate::agent::view::MemberInfo = serde_json::from_slice(&kv.value)
             .map_err(|e| format!("member record of {node}: {e}"))?;
-        let a = m
-            .peer
-            .ok_or_else(|| format!("node {node} serves no peer transport (--peer-listen)"))?;
-        let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
-        c.insert(node.to_string(), (a.clone(), Instant::now()));
-        Ok(a)
+        m.peer
+            .ok_or_else(|| format!("node {node} serves no peer transport (--peer-listen)"))
     })
 }

@@ -2,6 +2,7 @@
 //! across nodes) stored on one of this node's disks, unless a client wrote the key there
 //! since (a client's write during a move wins).
 
+use super::msg::Migrate;
 use crate::cluster::registry::FORWARD_TTL_SECS;
 use crate::cluster::store::{Cluster, full_key, object_path, validate};
 use crate::error::Error;
@@ -26,18 +27,17 @@ fn stamp(t: SystemTime) -> (i64, i64) {
     (d.as_secs() as i64, d.subsec_nanos() as i64)
 }
 
-/// Stores `bucket/key` on the local disk `disk` (`set/disk`) from `fill`, with the source's
-/// `mtime`: temp → fsync; then under the key's lock: the newer mtime wins (a tie keeps what
-/// is there), rename, directory fsync, registry (location + forwarding entry from `from`,
-/// made durable). `fill` fails (and nothing is named) on a short body or an xxh3 mismatch.
+/// Stores `m.bucket/m.key` on the local disk `m.disk` (`set/disk`) from `fill`, with the
+/// source's mtime: temp → fsync; then under the key's lock: the newer mtime wins (a tie
+/// keeps what is there), rename, directory fsync, registry (location + forwarding entry from
+/// `m.from`, made durable). `fill` fails (and nothing is named) on a short body or an xxh3
+/// mismatch.
 pub fn store(
     c: &Cluster,
-    (disk, from): (&str, &str),
-    bucket: &str,
-    key: &str,
-    mtime: SystemTime,
+    m: &Migrate,
     fill: &mut dyn FnMut(&mut File) -> std::io::Result<()>,
 ) -> Result<Migrated, Error> {
+    let (disk, from, bucket, key, mtime) = (&*m.disk, &*m.from, &*m.bucket, &*m.key, m.mtime);
     validate(bucket, key.as_bytes()).map_err(|m| Error::usage(Path::new(key), m))?;
     let root = match c.disk_path(disk) {
         Some(r) if disk.contains('/') => r.to_path_buf(),

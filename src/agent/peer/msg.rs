@@ -46,6 +46,39 @@ pub struct Entry {
     pub etag: String,
 }
 
+/// A migrated copy on its way: `bucket/key` for the receiver's disk `disk` (`set/disk`),
+/// from the sender's disk `from`, `size` bytes with the source's `mtime`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Migrate {
+    pub disk: String,
+    pub from: String,
+    pub bucket: String,
+    pub key: String,
+    pub size: u64,
+    pub mtime: SystemTime,
+}
+
+impl Migrate {
+    fn put(&self, p: &mut Vec<u8>) {
+        for s in [&self.disk, &self.from, &self.bucket, &self.key] {
+            put_str(p, s);
+        }
+        p.extend_from_slice(&self.size.to_le_bytes());
+        put_time(p, self.mtime);
+    }
+
+    fn get(c: &mut Cursor) -> Result<Migrate, ProtoError> {
+        Ok(Migrate {
+            disk: get_str(c, "disk")?,
+            from: get_str(c, "from")?,
+            bucket: get_str(c, "bucket")?,
+            key: get_str(c, "key")?,
+            size: c.u64("size")?,
+            mtime: get_time(c, "mtime")?,
+        })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Req {
     Get {
@@ -60,14 +93,7 @@ pub enum Req {
         key: String,
         size: Option<u64>,
     },
-    Migrate {
-        disk: String,
-        from: String,
-        bucket: String,
-        key: String,
-        size: u64,
-        mtime: SystemTime,
-    },
+    Migrate(Migrate),
     Delete {
         bucket: String,
         key: String,
@@ -369,20 +395,8 @@ impl Req {
                 put_opt(p, *size);
                 T_PUT
             }
-            Req::Migrate {
-                disk,
-                from,
-                bucket,
-                key,
-                size,
-                mtime,
-            } => {
-                put_str(p, disk);
-                put_str(p, from);
-                put_str(p, bucket);
-                put_str(p, key);
-                p.extend_from_slice(&size.to_le_bytes());
-                put_time(p, *mtime);
+            Req::Migrate(m) => {
+                m.put(p);
                 T_MIGRATE
             }
             Req::Delete { bucket, key } => {
@@ -435,14 +449,7 @@ impl Req {
                 key: get_str(c, "key")?,
                 size: get_opt(c, "size")?,
             },
-            T_MIGRATE => Req::Migrate {
-                disk: get_str(c, "disk")?,
-                from: get_str(c, "from")?,
-                bucket: get_str(c, "bucket")?,
-                key: get_str(c, "key")?,
-                size: c.u64("size")?,
-                mtime: get_time(c, "mtime")?,
-            },
+            T_MIGRATE => Req::Migrate(Migrate::get(c)?),
             T_DELETE => Req::Delete {
                 bucket: get_str(c, "bucket")?,
                 key: get_str(c, "key")?,
@@ -499,14 +506,14 @@ mod tests {
                 }),
                 body: true,
             }),
-            Msg::Req(Req::Migrate {
+            Msg::Req(Req::Migrate(Migrate {
                 disk: "s/d".into(),
                 from: "s/e".into(),
                 bucket: "b".into(),
                 key: "k".into(),
                 size: 9,
                 mtime: t,
-            }),
+            })),
             Msg::Req(Req::List {
                 bucket: "b".into(),
                 prefix: "p/".into(),

@@ -191,7 +191,7 @@ fn serve_req(w: &mut Wire, ctx: &Ctx, req: Req) -> io::Result<bool> {
     let Some(c) = ctx.cell.get() else {
         let m = format!("node {}: no topology yet (ferry cluster apply)", ctx.me);
         w.send(&failure(Code::Busy, 0, m))?;
-        return Ok(!matches!(req, Req::Put { .. } | Req::Migrate { .. }));
+        return Ok(!matches!(req, Req::Put { .. } | Req::Migrate(_)));
     };
     match req {
         Req::Get {
@@ -212,20 +212,11 @@ fn serve_req(w: &mut Wire, ctx: &Ctx, req: Req) -> io::Result<bool> {
             });
             body_done(w, &c, r.map(|_| Some(disk)), (&bucket, &key))
         }
-        Req::Migrate {
-            disk,
-            from,
-            bucket,
-            key,
-            size,
-            mtime,
-        } => {
-            let limit = ctx.limits.max_object.min(size);
-            let r = migrate::store(&c, (&disk, &from), &bucket, &key, mtime, &mut |f| {
-                recv_body(w, f, Some(size), limit)
-            });
-            let r = r.map(|m| (m == Migrated::Stored).then_some(disk));
-            body_done(w, &c, r, (&bucket, &key))
+        Req::Migrate(m) => {
+            let limit = ctx.limits.max_object.min(m.size);
+            let r = migrate::store(&c, &m, &mut |f| recv_body(w, f, Some(m.size), limit));
+            let r = r.map(|x| (x == Migrated::Stored).then(|| m.disk.clone()));
+            body_done(w, &c, r, (&m.bucket, &m.key))
         }
         Req::Delete { bucket, key } => {
             let m = match c.rm(&bucket, key.as_bytes()) {

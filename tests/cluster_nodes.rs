@@ -1,0 +1,775 @@
+//! The cluster across nodes, end to end: real etcd, real agent processes, each with its own
+//! disks, its peer transport (mutual TLS) and its S3 endpoint, and a SigV4 client.
+//! - Any agent answers for any key: objects put through one agent land at their owners on
+//!   the other nodes; GET/HEAD/LIST/DELETE of every key through every agent; a deleted key
+//!   never returns; an unreachable owner is a 503.
+//! - `ferry cluster apply` from 2 to 3 nodes moves objects across the transport; a drained
+//!   node ends empty; every object exactly once at its owner with its bytes.
+//! - Clients overwrite, delete and read random keys during a cross-node rebalance: no read
+//!   of a live key fails or is stale, no deleted key returns, the last write wins.
+//! - kill -9 of the sending and of the receiving agent mid-rebalance, then a restart, cycle
+//!   after cycle (FERRY_FAULT_CYCLES, default 12; 50 in the slow tier), each followed by the
+//!   placement check.
+//!
+//! Skips (saying why) without etcd.
+
+mod agent_harness;
+mod common;
+mod etcd_harness;
+
+use agent_harness::{Cluster, config};
+use common::placed::assert_placed;
+use common::s3client::S3;
+use ferry::cluster::store::{Placed, walk_objects};
+use ferry::cluster::{Topology, partition_of};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const AK: &str = "FERRYTESTKEY0001";
+const SK: &str = "s3cr3t/Test+Key-0123456789";
+const BKT: &str = "bkt";
+
+/// The agents of a test: the harness, each node's S3 address, the disks' root.
+struct Nodes {
+    c: Cluster,
+    s3: HashMap<String, S3>,
+    root: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port()
+}
+
+fn ferry(c: &Cluster, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .args(["--cluster", &c.name, "--etcd", &c.etcd.urls()])
+        .output()
+        .unwrap()
+}
+
+fn ok(o: std::process::Output) -> std::process::Output {
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+/// A harness whose agents `nodes` serve the peer transport (certificates from `ferry
+/// certs`) and S3 (on ports fixed now, so a restarted agent answers at the same address).
+fn nodes(names: &[&str], cfg: &str) -> Option<Nodes> {
+    let mut c = Cluster::new(1, cfg)?;
+    let ca = c.dir.path().join("ca");
+    let certs = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .arg("certs")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    certs(&["init", ca.to_str().unwrap()]);
+    let keys = c.dir.path().join("s3-keys");
+    std::fs::write(&keys, format!("{AK} {SK}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut s3 = HashMap::new();
+    for n in names {
+        certs(&["issue", ca.to_str().unwrap(), n]);
+        let addr = format!("127.0.0.1:{}", free_port());
+        let tls = ca.join(n).to_string_lossy().into_owned();
+        let args = ["--peer-listen", "127.0.0.1:0", "--tls-dir", &tls];
+        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        args.extend(["--s3-listen".into(), addr.clone(), "--s3-keys".into()]);
+        args.push(keys.to_string_lossy().into_owned());
+        c.args.insert(n.to_string(), args);
+        s3.insert(n.to_string(), S3::new(&addr, AK, SK));
+    }
+    let root = c.dir.path().join("disks");
+    Some(Nodes { c, s3, root })
+}
+
+/// Disks of a set: (disk id, node).
+type Disks<'a> = &'a [(&'a str, &'a str)];
+
+/// A topology v2 of sets `(set, state, [(disk, node)])` with disks under `root`, initialised.
+fn topo(root: &Path, g: u64, sets: &[(&str, &str, Disks)]) -> Topology {
+    let sets: Vec<Value> = sets
+        .iter()
+        .map(|(s, state, disks)| {
+            let disks: Vec<Value> = disks
+                .iter()
+                .map(|(d, n)| json!({"id": d, "path": root.join(format!("{s}{d}")), "node": n}))
+                .collect();
+            json!({"id": s, "state": state, "weight": 1.0, "disks": disks})
+        })
+        .collect();
+    let v = json!({"generation": g, "pools": [{"id": "p", "sets": sets}]});
+    let t = Topology::parse(&serde_json::to_vec(&v).unwrap()).unwrap();
+    for s in t.sets() {
+        for d in &s.disks {
+            std::fs::create_dir_all(&d.path).unwrap();
+        }
+    }
+    ferry::cluster::identity::init(&t, Path::new("test topology")).unwrap();
+    t
+}
+
+impl Nodes {
+    fn apply(&self, t: &Topology) {
+        let f = self.root.join(format!("g{}.json", t.generation));
+        std::fs::write(&f, serde_json::to_vec(t).unwrap()).unwrap();
+        ok(ferry(&self.c, &["cluster", "apply", f.to_str().unwrap()]));
+    }
+
+    /// Starts the agents and waits until each one's S3 endpoint serves the topology.
+    fn start(&mut self, names: &[&str]) {
+        for n in names {
+            self.c.start(n);
+        }
+        for n in names {
+            self.wait_s3(n, Duration::from_secs(30));
+        }
+    }
+
+    fn wait_s3(&self, n: &str, limit: Duration) {
+        let start = Instant::now();
+        loop {
+            let r = self.s3[n].request("GET", "/", &[], b"");
+            if r.as_ref().is_ok_and(|r| r.code == 200) && self.peer_published(n) {
+                return;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "{n}'s S3 endpoint did not serve within {limit:?}: {r:?}\n{}",
+                self.c.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether `n`'s live member record names its peer address (the others can reach it).
+    fn peer_published(&self, n: &str) -> bool {
+        use ferry::agent::ClusterStore;
+        let Ok(Some(kv)) = self.c.store.get(&self.c.keys.member(n)) else {
+            return false;
+        };
+        let v: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
+        v["peer"].is_string()
+    }
+
+    fn status(&self) -> Value {
+        let o = ok(ferry(&self.c, &["cluster", "status", "--json"]));
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+
+    /// Waits until generation `g`'s rebalance is completed; its status.
+    fn wait_completed(&self, g: u64, limit: Duration) -> Value {
+        self.wait_rebalance(limit, &format!("generation {g} completed"), |r| {
+            r["generation"] == g && r["state"] == "completed"
+        })
+    }
+
+    fn wait_rebalance(&self, limit: Duration, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            let r = self.status()["rebalance"].clone();
+            if f(&r) {
+                return r;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "rebalance: {what} not within {limit:?}: {r}\n{}",
+                self.c.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// The bytes of object `i`, version `v`: sizes 1 B to ~40 KB, and one in `big` (0: none) of
+/// ~1.2 MB, several frames of the transport.
+fn sized(i: usize, v: usize, big: usize) -> Vec<u8> {
+    let n = if big > 0 && i % big == 7 {
+        1_200_000 + i
+    } else {
+        (i * 997) % 40_000 + 1
+    };
+    let seed = format!("o{i}v{v};");
+    seed.bytes().cycle().take(n).collect()
+}
+
+fn body(i: usize, v: usize) -> Vec<u8> {
+    sized(i, v, 41)
+}
+
+/// `n` objects put under `t` straight onto the disks (before the agents run); key -> bytes.
+fn fill(t: &Topology, n: usize, big: usize) -> HashMap<String, Vec<u8>> {
+    let c = ferry::cluster::store::Cluster::new(t.clone(), None, None);
+    let mut want = HashMap::new();
+    for i in 0..n {
+        let key = format!("d{}/o{i}", i % 11);
+        let data = sized(i, 0, big);
+        c.put(BKT, key.as_bytes(), &data).unwrap();
+        want.insert(key, data);
+    }
+    want
+}
+
+/// The node whose disk owns `key` under `t`.
+fn owner_node(t: &Topology, key: &str) -> String {
+    let p = Placed::new(t.clone());
+    let d = p.owner(partition_of(BKT.as_bytes(), key.as_bytes()));
+    d.node.clone().unwrap()
+}
+
+fn objects_on(path: &Path) -> usize {
+    let mut n = 0;
+    walk_objects(path, &mut Vec::new(), &mut |_, _, _| n += 1);
+    n
+}
+
+/// Every live key through every agent: GET gives its bytes, HEAD its size; every deleted key
+/// is NoSuchKey everywhere; each agent's LIST is exactly the live keys.
+fn check_everywhere(n: &Nodes, live: &HashMap<String, Vec<u8>>, gone: &[String]) {
+    let mut want: Vec<String> = live.keys().cloned().collect();
+    want.sort();
+    for (node, s3) in &n.s3 {
+        for (k, data) in live {
+            let r = s3.get(BKT, k).unwrap();
+            assert_eq!(r.code, 200, "GET {k} through {node}: {}", r.text());
+            assert!(r.body == *data, "GET {k} through {node}: other bytes");
+            let h = s3.head(BKT, k).unwrap();
+            assert_eq!(h.code, 200, "HEAD {k} through {node}");
+            assert_eq!(h.header("content-length"), Some(&*data.len().to_string()));
+        }
+        for k in gone {
+            let r = s3.get(BKT, k).unwrap();
+            assert_eq!(r.code, 404, "GET deleted {k} through {node}: {}", r.text());
+            assert_eq!(r.error_code().as_deref(), Some("NoSuchKey"), "{k}");
+            assert_eq!(s3.head(BKT, k).unwrap().code, 404, "HEAD deleted {k}");
+        }
+        let mut listed = s3.list(BKT, "").unwrap();
+        listed.sort();
+        assert_eq!(listed, want, "LIST through {node}");
+    }
+}
+
+#[test]
+fn three_agents_answer_for_every_key_and_an_unreachable_owner_is_503() {
+    let Some(mut n) = nodes(&["a", "b", "c"], &config(300, 300)) else {
+        return;
+    };
+    let a01: Disks = &[("d0", "a"), ("d1", "a")];
+    let g1 = topo(
+        &n.root,
+        1,
+        &[
+            ("s0", "active", a01),
+            ("s1", "active", &[("d0", "b")]),
+            ("s2", "active", &[("d0", "c")]),
+        ],
+    );
+    n.apply(&g1);
+    n.start(&["a", "b", "c"]);
+    let a = n.s3["a"].clone();
+    assert_eq!(a.create_bucket(BKT).unwrap().code, 200);
+    let mut live = HashMap::new();
+    let mut by_owner: HashMap<String, usize> = HashMap::new();
+    for i in 0..160 {
+        let k = format!("p{}/k{i}", i % 7);
+        let data = body(i, 1);
+        let r = a.put(BKT, &k, &data).unwrap();
+        assert_eq!(r.code, 200, "PUT {k} through a: {}", r.text());
+        *by_owner.entry(owner_node(&g1, &k)).or_default() += 1;
+        live.insert(k, data);
+    }
+    assert!(
+        by_owner.get("b") > Some(&20) && by_owner.get("c") > Some(&20),
+        "{by_owner:?}"
+    );
+    // durable at the owners before the 200: on their disks now, once each
+    assert_placed(&g1, BKT, &live);
+    check_everywhere(&n, &live, &[]);
+    // deletes through every agent, overwrites through b of keys other nodes own
+    let keys: Vec<String> = live.keys().cloned().collect();
+    let mut gone = vec![];
+    let names = ["a", "b", "c"];
+    for (i, k) in keys.iter().enumerate() {
+        let via = &n.s3[names[i % 3]];
+        if i % 3 == 0 {
+            let r = via.delete(BKT, k).unwrap();
+            assert_eq!(r.code, 204, "DELETE {k}: {}", r.text());
+            live.remove(k);
+            gone.push(k.clone());
+        } else if i % 5 == 1 {
+            let data = body(i, 2);
+            assert_eq!(n.s3["b"].put(BKT, k, &data).unwrap().code, 200);
+            live.insert(k.clone(), data);
+        }
+    }
+    assert_placed(&g1, BKT, &live);
+    check_everywhere(&n, &live, &gone);
+    // c down: its keys are 503 through a (retry later), not 500 and not NoSuchKey
+    n.c.kill9("c");
+    let of_c = live.keys().find(|k| owner_node(&g1, k) == "c").unwrap();
+    let of_a = live.keys().find(|k| owner_node(&g1, k) == "a").unwrap();
+    let r = a.get(BKT, of_c).unwrap();
+    assert_eq!(r.code, 503, "GET {of_c} with its node down: {}", r.text());
+    assert_eq!(r.error_code().as_deref(), Some("ServiceUnavailable"));
+    let r = a.put(BKT, of_c, b"new").unwrap();
+    assert_eq!(r.code, 503, "PUT {of_c} with its node down: {}", r.text());
+    assert_eq!(a.head(BKT, of_c).unwrap().code, 503);
+    assert_eq!(
+        a.get(BKT, of_a).unwrap().code,
+        200,
+        "a's own keys still serve"
+    );
+    // c back: everything as it was (the failed PUT wrote nothing)
+    n.c.start("c");
+    n.wait_s3("c", Duration::from_secs(30));
+    check_everywhere(&n, &live, &gone);
+}
+
+/// 2 -> 3 nodes: a gains a disk (same-node moves), c joins with a set (moves from a and b
+/// through the peer transport); then b's set drains (b ends empty).
+#[test]
+fn two_to_three_nodes_move_across_the_transport_and_a_drained_node_ends_empty() {
+    let Some(mut n) = nodes(&["a", "b", "c"], &config(300, 300)) else {
+        return;
+    };
+    let a01: Disks = &[("d0", "a"), ("d1", "a")];
+    let (b0, c0): (Disks, Disks) = (&[("d0", "b")], &[("d0", "c")]);
+    let g1 = topo(
+        &n.root,
+        1,
+        &[("s0", "active", &[("d0", "a")]), ("s1", "active", b0)],
+    );
+    let g2 = topo(
+        &n.root,
+        2,
+        &[
+            ("s0", "active", a01),
+            ("s1", "active", b0),
+            ("s2", "active", c0),
+        ],
+    );
+    let g3 = topo(
+        &n.root,
+        3,
+        &[
+            ("s0", "active", a01),
+            ("s1", "draining", b0),
+            ("s2", "active", c0),
+        ],
+    );
+    let want = fill(&g1, 2000, 167);
+    n.apply(&g1);
+    n.start(&["a", "b", "c"]);
+    let t0 = Instant::now();
+    n.apply(&g2);
+    let r = n.wait_completed(2, Duration::from_secs(90));
+    eprintln!(
+        "2 -> 3 nodes: {} objects, {} bytes in {:?}",
+        r["objects"],
+        r["bytes"],
+        t0.elapsed()
+    );
+    assert_placed(&g2, BKT, &want);
+    let (old, new) = (Placed::new(g1.clone()), Placed::new(g2.clone()));
+    let owner = |p: &Placed, k: &String| p.owner_key(partition_of(BKT.as_bytes(), k.as_bytes()));
+    let ideal = want
+        .keys()
+        .filter(|k| owner(&old, k) != owner(&new, k))
+        .count();
+    let across = want.keys().filter(|k| owner(&new, k) == "s2/d0").count();
+    assert!(across > 100, "only {across} objects went to node c");
+    let moved = r["objects"].as_u64().unwrap() + r["superseded"].as_u64().unwrap();
+    assert_eq!(
+        moved as usize, ideal,
+        "each misplaced object moved once: {r}"
+    );
+    n.apply(&g3);
+    n.wait_completed(3, Duration::from_secs(90));
+    assert_placed(&g3, BKT, &want);
+    assert_eq!(
+        objects_on(&n.root.join("s1d0")),
+        0,
+        "the drained node b holds objects"
+    );
+    // and every agent serves them from their new places
+    let sample: HashMap<String, Vec<u8>> = want
+        .iter()
+        .filter(|(k, _)| k.ends_with('7'))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (node, s3) in &n.s3 {
+        for (k, data) in &sample {
+            let r = s3.get(BKT, k).unwrap();
+            assert!(
+                r.code == 200 && r.body == *data,
+                "GET {k} through {node}: {}",
+                r.code
+            );
+        }
+    }
+}
+
+/// What the clients know of one key: its bytes now (None: deleted) and its version.
+#[derive(Default)]
+struct KeyState {
+    data: Option<Vec<u8>>,
+    version: usize,
+}
+
+/// The clients' shared model: one lock per key, held for the whole request (so requests of
+/// one key are in order and the expected answer is exact).
+struct Model {
+    keys: Vec<String>,
+    index: HashMap<String, usize>,
+    state: Vec<std::sync::Mutex<KeyState>>,
+}
+
+#[derive(Default)]
+struct Tally {
+    reads: u64,
+    writes: u64,
+    deletes: u64,
+    failures: Vec<String>,
+}
+
+impl Model {
+    fn new(want: &HashMap<String, Vec<u8>>) -> Model {
+        let mut keys: Vec<String> = want.keys().cloned().collect();
+        keys.sort();
+        let index = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.clone(), i))
+            .collect();
+        let state = keys
+            .iter()
+            .map(|k| {
+                std::sync::Mutex::new(KeyState {
+                    data: Some(want[k].clone()),
+                    version: 0,
+                })
+            })
+            .collect();
+        Model { keys, index, state }
+    }
+
+    /// The live keys and their bytes; the deleted keys.
+    fn split(&self) -> (HashMap<String, Vec<u8>>, Vec<String>) {
+        let (mut live, mut gone) = (HashMap::new(), vec![]);
+        for (k, st) in self.keys.iter().zip(&self.state) {
+            match &st.lock().unwrap().data {
+                Some(d) => {
+                    live.insert(k.clone(), d.clone());
+                }
+                None => gone.push(k.clone()),
+            }
+        }
+        (live, gone)
+    }
+
+    /// One random request on a random key through a random agent: 5 % overwrite, 2.5 %
+    /// delete, the rest read, each answer checked against the model.
+    fn step(&self, rng: &mut u64, via: &[(&String, &S3)], t: &mut Tally) {
+        let mut next = || {
+            *rng ^= *rng << 13;
+            *rng ^= *rng >> 7;
+            *rng ^= *rng << 17;
+            *rng
+        };
+        let i = (next() % self.keys.len() as u64) as usize;
+        let (node, s3) = via[(next() % via.len() as u64) as usize];
+        let roll = next() % 1000;
+        let k = &self.keys[i];
+        let num = self.index[k];
+        let mut st = self.state[i].lock().unwrap();
+        let fail = |t: &mut Tally, m: String| t.failures.push(format!("{k} through {node}: {m}"));
+        if roll < 50 {
+            let data = sized(num, st.version + 1, 0);
+            t.writes += 1;
+            match s3.put(BKT, k, &data) {
+                Ok(r) if r.code == 200 => {
+                    st.version += 1;
+                    st.data = Some(data);
+                }
+                Ok(r) => fail(t, format!("PUT: {}", r.text())),
+                Err(e) => fail(t, format!("PUT: {e}")),
+            }
+        } else if roll < 75 {
+            t.deletes += 1;
+            match s3.delete(BKT, k) {
+                Ok(r) if r.code == 204 => st.data = None,
+                Ok(r) => fail(t, format!("DELETE: {}", r.text())),
+                Err(e) => fail(t, format!("DELETE: {e}")),
+            }
+        } else {
+            t.reads += 1;
+            match (s3.get(BKT, k), &st.data) {
+                (Ok(r), Some(d)) if r.code == 200 && r.body == *d => {}
+                (Ok(r), Some(_)) if r.code == 200 => fail(
+                    t,
+                    format!("GET: stale or wrong bytes (version {})", st.version),
+                ),
+                (Ok(r), None) if r.code == 404 => {}
+                (Ok(r), None) if r.code == 200 => fail(t, "GET: a deleted key came back".into()),
+                (Ok(r), _) => fail(t, format!("GET: {}", r.text())),
+                (Err(e), _) => fail(t, format!("GET: {e}")),
+            }
+        }
+    }
+}
+
+/// Client threads running `Model::step` every 1-4 ms until `stop`.
+fn clients(
+    n: &Nodes,
+    model: &std::sync::Arc<Model>,
+    threads: usize,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<std::thread::JoinHandle<Tally>> {
+    (0..threads)
+        .map(|t| {
+            let (model, stop) = (model.clone(), stop.clone());
+            let s3: Vec<(String, S3)> = n.s3.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            std::thread::spawn(move || {
+                let via: Vec<(&String, &S3)> = s3.iter().map(|(k, v)| (k, v)).collect();
+                let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ ((t as u64 + 1) * 0x1000_0001);
+                let mut tally = Tally::default();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    model.step(&mut rng, &via, &mut tally);
+                    std::thread::sleep(Duration::from_millis(1 + rng % 4));
+                }
+                tally
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn clients_overwrite_delete_and_read_during_a_cross_node_rebalance() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let Some(mut n) = nodes(&["a", "b", "c"], &config(300, 300)) else {
+        return;
+    };
+    let b0: Disks = &[("d0", "b")];
+    let g1 = topo(
+        &n.root,
+        1,
+        &[("s0", "active", &[("d0", "a")]), ("s1", "active", b0)],
+    );
+    let g2 = topo(
+        &n.root,
+        2,
+        &[
+            ("s0", "active", &[("d0", "a"), ("d1", "a")]),
+            ("s1", "active", b0),
+            ("s2", "active", &[("d0", "c")]),
+        ],
+    );
+    let want = fill(&g1, 1500, 0);
+    n.apply(&g1);
+    n.start(&["a", "b", "c"]);
+    // slow enough for the clients to meet many objects mid-move
+    ok(ferry(&n.c, &["cluster", "rate", "2M"]));
+    let model = std::sync::Arc::new(Model::new(&want));
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let threads = clients(&n, &model, 4, &stop);
+    std::thread::sleep(Duration::from_millis(500));
+    n.apply(&g2);
+    let done = std::panic::catch_unwind(|| n.wait_completed(2, Duration::from_secs(120)));
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Tally::default();
+    for t in threads {
+        let x = t.join().unwrap();
+        (all.reads, all.writes, all.deletes) = (
+            all.reads + x.reads,
+            all.writes + x.writes,
+            all.deletes + x.deletes,
+        );
+        all.failures.extend(x.failures);
+    }
+    let r = done.unwrap_or_else(|e| std::panic::resume_unwind(e));
+    eprintln!(
+        "during the rebalance ({} objects moved): {} reads, {} writes, {} deletes, {} failed",
+        r["objects"],
+        all.reads,
+        all.writes,
+        all.deletes,
+        all.failures.len()
+    );
+    assert!(
+        all.failures.is_empty(),
+        "{} failed requests, the first: {:#?}",
+        all.failures.len(),
+        &all.failures[..all.failures.len().min(12)]
+    );
+    assert!(
+        all.reads > 300 && all.writes > 10 && all.deletes > 5,
+        "too few requests"
+    );
+    let (live, gone) = model.split();
+    assert_placed(&g2, BKT, &live);
+    check_everywhere(&n, &live, &gone);
+}
+
+/// How many fault cycles: FERRY_FAULT_CYCLES, else 12 (the slow tier sets 50).
+fn fault_cycles() -> usize {
+    std::env::var("FERRY_FAULT_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(12)
+}
+
+/// Cycle after cycle, a rebalance across nodes (c's set active: a and b send to c; c's set
+/// draining: c sends to a and b) with an agent killed -9 mid-way and restarted: the sender
+/// and the receiver in turn. After each, every object is exactly once at its owner with its
+/// bytes, and the agents serve it.
+#[test]
+fn kill9_of_the_sender_or_the_receiver_mid_rebalance_cycle_after_cycle() {
+    let Some(mut n) = nodes(&["a", "b", "c"], &config(300, 300)) else {
+        return;
+    };
+    let (a0, b0, c0): (Disks, Disks, Disks) = (&[("d0", "a")], &[("d0", "b")], &[("d0", "c")]);
+    let root = n.root.clone();
+    let topo_for = |g: u64, c_state: &str| {
+        topo(
+            &root,
+            g,
+            &[
+                ("s0", "active", a0),
+                ("s1", "active", b0),
+                ("s2", c_state, c0),
+            ],
+        )
+    };
+    let g1 = topo_for(1, "draining");
+    let want = fill(&g1, 600, 0);
+    n.apply(&g1);
+    n.start(&["a", "b", "c"]);
+    ok(ferry(&n.c, &["cluster", "rate", "2M"]));
+    let t0 = Instant::now();
+    for i in 0..fault_cycles() {
+        let g = i as u64 + 2;
+        let to_c = i % 2 == 0;
+        let t = topo_for(g, if to_c { "active" } else { "draining" });
+        // the sender and the receiver in turn: a sends to c, c sends to a, c receives, a receives
+        let victim = match i % 4 {
+            0 | 3 => "a",
+            _ => "c",
+        };
+        let cycle = Instant::now();
+        n.apply(&t);
+        n.wait_rebalance(Duration::from_secs(30), "moves under way", |r| {
+            r["generation"] == g && (r["objects"].as_u64() > Some(3) || r["state"] == "completed")
+        });
+        n.c.kill9(victim);
+        std::thread::sleep(Duration::from_millis(300));
+        n.c.start(victim);
+        n.wait_s3(victim, Duration::from_secs(30));
+        let r = n.wait_completed(g, Duration::from_secs(90));
+        assert_placed(&t, BKT, &want);
+        eprintln!(
+            "cycle {i}: generation {g}, {} killed, {} objects moved, {:?}",
+            victim,
+            r["objects"],
+            cycle.elapsed()
+        );
+        for (j, (k, data)) in want.iter().enumerate().filter(|(j, _)| j % 50 == i % 50) {
+            let via = ["a", "b", "c"][j % 3];
+            let r = n.s3[via].get(BKT, k).unwrap();
+            assert!(
+                r.code == 200 && r.body == *data,
+                "GET {k} through {via}: {}",
+                r.code
+            );
+        }
+    }
+    eprintln!("{} fault cycles in {:?}", fault_cycles(), t0.elapsed());
+}
+
+/// An agent that cannot serve the new generation (its new disk has no identity yet) still
+/// routes by the old one: no object moves anywhere until every agent routes by the new map
+/// (a delete through the lagging agent would miss the copy already moved), and the moves
+/// start once its disk is initialised.
+#[test]
+fn moves_wait_until_every_agent_routes_by_the_new_generation() {
+    let Some(mut n) = nodes(&["a", "b", "c"], &config(300, 300)) else {
+        return;
+    };
+    let a0: Disks = &[("d0", "a")];
+    let g1 = topo(
+        &n.root,
+        1,
+        &[("s0", "active", a0), ("s1", "active", &[("d0", "b")])],
+    );
+    let g2 = topo(
+        &n.root,
+        2,
+        &[
+            ("s0", "active", a0),
+            ("s1", "active", &[("d0", "b"), ("d1", "b")]),
+            ("s2", "active", &[("d0", "c")]),
+        ],
+    );
+    let mut want = fill(&g1, 600, 0);
+    let identity = n
+        .root
+        .join("s1d1")
+        .join(ferry::cluster::identity::IDENTITY_FILE);
+    std::fs::remove_file(&identity).unwrap(); // b's new disk: not mounted yet
+    n.apply(&g1);
+    n.start(&["a", "b", "c"]);
+    n.apply(&g2);
+    // a's moves to c would begin now (b still routes by generation 1): give them 6 s
+    let start = Instant::now();
+    while objects_on(&n.root.join("s2d0")) == 0 && start.elapsed() < Duration::from_secs(6) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (old, new) = (Placed::new(g1.clone()), Placed::new(g2.clone()));
+    let owner = |p: &Placed, k: &String| p.owner_key(partition_of(BKT.as_bytes(), k.as_bytes()));
+    let doomed: Vec<String> = want
+        .keys()
+        .filter(|k| owner(&old, k) == "s0/d0" && owner(&new, k) == "s2/d0")
+        .cloned()
+        .collect();
+    assert!(doomed.len() >= 10, "{doomed:?}");
+    for k in &doomed {
+        let r = n.s3["b"].delete(BKT, k).unwrap();
+        assert_eq!(r.code, 204, "DELETE {k} through b: {}", r.text());
+        want.remove(k);
+    }
+    for k in &doomed {
+        for (node, s3) in &n.s3 {
+            let r = s3.get(BKT, k).unwrap();
+            assert_eq!(
+                r.code,
+                404,
+                "deleted {k} came back through {node}: {}",
+                r.text()
+            );
+        }
+    }
+    assert_eq!(
+        objects_on(&n.root.join("s2d0")),
+        0,
+        "moves began before b served g2"
+    );
+    // b's disk arrives: it serves generation 2, the moves run, deleted keys stay deleted
+    ferry::cluster::identity::init(&g2, Path::new("test topology")).unwrap();
+    n.wait_completed(2, Duration::from_secs(60));
+    assert_placed(&g2, BKT, &want);
+}
