@@ -186,13 +186,35 @@ fn answer(e: &Error) -> Msg {
     failure(code, e.raw_os_error().unwrap_or(0), e.to_string())
 }
 
+/// How long a write naming a disk this node does not serve (yet) waits for this node's
+/// layer to catch up with the writer's topology (the watcher reads etcd every 500 ms).
+const CATCH_UP: Duration = Duration::from_secs(2);
+
+/// The layer to write `disk` on: `c`, or a newer one that serves it, appearing within
+/// `CATCH_UP` (the sender saw the new topology first); else `c`, which refuses the disk.
+fn serving(ctx: &Ctx, c: Arc<Cluster>, disk: &str) -> Arc<Cluster> {
+    let start = std::time::Instant::now();
+    let mut c = c;
+    while c.disk_path(disk).is_none() && start.elapsed() < CATCH_UP {
+        std::thread::sleep(Duration::from_millis(20));
+        c = ctx.cell.get().unwrap_or(c);
+    }
+    c
+}
+
 /// One request. Ok(false): the connection must close (a body was left half read).
 fn serve_req(w: &mut Wire, ctx: &Ctx, req: Req) -> io::Result<bool> {
-    let Some(c) = ctx.cell.get() else {
+    let Some(mut c) = ctx.cell.get() else {
         let m = format!("node {}: no topology yet (ferry cluster apply)", ctx.me);
         w.send(&failure(Code::Busy, 0, m))?;
         return Ok(!matches!(req, Req::Put { .. } | Req::Migrate(_)));
     };
+    match &req {
+        Req::Put { disk, .. } | Req::Migrate(super::msg::Migrate { disk, .. }) => {
+            c = serving(ctx, c, disk)
+        }
+        _ => {}
+    }
     match req {
         Req::Get {
             bucket,
