@@ -68,7 +68,7 @@ pub struct Options {
 /// each durable before its session carries anything): a reconnect or a rerun names the
 /// earlier ones stale, so the server stops those still running and sweeps what they left.
 #[derive(Default)]
-pub struct Sessions(std::sync::Mutex<Known>);
+pub struct Sessions(std::sync::Mutex<Known>, std::sync::atomic::AtomicBool);
 
 #[derive(Default)]
 struct Known {
@@ -91,6 +91,15 @@ impl Sessions {
         let over = k.stale.len().saturating_sub(MAX_STALE);
         k.stale.drain(..over);
         k.file = Some(file);
+    }
+
+    /// A session was opened: the server is there (a later refusal is a restart).
+    fn reach(&self) {
+        self.1.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn reached(&self) -> bool {
+        self.1.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn stale(&self) -> Vec<Token> {
@@ -161,6 +170,7 @@ fn open_on(
             if let Some(t) = &token {
                 o.sessions.record(t)?;
             }
+            o.sessions.reach();
             c.session = token;
             Ok((c, is_dir, exists))
         }
@@ -172,11 +182,46 @@ fn open_on(
     })
 }
 
-/// Connects and opens a session; the server's Ready (is_dir, exists).
-fn open(r: &Remote, op: Op, o: &Options) -> Result<(Conn, bool, bool), Fatal> {
-    let cfg = tls::client_config(&o.tls_dir).map_err(fatal)?;
-    let c = session::connect(&r.host, r.port, cfg).map_err(fatal)?;
-    open_on(c, r, op, o).map_err(fatal)?
+type Opened = (Conn, bool, bool);
+
+/// Connects and opens a session; the server's Ready (is_dir, exists). Err: the connection
+/// (worth a retry if transient); Ok(Err): the server refused.
+fn try_open(r: &Remote, op: Op, o: &Options) -> io::Result<Result<Opened, Fatal>> {
+    let cfg = tls::client_config(&o.tls_dir)?;
+    let c = session::connect(&r.host, r.port, cfg)?;
+    open_on(c, r, op, o)
+}
+
+/// [`try_open`] with no retry (pull, verify).
+fn open(r: &Remote, op: Op, o: &Options) -> Result<Opened, Fatal> {
+    try_open(r, op, o).map_err(fatal)?
+}
+
+/// A step of a push or move outside its streams (opening one, listing the far end, the
+/// move's verify), tried again with backoff while the connection breaks or the server is away
+/// (killed, restarting), for [`RETRY_FOR`]. A server that refused the very first connection
+/// is not waited for (nothing listens there).
+fn retrying<T>(
+    o: &Options,
+    mut step: impl FnMut() -> io::Result<Result<T, Fatal>>,
+) -> Result<T, Fatal> {
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match step() {
+            Ok(r) => return r,
+            Err(e)
+                if transient(&e)
+                    && started.elapsed() < RETRY_FOR
+                    && (o.sessions.reached() || e.kind() != io::ErrorKind::ConnectionRefused) =>
+            {
+                eprintln!("ferry: {e}; retrying in {backoff:?}");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+            Err(e) => return Err(fatal(e)),
+        }
+    }
 }
 
 /// `SRC/.` or `.`: the directory's contents, not the directory.
@@ -350,7 +395,7 @@ pub fn push(sources: &[PathBuf], r: &Remote, o: &Options) -> Result<Pushed, Fata
         let _ = std::fs::remove_file(sd.dir.join("targets.json"));
     }
     o.sessions.attach(&sd);
-    let (c, is_dir, exists) = open(r, Op::Push, o)?;
+    let (c, is_dir, exists) = retrying(o, || try_open(r, Op::Push, o))?;
     let t = match load_targets(&sd) {
         Some(t) if t.len() == sources.len() => t,
         _ => {
@@ -372,7 +417,7 @@ pub fn push(sources: &[PathBuf], r: &Remote, o: &Options) -> Result<Pushed, Fata
     });
     let mut conns = vec![c];
     for _ in 1..o.streams.max(1) {
-        conns.push(open(r, Op::Push, o)?.0);
+        conns.push(retrying(o, || try_open(r, Op::Push, o))?.0);
     }
     let walker = Walker::new(local_roots(sources, t.clone())?);
     let out = super::push::run(conns, walker, &j, r, o)?;
@@ -397,13 +442,18 @@ fn remote_listing(r: &Remote, o: &Options, targets: &[Vec<u8>]) -> Result<Listin
     for t in targets {
         let mut at = r.clone();
         at.path = beneath::join(&r.path, t);
-        let mut c = match open(&at, Op::List, o) {
-            Ok((c, _, _)) => c,
-            Err(f) if f.code == crate::Exit::Usage && f.msg.contains("no such file") => continue,
-            Err(f) => return Err(f),
-        };
-        let (list, _) = verify::receive(&mut c).map_err(fatal)?;
-        c.close();
+        let list = retrying(o, || {
+            let mut c = match try_open(&at, Op::List, o)? {
+                Ok((c, _, _)) => c,
+                Err(f) if f.code == crate::Exit::Usage && f.msg.contains("no such file") => {
+                    return Ok(Ok(Listing::new()));
+                }
+                Err(f) => return Ok(Err(f)),
+            };
+            let (list, _) = verify::receive(&mut c)?;
+            c.close();
+            Ok(Ok(list))
+        })?;
         all.extend(list.into_iter().map(|(p, e)| (beneath::join(t, &p), e)));
     }
     Ok(all)
@@ -453,45 +503,25 @@ pub struct Pushed {
 pub fn move_push(sources: &[PathBuf], r: &Remote, o: &Options) -> Result<Outcome, Fatal> {
     let p = push(sources, r, o)?;
     let mut out = p.out;
-    let (mut c, _, _) = open(r, Op::Verify, o)?;
-    let (theirs, errs) = verify::receive(&mut c).map_err(fatal)?;
-    c.close();
+    let (theirs, errs) = retrying(o, || {
+        let mut c = match try_open(r, Op::Verify, o)? {
+            Ok((c, _, _)) => c,
+            Err(f) => return Ok(Err(f)),
+        };
+        let listed = verify::receive(&mut c)?;
+        c.close();
+        Ok(Ok(listed))
+    })?;
     out.errors.extend(errs.into_iter().map(|e| (Vec::new(), e)));
     let mut dirs = Vec::new();
     let mut removed = 0u64;
     for item in Walker::new(p.roots) {
         let Ok(item) = item else { continue };
-        let key = rel_key(&item.rel);
-        let remote = theirs.get(&item.rel);
-        let ok = match item.kind {
-            Kind::Dir => {
-                dirs.push(item);
-                continue;
-            }
-            Kind::File => p.durable.get(&key).is_some_and(|d| {
-                d.size == item.st.st_size as u64
-                    && d.mtime == (item.st.st_mtime, item.st.st_mtime_nsec)
-                    && remote
-                        .is_some_and(|e| e.size == d.size && Some(e.hash) == sent_hash(&item, d))
-            }),
-            Kind::Symlink => {
-                p.durable.contains_key(&key)
-                    && remote.is_some_and(|e| {
-                        beneath::readlink_at(item.dir.as_raw_fd(), &item.name)
-                            .ok()
-                            .as_ref()
-                            == Some(&e.link)
-                    })
-            }
-            Kind::Other => {
-                p.durable.contains_key(&key)
-                    && remote.is_some_and(|e| {
-                        e.meta.mode & libc::S_IFMT == item.st.st_mode & libc::S_IFMT
-                            && e.size == item.st.st_rdev
-                    })
-            }
-        };
-        if !ok {
+        if item.kind == Kind::Dir {
+            dirs.push(item);
+            continue;
+        }
+        if !removable(&item, &p.durable, theirs.get(&item.rel)) {
             continue;
         }
         match beneath::unlink_at(item.dir.as_raw_fd(), &item.name) {
@@ -506,13 +536,55 @@ pub fn move_push(sources: &[PathBuf], r: &Remote, o: &Options) -> Result<Outcome
     Ok(out)
 }
 
+/// Whether a source may go: the far end lists it (after a syncfs there: durably) the same,
+/// and it is unchanged since it was sent. A file journaled as sent is compared by the hash it
+/// was sent with; one this run skipped because the far end had it already (its killed run
+/// named it there, unacknowledged) by the hash of the source read now.
+fn removable(
+    item: &Item,
+    durable: &HashMap<PathBuf, Done>,
+    remote: Option<&verify::Entry>,
+) -> bool {
+    let Some(e) = remote else { return false };
+    match item.kind {
+        Kind::File => {
+            let (size, mtime) = (
+                item.st.st_size as u64,
+                (item.st.st_mtime, item.st.st_mtime_nsec),
+            );
+            match durable.get(&rel_key(&item.rel)) {
+                Some(d) if d.size == size && d.mtime == mtime => {
+                    e.size == d.size && Some(e.hash) == sent_hash(item, d)
+                }
+                _ => {
+                    let there = (e.meta.mtime.0, e.meta.mtime.1 as i64);
+                    e.size == size && there == mtime && Some(e.hash) == source_hash(item)
+                }
+            }
+        }
+        Kind::Symlink => {
+            beneath::readlink_at(item.dir.as_raw_fd(), &item.name)
+                .ok()
+                .as_ref()
+                == Some(&e.link)
+        }
+        Kind::Other => {
+            e.meta.mode & libc::S_IFMT == item.st.st_mode & libc::S_IFMT
+                && e.size == item.st.st_rdev
+        }
+        Kind::Dir => false,
+    }
+}
+
+fn source_hash(item: &Item) -> Option<u64> {
+    let fd = beneath::open_at(item.dir.as_raw_fd(), &item.name, libc::O_RDONLY, 0).ok()?;
+    verify::hash_fd(fd).ok()
+}
+
 /// The xxh3 a file was sent with; a file sent in ranges has none, so its source (unchanged
 /// since: size and mtime were checked) is read again.
 fn sent_hash(item: &Item, d: &Done) -> Option<u64> {
-    d.hash.or_else(|| {
-        let fd = beneath::open_at(item.dir.as_raw_fd(), &item.name, libc::O_RDONLY, 0).ok()?;
-        verify::hash_fd(fd).ok()
-    })
+    d.hash.or_else(|| source_hash(item))
 }
 
 /// Removes emptied source directories, deepest first; a non-empty one stays (its failed or

@@ -189,6 +189,12 @@ fn handle(
                     format!("{}/{}: no such file or directory", ex.name, show(&path)),
                 );
             }
+            // A verify lists what is durable here (a move deletes its sources by it).
+            if op == Op::Verify
+                && let Err(e) = beneath::syncfs(&t.parent)
+            {
+                return refuse(c, format!("syncfs {}/{}: {e}", ex.name, show(&path)));
+            }
             c.send(&Msg::Ready {
                 is_dir: t.is_dir,
                 exists: true,
