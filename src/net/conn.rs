@@ -10,7 +10,7 @@
 use super::frame::{MAX_PAYLOAD, ProtoError};
 use super::msg::{Msg, MsgDecoder};
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, IoSlice, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -19,6 +19,12 @@ use std::time::{Duration, Instant};
 const OUT_BATCH: usize = 256 * 1024;
 /// Bytes read from the socket per call.
 const RBUF: usize = 256 * 1024;
+/// A Data frame at least this big is handed to TLS from the caller's buffer, not gathered.
+const DIRECT_MIN: usize = 64 * 1024;
+/// Encrypted records rustls holds before they are written: its default (64 KiB) is a write
+/// per four records; 1 MiB no longer fits the cache between encryption and the send (sender
+/// CPU 0.91 -> 1.70 s/GB on loopback), 256 KiB measured best (0.86).
+const TLS_BUFFER: usize = 256 * 1024;
 /// Decoded messages' bytes read ahead of the caller; past this the socket is left unread
 /// (backpressure on the peer) instead of buffering without bound.
 const READ_AHEAD: usize = 8 << 20;
@@ -69,7 +75,8 @@ impl Conn {
         }
     }
 
-    pub fn new(sock: TcpStream, tls: rustls::Connection, peer: String) -> io::Result<Conn> {
+    pub fn new(sock: TcpStream, mut tls: rustls::Connection, peer: String) -> io::Result<Conn> {
+        tls.set_buffer_limit(Some(TLS_BUFFER));
         sock.set_nonblocking(true)?;
         sock.set_nodelay(true)?;
         keepalive(&sock);
@@ -114,8 +121,13 @@ impl Conn {
         Ok(())
     }
 
-    /// Queues a Data frame of `bytes`.
+    /// Queues a Data frame of `bytes`. A big one goes to TLS straight from `bytes`, behind
+    /// what was gathered before it (no copy into the batch).
     pub fn send_data(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if bytes.len() >= DIRECT_MIN {
+            super::msg::encode_data_head(bytes.len(), &mut self.out);
+            return self.push_with(bytes);
+        }
         super::msg::encode_data(bytes, &mut self.out);
         if self.out.len() >= OUT_BATCH {
             self.push_out()?;
@@ -128,22 +140,29 @@ impl Conn {
         self.push_out()
     }
 
-    /// Hands the gathered plaintext to TLS and writes TLS records until none is left (so
-    /// rustls never buffers more than one batch), reading meanwhile.
     fn push_out(&mut self) -> io::Result<()> {
+        self.push_with(&[])
+    }
+
+    /// Hands the gathered plaintext and then `extra` to TLS and writes TLS records until
+    /// none is left (so rustls never buffers more than [`TLS_BUFFER`]), reading meanwhile.
+    fn push_with(&mut self, extra: &[u8]) -> io::Result<()> {
         let deadline = Instant::now() + self.idle;
-        let mut off = 0;
+        let (mut off, mut xoff) = (0, 0);
         loop {
-            if off < self.out.len() {
+            if off < self.out.len() || xoff < extra.len() {
                 // rustls takes what fits under its buffer limit; the rest after a drain.
-                off += self
+                let bufs = [IoSlice::new(&self.out[off..]), IoSlice::new(&extra[xoff..])];
+                let n = self
                     .tls
                     .writer()
-                    .write(&self.out[off..])
+                    .write_vectored(&bufs)
                     .map_err(|e| self.err("tls write to", e))?;
+                let a = n.min(self.out.len() - off);
+                (off, xoff) = (off + a, xoff + n - a);
             }
             if !self.tls.wants_write() {
-                if off >= self.out.len() {
+                if off >= self.out.len() && xoff >= extra.len() {
                     break;
                 }
                 continue;
@@ -253,30 +272,20 @@ impl Conn {
         Ok(progress)
     }
 
+    /// Decodes the plaintext TLS has, straight from its buffers.
     fn drain_plaintext(&mut self) -> io::Result<()> {
-        let mut buf = [0u8; 64 * 1024];
         loop {
-            match self.tls.reader().read(&mut buf) {
-                Ok(0) => {
+            let mut r = self.tls.reader();
+            let n = match r.fill_buf() {
+                Ok([]) => {
                     self.eof = true;
                     break;
                 }
-                Ok(_) if self.broken.is_some() => {}
-                Ok(n) => {
-                    self.dec.push(&buf[..n]);
-                    loop {
-                        match self.dec.next_msg() {
-                            Ok(Some(m)) => {
-                                self.inbox_bytes += msg_size(&m);
-                                self.inbox.push_back(m);
-                            }
-                            Ok(None) => break,
-                            Err(e) => {
-                                self.broken = Some(e);
-                                break;
-                            }
-                        }
+                Ok(chunk) => {
+                    if self.broken.is_none() {
+                        self.dec.push(chunk);
                     }
+                    chunk.len()
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
@@ -284,6 +293,23 @@ impl Conn {
                     break;
                 }
                 Err(e) => return Err(self.err("TLS read from", e)),
+            };
+            r.consume(n);
+            self.decode()?;
+        }
+        Ok(())
+    }
+
+    /// Moves the decoded messages into the inbox.
+    fn decode(&mut self) -> io::Result<()> {
+        while self.broken.is_none() {
+            match self.dec.next_msg() {
+                Ok(Some(m)) => {
+                    self.inbox_bytes += msg_size(&m);
+                    self.inbox.push_back(m);
+                }
+                Ok(None) => break,
+                Err(e) => self.broken = Some(e),
             }
         }
         Ok(())

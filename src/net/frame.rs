@@ -68,11 +68,20 @@ pub struct Frame {
 
 /// Appends one frame to `out`. Panics only on a programming error (payload over the limit).
 pub fn encode(kind: u8, payload: &[u8], out: &mut Vec<u8>) {
-    assert!(payload.len() <= MAX_PAYLOAD, "frame payload over the limit");
-    out.push(kind);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    encode_head(kind, payload.len(), out);
     out.extend_from_slice(payload);
 }
+
+/// Appends the header of a frame whose `len` payload bytes the caller sends right after it.
+pub fn encode_head(kind: u8, len: usize, out: &mut Vec<u8>) {
+    assert!(len <= MAX_PAYLOAD, "frame payload over the limit");
+    out.push(kind);
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+}
+
+/// A payload at least this big is filled straight from what is pushed (one copy), not
+/// gathered in the decoder's buffer first.
+const DIRECT: usize = 16 * 1024;
 
 /// Incremental frame decoder: feed bytes as they arrive, take frames out.
 #[derive(Default)]
@@ -80,6 +89,8 @@ pub struct Decoder {
     buf: Vec<u8>,
     /// Bytes of `buf` already handed out as frames (compacted lazily).
     start: usize,
+    /// A big frame whose header was read: its type, length and the payload so far.
+    big: Option<(u8, usize, Vec<u8>)>,
 }
 
 impl Decoder {
@@ -89,7 +100,15 @@ impl Decoder {
 
     /// Adds received bytes. The buffer holds at most one partial frame plus what is pushed,
     /// so callers bound it by pushing at most one read's worth between calls to `next`.
-    pub fn push(&mut self, bytes: &[u8]) {
+    pub fn push(&mut self, mut bytes: &[u8]) {
+        if let Some((_, len, p)) = self.big.as_mut() {
+            let take = (*len - p.len()).min(bytes.len());
+            p.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if bytes.is_empty() {
+                return;
+            }
+        }
         if self.start > 0 && self.start == self.buf.len() {
             self.buf.clear();
             self.start = 0;
@@ -102,12 +121,20 @@ impl Decoder {
 
     /// Bytes received but not yet returned as frames.
     pub fn pending(&self) -> usize {
-        self.buf.len() - self.start
+        let big = self.big.as_ref().map_or(0, |(_, _, p)| HEADER + p.len());
+        self.buf.len() - self.start + big
     }
 
     /// The next complete frame, `Ok(None)` if more bytes are needed, or why the stream is bad.
     /// `known` says which frame types this version understands.
     pub fn next_frame(&mut self, known: impl Fn(u8) -> bool) -> Result<Option<Frame>, ProtoError> {
+        if let Some((kind, len, p)) = self.big.take() {
+            if p.len() < len {
+                self.big = Some((kind, len, p));
+                return Ok(None);
+            }
+            return Ok(Some(Frame { kind, payload: p }));
+        }
         let avail = &self.buf[self.start..];
         if avail.is_empty() {
             return Ok(None);
@@ -123,6 +150,13 @@ impl Decoder {
             return Err(ProtoError::Oversize { len: len as u64 });
         }
         if avail.len() < HEADER + len {
+            if len >= DIRECT {
+                // The rest of it goes straight into its payload (checked length: bounded).
+                let mut p = Vec::with_capacity(len);
+                p.extend_from_slice(&avail[HEADER..]);
+                self.big = Some((avail[0], len, p));
+                self.start = self.buf.len();
+            }
             return Ok(None);
         }
         let frame = Frame {
@@ -135,6 +169,12 @@ impl Decoder {
 
     /// At end of stream: Ok if no partial frame is left.
     pub fn finish(&self) -> Result<(), ProtoError> {
+        if let Some((_, len, p)) = &self.big {
+            return Err(ProtoError::Truncated {
+                have: HEADER + p.len(),
+                need: HEADER + len,
+            });
+        }
         let have = self.pending();
         if have == 0 {
             return Ok(());
@@ -240,6 +280,51 @@ mod tests {
             assert_eq!(got[0].payload, b"hello");
             assert_eq!(got[2].payload.len(), 3000);
         }
+    }
+
+    #[test]
+    fn big_frames_split_anywhere_come_out_whole_with_small_ones_around() {
+        let big: Vec<u8> = (0..DIRECT * 3 + 7).map(|i| (i * 31 % 251) as u8).collect();
+        let mut wire = Vec::new();
+        encode(1, b"head", &mut wire);
+        encode(2, &big, &mut wire);
+        encode(3, b"tail", &mut wire);
+        encode(2, &big[..DIRECT], &mut wire);
+        for split in [1, 3, 5, 4096, DIRECT - 1, DIRECT + 9, wire.len()] {
+            let mut d = Decoder::new();
+            let mut got = Vec::new();
+            for chunk in wire.chunks(split) {
+                d.push(chunk);
+                while let Some(f) = d.next_frame(|_| true).unwrap() {
+                    got.push(f);
+                }
+            }
+            d.finish().unwrap();
+            let kinds: Vec<u8> = got.iter().map(|f| f.kind).collect();
+            assert_eq!(kinds, [1, 2, 3, 2], "split {split}");
+            assert_eq!(got[1].payload, big, "split {split}");
+            assert_eq!(got[2].payload, b"tail", "split {split}");
+            assert_eq!(got[3].payload, big[..DIRECT], "split {split}");
+        }
+    }
+
+    #[test]
+    fn a_big_frame_cut_short_is_truncated() {
+        let mut wire = Vec::new();
+        encode(2, &vec![9; DIRECT * 2], &mut wire);
+        let mut d = Decoder::new();
+        d.push(&wire[..DIRECT]);
+        assert_eq!(d.next_frame(|_| true), Ok(None));
+        d.push(&wire[DIRECT..DIRECT + 100]);
+        assert_eq!(d.next_frame(|_| true), Ok(None));
+        assert_eq!(d.pending(), DIRECT + 100);
+        assert_eq!(
+            d.finish(),
+            Err(ProtoError::Truncated {
+                have: DIRECT + 100,
+                need: HEADER + DIRECT * 2
+            })
+        );
     }
 
     #[test]

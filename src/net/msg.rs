@@ -230,6 +230,11 @@ pub fn encode_data(bytes: &[u8], out: &mut Vec<u8>) {
     frame::encode(T_DATA, bytes, out);
 }
 
+/// Appends only the header of a Data frame of `len` bytes (the caller sends them next).
+pub fn encode_data_head(len: usize, out: &mut Vec<u8>) {
+    frame::encode_head(T_DATA, len, out);
+}
+
 impl Msg {
     /// Appends this message as one frame.
     pub fn encode(&self, out: &mut Vec<u8>) {
@@ -634,6 +639,11 @@ impl MsgDecoder {
             }
             Err(e) => return Err(e),
         };
+        if f.kind == T_DATA {
+            // The frame's payload is the data: moved, not copied (T_DATA is only known once
+            // greeted).
+            return Ok(Some(Msg::Data { bytes: f.payload }));
+        }
         let m = Msg::decode(&f)?;
         self.greeted = true;
         Ok(Some(m))
