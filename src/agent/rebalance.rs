@@ -337,6 +337,9 @@ impl Run {
         r.superseded = self.base.2 + c.superseded.load(Ordering::Relaxed);
         r.total = self.base.0 + self.base.2 + c.misplaced.load(Ordering::Relaxed);
         r.total_bytes = self.base.1 + c.misplaced_bytes.load(Ordering::Relaxed);
+        r.scanned = c.scanned.load(Ordering::Relaxed);
+        let scan_s = *c.scan_secs.lock().unwrap_or_else(|p| p.into_inner());
+        r.scan_ms = (scan_s * 1000.0) as u64;
         let secs = self.started.elapsed().as_secs_f64().max(0.001);
         r.rate_bytes_s = (st.bytes as f64 / secs) as u64;
         let left = r.total_bytes.saturating_sub(r.moved_bytes);

@@ -52,6 +52,11 @@ pub struct NodeProgress {
     pub user_p99_us: u64,
     #[serde(default)]
     pub user_target_us: u64,
+    /// The latest run's scan of this node's disks: objects seen and its time (0 while it runs).
+    #[serde(default)]
+    pub scanned: u64,
+    #[serde(default)]
+    pub scan_ms: u64,
 }
 
 impl NodeProgress {
@@ -160,7 +165,8 @@ pub fn summary(keys: &Keys, kvs: &[Kv], paused: bool) -> Value {
             "bytes_total": p.total_bytes, "superseded": p.superseded, "failed": p.failed,
             "partitions_done": parts, "rate_bytes_s": p.rate_bytes_s, "eta_s": p.eta_s,
             "errors": p.errors, "limit_bytes_s": p.limit_bytes_s, "user_p99_us": p.user_p99_us,
-            "user_target_us": p.user_target_us}));
+            "user_target_us": p.user_target_us, "scanned": p.scanned, "scan_ms": p.scan_ms,
+            "started_ms": p.started_ms, "at_ms": p.at_ms}));
     }
     let left = t.total_bytes.saturating_sub(t.moved_bytes);
     let eta =

@@ -230,6 +230,7 @@ pub fn report(ph: &Phases, ideal: &Ideal) -> u64 {
         during.moved_bytes as f64 / 1e6 / during.secs.max(0.001),
         during.secs
     );
+    nodes(r);
     for p in &ph.list {
         println!(
             "client {:<9}: {:.1} ops/s, p99 {:.2} ms ({} ops)",
@@ -247,4 +248,41 @@ pub fn report(ph: &Phases, ideal: &Ideal) -> u64 {
         println!("  {e}");
     }
     ph.failed_reads + ph.failed_writes
+}
+
+/// Per node: its scan (objects/s) and its moves (from its run's start to its record's last
+/// write); then the job's: from the first node's start to the last mover's end.
+fn nodes(r: &Value) {
+    let (mut first, mut last, mut objects, mut bytes) = (u64::MAX, 0u64, 0u64, 0u64);
+    for n in r["nodes"].as_array().into_iter().flatten() {
+        let num = |k: &str| n[k].as_u64().unwrap_or(0);
+        let scan_s = num("scan_ms") as f64 / 1000.0;
+        let secs = num("at_ms").saturating_sub(num("started_ms")) as f64 / 1000.0;
+        println!(
+            "node {}: scanned {} objects in {scan_s:.3} s ({:.0} objects/s); moved {} objects, {:.1} MB in {secs:.2} s ({:.1} MB/s)",
+            n["node"].as_str().unwrap_or("?"),
+            num("scanned"),
+            num("scanned") as f64 / scan_s.max(0.001),
+            num("objects"),
+            num("bytes") as f64 / 1e6,
+            num("bytes") as f64 / 1e6 / secs.max(0.001)
+        );
+        if num("started_ms") > 0 {
+            first = first.min(num("started_ms"));
+        }
+        if num("objects") > 0 {
+            last = last.max(num("at_ms"));
+            objects += num("objects");
+            bytes += num("bytes");
+        }
+    }
+    let secs = last.saturating_sub(first) as f64 / 1000.0;
+    if secs > 0.0 {
+        println!(
+            "rebalance: {objects} objects, {:.1} MB in {secs:.2} s from the first start to the last move: {:.1} MB/s, {:.0} objects/s",
+            bytes as f64 / 1e6,
+            bytes as f64 / 1e6 / secs,
+            objects as f64 / secs
+        );
+    }
 }

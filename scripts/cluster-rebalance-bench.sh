@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# The cluster rebalance across nodes (issue 20), on `ferry demo --cluster`: etcd and 4 agents
+# on loopback (disks under TMPDIR), objects loaded through their S3 endpoints, a fifth node
+# added. Three parts:
+#   speed   the rebalance's MB/s and objects/s (all nodes' moves, from the first node's start
+#           to the last move, from their records in etcd) against `ferry copy` of the same
+#           objects over the transport (the new node's disks pushed to a `ferry serve` on
+#           ferry://127.0.0.1, TLS, same filesystem, timed through a sync); the scan rate per
+#           node; a light client load (10 ops/s) and --user-p99 off, so nothing paces it
+#   memory  peak RSS (VmHWM) of each agent with N small objects for each N of -M (flat in N?)
+#   userio  user I/O first: the same client load (GET 90 %, PUT 10 % through the endpoints)
+#           for a baseline without a rebalance, then during one, with the agents' adaptive
+#           pace (--user-p99 default) and with it off; one CSV per run (t_s, phase, client
+#           ops/s, client p99 ms, migration MB/s, pace limit MB/s) in -o DIR
+#
+#   scripts/cluster-rebalance-bench.sh [-r RUNS] [-p PARTS] [-n OBJECTS] [-m MAX_SIZE]
+#       [-M COUNTS] [-c CLIENT_OPS] [-o CSV_DIR]
+#     RUNS        runs per case, medians reported (default 3; cases alternate per run)
+#     PARTS       comma list of speed, memory, userio (default all three)
+#     OBJECTS     objects loaded for speed and userio (default 4000; sizes skewed small)
+#     MAX_SIZE    their largest size (default 1M)
+#     COUNTS      object counts of the memory part (default 10000,100000; 4 KiB max each)
+#     CLIENT_OPS  the userio client load, ops/s (default 200)
+#   FERRY=BIN benchmarks another binary; FERRY_B=BIN adds a paired run of that binary (speed:
+#   a "ferryB" line, alternating with FERRY in each run: before/after in the same run).
+# Every line ends with the 1-minute load average: the machine may be shared with other
+# work, read the numbers with it. Needs etcd, bc.
+set -euo pipefail
+RUNS=3; PARTS=speed,memory,userio; OBJECTS=4000; MAX=1M; COUNTS=10000,100000; OPS=200
+OUT=
+while getopts r:p:n:m:M:c:o: o; do
+  case $o in
+    r) RUNS=$OPTARG ;; p) PARTS=$OPTARG ;; n) OBJECTS=$OPTARG ;; m) MAX=$OPTARG ;;
+    M) COUNTS=$OPTARG ;; c) OPS=$OPTARG ;; o) OUT=$OPTARG ;;
+    *) sed -n '2,27p' "$0"; exit 2 ;;
+  esac
+done
+FERRY=$(realpath "${FERRY:-$(dirname "$0")/../target/release/ferry}")
+FERRY_B=${FERRY_B:+$(realpath "$FERRY_B")}
+command -v etcd >/dev/null || { echo "cluster-rebalance-bench: etcd missing (apt-get install etcd-server)"; exit 2; }
+command -v bc >/dev/null || { echo "cluster-rebalance-bench: bc missing"; exit 2; }
+W=$(mktemp -d "${TMPDIR:-/tmp}/ferry-rbbench.XXXXXX")
+OUT=${OUT:-$W/csv}
+mkdir -p "$OUT"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  rm -rf "$W"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+PORT=17950
+
+now() { date +%s.%N; }
+load() { cut -d' ' -f1 /proc/loadavg; }
+median() { sort -g | awk '{a[NR]=$1} END {if (NR) print a[int((NR + 1) / 2)]; else print "-"}'; }
+field() { sed -n "s/$1/\\1/p" "$2" | head -1; }  # $1 = a sed pattern with one group, $2 = file
+
+# One demo run: $1 = binary, $2 = log file, then the demo's options. The demo's temp dir is
+# kept (FERRY_DEMO_KEEP) under $W/demo and its path written to $2.dir. While it runs, the
+# peak RSS of every agent is sampled into $2.rss (one "pid kB" line per agent, the last seen).
+demo() {
+  local bin=$1 log=$2; shift 2
+  rm -rf "$W/demo"; mkdir -p "$W/demo"
+  TMPDIR="$W/demo" FERRY_DEMO_KEEP=1 "$bin" demo --cluster "$@" >"$log" 2>&1 &
+  local d=$!; PIDS+=("$d")
+  declare -A hwm=()
+  while kill -0 "$d" 2>/dev/null; do
+    for c in $(cat /proc/$d/task/*/children 2>/dev/null); do
+      grep -qa -- '--peer-listen' "/proc/$c/cmdline" 2>/dev/null || continue
+      local k; k=$(awk '/VmHWM/ {print $2}' "/proc/$c/status" 2>/dev/null) || continue
+      [ -n "$k" ] && hwm[$c]=$k
+    done
+    sleep 0.3
+  done
+  local rc=0; wait "$d" || rc=$?
+  for c in "${!hwm[@]}"; do echo "$c ${hwm[$c]}"; done >"$log.rss"
+  ls -d "$W"/demo/ferry-cluster-demo-* >"$log.dir" 2>/dev/null || true
+  [ $rc -eq 0 ] || { echo "demo failed (exit $rc), log:"; tail -20 "$log"; return 1; }
+}
+
+# The rebalance line of a demo log: "MB/s objects/s MB objects seconds".
+rebal() {
+  sed -n 's/^rebalance: \([0-9]*\) objects, \([0-9.]*\) MB in \([0-9.]*\) s .*: \([0-9.]*\) MB\/s, \([0-9]*\) objects\/s$/\4 \5 \2 \1 \3/p' "$1"
+}
+
+# ferry copy of the new node's disks (what the rebalance moved there) to a ferry serve on
+# loopback, timed through a sync: "MB/s objects/s MB objects".
+copy_moved() {
+  local bin=$1 dir; dir=$(cat "$2.dir")
+  [ -d "$W/ca" ] || { "$FERRY" certs init "$W/ca" >/dev/null 2>&1;
+    for n in 127.0.0.1 client; do "$FERRY" certs issue "$W/ca" $n >/dev/null 2>&1; done; }
+  rm -rf "$W/exp" "$W/cstate"; mkdir -p "$W/exp"
+  local src=("$dir/disks/n5a" "$dir/disks/n5b")
+  local files bytes
+  files=$(find "${src[@]}" -type f ! -name '.ferry-*' | wc -l)
+  bytes=$(find "${src[@]}" -type f ! -name '.ferry-*' -printf '%s\n' | awk '{s+=$1} END {print s+0}')
+  "$bin" serve --listen 127.0.0.1:$PORT --export data="$W/exp" --tls-dir "$W/ca/127.0.0.1" \
+    --state-dir "$W/serve-state" 2>>"$W/serve.log" &
+  local s=$!; PIDS+=("$s"); sleep 0.5
+  sync
+  local t0 t1; t0=$(now)
+  "$bin" copy -q "${src[@]}" "ferry://127.0.0.1:$PORT/data/" --tls-dir "$W/ca/client" \
+    --state-dir "$W/cstate" --fresh >/dev/null
+  sync -f "$W/exp"
+  t1=$(now)
+  kill "$s" 2>/dev/null || true; wait "$s" 2>/dev/null || true
+  local secs; secs=$(echo "$t1 - $t0" | bc)
+  echo "$(echo "$bytes / 1000000 / $secs" | bc -l) $(echo "$files / $secs" | bc -l) $(echo "$bytes / 1000000" | bc -l) $files"
+}
+
+part_speed() {
+  local tools=(ferry) bins=("$FERRY")
+  [ -n "$FERRY_B" ] && { tools+=(ferryB); bins+=("$FERRY_B"); }
+  echo "== speed: $OBJECTS objects up to $MAX, 4 -> 5 agents, --user-p99 off, 10 client ops/s, $RUNS runs"
+  for r in $(seq 1 "$RUNS"); do
+    local i
+    for i in "${!tools[@]}"; do
+      local t=${tools[$i]} log="$W/speed-${tools[$i]}-$r.log"
+      demo "${bins[$i]}" "$log" --objects "$OBJECTS" --max-size "$MAX" --client-ops 10 \
+        --baseline 1 --user-p99 off
+      local rb cp; rb=$(rebal "$log"); cp=$(copy_moved "${bins[$i]}" "$log")
+      echo "$rb" >>"$W/rb-$t"; echo "$cp" >>"$W/cp-$t"
+      grep '^node n[1-4]:' "$log" | sed -n 's/.*(\([0-9]*\) objects\/s);.*/\1/p' >>"$W/scan-$t"
+      printf '  run %d %-6s rebalance %6.1f MB/s %5.0f obj/s (%s MB, %s objects) | ferry copy %6.1f MB/s %5.0f obj/s (%.1f MB, %s objects) | %3.0f %% | load %s\n' \
+        "$r" "$t" $(echo "$rb" | cut -d' ' -f1-4) $(echo "$cp" | cut -d' ' -f1-4) \
+        "$(echo "100 * $(echo "$rb" | cut -d' ' -f1) / $(echo "$cp" | cut -d' ' -f1)" | bc -l)" "$(load)"
+    done
+  done
+  for t in "${tools[@]}"; do
+    local m c; m=$(cut -d' ' -f1 "$W/rb-$t" | median); c=$(cut -d' ' -f1 "$W/cp-$t" | median)
+    printf 'speed %-6s median: rebalance %.1f MB/s, %.0f objects/s; ferry copy of the moved objects %.1f MB/s, %.0f objects/s; rebalance/copy %.0f %% (target >= 90 %%); scan per node median %s objects/s | load %s\n' \
+      "$t" "$m" "$(cut -d' ' -f2 "$W/rb-$t" | median)" "$c" "$(cut -d' ' -f2 "$W/cp-$t" | median)" \
+      "$(echo "100 * $m / $c" | bc -l)" "$(median <"$W/scan-$t")" "$(load)"
+  done
+}
+
+part_memory() {
+  echo "== memory: peak RSS per agent (VmHWM, sampled every 0.3 s), objects up to 4K, --user-p99 off"
+  local n
+  for n in ${COUNTS//,/ }; do
+    local log="$W/mem-$n.log" t0; t0=$(now)
+    demo "$FERRY" "$log" --objects "$n" --max-size 4K --client-ops 10 --baseline 1 \
+      --user-p99 off --timeout 3000
+    local kb; kb=$(awk '{print $2}' "$log.rss" | sort -n | tr '\n' ' ')
+    printf 'memory %8d objects: agents peak RSS %s kB (max %s MB); %s | %s s | load %s\n' "$n" "$kb" \
+      "$(awk '{if ($2 > m) m = $2} END {printf "%.1f", m / 1024}' "$log.rss")" \
+      "$(rebal "$log" | awk '{printf "rebalance %.1f MB/s, %d objects/s", $1, $2}')" \
+      "$(echo "$(now) - $t0" | bc | cut -d. -f1)" "$(load)"
+  done
+}
+
+# From a demo CSV ($1) and phase ($2): "ops/s p99_ms migration_MB/s" as medians of its
+# per-second rows (the rebalance's rows only while it moves: migration > 0).
+csv_phase() {
+  awk -F, -v ph="$2" 'NR > 1 && $2 == ph && (ph == "baseline" || $5 > 0) {print $3, $4, $5}' "$1" >"$W/rows"
+  echo "$(cut -d' ' -f1 "$W/rows" | median) $(cut -d' ' -f2 "$W/rows" | median) $(cut -d' ' -f3 "$W/rows" | median)"
+}
+
+part_userio() {
+  echo "== user I/O first: $OPS client ops/s (4 threads; GET 90 %, PUT 10 %), 20 s baseline, then the rebalance; $OBJECTS objects up to $MAX"
+  local r mode
+  for r in $(seq 1 "$RUNS"); do
+    for mode in pace off; do
+      local log="$W/userio-$mode-$r.log" csv="$OUT/userio-$mode-$r.csv" opt=()
+      [ $mode = off ] && opt=(--user-p99 off)
+      demo "$FERRY" "$log" --objects "$OBJECTS" --max-size "$MAX" --client-ops "$OPS" \
+        --baseline 20 --csv "$csv" "${opt[@]}"
+      local b d; b=$(csv_phase "$csv" baseline); d=$(csv_phase "$csv" rebalance)
+      set -- $b $d
+      echo "$mode $1 $2 $4 $5 $6" >>"$W/userio"
+      printf '  run %d %-4s baseline %6.1f ops/s p99 %6.2f ms | during %6.1f ops/s (%3.0f %%) p99 %6.2f ms (%.2fx) migration %6.1f MB/s | overall p99 %s | load %s\n' \
+        "$r" $mode "$1" "$2" "$4" "$(echo "100 * $4 / $1" | bc -l)" "$5" "$(echo "$5 / $2" | bc -l)" "$6" \
+        "$(sed -n 's/^client rebalance: .*p99 \([0-9.]*\) ms.*/\1 ms/p' "$log")" "$(load)"
+    done
+  done
+  local m off; off=$(awk '$1 == "off" {print $6}' "$W/userio" | median)
+  for m in pace off; do
+    local bo bp dops dp mg
+    bo=$(awk -v m=$m '$1 == m {print $2}' "$W/userio" | median); bp=$(awk -v m=$m '$1 == m {print $3}' "$W/userio" | median)
+    dops=$(awk -v m=$m '$1 == m {print $4}' "$W/userio" | median); dp=$(awk -v m=$m '$1 == m {print $5}' "$W/userio" | median)
+    mg=$(awk -v m=$m '$1 == m {print $6}' "$W/userio" | median)
+    printf 'userio %-4s median: client during/without %.0f %% (target >= 80), p99 %.2f/%.2f ms = %.2fx (target <= 1.5), migration %.1f MB/s = %.0f %% of the unpaced run'"'"'s %.1f (target >= 70) | load %s\n' \
+      $m "$(echo "100 * $dops / $bo" | bc -l)" "$dp" "$bp" "$(echo "$dp / $bp" | bc -l)" "$mg" \
+      "$(echo "100 * $mg / $off" | bc -l)" "$off" "$(load)"
+  done
+  echo "CSVs: $OUT"
+}
+
+echo "cluster-rebalance-bench: $(nproc) CPUs, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg) (the machine may be shared)"
+for p in ${PARTS//,/ }; do "part_$p"; done
