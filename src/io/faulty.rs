@@ -148,6 +148,14 @@ impl Backend for FaultyBackend {
             .submit(wait && self.injected.is_empty() && self.inner.in_flight() > 0)
     }
 
+    fn submit_within(&mut self, timeout: std::time::Duration) -> io::Result<()> {
+        if self.injected.is_empty() {
+            self.inner.submit_within(timeout)
+        } else {
+            self.inner.submit(false)
+        }
+    }
+
     fn reap(&mut self, out: &mut Vec<Completion>) {
         out.extend(self.injected.drain(..));
         self.inner.reap(out);

@@ -5,6 +5,8 @@
 pub mod arena;
 pub mod errno;
 pub mod faulty;
+#[cfg(test)]
+mod sockops;
 pub mod sync;
 pub mod uring;
 
@@ -22,6 +24,9 @@ pub enum OpKind {
     Read,
     Write,
     Fsync,
+    /// A send on a connected socket (plain or zero-copy).
+    Send,
+    Recv,
 }
 
 /// A byte move between a slice of one arena buffer and a file range.
@@ -39,13 +44,23 @@ pub struct BufIo {
     pub direct: bool,
 }
 
-/// A typed operation. Each kind carries only what it needs; the network driver adds send,
-/// recv, accept and connect here (a `BufIo` without an offset, or a socket address).
+/// A typed operation. Each kind carries only what it needs. The socket ops are `BufIo`s
+/// whose `offset` and `direct` are unused (a connected stream socket has no offset).
 #[derive(Clone, Copy, Debug)]
 pub enum Op {
     Read(BufIo),
     Write(BufIo),
-    Fsync { fd: RawFd },
+    Fsync {
+        fd: RawFd,
+    },
+    /// send(2) from the buffer slice (MSG_NOSIGNAL); on the ring, IORING_OP_SEND from the
+    /// registered buffer where the kernel takes fixed buffers for it.
+    Send(BufIo),
+    /// Zero-copy send (IORING_OP_SEND_ZC, 6.0): the buffer stays pinned until the kernel's
+    /// notification, which is when the completion is reported. The sync backend sends.
+    SendZc(BufIo),
+    /// recv(2) into the buffer slice; 0 bytes: the peer closed its side.
+    Recv(BufIo),
 }
 
 impl Op {
@@ -54,14 +69,28 @@ impl Op {
             Op::Read(_) => OpKind::Read,
             Op::Write(_) => OpKind::Write,
             Op::Fsync { .. } => OpKind::Fsync,
+            Op::Send(_) | Op::SendZc(_) => OpKind::Send,
+            Op::Recv(_) => OpKind::Recv,
         }
     }
 
-    /// The buffer slice a read or write moves.
+    /// The buffer slice a read, write, send or recv moves.
     pub fn data_mut(&mut self) -> Option<&mut BufIo> {
         match self {
-            Op::Read(d) | Op::Write(d) => Some(d),
+            Op::Read(d) | Op::Write(d) | Op::Send(d) | Op::SendZc(d) | Op::Recv(d) => Some(d),
             Op::Fsync { .. } => None,
+        }
+    }
+
+    /// A socket op over `len` bytes at the start of buffer `buf`.
+    pub fn sock(fd: RawFd, buf: u32, buf_off: u32, len: u32) -> BufIo {
+        BufIo {
+            fd,
+            buf,
+            buf_off,
+            len,
+            offset: 0,
+            direct: false,
         }
     }
 }
@@ -73,21 +102,22 @@ pub struct Completion {
     pub result: i32,
 }
 
-/// Runs one op with a blocking syscall (pread, pwrite, fsync) and returns its completion: the
-/// sync backend's every op, and the io_uring backend's buffered writes.
+/// Runs one op with a blocking syscall (pread, pwrite, fsync, send, recv) and returns its
+/// completion: the sync backend's every op, and the io_uring backend's buffered writes.
 pub(crate) fn run_blocking(arena: &Arena, op: &Op, user_data: u64) -> Completion {
     let res = match op {
-        Op::Read(d) | Op::Write(d) => {
+        Op::Read(d) | Op::Write(d) | Op::Send(d) | Op::SendZc(d) | Op::Recv(d) => {
             assert!(d.buf_off as usize + d.len as usize <= arena.buf_size());
             let p = arena.ptr(d.buf, d.buf_off);
             let (len, off) = (d.len as usize, d.offset as i64);
             // SAFETY: p..p+len lies inside the arena (asserted) and no other op uses that
             // buffer meanwhile; the fd is open (the caller owns it until the completion).
             unsafe {
-                if matches!(op, Op::Read(_)) {
-                    libc::pread(d.fd, p.cast(), len, off)
-                } else {
-                    libc::pwrite(d.fd, p.cast(), len, off)
+                match op {
+                    Op::Read(_) => libc::pread(d.fd, p.cast(), len, off),
+                    Op::Write(_) => libc::pwrite(d.fd, p.cast(), len, off),
+                    Op::Recv(_) => libc::recv(d.fd, p.cast(), len, 0),
+                    _ => libc::send(d.fd, p.cast(), len, libc::MSG_NOSIGNAL),
                 }
             }
         }
@@ -118,6 +148,12 @@ pub trait Backend {
     fn push(&mut self, op: Op, user_data: u64) -> io::Result<()>;
     /// Hands queued ops to the kernel; when `wait`, blocks until at least one completes.
     fn submit(&mut self, wait: bool) -> io::Result<()>;
+    /// Hands queued ops to the kernel and waits up to `timeout` for one to complete (a
+    /// socket's peer may stay silent). Backends whose ops finish at push time just submit.
+    fn submit_within(&mut self, timeout: std::time::Duration) -> io::Result<()> {
+        let _ = timeout;
+        self.submit(false)
+    }
     /// Moves finished ops into `out`.
     fn reap(&mut self, out: &mut Vec<Completion>);
 }

@@ -10,10 +10,20 @@
 //!   Completions are then posted only when we enter with GETEVENTS, which we always do. Older
 //!   kernels reject the flags with EINVAL and we build a plain ring.
 //! - IORING_FEAT_NODROP (5.5): not relied on; in-flight ops never exceed the CQ size.
+//! - Sockets: SEND/RECV 5.6; SEND_ZC 6.0 (two completions: the result with F_MORE, then the
+//!   notification F_NOTIF once the kernel let go of the buffer; reported as one, at the
+//!   notification), its registered buffers (IORING_RECVSEND_FIXED_BUF) 6.0; a plain SEND from
+//!   a registered buffer only on kernels that take that flag for SEND (asked once per process
+//!   by [`send_takes_fixed`]: one byte over a socketpair; EINVAL before). Waiting with a
+//!   timeout (`submit_within`) needs IORING_FEAT_EXT_ARG, 5.11 (older: the wait is a poll of
+//!   the ring's fd).
 
 use super::{Arena, Backend, BufIo, Completion, Op};
-use io_uring::{IoUring, opcode, squeue, types};
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use std::collections::HashMap;
 use std::io;
+use std::sync::OnceLock;
+use std::time::Duration;
 
 pub struct UringBackend {
     // Field order matters: the ring (which holds the kernel's pins on the arena) drops first.
@@ -25,6 +35,67 @@ pub struct UringBackend {
     queued: usize,
     /// Buffered writes done at push time (their completions wait here for the next reap).
     inline: std::collections::VecDeque<super::Completion>,
+    /// Zero-copy sends whose result came and whose notification has not (user_data ->
+    /// result); at most one per op in flight.
+    zc_result: HashMap<u64, i32>,
+    /// Plain sends take the registered buffer (see [`send_takes_fixed`]).
+    send_fixed: bool,
+}
+
+/// IORING_OP_SEND of `len` bytes at `p`, which lie in registered buffer `idx`.
+fn send_fixed_entry(fd: types::Fd, p: *const u8, len: u32, idx: u16) -> squeue::Entry {
+    let e = opcode::SendZc::new(fd, p, len)
+        .buf_index(Some(idx))
+        .flags(libc::MSG_NOSIGNAL)
+        .build();
+    // SAFETY: squeue::Entry is a #[repr(C)] wrapper of the 64-byte io_uring_sqe, whose first
+    // byte is the opcode. SEND and SEND_ZC read every other field the same way (fd, addr,
+    // len, msg_flags, ioprio = IORING_RECVSEND_FIXED_BUF, buf_index), so the entry becomes a
+    // plain send from the registered buffer.
+    let mut raw: [u8; 64] = unsafe { std::mem::transmute(e) };
+    raw[0] = opcode::Send::CODE;
+    // SAFETY: the same 64 bytes back, with a valid opcode.
+    unsafe { std::mem::transmute::<[u8; 64], squeue::Entry>(raw) }
+}
+
+/// Whether this kernel's IORING_OP_SEND takes a registered buffer: asked once per process
+/// by sending one byte from one over a socketpair (EINVAL where it does not).
+pub fn send_takes_fixed() -> bool {
+    static ANSWER: OnceLock<bool> = OnceLock::new();
+    *ANSWER.get_or_init(|| ask_send_fixed().unwrap_or(false))
+}
+
+fn ask_send_fixed() -> io::Result<bool> {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair writes two fds into the array.
+    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds are fresh and ours.
+    let pair = unsafe {
+        use std::os::fd::FromRawFd;
+        [
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        ]
+    };
+    let mut b = UringBackend::new(Arena::new(4096, 1), 2)?;
+    if !b.fixed {
+        return Ok(false);
+    }
+    let entry = send_fixed_entry(types::Fd(fds[0]), b.arena.ptr(0, 0), 1, 0);
+    // SAFETY: one byte of the registered buffer, owned by `b`, which outlives the op (it is
+    // reaped below); the socket stays open until `pair` drops, after the reap.
+    unsafe { b.ring.submission().push(&entry.user_data(1)) }
+        .map_err(|_| io::Error::from_raw_os_error(libc::EBUSY))?;
+    b.ring.submit_and_wait(1)?;
+    let res = b
+        .ring
+        .completion()
+        .next()
+        .map_or(-libc::EIO, |c| c.result());
+    drop(pair);
+    Ok(res == 1)
 }
 
 /// Builds a ring with SINGLE_ISSUER|DEFER_TASKRUN when the kernel has them.
@@ -66,6 +137,23 @@ impl UringBackend {
         Ok(fast)
     }
 
+    /// Checks the socket opcodes (SEND, RECV: 5.6) on a tiny ring; Ok(true) when SEND_ZC
+    /// (6.0) is there too.
+    pub fn probe_sockets() -> io::Result<bool> {
+        let (ring, _) = build_ring(4)?;
+        let mut probe = io_uring::Probe::new();
+        ring.submitter().register_probe(&mut probe)?;
+        for code in [opcode::Send::CODE, opcode::Recv::CODE] {
+            if !probe.is_supported(code) {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("io_uring socket opcode {code} not supported by this kernel"),
+                ));
+            }
+        }
+        Ok(probe.is_supported(opcode::SendZc::CODE))
+    }
+
     /// `capacity` bounds in-flight ops; the SQ gets that many entries and the CQ twice as many.
     pub fn new(arena: Arena, capacity: usize) -> io::Result<Self> {
         assert!(capacity > 0);
@@ -90,7 +178,20 @@ impl UringBackend {
             in_flight: 0,
             queued: 0,
             inline: std::collections::VecDeque::new(),
+            zc_result: HashMap::new(),
+            send_fixed: false,
         })
+    }
+
+    /// Sends ([`Op::Send`]) go from the registered buffer when the kernel takes that (asks
+    /// it once per process); otherwise they are plain sends of the same memory.
+    pub fn for_sockets(mut self) -> Self {
+        self.send_fixed = self.fixed && send_takes_fixed();
+        self
+    }
+
+    pub fn sends_fixed(&self) -> bool {
+        self.send_fixed
     }
 
     pub fn uses_fixed_buffers(&self) -> bool {
@@ -120,6 +221,27 @@ impl UringBackend {
                 }
             }
             Op::Fsync { fd } => opcode::Fsync::new(types::Fd(*fd)).build(),
+            Op::Send(d) => {
+                let (fd, p) = self.target(d);
+                if self.send_fixed {
+                    send_fixed_entry(fd, p, d.len, d.buf as u16)
+                } else {
+                    opcode::Send::new(fd, p, d.len)
+                        .flags(libc::MSG_NOSIGNAL)
+                        .build()
+                }
+            }
+            Op::SendZc(d) => {
+                let (fd, p) = self.target(d);
+                opcode::SendZc::new(fd, p, d.len)
+                    .buf_index(self.fixed.then_some(d.buf as u16))
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build()
+            }
+            Op::Recv(d) => {
+                let (fd, p) = self.target(d);
+                opcode::Recv::new(fd, p, d.len).build()
+            }
         };
         e.user_data(user_data)
     }
@@ -231,12 +353,46 @@ impl Backend for UringBackend {
         self.in_flight -= self.inline.len();
         out.extend(self.inline.drain(..));
         for cqe in self.ring.completion() {
-            out.push(Completion {
-                user_data: cqe.user_data(),
-                result: cqe.result(),
-            });
+            let (user_data, flags) = (cqe.user_data(), cqe.flags());
+            let result = if cqueue::notif(flags) {
+                // A zero-copy send's buffer is free again: now it is done, with its result.
+                self.zc_result.remove(&user_data).unwrap_or(-libc::EIO)
+            } else if cqueue::more(flags) {
+                // A zero-copy send's result; its notification follows.
+                let prev = self.zc_result.insert(user_data, cqe.result());
+                assert!(prev.is_none(), "two results for one zero-copy send");
+                continue;
+            } else {
+                cqe.result()
+            };
+            out.push(Completion { user_data, result });
             assert!(self.in_flight > 0, "completion without an op in flight");
             self.in_flight -= 1;
         }
+    }
+
+    fn submit_within(&mut self, timeout: Duration) -> io::Result<()> {
+        if self.in_flight == self.inline.len() || !self.inline.is_empty() {
+            return self.submit(false);
+        }
+        let ts = types::Timespec::from(timeout);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        loop {
+            match self.ring.submitter().submit_with_args(1, &args) {
+                Ok(_) => break,
+                Err(e) => match e.raw_os_error().unwrap_or(0) {
+                    // Timed out: nothing completed; the caller looks at its clock.
+                    libc::ETIME => break,
+                    libc::EINTR => continue,
+                    errno => match super::errno::on_enter(errno) {
+                        super::errno::Verdict::Retry => continue,
+                        super::errno::Verdict::Park => break,
+                        _ => return Err(e),
+                    },
+                },
+            }
+        }
+        self.queued = self.ring.submission().len();
+        Ok(())
     }
 }
