@@ -4,18 +4,10 @@
 mod agent_harness;
 mod etcd_harness;
 
-use agent_harness::{Cluster, config};
+use agent_harness::{Cluster, config, ferry};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn ferry(c: &Cluster, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(args)
-        .args(["--cluster", &c.name, "--etcd", &c.etcd.urls()])
-        .output()
-        .unwrap()
-}
 
 fn tree(root: &Path, files: usize, size: usize) {
     for i in 0..files {

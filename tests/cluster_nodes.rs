@@ -17,12 +17,12 @@ mod agent_harness;
 mod common;
 mod etcd_harness;
 
-use agent_harness::{Cluster, config};
+use agent_harness::{Cluster, Disks, config, ferry, ok, topo_v2};
 use common::placed::assert_placed;
 use common::s3client::S3;
 use ferry::cluster::store::{Placed, walk_objects};
 use ferry::cluster::{Topology, partition_of};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,24 +44,6 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .unwrap()
         .port()
-}
-
-fn ferry(c: &Cluster, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(args)
-        .args(["--cluster", &c.name, "--etcd", &c.etcd.urls()])
-        .output()
-        .unwrap()
-}
-
-fn ok(o: std::process::Output) -> std::process::Output {
-    assert!(
-        o.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
 }
 
 /// A harness whose agents `nodes` serve the peer transport (certificates from `ferry
@@ -98,30 +80,9 @@ fn nodes(names: &[&str], cfg: &str) -> Option<Nodes> {
     Some(Nodes { c, s3, root })
 }
 
-/// Disks of a set: (disk id, node).
-type Disks<'a> = &'a [(&'a str, &'a str)];
-
 /// A topology v2 of sets `(set, state, [(disk, node)])` with disks under `root`, initialised.
 fn topo(root: &Path, g: u64, sets: &[(&str, &str, Disks)]) -> Topology {
-    let sets: Vec<Value> = sets
-        .iter()
-        .map(|(s, state, disks)| {
-            let disks: Vec<Value> = disks
-                .iter()
-                .map(|(d, n)| json!({"id": d, "path": root.join(format!("{s}{d}")), "node": n}))
-                .collect();
-            json!({"id": s, "state": state, "weight": 1.0, "disks": disks})
-        })
-        .collect();
-    let v = json!({"generation": g, "pools": [{"id": "p", "sets": sets}]});
-    let t = Topology::parse(&serde_json::to_vec(&v).unwrap()).unwrap();
-    for s in t.sets() {
-        for d in &s.disks {
-            std::fs::create_dir_all(&d.path).unwrap();
-        }
-    }
-    ferry::cluster::identity::init(&t, Path::new("test topology")).unwrap();
-    t
+    topo_v2(root, g, sets)
 }
 
 impl Nodes {

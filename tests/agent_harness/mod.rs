@@ -8,8 +8,9 @@ use crate::etcd_harness::Etcd;
 use ferry::agent::etcd::EtcdStore;
 use ferry::agent::plan::Assignment;
 use ferry::agent::{ClusterStore, keys::Keys};
+use ferry::cluster::Topology;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -283,4 +284,52 @@ impl Cluster {
             }
         }
     }
+}
+
+/// `ferry ARGS --cluster NAME --etcd URLS` against the harness's cluster.
+pub fn ferry(c: &Cluster, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .args(["--cluster", &c.name, "--etcd", &c.etcd.urls()])
+        .output()
+        .unwrap()
+}
+
+/// `o`, which must have succeeded (else its output is the panic).
+pub fn ok(o: std::process::Output) -> std::process::Output {
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+/// Disks of a set: (disk id, node).
+pub type Disks<'a> = &'a [(&'a str, &'a str)];
+
+/// A topology v2 of sets `(set, state, [(disk, node)])`, each disk at `root/<set><disk>`:
+/// the directories made and the disks' identities written.
+pub fn topo_v2(root: &Path, g: u64, sets: &[(&str, &str, Disks)]) -> Topology {
+    use serde_json::{Value, json};
+    let sets: Vec<Value> = sets
+        .iter()
+        .map(|(s, state, disks)| {
+            let disks: Vec<Value> = disks
+                .iter()
+                .map(|(d, n)| json!({"id": d, "path": root.join(format!("{s}{d}")), "node": n}))
+                .collect();
+            json!({"id": s, "state": state, "weight": 1.0, "disks": disks})
+        })
+        .collect();
+    let v = json!({"generation": g, "pools": [{"id": "p", "sets": sets}]});
+    let t = Topology::parse(&serde_json::to_vec(&v).unwrap()).unwrap();
+    for s in t.sets() {
+        for d in &s.disks {
+            std::fs::create_dir_all(&d.path).unwrap();
+        }
+    }
+    ferry::cluster::identity::init(&t, Path::new("test topology")).unwrap();
+    t
 }
