@@ -29,7 +29,8 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn sha256_hex(b: &[u8]) -> String {
+/// Lowercase hex SHA-256 (the signed payload hash).
+pub fn sha256_hex(b: &[u8]) -> String {
     hex(digest::digest(&digest::SHA256, b).as_ref())
 }
 
@@ -41,9 +42,21 @@ fn mac(key: &[u8], data: &[u8]) -> Vec<u8> {
 
 /// RFC 3986 unreserved characters stay; '/' too (path segments); the rest is %XX.
 pub fn uri_encode(s: &[u8]) -> String {
+    encode(s, true)
+}
+
+/// A query-string name or value: as [`uri_encode`], but '/' is %2F too.
+pub fn query_encode(s: &[u8]) -> String {
+    encode(s, false)
+}
+
+fn encode(s: &[u8], keep_slash: bool) -> String {
     let mut o = String::with_capacity(s.len());
     for &c in s {
-        if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'/') {
+        if c.is_ascii_alphanumeric()
+            || matches!(c, b'-' | b'.' | b'_' | b'~')
+            || (keep_slash && c == b'/')
+        {
             o.push(c as char);
         } else {
             o += &format!("%{c:02X}");
@@ -71,16 +84,17 @@ pub fn amz_date(unix: u64) -> (String, String) {
 }
 
 /// The Authorization header of a request signed with SigV4 (headers host,
-/// x-amz-content-sha256, x-amz-date; no query string).
+/// x-amz-content-sha256, x-amz-date). `path` is URI-encoded, `query` the canonical query
+/// string (encoded `name=value` pairs sorted and joined by '&'; empty for none).
 pub fn authorization(
     (access, secret): (&str, &str),
-    (method, path, host): (&str, &str, &str),
+    (method, path, query, host): (&str, &str, &str, &str),
     payload_sha: &str,
     (date, stamp): (&str, &str),
 ) -> String {
     let signed = "host;x-amz-content-sha256;x-amz-date";
     let canonical = format!(
-        "{method}\n{path}\n\nhost:{host}\nx-amz-content-sha256:{payload_sha}\nx-amz-date:{stamp}\n\n{signed}\n{payload_sha}"
+        "{method}\n{path}\n{query}\nhost:{host}\nx-amz-content-sha256:{payload_sha}\nx-amz-date:{stamp}\n\n{signed}\n{payload_sha}"
     );
     let scope = format!("{date}/{REGION}/s3/aws4_request");
     let to_sign = format!(
@@ -139,7 +153,7 @@ impl Client {
         let sha = sha256_hex(body);
         let auth = authorization(
             (&self.access, &self.secret),
-            (method, &path, &self.addr),
+            (method, &path, "", &self.addr),
             &sha,
             (&date, &stamp),
         );
@@ -245,7 +259,7 @@ mod tests {
                 "AKIAIOSFODNN7EXAMPLE",
                 "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
             ),
-            ("GET", "/test.txt", "examplebucket.s3.amazonaws.com"),
+            ("GET", "/test.txt", "", "examplebucket.s3.amazonaws.com"),
             &empty,
             ("20130524", "20130524T000000Z"),
         );
@@ -255,7 +269,7 @@ mod tests {
         // the same inputs sign the same, another secret does not
         let b = authorization(
             ("AKIAIOSFODNN7EXAMPLE", "another-secret"),
-            ("GET", "/test.txt", "examplebucket.s3.amazonaws.com"),
+            ("GET", "/test.txt", "", "examplebucket.s3.amazonaws.com"),
             &empty,
             ("20130524", "20130524T000000Z"),
         );
@@ -265,5 +279,6 @@ mod tests {
     #[test]
     fn paths_are_encoded_once() {
         assert_eq!(uri_encode(b"/b/a b+c/\xff~"), "/b/a%20b%2Bc/%FF~");
+        assert_eq!(query_encode(b"a/b c"), "a%2Fb%20c");
     }
 }

@@ -1,14 +1,13 @@
 //! A small S3 client for the tests: path-style requests over HTTP/1.1, signed with AWS
-//! Signature V4 (the payload's SHA-256 signed too), one connection per request. Enough for
+//! Signature V4 by ferry's own signer (`ferry::s3::client`; the payload's SHA-256 signed too),
+//! one connection per request, with query strings and every reply header. Enough for
 //! GET/PUT/HEAD/DELETE of objects, CreateBucket and ListObjectsV2 against ferry's endpoint,
 //! from many threads at once, with a short time limit on every read.
 
-use s3s::crypto::{Checksum, Sha256};
+use ferry::s3::client::{amz_date, authorization, query_encode, sha256_hex, uri_encode};
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-pub const REGION: &str = "us-east-1";
 
 #[derive(Clone)]
 pub struct S3 {
@@ -48,63 +47,6 @@ impl Resp {
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn sha256(b: &[u8]) -> [u8; 32] {
-    Sha256::checksum(b)
-}
-
-fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
-    let mut k = [0u8; 64];
-    if key.len() > 64 {
-        k[..32].copy_from_slice(&sha256(key));
-    } else {
-        k[..key.len()].copy_from_slice(key);
-    }
-    let (mut inner, mut outer) = (Sha256::new(), Sha256::new());
-    inner.update(&k.map(|b| b ^ 0x36));
-    inner.update(msg);
-    outer.update(&k.map(|b| b ^ 0x5c));
-    outer.update(&inner.finalize());
-    outer.finalize()
-}
-
-/// (YYYYMMDD, YYYYMMDDTHHMMSSZ) of `t` in UTC.
-fn amz_date(t: SystemTime) -> (String, String) {
-    let s = t.duration_since(UNIX_EPOCH).unwrap().as_secs();
-    let (days, rem) = ((s / 86400) as i64, s % 86400);
-    // civil date from days since 1970-01-01 (Howard Hinnant's algorithm)
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    let date = format!("{y:04}{m:02}{d:02}");
-    let (hh, mm, ss) = (rem / 3600, rem / 60 % 60, rem % 60);
-    (date.clone(), format!("{date}T{hh:02}{mm:02}{ss:02}Z"))
-}
-
-/// URI-encodes `s` as SigV4 wants (`/` kept in paths when `path`).
-pub fn encode(s: &str, path: bool) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
-            b'/' if path => out.push('/'),
-            _ => out += &format!("%{b:02X}"),
-        }
-    }
-    out
-}
-
 /// The texts of every `<name>...</name>` in `xml` (entities decoded).
 pub fn tag(xml: &str, name: &str) -> Vec<String> {
     let (open, close) = (format!("<{name}>"), format!("</{name}>"));
@@ -135,31 +77,6 @@ impl S3 {
         }
     }
 
-    /// The Authorization header and x-amz-date for one request.
-    fn sign(&self, method: &str, path: &str, query: &str, payload: &str) -> (String, String) {
-        let (date, stamp) = amz_date(SystemTime::now());
-        let signed = "host;x-amz-content-sha256;x-amz-date";
-        let canonical = format!(
-            "{method}\n{path}\n{query}\nhost:{}\nx-amz-content-sha256:{payload}\nx-amz-date:{stamp}\n\n{signed}\n{payload}",
-            self.addr
-        );
-        let scope = format!("{date}/{REGION}/s3/aws4_request");
-        let sts = format!(
-            "AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{}",
-            hex(&sha256(canonical.as_bytes()))
-        );
-        let mut k = hmac(format!("AWS4{}", self.sk).as_bytes(), date.as_bytes());
-        for part in [REGION, "s3", "aws4_request"] {
-            k = hmac(&k, part.as_bytes());
-        }
-        let sig = hex(&hmac(&k, sts.as_bytes()));
-        let auth = format!(
-            "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed}, Signature={sig}",
-            self.ak
-        );
-        (auth, stamp)
-    }
-
     /// One signed request; `path` is `/bucket[/key]` (unencoded), `query` its parameters.
     pub fn request(
         &self,
@@ -168,16 +85,23 @@ impl S3 {
         query: &[(&str, &str)],
         body: &[u8],
     ) -> io::Result<Resp> {
-        let path = encode(path, true);
+        let path = uri_encode(path.as_bytes());
         let mut q: Vec<(String, String)> = query
             .iter()
-            .map(|(k, v)| (encode(k, false), encode(v, false)))
+            .map(|(k, v)| (query_encode(k.as_bytes()), query_encode(v.as_bytes())))
             .collect();
         q.sort();
         let q: Vec<String> = q.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let query = q.join("&");
-        let payload = hex(&sha256(body));
-        let (auth, stamp) = self.sign(method, &path, &query, &payload);
+        let payload = sha256_hex(body);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        let (date, stamp) = amz_date(now.as_secs());
+        let auth = authorization(
+            (&self.ak, &self.sk),
+            (method, &path, &query, &self.addr),
+            &payload,
+            (&date, &stamp),
+        );
         let target = if query.is_empty() {
             path
         } else {
