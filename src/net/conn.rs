@@ -227,6 +227,11 @@ impl Conn {
         }
     }
 
+    /// Hands a received Data message's bytes back once used (their buffer is reused).
+    pub fn recycle(&mut self, bytes: Vec<u8>) {
+        self.dec.recycle(bytes);
+    }
+
     /// A message if one is already here (no waiting).
     pub fn try_recv(&mut self) -> io::Result<Option<Msg>> {
         if self.inbox.is_empty() && !self.eof {

@@ -91,7 +91,14 @@ pub struct Decoder {
     start: usize,
     /// A big frame whose header was read: its type, length and the payload so far.
     big: Option<(u8, usize, Vec<u8>)>,
+    /// Payload buffers handed back by the caller ([`Decoder::recycle`]), for the next big
+    /// frames: a fresh 1 MiB allocation per Data frame was page faults and the kernel zeroing
+    /// the pages (13 % of the receiver's CPU at 10 Gbit/s, perf).
+    spare: Vec<Vec<u8>>,
 }
+
+/// Payload buffers kept for reuse (a read-ahead's worth of 1 MiB chunks).
+const SPARE_MAX: usize = 8;
 
 impl Decoder {
     pub fn new() -> Self {
@@ -117,6 +124,14 @@ impl Decoder {
             self.start = 0;
         }
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// Takes back a big frame's payload (once its bytes are used) to fill the next one.
+    pub fn recycle(&mut self, mut v: Vec<u8>) {
+        if v.capacity() >= DIRECT && self.spare.len() < SPARE_MAX {
+            v.clear();
+            self.spare.push(v);
+        }
     }
 
     /// Bytes received but not yet returned as frames.
@@ -152,7 +167,10 @@ impl Decoder {
         if avail.len() < HEADER + len {
             if len >= DIRECT {
                 // The rest of it goes straight into its payload (checked length: bounded).
-                let mut p = Vec::with_capacity(len);
+                let mut p = match self.spare.pop() {
+                    Some(v) if v.capacity() >= len => v,
+                    _ => Vec::with_capacity(len),
+                };
                 p.extend_from_slice(&avail[HEADER..]);
                 self.big = Some((avail[0], len, p));
                 self.start = self.buf.len();
@@ -280,6 +298,46 @@ mod tests {
             assert_eq!(got[0].payload, b"hello");
             assert_eq!(got[2].payload.len(), 3000);
         }
+    }
+
+    #[test]
+    fn recycled_payloads_fill_later_big_frames_with_only_their_own_bytes() {
+        let (a, b) = (vec![0xaa; DIRECT * 4], vec![0x55; DIRECT * 2 + 3]);
+        let mut d = Decoder::new();
+        let mut wire = Vec::new();
+        encode(2, &a, &mut wire);
+        // Pushed in pieces: the big frame's payload is filled directly.
+        d.push(&wire[..100]);
+        assert!(d.next_frame(|_| true).unwrap().is_none());
+        d.push(&wire[100..]);
+        let fa = d.next_frame(|_| true).unwrap().expect("frame a");
+        assert_eq!(fa.payload, a);
+        d.recycle(fa.payload);
+        wire.clear();
+        encode(2, &b, &mut wire);
+        d.push(&wire[..10]);
+        assert!(d.next_frame(|_| true).unwrap().is_none());
+        d.push(&wire[10..]);
+        let fb = d.next_frame(|_| true).unwrap().expect("frame b");
+        assert_eq!(
+            fb.payload, b,
+            "nothing of a's bytes is left in the reused buffer"
+        );
+        // A fresh buffer would have b's length as its capacity.
+        assert_eq!(
+            fb.payload.capacity(),
+            a.len(),
+            "the recycled buffer was reused"
+        );
+        for _ in 0..SPARE_MAX * 2 {
+            d.recycle(Vec::with_capacity(DIRECT));
+        }
+        d.recycle(vec![1; 10]);
+        assert_eq!(
+            d.spare.len(),
+            SPARE_MAX,
+            "bounded; small buffers are not kept"
+        );
     }
 
     #[test]

@@ -622,6 +622,11 @@ impl MsgDecoder {
         self.frames.push(bytes);
     }
 
+    /// A Data message's bytes, used: their buffer fills a later Data frame.
+    pub fn recycle(&mut self, bytes: Vec<u8>) {
+        self.frames.recycle(bytes);
+    }
+
     pub fn next_msg(&mut self) -> Result<Option<Msg>, ProtoError> {
         let greeted = self.greeted;
         let ok = |k: u8| {

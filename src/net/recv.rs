@@ -314,6 +314,11 @@ impl Receiver {
         Ok(false)
     }
 
+    /// [`Receiver::on_msg`] of a Data message, leaving its bytes with the caller.
+    pub fn on_data(&mut self, bytes: &[u8]) -> Result<bool, String> {
+        self.data(bytes).map(|()| false)
+    }
+
     /// Symlinks, hard links, nodes, holes and extended attributes.
     fn on_entry(&mut self, m: Msg, out: &mut Vec<Msg>) -> Result<(), String> {
         match m {
@@ -905,7 +910,14 @@ fn drive_on(c: &mut Conn, rx: &mut Receiver) -> io::Result<()> {
             }
             looked = Instant::now();
         }
-        let r = rx.on_msg(m, &mut out);
+        let r = match m {
+            Msg::Data { bytes } => {
+                let r = rx.on_data(&bytes);
+                c.recycle(bytes);
+                r
+            }
+            m => rx.on_msg(m, &mut out),
+        };
         for o in out.drain(..) {
             if let Msg::Fail { msg, .. } = &o {
                 rx.errors.push(msg.clone());
