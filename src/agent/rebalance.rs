@@ -56,13 +56,28 @@ pub struct Rebalancer {
     pace: Option<super::pace::Paced>,
     /// The cluster's fixed rates last seen: the pace's ceiling.
     ceiling: (u64, u64),
+    /// The record of a run stopped by a lost lease (generation, record): counts it made
+    /// after its last write to etcd, for the run that resumes it.
+    kept: Option<(u64, NodeProgress)>,
 }
 
 struct Active {
     handle: crate::JobHandle,
     counters: Arc<Counters>,
     rate: (u64, u64),
+    /// Paused for a full owner disk: when room is probed for next.
+    room: Option<Room>,
 }
+
+/// A run waiting for room: the job is resumed (its moves tried again) after 1, 2, 4, then
+/// every 8 s, and counts as going on once it moved an object more.
+struct Room {
+    next: Instant,
+    probes: u32,
+    files: u64,
+}
+
+const ROOM_PROBE: std::time::Duration = std::time::Duration::from_secs(1);
 
 struct Run {
     spec: Spec,
@@ -107,6 +122,7 @@ impl Rebalancer {
             events: Vec::new(),
             pace: None,
             ceiling: (0, 0),
+            kept: None,
         }
     }
 
@@ -152,10 +168,16 @@ impl Rebalancer {
     /// Begins (or resumes, from this node's record) the run of `spec`.
     fn begin(&mut self, ctx: &WorkCtx, view: &View, spec: Spec, topo_rev: i64) {
         let g = spec.generation;
-        let rec: NodeProgress = view
+        let mut rec: NodeProgress = view
             .get(&ctx.keys.rebalance_progress(g, ctx.node))
             .and_then(|kv| serde_json::from_slice(&kv.value).ok())
             .unwrap_or_default();
+        if let Some((kg, k)) = self.kept.take()
+            && kg == g
+            && k.moved + k.superseded >= rec.moved + rec.superseded
+        {
+            rec = k;
+        }
         if rec.state == COMPLETED || rec.state == FAILED {
             self.finished = g;
             return;
@@ -270,6 +292,7 @@ impl Rebalancer {
             handle,
             counters: counters.expect("set by a successful prepare"),
             rate,
+            room: None,
         });
         r.dirty = true;
         if let (Some(p), Some(c)) = (&mut self.pace, &r.cluster) {
@@ -298,9 +321,17 @@ fn open_cluster(dir: &std::path::Path, spec: &Spec, node: &str) -> Result<Cluste
 }
 
 impl Run {
+    /// Cancels the engine run and counts what it did up to its end.
     fn cancel(&mut self) {
-        if let Some(a) = self.active.take() {
+        if let Some(a) = &self.active {
             let _ = a.handle.cancel();
+            // bounded: moves in flight end within the peer transport's I/O timeout
+            while !a.handle.is_finished() {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        self.refresh();
+        if let Some(a) = self.active.take() {
             let _ = a.handle.wait();
         }
     }
@@ -316,6 +347,17 @@ impl Run {
         if ctx.control.paused && st == JobState::Running {
             let _ = a.handle.pause();
             return Some("rebalance_paused");
+        }
+        if !ctx.control.paused && st == JobState::Paused && a.handle.destination_full() {
+            return a.probe_room();
+        }
+        if st == JobState::Running
+            && a.room
+                .as_ref()
+                .is_some_and(|r| a.handle.status().files > r.files)
+        {
+            a.room = None;
+            return Some("rebalance_resumed");
         }
         if !ctx.control.paused && st == JobState::Paused {
             let _ = a.handle.resume();
@@ -345,6 +387,7 @@ impl Run {
         let left = r.total_bytes.saturating_sub(r.moved_bytes);
         r.eta_s = (r.rate_bytes_s > 0).then(|| left as f64 / r.rate_bytes_s as f64);
         let state = match st.state {
+            _ if a.room.is_some() => super::rebalance_state::DESTINATION_FULL,
             JobState::Paused => "paused",
             _ if !c.scan_done.load(Ordering::Acquire) => "scanning",
             _ => "migrating",
@@ -400,6 +443,32 @@ impl Run {
         if ctx.incarnation != 0 && matches!(store.txn(&c, &[put]), Ok((true, _))) {
             self.dirty = false;
             self.last_write = Some(Instant::now());
+        }
+    }
+}
+
+impl Active {
+    /// A job paused for room: says so once, then resumes it now and then to try again.
+    fn probe_room(&mut self) -> Option<&'static str> {
+        let now = Instant::now();
+        match &mut self.room {
+            None => {
+                let files = self.handle.status().files;
+                let next = now + ROOM_PROBE;
+                self.room = Some(Room {
+                    next,
+                    probes: 0,
+                    files,
+                });
+                Some("rebalance_destination_full")
+            }
+            Some(r) if now >= r.next => {
+                r.probes += 1;
+                r.next = now + ROOM_PROBE * (1 << r.probes.min(3));
+                let _ = self.handle.resume();
+                None
+            }
+            Some(_) => None,
         }
     }
 }
@@ -504,10 +573,10 @@ impl Work for Rebalancer {
     }
 
     fn stop(&mut self) {
-        if let Some(r) = &mut self.run {
+        if let Some(mut r) = self.run.take() {
             r.cancel();
+            self.kept = Some((r.spec.generation, r.rec));
         }
-        self.run = None;
         self.finished = 0;
     }
 

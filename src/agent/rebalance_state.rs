@@ -24,7 +24,7 @@ pub struct Spec {
 /// One node's account of a rebalance (it outlives the agent: a restart resumes from it).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct NodeProgress {
-    /// scanning, migrating, paused, completed, failed.
+    /// scanning, migrating, paused, destination_full, completed, failed.
     pub state: String,
     /// Partitions whose misplaced objects on this node are all at their owners (PartSet).
     pub done: String,
@@ -71,6 +71,8 @@ impl NodeProgress {
 
 pub const COMPLETED: &str = "completed";
 pub const FAILED: &str = "failed";
+/// A node's moves wait for room on a full owner disk (they go on once there is).
+pub const DESTINATION_FULL: &str = "destination_full";
 
 /// The generation in a key `.../rebalance/<gen>/...`.
 fn generation_of(keys: &Keys, key: &str) -> Option<u64> {
@@ -119,6 +121,8 @@ pub fn job_state(spec: &Spec, progress: &[(String, NodeProgress)], paused: bool)
         FAILED
     } else if ns.iter().all(|n| state(n) == Some(COMPLETED)) {
         COMPLETED
+    } else if ns.iter().any(|n| state(n) == Some(DESTINATION_FULL)) {
+        DESTINATION_FULL
     } else if paused {
         "paused"
     } else {

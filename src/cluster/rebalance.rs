@@ -405,17 +405,27 @@ fn feed_remote(ctx: &Ctx, m: &Mover, spill: &Spill) {
     };
     let mut log = Vec::new();
     let fed = spill.drain(&mut |c| {
-        if !wait_turn(ctx, c.size) {
-            return false;
-        }
         Stats::add(&ctx.stats.found_files, 1);
-        let sent = match m.remote_of(&c) {
-            Some(it) => super::migrate::send_one(local, &it, m.generation, m.ttl),
-            None => Err(Error::failed(
-                "migrate",
-                &c.src,
-                "not on a disk of this node",
-            )),
+        // A full owner disk (the receiver's ENOSPC) pauses the job, which sends this object
+        // again once it is resumed: nothing is named there, the source stays.
+        let sent = loop {
+            if !wait_turn(ctx, c.size) {
+                return false;
+            }
+            let sent = match m.remote_of(&c) {
+                Some(it) => super::migrate::send_one(local, &it, m.generation, m.ttl),
+                None => Err(Error::failed(
+                    "migrate",
+                    &c.src,
+                    "not on a disk of this node",
+                )),
+            };
+            match &sent {
+                Err(e)
+                    if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+                        && ctx.steer.pause_for_room(&c.dst, None) => {}
+                _ => break sent,
+            }
         };
         let moved = match sent {
             Ok(Sent::Moved(n)) => {

@@ -189,6 +189,11 @@ impl Control {
         self.ctx.steer.rates()
     }
 
+    /// Whether the job paused itself for a full destination (ENOSPC) and waits for room.
+    pub fn destination_full(&self) -> bool {
+        self.ctx.steer.full.load(Ordering::Acquire)
+    }
+
     pub fn status(&self) -> Progress {
         let s = &self.ctx.stats;
         let copied = s.files.load(Ordering::Relaxed);

@@ -26,6 +26,10 @@ pub struct Cluster {
     pub deaths: HashMap<String, Vec<u64>>,
     /// Flags each node's agent gets besides the harness's own (its peer transport...).
     pub args: HashMap<String, Vec<String>>,
+    /// A command a node's agent runs under (e.g. `ip netns exec NS`: it execs, so the pid
+    /// is the agent's), and the etcd URLs it is given instead of the harness's.
+    pub wrap: HashMap<String, Vec<String>>,
+    pub etcd_urls: HashMap<String, String>,
 }
 
 pub const TTL: u64 = 2;
@@ -33,7 +37,11 @@ pub const TTL: u64 = 2;
 impl Cluster {
     /// None: etcd is not installed (the test skips, saying why).
     pub fn new(etcd_members: usize, config: &str) -> Option<Cluster> {
-        let etcd = Etcd::start(etcd_members)?;
+        Cluster::on(Etcd::start(etcd_members)?, config)
+    }
+
+    /// Agents over the etcd `etcd` (started by the caller, e.g. listening on more hosts).
+    pub fn on(etcd: Etcd, config: &str) -> Option<Cluster> {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("agent.json");
         std::fs::write(&cfg, config).unwrap();
@@ -48,6 +56,8 @@ impl Cluster {
             config: cfg,
             deaths: HashMap::new(),
             args: HashMap::new(),
+            wrap: HashMap::new(),
+            etcd_urls: HashMap::new(),
         })
     }
 
@@ -60,7 +70,12 @@ impl Cluster {
     }
 
     pub fn command(&self, node: &str, state_dir: &std::path::Path) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_ferry"));
+        let bin = env!("CARGO_BIN_EXE_ferry").to_string();
+        let wrap = self.wrap.get(node).cloned().unwrap_or_default();
+        let mut argv = wrap.into_iter().chain([bin]);
+        let mut c = Command::new(argv.next().expect("the binary at least"));
+        c.args(argv);
+        let urls = self.etcd_urls.get(node).cloned();
         c.args([
             "agent",
             "--cluster",
@@ -68,7 +83,7 @@ impl Cluster {
             "--node",
             node,
             "--etcd",
-            &self.etcd.urls(),
+            &urls.unwrap_or_else(|| self.etcd.urls()),
         ])
         .args(["--listen", "127.0.0.1:0", "--json", "--state-dir"])
         .arg(state_dir)

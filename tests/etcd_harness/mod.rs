@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 pub struct Member {
     pub name: String,
     pub client: String,
+    /// The client port on other hosts too (`Etcd::start_on`), e.g. a veth's address.
+    pub also: Vec<String>,
     peer: String,
     dir: PathBuf,
     child: Option<Child>,
@@ -41,6 +43,11 @@ pub fn installed() -> bool {
 impl Etcd {
     /// A cluster of `n` members, each answering on its client URL; None: etcd not installed.
     pub fn start(n: usize) -> Option<Etcd> {
+        Etcd::start_on(n, &[])
+    }
+
+    /// Like `start`, each member also listening on its client port at `hosts` (IPs).
+    pub fn start_on(n: usize, hosts: &[&str]) -> Option<Etcd> {
         if !installed() {
             eprintln!("skipped: etcd is not installed (apt-get install etcd-server)");
             return None;
@@ -60,11 +67,16 @@ impl Etcd {
             .map(|i| Member {
                 name: format!("m{i}"),
                 client: format!("http://127.0.0.1:{}", free_port()),
+                also: vec![],
                 peer: format!("http://127.0.0.1:{}", free_port()),
                 dir: tmp.path().join(format!("m{i}")),
                 child: None,
             })
             .collect();
+        for m in &mut members {
+            let port = m.client.rsplit(':').next().unwrap().to_string();
+            m.also = hosts.iter().map(|h| format!("http://{h}:{port}")).collect();
+        }
         let cluster: Vec<String> = members
             .iter()
             .map(|m| format!("{}={}", m.name, m.peer))
@@ -83,6 +95,16 @@ impl Etcd {
     /// The client URLs, comma-separated (the agents' --etcd).
     pub fn urls(&self) -> String {
         let v: Vec<&str> = self.members.iter().map(|m| m.client.as_str()).collect();
+        v.join(",")
+    }
+
+    /// The client URLs at `host` (one of `start_on`'s), comma-separated.
+    pub fn urls_at(&self, host: &str) -> String {
+        let v: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| m.client.replace("127.0.0.1", host))
+            .collect();
         v.join(",")
     }
 
@@ -146,12 +168,14 @@ impl Etcd {
 impl Member {
     fn spawn(&mut self, cluster: &str, new: bool) {
         let log = std::fs::File::create(self.dir.with_extension("log")).unwrap();
+        let listen = std::iter::once(&self.client).chain(&self.also);
+        let listen: Vec<&str> = listen.map(String::as_str).collect();
         let child = Command::new("etcd")
             .args(["--name", &self.name, "--data-dir"])
             .arg(&self.dir)
             .args([
                 "--listen-client-urls",
-                &self.client,
+                &listen.join(","),
                 "--advertise-client-urls",
                 &self.client,
             ])
