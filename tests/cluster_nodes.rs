@@ -405,7 +405,103 @@ struct Tally {
     reads: u64,
     writes: u64,
     deletes: u64,
+    /// Reads answered 503 (or not answered) while an agent was down, and writes or deletes
+    /// sent again after such an answer.
+    unavailable: u64,
+    retries: u64,
     failures: Vec<String>,
+}
+
+impl Tally {
+    fn add(&mut self, x: Tally) {
+        self.reads += x.reads;
+        self.writes += x.writes;
+        self.deletes += x.deletes;
+        self.unavailable += x.unavailable;
+        self.retries += x.retries;
+        self.failures.extend(x.failures);
+    }
+}
+
+/// How long a client sends a write or delete again while an agent is away.
+const RETRY_FOR: Duration = Duration::from_secs(60);
+
+/// What the clients may meet. Without `faults` every agent is up and any answer but the
+/// right one fails. With `faults` an agent may be down (`down`, `flips` counts the changes):
+/// a write or delete answered 503 (or not at all) is sent again, through the next agent,
+/// until it succeeds (up to RETRY_FOR, as an S3 client retries), and a read may be 503 only
+/// while an agent is down (its disks are its own: their objects are out of reach). A stale
+/// read or a deleted key that returns always fails.
+#[derive(Default)]
+struct Window {
+    faults: bool,
+    down: std::sync::atomic::AtomicBool,
+    flips: std::sync::atomic::AtomicU64,
+}
+
+impl Window {
+    fn faulty() -> Window {
+        Window {
+            faults: true,
+            ..Window::default()
+        }
+    }
+
+    fn set_down(&self, d: bool) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.down.store(d, SeqCst);
+        self.flips.fetch_add(1, SeqCst);
+    }
+
+    fn mark(&self) -> (bool, u64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        (self.down.load(SeqCst), self.flips.load(SeqCst))
+    }
+
+    /// Whether an agent may have been down during a request begun at `m`.
+    fn was_down(&self, m: (bool, u64)) -> bool {
+        let now = self.mark();
+        self.faults && (m.0 || now.0 || now.1 != m.1)
+    }
+}
+
+/// An answer that says "not now": 503, or no answer (the agent asked is down).
+fn unavailable(r: &std::io::Result<common::s3client::Resp>) -> bool {
+    r.as_ref().map_or(true, |r| r.code == 503)
+}
+
+/// What one request is for: the operation's name and the code of its success.
+type Req<'a> = (
+    &'a str,
+    u16,
+    &'a dyn Fn(&S3) -> std::io::Result<common::s3client::Resp>,
+);
+
+/// Sends a write or delete through `via[at]`, and again through the next agent after an
+/// answer `unavailable` while the window has faults (for up to RETRY_FOR).
+fn retried(
+    via: &[(&String, &S3)],
+    at: usize,
+    w: &Window,
+    t: &mut Tally,
+    req: Req,
+) -> Result<(), String> {
+    let (op, want, send) = req;
+    let start = Instant::now();
+    for n in at.. {
+        let (node, s3) = via[n % via.len()];
+        let r = send(s3);
+        match &r {
+            Ok(r) if r.code == want => return Ok(()),
+            _ if w.faults && unavailable(&r) && start.elapsed() < RETRY_FOR => {
+                t.retries += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(r) => return Err(format!("{op} through {node}: {}", r.text())),
+            Err(e) => return Err(format!("{op} through {node}: {e}")),
+        }
+    }
+    unreachable!()
 }
 
 impl Model {
@@ -444,8 +540,8 @@ impl Model {
     }
 
     /// One random request on a random key through a random agent: 5 % overwrite, 2.5 %
-    /// delete, the rest read, each answer checked against the model.
-    fn step(&self, rng: &mut u64, via: &[(&String, &S3)], t: &mut Tally) {
+    /// delete, the rest read, each answer checked against the model (see `Window`).
+    fn step(&self, rng: &mut u64, via: &[(&String, &S3)], w: &Window, t: &mut Tally) {
         let mut next = || {
             *rng ^= *rng << 13;
             *rng ^= *rng >> 7;
@@ -453,64 +549,90 @@ impl Model {
             *rng
         };
         let i = (next() % self.keys.len() as u64) as usize;
-        let (node, s3) = via[(next() % via.len() as u64) as usize];
+        let at = (next() % via.len() as u64) as usize;
         let roll = next() % 1000;
         let k = &self.keys[i];
-        let num = self.index[k];
         let mut st = self.state[i].lock().unwrap();
-        let fail = |t: &mut Tally, m: String| t.failures.push(format!("{k} through {node}: {m}"));
-        if roll < 50 {
-            let data = sized(num, st.version + 1, 0);
+        let r = if roll < 50 {
             t.writes += 1;
-            match s3.put(BKT, k, &data) {
-                Ok(r) if r.code == 200 => {
-                    st.version += 1;
-                    st.data = Some(data);
-                }
-                Ok(r) => fail(t, format!("PUT: {}", r.text())),
-                Err(e) => fail(t, format!("PUT: {e}")),
-            }
+            let data = sized(self.index[k], st.version + 1, 0);
+            let put = |s3: &S3| s3.put(BKT, k, &data);
+            retried(via, at, w, t, ("PUT", 200, &put)).map(|_| {
+                st.version += 1;
+                st.data = Some(data.clone());
+            })
         } else if roll < 75 {
             t.deletes += 1;
-            match s3.delete(BKT, k) {
-                Ok(r) if r.code == 204 => st.data = None,
-                Ok(r) => fail(t, format!("DELETE: {}", r.text())),
-                Err(e) => fail(t, format!("DELETE: {e}")),
-            }
+            let del = |s3: &S3| s3.delete(BKT, k);
+            retried(via, at, w, t, ("DELETE", 204, &del)).map(|_| st.data = None)
         } else {
             t.reads += 1;
-            match (s3.get(BKT, k), &st.data) {
-                (Ok(r), Some(d)) if r.code == 200 && r.body == *d => {}
-                (Ok(r), Some(_)) if r.code == 200 => fail(
-                    t,
-                    format!("GET: stale or wrong bytes (version {})", st.version),
-                ),
-                (Ok(r), None) if r.code == 404 => {}
-                (Ok(r), None) if r.code == 200 => fail(t, "GET: a deleted key came back".into()),
-                (Ok(r), _) => fail(t, format!("GET: {}", r.text())),
-                (Err(e), _) => fail(t, format!("GET: {e}")),
-            }
+            read(via[at], k, &st, w, t)
+        };
+        if let Err(m) = r {
+            t.failures.push(format!("{k}: {m}"));
         }
     }
 }
 
-/// Client threads running `Model::step` every 1-4 ms until `stop`.
+/// A GET of `k` through `(node, s3)` checked against what the clients know of it.
+fn read(
+    (node, s3): (&String, &S3),
+    k: &str,
+    st: &KeyState,
+    w: &Window,
+    t: &mut Tally,
+) -> Result<(), String> {
+    let mark = w.mark();
+    let r = s3.get(BKT, k);
+    let v = st.version;
+    match (&r, &st.data) {
+        (Ok(r), Some(d)) if r.code == 200 && r.body == *d => Ok(()),
+        (Ok(r), Some(_)) if r.code == 200 => Err(format!(
+            "GET through {node}: stale or wrong bytes (version {v})"
+        )),
+        (Ok(r), None) if r.code == 404 => Ok(()),
+        (Ok(r), None) if r.code == 200 => Err(format!(
+            "GET through {node}: a deleted key came back (version {v})"
+        )),
+        _ if unavailable(&r) && w.was_down(mark) => {
+            t.unavailable += 1;
+            Ok(())
+        }
+        (Ok(r), _) => Err(format!("GET through {node}: {}", r.text())),
+        (Err(e), _) => Err(format!("GET through {node}: {e}")),
+    }
+}
+
+/// The clients' seed: FERRY_SEED, else a fixed one (a failure names it).
+fn client_seed() -> u64 {
+    std::env::var("FERRY_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x9E37_79B9_7F4A_7C15)
+}
+
+/// Client threads running `Model::step` every 1-4 ms until `stop`; thread `t` starts from
+/// `seed ^ (t + 1) * 0x1000_0001`.
 fn clients(
     n: &Nodes,
     model: &std::sync::Arc<Model>,
     threads: usize,
+    (seed, window): (u64, &std::sync::Arc<Window>),
     stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> Vec<std::thread::JoinHandle<Tally>> {
     (0..threads)
         .map(|t| {
-            let (model, stop) = (model.clone(), stop.clone());
-            let s3: Vec<(String, S3)> = n.s3.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let (model, stop, w) = (model.clone(), stop.clone(), window.clone());
+            let mut s3: Vec<(String, S3)> =
+                n.s3.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            s3.sort_by(|a, b| a.0.cmp(&b.0));
             std::thread::spawn(move || {
                 let via: Vec<(&String, &S3)> = s3.iter().map(|(k, v)| (k, v)).collect();
-                let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ ((t as u64 + 1) * 0x1000_0001);
+                let mut rng = seed ^ ((t as u64 + 1) * 0x1000_0001);
                 let mut tally = Tally::default();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    model.step(&mut rng, &via, &mut tally);
+                    model.step(&mut rng, &via, &w, &mut tally);
                     std::thread::sleep(Duration::from_millis(1 + rng % 4));
                 }
                 tally
@@ -519,9 +641,32 @@ fn clients(
         .collect()
 }
 
+/// Stops the clients; their tallies summed.
+fn stop_clients(
+    stop: &std::sync::atomic::AtomicBool,
+    threads: Vec<std::thread::JoinHandle<Tally>>,
+) -> Tally {
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut all = Tally::default();
+    for t in threads {
+        all.add(t.join().unwrap());
+    }
+    all
+}
+
+/// No client request failed (the first dozen shown, with the seed to run them again).
+fn assert_no_failures(all: &Tally, seed: u64) {
+    assert!(
+        all.failures.is_empty(),
+        "{} failed requests (FERRY_SEED={seed}), the first: {:#?}",
+        all.failures.len(),
+        &all.failures[..all.failures.len().min(12)]
+    );
+}
+
 #[test]
 fn clients_overwrite_delete_and_read_during_a_cross_node_rebalance() {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::AtomicBool;
     let Some(mut n) = nodes(&["a", "b", "c"], &config(300, 300)) else {
         return;
     };
@@ -547,22 +692,13 @@ fn clients_overwrite_delete_and_read_during_a_cross_node_rebalance() {
     ok(ferry(&n.c, &["cluster", "rate", "2M"]));
     let model = std::sync::Arc::new(Model::new(&want));
     let stop = std::sync::Arc::new(AtomicBool::new(false));
-    let threads = clients(&n, &model, 4, &stop);
+    let (seed, window) = (client_seed(), std::sync::Arc::new(Window::default()));
+    let threads = clients(&n, &model, 4, (seed, &window), &stop);
     std::thread::sleep(Duration::from_millis(500));
     n.apply(&g2);
     let done = std::panic::catch_unwind(|| n.wait_completed(2, Duration::from_secs(120)));
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    let mut all = Tally::default();
-    for t in threads {
-        let x = t.join().unwrap();
-        (all.reads, all.writes, all.deletes) = (
-            all.reads + x.reads,
-            all.writes + x.writes,
-            all.deletes + x.deletes,
-        );
-        all.failures.extend(x.failures);
-    }
+    let all = stop_clients(&stop, threads);
     let r = done.unwrap_or_else(|e| std::panic::resume_unwind(e));
     eprintln!(
         "during the rebalance ({} objects moved): {} reads, {} writes, {} deletes, {} failed",
@@ -572,12 +708,7 @@ fn clients_overwrite_delete_and_read_during_a_cross_node_rebalance() {
         all.deletes,
         all.failures.len()
     );
-    assert!(
-        all.failures.is_empty(),
-        "{} failed requests, the first: {:#?}",
-        all.failures.len(),
-        &all.failures[..all.failures.len().min(12)]
-    );
+    assert_no_failures(&all, seed);
     assert!(
         all.reads > 300 && all.writes > 10 && all.deletes > 5,
         "too few requests"
@@ -660,6 +791,173 @@ fn kill9_of_the_sender_or_the_receiver_mid_rebalance_cycle_after_cycle() {
         }
     }
     eprintln!("{} fault cycles in {:?}", fault_cycles(), t0.elapsed());
+}
+
+/// The topology of kill9 cycle `i` (generation i + 2; generation 1 is cycle 1's): c's set
+/// active in even cycles (a and b send to c), draining in odd ones (c sends to a and b); and
+/// the victim, the sender and the receiver in turn: a sends to c, c sends to a, c receives,
+/// a receives.
+fn kill9_cycle(root: &Path, i: usize, g: u64) -> (Topology, &'static str) {
+    let (a0, b0, c0): (Disks, Disks, Disks) = (&[("d0", "a")], &[("d0", "b")], &[("d0", "c")]);
+    let c_state = if i.is_multiple_of(2) {
+        "active"
+    } else {
+        "draining"
+    };
+    let sets = [
+        ("s0", "active", a0),
+        ("s1", "active", b0),
+        ("s2", c_state, c0),
+    ];
+    let victim = if matches!(i % 4, 0 | 3) { "a" } else { "c" };
+    (topo(root, g, &sets), victim)
+}
+
+/// Kills `victim` -9 once generation `g`'s moves are under way, keeps it down `down`, starts
+/// it again and waits for the rebalance to complete; `w` says when it is away.
+fn kill9_mid_rebalance(n: &mut Nodes, g: u64, victim: &str, down: Duration, w: &Window) -> Value {
+    n.wait_rebalance(Duration::from_secs(30), "moves under way", |r| {
+        r["generation"] == g && (r["objects"].as_u64() > Some(3) || r["state"] == "completed")
+    });
+    w.set_down(true);
+    n.c.kill9(victim);
+    std::thread::sleep(down);
+    n.c.start(victim);
+    n.wait_s3(victim, Duration::from_secs(30));
+    w.set_down(false);
+    n.wait_completed(g, Duration::from_secs(90))
+}
+
+/// Clients overwrite, delete and read random keys through every agent while cycle after
+/// cycle (FERRY_FAULT_CYCLES, default 12) a rebalance across nodes loses its sender or its
+/// receiver to kill -9 and gets it back: no read is stale, no deleted key returns (also
+/// through the agent just restarted, whose disk kept the copies it had), a read fails only
+/// while an agent is down, every write and delete succeeds (sent again while an agent is
+/// away, as S3 clients do), and at the end every live key is once at its owner with its
+/// last bytes and every deleted key is gone everywhere.
+#[test]
+fn kill9_cycles_with_clients_reading_and_writing_through_them() {
+    use std::sync::atomic::AtomicBool;
+    let Some(mut n) = nodes(&["a", "b", "c"], &config(300, 300)) else {
+        return;
+    };
+    let (g1, _) = kill9_cycle(&n.root, 1, 1);
+    let want = fill(&g1, 400, 0);
+    n.apply(&g1);
+    n.start(&["a", "b", "c"]);
+    ok(ferry(&n.c, &["cluster", "rate", "2M"]));
+    let model = std::sync::Arc::new(Model::new(&want));
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let (seed, window) = (client_seed(), std::sync::Arc::new(Window::faulty()));
+    let threads = clients(&n, &model, 4, (seed, &window), &stop);
+    let mut last = g1.clone();
+    let cycles = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        for i in 0..fault_cycles() {
+            let (t, victim) = kill9_cycle(&n.root, i, i as u64 + 2);
+            let cycle = Instant::now();
+            n.apply(&t);
+            let r = kill9_mid_rebalance(
+                &mut n,
+                t.generation,
+                victim,
+                Duration::from_millis(800),
+                &window,
+            );
+            eprintln!(
+                "cycle {i}: generation {}, {victim} killed, {} objects moved, {:?}",
+                t.generation,
+                r["objects"],
+                cycle.elapsed()
+            );
+            last = t;
+        }
+    }));
+    std::thread::sleep(Duration::from_millis(500));
+    let all = stop_clients(&stop, threads);
+    eprintln!(
+        "through {} kill -9 cycles (FERRY_SEED={seed}): {} reads, {} writes, {} deletes, \
+         {} reads while an agent was down, {} requests sent again, {} failed",
+        fault_cycles(),
+        all.reads,
+        all.writes,
+        all.deletes,
+        all.unavailable,
+        all.retries,
+        all.failures.len()
+    );
+    assert_no_failures(&all, seed);
+    cycles.unwrap_or_else(|e| std::panic::resume_unwind(e));
+    assert!(all.writes > 50 && all.deletes > 20, "too few requests");
+    let (live, gone) = model.split();
+    assert_placed(&last, BKT, &live);
+    check_everywhere(&n, &live, &gone);
+}
+
+/// A node down while its keys are written at their new owner keeps its old copies (and its
+/// registry still names them): once it is back, a read through it gets the new bytes, a
+/// delete through any agent removes the key everywhere, and the rebalance drops the old
+/// copies (their owner has newer writes) instead of moving them over the new ones.
+#[test]
+fn a_restarted_node_serves_the_writes_made_at_the_new_owner_while_it_was_down() {
+    let Some(mut n) = nodes(&["a", "b", "c"], &config(300, 300)) else {
+        return;
+    };
+    let (a0, b0, c0): (Disks, Disks, Disks) = (&[("d0", "a")], &[("d0", "b")], &[("d0", "c")]);
+    let g1 = topo(&n.root, 1, &[("s0", "active", a0), ("s1", "active", b0)]);
+    let sets = [
+        ("s0", "active", a0),
+        ("s1", "active", b0),
+        ("s2", "active", c0),
+    ];
+    let g2 = topo(&n.root, 2, &sets);
+    n.apply(&g1);
+    n.start(&["a", "b", "c"]);
+    assert_eq!(n.s3["b"].create_bucket(BKT).unwrap().code, 200);
+    // keys a owns now and c will: put through S3, so a's registry names a's disk
+    let keys: Vec<String> = (0..400)
+        .map(|i| format!("m/{i}"))
+        .filter(|k| owner_node(&g1, k) == "a" && owner_node(&g2, k) == "c")
+        .take(12)
+        .collect();
+    assert_eq!(keys.len(), 12);
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(n.s3["a"].put(BKT, k, &body(i, 1)).unwrap().code, 200);
+    }
+    n.c.kill9("a");
+    n.apply(&g2);
+    // written at their new owner c while a is down: a keeps its old copies
+    let mut live = HashMap::new();
+    let mut gone = vec![];
+    for (i, k) in keys.iter().enumerate() {
+        let data = body(i, 2);
+        let start = Instant::now();
+        while n.s3["b"].put(BKT, k, &data).unwrap().code != 200 {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "PUT {k} through b"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        live.insert(k.clone(), data);
+    }
+    n.c.start("a");
+    n.wait_s3("a", Duration::from_secs(30));
+    for (k, data) in &live {
+        let r = n.s3["a"].get(BKT, k).unwrap();
+        assert!(
+            r.code == 200 && r.body == *data,
+            "GET {k} through a: {} (stale?)",
+            r.code
+        );
+    }
+    for k in keys.iter().step_by(2) {
+        assert_eq!(n.s3["a"].delete(BKT, k).unwrap().code, 204, "DELETE {k}");
+        live.remove(k);
+        gone.push(k.clone());
+    }
+    n.wait_completed(2, Duration::from_secs(60));
+    assert_placed(&g2, BKT, &live);
+    check_everywhere(&n, &live, &gone);
 }
 
 /// An agent that cannot serve the new generation (its new disk has no identity yet) still

@@ -454,16 +454,28 @@ impl Cluster {
         Ok(any)
     }
 
-    /// The disks to try, in order: registry, current owner, previous owner, forward target.
+    /// The disks to try, in order: the registry's location if it was recorded under the
+    /// current generation, the current owner, the previous owner, the forward target, and
+    /// last the registry's location recorded under an older generation. A location from an
+    /// older generation may hold a stale copy: a write under the current generation lands at
+    /// the owner, and an old copy on a node that was down then could not be removed (that
+    /// node's read must still see the write; the rebalance drops the old copy later). It
+    /// stays in the chain, so an object whose only copy is there is still found.
     pub fn read_chain(&self, bucket: &str, key: &[u8]) -> Result<Vec<String>, Error> {
         let p = partition_of(bucket.as_bytes(), key);
         let mut chain = Vec::with_capacity(4);
         let fk = full_key(bucket, key);
-        if let Some(r) = &self.registry
-            && let Some((d, _)) = r.location(&fk)?
-        {
-            chain.push(d);
-        }
+        let located = match &self.registry {
+            Some(r) => r.location(&fk)?,
+            None => None,
+        };
+        let generation = self.current.topo.generation;
+        let (now, older) = match located {
+            Some((d, g)) if g >= generation => (Some(d), None),
+            Some((d, _)) => (None, Some(d)),
+            None => (None, None),
+        };
+        chain.extend(now);
         chain.push(self.current.owner_key(p));
         if let Some(prev) = &self.previous {
             chain.push(prev.owner_key(p));
@@ -473,6 +485,7 @@ impl Cluster {
         {
             chain.push(f.to);
         }
+        chain.extend(older);
         let mut seen = std::collections::HashSet::new();
         chain.retain(|d| seen.insert(d.clone()));
         Ok(chain)
@@ -550,5 +563,65 @@ impl Cluster {
             },
             found_on,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topo(root: &Path, generation: u64, sets: &[&str]) -> Topology {
+        let sets: Vec<String> = sets
+            .iter()
+            .map(|s| {
+                format!(
+                    r#"{{"id":"{s}","state":"active","weight":1,"disks":[{{"id":"d0","path":"{}/{s}"}}]}}"#,
+                    root.display()
+                )
+            })
+            .collect();
+        let text = format!(
+            r#"{{"generation":{generation},"pools":[{{"id":"p","sets":[{}]}}]}}"#,
+            sets.join(",")
+        );
+        Topology::parse(text.as_bytes()).unwrap()
+    }
+
+    /// A copy left where the registry says an older generation put it (its node was down
+    /// when the key was written at its new owner) is read only when the owner has none.
+    #[test]
+    fn a_location_of_an_older_generation_is_tried_after_the_current_owner() {
+        let d = tempfile::tempdir().unwrap();
+        let names: Vec<String> = (0..8).map(|i| format!("s{i}")).collect();
+        let all: Vec<&str> = names.iter().map(String::as_str).collect();
+        for s in &all {
+            std::fs::create_dir(d.path().join(s)).unwrap();
+        }
+        let (old, new) = (topo(d.path(), 1, &all[..1]), topo(d.path(), 2, &all));
+        super::super::identity::init(&new, Path::new("t.json")).unwrap();
+        let reg = Arc::new(Registry::open(&d.path().join("reg.redb")).unwrap());
+        let before = Cluster::build(old.clone(), None, Some(reg.clone()), None, stripes());
+        let mid = Cluster::build(new, Some(old), Some(reg.clone()), None, stripes());
+        let key = (0..100)
+            .map(|i| format!("k{i}"))
+            .find(|k| mid.current.owner_key(partition_of(b"b", k.as_bytes())) != "s0/d0")
+            .unwrap();
+        let k = key.as_bytes();
+        before.put("b", k, b"old").unwrap();
+        assert_eq!(reg.location(&full_key("b", k)).unwrap().unwrap().1, 1);
+        // mid-move: only the old copy exists, and it is found
+        assert_eq!(mid.get("b", k).unwrap().as_deref(), Some(&b"old"[..]));
+        // the key written at its new owner (by its node) while the old copy stayed
+        let owner = mid.current.owner_key(partition_of(b"b", k));
+        let p = object_path(mid.disk_path(&owner).unwrap(), "b", k);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, b"new").unwrap();
+        let chain = mid.read_chain("b", k).unwrap();
+        assert_eq!(chain, vec![owner.clone(), "s0/d0".to_string()]);
+        assert_eq!(mid.get("b", k).unwrap().as_deref(), Some(&b"new"[..]));
+        // a location recorded under the current generation is tried first
+        reg.set_location(&full_key("b", k), "s0/d0", 2, true)
+            .unwrap();
+        assert_eq!(mid.read_chain("b", k).unwrap()[0], "s0/d0");
     }
 }
