@@ -156,9 +156,24 @@ impl UringBackend {
 
     /// `capacity` bounds in-flight ops; the SQ gets that many entries and the CQ twice as many.
     pub fn new(arena: Arena, capacity: usize) -> io::Result<Self> {
+        Self::with_ring(arena, capacity, true)
+    }
+
+    /// [`UringBackend::new`] without SINGLE_ISSUER|DEFER_TASKRUN: for a ring that moves to
+    /// another thread after it is made (a connection made on one thread and driven by its
+    /// stream's); a single-issuer ring answers another task's submit with EEXIST.
+    pub fn movable(arena: Arena, capacity: usize) -> io::Result<Self> {
+        Self::with_ring(arena, capacity, false)
+    }
+
+    fn with_ring(arena: Arena, capacity: usize, fast: bool) -> io::Result<Self> {
         assert!(capacity > 0);
         let entries = (capacity as u32).next_power_of_two();
-        let (ring, _fast) = build_ring(entries)?;
+        let ring = if fast {
+            build_ring(entries)?.0
+        } else {
+            IoUring::builder().build(entries)?
+        };
         let cq = ring.params().cq_entries() as usize;
         assert!(
             capacity <= cq,

@@ -30,6 +30,9 @@ const TLS_BUFFER: usize = 256 * 1024;
 const READ_AHEAD: usize = 8 << 20;
 
 pub struct Conn {
+    /// The socket driven through io_uring (None: poll(2) and read/write). Declared before
+    /// `sock`: it drops first, while the socket is still open.
+    ring: Option<Box<super::ring::SockRing>>,
     sock: TcpStream,
     tls: rustls::Connection,
     dec: MsgDecoder,
@@ -77,10 +80,12 @@ impl Conn {
 
     pub fn new(sock: TcpStream, mut tls: rustls::Connection, peer: String) -> io::Result<Conn> {
         tls.set_buffer_limit(Some(TLS_BUFFER));
-        sock.set_nonblocking(true)?;
         sock.set_nodelay(true)?;
         keepalive(&sock);
+        let ring = ring_for(&sock);
+        sock.set_nonblocking(ring.is_none())?;
         Ok(Conn {
+            ring,
             sock,
             tls,
             dec: MsgDecoder::new(),
@@ -167,7 +172,7 @@ impl Conn {
                 }
                 continue;
             }
-            match self.tls.write_tls(&mut self.sock) {
+            match self.write_tls() {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.wait(true, deadline)?;
@@ -178,7 +183,20 @@ impl Conn {
             }
         }
         self.out.clear();
+        if let Some(r) = self.ring.as_mut() {
+            // What is gathered in the ring's buffer goes out now.
+            let sent = io::Write::flush(r.as_mut()).and_then(|()| r.turn(false, Duration::ZERO));
+            sent.map_err(|e| self.sock_err("send to", e))?;
+        }
         Ok(())
+    }
+
+    /// Writes TLS records to the socket (or into the ring's send buffers).
+    fn write_tls(&mut self) -> io::Result<usize> {
+        match self.ring.as_mut() {
+            Some(r) => self.tls.write_tls(r.as_mut()),
+            None => self.tls.write_tls(&mut self.sock),
+        }
     }
 
     /// The next message, or Ok(None) if none arrives within `timeout`.
@@ -246,6 +264,11 @@ impl Conn {
     /// Reads what the socket has (into our own buffer, up to [`RBUF`] per call: rustls alone
     /// reads one record per syscall), decrypts, decodes into the inbox. true: progress made.
     fn read_some(&mut self) -> io::Result<bool> {
+        if let Some(mut r) = self.ring.take() {
+            let res = self.read_ring(&mut r);
+            self.ring = Some(r);
+            return res;
+        }
         let mut progress = false;
         while self.inbox_bytes < READ_AHEAD {
             if self.rstart == self.rend {
@@ -267,14 +290,56 @@ impl Conn {
                 .read_tls(&mut pending)
                 .map_err(|e| self.err("TLS read from", e))?;
             self.rstart += n;
-            if let Err(e) = self.tls.process_new_packets() {
-                // Tell the peer why (the alert), then give up.
-                let _ = self.tls.write_tls(&mut self.sock);
-                return Err(self.err("TLS with", e));
-            }
-            self.drain_plaintext()?;
+            self.process()?;
         }
         Ok(progress)
+    }
+
+    /// Decrypts what TLS was given and decodes it into the inbox.
+    fn process(&mut self) -> io::Result<()> {
+        if let Err(e) = self.tls.process_new_packets() {
+            // Tell the peer why (the alert), then give up.
+            let _ = self.write_tls();
+            if let Some(r) = self.ring.as_mut() {
+                let _ = r.drain(Instant::now() + Duration::from_millis(100));
+            }
+            return Err(self.err("TLS with", e));
+        }
+        self.drain_plaintext()
+    }
+
+    /// [`Conn::read_some`] on the ring: TLS reads straight from the recv'd buffers.
+    fn read_ring(&mut self, r: &mut super::ring::SockRing) -> io::Result<bool> {
+        let room = self.inbox_bytes < READ_AHEAD;
+        r.turn(room, Duration::ZERO)
+            .map_err(|e| self.sock_err("receive from", e))?;
+        let mut progress = false;
+        while self.inbox_bytes < READ_AHEAD {
+            let Some(mut bytes) = r.received() else {
+                if r.eof && !self.eof {
+                    (self.eof, progress) = (true, true);
+                }
+                break;
+            };
+            let n = self
+                .tls
+                .read_tls(&mut bytes)
+                .map_err(|e| self.err("TLS read from", e))?;
+            r.consume(n);
+            progress = true;
+            self.ring_process(r)?;
+        }
+        Ok(progress)
+    }
+
+    /// [`Conn::process`] while the ring is taken out of `self`.
+    fn ring_process(&mut self, r: &mut super::ring::SockRing) -> io::Result<()> {
+        if let Err(e) = self.tls.process_new_packets() {
+            let _ = self.tls.write_tls(r);
+            let _ = r.drain(Instant::now() + Duration::from_millis(100));
+            return Err(self.err("TLS with", e));
+        }
+        self.drain_plaintext()
     }
 
     /// Decodes the plaintext TLS has, straight from its buffers.
@@ -321,7 +386,12 @@ impl Conn {
     }
 
     /// poll(2) for readable (and writable if `write`) until `deadline`. false: timed out.
-    fn wait(&self, write: bool, deadline: Instant) -> io::Result<bool> {
+    fn wait(&mut self, write: bool, deadline: Instant) -> io::Result<bool> {
+        if let Some(mut r) = self.ring.take() {
+            let res = self.wait_ring(&mut r, write, deadline);
+            self.ring = Some(r);
+            return res;
+        }
         if self.rstart < self.rend && self.inbox_bytes < READ_AHEAD {
             return Ok(true); // bytes already here: no need to wait for the socket
         }
@@ -362,6 +432,37 @@ impl Conn {
         Ok(r > 0)
     }
 
+    /// [`Conn::wait`] on the ring: until an op completes (a send's buffer is free, bytes
+    /// arrived) or `deadline`.
+    fn wait_ring(
+        &mut self,
+        r: &mut super::ring::SockRing,
+        write: bool,
+        deadline: Instant,
+    ) -> io::Result<bool> {
+        let room = self.inbox_bytes < READ_AHEAD;
+        if room && r.received().is_some() {
+            return Ok(true);
+        }
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                if write {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("{} accepted no data for {:?}", self.peer, self.idle),
+                    ));
+                }
+                return Ok(false);
+            }
+            match r.turn(room, left) {
+                Ok(true) => return Ok(true),
+                Ok(false) => {}
+                Err(e) => return Err(self.sock_err("socket of", e)),
+            }
+        }
+    }
+
     /// Completes the TLS handshake (or fails with the reason: unknown CA, no certificate...).
     pub fn handshake(&mut self) -> io::Result<()> {
         let deadline = Instant::now() + self.idle;
@@ -393,7 +494,53 @@ impl Conn {
         let _ = self.push_out();
         self.tls.send_close_notify();
         let _ = self.push_out();
+        if let Some(r) = self.ring.as_mut() {
+            let _ = r.drain(Instant::now() + self.idle);
+        }
         let _ = self.sock.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+/// Whether connections go through io_uring: `FERRY_NET_IO=uring` (or `poll`, the
+/// default until measured otherwise); set by [`set_io`] for the whole process.
+static NET_IO: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+const IO_UNSET: u8 = 0;
+const IO_POLL: u8 = 1;
+const IO_RING: u8 = 2;
+
+/// Chooses the connections' socket path for this process (`uring`: io_uring when the kernel
+/// allows it, else poll with a notice).
+pub fn set_io(ring: bool) {
+    let v = if ring { IO_RING } else { IO_POLL };
+    NET_IO.store(v, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn wants_ring() -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut v = NET_IO.load(Relaxed);
+    if v == IO_UNSET {
+        v = match std::env::var("FERRY_NET_IO").as_deref() {
+            Ok("uring") => IO_RING,
+            _ => IO_POLL,
+        };
+        NET_IO.store(v, Relaxed);
+    }
+    v == IO_RING
+}
+
+/// The socket's ring when the network path is io_uring (None: poll; a ring that cannot be
+/// made, e.g. io_uring disabled, falls back to poll and says so once).
+fn ring_for(sock: &TcpStream) -> Option<Box<super::ring::SockRing>> {
+    if !wants_ring() {
+        return None;
+    }
+    match super::ring::SockRing::new(sock.as_raw_fd()) {
+        Ok(r) => Some(Box::new(r)),
+        Err(e) => {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| eprintln!("ferry: io_uring for sockets unavailable ({e}): poll(2)"));
+            None
+        }
     }
 }
 
