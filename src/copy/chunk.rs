@@ -70,7 +70,7 @@ pub struct Slot {
 /// The op for the unfinished part of a chunk's phase: aligned parts of a big file go through
 /// its O_DIRECT fds (reads ask for whole blocks, the buffer has room: buffers are block
 /// multiples), the rest (an unaligned tail, an unaligned remainder after a short op) through
-/// the ordinary ones.
+/// the ordinary ones. `buf` is the arena buffer the slot's chunk uses (`Arena::pick`).
 fn chunk_op(job: &FileJob, buf: u32, s: &Slot) -> Op {
     use std::os::fd::AsRawFd;
     const A: u64 = crate::spec::DIRECT_ALIGN;
@@ -170,7 +170,7 @@ impl CopyReactor {
             ..Slot::default()
         };
         self.slots[buf as usize] = slot;
-        let op = chunk_op(&seg.job, buf, &slot);
+        let op = chunk_op(&seg.job, self.ring.arena().pick(buf, len), &slot);
         self.ring.push(op, CopyOp::Chunk(buf))
     }
 
@@ -320,7 +320,8 @@ impl CopyReactor {
             let h = seg.hash.as_mut().expect("hashing segment");
             assert!(slot.off >= seg.hashed, "chunks hashed out of order");
             crate::verify::hash_zeros(h, slot.off - seg.hashed);
-            h.update(self.ring.arena().slice(buf, slot.len as usize));
+            let arena = self.ring.arena();
+            h.update(arena.slice(arena.pick(buf, slot.len), slot.len as usize));
             seg.hashed = slot.off + slot.len as u64;
             self.start_write(buf, &job)?;
         }
@@ -343,7 +344,8 @@ impl CopyReactor {
             return Ok(());
         }
         self.slots[buf as usize].resumes = self.ctx.steer.resumes();
-        let op = chunk_op(job, buf, &self.slots[buf as usize]);
+        let slot = &self.slots[buf as usize];
+        let op = chunk_op(job, self.ring.arena().pick(buf, slot.len), slot);
         self.ring.push(op, CopyOp::Chunk(buf))
     }
 

@@ -33,7 +33,7 @@ pub enum OpKind {
 #[derive(Clone, Copy, Debug)]
 pub struct BufIo {
     pub fd: RawFd,
-    /// Arena buffer index.
+    /// Arena buffer index (a slot's big or small buffer: `Arena::pick`).
     pub buf: u32,
     /// Start inside that buffer.
     pub buf_off: u32,
@@ -107,7 +107,7 @@ pub struct Completion {
 pub(crate) fn run_blocking(arena: &Arena, op: &Op, user_data: u64) -> Completion {
     let res = match op {
         Op::Read(d) | Op::Write(d) | Op::Send(d) | Op::SendZc(d) | Op::Recv(d) => {
-            assert!(d.buf_off as usize + d.len as usize <= arena.buf_size());
+            assert!(d.buf_off as usize + d.len as usize <= arena.len_of(d.buf));
             let p = arena.ptr(d.buf, d.buf_off);
             let (len, off) = (d.len as usize, d.offset as i64);
             // SAFETY: p..p+len lies inside the arena (asserted) and no other op uses that

@@ -29,7 +29,11 @@ pub struct UringBackend {
     // Field order matters: the ring (which holds the kernel's pins on the arena) drops first.
     ring: IoUring,
     arena: Arena,
+    /// Buffers are registered (all at once, or the small ones at once and each big one at its
+    /// first use: `Pinned`).
     fixed: bool,
+    /// Per buffer, with a sparse table: whether it is registered yet (empty: all are).
+    pinned: Vec<Pinned>,
     capacity: usize,
     in_flight: usize,
     queued: usize,
@@ -96,6 +100,40 @@ fn ask_send_fixed() -> io::Result<bool> {
         .map_or(-libc::EIO, |c| c.result());
     drop(pair);
     Ok(res == 1)
+}
+
+/// Registration state of one buffer in a sparse table.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Pinned {
+    No,
+    Yes,
+    /// Its registration failed: it is used with plain reads and writes.
+    Failed,
+}
+
+/// Registers the arena's buffers: a sparse table (5.19) with the small buffers filled in at
+/// once and each big one at its first use, so a job of small files never pins (and the kernel
+/// never clears) the big buffers; else all at once. Returns whether buffers are fixed, and
+/// the per-buffer state of a sparse table (empty when all were registered at once).
+fn register(ring: &IoUring, arena: &Arena) -> (bool, Vec<Pinned>) {
+    let n = arena.buffers();
+    if n > u16::MAX as usize {
+        return (false, Vec::new());
+    }
+    let sub = ring.submitter();
+    if arena.buffers() > arena.count() && sub.register_buffers_sparse(n as u32).is_ok() {
+        let small: Vec<libc::iovec> = (arena.count()..n).map(|i| arena.iovec(i as u32)).collect();
+        let mut pinned = vec![Pinned::No; n];
+        // SAFETY: the iovecs point into `arena`, which the backend owns and drops after the
+        // ring (field order), so the registered memory outlives its registration.
+        let ok = unsafe { sub.register_buffers_update(arena.count() as u32, &small, None) }.is_ok();
+        let state = if ok { Pinned::Yes } else { Pinned::Failed };
+        pinned[arena.count()..].fill(state);
+        return (true, pinned);
+    }
+    // SAFETY: as above.
+    let all = unsafe { sub.register_buffers(&arena.iovecs()) }.is_ok();
+    (all, Vec::new())
 }
 
 /// Builds a ring with SINGLE_ISSUER|DEFER_TASKRUN when the kernel has them.
@@ -179,16 +217,12 @@ impl UringBackend {
             capacity <= cq,
             "in-flight ops must fit the completion queue"
         );
-        let iov = arena.iovecs();
-        let fixed = iov.len() <= u16::MAX as usize && {
-            // SAFETY: the iovecs point into `arena`, which this struct owns and which is dropped
-            // after the ring (field order), so the registered memory outlives its registration.
-            unsafe { ring.submitter().register_buffers(&iov).is_ok() }
-        };
+        let (fixed, pinned) = register(&ring, &arena);
         Ok(UringBackend {
             ring,
             arena,
             fixed,
+            pinned,
             capacity,
             in_flight: 0,
             queued: 0,
@@ -213,11 +247,41 @@ impl UringBackend {
         self.fixed
     }
 
-    fn entry(&self, op: &Op, user_data: u64) -> squeue::Entry {
+    /// Whether buffer `buf` can be used as a fixed buffer: registered now if it was not yet
+    /// (its first use; no op is in flight on it then).
+    fn fixed_buf(&mut self, buf: u32) -> bool {
+        let Some(state) = self.pinned.get(buf as usize).copied() else {
+            return self.fixed;
+        };
+        match state {
+            Pinned::Yes => true,
+            Pinned::Failed => false,
+            Pinned::No => {
+                let iov = [self.arena.iovec(buf)];
+                // SAFETY: as in register(): the memory is the arena's, which outlives the ring.
+                let ok = unsafe {
+                    self.ring
+                        .submitter()
+                        .register_buffers_update(buf, &iov, None)
+                }
+                .is_ok();
+                // Not registered (RLIMIT_MEMLOCK): plain reads and writes of the same memory.
+                self.pinned[buf as usize] = if ok { Pinned::Yes } else { Pinned::Failed };
+                ok
+            }
+        }
+    }
+
+    fn entry(&mut self, op: &Op, user_data: u64) -> squeue::Entry {
+        let fixed = match op {
+            Op::Read(d) | Op::Write(d) | Op::SendZc(d) => self.fixed && self.fixed_buf(d.buf),
+            Op::Send(d) => self.send_fixed && self.fixed_buf(d.buf),
+            Op::Fsync { .. } | Op::Recv(_) => false,
+        };
         let e = match op {
             Op::Read(d) => {
                 let (fd, p) = self.target(d);
-                if self.fixed {
+                if fixed {
                     opcode::ReadFixed::new(fd, p, d.len, d.buf as u16)
                         .offset(d.offset)
                         .build()
@@ -227,7 +291,7 @@ impl UringBackend {
             }
             Op::Write(d) => {
                 let (fd, p) = self.target(d);
-                if self.fixed {
+                if fixed {
                     opcode::WriteFixed::new(fd, p, d.len, d.buf as u16)
                         .offset(d.offset)
                         .build()
@@ -238,7 +302,7 @@ impl UringBackend {
             Op::Fsync { fd } => opcode::Fsync::new(types::Fd(*fd)).build(),
             Op::Send(d) => {
                 let (fd, p) = self.target(d);
-                if self.send_fixed {
+                if fixed {
                     send_fixed_entry(fd, p, d.len, d.buf as u16)
                 } else {
                     opcode::Send::new(fd, p, d.len)
@@ -249,7 +313,7 @@ impl UringBackend {
             Op::SendZc(d) => {
                 let (fd, p) = self.target(d);
                 opcode::SendZc::new(fd, p, d.len)
-                    .buf_index(self.fixed.then_some(d.buf as u16))
+                    .buf_index(fixed.then_some(d.buf as u16))
                     .flags(libc::MSG_NOSIGNAL)
                     .build()
             }
@@ -263,7 +327,7 @@ impl UringBackend {
 
     /// The fd and the arena address of a read or write (checked to lie inside its buffer).
     fn target(&self, d: &BufIo) -> (types::Fd, *mut u8) {
-        assert!(d.buf_off as usize + d.len as usize <= self.arena.buf_size());
+        assert!(d.buf_off as usize + d.len as usize <= self.arena.len_of(d.buf));
         (types::Fd(d.fd), self.arena.ptr(d.buf, d.buf_off))
     }
 
@@ -409,5 +473,94 @@ impl Backend for UringBackend {
         }
         self.queued = self.ring.submission().len();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::BufIo;
+    use std::os::fd::AsRawFd;
+
+    /// Resident KiB of the mapping that holds `addr` (/proc/self/smaps).
+    fn rss_kib(addr: usize) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
+        let mut inside = false;
+        for line in smaps.lines() {
+            let range = line.split(' ').next().unwrap_or("");
+            if let Some((a, b)) = range.split_once('-')
+                && let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+            {
+                inside = (a..b).contains(&addr);
+            } else if inside && let Some(kb) = line.strip_prefix("Rss:") {
+                return kb
+                    .trim()
+                    .trim_end_matches(" kB")
+                    .trim()
+                    .parse()
+                    .expect("Rss");
+            }
+        }
+        panic!("no mapping holds {addr:#x}");
+    }
+
+    fn run(b: &mut UringBackend, op: Op) -> i32 {
+        b.push(op, 7).expect("push");
+        b.submit(true).expect("submit");
+        let mut out = Vec::new();
+        while out.is_empty() {
+            b.reap(&mut out);
+        }
+        out[0].result
+    }
+
+    /// Small chunks go through the small buffers, and the big buffers are pinned (so the
+    /// kernel clears their pages) only when a big chunk first needs one; data is intact both
+    /// ways. Registering every buffer at start faulted the whole arena in.
+    #[test]
+    fn big_buffers_are_pinned_only_at_their_first_use() {
+        if UringBackend::probe().is_err() {
+            eprintln!("skipped: io_uring is not available here");
+            return;
+        }
+        let big = 512 << 10;
+        let mut b = UringBackend::new(Arena::new(big, 8), 4).expect("ring");
+        let base = b.arena.ptr(0, 0) as usize;
+        assert_eq!(
+            rss_kib(base),
+            0,
+            "no big buffer touched by setting up the ring"
+        );
+        let dir = std::env::temp_dir().join(format!("ferry-uring-pin-{}", std::process::id()));
+        let data: Vec<u8> = (0..big).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&dir, &data).expect("write the source");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&dir)
+            .expect("open");
+        let (fd, small) = (f.as_raw_fd(), b.arena.pick(2, 4096));
+        let io = |buf, len, offset| BufIo {
+            fd,
+            buf,
+            buf_off: 0,
+            len,
+            offset,
+            direct: false,
+        };
+        assert_eq!(run(&mut b, Op::Read(io(small, 4096, 4096))), 4096);
+        assert_eq!(b.arena.slice(small, 4096), &data[4096..8192]);
+        assert_eq!(
+            rss_kib(base),
+            0,
+            "a small chunk leaves the big buffers alone"
+        );
+        assert!(b.fixed && b.pinned[small as usize] == Pinned::Yes);
+        assert_eq!(run(&mut b, Op::Read(io(2, big as u32, 0))), big as i32);
+        assert_eq!(b.arena.slice(2, big), &data[..]);
+        assert!(rss_kib(base) > 0, "the big buffer is in use now");
+        assert_eq!(b.pinned[2], Pinned::Yes);
+        assert_eq!(b.pinned[3], Pinned::No, "the others are not pinned yet");
+        let _ = std::fs::remove_file(&dir);
     }
 }
