@@ -49,7 +49,7 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-PORT=17950
+PORT=$((17950 + RANDOM % 40))
 
 now() { date +%s.%N; }
 load() { cut -d' ' -f1 /proc/loadavg; }
@@ -118,7 +118,7 @@ part_speed() {
     for i in "${!tools[@]}"; do
       local t=${tools[$i]} log="$W/speed-${tools[$i]}-$r.log"
       demo "${bins[$i]}" "$log" --objects "$OBJECTS" --max-size "$MAX" --client-ops 10 \
-        --baseline 1 --user-p99 off
+        --baseline 1 --user-p99 off || { echo "  run $r $t skipped (the demo failed)"; continue; }
       local rb cp; rb=$(rebal "$log"); cp=$(copy_moved "${bins[$i]}" "$log")
       echo "$rb" >>"$W/rb-$t"; echo "$cp" >>"$W/cp-$t"
       grep '^node n[1-4]:' "$log" | sed -n 's/.*(\([0-9]*\) objects\/s);.*/\1/p' >>"$W/scan-$t"
@@ -141,7 +141,7 @@ part_memory() {
   for n in ${COUNTS//,/ }; do
     local log="$W/mem-$n.log" t0; t0=$(now)
     demo "$FERRY" "$log" --objects "$n" --max-size 4K --client-ops 10 --baseline 1 \
-      --user-p99 off --timeout 3000
+      --user-p99 off --timeout 3000 || { echo "memory $n skipped (the demo failed)"; continue; }
     local kb; kb=$(awk '{print $2}' "$log.rss" | sort -n | tr '\n' ' ')
     printf 'memory %8d objects: agents peak RSS %s kB (max %s MB); %s | %s s | load %s\n' "$n" "$kb" \
       "$(awk '{if ($2 > m) m = $2} END {printf "%.1f", m / 1024}' "$log.rss")" \
@@ -165,7 +165,7 @@ part_userio() {
       local log="$W/userio-$mode-$r.log" csv="$OUT/userio-$mode-$r.csv" opt=()
       [ $mode = off ] && opt=(--user-p99 off)
       demo "$FERRY" "$log" --objects "$OBJECTS" --max-size "$MAX" --client-ops "$OPS" \
-        --baseline 20 --csv "$csv" "${opt[@]}"
+        --baseline 20 --csv "$csv" "${opt[@]}" || { echo "  run $r $mode skipped (the demo failed)"; continue; }
       local b d; b=$(csv_phase "$csv" baseline); d=$(csv_phase "$csv" rebalance)
       set -- $b $d
       echo "$mode $1 $2 $4 $5 $6" >>"$W/userio"

@@ -206,23 +206,27 @@ impl Rebalancer {
     }
 
     /// The fence: this agent's current run holds its member key, and the topology is still
-    /// the one the run planned against.
+    /// the one the run planned against (asked by a transaction begun after the call).
     fn fence(&self, ctx: &WorkCtx, topo_rev: i64) -> Fence {
         let (store, inc) = (self.store.clone(), self.incarnation.clone());
         let (member, topo) = (ctx.keys.member(ctx.node), ctx.keys.topology());
+        // The senders in flight share a transaction begun after each asked (group check).
+        let group = crate::coord::group::Group::default();
         Arc::new(move || {
-            let i = inc.load(Ordering::Acquire);
-            if i == 0 {
-                return Ok(false);
-            }
-            let c = [
-                Cmp::CreateRev(member.clone(), i),
-                Cmp::ModRev(topo.clone(), topo_rev),
-            ];
-            store
-                .txn(&c, &[])
-                .map(|(ok, _)| ok)
-                .map_err(|e| e.to_string())
+            group.run(|| {
+                let i = inc.load(Ordering::Acquire);
+                if i == 0 {
+                    return Ok(false);
+                }
+                let c = [
+                    Cmp::CreateRev(member.clone(), i),
+                    Cmp::ModRev(topo.clone(), topo_rev),
+                ];
+                store
+                    .txn(&c, &[])
+                    .map(|(ok, _)| ok)
+                    .map_err(|e| e.to_string())
+            })
         })
     }
 

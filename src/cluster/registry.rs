@@ -36,6 +36,8 @@ pub struct Forward {
 pub struct Registry {
     db: Database,
     path: PathBuf,
+    /// Concurrent flushes share a durable commit begun after each asked (group commit).
+    flushes: crate::coord::group::Group<Result<(), String>>,
 }
 
 pub fn now_secs() -> u64 {
@@ -60,6 +62,7 @@ impl Registry {
         let r = Registry {
             db,
             path: path.to_path_buf(),
+            flushes: Default::default(),
         };
         // Create the tables so readers never meet a missing one.
         r.write(Durability::Immediate, |w| {
@@ -145,9 +148,15 @@ impl Registry {
         })
     }
 
-    /// Makes every earlier non-durable change durable (one fsync).
+    /// Makes every earlier non-durable change durable (one fsync, shared by the flushes
+    /// asked for while another runs: the next durable commit covers all of them).
     pub fn flush(&self) -> Result<(), Error> {
-        self.write(Durability::Immediate, |_| Ok(()))
+        self.flushes
+            .run(|| {
+                self.write(Durability::Immediate, |_| Ok(()))
+                    .map_err(|e| e.to_string())
+            })
+            .map_err(|m| Self::err("registry flush", &self.path, m))
     }
 
     fn dur(durable: bool) -> Durability {

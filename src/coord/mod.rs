@@ -6,6 +6,7 @@
 pub mod checkpoint;
 pub mod diskstat;
 pub mod durable;
+pub mod group;
 pub mod pace;
 pub mod state;
 pub mod stop;

@@ -530,8 +530,10 @@ impl crate::cluster::migrate::Migrate for PeerClient {
         let key = std::str::from_utf8(obj.key).map_err(|_| {
             Error::usage(Path::new("object"), "object keys sent to a node are UTF-8")
         })?;
+        // Buffers of at most what is left (no 256 KiB allocated and zeroed per small object).
+        let mut left = obj.size;
         let mut src = move || -> io::Result<Option<Bytes>> {
-            let mut buf = vec![0u8; 256 << 10];
+            let mut buf = vec![0u8; left.clamp(1, 256 << 10) as usize];
             let n = loop {
                 match body.read(&mut buf) {
                     Ok(n) => break n,
@@ -540,6 +542,7 @@ impl crate::cluster::migrate::Migrate for PeerClient {
                 }
             };
             buf.truncate(n);
+            left = left.saturating_sub(n as u64);
             Ok((n > 0).then(|| Bytes::from(buf)))
         };
         let what = (obj.size, obj.mtime, Some(obj.hash));
