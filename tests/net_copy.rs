@@ -400,10 +400,7 @@ fn client_killed_mid_push_rerun_skips_what_is_durable() {
         state.as_os_str(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let report: serde_json::Value = String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .expect("a JSON report");
+    let report = netkit::report(&o);
     assert!(report["skipped"].as_u64().unwrap() >= 1024, "{report}");
     // Skipping thousands of files then streaming a big one must not overrun the receiver's
     // read-ahead (it once cut the connection as a "flood" and the client had to reconnect).

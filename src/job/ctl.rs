@@ -25,7 +25,35 @@ pub fn serve_job(mut h: JobHandle) -> Result<JobHandle, Error> {
     Ok(h)
 }
 
-pub fn serve(path: PathBuf, control: Arc<Control>) -> Result<JoinHandle<()>, Error> {
+/// What a control socket steers: a job, or a network transfer (`net::steer`).
+pub trait Steered: Send + Sync {
+    /// True once it has ended (the socket's server then exits).
+    fn is_over(&self) -> bool;
+    /// The reply line to a checked command (Err: why it was refused).
+    fn command(&self, c: Command) -> Result<String, String>;
+}
+
+impl Steered for Control {
+    fn is_over(&self) -> bool {
+        Control::is_over(self)
+    }
+
+    fn command(&self, c: Command) -> Result<String, String> {
+        match c {
+            Command::Status => {
+                return serde_json::to_string(&self.status()).map_err(|e| e.to_string());
+            }
+            Command::Pause => self.pause().map_err(|e| e.to_string())?,
+            Command::Resume => self.resume().map_err(|e| e.to_string())?,
+            Command::Cancel => self.cancel().map_err(|e| e.to_string())?,
+            Command::Rate(bytes, ops) => self.set_rate(bytes, ops.unwrap_or(self.rates().1)),
+        }
+        Ok("ok".into())
+    }
+}
+
+/// Serves the control socket at `path` (mode 0600) until `control` is over.
+pub fn serve(path: PathBuf, control: Arc<dyn Steered>) -> Result<JoinHandle<()>, Error> {
     // A socket left by a killed run is stale: the state dir's lock says no one else runs it.
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).map_err(|e| Error::os("bind", &path, e))?;
@@ -39,7 +67,7 @@ pub fn serve(path: PathBuf, control: Arc<Control>) -> Result<JoinHandle<()>, Err
         .spawn(move || {
             while !control.is_over() {
                 match listener.accept() {
-                    Ok((s, _)) => handle(s, &control),
+                    Ok((s, _)) => handle(s, &*control),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         std::thread::sleep(Duration::from_millis(5));
                     }
@@ -51,7 +79,7 @@ pub fn serve(path: PathBuf, control: Arc<Control>) -> Result<JoinHandle<()>, Err
         .map_err(|e| Error::at("spawn", Target::Thread("ferry-ctl"), ErrorKind::Os(e)))
 }
 
-fn handle(s: UnixStream, c: &Control) {
+fn handle(s: UnixStream, c: &dyn Steered) {
     let _ = s.set_nonblocking(false);
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
     let mut line = String::new();
@@ -111,22 +139,9 @@ pub fn parse_command(cmd: &str) -> Result<Command, String> {
     }
 }
 
-fn answer(cmd: &str, c: &Control) -> String {
-    let res = match parse_command(cmd) {
-        Ok(Command::Status) => {
-            return serde_json::to_string(&c.status()).unwrap_or_else(|e| format!("error: {e}"));
-        }
-        Ok(Command::Pause) => c.pause().map_err(|e| e.to_string()),
-        Ok(Command::Resume) => c.resume().map_err(|e| e.to_string()),
-        Ok(Command::Cancel) => c.cancel().map_err(|e| e.to_string()),
-        Ok(Command::Rate(bytes, ops)) => {
-            c.set_rate(bytes, ops.unwrap_or(c.rates().1));
-            Ok(())
-        }
-        Err(e) => Err(e),
-    };
-    match res {
-        Ok(()) => "ok".into(),
+fn answer(cmd: &str, c: &dyn Steered) -> String {
+    match parse_command(cmd).and_then(|cmd| c.command(cmd)) {
+        Ok(reply) => reply,
         Err(e) => format!("error: {e}"),
     }
 }

@@ -2,6 +2,7 @@
 //! verify` with a `ferry://` end. main.rs only forwards to these.
 
 use crate::Exit;
+use crate::coord::state::JobState;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -185,6 +186,7 @@ fn options(
         fresh,
         streams: if streams == 0 { cpus } else { streams },
         sessions: Default::default(),
+        steer: Default::default(),
     }
 }
 
@@ -202,7 +204,7 @@ pub fn remote_copy(mut a: RemoteCopy) -> ExitCode {
     let dst = a.paths.pop().expect("clap requires two paths");
     let remote_srcs = a.paths.iter().filter(|p| is_remote(p.as_os_str())).count();
     let start = std::time::Instant::now();
-    let o = options(a.tls_dir.take(), a.state_dir.take(), a.fresh, a.streams);
+    let mut o = options(a.tls_dir.take(), a.state_dir.take(), a.fresh, a.streams);
     let (res, target) = if is_remote(dst.as_os_str()) {
         if remote_srcs > 0 {
             return exit_fatal(super::client::Fatal {
@@ -219,11 +221,20 @@ pub fn remote_copy(mut a: RemoteCopy) -> ExitCode {
                 });
             }
         };
+        if a.json {
+            let sink: super::steer::Sink = Box::new(|v| crate::outln!("{v}"));
+            o.steer = std::sync::Arc::new(super::steer::Steer::new(Some(sink)));
+        }
         let res = if a.moving {
             super::client::move_push(&a.paths, &r, &o)
         } else {
             super::client::push(&a.paths, &r, &o).map(|p| p.out)
         };
+        o.steer.end(match &res {
+            Ok(out) if out.errors.is_empty() => JobState::Completed,
+            Err(f) if f.code == Exit::Cancelled => JobState::Cancelled,
+            _ => JobState::Failed,
+        });
         (res, r.to_string())
     } else {
         if a.paths.len() != 1 || remote_srcs != 1 {

@@ -62,6 +62,8 @@ pub struct Options {
     pub streams: usize,
     /// A push's sessions (filled by [`push`]).
     pub sessions: Sessions,
+    /// The push's job state, events and control socket.
+    pub steer: Arc<super::steer::Steer>,
 }
 
 /// The temp tokens of a push job's sessions, kept in its state dir (`sessions`, one a line,
@@ -388,8 +390,10 @@ pub fn push(sources: &[PathBuf], r: &Remote, o: &Options) -> Result<Pushed, Fata
     for s in sources {
         std::fs::symlink_metadata(s).map_err(|e| usage(format!("'{}': {e}", s.display())))?;
     }
-    let sd = StateDir::open(&o.state_dir, &job_id(sources, r))
+    let id = job_id(sources, r);
+    let sd = StateDir::open(&o.state_dir, &id)
         .map_err(|e| usage(format!("state dir {}: {e}", o.state_dir.display())))?;
+    o.steer.attach(&id, &sd.dir);
     if o.fresh {
         let _ = sd.reset();
         let _ = std::fs::remove_file(sd.dir.join("targets.json"));
@@ -420,6 +424,7 @@ pub fn push(sources: &[PathBuf], r: &Remote, o: &Options) -> Result<Pushed, Fata
         conns.push(retrying(o, || try_open(r, Op::Push, o))?.0);
     }
     let walker = Walker::new(local_roots(sources, t.clone())?);
+    o.steer.running();
     let out = super::push::run(conns, walker, &j, r, o)?;
     let j = j.into_inner().unwrap_or_else(|p| p.into_inner());
     if out.errors.is_empty() {

@@ -20,6 +20,7 @@ pub mod ring;
 pub mod send;
 pub mod serve;
 pub mod session;
+pub mod steer;
 pub mod tls;
 pub mod url;
 pub mod verify;

@@ -6,7 +6,7 @@ use super::frame::{self, Cursor, Frame, ProtoError, put_bytes};
 use crate::temp::{TOKEN_LEN, Token};
 
 /// Bumped on any change to the messages; Hello and Welcome themselves never change.
-pub const VERSION: u16 = 4;
+pub const VERSION: u16 = 5;
 /// The start of every Hello/Welcome payload (anything else is not a ferry peer).
 pub const MAGIC: &[u8; 8] = b"FERRYNET";
 /// Stale session tokens an Open may name.
@@ -111,6 +111,11 @@ pub enum Msg {
     Fail { id: u64, msg: String },
     /// Receiver → sender: everything is durable, directories included.
     Finished,
+    /// Receiver → sender: entry `id` (0: the directory `path`) could not be written because
+    /// the destination is full (ENOSPC, EDQUOT): nothing of it is named, its temp is removed
+    /// (a split file's shared temp stays, its other ranges in it); send it again once there
+    /// is room. The sender pauses its job (`destination_full`).
+    Full { id: u64, path: Vec<u8>, msg: String },
     /// Sender → receiver: the extended attributes (POSIX ACLs included) of the next Dir,
     /// File, Seal, Symlink or Node, as (name, value) pairs.
     Xattrs { pairs: Vec<(Vec<u8>, Vec<u8>)> },
@@ -166,10 +171,11 @@ const T_XATTRS: u8 = 20;
 const T_LINK: u8 = 21;
 const T_NODE: u8 = 22;
 const T_HOLE: u8 = 23;
+const T_FULL: u8 = 24;
 
 /// Whether a frame type exists in this version.
 pub fn known(kind: u8) -> bool {
-    (T_HELLO..=T_HOLE).contains(&kind)
+    (T_HELLO..=T_FULL).contains(&kind)
 }
 
 fn put_meta(out: &mut Vec<u8>, m: &Meta) {
@@ -418,6 +424,12 @@ impl Msg {
                 p.extend_from_slice(&len.to_le_bytes());
                 T_HOLE
             }
+            Msg::Full { id, path, msg } => {
+                p.extend_from_slice(&id.to_le_bytes());
+                put_bytes(p, path);
+                p.extend_from_slice(msg.as_bytes());
+                T_FULL
+            }
             _ => unreachable!("control messages are encoded by payload()"),
         }
     }
@@ -573,6 +585,11 @@ impl Msg {
             },
             T_HOLE => Msg::Hole {
                 len: c.u64("hole")?,
+            },
+            T_FULL => Msg::Full {
+                id: c.u64("id")?,
+                path: c.bytes("path")?.to_vec(),
+                msg: String::from_utf8_lossy(c.rest()).into_owned(),
             },
             other => return Err(ProtoError::UnknownType(other)),
         };
@@ -799,6 +816,16 @@ mod tests {
                 meta,
             },
             Msg::Hole { len: 1 << 30 },
+            Msg::Full {
+                id: 14,
+                path: b"a/big".to_vec(),
+                msg: "write: No space left on device (os error 28)".into(),
+            },
+            Msg::Full {
+                id: 0,
+                path: b"a/dir".to_vec(),
+                msg: String::new(),
+            },
         ] {
             roundtrip(m);
         }

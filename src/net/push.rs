@@ -40,6 +40,9 @@ const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const QUEUE: usize = 4096;
 
 const STOPPED: &str = "stopped: another stream failed";
+const CANCELLED: &str = "cancelled (`ferry ctl JOB cancel`): run the same command again to resume";
+/// While paused, a stream says Flush this often (the far end sees a live session).
+const KEEPALIVE: Duration = Duration::from_secs(5);
 
 /// A big file being sent in ranges.
 struct Split {
@@ -95,19 +98,26 @@ struct Stream<'a> {
     pending: VecDeque<Pend>,
     pending_bytes: u64,
     failed: HashMap<u64, String>,
-    /// To send before anything else: entries of a broken connection, Seals.
+    /// Ids the far end answered Full: sent again once the job is resumed.
+    full: std::collections::HashSet<u64>,
+    /// To send before anything else: entries of a broken connection, Seals, entries that
+    /// did not fit.
     redo: VecDeque<Job>,
     /// Stream 0: every Dir sent (sent again on a new connection: their metadata).
     dirs_sent: Vec<(Vec<u8>, Meta, Pairs)>,
     resend_dirs: bool,
     flushed: bool,
     progress: bool,
+    /// The last Flush sent while paused.
+    kept: Instant,
     out: Outcome,
     buf: Vec<u8>,
 }
 
 enum Next {
     Job(Box<Job>),
+    /// The job is paused (by the user, or a full destination): nothing new starts.
+    Paused,
     /// The walk goes on but nothing is queued now.
     Wait,
     /// The walk is over and the queue empty.
@@ -285,11 +295,13 @@ impl<'a> Stream<'a> {
             pending: VecDeque::new(),
             pending_bytes: 0,
             failed: HashMap::new(),
+            full: Default::default(),
             redo: VecDeque::new(),
             dirs_sent: Vec::new(),
             resend_dirs: false,
             flushed: false,
             progress: false,
+            kept: Instant::now(),
             out: Outcome::default(),
             buf: vec![0; MAX_CHUNK],
         }
@@ -312,6 +324,12 @@ impl<'a> Stream<'a> {
                 self.progress = false;
             }
             let since = *broken_since.get_or_insert_with(Instant::now);
+            if self.sh.opts.steer.is_cancelled() {
+                return Err(self.fail(Fatal {
+                    code: crate::Exit::Cancelled,
+                    msg: CANCELLED.into(),
+                }));
+            }
             if self.sh.abort.load(Ordering::Relaxed) {
                 return Err(fatal(io::Error::other(STOPPED)));
             }
@@ -350,6 +368,7 @@ impl<'a> Stream<'a> {
         self.conn = c;
         self.next_id = 1;
         self.failed.clear();
+        self.full.clear();
         self.pending_bytes = 0;
         let mut redo: VecDeque<Job> = self.pending.drain(..).map(|p| p.job).collect();
         redo.append(&mut self.redo);
@@ -391,10 +410,17 @@ impl<'a> Stream<'a> {
     /// Sends until the walk is over and everything of this stream is acknowledged.
     fn send_all(&mut self) -> io::Result<()> {
         loop {
-            if self.sh.abort.load(Ordering::Relaxed) {
-                return Err(io::Error::other(STOPPED));
-            }
+            self.check_stop()?;
             match self.next_job() {
+                Next::Paused => {
+                    self.ask_ack()?;
+                    if self.kept.elapsed() >= KEEPALIVE {
+                        self.conn.send(&Msg::Flush)?;
+                        self.conn.flush()?;
+                        self.kept = Instant::now();
+                    }
+                    self.take_acks_for(Duration::from_millis(20))?;
+                }
                 Next::Job(j) => {
                     self.flushed = false;
                     self.send_job(*j)?;
@@ -415,6 +441,17 @@ impl<'a> Stream<'a> {
         }
     }
 
+    /// Err: the job was cancelled, or another stream failed for good.
+    fn check_stop(&self) -> io::Result<()> {
+        if self.sh.opts.steer.is_cancelled() {
+            return Err(io::Error::other(CANCELLED));
+        }
+        if self.sh.abort.load(Ordering::Relaxed) {
+            return Err(io::Error::other(STOPPED));
+        }
+        Ok(())
+    }
+
     /// Stream 0: waits until every other stream is finished (its Done applies directory
     /// metadata, so nothing may be written under them after it), keeping its session alive.
     fn wait_others(&mut self) -> io::Result<()> {
@@ -424,9 +461,7 @@ impl<'a> Stream<'a> {
             if *g >= want {
                 return Ok(());
             }
-            if self.sh.abort.load(Ordering::Relaxed) {
-                return Err(io::Error::other(STOPPED));
-            }
+            self.check_stop()?;
             let (g, _) = self
                 .sh
                 .finished_cv
@@ -453,6 +488,9 @@ impl<'a> Stream<'a> {
     }
 
     fn next_job(&mut self) -> Next {
+        if self.sh.opts.steer.is_paused() {
+            return Next::Paused;
+        }
         if let Some(j) = self.redo.pop_front() {
             return Next::Job(Box::new(j));
         }
@@ -709,6 +747,14 @@ impl<'a> Stream<'a> {
             Msg::Fail { id, msg } => {
                 self.failed.insert(id, format!("remote: {msg}"));
             }
+            Msg::Full { id, path, msg } => {
+                // id 0: a directory, which the far end makes again itself.
+                if id != 0 {
+                    self.full.insert(id);
+                }
+                let path = beneath::show(&path).to_string();
+                self.sh.opts.steer.pause_for_room(&path, &msg);
+            }
             Msg::Finished => {
                 for p in self.pending.drain(..) {
                     self.out
@@ -730,6 +776,12 @@ impl<'a> Stream<'a> {
             let p = self.pending.pop_front().expect("front exists");
             self.pending_bytes -= p.size;
             self.progress = true;
+            if self.full.remove(&p.id) {
+                // Did not fit: nothing of it is named there; it goes again after resume.
+                self.failed.remove(&p.id);
+                self.redo.push_back(p.job);
+                continue;
+            }
             let failed = self.failed.remove(&p.id);
             match (p.job, failed) {
                 (Job::Part(s, ..), Some(msg)) => {
@@ -757,8 +809,12 @@ impl<'a> Stream<'a> {
                 (Job::Dir(..), None) => {}
             }
         }
+        let bytes = durable.iter().map(|d| d.size).sum::<u64>() - unsent;
         self.out.files += durable.len() as u64;
-        self.out.bytes += durable.iter().map(|d| d.size).sum::<u64>() - unsent;
+        self.out.bytes += bytes;
+        let st = &self.sh.opts.steer;
+        st.files.fetch_add(durable.len() as u64, Ordering::Relaxed);
+        st.bytes.fetch_add(bytes, Ordering::Relaxed);
         if !durable.is_empty() {
             let mut h = self.sh.hooks.lock().unwrap_or_else(|p| p.into_inner());
             h.durable(&durable);

@@ -61,6 +61,9 @@ impl Watch {
     }
 }
 
+/// Where a new entry waits for its batch: its directory, final name and temp name.
+type Placed = (Arc<DirFd>, Vec<u8>, Vec<u8>);
+
 /// A directory fd with its filesystem.
 struct DirFd {
     fd: OwnedFd,
@@ -83,6 +86,8 @@ struct Incoming {
     /// A hole was skipped: the size is set at the end (a file may end in a hole).
     sparse: bool,
     failed: Option<String>,
+    /// It failed because the destination is full: answered with Full, sent again later.
+    full: bool,
     /// A Part: one range of a file whose temp other streams write too (never removed here,
     /// never named here: a Seal names it).
     part: bool,
@@ -110,6 +115,8 @@ pub struct Counts {
     pub failed: u64,
     /// Files the sender skipped (already here by the quick check).
     pub skipped: u64,
+    /// Entries that did not fit (the destination was full): the sender sends them again.
+    pub full: u64,
 }
 
 pub struct Receiver {
@@ -122,6 +129,9 @@ pub struct Receiver {
     /// Highest id fully handled (committed, failed, or in the batch).
     last_id: u64,
     dir_metas: Vec<(Vec<u8>, Meta, Pairs)>,
+    /// Directories that could not be made (the destination was full), made again with
+    /// every batch: the sender pauses and its entries come again once there is room.
+    held_dirs: Vec<(Vec<u8>, Meta, Pairs)>,
     /// The extended attributes for the next entry (an Xattrs message comes before it).
     xattrs: Pairs,
     root: bool,
@@ -142,6 +152,19 @@ fn os(op: &str, rel: &[u8], e: io::Error) -> String {
     format!("{op} '{}': {e}", show(rel))
 }
 
+/// ENOSPC or EDQUOT: the destination is full (the sender pauses and sends it again).
+pub fn is_full(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+}
+
+impl Incoming {
+    /// The file failed at `op` (full: the destination is full).
+    fn fail_io(&mut self, op: &str, e: io::Error) {
+        self.full |= is_full(&e);
+        self.failed = Some(os(op, &self.rel, e));
+    }
+}
+
 impl Receiver {
     /// Receives into `prefix` (checked) beneath the directory `base`.
     pub fn new(base: OwnedFd, prefix: Vec<u8>, tok: crate::temp::Token) -> Receiver {
@@ -154,6 +177,7 @@ impl Receiver {
             batch_bytes: 0,
             last_id: 0,
             dir_metas: Vec::new(),
+            held_dirs: Vec::new(),
             xattrs: Vec::new(),
             // SAFETY: geteuid has no preconditions.
             root: unsafe { libc::geteuid() } == 0,
@@ -286,7 +310,7 @@ impl Receiver {
                 self.seal(id, path, size, meta, out)?;
             }
             Msg::Skipped { n } => self.counts.skipped += n,
-            Msg::Dir { path, meta } => self.dir(path, meta)?,
+            Msg::Dir { path, meta } => self.dir(path, meta, out)?,
             Msg::Flush => self.commit(out)?,
             Msg::Done => {
                 if self.cur.is_some() {
@@ -296,6 +320,7 @@ impl Receiver {
                     .to_string());
                 }
                 self.commit(out)?;
+                self.retry_dirs(out, true)?;
                 self.finish_dirs(out);
                 out.push(Msg::Finished);
                 return Ok(true);
@@ -416,6 +441,7 @@ impl Receiver {
             },
             sparse: false,
             failed: None,
+            full: false,
             part: part.is_some(),
         };
         match self.parent(&full) {
@@ -432,11 +458,11 @@ impl Receiver {
                 };
                 match f {
                     Ok(f) => inc.file = Some(f),
-                    Err(e) => inc.failed = Some(os("create", &rel, e)),
+                    Err(e) => inc.fail_io("create", e),
                 }
                 inc.dir = dir;
             }
-            Err(e) => inc.failed = Some(os("open directory of", &rel, e)),
+            Err(e) => inc.fail_io("open directory of", e),
         }
         self.cur = Some(inc);
         Ok(())
@@ -490,27 +516,51 @@ impl Receiver {
             apply_fd(f.as_raw_fd(), at, &meta, &x, self.root)?;
             Ok((dir, name, tmp))
         });
-        match r {
-            Ok((dir, name, tmp)) => {
-                self.batch.push(Ready {
-                    id,
-                    rel,
-                    dir,
-                    name,
-                    tmp,
-                    part: false,
-                    shared: true,
-                });
-            }
-            Err(e) => self.refuse(out, id, os("seal", &rel, e)),
-        }
+        self.finish_entry(out, id, rel, "seal", r, true);
         Ok(())
+    }
+
+    /// An entry made at its temp name (`r`) waits for the batch; one that could not be made
+    /// is refused, or answered Full when the destination is full (it comes again later).
+    /// `shared`: a split file's temp, which a broken session leaves for a Seal sent again.
+    fn finish_entry(
+        &mut self,
+        out: &mut Vec<Msg>,
+        id: u64,
+        rel: Vec<u8>,
+        op: &str,
+        r: io::Result<Placed>,
+        shared: bool,
+    ) {
+        match r {
+            Ok((dir, name, tmp)) => self.batch.push(Ready {
+                id,
+                rel,
+                dir,
+                name,
+                tmp,
+                part: false,
+                shared,
+            }),
+            Err(e) if is_full(&e) => {
+                let msg = os(op, &rel, e);
+                self.no_room(out, id, rel, msg);
+            }
+            Err(e) => self.refuse(out, id, os(op, &rel, e)),
+        }
     }
 
     /// An entry that will not be named: counted, and the sender told why.
     fn refuse(&mut self, out: &mut Vec<Msg>, id: u64, msg: String) {
         self.counts.failed += 1;
         out.push(Msg::Fail { id, msg });
+    }
+
+    /// An entry (0: the directory `rel`) that did not fit: not named, its temp gone; the
+    /// sender pauses and sends it again.
+    fn no_room(&mut self, out: &mut Vec<Msg>, id: u64, rel: Vec<u8>, msg: String) {
+        self.counts.full += 1;
+        out.push(Msg::Full { id, path: rel, msg });
     }
 
     fn data(&mut self, bytes: &[u8]) -> Result<(), String> {
@@ -532,7 +582,7 @@ impl Receiver {
         if let Some(f) = inc.file.as_mut()
             && let Err(e) = f.write_all(bytes)
         {
-            inc.failed = Some(os("write", &inc.rel, e));
+            inc.fail_io("write", e);
         }
         Ok(())
     }
@@ -577,14 +627,18 @@ impl Receiver {
             };
             let r = r.and_then(|()| apply_fd(f.as_raw_fd(), at, &inc.meta, &inc.xattrs, self.root));
             if let Err(e) = r {
-                inc.failed = Some(os("set metadata", &inc.rel, e));
+                inc.fail_io("set metadata", e);
             }
         }
         if let Some(msg) = inc.failed {
             if inc.file.is_some() && !inc.part {
                 let _ = beneath::unlink_at(inc.dir.fd.as_raw_fd(), &inc.tmp);
             }
-            self.refuse(out, id, msg);
+            if inc.full {
+                self.no_room(out, id, inc.rel, msg);
+            } else {
+                self.refuse(out, id, msg);
+            }
             return Ok(());
         }
         self.batch_bytes += inc.size;
@@ -601,33 +655,68 @@ impl Receiver {
         Ok(())
     }
 
-    fn dir(&mut self, rel: Vec<u8>, meta: Meta) -> Result<(), String> {
+    fn dir(&mut self, rel: Vec<u8>, meta: Meta, out: &mut Vec<Msg>) -> Result<(), String> {
         if self.cur.is_some() {
             return Err(ProtoError::Unexpected {
                 what: "a directory inside a file",
             }
             .to_string());
         }
-        let full = self.full(&rel)?;
         let x = std::mem::take(&mut self.xattrs);
-        if full.is_empty() {
-            return Ok(()); // the export's root: exists, and its metadata is the operator's
+        if let Err((msg, x)) = self.make_dir(&rel, meta, x)? {
+            self.held_dirs.push((rel.clone(), meta, x));
+            self.no_room(out, 0, rel, msg);
         }
-        let (dir, name) = self
+        Ok(())
+    }
+
+    /// Makes the directory `rel` (or finds it there) and keeps its metadata for the end.
+    /// Ok(Err): the destination is full (why, and the attributes back); Err: the session ends.
+    fn make_dir(
+        &mut self,
+        rel: &[u8],
+        meta: Meta,
+        x: Pairs,
+    ) -> Result<Result<(), (String, Pairs)>, String> {
+        let full = self.full(rel)?;
+        if full.is_empty() {
+            return Ok(Ok(())); // the export's root: exists, and its metadata is the operator's
+        }
+        let made = self
             .parent(&full)
-            .map_err(|e| os("open directory of", &rel, e))?;
-        match beneath::mkdir_at(dir.fd.as_raw_fd(), &name, 0o700) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                let st =
-                    beneath::stat_at(dir.fd.as_raw_fd(), &name).map_err(|e| os("stat", &rel, e))?;
-                if st.is_none_or(|s| s.st_mode & libc::S_IFMT != libc::S_IFDIR) {
-                    return Err(format!("'{}' exists and is not a directory", show(&rel)));
-                }
+            .map_err(|e| ("open directory of", e))
+            .and_then(
+                |(dir, name)| match beneath::mkdir_at(dir.fd.as_raw_fd(), &name, 0o700) {
+                    Err(e) if e.raw_os_error() != Some(libc::EEXIST) => Err(("mkdir", e)),
+                    r => Ok((dir, name, r)),
+                },
+            );
+        let (dir, name, r) = match made {
+            Ok(m) => m,
+            Err((op, e)) if is_full(&e) => return Ok(Err((os(op, rel, e), x))),
+            Err((op, e)) => return Err(os(op, rel, e)),
+        };
+        if r.is_err() {
+            // EEXIST: a directory is fine (a rerun's, or made for an entry that came first).
+            let st = beneath::stat_at(dir.fd.as_raw_fd(), &name).map_err(|e| os("stat", rel, e))?;
+            if st.is_none_or(|s| s.st_mode & libc::S_IFMT != libc::S_IFDIR) {
+                return Err(format!("'{}' exists and is not a directory", show(rel)));
             }
-            Err(e) => return Err(os("mkdir", &rel, e)),
         }
         self.dir_metas.push((full, meta, x));
+        Ok(Ok(()))
+    }
+
+    /// The directories a full destination held back, tried again; at the end (`last`), one
+    /// still not made is a failure.
+    fn retry_dirs(&mut self, out: &mut Vec<Msg>, last: bool) -> Result<(), String> {
+        for (rel, meta, x) in std::mem::take(&mut self.held_dirs) {
+            match self.make_dir(&rel, meta, x)? {
+                Ok(()) => {}
+                Err((msg, _)) if last => self.refuse(out, 0, msg),
+                Err((_, x)) => self.held_dirs.push((rel, meta, x)),
+            }
+        }
         Ok(())
     }
 
@@ -650,26 +739,18 @@ impl Receiver {
                 let _ = beneath::unlink_at(fd, &tmp);
                 return Err(e);
             }
-            Ok(Ready {
-                id,
-                rel: rel.clone(),
-                dir,
-                name,
-                tmp,
-                part: false,
-                shared: false,
-            })
+            Ok((dir, name, tmp))
         });
-        match r {
-            Ok(ready) => self.batch.push(ready),
-            Err(e) => self.refuse(out, id, os("symlink", &rel, e)),
-        }
+        self.finish_entry(out, id, rel, "symlink", r, false);
         Ok(())
     }
 
     /// Group commit of the batch, then its acknowledgement. Err: the session was stopped
     /// (see [`Watch`]) before the batch was named; its temps stay for [`Receiver::abort`].
     fn commit(&mut self, out: &mut Vec<Msg>) -> Result<(), String> {
+        if !self.held_dirs.is_empty() {
+            self.retry_dirs(out, false)?;
+        }
         let batch = std::mem::take(&mut self.batch);
         self.batch_bytes = 0;
         if !batch.is_empty() {
@@ -678,21 +759,7 @@ impl Receiver {
             };
             let devs = distinct_devs(&batch);
             if let Some(e) = sync_all(&devs) {
-                for b in &batch {
-                    if !b.shared {
-                        let _ = beneath::unlink_at(b.dir.fd.as_raw_fd(), &b.tmp);
-                    }
-                    fail(
-                        out,
-                        b,
-                        os(
-                            "syncfs before naming",
-                            &b.rel,
-                            io::Error::from_raw_os_error(e),
-                        ),
-                    );
-                }
-                self.counts.failed += batch.len() as u64;
+                self.unsynced(&batch, e, out);
                 out.push(Msg::Ack { upto: self.last_id });
                 return Ok(());
             }
@@ -706,11 +773,7 @@ impl Receiver {
             for b in batch.iter().filter(|b| !b.part) {
                 match beneath::rename_at(b.dir.fd.as_raw_fd(), &b.tmp, &b.name) {
                     Ok(()) => named.push(b),
-                    Err(e) => {
-                        self.counts.failed += 1;
-                        let _ = beneath::unlink_at(b.dir.fd.as_raw_fd(), &b.tmp);
-                        fail(out, b, os("rename", &b.rel, e));
-                    }
+                    Err(e) => self.unnamed(b, e, out),
                 }
             }
             if let Some(e) = sync_all(&devs) {
@@ -732,6 +795,40 @@ impl Receiver {
         }
         out.push(Msg::Ack { upto: self.last_id });
         Ok(())
+    }
+
+    /// The batch could not be made durable (syncfs: errno `e`): nothing of it is named, its
+    /// temps are removed (a split file's stays: its ranges are durable parts of it). A full
+    /// destination answers Full (sent again once there is room), anything else Fail.
+    fn unsynced(&mut self, batch: &[Ready], e: i32, out: &mut Vec<Msg>) {
+        for b in batch {
+            if !b.shared {
+                let _ = beneath::unlink_at(b.dir.fd.as_raw_fd(), &b.tmp);
+            }
+            let err = io::Error::from_raw_os_error(e);
+            let full = is_full(&err);
+            let msg = os("syncfs before naming", &b.rel, err);
+            if full {
+                self.no_room(out, b.id, b.rel.clone(), msg);
+            } else {
+                self.refuse(out, b.id, msg);
+            }
+        }
+    }
+
+    /// The final name could not be given: the temp is removed (a full destination: Full,
+    /// and a split file's temp stays for the Seal sent again).
+    fn unnamed(&mut self, b: &Ready, e: io::Error, out: &mut Vec<Msg>) {
+        let full = is_full(&e);
+        if !(full && b.shared) {
+            let _ = beneath::unlink_at(b.dir.fd.as_raw_fd(), &b.tmp);
+        }
+        let msg = os("rename", &b.rel, e);
+        if full {
+            self.no_room(out, b.id, b.rel.clone(), msg);
+        } else {
+            self.refuse(out, b.id, msg);
+        }
     }
 
     /// Directory metadata, deepest first (after their contents), then made durable.
@@ -919,7 +1016,7 @@ fn drive_on(c: &mut Conn, rx: &mut Receiver) -> io::Result<()> {
             m => rx.on_msg(m, &mut out),
         };
         for o in out.drain(..) {
-            if let Msg::Fail { msg, .. } = &o {
+            if let Msg::Fail { msg, .. } | Msg::Full { msg, .. } = &o {
                 rx.errors.push(msg.clone());
             }
             c.send(&o)?;

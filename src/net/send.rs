@@ -419,7 +419,8 @@ impl Sender<'_> {
             let Some(m) = m else { return Ok(true) };
             match m {
                 Msg::Ack { upto } => self.acked(upto, hooks),
-                Msg::Fail { id, msg } => {
+                // A pull into a full disk: no resume there (yet), the entry failed.
+                Msg::Full { id, msg, .. } | Msg::Fail { id, msg } => {
                     if id == 0 {
                         self.out.errors.push((Vec::new(), format!("remote: {msg}")));
                     } else {

@@ -116,7 +116,8 @@ pub fn copy(args: &[&OsStr], tls: &Path, state: &Path) -> std::process::Output {
 pub fn report(o: &std::process::Output) -> serde_json::Value {
     String::from_utf8_lossy(&o.stdout)
         .lines()
-        .find_map(|l| serde_json::from_str(l).ok())
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "report")
         .unwrap_or_else(|| panic!("no JSON report; stderr: {}", stderr(o)))
 }
 

@@ -1,16 +1,12 @@
 //! The receiver's rarer entries: hard links, FIFOs and device nodes, and holes of sparse
 //! files. Links and nodes are made at their temp name and named with the batch, like files.
 
-use super::{DirFd, Ready, Receiver, apply_at, os};
+use super::{Placed, Receiver, apply_at};
 use crate::net::beneath::{self, show};
 use crate::net::frame::ProtoError;
 use crate::net::msg::{Meta, Msg};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
-
-/// Where a new entry waits for its batch: its directory, final name and temp name.
-type Placed = (Arc<DirFd>, Vec<u8>, Vec<u8>);
 
 /// Zeros hashed in place of a hole's bytes.
 static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
@@ -38,18 +34,9 @@ impl Receiver {
             return Err("a link cannot name the export's root".into());
         }
         let (full, _) = self.begin_entry(id, &rel, "link")?;
-        match self.link_tmp(&full, &tfull) {
-            Ok(Some((dir, name, tmp))) => self.batch.push(Ready {
-                id,
-                rel,
-                dir,
-                name,
-                tmp,
-                part: false,
-                shared: false,
-            }),
-            Ok(None) => {} // that name is that file already
-            Err(e) => self.refuse(out, id, os("link", &rel, e)),
+        // None: that name is that file already.
+        if let Some(r) = self.link_tmp(&full, &tfull).transpose() {
+            self.finish_entry(out, id, rel, "link", r, false);
         }
         Ok(())
     }
@@ -105,18 +92,7 @@ impl Receiver {
             }
             Ok((dir, name, tmp))
         });
-        match r {
-            Ok((dir, name, tmp)) => self.batch.push(Ready {
-                id,
-                rel,
-                dir,
-                name,
-                tmp,
-                part: false,
-                shared: false,
-            }),
-            Err(e) => self.refuse(out, id, os("mknod", &rel, e)),
-        }
+        self.finish_entry(out, id, rel, "mknod", r, false);
         Ok(())
     }
 
@@ -142,7 +118,7 @@ impl Receiver {
         if let Some(f) = inc.file.as_mut()
             && let Err(e) = f.seek(SeekFrom::Current(len as i64))
         {
-            inc.failed = Some(os("seek", &inc.rel, e));
+            inc.fail_io("seek", e);
         }
         Ok(())
     }
