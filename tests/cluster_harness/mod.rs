@@ -6,11 +6,12 @@
 #![allow(dead_code)]
 
 use crate::agent_harness::Cluster;
+pub use crate::agent_harness::{Disks, ferry, ok, topo_v2 as topo};
 use crate::common::s3client::S3;
 use crate::etcd_harness::Etcd;
 use ferry::cluster::store::{Placed, walk_objects};
 use ferry::cluster::{Topology, partition_of};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -32,25 +33,6 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .unwrap()
         .port()
-}
-
-/// `ferry ARGS --cluster NAME --etcd URLS`.
-pub fn ferry(c: &Cluster, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(args)
-        .args(["--cluster", &c.name, "--etcd", &c.etcd.urls()])
-        .output()
-        .unwrap()
-}
-
-pub fn ok(o: std::process::Output) -> std::process::Output {
-    assert!(
-        o.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
 }
 
 fn certs(args: &[&str]) {
@@ -172,46 +154,6 @@ impl Nodes {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-}
-
-/// Disks of a set: (disk id, node).
-pub type Disks<'a> = &'a [(&'a str, &'a str)];
-
-/// A topology v2 of sets `(set, state, [(disk, node)])` with disks at `root/<set><disk>`,
-/// initialised (`paths`: a disk's path instead, e.g. a mounted filesystem).
-pub fn topo_at(
-    root: &Path,
-    g: u64,
-    sets: &[(&str, &str, Disks)],
-    paths: &HashMap<String, PathBuf>,
-) -> Topology {
-    let sets: Vec<Value> = sets
-        .iter()
-        .map(|(s, state, disks)| {
-            let disks: Vec<Value> = disks
-                .iter()
-                .map(|(d, n)| {
-                    let name = format!("{s}{d}");
-                    let path = paths.get(&name).cloned().unwrap_or(root.join(&name));
-                    json!({"id": d, "path": path, "node": n})
-                })
-                .collect();
-            json!({"id": s, "state": state, "weight": 1.0, "disks": disks})
-        })
-        .collect();
-    let v = json!({"generation": g, "pools": [{"id": "p", "sets": sets}]});
-    let t = Topology::parse(&serde_json::to_vec(&v).unwrap()).unwrap();
-    for s in t.sets() {
-        for d in &s.disks {
-            std::fs::create_dir_all(&d.path).unwrap();
-        }
-    }
-    ferry::cluster::identity::init(&t, Path::new("test topology")).unwrap();
-    t
-}
-
-pub fn topo(root: &Path, g: u64, sets: &[(&str, &str, Disks)]) -> Topology {
-    topo_at(root, g, sets, &HashMap::new())
 }
 
 /// The bytes of object `i`, version `v`: sizes 1 B to ~40 KB, and one in `big` (0: none) of
