@@ -66,6 +66,14 @@ fn msg_size(m: &Msg) -> usize {
 }
 
 impl Conn {
+    /// The error of a peer that took no bytes within the idle limit.
+    fn stalled(&self) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("{} accepted no data for {:?}", self.peer, self.idle),
+        )
+    }
+
     /// The error for a reply this side's protocol state does not take: the peer's own
     /// `Error` says why it stopped; anything else is a protocol violation.
     pub fn refused(&self, m: Msg) -> io::Error {
@@ -398,10 +406,7 @@ impl Conn {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             if write {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("{} accepted no data for {:?}", self.peer, self.idle),
-                ));
+                return Err(self.stalled());
             }
             return Ok(false);
         }
@@ -448,10 +453,7 @@ impl Conn {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 if write {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("{} accepted no data for {:?}", self.peer, self.idle),
-                    ));
+                    return Err(self.stalled());
                 }
                 return Ok(false);
             }
