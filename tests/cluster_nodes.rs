@@ -14,189 +14,25 @@
 //! Skips (saying why) without etcd.
 
 mod agent_harness;
+mod cluster_harness;
 mod common;
 mod etcd_harness;
 
-use agent_harness::{Cluster, Disks, config, ferry, ok, topo_v2};
+use agent_harness::{config, ferry, ok};
+use cluster_harness::{
+    BKT, Disks, Nodes, fill, ideal_moves, nodes, objects_on, owner_node, sized, topo,
+};
 use common::placed::assert_placed;
 use common::s3client::S3;
-use ferry::cluster::store::{Placed, walk_objects};
+use ferry::cluster::store::Placed;
 use ferry::cluster::{Topology, partition_of};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
-
-const AK: &str = "FERRYTESTKEY0001";
-const SK: &str = "s3cr3t/Test+Key-0123456789";
-const BKT: &str = "bkt";
-
-/// The agents of a test: the harness, each node's S3 address, the disks' root.
-struct Nodes {
-    c: Cluster,
-    s3: HashMap<String, S3>,
-    root: PathBuf,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port()
-}
-
-/// A harness whose agents `nodes` serve the peer transport (certificates from `ferry
-/// certs`) and S3 (on ports fixed now, so a restarted agent answers at the same address).
-fn nodes(names: &[&str], cfg: &str) -> Option<Nodes> {
-    let mut c = Cluster::new(1, cfg)?;
-    let ca = c.dir.path().join("ca");
-    let certs = |args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .arg("certs")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    };
-    certs(&["init", ca.to_str().unwrap()]);
-    let keys = c.dir.path().join("s3-keys");
-    std::fs::write(&keys, format!("{AK} {SK}\n")).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let mut s3 = HashMap::new();
-    for n in names {
-        certs(&["issue", ca.to_str().unwrap(), n]);
-        let addr = format!("127.0.0.1:{}", free_port());
-        let tls = ca.join(n).to_string_lossy().into_owned();
-        let args = ["--peer-listen", "127.0.0.1:0", "--tls-dir", &tls];
-        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        args.extend(["--s3-listen".into(), addr.clone(), "--s3-keys".into()]);
-        args.push(keys.to_string_lossy().into_owned());
-        c.args.insert(n.to_string(), args);
-        s3.insert(n.to_string(), S3::new(&addr, AK, SK));
-    }
-    let root = c.dir.path().join("disks");
-    Some(Nodes { c, s3, root })
-}
-
-/// A topology v2 of sets `(set, state, [(disk, node)])` with disks under `root`, initialised.
-fn topo(root: &Path, g: u64, sets: &[(&str, &str, Disks)]) -> Topology {
-    topo_v2(root, g, sets)
-}
-
-impl Nodes {
-    fn apply(&self, t: &Topology) {
-        let f = self.root.join(format!("g{}.json", t.generation));
-        std::fs::write(&f, serde_json::to_vec(t).unwrap()).unwrap();
-        ok(ferry(&self.c, &["cluster", "apply", f.to_str().unwrap()]));
-    }
-
-    /// Starts the agents and waits until each one's S3 endpoint serves the topology.
-    fn start(&mut self, names: &[&str]) {
-        for n in names {
-            self.c.start(n);
-        }
-        for n in names {
-            self.wait_s3(n, Duration::from_secs(30));
-        }
-    }
-
-    fn wait_s3(&self, n: &str, limit: Duration) {
-        let start = Instant::now();
-        loop {
-            let r = self.s3[n].request("GET", "/", &[], b"");
-            if r.as_ref().is_ok_and(|r| r.code == 200) && self.peer_published(n) {
-                return;
-            }
-            assert!(
-                start.elapsed() < limit,
-                "{n}'s S3 endpoint did not serve within {limit:?}: {r:?}\n{}",
-                self.c.logs()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Whether `n`'s live member record names its peer address (the others can reach it).
-    fn peer_published(&self, n: &str) -> bool {
-        use ferry::agent::ClusterStore;
-        let Ok(Some(kv)) = self.c.store.get(&self.c.keys.member(n)) else {
-            return false;
-        };
-        let v: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
-        v["peer"].is_string()
-    }
-
-    fn status(&self) -> Value {
-        let o = ok(ferry(&self.c, &["cluster", "status", "--json"]));
-        serde_json::from_slice(&o.stdout).unwrap()
-    }
-
-    /// Waits until generation `g`'s rebalance is completed; its status.
-    fn wait_completed(&self, g: u64, limit: Duration) -> Value {
-        self.wait_rebalance(limit, &format!("generation {g} completed"), |r| {
-            r["generation"] == g && r["state"] == "completed"
-        })
-    }
-
-    fn wait_rebalance(&self, limit: Duration, what: &str, f: impl Fn(&Value) -> bool) -> Value {
-        let start = Instant::now();
-        loop {
-            let r = self.status()["rebalance"].clone();
-            if f(&r) {
-                return r;
-            }
-            assert!(
-                start.elapsed() < limit,
-                "rebalance: {what} not within {limit:?}: {r}\n{}",
-                self.c.logs()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-/// The bytes of object `i`, version `v`: sizes 1 B to ~40 KB, and one in `big` (0: none) of
-/// ~1.2 MB, several frames of the transport.
-fn sized(i: usize, v: usize, big: usize) -> Vec<u8> {
-    let n = if big > 0 && i % big == 7 {
-        1_200_000 + i
-    } else {
-        (i * 997) % 40_000 + 1
-    };
-    let seed = format!("o{i}v{v};");
-    seed.bytes().cycle().take(n).collect()
-}
 
 fn body(i: usize, v: usize) -> Vec<u8> {
     sized(i, v, 41)
-}
-
-/// `n` objects put under `t` straight onto the disks (before the agents run); key -> bytes.
-fn fill(t: &Topology, n: usize, big: usize) -> HashMap<String, Vec<u8>> {
-    let c = ferry::cluster::store::Cluster::new(t.clone(), None, None);
-    let mut want = HashMap::new();
-    for i in 0..n {
-        let key = format!("d{}/o{i}", i % 11);
-        let data = sized(i, 0, big);
-        c.put(BKT, key.as_bytes(), &data).unwrap();
-        want.insert(key, data);
-    }
-    want
-}
-
-/// The node whose disk owns `key` under `t`.
-fn owner_node(t: &Topology, key: &str) -> String {
-    let p = Placed::new(t.clone());
-    let d = p.owner(partition_of(BKT.as_bytes(), key.as_bytes()));
-    d.node.clone().unwrap()
-}
-
-fn objects_on(path: &Path) -> usize {
-    let mut n = 0;
-    walk_objects(path, &mut Vec::new(), &mut |_, _, _| n += 1);
-    n
 }
 
 /// Every live key through every agent: GET gives its bytes, HEAD its size; every deleted key
@@ -346,12 +182,9 @@ fn two_to_three_nodes_move_across_the_transport_and_a_drained_node_ends_empty() 
         t0.elapsed()
     );
     assert_placed(&g2, BKT, &want);
-    let (old, new) = (Placed::new(g1.clone()), Placed::new(g2.clone()));
+    let ideal = ideal_moves(&g1, &g2, &want);
+    let new = Placed::new(g2.clone());
     let owner = |p: &Placed, k: &String| p.owner_key(partition_of(BKT.as_bytes(), k.as_bytes()));
-    let ideal = want
-        .keys()
-        .filter(|k| owner(&old, k) != owner(&new, k))
-        .count();
     let across = want.keys().filter(|k| owner(&new, k) == "s2/d0").count();
     assert!(across > 100, "only {across} objects went to node c");
     let moved = r["objects"].as_u64().unwrap() + r["superseded"].as_u64().unwrap();
