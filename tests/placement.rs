@@ -64,18 +64,11 @@ fn golden_vectors_match_the_independent_implementation() {
 }
 
 fn equal_sets(n: usize, generation: u64) -> Topology {
-    let sets: Vec<String> = (0..n)
-        .map(|i| {
-            format!(
-                r#"{{"id":"set{i:03}","state":"active","weight":1.0,"disks":[{{"id":"s{i}d0","path":"/x/{i}/0"}},{{"id":"s{i}d1","path":"/x/{i}/1"}}]}}"#
-            )
-        })
+    let disk = |i: usize, k: usize| (format!("s{i}d{k}"), format!("/x/{i}/{k}").into());
+    let sets = (0..n)
+        .map(|i| (format!("set{i:03}"), vec![disk(i, 0), disk(i, 1)]))
         .collect();
-    let text = format!(
-        r#"{{"generation":{generation},"pools":[{{"id":"p","sets":[{}]}}]}}"#,
-        sets.join(",")
-    );
-    Topology::parse(text.as_bytes()).unwrap()
+    ferry::cluster::topology::uniform(generation, sets).unwrap()
 }
 
 #[test]

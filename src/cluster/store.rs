@@ -570,22 +570,7 @@ impl Cluster {
 mod tests {
     use super::*;
 
-    fn topo(root: &Path, generation: u64, sets: &[&str]) -> Topology {
-        let sets: Vec<String> = sets
-            .iter()
-            .map(|s| {
-                format!(
-                    r#"{{"id":"{s}","state":"active","weight":1,"disks":[{{"id":"d0","path":"{}/{s}"}}]}}"#,
-                    root.display()
-                )
-            })
-            .collect();
-        let text = format!(
-            r#"{{"generation":{generation},"pools":[{{"id":"p","sets":[{}]}}]}}"#,
-            sets.join(",")
-        );
-        Topology::parse(text.as_bytes()).unwrap()
-    }
+    use crate::cluster::topology::one_disk_sets as topo;
 
     /// A copy left where the registry says an older generation put it (its node was down
     /// when the key was written at its new owner) is read only when the owner has none.

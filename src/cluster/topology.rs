@@ -203,6 +203,52 @@ impl Topology {
     }
 }
 
+/// One pool `p` of active sets of weight 1, each `(set id, [(disk id, path)])`, validated like
+/// a parsed file: the topology the unit and integration tests build by the dozen.
+#[doc(hidden)]
+pub fn uniform(
+    generation: u64,
+    sets: Vec<(String, Vec<(String, PathBuf)>)>,
+) -> Result<Topology, (String, String)> {
+    let sets = sets
+        .into_iter()
+        .map(|(id, disks)| DiskSet {
+            id,
+            state: SetState::Active,
+            weight: 1.0,
+            disks: disks
+                .into_iter()
+                .map(|(id, path)| Disk {
+                    id,
+                    path,
+                    node: None,
+                })
+                .collect(),
+        })
+        .collect();
+    let t = Topology {
+        cluster: default_cluster(),
+        generation,
+        replicas: 1,
+        pools: vec![Pool {
+            id: "p".into(),
+            sets,
+        }],
+    };
+    t.validate()?;
+    Ok(t)
+}
+
+/// Sets `names`, each of one disk `d0` at `root/<name>`.
+#[cfg(test)]
+pub(crate) fn one_disk_sets(root: &Path, generation: u64, names: &[&str]) -> Topology {
+    let sets = names
+        .iter()
+        .map(|s| (s.to_string(), vec![("d0".into(), root.join(s))]))
+        .collect();
+    uniform(generation, sets).unwrap()
+}
+
 /// A disk's name across the cluster: disk ids are unique only within their set.
 pub fn disk_key(set: &DiskSet, d: &Disk) -> String {
     format!("{}/{}", set.id, d.id)
@@ -364,6 +410,20 @@ mod tests {
 
     fn err_of(s: &str) -> (String, String) {
         Topology::parse(s.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn uniform_builds_what_the_same_file_parses_to() {
+        let text = r#"{"generation":3,"pools":[{"id":"p","sets":[
+            {"id":"a","state":"active","weight":1,"disks":[{"id":"d0","path":"/r/a"}]},
+            {"id":"b","state":"active","weight":1,"disks":[{"id":"d0","path":"/r/b"}]}]}]}"#;
+        let parsed = Topology::parse(text.as_bytes()).unwrap();
+        let built = one_disk_sets(Path::new("/r"), 3, &["a", "b"]);
+        let json = |t: &Topology| serde_json::to_value(t).unwrap();
+        assert_eq!(json(&built), json(&parsed));
+        let set = |p: &str| ("a".to_string(), vec![("d0".to_string(), PathBuf::from(p))]);
+        let dup = vec![set("/r/a"), set("/r/b")];
+        assert_eq!(uniform(1, dup).unwrap_err().0, "pools[0].sets[1].id");
     }
 
     #[test]

@@ -169,22 +169,7 @@ mod tests {
         assert_ne!(a, etag(&std::fs::metadata(&p).unwrap()));
     }
 
-    fn topo(root: &std::path::Path, generation: u64, sets: &[&str]) -> crate::cluster::Topology {
-        let sets: Vec<String> = sets
-            .iter()
-            .map(|s| {
-                format!(
-                    r#"{{"id":"{s}","state":"active","weight":1,"disks":[{{"id":"d0","path":"{}/{s}"}}]}}"#,
-                    root.display()
-                )
-            })
-            .collect();
-        let text = format!(
-            r#"{{"generation":{generation},"pools":[{{"id":"p","sets":[{}]}}]}}"#,
-            sets.join(",")
-        );
-        crate::cluster::Topology::parse(text.as_bytes()).unwrap()
-    }
+    use crate::cluster::topology::one_disk_sets as topo;
 
     #[test]
     fn an_object_still_at_its_previous_owner_is_read_listed_and_deleted() {
