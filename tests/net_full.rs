@@ -62,15 +62,9 @@ fn push_json(
     tls: &Path,
     state: &Path,
 ) -> (Spawned, mpsc::Receiver<serde_json::Value>) {
+    let args = [os("--json"), os("--streams"), os("2"), os(src), os(to)];
     let mut child = Spawned::new(
-        Command::new(BIN)
-            .args(["copy", "--json", "--streams", "2"])
-            .arg(src)
-            .arg(to)
-            .arg("--tls-dir")
-            .arg(tls)
-            .arg("--state-dir")
-            .arg(state)
+        copy_cmd(&args, tls, state)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -29,16 +29,8 @@ fn setup(tag: &str) -> Option<Pair> {
 
 /// `ferry copy ARGS... --tls-dir TLS --state-dir STATE` started in the client's namespace.
 fn client(p: &Pair, args: &[&std::ffi::OsStr], tls: &Path, state: &Path) -> Spawned {
-    let mut a = vec![os("copy")];
-    a.extend_from_slice(args);
-    a.extend([
-        os("--tls-dir"),
-        tls.as_os_str(),
-        os("--state-dir"),
-        state.as_os_str(),
-    ]);
     Spawned::new(
-        p.ferry(&p.b, &a)
+        p.ferry(&p.b, &copy_args(args, tls, state))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -49,16 +49,8 @@ fn named(root: &Path) -> usize {
 }
 
 fn push(src: &Path, to: &str, tls: &Path, state: &Path) -> Command {
-    let mut c = Command::new(BIN);
-    c.args(["copy", "--streams", "1"])
-        .arg(src)
-        .arg(to)
-        .arg("--tls-dir")
-        .arg(tls)
-        .arg("--state-dir")
-        .arg(state)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    let mut c = copy_cmd(&[os("--streams"), os("1"), os(src), os(to)], tls, state);
+    c.stdout(Stdio::null()).stderr(Stdio::piped());
     c
 }
 

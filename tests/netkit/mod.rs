@@ -99,8 +99,8 @@ pub fn os<S: AsRef<OsStr> + ?Sized>(s: &S) -> &OsStr {
     s.as_ref()
 }
 
-/// `ferry copy ARGS... --tls-dir TLS --state-dir STATE` (killed after 180 s: a hang).
-pub fn copy(args: &[&OsStr], tls: &Path, state: &Path) -> std::process::Output {
+/// The arguments `copy ARGS... --tls-dir TLS --state-dir STATE`.
+pub fn copy_args<'a>(args: &[&'a OsStr], tls: &'a Path, state: &'a Path) -> Vec<&'a OsStr> {
     let mut a: Vec<&OsStr> = vec![os("copy")];
     a.extend_from_slice(args);
     a.extend([
@@ -109,7 +109,19 @@ pub fn copy(args: &[&OsStr], tls: &Path, state: &Path) -> std::process::Output {
         os("--state-dir"),
         state.as_os_str(),
     ]);
-    ferry_with(&a, Duration::from_secs(180), None)
+    a
+}
+
+/// `ferry copy ARGS... --tls-dir TLS --state-dir STATE`, to be started by the caller.
+pub fn copy_cmd(args: &[&OsStr], tls: &Path, state: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(copy_args(args, tls, state));
+    c
+}
+
+/// `ferry copy ARGS... --tls-dir TLS --state-dir STATE` (killed after 180 s: a hang).
+pub fn copy(args: &[&OsStr], tls: &Path, state: &Path) -> std::process::Output {
+    ferry_with(&copy_args(args, tls, state), Duration::from_secs(180), None)
 }
 
 /// The JSON report of a `--json` run.
