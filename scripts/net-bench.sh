@@ -21,6 +21,7 @@
 # wall time ends with a `sync -f` of the destination. Needs iperf3, nc (netcat-openbsd),
 # rsync, bc and GNU time.
 set -euo pipefail
+. "$(dirname "$0")/netns-link.sh"
 RUNS=3; LINKS=lo,veth1g,veth10g; SHAPES=large,mixed,small; STREAMS=$(nproc)
 TOOLS=tar,rsync,ferry1,ferryN
 while getopts r:l:s:S:t: o; do
@@ -93,24 +94,7 @@ EOF
 
 # --- links -----------------------------------------------------------------------------------
 # IN_A / IN_B: how a command runs on the receiving / sending side of the link.
-setup_link() {  # $1 = lo | veth1g | veth10g
-  ip netns del $NS_A 2>/dev/null || true; ip netns del $NS_B 2>/dev/null || true
-  if [ "$1" = lo ]; then IN_A=""; IN_B=""; ADDR=127.0.0.1; return; fi
-  local rate=${1#veth} bits
-  case $rate in 1g) bits=1000000000 ;; 10g) bits=10000000000 ;; *) echo "net-bench: link $1?"; exit 2 ;; esac
-  ip netns add $NS_A; ip netns add $NS_B
-  ip link add vfa$$ netns $NS_A type veth peer name vfb$$ netns $NS_B
-  ip -n $NS_A addr add 10.202.0.1/24 dev vfa$$; ip -n $NS_B addr add 10.202.0.2/24 dev vfb$$
-  local x
-  for x in "$NS_A vfa$$" "$NS_B vfb$$"; do
-    set -- $x
-    ip -n "$1" link set "$2" up; ip -n "$1" link set lo up
-    # A bucket of at least one 100 Hz tick's worth of bytes.
-    ip netns exec "$1" tc qdisc replace dev "$2" root tbf rate "${rate}bit" \
-      burst $((bits / 8 / 100)) latency 50ms
-  done
-  IN_A="ip netns exec $NS_A"; IN_B="ip netns exec $NS_B"; ADDR=10.202.0.1
-}
+setup_link() { netns_link "$1" $NS_A $NS_B 10.202.0 vf; }  # $1 = lo | veth1g | veth10g
 
 ceiling() {  # Mbit/s of one TCP stream, 5 s
   rm -f "$W/iperf.pid"

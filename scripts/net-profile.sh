@@ -8,6 +8,7 @@
 #   FERRY=BIN profiles another binary; OUT=DIR keeps perf.data and the reports there.
 # Needs root (netns), perf, ip, tc.
 set -euo pipefail
+. "$(dirname "$0")/netns-link.sh"
 LINK=veth10g; SHAPE=large; STREAMS=$(nproc); TOP=25
 while getopts l:s:S:n: o; do
   case $o in
@@ -42,19 +43,7 @@ else:
 PY
 "$FERRY" certs init "$W/ca" >/dev/null 2>&1
 for n in 127.0.0.1 10.203.0.1 client; do "$FERRY" certs issue "$W/ca" $n >/dev/null 2>&1; done
-if [ "$LINK" = lo ]; then IN_A=""; IN_B=""; ADDR=127.0.0.1; else
-  rate=${LINK#veth}; case $rate in 1g) bits=1000000000 ;; 10g) bits=10000000000 ;; *) exit 2 ;; esac
-  ip netns add $NS_A; ip netns add $NS_B
-  ip link add vpa$$ netns $NS_A type veth peer name vpb$$ netns $NS_B
-  ip -n $NS_A addr add 10.203.0.1/24 dev vpa$$; ip -n $NS_B addr add 10.203.0.2/24 dev vpb$$
-  for x in "$NS_A vpa$$" "$NS_B vpb$$"; do
-    set -- $x
-    ip -n "$1" link set "$2" up; ip -n "$1" link set lo up
-    ip netns exec "$1" tc qdisc replace dev "$2" root tbf rate "${rate}bit" \
-      burst $((bits / 8 / 100)) latency 50ms
-  done
-  IN_A="ip netns exec $NS_A"; IN_B="ip netns exec $NS_B"; ADDR=10.203.0.1
-fi
+netns_link "$LINK" $NS_A $NS_B 10.203.0 vp
 $IN_A perf record -q -e cpu-clock -g -o "$OUT/rx.data" -- "$FERRY" serve --listen $ADDR:17950 \
   --export data="$W/exp" --tls-dir "$W/ca/$ADDR" --state-dir "$W/serve-state" 2>"$W/serve.log" &
 SPID=$!; sleep 1
