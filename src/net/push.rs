@@ -13,7 +13,8 @@ use super::conn::Conn;
 use super::frame::MAX_CHUNK;
 use super::msg::{Meta, Msg};
 use super::send::{
-    Hooks, LinkTo, Links, NO_SOCKETS, Outcome, Sent, is_node, meta_of, send_range, xattrs_of,
+    Hooks, LinkTo, Links, NO_SOCKETS, Outcome, Sent, is_node, meta_of, open_source, send_range,
+    send_xattrs, xattrs_of,
 };
 use super::url::Remote;
 use super::walk::{Item, Kind, Walker};
@@ -597,27 +598,14 @@ impl<'a> Stream<'a> {
     /// Sends the entry's extended attributes ahead of it; false: they could not be read
     /// (recorded; the entry is not sent).
     fn xattrs(&mut self, item: &Item) -> io::Result<bool> {
-        match xattrs_of(item) {
-            Ok(p) if p.is_empty() => Ok(true),
-            Ok(pairs) => self.conn.send(&Msg::Xattrs { pairs }).map(|()| true),
-            Err(e) => {
-                self.out.errors.push((item.rel.clone(), e));
-                Ok(false)
-            }
-        }
+        send_xattrs(&mut self.conn, item, &mut self.out.errors)
     }
 
     /// Opens a source file, or records why not.
     fn open(&mut self, item: &Item) -> Option<std::fs::File> {
-        match beneath::open_at(item.dir.as_raw_fd(), &item.name, libc::O_RDONLY, 0) {
-            Ok(fd) => Some(std::fs::File::from(fd)),
-            Err(e) => {
-                self.out
-                    .errors
-                    .push((item.rel.clone(), format!("open: {e}")));
-                None
-            }
-        }
+        open_source(item)
+            .map_err(|e| self.out.errors.push((item.rel.clone(), e)))
+            .ok()
     }
 
     /// File, Data..., End with the xxh3 of exactly the bytes sent.

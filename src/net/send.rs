@@ -120,6 +120,30 @@ pub fn xattrs_of(item: &Item) -> Result<xattr::Pairs, String> {
     Ok(pairs)
 }
 
+/// Sends `item`'s extended attributes on `conn` ahead of it; false: they could not be read
+/// (recorded in `errors`; the entry is not sent).
+pub fn send_xattrs(
+    conn: &mut Conn,
+    item: &Item,
+    errors: &mut Vec<(Vec<u8>, String)>,
+) -> io::Result<bool> {
+    match xattrs_of(item) {
+        Ok(p) if p.is_empty() => Ok(true),
+        Ok(pairs) => conn.send(&Msg::Xattrs { pairs }).map(|()| true),
+        Err(e) => {
+            errors.push((item.rel.clone(), e));
+            Ok(false)
+        }
+    }
+}
+
+/// Opens a source file to send; Err: why not.
+pub fn open_source(item: &Item) -> Result<std::fs::File, String> {
+    beneath::open_at(item.dir.as_raw_fd(), &item.name, libc::O_RDONLY, 0)
+        .map(std::fs::File::from)
+        .map_err(|e| format!("open: {e}"))
+}
+
 /// Whether an entry of another kind is sent as a node (sockets are not).
 pub fn is_node(st: &libc::stat) -> bool {
     matches!(
@@ -288,14 +312,7 @@ impl Sender<'_> {
     /// Sends the entry's extended attributes ahead of it; false: they could not be read
     /// (recorded; the entry is not sent).
     fn xattrs(&mut self, item: &Item) -> io::Result<bool> {
-        match xattrs_of(item) {
-            Ok(p) if p.is_empty() => Ok(true),
-            Ok(pairs) => self.conn.send(&Msg::Xattrs { pairs }).map(|()| true),
-            Err(e) => {
-                self.out.errors.push((item.rel.clone(), e));
-                Ok(false)
-            }
-        }
+        send_xattrs(self.conn, item, &mut self.out.errors)
     }
 
     /// One entry. Its Xattrs go right before its own message, after every local step that
@@ -372,10 +389,10 @@ impl Sender<'_> {
 
     /// Streams one file: File, Data..., End with the xxh3 of exactly the bytes sent.
     fn file(&mut self, item: Item, meta: Meta) -> io::Result<()> {
-        let f = match beneath::open_at(item.dir.as_raw_fd(), &item.name, libc::O_RDONLY, 0) {
-            Ok(fd) => std::fs::File::from(fd),
+        let f = match open_source(&item) {
+            Ok(f) => f,
             Err(e) => {
-                self.out.errors.push((item.rel, format!("open: {e}")));
+                self.out.errors.push((item.rel, e));
                 return Ok(());
             }
         };
