@@ -278,6 +278,20 @@ pub fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
 mod tests {
     use super::*;
 
+    /// Every frame of `wire` pushed `split` bytes at a time; the stream must end whole.
+    fn decode_in_chunks(wire: &[u8], split: usize) -> Vec<Frame> {
+        let mut d = Decoder::new();
+        let mut got = Vec::new();
+        for chunk in wire.chunks(split) {
+            d.push(chunk);
+            while let Some(f) = d.next_frame(|_| true).unwrap() {
+                got.push(f);
+            }
+        }
+        d.finish().unwrap();
+        got
+    }
+
     #[test]
     fn frames_split_anywhere_come_out_whole() {
         let mut wire = Vec::new();
@@ -285,15 +299,7 @@ mod tests {
         encode(2, b"", &mut wire);
         encode(3, &[7; 3000], &mut wire);
         for split in [1, 2, 5, 6, 7, 100, wire.len()] {
-            let mut d = Decoder::new();
-            let mut got = Vec::new();
-            for chunk in wire.chunks(split) {
-                d.push(chunk);
-                while let Some(f) = d.next_frame(|_| true).unwrap() {
-                    got.push(f);
-                }
-            }
-            d.finish().unwrap();
+            let got = decode_in_chunks(&wire, split);
             assert_eq!(got.len(), 3, "split {split}");
             assert_eq!(got[0].payload, b"hello");
             assert_eq!(got[2].payload.len(), 3000);
@@ -349,15 +355,7 @@ mod tests {
         encode(3, b"tail", &mut wire);
         encode(2, &big[..DIRECT], &mut wire);
         for split in [1, 3, 5, 4096, DIRECT - 1, DIRECT + 9, wire.len()] {
-            let mut d = Decoder::new();
-            let mut got = Vec::new();
-            for chunk in wire.chunks(split) {
-                d.push(chunk);
-                while let Some(f) = d.next_frame(|_| true).unwrap() {
-                    got.push(f);
-                }
-            }
-            d.finish().unwrap();
+            let got = decode_in_chunks(&wire, split);
             let kinds: Vec<u8> = got.iter().map(|f| f.kind).collect();
             assert_eq!(kinds, [1, 2, 3, 2], "split {split}");
             assert_eq!(got[1].payload, big, "split {split}");
