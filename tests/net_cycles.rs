@@ -235,3 +235,86 @@ fn a_move_killed_mid_push_is_finished_by_its_rerun() {
         left.len()
     );
 }
+
+/// A move killed while it removes its sources: some are gone, and so their directories'
+/// times changed. The rerun must finish the move with the far end keeping the times the
+/// source had when it was sent, not the ones the removals left (a random cycle of the test
+/// above once hit this).
+#[test]
+fn a_move_killed_while_removing_sources_keeps_directory_times() {
+    let t = tempfile::tempdir().unwrap();
+    let (stls, ctls) = pki(&t.path().join("pki"), "localhost");
+    let exp = t.path().join("exp");
+    std::fs::create_dir(&exp).unwrap();
+    let s = serve(&stls, &[("data", &exp)], "127.0.0.1", 0, None);
+    for attempt in 0..4 {
+        let (src, keep) = (
+            t.path().join(format!("src{attempt}")),
+            t.path().join(format!("keep{attempt}")),
+        );
+        for (d, n) in [("a", 4000), ("b/c", 50)] {
+            std::fs::create_dir_all(src.join(d)).unwrap();
+            for i in 0..n {
+                write_file(&src.join(format!("{d}/f{i:04}")), 64 + i % 200, i as u64);
+            }
+        }
+        std::fs::set_permissions(
+            src.join("b"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o750),
+        )
+        .unwrap();
+        let sent = std::fs::metadata(src.join("a"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        assert!(
+            Command::new("cp")
+                .arg("-a")
+                .arg(&src)
+                .arg(&keep)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let dst = exp.join(format!("moved{attempt}"));
+        let run = Run {
+            verb: "move",
+            src: &src,
+            url: format!("ferry://localhost:{}/data/moved{attempt}", s.port),
+            tls: &ctls,
+            state: t.path().join(format!("state{attempt}")),
+        };
+        let mut c = run.start();
+        let t0 = std::time::Instant::now();
+        // The first removal from a/ changes its mtime: kill right then.
+        let removing =
+            || std::fs::metadata(src.join("a")).map_or(true, |m| m.modified().unwrap() != sent);
+        while !removing() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "the move never removed a source"
+            );
+            if c.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        c.kill().unwrap();
+        let _ = c.wait();
+        if !src.join("a").exists() {
+            eprintln!("attempt {attempt}: the move was done removing a/ before the kill");
+            continue;
+        }
+        check(&keep, &src, &dst, true);
+        let o = finish(run.start(), LIMIT);
+        assert!(o.status.success(), "rerun: {}", stderr(&o));
+        assert_same_tree(&keep, &dst);
+        assert!(temps(&dst).is_empty(), "{:?}", temps(&dst));
+        assert!(
+            !src.join("a").exists(),
+            "the rerun removed the rest of the sources"
+        );
+        return;
+    }
+    panic!("no attempt killed the move while it removed its sources");
+}

@@ -3,7 +3,7 @@
 
 use super::beneath;
 use super::conn::Conn;
-use super::msg::{MAX_STALE, Msg, Op};
+use super::msg::{MAX_STALE, Meta, Msg, Op};
 use super::quick::QuickCheck;
 use super::recv::{self, Receiver};
 use super::send::{Hooks, Outcome, Sent};
@@ -290,6 +290,10 @@ struct Journal {
     done: HashMap<PathBuf, Done>,
     /// What the far end has already (the remote quick check).
     quick: QuickCheck,
+    /// Directory times a killed move saw before it removed sources (`dirs.json`).
+    kept_dirs: HashMap<Vec<u8>, Meta>,
+    /// Every directory as sent by this run.
+    sent_dirs: Vec<(Vec<u8>, Meta)>,
 }
 
 fn rel_key(rel: &[u8]) -> PathBuf {
@@ -324,6 +328,30 @@ impl Hooks for Journal {
         }
         self.done.extend(recs);
     }
+
+    fn dir_meta(&mut self, rel: &[u8], meta: Meta) -> Meta {
+        let m = match self.kept_dirs.get(rel) {
+            Some(k) => Meta {
+                atime: k.atime,
+                mtime: k.mtime,
+                ..meta
+            },
+            None => meta,
+        };
+        self.sent_dirs.push((rel.to_vec(), m));
+        m
+    }
+}
+
+/// The directories' metadata a move sent, kept in its state dir before it removes anything
+/// from them (removing entries changes a directory's times): a rerun after a kill sends these.
+const KEPT_DIRS: &str = "dirs.json";
+
+fn load_kept_dirs(sd: &StateDir) -> HashMap<Vec<u8>, Meta> {
+    let body = std::fs::read(sd.dir.join(KEPT_DIRS)).unwrap_or_default();
+    serde_json::from_slice::<Vec<(Vec<u8>, Meta)>>(&body)
+        .map(|v| v.into_iter().collect())
+        .unwrap_or_default()
 }
 
 fn job_id(sources: &[PathBuf], r: &Remote) -> String {
@@ -397,6 +425,7 @@ pub fn push(sources: &[PathBuf], r: &Remote, o: &Options) -> Result<Pushed, Fata
     if o.fresh {
         let _ = sd.reset();
         let _ = std::fs::remove_file(sd.dir.join("targets.json"));
+        let _ = std::fs::remove_file(sd.dir.join(KEPT_DIRS));
     }
     o.sessions.attach(&sd);
     let (c, is_dir, exists) = retrying(o, || try_open(r, Op::Push, o))?;
@@ -415,9 +444,11 @@ pub fn push(sources: &[PathBuf], r: &Remote, o: &Options) -> Result<Pushed, Fata
     };
     let done = sd.load_journal().unwrap_or_default();
     let j = std::sync::Mutex::new(Journal {
+        kept_dirs: load_kept_dirs(&sd),
         sd,
         done,
         quick: QuickCheck(quick),
+        sent_dirs: Vec::new(),
     });
     let mut conns = vec![c];
     for _ in 1..o.streams.max(1) {
@@ -437,6 +468,8 @@ pub fn push(sources: &[PathBuf], r: &Remote, o: &Options) -> Result<Pushed, Fata
         // (durable there already) and must still remove their sources.
         durable: j.done,
         roots: local_roots(sources, t)?,
+        sd: j.sd,
+        dirs: j.sent_dirs,
     })
 }
 
@@ -499,6 +532,10 @@ pub struct Pushed {
     pub out: Outcome,
     pub durable: HashMap<PathBuf, Done>,
     roots: Vec<Root>,
+    /// The job's state dir, still locked: no other run starts while sources are removed.
+    sd: StateDir,
+    /// The directories as sent.
+    dirs: Vec<(Vec<u8>, Meta)>,
 }
 
 /// Move: push, then delete each source whose copy the far end holds with the same xxh3
@@ -518,6 +555,7 @@ pub fn move_push(sources: &[PathBuf], r: &Remote, o: &Options) -> Result<Outcome
         Ok(Ok(listed))
     })?;
     out.errors.extend(errs.into_iter().map(|e| (Vec::new(), e)));
+    save_json(&p.sd, KEPT_DIRS, &p.dirs).map_err(|e| usage(format!("state dir: {e}")))?;
     let mut dirs = Vec::new();
     let mut removed = 0u64;
     for item in Walker::new(p.roots) {
@@ -535,6 +573,9 @@ pub fn move_push(sources: &[PathBuf], r: &Remote, o: &Options) -> Result<Outcome
         }
     }
     remove_dirs(dirs, &mut out);
+    if out.errors.is_empty() {
+        let _ = std::fs::remove_file(p.sd.dir.join(KEPT_DIRS));
+    }
     if removed > 0 {
         eprintln!("ferry: {removed} sources removed after their copies were verified at {r}");
     }

@@ -26,7 +26,7 @@ pub enum Op {
 }
 
 /// The metadata a file, directory or symlink carries over the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Meta {
     /// st_mode: type and permission bits.
     pub mode: u32,

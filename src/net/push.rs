@@ -225,6 +225,11 @@ fn feed(
             Kind::Dir => match xattrs_of(&item) {
                 Ok(pairs) => {
                     let meta = meta_of(&item.st);
+                    let meta = sh
+                        .hooks
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .dir_meta(&item.rel, meta);
                     dirs.send(Job::Dir(item.rel, meta, pairs)).is_ok()
                 }
                 Err(e) => {

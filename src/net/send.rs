@@ -36,6 +36,11 @@ pub trait Hooks {
     }
     /// These were acknowledged: durable and checked at the far end.
     fn durable(&mut self, _files: &[Sent]) {}
+    /// The metadata the directory `rel` is sent with (read now: `meta`). A move's rerun sends
+    /// the times its killed run saw: removing sources changed them since.
+    fn dir_meta(&mut self, _rel: &[u8], meta: Meta) -> Meta {
+        meta
+    }
 }
 
 /// The outcome of one transfer.
@@ -335,6 +340,7 @@ impl Sender<'_> {
         match item.kind {
             Kind::Dir => {
                 if self.xattrs(&item)? {
+                    let meta = hooks.dir_meta(&item.rel, meta);
                     let path = item.rel;
                     self.conn.send(&Msg::Dir { path, meta })?;
                 }
