@@ -7,6 +7,9 @@
 //! - One of three etcd members killed -9 (the raft leader) mid-rebalance: it completes.
 //! - A full owner disk (a small loop-device ext4, root only): the rebalance pauses
 //!   (destination_full), nothing is lost or partial; once space is freed it completes.
+//! - A receiving node's link down for 20 s (agents in network namespaces on a bridge, root
+//!   only): the moves to it wait (peer_unreachable, naming it and since when), reads of live
+//!   keys on the other nodes and writes and deletes there go on; link up, it completes.
 //!
 //! Skips (saying why) without etcd, and without root where it needs it.
 
@@ -14,10 +17,13 @@ mod agent_harness;
 mod cluster_harness;
 mod common;
 mod etcd_harness;
+mod netkit;
 
 use cluster_harness::*;
 use common::placed::assert_placed;
 use etcd_harness::Etcd;
+use ferry::cluster::Topology;
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -251,5 +257,197 @@ fn a_full_owner_disk_pauses_the_rebalance_until_space_is_freed() {
         n.c.events("a")
             .iter()
             .any(|e| e["event"] == "rebalance_destination_full")
+    );
+}
+
+/// Reads `keys` through `nodes` (in turn), 8 at a time: each must answer 200 with `want`'s
+/// bytes (or 404 where `want` has none). The slowest read.
+fn read_all(
+    n: &Nodes,
+    nodes: &[&str],
+    keys: &[String],
+    want: &HashMap<String, Vec<u8>>,
+) -> Duration {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slowest = Mutex::new(Duration::ZERO);
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(k) = keys.get(i) else { return };
+                    let via = nodes[i % nodes.len()];
+                    let t = Instant::now();
+                    let r = n.s3[via].get(BKT, k);
+                    let took = t.elapsed();
+                    let mut g = slowest.lock().unwrap();
+                    *g = (*g).max(took);
+                    drop(g);
+                    let r = r.unwrap_or_else(|e| panic!("read {k} via {via} after {took:?}: {e}"));
+                    match want.get(k) {
+                        Some(data) => assert!(
+                            r.code == 200 && &r.body == data,
+                            "read {k} via {via}: {} {}",
+                            r.code,
+                            r.text()
+                        ),
+                        None => assert_eq!(r.code, 404, "deleted {k} came back via {via}"),
+                    }
+                }
+            });
+        }
+    });
+    slowest.into_inner().unwrap()
+}
+
+/// The keys of `want` that are on a disk of a node other than `off` now (not moved to it),
+/// and of those the ones whose owner under `t` is not `off` (their writes do not go there).
+fn live_elsewhere(
+    t: &Topology,
+    want: &HashMap<String, Vec<u8>>,
+    off: &str,
+) -> (Vec<String>, Vec<String>) {
+    let at = common::placed::where_is(t, BKT);
+    let node_of = |d: &str| {
+        let (set, disk) = d.split_once('/').unwrap();
+        let s = t.sets().find(|s| s.id == set).unwrap();
+        s.disks
+            .iter()
+            .find(|x| x.id == disk)
+            .unwrap()
+            .node
+            .clone()
+            .unwrap()
+    };
+    let mut live: Vec<String> = want
+        .keys()
+        .filter(|k| {
+            at.get(*k)
+                .is_some_and(|v| v.iter().all(|d| node_of(d) != off))
+        })
+        .cloned()
+        .collect();
+    live.sort();
+    let stay = live
+        .iter()
+        .filter(|k| owner_node(t, k) != off)
+        .cloned()
+        .collect();
+    (live, stay)
+}
+
+/// Agents a, b, c in network namespaces on a bridge (etcd beside the test); g1 on a and b.
+fn bridged(br: &netkit::bridge::Bridge) -> Option<Nodes> {
+    let etcd = Etcd::start_on(1, &[&br.host])?;
+    let names = ["a", "b", "c"];
+    let addr = |n: &str| {
+        br.ns[names.iter().position(|x| *x == n).unwrap()]
+            .addr
+            .clone()
+    };
+    let mut n = Nodes::new(etcd, &names, CFG, &addr)?;
+    for (i, name) in names.iter().enumerate() {
+        let urls = n.c.etcd.urls_at(&br.host);
+        n.c.wrap.insert(name.to_string(), br.wrap(i));
+        n.c.etcd_urls.insert(name.to_string(), urls);
+    }
+    Some(n)
+}
+
+/// c joins (g2) and a and b send it its objects; c's link goes down for 20 s mid-rebalance.
+/// The moves to c wait and probe (the job says c is unreachable and since when, and fails
+/// nothing); reads of the keys still on a and b keep working through both, and so do writes
+/// and deletes of keys c does not own. Link up: the rebalance completes, each object moved
+/// once, every object once at its owner with its last write, no deleted key back.
+#[test]
+fn a_receiving_nodes_link_down_for_20_s_waits_and_the_rebalance_completes() {
+    let _g = serial();
+    let br = match netkit::bridge::Bridge::new("l", 3) {
+        Ok(b) => b,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    let Some(mut n) = bridged(&br) else {
+        return;
+    };
+    let (g1, g2) = two_then_three(&n);
+    let mut want = fill(&g1, 900, 0);
+    let ideal = ideal_moves(&g1, &g2, &want);
+    n.apply(&g1);
+    n.start(&["a"]);
+    n.start(&["b", "c"]);
+    n.c.wait_settled(&["a", "b", "c"], Duration::from_secs(20));
+    ok(ferry(&n.c, &["cluster", "rate", "300k"]));
+    n.apply(&g2);
+    wait_moving(&n, 2);
+    br.link(2, false);
+    let down = Instant::now();
+    let down_ms = agent_harness::invariants::now_ms();
+    let r = n.wait_rebalance(Duration::from_secs(19), "c unreachable", |r| {
+        r["state"] == "peer_unreachable" && r["unreachable"][0]["peer"] == "c"
+    });
+    eprintln!(
+        "after {:?}: {} of {ideal} moved; {}",
+        down.elapsed(),
+        r["objects"],
+        r["unreachable"]
+    );
+    assert!(
+        r["unreachable"][0]["since_ms"].as_u64() >= Some(down_ms),
+        "{r}"
+    );
+    assert_eq!(r["failed"], 0, "{r}");
+    let (live, stay) = live_elsewhere(&g2, &want, "c");
+    assert!(
+        live.len() > stay.len(),
+        "keys c owns wait on a and b: {} {}",
+        live.len(),
+        stay.len()
+    );
+    // writes and deletes of keys c does not own, through a and b
+    for (i, k) in stay.iter().take(30).enumerate() {
+        let via = ["a", "b"][i % 2];
+        if i % 3 == 0 {
+            assert_eq!(n.s3[via].delete(BKT, k).unwrap().code, 204, "delete {k}");
+            want.remove(k);
+        } else {
+            let data = sized(i, 1, 0);
+            assert_eq!(n.s3[via].put(BKT, k, &data).unwrap().code, 200, "put {k}");
+            want.insert(k.clone(), data);
+        }
+    }
+    let mut slowest = Duration::ZERO;
+    while down.elapsed() < Duration::from_secs(20) {
+        slowest = slowest.max(read_all(&n, &["a", "b"], &live, &want));
+    }
+    let r = n.status()["rebalance"].clone();
+    assert_eq!(
+        (&r["state"], &r["failed"]),
+        (&"peer_unreachable".into(), &0.into()),
+        "{r}"
+    );
+    br.link(2, true);
+    eprintln!(
+        "link down {:?}; {} reads of live keys, slowest {slowest:?}",
+        down.elapsed(),
+        live.len()
+    );
+    ok(ferry(&n.c, &["cluster", "rate", "0"]));
+    let r = n.wait_completed(2, Duration::from_secs(60));
+    assert_eq!(r["failed"], 0, "{r}");
+    moved_once(&r, ideal);
+    assert_placed(&g2, BKT, &want);
+    let ev = n.c.events("a");
+    assert!(
+        ev.iter()
+            .any(|e| e["event"] == "rebalance_peer_unreachable" && e["peer"] == "c"),
+        "{ev:?}"
+    );
+    assert!(
+        ev.iter()
+            .any(|e| e["event"] == "rebalance_peer_reachable" && e["peer"] == "c"),
+        "{ev:?}"
     );
 }

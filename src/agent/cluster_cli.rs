@@ -384,6 +384,16 @@ fn print_rebalance(r: &Value) {
                 ms("user_target_us")
             );
         }
+        for u in n["unreachable"].as_array().into_iter().flatten() {
+            let since = u["since_ms"].as_u64().unwrap_or(0);
+            let secs = super::state::now_ms().saturating_sub(since) / 1000;
+            println!(
+                "    waiting for node {} (unreachable for {secs} s, {} probes): {}",
+                u["peer"].as_str().unwrap_or("?"),
+                u["probes"],
+                u["error"].as_str().unwrap_or("")
+            );
+        }
         for e in n["errors"].as_array().into_iter().flatten().take(3) {
             println!("    error: {}", e.as_str().unwrap_or(""));
         }

@@ -96,6 +96,10 @@ struct Run {
     attempts: u32,
     /// A retry waits until then.
     not_before: Option<Instant>,
+    /// Receiving nodes seen unreachable at the last look (since when, ms): for the events.
+    down: std::collections::BTreeMap<String, u64>,
+    /// A receiving node was unreachable past the bound: the run failed for good with this.
+    gave_up: Option<String>,
 }
 
 impl Rebalancer {
@@ -151,9 +155,9 @@ impl Rebalancer {
         self
     }
 
-    fn event(&mut self, kind: &'static str, generation: u64, mut fields: Value) {
-        fields["generation"] = json!(generation);
-        self.events.push((kind, fields));
+    fn event(&mut self, kind: &'static str, generation: u64, fields: Value) {
+        self.events
+            .push((kind, with_generation(fields, generation)));
     }
 
     /// A newer generation: the run is cancelled (moves in flight finish or are dropped).
@@ -202,6 +206,8 @@ impl Rebalancer {
             last_write: None,
             attempts: 0,
             not_before: None,
+            down: Default::default(),
+            gave_up: None,
         });
     }
 
@@ -307,6 +313,11 @@ impl Rebalancer {
     }
 }
 
+fn with_generation(mut fields: Value, generation: u64) -> Value {
+    fields["generation"] = json!(generation);
+    fields
+}
+
 /// This node's object layer for a generation: only its disks, with its registry (None while
 /// another part of this agent holds it: reads then fall back to placement).
 fn open_cluster(dir: &std::path::Path, spec: &Spec, node: &str) -> Result<Cluster, String> {
@@ -390,9 +401,11 @@ impl Run {
         r.rate_bytes_s = (st.bytes as f64 / secs) as u64;
         let left = r.total_bytes.saturating_sub(r.moved_bytes);
         r.eta_s = (r.rate_bytes_s > 0).then(|| left as f64 / r.rate_bytes_s as f64);
+        r.unreachable = c.peers.list();
         let state = match st.state {
             _ if a.room.is_some() => super::rebalance_state::DESTINATION_FULL,
             JobState::Paused => "paused",
+            _ if !r.unreachable.is_empty() => super::rebalance_state::PEER_UNREACHABLE,
             _ if !c.scan_done.load(Ordering::Acquire) => "scanning",
             _ => "migrating",
         };
@@ -417,6 +430,8 @@ impl Run {
         self.refresh();
         let a = self.active.take().expect("checked");
         let report = a.handle.wait();
+        self.gave_up = a.counters.peers.gave_up();
+        self.rec.unreachable.clear();
         let ok = report.ok() && !report.cancelled;
         if !ok {
             self.rec.failed += report.errors.len().max(1) as u64;
@@ -448,6 +463,33 @@ impl Run {
             self.dirty = false;
             self.last_write = Some(Instant::now());
         }
+    }
+}
+
+impl Run {
+    /// Events for the receiving nodes that became unreachable, or reachable again, since the
+    /// last look (the record's list is the live one).
+    fn reach_events(&mut self) -> Vec<(&'static str, Value)> {
+        let mut out = Vec::new();
+        let now = &self.rec.unreachable;
+        self.down.retain(|peer, since| {
+            let still = now.iter().any(|u| &u.peer == peer);
+            if !still {
+                let down_ms = super::state::now_ms().saturating_sub(*since);
+                let f = json!({"peer": peer, "since_ms": since, "down_ms": down_ms});
+                out.push(("rebalance_peer_reachable", f));
+            }
+            still
+        });
+        for u in now {
+            if self.down.contains_key(&u.peer) {
+                continue;
+            }
+            let f = json!({"peer": u.peer, "since_ms": u.since_ms, "error": u.error});
+            out.push(("rebalance_peer_unreachable", f));
+            self.down.insert(u.peer.clone(), u.since_ms);
+        }
+        out
     }
 }
 
@@ -497,7 +539,7 @@ impl Rebalancer {
             r.record(ctx, &*self.store);
             self.finished = g;
             self.event("rebalance_completed", g, fields);
-        } else if r.attempts >= MAX_RUNS {
+        } else if r.attempts >= MAX_RUNS || r.gave_up.is_some() {
             r.rec.state = FAILED.into();
             r.record(ctx, &*self.store);
             self.finished = g;
@@ -567,6 +609,9 @@ impl Work for Rebalancer {
         let g = r.spec.generation;
         let steered = r.steer(ctx, rate);
         r.refresh();
+        for (kind, f) in r.reach_events() {
+            self.events.push((kind, with_generation(f, g)));
+        }
         if let Some(p) = pace {
             r.rec.pace(&p);
         }

@@ -24,7 +24,7 @@ pub struct Spec {
 /// One node's account of a rebalance (it outlives the agent: a restart resumes from it).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct NodeProgress {
-    /// scanning, migrating, paused, destination_full, completed, failed.
+    /// scanning, migrating, paused, destination_full, peer_unreachable, completed, failed.
     pub state: String,
     /// Partitions whose misplaced objects on this node are all at their owners (PartSet).
     pub done: String,
@@ -57,6 +57,9 @@ pub struct NodeProgress {
     pub scanned: u64,
     #[serde(default)]
     pub scan_ms: u64,
+    /// The receiving nodes this node's moves wait for (unreachable since when, and why).
+    #[serde(default)]
+    pub unreachable: Vec<crate::cluster::reach::Unreachable>,
 }
 
 impl NodeProgress {
@@ -73,6 +76,8 @@ pub const COMPLETED: &str = "completed";
 pub const FAILED: &str = "failed";
 /// A node's moves wait for room on a full owner disk (they go on once there is).
 pub const DESTINATION_FULL: &str = "destination_full";
+/// A node's moves wait for a receiving node it cannot reach (they go on once it answers).
+pub const PEER_UNREACHABLE: &str = "peer_unreachable";
 
 /// The generation in a key `.../rebalance/<gen>/...`.
 fn generation_of(keys: &Keys, key: &str) -> Option<u64> {
@@ -125,6 +130,8 @@ pub fn job_state(spec: &Spec, progress: &[(String, NodeProgress)], paused: bool)
         DESTINATION_FULL
     } else if paused {
         "paused"
+    } else if ns.iter().any(|n| state(n) == Some(PEER_UNREACHABLE)) {
+        PEER_UNREACHABLE
     } else {
         "migrating"
     }
@@ -148,6 +155,7 @@ pub fn summary(keys: &Keys, kvs: &[Kv], paused: bool) -> Value {
     let state = job_state(&spec, &progress, paused);
     let mut t = NodeProgress::default();
     let mut per_node = Vec::new();
+    let mut unreachable = Vec::new();
     for n in nodes(&spec) {
         let p = progress
             .iter()
@@ -164,13 +172,17 @@ pub fn summary(keys: &Keys, kvs: &[Kv], paused: bool) -> Value {
             t.rate_bytes_s += p.rate_bytes_s;
         }
         let parts = crate::partset::PartSet::from_text(&p.done).map_or(0, |s| s.len());
+        for u in p.unreachable.iter().filter(|_| p.state == PEER_UNREACHABLE) {
+            unreachable.push(json!({"from": n, "peer": u.peer, "since_ms": u.since_ms,
+                "probes": u.probes, "error": u.error}));
+        }
         per_node.push(json!({"node": n, "state": if p.state.is_empty() { "waiting" } else { p.state.as_str() },
             "objects": p.moved, "objects_total": p.total, "bytes": p.moved_bytes,
             "bytes_total": p.total_bytes, "superseded": p.superseded, "failed": p.failed,
             "partitions_done": parts, "rate_bytes_s": p.rate_bytes_s, "eta_s": p.eta_s,
             "errors": p.errors, "limit_bytes_s": p.limit_bytes_s, "user_p99_us": p.user_p99_us,
             "user_target_us": p.user_target_us, "scanned": p.scanned, "scan_ms": p.scan_ms,
-            "started_ms": p.started_ms, "at_ms": p.at_ms}));
+            "unreachable": p.unreachable, "started_ms": p.started_ms, "at_ms": p.at_ms}));
     }
     let left = t.total_bytes.saturating_sub(t.moved_bytes);
     let eta =
@@ -179,7 +191,8 @@ pub fn summary(keys: &Keys, kvs: &[Kv], paused: bool) -> Value {
         "order": spec.order, "state": state, "created_ms": spec.created_ms,
         "objects": t.moved, "objects_total": t.total, "bytes": t.moved_bytes,
         "bytes_total": t.total_bytes, "superseded": t.superseded, "failed": t.failed,
-        "rate_bytes_s": t.rate_bytes_s, "eta_s": eta, "nodes": per_node})
+        "rate_bytes_s": t.rate_bytes_s, "eta_s": eta, "unreachable": unreachable,
+        "nodes": per_node})
 }
 
 #[cfg(test)]
@@ -268,6 +281,22 @@ mod tests {
             summary(&keys, &all(rec("migrating", 0, 0)), true)["state"],
             "paused"
         );
+        let mut waits = rec(PEER_UNREACHABLE, 0, 3);
+        waits.unreachable = vec![crate::cluster::reach::Unreachable {
+            peer: "a".into(),
+            since_ms: 1234,
+            probes: 2,
+            error: "peer migrate peer a: connect a: timed out".into(),
+        }];
+        let s = summary(&keys, &all(waits), false);
+        assert_eq!(s["state"], PEER_UNREACHABLE, "{s}");
+        assert_eq!(node_state(&s, "c"), PEER_UNREACHABLE);
+        let u = &s["unreachable"][0];
+        assert_eq!(
+            (&u["from"], &u["peer"], &u["since_ms"]),
+            (&json!("c"), &json!("a"), &json!(1234))
+        );
+        assert_eq!(s["unreachable"].as_array().unwrap().len(), 1);
     }
 
     fn node_state(s: &Value, n: &str) -> String {

@@ -4,6 +4,7 @@ pub mod identity;
 pub mod migrate;
 pub mod placement;
 pub mod plan;
+pub mod reach;
 pub mod rebalance;
 pub mod registry;
 pub(crate) mod spill;

@@ -74,6 +74,9 @@ pub struct Counters {
     pub scan_done: AtomicBool,
     /// Disks of removed sets that are gone: what they held is lost.
     pub lost_disks: Mutex<Vec<String>>,
+    /// Receiving nodes this run cannot reach now (its moves to them wait).
+    #[serde(skip)]
+    pub peers: super::reach::Peers,
     #[serde(skip)]
     pub scan_secs: Mutex<f64>,
 }
@@ -425,6 +428,52 @@ fn feed_remote(ctx: &Ctx, m: &Mover, spill: &Spill) {
     }
 }
 
+/// One move to another node, tried until it got an answer. A full owner disk (the
+/// receiver's ENOSPC) pauses the job, which sends the object again once it is resumed; an
+/// unreachable peer is waited for and probed (`reach::Peers`). Either way nothing is named
+/// there and the source stays. None: the job was cancelled or aborted meanwhile.
+fn send_until(ctx: &Ctx, m: &Mover, local: &Local, c: &Candidate) -> Option<Result<Sent, Error>> {
+    let Some(it) = m.remote_of(c) else {
+        return Some(Err(Error::failed(
+            "migrate",
+            &c.src,
+            "not on a disk of this node",
+        )));
+    };
+    let peers = &m.counters.peers;
+    let stop = || ctx.steer.stop.abort.load(Ordering::Acquire);
+    let mut probe = false;
+    loop {
+        let sent = super::migrate::send_one(local, &it, m.generation, m.ttl);
+        let e = match sent {
+            Err(e) if super::reach::unreachable(&e) => e,
+            other => {
+                peers.reached(&it.node);
+                match &other {
+                    Err(e)
+                        if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+                            && ctx.steer.pause_for_room(&c.dst, None) => {}
+                    _ => return Some(other),
+                }
+                probe = false;
+                if !wait_turn(ctx, c.size) {
+                    return None;
+                }
+                continue;
+            }
+        };
+        match peers.failed(&it.node, &e, probe, &stop) {
+            super::reach::Next::Retry(p) => probe = p,
+            super::reach::Next::GiveUp(e) => return Some(Err(e)),
+            super::reach::Next::Stop => return None,
+        }
+        // the job's pause and rates hold for a try again too
+        if !wait_turn(ctx, c.size) {
+            return None;
+        }
+    }
+}
+
 /// One sender of `feed_remote`: moves what `rx` hands it until it is closed.
 fn send_remote(
     ctx: &Ctx,
@@ -439,31 +488,9 @@ fn send_remote(
             break;
         };
         Stats::add(&ctx.stats.found_files, 1);
-        // A full owner disk (the receiver's ENOSPC) pauses the job, which sends this object
-        // again once it is resumed: nothing is named there, the source stays.
-        let sent = loop {
-            let sent = match m.remote_of(&c) {
-                Some(it) => super::migrate::send_one(local, &it, m.generation, m.ttl),
-                None => Err(Error::failed(
-                    "migrate",
-                    &c.src,
-                    "not on a disk of this node",
-                )),
-            };
-            match &sent {
-                Err(e)
-                    if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
-                        && ctx.steer.pause_for_room(&c.dst, None) =>
-                {
-                    if !wait_turn(ctx, c.size) {
-                        break None;
-                    }
-                }
-                _ => break Some(sent),
-            }
-        };
+        let sent = send_until(ctx, m, local, &c);
         let Some(sent) = sent else {
-            break; // cancelled or aborted while the job was paused for room
+            break; // cancelled or aborted while the job was paused or a peer waited for
         };
         let moved = match sent {
             Ok(Sent::Moved(n)) => {

@@ -2,6 +2,7 @@
 //! Helpers of the network tests: a CA, a real `ferry serve` (optionally inside a network
 //! namespace), and a TCP fault proxy that delays and resets connections.
 
+pub mod bridge;
 pub mod netns;
 
 use super::common::*;

@@ -36,6 +36,47 @@ fn timeouts(s: &TcpStream, t: Duration) -> io::Result<()> {
     s.set_nodelay(true)
 }
 
+/// How long sent bytes may go unacknowledged (and an idle connection unanswered by
+/// keepalive probes) before the kernel breaks the connection off: a peer whose link went down
+/// fails the call in seconds instead of at the 30 s I/O timeout (a rebalance move waits for
+/// it, a read tries the next node of its chain). A live but slow peer still acks at once.
+pub const DEAD_LINK: Duration = Duration::from_secs(6);
+
+/// `DEAD_LINK` on a connection to a peer (TCP_USER_TIMEOUT; keepalive after 2 s idle, then
+/// every second).
+fn dead_link(s: &TcpStream) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = s.as_raw_fd();
+    let set = |level: i32, opt: i32, v: i32, name: &str| {
+        // SAFETY: a valid socket and a plain int option.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                opt,
+                (&v as *const i32).cast(),
+                std::mem::size_of::<i32>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            let e = io::Error::last_os_error();
+            Err(io::Error::new(e.kind(), format!("setsockopt {name}: {e}")))
+        }
+    };
+    let ms = DEAD_LINK.as_millis() as i32;
+    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1, "SO_KEEPALIVE")?;
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 2, "TCP_KEEPIDLE")?;
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 1, "TCP_KEEPINTVL")?;
+    set(
+        libc::IPPROTO_TCP,
+        libc::TCP_USER_TIMEOUT,
+        ms,
+        "TCP_USER_TIMEOUT",
+    )
+}
+
 /// Drives a TLS handshake to its end (an unknown CA, a wrong name, no certificate: the
 /// error says so).
 fn handshake<C, S>(conn: &mut C, sock: &mut TcpStream, peer: &str) -> io::Result<()>
@@ -68,6 +109,7 @@ impl Wire {
         let mut sock = TcpStream::connect_timeout(&a, connect_timeout)
             .map_err(|e| io::Error::new(e.kind(), format!("connect {peer}: {e}")))?;
         timeouts(&sock, connect_timeout.max(timeout))?;
+        dead_link(&sock).map_err(|e| io::Error::new(e.kind(), format!("{peer}: {e}")))?;
         let name = ServerName::try_from(node.to_string())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{peer}: {e}")))?;
         let mut tls = rustls::ClientConnection::new(cfg, name)
