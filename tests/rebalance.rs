@@ -317,6 +317,93 @@ fn client_writes_and_deletes_during_a_rebalance_win_and_reads_never_fail() {
     assert_placed(&g2, &disks, &want);
 }
 
+/// `ferry rebalance --from F1 --to F2 --state-dir STATE EXTRA...`.
+fn rebalance_args(f: (&Path, &Path), state: &Path, extra: &[&str]) -> Vec<std::ffi::OsString> {
+    let mut v: Vec<std::ffi::OsString> = vec![
+        "rebalance".into(),
+        "--from".into(),
+        f.0.into(),
+        "--to".into(),
+        f.1.into(),
+    ];
+    v.extend(["--state-dir".into(), state.into()]);
+    v.extend(extra.iter().map(|s| s.into()));
+    v
+}
+
+/// Every object of `want` intact somewhere (maybe twice: copied, source not yet deleted);
+/// (how many are in two places, how many are at their owner under `placed`).
+fn intact_somewhere(
+    disks: &Disks,
+    want: &HashMap<String, Vec<u8>>,
+    placed: &ferry::cluster::store::Placed,
+) -> (usize, usize) {
+    let mut found: HashMap<String, usize> = HashMap::new();
+    for d in &disks.paths {
+        ferry::cluster::store::walk_objects(d, &mut Vec::new(), &mut |_, k, _| {
+            let key = String::from_utf8(k.to_vec()).unwrap();
+            let data = fs::read(object_path(d, "bkt", k)).unwrap();
+            assert_eq!(
+                Some(&data),
+                want.get(&key),
+                "{key} damaged on {}",
+                d.display()
+            );
+            *found.entry(key).or_default() += 1;
+        });
+    }
+    for k in want.keys() {
+        assert!(found.contains_key(k), "{k} is lost");
+    }
+    let at_owner = want
+        .keys()
+        .filter(|k| {
+            let p = partition_of(b"bkt", k.as_bytes());
+            object_path(&placed.owner(p).path, "bkt", k.as_bytes()).exists()
+        })
+        .count();
+    (found.values().filter(|&&n| n > 1).count(), at_owner)
+}
+
+/// Runs the rebalance (`args` with these extra flags) and kills it -9 after 100-500 ms, for
+/// up to 40 rounds, `check`ing the disks after each kill; the kills that landed mid-run (it
+/// stops at 20, or once a run finished before its kill).
+fn kill_rounds(
+    args: &dyn Fn(&[&str]) -> Vec<std::ffi::OsString>,
+    rate: &str,
+    check: &dyn Fn() -> (usize, usize),
+) -> usize {
+    let mut rng = ferry::demo::XorShift(0x4eba1);
+    let mut kills = 0;
+    for round in 0..40 {
+        let io = if round % 2 == 0 { "auto" } else { "sync" };
+        let mut child = Command::new(BIN)
+            .args(args(&["--bwlimit", rate, "--ops-limit", "30", "--io", io]))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map(Spawned::new)
+            .unwrap();
+        let delay = 100 + rng.next_u64() % 400;
+        std::thread::sleep(Duration::from_millis(delay));
+        let finished = child.try_wait().unwrap().is_some();
+        child.kill().ok();
+        child.wait().unwrap();
+        let (twice, at_owner) = check();
+        eprintln!(
+            "round {round}: killed after {delay} ms: {at_owner} objects at their owner, {twice} in two places"
+        );
+        if finished {
+            break;
+        }
+        kills += 1;
+        if kills >= 20 {
+            break;
+        }
+    }
+    kills
+}
+
 #[test]
 fn kill_9_during_a_rebalance_loses_nothing_and_resume_finishes() {
     let disks = Disks::new(5, 320);
@@ -341,81 +428,10 @@ fn kill_9_during_a_rebalance_loses_nothing_and_resume_finishes() {
     );
     let total: usize = want.values().map(|v| v.len()).sum();
     let rate = format!("{}", total / 40); // the moved part (~40 %) takes ~16 s
-    let args = |extra: &[&str]| -> Vec<std::ffi::OsString> {
-        let mut v: Vec<std::ffi::OsString> = vec![
-            "rebalance".into(),
-            "--from".into(),
-            f1.clone().into(),
-            "--to".into(),
-            f2.clone().into(),
-        ];
-        v.extend(["--state-dir".into(), state.clone().into()]);
-        v.extend(extra.iter().map(|s| s.into()));
-        v
-    };
+    let args = |extra: &[&str]| rebalance_args((&f1, &f2), &state, extra);
     let placed2 = ferry::cluster::store::Placed::new(g2.clone());
-    let check = || {
-        // Every object intact somewhere (maybe twice: copied, source not yet deleted).
-        let mut found: HashMap<String, usize> = HashMap::new();
-        for d in &disks.paths {
-            ferry::cluster::store::walk_objects(d, &mut Vec::new(), &mut |_, k, _| {
-                let key = String::from_utf8(k.to_vec()).unwrap();
-                let data = fs::read(object_path(d, "bkt", k)).unwrap();
-                assert_eq!(
-                    Some(&data),
-                    want.get(&key),
-                    "{key} damaged on {}",
-                    d.display()
-                );
-                *found.entry(key).or_default() += 1;
-            });
-        }
-        for k in want.keys() {
-            assert!(found.contains_key(k), "{k} is lost");
-        }
-        let at_owner = want
-            .keys()
-            .filter(|k| {
-                let p = partition_of(b"bkt", k.as_bytes());
-                object_path(&placed2.owner(p).path, "bkt", k.as_bytes()).exists()
-            })
-            .count();
-        (found.values().filter(|&&n| n > 1).count(), at_owner)
-    };
-    let mut rng = ferry::demo::XorShift(0x4eba1);
-    let mut kills = 0;
-    for round in 0..40 {
-        let mut child = Command::new(BIN)
-            .args(args(&[
-                "--bwlimit",
-                &rate,
-                "--ops-limit",
-                "30",
-                "--io",
-                if round % 2 == 0 { "auto" } else { "sync" },
-            ]))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map(Spawned::new)
-            .unwrap();
-        let delay = 100 + rng.next_u64() % 400;
-        std::thread::sleep(Duration::from_millis(delay));
-        let finished = child.try_wait().unwrap().is_some();
-        child.kill().ok();
-        child.wait().unwrap();
-        let (twice, at_owner) = check();
-        eprintln!(
-            "round {round}: killed after {delay} ms: {at_owner} objects at their owner, {twice} in two places"
-        );
-        if finished {
-            break;
-        }
-        kills += 1;
-        if kills >= 20 {
-            break;
-        }
-    }
+    let check = || intact_somewhere(&disks, &want, &placed2);
+    let kills = kill_rounds(&args, &rate, &check);
     assert!(kills >= 20, "only {kills} kills landed mid-rebalance");
     // Another generation is refused while this one is unfinished; the same finishes it.
     let g3 = topo(
