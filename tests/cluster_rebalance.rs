@@ -92,6 +92,97 @@ fn node(r: &Value, n: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// `ferry cluster apply` of `t` (saved under `root` as `NAME.json`).
+fn apply(c: &Cluster, t: &Topology, root: &Path, name: &str) -> std::process::Output {
+    let f = save(t, &root.join(format!("{name}.json")));
+    ok(ferry(c, &["cluster", "apply", f.to_str().unwrap()]))
+}
+
+/// Pause: within a second nothing more arrives, and status says paused. The objects
+/// arrived by then.
+fn pause_stops_the_moves(c: &Cluster, g2: &Topology, ideal: usize) -> usize {
+    ok(ferry(c, &["cluster", "pause"]));
+    std::thread::sleep(Duration::from_secs(1));
+    let before = arrived(g2);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(arrived(g2), before, "moves went on while paused");
+    assert!(before < ideal, "everything moved before the pause");
+    let r = wait_rebalance(c, Duration::from_secs(5), "paused state", |r| {
+        r["state"] == "paused"
+    });
+    assert_eq!(r["generation"], 2);
+    before
+}
+
+/// Resume: more objects arrive within 5 s than the `before` of the pause.
+fn resume_continues(c: &Cluster, g2: &Topology, before: usize) {
+    ok(ferry(c, &["cluster", "resume"]));
+    let start = Instant::now();
+    while arrived(g2) == before {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "resume did not continue"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Both nodes completed the rebalance `r`, b with every object counted, a with partitions
+/// done, nothing failed.
+fn assert_both_completed(r: &Value) {
+    let (a, b) = (node(r, "a"), node(r, "b"));
+    assert_eq!(a["state"], "completed", "{r}");
+    assert_eq!(b["state"], "completed", "{r}");
+    assert_eq!(
+        b["objects"].as_u64().unwrap() + b["superseded"].as_u64().unwrap(),
+        b["objects_total"].as_u64().unwrap(),
+        "{r}"
+    );
+    assert!(a["partitions_done"].as_u64() > Some(0), "{r}");
+    assert_eq!(r["failed"], 0, "{r}");
+}
+
+/// a's restarted run resumed its partitions and completed; b paused, resumed and completed.
+fn assert_resumed_events(c: &Cluster) {
+    let ev = c.events("a");
+    let started: Vec<&Value> = ev
+        .iter()
+        .filter(|e| e["event"] == "rebalance_started")
+        .collect();
+    assert!(started.len() >= 2, "{started:?}");
+    assert!(
+        started.last().unwrap()["partitions_done_before"].as_u64() > Some(0),
+        "the restarted run did not resume its partitions: {started:?}"
+    );
+    assert!(ev.iter().any(|e| e["event"] == "rebalance_completed"));
+    let evb = c.events("b");
+    for k in [
+        "rebalance_paused",
+        "rebalance_resumed",
+        "rebalance_completed",
+    ] {
+        assert!(evb.iter().any(|e| e["event"] == k), "no {k} event from b");
+    }
+}
+
+/// b's admin API has the rebalance in its metrics (`b`: its status), and the text status
+/// names the completed generation change.
+fn assert_metrics_and_text_status(c: &Cluster, b: &Value) {
+    let token = std::fs::read_to_string(c.state_dir("b").join("admin.token")).unwrap();
+    let (code, body) =
+        agent_harness::admin_get(&c.member_addr("b"), "/metrics", Some(token.trim()));
+    assert_eq!(code, 200);
+    let line = format!("ferry_agent_rebalance_moved_objects {}", b["objects"]);
+    assert!(body.contains(&line), "no '{line}' in\n{body}");
+    assert!(
+        body.contains("ferry_agent_rebalance_generation 2"),
+        "{body}"
+    );
+    let text = ok(ferry(c, &["cluster", "status"]));
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("rebalance 1 -> 2 (completed)"), "{text}");
+}
+
 #[test]
 fn rebalance_job_moves_same_node_objects_pauses_resumes_and_survives_kill9() {
     let Some(mut c) = Cluster::new(1, &config(300, 300)) else {
@@ -113,52 +204,20 @@ fn rebalance_job_moves_same_node_objects_pauses_resumes_and_survives_kill9() {
         .keys()
         .filter(|k| placed.owner(partition_of(b"bkt", k.as_bytes())).id == "d1")
         .count();
-    ok(ferry(
-        &c,
-        &[
-            "cluster",
-            "apply",
-            save(&g1, &root.join("g1.json")).to_str().unwrap(),
-        ],
-    ));
+    apply(&c, &g1, &root, "g1");
     for n in ["a", "b"] {
         c.start(n);
     }
     c.wait_settled(&["a", "b"], Duration::from_secs(10));
     // slow enough to pause and kill mid-way: ~12 MB to move, 1 MB/s per agent
     ok(ferry(&c, &["cluster", "rate", "1M"]));
-    let applied = ok(ferry(
-        &c,
-        &[
-            "cluster",
-            "apply",
-            save(&g2, &root.join("g2.json")).to_str().unwrap(),
-        ],
-    ));
+    let applied = apply(&c, &g2, &root, "g2");
     assert!(String::from_utf8_lossy(&applied.stdout).contains("rebalance to it started"));
     wait_rebalance(&c, Duration::from_secs(20), "moves under way", |r| {
         r["objects"].as_u64() > Some(100)
     });
-    // pause: within a second nothing more arrives
-    ok(ferry(&c, &["cluster", "pause"]));
-    std::thread::sleep(Duration::from_secs(1));
-    let before = arrived(&g2);
-    std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(arrived(&g2), before, "moves went on while paused");
-    assert!(before < ideal, "everything moved before the pause");
-    let r = wait_rebalance(&c, Duration::from_secs(5), "paused state", |r| {
-        r["state"] == "paused"
-    });
-    assert_eq!(r["generation"], 2);
-    ok(ferry(&c, &["cluster", "resume"]));
-    let start = Instant::now();
-    while arrived(&g2) == before {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "resume did not continue"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let before = pause_stops_the_moves(&c, &g2, ideal);
+    resume_continues(&c, &g2, before);
     // kill -9 a mid-move; restarted, it resumes from its record in etcd
     std::thread::sleep(Duration::from_millis(700));
     c.kill9("a");
@@ -170,49 +229,9 @@ fn rebalance_job_moves_same_node_objects_pauses_resumes_and_survives_kill9() {
         r["state"] == "completed"
     });
     assert_placed(&g2, "bkt", &want);
-    let (a, b) = (node(&r, "a"), node(&r, "b"));
-    assert_eq!(a["state"], "completed", "{r}");
-    assert_eq!(b["state"], "completed", "{r}");
-    assert_eq!(
-        b["objects"].as_u64().unwrap() + b["superseded"].as_u64().unwrap(),
-        b["objects_total"].as_u64().unwrap(),
-        "{r}"
-    );
-    assert!(a["partitions_done"].as_u64() > Some(0), "{r}");
-    assert_eq!(r["failed"], 0, "{r}");
-    let ev = c.events("a");
-    let started: Vec<&Value> = ev
-        .iter()
-        .filter(|e| e["event"] == "rebalance_started")
-        .collect();
-    assert!(started.len() >= 2, "{started:?}");
-    assert!(
-        started.last().unwrap()["partitions_done_before"].as_u64() > Some(0),
-        "the restarted run did not resume its partitions: {started:?}"
-    );
-    assert!(ev.iter().any(|e| e["event"] == "rebalance_completed"));
-    let evb = c.events("b");
-    for k in [
-        "rebalance_paused",
-        "rebalance_resumed",
-        "rebalance_completed",
-    ] {
-        assert!(evb.iter().any(|e| e["event"] == k), "no {k} event from b");
-    }
-    // b's admin API: the rebalance in its metrics
-    let token = std::fs::read_to_string(c.state_dir("b").join("admin.token")).unwrap();
-    let (code, body) =
-        agent_harness::admin_get(&c.member_addr("b"), "/metrics", Some(token.trim()));
-    assert_eq!(code, 200);
-    let line = format!("ferry_agent_rebalance_moved_objects {}", b["objects"]);
-    assert!(body.contains(&line), "no '{line}' in\n{body}");
-    assert!(
-        body.contains("ferry_agent_rebalance_generation 2"),
-        "{body}"
-    );
-    let text = ok(ferry(&c, &["cluster", "status"]));
-    let text = String::from_utf8_lossy(&text.stdout);
-    assert!(text.contains("rebalance 1 -> 2 (completed)"), "{text}");
+    assert_both_completed(&r);
+    assert_resumed_events(&c);
+    assert_metrics_and_text_status(&c, &node(&r, "b"));
 }
 
 /// One node's sets (a drained set's objects may go to any active set: all are on node a
