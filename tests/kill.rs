@@ -3,6 +3,7 @@
 
 mod common;
 use common::*;
+use ferry::demo::XorShift;
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -36,10 +37,8 @@ fn check_final_names_complete(src: &Path, dst: &Path) -> (usize, usize) {
     (complete, temps)
 }
 
-#[test]
-fn kill_9_never_leaves_partial_data_under_a_final_name() {
-    let t = tempfile::tempdir().unwrap();
-    let src = t.path().join("src");
+/// 240 files of 0-2 MiB in 4 directories and two of 40 MiB under `src`.
+fn copy_source(src: &Path) {
     for d in 0..4 {
         fs::create_dir_all(src.join(format!("d{d}"))).unwrap();
     }
@@ -53,75 +52,104 @@ fn kill_9_never_leaves_partial_data_under_a_final_name() {
     for i in 0..2 {
         write_file(&src.join(format!("big{i}")), 40 << 20, 900 + i as u64);
     }
+}
+
+/// The backend of round `round`: io_uring (auto) and sync in turn.
+fn io_of(round: usize) -> &'static str {
+    if round.is_multiple_of(2) {
+        "auto"
+    } else {
+        "sync"
+    }
+}
+
+/// Round `round`'s copy (its io, fsync and commit strategy) killed -9 after 20-420 ms;
+/// whether it had finished before the kill.
+fn killed_copy(round: usize, state: &Path, src: &Path, dst: &Path, rng: &mut XorShift) -> bool {
+    let io = io_of(round);
+    let fsync = if round.is_multiple_of(3) {
+        "file"
+    } else {
+        "batch"
+    };
+    // Each commit strategy is killed too: wide batches, named temp files.
+    let (knob, value) = match round % 4 {
+        1 => ("--commit-batch", "wide"),
+        2 => ("--temp", "named"),
+        3 => ("--commit-batch", "standard"),
+        _ => ("--temp", "auto"),
+    };
+    let mut child = Command::new(BIN)
+        .args([
+            "copy",
+            "--io",
+            io,
+            "--fsync",
+            fsync,
+            knob,
+            value,
+            "--buffer-size",
+            "128K",
+            "--state-dir",
+        ])
+        .arg(state)
+        .arg(src)
+        .arg(dst)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Spawned::new)
+        .unwrap();
+    let delay = 20 + rng.next_u64() % 400;
+    std::thread::sleep(Duration::from_millis(delay));
+    let finished = child.try_wait().unwrap().is_some();
+    child.kill().ok(); // SIGKILL
+    child.wait().unwrap();
+    let (complete, temps) = check_final_names_complete(src, dst);
+    eprintln!("round {round}: killed after {delay} ms: {complete} complete, {temps} temp files");
+    finished
+}
+
+/// The same command again (round `round`'s io) finishes the job and leaves no temp file.
+fn rerun_completes_the_copy(round: usize, state: &Path, src: &Path, dst: &Path) {
+    let io = io_of(round);
+    let out = ferry(&[
+        "copy".as_ref(),
+        "--io".as_ref(),
+        io.as_ref(),
+        "--state-dir".as_ref(),
+        state.as_os_str(),
+        src.as_os_str(),
+        dst.as_os_str(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // dst existed after the kill when the root dir was created: the copy then lands inside.
+    let landed = if dst.join("src").exists() {
+        dst.join("src")
+    } else {
+        dst.to_path_buf()
+    };
+    assert!(temp_files(&landed).is_empty());
+    for i in 0..240usize {
+        let rel = format!("d{}/f{i}", i % 4);
+        assert!(files_equal(&src.join(&rel), &landed.join(&rel)), "{rel}");
+    }
+}
+
+#[test]
+fn kill_9_never_leaves_partial_data_under_a_final_name() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    copy_source(&src);
     let state = t.path().join("state");
-    let mut rng = ferry::demo::XorShift(0xfe77);
+    let mut rng = XorShift(0xfe77);
     let mut killed_mid_copy = 0;
     for round in 0..10 {
-        let io = if round % 2 == 0 { "auto" } else { "sync" };
-        let fsync = if round % 3 == 0 { "file" } else { "batch" };
-        // Each commit strategy is killed too: wide batches, named temp files.
-        let (knob, value) = match round % 4 {
-            1 => ("--commit-batch", "wide"),
-            2 => ("--temp", "named"),
-            3 => ("--commit-batch", "standard"),
-            _ => ("--temp", "auto"),
-        };
         let dst = t.path().join(format!("dst{round}"));
-        let mut child = Command::new(BIN)
-            .args([
-                "copy",
-                "--io",
-                io,
-                "--fsync",
-                fsync,
-                knob,
-                value,
-                "--buffer-size",
-                "128K",
-                "--state-dir",
-            ])
-            .arg(&state)
-            .arg(&src)
-            .arg(&dst)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map(Spawned::new)
-            .unwrap();
-        let delay = 20 + rng.next_u64() % 400;
-        std::thread::sleep(Duration::from_millis(delay));
-        let finished = child.try_wait().unwrap().is_some();
-        child.kill().ok(); // SIGKILL
-        child.wait().unwrap();
-        if !finished {
+        if !killed_copy(round, &state, &src, &dst, &mut rng) {
             killed_mid_copy += 1;
         }
-        let (complete, temps) = check_final_names_complete(&src, &dst);
-        eprintln!(
-            "round {round}: killed after {delay} ms: {complete} complete, {temps} temp files"
-        );
-        // The same command again finishes the job and leaves no temp file.
-        let out = ferry(&[
-            "copy".as_ref(),
-            "--io".as_ref(),
-            io.as_ref(),
-            "--state-dir".as_ref(),
-            state.as_os_str(),
-            src.as_os_str(),
-            dst.as_os_str(),
-        ]);
-        assert!(out.status.success(), "{}", stderr(&out));
-        // dst existed after the kill when the root dir was created: the copy then lands inside.
-        let landed = if dst.join("src").exists() {
-            dst.join("src")
-        } else {
-            dst.clone()
-        };
-        assert!(temp_files(&landed).is_empty());
-        for i in 0..240usize {
-            let rel = format!("d{}/f{i}", i % 4);
-            assert!(files_equal(&src.join(&rel), &landed.join(&rel)), "{rel}");
-        }
+        rerun_completes_the_copy(round, &state, &src, &dst);
     }
     assert!(
         killed_mid_copy >= 5,
@@ -158,10 +186,9 @@ fn check_move_invariant(src: &Path, dst: &Path, files: &[(String, Vec<u8>)]) -> 
     (moved, both)
 }
 
-#[test]
-fn kill_9_during_a_move_never_loses_a_file() {
-    let t = tempfile::tempdir().unwrap();
-    let src = t.path().join("src");
+/// 300 files of 0-700 KiB in 5 directories and their subdirectories under `src`; (relative
+/// path, bytes) of each.
+fn move_source(src: &Path) -> Vec<(String, Vec<u8>)> {
     let mut files = Vec::new();
     for d in 0..5 {
         fs::create_dir_all(src.join(format!("d{d}/sub"))).unwrap();
@@ -175,20 +202,25 @@ fn kill_9_during_a_move_never_loses_a_file() {
         write_file(&src.join(&rel), ((i * 7919) % 700) << 10, i as u64);
         files.push(rel);
     }
-    let files: Vec<(String, Vec<u8>)> = files
+    files
         .into_iter()
         .map(|r| {
             let d = fs::read(src.join(&r)).unwrap();
             (r, d)
         })
-        .collect();
-    let total: usize = files.iter().map(|(_, d)| d.len()).sum();
-    let state = t.path().join("state");
-    let dst = t.path().join("dst");
-    let mut rng = ferry::demo::XorShift(0x3017e);
+        .collect()
+}
+
+/// The move (throttled to `rate`) killed -9 after 50-350 ms, round after round, the move
+/// invariant checked after each kill; the kills that landed mid-move (it stops at 20, or
+/// once a run finished before its kill).
+fn kill_move_rounds(
+    (state, src, dst): (&Path, &Path, &Path),
+    files: &[(String, Vec<u8>)],
+    rate: &str,
+) -> usize {
+    let mut rng = XorShift(0x3017e);
     let mut kills = 0;
-    // Throttled (--bwlimit) so the move takes seconds and every kill lands mid-move.
-    let rate = format!("{}", total / 5);
     for round in 0..40 {
         let io = if round % 2 == 0 { "auto" } else { "sync" };
         let fsync = if round % 3 == 0 { "file" } else { "batch" };
@@ -201,12 +233,12 @@ fn kill_9_during_a_move_never_loses_a_file() {
                 "--fsync",
                 fsync,
                 "--bwlimit",
-                &rate,
+                rate,
             ])
             .args(["--buffer-size", "128K", "--state-dir"])
-            .arg(&state)
-            .arg(&src)
-            .arg(&dst)
+            .arg(state)
+            .arg(src)
+            .arg(dst)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -217,7 +249,7 @@ fn kill_9_during_a_move_never_loses_a_file() {
         let finished = child.try_wait().unwrap().is_some();
         child.kill().ok(); // SIGKILL
         child.wait().unwrap();
-        let (moved, both) = check_move_invariant(&src, &dst, &files);
+        let (moved, both) = check_move_invariant(src, dst, files);
         eprintln!("round {round}: kill after {delay} ms: {moved} moved, {both} in both places");
         if finished {
             break;
@@ -227,6 +259,20 @@ fn kill_9_during_a_move_never_loses_a_file() {
             break;
         }
     }
+    kills
+}
+
+#[test]
+fn kill_9_during_a_move_never_loses_a_file() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let files = move_source(&src);
+    let total: usize = files.iter().map(|(_, d)| d.len()).sum();
+    let state = t.path().join("state");
+    let dst = t.path().join("dst");
+    // Throttled (--bwlimit) so the move takes seconds and every kill lands mid-move.
+    let rate = format!("{}", total / 5);
+    let kills = kill_move_rounds((&state, &src, &dst), &files, &rate);
     assert!(kills >= 20, "only {kills} kills landed mid-move");
     // The same command finishes the move.
     let out = ferry(&[
