@@ -8,6 +8,76 @@ mod etcd_harness;
 use agent_harness::{Cluster, TTL, admin_get, config};
 use std::time::{Duration, Instant};
 
+/// Exactly one of `names` was elected (the leader), and each walked the contract's path of
+/// states to stable.
+fn assert_one_elected_and_each_reached_stable(c: &Cluster, names: &[&str], leader: &str) {
+    let elected: Vec<String> = names
+        .iter()
+        .filter(|n| c.events(n).iter().any(|e| e["event"] == "elected"))
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(elected, vec![leader], "exactly one agent was elected");
+    for n in names {
+        let states: Vec<String> = c
+            .events(n)
+            .iter()
+            .filter(|e| e["event"] == "state")
+            .map(|e| e["to"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            &states[..4],
+            ["claiming_id", "election", "waiting_assignment", "stable"],
+            "{n}: {states:?}"
+        );
+    }
+}
+
+/// A second agent with a live node id (`n`) is refused with a clear message.
+fn assert_a_duplicate_node_id_is_refused(c: &Cluster, n: &str) {
+    let dup = c.command(n, &c.dir.path().join("other")).output().unwrap();
+    assert_eq!(dup.status.code(), Some(2));
+    let msg = String::from_utf8_lossy(&dup.stderr);
+    assert!(
+        msg.contains(&format!("node id '{n}' is already claimed by a live agent")),
+        "{msg}"
+    );
+}
+
+/// `n`'s admin API answers only with the token from its state dir: its status (stable,
+/// owning `owned` partitions), metrics and health.
+fn assert_admin_api_needs_the_token(c: &Cluster, n: &str, owned: u64) {
+    let addr = c.member_addr(n);
+    let token = std::fs::read_to_string(c.state_dir(n).join("admin.token")).unwrap();
+    assert_eq!(admin_get(&addr, "/status", None).0, 401);
+    assert_eq!(
+        admin_get(&addr, "/status", Some("wrong-token-wrong-token")).0,
+        401
+    );
+    let (code, body) = admin_get(&addr, "/status", Some(token.trim()));
+    assert_eq!(code, 200, "{body}");
+    let st: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(st["state"], "stable");
+    assert_eq!(st["owned"].as_u64().unwrap(), owned);
+    let (code, m) = admin_get(&addr, "/metrics", Some(token.trim()));
+    assert!(
+        code == 200 && m.contains("ferry_agent_state{state=\"stable\"} 1"),
+        "{m}"
+    );
+    assert_eq!(admin_get(&addr, "/health", Some(token.trim())).0, 200);
+}
+
+/// SIGTERM of `n`: exit 0 at once, the member key gone with the lease, `rest` settle.
+fn assert_sigterm_exits_cleanly(c: &mut Cluster, n: &str, rest: &[&str]) {
+    let st = c
+        .term(n, Duration::from_secs(5))
+        .expect("agent exits on SIGTERM");
+    assert!(st.success(), "{st:?}");
+    assert!(!c.live().contains(&n.to_string()));
+    let last = c.events(n).last().cloned().unwrap();
+    assert_eq!(last["to"], "shutdown");
+    c.wait_settled(rest, Duration::from_secs(5));
+}
+
 #[test]
 fn cold_start_honours_its_window_and_owns_every_partition_once() {
     let Some(mut c) = Cluster::new(1, &config(2000, 500)) else {
@@ -32,69 +102,10 @@ fn cold_start_honours_its_window_and_owns_every_partition_once() {
     );
     let (leader, epoch) = c.leader().expect("a leader");
     assert_eq!(a.epoch, epoch);
-    let elected: Vec<String> = ["a", "b", "c"]
-        .iter()
-        .filter(|n| c.events(n).iter().any(|e| e["event"] == "elected"))
-        .map(|n| n.to_string())
-        .collect();
-    assert_eq!(
-        elected,
-        vec![leader.clone()],
-        "exactly one agent was elected"
-    );
-    // every agent walked the contract's path and reports what it owns
-    for n in ["a", "b", "c"] {
-        let states: Vec<String> = c
-            .events(n)
-            .iter()
-            .filter(|e| e["event"] == "state")
-            .map(|e| e["to"].as_str().unwrap().to_string())
-            .collect();
-        assert_eq!(
-            &states[..4],
-            ["claiming_id", "election", "waiting_assignment", "stable"],
-            "{n}: {states:?}"
-        );
-    }
-    // a second agent with a live node id is refused with a clear message
-    let dup = c
-        .command("a", &c.dir.path().join("other"))
-        .output()
-        .unwrap();
-    assert_eq!(dup.status.code(), Some(2));
-    let msg = String::from_utf8_lossy(&dup.stderr);
-    assert!(
-        msg.contains("node id 'a' is already claimed by a live agent"),
-        "{msg}"
-    );
-    // the admin API answers only with the token from the state dir
-    let addr = c.member_addr("b");
-    let token = std::fs::read_to_string(c.state_dir("b").join("admin.token")).unwrap();
-    assert_eq!(admin_get(&addr, "/status", None).0, 401);
-    assert_eq!(
-        admin_get(&addr, "/status", Some("wrong-token-wrong-token")).0,
-        401
-    );
-    let (code, body) = admin_get(&addr, "/status", Some(token.trim()));
-    assert_eq!(code, 200, "{body}");
-    let st: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(st["state"], "stable");
-    assert_eq!(st["owned"].as_u64().unwrap(), counts[1]);
-    let (code, m) = admin_get(&addr, "/metrics", Some(token.trim()));
-    assert!(
-        code == 200 && m.contains("ferry_agent_state{state=\"stable\"} 1"),
-        "{m}"
-    );
-    assert_eq!(admin_get(&addr, "/health", Some(token.trim())).0, 200);
-    // SIGTERM: exit 0 at once, the member key gone with the lease
-    let st = c
-        .term("c", Duration::from_secs(5))
-        .expect("agent exits on SIGTERM");
-    assert!(st.success(), "{st:?}");
-    assert!(!c.live().contains(&"c".to_string()));
-    let last = c.events("c").last().cloned().unwrap();
-    assert_eq!(last["to"], "shutdown");
-    c.wait_settled(&["a", "b"], Duration::from_secs(5));
+    assert_one_elected_and_each_reached_stable(&c, &["a", "b", "c"], &leader);
+    assert_a_duplicate_node_id_is_refused(&c, "a");
+    assert_admin_api_needs_the_token(&c, "b", counts[1]);
+    assert_sigterm_exits_cleanly(&mut c, "c", &["a", "b"]);
 }
 
 /// Watches the assignment until `until` is true; asserts no partition ever went straight from
