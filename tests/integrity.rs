@@ -39,67 +39,48 @@ fn out_text(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-#[test]
-fn manifest_records_the_xxh3_of_every_file_and_verify_checks_it() {
-    let t = tempfile::tempdir().unwrap();
-    let src = t.path().join("src");
-    build_tree(&src);
-    // A sparse file: its holes hash as zeros.
-    let sp = src.join("sparse");
-    let f = fs::File::create(&sp).unwrap();
+/// A 64 MiB sparse file with 5000 bytes at 30 MiB: its holes hash as zeros.
+fn add_sparse(src: &Path) {
+    let f = fs::File::create(src.join("sparse")).unwrap();
     f.set_len(64 << 20).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&f, &pattern(5000, 3), 30 << 20).unwrap();
-    drop(f);
-    let dst = t.path().join("dst");
-    let m = t.path().join("m.txt");
-    for io in backends() {
-        let _ = fs::remove_dir_all(&dst);
-        chmod_tree_writable(t.path());
-        let out = ferry(&[
-            "copy".as_ref(),
-            "--io".as_ref(),
-            io.as_ref(),
-            "--fresh".as_ref(),
-            "--verify=full".as_ref(),
-            "--manifest".as_ref(),
-            m.as_os_str(),
-            src.as_os_str(),
-            dst.as_os_str(),
-        ]);
-        assert!(out.status.success(), "{}", stderr(&out));
-        let recs = ferry::manifest::read(&m).unwrap();
-        let mut regular = 0;
-        for r in &recs {
-            let p = dst.join(&r.path);
-            let data = fs::read(&p).unwrap();
-            assert_eq!(r.size, data.len() as u64, "{}", p.display());
-            assert_eq!(r.hash, xxhash_rust::xxh3::xxh3_64(&data), "{}", p.display());
-            let md = fs::metadata(&p).unwrap();
-            assert_eq!(
-                r.mtime_ns,
-                md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128
-            );
-            regular += 1;
-        }
-        // Every regular file of the copy is listed once (odd names included).
-        let mut stack = vec![dst.clone()];
-        let mut on_disk = 0;
-        while let Some(d) = stack.pop() {
-            for e in fs::read_dir(&d).unwrap().flatten() {
-                let ft = e.file_type().unwrap();
-                if ft.is_dir() {
-                    stack.push(e.path());
-                } else if ft.is_file() {
-                    on_disk += 1;
-                }
+}
+
+/// Every record of manifest `m` matches its file under `dst` (size, xxh3, mtime), and every
+/// regular file of `dst` is listed once (odd names included).
+fn assert_manifest_lists_every_file(m: &Path, dst: &Path) {
+    let recs = ferry::manifest::read(m).unwrap();
+    let mut regular = 0;
+    for r in &recs {
+        let p = dst.join(&r.path);
+        let data = fs::read(&p).unwrap();
+        assert_eq!(r.size, data.len() as u64, "{}", p.display());
+        assert_eq!(r.hash, xxhash_rust::xxh3::xxh3_64(&data), "{}", p.display());
+        let md = fs::metadata(&p).unwrap();
+        assert_eq!(
+            r.mtime_ns,
+            md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128
+        );
+        regular += 1;
+    }
+    let mut stack = vec![dst.to_path_buf()];
+    let mut on_disk = 0;
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                on_disk += 1;
             }
         }
-        assert_eq!(regular, on_disk);
-        assert_manifest_verifies(&m, &dst);
-        let ok = ferry(&["verify".as_ref(), src.as_os_str(), dst.as_os_str()]);
-        assert!(ok.status.success(), "{}{}", out_text(&ok), stderr(&ok));
     }
-    // One flipped byte (same size, same mtime) is found by both kinds of verify.
+    assert_eq!(regular, on_disk);
+}
+
+/// One flipped byte of `dst`'s sizes/s65536 (same size, same mtime) is found by both kinds
+/// of verify: against manifest `m` and against `src`.
+fn assert_a_flipped_byte_is_found(src: &Path, dst: &Path, m: &Path) {
     let victim = dst.join("sizes/s65536");
     let mut data = fs::read(&victim).unwrap();
     data[40_000] ^= 0x80;
@@ -121,6 +102,37 @@ fn manifest_records_the_xxh3_of_every_file_and_verify_checks_it() {
         assert!(text.contains("sizes/s65536: content differs"), "{text}");
         assert_eq!(text.matches("differs:").count(), 1, "{text}");
     }
+}
+
+#[test]
+fn manifest_records_the_xxh3_of_every_file_and_verify_checks_it() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    build_tree(&src);
+    add_sparse(&src);
+    let dst = t.path().join("dst");
+    let m = t.path().join("m.txt");
+    for io in backends() {
+        let _ = fs::remove_dir_all(&dst);
+        chmod_tree_writable(t.path());
+        let out = ferry(&[
+            "copy".as_ref(),
+            "--io".as_ref(),
+            io.as_ref(),
+            "--fresh".as_ref(),
+            "--verify=full".as_ref(),
+            "--manifest".as_ref(),
+            m.as_os_str(),
+            src.as_os_str(),
+            dst.as_os_str(),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_manifest_lists_every_file(&m, &dst);
+        assert_manifest_verifies(&m, &dst);
+        let ok = ferry(&["verify".as_ref(), src.as_os_str(), dst.as_os_str()]);
+        assert!(ok.status.success(), "{}{}", out_text(&ok), stderr(&ok));
+    }
+    assert_a_flipped_byte_is_found(&src, &dst, &m);
 }
 
 #[test]
@@ -349,47 +361,50 @@ fn failed_io_never_costs_a_moved_source() {
     }
 }
 
-#[test]
-fn move_across_the_copy_path_and_by_rename() {
-    let t = tempfile::tempdir().unwrap();
-    for (i, extra) in [&["--no-rename"][..], &[][..]].iter().enumerate() {
-        let src = t.path().join(format!("src{i}"));
-        build_tree(&src);
-        fs::hard_link(src.join("sizes/s4096"), src.join("hard")).unwrap();
-        let reference = t.path().join(format!("ref{i}"));
-        let out = ferry(&["copy".as_ref(), src.as_os_str(), reference.as_os_str()]);
-        assert!(out.status.success(), "{}", stderr(&out));
-        let dst = t.path().join(format!("dst{i}"));
-        let m = t.path().join(format!("m{i}.txt"));
-        let mut args: Vec<&std::ffi::OsStr> = vec!["move".as_ref()];
-        args.extend(extra.iter().map(|s| std::ffi::OsStr::new(*s)));
-        args.extend([
-            "--manifest".as_ref(),
-            m.as_os_str(),
-            src.as_os_str(),
-            dst.as_os_str(),
-        ]);
-        let out = ferry(&args);
-        assert!(out.status.success(), "{}", stderr(&out));
-        assert!(!src.exists(), "the source tree is gone after a move");
-        assert_same_tree(&reference, &dst);
-        let (h1, h2) = (
-            fs::metadata(dst.join("hard")).unwrap(),
-            fs::metadata(dst.join("sizes/s4096")).unwrap(),
-        );
-        assert_eq!(h1.ino(), h2.ino(), "hard links stay links");
-        let text = out_text(&out);
-        if i == 0 {
-            assert!(!text.contains("moved by rename"), "{text}");
-            assert_manifest_verifies(&m, &dst);
-        } else {
-            assert!(text.contains("1 moved by rename"), "{text}");
-        }
+/// `ferry move EXTRA... --manifest M SRC DST` of a built tree with a hard link (case `i`:
+/// 0 by the copy path, 1 by rename): the source is gone, the destination is the tree, links
+/// stay links, and the summary says how it moved.
+fn move_whole_tree(t: &Path, i: usize, extra: &[&str]) {
+    let src = t.join(format!("src{i}"));
+    build_tree(&src);
+    fs::hard_link(src.join("sizes/s4096"), src.join("hard")).unwrap();
+    let reference = t.join(format!("ref{i}"));
+    let out = ferry(&["copy".as_ref(), src.as_os_str(), reference.as_os_str()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dst = t.join(format!("dst{i}"));
+    let m = t.join(format!("m{i}.txt"));
+    let mut args: Vec<&std::ffi::OsStr> = vec!["move".as_ref()];
+    args.extend(extra.iter().map(|s| std::ffi::OsStr::new(*s)));
+    args.extend([
+        "--manifest".as_ref(),
+        m.as_os_str(),
+        src.as_os_str(),
+        dst.as_os_str(),
+    ]);
+    let out = ferry(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!src.exists(), "the source tree is gone after a move");
+    assert_same_tree(&reference, &dst);
+    let (h1, h2) = (
+        fs::metadata(dst.join("hard")).unwrap(),
+        fs::metadata(dst.join("sizes/s4096")).unwrap(),
+    );
+    assert_eq!(h1.ino(), h2.ino(), "hard links stay links");
+    let text = out_text(&out);
+    if i == 0 {
+        assert!(!text.contains("moved by rename"), "{text}");
+        assert_manifest_verifies(&m, &dst);
+    } else {
+        assert!(text.contains("1 moved by rename"), "{text}");
     }
-    // A move into an existing directory merges file by file, leaving what it could not move.
-    let src = t.path().join("msrc");
+}
+
+/// A move into an existing directory merges file by file, leaving what it could not move
+/// (an excluded file); then --verify=none is refused for a move.
+fn move_into_an_existing_dir_merges(t: &Path) {
+    let src = t.join("msrc");
     let files = small_tree(&src, 12);
-    let dst = t.path().join("mdst");
+    let dst = t.join("mdst");
     fs::create_dir_all(dst.join("msrc/a")).unwrap();
     write_file(&dst.join("msrc/a/old"), 10, 1);
     let out = ferry(&[
@@ -410,7 +425,6 @@ fn move_across_the_copy_path_and_by_rename() {
         assert!(dst.join("msrc").join(rel).exists(), "{}", rel.display());
     }
     assert!(dst.join("msrc/a/old").exists());
-    // --verify=none is refused for a move.
     let out = ferry(&[
         "move".as_ref(),
         "--verify=none".as_ref(),
@@ -420,10 +434,13 @@ fn move_across_the_copy_path_and_by_rename() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("verify"), "{}", stderr(&out));
     assert!(src.join("f0").exists());
-    // SRC/. moves the contents into the destination and leaves SRC itself, emptied.
-    let src = t.path().join("dsrc");
+}
+
+/// SRC/. moves the contents into the destination and leaves SRC itself, emptied.
+fn move_contents_leaves_the_source_dir(t: &Path) {
+    let src = t.join("dsrc");
     let files = small_tree(&src, 12);
-    let dst = t.path().join("ddst");
+    let dst = t.join("ddst");
     fs::create_dir(&dst).unwrap();
     let out = ferry(&["move".as_ref(), src.join(".").as_os_str(), dst.as_os_str()]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -435,6 +452,16 @@ fn move_across_the_copy_path_and_by_rename() {
     for rel in &files {
         assert!(dst.join(rel).exists(), "{}", rel.display());
     }
+}
+
+#[test]
+fn move_across_the_copy_path_and_by_rename() {
+    let t = tempfile::tempdir().unwrap();
+    for (i, extra) in [&["--no-rename"][..], &[][..]].iter().enumerate() {
+        move_whole_tree(t.path(), i, extra);
+    }
+    move_into_an_existing_dir_merges(t.path());
+    move_contents_leaves_the_source_dir(t.path());
 }
 
 #[test]
