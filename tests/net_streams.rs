@@ -7,6 +7,7 @@ mod common;
 mod netkit;
 use common::*;
 use netkit::*;
+use std::path::Path;
 use std::time::Duration;
 
 fn bytes_per_session(log: &str) -> Vec<u64> {
@@ -34,6 +35,43 @@ fn sessions(s: &Server, n: usize) -> Vec<u64> {
     }
 }
 
+/// `ferry copy --json --streams 3 SRC TO`.
+fn push3(src: &Path, to: &str, tls: &Path, state: &Path) -> std::process::Output {
+    let args = [os("--json"), os("--streams"), os("3"), os(src), os(to)];
+    copy(&args, tls, state)
+}
+
+/// The far end hashes its side of `src` (served at `port`): identical.
+fn assert_remote_verify_agrees(src: &Path, port: u16, tls: &Path) {
+    let v = ferry(&[
+        os("verify"),
+        src.as_os_str(),
+        os(&format!("ferry://localhost:{port}/data/src")),
+        os("--tls-dir"),
+        tls.as_os_str(),
+    ]);
+    assert!(v.status.success(), "remote verify: {}", stderr(&v));
+}
+
+/// A rerun of the completed push (`files` of them): the remote quick check skips
+/// everything and sessions 4-6 of the server carry no data.
+fn assert_a_rerun_sends_nothing(o: &std::process::Output, s: &Server, files: u64) {
+    assert!(o.status.success(), "rerun: {}", stderr(o));
+    let r = report(o);
+    assert_eq!(
+        (r["files"].as_u64(), r["bytes"].as_u64()),
+        (Some(0), Some(0)),
+        "{r}"
+    );
+    assert_eq!(r["skipped"].as_u64(), Some(files), "{r}");
+    let per = sessions(s, 6);
+    assert_eq!(
+        per[3..].iter().sum::<u64>(),
+        0,
+        "the rerun sent data: {per:?}"
+    );
+}
+
 #[test]
 fn big_and_small_files_over_three_streams_arrive_identical() {
     let t = tempfile::tempdir().unwrap();
@@ -47,17 +85,7 @@ fn big_and_small_files_over_three_streams_arrive_identical() {
     std::fs::create_dir(&exp).unwrap();
     let s = serve(&stls, &[("data", &exp)], "127.0.0.1", 0, None);
     let to = format!("ferry://localhost:{}/data/", s.port);
-    let o = copy(
-        &[
-            os("--json"),
-            os("--streams"),
-            os("3"),
-            src.as_os_str(),
-            os(&to),
-        ],
-        &ctls,
-        &state,
-    );
+    let o = push3(&src, &to, &ctls, &state);
     assert!(
         o.status.success(),
         "push: {}\nserver: {}",
@@ -75,42 +103,8 @@ fn big_and_small_files_over_three_streams_arrive_identical() {
         per.iter().filter(|&&b| b >= 16 << 20).count() >= 2,
         "{per:?}"
     );
-    // The far end hashes its side: identical.
-    let v = ferry(&[
-        os("verify"),
-        src.as_os_str(),
-        os(&format!("ferry://localhost:{}/data/src", s.port)),
-        os("--tls-dir"),
-        ctls.as_os_str(),
-    ]);
-    assert!(v.status.success(), "remote verify: {}", stderr(&v));
-
-    // A rerun of the completed push: the remote quick check skips everything.
-    let o = copy(
-        &[
-            os("--json"),
-            os("--streams"),
-            os("3"),
-            src.as_os_str(),
-            os(&to),
-        ],
-        &ctls,
-        &state,
-    );
-    assert!(o.status.success(), "rerun: {}", stderr(&o));
-    let r = report(&o);
-    assert_eq!(
-        (r["files"].as_u64(), r["bytes"].as_u64()),
-        (Some(0), Some(0)),
-        "{r}"
-    );
-    assert_eq!(r["skipped"].as_u64(), Some(1506), "{r}");
-    let per = sessions(&s, 6);
-    assert_eq!(
-        per[3..].iter().sum::<u64>(),
-        0,
-        "the rerun sent data: {per:?}"
-    );
+    assert_remote_verify_agrees(&src, s.port, &ctls);
+    assert_a_rerun_sends_nothing(&push3(&src, &to, &ctls, &state), &s, 1506);
     // A changed file is sent again, and only it.
     write_file(&src.join("d1/e1/f00001"), 999, 5);
     let o = copy(&[os("--json"), src.as_os_str(), os(&to)], &ctls, &state);
