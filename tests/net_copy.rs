@@ -164,6 +164,66 @@ fn single_file_and_contents_follow_cp_rules() {
     );
 }
 
+/// Destinations the client itself refuses or the server names: a symlink in the path (not
+/// followed: nothing in `outside`), `..`, an unknown export.
+fn assert_bad_destinations_are_refused(tls: &Path, src: &Path, s: &Server, state: &Path) {
+    let outside = src.parent().unwrap().join("outside");
+    let o = push(tls, src, &url(s, "data/escape/x"), state);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("symlink"), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "nothing written outside"
+    );
+    // `..` is refused before anything is sent.
+    let o = push(tls, src, &url(s, "data/../outside"), state);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    // An unknown export is named, with the ones that exist.
+    let o = push(tls, src, &url(s, "nope/x"), state);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("unknown export 'nope' (exports: data)"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// What a client that skips the URL check sends: a path with `..` (refused by the server),
+/// another protocol version; then random bytes (no TLS at all) and a TLS-less HTTP request.
+fn send_what_the_server_must_refuse(tls: &Path, port: u16) {
+    let cfg = ferry::net::tls::client_config(tls).unwrap();
+    let mut c = ferry::net::session::connect("localhost", port, cfg.clone()).unwrap();
+    c.send(&ferry::net::msg::Msg::Open {
+        op: ferry::net::msg::Op::Push,
+        export: b"data".to_vec(),
+        path: b"../outside".to_vec(),
+        stale: Vec::new(),
+    })
+    .unwrap();
+    c.flush().unwrap();
+    match c.recv().unwrap() {
+        ferry::net::msg::Msg::Error { msg } => assert!(msg.contains("path refused"), "{msg}"),
+        other => panic!("accepted: {other:?}"),
+    }
+    let e = ferry::net::session::connect_as("localhost", port, cfg, 99)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("version mismatch"), "{e}");
+    for junk in [
+        pattern(5000, 9),
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+    ] {
+        let mut raw = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        raw.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let _ = raw.write_all(&junk);
+        let mut buf = Vec::new();
+        let _ = raw.read_to_end(&mut buf); // the server closes the connection
+    }
+}
+
 #[test]
 fn refusals_write_nothing_and_the_server_keeps_serving() {
     let t = tempfile::tempdir().unwrap();
@@ -180,60 +240,8 @@ fn refusals_write_nothing_and_the_server_keeps_serving() {
     std::os::unix::fs::symlink(&outside, exp.join("escape")).unwrap();
     let s = serve(&stls, &[("data", &exp)]);
     let state = t.path().join("state");
-
-    // A symlink in the path is not followed.
-    let o = push(&ctls, &src, &url(&s, "data/escape/x"), &state);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("symlink"), "{}", stderr(&o));
-    assert_eq!(
-        std::fs::read_dir(&outside).unwrap().count(),
-        0,
-        "nothing written outside"
-    );
-    // `..` is refused before anything is sent.
-    let o = push(&ctls, &src, &url(&s, "data/../outside"), &state);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    // An unknown export is named, with the ones that exist.
-    let o = push(&ctls, &src, &url(&s, "nope/x"), &state);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        stderr(&o).contains("unknown export 'nope' (exports: data)"),
-        "{}",
-        stderr(&o)
-    );
-    // A path with `..` sent by a client that skips the URL check: the server refuses it.
-    let cfg = ferry::net::tls::client_config(&ctls).unwrap();
-    let mut c = ferry::net::session::connect("localhost", s.port, cfg.clone()).unwrap();
-    c.send(&ferry::net::msg::Msg::Open {
-        op: ferry::net::msg::Op::Push,
-        export: b"data".to_vec(),
-        path: b"../outside".to_vec(),
-        stale: Vec::new(),
-    })
-    .unwrap();
-    c.flush().unwrap();
-    match c.recv().unwrap() {
-        ferry::net::msg::Msg::Error { msg } => assert!(msg.contains("path refused"), "{msg}"),
-        other => panic!("accepted: {other:?}"),
-    }
-    // Another protocol version.
-    let e = ferry::net::session::connect_as("localhost", s.port, cfg, 99)
-        .err()
-        .expect("refused")
-        .to_string();
-    assert!(e.contains("version mismatch"), "{e}");
-    // Random bytes (no TLS at all), and a TLS-less HTTP request.
-    for junk in [
-        pattern(5000, 9),
-        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
-    ] {
-        let mut raw = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
-        raw.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-            .unwrap();
-        let _ = raw.write_all(&junk);
-        let mut buf = Vec::new();
-        let _ = raw.read_to_end(&mut buf); // the server closes the connection
-    }
+    assert_bad_destinations_are_refused(&ctls, &src, &s, &state);
+    send_what_the_server_must_refuse(&ctls, s.port);
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
     assert_eq!(
         std::fs::read_dir(&exp).unwrap().count(),
