@@ -9,7 +9,7 @@ use ferry::coord::state::JobState;
 use ferry::job::Event;
 use ferry::{CopySpec, Job};
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -65,13 +65,24 @@ fn nothing_partial_and_sources_intact(src: &std::path::Path, dst: &std::path::Pa
     }
 }
 
-/// Bytes allocated on the filesystem of `mnt` (what `df` shows as used).
-fn used_bytes(mnt: &std::path::Path) -> u64 {
+fn statvfs(mnt: &Path) -> libc::statvfs {
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
     let c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: valid C string and out-pointer.
     assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut s) }, 0);
+    s
+}
+
+/// Bytes allocated on the filesystem of `mnt` (what `df` shows as used).
+fn used_bytes(mnt: &Path) -> u64 {
+    let s = statvfs(mnt);
     (s.f_blocks - s.f_bfree) * s.f_frsize
+}
+
+/// Bytes free for an unprivileged writer on the filesystem of `mnt`.
+fn free_bytes(mnt: &Path) -> u64 {
+    let s = statvfs(mnt);
+    s.f_bavail * s.f_frsize
 }
 
 /// Files under their final names in `dst` (not recursive) and the bytes they occupy.
@@ -263,6 +274,46 @@ fn fail_fast_at_a_full_destination_keeps_the_files_that_fit() {
     assert_same_tree(&src, &dst);
 }
 
+/// 16 sources of 1 MiB under `src`; (name, bytes) of each.
+fn sixteen_sources(src: &Path) -> Vec<(String, Vec<u8>)> {
+    fs::create_dir(src).unwrap();
+    let mut want = Vec::new();
+    for i in 0..16 {
+        let p = src.join(format!("f{i:02}"));
+        write_file(&p, 1 << 20, 100 + i);
+        want.push((format!("f{i:02}"), fs::read(&p).unwrap()));
+    }
+    want
+}
+
+/// Every file is intact in `src` or under its name in `dst` (or both), never neither.
+fn assert_no_source_lost(src: &Path, dst: &Path, want: &[(String, Vec<u8>)]) {
+    for (rel, data) in want {
+        let (s, d) = (src.join(rel), dst.join(rel));
+        assert!(s.exists() || d.exists(), "{rel} is lost");
+        if s.exists() {
+            assert_eq!(&fs::read(&s).unwrap(), data);
+        }
+        if d.exists() {
+            assert_eq!(&fs::read(&d).unwrap(), data, "bad copy of {rel}");
+        }
+    }
+}
+
+/// What fit is moved (named, durable, its source gone); nothing else holds space (of what
+/// `mnt` used before, `used_before`).
+fn assert_what_fit_is_moved(mnt: &Path, src: &Path, dst: &Path, used_before: u64) {
+    let moved = space_is_named_files(mnt, dst, used_before);
+    let start = Instant::now();
+    while src.read_dir().unwrap().count() as u64 + moved != 16 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "sources of moved files stay"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A loop-device ext4 that fills up in the middle of a `ferry move`: the job pauses with
 /// "destination full", no source is lost, and it completes once space is freed.
 #[test]
@@ -280,36 +331,11 @@ fn move_onto_a_full_loop_device_pauses_and_loses_nothing() {
     };
     // Leave ~8 MiB free for 16 MiB of sources.
     let filler = mnt.join("filler");
-    let free = {
-        let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-        let c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: valid C string and out-pointer.
-        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut s) }, 0);
-        s.f_bavail * s.f_frsize
-    };
-    write_file(&filler, (free - (8 << 20)) as usize, 77);
+    write_file(&filler, (free_bytes(&mnt) - (8 << 20)) as usize, 77);
     let src = t.path().join("src");
-    fs::create_dir(&src).unwrap();
-    let mut want = Vec::new();
-    for i in 0..16 {
-        let p = src.join(format!("f{i:02}"));
-        write_file(&p, 1 << 20, 100 + i);
-        want.push((format!("f{i:02}"), fs::read(&p).unwrap()));
-    }
+    let want = sixteen_sources(&src);
     let dst = mnt.join("dst");
     let used_before = used_bytes(&mnt);
-    let check = || {
-        for (rel, data) in &want {
-            let (s, d) = (src.join(rel), dst.join(rel));
-            assert!(s.exists() || d.exists(), "{rel} is lost");
-            if s.exists() {
-                assert_eq!(&fs::read(&s).unwrap(), data);
-            }
-            if d.exists() {
-                assert_eq!(&fs::read(&d).unwrap(), data, "bad copy of {rel}");
-            }
-        }
-    };
     let mut spec = CopySpec::new(vec![src.clone()], dst.clone());
     spec.buffer_size = 256 << 10;
     spec.remove_source = true;
@@ -321,26 +347,17 @@ fn move_onto_a_full_loop_device_pauses_and_loses_nothing() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(!h.is_finished());
     assert_eq!(h.status().failed, 0);
-    check();
+    assert_no_source_lost(&src, &dst, &want);
     assert!(
         src.read_dir().unwrap().count() > 0,
         "some sources must still wait for room"
     );
-    // What fit is moved (named, durable, its source gone); nothing else holds space.
-    let moved = space_is_named_files(&mnt, &dst, used_before);
-    let start = Instant::now();
-    while src.read_dir().unwrap().count() as u64 + moved != 16 {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "sources of moved files stay"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert_what_fit_is_moved(&mnt, &src, &dst, used_before);
     fs::remove_file(&filler).unwrap();
     h.resume().unwrap();
     let r = within(Duration::from_secs(60), move || h.wait());
     assert!(r.ok(), "{:?}", r.errors);
-    check();
+    assert_no_source_lost(&src, &dst, &want);
     assert!(
         !src.exists(),
         "every source moved and its directory removed"
