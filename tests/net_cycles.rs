@@ -88,6 +88,31 @@ fn check(keep: &Path, src: &Path, dst: &Path, moving: bool) {
     }
 }
 
+/// `cp -a FROM TO`.
+fn cp_a(from: &Path, to: &Path) {
+    assert!(
+        Command::new("cp")
+            .arg("-a")
+            .arg(from)
+            .arg(to)
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+/// After cycle `i`: `dst` is the tree (`keep`) with no temps; a moved `source` is gone, a
+/// copied one unchanged.
+fn assert_cycle_done(i: usize, keep: &Path, source: &Path, dst: &Path, moving: bool) {
+    assert_same_tree(keep, dst);
+    assert!(temps(dst).is_empty(), "cycle {i}: {:?}", temps(dst));
+    if moving {
+        assert!(!source.exists(), "cycle {i}: the moved source is gone");
+    } else {
+        assert_same_tree(keep, source);
+    }
+}
+
 #[test]
 fn random_kills_and_resets_never_name_a_partial_file() {
     let mut rng = Rng(seed());
@@ -100,18 +125,7 @@ fn random_kills_and_resets_never_name_a_partial_file() {
     );
     // One file big enough to be sent in ranges over the two streams.
     mixed_tree(&src, 200, &[33 << 20, 2 << 20]);
-    let cp = |from: &Path, to: &Path| {
-        assert!(
-            Command::new("cp")
-                .arg("-a")
-                .arg(from)
-                .arg(to)
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
-    cp(&src, &keep);
+    cp_a(&src, &keep);
     std::fs::create_dir(&exp).unwrap();
     let port = free_port();
     let mut server = Some(serve(&stls, &[("data", &exp)], "127.0.0.1", port, None));
@@ -123,7 +137,7 @@ fn random_kills_and_resets_never_name_a_partial_file() {
         let at = Duration::from_millis(rng.below(1200));
         let source = if moving {
             let m = t.path().join(format!("mv{i}"));
-            cp(&keep, &m);
+            cp_a(&keep, &m);
             m
         } else {
             src.clone()
@@ -163,13 +177,7 @@ fn random_kills_and_resets_never_name_a_partial_file() {
             ok = o.status.success();
             assert!(ok, "cycle {i}, rerun: {}", stderr(&o));
         }
-        assert_same_tree(&keep, &dst);
-        assert!(temps(&dst).is_empty(), "cycle {i}: {:?}", temps(&dst));
-        if moving {
-            assert!(!source.exists(), "cycle {i}: the moved source is gone");
-        } else {
-            assert_same_tree(&keep, &src);
-        }
+        assert_cycle_done(i, &keep, &source, &dst, moving);
     }
     eprintln!("{n} cycles passed");
 }
