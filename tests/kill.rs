@@ -6,7 +6,7 @@ use common::*;
 use ferry::demo::XorShift;
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 fn check_final_names_complete(src: &Path, dst: &Path) -> (usize, usize) {
@@ -79,32 +79,24 @@ fn killed_copy(round: usize, state: &Path, src: &Path, dst: &Path, rng: &mut Xor
         3 => ("--commit-batch", "standard"),
         _ => ("--temp", "auto"),
     };
-    let mut child = Command::new(BIN)
-        .args([
-            "copy",
-            "--io",
-            io,
-            "--fsync",
-            fsync,
-            knob,
-            value,
-            "--buffer-size",
-            "128K",
-            "--state-dir",
-        ])
-        .arg(state)
-        .arg(src)
-        .arg(dst)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map(Spawned::new)
-        .unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "copy",
+        "--io",
+        io,
+        "--fsync",
+        fsync,
+        knob,
+        value,
+        "--buffer-size",
+        "128K",
+        "--state-dir",
+    ])
+    .arg(state)
+    .arg(src)
+    .arg(dst);
     let delay = 20 + rng.next_u64() % 400;
-    std::thread::sleep(Duration::from_millis(delay));
-    let finished = child.try_wait().unwrap().is_some();
-    child.kill().ok(); // SIGKILL
-    child.wait().unwrap();
+    let finished = killed_after(&mut cmd, Duration::from_millis(delay));
     let (complete, temps) = check_final_names_complete(src, dst);
     eprintln!("round {round}: killed after {delay} ms: {complete} complete, {temps} temp files");
     finished
@@ -220,46 +212,30 @@ fn kill_move_rounds(
     rate: &str,
 ) -> usize {
     let mut rng = XorShift(0x3017e);
-    let mut kills = 0;
-    for round in 0..40 {
+    kills_mid_run(40, 20, |round| {
         let io = if round % 2 == 0 { "auto" } else { "sync" };
         let fsync = if round % 3 == 0 { "file" } else { "batch" };
-        let mut child = Command::new(BIN)
-            .args([
-                "move",
-                "--no-rename",
-                "--io",
-                io,
-                "--fsync",
-                fsync,
-                "--bwlimit",
-                rate,
-            ])
-            .args(["--buffer-size", "128K", "--state-dir"])
-            .arg(state)
-            .arg(src)
-            .arg(dst)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map(Spawned::new)
-            .unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "move",
+            "--no-rename",
+            "--io",
+            io,
+            "--fsync",
+            fsync,
+            "--bwlimit",
+            rate,
+        ])
+        .args(["--buffer-size", "128K", "--state-dir"])
+        .arg(state)
+        .arg(src)
+        .arg(dst);
         let delay = 50 + rng.next_u64() % 300;
-        std::thread::sleep(Duration::from_millis(delay));
-        let finished = child.try_wait().unwrap().is_some();
-        child.kill().ok(); // SIGKILL
-        child.wait().unwrap();
+        let finished = killed_after(&mut cmd, Duration::from_millis(delay));
         let (moved, both) = check_move_invariant(src, dst, files);
         eprintln!("round {round}: kill after {delay} ms: {moved} moved, {both} in both places");
-        if finished {
-            break;
-        }
-        kills += 1;
-        if kills >= 20 {
-            break;
-        }
-    }
-    kills
+        finished
+    })
 }
 
 #[test]

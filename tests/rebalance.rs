@@ -11,7 +11,7 @@ use ferry::cluster::{Topology, partition_of};
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -374,34 +374,18 @@ fn kill_rounds(
     check: &dyn Fn() -> (usize, usize),
 ) -> usize {
     let mut rng = ferry::demo::XorShift(0x4eba1);
-    let mut kills = 0;
-    for round in 0..40 {
+    kills_mid_run(40, 20, |round| {
         let io = if round % 2 == 0 { "auto" } else { "sync" };
-        let mut child = Command::new(BIN)
-            .args(args(&["--bwlimit", rate, "--ops-limit", "30", "--io", io]))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map(Spawned::new)
-            .unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(args(&["--bwlimit", rate, "--ops-limit", "30", "--io", io]));
         let delay = 100 + rng.next_u64() % 400;
-        std::thread::sleep(Duration::from_millis(delay));
-        let finished = child.try_wait().unwrap().is_some();
-        child.kill().ok();
-        child.wait().unwrap();
+        let finished = killed_after(&mut cmd, Duration::from_millis(delay));
         let (twice, at_owner) = check();
         eprintln!(
             "round {round}: killed after {delay} ms: {at_owner} objects at their owner, {twice} in two places"
         );
-        if finished {
-            break;
-        }
-        kills += 1;
-        if kills >= 20 {
-            break;
-        }
-    }
-    kills
+        finished
+    })
 }
 
 #[test]

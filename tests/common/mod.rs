@@ -371,6 +371,39 @@ pub fn give_to_nobody(top: &Path, dirs: &[&Path]) {
     }
 }
 
+/// Starts `cmd` (its output discarded), SIGKILLs it after `delay` and reaps it; whether it
+/// had already exited by then.
+pub fn killed_after(cmd: &mut Command, delay: std::time::Duration) -> bool {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Spawned::new)
+        .unwrap();
+    std::thread::sleep(delay);
+    let finished = child.try_wait().unwrap().is_some();
+    child.kill().ok(); // SIGKILL
+    child.wait().unwrap();
+    finished
+}
+
+/// Runs `round(0)`, `round(1)`, ... (each kills a run and says whether it had finished
+/// first) up to `rounds` times, until `want` kills landed mid-run or a run finished; the
+/// kills that landed.
+pub fn kills_mid_run(rounds: usize, want: usize, mut round: impl FnMut(usize) -> bool) -> usize {
+    let mut kills = 0;
+    for r in 0..rounds {
+        if round(r) {
+            break;
+        }
+        kills += 1;
+        if kills >= want {
+            break;
+        }
+    }
+    kills
+}
+
 /// A spawned `ferry` that is killed (SIGKILL) and reaped when dropped, so a failing test never
 /// leaves a copy running on after it (one once ran on for 50 minutes).
 pub struct Spawned(Option<std::process::Child>);
