@@ -195,15 +195,7 @@ fn a_move_killed_mid_push_is_finished_by_its_rerun() {
     for i in 0..3000 {
         write_file(&src.join(format!("a/f{i:04}")), 100 + i % 300, i as u64);
     }
-    assert!(
-        Command::new("cp")
-            .arg("-a")
-            .arg(&src)
-            .arg(&keep)
-            .status()
-            .unwrap()
-            .success()
-    );
+    cp_a(&src, &keep);
     std::fs::create_dir(&exp).unwrap();
     let s = serve(&stls, &[("data", &exp)], "127.0.0.1", 0, None);
     let run = Run {
@@ -275,15 +267,7 @@ fn a_move_killed_while_removing_sources_keeps_directory_times() {
             .unwrap()
             .modified()
             .unwrap();
-        assert!(
-            Command::new("cp")
-                .arg("-a")
-                .arg(&src)
-                .arg(&keep)
-                .status()
-                .unwrap()
-                .success()
-        );
+        cp_a(&src, &keep);
         let dst = exp.join(format!("moved{attempt}"));
         let run = Run {
             verb: "move",
