@@ -143,6 +143,8 @@ pub struct Writer {
     out: std::io::BufWriter<std::fs::File>,
     path: PathBuf,
     root: PathBuf,
+    /// (hidden, final): files written under a hidden tree are recorded at their final paths.
+    renames: Vec<(PathBuf, PathBuf)>,
     /// The first write error: reported once at the end (the copy itself is unaffected).
     failed: Option<std::io::Error>,
 }
@@ -154,6 +156,7 @@ impl Writer {
             out: std::io::BufWriter::with_capacity(256 << 10, f),
             path: path.to_path_buf(),
             root: root.to_path_buf(),
+            renames: Vec::new(),
             failed: None,
         };
         w.put(format!("{HEADER}\n").as_bytes());
@@ -168,8 +171,19 @@ impl Writer {
         }
     }
 
+    /// Files under `hidden` are recorded as under `target` (the name it gets at the end).
+    pub fn rename(&mut self, hidden: &Path, target: &Path) {
+        self.renames
+            .push((hidden.to_path_buf(), target.to_path_buf()));
+    }
+
     /// Records the file now at `dst` (a path under the destination root).
     pub fn record(&mut self, dst: &Path, size: u64, mtime_ns: i128, hash: u64) {
+        let moved = self
+            .renames
+            .iter()
+            .find_map(|(h, t)| dst.strip_prefix(h).ok().map(|r| t.join(r)));
+        let dst = moved.as_deref().unwrap_or(dst);
         let rel = dst.strip_prefix(&self.root).unwrap_or(dst);
         let rel = if rel.as_os_str().is_empty() {
             // The destination itself is the file (copying one file to a new name).

@@ -43,9 +43,18 @@ pub enum BatchMode {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum TempMode {
-    /// Unnamed (O_TMPFILE) wherever the job and the filesystem allow it, else named.
+    /// A hidden tree where the job allows it (see `Tree`), else per-file temps as `File`.
     #[default]
     Auto,
+    /// A new directory tree is built under a hidden name, `.<name>.ferry-<token>.tree`, its
+    /// files written at their names there, and renamed to its target once all of it is
+    /// durable: no temp name and no rename per file. Only for a resumable copy (a state dir)
+    /// whose sources are directories with targets that do not exist yet (not a move, a dry
+    /// run or `--fail-fast`); `tree` refuses other jobs, `auto` falls back to `file`.
+    Tree,
+    /// Per-file temps: unnamed (O_TMPFILE) wherever the job and the filesystem allow it,
+    /// else named.
+    File,
     /// Always `.<name>.ferry-<token>.tmp`, renamed at commit.
     Named,
 }

@@ -1,4 +1,5 @@
-//! Names of ferry's temp files: `.<name>.ferry-<token>.tmp` beside the final name. The token is
+//! Names of ferry's temp files: `.<name>.ferry-<token>.tmp` beside the final name (and of hidden
+//! trees, `.<name>.ferry-<token>.tree`, a whole new directory tree built under one). The token is
 //! 64 random bits chosen once per job and kept in its checkpoint, so a user's file can only look
 //! like one of this job's temps by guessing it: cleanup (and replacing a killed run's temp)
 //! touches only names carrying the job's own token, never a user's file of a similar name.
@@ -12,6 +13,8 @@ const NAME_MAX: usize = 255;
 pub const TOKEN_LEN: usize = 16;
 const MARK: &[u8] = b".ferry-";
 const SUFFIX: &[u8] = b".tmp";
+/// A hidden tree's suffix.
+const TREE_SUFFIX: &[u8] = b".tree";
 
 /// A job's temp-name token: 16 lower-case hex digits.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -61,13 +64,22 @@ pub fn temp_name(dst: &Path, tok: &Token) -> PathBuf {
         let name = &whole[cut + 1..];
         let mut t = Vec::with_capacity(cut + 2 + name.len() + TAIL);
         t.extend_from_slice(&whole[..=cut]);
-        push_temp(&mut t, name, tok);
+        push_temp(&mut t, name, tok, SUFFIX);
         return PathBuf::from(std::ffi::OsString::from_vec(t));
     }
     let name = dst.file_name().unwrap_or_default().as_bytes();
     let mut t = Vec::with_capacity(NAME_MAX);
-    push_temp(&mut t, name, tok);
+    push_temp(&mut t, name, tok, SUFFIX);
     dst.with_file_name(std::ffi::OsString::from_vec(t))
+}
+
+/// The hidden name a new directory tree `target` is built under (`--temp tree`), renamed to
+/// `target` once all of it is durable. Same shape rules as `temp_name`.
+pub fn tree_name(target: &Path, tok: &Token) -> PathBuf {
+    let name = target.file_name().unwrap_or_default().as_bytes();
+    let mut t = Vec::with_capacity(NAME_MAX);
+    push_temp(&mut t, name, tok, TREE_SUFFIX);
+    target.with_file_name(std::ffi::OsString::from_vec(t))
 }
 
 /// Bytes a temp name adds after the file's name.
@@ -84,21 +96,22 @@ fn plain_parent(dir: &[u8]) -> bool {
     !dir.ends_with(b"/") && dir != b"." && !dir.ends_with(b"/.")
 }
 
-/// Appends the temp name of the file name `name` to `t`.
-fn push_temp(t: &mut Vec<u8>, name: &[u8], tok: &Token) {
+/// Appends the temp name of the file name `name` to `t`, ending in `suffix`.
+fn push_temp(t: &mut Vec<u8>, name: &[u8], tok: &Token, suffix: &[u8]) {
     let start = t.len();
+    let tail = MARK.len() + TOKEN_LEN + suffix.len();
     t.push(b'.');
-    if 1 + name.len() + TAIL <= NAME_MAX {
+    if 1 + name.len() + tail <= NAME_MAX {
         t.extend_from_slice(name);
     } else {
         let hash = format!("~{:016x}", xxhash_rust::xxh3::xxh3_64(name));
-        let keep = NAME_MAX - 1 - hash.len() - TAIL;
+        let keep = NAME_MAX - 1 - hash.len() - tail;
         t.extend_from_slice(&name[..keep]);
         t.extend_from_slice(hash.as_bytes());
     }
     t.extend_from_slice(MARK);
     t.extend_from_slice(tok.0.as_bytes());
-    t.extend_from_slice(SUFFIX);
+    t.extend_from_slice(suffix);
     debug_assert!(t.len() - start <= NAME_MAX);
 }
 
@@ -149,12 +162,18 @@ mod tests {
         ] {
             let name = Path::new(p).file_name().unwrap_or_default();
             let mut t = Vec::new();
-            push_temp(&mut t, name.as_bytes(), &tok);
+            push_temp(&mut t, name.as_bytes(), &tok, SUFFIX);
             let slow = Path::new(p).with_file_name(std::ffi::OsString::from_vec(t));
             assert_eq!(temp_name(Path::new(p), &tok), slow, "{p}");
         }
         let other = temp_name(Path::new("/d/file"), &Token::random());
         assert_ne!(a, other, "another job's temp is another name");
+        let tree = tree_name(Path::new("/d/out"), &tok);
+        assert_eq!(tree, Path::new("/d/.out.ferry-0123456789abcdef.tree"));
+        assert!(!is_temp_name(tree.file_name().unwrap().as_bytes()));
+        let t1 = tree_name(&Path::new("/d").join(&long1), &tok);
+        assert!(t1.file_name().unwrap().len() <= 255);
+        assert_ne!(t1, tree_name(&Path::new("/d").join(&long2), &tok));
     }
 
     #[test]

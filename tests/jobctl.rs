@@ -596,11 +596,20 @@ fn kill_9_then_resume_redoes_almost_nothing() {
             }
         }
     }
-    // Complete final names now: what the resume must not copy again (beyond the bound).
+    // Complete copies now: what the resume must not copy again (beyond the bound). A new
+    // tree is built under a hidden name (`--temp auto`): nothing is under dst yet, the
+    // complete copies are in the hidden tree.
+    assert!(!dst.exists(), "the hidden tree got its name before the end");
+    let hidden: Vec<_> = fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".tree"))
+        .collect();
+    assert_eq!(hidden.len(), 1, "one hidden tree: {hidden:?}");
     let complete_before = (0..total as usize)
         .filter(|i| {
             let rel = format!("d{}/f{i:04}", i % 5);
-            let p = dst.join(&rel);
+            let p = hidden[0].join(&rel);
             p.exists() && files_equal(&src.join(&rel), &p)
         })
         .count() as u64;

@@ -77,7 +77,7 @@ fn killed_copy(round: usize, state: &Path, src: &Path, dst: &Path, rng: &mut Xor
         1 => ("--commit-batch", "wide"),
         2 => ("--temp", "named"),
         3 => ("--commit-batch", "standard"),
-        _ => ("--temp", "auto"),
+        _ => ("--temp", "file"),
     };
     let mut cmd = Command::new(BIN);
     cmd.args([

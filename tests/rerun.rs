@@ -72,38 +72,64 @@ fn a_completed_copy_run_again_lands_in_its_first_targets() {
 
 #[test]
 fn fresh_after_an_interrupted_copy_lands_in_the_first_runs_target() {
-    let t = tempfile::tempdir().unwrap();
-    let (state, src) = (t.path().join("st"), t.path().join("big"));
-    small(&src, 40);
-    write_file(&src.join("large"), 6 << 20, 5);
-    let dst = t.path().join("bd2");
-    let mut child = std::process::Command::new(BIN)
-        .args(["copy", "--bwlimit", "1M", "--state-dir"])
-        .arg(&state)
-        .arg(&src)
-        .arg(&dst)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map(Spawned::new)
-        .unwrap();
-    // Until the first run has made bd2 (so cp -r rules would now say bd2/big).
-    let t0 = std::time::Instant::now();
-    while !dst.exists() && t0.elapsed() < std::time::Duration::from_secs(20) {
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    // Per-file temps make bd2 at the start (cp -r rules would then say bd2/big); a hidden
+    // tree makes only `.bd2.ferry-<token>.tree`, which --fresh removes.
+    for temp in ["file", "tree"] {
+        let t = tempfile::tempdir().unwrap();
+        let (state, src) = (t.path().join("st"), t.path().join("big"));
+        small(&src, 40);
+        write_file(&src.join("large"), 6 << 20, 5);
+        let dst = t.path().join("bd2");
+        let mut child = std::process::Command::new(BIN)
+            .args(["copy", "--bwlimit", "1M", "--temp", temp, "--state-dir"])
+            .arg(&state)
+            .arg(&src)
+            .arg(&dst)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map(Spawned::new)
+            .unwrap();
+        let made = || match temp {
+            "file" => dst.exists(),
+            _ => ferry_entries(t.path()) > 0,
+        };
+        let t0 = std::time::Instant::now();
+        while !made() && t0.elapsed() < std::time::Duration::from_secs(20) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{temp}: finished too early"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(dst.is_dir(), temp == "file", "{temp}");
+        let out = run(&state, &[&src, &dst], &["copy", "--fresh"]);
+        assert!(out.status.success(), "{temp}: {}", stderr(&out));
+        assert!(
+            !dst.join("big").exists(),
+            "{temp}: --fresh nested the copy into bd2/big"
+        );
+        assert_same_tree(&src, &dst);
+        assert_eq!(
+            ferry_entries(t.path()),
+            0,
+            "{temp}: the hidden tree is left"
+        );
     }
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    assert!(child.try_wait().unwrap().is_none(), "finished too early");
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert!(dst.is_dir());
-    let out = run(&state, &[&src, &dst], &["copy", "--fresh"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        !dst.join("big").exists(),
-        "--fresh nested the copy into bd2/big"
-    );
-    assert_same_tree(&src, &dst);
+}
+
+/// Entries of `dir` named by ferry (temps, hidden trees).
+fn ferry_entries(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            let e = e.as_ref().unwrap();
+            e.file_name().to_string_lossy().contains(".ferry-")
+        })
+        .count()
 }
 
 #[test]

@@ -240,9 +240,16 @@ mod tests {
         let p = Arc::new(Peers::default());
         let e = down(io::ErrorKind::TimedOut);
         let t0 = Instant::now();
+        // The other sender fails once the first one has marked the peer down (started
+        // before it, it could be the first and so the prober).
         let waiter = {
             let (p, e) = (p.clone(), down(io::ErrorKind::ConnectionReset));
-            std::thread::spawn(move || p.failed("c", &e, false, &|| false))
+            std::thread::spawn(move || {
+                while p.list().is_empty() {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                p.failed("c", &e, false, &|| false)
+            })
         };
         let first = p.failed("c", &e, false, &|| false);
         let waited = t0.elapsed();

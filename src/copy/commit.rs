@@ -330,7 +330,7 @@ fn name_batch(
             Ok(()) => named_durably(ctx, f, lat, &mut named),
             Err(e) => {
                 if !unnamed {
-                    let _ = meta::unlink(&f.tmp); // best effort: the failure is reported below
+                    let _ = ctx.tree.unlink(&f.tmp); // best effort: the failure is reported below
                 }
                 ctx.note_failed(&f.src, false);
                 ctx.stats.error(e);
@@ -380,6 +380,8 @@ fn check_and_name(ctx: &Ctx, batch: &[Finished], synced: bool) -> Vec<Option<cra
         let dir = dir.map(|d| d.1);
         match &f.anon {
             Some((fd, _)) => meta::link_anon(fd.as_raw_fd(), dir, &f.tmp, &f.dst).err(),
+            // Written at its name in a hidden tree: the tree is renamed at the end.
+            None if f.tmp == f.dst => None,
             None => meta::rename_in(dir, &f.tmp, &f.dst).err(),
         }
     });

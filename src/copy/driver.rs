@@ -212,6 +212,7 @@ impl CopyReactor {
             && self.ctx.fds.anon_cap > 0
             && !self.ctx.fds.anon_off.load(Ordering::Acquire)
             && spec.temp != crate::spec::TempMode::Named
+            && self.ctx.tree.staged.is_empty()
     }
 
     /// A free unnamed-temp slot (another reactor may still take it first: then that file

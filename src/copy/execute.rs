@@ -239,9 +239,12 @@ fn wrap_up(ctx: &Arc<Ctx>, finisher: Option<super::Finisher>) {
         }
     }
     // Renames and directory metadata become durable here; exit 0 promises it.
-    if let Err(e) = ctx.fds.sync_dst(None) {
+    let synced = ctx.fds.sync_dst(None);
+    let whole = synced.is_ok();
+    if let Err(e) = synced {
         ctx.stats.error(e);
     }
+    super::tree::unveil(ctx, whole);
     if let Some(m) = &ctx.out.manifest
         && let Err(e) = m.lock().unwrap_or_else(|p| p.into_inner()).finish()
     {

@@ -160,7 +160,9 @@ impl CopyReactor {
             // Blocks this reactor for one re-read: --fsync=file is the slow, careful mode.
             super::commit::verify_durable(&job.tmp, size, job.digest())?;
         }
-        meta::rename(&job.tmp, &job.dst)?;
+        if job.tmp != job.dst {
+            meta::rename(&job.tmp, &job.dst)?; // (in a hidden tree it was written there)
+        }
         if self.ctx.state.is_some() || self.ctx.spec.remove_source {
             meta::fsync_dir(meta::parent_dir(&job.dst))?;
         }
@@ -208,7 +210,7 @@ impl CopyReactor {
         }
         // An unnamed file vanishes with its fd (and its budget slot with the job).
         if !job.unnamed
-            && let Err(e) = meta::unlink(&job.tmp)
+            && let Err(e) = self.ctx.tree.unlink(&job.tmp)
         {
             self.ctx.stats.error(e);
         }

@@ -18,6 +18,7 @@ mod scripted;
 mod slotset;
 pub mod steer;
 pub mod task;
+mod tree;
 pub mod walk;
 
 use crate::error::Error;
@@ -143,7 +144,7 @@ pub fn prepare(spec: CopySpec) -> Result<Prepared, Error> {
         .map_err(|m| Error::usage(Path::new(""), m))?
         .with_partitions(spec.partitions.clone());
     let earlier = earlier_run(&spec);
-    let plan = plan::resolve(&spec.sources, &spec.dest, earlier.as_ref())?;
+    let mut plan = plan::resolve(&spec.sources, &spec.dest, earlier.as_ref())?;
     let engine = choose_engine(spec.io)?;
     raise_fd_limit();
     let reactors = spec.reactor_count();
@@ -159,12 +160,14 @@ pub fn prepare(spec: CopySpec) -> Result<Prepared, Error> {
     {
         resume_or_start(&mut ctx, &root, &plan)?;
     }
+    tree::stage(&mut ctx, &mut plan)?;
     if let Some(m) = ctx.spec.manifest.clone() {
         // Written anew by every run: a resumed run records the files it skips too.
-        ctx.out.manifest = Some(std::sync::Mutex::new(crate::manifest::Writer::create(
-            &m,
-            &plan.dest_root,
-        )?));
+        let mut w = crate::manifest::Writer::create(&m, &plan.dest_root)?;
+        for s in &ctx.tree.staged {
+            w.rename(&s.hidden, &s.target);
+        }
+        ctx.out.manifest = Some(std::sync::Mutex::new(w));
     }
     let ctx = Arc::new(ctx);
     let dest_dev = std::fs::metadata(&plan.dest_dir)
@@ -341,6 +344,7 @@ fn take_over(
                 .load_journal()
                 .map_err(|e| Error::os("read journal", &sd.dir, e))?;
             ctx.resuming = true;
+            ctx.resumed_journal = true;
             let bytes: u64 = ctx.tables.done.values().map(|d| d.size).sum();
             eprintln!(
                 "ferry: resuming job {id}: {} files, {} bytes already done",

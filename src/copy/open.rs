@@ -189,7 +189,10 @@ impl CopyReactor {
         // the copy carries the source's ns mtime: when resuming, a destination with the
         // source's size and mtime is this job's finished copy even if the crash came before
         // its journal record (rsync's quick check, made safe by the rename protocol).
-        let quick = self.ctx.resuming && self.ctx.spec.preserve.timestamps;
+        // Not in a hidden tree: its files are written at their names, so one cut short by a
+        // crash can carry its size and mtime (the journal alone vouches for a copy there).
+        let quick =
+            self.ctx.resuming && self.ctx.spec.preserve.timestamps && !self.ctx.tree.holds(&o.dst);
         // A move whose source is still here did not finish it (the crash came before the
         // unlink): it is copied again, which is always safe, instead of trusting the old copy.
         // A directory this run made holds no earlier copy: no stat (a rerun into a new
@@ -210,7 +213,7 @@ impl CopyReactor {
     fn skip_copied(&self, o: &Opening, st: &libc::stat) {
         // The temp name a killed run of this job may have left beside it goes too (nothing
         // else would replace it).
-        if !o.parent.as_ref().is_some_and(|p| p.made) {
+        if !o.parent.as_ref().is_some_and(|p| p.made) && !self.ctx.tree.holds(&o.dst) {
             let tmp = crate::temp::temp_name(&o.dst, &self.ctx.record.temp_token);
             if let Err(e) = meta::remove_stale_temp(o.at.map(|a| a.1), &tmp) {
                 self.ctx.stats.error(e);
@@ -294,7 +297,11 @@ impl CopyReactor {
         anon: &mut Option<AnonSlot>,
     ) -> Result<Created, Error> {
         let ranges = meta::data_ranges(src_fd.as_raw_fd(), st, &o.src, MAX_RANGES)?;
-        let tmp = crate::temp::temp_name(&o.dst, &self.ctx.record.temp_token);
+        // In a hidden tree a file is written at its own name: the tree's is the temp name.
+        let tmp = match self.ctx.tree.holds(&o.dst) {
+            true => o.dst.clone(),
+            false => crate::temp::temp_name(&o.dst, &self.ctx.record.temp_token),
+        };
         let dir = o.at.map(|a| a.1);
         if anon.is_some() && !o.parent.as_ref().is_some_and(|p| p.made) {
             // Nothing will create (and so replace) the old temp name.
@@ -325,7 +332,7 @@ impl CopyReactor {
             Err(e) => {
                 drop(fd);
                 if anon.is_none() {
-                    let _ = meta::unlink(&tmp); // best effort; `e` is what gets reported
+                    let _ = self.ctx.tree.unlink(&tmp); // best effort; `e` is what gets reported
                 }
                 Err(e)
             }

@@ -374,6 +374,10 @@ pub struct Ctx {
     pub state: Option<StateDir>,
     /// This run continues an unfinished earlier one.
     pub resuming: bool,
+    /// ...whose journal it loaded (not a rerun of a completed job).
+    pub resumed_journal: bool,
+    /// The roots built under hidden names (`--temp tree`).
+    pub tree: super::tree::Tree,
     /// What the checkpoint keeps of this job besides its counts.
     pub record: Record,
     /// What the job writes besides the copies.
@@ -463,6 +467,8 @@ impl Ctx {
             steer,
             state: None,
             resuming: false,
+            resumed_journal: false,
+            tree: super::tree::Tree::default(),
             record: Record {
                 job_id: None,
                 targets: Vec::new(),
