@@ -1,0 +1,240 @@
+//! Deletes across nodes while a rebalance moves objects (real etcd, real agents, S3):
+//! - Two topology changes in a row while the moves wait (paused): a key whose only copy is
+//!   still at its owner of two generations ago is deleted (or overwritten) through the S3
+//!   endpoints. No agent serves the deleted key again, and when the moves go on, the copy
+//!   that was waiting is dropped instead of being brought back at the new owner; the write
+//!   wins over the copy.
+//! - Within one change: keys deleted while their moves are under way (not moved yet, in
+//!   flight, moved: a forwarding entry at the previous owner) are gone from every disk as
+//!   soon as the DELETE is answered, and stay gone.
+//!
+//! Skips (saying why) without etcd.
+
+mod agent_harness;
+mod cluster_harness;
+mod common;
+mod etcd_harness;
+
+use agent_harness::{config, ferry, ok};
+use cluster_harness::{BKT, Disks, Nodes, fill, nodes, sized, topo};
+use common::placed::{assert_placed, where_is};
+use ferry::cluster::Topology;
+use ferry::cluster::store::object_path;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+/// The state node `n` reports for generation `g`'s rebalance (None: no record yet).
+fn node_state(r: &Value, g: u64, n: &str) -> Option<String> {
+    if r["generation"] != g {
+        return None;
+    }
+    let v = r["nodes"].as_array()?.iter().find(|x| x["node"] == n)?;
+    v["state"].as_str().map(str::to_string)
+}
+
+/// Waits until node `n`'s run of generation `g` is paused (its object layer routes by `g`,
+/// as does every live agent's: the moves of `g` are about to start).
+fn wait_paused(n: &Nodes, g: u64, node: &str) {
+    let what = format!("{node}'s run of generation {g} paused");
+    n.wait_rebalance(Duration::from_secs(60), &what, |r| {
+        node_state(r, g, node).as_deref() == Some("paused")
+    });
+}
+
+/// Every agent answers 404 for each of `gone`.
+fn assert_gone_everywhere(n: &Nodes, gone: &[String], when: &str) {
+    for (node, s3) in &n.s3 {
+        for k in gone {
+            let r = s3.get(BKT, k).unwrap();
+            assert_eq!(
+                r.code,
+                404,
+                "{when}: GET of deleted {k} through {node}: {}",
+                r.text()
+            );
+        }
+    }
+}
+
+/// Whether `key`'s copy is on the disk `disk` (set id + disk id, as the harness names it).
+fn on_disk(root: &Path, disk: &str, key: &str) -> bool {
+    object_path(&root.join(disk), BKT, key.as_bytes()).is_file()
+}
+
+/// Through the agents in turn: DELETE each of `keys` (204).
+fn delete_all(n: &Nodes, keys: &[String]) {
+    let mut via: Vec<&String> = n.s3.keys().collect();
+    via.sort();
+    for (i, k) in keys.iter().enumerate() {
+        let node = via[i % via.len()];
+        let r = n.s3[node].delete(BKT, k).unwrap();
+        assert_eq!(r.code, 204, "DELETE {k} through {node}: {}", r.text());
+    }
+}
+
+/// Through the agents in turn: PUT version 1 of each of `keys` (200); key -> bytes.
+fn overwrite_all(n: &Nodes, keys: &[String], index: &HashMap<String, usize>) -> Vec<Vec<u8>> {
+    let mut via: Vec<&String> = n.s3.keys().collect();
+    via.sort();
+    keys.iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let node = via[(i + 1) % via.len()];
+            let data = sized(index[k], 1, 0);
+            let r = n.s3[node].put(BKT, k, &data).unwrap();
+            assert_eq!(r.code, 200, "PUT {k} through {node}: {}", r.text());
+            data
+        })
+        .collect()
+}
+
+/// `count` objects put through the S3 endpoints (so the owner's registry knows where they
+/// are), keys `s3/o<i>`; key -> bytes.
+fn put_through_s3(n: &Nodes, count: usize) -> HashMap<String, Vec<u8>> {
+    let mut via: Vec<&String> = n.s3.keys().collect();
+    via.sort();
+    let mut want = HashMap::new();
+    for i in 0..count {
+        let (k, data) = (format!("s3/o{i}"), sized(10_000 + i, 0, 0));
+        let node = via[i % via.len()];
+        let r = n.s3[node].put(BKT, &k, &data).unwrap();
+        assert_eq!(r.code, 200, "PUT {k} through {node}: {}", r.text());
+        want.insert(k, data);
+    }
+    want
+}
+
+/// The three generations: everything on a, then on b (a drains), then on c (b drains too).
+fn a_then_b_then_c(root: &Path) -> (Topology, Topology, Topology) {
+    let (a0, b0, c0): (Disks, Disks, Disks) = (&[("d0", "a")], &[("d0", "b")], &[("d0", "c")]);
+    let g1 = topo(root, 1, &[("s0", "active", a0)]);
+    let g2 = topo(root, 2, &[("s0", "draining", a0), ("s1", "active", b0)]);
+    let g3 = topo(
+        root,
+        3,
+        &[
+            ("s0", "draining", a0),
+            ("s1", "draining", b0),
+            ("s2", "active", c0),
+        ],
+    );
+    (g1, g2, g3)
+}
+
+/// a owns every key under generation 1, b under 2, c under 3. The moves are paused while 2
+/// and then 3 are applied, so the keys still wait on a, which is neither the owner nor the
+/// previous owner now. Some of them are deleted, some overwritten, through every agent;
+/// then the moves go on. No deleted key is served again, nor brought back at c by the
+/// move that was waiting; the overwrites win; every other object ends once at c.
+#[test]
+fn a_key_deleted_while_its_move_waits_through_two_changes_never_comes_back() {
+    let Some(mut n) = nodes(&["a", "b", "c"], &config(300, 300)) else {
+        return;
+    };
+    let (g1, g2, g3) = a_then_b_then_c(&n.root);
+    let mut want = fill(&g1, 240, 0);
+    n.apply(&g1);
+    n.start(&["a", "b", "c"]);
+    want.extend(put_through_s3(&n, 120));
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for (i, k) in want.keys().enumerate() {
+        index.insert(k.clone(), i);
+    }
+    ok(ferry(&n.c, &["cluster", "pause"]));
+    n.apply(&g2);
+    wait_paused(&n, 2, "a");
+    n.apply(&g3);
+    wait_paused(&n, 3, "a");
+    let mut waiting: Vec<String> = want
+        .keys()
+        .filter(|k| on_disk(&n.root, "s0d0", k))
+        .cloned()
+        .collect();
+    waiting.sort();
+    assert!(
+        waiting.len() > 300,
+        "only {} of {} keys still wait on a",
+        waiting.len(),
+        want.len()
+    );
+    // every fifth key deleted, every seventh (not deleted) overwritten
+    let gone: Vec<String> = waiting.iter().step_by(5).cloned().collect();
+    let rewrite: Vec<String> = waiting
+        .iter()
+        .skip(3)
+        .step_by(7)
+        .filter(|k| !gone.contains(k))
+        .cloned()
+        .collect();
+    delete_all(&n, &gone);
+    for (k, data) in rewrite.iter().zip(overwrite_all(&n, &rewrite, &index)) {
+        want.insert(k.clone(), data);
+    }
+    assert_gone_everywhere(&n, &gone, "paused, after the deletes");
+    ok(ferry(&n.c, &["cluster", "resume"]));
+    let r = n.wait_completed(3, Duration::from_secs(120));
+    eprintln!(
+        "two changes: {} deleted, {} overwritten while waiting; then {} objects moved, {} superseded",
+        gone.len(),
+        rewrite.len(),
+        r["objects"],
+        r["superseded"]
+    );
+    assert_gone_everywhere(&n, &gone, "after the rebalance");
+    for k in &gone {
+        want.remove(k);
+    }
+    assert_placed(&g3, BKT, &want);
+}
+
+/// Keys (on a, the owner under generation 1) deleted through every agent while generation
+/// 2 moves them to b at 1 MB/s: before their move, while it is under way, after it. Each one
+/// is on no disk once its DELETE is answered, no agent serves it, and after the rebalance
+/// it is still nowhere; every other key is once at b.
+#[test]
+fn a_delete_during_a_cross_node_move_removes_every_copy_at_once() {
+    let Some(mut n) = nodes(&["a", "b", "c"], &config(300, 300)) else {
+        return;
+    };
+    let (g1, g2, _) = a_then_b_then_c(&n.root);
+    let mut want = fill(&g1, 120, 9);
+    n.apply(&g1);
+    n.start(&["a", "b", "c"]);
+    want.extend(put_through_s3(&n, 60));
+    ok(ferry(&n.c, &["cluster", "rate", "1M"]));
+    n.apply(&g2);
+    let mut keys: Vec<String> = want.keys().cloned().collect();
+    keys.sort();
+    let mut gone = Vec::new();
+    let mut moved_before = 0;
+    for (i, k) in keys.iter().enumerate().filter(|(i, _)| i % 4 == 1) {
+        moved_before += on_disk(&n.root, "s1d0", k) as usize;
+        delete_all(&n, std::slice::from_ref(k));
+        let at = where_is(&g2, BKT);
+        assert!(
+            !at.contains_key(k),
+            "{k} is still on {:?} after its DELETE was answered",
+            at[k]
+        );
+        gone.push(k.clone());
+        if i % 12 == 1 {
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    }
+    assert_gone_everywhere(&n, &gone, "during the rebalance");
+    ok(ferry(&n.c, &["cluster", "rate", "0"]));
+    let r = n.wait_completed(2, Duration::from_secs(120));
+    eprintln!(
+        "one change: {} deleted mid-rebalance ({moved_before} of them already moved), {} moved, {} superseded",
+        gone.len(),
+        r["objects"],
+        r["superseded"]
+    );
+    assert_gone_everywhere(&n, &gone, "after the rebalance");
+    for k in &gone {
+        want.remove(k);
+    }
+    assert_placed(&g2, BKT, &want);
+}
