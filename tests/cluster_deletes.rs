@@ -173,6 +173,9 @@ fn a_key_deleted_while_its_move_waits_through_two_changes_never_comes_back() {
         want.insert(k.clone(), data);
     }
     assert_gone_everywhere(&n, &gone, "paused, after the deletes");
+    // c, the owner, keeps a tombstone of each delete, durably (a restart keeps them)
+    assert_eq!(tombstones_of(&mut n, "c"), gone.len() as u64);
+    n.start(&["c"]);
     ok(ferry(&n.c, &["cluster", "resume"]));
     let r = n.wait_completed(3, Duration::from_secs(120));
     eprintln!(
@@ -187,6 +190,22 @@ fn a_key_deleted_while_its_move_waits_through_two_changes_never_comes_back() {
         want.remove(k);
     }
     assert_placed(&g3, BKT, &want);
+    // the rebalance is completed everywhere: c lets its tombstones go
+    std::thread::sleep(COLLECTED_WITHIN);
+    assert_eq!(tombstones_of(&mut n, "c"), 0, "tombstones left");
+}
+
+/// How long an agent takes at most to collect the tombstones of a completed rebalance (it
+/// looks every 10 s).
+const COLLECTED_WITHIN: Duration = Duration::from_secs(12);
+
+/// Stops `node`'s agent (SIGTERM) and counts the tombstones in its registry.
+fn tombstones_of(n: &mut Nodes, node: &str) -> u64 {
+    let st = n.c.term(node, Duration::from_secs(20));
+    assert!(st.is_some(), "{node} did not stop on SIGTERM");
+    let reg = n.c.state_dir(node).join("registry.redb");
+    let r = ferry::cluster::registry::Registry::open(&reg).unwrap();
+    r.tombstone_count().unwrap()
 }
 
 /// Keys (on a, the owner under generation 1) deleted through every agent while generation

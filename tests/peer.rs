@@ -1,7 +1,7 @@
 //! The peer transport between agents (src/agent/peer), in process: two nodes' object layers,
 //! a peer server for each, clients as the other node. Mutual TLS with the cluster CA and the
-//! node names, Get/Put/Delete/List/Bucket, Migrate (a client's newer write wins), bodies
-//! checked (size, xxh3), a node down answered fast, limits.
+//! node names, Get/Put/Delete/List/Bucket, Migrate (a client's newer write or delete wins),
+//! bodies checked (size, xxh3), a node down answered fast, limits.
 
 use bytes::Bytes;
 use ferry::agent::peer::msg::{Msg, Range, Req};
@@ -184,11 +184,12 @@ fn objects_are_put_read_listed_and_deleted_on_another_node() {
         .unwrap_err();
     assert!(e.is_usage(), "{e}");
     assert!(!f.dir.path().join("s1d0/b/x").exists());
-    assert!(c.delete("n2", "b", "dir/k").unwrap());
-    assert!(!c.delete("n2", "b", "dir/k").unwrap());
+    assert!(c.delete("n2", "b", "dir/k", true).unwrap());
+    assert!(!c.delete("n2", "b", "dir/k", true).unwrap());
+    // n2 serves the key's owner disk: it keeps the delete's tombstone and says so.
     assert!(matches!(
         c.get("n2", "b", "dir/k", None, true).unwrap(),
-        Fetched::Missing
+        Fetched::Deleted { .. }
     ));
 }
 
@@ -270,6 +271,79 @@ fn a_migrated_copy_is_stored_once_and_a_newer_client_write_wins() {
     assert!(e.unwrap_err().is_usage());
 }
 
+/// A key of bucket `b` (under `prefix`) whose owner disk is node n2's.
+fn owned_by_n2(f: &Fixture, prefix: &str) -> (String, String) {
+    let c = f.cluster("n2");
+    (0..1000)
+        .map(|i| format!("{prefix}{i}"))
+        .map(|k| {
+            let p = ferry::cluster::partition_of(b"b", k.as_bytes());
+            (k, c.current.owner_key(p))
+        })
+        .find(|(_, d)| d.starts_with("s2/"))
+        .unwrap()
+}
+
+#[test]
+fn a_delete_at_the_owner_wins_over_a_copy_still_on_its_way() {
+    let f = fixture(Limits::default());
+    let c = f.client("n1");
+    let (key, disk) = owned_by_n2(&f, "t/");
+    let old = UNIX_EPOCH + Duration::new(1_600_000_000, 5);
+    c.put("n2", &disk, ("b", &key), Some(2), &mut source(b"v0", 2))
+        .unwrap();
+    assert!(c.delete("n2", "b", &key, true).unwrap(), "the copy existed");
+    let n2 = f.cluster("n2");
+    let tomb = n2.deleted_at("b", key.as_bytes()).unwrap();
+    assert!(tomb.is_some(), "the owner keeps a tombstone");
+    // The copy that was on its way from n1 arrives: dropped, the key stays deleted.
+    let late = c.migrate(
+        "n2",
+        (&disk, "s1/d0"),
+        ("b", &key),
+        (3, old, None),
+        &mut source(b"old", 3),
+    );
+    assert_eq!(late.unwrap(), Migrated::Superseded);
+    let path = n2.disk_path(&disk).unwrap().join("b").join(&key);
+    assert!(!path.exists(), "a deleted key came back");
+    match c.get("n2", "b", &key, None, false).unwrap() {
+        Fetched::Deleted { at } => assert_eq!(Some(at), tomb),
+        _ => panic!("a Get of the deleted key is not Deleted"),
+    }
+    // A copy written after the delete (newer than the tombstone) is stored.
+    let newer = SystemTime::now() + Duration::from_secs(3600);
+    let m = c.migrate(
+        "n2",
+        (&disk, "s1/d0"),
+        ("b", &key),
+        (3, newer, None),
+        &mut source(b"new", 3),
+    );
+    assert_eq!(m.unwrap(), Migrated::Stored);
+    assert_eq!(
+        read_all(c.get("n2", "b", &key, None, true).unwrap()).2,
+        b"new"
+    );
+    // A client's write after a delete clears the tombstone.
+    let (k2, d2) = owned_by_n2(&f, "u/");
+    assert!(!c.delete("n2", "b", &k2, true).unwrap());
+    assert!(n2.deleted_at("b", k2.as_bytes()).unwrap().is_some());
+    c.put("n2", &d2, ("b", &k2), Some(1), &mut source(b"w", 1))
+        .unwrap();
+    assert_eq!(n2.deleted_at("b", k2.as_bytes()).unwrap(), None);
+    // Copies removed after a write elsewhere (no client's delete) leave no tombstone.
+    let (k3, d3) = owned_by_n2(&f, "v/");
+    c.put("n2", &d3, ("b", &k3), Some(1), &mut source(b"x", 1))
+        .unwrap();
+    assert!(c.delete("n2", "b", &k3, false).unwrap());
+    assert_eq!(n2.deleted_at("b", k3.as_bytes()).unwrap(), None);
+    assert!(matches!(
+        c.get("n2", "b", &k3, None, false).unwrap(),
+        Fetched::Missing
+    ));
+}
+
 #[test]
 fn a_body_whose_xxh3_differs_is_never_named() {
     let f = fixture(Limits::default());
@@ -305,13 +379,13 @@ fn only_peers_with_the_cluster_ca_and_their_own_name_are_accepted() {
     certs::issue(&other, "n1", 0, 30).unwrap();
     let e = f
         .client_as(&other.join("n1"), "n1")
-        .delete("n2", "b", "k")
+        .delete("n2", "b", "k", false)
         .unwrap_err();
     assert!(matches!(e.target, Target::Peer(_)), "{e}");
     // n3's certificate (our CA) claiming to be n1.
     let e = f
         .client_as(&f.tls("n3"), "n1")
-        .delete("n2", "b", "k")
+        .delete("n2", "b", "k", false)
         .unwrap_err();
     assert!(e.to_string().contains("does not name node 'n1'"), "{e}");
     // n1's server answering for n2: the client checks the name it dialled.
@@ -319,10 +393,10 @@ fn only_peers_with_the_cluster_ca_and_their_own_name_are_accepted() {
     addrs.insert("n2".into(), addrs["n1"].clone());
     let resolve = Box::new(move |n: &str| addrs.get(n).cloned().ok_or_else(|| n.to_string()));
     let c = PeerClient::new(&f.tls("n3"), "n3", resolve).unwrap();
-    let e = c.delete("n2", "b", "k").unwrap_err();
+    let e = c.delete("n2", "b", "k", false).unwrap_err();
     assert!(matches!(e.target, Target::Peer(_)), "{e}");
     assert!(
-        f.client("n1").delete("n2", "b", "k").is_ok(),
+        f.client("n1").delete("n2", "b", "k", false).is_ok(),
         "the right peer is served"
     );
 }
@@ -334,7 +408,7 @@ fn a_node_that_is_down_or_busy_is_an_error_at_once() {
         ..Limits::default()
     });
     let c = f.client("n1");
-    let e = c.delete("n2", "b", "k").unwrap_err();
+    let e = c.delete("n2", "b", "k", false).unwrap_err();
     assert!(e.to_string().contains("too many requests"), "{e}");
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -5,7 +5,9 @@
 //! locks carry over, so writers under both maps still exclude each other). Once requests
 //! routed by the layer before are done, the node says so in etcd (`served/<node>`): the
 //! moves of a generation start only when every live agent routes by it (`all_serve`), so a
-//! request routed by an older map never meets an object that has already moved.
+//! request routed by an older map never meets an object that has already moved. The same
+//! thread collects the registry's tombstones once the rebalance they guard is completed
+//! everywhere (`rebalance_state::settled`).
 
 use super::keys::Keys;
 use super::rebalance::ClusterFor;
@@ -22,6 +24,8 @@ use std::time::Duration;
 
 /// How often the watcher reads the topology keys.
 const POLL: Duration = Duration::from_millis(500);
+/// How often the watcher looks whether tombstones can go.
+const COLLECT_EVERY: u32 = 20;
 /// How long a new layer waits for requests routed by the one before it (each is bounded by
 /// the peer and S3 I/O timeouts) before it is published as served anyway.
 const DRAIN: Duration = Duration::from_secs(30);
@@ -54,6 +58,8 @@ struct Watch {
     said: Option<(u64, u64)>,
     /// A generation served here but not yet published in etcd.
     unpublished: Option<u64>,
+    /// Rounds since tombstones were last looked at.
+    rounds: u32,
 }
 
 fn parse(what: &str, v: &[u8]) -> Result<Topology, String> {
@@ -123,6 +129,34 @@ impl Watch {
     }
 }
 
+impl Watch {
+    /// Every `COLLECT_EVERY` rounds: drops the tombstones of the generations whose
+    /// rebalance is completed on every node (etcd away: next time).
+    fn collect(&mut self) {
+        self.rounds += 1;
+        if self.rounds < COLLECT_EVERY {
+            return;
+        }
+        self.rounds = 0;
+        let Some((current, _)) = self.built else {
+            return;
+        };
+        if !self.registry.tombstone_count().is_ok_and(|n| n > 0) {
+            return;
+        }
+        let kvs = match self.store.range(&self.keys.rebalances(), true) {
+            Ok(s) => s.kvs,
+            Err(e) => return eprintln!("ferry agent {}: tombstones: {e}", self.node),
+        };
+        let Some(upto) = super::rebalance_state::settled(&self.keys, &kvs, current) else {
+            return;
+        };
+        if let Err(e) = self.registry.collect_tombstones(upto) {
+            eprintln!("ferry agent {}: collect tombstones: {e}", self.node);
+        }
+    }
+}
+
 impl Objects {
     /// The object layer a rebalance of a generation moves on: this one (client writes and
     /// moves share its key locks and registry), once it serves that generation and every
@@ -188,6 +222,7 @@ pub fn watch(
         built: None,
         said: None,
         unpublished: None,
+        rounds: 0,
     };
     w.round();
     w.publish();
@@ -200,6 +235,7 @@ pub fn watch(
                 std::thread::sleep(POLL);
                 w.round();
                 w.publish();
+                w.collect();
             }
         })
         .map_err(|e| format!("topology thread: {e}"))?;

@@ -137,6 +137,26 @@ pub fn job_state(spec: &Spec, progress: &[(String, NodeProgress)], paused: bool)
     }
 }
 
+/// The newest generation whose rebalance is completed on every node (`current`, the
+/// generation served, if no rebalance was ever started): no object is left off its owner
+/// under it, so the tombstones of deletes made under it or before have done their work.
+/// None while the newest rebalance runs (or failed).
+pub fn settled(keys: &Keys, kvs: &[Kv], current: u64) -> Option<u64> {
+    let Some((spec, _)) = newest(keys, kvs.iter()) else {
+        return Some(current);
+    };
+    let prefix = keys.rebalance_progress_prefix(spec.generation);
+    let progress: Vec<(String, NodeProgress)> = kvs
+        .iter()
+        .filter(|kv| kv.key.starts_with(&prefix))
+        .filter_map(|kv| {
+            let p = serde_json::from_slice(&kv.value).ok()?;
+            Some((kv.key[prefix.len()..].to_string(), p))
+        })
+        .collect();
+    (job_state(&spec, &progress, false) == COMPLETED).then_some(spec.generation)
+}
+
 /// `ferry cluster status`'s view of the newest rebalance: per node and in total (objects,
 /// bytes, rate, ETA).
 pub fn summary(keys: &Keys, kvs: &[Kv], paused: bool) -> Value {
@@ -217,6 +237,34 @@ mod tests {
             mod_rev: 1,
             lease: 0,
         }
+    }
+
+    #[test]
+    fn tombstones_may_go_once_the_newest_rebalance_is_completed_on_every_node() {
+        let keys = Keys::new("t").unwrap();
+        let spec = Spec {
+            generation: 10,
+            from_generation: 9,
+            order: "size".into(),
+            previous: topo(9, &["a"]),
+            topology: topo(10, &["a", "b"]),
+            created_ms: 0,
+        };
+        let state = |s: &str| NodeProgress {
+            state: s.into(),
+            ..Default::default()
+        };
+        let kvs = |b: Option<&str>| {
+            let mut v = vec![kv(keys.rebalance(10), &spec)];
+            v.push(kv(keys.rebalance_progress(10, "a"), &state(COMPLETED)));
+            v.extend(b.map(|b| kv(keys.rebalance_progress(10, "b"), &state(b))));
+            v
+        };
+        assert_eq!(settled(&keys, &kvs(Some(COMPLETED)), 10), Some(10));
+        for b in [Some("migrating"), Some(FAILED), None] {
+            assert_eq!(settled(&keys, &kvs(b), 10), None, "b: {b:?}");
+        }
+        assert_eq!(settled(&keys, &[], 4), Some(4), "no rebalance ever");
     }
 
     #[test]

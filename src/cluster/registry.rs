@@ -4,6 +4,14 @@
 //! crash-safe without a server. It is a hint that makes reads fast and forwards readers of moved
 //! objects: every read still falls back to placement, so a lost or stale entry costs a lookup,
 //! never an object.
+//!
+//! Tombstones are not hints: a node's agent records one (durably, before the DELETE is
+//! answered) for each key deleted while this node serves its owner disk, with the time of
+//! the delete and the generation it was made under. A migrated copy no newer than the
+//! tombstone is dropped instead of stored (a delete during a move wins), and reads skip
+//! older copies another node may still hold. A write of the key removes its tombstone. They
+//! go once the rebalance of their generation (or a newer one) is completed cluster-wide
+//! (no copy is left off its owner then), and at most `MAX_TOMBSTONES` are kept.
 
 use crate::error::Error;
 use redb::{
@@ -15,6 +23,8 @@ use std::path::{Path, PathBuf};
 const LOCATIONS: TableDefinition<&[u8], (&str, u64)> = TableDefinition::new("locations");
 /// key bytes -> (from disk, to disk, expires unix secs, hops)
 const FORWARDS: TableDefinition<&[u8], (&str, &str, u64, u8)> = TableDefinition::new("forwards");
+/// key bytes -> (deleted at: unix secs, nanos; generation)
+const TOMBSTONES: TableDefinition<&[u8], (u64, u32, u64)> = TableDefinition::new("tombstones");
 /// "current" / "previous" -> topology JSON
 const TOPOLOGIES: TableDefinition<&str, &[u8]> = TableDefinition::new("topologies");
 
@@ -24,6 +34,30 @@ pub const REGISTRY_CACHE: usize = 16 << 20;
 pub const FORWARD_TTL_SECS: u64 = 24 * 3600;
 /// Most forwarding hops a read follows (a key moved by several rebalances in a row).
 pub const MAX_HOPS: u8 = 4;
+/// Most tombstones kept: past it the oldest sixteenth goes (a copy of one of those keys that
+/// still waits on another node could come back; said on stderr).
+pub const MAX_TOMBSTONES: u64 = 1 << 20;
+
+/// A deleted key's tombstone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tomb {
+    /// When it was deleted: a copy whose mtime is not later is of a deleted version.
+    pub at: std::time::SystemTime,
+    /// The generation the owner served then.
+    pub generation: u64,
+}
+
+fn tomb_value(t: &Tomb) -> (u64, u32, u64) {
+    let d =
+        t.at.duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+    (d.as_secs(), d.subsec_nanos(), t.generation)
+}
+
+fn tomb_of((s, n, g): (u64, u32, u64)) -> Tomb {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::new(s, n.min(999_999_999));
+    Tomb { at, generation: g }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Forward {
@@ -45,6 +79,23 @@ pub fn now_secs() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// Removes the `n` oldest tombstones of `t`; how many went.
+fn evict_oldest(t: &mut redb::Table<&[u8], (u64, u32, u64)>, n: u64) -> Result<u64, redb::Error> {
+    let mut stamps: Vec<(u64, u32)> = t
+        .iter()?
+        .filter_map(|e| e.ok())
+        .map(|(_, v)| (v.value().0, v.value().1))
+        .collect();
+    if stamps.is_empty() {
+        return Ok(0);
+    }
+    let k = (n as usize).clamp(1, stamps.len()) - 1;
+    let (_, cut, _) = stamps.select_nth_unstable(k);
+    let (cut, before) = (*cut, t.len()?);
+    t.retain(|_, v| (v.0, v.1) > cut)?;
+    Ok(before - t.len()?)
 }
 
 impl Registry {
@@ -69,6 +120,7 @@ impl Registry {
             w.open_table(LOCATIONS)?;
             w.open_table(FORWARDS)?;
             w.open_table(TOPOLOGIES)?;
+            w.open_table(TOMBSTONES)?;
             Ok(())
         })?;
         Ok(r)
@@ -100,8 +152,9 @@ impl Registry {
         run().map_err(|e| Self::err("registry write", &self.path, e))
     }
 
-    /// Records where `key` now lives. `durable: false` batches with the next durable commit
-    /// (a crash may lose it: reads fall back to placement).
+    /// Records where `key` now lives (it lives again: its tombstone goes). `durable: false`
+    /// batches with the next durable commit (a crash may lose it: reads fall back to
+    /// placement, and a tombstone left beside a live copy is older than that copy).
     pub fn set_location(
         &self,
         key: &[u8],
@@ -111,12 +164,14 @@ impl Registry {
     ) -> Result<(), Error> {
         self.write(Self::dur(durable), |w| {
             w.open_table(LOCATIONS)?.insert(key, (disk, generation))?;
+            w.open_table(TOMBSTONES)?.remove(key)?;
             Ok(())
         })
     }
 
-    /// Moved objects, in one transaction: each key's new location, and a forwarding entry from
-    /// the old disk (key, from disk, to disk). Not durable until the next `flush`.
+    /// Moved objects, in one transaction: each key's new location (a tombstone of it goes: a
+    /// copy newer than it arrived), and a forwarding entry from the old disk (key, from
+    /// disk, to disk). Not durable until the next `flush`.
     pub fn forward_many(
         &self,
         moves: &[(Vec<u8>, String, String)],
@@ -130,8 +185,10 @@ impl Registry {
         self.write(Durability::None, |w| {
             let mut loc = w.open_table(LOCATIONS)?;
             let mut fwd = w.open_table(FORWARDS)?;
+            let mut tombs = w.open_table(TOMBSTONES)?;
             for (key, from, to) in moves {
                 loc.insert(key.as_slice(), (to.as_str(), generation))?;
+                tombs.remove(key.as_slice())?;
                 let hops = fwd.get(key.as_slice())?.map(|v| v.value().3).unwrap_or(0);
                 let hops = hops.saturating_add(1).min(MAX_HOPS);
                 fwd.insert(key.as_slice(), (from.as_str(), to.as_str(), expires, hops))?;
@@ -140,12 +197,64 @@ impl Registry {
         })
     }
 
-    pub fn remove(&self, key: &[u8]) -> Result<(), Error> {
+    /// Forgets `key` (a delete), durably; with `tomb`, records its tombstone in the same
+    /// commit (past `MAX_TOMBSTONES` the oldest sixteenth goes first).
+    pub fn remove(&self, key: &[u8], tomb: Option<Tomb>) -> Result<(), Error> {
+        let mut evicted = 0;
         self.write(Durability::Immediate, |w| {
             w.open_table(LOCATIONS)?.remove(key)?;
             w.open_table(FORWARDS)?.remove(key)?;
+            if let Some(t) = &tomb {
+                let mut tombs = w.open_table(TOMBSTONES)?;
+                if tombs.len()? >= MAX_TOMBSTONES {
+                    evicted = evict_oldest(&mut tombs, MAX_TOMBSTONES / 16)?;
+                }
+                tombs.insert(key, tomb_value(t))?;
+            }
             Ok(())
-        })
+        })?;
+        if evicted > 0 {
+            eprintln!(
+                "ferry registry {}: over {MAX_TOMBSTONES} tombstones: the {evicted} oldest dropped",
+                self.path.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// The tombstone of `key`, if it was deleted here (and not written since).
+    pub fn tombstone(&self, key: &[u8]) -> Result<Option<Tomb>, Error> {
+        let run = || -> Result<Option<Tomb>, redb::Error> {
+            let r = self.db.begin_read()?;
+            let t = r.open_table(TOMBSTONES)?;
+            Ok(t.get(key)?.map(|v| tomb_of(v.value())))
+        };
+        run().map_err(|e| Self::err("registry read", &self.path, e))
+    }
+
+    /// Drops the tombstones made under generation `upto` or an older one (its rebalance, or
+    /// a newer one, is completed everywhere). Returns how many went.
+    pub fn collect_tombstones(&self, upto: u64) -> Result<u64, Error> {
+        if self.tombstone_count()? == 0 {
+            return Ok(0);
+        }
+        let mut n = 0;
+        self.write(Durability::Immediate, |w| {
+            let mut t = w.open_table(TOMBSTONES)?;
+            let before = t.len()?;
+            t.retain(|_, v| v.2 > upto)?;
+            n = before - t.len()?;
+            Ok(())
+        })?;
+        Ok(n)
+    }
+
+    pub fn tombstone_count(&self) -> Result<u64, Error> {
+        let run = || -> Result<u64, redb::Error> {
+            let r = self.db.begin_read()?;
+            Ok(r.open_table(TOMBSTONES)?.len()?)
+        };
+        run().map_err(|e| Self::err("registry read", &self.path, e))
     }
 
     /// Makes every earlier non-durable change durable (one fsync, shared by the flushes
@@ -246,5 +355,52 @@ impl Registry {
             Ok(t.get(which)?.map(|v| v.value().to_vec()))
         };
         run().map_err(|e| Self::err("registry read", &self.path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn tomb(secs: u64, generation: u64) -> Tomb {
+        let at = UNIX_EPOCH + Duration::new(secs, 7);
+        Tomb { at, generation }
+    }
+
+    #[test]
+    fn tombstones_are_kept_until_written_collected_or_evicted_oldest_first() {
+        let d = tempfile::tempdir().unwrap();
+        let r = Registry::open(&d.path().join("r.redb")).unwrap();
+        r.remove(b"b/1", Some(tomb(100, 2))).unwrap();
+        r.remove(b"b/2", Some(tomb(200, 3))).unwrap();
+        r.remove(b"b/3", None).unwrap();
+        assert_eq!(r.tombstone(b"b/1").unwrap(), Some(tomb(100, 2)));
+        assert_eq!(r.tombstone(b"b/3").unwrap(), None);
+        assert_eq!(r.tombstone_count().unwrap(), 2);
+        // written again: it lives, its tombstone goes
+        r.set_location(b"b/1", "s/d", 3, true).unwrap();
+        assert_eq!(r.tombstone(b"b/1").unwrap(), None);
+        r.remove(b"b/1", Some(tomb(300, 2))).unwrap();
+        assert_eq!(r.collect_tombstones(2).unwrap(), 1, "generation 2's only");
+        assert_eq!(r.tombstone(b"b/2").unwrap(), Some(tomb(200, 3)));
+        assert_eq!(r.collect_tombstones(3).unwrap(), 1);
+        assert_eq!(r.tombstone_count().unwrap(), 0);
+        // past the bound the oldest go first
+        for (i, s) in [50u64, 10, 40, 20, 30].iter().enumerate() {
+            r.remove(format!("b/e{i}").as_bytes(), Some(tomb(*s, 1)))
+                .unwrap();
+        }
+        let mut evicted = 0;
+        r.write(Durability::Immediate, |w| {
+            evicted = evict_oldest(&mut w.open_table(TOMBSTONES)?, 2)?;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(evicted, 2);
+        assert_eq!(r.tombstone(b"b/e1").unwrap(), None, "10: the oldest");
+        assert_eq!(r.tombstone(b"b/e3").unwrap(), None, "20");
+        assert!(r.tombstone(b"b/e4").unwrap().is_some(), "30 stays");
+        assert_eq!(r.tombstone_count().unwrap(), 3);
     }
 }

@@ -6,7 +6,7 @@
 //! mover's commit step) of one key are serialized by a striped lock.
 
 use super::placement::{PartitionTable, Strategy, disk_in_set, partition_of};
-use super::registry::Registry;
+use super::registry::{Registry, Tomb};
 use super::topology::{Disk, DiskSet, Topology, disk_key};
 use crate::error::Error;
 use crate::meta;
@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
 
 /// Lock stripes (keys hash onto them).
 pub const LOCK_STRIPES: usize = 256;
@@ -409,12 +410,11 @@ impl Cluster {
         meta::fsync_dir(&dir)?;
         self.remove_copies(bucket, key, Some(&owner_key))?;
         if let Some(r) = &self.registry {
-            r.set_location(
-                &full_key(bucket, key),
-                &owner_key,
-                self.current.topo.generation,
-                false,
-            )?;
+            let fk = full_key(bucket, key);
+            // The key lives again: its tombstone goes, durably (a crash must not bring back
+            // a tombstone that shadows this write).
+            let durable = r.tombstone(&fk)?.is_some();
+            r.set_location(&fk, &owner_key, self.current.topo.generation, durable)?;
         }
         Ok(())
     }
@@ -443,15 +443,39 @@ impl Cluster {
         Ok(any)
     }
 
-    /// Deletes every copy (and its registry entries). Returns whether the object existed.
+    /// Deletes every copy on this process's disks (and its registry entries). Returns
+    /// whether the object existed.
     pub fn rm(&self, bucket: &str, key: &[u8]) -> Result<bool, Error> {
+        self.remove(bucket, key, false)
+    }
+
+    /// A client's delete of the key, at its owner: `rm`, and on a node's agent a tombstone
+    /// (see `registry`) in the same durable commit, so a copy still on its way from another
+    /// node, or waiting there, is dropped when it arrives instead of bringing the key back.
+    pub fn delete(&self, bucket: &str, key: &[u8]) -> Result<bool, Error> {
+        self.remove(bucket, key, self.node.is_some())
+    }
+
+    fn remove(&self, bucket: &str, key: &[u8], tombstone: bool) -> Result<bool, Error> {
         Self::usage(bucket, key)?;
         let _g = self.lock(bucket, key);
         let any = self.remove_copies(bucket, key, None)?;
         if let Some(r) = &self.registry {
-            r.remove(&full_key(bucket, key))?;
+            let tomb = tombstone.then(|| Tomb {
+                at: SystemTime::now(),
+                generation: self.current.topo.generation,
+            });
+            r.remove(&full_key(bucket, key), tomb)?;
         }
         Ok(any)
+    }
+
+    /// When `bucket/key` was deleted here, if this node keeps its tombstone.
+    pub fn deleted_at(&self, bucket: &str, key: &[u8]) -> Result<Option<SystemTime>, Error> {
+        match &self.registry {
+            Some(r) => Ok(r.tombstone(&full_key(bucket, key))?.map(|t| t.at)),
+            None => Ok(None),
+        }
     }
 
     /// The disks to try, in order: the registry's location if it was recorded under the

@@ -27,6 +27,10 @@ pub type Source<'a> = dyn FnMut() -> std::io::Result<Option<Bytes>> + 'a;
 /// What a node answered for a read.
 pub enum Fetched {
     Missing,
+    /// The node keeps the key's tombstone: deleted then (a copy elsewhere not newer is stale).
+    Deleted {
+        at: SystemTime,
+    },
     /// The range asked for is not satisfiable for an object of `size` bytes.
     BadRange {
         size: u64,
@@ -77,8 +81,9 @@ pub trait Remote: Send + Sync {
         size: Option<u64>,
         src: &mut Source,
     ) -> Result<Stat, Error>;
-    /// Removes every copy `node` holds; true if there was one.
-    fn delete(&self, node: &str, bucket: &str, key: &str) -> Result<bool, Error>;
+    /// Removes every copy `node` holds; true if there was one. With `tombstone` (a client's
+    /// delete, at the owner's node) the node keeps the key's tombstone too.
+    fn delete(&self, node: &str, bucket: &str, key: &str, tombstone: bool) -> Result<bool, Error>;
     /// Every key of `bucket` under `prefix` on `node`'s disks, after `after`.
     fn list(
         &self,

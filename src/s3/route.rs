@@ -6,12 +6,15 @@
 //!   the previous one, forwarding entry), each disk where it is: a local disk is opened, a
 //!   remote one is asked once per node (the node runs its own chain over its own disks).
 //!   A node that cannot be reached is skipped; if no reachable one has the object, the
-//!   error is the unreachable node's (503), never NoSuchKey.
+//!   error is the unreachable node's (503), never NoSuchKey. A tombstone met on the way (the
+//!   owner's, after a delete) makes every copy no newer than it stale: not served (a move
+//!   waiting on another node drops it later).
 //! - Writes go to the owner disk under the current generation (proxied to its node, which
 //!   answers once the object is durable); copies at the other nodes of the chain are then
 //!   removed (best effort: reads prefer the owner anyway).
-//! - Deletes go to every node of the chain, the current owner's last, and stop at the first
-//!   node that cannot be reached (so a copy that stays is never shadowed by a missing one).
+//! - Deletes go to every node of the chain, the current owner's last (it keeps a tombstone),
+//!   and stop at the first node that cannot be reached (so a copy that stays is never
+//!   shadowed by a missing one).
 
 use super::list::Item;
 use super::object::{self, Pull, Want};
@@ -67,19 +70,27 @@ pub fn get(
     crate::cluster::store::validate(bucket, key.as_bytes())
         .map_err(|m| Error::usage(std::path::Path::new("object"), m))?;
     let mut down: Option<Error> = None;
+    // The newest tombstone met: a copy no newer than it is of a deleted version (it waits
+    // on a node whose move will drop it), never served.
+    let mut dead = c.deleted_at(bucket, key.as_bytes())?;
+    let stale = |t: std::time::SystemTime, dead: Option<std::time::SystemTime>| dead >= Some(t);
     for _ in 0..READ_PASSES {
         for h in hops(c, bucket, key)? {
             match h {
                 Hop::Local(d) => {
                     if let Some((f, p)) = c.open_on(&d, bucket, key.as_bytes())? {
                         let md = f.metadata().map_err(|e| Error::os("stat", &p, e))?;
-                        return Ok(Some(Got::Local(f, md)));
+                        if !stale(md.modified().map_err(|e| Error::os("stat", &p, e))?, dead) {
+                            return Ok(Some(Got::Local(f, md)));
+                        }
                     }
                 }
                 Hop::Node(n) => {
                     let Some(r) = r else { continue };
                     match r.get(&n, bucket, key, range, body) {
                         Ok(Fetched::Missing) => {}
+                        Ok(Fetched::Deleted { at }) => dead = dead.max(Some(at)),
+                        Ok(Fetched::Found { stat, .. }) if stale(stat.modified, dead) => {}
                         Ok(f) => return Ok(Some(Got::Remote(f))),
                         Err(e) if unreachable(&e) => {
                             down.get_or_insert(e);
@@ -168,7 +179,7 @@ fn clean_elsewhere(c: &Cluster, r: Option<&dyn Remote>, bucket: &str, key: &str)
     for n in v {
         let res = match (&n, r) {
             (None, _) => c.rm(bucket, key.as_bytes()).map(|_| ()),
-            (Some(n), Some(r)) => r.delete(n, bucket, key).map(|_| ()),
+            (Some(n), Some(r)) => r.delete(n, bucket, key, false).map(|_| ()),
             (Some(_), None) => Ok(()),
         };
         if let Err(e) = res {
@@ -177,18 +188,27 @@ fn clean_elsewhere(c: &Cluster, r: Option<&dyn Remote>, bucket: &str, key: &str)
     }
 }
 
-/// Deletes every copy: the other nodes of the chain first, the current owner's last.
+/// Deletes every copy: the other nodes of the chain first, the current owner's last, which
+/// keeps the key's tombstone (a copy still on its way to it, or waiting on a node outside
+/// the chain, is dropped when it arrives).
 pub fn delete(c: &Cluster, r: Option<&dyn Remote>, bucket: &str, key: &str) -> Result<bool, Error> {
     crate::cluster::store::validate(bucket, key.as_bytes())
         .map_err(|m| Error::usage(std::path::Path::new("object"), m))?;
     let p = partition_of(bucket.as_bytes(), key.as_bytes());
-    let mut order = others(c, bucket, key)?;
-    order.push(where_is(c, &c.current.owner_key(p)));
+    let others = others(c, bucket, key)?;
+    let owner = where_is(c, &c.current.owner_key(p));
     let mut any = false;
-    for n in order {
-        any |= match n {
-            None => c.rm(bucket, key.as_bytes())?,
-            Some(n) => r.ok_or_else(|| no_transport(&n))?.delete(&n, bucket, key)?,
+    for (n, owner) in others
+        .into_iter()
+        .map(|n| (n, false))
+        .chain([(owner, true)])
+    {
+        any |= match (n, owner) {
+            (None, false) => c.rm(bucket, key.as_bytes())?,
+            (None, true) => c.delete(bucket, key.as_bytes())?,
+            (Some(n), t) => r
+                .ok_or_else(|| no_transport(&n))?
+                .delete(&n, bucket, key, t)?,
         };
     }
     Ok(any)

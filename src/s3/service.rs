@@ -258,7 +258,9 @@ impl S3 for Ferry {
                 r.check(size).map_err(S3Error::from)?;
                 return Err(code(S3ErrorCode::InvalidRange, "range not satisfiable"));
             }
-            Got::Remote(Fetched::Missing) => return Err(code(S3ErrorCode::NoSuchKey, "missing")),
+            Got::Remote(Fetched::Missing | Fetched::Deleted { .. }) => {
+                return Err(code(S3ErrorCode::NoSuchKey, "missing"));
+            }
         };
         let len = stat.size;
         let content_range = want.is_some().then(|| {

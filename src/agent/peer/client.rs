@@ -236,6 +236,10 @@ impl PeerClient {
                 self.finish(node, w);
                 Ok(Fetched::Missing)
             }
+            Msg::Deleted { at } => {
+                self.finish(node, w);
+                Ok(Fetched::Deleted { at })
+            }
             Msg::BadRange { size } => {
                 self.finish(node, w);
                 Ok(Fetched::BadRange { size })
@@ -451,11 +455,19 @@ impl PeerClient {
     }
 
     /// Removes every copy of `bucket/key` on `node`'s disks (under its key lock); true if
-    /// there was one.
-    pub fn delete(&self, node: &str, bucket: &str, key: &str) -> Result<bool, Error> {
+    /// there was one. With `tombstone` (a client's delete, at the owner's node) `node` also
+    /// keeps the key's tombstone (a copy still on its way there is dropped).
+    pub fn delete(
+        &self,
+        node: &str,
+        bucket: &str,
+        key: &str,
+        tombstone: bool,
+    ) -> Result<bool, Error> {
         let req = Req::Delete {
             bucket: bucket.into(),
             key: key.into(),
+            tombstone,
         };
         self.flag_request("peer delete", node, req)
     }
@@ -592,8 +604,8 @@ impl Remote for PeerClient {
         PeerClient::put(self, node, disk, (bucket, key), size, src)
     }
 
-    fn delete(&self, node: &str, bucket: &str, key: &str) -> Result<bool, Error> {
-        PeerClient::delete(self, node, bucket, key)
+    fn delete(&self, node: &str, bucket: &str, key: &str, tomb: bool) -> Result<bool, Error> {
+        PeerClient::delete(self, node, bucket, key, tomb)
     }
 
     fn list(

@@ -1,6 +1,7 @@
 //! The receiving side of a migration: a copy of an object another node sends (the rebalance
 //! across nodes) stored on one of this node's disks, unless a client wrote the key there
-//! since (a client's write during a move wins).
+//! since, or deleted it (a client's write or delete during a move wins: the key's tombstone
+//! here is at least as new as the copy).
 
 use super::msg::Migrate;
 use crate::cluster::registry::FORWARD_TTL_SECS;
@@ -18,7 +19,8 @@ pub enum Migrated {
     /// entry recorded.
     Stored,
     /// The disk holds the key with an mtime at least as new (a client's write since, or an
-    /// earlier migration of the same object): the copy was dropped.
+    /// earlier migration of the same object), or its tombstone is at least as new (a
+    /// client's delete since): the copy was dropped.
     Superseded,
 }
 
@@ -29,7 +31,7 @@ fn stamp(t: SystemTime) -> (i64, i64) {
 
 /// Stores `m.bucket/m.key` on the local disk `m.disk` (`set/disk`) from `fill`, with the
 /// source's mtime: temp → fsync; then under the key's lock: the newer mtime wins (a tie
-/// keeps what is there), rename, directory fsync, registry (location + forwarding entry from
+/// keeps what is there; a tombstone at least as new as the copy drops it), rename, directory fsync, registry (location + forwarding entry from
 /// `m.from`, made durable). `fill` fails (and nothing is named) on a short body or an xxh3
 /// mismatch.
 pub fn store(
@@ -62,14 +64,25 @@ pub fn store(
     }
     let _g = c.lock(bucket, key.as_bytes());
     let newer_there = match meta::lstat(&dst) {
-        Ok(st) => (st.st_mtime, st.st_mtime_nsec) >= stamp(mtime),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT)) => false,
+        Ok(st) => Ok((st.st_mtime, st.st_mtime_nsec) >= stamp(mtime)),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT)) => Ok(false),
+        Err(e) => Err(e),
+    };
+    // A delete here since (or while the copy was on its way) wins too.
+    let superseded = newer_there.and_then(|newer| match newer {
+        true => Ok(true),
+        false => Ok(c
+            .deleted_at(bucket, key.as_bytes())?
+            .is_some_and(|t| t >= mtime)),
+    });
+    let superseded = match superseded {
+        Ok(s) => s,
         Err(e) => {
             let _ = meta::unlink(&tmp);
             return Err(e);
         }
     };
-    if newer_there {
+    if superseded {
         meta::unlink(&tmp)?;
         return Ok(Migrated::Superseded);
     }

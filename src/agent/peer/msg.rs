@@ -3,10 +3,12 @@
 //!
 //! A connection starts with Hello (client: its version and node name) and Welcome (server:
 //! the same); then the client sends requests one at a time, each answered before the next:
-//! - `Get` → `Missing` | `BadRange` | `Found` (+ `Data`… + `End` when the body is asked for)
+//! - `Get` → `Missing` | `Deleted` (a tombstone there: the key was deleted then; older copies
+//!   elsewhere are stale) | `BadRange` | `Found` (+ `Data`… + `End` when the body is asked for)
 //! - `Put` + `Data`… + `End` → `Done` (durable) | `Error`
 //! - `Migrate` + `Data`… + `End` → `Done` (stored, durable) | `Superseded` | `Error`
-//! - `Delete` → `Done` (flag: a copy existed)
+//! - `Delete` → `Done` (flag: a copy existed); with `tombstone` (a client's delete, sent to
+//!   the owner's node) the node records the key's tombstone too
 //! - `List`, `Buckets` → `Entries`… + `Done`; `Bucket` → `Done` (flag)
 //!
 //! `End` carries the byte count and xxh3 of the data frames before it, checked by the side
@@ -16,7 +18,9 @@ use crate::net::frame::{self, Cursor, Frame, ProtoError, put_bytes};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Bumped on any change to these messages; Hello and Welcome keep their layout.
-pub const VERSION: u16 = 1;
+/// 2: `Delete.tombstone` and `Deleted` (a Get of a key with a tombstone); Migrate honours
+/// tombstones (a version 1 node would bring a deleted key back).
+pub const VERSION: u16 = 2;
 pub const MAGIC: &[u8; 8] = b"FERRYPER";
 
 /// Why a request failed, as the far side classed it.
@@ -97,6 +101,7 @@ pub enum Req {
     Delete {
         bucket: String,
         key: String,
+        tombstone: bool,
     },
     List {
         bucket: String,
@@ -127,6 +132,9 @@ pub enum Msg {
     },
     Req(Req),
     Missing,
+    Deleted {
+        at: SystemTime,
+    },
     BadRange {
         size: u64,
     },
@@ -169,10 +177,11 @@ const T_END: u8 = 24;
 const T_DONE: u8 = 25;
 const T_SUPERSEDED: u8 = 26;
 const T_ENTRIES: u8 = 27;
+const T_DELETED: u8 = 28;
 
 /// Frame types this version knows.
 pub fn known(t: u8) -> bool {
-    matches!(t, 1..=3 | 10..=16 | 20..=27)
+    matches!(t, 1..=3 | 10..=16 | 20..=28)
 }
 
 /// Bytes of entries put in one Entries frame (well under the frame limit).
@@ -242,6 +251,10 @@ impl Msg {
             }
             Msg::Req(r) => r.payload(p),
             Msg::Missing => T_MISSING,
+            Msg::Deleted { at } => {
+                put_time(p, *at);
+                T_DELETED
+            }
             Msg::BadRange { size } => {
                 p.extend_from_slice(&size.to_le_bytes());
                 T_BADRANGE
@@ -318,6 +331,9 @@ impl Msg {
             }
             T_GET..=T_BUCKETS => Msg::Req(Req::decode(f.kind, &mut c)?),
             T_MISSING => Msg::Missing,
+            T_DELETED => Msg::Deleted {
+                at: get_time(&mut c, "deleted at")?,
+            },
             T_BADRANGE => Msg::BadRange {
                 size: c.u64("size")?,
             },
@@ -399,9 +415,14 @@ impl Req {
                 m.put(p);
                 T_MIGRATE
             }
-            Req::Delete { bucket, key } => {
+            Req::Delete {
+                bucket,
+                key,
+                tombstone,
+            } => {
                 put_str(p, bucket);
                 put_str(p, key);
+                p.push(*tombstone as u8);
                 T_DELETE
             }
             Req::List {
@@ -453,6 +474,7 @@ impl Req {
             T_DELETE => Req::Delete {
                 bucket: get_str(c, "bucket")?,
                 key: get_str(c, "key")?,
+                tombstone: c.u8("tombstone")? != 0,
             },
             T_LIST => {
                 let (bucket, prefix) = (get_str(c, "bucket")?, get_str(c, "prefix")?);
@@ -514,6 +536,11 @@ mod tests {
                 size: 9,
                 mtime: t,
             })),
+            Msg::Req(Req::Delete {
+                bucket: "b".into(),
+                key: "k".into(),
+                tombstone: true,
+            }),
             Msg::Req(Req::List {
                 bucket: "b".into(),
                 prefix: "p/".into(),
@@ -530,6 +557,7 @@ mod tests {
             Msg::End { len: 3, hash: 7 },
             Msg::Entries(vec![e.clone(), e]),
             Msg::Superseded,
+            Msg::Deleted { at: t },
         ];
         let mut wire = Vec::new();
         all.iter().for_each(|m| m.encode(&mut wire));
@@ -549,6 +577,6 @@ mod tests {
             payload: b"HTTP/1.1 200".to_vec(),
         };
         assert_eq!(Msg::decode(&not_ferry), Err(ProtoError::NotFerry));
-        assert!(!known(9) && !known(200));
+        assert!(!known(9) && !known(29) && !known(200));
     }
 }

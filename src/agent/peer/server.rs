@@ -240,8 +240,16 @@ fn serve_req(w: &mut Wire, ctx: &Ctx, req: Req) -> io::Result<bool> {
             let r = r.map(|x| (x == Migrated::Stored).then(|| m.disk.clone()));
             body_done(w, &c, r, (&m.bucket, &m.key))
         }
-        Req::Delete { bucket, key } => {
-            let m = match c.rm(&bucket, key.as_bytes()) {
+        Req::Delete {
+            bucket,
+            key,
+            tombstone,
+        } => {
+            let removed = match tombstone {
+                true => c.delete(&bucket, key.as_bytes()),
+                false => c.rm(&bucket, key.as_bytes()),
+            };
+            let m = match removed {
                 Ok(existed) => done(existed, SystemTime::UNIX_EPOCH, String::new()),
                 Err(e) => answer(&e),
             };
@@ -342,7 +350,8 @@ fn s3_range(r: Range) -> s3s::dto::Range {
 }
 
 /// Get: the object where this node's read chain finds it, the range of it, then its bytes
-/// and their xxh3.
+/// and their xxh3; Deleted when this node keeps a tombstone of the key no older than the copy
+/// (or there is none).
 fn get(
     w: &mut Wire,
     c: &Cluster,
@@ -350,10 +359,21 @@ fn get(
     range: Option<Range>,
     body: bool,
 ) -> io::Result<()> {
-    let (f, md) = match crate::s3::object::open(c, bucket, key) {
-        Ok(Some(x)) => x,
-        Ok(None) => return w.send(&Msg::Missing),
+    let dead = match c.deleted_at(bucket, key.as_bytes()) {
+        Ok(d) => d,
         Err(e) => return w.send(&answer(&e)),
+    };
+    let found = match crate::s3::object::open(c, bucket, key) {
+        Ok(x) => x,
+        Err(e) => return w.send(&answer(&e)),
+    };
+    let (f, md) = match (found, dead) {
+        (Some((_, md)), Some(at)) if md.modified().is_ok_and(|m| m <= at) => {
+            return w.send(&Msg::Deleted { at });
+        }
+        (Some(x), _) => x,
+        (None, Some(at)) => return w.send(&Msg::Deleted { at }),
+        (None, None) => return w.send(&Msg::Missing),
     };
     let size = md.len();
     let r = match range.map(s3_range) {
