@@ -3,7 +3,7 @@
 //!   still at its owner of two generations ago is deleted (or overwritten) through the S3
 //!   endpoints. No agent serves the deleted key again, and when the moves go on, the copy
 //!   that was waiting is dropped instead of being brought back at the new owner; the write
-//!   wins over the copy.
+//!   wins over the copy. No LIST names a deleted key either.
 //! - Within one change: keys deleted while their moves are under way (not moved yet, in
 //!   flight, moved: a forwarding entry at the previous owner) are gone from every disk as
 //!   soon as the DELETE is answered, and stay gone.
@@ -43,9 +43,16 @@ fn wait_paused(n: &Nodes, g: u64, node: &str) {
     });
 }
 
-/// Every agent answers 404 for each of `gone`.
+/// Every agent answers 404 for each of `gone`, and lists none of them.
 fn assert_gone_everywhere(n: &Nodes, gone: &[String], when: &str) {
     for (node, s3) in &n.s3 {
+        let listed: std::collections::HashSet<String> =
+            s3.list(BKT, "").unwrap().into_iter().collect();
+        let back: Vec<&String> = gone.iter().filter(|k| listed.contains(*k)).collect();
+        assert!(
+            back.is_empty(),
+            "{when}: LIST through {node} names deleted {back:?}"
+        );
         for k in gone {
             let r = s3.get(BKT, k).unwrap();
             assert_eq!(
@@ -190,9 +197,26 @@ fn a_key_deleted_while_its_move_waits_through_two_changes_never_comes_back() {
         want.remove(k);
     }
     assert_placed(&g3, BKT, &want);
+    assert_lists(&n, &want);
     // the rebalance is completed everywhere: c lets its tombstones go
     std::thread::sleep(COLLECTED_WITHIN);
     assert_eq!(tombstones_of(&mut n, "c"), 0, "tombstones left");
+}
+
+/// Every agent lists exactly the keys of `want`.
+fn assert_lists(n: &Nodes, want: &HashMap<String, Vec<u8>>) {
+    let mut keys: Vec<&String> = want.keys().collect();
+    keys.sort();
+    for (node, s3) in &n.s3 {
+        let mut listed = s3.list(BKT, "").unwrap();
+        listed.sort();
+        assert!(
+            listed.iter().eq(keys.iter().copied()),
+            "LIST through {node}: {} keys, {} live",
+            listed.len(),
+            keys.len()
+        );
+    }
 }
 
 /// How long an agent takes at most to collect the tombstones of a completed rebalance (it

@@ -172,6 +172,7 @@ fn objects_are_put_read_listed_and_deleted_on_another_node() {
     let keys: Vec<String> = c
         .list("n2", "b", "dir/", None)
         .unwrap()
+        .items
         .into_iter()
         .map(|(k, _)| k)
         .collect();
@@ -311,6 +312,9 @@ fn a_delete_at_the_owner_wins_over_a_copy_still_on_its_way() {
         Fetched::Deleted { at } => assert_eq!(Some(at), tomb),
         _ => panic!("a Get of the deleted key is not Deleted"),
     }
+    let listed = c.list("n2", "b", "t/", None).unwrap();
+    assert!(listed.items.is_empty(), "{:?}", listed.items);
+    assert_eq!(listed.deleted, vec![(key.clone(), tomb.unwrap())]);
     // A copy written after the delete (newer than the tombstone) is stored.
     let newer = SystemTime::now() + Duration::from_secs(3600);
     let m = c.migrate(

@@ -249,6 +249,24 @@ impl Registry {
         Ok(n)
     }
 
+    /// The tombstones of the keys starting with `prefix` (at most `MAX_TOMBSTONES`).
+    pub fn tombstones_under(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Tomb)>, Error> {
+        let run = || -> Result<Vec<(Vec<u8>, Tomb)>, redb::Error> {
+            let r = self.db.begin_read()?;
+            let t = r.open_table(TOMBSTONES)?;
+            let mut out = Vec::new();
+            for e in t.range(prefix..)? {
+                let (k, v) = e?;
+                if !k.value().starts_with(prefix) {
+                    break;
+                }
+                out.push((k.value().to_vec(), tomb_of(v.value())));
+            }
+            Ok(out)
+        };
+        run().map_err(|e| Self::err("registry read", &self.path, e))
+    }
+
     pub fn tombstone_count(&self) -> Result<u64, Error> {
         let run = || -> Result<u64, redb::Error> {
             let r = self.db.begin_read()?;
@@ -384,7 +402,10 @@ mod tests {
         r.remove(b"b/1", Some(tomb(300, 2))).unwrap();
         assert_eq!(r.collect_tombstones(2).unwrap(), 1, "generation 2's only");
         assert_eq!(r.tombstone(b"b/2").unwrap(), Some(tomb(200, 3)));
-        assert_eq!(r.collect_tombstones(3).unwrap(), 1);
+        r.remove(b"c/2", Some(tomb(5, 3))).unwrap();
+        let under = r.tombstones_under(b"b/").unwrap();
+        assert_eq!(under, vec![(b"b/2".to_vec(), tomb(200, 3))], "only b's");
+        assert_eq!(r.collect_tombstones(3).unwrap(), 2);
         assert_eq!(r.tombstone_count().unwrap(), 0);
         // past the bound the oldest go first
         for (i, s) in [50u64, 10, 40, 20, 30].iter().enumerate() {

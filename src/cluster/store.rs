@@ -470,6 +470,23 @@ impl Cluster {
         Ok(any)
     }
 
+    /// The keys of `bucket` under `prefix` this node keeps tombstones of, with their times.
+    pub fn deleted_under(
+        &self,
+        bucket: &str,
+        prefix: &str,
+    ) -> Result<Vec<(String, SystemTime)>, Error> {
+        let Some(r) = &self.registry else {
+            return Ok(Vec::new());
+        };
+        let under = r.tombstones_under(&full_key(bucket, prefix.as_bytes()))?;
+        let skip = bucket.len() + 1;
+        Ok(under
+            .into_iter()
+            .filter_map(|(k, t)| Some((String::from_utf8(k[skip..].to_vec()).ok()?, t.at)))
+            .collect())
+    }
+
     /// When `bucket/key` was deleted here, if this node keeps its tombstone.
     pub fn deleted_at(&self, bucket: &str, key: &[u8]) -> Result<Option<SystemTime>, Error> {
         match &self.registry {

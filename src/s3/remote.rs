@@ -43,6 +43,13 @@ pub enum Fetched {
     },
 }
 
+/// What a node lists: its keys, and the tombstones it keeps (key, time of the delete).
+#[derive(Debug, Default)]
+pub struct Listed {
+    pub items: Vec<(String, Item)>,
+    pub deleted: Vec<(String, SystemTime)>,
+}
+
 /// Bucket operations on one node's disks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BucketOp {
@@ -84,14 +91,15 @@ pub trait Remote: Send + Sync {
     /// Removes every copy `node` holds; true if there was one. With `tombstone` (a client's
     /// delete, at the owner's node) the node keeps the key's tombstone too.
     fn delete(&self, node: &str, bucket: &str, key: &str, tombstone: bool) -> Result<bool, Error>;
-    /// Every key of `bucket` under `prefix` on `node`'s disks, after `after`.
+    /// Every key of `bucket` under `prefix` on `node`'s disks, after `after`, and the
+    /// tombstones `node` keeps there.
     fn list(
         &self,
         node: &str,
         bucket: &str,
         prefix: &str,
         after: Option<&str>,
-    ) -> Result<Vec<(String, Item)>, Error>;
+    ) -> Result<Listed, Error>;
     fn bucket(&self, node: &str, op: BucketOp, bucket: &str) -> Result<bool, Error>;
     /// (name, creation time) of the buckets on `node`'s disks.
     fn buckets(&self, node: &str) -> Result<Vec<(String, SystemTime)>, Error>;

@@ -214,7 +214,9 @@ pub fn delete(c: &Cluster, r: Option<&dyn Remote>, bucket: &str, key: &str) -> R
     Ok(any)
 }
 
-/// Every key of `bucket` under `prefix` on every node (a key on two, mid-move: the newer).
+/// Every key of `bucket` under `prefix` on every node (a key on two, mid-move: the newer),
+/// but for the copies no newer than a tombstone of their key (deleted: they wait on a node
+/// whose move will drop them).
 pub fn list(
     c: &Cluster,
     r: Option<&dyn Remote>,
@@ -226,8 +228,18 @@ pub fn list(
     let Some(r) = r else {
         return Ok(all);
     };
+    let mut dead: BTreeMap<String, std::time::SystemTime> = BTreeMap::new();
+    let mut bury = |k: String, at| {
+        let t = dead.entry(k).or_insert(at);
+        *t = (*t).max(at);
+    };
+    c.deleted_under(bucket, prefix)?
+        .into_iter()
+        .for_each(|(k, at)| bury(k, at));
     for n in c.other_nodes() {
-        for (k, it) in r.list(&n, bucket, prefix, after)? {
+        let listed = r.list(&n, bucket, prefix, after)?;
+        listed.deleted.into_iter().for_each(|(k, at)| bury(k, at));
+        for (k, it) in listed.items {
             match all.get(&k) {
                 Some(old) if old.modified >= it.modified => {}
                 _ => {
@@ -236,6 +248,7 @@ pub fn list(
             }
         }
     }
+    all.retain(|k, it| dead.get(k).is_none_or(|at| it.modified > *at));
     Ok(all)
 }
 

@@ -19,7 +19,7 @@ use super::msg::{Code, Entry, Msg, Range, Req};
 use super::wire::Wire;
 use crate::error::{Error, ErrorKind, Target};
 use crate::s3::list::Item;
-use crate::s3::remote::{BucketOp, Chunks, Fetched, Remote, Source, Stat};
+use crate::s3::remote::{BucketOp, Chunks, Fetched, Listed, Remote, Source, Stat};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::io;
@@ -495,23 +495,26 @@ impl PeerClient {
         bucket: &str,
         prefix: &str,
         after: Option<&str>,
-    ) -> Result<Vec<(String, Item)>, Error> {
+    ) -> Result<Listed, Error> {
         let req = Req::List {
             bucket: bucket.into(),
             prefix: prefix.into(),
             after: after.map(str::to_string),
         };
-        let v = self.entries("peer list", node, req)?;
-        Ok(v.into_iter()
-            .map(|e| {
-                let it = Item {
-                    size: e.size,
-                    modified: e.mtime,
-                    etag: e.etag,
-                };
-                (e.name, it)
-            })
-            .collect())
+        let mut out = Listed::default();
+        for e in self.entries("peer list", node, req)? {
+            if e.deleted {
+                out.deleted.push((e.name, e.mtime));
+                continue;
+            }
+            let it = Item {
+                size: e.size,
+                modified: e.mtime,
+                etag: e.etag,
+            };
+            out.items.push((e.name, it));
+        }
+        Ok(out)
     }
 
     pub fn bucket(&self, node: &str, op: BucketOp, bucket: &str) -> Result<bool, Error> {
@@ -614,7 +617,7 @@ impl Remote for PeerClient {
         bucket: &str,
         prefix: &str,
         after: Option<&str>,
-    ) -> Result<Vec<(String, Item)>, Error> {
+    ) -> Result<Listed, Error> {
         PeerClient::list(self, node, bucket, prefix, after)
     }
 

@@ -9,7 +9,8 @@
 //! - `Migrate` + `Data`… + `End` → `Done` (stored, durable) | `Superseded` | `Error`
 //! - `Delete` → `Done` (flag: a copy existed); with `tombstone` (a client's delete, sent to
 //!   the owner's node) the node records the key's tombstone too
-//! - `List`, `Buckets` → `Entries`… + `Done`; `Bucket` → `Done` (flag)
+//! - `List`, `Buckets` → `Entries`… + `Done`; `Bucket` → `Done` (flag); a List's entries
+//!   include the node's tombstones under the prefix (`deleted`: mtime is the delete's time)
 //!
 //! `End` carries the byte count and xxh3 of the data frames before it, checked by the side
 //! that receives them (the hash comes last, so a proxy streams a body it has not seen yet).
@@ -18,8 +19,8 @@ use crate::net::frame::{self, Cursor, Frame, ProtoError, put_bytes};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Bumped on any change to these messages; Hello and Welcome keep their layout.
-/// 2: `Delete.tombstone` and `Deleted` (a Get of a key with a tombstone); Migrate honours
-/// tombstones (a version 1 node would bring a deleted key back).
+/// 2: `Delete.tombstone`, `Deleted` (a Get of a key with a tombstone), `Entry.deleted`;
+/// Migrate honours tombstones (a version 1 node would bring a deleted key back).
 pub const VERSION: u16 = 2;
 pub const MAGIC: &[u8; 8] = b"FERRYPER";
 
@@ -48,6 +49,8 @@ pub struct Entry {
     pub size: u64,
     pub mtime: SystemTime,
     pub etag: String,
+    /// A tombstone, not an object: deleted at `mtime`.
+    pub deleted: bool,
 }
 
 /// A migrated copy on its way: `bucket/key` for the receiver's disk `disk` (`set/disk`),
@@ -296,6 +299,7 @@ impl Msg {
                     p.extend_from_slice(&e.size.to_le_bytes());
                     put_time(p, e.mtime);
                     put_str(p, &e.etag);
+                    p.push(e.deleted as u8);
                 }
                 T_ENTRIES
             }
@@ -372,6 +376,7 @@ fn entries(c: &mut Cursor) -> Result<Vec<Entry>, ProtoError> {
             size: c.u64("size")?,
             mtime: get_time(c, "mtime")?,
             etag: get_str(c, "etag")?,
+            deleted: c.u8("deleted")? != 0,
         });
     }
     Ok(v)
@@ -500,16 +505,21 @@ mod tests {
     use super::*;
     use crate::net::frame::Decoder;
 
-    #[test]
-    fn every_message_round_trips_and_garbage_is_an_error() {
+    /// One message of each kind (Entries with an object and a tombstone).
+    fn samples() -> Vec<Msg> {
         let t = UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
         let e = Entry {
             name: "a/b".into(),
             size: 3,
             mtime: t,
             etag: "x".into(),
+            deleted: false,
         };
-        let all = vec![
+        let tomb = Entry {
+            deleted: true,
+            ..e.clone()
+        };
+        vec![
             Msg::Hello {
                 version: VERSION,
                 node: "n1".into(),
@@ -555,10 +565,15 @@ mod tests {
             },
             Msg::Data(vec![1, 2, 3]),
             Msg::End { len: 3, hash: 7 },
-            Msg::Entries(vec![e.clone(), e]),
+            Msg::Entries(vec![e.clone(), tomb, e]),
             Msg::Superseded,
             Msg::Deleted { at: t },
-        ];
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips_and_garbage_is_an_error() {
+        let all = samples();
         let mut wire = Vec::new();
         all.iter().for_each(|m| m.encode(&mut wire));
         let mut d = Decoder::new();

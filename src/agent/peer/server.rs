@@ -268,6 +268,7 @@ fn serve_req(w: &mut Wire, ctx: &Ctx, req: Req) -> io::Result<bool> {
                 size: 0,
                 mtime: t,
                 etag: String::new(),
+                deleted: false,
             });
             send_entries(w, v).map(|_| true)
         }
@@ -418,6 +419,7 @@ fn send_range(w: &mut Wire, f: &File, r: std::ops::Range<u64>) -> io::Result<()>
     })
 }
 
+/// List: the keys on this node's disks under the prefix, then its tombstones there.
 fn list(
     w: &mut Wire,
     c: &Cluster,
@@ -425,17 +427,27 @@ fn list(
     prefix: &str,
     after: Option<&str>,
 ) -> io::Result<()> {
+    let deleted = match c.deleted_under(bucket, prefix) {
+        Ok(d) => d,
+        Err(e) => return w.send(&answer(&e)),
+    };
     let all = crate::s3::list::gather(c, bucket, prefix);
-    let v = all
-        .into_iter()
-        .filter(|(k, _)| after.is_none_or(|a| k.as_str() > a))
-        .map(|(name, it)| Entry {
-            name,
-            size: it.size,
-            mtime: it.modified,
-            etag: it.etag,
-        });
-    send_entries(w, v)
+    let items = all.into_iter().map(|(name, it)| Entry {
+        name,
+        size: it.size,
+        mtime: it.modified,
+        etag: it.etag,
+        deleted: false,
+    });
+    let tombs = deleted.into_iter().map(|(name, at)| Entry {
+        name,
+        size: 0,
+        mtime: at,
+        etag: String::new(),
+        deleted: true,
+    });
+    let after = |e: &Entry| after.is_none_or(|a| e.name.as_str() > a);
+    send_entries(w, items.chain(tombs).filter(after))
 }
 
 /// Entries in frames of about `ENTRIES_BATCH` bytes, then Done.
