@@ -307,10 +307,9 @@ impl Conn {
     fn process(&mut self) -> io::Result<()> {
         if let Err(e) = self.tls.process_new_packets() {
             // Tell the peer why (the alert), then give up.
-            let _ = self.write_tls();
-            if let Some(r) = self.ring.as_mut() {
-                let _ = r.drain(Instant::now() + Duration::from_millis(100));
-            }
+            let mut ring = self.ring.take();
+            let _ = last_words(&mut self.tls, &self.sock, ring.as_deref_mut());
+            self.ring = ring;
             return Err(self.err("TLS with", e));
         }
         self.drain_plaintext()
@@ -343,8 +342,7 @@ impl Conn {
     /// [`Conn::process`] while the ring is taken out of `self`.
     fn ring_process(&mut self, r: &mut super::ring::SockRing) -> io::Result<()> {
         if let Err(e) = self.tls.process_new_packets() {
-            let _ = self.tls.write_tls(r);
-            let _ = r.drain(Instant::now() + Duration::from_millis(100));
+            let _ = last_words(&mut self.tls, &self.sock, Some(r));
             return Err(self.err("TLS with", e));
         }
         self.drain_plaintext()
@@ -500,6 +498,68 @@ impl Conn {
             let _ = r.drain(Instant::now() + self.idle);
         }
         let _ = self.sock.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+/// How long a connection that failed waits for its last records (the alert saying why) to
+/// leave before it is closed.
+const LAST_WORDS: Duration = Duration::from_millis(500);
+
+/// Sends every record TLS holds (after a failed handshake: the change_cipher_spec and the
+/// alert, which rustls queues as separate pieces) to the socket or the ring, waiting up to
+/// [`LAST_WORDS`] for room; a record left unsent would leave the peer with a bare EOF or a
+/// reset instead of the reason.
+fn last_words(
+    tls: &mut rustls::Connection,
+    sock: &TcpStream,
+    mut ring: Option<&mut super::ring::SockRing>,
+) -> io::Result<()> {
+    let deadline = Instant::now() + LAST_WORDS;
+    while tls.wants_write() {
+        let wrote = match ring.as_deref_mut() {
+            Some(r) => tls.write_tls(r),
+            None => tls.write_tls(&mut &*sock),
+        };
+        match wrote {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(io::Error::from(io::ErrorKind::TimedOut));
+                }
+                match ring.as_deref_mut() {
+                    Some(r) => r.turn(false, left).map(|_| ())?,
+                    None => writable(sock, left).map(|_| ())?,
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    match ring {
+        Some(r) => r.drain(deadline),
+        None => Ok(()),
+    }
+}
+
+/// poll(2) until `sock` takes bytes or `left` passes. false: timed out.
+fn writable(sock: &TcpStream, left: Duration) -> io::Result<bool> {
+    let mut p = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd.
+    match unsafe { libc::poll(&mut p, 1, ms) } {
+        r if r < 0 => {
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => Ok(true),
+                _ => Err(e),
+            }
+        }
+        r => Ok(r > 0),
     }
 }
 

@@ -211,6 +211,23 @@ impl io::Write for SockRing {
         Ok(n)
     }
 
+    /// All the pieces that fit, in one call (rustls hands over its queued records at once;
+    /// the default would take only the first).
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let mut n = 0;
+        for b in bufs.iter().filter(|b| !b.is_empty()) {
+            match self.write(b) {
+                // A piece taken in part: the rest of it comes first in the next call.
+                Ok(k) if k < b.len() => return Ok(n + k),
+                Ok(k) => n += k,
+                // Both buffers busy: what was taken is reported now.
+                Err(e) if n > 0 && e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         self.kick()
     }
@@ -306,6 +323,33 @@ mod tests {
             r.turn(true, Duration::from_secs(5)).expect("turn");
         }
         assert!(r.received().is_none());
+    }
+
+    #[test]
+    fn vectored_writes_take_every_piece_in_order_and_stop_at_a_partial_one() {
+        if UringBackend::probe_sockets().is_err() {
+            return;
+        }
+        let (a, mut b) = pair();
+        let mut r = SockRing::new(a.as_raw_fd()).expect("ring");
+        // rustls hands its queued records over at once (change_cipher_spec, then an alert).
+        let pieces = [&b"change"[..], b"", b"-cipher", b"-alert"];
+        let n = r
+            .write_vectored(&pieces.map(io::IoSlice::new))
+            .expect("write");
+        assert_eq!(n, 19, "every piece taken");
+        // A piece that does not fit is taken in part and nothing behind it.
+        let big = vec![9u8; BUF];
+        let n = r
+            .write_vectored(&[io::IoSlice::new(&big), io::IoSlice::new(b"behind")])
+            .expect("write");
+        assert_eq!(n, BUF - 19);
+        r.drain(Instant::now() + Duration::from_secs(10))
+            .expect("drain");
+        let mut got = vec![0; BUF];
+        b.read_exact(&mut got).expect("read");
+        assert_eq!(&got[..19], b"change-cipher-alert");
+        assert!(got[19..].iter().all(|&x| x == 9));
     }
 
     #[test]
