@@ -5,7 +5,7 @@
 mod common;
 mod netkit;
 use common::*;
-use netkit::{Server, os};
+use netkit::{Server, assert_on_path, os};
 use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
@@ -31,7 +31,26 @@ fn url(s: &Server, rest: &str) -> String {
 }
 
 fn run(args: &[&OsStr]) -> std::process::Output {
-    ferry_with(args, std::time::Duration::from_secs(120), None)
+    run_on(args, None)
+}
+
+/// [`run`] with FERRY_NET_IO=`io` (None: as this process has it); a client that fell back
+/// from the path it was given fails the test.
+fn run_on(args: &[&OsStr], io: Option<&str>) -> std::process::Output {
+    let env = io.map(netkit::net_io);
+    let env = env.as_ref().map_or(&[][..], |e| &e[..]);
+    let o = ferry_env(args, std::time::Duration::from_secs(120), None, env);
+    assert!(
+        !stderr(&o).contains("io_uring for sockets unavailable"),
+        "{io:?}: {}",
+        stderr(&o)
+    );
+    o
+}
+
+/// `ferry serve` (as [`serve`]) on socket path `io`.
+fn serve_io(tls: &Path, exports: &[(&str, &Path)], io: &str) -> Server {
+    netkit::serve_env(tls, exports, "127.0.0.1", 0, None, &netkit::net_io(io))
 }
 
 /// The fixture (its FIFO included: FIFOs travel as nodes).
@@ -40,7 +59,18 @@ fn tree(root: &Path) {
 }
 
 fn push(client: &Path, src: &Path, to: &str, state: &Path) -> std::process::Output {
-    run(&[
+    push_on(client, src, to, state, None)
+}
+
+/// [`push`] on socket path `io` (None: as this process has it).
+fn push_on(
+    client: &Path,
+    src: &Path,
+    to: &str,
+    state: &Path,
+    io: Option<&str>,
+) -> std::process::Output {
+    let args = [
         os("copy"),
         src.as_os_str(),
         os(to),
@@ -48,7 +78,8 @@ fn push(client: &Path, src: &Path, to: &str, state: &Path) -> std::process::Outp
         client.as_os_str(),
         os("--state-dir"),
         state.as_os_str(),
-    ])
+    ];
+    run_on(&args, io)
 }
 
 /// A ferry temp name (any token), as the receiver writes them.
@@ -58,16 +89,35 @@ fn is_temp(name: &str) -> bool {
 
 #[test]
 fn push_pull_and_verify_keep_the_tree() {
+    for io in netkit::net_paths() {
+        push_pull_and_verify_on(io);
+    }
+}
+
+/// `ferry verify SRC URL` on socket path `io`: the far end hashes its side.
+fn remote_verify(src: &Path, url: &str, tls: &Path, io: &str) -> std::process::Output {
+    let args = [
+        os("verify"),
+        src.as_os_str(),
+        os(url),
+        os("--tls-dir"),
+        tls.as_os_str(),
+    ];
+    run_on(&args, Some(io))
+}
+
+/// [`push_pull_and_verify_keep_the_tree`] with both ends on socket path `io`.
+fn push_pull_and_verify_on(io: &str) {
     let t = tempfile::tempdir().unwrap();
     let (stls, ctls) = pki(&t.path().join("pki"));
     let (src, exp) = (t.path().join("src"), t.path().join("exp"));
     tree(&src);
     std::fs::create_dir(&exp).unwrap();
-    let s = serve(&stls, &[("data", &exp)]);
+    let s = serve_io(&stls, &[("data", &exp)], io);
     let state = t.path().join("state");
 
-    let o = push(&ctls, &src, &url(&s, "data/"), &state);
-    assert!(o.status.success(), "push: {}", stderr(&o));
+    let o = push_on(&ctls, &src, &url(&s, "data/"), &state, Some(io));
+    assert!(o.status.success(), "{io} push: {}", stderr(&o));
     assert_same_tree(&src, &exp.join("src"));
     let v = ferry(&[os("verify"), src.as_os_str(), exp.join("src").as_os_str()]);
     assert!(v.status.success(), "local verify: {}", stderr(&v));
@@ -83,23 +133,11 @@ fn push_pull_and_verify_keep_the_tree() {
     assert_eq!(leftovers, 0);
 
     // The far end hashes its side.
-    let r = run(&[
-        os("verify"),
-        src.as_os_str(),
-        os(&url(&s, "data/src")),
-        os("--tls-dir"),
-        ctls.as_os_str(),
-    ]);
-    assert!(r.status.success(), "remote verify: {}", stderr(&r));
+    let r = remote_verify(&src, &url(&s, "data/src"), &ctls, io);
+    assert!(r.status.success(), "{io} remote verify: {}", stderr(&r));
     std::fs::write(exp.join("src/sizes/s1"), b"X").unwrap();
-    let r = run(&[
-        os("verify"),
-        src.as_os_str(),
-        os(&url(&s, "data/src")),
-        os("--tls-dir"),
-        ctls.as_os_str(),
-    ]);
-    assert_eq!(r.status.code(), Some(1), "a changed byte is found");
+    let r = remote_verify(&src, &url(&s, "data/src"), &ctls, io);
+    assert_eq!(r.status.code(), Some(1), "{io}: a changed byte is found");
     assert!(String::from_utf8_lossy(&r.stdout).contains("sizes/s1"));
     std::fs::write(
         exp.join("src/sizes/s1"),
@@ -109,20 +147,24 @@ fn push_pull_and_verify_keep_the_tree() {
 
     // Pull it back into a new directory.
     let back = t.path().join("back");
-    let o = run(&[
-        os("copy"),
-        os(&url(&s, "data/src")),
-        back.as_os_str(),
-        os("--tls-dir"),
-        ctls.as_os_str(),
-        os("--state-dir"),
-        state.as_os_str(),
-    ]);
-    assert!(o.status.success(), "pull: {}", stderr(&o));
+    let o = run_on(
+        &[
+            os("copy"),
+            os(&url(&s, "data/src")),
+            back.as_os_str(),
+            os("--tls-dir"),
+            ctls.as_os_str(),
+            os("--state-dir"),
+            state.as_os_str(),
+        ],
+        Some(io),
+    );
+    assert!(o.status.success(), "{io} pull: {}", stderr(&o));
     let v = ferry(&[os("verify"), src.as_os_str(), back.as_os_str()]);
     assert!(v.status.success(), "{}", stderr(&v));
     // (s1 was rewritten at the far end above: same bytes, new mtime.)
     assert_same_tree(&exp.join("src"), &back);
+    assert_on_path(&s, io);
 }
 
 fn walk_names(root: &Path) -> Vec<String> {
@@ -165,35 +207,39 @@ fn single_file_and_contents_follow_cp_rules() {
 }
 
 /// Destinations the client itself refuses or the server names: a symlink in the path (not
-/// followed: nothing in `outside`), `..`, an unknown export.
-fn assert_bad_destinations_are_refused(tls: &Path, src: &Path, s: &Server, state: &Path) {
+/// followed: nothing in `outside`), `..`, an unknown export (both ends on socket path `io`).
+fn assert_bad_destinations_are_refused(tls: &Path, src: &Path, s: &Server, state: &Path, io: &str) {
     let outside = src.parent().unwrap().join("outside");
-    let o = push(tls, src, &url(s, "data/escape/x"), state);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("symlink"), "{}", stderr(&o));
+    let o = push_on(tls, src, &url(s, "data/escape/x"), state, Some(io));
+    assert_eq!(o.status.code(), Some(2), "{io}: {}", stderr(&o));
+    assert!(stderr(&o).contains("symlink"), "{io}: {}", stderr(&o));
     assert_eq!(
         std::fs::read_dir(&outside).unwrap().count(),
         0,
-        "nothing written outside"
+        "{io}: nothing written outside"
     );
     // `..` is refused before anything is sent.
-    let o = push(tls, src, &url(s, "data/../outside"), state);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = push_on(tls, src, &url(s, "data/../outside"), state, Some(io));
+    assert_eq!(o.status.code(), Some(2), "{io}: {}", stderr(&o));
     // An unknown export is named, with the ones that exist.
-    let o = push(tls, src, &url(s, "nope/x"), state);
-    assert_eq!(o.status.code(), Some(2));
+    let o = push_on(tls, src, &url(s, "nope/x"), state, Some(io));
+    assert_eq!(o.status.code(), Some(2), "{io}: {}", stderr(&o));
     assert!(
         stderr(&o).contains("unknown export 'nope' (exports: data)"),
-        "{}",
+        "{io}: {}",
         stderr(&o)
     );
 }
 
 /// What a client that skips the URL check sends: a path with `..` (refused by the server),
 /// another protocol version; then random bytes (no TLS at all) and a TLS-less HTTP request.
-fn send_what_the_server_must_refuse(tls: &Path, port: u16) {
+/// This process's own connections take socket path `io` too (no other test of this file
+/// opens connections in this process).
+fn send_what_the_server_must_refuse(tls: &Path, port: u16, io: &str) {
+    ferry::net::conn::set_io(io == "uring");
     let cfg = ferry::net::tls::client_config(tls).unwrap();
     let mut c = ferry::net::session::connect("localhost", port, cfg.clone()).unwrap();
+    assert_eq!(c.uses_ring(), io == "uring", "{io}: the client's path");
     c.send(&ferry::net::msg::Msg::Open {
         op: ferry::net::msg::Op::Push,
         export: b"data".to_vec(),
@@ -203,14 +249,16 @@ fn send_what_the_server_must_refuse(tls: &Path, port: u16) {
     .unwrap();
     c.flush().unwrap();
     match c.recv().unwrap() {
-        ferry::net::msg::Msg::Error { msg } => assert!(msg.contains("path refused"), "{msg}"),
-        other => panic!("accepted: {other:?}"),
+        ferry::net::msg::Msg::Error { msg } => {
+            assert!(msg.contains("path refused"), "{io}: {msg}")
+        }
+        other => panic!("{io}: accepted: {other:?}"),
     }
     let e = ferry::net::session::connect_as("localhost", port, cfg, 99)
         .err()
         .expect("refused")
         .to_string();
-    assert!(e.contains("version mismatch"), "{e}");
+    assert!(e.contains("version mismatch"), "{io}: {e}");
     for junk in [
         pattern(5000, 9),
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
@@ -226,6 +274,13 @@ fn send_what_the_server_must_refuse(tls: &Path, port: u16) {
 
 #[test]
 fn refusals_write_nothing_and_the_server_keeps_serving() {
+    for io in netkit::net_paths() {
+        refusals_on(io);
+    }
+}
+
+/// [`refusals_write_nothing_and_the_server_keeps_serving`] with both ends on path `io`.
+fn refusals_on(io: &str) {
     let t = tempfile::tempdir().unwrap();
     let (stls, ctls) = pki(&t.path().join("pki"));
     let (src, exp, outside) = (
@@ -238,25 +293,53 @@ fn refusals_write_nothing_and_the_server_keeps_serving() {
     std::fs::create_dir(&exp).unwrap();
     std::fs::create_dir(&outside).unwrap();
     std::os::unix::fs::symlink(&outside, exp.join("escape")).unwrap();
-    let s = serve(&stls, &[("data", &exp)]);
+    let s = serve_io(&stls, &[("data", &exp)], io);
     let state = t.path().join("state");
-    assert_bad_destinations_are_refused(&ctls, &src, &s, &state);
-    send_what_the_server_must_refuse(&ctls, s.port);
-    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    assert_bad_destinations_are_refused(&ctls, &src, &s, &state, io);
+    send_what_the_server_must_refuse(&ctls, s.port, io);
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "{io}");
     assert_eq!(
         std::fs::read_dir(&exp).unwrap().count(),
         1,
-        "only the symlink"
+        "{io}: only the symlink"
     );
     // Still serving.
-    let o = push(&ctls, &src, &url(&s, "data/"), &state);
-    assert!(o.status.success(), "{}\nserver: {}", stderr(&o), s.log());
+    let o = push_on(&ctls, &src, &url(&s, "data/"), &state, Some(io));
+    assert!(
+        o.status.success(),
+        "{io}: {}\nserver: {}",
+        stderr(&o),
+        s.log()
+    );
     assert_eq!(std::fs::read(exp.join("src/f")).unwrap(), pattern(1000, 1));
-    assert!(s.log().contains("version mismatch"), "{}", s.log());
+    wait_for_log(&s, "version mismatch", io);
+    assert_on_path(&s, io);
+}
+
+/// Waits (up to 10 s) for the server to log `what`: it logs each refused connection.
+fn wait_for_log(s: &Server, what: &str, io: &str) {
+    let t0 = std::time::Instant::now();
+    while !s.log().contains(what) {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "{io}: the server never said {what:?}: {}",
+            s.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 #[test]
 fn a_bad_certificate_writes_nothing() {
+    for io in netkit::net_paths() {
+        bad_certificates_on(io);
+    }
+}
+
+/// A client of another CA, and a client trusting the server but presenting a certificate of
+/// another CA: both ends name the reason (the alert reaches the peer on either path) and
+/// nothing is written.
+fn bad_certificates_on(io: &str) {
     let t = tempfile::tempdir().unwrap();
     let (stls, _) = pki(&t.path().join("pki"));
     let (_, other) = pki(&t.path().join("other"));
@@ -264,11 +347,40 @@ fn a_bad_certificate_writes_nothing() {
     std::fs::create_dir_all(&src).unwrap();
     write_file(&src.join("f"), 10, 1);
     std::fs::create_dir(&exp).unwrap();
-    let s = serve(&stls, &[("data", &exp)]);
-    let o = push(&other, &src, &url(&s, "data/"), &t.path().join("state"));
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(stderr(&o).contains("UnknownIssuer"), "{}", stderr(&o));
-    assert_eq!(std::fs::read_dir(&exp).unwrap().count(), 0);
+    let s = serve_io(&stls, &[("data", &exp)], io);
+    let o = push_on(
+        &other,
+        &src,
+        &url(&s, "data/"),
+        &t.path().join("state"),
+        Some(io),
+    );
+    assert_eq!(o.status.code(), Some(1), "{io}: {}", stderr(&o));
+    assert!(stderr(&o).contains("UnknownIssuer"), "{io}: {}", stderr(&o));
+    wait_for_log(&s, "received fatal alert: UnknownCA", io);
+    // Trusts the server's CA, presents a certificate of another.
+    let mixed = t.path().join("mixed");
+    std::fs::create_dir(&mixed).unwrap();
+    std::fs::copy(t.path().join("pki/ca.pem"), mixed.join("ca.pem")).unwrap();
+    for f in ["cert.pem", "key.pem"] {
+        std::fs::copy(other.join(f), mixed.join(f)).unwrap();
+    }
+    let o = push_on(
+        &mixed,
+        &src,
+        &url(&s, "data/"),
+        &t.path().join("state"),
+        Some(io),
+    );
+    assert_eq!(o.status.code(), Some(1), "{io}: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains("received fatal alert: UnknownCA"),
+        "{io}: {}",
+        stderr(&o)
+    );
+    wait_for_log(&s, "UnknownIssuer", io);
+    assert_eq!(std::fs::read_dir(&exp).unwrap().count(), 0, "{io}");
+    assert_on_path(&s, io);
 }
 
 /// Small files first (committed in batches of 1024), then a big one that keeps the transfer

@@ -111,6 +111,11 @@ impl Conn {
         })
     }
 
+    /// Whether this connection's socket is driven through io_uring (else poll(2)).
+    pub fn uses_ring(&self) -> bool {
+        self.ring.is_some()
+    }
+
     /// The socket (to poll whether the peer hung up).
     pub fn raw_fd(&self) -> std::os::fd::RawFd {
         self.sock.as_raw_fd()

@@ -37,8 +37,19 @@ pub fn backends() -> Vec<&'static str> {
 
 /// Runs ferry with args; a run longer than `limit` is killed and fails the test (a hang).
 pub fn ferry_with(args: &[&std::ffi::OsStr], limit: Duration, uid: Option<u32>) -> Output {
+    ferry_env(args, limit, uid, &[])
+}
+
+/// [`ferry_with`] with `env` set for the run (e.g. FERRY_NET_IO: the socket path).
+pub fn ferry_env(
+    args: &[&std::ffi::OsStr],
+    limit: Duration,
+    uid: Option<u32>,
+    env: &[(&str, &str)],
+) -> Output {
     let mut cmd = Command::new(BIN);
     cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.envs(env.iter().copied());
     if let Some(u) = uid {
         use std::os::unix::process::CommandExt;
         cmd.uid(u).gid(u);

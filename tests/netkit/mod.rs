@@ -44,6 +44,33 @@ impl Server {
     }
 }
 
+/// The socket paths (FERRY_NET_IO) the network behaviour tests run on: poll(2), and
+/// io_uring where this kernel has its socket ops.
+pub fn net_paths() -> Vec<&'static str> {
+    match ferry::io::uring::UringBackend::probe_sockets() {
+        Ok(_) => vec!["poll", "uring"],
+        Err(e) => {
+            eprintln!("SKIP the io_uring socket path: {e}");
+            vec!["poll"]
+        }
+    }
+}
+
+/// FERRY_NET_IO=`io` for a ferry process.
+pub fn net_io(io: &str) -> [(&str, &str); 1] {
+    [("FERRY_NET_IO", io)]
+}
+
+/// Fails unless the server really drove its sockets the way `io` asks (a ring that cannot
+/// be made falls back to poll, and says so).
+pub fn assert_on_path(s: &Server, io: &str) {
+    let log = s.log();
+    assert!(
+        !log.contains("io_uring for sockets unavailable"),
+        "{io}: the server fell back to poll: {log}"
+    );
+}
+
 /// `ferry serve --listen ADDR:PORT` (port 0: any) exporting `exports`; `netns`: run inside
 /// that network namespace.
 pub fn serve(
@@ -53,6 +80,18 @@ pub fn serve(
     port: u16,
     netns: Option<&str>,
 ) -> Server {
+    serve_env(tls, exports, addr, port, netns, &[])
+}
+
+/// [`serve`] with `env` set for the server (e.g. [`net_io`]).
+pub fn serve_env(
+    tls: &Path,
+    exports: &[(&str, &Path)],
+    addr: &str,
+    port: u16,
+    netns: Option<&str>,
+    env: &[(&str, &str)],
+) -> Server {
     let mut cmd = match netns {
         Some(ns) => {
             let mut c = Command::new("ip");
@@ -61,6 +100,7 @@ pub fn serve(
         }
         None => Command::new(BIN),
     };
+    cmd.envs(env.iter().copied());
     let listen = format!("{addr}:{port}");
     cmd.args(["serve", "--listen", &listen, "--tls-dir"])
         .arg(tls)
