@@ -7,6 +7,10 @@
 //! - Within one change: keys deleted while their moves are under way (not moved yet, in
 //!   flight, moved: a forwarding entry at the previous owner) are gone from every disk as
 //!   soon as the DELETE is answered, and stay gone.
+//! - Reads two generations back: while a key's only copy waits at its owner of two (then
+//!   three) generations ago, every agent serves it (GET, HEAD), and a DELETE through any
+//!   agent removes that copy at once. `cluster apply` takes a topology while at most four
+//!   generations are pending, and refuses one more until the rebalance completes.
 //!
 //! Skips (saying why) without etcd.
 
@@ -201,6 +205,124 @@ fn a_key_deleted_while_its_move_waits_through_two_changes_never_comes_back() {
     // the rebalance is completed everywhere: c lets its tombstones go
     std::thread::sleep(COLLECTED_WITHIN);
     assert_eq!(tombstones_of(&mut n, "c"), 0, "tombstones left");
+}
+
+/// Through every agent: GET of each of `keys` is 200 with its bytes, HEAD 200 with its size.
+fn assert_served_everywhere(
+    n: &Nodes,
+    keys: &[String],
+    want: &HashMap<String, Vec<u8>>,
+    when: &str,
+) {
+    for (node, s3) in &n.s3 {
+        for k in keys {
+            let r = s3.get(BKT, k).unwrap();
+            assert_eq!(r.code, 200, "{when}: GET {k} through {node}: {}", r.text());
+            assert!(
+                r.body == want[k],
+                "{when}: GET {k} through {node}: other bytes"
+            );
+            let h = s3.head(BKT, k).unwrap();
+            assert_eq!(h.code, 200, "{when}: HEAD {k} through {node}");
+            let len = want[k].len().to_string();
+            assert_eq!(
+                h.header("content-length"),
+                Some(len.as_str()),
+                "{when}: HEAD {k} through {node}"
+            );
+        }
+    }
+}
+
+/// `cluster apply` of `t` (its output, success or not).
+fn try_apply(n: &Nodes, t: &Topology) -> std::process::Output {
+    let f = n.root.join(format!("g{}.json", t.generation));
+    std::fs::write(&f, serde_json::to_vec(t).unwrap()).unwrap();
+    ferry(&n.c, &["cluster", "apply", f.to_str().unwrap()])
+}
+
+/// Generations 4 (a set on b joins c's) and 5 (c's set drains too), after `a_then_b_then_c`.
+fn then_b_again(root: &Path) -> (Topology, Topology) {
+    let (a0, b0, c0, b1): (Disks, Disks, Disks, Disks) = (
+        &[("d0", "a")],
+        &[("d0", "b")],
+        &[("d0", "c")],
+        &[("d1", "b")],
+    );
+    let sets = |c_state| {
+        [
+            ("s0", "draining", a0),
+            ("s1", "draining", b0),
+            ("s2", c_state, c0),
+            ("s3", "active", b1),
+        ]
+    };
+    (
+        topo(root, 4, &sets("active")),
+        topo(root, 5, &sets("draining")),
+    )
+}
+
+/// a owns every key under generation 1, b under 2, c under 3, c or b under 4: the moves are
+/// paused while 2, 3 and 4 are applied, so the keys still wait on a, neither the owner nor
+/// the previous owner. Every agent serves each of them (GET with its bytes, HEAD with its
+/// size); a fifth topology is refused while those four are pending; a DELETE through b or c
+/// removes a's copy before it is answered. When the moves go on, every other key ends once
+/// at its owner under 4, and the fifth topology is taken.
+#[test]
+fn a_key_waiting_at_its_owner_of_generations_ago_is_served_by_every_agent() {
+    let Some(mut n) = nodes(&["a", "b", "c"], &config(300, 300)) else {
+        return;
+    };
+    let (g1, g2, g3) = a_then_b_then_c(&n.root);
+    let (g4, g5) = then_b_again(&n.root);
+    let mut want = fill(&g1, 240, 0);
+    n.apply(&g1);
+    n.start(&["a", "b", "c"]);
+    want.extend(put_through_s3(&n, 60));
+    ok(ferry(&n.c, &["cluster", "pause"]));
+    n.apply(&g2);
+    wait_paused(&n, 2, "a");
+    n.apply(&g3);
+    wait_paused(&n, 3, "a");
+    let mut waiting: Vec<String> = want
+        .keys()
+        .filter(|k| on_disk(&n.root, "s0d0", k))
+        .cloned()
+        .collect();
+    waiting.sort();
+    assert_eq!(waiting.len(), want.len(), "every key still waits on a");
+    assert_served_everywhere(&n, &waiting, &want, "two generations back");
+    n.apply(&g4);
+    wait_paused(&n, 4, "a");
+    let o = try_apply(&n, &g5);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("not completed"),
+        "a fifth pending generation was taken: {}{err}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let sample: Vec<String> = waiting.iter().step_by(3).cloned().collect();
+    assert_served_everywhere(&n, &sample, &want, "three generations back");
+    let gone: Vec<String> = waiting.iter().skip(1).step_by(5).cloned().collect();
+    for (i, k) in gone.iter().enumerate() {
+        let via = ["b", "c"][i % 2];
+        let r = n.s3[via].delete(BKT, k).unwrap();
+        assert_eq!(r.code, 204, "DELETE {k} through {via}: {}", r.text());
+        assert!(
+            !on_disk(&n.root, "s0d0", k),
+            "{k} still on a after its DELETE through {via}"
+        );
+    }
+    assert_gone_everywhere(&n, &gone, "paused, after the deletes");
+    ok(ferry(&n.c, &["cluster", "resume"]));
+    n.wait_completed(4, Duration::from_secs(120));
+    for k in &gone {
+        want.remove(k);
+    }
+    assert_gone_everywhere(&n, &gone, "after the rebalance");
+    assert_placed(&g4, BKT, &want);
+    ok(try_apply(&n, &g5));
 }
 
 /// Every agent lists exactly the keys of `want`.
