@@ -115,6 +115,7 @@ fn apply(
             ));
         }
         crate::cluster::topology::check_across((&old, Path::new("the cluster's")), (&t, file))?;
+        pending_bound(store, keys, &old, (&t, file))?;
         let spec = super::rebalance_state::Spec {
             generation: t.generation,
             from_generation: old.generation,
@@ -160,6 +161,36 @@ fn apply(
         }
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// Refuses `new` if reads would then have to look through more than `MAX_GENERATIONS`
+/// generations: the new one, `old`, and the older ones whose objects may still wait at
+/// their owners (the rebalances after them not completed on every node).
+fn pending_bound(
+    store: &dyn ClusterStore,
+    keys: &Keys,
+    old: &crate::cluster::Topology,
+    (new, file): (&crate::cluster::Topology, &Path),
+) -> Result<(), String> {
+    use crate::cluster::store::MAX_GENERATIONS;
+    let older = super::rebalance_state::unsettled(store, keys, old.generation, MAX_GENERATIONS)?;
+    if older.len() + 2 <= MAX_GENERATIONS {
+        return Ok(());
+    }
+    let gens: Vec<String> = std::iter::once(old.generation)
+        .chain(older.iter().map(|t| t.generation))
+        .map(|g| g.to_string())
+        .collect();
+    Err(format!(
+        "topology '{}': generation {} refused: the rebalance to generation {} is not completed \
+         on every node, so objects may still wait at their owners under generations {}, and a \
+         read looks through at most {MAX_GENERATIONS} generations; wait until `ferry cluster \
+         status` shows that rebalance completed, then apply again",
+        file.display(),
+        new.generation,
+        old.generation,
+        gens.join(", ")
+    ))
 }
 
 fn topology(store: &dyn ClusterStore, keys: &Keys) -> Result<(), String> {

@@ -1,5 +1,6 @@
 //! The objects an agent serves: the cluster's topology v2 from etcd (`ferry cluster apply`
-//! stores it, with the generation it replaced), with only this node's disks opened (their
+//! stores it, with the generation it replaced, and the older generations whose rebalance is
+//! not completed yet come from the rebalance records), with only this node's disks opened (their
 //! identity checked); other nodes' disks are reached through the peer transport. A watcher
 //! thread swaps in a new object layer when the generation changes (the registry and the key
 //! locks carry over, so writers under both maps still exclude each other). Once requests
@@ -52,10 +53,10 @@ struct Watch {
     node: String,
     registry: Arc<Registry>,
     cell: Arc<ClusterCell>,
-    /// (current, previous) generations of the layer served now.
-    built: Option<(u64, u64)>,
+    /// The generations of the layer served now (current, previous, older ones).
+    built: Option<Vec<u64>>,
     /// Those whose layer could not be built, said once.
-    said: Option<(u64, u64)>,
+    said: Option<Vec<u64>>,
     /// A generation served here but not yet published in etcd.
     unpublished: Option<u64>,
     /// Rounds since tombstones were last looked at.
@@ -68,30 +69,49 @@ fn parse(what: &str, v: &[u8]) -> Result<Topology, String> {
     Ok(t)
 }
 
+/// The topologies a layer is built of: current, previous, older ones not settled yet.
+type Topologies = (Topology, Option<Topology>, Vec<Topology>);
+
 impl Watch {
-    fn read(&self) -> Result<Option<(Topology, Option<Topology>)>, String> {
+    fn read(&self) -> Result<Option<Topologies>, String> {
         let get = |k: String| self.store.get(&k).map_err(|e| e.to_string());
         let Some(cur) = get(self.keys.topology())? else {
             return Ok(None);
         };
+        let cur = parse("topology", &cur.value)?;
         let prev = match get(self.keys.previous_topology())? {
             Some(kv) => Some(parse("previous topology", &kv.value)?),
             None => None,
         };
-        Ok(Some((parse("topology", &cur.value)?, prev)))
+        let older = match &prev {
+            Some(p) => {
+                let limit = crate::cluster::store::MAX_GENERATIONS - 1;
+                let mut v = super::rebalance_state::unsettled(
+                    &*self.store,
+                    &self.keys,
+                    cur.generation,
+                    limit,
+                )?;
+                v.retain(|t| t.generation < p.generation);
+                v
+            }
+            None => Vec::new(),
+        };
+        Ok(Some((cur, prev, older)))
     }
 
     /// One look at etcd: a new generation becomes the object layer once this node's disks
     /// pass their identity check (else it says why, once per generation, and tries again
     /// next round: a disk mounted late).
     fn round(&mut self) {
-        let (cur, prev) = match self.read() {
+        let (cur, prev, older) = match self.read() {
             Ok(Some(x)) => x,
             Ok(None) => return,
             Err(m) => return eprintln!("ferry agent {}: {m}", self.node),
         };
-        let gens = (cur.generation, prev.as_ref().map_or(0, |p| p.generation));
-        if self.built == Some(gens) {
+        let mut gens = vec![cur.generation, prev.as_ref().map_or(0, |p| p.generation)];
+        gens.extend(older.iter().map(|t| t.generation));
+        if self.built.as_ref() == Some(&gens) {
             return;
         }
         let file = Path::new("etcd topology");
@@ -99,20 +119,20 @@ impl Watch {
             Some(old) => old.retopo(cur, file, prev),
             None => Cluster::open_node(cur, file, prev, Some(self.registry.clone()), &self.node),
         };
-        match built {
+        match built.map(|c| c.with_older(older)) {
             Ok(c) => {
                 let old = self.cell.get();
                 self.cell.set(c);
                 drain(old);
+                self.unpublished = Some(gens[0]);
                 self.built = Some(gens);
-                self.unpublished = Some(gens.0);
             }
-            Err(e) if self.said != Some(gens) => {
-                self.said = Some(gens);
+            Err(e) if self.said.as_ref() != Some(&gens) => {
                 eprintln!(
                     "ferry agent {}: topology generation {}: {e}",
-                    self.node, gens.0
-                )
+                    self.node, gens[0]
+                );
+                self.said = Some(gens);
             }
             Err(_) => {}
         }
@@ -138,13 +158,13 @@ impl Watch {
             return;
         }
         self.rounds = 0;
-        let Some((current, _)) = self.built else {
+        let Some(current) = self.built.as_ref().map(|g| g[0]) else {
             return;
         };
         if !self.registry.tombstone_count().is_ok_and(|n| n > 0) {
             return;
         }
-        let kvs = match self.store.range(&self.keys.rebalances(), true) {
+        let kvs = match self.store.range(&self.keys.rebalances(), false) {
             Ok(s) => s.kvs,
             Err(e) => return eprintln!("ferry agent {}: tombstones: {e}", self.node),
         };

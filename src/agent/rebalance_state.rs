@@ -4,7 +4,7 @@
 //! for `ferry cluster status`.
 
 use super::keys::Keys;
-use super::store::Kv;
+use super::store::{ClusterStore, Kv};
 use crate::cluster::Topology;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -145,16 +145,53 @@ pub fn settled(keys: &Keys, kvs: &[Kv], current: u64) -> Option<u64> {
     let Some((spec, _)) = newest(keys, kvs.iter()) else {
         return Some(current);
     };
-    let prefix = keys.rebalance_progress_prefix(spec.generation);
-    let progress: Vec<(String, NodeProgress)> = kvs
-        .iter()
+    let progress = progress_of(keys, kvs, spec.generation);
+    (job_state(&spec, &progress, false) == COMPLETED).then_some(spec.generation)
+}
+
+/// Each node's record of generation `g`'s rebalance among `kvs`.
+fn progress_of(keys: &Keys, kvs: &[Kv], g: u64) -> Vec<(String, NodeProgress)> {
+    let prefix = keys.rebalance_progress_prefix(g);
+    kvs.iter()
         .filter(|kv| kv.key.starts_with(&prefix))
         .filter_map(|kv| {
             let p = serde_json::from_slice(&kv.value).ok()?;
             Some((kv.key[prefix.len()..].to_string(), p))
         })
-        .collect();
-    (job_state(&spec, &progress, false) == COMPLETED).then_some(spec.generation)
+        .collect()
+}
+
+/// The topologies before generation `current` whose objects may still wait at their owners,
+/// newest first, at most `limit` of them: walking back from `current`, the topology each
+/// rebalance moves from, as long as that rebalance is not completed on every node (once it
+/// is, no object is left off its owners under its generation). A rebalance replaced by a
+/// newer one before it completed never does, so its topology stays until the newer one
+/// completes. The first one is the previous topology (`previous_topology`).
+pub fn unsettled(
+    store: &dyn ClusterStore,
+    keys: &Keys,
+    current: u64,
+    limit: usize,
+) -> Result<Vec<Topology>, String> {
+    let mut out = Vec::new();
+    let mut g = current;
+    while out.len() < limit {
+        let key = keys.rebalance(g);
+        let Some(kv) = store.get(&key).map_err(|e| e.to_string())? else {
+            break; // the first generation: no rebalance led to it
+        };
+        let spec: Spec = serde_json::from_slice(&kv.value).map_err(|e| format!("{key}: {e}"))?;
+        let prefix = keys.rebalance_progress_prefix(g);
+        let kvs = store.range(&prefix, false).map_err(|e| e.to_string())?.kvs;
+        if spec.from_generation >= g
+            || job_state(&spec, &progress_of(keys, &kvs, g), false) == COMPLETED
+        {
+            break;
+        }
+        g = spec.from_generation;
+        out.push(spec.previous);
+    }
+    Ok(out)
 }
 
 /// `ferry cluster status`'s view of the newest rebalance: per node and in total (objects,
@@ -163,15 +200,7 @@ pub fn summary(keys: &Keys, kvs: &[Kv], paused: bool) -> Value {
     let Some((spec, _)) = newest(keys, kvs.iter()) else {
         return Value::Null;
     };
-    let prefix = keys.rebalance_progress_prefix(spec.generation);
-    let progress: Vec<(String, NodeProgress)> = kvs
-        .iter()
-        .filter(|kv| kv.key.starts_with(&prefix))
-        .filter_map(|kv| {
-            let p = serde_json::from_slice(&kv.value).ok()?;
-            Some((kv.key[prefix.len()..].to_string(), p))
-        })
-        .collect();
+    let progress = progress_of(keys, kvs, spec.generation);
     let state = job_state(&spec, &progress, paused);
     let mut t = NodeProgress::default();
     let mut per_node = Vec::new();
@@ -265,6 +294,47 @@ mod tests {
             assert_eq!(settled(&keys, &kvs(b), 10), None, "b: {b:?}");
         }
         assert_eq!(settled(&keys, &[], 4), Some(4), "no rebalance ever");
+    }
+
+    /// Walking back from the current generation: each rebalance not completed everywhere
+    /// keeps the topology it moves from, until one that is (or the first generation).
+    #[test]
+    fn generations_stay_pending_until_a_newer_rebalance_completes_everywhere() {
+        use crate::agent::store::{ClusterStore, MemStore};
+        let keys = Keys::new("t").unwrap();
+        let store = MemStore::default();
+        let spec = |g: u64| Spec {
+            generation: g,
+            from_generation: g - 1,
+            order: "size".into(),
+            previous: topo(g - 1, &["a"]),
+            topology: topo(g, &["a"]),
+            created_ms: 0,
+        };
+        let state = |s: &str| NodeProgress {
+            state: s.into(),
+            ..Default::default()
+        };
+        let put = |k: String, v: Value| store.put(&k, &serde_json::to_vec(&v).unwrap(), 0);
+        let gens = |cur: u64, limit: usize| -> Vec<u64> {
+            let v = unsettled(&store, &keys, cur, limit).unwrap();
+            v.iter().map(|t| t.generation).collect()
+        };
+        assert_eq!(gens(1, 4), Vec::<u64>::new(), "no rebalance led to 1");
+        for g in 2..=4 {
+            put(keys.rebalance(g), json!(spec(g))).unwrap();
+            put(keys.rebalance_progress(g, "a"), json!(state("paused"))).unwrap();
+        }
+        assert_eq!(gens(4, 9), vec![3, 2, 1]);
+        assert_eq!(gens(4, 2), vec![3, 2], "at most the limit");
+        put(keys.rebalance_progress(3, "a"), json!(state(COMPLETED))).unwrap();
+        assert_eq!(
+            gens(4, 9),
+            vec![3],
+            "3's rebalance completed: nothing waits under 2"
+        );
+        put(keys.rebalance_progress(4, "a"), json!(state(COMPLETED))).unwrap();
+        assert_eq!(gens(4, 9), Vec::<u64>::new());
     }
 
     #[test]

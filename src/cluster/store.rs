@@ -1,6 +1,7 @@
 //! Objects on disks and the `Cluster` API: an object `bucket/key` lives at
 //! `<disk>/<bucket>/<key>` on the disk placement picks. Reads look up the registry, then the
-//! owner under the current topology, then the owner under the previous one, then the forwarding
+//! owner under the current topology, then the owner under the previous one (and under each
+//! older generation whose rebalance is not completed yet, `older`), then the forwarding
 //! entry, so an object in the middle of a move is always readable. Writes go to the current
 //! owner and remove every other copy; deletes remove every copy. Writers (and the rebalance
 //! mover's commit step) of one key are serialized by a striped lock.
@@ -172,14 +173,23 @@ pub struct Location {
     pub found_on: Vec<String>,
 }
 
+/// How many generations a read chain spans at most: the current one, the previous one and
+/// the older ones whose rebalance is not completed on every node (`Cluster::older`). `ferry
+/// cluster apply` refuses a topology that would make more of them pending.
+pub const MAX_GENERATIONS: usize = 4;
+
 pub struct Cluster {
     pub current: Placed,
     pub previous: Option<Placed>,
+    /// Generations before `previous`, newest first, whose objects may still wait at their
+    /// owners (the rebalances after them are not completed everywhere); at most
+    /// `MAX_GENERATIONS - 2`.
+    pub older: Vec<Placed>,
     pub registry: Option<Arc<Registry>>,
     locks: Arc<Vec<Mutex<()>>>,
-    /// Every disk of both topologies this process serves, by `set/disk`.
+    /// Every disk of every topology here this process serves, by `set/disk`.
     disks: HashMap<String, PathBuf>,
-    /// The node (topology v2) serving each disk of both topologies, by `set/disk`.
+    /// The node (topology v2) serving each disk of every topology here, by `set/disk`.
     nodes: HashMap<String, String>,
     /// Set: only this node's disks are served here (the others through their agents).
     node: Option<String>,
@@ -229,6 +239,7 @@ impl Cluster {
         Cluster {
             current: Placed::new(current),
             previous: previous.map(Placed::new),
+            older: Vec::new(),
             registry,
             locks,
             disks,
@@ -291,6 +302,29 @@ impl Cluster {
         super::identity::check(&mine, file, &|_, _| false)?;
         let (r, n) = (self.registry.clone(), self.node.clone());
         Ok(Self::build(current, previous, r, n, self.locks.clone()))
+    }
+
+    /// This cluster with the generations before `previous` whose objects may still wait at
+    /// their owners (newest first; those past `MAX_GENERATIONS` in all are left out): their
+    /// owners join every read chain (so reads, and deletes, reach them) and their disks and
+    /// nodes are known here.
+    pub fn with_older(mut self, older: Vec<Topology>) -> Self {
+        let keep = MAX_GENERATIONS.saturating_sub(2);
+        for t in older.into_iter().take(keep) {
+            for s in t.sets() {
+                for d in &s.disks {
+                    let k = disk_key(s, d);
+                    if let Some(n) = &d.node {
+                        self.nodes.entry(k.clone()).or_insert_with(|| n.clone());
+                    }
+                    if self.node.is_none() || d.node == self.node {
+                        self.disks.entry(k).or_insert_with(|| d.path.clone());
+                    }
+                }
+            }
+            self.older.push(Placed::new(t));
+        }
+        self
     }
 
     /// The node this process serves (None: every disk is local).
@@ -496,7 +530,8 @@ impl Cluster {
     }
 
     /// The disks to try, in order: the registry's location if it was recorded under the
-    /// current generation, the current owner, the previous owner, the forward target, and
+    /// current generation, the current owner, the previous owner, the owners under the
+    /// `older` generations (newest first), the forward target, and
     /// last the registry's location recorded under an older generation. A location from an
     /// older generation may hold a stale copy: a write under the current generation lands at
     /// the owner, and an old copy on a node that was down then could not be removed (that
@@ -521,6 +556,7 @@ impl Cluster {
         if let Some(prev) = &self.previous {
             chain.push(prev.owner_key(p));
         }
+        chain.extend(self.older.iter().map(|o| o.owner_key(p)));
         if let Some(r) = &self.registry
             && let Some(f) = r.forwarding(&fk)?
         {

@@ -3,7 +3,8 @@
 //! is local (`ferry s3 serve`, one node) and this is the single-node object layer.
 //!
 //! - Reads follow the read chain (registry, owner under the current generation, owner under
-//!   the previous one, forwarding entry), each disk where it is: a local disk is opened, a
+//!   the previous one and under each older generation whose rebalance is not completed yet,
+//!   forwarding entry), each disk where it is: a local disk is opened, a
 //!   remote one is asked once per node (the node runs its own chain over its own disks).
 //!   A node that cannot be reached is skipped; if no reachable one has the object, the
 //!   error is the unreachable node's (503), never NoSuchKey. A tombstone met on the way (the
