@@ -11,6 +11,11 @@
 //!   three) generations ago, every agent serves it (GET, HEAD), and a DELETE through any
 //!   agent removes that copy at once. `cluster apply` takes a topology while at most four
 //!   generations are pending, and refuses one more until the rebalance completes.
+//! - A tombstone follows the key's owner: keys deleted under generation 2 (tombstones at b)
+//!   of which a copy of the deleted version still lies on a (as one that was on its way
+//!   when the DELETE came would), then generation 3 moves them to c: c gets the tombstones
+//!   (the delete's time kept) before any move of 3 starts, so the copies are dropped, not
+//!   brought back at c.
 //!
 //! Skips (saying why) without etcd.
 
@@ -323,6 +328,77 @@ fn a_key_waiting_at_its_owner_of_generations_ago_is_served_by_every_agent() {
     assert_gone_everywhere(&n, &gone, "after the rebalance");
     assert_placed(&g4, BKT, &want);
     ok(try_apply(&n, &g5));
+}
+
+/// a owns every key under 1, b under 2, c under 3 (moves paused). Keys waiting on a are
+/// deleted under 2 (b keeps their tombstones); then a copy of each deleted version is put
+/// back on a with its old mtime (a copy that was on its way there when the DELETE removed
+/// a's: it reached a after). No agent serves them. Under 3 c, the new owner, holds their
+/// tombstones before the moves go on (durably: a restart keeps them), and after the
+/// rebalance they are still gone everywhere: the copies from a were dropped at c.
+#[test]
+fn a_tombstone_reaches_the_next_owner_before_a_stale_copy_does() {
+    let Some(mut n) = nodes(&["a", "b", "c"], &config(300, 300)) else {
+        return;
+    };
+    let (g1, g2, g3) = a_then_b_then_c(&n.root);
+    let mut want = fill(&g1, 200, 0);
+    n.apply(&g1);
+    n.start(&["a", "b", "c"]);
+    ok(ferry(&n.c, &["cluster", "pause"]));
+    n.apply(&g2);
+    wait_paused(&n, 2, "a");
+    let mut keys: Vec<String> = want.keys().cloned().collect();
+    keys.sort();
+    let gone: Vec<String> = keys.iter().step_by(4).cloned().collect();
+    let a = n.root.join("s0d0");
+    let mtimes: Vec<std::time::SystemTime> = gone
+        .iter()
+        .map(|k| {
+            std::fs::metadata(object_path(&a, BKT, k.as_bytes()))
+                .unwrap()
+                .modified()
+                .unwrap()
+        })
+        .collect();
+    delete_all(&n, &gone);
+    for (k, t) in gone.iter().zip(&mtimes) {
+        assert!(
+            !on_disk(&n.root, "s0d0", k),
+            "{k} still on a after its DELETE"
+        );
+        let p = object_path(&a, BKT, k.as_bytes());
+        std::fs::write(&p, &want[k]).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(*t)
+            .unwrap();
+    }
+    assert_gone_everywhere(&n, &gone, "a stale copy on a, the tombstone at b");
+    n.apply(&g3);
+    wait_paused(&n, 3, "a");
+    assert_gone_everywhere(&n, &gone, "under 3, paused");
+    assert_eq!(
+        tombstones_of(&mut n, "c"),
+        gone.len() as u64,
+        "tombstones at c, the new owner"
+    );
+    n.start(&["c"]);
+    ok(ferry(&n.c, &["cluster", "resume"]));
+    let r = n.wait_completed(3, Duration::from_secs(120));
+    eprintln!(
+        "tombstones forwarded: {} deleted, {} moved, {} superseded",
+        gone.len(),
+        r["objects"],
+        r["superseded"]
+    );
+    assert_gone_everywhere(&n, &gone, "after the rebalance");
+    for k in &gone {
+        want.remove(k);
+    }
+    assert_placed(&g3, BKT, &want);
 }
 
 /// Every agent lists exactly the keys of `want`.
