@@ -394,6 +394,11 @@ fn a_tombstone_reaches_the_next_owner_before_a_stale_copy_does() {
         r["objects"],
         r["superseded"]
     );
+    assert_eq!(
+        r["superseded"],
+        gone.len(),
+        "the stale copies are dropped at c: {r}"
+    );
     assert_gone_everywhere(&n, &gone, "after the rebalance");
     for k in &gone {
         want.remove(k);

@@ -114,13 +114,6 @@ fn serve_objects(
     let (Some(pl), Some(tls)) = (&a.peer_listen, &a.tls_dir) else {
         return Err("--s3-listen without --s3-topology serves the cluster's objects: it needs --peer-listen ADDR and --tls-dir DIR".into());
     };
-    let objects = super::objects::watch(store.clone(), keys, &a.node, &reg)?;
-    let cfg = crate::net::tls::server_config(tls).map_err(|e| format!("--tls-dir: {e}"))?;
-    let l =
-        std::net::TcpListener::bind(pl).map_err(|e| format!("--peer-listen {pl}: bind: {e}"))?;
-    let lim = super::peer::server::Limits::default();
-    let peer = super::peer::server::start(l, cfg, &a.node, objects.cell.clone(), lim)
-        .map_err(|e| format!("--peer-listen {pl}: {e}"))?;
     let resolve = super::peer::client::etcd_resolver(
         store.clone(),
         Keys {
@@ -130,9 +123,16 @@ fn serve_objects(
     let client = super::peer::PeerClient::new(tls, &a.node, resolve)
         .map_err(|e| format!("--tls-dir: {e}"))?;
     let client = Arc::new(client);
+    let remote: Arc<dyn crate::s3::remote::Remote> = client.clone();
+    let objects = super::objects::watch(store.clone(), keys, &a.node, &reg, Some(remote.clone()))?;
+    let cfg = crate::net::tls::server_config(tls).map_err(|e| format!("--tls-dir: {e}"))?;
+    let l =
+        std::net::TcpListener::bind(pl).map_err(|e| format!("--peer-listen {pl}: bind: {e}"))?;
+    let lim = super::peer::server::Limits::default();
+    let peer = super::peer::server::start(l, cfg, &a.node, objects.cell.clone(), lim)
+        .map_err(|e| format!("--peer-listen {pl}: {e}"))?;
     if let (Some(l), Some(k)) = (&a.s3_listen, &a.s3_keys) {
         let ring = crate::s3::keys::KeyRing::load(k)?;
-        let remote: Arc<dyn crate::s3::remote::Remote> = client.clone();
         let o = crate::s3::server::Objects {
             cell: objects.cell.clone(),
             remote: Some(remote),

@@ -8,7 +8,10 @@
 //! moves of a generation start only when every live agent routes by it (`all_serve`), so a
 //! request routed by an older map never meets an object that has already moved. The same
 //! thread collects the registry's tombstones once the rebalance they guard is completed
-//! everywhere (`rebalance_state::settled`).
+//! everywhere (`rebalance_state::settled`). Before a new layer is published as served, the
+//! tombstones this node keeps go to their keys' owners under it (`forward`, the delete's time
+//! kept): the moves of the generation start only after that, so a copy of a deleted version
+//! that one of them brings to the new owner is dropped there instead of bringing it back.
 
 use super::keys::Keys;
 use super::rebalance::ClusterFor;
@@ -17,7 +20,8 @@ use super::topo::check_v2;
 use crate::cluster::registry::Registry;
 use crate::cluster::store::Cluster;
 use crate::cluster::topology::Topology;
-use crate::s3::remote::ClusterCell;
+use crate::s3::remote::{ClusterCell, Remote};
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +34,11 @@ const COLLECT_EVERY: u32 = 20;
 /// How long a new layer waits for requests routed by the one before it (each is bounded by
 /// the peer and S3 I/O timeouts) before it is published as served anyway.
 const DRAIN: Duration = Duration::from_secs(30);
+/// How long a new layer waits for its tombstones to reach their owners (a node that cannot
+/// be reached) before it is published as served anyway; the rest are sent when it answers.
+const FORWARD_WAIT: Duration = Duration::from_secs(30);
+/// Tombstones read from the registry at a time while forwarding them.
+const FORWARD_PAGE: usize = 1024;
 
 pub struct Objects {
     /// The object layer now (None until a topology is stored and this node's disks pass).
@@ -53,6 +62,11 @@ struct Watch {
     node: String,
     registry: Arc<Registry>,
     cell: Arc<ClusterCell>,
+    /// The other nodes (tombstones are forwarded through it; None: no peer transport).
+    remote: Option<Arc<dyn Remote>>,
+    /// Since when the layer served now waits for its tombstones to reach their owners, and
+    /// which owners they have still to reach (None: every one).
+    unforwarded: Option<(std::time::Instant, Option<HashSet<String>>)>,
     /// The generations of the layer served now (current, previous, older ones).
     built: Option<Vec<u64>>,
     /// Those whose layer could not be built, said once.
@@ -124,6 +138,7 @@ impl Watch {
                 let old = self.cell.get();
                 self.cell.set(c);
                 drain(old);
+                self.unforwarded = Some((std::time::Instant::now(), None));
                 self.unpublished = Some(gens[0]);
                 self.built = Some(gens);
             }
@@ -140,6 +155,15 @@ impl Watch {
 
     /// Says in etcd which generation this node routes by (again next round if etcd is away).
     fn publish(&mut self) {
+        if let Some((since, only)) = self.unforwarded.take() {
+            let failed = self.forward(only.as_ref());
+            if !failed.is_empty() {
+                self.unforwarded = Some((since, Some(failed)));
+                if since.elapsed() < FORWARD_WAIT {
+                    return; // the moves of this generation wait for the tombstones
+                }
+            }
+        }
         let Some(g) = self.unpublished else { return };
         let key = self.keys.served(&self.node);
         match self.store.put(&key, g.to_string().as_bytes(), 0) {
@@ -150,6 +174,57 @@ impl Watch {
 }
 
 impl Watch {
+    /// Sends every tombstone this node keeps to the node that owns its key under the layer
+    /// served now (the delete's time and generation kept; the owner drops its copies no
+    /// newer and keeps the tombstone), only to the nodes `only` if set. Returns the nodes not
+    /// reached, to try again with all of theirs (the registry unreadable: all of them).
+    fn forward(&self, only: Option<&HashSet<String>>) -> HashSet<String> {
+        let (Some(c), Some(r)) = (self.cell.get(), &self.remote) else {
+            return HashSet::new();
+        };
+        let mut failed = HashSet::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = match self
+                .registry
+                .tombstones_after(after.as_deref(), FORWARD_PAGE)
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("ferry agent {}: forward tombstones: {e}", self.node);
+                    return only
+                        .cloned()
+                        .unwrap_or_else(|| c.other_nodes().into_iter().collect());
+                }
+            };
+            for (fk, t) in &page {
+                let Some((bucket, key)) =
+                    std::str::from_utf8(fk).ok().and_then(|k| k.split_once('/'))
+                else {
+                    continue; // not a key the S3 endpoint can name
+                };
+                let p = crate::cluster::partition_of(bucket.as_bytes(), key.as_bytes());
+                let Some(n) = c.node_of(&c.current.owner_key(p)) else {
+                    continue;
+                };
+                if n == self.node || failed.contains(n) || only.is_some_and(|o| !o.contains(n)) {
+                    continue;
+                }
+                if let Err(e) = r.bury(n, (bucket, key), t.at, t.generation) {
+                    eprintln!(
+                        "ferry agent {}: forward the tombstone of {bucket}/{key}: {e}",
+                        self.node
+                    );
+                    failed.insert(n.to_string());
+                }
+            }
+            match page.last() {
+                Some((k, _)) if page.len() == FORWARD_PAGE => after = Some(k.clone()),
+                _ => return failed,
+            }
+        }
+    }
+
     /// Every `COLLECT_EVERY` rounds: drops the tombstones of the generations whose
     /// rebalance is completed on every node (etcd away: next time).
     fn collect(&mut self) {
@@ -228,6 +303,7 @@ pub fn watch(
     keys: &Keys,
     node: &str,
     registry: &Path,
+    remote: Option<Arc<dyn Remote>>,
 ) -> Result<Objects, String> {
     let reg = Registry::open(registry).map_err(|e| e.to_string())?;
     let cell = Arc::new(ClusterCell::default());
@@ -239,6 +315,8 @@ pub fn watch(
         node: node.to_string(),
         registry: Arc::new(reg),
         cell: cell.clone(),
+        remote,
+        unforwarded: None,
         built: None,
         said: None,
         unpublished: None,

@@ -267,6 +267,32 @@ impl Registry {
         run().map_err(|e| Self::err("registry read", &self.path, e))
     }
 
+    /// Up to `limit` tombstones in key order, from the first key after `after` (None: from
+    /// the start): a walk over all of them a page at a time.
+    pub fn tombstones_after(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Tomb)>, Error> {
+        let run = || -> Result<Vec<(Vec<u8>, Tomb)>, redb::Error> {
+            let r = self.db.begin_read()?;
+            let t = r.open_table(TOMBSTONES)?;
+            let mut out = Vec::new();
+            let range = match after {
+                Some(a) => {
+                    t.range::<&[u8]>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))?
+                }
+                None => t.range::<&[u8]>(..)?,
+            };
+            for e in range.take(limit) {
+                let (k, v) = e?;
+                out.push((k.value().to_vec(), tomb_of(v.value())));
+            }
+            Ok(out)
+        };
+        run().map_err(|e| Self::err("registry read", &self.path, e))
+    }
+
     pub fn tombstone_count(&self) -> Result<u64, Error> {
         let run = || -> Result<u64, redb::Error> {
             let r = self.db.begin_read()?;
@@ -384,6 +410,30 @@ mod tests {
     fn tomb(secs: u64, generation: u64) -> Tomb {
         let at = UNIX_EPOCH + Duration::new(secs, 7);
         Tomb { at, generation }
+    }
+
+    #[test]
+    fn every_tombstone_is_walked_a_page_at_a_time() {
+        let d = tempfile::tempdir().unwrap();
+        let r = Registry::open(&d.path().join("r.redb")).unwrap();
+        for i in 0..7u64 {
+            r.remove(format!("b/{i}").as_bytes(), Some(tomb(i, 1)))
+                .unwrap();
+        }
+        let (mut seen, mut after) = (Vec::new(), None::<Vec<u8>>);
+        loop {
+            let page = r.tombstones_after(after.as_deref(), 3).unwrap();
+            assert!(page.len() <= 3);
+            seen.extend(page.iter().map(|(k, t)| (k.clone(), *t)));
+            match page.last() {
+                Some((k, _)) if page.len() == 3 => after = Some(k.clone()),
+                _ => break,
+            }
+        }
+        let want: Vec<(Vec<u8>, Tomb)> = (0..7u64)
+            .map(|i| (format!("b/{i}").into_bytes(), tomb(i, 1)))
+            .collect();
+        assert_eq!(seen, want);
     }
 
     #[test]

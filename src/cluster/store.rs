@@ -504,6 +504,40 @@ impl Cluster {
         Ok(any)
     }
 
+    /// A tombstone handed over by the node that kept it (the key's owner when it was
+    /// deleted): the copies here no newer than it go, and this node keeps it (the later of
+    /// two), so a copy of the deleted version that a move brings here later is dropped.
+    /// A copy here newer than it (a write since) wins: nothing changes. Whether it was kept.
+    pub fn bury(&self, bucket: &str, key: &[u8], tomb: Tomb) -> Result<bool, Error> {
+        Self::usage(bucket, key)?;
+        let Some(r) = &self.registry else {
+            return Ok(false);
+        };
+        let _g = self.lock(bucket, key);
+        for path in self.disks.values() {
+            let p = object_path(path, bucket, key);
+            let newer = match std::fs::symlink_metadata(&p) {
+                Ok(m) if m.is_file() => {
+                    m.modified().map_err(|e| Error::os("stat", &p, e))? > tomb.at
+                }
+                Ok(_) => false,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => false,
+                Err(e) => return Err(Error::os("stat", &p, e)),
+            };
+            if newer {
+                return Ok(false);
+            }
+        }
+        self.remove_copies(bucket, key, None)?;
+        let fk = full_key(bucket, key);
+        let keep = match r.tombstone(&fk)? {
+            Some(t) if t.at >= tomb.at => t,
+            _ => tomb,
+        };
+        r.remove(&fk, Some(keep))?;
+        Ok(true)
+    }
+
     /// The keys of `bucket` under `prefix` this node keeps tombstones of, with their times.
     pub fn deleted_under(
         &self,
@@ -648,6 +682,35 @@ mod tests {
     use super::*;
 
     use crate::cluster::topology::one_disk_sets as topo;
+
+    /// A forwarded tombstone removes the copies no newer than it and is kept (the later of
+    /// two); a copy newer than it (written since) wins.
+    #[test]
+    fn a_buried_key_loses_its_older_copies_and_keeps_the_later_tombstone() {
+        use std::time::Duration;
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("s0")).unwrap();
+        let t = topo(d.path(), 1, &["s0"]);
+        super::super::identity::init(&t, Path::new("t.json")).unwrap();
+        let reg = Arc::new(Registry::open(&d.path().join("reg.redb")).unwrap());
+        let c = Cluster::build(t, None, Some(reg.clone()), None, stripes());
+        c.put("b", b"k", b"v1").unwrap();
+        let (f, _) = c.open_object("b", b"k").unwrap().unwrap();
+        let m = f.metadata().unwrap().modified().unwrap();
+        let tomb = |at| Tomb { at, generation: 1 };
+        let sec = Duration::from_secs(1);
+        assert!(
+            !c.bury("b", b"k", tomb(m - sec)).unwrap(),
+            "the copy is newer"
+        );
+        assert_eq!(c.get("b", b"k").unwrap().as_deref(), Some(&b"v1"[..]));
+        assert_eq!(reg.tombstone(&full_key("b", b"k")).unwrap(), None);
+        assert!(c.bury("b", b"k", tomb(m + sec)).unwrap());
+        assert_eq!(c.get("b", b"k").unwrap(), None);
+        assert!(c.bury("b", b"k", tomb(m)).unwrap());
+        let kept = reg.tombstone(&full_key("b", b"k")).unwrap();
+        assert_eq!(kept, Some(tomb(m + sec)), "the later delete is kept");
+    }
 
     /// A copy left where the registry says an older generation put it (its node was down
     /// when the key was written at its new owner) is read only when the owner has none.

@@ -91,6 +91,16 @@ pub trait Remote: Send + Sync {
     /// Removes every copy `node` holds; true if there was one. With `tombstone` (a client's
     /// delete, at the owner's node) the node keeps the key's tombstone too.
     fn delete(&self, node: &str, bucket: &str, key: &str, tombstone: bool) -> Result<bool, Error>;
+    /// Hands `node` (the key's owner now) a tombstone this node keeps: deleted `at` under
+    /// `generation`. Its copies no newer go and it keeps the tombstone; false if a newer
+    /// copy there won (the key was written since).
+    fn bury(
+        &self,
+        node: &str,
+        key: (&str, &str),
+        at: SystemTime,
+        generation: u64,
+    ) -> Result<bool, Error>;
     /// Every key of `bucket` under `prefix` on `node`'s disks, after `after`, and the
     /// tombstones `node` keeps there.
     fn list(

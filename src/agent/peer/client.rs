@@ -472,6 +472,25 @@ impl PeerClient {
         self.flag_request("peer delete", node, req)
     }
 
+    /// Gives `node` (the key's owner now) the tombstone of `bucket/key` this node keeps
+    /// (deleted `at`, under `generation`): its copies no newer go, and it keeps the
+    /// tombstone; false if a newer copy there won.
+    pub fn bury(
+        &self,
+        node: &str,
+        (bucket, key): (&str, &str),
+        at: SystemTime,
+        generation: u64,
+    ) -> Result<bool, Error> {
+        let req = Req::Bury {
+            bucket: bucket.into(),
+            key: key.into(),
+            at,
+            generation,
+        };
+        self.flag_request("peer bury", node, req)
+    }
+
     /// Entries answers up to Done.
     fn entries(&self, op: &'static str, node: &str, req: Req) -> Result<Vec<Entry>, Error> {
         let (mut w, mut m) = self.request(op, node, req)?;
@@ -609,6 +628,16 @@ impl Remote for PeerClient {
 
     fn delete(&self, node: &str, bucket: &str, key: &str, tomb: bool) -> Result<bool, Error> {
         PeerClient::delete(self, node, bucket, key, tomb)
+    }
+
+    fn bury(
+        &self,
+        node: &str,
+        (bucket, key): (&str, &str),
+        at: SystemTime,
+        generation: u64,
+    ) -> Result<bool, Error> {
+        PeerClient::bury(self, node, (bucket, key), at, generation)
     }
 
     fn list(

@@ -9,6 +9,8 @@
 //! - `Migrate` + `Data`… + `End` → `Done` (stored, durable) | `Superseded` | `Error`
 //! - `Delete` → `Done` (flag: a copy existed); with `tombstone` (a client's delete, sent to
 //!   the owner's node) the node records the key's tombstone too
+//! - `Bury` → `Done` (flag: kept): a tombstone another node forwards (the key's owner now),
+//!   with the delete's time and generation; copies no newer than it go
 //! - `List`, `Buckets` → `Entries`… + `Done`; `Bucket` → `Done` (flag); a List's entries
 //!   include the node's tombstones under the prefix (`deleted`: mtime is the delete's time)
 //!
@@ -21,7 +23,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// Bumped on any change to these messages; Hello and Welcome keep their layout.
 /// 2: `Delete.tombstone`, `Deleted` (a Get of a key with a tombstone), `Entry.deleted`;
 /// Migrate honours tombstones (a version 1 node would bring a deleted key back).
-pub const VERSION: u16 = 2;
+/// 3: `Bury` (tombstones follow their key's owner across generations).
+pub const VERSION: u16 = 3;
 pub const MAGIC: &[u8; 8] = b"FERRYPER";
 
 /// Why a request failed, as the far side classed it.
@@ -106,6 +109,12 @@ pub enum Req {
         key: String,
         tombstone: bool,
     },
+    Bury {
+        bucket: String,
+        key: String,
+        at: SystemTime,
+        generation: u64,
+    },
     List {
         bucket: String,
         prefix: String,
@@ -172,6 +181,7 @@ const T_DELETE: u8 = 13;
 const T_LIST: u8 = 14;
 const T_BUCKET: u8 = 15;
 const T_BUCKETS: u8 = 16;
+const T_BURY: u8 = 17;
 const T_MISSING: u8 = 20;
 const T_BADRANGE: u8 = 21;
 const T_FOUND: u8 = 22;
@@ -184,7 +194,7 @@ const T_DELETED: u8 = 28;
 
 /// Frame types this version knows.
 pub fn known(t: u8) -> bool {
-    matches!(t, 1..=3 | 10..=16 | 20..=28)
+    matches!(t, 1..=3 | 10..=17 | 20..=28)
 }
 
 /// Bytes of entries put in one Entries frame (well under the frame limit).
@@ -333,7 +343,7 @@ impl Msg {
                 let msg = get_str(&mut c, "message")?;
                 Msg::Error { code, errno, msg }
             }
-            T_GET..=T_BUCKETS => Msg::Req(Req::decode(f.kind, &mut c)?),
+            T_GET..=T_BURY => Msg::Req(Req::decode(f.kind, &mut c)?),
             T_MISSING => Msg::Missing,
             T_DELETED => Msg::Deleted {
                 at: get_time(&mut c, "deleted at")?,
@@ -430,6 +440,18 @@ impl Req {
                 p.push(*tombstone as u8);
                 T_DELETE
             }
+            Req::Bury {
+                bucket,
+                key,
+                at,
+                generation,
+            } => {
+                put_str(p, bucket);
+                put_str(p, key);
+                put_time(p, *at);
+                p.extend_from_slice(&generation.to_le_bytes());
+                T_BURY
+            }
             Req::List {
                 bucket,
                 prefix,
@@ -480,6 +502,12 @@ impl Req {
                 bucket: get_str(c, "bucket")?,
                 key: get_str(c, "key")?,
                 tombstone: c.u8("tombstone")? != 0,
+            },
+            T_BURY => Req::Bury {
+                bucket: get_str(c, "bucket")?,
+                key: get_str(c, "key")?,
+                at: get_time(c, "deleted at")?,
+                generation: c.u64("generation")?,
             },
             T_LIST => {
                 let (bucket, prefix) = (get_str(c, "bucket")?, get_str(c, "prefix")?);
@@ -550,6 +578,12 @@ mod tests {
                 bucket: "b".into(),
                 key: "k".into(),
                 tombstone: true,
+            }),
+            Msg::Req(Req::Bury {
+                bucket: "b".into(),
+                key: "k".into(),
+                at: t,
+                generation: 7,
             }),
             Msg::Req(Req::List {
                 bucket: "b".into(),

@@ -249,11 +249,16 @@ fn serve_req(w: &mut Wire, ctx: &Ctx, req: Req) -> io::Result<bool> {
                 true => c.delete(&bucket, key.as_bytes()),
                 false => c.rm(&bucket, key.as_bytes()),
             };
-            let m = match removed {
-                Ok(existed) => done(existed, SystemTime::UNIX_EPOCH, String::new()),
-                Err(e) => answer(&e),
-            };
-            w.send(&m).map(|_| true)
+            flag_answer(w, removed)
+        }
+        Req::Bury {
+            bucket,
+            key,
+            at,
+            generation,
+        } => {
+            let tomb = crate::cluster::registry::Tomb { at, generation };
+            flag_answer(w, c.bury(&bucket, key.as_bytes(), tomb))
         }
         Req::List {
             bucket,
@@ -273,6 +278,15 @@ fn serve_req(w: &mut Wire, ctx: &Ctx, req: Req) -> io::Result<bool> {
             send_entries(w, v).map(|_| true)
         }
     }
+}
+
+/// Done with the flag, or the error.
+fn flag_answer(w: &mut Wire, r: Result<bool, crate::error::Error>) -> io::Result<bool> {
+    let m = match r {
+        Ok(flag) => done(flag, SystemTime::UNIX_EPOCH, String::new()),
+        Err(e) => answer(&e),
+    };
+    w.send(&m).map(|_| true)
 }
 
 fn done(flag: bool, mtime: SystemTime, etag: String) -> Msg {
