@@ -348,6 +348,46 @@ fn a_delete_at_the_owner_wins_over_a_copy_still_on_its_way() {
     ));
 }
 
+/// A tombstone handed over by the node that kept it (Bury): at the key's new owner the copies
+/// no newer than it go and it is kept with the delete's time (the later of two), so a copy of
+/// the deleted version that arrives after is dropped; a copy written after the delete wins.
+#[test]
+fn a_buried_tombstone_keeps_its_time_and_drops_older_copies() {
+    let f = fixture(Limits::default());
+    let c = f.client("n1");
+    let (key, disk) = owned_by_n2(&f, "w/");
+    c.put("n2", &disk, ("b", &key), Some(2), &mut source(b"v0", 2))
+        .unwrap();
+    let n2 = f.cluster("n2");
+    let path = n2.disk_path(&disk).unwrap().join("b").join(&key);
+    let written = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let hour = Duration::from_secs(3600);
+    assert!(!c.bury("n2", ("b", &key), written - hour, 1).unwrap());
+    assert!(path.exists(), "a copy newer than the tombstone went");
+    assert_eq!(n2.deleted_at("b", key.as_bytes()).unwrap(), None);
+    let at = written + Duration::from_millis(1);
+    assert!(c.bury("n2", ("b", &key), at, 1).unwrap());
+    assert!(!path.exists(), "a copy no newer than the tombstone stayed");
+    match c.get("n2", "b", &key, None, false).unwrap() {
+        Fetched::Deleted { at: t } => assert_eq!(t, at, "the delete's time is kept"),
+        _ => panic!("a Get of the buried key is not Deleted"),
+    }
+    let late = c.migrate(
+        "n2",
+        (&disk, "s1/d0"),
+        ("b", &key),
+        (3, written, None),
+        &mut source(b"old", 3),
+    );
+    assert_eq!(late.unwrap(), Migrated::Superseded);
+    assert!(c.bury("n2", ("b", &key), written - hour, 1).unwrap());
+    assert_eq!(
+        n2.deleted_at("b", key.as_bytes()).unwrap(),
+        Some(at),
+        "the later one"
+    );
+}
+
 #[test]
 fn a_body_whose_xxh3_differs_is_never_named() {
     let f = fixture(Limits::default());
