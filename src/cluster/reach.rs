@@ -240,19 +240,16 @@ mod tests {
         let p = Arc::new(Peers::default());
         let e = down(io::ErrorKind::TimedOut);
         let t0 = Instant::now();
-        // The other sender fails once the first one has marked the peer down (started
-        // before it, it could be the first and so the prober).
-        let waiter = {
-            let (p, e) = (p.clone(), down(io::ErrorKind::ConnectionReset));
+        // Two senders fail at once; either may be the one that probes (whichever wakes first).
+        let (tx, rx) = std::sync::mpsc::channel();
+        for kind in [io::ErrorKind::TimedOut, io::ErrorKind::ConnectionReset] {
+            let (p, e, tx) = (p.clone(), down(kind), tx.clone());
             std::thread::spawn(move || {
-                while p.list().is_empty() {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                p.failed("c", &e, false, &|| false)
-            })
-        };
-        let first = p.failed("c", &e, false, &|| false);
-        let waited = t0.elapsed();
+                let r = p.failed("c", &e, false, &|| false);
+                let _ = tx.send((r, t0.elapsed()));
+            });
+        }
+        let (first, waited) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
         assert!(matches!(first, Next::Retry(true)), "{first:?}");
         assert!(waited >= PROBE_FIRST, "probed after {waited:?}");
         let shown = p.list();
@@ -265,9 +262,9 @@ mod tests {
         let again = p.failed("c", &e, true, &|| Instant::now() >= stop_at);
         assert!(matches!(again, Next::Stop), "{again:?}");
         assert_eq!(p.list()[0].probes, 1);
-        assert!(!waiter.is_finished(), "no second probe in flight at once");
+        assert!(rx.try_recv().is_err(), "no second probe in flight at once");
         p.reached("c");
-        let w = waiter.join().unwrap();
+        let (w, _) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
         assert!(matches!(w, Next::Retry(false)), "{w:?}");
         assert!(p.list().is_empty());
         assert_eq!(p.gave_up(), None);
