@@ -205,6 +205,10 @@ pub fn remote_copy(mut a: RemoteCopy) -> ExitCode {
     let remote_srcs = a.paths.iter().filter(|p| is_remote(p.as_os_str())).count();
     let start = std::time::Instant::now();
     let mut o = options(a.tls_dir.take(), a.state_dir.take(), a.fresh, a.streams);
+    if a.json {
+        let sink: super::steer::Sink = Box::new(|v| crate::outln!("{v}"));
+        o.steer = std::sync::Arc::new(super::steer::Steer::new(Some(sink)));
+    }
     let (res, target) = if is_remote(dst.as_os_str()) {
         if remote_srcs > 0 {
             return exit_fatal(super::client::Fatal {
@@ -221,20 +225,11 @@ pub fn remote_copy(mut a: RemoteCopy) -> ExitCode {
                 });
             }
         };
-        if a.json {
-            let sink: super::steer::Sink = Box::new(|v| crate::outln!("{v}"));
-            o.steer = std::sync::Arc::new(super::steer::Steer::new(Some(sink)));
-        }
         let res = if a.moving {
             super::client::move_push(&a.paths, &r, &o)
         } else {
             super::client::push(&a.paths, &r, &o).map(|p| p.out)
         };
-        o.steer.end(match &res {
-            Ok(out) if out.errors.is_empty() => JobState::Completed,
-            Err(f) if f.code == Exit::Cancelled => JobState::Cancelled,
-            _ => JobState::Failed,
-        });
         (res, r.to_string())
     } else {
         if a.paths.len() != 1 || remote_srcs != 1 {
@@ -261,6 +256,11 @@ pub fn remote_copy(mut a: RemoteCopy) -> ExitCode {
         }
         (super::client::pull(&r, &dst, &o), dst.display().to_string())
     };
+    o.steer.end(match &res {
+        Ok(out) if out.errors.is_empty() => JobState::Completed,
+        Err(f) if f.code == Exit::Cancelled => JobState::Cancelled,
+        _ => JobState::Failed,
+    });
     match res {
         Ok(out) => report(
             &out,

@@ -665,12 +665,15 @@ fn remove_dirs(dirs: Vec<Item>, out: &mut Outcome) {
 
 /// Pull: receives the remote path into `dst` (cp -r rules). What is already here under a
 /// final name with the far end's size and mtime is listed to the server first and not sent
-/// again (the quick check), so a rerun of an interrupted or a completed pull resumes.
+/// again (the quick check), so a rerun of an interrupted or a completed pull resumes. A full
+/// local disk pauses the job (`destination_full`): the session ends once what fit is named,
+/// and `ferry ctl JOB resume` pulls the rest in a new one.
 pub fn pull(r: &Remote, dst: &Path, o: &Options) -> Result<Outcome, Fatal> {
     let key = format!("pull {r}\0{}", absolute(dst).to_string_lossy());
     let id = format!("net-{:016x}", xxhash_rust::xxh3::xxh3_64(key.as_bytes()));
     let sd = StateDir::open(&o.state_dir, &id)
         .map_err(|e| usage(format!("state dir {}: {e}", o.state_dir.display())))?;
+    o.steer.attach(&id, &sd.dir);
     // Where the first run landed, so a rerun does not nest a second copy in it (cp -r rules
     // would, now that the destination exists).
     let (base, prefix) = match load_pull_target(&sd) {
@@ -688,29 +691,70 @@ pub fn pull(r: &Remote, dst: &Path, o: &Options) -> Result<Outcome, Fatal> {
     let base_fd = OwnedFd::from(fd);
     // The job's own temp token: a rerun replaces the temps a killed run left, nothing else.
     let tok = super::serve::load_token(&sd.dir).map_err(usage)?;
+    let mut total = Outcome::default();
+    let mut fresh = o.fresh;
+    loop {
+        let rx = pull_once(r, &base_fd, &prefix, &tok, o, fresh)?;
+        fresh = false;
+        total.files += rx.counts.files;
+        total.bytes += rx.counts.bytes;
+        let Some((path, why)) = rx.first_full else {
+            // What this run received earlier is skipped now: not counted twice.
+            total.skipped = rx
+                .counts
+                .skipped
+                .saturating_sub(total.files - rx.counts.files);
+            total.errors = rx.errors.into_iter().map(|e| (Vec::new(), e)).collect();
+            return Ok(total);
+        };
+        o.steer.pause_for_room(&beneath::show(&path), &why);
+        wait_for_resume(o)?;
+    }
+}
+
+/// One session of a pull into `prefix` beneath `base` (`fresh`: what is here is not listed,
+/// so everything is sent); ends early when the local disk is full.
+fn pull_once(
+    r: &Remote,
+    base: &OwnedFd,
+    prefix: &[u8],
+    tok: &Token,
+    o: &Options,
+    fresh: bool,
+) -> Result<Receiver, Fatal> {
     let (mut c, _, _) = open(r, Op::Pull, o)?;
-    let have = Arc::new(base_fd.try_clone().map_err(fatal)?);
+    o.steer.running();
+    let have = Arc::new(base.try_clone().map_err(fatal)?);
     let name = if prefix.is_empty() {
         b".".to_vec()
     } else {
-        prefix.clone()
+        prefix.to_vec()
     };
-    let roots = if o.fresh {
+    let roots = if fresh {
         Vec::new()
     } else {
         vec![(have, name, Vec::new())]
     };
-    let mine = Walker::new(roots);
-    verify::list(&mut c, mine, false).map_err(fatal)?;
-    let mut rx = Receiver::new(base_fd, prefix, tok);
+    verify::list(&mut c, Walker::new(roots), false).map_err(fatal)?;
+    let base = base.try_clone().map_err(fatal)?;
+    let mut rx = Receiver::new(base, prefix.to_vec(), tok.clone()).stopping_when_full();
     recv::drive(&mut c, &mut rx).map_err(fatal)?;
     c.close();
-    Ok(Outcome {
-        files: rx.counts.files,
-        bytes: rx.counts.bytes,
-        skipped: rx.counts.skipped,
-        errors: rx.errors.into_iter().map(|e| (Vec::new(), e)).collect(),
-    })
+    Ok(rx)
+}
+
+/// Waits while the job is paused; Err once it is cancelled.
+fn wait_for_resume(o: &Options) -> Result<(), Fatal> {
+    while o.steer.is_paused() && !o.steer.is_cancelled() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if o.steer.is_cancelled() {
+        return Err(Fatal {
+            code: crate::Exit::Cancelled,
+            msg: super::push::CANCELLED.into(),
+        });
+    }
+    Ok(())
 }
 
 fn load_pull_target(sd: &StateDir) -> Option<(PathBuf, Vec<u8>)> {

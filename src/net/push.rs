@@ -41,7 +41,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const QUEUE: usize = 4096;
 
 const STOPPED: &str = "stopped: another stream failed";
-const CANCELLED: &str = "cancelled (`ferry ctl JOB cancel`): run the same command again to resume";
+pub(super) const CANCELLED: &str =
+    "cancelled (`ferry ctl JOB cancel`): run the same command again to resume";
 /// While paused, a stream says Flush this often (the far end sees a live session).
 const KEEPALIVE: Duration = Duration::from_secs(5);
 

@@ -143,6 +143,10 @@ pub struct Receiver {
     /// removed where this session makes its own.
     sweep: Vec<crate::temp::Token>,
     watch: Option<Watch>,
+    /// A full destination ends the session (a pull's client: it pauses, then pulls again).
+    stop_when_full: bool,
+    /// The first entry that did not fit, and why.
+    pub first_full: Option<(Vec<u8>, String)>,
     pub counts: Counts,
     /// Failures of single entries, as reported to the sender (and the sender's own).
     pub errors: Vec<String>,
@@ -185,6 +189,8 @@ impl Receiver {
             tok,
             sweep: Vec::new(),
             watch: None,
+            stop_when_full: false,
+            first_full: None,
             counts: Counts::default(),
             errors: Vec::new(),
         }
@@ -206,6 +212,18 @@ impl Receiver {
     pub fn watched(mut self, w: Watch) -> Receiver {
         self.watch = Some(w);
         self
+    }
+
+    /// Ends the session at the first entry that does not fit, once what is in the batch is
+    /// named: [`drive`] returns Ok with `counts.full` above 0.
+    pub fn stopping_when_full(mut self) -> Receiver {
+        self.stop_when_full = true;
+        self
+    }
+
+    /// A full destination stopped it before the sender was done.
+    fn out_of_room(&self) -> bool {
+        self.stop_when_full && self.counts.full > 0 && self.cur.is_none()
     }
 
     fn stopped(&self) -> bool {
@@ -560,6 +578,9 @@ impl Receiver {
     /// sender pauses and sends it again.
     fn no_room(&mut self, out: &mut Vec<Msg>, id: u64, rel: Vec<u8>, msg: String) {
         self.counts.full += 1;
+        if self.first_full.is_none() {
+            self.first_full = Some((rel.clone(), msg.clone()));
+        }
         out.push(Msg::Full { id, path: rel, msg });
     }
 
@@ -986,8 +1007,10 @@ fn apply_at(dir: RawFd, name: &[u8], m: &Meta, x: &Pairs, root: bool) -> io::Res
 /// Why a watched session stopped.
 const STOPPED: &str = "the sender hung up or started a newer session: nothing more is named";
 
-/// Runs a receiver on a connection until the sender is done (Ok) or the session breaks or is
-/// stopped (the temps of unfinished files are removed; nothing partial is ever named).
+/// Runs a receiver on a connection until the sender is done (Ok), a full destination stops a
+/// receiver [`Receiver::stopping_when_full`] (Ok, what fit named and acknowledged), or the
+/// session breaks or is stopped (the temps of unfinished files are removed; nothing partial
+/// is ever named).
 pub fn drive(c: &mut Conn, rx: &mut Receiver) -> io::Result<()> {
     let r = drive_on(c, rx);
     if r.is_err() {
@@ -1015,14 +1038,17 @@ fn drive_on(c: &mut Conn, rx: &mut Receiver) -> io::Result<()> {
             }
             m => rx.on_msg(m, &mut out),
         };
-        for o in out.drain(..) {
-            if let Msg::Fail { msg, .. } | Msg::Full { msg, .. } = &o {
-                rx.errors.push(msg.clone());
-            }
-            c.send(&o)?;
-        }
+        send_out(c, rx, &mut out)?;
         match r {
             Ok(done) => {
+                if !done && rx.out_of_room() {
+                    // What is in the batch was written: named (and acknowledged) now.
+                    let r = rx.commit(&mut out);
+                    send_out(c, rx, &mut out)?;
+                    r.map_err(io::Error::other)?;
+                    c.flush()?;
+                    return Ok(());
+                }
                 c.flush()?;
                 if done {
                     return Ok(());
@@ -1038,4 +1064,15 @@ fn drive_on(c: &mut Conn, rx: &mut Receiver) -> io::Result<()> {
             }
         }
     }
+}
+
+/// Sends the receiver's replies; its failures are kept in its errors too.
+fn send_out(c: &mut Conn, rx: &mut Receiver, out: &mut Vec<Msg>) -> io::Result<()> {
+    for o in out.drain(..) {
+        if let Msg::Fail { msg, .. } | Msg::Full { msg, .. } = &o {
+            rx.errors.push(msg.clone());
+        }
+        c.send(&o)?;
+    }
+    Ok(())
 }
