@@ -1,6 +1,7 @@
 //! Pull resume: a pull whose client is killed (SIGKILL) resumes on a rerun without
 //! receiving again what it already named (the client lists what it has; the server's quick
-//! check skips it), and a rerun of a completed pull receives nothing.
+//! check skips it), and a rerun of a completed pull receives nothing. A pull whose
+//! connection is reset mid-transfer reconnects with backoff and goes on.
 
 mod common;
 mod netkit;
@@ -98,4 +99,39 @@ fn a_killed_pull_resumes_and_a_completed_one_receives_nothing() {
         assert!(t0.elapsed().as_secs() < 10, "{}", s.log());
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+#[test]
+fn a_pull_reset_mid_transfer_reconnects_and_nothing_is_lost() {
+    let t = tempfile::tempdir().unwrap();
+    let (stls, ctls) = pki(&t.path().join("pki"), "localhost");
+    let (exp, dst, state) = (
+        t.path().join("exp"),
+        t.path().join("dst"),
+        t.path().join("st"),
+    );
+    let src = exp.join("tree");
+    mixed_tree(&src, 800, &[60 << 20, 2 << 20]);
+    let s = serve(&stls, &[("data", &exp)], "127.0.0.1", 0, None);
+    // The first two sessions are reset in the middle (of the big file, most likely); the
+    // ones that replace them pass.
+    let p = Proxy::start(s.port, std::time::Duration::ZERO, |n| match n {
+        0 => Some(6 << 20),
+        1 => Some(24 << 20),
+        _ => None,
+    });
+    let from = format!("ferry://localhost:{}/data/tree", p.port);
+    let o = copy(&[os("--json"), os(&from), dst.as_os_str()], &ctls, &state);
+    let err = stderr(&o);
+    assert!(o.status.success(), "pull: {err}\nserver: {}", s.log());
+    assert!(p.resets.load(std::sync::atomic::Ordering::Relaxed) >= 2);
+    assert!(err.contains("reconnecting"), "{err}");
+    assert_same_tree(&src, &dst);
+    assert!(temps(&dst).is_empty(), "temps left: {:?}", temps(&dst));
+    let r = report(&o);
+    assert_eq!(
+        (r["files"].as_u64(), r["skipped"].as_u64()),
+        (Some(805), Some(0)),
+        "each file counted once, as received: {r}"
+    );
 }

@@ -1,5 +1,5 @@
 //! The client side of `ferry copy|verify` with a `ferry://` end: push (local → remote), pull
-//! (remote → local) and verify, each one session on one connection.
+//! (remote → local, reconnecting when the connection breaks) and verify.
 
 use super::beneath;
 use super::conn::Conn;
@@ -194,7 +194,7 @@ fn try_open(r: &Remote, op: Op, o: &Options) -> io::Result<Result<Opened, Fatal>
     open_on(c, r, op, o)
 }
 
-/// [`try_open`] with no retry (pull, verify).
+/// [`try_open`] with no retry (verify).
 fn open(r: &Remote, op: Op, o: &Options) -> Result<Opened, Fatal> {
     try_open(r, op, o).map_err(fatal)?
 }
@@ -693,11 +693,41 @@ pub fn pull(r: &Remote, dst: &Path, o: &Options) -> Result<Outcome, Fatal> {
     let tok = super::serve::load_token(&sd.dir).map_err(usage)?;
     let mut total = Outcome::default();
     let mut fresh = o.fresh;
+    let mut reached = false;
+    let (mut broken_since, mut backoff) = (None, Duration::from_millis(500));
     loop {
-        let rx = pull_once(r, &base_fd, &prefix, &tok, o, fresh)?;
-        fresh = false;
+        let mut rx = Receiver::new(
+            base_fd.try_clone().map_err(fatal)?,
+            prefix.clone(),
+            tok.clone(),
+        )
+        .stopping_when_full();
+        let res = pull_once(r, &base_fd, &prefix, o, fresh, &mut rx, &mut reached);
         total.files += rx.counts.files;
         total.bytes += rx.counts.bytes;
+        if rx.counts.files > 0 {
+            (broken_since, backoff) = (None, Duration::from_millis(500));
+        }
+        match res {
+            Ok(Ok(())) => fresh = false,
+            Ok(Err(f)) => return Err(f),
+            Err(e)
+                if transient(&e)
+                    && broken_since.get_or_insert_with(Instant::now).elapsed() < RETRY_FOR
+                    && (reached || e.kind() != io::ErrorKind::ConnectionRefused) =>
+            {
+                // Named files stay (the quick check skips them); the rest come again.
+                eprintln!(
+                    "ferry: {e}; pull: {} files durable so far, reconnecting in {backoff:?}",
+                    total.files
+                );
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                fresh = false;
+                continue;
+            }
+            Err(e) => return Err(fatal(e)),
+        }
         let Some((path, why)) = rx.first_full else {
             // What this run received earlier is skipped now: not counted twice.
             total.skipped = rx
@@ -713,18 +743,24 @@ pub fn pull(r: &Remote, dst: &Path, o: &Options) -> Result<Outcome, Fatal> {
 }
 
 /// One session of a pull into `prefix` beneath `base` (`fresh`: what is here is not listed,
-/// so everything is sent); ends early when the local disk is full.
+/// so everything is sent), received by `rx`; it ends early when the local disk is full.
+/// `reached`: set once the server answered. Err: the connection (worth a reconnect if
+/// transient); Ok(Err): the server refused.
 fn pull_once(
     r: &Remote,
     base: &OwnedFd,
     prefix: &[u8],
-    tok: &Token,
     o: &Options,
     fresh: bool,
-) -> Result<Receiver, Fatal> {
-    let (mut c, _, _) = open(r, Op::Pull, o)?;
+    rx: &mut Receiver,
+    reached: &mut bool,
+) -> io::Result<Result<(), Fatal>> {
+    let mut c = match try_open(r, Op::Pull, o)? {
+        Ok((c, _, _)) => c,
+        Err(f) => return Ok(Err(f)),
+    };
+    *reached = true;
     o.steer.running();
-    let have = Arc::new(base.try_clone().map_err(fatal)?);
     let name = if prefix.is_empty() {
         b".".to_vec()
     } else {
@@ -733,14 +769,12 @@ fn pull_once(
     let roots = if fresh {
         Vec::new()
     } else {
-        vec![(have, name, Vec::new())]
+        vec![(Arc::new(base.try_clone()?), name, Vec::new())]
     };
-    verify::list(&mut c, Walker::new(roots), false).map_err(fatal)?;
-    let base = base.try_clone().map_err(fatal)?;
-    let mut rx = Receiver::new(base, prefix.to_vec(), tok.clone()).stopping_when_full();
-    recv::drive(&mut c, &mut rx).map_err(fatal)?;
+    verify::list(&mut c, Walker::new(roots), false)?;
+    recv::drive(&mut c, rx)?;
     c.close();
-    Ok(rx)
+    Ok(Ok(()))
 }
 
 /// Waits while the job is paused; Err once it is cancelled.

@@ -225,7 +225,11 @@ impl Conn {
             }
             if self.eof {
                 return Err(match self.dec.finish() {
-                    Err(e) => self.err("from", e),
+                    // Cut inside a frame: the connection broke (worth a reconnect).
+                    Err(e) => io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("from {}: {e}", self.peer),
+                    ),
                     Ok(()) => io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         format!("connection closed by {}", self.peer),
