@@ -11,11 +11,9 @@ mod common;
 mod netkit;
 use common::*;
 use netkit::*;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const DISK: u64 = 128 << 20;
 /// Leaves ~44 MiB free: less than the tree.
@@ -34,29 +32,6 @@ fn bigger_than_the_disk(src: &Path) {
     write_file(&src.join("huge"), 40 << 20, 9999);
 }
 
-fn ctl(state: &Path, id: &str, cmd: &str) -> String {
-    let o = Command::new(BIN)
-        .args(["ctl", id, cmd, "--state-dir"])
-        .arg(state)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "ferry ctl {cmd}: {}", stderr(&o));
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
-/// The next JSON event line named `event` (bounded wait).
-fn wait_event(rx: &mpsc::Receiver<serde_json::Value>, event: &str) -> serde_json::Value {
-    let t0 = Instant::now();
-    loop {
-        let left = Duration::from_secs(120).saturating_sub(t0.elapsed());
-        match rx.recv_timeout(left) {
-            Ok(v) if v["event"] == event => return v,
-            Ok(_) => {}
-            Err(e) => panic!("no '{event}' event: {e}"),
-        }
-    }
-}
-
 /// `ferry copy --json --streams 2 SRC TO` running, and its JSON lines as they come.
 fn push_json(
     src: &Path,
@@ -66,31 +41,6 @@ fn push_json(
 ) -> (Spawned, mpsc::Receiver<serde_json::Value>) {
     let args = [os("--json"), os("--streams"), os("2"), os(src), os(to)];
     copy_json(&args, tls, state)
-}
-
-/// `ferry copy ARGS...` running, and its JSON lines as they come.
-fn copy_json(
-    args: &[&std::ffi::OsStr],
-    tls: &Path,
-    state: &Path,
-) -> (Spawned, mpsc::Receiver<serde_json::Value>) {
-    let mut child = Spawned::new(
-        copy_cmd(args, tls, state)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let (tx, rx) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&l) {
-                let _ = tx.send(v);
-            }
-        }
-    });
-    (child, rx)
 }
 
 /// The small disk mounted at `mnt`, or why not (the test is skipped).

@@ -1,7 +1,8 @@
 //! Pull resume: a pull whose client is killed (SIGKILL) resumes on a rerun without
 //! receiving again what it already named (the client lists what it has; the server's quick
 //! check skips it), and a rerun of a completed pull receives nothing. A pull whose
-//! connection is reset mid-transfer reconnects with backoff and goes on.
+//! connection is reset mid-transfer reconnects with backoff and goes on; `ferry ctl JOB
+//! pause` stops a pull (what was written is named, nothing more arrives) until `resume`.
 
 mod common;
 mod netkit;
@@ -133,5 +134,98 @@ fn a_pull_reset_mid_transfer_reconnects_and_nothing_is_lost() {
         (r["files"].as_u64(), r["skipped"].as_u64()),
         (Some(805), Some(0)),
         "each file counted once, as received: {r}"
+    );
+}
+
+/// Regular files under final names below `root`.
+fn named_below(root: &std::path::Path) -> usize {
+    let mut n = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)
+            .into_iter()
+            .flatten()
+            .map_while(Result::ok)
+        {
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() && !ferry::temp::is_temp_name(e.file_name().as_encoded_bytes()) {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+#[test]
+fn a_paused_pull_receives_nothing_until_resumed() {
+    let t = tempfile::tempdir().unwrap();
+    let (stls, ctls) = pki(&t.path().join("pki"), "localhost");
+    let (exp, dst, state) = (
+        t.path().join("exp"),
+        t.path().join("dst"),
+        t.path().join("st"),
+    );
+    let src = exp.join("tree");
+    // Named in batches of up to 1024 (BATCH_FILES): the first shows progress, the pause
+    // names the next, and more than two are left.
+    for i in 0..5000 {
+        let d = src.join(format!("d{}", i % 5));
+        std::fs::create_dir_all(&d).unwrap();
+        write_file(&d.join(format!("f{i:04}")), 8 << 10, i as u64);
+    }
+    let s = serve(&stls, &[("data", &exp)], "127.0.0.1", 0, None);
+    // Slowed down, so the pull is still going when it is paused.
+    let p = Proxy::start(s.port, std::time::Duration::from_millis(3), |_| None);
+    let from = format!("ferry://localhost:{}/data/tree", p.port);
+    let (child, rx) = copy_json(&[os("--json"), os(&from), dst.as_os_str()], &ctls, &state);
+    let id = wait_event(&rx, "start")["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let t0 = std::time::Instant::now();
+    while named_below(&dst) < 100 {
+        assert!(t0.elapsed().as_secs() < 60, "no progress");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(ctl(&state, &id, "pause"), "ok");
+    // In flight: the entry being received and the batch (named now); then nothing.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let held = named_below(&dst);
+    assert!(held < 5000, "paused before the end");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(named_below(&dst), held, "files arrived while paused");
+    assert!(
+        temps(&dst).is_empty(),
+        "temps while paused: {:?}",
+        temps(&dst)
+    );
+    assert_eq!(nothing_partial(&src, &dst), held);
+    let status: serde_json::Value = serde_json::from_str(&ctl(&state, &id, "status")).unwrap();
+    assert_eq!(status["state"], "paused", "{status}");
+    assert_eq!(ctl(&state, &id, "resume"), "ok");
+    let o = finish(child, std::time::Duration::from_secs(180));
+    assert!(o.status.success(), "{}\nserver: {}", stderr(&o), s.log());
+    assert_same_tree(&src, &dst);
+    let rest: Vec<serde_json::Value> = rx.iter().collect();
+    let r = rest
+        .iter()
+        .find(|v| v["event"] == "report")
+        .expect("a report");
+    assert_eq!(
+        (r["files"].as_u64(), r["skipped"].as_u64()),
+        (Some(5000), Some(0)),
+        "{r}"
+    );
+    let states: Vec<&str> = rest
+        .iter()
+        .filter(|v| v["event"] == "state")
+        .map(|v| v["to"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states,
+        ["running", "paused", "running", "completed"],
+        "{states:?}"
     );
 }

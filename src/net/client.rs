@@ -666,8 +666,8 @@ fn remove_dirs(dirs: Vec<Item>, out: &mut Outcome) {
 /// Pull: receives the remote path into `dst` (cp -r rules). What is already here under a
 /// final name with the far end's size and mtime is listed to the server first and not sent
 /// again (the quick check), so a rerun of an interrupted or a completed pull resumes. A full
-/// local disk pauses the job (`destination_full`): the session ends once what fit is named,
-/// and `ferry ctl JOB resume` pulls the rest in a new one.
+/// local disk pauses the job (`destination_full`), as `ferry ctl JOB pause` does: the session
+/// ends once what was written is named, and `ferry ctl JOB resume` pulls the rest in a new one.
 pub fn pull(r: &Remote, dst: &Path, o: &Options) -> Result<Outcome, Fatal> {
     let key = format!("pull {r}\0{}", absolute(dst).to_string_lossy());
     let id = format!("net-{:016x}", xxhash_rust::xxh3::xxh3_64(key.as_bytes()));
@@ -696,12 +696,14 @@ pub fn pull(r: &Remote, dst: &Path, o: &Options) -> Result<Outcome, Fatal> {
     let mut reached = false;
     let (mut broken_since, mut backoff) = (None, Duration::from_millis(500));
     loop {
+        let st = o.steer.clone();
         let mut rx = Receiver::new(
             base_fd.try_clone().map_err(fatal)?,
             prefix.clone(),
             tok.clone(),
         )
-        .stopping_when_full();
+        .stopping_when_full()
+        .held_by(Arc::new(move || st.is_paused() || st.is_cancelled()));
         let res = pull_once(r, &base_fd, &prefix, o, fresh, &mut rx, &mut reached);
         total.files += rx.counts.files;
         total.bytes += rx.counts.bytes;
@@ -728,7 +730,10 @@ pub fn pull(r: &Remote, dst: &Path, o: &Options) -> Result<Outcome, Fatal> {
             }
             Err(e) => return Err(fatal(e)),
         }
-        let Some((path, why)) = rx.first_full else {
+        if let Some((path, why)) = &rx.first_full {
+            o.steer.pause_for_room(&beneath::show(path), why);
+        }
+        if !rx.stopped_early {
             // What this run received earlier is skipped now: not counted twice.
             total.skipped = rx
                 .counts
@@ -736,8 +741,7 @@ pub fn pull(r: &Remote, dst: &Path, o: &Options) -> Result<Outcome, Fatal> {
                 .saturating_sub(total.files - rx.counts.files);
             total.errors = rx.errors.into_iter().map(|e| (Vec::new(), e)).collect();
             return Ok(total);
-        };
-        o.steer.pause_for_room(&beneath::show(&path), &why);
+        }
         wait_for_resume(o)?;
     }
 }

@@ -119,6 +119,9 @@ pub struct Counts {
     pub full: u64,
 }
 
+/// Says when a receiver should stop between entries.
+pub type Hold = Arc<dyn Fn() -> bool + Send + Sync>;
+
 pub struct Receiver {
     base: OwnedFd,
     prefix: Vec<u8>,
@@ -145,6 +148,10 @@ pub struct Receiver {
     watch: Option<Watch>,
     /// A full destination ends the session (a pull's client: it pauses, then pulls again).
     stop_when_full: bool,
+    /// While it says so, the session ends between entries (a paused or cancelled pull).
+    hold: Option<Hold>,
+    /// [`drive`] ended the session before the sender was done (full, or held).
+    pub stopped_early: bool,
     /// The first entry that did not fit, and why.
     pub first_full: Option<(Vec<u8>, String)>,
     pub counts: Counts,
@@ -190,6 +197,8 @@ impl Receiver {
             sweep: Vec::new(),
             watch: None,
             stop_when_full: false,
+            hold: None,
+            stopped_early: false,
             first_full: None,
             counts: Counts::default(),
             errors: Vec::new(),
@@ -221,9 +230,18 @@ impl Receiver {
         self
     }
 
-    /// A full destination stopped it before the sender was done.
-    fn out_of_room(&self) -> bool {
-        self.stop_when_full && self.counts.full > 0 && self.cur.is_none()
+    /// Ends the session between entries once `hold` says so (what was written is named).
+    pub fn held_by(mut self, hold: Hold) -> Receiver {
+        self.hold = Some(hold);
+        self
+    }
+
+    /// Between entries, and full (see [`Receiver::stopping_when_full`]) or held: the session
+    /// ends here.
+    fn stops_here(&self) -> bool {
+        self.cur.is_none()
+            && ((self.stop_when_full && self.counts.full > 0)
+                || self.hold.as_ref().is_some_and(|h| h()))
     }
 
     fn stopped(&self) -> bool {
@@ -1007,8 +1025,8 @@ fn apply_at(dir: RawFd, name: &[u8], m: &Meta, x: &Pairs, root: bool) -> io::Res
 /// Why a watched session stopped.
 const STOPPED: &str = "the sender hung up or started a newer session: nothing more is named";
 
-/// Runs a receiver on a connection until the sender is done (Ok), a full destination stops a
-/// receiver [`Receiver::stopping_when_full`] (Ok, what fit named and acknowledged), or the
+/// Runs a receiver on a connection until the sender is done (Ok), a full destination or a
+/// hold stops it (Ok, `stopped_early`, what was written named and acknowledged), or the
 /// session breaks or is stopped (the temps of unfinished files are removed; nothing partial
 /// is ever named).
 pub fn drive(c: &mut Conn, rx: &mut Receiver) -> io::Result<()> {
@@ -1041,8 +1059,9 @@ fn drive_on(c: &mut Conn, rx: &mut Receiver) -> io::Result<()> {
         send_out(c, rx, &mut out)?;
         match r {
             Ok(done) => {
-                if !done && rx.out_of_room() {
+                if !done && rx.stops_here() {
                     // What is in the batch was written: named (and acknowledged) now.
+                    rx.stopped_early = true;
                     let r = rx.commit(&mut out);
                     send_out(c, rx, &mut out)?;
                     r.map_err(io::Error::other)?;

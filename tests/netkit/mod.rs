@@ -13,8 +13,9 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A CA with a server certificate for `server` (a host name or an IP) and a client one.
 pub fn pki(dir: &Path, server: &str) -> (PathBuf, PathBuf) {
@@ -461,4 +462,53 @@ pub fn finish(mut c: Spawned, limit: Duration) -> std::process::Output {
         std::thread::sleep(Duration::from_millis(20));
     }
     c.wait_with_output().unwrap()
+}
+
+/// `ferry ctl JOB CMD --state-dir STATE` (must succeed): its answer.
+pub fn ctl(state: &Path, id: &str, cmd: &str) -> String {
+    let o = Command::new(BIN)
+        .args(["ctl", id, cmd, "--state-dir"])
+        .arg(state)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "ferry ctl {cmd}: {}", stderr(&o));
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// The next JSON event line named `event` (bounded wait).
+pub fn wait_event(rx: &mpsc::Receiver<serde_json::Value>, event: &str) -> serde_json::Value {
+    let t0 = Instant::now();
+    loop {
+        let left = Duration::from_secs(120).saturating_sub(t0.elapsed());
+        match rx.recv_timeout(left) {
+            Ok(v) if v["event"] == event => return v,
+            Ok(_) => {}
+            Err(e) => panic!("no '{event}' event: {e}"),
+        }
+    }
+}
+
+/// `ferry copy ARGS...` running, and its JSON lines as they come.
+pub fn copy_json(
+    args: &[&std::ffi::OsStr],
+    tls: &Path,
+    state: &Path,
+) -> (Spawned, mpsc::Receiver<serde_json::Value>) {
+    let mut child = Spawned::new(
+        copy_cmd(args, tls, state)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&l) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    (child, rx)
 }
