@@ -158,8 +158,23 @@ fn named_below(root: &std::path::Path) -> usize {
     n
 }
 
-#[test]
-fn a_paused_pull_receives_nothing_until_resumed() {
+/// A pull of 5000 files of 8 KiB through a slowing proxy, running, with some files named.
+/// (Bind `_t` and `_p` where it is taken apart: they keep the files and the proxy.)
+struct SlowPull {
+    _t: tempfile::TempDir,
+    s: Server,
+    _p: Proxy,
+    src: std::path::PathBuf,
+    dst: std::path::PathBuf,
+    state: std::path::PathBuf,
+    ctls: std::path::PathBuf,
+    from: String,
+    child: Spawned,
+    rx: std::sync::mpsc::Receiver<serde_json::Value>,
+    id: String,
+}
+
+fn slow_pull() -> SlowPull {
     let t = tempfile::tempdir().unwrap();
     let (stls, ctls) = pki(&t.path().join("pki"), "localhost");
     let (exp, dst, state) = (
@@ -168,7 +183,7 @@ fn a_paused_pull_receives_nothing_until_resumed() {
         t.path().join("st"),
     );
     let src = exp.join("tree");
-    // Named in batches of up to 1024 (BATCH_FILES): the first shows progress, the pause
+    // Named in batches of up to 1024 (BATCH_FILES): the first shows progress, a pause
     // names the next, and more than two are left.
     for i in 0..5000 {
         let d = src.join(format!("d{}", i % 5));
@@ -189,6 +204,81 @@ fn a_paused_pull_receives_nothing_until_resumed() {
         assert!(t0.elapsed().as_secs() < 60, "no progress");
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
+    SlowPull {
+        _t: t,
+        s,
+        _p: p,
+        src,
+        dst,
+        state,
+        ctls,
+        from,
+        child,
+        rx,
+        id,
+    }
+}
+
+#[test]
+fn a_cancelled_pull_stops_with_what_it_named_and_its_rerun_finishes() {
+    let SlowPull {
+        s,
+        src,
+        dst,
+        state,
+        ctls,
+        from,
+        child,
+        rx,
+        id,
+        _t: _keep,
+        _p: _proxy,
+        ..
+    } = slow_pull();
+    assert_eq!(ctl(&state, &id, "cancel"), "ok");
+    let o = finish(child, std::time::Duration::from_secs(30));
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("cancelled"), "{}", stderr(&o));
+    let named = nothing_partial(&src, &dst);
+    assert!(named < 5000, "cancelled before the end");
+    assert!(temps(&dst).is_empty(), "temps left: {:?}", temps(&dst));
+    let states: Vec<String> = rx
+        .iter()
+        .filter(|v| v["event"] == "state")
+        .map(|v| v["to"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        states.last().map(String::as_str),
+        Some("cancelled"),
+        "{states:?}"
+    );
+    let o = copy(&[os("--json"), os(&from), dst.as_os_str()], &ctls, &state);
+    assert!(
+        o.status.success(),
+        "rerun: {}\nserver: {}",
+        stderr(&o),
+        s.log()
+    );
+    let r = report(&o);
+    assert_eq!(r["skipped"].as_u64(), Some(named as u64), "{r}");
+    assert_eq!(r["files"].as_u64(), Some(5000 - named as u64), "{r}");
+    assert_same_tree(&src, &dst);
+}
+
+#[test]
+fn a_paused_pull_receives_nothing_until_resumed() {
+    let SlowPull {
+        s,
+        src,
+        dst,
+        state,
+        child,
+        rx,
+        id,
+        _t: _keep,
+        _p: _proxy,
+        ..
+    } = slow_pull();
     assert_eq!(ctl(&state, &id, "pause"), "ok");
     // In flight: the entry being received and the batch (named now); then nothing.
     std::thread::sleep(std::time::Duration::from_millis(500));
