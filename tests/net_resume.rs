@@ -2,7 +2,8 @@
 //! receiving again what it already named (the client lists what it has; the server's quick
 //! check skips it), and a rerun of a completed pull receives nothing. A pull whose
 //! connection is reset mid-transfer reconnects with backoff and goes on; `ferry ctl JOB
-//! pause` stops a pull (what was written is named, nothing more arrives) until `resume`.
+//! pause` stops a pull (what was written is named, nothing more arrives) until `resume`, and
+//! `cancel` ends it so; a pull killed inside a big file names neither it nor its batch.
 
 mod common;
 mod netkit;
@@ -318,4 +319,53 @@ fn a_paused_pull_receives_nothing_until_resumed() {
         ["running", "paused", "running", "completed"],
         "{states:?}"
     );
+}
+
+#[test]
+fn a_pull_killed_inside_a_big_file_names_nothing_partial_and_its_rerun_cleans_up() {
+    let t = tempfile::tempdir().unwrap();
+    let (stls, ctls) = pki(&t.path().join("pki"), "localhost");
+    let (exp, dst, state) = (
+        t.path().join("exp"),
+        t.path().join("dst"),
+        t.path().join("st"),
+    );
+    let src = exp.join("tree");
+    std::fs::create_dir_all(&src).unwrap();
+    write_file(&src.join("a-small"), 1000, 1);
+    write_file(&src.join("big"), 256 << 20, 2);
+    let s = serve(&stls, &[("data", &exp)], "127.0.0.1", 0, None);
+    // Slowed down, so the kill lands inside the big file.
+    let p = Proxy::start(s.port, std::time::Duration::from_millis(1), |_| None);
+    let from = format!("ferry://localhost:{}/data/tree", p.port);
+    let mut client = Spawned::new(
+        copy_cmd(&[os(&from), dst.as_os_str()], &ctls, &state)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let t0 = std::time::Instant::now();
+    while bytes_under(&dst) < 32 << 20 {
+        assert!(t0.elapsed().as_secs() < 60, "no progress");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    client.kill().unwrap();
+    client.wait().unwrap();
+    assert!(
+        !dst.join("big").exists(),
+        "a partial file has its final name"
+    );
+    // The big file's temp and the small one's (its batch was not named yet).
+    assert_eq!(temps(&dst).len(), 2, "{:?}", temps(&dst));
+    nothing_partial(&src, &dst);
+    let o = copy(&[os("--json"), os(&from), dst.as_os_str()], &ctls, &state);
+    assert!(
+        o.status.success(),
+        "rerun: {}\nserver: {}",
+        stderr(&o),
+        s.log()
+    );
+    assert_same_tree(&src, &dst);
+    assert!(temps(&dst).is_empty(), "temps left: {:?}", temps(&dst));
 }
