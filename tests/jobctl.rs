@@ -600,11 +600,7 @@ fn kill_9_then_resume_redoes_almost_nothing() {
     // tree is built under a hidden name (`--temp auto`): nothing is under dst yet, the
     // complete copies are in the hidden tree.
     assert!(!dst.exists(), "the hidden tree got its name before the end");
-    let hidden: Vec<_> = fs::read_dir(t.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().ends_with(".tree"))
-        .collect();
+    let hidden = hidden_trees(t.path());
     assert_eq!(hidden.len(), 1, "one hidden tree: {hidden:?}");
     let complete_before = (0..total as usize)
         .filter(|i| {

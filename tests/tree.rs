@@ -7,27 +7,9 @@ use common::*;
 use ferry::demo::XorShift;
 use std::ffi::OsStr;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-
-/// Entries of `dir` whose names carry ferry's mark (temps or hidden trees).
-fn ferry_names(dir: &Path) -> Vec<String> {
-    fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(".ferry-"))
-        .collect()
-}
-
-/// The hidden trees under `dir`.
-fn hidden_trees(dir: &Path) -> Vec<PathBuf> {
-    ferry_names(dir)
-        .into_iter()
-        .filter(|n| n.ends_with(".tree"))
-        .map(|n| dir.join(n))
-        .collect()
-}
 
 fn copy_args<'a>(state: &'a Path, src: &'a Path, dst: &'a Path, temp: &'a str) -> Vec<&'a OsStr> {
     vec![

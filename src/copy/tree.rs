@@ -114,31 +114,33 @@ fn why_not(ctx: &Ctx, plan: &Plan) -> Option<&'static str> {
 /// otherwise (a fresh start, or no journal) it is removed: only the journal says what in it
 /// is durable.
 fn reuse_or_clear(ctx: &Ctx, hidden: &Path, src: &Path) -> Result<(), Error> {
-    match meta::lstat(hidden) {
-        Err(_) => return Ok(()),
-        Ok(st) if ctx.resumed_journal && meta::file_type(&st) == libc::S_IFDIR => {
-            match prune(ctx, hidden, src) {
-                Ok(n) => {
-                    eprintln!(
-                        "ferry: resuming into '{}' ({n} unfinished files removed)",
-                        hidden.display()
-                    );
-                    return Ok(());
-                }
-                Err(e) => eprintln!(
-                    "ferry: cannot check the earlier run's tree '{}' ({e}); copying it again",
-                    hidden.display()
-                ),
-            }
-        }
-        Ok(_) => eprintln!(
+    let Ok(st) = meta::lstat(hidden) else {
+        return Ok(());
+    };
+    let is_dir = meta::file_type(&st) == libc::S_IFDIR;
+    if !(ctx.resumed_journal && is_dir) {
+        eprintln!(
             "ferry: removing an earlier run's unfinished tree '{}'",
             hidden.display()
-        ),
+        );
+    } else {
+        match prune(ctx, hidden, src) {
+            Ok(n) => {
+                eprintln!(
+                    "ferry: resuming into '{}' ({n} unfinished files removed)",
+                    hidden.display()
+                );
+                return Ok(());
+            }
+            Err(e) => eprintln!(
+                "ferry: cannot check the earlier run's tree '{}' ({e}); copying it again",
+                hidden.display()
+            ),
+        }
     }
-    let gone = match meta::lstat(hidden) {
-        Ok(st) if meta::file_type(&st) == libc::S_IFDIR => std::fs::remove_dir_all(hidden),
-        _ => std::fs::remove_file(hidden),
+    let gone = match is_dir {
+        true => std::fs::remove_dir_all(hidden),
+        false => std::fs::remove_file(hidden),
     };
     gone.map_err(|e| Error::os("remove", hidden, e))
 }

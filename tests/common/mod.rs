@@ -335,6 +335,24 @@ pub fn temp_files(root: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Entries of `dir` whose names carry ferry's mark (temp files, hidden trees).
+pub fn ferry_names(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".ferry-"))
+        .collect()
+}
+
+/// The hidden trees (`--temp tree`) under `dir`.
+pub fn hidden_trees(dir: &Path) -> Vec<PathBuf> {
+    ferry_names(dir)
+        .into_iter()
+        .filter(|n| n.ends_with(".tree"))
+        .map(|n| dir.join(n))
+        .collect()
+}
+
 /// Makes a tree removable again (the read-only directories).
 pub fn chmod_tree_writable(root: &Path) {
     let _ = Command::new("chmod")
