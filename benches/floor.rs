@@ -5,7 +5,8 @@
 //! metadata.
 //!
 //! Variants: ferry's protocol with directory fds, by full paths, and with O_TMPFILE + linkat
-//! instead of a temp name + rename (the alternatives a change to the engine would pick from).
+//! instead of a temp name + rename, and at the final name inside a hidden tree (`--temp tree`):
+//! the alternatives a change to the engine would pick from.
 //!
 //! `cargo bench --bench floor [-- DIR [FILES [PER_DIR]]]`: DIR defaults to /dev/shm (tmpfs, so
 //! no device time is counted), FILES to 20,000 (4 KiB each), PER_DIR to 1,000 files per
@@ -98,9 +99,10 @@ enum Step {
     SafeHash,
     SafePaths,
     Tmpfile,
+    InPlace,
 }
 
-const STEPS: [(Step, &str); 7] = [
+const STEPS: [(Step, &str); 8] = [
     (Step::List, "list (getdents, d_type)"),
     (Step::ListStat, "list + statx each file"),
     (
@@ -119,6 +121,10 @@ const STEPS: [(Step, &str); 7] = [
     (
         Step::Tmpfile,
         "safe copy with O_TMPFILE + linkat(AT_EMPTY_PATH) instead of temp name + rename",
+    ),
+    (
+        Step::InPlace,
+        "safe copy at the final name inside a hidden tree (--temp tree): no temp, no rename",
     ),
 ];
 
@@ -172,6 +178,7 @@ fn safe_copy(step: Step, dirs: (i32, i32, &Path, &Path), name: &CStr, buf: &mut 
                 libc::O_TMPFILE | libc::O_WRONLY | libc::O_CLOEXEC,
                 mode,
             ),
+            Step::InPlace => libc::openat(dd, name.as_ptr(), flags, mode),
             _ => libc::openat(dd, tmpc.as_ptr(), flags, mode),
         };
         let d = check(d as i64, "create") as i32;
@@ -191,7 +198,7 @@ fn safe_copy(step: Step, dirs: (i32, i32, &Path, &Path), name: &CStr, buf: &mut 
             return false;
         }
         match step {
-            Step::Tmpfile => {}
+            Step::Tmpfile | Step::InPlace => {}
             Step::SafePaths => {
                 check(
                     libc::renameat2(
@@ -274,7 +281,11 @@ fn pass(step: Step, dirs: &[(PathBuf, PathBuf)]) -> Option<usize> {
                         libc::close(s);
                         libc::close(d);
                     }
-                    Step::Safe | Step::SafeHash | Step::SafePaths | Step::Tmpfile => {
+                    Step::Safe
+                    | Step::SafeHash
+                    | Step::SafePaths
+                    | Step::Tmpfile
+                    | Step::InPlace => {
                         let dirs = (sd, dd, src.as_path(), dst.as_path());
                         if !safe_copy(step, dirs, name, &mut buf) {
                             libc::close(sd);
