@@ -28,7 +28,7 @@ pub struct EngineArgs {
     /// measured), standard (4,096 files or 500 ms per syncfs), wide (16,384 files or 2 s).
     #[arg(long, value_enum, default_value_t = BatchMode::Auto)]
     commit_batch: BatchMode,
-    /// Temp files: auto (unnamed, O_TMPFILE, where allowed) or named (.NAME.ferry-TOKEN.tmp).
+    /// Temp files: auto (a hidden tree for a new tree, else per-file), tree, file or named.
     #[arg(long, value_enum, default_value_t = TempMode::Auto)]
     temp: TempMode,
     /// Keep only these attributes (comma list of mode, ownership, timestamps, links, xattr,

@@ -3,7 +3,7 @@
 //! final name. Reactors never block on a flush.
 
 use super::remove::{self, Moved};
-use super::task::{Ctx, Finished, child_done};
+use super::task::{Ctx, Finished, Naming, child_done};
 use crate::meta;
 use crate::spec::VerifyMode;
 use crate::stats::Stats;
@@ -325,11 +325,11 @@ fn name_batch(
             hooked.push(f);
             continue;
         }
-        let unnamed = f.anon.is_some();
+        let naming = f.naming;
         match outcome(&mut f, &synced, bad) {
             Ok(()) => named_durably(ctx, f, lat, &mut named),
             Err(e) => {
-                if !unnamed {
+                if naming.has_path() {
                     let _ = ctx.tree.unlink(&f.tmp); // best effort: the failure is reported below
                 }
                 ctx.note_failed(&f.src, false);
@@ -378,11 +378,14 @@ fn check_and_name(ctx: &Ctx, batch: &[Finished], synced: bool) -> Vec<Option<cra
         }
         let dir = f.parent.as_ref().and_then(|p| p.child_fds(None, &f.dst));
         let dir = dir.map(|d| d.1);
-        match &f.anon {
-            Some((fd, _)) => meta::link_anon(fd.as_raw_fd(), dir, &f.tmp, &f.dst).err(),
+        match (f.naming, &f.anon) {
+            (Naming::Unnamed, Some((fd, _))) => {
+                meta::link_anon(fd.as_raw_fd(), dir, &f.tmp, &f.dst).err()
+            }
+            (Naming::Unnamed, None) => unreachable!("an unnamed temp without its fd"),
             // Written at its name in a hidden tree: the tree is renamed at the end.
-            None if f.tmp == f.dst => None,
-            None => meta::rename_in(dir, &f.tmp, &f.dst).err(),
+            (Naming::InPlace, _) => None,
+            (Naming::Temp, _) => meta::rename_in(dir, &f.tmp, &f.dst).err(),
         }
     });
     for (c, r) in checked.iter_mut().zip(renamed) {

@@ -3,7 +3,7 @@
 //! (`--fsync=file`); a failed or changed file is abandoned (its temp removed, maybe retried).
 
 use super::driver::{CopyOp, CopyReactor};
-use super::task::{FileJob, Finished, MAX_ATTEMPTS, child_done, done_record};
+use super::task::{FileJob, Finished, MAX_ATTEMPTS, Naming, child_done, done_record};
 use crate::error::{Error, ErrorKind};
 use crate::io::Op;
 use crate::meta;
@@ -72,6 +72,7 @@ impl CopyReactor {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
+        debug_assert_eq!(slot.is_some(), job.naming == Naming::Unnamed);
         let anon = match slot {
             Some(slot) => Some((fd, slot)),
             None => {
@@ -99,8 +100,8 @@ impl CopyReactor {
             // The committer is gone (it panicked): nothing more can become durable.
             self.ctx.steer.stop.abort();
             for f in files {
-                if f.anon.is_none() {
-                    let _ = meta::unlink(&f.tmp); // best effort; the error below is the report
+                if f.naming.has_path() {
+                    let _ = self.ctx.tree.unlink(&f.tmp); // best effort; the error below is the report
                 }
                 self.ctx.stats.error(Error::internal(
                     "commit",
@@ -160,8 +161,8 @@ impl CopyReactor {
             // Blocks this reactor for one re-read: --fsync=file is the slow, careful mode.
             super::commit::verify_durable(&job.tmp, size, job.digest())?;
         }
-        if job.tmp != job.dst {
-            meta::rename(&job.tmp, &job.dst)?; // (in a hidden tree it was written there)
+        if job.naming == Naming::Temp {
+            meta::rename(&job.tmp, &job.dst)?;
         }
         if self.ctx.state.is_some() || self.ctx.spec.remove_source {
             meta::fsync_dir(meta::parent_dir(&job.dst))?;
@@ -209,7 +210,7 @@ impl CopyReactor {
             let _ = meta::close(fd, &job.tmp);
         }
         // An unnamed file vanishes with its fd (and its budget slot with the job).
-        if !job.unnamed
+        if job.naming.has_path()
             && let Err(e) = self.ctx.tree.unlink(&job.tmp)
         {
             self.ctx.stats.error(e);
@@ -264,6 +265,7 @@ fn finished(job: Arc<FileJob>, anon: Option<(OwnedFd, super::task::AnonSlot)>) -
         parent: None,
         link_key: job.link_key,
         attempt: job.attempt,
+        naming: job.naming,
         anon,
     };
     match Arc::try_unwrap(job) {

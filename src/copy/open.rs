@@ -4,7 +4,7 @@
 //! offered to every reactor.
 
 use super::driver::CopyReactor;
-use super::task::{AnonSlot, done_record};
+use super::task::{AnonSlot, Naming, done_record};
 use super::task::{DirNode, FileJob, LinkClaim, LinkWaiter, MAX_ATTEMPTS, Task, child_done};
 use crate::error::Error;
 use crate::io::errno::{self, Verdict};
@@ -30,6 +30,8 @@ pub(super) struct Opening {
     attempt: u32,
     /// (source dir fd, destination dir fd) of the parent, when it has them.
     at: Option<(RawFd, RawFd)>,
+    /// `dst` is inside a hidden tree (`--temp tree`): written at its own name there.
+    in_tree: bool,
 }
 
 /// The temp file, created and prepared: its fd and name, the source's data ranges, and the
@@ -37,6 +39,7 @@ pub(super) struct Opening {
 struct Created {
     fd: OwnedFd,
     tmp: PathBuf,
+    naming: Naming,
     ranges: Vec<(u64, u64)>,
     dev: u64,
 }
@@ -53,12 +56,14 @@ impl CopyReactor {
         let open_t0 = Instant::now();
         // Relative to the parent's directory fds when it has them (no path walk per call).
         let at = parent.as_ref().and_then(|p| p.child_fds(Some(&src), &dst));
+        let in_tree = self.ctx.tree.holds(&dst);
         let o = Opening {
             src,
             dst,
             parent,
             attempt,
             at,
+            in_tree,
         };
         let (src_fd, st) = match open_source(&o) {
             Ok(v) => v,
@@ -104,7 +109,7 @@ impl CopyReactor {
             o.src, o.dst, c.tmp, src_fd, c.fd, st, o.parent, o.attempt, c.dev, link_key, count,
         );
         job.known = known;
-        job.unnamed = anon.is_some();
+        job.naming = c.naming;
         job.anon_slot = std::sync::Mutex::new(anon);
         self.open_direct(&mut job);
         self.start_job(job, segs, hash)
@@ -191,8 +196,7 @@ impl CopyReactor {
         // its journal record (rsync's quick check, made safe by the rename protocol).
         // Not in a hidden tree: its files are written at their names, so one cut short by a
         // crash can carry its size and mtime (the journal alone vouches for a copy there).
-        let quick =
-            self.ctx.resuming && self.ctx.spec.preserve.timestamps && !self.ctx.tree.holds(&o.dst);
+        let quick = self.ctx.resuming && self.ctx.spec.preserve.timestamps && !o.in_tree;
         // A move whose source is still here did not finish it (the crash came before the
         // unlink): it is copied again, which is always safe, instead of trusting the old copy.
         // A directory this run made holds no earlier copy: no stat (a rerun into a new
@@ -213,7 +217,7 @@ impl CopyReactor {
     fn skip_copied(&self, o: &Opening, st: &libc::stat) {
         // The temp name a killed run of this job may have left beside it goes too (nothing
         // else would replace it).
-        if !o.parent.as_ref().is_some_and(|p| p.made) && !self.ctx.tree.holds(&o.dst) {
+        if !o.parent.as_ref().is_some_and(|p| p.made) && !o.in_tree {
             let tmp = crate::temp::temp_name(&o.dst, &self.ctx.record.temp_token);
             if let Err(e) = meta::remove_stale_temp(o.at.map(|a| a.1), &tmp) {
                 self.ctx.stats.error(e);
@@ -297,8 +301,13 @@ impl CopyReactor {
         anon: &mut Option<AnonSlot>,
     ) -> Result<Created, Error> {
         let ranges = meta::data_ranges(src_fd.as_raw_fd(), st, &o.src, MAX_RANGES)?;
-        // In a hidden tree a file is written at its own name: the tree's is the temp name.
-        let tmp = match self.ctx.tree.holds(&o.dst) {
+        // In a hidden tree a file is written at its own name: the tree's is the temp name
+        // (and no unnamed slot is handed out there: `anon_eligible`).
+        debug_assert!(
+            !(o.in_tree && anon.is_some()),
+            "an unnamed temp in a hidden tree"
+        );
+        let tmp = match o.in_tree {
             true => o.dst.clone(),
             false => crate::temp::temp_name(&o.dst, &self.ctx.record.temp_token),
         };
@@ -322,16 +331,22 @@ impl CopyReactor {
             },
             false => meta::create_temp_in(dir, &tmp, mode)?,
         };
+        let naming = match (o.in_tree, anon.is_some()) {
+            (true, _) => Naming::InPlace,
+            (false, true) => Naming::Unnamed,
+            (false, false) => Naming::Temp,
+        };
         match self.prepare_temp(o, &fd, st, &ranges, &tmp) {
             Ok(dev) => Ok(Created {
                 fd,
                 tmp,
+                naming,
                 ranges,
                 dev,
             }),
             Err(e) => {
                 drop(fd);
-                if anon.is_none() {
+                if naming.has_path() {
                     let _ = self.ctx.tree.unlink(&tmp); // best effort; `e` is what gets reported
                 }
                 Err(e)

@@ -214,9 +214,8 @@ pub struct FileJob {
     /// O_DIRECT fds (source, temp) of a big file: aligned chunks bypass the page cache; the
     /// unaligned tail goes through the ordinary fds.
     pub direct: Option<(OwnedFd, OwnedFd)>,
-    /// The temp file is unnamed (O_TMPFILE): `tmp` names nothing; its budget slot travels with
-    /// the fd to the committer.
-    pub unnamed: bool,
+    /// How the copy gets its final name (chosen once, when the file is created).
+    pub naming: Naming,
     pub anon_slot: Mutex<Option<AnonSlot>>,
     /// Bytes read to the end of a file whose stat size is 0 (a pseudo file); 0 otherwise.
     pub unsized_len: u64,
@@ -262,7 +261,7 @@ impl FileJob {
             digest: std::sync::OnceLock::new(),
             known: None,
             direct: None,
-            unnamed: false,
+            naming: Naming::Temp,
             anon_slot: Mutex::new(None),
             unsized_len: 0,
         }
@@ -337,8 +336,30 @@ pub struct Finished {
     pub parent: Option<Arc<DirNode>>,
     pub link_key: Option<(u64, u64)>,
     pub attempt: u32,
+    pub naming: Naming,
     /// An unnamed temp file: its fd (linked as `dst` at commit) and its budget slot.
     pub anon: Option<(OwnedFd, AnonSlot)>,
+}
+
+/// How a copy comes to carry its final name, decided when its file is created; commit,
+/// abandon and the per-file fsync path match on it instead of re-deriving it from paths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Naming {
+    /// O_TMPFILE: `tmp` names nothing; the fd (with its budget slot) is linked at `dst` once
+    /// durable, or simply closed to discard the copy.
+    Unnamed,
+    /// Written at the temp name `tmp` beside `dst`, renamed to `dst` once durable.
+    Temp,
+    /// Written at `dst` itself inside a hidden tree (`tmp == dst`): nothing to name per file,
+    /// the tree is renamed whole at the end; a discarded copy is unlinked through the tree.
+    InPlace,
+}
+
+impl Naming {
+    /// Whether the copy has a path that must be unlinked to discard it.
+    pub fn has_path(self) -> bool {
+        self != Naming::Unnamed
+    }
 }
 
 /// Another name of a multi-link file, waiting for the first name's copy.

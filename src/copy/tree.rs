@@ -96,7 +96,10 @@ fn why_not(ctx: &Ctx, plan: &Plan) -> Option<&'static str> {
     if spec.fail_fast {
         return Some("--fail-fast stops with the files that fit at their names");
     }
-    if plan.roots.is_empty() || !ctx.tables.overlaps.is_empty() {
+    if plan.roots.is_empty() {
+        return Some("there is no source directory to build");
+    }
+    if !ctx.tables.overlaps.is_empty() {
         return Some("the sources' targets overlap");
     }
     for r in &plan.roots {
