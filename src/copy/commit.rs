@@ -365,7 +365,8 @@ fn check_and_name(ctx: &Ctx, batch: &[Finished], synced: bool) -> Vec<Option<cra
     if synced && ctx.spec.verify == VerifyMode::Full {
         verify_batch(ctx, batch, &mut checked);
     }
-    if !synced || ctx.out.hook.is_some() {
+    // A hidden tree's files are already at their names: no worker threads for nothing.
+    if !synced || ctx.out.hook.is_some() || batch.iter().all(|f| f.naming == Naming::InPlace) {
         return checked;
     }
     // One thread renaming 100,000 small files was the job's bottleneck on ext4 (renameat ~15
