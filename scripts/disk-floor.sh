@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # A copier-free reference for a cold copy of a shape: read every file of the shape cold (16
 # parallel `cat`s, in directory order) while, at the same time, 2 streams write as many bytes
-# (taken warm from the `large` shape's files) to a fresh ext4 like bench.sh -f's, then sync.
+# (taken warm from the `large` shape's files) to a fresh ext4 like bench.sh -f's (FS=xfs: a fresh
+# XFS, FS=ext4nj: an ext4 without a journal), then sync.
 # Prints when each side finished. It is the disk's work of a copy without any copier's per-file
 # work: on a disk whose reads and writes share one budget (a VM's virtual disk) a copy that
 # lands near it is bound by the disk. Not a strict floor: a smarter reader (ferry dispatches a
 # listing in inode order) can beat 16 cats on many small files.
 #
-# usage: scripts/disk-floor.sh SHAPE [read|write|both]   (default both; root)
+# usage: [FS=ext4|ext4nj|xfs] scripts/disk-floor.sh SHAPE [read|write|both]   (default both; root)
 set -euo pipefail
-[ $# -ge 1 ] || { sed -n '10p' "$0" >&2; exit 2; }
+[ $# -ge 1 ] || { sed -n '11p' "$0" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "disk-floor.sh needs root (mkfs, losetup, drop_caches)" >&2; exit 2; }
 shape=$1; mode=${2:-both}
 case $mode in read|write|both) ;; *) echo "mode must be read, write or both" >&2; exit 2 ;; esac
@@ -33,7 +34,9 @@ source_to() { # k destination
       iflag=count_bytes oflag=append conv=notrunc status=none
   fi
 }
-fresh_fs_on "$img" "$mnt" "$data/$shape"
+fs=${FS:-ext4}
+case $fs in ext4|ext4nj|xfs) ;; *) echo "FS must be ext4, ext4nj or xfs" >&2; exit 2 ;; esac
+fresh_fs_on "$img" "$mnt" "$data/$shape" "$fs"
 sync; echo 3 > /proc/sys/vm/drop_caches
 if [ "$mode" != read ]; then
   for k in 0 1; do source_to $k /dev/null; done
