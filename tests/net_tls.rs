@@ -58,6 +58,21 @@ fn attempt(
     (server.join().unwrap(), c)
 }
 
+/// `attempt` with the name the certificates are issued for and this build's protocol version.
+fn attempt_localhost(
+    io: &'static str,
+    server_dir: &Path,
+    client: Arc<rustls::ClientConfig>,
+) -> (Result<(), String>, Result<(), String>) {
+    attempt(
+        io,
+        server_dir,
+        client,
+        "localhost",
+        ferry::net::msg::VERSION,
+    )
+}
+
 /// Both refusals of a session: the side that refused names the reason (one of `s`), and so
 /// does the other one (one of `c`), from the alert it was sent. Returns both errors.
 fn assert_both_say(
@@ -78,13 +93,7 @@ fn peers_of_one_ca_talk() {
         let t = tempfile::tempdir().unwrap();
         ca(t.path(), &["localhost", "client"]);
         let cc = tls::client_config(&t.path().join("client")).unwrap();
-        let (s, c) = attempt(
-            io,
-            &t.path().join("localhost"),
-            cc,
-            "localhost",
-            ferry::net::msg::VERSION,
-        );
+        let (s, c) = attempt_localhost(io, &t.path().join("localhost"), cc);
         assert_eq!(s, Ok(()), "{io}");
         assert_eq!(c, Ok(()), "{io}");
     });
@@ -97,13 +106,7 @@ fn client_of_another_ca_is_refused() {
         ca(&t.path().join("a"), &["localhost"]);
         ca(&t.path().join("b"), &["client"]);
         let cc = tls::client_config(&t.path().join("b/client")).unwrap();
-        let got = attempt(
-            io,
-            &t.path().join("a/localhost"),
-            cc,
-            "localhost",
-            ferry::net::msg::VERSION,
-        );
+        let got = attempt_localhost(io, &t.path().join("a/localhost"), cc);
         // The client trusts CA b only, so it refuses the server: the server hears why.
         let (s, _) = assert_both_say(
             io,
@@ -129,13 +132,7 @@ fn client_certificate_of_another_ca_refused_by_the_server() {
             std::fs::copy(t.path().join("b/client").join(f), dir.join(f)).unwrap();
         }
         let cc = tls::client_config(&dir).unwrap();
-        let got = attempt(
-            io,
-            &t.path().join("a/localhost"),
-            cc,
-            "localhost",
-            ferry::net::msg::VERSION,
-        );
+        let got = attempt_localhost(io, &t.path().join("a/localhost"), cc);
         assert_both_say(
             io,
             got,
@@ -151,13 +148,7 @@ fn server_with_the_wrong_name_is_refused() {
         let t = tempfile::tempdir().unwrap();
         ca(t.path(), &["otherhost", "client"]);
         let cc = tls::client_config(&t.path().join("client")).unwrap();
-        let got = attempt(
-            io,
-            &t.path().join("otherhost"),
-            cc,
-            "localhost",
-            ferry::net::msg::VERSION,
-        );
+        let got = attempt_localhost(io, &t.path().join("otherhost"), cc);
         assert_both_say(
             io,
             got,
@@ -185,13 +176,7 @@ fn client_without_a_certificate_is_refused() {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-        let got = attempt(
-            io,
-            &t.path().join("localhost"),
-            Arc::new(cc),
-            "localhost",
-            ferry::net::msg::VERSION,
-        );
+        let got = attempt_localhost(io, &t.path().join("localhost"), Arc::new(cc));
         assert_both_say(
             io,
             got,
@@ -208,13 +193,7 @@ fn expired_client_certificate_is_refused() {
         ca(t.path(), &["localhost"]);
         certs::issue(t.path(), "old", -400, 10).unwrap();
         let cc = tls::client_config(&t.path().join("old")).unwrap();
-        let got = attempt(
-            io,
-            &t.path().join("localhost"),
-            cc,
-            "localhost",
-            ferry::net::msg::VERSION,
-        );
+        let got = attempt_localhost(io, &t.path().join("localhost"), cc);
         assert_both_say(
             io,
             got,
