@@ -484,3 +484,126 @@ fn a_delete_during_a_cross_node_move_removes_every_copy_at_once() {
     }
     assert_placed(&g2, BKT, &want);
 }
+
+/// The generation node `node`'s object layer routes by, as it published it (0: none yet).
+fn served(n: &Nodes, node: &str) -> u64 {
+    use ferry::agent::ClusterStore;
+    let kv = n.c.store.get(&n.c.keys.served(node)).unwrap();
+    kv.and_then(|kv| String::from_utf8(kv.value).ok()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until each of `nodes` routes by generation `g` (or a newer one).
+fn wait_served(n: &Nodes, nodes: &[&str], g: u64) {
+    let start = std::time::Instant::now();
+    while nodes.iter().any(|x| served(n, x) < g) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{nodes:?} do not all route by generation {g}\n{}",
+            n.c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The mtime of `key`'s copy on disk `disk`.
+fn mtime_on(root: &Path, disk: &str, key: &str) -> std::time::SystemTime {
+    let p = object_path(&root.join(disk), BKT, key.as_bytes());
+    std::fs::metadata(p).unwrap().modified().unwrap()
+}
+
+/// Puts a copy of `data` back as `key` on disk `disk` with the mtime `t` (a copy of a deleted
+/// version that was on its way there when the DELETE came, arriving after it).
+fn put_back(root: &Path, disk: &str, key: &str, data: &[u8], t: std::time::SystemTime) {
+    let p = object_path(&root.join(disk), BKT, key.as_bytes());
+    std::fs::write(&p, data).unwrap();
+    let f = std::fs::File::options().write(true).open(&p).unwrap();
+    f.set_modified(t).unwrap();
+}
+
+/// a owns every key under generation 1, b under 2. Generation 2 also names a disk on c (of a
+/// draining set: it owns nothing) whose identity file is away, so c cannot route by 2 and
+/// deletes through c still go by 1 (their tombstones to a, which already routes by 2), while
+/// b serves the keys under 2 (the moves wait for c). Keys written through b under 2 and keys
+/// still waiting on a (a copy of the deleted version put back there after, as one on its
+/// way would be) are deleted through c: no agent serves or lists them. Once c's disk is
+/// back, c routes by 2 and the moves go: the copies from a are dropped at b (superseded),
+/// the deleted keys are on no disk, and every other key is once at b.
+#[test]
+fn a_delete_through_an_agent_still_on_the_old_layer_reaches_the_new_owner() {
+    let Some(mut n) = nodes(&["a", "b", "c"], &config(300, 300)) else {
+        return;
+    };
+    let (a0, b0, c0): (Disks, Disks, Disks) = (&[("d0", "a")], &[("d0", "b")], &[("d0", "c")]);
+    let g1 = topo(&n.root, 1, &[("s0", "active", a0)]);
+    let g2 = topo(
+        &n.root,
+        2,
+        &[
+            ("s0", "draining", a0),
+            ("s1", "active", b0),
+            ("s2", "draining", c0),
+        ],
+    );
+    let mut want = fill(&g1, 200, 0);
+    n.apply(&g1);
+    n.start(&["a", "b", "c"]);
+    let id = n
+        .root
+        .join("s2d0")
+        .join(ferry::cluster::identity::IDENTITY_FILE);
+    let away = id.with_extension("away");
+    std::fs::rename(&id, &away).unwrap();
+    n.apply(&g2);
+    wait_served(&n, &["a", "b"], 2);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(served(&n, "c"), 1, "c routes by 2 without its disk");
+    let mut keys: Vec<String> = want.keys().cloned().collect();
+    keys.sort();
+    let waiting: Vec<String> = keys.iter().step_by(4).cloned().collect();
+    let rewritten: Vec<String> = keys.iter().skip(1).step_by(4).cloned().collect();
+    for k in &rewritten {
+        let r = n.s3["b"].put(BKT, k, b"written under 2").unwrap();
+        assert_eq!(r.code, 200, "PUT {k} through b: {}", r.text());
+        assert!(
+            on_disk(&n.root, "s1d0", k),
+            "{k} not at b, its owner under 2"
+        );
+    }
+    let mtimes: Vec<_> = waiting
+        .iter()
+        .map(|k| mtime_on(&n.root, "s0d0", k))
+        .collect();
+    let gone: Vec<String> = waiting.iter().chain(&rewritten).cloned().collect();
+    for k in &gone {
+        let r = n.s3["c"].delete(BKT, k).unwrap();
+        assert_eq!(r.code, 204, "DELETE {k} through c: {}", r.text());
+    }
+    for (k, t) in waiting.iter().zip(&mtimes) {
+        assert!(
+            !on_disk(&n.root, "s0d0", k),
+            "{k} still on a after its DELETE"
+        );
+        put_back(&n.root, "s0d0", k, &want[k], *t);
+    }
+    assert_gone_everywhere(&n, &gone, "deleted through c, which routes by 1");
+    std::fs::rename(&away, &id).unwrap();
+    let r = n.wait_completed(2, Duration::from_secs(120));
+    eprintln!(
+        "old-layer deletes: {} deleted through c, {} moved, {} superseded",
+        gone.len(),
+        r["objects"],
+        r["superseded"]
+    );
+    assert_eq!(served(&n, "c"), 2);
+    assert_eq!(
+        r["superseded"],
+        waiting.len(),
+        "the stale copies from a are dropped at b: {r}"
+    );
+    assert_gone_everywhere(&n, &gone, "after the rebalance");
+    for k in &gone {
+        want.remove(k);
+    }
+    assert_placed(&g2, BKT, &want);
+}
