@@ -58,7 +58,7 @@ fn fixture(limits: Limits) -> Fixture {
         let cell = Arc::new(ClusterCell::new(Some(c)));
         let tls = ferry::net::tls::server_config(&ca.join(n)).unwrap();
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let server = server::start(l, tls, n, cell.clone(), limits.clone()).unwrap();
+        let server = server::start(l, tls, (n, cell.clone()), None, limits.clone()).unwrap();
         nodes.insert(n.to_string(), Node { cell, server });
     }
     Fixture { dir, nodes }
@@ -492,7 +492,7 @@ fn a_node_restarted_on_another_address_is_reached_at_once() {
     drop(n2.server);
     let tls = ferry::net::tls::server_config(&f.tls("n2")).unwrap();
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let server = server::start(l, tls, "n2", cell.clone(), Limits::default()).unwrap();
+    let server = server::start(l, tls, ("n2", cell.clone()), None, Limits::default()).unwrap();
     record(&server.addr.to_string());
     let t = Instant::now();
     let r = c.bucket("n2", BucketOp::Exists, "b");

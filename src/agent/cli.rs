@@ -129,7 +129,8 @@ fn serve_objects(
     let l =
         std::net::TcpListener::bind(pl).map_err(|e| format!("--peer-listen {pl}: bind: {e}"))?;
     let lim = super::peer::server::Limits::default();
-    let peer = super::peer::server::start(l, cfg, &a.node, objects.cell.clone(), lim)
+    let on = Some(remote.clone());
+    let peer = super::peer::server::start(l, cfg, (&a.node, objects.cell.clone()), on, lim)
         .map_err(|e| format!("--peer-listen {pl}: {e}"))?;
     if let (Some(l), Some(k)) = (&a.s3_listen, &a.s3_keys) {
         let ring = crate::s3::keys::KeyRing::load(k)?;

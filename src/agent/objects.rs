@@ -12,6 +12,8 @@
 //! tombstones this node keeps go to their keys' owners under it (`forward`, the delete's time
 //! kept): the moves of the generation start only after that, so a copy of a deleted version
 //! that one of them brings to the new owner is dropped there instead of bringing it back.
+//! A client's delete that reaches this node later from an agent still routing by an older
+//! layer is passed on to the key's owner by the peer server (`peer::server`, `pass_on`).
 
 use super::keys::Keys;
 use super::rebalance::ClusterFor;

@@ -8,7 +8,9 @@
 //! - `Put` + `Data`… + `End` → `Done` (durable) | `Error`
 //! - `Migrate` + `Data`… + `End` → `Done` (stored, durable) | `Superseded` | `Error`
 //! - `Delete` → `Done` (flag: a copy existed); with `tombstone` (a client's delete, sent to
-//!   the owner's node) the node records the key's tombstone too
+//!   the owner's node) the node records the key's tombstone too, and hands it (`Bury`) to
+//!   the key's owner under the layer it routes by when that is another node (the sender
+//!   routed by an older one) before it answers
 //! - `Bury` → `Done` (flag: kept): a tombstone another node forwards (the key's owner now),
 //!   with the delete's time and generation; copies no newer than it go
 //! - `List`, `Buckets` → `Entries`… + `Done`; `Bucket` → `Done` (flag); a List's entries

@@ -9,7 +9,7 @@ use super::msg::{Code, Entry, Msg, Range, Req};
 use super::wire::Wire;
 use crate::cluster::store::Cluster;
 use crate::error::Error;
-use crate::s3::remote::ClusterCell;
+use crate::s3::remote::{ClusterCell, Remote};
 use std::fs::File;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -63,17 +63,21 @@ impl Drop for PeerServer {
 struct Ctx {
     me: String,
     cell: Arc<ClusterCell>,
+    /// The other nodes, for tombstones passed on (`pass_on`; None: no transport).
+    onward: Option<Arc<dyn Remote>>,
     limits: Limits,
     conns: AtomicUsize,
     inflight: AtomicUsize,
 }
 
-/// Serves `listener` as node `me` with the TLS identity `tls` (the cluster CA's).
+/// Serves `listener` as node `me` with the TLS identity `tls` (the cluster CA's); `onward`
+/// reaches the other nodes (a client's delete of a key this node no longer owns goes on to
+/// its owner: `pass_on`).
 pub fn start(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
-    me: &str,
-    cell: Arc<ClusterCell>,
+    (me, cell): (&str, Arc<ClusterCell>),
+    onward: Option<Arc<dyn Remote>>,
     limits: Limits,
 ) -> io::Result<PeerServer> {
     let addr = listener.local_addr()?;
@@ -82,6 +86,7 @@ pub fn start(
     let ctx = Arc::new(Ctx {
         me: me.to_string(),
         cell,
+        onward,
         limits,
         conns: AtomicUsize::new(0),
         inflight: AtomicUsize::new(0),
@@ -244,13 +249,7 @@ fn serve_req(w: &mut Wire, ctx: &Ctx, req: Req) -> io::Result<bool> {
             bucket,
             key,
             tombstone,
-        } => {
-            let removed = match tombstone {
-                true => c.delete(&bucket, key.as_bytes()),
-                false => c.rm(&bucket, key.as_bytes()),
-            };
-            flag_answer(w, removed)
-        }
+        } => delete(w, ctx, &c, (&bucket, &key), tombstone),
         Req::Bury {
             bucket,
             key,
@@ -277,6 +276,62 @@ fn serve_req(w: &mut Wire, ctx: &Ctx, req: Req) -> io::Result<bool> {
             });
             send_entries(w, v).map(|_| true)
         }
+    }
+}
+
+/// Delete: every copy here; with `tombstone` (a client's delete, sent to the key's owner)
+/// the tombstone kept here and passed on (`pass_on`).
+fn delete(
+    w: &mut Wire,
+    ctx: &Ctx,
+    c: &Cluster,
+    (bucket, key): (&str, &str),
+    tombstone: bool,
+) -> io::Result<bool> {
+    if !tombstone {
+        return flag_answer(w, c.rm(bucket, key.as_bytes()));
+    }
+    let removed = c.delete(bucket, key.as_bytes());
+    if removed.is_ok()
+        && let Err(m) = pass_on(ctx, c, (bucket, key))
+    {
+        return w.send(&m).map(|_| true);
+    }
+    flag_answer(w, removed)
+}
+
+/// A client's delete sent here as to the key's owner, by an agent that may still route by
+/// an older layer (this node owned the key there): when the owner under the layer this node
+/// routes by is another node, the tombstone kept here goes on to it (Bury, the delete's time
+/// and generation kept) before the delete is answered, so a copy written there under the
+/// newer layer before the delete goes, and so does one a move brings later. (The tombstones
+/// kept here before this layer went to their owners when it was published; this one came
+/// after.) Err: the answer to send instead of Done (the owner could not be reached: Busy,
+/// for the client to retry; the tombstone stays here).
+fn pass_on(ctx: &Ctx, c: &Cluster, (bucket, key): (&str, &str)) -> Result<(), Msg> {
+    let disk = c.current.owner_key(crate::cluster::partition_of(
+        bucket.as_bytes(),
+        key.as_bytes(),
+    ));
+    let (Some(node), None, Some(r)) = (c.node_of(&disk), c.disk_path(&disk), &ctx.onward) else {
+        return Ok(()); // the owner is here (or no other node can be reached from here)
+    };
+    let at = match c.deleted_at(bucket, key.as_bytes()) {
+        Ok(Some(at)) => at,
+        Ok(None) => return Ok(()), // no tombstone kept (the registry is full): nothing to give
+        Err(e) => return Err(answer(&e)),
+    };
+    let generation = c.current.topo.generation;
+    match r.bury(node, (bucket, key), at, generation) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(failure(
+            Code::Busy,
+            0,
+            format!(
+                "node {}: the tombstone of {bucket}/{key} to node {node}, its owner under generation {generation}: {e}",
+                ctx.me
+            ),
+        )),
     }
 }
 
