@@ -607,3 +607,60 @@ fn a_delete_through_an_agent_still_on_the_old_layer_reaches_the_new_owner() {
     }
     assert_placed(&g2, BKT, &want);
 }
+
+/// a owns every key under 1, b under 2, c under 3 (moves paused). Keys waiting on a are
+/// deleted under 2 (b keeps their tombstones) and a copy of each deleted version is put back
+/// on a. b is killed (-9) and stays down while 3 is applied and a and c route by it; when
+/// b's agent is started again, c holds every tombstone by the time b says it routes by 3
+/// (b handed them over first), and when the moves go on the copies from a are dropped at c.
+#[test]
+fn a_node_down_during_the_switch_hands_its_tombstones_over_when_it_returns() {
+    let Some(mut n) = nodes(&["a", "b", "c"], &config(300, 300)) else {
+        return;
+    };
+    let (g1, g2, g3) = a_then_b_then_c(&n.root);
+    let mut want = fill(&g1, 200, 0);
+    n.apply(&g1);
+    n.start(&["a", "b", "c"]);
+    ok(ferry(&n.c, &["cluster", "pause"]));
+    n.apply(&g2);
+    wait_paused(&n, 2, "a");
+    let mut keys: Vec<String> = want.keys().cloned().collect();
+    keys.sort();
+    let gone: Vec<String> = keys.iter().step_by(4).cloned().collect();
+    let mtimes: Vec<_> = gone.iter().map(|k| mtime_on(&n.root, "s0d0", k)).collect();
+    delete_all(&n, &gone);
+    for (k, t) in gone.iter().zip(&mtimes) {
+        assert!(
+            !on_disk(&n.root, "s0d0", k),
+            "{k} still on a after its DELETE"
+        );
+        put_back(&n.root, "s0d0", k, &want[k], *t);
+    }
+    n.c.kill9("b");
+    n.apply(&g3);
+    wait_served(&n, &["a", "c"], 3);
+    assert_eq!(served(&n, "b"), 2, "b is down");
+    n.c.start("b");
+    wait_served(&n, &["b"], 3);
+    assert_eq!(
+        tombstones_of(&mut n, "c"),
+        gone.len() as u64,
+        "tombstones at c once b, back, routes by 3"
+    );
+    n.start(&["c"]);
+    n.wait_s3("b", Duration::from_secs(30));
+    assert_gone_everywhere(&n, &gone, "b back, under 3, paused");
+    ok(ferry(&n.c, &["cluster", "resume"]));
+    let r = n.wait_completed(3, Duration::from_secs(120));
+    assert_eq!(
+        r["superseded"],
+        gone.len(),
+        "the stale copies are dropped at c: {r}"
+    );
+    assert_gone_everywhere(&n, &gone, "after the rebalance");
+    for k in &gone {
+        want.remove(k);
+    }
+    assert_placed(&g3, BKT, &want);
+}
