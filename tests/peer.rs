@@ -4,13 +4,13 @@
 //! bodies checked (size, xxh3), a node down answered fast, limits.
 
 use bytes::Bytes;
-use ferry::agent::peer::msg::{Msg, Range, Req};
+use ferry::agent::peer::msg::{MAX_BURY, Msg, Range, Req};
 use ferry::agent::peer::server::{self, Limits, PeerServer};
 use ferry::agent::peer::wire::Wire;
 use ferry::agent::peer::{Migrated, PeerClient};
 use ferry::cluster::registry::Registry;
 use ferry::net::certs;
-use ferry::s3::remote::{BucketOp, ClusterCell, Fetched};
+use ferry::s3::remote::{BucketOp, Burial, ClusterCell, Fetched};
 use ferry::{Cluster, Target, Topology};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -348,6 +348,96 @@ fn a_delete_at_the_owner_wins_over_a_copy_still_on_its_way() {
     ));
 }
 
+/// A tombstone of `b/key` deleted `at` under generation 1, handed to n2 alone: kept?
+fn bury_one(c: &PeerClient, key: &str, at: SystemTime) -> bool {
+    let kept = c.bury("n2", &[burial(key, at)]).unwrap();
+    assert_eq!(kept.len(), 1);
+    kept[0]
+}
+
+fn burial(key: &str, at: SystemTime) -> Burial {
+    Burial {
+        bucket: "b".into(),
+        key: key.into(),
+        at,
+        generation: 1,
+    }
+}
+
+/// `n` keys of bucket `b` under `prefix` whose owner disk is node n2's, with that disk.
+fn many_owned_by_n2(f: &Fixture, prefix: &str, n: usize) -> Vec<(String, String)> {
+    let c = f.cluster("n2");
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .map(|k| {
+            let p = ferry::cluster::partition_of(b"b", k.as_bytes());
+            (k, c.current.owner_key(p))
+        })
+        .filter(|(_, d)| d.starts_with("s2/"))
+        .take(n)
+        .collect()
+}
+
+/// Tombstones handed over in bounded batches: 10,001 of them (copies older and newer than
+/// their deletes among them, the first key twice) reach n2 in at most ceil(n / MAX_BURY)
+/// requests; each keeps its delete's time (the later of two), a copy no newer goes, a newer
+/// one wins. A Bury of more than MAX_BURY tombstones is refused.
+#[test]
+fn tombstones_are_buried_in_bounded_batches_with_their_times() {
+    let f = fixture(Limits::default());
+    let c = f.client("n1");
+    let keys = many_owned_by_n2(&f, "m/", 10_000);
+    let n2 = f.cluster("n2");
+    for (k, d) in &keys[..200] {
+        c.put("n2", d, ("b", k), Some(1), &mut source(b"x", 1))
+            .unwrap();
+    }
+    let (base, hour) = (SystemTime::now(), Duration::from_secs(3600));
+    let newer = |i: usize| (100..200).contains(&i); // written after their delete
+    let mut v: Vec<Burial> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, (k, _))| match newer(i) {
+            true => burial(k, base - hour),
+            false => burial(k, base + Duration::from_millis(i as u64)),
+        })
+        .collect();
+    v.push(burial(&keys[0].0, base - hour)); // an earlier delete of the first key
+    let before = f.nodes["n2"].server.requests();
+    let kept = c.bury("n2", &v).unwrap();
+    let requests = f.nodes["n2"].server.requests() - before;
+    assert!(
+        requests as usize <= v.len().div_ceil(MAX_BURY),
+        "{requests} requests for {} tombstones",
+        v.len()
+    );
+    assert_eq!(kept.len(), v.len());
+    for (i, (k, d)) in keys.iter().enumerate() {
+        assert_eq!(kept[i], !newer(i), "{k}: kept");
+        let path = n2.disk_path(d).unwrap().join("b").join(k);
+        assert_eq!(path.exists(), newer(i), "{k}: only a newer copy stays");
+        let t = n2.deleted_at("b", k.as_bytes()).unwrap();
+        assert_eq!(t, (!newer(i)).then_some(v[i].at), "{k}: the delete's time");
+    }
+    assert!(kept[keys.len()], "an earlier delete of a deleted key");
+    assert_eq!(
+        n2.deleted_at("b", keys[0].0.as_bytes()).unwrap(),
+        Some(v[0].at),
+        "the later of two"
+    );
+    let tls = ferry::net::tls::client_config(&f.tls("n1")).unwrap();
+    let addr = f.nodes["n2"].server.addr.to_string();
+    let t = Duration::from_secs(5);
+    let mut w = Wire::connect(&addr, "n2", "n1", tls, t, t).unwrap();
+    let over = vec![burial("m/x", base); MAX_BURY + 1];
+    w.send(&Msg::Req(Req::Bury(over))).unwrap();
+    match w.recv().unwrap() {
+        Msg::Error { msg, .. } => assert!(msg.contains(&MAX_BURY.to_string()), "{msg}"),
+        other => panic!("a Bury over the limit answered {other:?}"),
+    }
+    assert_eq!(n2.deleted_at("b", b"m/x").unwrap(), None);
+}
+
 /// A tombstone handed over by the node that kept it (Bury): at the key's new owner the copies
 /// no newer than it go and it is kept with the delete's time (the later of two), so a copy of
 /// the deleted version that arrives after is dropped; a copy written after the delete wins.
@@ -362,11 +452,11 @@ fn a_buried_tombstone_keeps_its_time_and_drops_older_copies() {
     let path = n2.disk_path(&disk).unwrap().join("b").join(&key);
     let written = std::fs::metadata(&path).unwrap().modified().unwrap();
     let hour = Duration::from_secs(3600);
-    assert!(!c.bury("n2", ("b", &key), written - hour, 1).unwrap());
+    assert!(!bury_one(&c, &key, written - hour));
     assert!(path.exists(), "a copy newer than the tombstone went");
     assert_eq!(n2.deleted_at("b", key.as_bytes()).unwrap(), None);
     let at = written + Duration::from_millis(1);
-    assert!(c.bury("n2", ("b", &key), at, 1).unwrap());
+    assert!(bury_one(&c, &key, at));
     assert!(!path.exists(), "a copy no newer than the tombstone stayed");
     match c.get("n2", "b", &key, None, false).unwrap() {
         Fetched::Deleted { at: t } => assert_eq!(t, at, "the delete's time is kept"),
@@ -380,7 +470,7 @@ fn a_buried_tombstone_keeps_its_time_and_drops_older_copies() {
         &mut source(b"old", 3),
     );
     assert_eq!(late.unwrap(), Migrated::Superseded);
-    assert!(c.bury("n2", ("b", &key), written - hour, 1).unwrap());
+    assert!(bury_one(&c, &key, written - hour));
     assert_eq!(
         n2.deleted_at("b", key.as_bytes()).unwrap(),
         Some(at),

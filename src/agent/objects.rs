@@ -22,7 +22,7 @@ use super::topo::check_v2;
 use crate::cluster::registry::Registry;
 use crate::cluster::store::Cluster;
 use crate::cluster::topology::Topology;
-use crate::s3::remote::{ClusterCell, Remote};
+use crate::s3::remote::{Burial, ClusterCell, Remote};
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
@@ -39,8 +39,9 @@ const DRAIN: Duration = Duration::from_secs(30);
 /// How long a new layer waits for its tombstones to reach their owners (a node that cannot
 /// be reached) before it is published as served anyway; the rest are sent when it answers.
 const FORWARD_WAIT: Duration = Duration::from_secs(30);
-/// Tombstones read from the registry at a time while forwarding them.
-const FORWARD_PAGE: usize = 1024;
+/// Tombstones read from the registry at a time while forwarding them (each owner gets its
+/// share of a page in one Bury where the transport's bounds allow: `peer::msg::MAX_BURY`).
+const FORWARD_PAGE: usize = 4096;
 
 pub struct Objects {
     /// The object layer now (None until a topology is stored and this node's disks pass).
@@ -199,6 +200,7 @@ impl Watch {
                         .unwrap_or_else(|| c.other_nodes().into_iter().collect());
                 }
             };
+            let mut to: std::collections::HashMap<&str, Vec<Burial>> = Default::default();
             for (fk, t) in &page {
                 let Some((bucket, key)) =
                     std::str::from_utf8(fk).ok().and_then(|k| k.split_once('/'))
@@ -212,11 +214,17 @@ impl Watch {
                 if n == self.node || failed.contains(n) || only.is_some_and(|o| !o.contains(n)) {
                     continue;
                 }
-                if let Err(e) = r.bury(n, (bucket, key), t.at, t.generation) {
-                    eprintln!(
-                        "ferry agent {}: forward the tombstone of {bucket}/{key}: {e}",
-                        self.node
-                    );
+                to.entry(n).or_default().push(Burial {
+                    bucket: bucket.into(),
+                    key: key.into(),
+                    at: t.at,
+                    generation: t.generation,
+                });
+            }
+            for (n, v) in to {
+                if let Err(e) = r.bury(n, &v) {
+                    let (node, count) = (&self.node, v.len());
+                    eprintln!("ferry agent {node}: forward {count} tombstones to {n}: {e}");
                     failed.insert(n.to_string());
                 }
             }

@@ -43,6 +43,15 @@ pub enum Fetched {
     },
 }
 
+/// A tombstone handed to another node: `bucket/key` deleted `at` under `generation`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Burial {
+    pub bucket: String,
+    pub key: String,
+    pub at: SystemTime,
+    pub generation: u64,
+}
+
 /// What a node lists: its keys, and the tombstones it keeps (key, time of the delete).
 #[derive(Debug, Default)]
 pub struct Listed {
@@ -91,16 +100,11 @@ pub trait Remote: Send + Sync {
     /// Removes every copy `node` holds; true if there was one. With `tombstone` (a client's
     /// delete, at the owner's node) the node keeps the key's tombstone too.
     fn delete(&self, node: &str, bucket: &str, key: &str, tombstone: bool) -> Result<bool, Error>;
-    /// Hands `node` (the key's owner now) a tombstone this node keeps: deleted `at` under
-    /// `generation`. Its copies no newer go and it keeps the tombstone; false if a newer
-    /// copy there won (the key was written since).
-    fn bury(
-        &self,
-        node: &str,
-        key: (&str, &str),
-        at: SystemTime,
-        generation: u64,
-    ) -> Result<bool, Error>;
+    /// Hands `node` (the keys' owner now) tombstones this node keeps, in order, in as few
+    /// requests as the transport's bounds allow. For each: the copies there no newer go and
+    /// `node` keeps the tombstone (the later of two); false if a newer copy there won (the
+    /// key was written since). One flag per tombstone.
+    fn bury(&self, node: &str, tombs: &[Burial]) -> Result<Vec<bool>, Error>;
     /// Every key of `bucket` under `prefix` on `node`'s disks, after `after`, and the
     /// tombstones `node` keeps there.
     fn list(

@@ -15,11 +15,11 @@
 //!   a bad key). Any other `Err`: the node tried and failed (its message; errno if any).
 
 use super::migrate::Migrated;
-use super::msg::{Code, Entry, Msg, Range, Req};
+use super::msg::{BURY_BYTES, Code, Entry, MAX_BURY, Msg, Range, Req, burial_len};
 use super::wire::Wire;
 use crate::error::{Error, ErrorKind, Target};
 use crate::s3::list::Item;
-use crate::s3::remote::{BucketOp, Chunks, Fetched, Listed, Remote, Source, Stat};
+use crate::s3::remote::{BucketOp, Burial, Chunks, Fetched, Listed, Remote, Source, Stat};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::io;
@@ -472,23 +472,31 @@ impl PeerClient {
         self.flag_request("peer delete", node, req)
     }
 
-    /// Gives `node` (the key's owner now) the tombstone of `bucket/key` this node keeps
-    /// (deleted `at`, under `generation`): its copies no newer go, and it keeps the
-    /// tombstone; false if a newer copy there won.
-    pub fn bury(
-        &self,
-        node: &str,
-        (bucket, key): (&str, &str),
-        at: SystemTime,
-        generation: u64,
-    ) -> Result<bool, Error> {
-        let req = Req::Bury {
-            bucket: bucket.into(),
-            key: key.into(),
-            at,
-            generation,
-        };
-        self.flag_request("peer bury", node, req)
+    /// Gives `node` (the keys' owner now) the tombstones `tombs` this node keeps, in
+    /// requests of at most `MAX_BURY` tombstones and `BURY_BYTES` encoded bytes (`batches`):
+    /// there the copies no newer than each go and it keeps the tombstone (the later of two).
+    /// Per tombstone, in order, whether it was kept (false: a newer copy there won). An
+    /// error stops at its batch (those before are buried; sending them again is harmless).
+    pub fn bury(&self, node: &str, tombs: &[Burial]) -> Result<Vec<bool>, Error> {
+        const OP: &str = "peer bury";
+        let mut kept = Vec::with_capacity(tombs.len());
+        for r in batches(tombs) {
+            let part = &tombs[r];
+            let (w, m) = self.request(OP, node, Req::Bury(part.to_vec()))?;
+            match m {
+                Msg::Kept(v) if v.len() == part.len() => {
+                    self.finish(node, w);
+                    kept.extend(v);
+                }
+                Msg::Kept(v) => {
+                    let m = format!("{} flags for {} tombstones", v.len(), part.len());
+                    let e = io::Error::new(io::ErrorKind::InvalidData, m);
+                    return Err(down(OP, node, e));
+                }
+                other => return self.fail(OP, node, w, other),
+            }
+        }
+        Ok(kept)
     }
 
     /// Entries answers up to Done.
@@ -630,14 +638,8 @@ impl Remote for PeerClient {
         PeerClient::delete(self, node, bucket, key, tomb)
     }
 
-    fn bury(
-        &self,
-        node: &str,
-        (bucket, key): (&str, &str),
-        at: SystemTime,
-        generation: u64,
-    ) -> Result<bool, Error> {
-        PeerClient::bury(self, node, (bucket, key), at, generation)
+    fn bury(&self, node: &str, tombs: &[Burial]) -> Result<Vec<bool>, Error> {
+        PeerClient::bury(self, node, tombs)
     }
 
     fn list(
@@ -659,6 +661,25 @@ impl Remote for PeerClient {
     }
 }
 
+/// `tombs` cut into runs of at most `MAX_BURY` tombstones and `BURY_BYTES` encoded bytes
+/// (each run holds one at least: a single tombstone always fits, see `msg`).
+fn batches(tombs: &[Burial]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, b) in tombs.iter().enumerate() {
+        let n = burial_len(b);
+        if i > start && (i - start == MAX_BURY || bytes + n > BURY_BYTES) {
+            out.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes += n;
+    }
+    if start < tombs.len() {
+        out.push(start..tombs.len());
+    }
+    out
+}
+
 /// The resolver of an agent: a node's `peer` address from its member record in etcd
 /// (`/ferry/v1/<cluster>/members/<node>`; `PeerClient` keeps it for a while).
 pub fn etcd_resolver(
@@ -675,4 +696,49 @@ pub fn etcd_resolver(
         m.peer
             .ok_or_else(|| format!("node {node} serves no peer transport (--peer-listen)"))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    fn burial(bucket: usize, key: usize, i: usize) -> Burial {
+        Burial {
+            bucket: "b".repeat(bucket),
+            key: format!("{i:06}{}", "k".repeat(key)),
+            at: UNIX_EPOCH,
+            generation: 1,
+        }
+    }
+
+    /// Every tombstone once, in order, in runs within both bounds.
+    fn assert_bounded(v: &[Burial]) -> Vec<std::ops::Range<usize>> {
+        let runs = batches(v);
+        let mut next = 0;
+        for r in &runs {
+            assert_eq!(r.start, next, "{runs:?}");
+            assert!(!r.is_empty() && r.len() <= MAX_BURY, "{r:?}");
+            let bytes: usize = v[r.clone()].iter().map(burial_len).sum();
+            assert!(bytes <= BURY_BYTES, "{r:?}: {bytes} bytes");
+            next = r.end;
+        }
+        assert_eq!(next, v.len());
+        runs
+    }
+
+    #[test]
+    fn tombstones_go_in_runs_bounded_by_count_and_bytes() {
+        assert!(batches(&[]).is_empty());
+        let small: Vec<Burial> = (0..10_000).map(|i| burial(1, 0, i)).collect();
+        assert_eq!(
+            assert_bounded(&small),
+            vec![0..4096, 4096..8192, 8192..10_000]
+        );
+        let long: Vec<Burial> = (0..2000).map(|i| burial(63, 1018, i)).collect();
+        let runs = assert_bounded(&long);
+        assert!(runs.len() > 2000 / MAX_BURY + 1, "{runs:?}");
+        let per = BURY_BYTES / burial_len(&long[0]);
+        assert_eq!(runs[0], 0..per, "a run is as full as the bytes allow");
+    }
 }

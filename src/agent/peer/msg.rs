@@ -11,8 +11,9 @@
 //!   the owner's node) the node records the key's tombstone too, and hands it (`Bury`) to
 //!   the key's owner under the layer it routes by when that is another node (the sender
 //!   routed by an older one) before it answers
-//! - `Bury` → `Done` (flag: kept): a tombstone another node forwards (the key's owner now),
-//!   with the delete's time and generation; copies no newer than it go
+//! - `Bury` → `Kept` (a flag per tombstone: kept, or a newer copy won): at most `MAX_BURY`
+//!   tombstones another node forwards (the keys' owner now), each with the delete's time and
+//!   generation; copies no newer than it go
 //! - `List`, `Buckets` → `Entries`… + `Done`; `Bucket` → `Done` (flag); a List's entries
 //!   include the node's tombstones under the prefix (`deleted`: mtime is the delete's time)
 //!
@@ -20,13 +21,15 @@
 //! that receives them (the hash comes last, so a proxy streams a body it has not seen yet).
 
 use crate::net::frame::{self, Cursor, Frame, ProtoError, put_bytes};
+use crate::s3::remote::Burial;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Bumped on any change to these messages; Hello and Welcome keep their layout.
 /// 2: `Delete.tombstone`, `Deleted` (a Get of a key with a tombstone), `Entry.deleted`;
 /// Migrate honours tombstones (a version 1 node would bring a deleted key back).
 /// 3: `Bury` (tombstones follow their key's owner across generations).
-pub const VERSION: u16 = 3;
+/// 4: `Bury` carries up to `MAX_BURY` tombstones, answered by `Kept`.
+pub const VERSION: u16 = 4;
 pub const MAGIC: &[u8; 8] = b"FERRYPER";
 
 /// Why a request failed, as the far side classed it.
@@ -111,12 +114,7 @@ pub enum Req {
         key: String,
         tombstone: bool,
     },
-    Bury {
-        bucket: String,
-        key: String,
-        at: SystemTime,
-        generation: u64,
-    },
+    Bury(Vec<Burial>),
     List {
         bucket: String,
         prefix: String,
@@ -171,6 +169,8 @@ pub enum Msg {
     },
     Superseded,
     Entries(Vec<Entry>),
+    /// The answer to a Bury: per tombstone, whether it was kept.
+    Kept(Vec<bool>),
 }
 
 const T_HELLO: u8 = 1;
@@ -193,10 +193,22 @@ const T_DONE: u8 = 25;
 const T_SUPERSEDED: u8 = 26;
 const T_ENTRIES: u8 = 27;
 const T_DELETED: u8 = 28;
+const T_KEPT: u8 = 29;
 
 /// Frame types this version knows.
 pub fn known(t: u8) -> bool {
-    matches!(t, 1..=3 | 10..=17 | 20..=28)
+    matches!(t, 1..=3 | 10..=17 | 20..=29)
+}
+
+/// Tombstones in one Bury at most (a node refuses more).
+pub const MAX_BURY: usize = 4096;
+/// Encoded bytes of the tombstones a sender puts in one Bury at most (well under the frame
+/// limit, also with `MAX_BURY` of the longest keys).
+pub const BURY_BYTES: usize = 512 * 1024;
+
+/// The encoded size of one tombstone in a Bury.
+pub fn burial_len(b: &Burial) -> usize {
+    4 + b.bucket.len() + 4 + b.key.len() + 12 + 8
 }
 
 /// Bytes of entries put in one Entries frame (well under the frame limit).
@@ -304,6 +316,11 @@ impl Msg {
                 T_DONE
             }
             Msg::Superseded => T_SUPERSEDED,
+            Msg::Kept(v) => {
+                p.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                p.extend(v.iter().map(|k| *k as u8));
+                T_KEPT
+            }
             Msg::Entries(v) => {
                 p.extend_from_slice(&(v.len() as u32).to_le_bytes());
                 for e in v {
@@ -372,6 +389,10 @@ impl Msg {
             },
             T_SUPERSEDED => Msg::Superseded,
             T_ENTRIES => Msg::Entries(entries(&mut c)?),
+            T_KEPT => {
+                let n = c.u32("count")? as usize;
+                Msg::Kept(c.take(n, "kept")?.iter().map(|b| *b != 0).collect())
+            }
             t => return Err(ProtoError::UnknownType(t)),
         };
         c.end("trailing bytes")?;
@@ -389,6 +410,21 @@ fn entries(c: &mut Cursor) -> Result<Vec<Entry>, ProtoError> {
             mtime: get_time(c, "mtime")?,
             etag: get_str(c, "etag")?,
             deleted: c.u8("deleted")? != 0,
+        });
+    }
+    Ok(v)
+}
+
+/// The tombstones of a Bury (as many as the frame holds: the server bounds the count).
+fn burials(c: &mut Cursor) -> Result<Vec<Burial>, ProtoError> {
+    let n = c.u32("count")? as usize;
+    let mut v = Vec::with_capacity(n.min(MAX_BURY));
+    for _ in 0..n {
+        v.push(Burial {
+            bucket: get_str(c, "bucket")?,
+            key: get_str(c, "key")?,
+            at: get_time(c, "deleted at")?,
+            generation: c.u64("generation")?,
         });
     }
     Ok(v)
@@ -442,16 +478,14 @@ impl Req {
                 p.push(*tombstone as u8);
                 T_DELETE
             }
-            Req::Bury {
-                bucket,
-                key,
-                at,
-                generation,
-            } => {
-                put_str(p, bucket);
-                put_str(p, key);
-                put_time(p, *at);
-                p.extend_from_slice(&generation.to_le_bytes());
+            Req::Bury(v) => {
+                p.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                for b in v {
+                    put_str(p, &b.bucket);
+                    put_str(p, &b.key);
+                    put_time(p, b.at);
+                    p.extend_from_slice(&b.generation.to_le_bytes());
+                }
                 T_BURY
             }
             Req::List {
@@ -505,12 +539,7 @@ impl Req {
                 key: get_str(c, "key")?,
                 tombstone: c.u8("tombstone")? != 0,
             },
-            T_BURY => Req::Bury {
-                bucket: get_str(c, "bucket")?,
-                key: get_str(c, "key")?,
-                at: get_time(c, "deleted at")?,
-                generation: c.u64("generation")?,
-            },
+            T_BURY => Req::Bury(burials(c)?),
             T_LIST => {
                 let (bucket, prefix) = (get_str(c, "bucket")?, get_str(c, "prefix")?);
                 let some = c.u8("after")? != 0;
@@ -581,12 +610,21 @@ mod tests {
                 key: "k".into(),
                 tombstone: true,
             }),
-            Msg::Req(Req::Bury {
-                bucket: "b".into(),
-                key: "k".into(),
-                at: t,
-                generation: 7,
-            }),
+            Msg::Req(Req::Bury(vec![
+                Burial {
+                    bucket: "b".into(),
+                    key: "k".into(),
+                    at: t,
+                    generation: 7,
+                },
+                Burial {
+                    bucket: "c".into(),
+                    key: "l/m".into(),
+                    at: t + Duration::from_secs(1),
+                    generation: 8,
+                },
+            ])),
+            Msg::Kept(vec![true, false, true]),
             Msg::Req(Req::List {
                 bucket: "b".into(),
                 prefix: "p/".into(),
@@ -628,6 +666,28 @@ mod tests {
             payload: b"HTTP/1.1 200".to_vec(),
         };
         assert_eq!(Msg::decode(&not_ferry), Err(ProtoError::NotFerry));
-        assert!(!known(9) && !known(29) && !known(200));
+        assert!(!known(9) && !known(30) && !known(200));
+    }
+
+    /// A Bury of `MAX_BURY` tombstones of the longest keys, cut at `BURY_BYTES`, fits a
+    /// frame; `burial_len` is what each one takes.
+    #[test]
+    fn a_full_bury_fits_a_frame() {
+        let long = Burial {
+            bucket: "b".repeat(63),
+            key: "k".repeat(crate::cluster::store::MAX_KEY_LEN),
+            at: UNIX_EPOCH,
+            generation: 1,
+        };
+        let mut one = Vec::new();
+        Msg::Req(Req::Bury(vec![long.clone()])).encode(&mut one);
+        let empty_len = {
+            let mut e = Vec::new();
+            Msg::Req(Req::Bury(vec![])).encode(&mut e);
+            e.len()
+        };
+        assert_eq!(one.len() - empty_len, burial_len(&long));
+        assert!(burial_len(&long) <= BURY_BYTES);
+        assert!(empty_len - frame::HEADER + BURY_BYTES <= frame::MAX_PAYLOAD);
     }
 }

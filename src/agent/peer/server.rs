@@ -5,16 +5,16 @@
 //! closed. Requests work on this node's disks only (the object layer in the cell).
 
 use super::migrate::{self, Migrated};
-use super::msg::{Code, Entry, Msg, Range, Req};
+use super::msg::{Code, Entry, MAX_BURY, Msg, Range, Req};
 use super::wire::Wire;
 use crate::cluster::store::Cluster;
 use crate::error::Error;
-use crate::s3::remote::{ClusterCell, Remote};
+use crate::s3::remote::{Burial, ClusterCell, Remote};
 use std::fs::File;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 use xxhash_rust::xxh3::Xxh3;
 
@@ -47,8 +47,16 @@ impl Default for Limits {
 /// A running peer server; dropping it stops accepting (connections in flight finish).
 pub struct PeerServer {
     pub addr: SocketAddr,
+    ctx: Arc<Ctx>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PeerServer {
+    /// Requests received since the start (each counted once, served or refused).
+    pub fn requests(&self) -> u64 {
+        self.ctx.requests.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for PeerServer {
@@ -68,6 +76,7 @@ struct Ctx {
     limits: Limits,
     conns: AtomicUsize,
     inflight: AtomicUsize,
+    requests: AtomicU64,
 }
 
 /// Serves `listener` as node `me` with the TLS identity `tls` (the cluster CA's); `onward`
@@ -90,13 +99,18 @@ pub fn start(
         limits,
         conns: AtomicUsize::new(0),
         inflight: AtomicUsize::new(0),
+        requests: AtomicU64::new(0),
     });
     let s = stop.clone();
     let thread = std::thread::Builder::new()
         .name("ferry-peer".into())
-        .spawn(move || accept_loop(&listener, &tls, &ctx, &s))?;
+        .spawn({
+            let ctx = ctx.clone();
+            move || accept_loop(&listener, &tls, &ctx, &s)
+        })?;
     Ok(PeerServer {
         addr,
+        ctx,
         stop,
         thread: Some(thread),
     })
@@ -161,6 +175,7 @@ fn serve_conn(
         let Msg::Req(req) = m else {
             return Err(w.unexpected(&m));
         };
+        ctx.requests.fetch_add(1, Ordering::Relaxed);
         if ctx.inflight.fetch_add(1, Ordering::AcqRel) >= ctx.limits.inflight {
             ctx.inflight.fetch_sub(1, Ordering::AcqRel);
             let busy = format!("node {}: too many requests in flight", ctx.me);
@@ -250,15 +265,7 @@ fn serve_req(w: &mut Wire, ctx: &Ctx, req: Req) -> io::Result<bool> {
             key,
             tombstone,
         } => delete(w, ctx, &c, (&bucket, &key), tombstone),
-        Req::Bury {
-            bucket,
-            key,
-            at,
-            generation,
-        } => {
-            let tomb = crate::cluster::registry::Tomb { at, generation };
-            flag_answer(w, c.bury(&bucket, key.as_bytes(), tomb))
-        }
+        Req::Bury(v) => bury(w, &c, &v).map(|_| true),
         Req::List {
             bucket,
             prefix,
@@ -322,7 +329,13 @@ fn pass_on(ctx: &Ctx, c: &Cluster, (bucket, key): (&str, &str)) -> Result<(), Ms
         Err(e) => return Err(answer(&e)),
     };
     let generation = c.current.topo.generation;
-    match r.bury(node, (bucket, key), at, generation) {
+    let b = Burial {
+        bucket: bucket.into(),
+        key: key.into(),
+        at,
+        generation,
+    };
+    match r.bury(node, &[b]) {
         Ok(_) => Ok(()),
         Err(e) => Err(failure(
             Code::Busy,
@@ -333,6 +346,27 @@ fn pass_on(ctx: &Ctx, c: &Cluster, (bucket, key): (&str, &str)) -> Result<(), Ms
             ),
         )),
     }
+}
+
+/// Bury: each tombstone in turn (its key's copies here no newer go, the later tombstone
+/// kept), answered by Kept; more than `MAX_BURY` are refused (Usage) and none is buried.
+fn bury(w: &mut Wire, c: &Cluster, v: &[Burial]) -> io::Result<()> {
+    if v.len() > MAX_BURY {
+        let m = format!("a Bury of {} tombstones: at most {MAX_BURY}", v.len());
+        return w.send(&failure(Code::Usage, 0, m));
+    }
+    let mut kept = Vec::with_capacity(v.len());
+    for b in v {
+        let tomb = crate::cluster::registry::Tomb {
+            at: b.at,
+            generation: b.generation,
+        };
+        match c.bury(&b.bucket, b.key.as_bytes(), tomb) {
+            Ok(k) => kept.push(k),
+            Err(e) => return w.send(&answer(&e)), // those before it are buried: a resend is harmless
+        }
+    }
+    w.send(&Msg::Kept(kept))
 }
 
 /// Done with the flag, or the error.
