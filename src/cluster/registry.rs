@@ -200,8 +200,14 @@ impl Registry {
     /// Forgets `key` (a delete), durably; with `tomb`, records its tombstone in the same
     /// commit (past `MAX_TOMBSTONES` the oldest sixteenth goes first).
     pub fn remove(&self, key: &[u8], tomb: Option<Tomb>) -> Result<(), Error> {
+        self.remove_as(key, tomb, true)
+    }
+
+    /// `remove`, durable only with the next `flush` unless `durable` (a batch of them
+    /// shares one fsync).
+    pub fn remove_as(&self, key: &[u8], tomb: Option<Tomb>, durable: bool) -> Result<(), Error> {
         let mut evicted = 0;
-        self.write(Durability::Immediate, |w| {
+        self.write(Self::dur(durable), |w| {
             w.open_table(LOCATIONS)?.remove(key)?;
             w.open_table(FORWARDS)?.remove(key)?;
             if let Some(t) = &tomb {

@@ -509,6 +509,27 @@ impl Cluster {
     /// two), so a copy of the deleted version that a move brings here later is dropped.
     /// A copy here newer than it (a write since) wins: nothing changes. Whether it was kept.
     pub fn bury(&self, bucket: &str, key: &[u8], tomb: Tomb) -> Result<bool, Error> {
+        self.bury_as(bucket, key, tomb, true)
+    }
+
+    /// `bury` of each of `tombs` (bucket, key, tombstone) in turn, whose registry changes
+    /// become durable together in one commit at the end (a crash before it loses them all:
+    /// the node that handed them over still keeps them and hands them over again). Whether
+    /// each was kept, in order.
+    pub fn bury_many(&self, tombs: &[(&str, &[u8], Tomb)]) -> Result<Vec<bool>, Error> {
+        let mut kept = Vec::with_capacity(tombs.len());
+        for (bucket, key, tomb) in tombs {
+            kept.push(self.bury_as(bucket, key, *tomb, false)?);
+        }
+        if let Some(r) = &self.registry
+            && kept.iter().any(|k| *k)
+        {
+            r.flush()?;
+        }
+        Ok(kept)
+    }
+
+    fn bury_as(&self, bucket: &str, key: &[u8], tomb: Tomb, durable: bool) -> Result<bool, Error> {
         Self::usage(bucket, key)?;
         let Some(r) = &self.registry else {
             return Ok(false);
@@ -534,7 +555,7 @@ impl Cluster {
             Some(t) if t.at >= tomb.at => t,
             _ => tomb,
         };
-        r.remove(&fk, Some(keep))?;
+        r.remove_as(&fk, Some(keep), durable)?;
         Ok(true)
     }
 

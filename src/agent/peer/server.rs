@@ -349,24 +349,28 @@ fn pass_on(ctx: &Ctx, c: &Cluster, (bucket, key): (&str, &str)) -> Result<(), Ms
 }
 
 /// Bury: each tombstone in turn (its key's copies here no newer go, the later tombstone
-/// kept), answered by Kept; more than `MAX_BURY` are refused (Usage) and none is buried.
+/// kept; durable together before the answer), answered by Kept; more than `MAX_BURY` are
+/// refused (Usage) and none is buried.
 fn bury(w: &mut Wire, c: &Cluster, v: &[Burial]) -> io::Result<()> {
     if v.len() > MAX_BURY {
         let m = format!("a Bury of {} tombstones: at most {MAX_BURY}", v.len());
         return w.send(&failure(Code::Usage, 0, m));
     }
-    let mut kept = Vec::with_capacity(v.len());
-    for b in v {
-        let tomb = crate::cluster::registry::Tomb {
-            at: b.at,
-            generation: b.generation,
-        };
-        match c.bury(&b.bucket, b.key.as_bytes(), tomb) {
-            Ok(k) => kept.push(k),
-            Err(e) => return w.send(&answer(&e)), // those before it are buried: a resend is harmless
-        }
+    let tombs: Vec<_> = v
+        .iter()
+        .map(|b| {
+            let at = b.at;
+            let tomb = crate::cluster::registry::Tomb {
+                at,
+                generation: b.generation,
+            };
+            (b.bucket.as_str(), b.key.as_bytes(), tomb)
+        })
+        .collect();
+    match c.bury_many(&tombs) {
+        Ok(kept) => w.send(&Msg::Kept(kept)),
+        Err(e) => w.send(&answer(&e)), // the sender keeps them all and sends them again
     }
-    w.send(&Msg::Kept(kept))
 }
 
 /// Done with the flag, or the error.
