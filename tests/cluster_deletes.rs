@@ -139,6 +139,23 @@ fn a_then_b_then_c(root: &Path) -> (Topology, Topology, Topology) {
     (g1, g2, g3)
 }
 
+/// With the moves paused, each of `gens` applied and waited for until a's run of it is
+/// paused: the keys of `want` still on a's disk, sorted.
+fn paused_through(n: &Nodes, gens: &[&Topology], want: &HashMap<String, Vec<u8>>) -> Vec<String> {
+    ok(ferry(&n.c, &["cluster", "pause"]));
+    for t in gens {
+        n.apply(t);
+        wait_paused(n, t.generation, "a");
+    }
+    let mut waiting: Vec<String> = want
+        .keys()
+        .filter(|k| on_disk(&n.root, "s0d0", k))
+        .cloned()
+        .collect();
+    waiting.sort();
+    waiting
+}
+
 /// a owns every key under generation 1, b under 2, c under 3. The moves are paused while 2
 /// and then 3 are applied, so the keys still wait on a, which is neither the owner nor the
 /// previous owner now. Some of them are deleted, some overwritten, through every agent;
@@ -158,17 +175,7 @@ fn a_key_deleted_while_its_move_waits_through_two_changes_never_comes_back() {
     for (i, k) in want.keys().enumerate() {
         index.insert(k.clone(), i);
     }
-    ok(ferry(&n.c, &["cluster", "pause"]));
-    n.apply(&g2);
-    wait_paused(&n, 2, "a");
-    n.apply(&g3);
-    wait_paused(&n, 3, "a");
-    let mut waiting: Vec<String> = want
-        .keys()
-        .filter(|k| on_disk(&n.root, "s0d0", k))
-        .cloned()
-        .collect();
-    waiting.sort();
+    let waiting = paused_through(&n, &[&g2, &g3], &want);
     assert!(
         waiting.len() > 300,
         "only {} of {} keys still wait on a",
@@ -285,17 +292,7 @@ fn a_key_waiting_at_its_owner_of_generations_ago_is_served_by_every_agent() {
     n.apply(&g1);
     n.start(&["a", "b", "c"]);
     want.extend(put_through_s3(&n, 60));
-    ok(ferry(&n.c, &["cluster", "pause"]));
-    n.apply(&g2);
-    wait_paused(&n, 2, "a");
-    n.apply(&g3);
-    wait_paused(&n, 3, "a");
-    let mut waiting: Vec<String> = want
-        .keys()
-        .filter(|k| on_disk(&n.root, "s0d0", k))
-        .cloned()
-        .collect();
-    waiting.sort();
+    let waiting = paused_through(&n, &[&g2, &g3], &want);
     assert_eq!(waiting.len(), want.len(), "every key still waits on a");
     assert_served_everywhere(&n, &waiting, &want, "two generations back");
     n.apply(&g4);
@@ -351,31 +348,7 @@ fn a_tombstone_reaches_the_next_owner_before_a_stale_copy_does() {
     let mut keys: Vec<String> = want.keys().cloned().collect();
     keys.sort();
     let gone: Vec<String> = keys.iter().step_by(4).cloned().collect();
-    let a = n.root.join("s0d0");
-    let mtimes: Vec<std::time::SystemTime> = gone
-        .iter()
-        .map(|k| {
-            std::fs::metadata(object_path(&a, BKT, k.as_bytes()))
-                .unwrap()
-                .modified()
-                .unwrap()
-        })
-        .collect();
-    delete_all(&n, &gone);
-    for (k, t) in gone.iter().zip(&mtimes) {
-        assert!(
-            !on_disk(&n.root, "s0d0", k),
-            "{k} still on a after its DELETE"
-        );
-        let p = object_path(&a, BKT, k.as_bytes());
-        std::fs::write(&p, &want[k]).unwrap();
-        std::fs::File::options()
-            .write(true)
-            .open(&p)
-            .unwrap()
-            .set_modified(*t)
-            .unwrap();
-    }
+    stale_on_a(&n, &gone, &want, || delete_all(&n, &gone));
     assert_gone_everywhere(&n, &gone, "a stale copy on a, the tombstone at b");
     n.apply(&g3);
     wait_paused(&n, 3, "a");
@@ -506,19 +479,23 @@ fn wait_served(n: &Nodes, nodes: &[&str], g: u64) {
     }
 }
 
-/// The mtime of `key`'s copy on disk `disk`.
-fn mtime_on(root: &Path, disk: &str, key: &str) -> std::time::SystemTime {
-    let p = object_path(&root.join(disk), BKT, key.as_bytes());
-    std::fs::metadata(p).unwrap().modified().unwrap()
-}
-
-/// Puts a copy of `data` back as `key` on disk `disk` with the mtime `t` (a copy of a deleted
-/// version that was on its way there when the DELETE came, arriving after it).
-fn put_back(root: &Path, disk: &str, key: &str, data: &[u8], t: std::time::SystemTime) {
-    let p = object_path(&root.join(disk), BKT, key.as_bytes());
-    std::fs::write(&p, data).unwrap();
-    let f = std::fs::File::options().write(true).open(&p).unwrap();
-    f.set_modified(t).unwrap();
+/// Runs `delete`, which must remove each of `keys` from a's disk, then puts a copy of each
+/// deleted version back there with its old mtime (a copy that was on its way there when the
+/// DELETE came, arriving after it).
+fn stale_on_a(n: &Nodes, keys: &[String], want: &HashMap<String, Vec<u8>>, delete: impl FnOnce()) {
+    let a = n.root.join("s0d0");
+    let path = |k: &String| object_path(&a, BKT, k.as_bytes());
+    let mtimes: Vec<std::time::SystemTime> = keys
+        .iter()
+        .map(|k| std::fs::metadata(path(k)).unwrap().modified().unwrap())
+        .collect();
+    delete();
+    for (k, t) in keys.iter().zip(&mtimes) {
+        assert!(!path(k).exists(), "{k} still on a after its DELETE");
+        std::fs::write(path(k), &want[k]).unwrap();
+        let f = std::fs::File::options().write(true).open(path(k)).unwrap();
+        f.set_modified(*t).unwrap();
+    }
 }
 
 /// a owns every key under generation 1, b under 2. Generation 2 also names a disk on c (of a
@@ -570,22 +547,13 @@ fn a_delete_through_an_agent_still_on_the_old_layer_reaches_the_new_owner() {
             "{k} not at b, its owner under 2"
         );
     }
-    let mtimes: Vec<_> = waiting
-        .iter()
-        .map(|k| mtime_on(&n.root, "s0d0", k))
-        .collect();
     let gone: Vec<String> = waiting.iter().chain(&rewritten).cloned().collect();
-    for k in &gone {
-        let r = n.s3["c"].delete(BKT, k).unwrap();
-        assert_eq!(r.code, 204, "DELETE {k} through c: {}", r.text());
-    }
-    for (k, t) in waiting.iter().zip(&mtimes) {
-        assert!(
-            !on_disk(&n.root, "s0d0", k),
-            "{k} still on a after its DELETE"
-        );
-        put_back(&n.root, "s0d0", k, &want[k], *t);
-    }
+    stale_on_a(&n, &waiting, &want, || {
+        for k in &gone {
+            let r = n.s3["c"].delete(BKT, k).unwrap();
+            assert_eq!(r.code, 204, "DELETE {k} through c: {}", r.text());
+        }
+    });
     assert_gone_everywhere(&n, &gone, "deleted through c, which routes by 1");
     std::fs::rename(&away, &id).unwrap();
     let r = n.wait_completed(2, Duration::from_secs(120));
@@ -628,15 +596,7 @@ fn a_node_down_during_the_switch_hands_its_tombstones_over_when_it_returns() {
     let mut keys: Vec<String> = want.keys().cloned().collect();
     keys.sort();
     let gone: Vec<String> = keys.iter().step_by(4).cloned().collect();
-    let mtimes: Vec<_> = gone.iter().map(|k| mtime_on(&n.root, "s0d0", k)).collect();
-    delete_all(&n, &gone);
-    for (k, t) in gone.iter().zip(&mtimes) {
-        assert!(
-            !on_disk(&n.root, "s0d0", k),
-            "{k} still on a after its DELETE"
-        );
-        put_back(&n.root, "s0d0", k, &want[k], *t);
-    }
+    stale_on_a(&n, &gone, &want, || delete_all(&n, &gone));
     n.c.kill9("b");
     n.apply(&g3);
     wait_served(&n, &["a", "c"], 3);
