@@ -576,18 +576,14 @@ fn a_delete_through_an_agent_still_on_the_old_layer_reaches_the_new_owner() {
     assert_placed(&g2, BKT, &want);
 }
 
-/// a owns every key under 1, b under 2, c under 3 (moves paused). Keys waiting on a are
-/// deleted under 2 (b keeps their tombstones) and a copy of each deleted version is put back
-/// on a. b is killed (-9) and stays down while 3 is applied and a and c route by it; when
-/// b's agent is started again, c holds every tombstone by the time b says it routes by 3
-/// (b handed them over first), and when the moves go on the copies from a are dropped at c.
-#[test]
-fn a_node_down_during_the_switch_hands_its_tombstones_over_when_it_returns() {
-    let Some(mut n) = nodes(&["a", "b", "c"], &config(300, 300)) else {
-        return;
-    };
+/// The cluster of the tombstone hand-over tests: a owns every key under 1, b under 2, c
+/// under 3; the moves paused from 2 on. Keys waiting on a are deleted under 2 (b keeps their
+/// tombstones) and a copy of each deleted version is put back on a; then b is killed (-9)
+/// and 3 applied: a and c route by it, b still says 2.
+fn b_down_during_the_switch_to_3() -> Option<BDown> {
+    let mut n = nodes(&["a", "b", "c"], &config(300, 300))?;
     let (g1, g2, g3) = a_then_b_then_c(&n.root);
-    let mut want = fill(&g1, 200, 0);
+    let want = fill(&g1, 200, 0);
     n.apply(&g1);
     n.start(&["a", "b", "c"]);
     ok(ferry(&n.c, &["cluster", "pause"]));
@@ -601,6 +597,32 @@ fn a_node_down_during_the_switch_hands_its_tombstones_over_when_it_returns() {
     n.apply(&g3);
     wait_served(&n, &["a", "c"], 3);
     assert_eq!(served(&n, "b"), 2, "b is down");
+    Some(BDown { n, g3, want, gone })
+}
+
+/// What `b_down_during_the_switch_to_3` leaves: the cluster, generation 3, key -> bytes,
+/// the deleted keys.
+struct BDown {
+    n: Nodes,
+    g3: Topology,
+    want: HashMap<String, Vec<u8>>,
+    gone: Vec<String>,
+}
+
+/// `b_down_during_the_switch_to_3`; when b's agent is started again, c holds every tombstone
+/// by the time b says it routes by 3 (b handed them over first), and when the moves go on
+/// the copies from a are dropped at c.
+#[test]
+fn a_node_down_during_the_switch_hands_its_tombstones_over_when_it_returns() {
+    let Some(BDown {
+        mut n,
+        g3,
+        mut want,
+        gone,
+    }) = b_down_during_the_switch_to_3()
+    else {
+        return;
+    };
     n.c.start("b");
     wait_served(&n, &["b"], 3);
     assert_eq!(
@@ -618,6 +640,51 @@ fn a_node_down_during_the_switch_hands_its_tombstones_over_when_it_returns() {
         gone.len(),
         "the stale copies are dropped at c: {r}"
     );
+    assert_gone_everywhere(&n, &gone, "after the rebalance");
+    for k in &gone {
+        want.remove(k);
+    }
+    assert_placed(&g3, BKT, &want);
+}
+
+/// `b_down_during_the_switch_to_3`, and the moves go on while b is down: the copies of the
+/// deleted versions reach c, which has no tombstone of them yet (b keeps them; while it is
+/// down they are served again). When b's agent is started again, they are gone from c by
+/// the time b says it routes by 3, and stay gone after the rebalance.
+#[test]
+fn copies_moved_while_the_tombstones_holder_is_down_go_when_it_returns() {
+    let Some(BDown {
+        mut n,
+        g3,
+        mut want,
+        gone,
+    }) = b_down_during_the_switch_to_3()
+    else {
+        return;
+    };
+    ok(ferry(&n.c, &["cluster", "resume"]));
+    let start = std::time::Instant::now();
+    while !gone.iter().all(|k| on_disk(&n.root, "s2d0", k)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the copies on a did not reach c\n{}",
+            n.c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    n.c.start("b");
+    wait_served(&n, &["b"], 3);
+    let back: Vec<&String> = gone
+        .iter()
+        .filter(|k| on_disk(&n.root, "s2d0", k))
+        .collect();
+    assert!(
+        back.is_empty(),
+        "deleted keys still at c once b routes by 3: {back:?}"
+    );
+    n.wait_s3("b", Duration::from_secs(30));
+    assert_gone_everywhere(&n, &gone, "b back, under 3");
+    n.wait_completed(3, Duration::from_secs(120));
     assert_gone_everywhere(&n, &gone, "after the rebalance");
     for k in &gone {
         want.remove(k);
