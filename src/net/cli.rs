@@ -247,14 +247,12 @@ pub fn remote_copy(mut a: RemoteCopy) -> ExitCode {
                 });
             }
         };
-        if a.moving {
-            return exit_fatal(super::client::Fatal {
-                code: Exit::Usage,
-                msg: "ferry move from a ferry:// source is not available yet (push moves are)"
-                    .into(),
-            });
-        }
-        (super::client::pull(&r, &dst, &o), dst.display().to_string())
+        let res = if a.moving {
+            super::client::move_pull(&r, &dst, &o)
+        } else {
+            super::client::pull(&r, &dst, &o)
+        };
+        (res, dst.display().to_string())
     };
     o.steer.end(match &res {
         Ok(out) if out.errors.is_empty() => JobState::Completed,

@@ -669,11 +669,40 @@ fn remove_dirs(dirs: Vec<Item>, out: &mut Outcome) {
 /// local disk pauses the job (`destination_full`), as `ferry ctl JOB pause` does: the session
 /// ends once what was written is named, and `ferry ctl JOB resume` pulls the rest in a new one.
 pub fn pull(r: &Remote, dst: &Path, o: &Options) -> Result<Outcome, Fatal> {
-    let key = format!("pull {r}\0{}", absolute(dst).to_string_lossy());
+    pull_job(r, dst, o, false)
+}
+
+/// Move from the far end: a pull whose every batch, once durable here under final names
+/// (each file's received xxh3 matched the sender's), is named back to the server, which
+/// deletes those sources if unchanged since it sent them, and at the end the emptied source
+/// directories (see `net::remove`). Nothing is listed first: whatever is still at the source
+/// is sent (again) and then removed, so a rerun of a killed move finishes it; the directory
+/// times first received are kept in the job's state for such a rerun.
+pub fn move_pull(r: &Remote, dst: &Path, o: &Options) -> Result<Outcome, Fatal> {
+    pull_job(r, dst, o, true)
+}
+
+/// The state of a pull job across its sessions.
+struct PullJob<'a> {
+    r: &'a Remote,
+    o: &'a Options,
+    sd: StateDir,
+    base: OwnedFd,
+    prefix: Vec<u8>,
+    tok: Token,
+    moving: bool,
+}
+
+fn pull_job(r: &Remote, dst: &Path, o: &Options, moving: bool) -> Result<Outcome, Fatal> {
+    let verb = if moving { "move" } else { "pull" };
+    let key = format!("{verb} {r}\0{}", absolute(dst).to_string_lossy());
     let id = format!("net-{:016x}", xxhash_rust::xxh3::xxh3_64(key.as_bytes()));
     let sd = StateDir::open(&o.state_dir, &id)
         .map_err(|e| usage(format!("state dir {}: {e}", o.state_dir.display())))?;
     o.steer.attach(&id, &sd.dir);
+    if o.fresh {
+        let _ = std::fs::remove_file(sd.dir.join(PULLED_DIRS));
+    }
     // Where the first run landed, so a rerun does not nest a second copy in it (cp -r rules
     // would, now that the destination exists).
     let (base, prefix) = match load_pull_target(&sd) {
@@ -688,97 +717,178 @@ pub fn pull(r: &Remote, dst: &Path, o: &Options) -> Result<Outcome, Fatal> {
         }
     };
     let fd = std::fs::File::open(&base).map_err(|e| usage(format!("'{}': {e}", base.display())))?;
-    let base_fd = OwnedFd::from(fd);
     // The job's own temp token: a rerun replaces the temps a killed run left, nothing else.
     let tok = super::serve::load_token(&sd.dir).map_err(usage)?;
-    let mut total = Outcome::default();
-    let mut fresh = o.fresh;
-    let mut reached = false;
-    let (mut broken_since, mut backoff) = (None, Duration::from_millis(500));
-    loop {
-        let st = o.steer.clone();
-        let mut rx = Receiver::new(
-            base_fd.try_clone().map_err(fatal)?,
-            prefix.clone(),
-            tok.clone(),
+    let job = PullJob {
+        r,
+        o,
+        sd,
+        base: OwnedFd::from(fd),
+        prefix,
+        tok,
+        moving,
+    };
+    let (out, removed) = job.run()?;
+    if moving {
+        if out.errors.is_empty() {
+            let _ = std::fs::remove_file(job.sd.dir.join(PULLED_DIRS));
+        }
+        eprintln!("ferry: {removed} sources removed at {r} after their copies were durable here");
+    }
+    Ok(out)
+}
+
+impl PullJob<'_> {
+    fn receiver(&self) -> Result<Receiver, Fatal> {
+        let st = self.o.steer.clone();
+        let rx = Receiver::new(
+            self.base.try_clone().map_err(fatal)?,
+            self.prefix.clone(),
+            self.tok.clone(),
         )
         .stopping_when_full()
         .held_by(Arc::new(move || st.is_paused() || st.is_cancelled()));
-        let res = pull_once(r, &base_fd, &prefix, o, fresh, &mut rx, &mut reached);
-        total.files += rx.counts.files;
-        total.bytes += rx.counts.bytes;
-        if rx.counts.files > 0 {
-            (broken_since, backoff) = (None, Duration::from_millis(500));
-        }
-        match res {
-            Ok(Ok(())) => fresh = false,
-            Ok(Err(f)) => return Err(f),
-            Err(e)
-                if transient(&e)
-                    && broken_since.get_or_insert_with(Instant::now).elapsed() < RETRY_FOR
-                    && (reached || e.kind() != io::ErrorKind::ConnectionRefused) =>
-            {
-                // Named files stay (the quick check skips them); the rest come again.
-                eprintln!(
-                    "ferry: {e}; pull: {} files durable so far, reconnecting in {backoff:?}",
-                    total.files
-                );
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                fresh = false;
-                continue;
+        Ok(if self.moving {
+            rx.moving(load_pulled_dirs(&self.sd), pulled_dirs_saver(&self.sd))
+        } else {
+            rx
+        })
+    }
+
+    /// Sessions until the pull is done (reconnecting while the connection breaks, pulling
+    /// again after a pause); the outcome and the sources the server removed (a move).
+    fn run(&self) -> Result<(Outcome, u64), Fatal> {
+        let o = self.o;
+        let mut total = Outcome::default();
+        let mut removed = 0;
+        let mut fresh = o.fresh;
+        let mut reached = false;
+        let (mut broken_since, mut backoff) = (None, Duration::from_millis(500));
+        loop {
+            let mut rx = self.receiver()?;
+            let res = self.once(fresh || self.moving, &mut rx, &mut reached);
+            total.files += rx.counts.files;
+            total.bytes += rx.counts.bytes;
+            removed += rx.removed();
+            if rx.counts.files > 0 {
+                (broken_since, backoff) = (None, Duration::from_millis(500));
             }
-            Err(e) => return Err(fatal(e)),
+            match res {
+                Ok(Ok(())) => fresh = false,
+                Ok(Err(f)) => return Err(f),
+                Err(e)
+                    if transient(&e)
+                        && broken_since.get_or_insert_with(Instant::now).elapsed() < RETRY_FOR
+                        && (reached || e.kind() != io::ErrorKind::ConnectionRefused) =>
+                {
+                    // Named files stay (the quick check skips them); the rest come again.
+                    eprintln!(
+                        "ferry: {e}; pull: {} files durable so far, reconnecting in {backoff:?}",
+                        total.files
+                    );
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    fresh = false;
+                    continue;
+                }
+                Err(e) => return Err(fatal(e)),
+            }
+            if let Some((path, why)) = &rx.first_full {
+                o.steer.pause_for_room(&beneath::show(path), why);
+            }
+            if !rx.stopped_early {
+                // What this run received earlier is skipped now: not counted twice.
+                total.skipped = rx
+                    .counts
+                    .skipped
+                    .saturating_sub(total.files - rx.counts.files);
+                total.errors = rx.errors.into_iter().map(|e| (Vec::new(), e)).collect();
+                return Ok((total, removed));
+            }
+            wait_for_resume(o)?;
         }
-        if let Some((path, why)) = &rx.first_full {
-            o.steer.pause_for_room(&beneath::show(path), why);
-        }
+    }
+
+    /// One session (`fresh`: what is here is not listed, so everything is sent), received by
+    /// `rx`; it ends early when the local disk is full. `reached`: set once the server
+    /// answered. Err: the connection (worth a reconnect if transient); Ok(Err): the server
+    /// refused.
+    fn once(
+        &self,
+        fresh: bool,
+        rx: &mut Receiver,
+        reached: &mut bool,
+    ) -> io::Result<Result<(), Fatal>> {
+        let (r, o) = (self.r, self.o);
+        let op = if self.moving { Op::Move } else { Op::Pull };
+        let mut c = match try_open(r, op, o)? {
+            Ok((c, _, _)) => c,
+            Err(f) => return Ok(Err(f)),
+        };
+        *reached = true;
+        o.steer.running();
+        let name = if self.prefix.is_empty() {
+            b".".to_vec()
+        } else {
+            self.prefix.clone()
+        };
+        let roots = if fresh {
+            Vec::new()
+        } else {
+            vec![(Arc::new(self.base.try_clone()?), name, Vec::new())]
+        };
+        verify::list(&mut c, Walker::new(roots), false)?;
+        recv::drive(&mut c, rx)?;
         if !rx.stopped_early {
-            // What this run received earlier is skipped now: not counted twice.
-            total.skipped = rx
-                .counts
-                .skipped
-                .saturating_sub(total.files - rx.counts.files);
-            total.errors = rx.errors.into_iter().map(|e| (Vec::new(), e)).collect();
-            return Ok(total);
+            // The answers to the last Removes (a move ending early leaves them: what they
+            // named is sent again, and asked again, by its next session).
+            recv::await_removed(&mut c, rx)?;
         }
-        wait_for_resume(o)?;
+        c.close();
+        Ok(Ok(()))
     }
 }
 
-/// One session of a pull into `prefix` beneath `base` (`fresh`: what is here is not listed,
-/// so everything is sent), received by `rx`; it ends early when the local disk is full.
-/// `reached`: set once the server answered. Err: the connection (worth a reconnect if
-/// transient); Ok(Err): the server refused.
-fn pull_once(
-    r: &Remote,
-    base: &OwnedFd,
-    prefix: &[u8],
-    o: &Options,
-    fresh: bool,
-    rx: &mut Receiver,
-    reached: &mut bool,
-) -> io::Result<Result<(), Fatal>> {
-    let mut c = match try_open(r, Op::Pull, o)? {
-        Ok((c, _, _)) => c,
-        Err(f) => return Ok(Err(f)),
-    };
-    *reached = true;
-    o.steer.running();
-    let name = if prefix.is_empty() {
-        b".".to_vec()
-    } else {
-        prefix.to_vec()
-    };
-    let roots = if fresh {
-        Vec::new()
-    } else {
-        vec![(Arc::new(base.try_clone()?), name, Vec::new())]
-    };
-    verify::list(&mut c, Walker::new(roots), false)?;
-    recv::drive(&mut c, rx)?;
-    c.close();
-    Ok(Ok(()))
+/// A move's directory times as first received, one JSON line each (the first line of a path
+/// wins), in its state dir.
+const PULLED_DIRS: &str = "pulled-dirs.jsonl";
+
+fn load_pulled_dirs(sd: &StateDir) -> HashMap<Vec<u8>, Meta> {
+    let text = std::fs::read(sd.dir.join(PULLED_DIRS)).unwrap_or_default();
+    let mut m = HashMap::new();
+    for line in text.split(|&b| b == b'\n') {
+        if let Ok((p, meta)) = serde_json::from_slice::<(Vec<u8>, Meta)>(line) {
+            m.entry(p).or_insert(meta);
+        }
+    }
+    m
+}
+
+/// Appends directories' times to the job's [`PULLED_DIRS`], durably (the file, and its name
+/// when it is new).
+fn pulled_dirs_saver(sd: &StateDir) -> recv::SaveDirs {
+    let (dir, path) = (sd.dir.clone(), sd.dir.join(PULLED_DIRS));
+    Box::new(move |dirs| {
+        use std::io::Write;
+        let new = !path.exists();
+        let mut body = Vec::new();
+        for d in dirs {
+            serde_json::to_writer(&mut body, d).map_err(io::Error::other)?;
+            body.push(b'\n');
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| io::Error::new(e.kind(), format!("open {}: {e}", path.display())))?;
+        f.write_all(&body)
+            .and_then(|()| f.sync_data())
+            .map_err(|e| io::Error::new(e.kind(), format!("write {}: {e}", path.display())))?;
+        if new {
+            std::fs::File::open(&dir)?.sync_all()?;
+        }
+        Ok(())
+    })
 }
 
 /// Waits while the job is paused; Err once it is cancelled.

@@ -16,6 +16,7 @@ pub mod msg;
 pub mod push;
 pub mod quick;
 pub mod recv;
+pub mod remove;
 pub mod ring;
 pub mod send;
 pub mod serve;

@@ -6,7 +6,7 @@ use super::frame::{self, Cursor, Frame, ProtoError, put_bytes};
 use crate::temp::{TOKEN_LEN, Token};
 
 /// Bumped on any change to the messages; Hello and Welcome themselves never change.
-pub const VERSION: u16 = 5;
+pub const VERSION: u16 = 6;
 /// The start of every Hello/Welcome payload (anything else is not a ferry peer).
 pub const MAGIC: &[u8; 8] = b"FERRYNET";
 /// Stale session tokens an Open may name.
@@ -23,7 +23,15 @@ pub enum Op {
     Verify = 3,
     /// Server lists its side without hashes (size and times: the remote quick check).
     List = 4,
+    /// A pull that moves: server sends a tree, client receives it and asks (Remove) for the
+    /// sources of what is durable at its end to be deleted.
+    Move = 5,
 }
+
+/// Entries one Remove names at most (and the payload bytes it takes at most: see
+/// [`remove_chunks`]).
+pub const MAX_REMOVE: usize = 4096;
+const REMOVE_BYTES: usize = 512 << 10;
 
 /// The metadata a file, directory or symlink carries over the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -136,6 +144,17 @@ pub enum Msg {
     /// Inside a file or range: `len` zero bytes that are not sent (a hole of a sparse file;
     /// the receiver leaves a hole and hashes them as zeros).
     Hole { len: u64 },
+    /// Puller → server (a Move session): these entries are durable at the puller's end under
+    /// their final names, each file with the xxh3 (`Some`) its receiver computed and matched
+    /// with the sender's; delete their sources if unchanged since they were sent. `dirs`:
+    /// directories whose metadata is durable there, removed (deepest first) if emptied.
+    Remove {
+        files: Vec<(Vec<u8>, Option<u64>)>,
+        dirs: Vec<Vec<u8>>,
+    },
+    /// Server → puller: one Remove was handled, `n` sources deleted (durably); those kept
+    /// were each reported in a Fail before it.
+    Removed { n: u64 },
     /// Verify: one entry of the server's side (`hash` 0 for non-files; a device's `size` is
     /// its device number).
     Entry {
@@ -172,10 +191,47 @@ const T_LINK: u8 = 21;
 const T_NODE: u8 = 22;
 const T_HOLE: u8 = 23;
 const T_FULL: u8 = 24;
+const T_REMOVE: u8 = 25;
+const T_REMOVED: u8 = 26;
 
 /// Whether a frame type exists in this version.
 pub fn known(kind: u8) -> bool {
-    (T_HELLO..=T_FULL).contains(&kind)
+    (T_HELLO..=T_REMOVED).contains(&kind)
+}
+
+/// Splits what a Remove names into messages that each fit a frame (at most [`MAX_REMOVE`]
+/// entries and [`REMOVE_BYTES`] of paths; a path is at most a frame's worth itself: paths
+/// past PATH_MAX are still far below it).
+pub fn remove_chunks(files: Vec<(Vec<u8>, Option<u64>)>, dirs: Vec<Vec<u8>>) -> Vec<Msg> {
+    let mut out = Vec::new();
+    let (mut f, mut d, mut bytes) = (Vec::new(), Vec::new(), 0usize);
+    let full = |n: usize, bytes: usize, len: usize| n >= MAX_REMOVE || bytes + len > REMOVE_BYTES;
+    for e in files {
+        if !f.is_empty() && full(f.len(), bytes, e.0.len()) {
+            out.push(Msg::Remove {
+                files: std::mem::take(&mut f),
+                dirs: Vec::new(),
+            });
+            bytes = 0;
+        }
+        bytes += e.0.len() + 16;
+        f.push(e);
+    }
+    for p in dirs {
+        if !(f.is_empty() && d.is_empty()) && full(f.len() + d.len(), bytes, p.len()) {
+            out.push(Msg::Remove {
+                files: std::mem::take(&mut f),
+                dirs: std::mem::take(&mut d),
+            });
+            bytes = 0;
+        }
+        bytes += p.len() + 8;
+        d.push(p);
+    }
+    if !(f.is_empty() && d.is_empty()) {
+        out.push(Msg::Remove { files: f, dirs: d });
+    }
+    out
 }
 
 fn put_meta(out: &mut Vec<u8>, m: &Meta) {
@@ -430,6 +486,29 @@ impl Msg {
                 p.extend_from_slice(msg.as_bytes());
                 T_FULL
             }
+            _ => self.payload_move(p),
+        }
+    }
+
+    fn payload_move(&self, p: &mut Vec<u8>) -> u8 {
+        match self {
+            Msg::Remove { files, dirs } => {
+                p.extend_from_slice(&(files.len() as u32).to_le_bytes());
+                for (path, hash) in files {
+                    put_bytes(p, path);
+                    p.push(hash.is_some() as u8);
+                    p.extend_from_slice(&hash.unwrap_or(0).to_le_bytes());
+                }
+                p.extend_from_slice(&(dirs.len() as u32).to_le_bytes());
+                for d in dirs {
+                    put_bytes(p, d);
+                }
+                T_REMOVE
+            }
+            Msg::Removed { n } => {
+                p.extend_from_slice(&n.to_le_bytes());
+                T_REMOVED
+            }
             _ => unreachable!("control messages are encoded by payload()"),
         }
     }
@@ -462,6 +541,7 @@ impl Msg {
                     2 => Op::Pull,
                     3 => Op::Verify,
                     4 => Op::List,
+                    5 => Op::Move,
                     _ => return Err(ProtoError::Malformed { what: "operation" }),
                 };
                 Msg::Open {
@@ -591,11 +671,43 @@ impl Msg {
                 path: c.bytes("path")?.to_vec(),
                 msg: String::from_utf8_lossy(c.rest()).into_owned(),
             },
+            T_REMOVE => decode_remove(c)?,
+            T_REMOVED => Msg::Removed {
+                n: c.u64("removed")?,
+            },
             other => return Err(ProtoError::UnknownType(other)),
         };
         c.end("trailing bytes")?;
         Ok(m)
     }
+}
+
+/// A Remove: counts are checked against [`MAX_REMOVE`] before anything is taken (and each
+/// entry takes bytes of the bounded payload).
+fn decode_remove(c: &mut Cursor) -> Result<Msg, ProtoError> {
+    let too_many = ProtoError::Malformed {
+        what: "remove count",
+    };
+    let n = c.u32("remove count")? as usize;
+    if n > MAX_REMOVE {
+        return Err(too_many);
+    }
+    let mut files = Vec::new();
+    for _ in 0..n {
+        let path = c.bytes("remove path")?.to_vec();
+        let has = c.u8("remove hash")?;
+        let hash = c.u64("remove hash")?;
+        files.push((path, (has != 0).then_some(hash)));
+    }
+    let k = c.u32("remove dir count")? as usize;
+    if n + k > MAX_REMOVE {
+        return Err(too_many);
+    }
+    let mut dirs = Vec::new();
+    for _ in 0..k {
+        dirs.push(c.bytes("remove dir")?.to_vec());
+    }
+    Ok(Msg::Remove { files, dirs })
 }
 
 /// Concatenated tokens (16 hex digits each), at most [`MAX_STALE`].
@@ -826,9 +938,54 @@ mod tests {
                 path: b"a/dir".to_vec(),
                 msg: String::new(),
             },
+            Msg::Remove {
+                files: vec![(b"a/f".to_vec(), Some(7)), (b"a/l".to_vec(), None)],
+                dirs: vec![b"a".to_vec(), Vec::new()],
+            },
+            Msg::Remove {
+                files: vec![],
+                dirs: vec![],
+            },
+            Msg::Removed { n: 3 },
         ] {
             roundtrip(m);
         }
+    }
+
+    #[test]
+    fn removes_are_split_to_fit_and_bounded() {
+        let files: Vec<_> = (0..10_000u64)
+            .map(|i| (vec![b'x'; 300 + (i % 7) as usize], Some(i)))
+            .collect();
+        let dirs: Vec<_> = (0..5000).map(|i| format!("d{i}").into_bytes()).collect();
+        let msgs = remove_chunks(files.clone(), dirs.clone());
+        let (mut f, mut d) = (Vec::new(), Vec::new());
+        for m in &msgs {
+            let mut wire = Vec::new();
+            m.encode(&mut wire);
+            assert!(wire.len() <= frame::MAX_PAYLOAD, "{} bytes", wire.len());
+            let Msg::Remove { files, dirs } = m else {
+                panic!("{m:?}")
+            };
+            assert!(files.len() + dirs.len() <= MAX_REMOVE);
+            f.extend(files.iter().cloned());
+            d.extend(dirs.iter().cloned());
+        }
+        assert_eq!((f, d), (files, dirs), "every entry once, in order");
+        assert!(remove_chunks(Vec::new(), Vec::new()).is_empty());
+        // A count past the bound is refused before anything is taken.
+        let mut p = ((MAX_REMOVE + 1) as u32).to_le_bytes().to_vec();
+        p.extend_from_slice(&0u32.to_le_bytes());
+        let f = Frame {
+            kind: T_REMOVE,
+            payload: p,
+        };
+        assert_eq!(
+            Msg::decode(&f),
+            Err(ProtoError::Malformed {
+                what: "remove count"
+            })
+        );
     }
 
     #[test]

@@ -21,7 +21,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use xxhash_rust::xxh3::Xxh3;
 
+mod moving;
 mod special;
+pub use moving::{SaveDirs, await_removed};
 pub use special::hash_zeros;
 
 /// A batch is committed at this many files or bytes (or on Flush / Done).
@@ -102,6 +104,9 @@ struct Ready {
     tmp: Vec<u8>,
     /// A Part: made durable with the batch, not named.
     part: bool,
+    /// A whole file's xxh3, as received and matched with the sender's (a move asks its
+    /// source removed by it).
+    hash: Option<u64>,
     /// The temp is a split file's (Parts and Seal): other streams' bytes are in it, so a
     /// broken session leaves it (for a Seal sent again) instead of removing it.
     shared: bool,
@@ -150,6 +155,8 @@ pub struct Receiver {
     stop_when_full: bool,
     /// While it says so, the session ends between entries (a paused or cancelled pull).
     hold: Option<Hold>,
+    /// A pull that moves: what it asks the sender to delete (see `moving`).
+    moving: Option<moving::Move>,
     /// [`drive`] ended the session before the sender was done (full, or held).
     pub stopped_early: bool,
     /// The first entry that did not fit, and why.
@@ -198,6 +205,7 @@ impl Receiver {
             watch: None,
             stop_when_full: false,
             hold: None,
+            moving: None,
             stopped_early: false,
             first_full: None,
             counts: Counts::default(),
@@ -346,6 +354,7 @@ impl Receiver {
                 self.seal(id, path, size, meta, out)?;
             }
             Msg::Skipped { n } => self.counts.skipped += n,
+            Msg::Removed { n } => self.on_removed(n)?,
             Msg::Dir { path, meta } => self.dir(path, meta, out)?,
             Msg::Flush => self.commit(out)?,
             Msg::Done => {
@@ -357,7 +366,12 @@ impl Receiver {
                 }
                 self.commit(out)?;
                 self.retry_dirs(out, true)?;
+                let before = out.len();
                 self.finish_dirs(out);
+                // A move's directories go only once their metadata is durable here.
+                if out.len() == before {
+                    self.ask_dirs(out);
+                }
                 out.push(Msg::Finished);
                 return Ok(true);
             }
@@ -576,6 +590,7 @@ impl Receiver {
                 name,
                 tmp,
                 part: false,
+                hash: None,
                 shared,
             }),
             Err(e) if is_full(&e) => {
@@ -689,6 +704,7 @@ impl Receiver {
             name: inc.name,
             tmp: inc.tmp,
             part: inc.part,
+            hash: (!inc.part).then_some(hash),
             shared: inc.part,
         });
         Ok(())
@@ -702,6 +718,7 @@ impl Receiver {
             .to_string());
         }
         let x = std::mem::take(&mut self.xattrs);
+        let meta = self.dir_meta(&rel, meta);
         if let Err((msg, x)) = self.make_dir(&rel, meta, x)? {
             self.held_dirs.push((rel.clone(), meta, x));
             self.no_room(out, 0, rel, msg);
@@ -719,6 +736,7 @@ impl Receiver {
     ) -> Result<Result<(), (String, Pairs)>, String> {
         let full = self.full(rel)?;
         if full.is_empty() {
+            self.dir_made(rel);
             return Ok(Ok(())); // the export's root: exists, and its metadata is the operator's
         }
         let made = self
@@ -743,6 +761,7 @@ impl Receiver {
             }
         }
         self.dir_metas.push((full, meta, x));
+        self.dir_made(rel);
         Ok(Ok(()))
     }
 
@@ -792,6 +811,8 @@ impl Receiver {
         }
         let batch = std::mem::take(&mut self.batch);
         self.batch_bytes = 0;
+        // What this batch made durable under final names (None: no syncfs after naming).
+        let mut durable = None;
         if !batch.is_empty() {
             let fail = |out: &mut Vec<Msg>, b: &Ready, msg: String| {
                 out.push(Msg::Fail { id: b.id, msg });
@@ -830,9 +851,11 @@ impl Receiver {
                 self.counts.failed += named.len() as u64;
             } else {
                 self.counts.files += named.len() as u64;
+                durable = Some(named.iter().map(|b| (b.rel.clone(), b.hash)).collect());
             }
         }
         out.push(Msg::Ack { upto: self.last_id });
+        self.ask_removal(durable, out);
         Ok(())
     }
 

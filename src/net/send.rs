@@ -41,6 +41,21 @@ pub trait Hooks {
     fn dir_meta(&mut self, _rel: &[u8], meta: Meta) -> Meta {
         meta
     }
+    /// Every entry the walk yields, before anything of it is sent.
+    fn seen(&mut self, _item: &Item) {}
+    /// Whether an entry that vanished between the walk's listing and its reading is simply
+    /// gone (a move: an earlier session of it removed the source once its copy was durable)
+    /// rather than an error.
+    fn gone_is_done(&self) -> bool {
+        false
+    }
+    /// The receiver failed this entry (it was not named there).
+    fn lost(&mut self, _rel: &[u8]) {}
+    /// A request of the receiver's between acknowledgements (a move's Remove): the replies,
+    /// or Err(it) when this transfer takes no such request.
+    fn request(&mut self, m: Msg) -> Result<Vec<Msg>, Msg> {
+        Err(m)
+    }
 }
 
 /// The outcome of one transfer.
@@ -147,6 +162,10 @@ pub fn open_source(item: &Item) -> Result<std::fs::File, String> {
     beneath::open_at(item.dir.as_raw_fd(), &item.name, libc::O_RDONLY, 0)
         .map(std::fs::File::from)
         .map_err(|e| format!("open: {e}"))
+}
+
+fn is_gone(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOENT)
 }
 
 /// Whether an entry of another kind is sent as a node (sockets are not).
@@ -267,6 +286,7 @@ pub fn send_tree(conn: &mut Conn, walker: Walker, hooks: &mut dyn Hooks) -> io::
         let before = s.out.errors.len();
         match item {
             Ok(item) => s.item(item, hooks)?,
+            Err((_, e)) if is_gone(&e) && hooks.gone_is_done() => {}
             Err((rel, e)) => s.out.errors.push((rel, format!("read: {e}"))),
         }
         // The receiver hears of what could not be sent (a pull's client reports it).
@@ -323,6 +343,7 @@ impl Sender<'_> {
     /// One entry. Its Xattrs go right before its own message, after every local step that
     /// can fail (the far end gives them to the next entry it gets).
     fn item(&mut self, item: Item, hooks: &mut dyn Hooks) -> io::Result<()> {
+        hooks.seen(&item);
         let meta = meta_of(&item.st);
         if item.kind == Kind::Other && !is_node(&item.st) {
             self.out.errors.push((item.rel, NO_SOCKETS.into()));
@@ -363,7 +384,7 @@ impl Sender<'_> {
                     Ok(())
                 }
             },
-            Kind::File => self.file(item, meta),
+            Kind::File => self.file(item, meta, hooks.gone_is_done()),
             Kind::Other => {
                 if self.xattrs(&item)? {
                     let id = self.track(&item, 0, 0);
@@ -394,11 +415,13 @@ impl Sender<'_> {
     }
 
     /// Streams one file: File, Data..., End with the xxh3 of exactly the bytes sent.
-    fn file(&mut self, item: Item, meta: Meta) -> io::Result<()> {
-        let f = match open_source(&item) {
-            Ok(f) => f,
+    /// `gone_is_done`: a file that vanished since the walk listed it is skipped.
+    fn file(&mut self, item: Item, meta: Meta, gone_is_done: bool) -> io::Result<()> {
+        let f = match beneath::open_at(item.dir.as_raw_fd(), &item.name, libc::O_RDONLY, 0) {
+            Ok(fd) => std::fs::File::from(fd),
+            Err(e) if gone_is_done && is_gone(&e) => return Ok(()),
             Err(e) => {
-                self.out.errors.push((item.rel, e));
+                self.out.errors.push((item.rel, format!("open: {e}")));
                 return Ok(());
             }
         };
@@ -456,7 +479,15 @@ impl Sender<'_> {
                     }
                     return Ok(false);
                 }
-                other => return Err(self.conn.refused(other)),
+                other => match hooks.request(other) {
+                    Ok(replies) => {
+                        for r in &replies {
+                            self.conn.send(r)?;
+                        }
+                        self.conn.flush()?;
+                    }
+                    Err(other) => return Err(self.conn.refused(other)),
+                },
             }
         }
     }
@@ -467,7 +498,10 @@ impl Sender<'_> {
             let p = self.pending.pop_front().expect("front exists");
             self.pending_bytes -= p.size;
             match self.failed.remove(&p.id) {
-                Some(msg) => self.out.errors.push((p.rel, msg)),
+                Some(msg) => {
+                    hooks.lost(&p.rel);
+                    self.out.errors.push((p.rel, msg));
+                }
                 None => {
                     self.out.files += 1;
                     self.out.bytes += p.size;

@@ -182,7 +182,7 @@ fn handle(
             push(c, ex, &t, path, tok, live.start(handle), sweep)?;
             return Ok(());
         }
-        Op::Pull | Op::Verify | Op::List => {
+        Op::Pull | Op::Move | Op::Verify | Op::List => {
             if !t.exists {
                 return refuse(
                     c,
@@ -201,8 +201,8 @@ fn handle(
                 token: None,
             })?;
             let walker = Walker::new(vec![(Arc::new(t.parent), t.name, Vec::new())]);
-            if op == Op::Pull {
-                send_pull(&mut c, walker, &ex.name, &path)?;
+            if op == Op::Pull || op == Op::Move {
+                send_pull(&mut c, walker, &ex.name, &path, op == Op::Move)?;
             } else {
                 verify::list(&mut c, walker, op == Op::Verify)?;
             }
@@ -257,14 +257,32 @@ fn push(
 }
 
 /// A pull: the client lists what it has first (the quick check skips those), then the tree
-/// is sent.
-fn send_pull(c: &mut Conn, walker: Walker, export: &str, path: &[u8]) -> io::Result<()> {
+/// is sent. A move (`moving`; its client lists nothing) also deletes the sources the client
+/// asks for (see `remove`).
+fn send_pull(
+    c: &mut Conn,
+    walker: Walker,
+    export: &str,
+    path: &[u8],
+    moving: bool,
+) -> io::Result<()> {
     c.flush()?;
     let (have, _) = verify::receive(c)?;
-    let out = send::send_tree(c, walker, &mut QuickCheck(have))?;
+    let mut mover = super::remove::Mover::default();
+    let out = if moving {
+        send::send_tree(c, walker, &mut mover)?
+    } else {
+        send::send_tree(c, walker, &mut QuickCheck(have))?
+    };
+    let removed = if moving {
+        format!(", {} sources removed, {} kept", mover.removed, mover.kept)
+    } else {
+        String::new()
+    };
     eprintln!(
-        "ferry serve: {}: pull of {export}/{}: {} files, {} bytes, {} skipped (quick check), {} failed",
+        "ferry serve: {}: {} of {export}/{}: {} files, {} bytes, {} skipped (quick check), {} failed{removed}",
         c.peer,
+        if moving { "move" } else { "pull" },
         show(path),
         out.files,
         out.bytes,

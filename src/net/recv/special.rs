@@ -34,9 +34,10 @@ impl Receiver {
             return Err("a link cannot name the export's root".into());
         }
         let (full, _) = self.begin_entry(id, &rel, "link")?;
-        // None: that name is that file already.
-        if let Some(r) = self.link_tmp(&full, &tfull).transpose() {
-            self.finish_entry(out, id, rel, "link", r, false);
+        // None: that name is that file already (a move still asks its source removed).
+        match self.link_tmp(&full, &tfull).transpose() {
+            Some(r) => self.finish_entry(out, id, rel, "link", r, false),
+            None => self.named_already(rel),
         }
         Ok(())
     }
