@@ -82,6 +82,30 @@ fn a_pulled_move_keeps_every_kind_of_metadata_and_removes_its_sources() {
 }
 
 #[test]
+fn a_single_file_moves_into_an_existing_directory() {
+    let t = tempfile::tempdir().unwrap();
+    let (stls, ctls) = pki(&t.path().join("pki"), "localhost");
+    let (exp, dst) = (t.path().join("exp"), t.path().join("dst"));
+    std::fs::create_dir_all(exp.join("d")).unwrap();
+    std::fs::create_dir_all(&dst).unwrap();
+    write_file(&exp.join("d/one"), 70_000, 5);
+    set_mtime(&exp.join("d/one"), 1_600_000_000, 123);
+    let s = serve(&stls, &[("data", &exp)], "127.0.0.1", 0, None);
+    let url = format!("ferry://localhost:{}/data/d/one", s.port);
+    let o = move_to(&url, &dst, &ctls, &t.path().join("state"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(dst.join("one")).unwrap(), pattern(70_000, 5));
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(dst.join("one")).unwrap();
+    assert_eq!((m.mtime(), m.mtime_nsec()), (1_600_000_000, 123));
+    assert!(!exp.join("d/one").exists(), "the source is gone");
+    assert!(
+        exp.join("d").is_dir(),
+        "its directory was not part of the move"
+    );
+}
+
+#[test]
 fn a_source_changed_after_it_was_sent_is_kept_and_its_rerun_moves_it() {
     let t = tempfile::tempdir().unwrap();
     let (stls, ctls) = pki(&t.path().join("pki"), "localhost");
@@ -322,4 +346,40 @@ fn a_puller_killed_at_random_moments_loses_nothing_and_its_rerun_finishes() {
         assert!(!src.exists(), "cycle {i}: the move is complete");
     }
     assert!(killed > 0, "no cycle killed a running move");
+}
+
+#[test]
+fn a_server_killed_mid_move_loses_nothing_and_the_puller_finishes_once_it_is_back() {
+    let mut rng = Rng(seed());
+    let t = tempfile::tempdir().unwrap();
+    let (stls, ctls) = pki(&t.path().join("pki"), "localhost");
+    let (exp, keep) = (t.path().join("exp"), t.path().join("keep"));
+    std::fs::create_dir(&exp).unwrap();
+    mixed_tree(&keep, 2500, &[6 << 20]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = Some(serve(&stls, &[("data", &exp)], "127.0.0.1", port, None));
+    for i in 0..3 {
+        let src = exp.join(format!("mv{i}"));
+        cp_a(&keep, &src);
+        let dst = t.path().join(format!("dst{i}"));
+        let url = format!("ferry://localhost:{port}/data/mv{i}");
+        let c = start_move(&url, &dst, &ctls, &t.path().join(format!("state{i}")));
+        let at = Duration::from_millis(100 + rng.below(1200));
+        std::thread::sleep(at);
+        drop(server.take()); // SIGKILL
+        eprintln!("cycle {i}: server killed at {at:?}");
+        nothing_partial(&keep, &dst);
+        each_file_somewhere(&keep, &src, &dst, Path::new(""));
+        std::thread::sleep(Duration::from_millis(rng.below(800)));
+        server = Some(serve(&stls, &[("data", &exp)], "127.0.0.1", port, None));
+        let o = finish(c, LIMIT);
+        assert!(o.status.success(), "cycle {i}: {}", stderr(&o));
+        assert_same_tree(&keep, &dst);
+        assert!(temps(&dst).is_empty(), "cycle {i}: {:?}", temps(&dst));
+        assert!(!src.exists(), "cycle {i}: the move is complete");
+    }
 }
