@@ -92,8 +92,25 @@ fn a_single_file_moves_into_an_existing_directory() {
     set_mtime(&exp.join("d/one"), 1_600_000_000, 123);
     let s = serve(&stls, &[("data", &exp)], "127.0.0.1", 0, None);
     let url = format!("ferry://localhost:{}/data/d/one", s.port);
-    let o = move_to(&url, &dst, &ctls, &t.path().join("state"));
+    let state = t.path().join("state");
+    let args = [
+        os("move"),
+        os("--json"),
+        os(&url),
+        dst.as_os_str(),
+        os("--tls-dir"),
+        ctls.as_os_str(),
+        os("--state-dir"),
+        state.as_os_str(),
+    ];
+    let o = ferry_with(&args, LIMIT, None);
     assert!(o.status.success(), "{}", stderr(&o));
+    let r = report(&o);
+    assert_eq!(
+        (r["files"].as_u64(), r["removed"].as_u64()),
+        (Some(1), Some(1)),
+        "{r}"
+    );
     assert_eq!(std::fs::read(dst.join("one")).unwrap(), pattern(70_000, 5));
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(dst.join("one")).unwrap();
@@ -202,7 +219,37 @@ fn moves_outside_the_export_or_of_an_unknown_one_delete_nothing() {
         Msg::Error { msg } => assert!(msg.contains("path refused"), "{msg}"),
         other => panic!("accepted: {other:?}"),
     }
-    raw_removes_that_break_the_rules_delete_nothing(cfg, s.port);
+    raw_removes_that_break_the_rules_delete_nothing(cfg.clone(), s.port);
+    // A plain pull takes no Remove.
+    let mut c = ferry::net::session::connect("localhost", s.port, cfg).unwrap();
+    c.send(&Msg::Open {
+        op: Op::Pull,
+        export: b"data".to_vec(),
+        path: b"m".to_vec(),
+        stale: Vec::new(),
+    })
+    .unwrap();
+    c.flush().unwrap();
+    assert!(matches!(c.recv().unwrap(), Msg::Ready { .. }));
+    c.send(&Msg::Finished).unwrap();
+    c.send(&Msg::Remove {
+        files: vec![(b"f".to_vec(), None)],
+        dirs: Vec::new(),
+    })
+    .unwrap();
+    c.flush().unwrap();
+    let t0 = Instant::now();
+    while c.recv().is_ok_and(|m| !matches!(m, Msg::Removed { .. })) {
+        assert!(t0.elapsed() < LIMIT);
+    }
+    while !s.log().contains("unexpected Remove") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the pull session did not end on it: {}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     // A symlink named itself is moved as the link (never followed).
     let dst = t.path().join("dst");
     let o = move_to(

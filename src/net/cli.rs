@@ -298,11 +298,18 @@ fn report(
     let secs = took.as_secs_f64();
     let v = serde_json::json!({
         "event": "report", "target": target, "files": out.files, "bytes": out.bytes,
-        "skipped": out.skipped, "failed": errors.len(), "seconds": secs, "errors": errors,
+        "skipped": out.skipped, "removed": out.removed, "failed": errors.len(), "seconds": secs,
+        "errors": errors,
     });
     if json {
         crate::outln!("{v}");
     } else if !quiet {
+        if out.removed > 0 {
+            eprintln!(
+                "ferry: {} sources removed once their copies were durable and verified",
+                out.removed
+            );
+        }
         eprintln!(
             "ferry: {} files, {} bytes durable at {target} in {secs:.2} s ({:.1} MiB/s); {} skipped (journal), {} failed",
             out.files,

@@ -576,9 +576,7 @@ pub fn move_push(sources: &[PathBuf], r: &Remote, o: &Options) -> Result<Outcome
     if out.errors.is_empty() {
         let _ = std::fs::remove_file(p.sd.dir.join(KEPT_DIRS));
     }
-    if removed > 0 {
-        eprintln!("ferry: {removed} sources removed after their copies were verified at {r}");
-    }
+    out.removed = removed;
     Ok(out)
 }
 
@@ -728,13 +726,11 @@ fn pull_job(r: &Remote, dst: &Path, o: &Options, moving: bool) -> Result<Outcome
         tok,
         moving,
     };
-    let (out, removed) = job.run()?;
-    if moving {
-        if out.errors.is_empty() {
-            let _ = std::fs::remove_file(job.sd.dir.join(PULLED_DIRS));
-        }
-        eprintln!("ferry: {removed} sources removed at {r} after their copies were durable here");
+    let (mut out, removed) = job.run()?;
+    if moving && out.errors.is_empty() {
+        let _ = std::fs::remove_file(job.sd.dir.join(PULLED_DIRS));
     }
+    out.removed = removed;
     Ok(out)
 }
 

@@ -16,16 +16,39 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
-/// Entries a move session remembers at most (sent, not yet removed or given up); past it the
-/// session refuses to go on rather than grow without bound.
-pub const MAX_TRACKED: usize = 4 << 20;
+/// Entries a move session remembers at most (sent and not yet asked for: the sender's window
+/// of unacknowledged entries, the directories, entries that failed); past it the session
+/// fails rather than grow without bound (about 150 bytes plus the path each).
+pub const MAX_TRACKED: usize = 2 << 20;
+
+/// What identifies a source as the one sent.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Ident {
+    kind: u32,
+    dev: u64,
+    ino: u64,
+    size: i64,
+    mtime: (i64, i64),
+}
+
+impl Ident {
+    fn of(st: &libc::stat) -> Ident {
+        Ident {
+            kind: st.st_mode & libc::S_IFMT,
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: st.st_size,
+            mtime: (st.st_mtime, st.st_mtime_nsec),
+        }
+    }
+}
 
 /// What was sent of one entry.
 struct Record {
     kind: Kind,
     dir: Arc<OwnedFd>,
     name: Vec<u8>,
-    st: libc::stat,
+    id: Ident,
     /// Acknowledged by the puller (durable there), with the hash it was sent with.
     acked: bool,
     hash: Option<u64>,
@@ -41,13 +64,12 @@ pub struct Mover {
     overflow: bool,
 }
 
-/// Whether `now` is still the entry `r` sent.
+/// Whether `now` is still the entry `r` sent (a directory: the same one; its times and size
+/// change as its entries go).
 fn same(r: &Record, now: &libc::stat) -> bool {
-    let (a, b) = (&r.st, now);
-    a.st_mode & libc::S_IFMT == b.st_mode & libc::S_IFMT
-        && (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-        && (r.kind == Kind::Dir
-            || (a.st_size, a.st_mtime, a.st_mtime_nsec) == (b.st_size, b.st_mtime, b.st_mtime_nsec))
+    let (a, b) = (r.id, Ident::of(now));
+    (a.kind, a.dev, a.ino) == (b.kind, b.dev, b.ino)
+        && (r.kind == Kind::Dir || (a.size, a.mtime) == (b.size, b.mtime))
 }
 
 fn kept(path: &[u8], why: impl std::fmt::Display) -> Msg {
@@ -69,7 +91,7 @@ impl Hooks for Mover {
                 kind: item.kind,
                 dir: item.dir.clone(),
                 name: item.name.clone(),
-                st: item.st,
+                id: Ident::of(&item.st),
                 acked: false,
                 hash: None,
             },
@@ -172,7 +194,7 @@ impl Mover {
             Err(e) => return Err(kept(path, format!("stat: {e}"))),
         }
         match beneath::unlink_at(dirfd, &r.name) {
-            Ok(()) => Ok(Some((r.st.st_dev, r.dir))),
+            Ok(()) => Ok(Some((r.id.dev, r.dir))),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
             Err(e) => Err(kept(path, format!("unlink: {e}"))),
         }
@@ -214,7 +236,7 @@ impl Mover {
             match rmdir_at(dirfd, &r.name) {
                 Ok(()) => {
                     n += 1;
-                    note_dev(devs, (r.st.st_dev, r.dir));
+                    note_dev(devs, (r.id.dev, r.dir));
                 }
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST)) => {}
                 Err(e) => out.push(kept(&path, format!("rmdir: {e}"))),

@@ -64,6 +64,8 @@ pub struct Outcome {
     pub files: u64,
     pub bytes: u64,
     pub skipped: u64,
+    /// Sources deleted once their copies were durable at the far end (a move).
+    pub removed: u64,
     /// (wire path, why), local and remote failures.
     pub errors: Vec<(Vec<u8>, String)>,
 }
