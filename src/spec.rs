@@ -215,6 +215,10 @@ pub struct CopySpec {
     /// Set for `ferry rebalance` jobs (sources/dest then name the two topology files).
     #[serde(default)]
     pub rebalance: Option<RebalanceSpec>,
+    /// Background work on a node that serves clients (an agent's migration): the job's
+    /// threads run at a lower CPU priority (`coord::background`).
+    #[serde(default)]
+    pub background: bool,
     /// Files of at least DIRECT_MIN bytes are read and written with O_DIRECT (past the page
     /// cache) where the filesystem allows it.
     #[serde(default = "yes")]
@@ -271,6 +275,7 @@ impl CopySpec {
             remove_source: false,
             no_rename: false,
             rebalance: None,
+            background: false,
             direct: true,
             partitions: None,
         }

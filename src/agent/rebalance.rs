@@ -287,6 +287,8 @@ impl Rebalancer {
         (spec.bwlimit, spec.ops_limit) = rate;
         spec.state_dir = Some(dir.join("rebalance").join("state"));
         spec.fresh = true;
+        spec.background = true; // clients first: the migration yields the CPU
+
         let mut counters = None;
         let handle = crate::Job::start_with(|| {
             let (p, _, c) = crate::cluster::rebalance::prepare(&opts, spec)?;

@@ -3,6 +3,7 @@
 //! and journal, durable replace. The control socket and the metrics endpoint are front ends of
 //! a job: they live in `job`.
 
+pub mod background;
 pub mod checkpoint;
 pub mod diskstat;
 pub mod durable;

@@ -94,9 +94,14 @@ impl Job {
             started: Instant::now(),
         });
         let (m, tx) = (machine.clone(), events_tx.clone());
+        let background = ctx.spec.background;
         let thread = std::thread::Builder::new()
             .name("ferry-coord".into())
             .spawn(move || {
+                if background {
+                    // Before execute starts the reactors: they inherit it.
+                    crate::coord::background::lower_this_thread();
+                }
                 let report = copy::execute(prepared);
                 let end = if report.cancelled {
                     JobState::Cancelled

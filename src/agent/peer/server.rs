@@ -255,6 +255,8 @@ fn serve_req(w: &mut Wire, ctx: &Ctx, req: Req) -> io::Result<bool> {
             body_done(w, &c, r.map(|_| Some(disk)), (&bucket, &key))
         }
         Req::Migrate(m) => {
+            // The receiver's share of a migration (write, fsync, registry) yields to clients.
+            let _low = crate::coord::background::Lowered::enter();
             let limit = ctx.limits.max_object.min(m.size);
             let r = migrate::store(&c, &m, &mut |f| recv_body(w, f, Some(m.size), limit));
             let r = r.map(|x| (x == Migrated::Stored).then(|| m.disk.clone()));
