@@ -245,6 +245,7 @@ fn send_what_the_server_must_refuse(tls: &Path, port: u16, io: &str) {
         export: b"data".to_vec(),
         path: b"../outside".to_vec(),
         stale: Vec::new(),
+        streams: 1,
     })
     .unwrap();
     c.flush().unwrap();

@@ -1,7 +1,7 @@
 //! Metadata over the wire (issue 18, "everything local copies keep"): the metadata fixture
 //! (hard link groups, xattrs, a POSIX ACL, owners, setuid bits, a device node, a 0000 file)
 //! plus a FIFO, a sparse file, a byte name and a path past PATH_MAX, pushed and pulled
-//! through a real `ferry serve` on loopback with 0 differences. Root-only parts of the
+//! through a real `ferry serve` on loopback with 0 differences (over one stream and three). Root-only parts of the
 //! fixture are left out (and said so) without root.
 
 mod common;
@@ -80,12 +80,24 @@ fn push_and_pull_keep_every_kind_of_metadata() {
         String::from_utf8_lossy(&r.stdout)
     );
 
-    let back = t.path().join("back");
-    let o = copy(&[os(&format!("{url}src")), back.as_os_str()], &ctls, &state);
-    assert!(o.status.success(), "pull: {}", stderr(&o));
-    assert_metadata_equal(&src, &back);
-    assert!(allocated(&back.join("sparse")) < 4 << 20);
-    assert!(temps(&back).is_empty());
+    // Pulled back over one stream and over three (files spread, directories on stream 0,
+    // hard links last): 0 differences either way.
+    for streams in ["1", "3"] {
+        let back = t.path().join(format!("back{streams}"));
+        let from = format!("{url}src");
+        let args = [os("--streams"), os(streams), os(&from), back.as_os_str()];
+        let o = copy(&args, &ctls, &state.join(format!("pull{streams}")));
+        assert!(
+            o.status.success(),
+            "pull --streams {streams}: {}\nserver: {}",
+            stderr(&o),
+            s.log()
+        );
+        assert_metadata_equal(&src, &back);
+        assert!(allocated(&back.join("sparse")) < 4 << 20);
+        assert!(temps(&back).is_empty(), "{:?}", temps(&back));
+    }
+    assert!(s.log().contains("(3 streams"), "{}", s.log());
 }
 
 #[test]

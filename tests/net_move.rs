@@ -212,6 +212,7 @@ fn moves_outside_the_export_or_of_an_unknown_one_delete_nothing() {
         export: b"data".to_vec(),
         path: b"../outside".to_vec(),
         stale: Vec::new(),
+        streams: 1,
     })
     .unwrap();
     c.flush().unwrap();
@@ -227,6 +228,7 @@ fn moves_outside_the_export_or_of_an_unknown_one_delete_nothing() {
         export: b"data".to_vec(),
         path: b"m".to_vec(),
         stale: Vec::new(),
+        streams: 1,
     })
     .unwrap();
     c.flush().unwrap();
@@ -280,6 +282,7 @@ fn raw_removes_that_break_the_rules_delete_nothing(
         export: b"data".to_vec(),
         path: b"m".to_vec(),
         stale: Vec::new(),
+        streams: 1,
     })
     .unwrap();
     c.flush().unwrap();

@@ -1,7 +1,8 @@
 //! `--streams N`: many small files spread over several TLS connections, big files split
 //! across them in ranges (named by a Seal once every range is durable), a stream reset in
 //! the middle retried on a new connection, and a rerun of a completed push that sends
-//! nothing (the remote quick check).
+//! nothing (the remote quick check). Pulls and pulled moves over several streams: the
+//! server splits big files across them.
 
 mod common;
 mod netkit;
@@ -186,4 +187,113 @@ fn a_move_of_a_file_sent_in_ranges_removes_its_source_once_verified() {
         std::fs::read(exp.join("moved/small")).unwrap(),
         pattern(100, 4)
     );
+}
+
+/// The ranges each stream of the server's `n`-th pull of several streams acknowledged.
+fn pull_parts(s: &Server, n: usize) -> Vec<u64> {
+    let t0 = std::time::Instant::now();
+    loop {
+        let log = s.log();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("ranges acknowledged per stream: "))
+            .collect();
+        if let Some(l) = lines.get(n) {
+            let list = l.rsplit("per stream: [").next().unwrap();
+            let list = list.split(']').next().unwrap();
+            return list.split(", ").map(|x| x.parse().unwrap()).collect();
+        }
+        assert!(t0.elapsed().as_secs() < 10, "{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_pull_over_three_streams_splits_big_files_across_them_and_a_rerun_gets_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let (stls, ctls) = pki(&t.path().join("pki"), "localhost");
+    let (exp, back, state) = (
+        t.path().join("exp"),
+        t.path().join("back"),
+        t.path().join("st"),
+    );
+    mixed_tree(&exp.join("src"), 1500, &[70 << 20, 33 << 20, 5 << 20]);
+    let s = serve(&stls, &[("data", &exp)], "127.0.0.1", 0, None);
+    let from = format!("ferry://localhost:{}/data/src", s.port);
+    let pull3 = || {
+        let args = [os("--json"), os("--streams"), os("3"), os(&from), os(&back)];
+        copy(&args, &ctls, &state)
+    };
+    let o = pull3();
+    assert!(
+        o.status.success(),
+        "pull: {}\nserver: {}",
+        stderr(&o),
+        s.log()
+    );
+    assert_same_tree(&exp.join("src"), &back);
+    assert!(temps(&back).is_empty(), "temps left: {:?}", temps(&back));
+    let r = report(&o);
+    assert_eq!(r["files"].as_u64(), Some(1506), "{r}");
+    // The server sent ranges of the big files on more than one of the three connections.
+    let parts = pull_parts(&s, 0);
+    assert_eq!(parts.len(), 3, "{parts:?}");
+    assert!(parts.iter().filter(|&&p| p > 0).count() >= 2, "{parts:?}");
+    // A rerun: the quick check (listed on stream 0) skips everything.
+    let o = pull3();
+    assert!(o.status.success(), "rerun: {}", stderr(&o));
+    let r = report(&o);
+    assert_eq!(
+        (r["files"].as_u64(), r["bytes"].as_u64()),
+        (Some(0), Some(0)),
+        "{r}"
+    );
+    assert_eq!(pull_parts(&s, 1).iter().sum::<u64>(), 0);
+    assert_same_tree(&exp.join("src"), &back);
+}
+
+#[test]
+fn a_pulled_move_over_three_streams_removes_every_source_once_durable_here() {
+    let t = tempfile::tempdir().unwrap();
+    let (stls, ctls) = pki(&t.path().join("pki"), "localhost");
+    let (exp, keep, back) = (
+        t.path().join("exp"),
+        t.path().join("keep"),
+        t.path().join("back"),
+    );
+    mixed_tree(&keep, 600, &[40 << 20, 5 << 20]);
+    std::fs::create_dir_all(&exp).unwrap();
+    let st = std::process::Command::new("cp")
+        .args(["-a", "--"])
+        .arg(&keep)
+        .arg(exp.join("src"))
+        .status();
+    assert!(st.unwrap().success());
+    let s = serve(&stls, &[("data", &exp)], "127.0.0.1", 0, None);
+    let from = format!("ferry://localhost:{}/data/src", s.port);
+    let o = ferry(&[
+        os("move"),
+        os("--json"),
+        os("--streams"),
+        os("3"),
+        os(&from),
+        back.as_os_str(),
+        os("--tls-dir"),
+        ctls.as_os_str(),
+        os("--state-dir"),
+        t.path().join("st").as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}\nserver: {}", stderr(&o), s.log());
+    assert_same_tree(&keep, &back);
+    assert!(temps(&back).is_empty(), "temps left: {:?}", temps(&back));
+    assert!(
+        !exp.join("src").exists(),
+        "every source and directory is gone"
+    );
+    // 600 small + 2 big + rodir/inside + 2 symlinks, and 30 directories (src, d0-d6, their
+    // e0-e2, rodir).
+    assert_eq!(report(&o)["removed"].as_u64(), Some(635), "{}", report(&o));
+    let parts = pull_parts(&s, 0);
+    assert!(parts.iter().filter(|&&p| p > 0).count() >= 2, "{parts:?}");
+    assert!(s.log().contains("sources removed, 0 kept"), "{}", s.log());
 }

@@ -3,7 +3,7 @@
 
 use super::beneath;
 use super::conn::Conn;
-use super::msg::{MAX_STALE, Meta, Msg, Op};
+use super::msg::{MAX_STALE, MAX_STREAMS, Meta, Msg, Op};
 use super::quick::QuickCheck;
 use super::recv::{self, Receiver};
 use super::send::{Hooks, Outcome, Sent};
@@ -155,11 +155,17 @@ fn open_on(
     } else {
         Vec::new()
     };
+    let streams = if matches!(op, Op::Pull | Op::Move) {
+        o.streams.clamp(1, MAX_STREAMS as usize) as u16
+    } else {
+        1
+    };
     let open = Msg::Open {
         op,
         export: r.export.as_bytes().to_vec(),
         path: r.path.clone(),
         stale,
+        streams,
     };
     c.send(&open)?;
     c.flush()?;
@@ -169,7 +175,9 @@ fn open_on(
             exists,
             token,
         } => {
-            if let Some(t) = &token {
+            if let Some(t) = &token
+                && op == Op::Push
+            {
                 o.sessions.record(t)?;
             }
             o.sessions.reach();
@@ -185,6 +193,24 @@ fn open_on(
 }
 
 type Opened = (Conn, bool, bool);
+
+/// Connects one more stream of the pull session `token` opened.
+fn join(r: &Remote, o: &Options, token: &Token) -> io::Result<Result<Conn, Fatal>> {
+    let cfg = tls::client_config(&o.tls_dir)?;
+    let mut c = session::connect(&r.host, r.port, cfg)?;
+    c.send(&Msg::Join {
+        token: token.clone(),
+    })?;
+    c.flush()?;
+    Ok(match c.recv()? {
+        Msg::Ready { .. } => Ok(c),
+        Msg::Error { msg } => Err(usage(format!("{r}: {msg}"))),
+        other => Err(Fatal {
+            code: crate::Exit::Failed,
+            msg: format!("{r}: a joined stream got {other:?}"),
+        }),
+    })
+}
 
 /// Connects and opens a session; the server's Ready (is_dir, exists). Err: the connection
 /// (worth a retry if transient); Ok(Err): the server refused.
@@ -456,7 +482,8 @@ pub fn push(sources: &[PathBuf], r: &Remote, o: &Options) -> Result<Pushed, Fata
     }
     let walker = Walker::new(local_roots(sources, t.clone())?);
     o.steer.running();
-    let out = super::push::run(conns, walker, &j, r, o)?;
+    let ctl = super::push::Client { remote: r, opts: o };
+    let out = super::push::run(conns, walker, &j, &ctl)?;
     let j = j.into_inner().unwrap_or_else(|p| p.into_inner());
     if out.errors.is_empty() {
         let _ = j.sd.truncate_journal();
@@ -761,12 +788,12 @@ impl PullJob<'_> {
         let mut reached = false;
         let (mut broken_since, mut backoff) = (None, Duration::from_millis(500));
         loop {
-            let mut rx = self.receiver()?;
-            let res = self.once(fresh || self.moving, &mut rx, &mut reached);
-            total.files += rx.counts.files;
-            total.bytes += rx.counts.bytes;
-            removed += rx.removed();
-            if rx.counts.files > 0 {
+            let mut got = Got::default();
+            let res = self.once(fresh || self.moving, &mut got, &mut reached);
+            total.files += got.files;
+            total.bytes += got.bytes;
+            removed += got.removed;
+            if got.files > 0 {
                 (broken_since, backoff) = (None, Duration::from_millis(500));
             }
             match res {
@@ -789,40 +816,58 @@ impl PullJob<'_> {
                 }
                 Err(e) => return Err(fatal(e)),
             }
-            if let Some((path, why)) = &rx.first_full {
+            if let Some((path, why)) = &got.first_full {
                 o.steer.pause_for_room(&beneath::show(path), why);
             }
-            if !rx.stopped_early {
+            if !got.stopped_early {
                 // What this run received earlier is skipped now: not counted twice.
-                total.skipped = rx
-                    .counts
-                    .skipped
-                    .saturating_sub(total.files - rx.counts.files);
-                total.errors = rx.errors.into_iter().map(|e| (Vec::new(), e)).collect();
+                total.skipped = got.skipped.saturating_sub(total.files - got.files);
+                total.errors = got.errors.into_iter().map(|e| (Vec::new(), e)).collect();
                 return Ok((total, removed));
             }
             wait_for_resume(o)?;
         }
     }
 
-    /// One session (`fresh`: what is here is not listed, so everything is sent), received by
-    /// `rx`; it ends early when the local disk is full. `reached`: set once the server
-    /// answered. Err: the connection (worth a reconnect if transient); Ok(Err): the server
-    /// refused.
-    fn once(
-        &self,
-        fresh: bool,
-        rx: &mut Receiver,
-        reached: &mut bool,
-    ) -> io::Result<Result<(), Fatal>> {
+    /// The session's connections: stream 0 opened for `op`, the others joined to it (as many
+    /// as `--streams` asks; the server's Ready carries the token they join by).
+    fn connect(&self, op: Op, reached: &mut bool) -> io::Result<Result<Vec<Conn>, Fatal>> {
         let (r, o) = (self.r, self.o);
-        let op = if self.moving { Op::Move } else { Op::Pull };
-        let mut c = match try_open(r, op, o)? {
+        let c = match try_open(r, op, o)? {
             Ok((c, _, _)) => c,
             Err(f) => return Ok(Err(f)),
         };
         *reached = true;
-        o.steer.running();
+        let token = c.session.clone();
+        let mut conns = vec![c];
+        if let Some(t) = token {
+            for _ in 1..o.streams.clamp(1, MAX_STREAMS as usize) {
+                match join(r, o, &t)? {
+                    Ok(j) => conns.push(j),
+                    Err(f) => return Ok(Err(f)),
+                }
+            }
+        }
+        Ok(Ok(conns))
+    }
+
+    /// One session (`fresh`: what is here is not listed, so everything is sent), received
+    /// by one receiver per stream into `got`; it ends early when the local disk is full or
+    /// the job is paused. `reached`: set once the server answered. Err: a connection (worth
+    /// a reconnect if transient: a broken stream ends the session, the next one runs all of
+    /// them again); Ok(Err): the server refused.
+    fn once(
+        &self,
+        fresh: bool,
+        got: &mut Got,
+        reached: &mut bool,
+    ) -> io::Result<Result<(), Fatal>> {
+        let op = if self.moving { Op::Move } else { Op::Pull };
+        let mut conns = match self.connect(op, reached)? {
+            Ok(c) => c,
+            Err(f) => return Ok(Err(f)),
+        };
+        self.o.steer.running();
         let name = if self.prefix.is_empty() {
             b".".to_vec()
         } else {
@@ -833,15 +878,81 @@ impl PullJob<'_> {
         } else {
             vec![(Arc::new(self.base.try_clone()?), name, Vec::new())]
         };
-        verify::list(&mut c, Walker::new(roots), false)?;
-        recv::drive(&mut c, rx)?;
-        if !rx.stopped_early {
-            // The answers to the last Removes (a move ending early leaves them: what they
-            // named is sent again, and asked again, by its next session).
-            recv::await_removed(&mut c, rx)?;
+        verify::list(&mut conns[0], Walker::new(roots), false)?;
+        let mut rxs = Vec::new();
+        for _ in &conns {
+            match self.receiver() {
+                Ok(rx) => rxs.push(rx),
+                Err(f) => return Ok(Err(f)),
+            }
         }
-        c.close();
-        Ok(Ok(()))
+        let ends: Vec<(Receiver, io::Result<()>)> = std::thread::scope(|s| {
+            let hs: Vec<_> = conns
+                .into_iter()
+                .zip(rxs)
+                .map(|(c, mut rx)| {
+                    s.spawn(move || {
+                        let r = receive(c, &mut rx);
+                        (rx, r)
+                    })
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().expect("a receiving stream panicked"))
+                .collect()
+        });
+        let mut first_err = None;
+        for (rx, r) in ends {
+            got.add(rx);
+            if let Err(e) = r {
+                first_err.get_or_insert(e);
+            }
+        }
+        // A stream that ended early (full, paused) ends the session: the others' breaks follow
+        // from it.
+        match first_err {
+            Some(e) if !got.stopped_early => Err(e),
+            _ => Ok(Ok(())),
+        }
+    }
+}
+
+/// One stream of a pull session: received until the sender is done, then (a move) the
+/// answers to its last Removes.
+fn receive(mut c: Conn, rx: &mut Receiver) -> io::Result<()> {
+    recv::drive(&mut c, rx)?;
+    if !rx.stopped_early {
+        // The answers to the last Removes (a move ending early leaves them: what they
+        // named is sent again, and asked again, by its next session).
+        recv::await_removed(&mut c, rx)?;
+    }
+    c.close();
+    Ok(())
+}
+
+/// What the receivers of one pull session got, together.
+#[derive(Default)]
+struct Got {
+    files: u64,
+    bytes: u64,
+    skipped: u64,
+    removed: u64,
+    errors: Vec<String>,
+    first_full: Option<(Vec<u8>, String)>,
+    stopped_early: bool,
+}
+
+impl Got {
+    fn add(&mut self, rx: Receiver) {
+        self.files += rx.counts.files;
+        self.bytes += rx.counts.bytes;
+        self.skipped += rx.counts.skipped;
+        self.removed += rx.removed();
+        self.stopped_early |= rx.stopped_early;
+        if self.first_full.is_none() {
+            self.first_full = rx.first_full;
+        }
+        self.errors.extend(rx.errors);
     }
 }
 

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod client;
 pub mod conn;
 pub mod frame;
+pub mod joins;
 pub mod live;
 pub mod msg;
 pub mod push;

@@ -6,11 +6,14 @@ use super::frame::{self, Cursor, Frame, ProtoError, put_bytes};
 use crate::temp::{TOKEN_LEN, Token};
 
 /// Bumped on any change to the messages; Hello and Welcome themselves never change.
-pub const VERSION: u16 = 6;
+pub const VERSION: u16 = 7;
 /// The start of every Hello/Welcome payload (anything else is not a ferry peer).
 pub const MAGIC: &[u8; 8] = b"FERRYNET";
 /// Stale session tokens an Open may name.
 pub const MAX_STALE: usize = 256;
+/// Streams (TLS connections) one pull or move may use at once: an Open asking for more is
+/// refused.
+pub const MAX_STREAMS: u16 = 64;
 
 /// What a client opens a session for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,15 +56,23 @@ pub enum Msg {
     Welcome { version: u16 },
     /// Client → server: the session's export, path inside it and operation. A push names
     /// the temp tokens of its job's earlier sessions it gave up on (`stale`, at most
-    /// [`MAX_STALE`]): the server stops those that still run before this one starts.
+    /// [`MAX_STALE`]): the server stops those that still run before this one starts. A pull
+    /// or move asks for `streams` connections (1 ..= [`MAX_STREAMS`]; a push opens each of
+    /// its streams as a session of its own and says 1): the other connections [`Msg::Join`]
+    /// the session by the token its Ready carries.
     Open {
         op: Op,
         export: Vec<u8>,
         path: Vec<u8>,
         stale: Vec<Token>,
+        streams: u16,
     },
+    /// Client → server, instead of an Open: this connection is one more stream of the pull
+    /// or move session whose Ready carried `token`.
+    Join { token: Token },
     /// Server → client: the session is open; `is_dir`: the path is an existing directory;
-    /// `token`: a push session's own temp-name token.
+    /// `token`: a push session's own temp-name token, or the token a pull of several streams
+    /// is joined by.
     Ready {
         is_dir: bool,
         exists: bool,
@@ -193,10 +204,11 @@ const T_HOLE: u8 = 23;
 const T_FULL: u8 = 24;
 const T_REMOVE: u8 = 25;
 const T_REMOVED: u8 = 26;
+const T_JOIN: u8 = 27;
 
 /// Whether a frame type exists in this version.
 pub fn known(kind: u8) -> bool {
-    (T_HELLO..=T_REMOVED).contains(&kind)
+    (T_HELLO..=T_JOIN).contains(&kind)
 }
 
 /// Splits what a Remove names into messages that each fit a frame (at most [`MAX_REMOVE`]
@@ -320,13 +332,19 @@ impl Msg {
                 export,
                 path,
                 stale,
+                streams,
             } => {
                 p.push(*op as u8);
                 put_bytes(p, export);
                 put_bytes(p, path);
                 let toks: Vec<u8> = stale.iter().flat_map(|t| t.as_str().bytes()).collect();
                 put_bytes(p, &toks);
+                p.extend_from_slice(&streams.to_le_bytes());
                 T_OPEN
+            }
+            Msg::Join { token } => {
+                put_bytes(p, token.as_str().as_bytes());
+                T_JOIN
             }
             Msg::Ready {
                 is_dir,
@@ -549,8 +567,22 @@ impl Msg {
                     export: c.bytes("export")?.to_vec(),
                     path: c.bytes("path")?.to_vec(),
                     stale: tokens(c.bytes("stale tokens")?)?,
+                    streams: match c.u16("streams")? {
+                        n @ 1..=MAX_STREAMS => n,
+                        _ => {
+                            return Err(ProtoError::Malformed {
+                                what: "stream count",
+                            });
+                        }
+                    },
                 }
             }
+            T_JOIN => match c.bytes("token")? {
+                t if t.len() == TOKEN_LEN => Msg::Join {
+                    token: tokens(t)?.pop().expect("one token"),
+                },
+                _ => return Err(ProtoError::Malformed { what: "token" }),
+            },
             T_READY => Msg::Ready {
                 is_dir: c.u8("ready")? != 0,
                 exists: c.u8("ready")? != 0,
@@ -812,12 +844,14 @@ mod tests {
                 export: b"data".to_vec(),
                 path: b"a/b\xff".to_vec(),
                 stale: Vec::new(),
+                streams: 1,
             },
             Msg::Open {
                 op: Op::Push,
                 export: b"data".to_vec(),
                 path: Vec::new(),
                 stale: vec![Token::random(), Token::random()],
+                streams: 1,
             },
             Msg::Ready {
                 is_dir: true,
@@ -829,9 +863,66 @@ mod tests {
                 exists: false,
                 token: Some(Token::random()),
             },
+            Msg::Open {
+                op: Op::Move,
+                export: b"data".to_vec(),
+                path: Vec::new(),
+                stale: Vec::new(),
+                streams: MAX_STREAMS,
+            },
+            Msg::Join {
+                token: Token::random(),
+            },
             Msg::Error { msg: "no".into() },
         ] {
             roundtrip(m);
+        }
+    }
+
+    #[test]
+    fn stream_counts_and_join_tokens_are_bounded_and_checked() {
+        let decode = |m: &Msg| {
+            let mut payload = Vec::new();
+            let kind = m.payload(&mut payload);
+            Msg::decode(&Frame { kind, payload })
+        };
+        let open = |streams| Msg::Open {
+            op: Op::Pull,
+            export: b"x".to_vec(),
+            path: Vec::new(),
+            stale: Vec::new(),
+            streams,
+        };
+        assert!(decode(&open(1)).is_ok());
+        assert!(decode(&open(MAX_STREAMS)).is_ok());
+        for n in [0, MAX_STREAMS + 1, u16::MAX] {
+            assert_eq!(
+                decode(&open(n)),
+                Err(ProtoError::Malformed {
+                    what: "stream count"
+                })
+            );
+        }
+        let join = |t: &[u8]| {
+            let mut payload = Vec::new();
+            put_bytes(&mut payload, t);
+            Msg::decode(&Frame {
+                kind: T_JOIN,
+                payload,
+            })
+        };
+        let tok = Token::random();
+        assert_eq!(
+            join(tok.as_str().as_bytes()),
+            Ok(Msg::Join { token: tok.clone() })
+        );
+        for bad in [
+            &b""[..],
+            b"0123456789abcde",
+            b"0123456789ABCDEF",
+            b"0123456789abcdef0",
+        ] {
+            assert!(join(bad).is_err(), "{bad:?}");
         }
     }
 
@@ -995,6 +1086,7 @@ mod tests {
             export: b"x".to_vec(),
             path: Vec::new(),
             stale,
+            streams: 1,
         };
         let decode = |m: &Msg| {
             let mut payload = Vec::new();

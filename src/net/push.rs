@@ -1,19 +1,23 @@
-//! A push over several streams (TLS connections, one thread each): the walk feeds one
-//! bounded queue that every stream takes from, so many small files are pipelined across the
-//! streams; a big file is split into ranges (Parts) sent on whichever streams are free, and
-//! named by a Seal once every range is acknowledged. Directories go on stream 0, which ends
-//! (Done: directory metadata) only after every other stream is finished.
+//! A transfer over several streams (TLS connections, one thread each): a push's client, or
+//! the server of a pull or move of several streams. The walk feeds one bounded queue that
+//! every stream takes from, so many small files are pipelined across the streams; a big file
+//! is split into ranges (Parts) sent on whichever streams are free, and named by a Seal once
+//! every range is acknowledged. Directories go on stream 0, which ends (Done: directory
+//! metadata) only after every other stream is finished; hard links go last, on stream 0.
 //!
-//! A broken stream reconnects with backoff and sends its unacknowledged entries again on the
-//! new connection; the other streams go on. The far end names nothing partial: a file whose
-//! received bytes differ from the sender's xxh3 (or one range of it) is failed, not named.
+//! What the sending side decides is behind [`Control`]: a push's client ([`Client`]) pauses,
+//! cancels and reconnects a broken stream with backoff, sending its unacknowledged entries
+//! again on the new connection while the other streams go on; a server has no reconnect (a
+//! broken stream ends the session, the client runs it again). The far end names nothing
+//! partial: a file whose received bytes differ from the sender's xxh3 (or one range of it) is
+//! failed, not named.
 
 use super::client::{Fatal, RETRY_FOR, fatal, reconnect, transient};
 use super::conn::Conn;
 use super::frame::MAX_CHUNK;
 use super::msg::{Meta, Msg};
 use super::send::{
-    Hooks, LinkTo, Links, NO_SOCKETS, Outcome, Sent, is_node, meta_of, open_source, send_range,
+    Hooks, LinkTo, Links, NO_SOCKETS, Outcome, Sent, is_gone, is_node, meta_of, send_range,
     send_xattrs, xattrs_of,
 };
 use super::url::Remote;
@@ -23,7 +27,7 @@ use super::{beneath, client};
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -45,6 +49,73 @@ pub(super) const CANCELLED: &str =
     "cancelled (`ferry ctl JOB cancel`): run the same command again to resume";
 /// While paused, a stream says Flush this often (the far end sees a live session).
 const KEEPALIVE: Duration = Duration::from_secs(5);
+
+/// What the streams ask of the side that runs them.
+pub trait Control: Sync {
+    /// Nothing new starts while this says so.
+    fn paused(&self) -> bool {
+        false
+    }
+    fn cancelled(&self) -> bool {
+        false
+    }
+    /// The far end is full at `path` (`why`). true: the job pauses and the entry is sent
+    /// again after resume; false: the entry failed.
+    fn full(&self, path: &str, why: &str) -> bool;
+    /// Files and bytes durable at the far end (progress).
+    fn progress(&self, _files: u64, _bytes: u64) {}
+    /// Whether a broken stream is opened again ([`Control::reconnect`]) or ends the run.
+    fn reconnects(&self) -> bool;
+    /// A new connection for a broken stream, whose session was `old`, broken since `since`.
+    fn reconnect(
+        &self,
+        old: Option<crate::temp::Token>,
+        since: Instant,
+        backoff: &mut Duration,
+    ) -> Result<Conn, Fatal>;
+    /// Whether the receiver is told (Fail, id 0) of entries that could not be read here and
+    /// (Skipped) how many the quick check skipped: a pull's client reports them.
+    fn tells(&self) -> bool {
+        false
+    }
+    /// A stream failed for good: the others stop now.
+    fn stop_all(&self) {}
+}
+
+/// The [`Control`] of a push's client: its job control, and reconnects with backoff.
+pub struct Client<'a> {
+    pub remote: &'a Remote,
+    pub opts: &'a client::Options,
+}
+
+impl Control for Client<'_> {
+    fn paused(&self) -> bool {
+        self.opts.steer.is_paused()
+    }
+    fn cancelled(&self) -> bool {
+        self.opts.steer.is_cancelled()
+    }
+    fn full(&self, path: &str, why: &str) -> bool {
+        self.opts.steer.pause_for_room(path, why);
+        true
+    }
+    fn progress(&self, files: u64, bytes: u64) {
+        let st = &self.opts.steer;
+        st.files.fetch_add(files, Ordering::Relaxed);
+        st.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+    fn reconnects(&self) -> bool {
+        true
+    }
+    fn reconnect(
+        &self,
+        old: Option<crate::temp::Token>,
+        since: Instant,
+        backoff: &mut Duration,
+    ) -> Result<Conn, Fatal> {
+        reconnect(self.remote, self.opts, old, since, backoff)
+    }
+}
 
 /// A big file being sent in ranges.
 struct Split {
@@ -88,8 +159,10 @@ struct Shared<'a> {
     /// Hard links, for stream 0 to send last.
     links: Mutex<Vec<Job>>,
     streams: usize,
-    remote: &'a Remote,
-    opts: &'a client::Options,
+    ctl: &'a dyn Control,
+    /// The walk's errors and skips, for stream 0 to tell (see [`Control::tells`]).
+    walk_errors: Mutex<Vec<String>>,
+    skipped: AtomicU64,
 }
 
 struct Stream<'a> {
@@ -112,6 +185,8 @@ struct Stream<'a> {
     progress: bool,
     /// The last Flush sent while paused.
     kept: Instant,
+    /// Ranges acknowledged.
+    parts: u64,
     out: Outcome,
     buf: Vec<u8>,
 }
@@ -126,14 +201,13 @@ enum Next {
     Drained,
 }
 
-/// Pushes what `walker` yields over `conns` (one stream each; at least one), asking `hooks`
-/// which files are wanted and telling it which became durable.
+/// Sends what `walker` yields over `conns` (one stream each; at least one), asking `hooks`
+/// which files are wanted and telling it which became durable; `ctl` steers the streams.
 pub fn run(
     conns: Vec<Conn>,
     walker: Walker,
     hooks: &Mutex<dyn Hooks + Send>,
-    r: &Remote,
-    o: &client::Options,
+    ctl: &dyn Control,
 ) -> Result<Outcome, Fatal> {
     let (qtx, qrx) = mpsc::sync_channel(QUEUE);
     let (dtx, drx) = mpsc::channel();
@@ -146,8 +220,9 @@ pub fn run(
         abort: AtomicBool::new(false),
         links: Mutex::new(Vec::new()),
         streams: conns.len(),
-        remote: r,
-        opts: o,
+        ctl,
+        walk_errors: Mutex::new(Vec::new()),
+        skipped: AtomicU64::new(0),
     };
     std::thread::scope(|s| {
         let handles: Vec<_> = conns
@@ -180,6 +255,7 @@ fn merge(into: &mut Outcome, o: Outcome) {
     into.bytes += o.bytes;
     into.skipped += o.skipped;
     into.errors.extend(o.errors);
+    into.parts.extend(o.parts);
 }
 
 /// The walk: queues every wanted entry (big files as ranges); counts skips and walk errors.
@@ -195,26 +271,34 @@ fn feed(
         if sh.abort.load(Ordering::Relaxed) {
             break;
         }
+        let gone_is_done = sh
+            .hooks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .gone_is_done();
         let item = match item {
             Ok(i) => i,
+            Err((_, e)) if is_gone(&e) && gone_is_done => continue,
             Err((rel, e)) => {
+                sh.note(&rel, &format!("read: {e}"));
                 out.errors.push((rel, format!("read: {e}")));
                 continue;
             }
         };
         if item.kind == Kind::Other && !is_node(&item.st) {
+            sh.note(&item.rel, NO_SOCKETS);
             out.errors.push((item.rel, NO_SOCKETS.into()));
             continue;
         }
         let later = links.seen(&item);
-        let wanted = item.kind == Kind::Dir
-            || sh
-                .hooks
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .wanted(&item);
+        let wanted = {
+            let mut h = sh.hooks.lock().unwrap_or_else(|p| p.into_inner());
+            h.seen(&item);
+            item.kind == Kind::Dir || h.wanted(&item)
+        };
         if !wanted {
             out.skipped += 1;
+            sh.skipped.fetch_add(1, Ordering::Relaxed);
             continue;
         }
         if let Some(target) = later {
@@ -234,6 +318,7 @@ fn feed(
                     dirs.send(Job::Dir(item.rel, meta, pairs)).is_ok()
                 }
                 Err(e) => {
+                    sh.note(&item.rel, &e);
                     out.errors.push((item.rel, e));
                     true
                 }
@@ -245,6 +330,19 @@ fn feed(
         }
     }
     out
+}
+
+impl Shared<'_> {
+    /// An entry of the walk that is not sent: told to the receiver (see [`Control::tells`]).
+    fn note(&self, rel: &[u8], why: &str) {
+        if self.ctl.tells() {
+            let msg = format!("'{}': {why}", beneath::show(rel));
+            self.walk_errors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(msg);
+        }
+    }
 }
 
 /// Queues a symlink, file (a big one as ranges) or node.
@@ -309,6 +407,7 @@ impl<'a> Stream<'a> {
             flushed: false,
             progress: false,
             kept: Instant::now(),
+            parts: 0,
             out: Outcome::default(),
             buf: vec![0; MAX_CHUNK],
         }
@@ -322,7 +421,9 @@ impl<'a> Stream<'a> {
             let e = match self.pump() {
                 Ok(()) => {
                     self.done();
-                    return Ok(self.out);
+                    let mut out = self.out;
+                    out.parts = vec![self.parts];
+                    return Ok(out);
                 }
                 Err(e) => e,
             };
@@ -331,7 +432,8 @@ impl<'a> Stream<'a> {
                 self.progress = false;
             }
             let since = *broken_since.get_or_insert_with(Instant::now);
-            if self.sh.opts.steer.is_cancelled() {
+            let ctl = self.sh.ctl;
+            if ctl.cancelled() {
                 return Err(self.fail(Fatal {
                     code: crate::Exit::Cancelled,
                     msg: CANCELLED.into(),
@@ -340,7 +442,7 @@ impl<'a> Stream<'a> {
             if self.sh.abort.load(Ordering::Relaxed) {
                 return Err(fatal(io::Error::other(STOPPED)));
             }
-            if !transient(&e) || since.elapsed() >= RETRY_FOR {
+            if !transient(&e) || !ctl.reconnects() || since.elapsed() >= RETRY_FOR {
                 return Err(self.fail(fatal(e)));
             }
             let acked = self.out.files;
@@ -349,7 +451,7 @@ impl<'a> Stream<'a> {
                 self.k
             );
             let old = self.conn.session.take();
-            match reconnect(self.sh.remote, self.sh.opts, old, since, &mut backoff) {
+            match ctl.reconnect(old, since, &mut backoff) {
                 Ok(c) => self.restart(c),
                 Err(f) => return Err(self.fail(f)),
             }
@@ -359,6 +461,7 @@ impl<'a> Stream<'a> {
     fn fail(&self, f: Fatal) -> Fatal {
         self.sh.abort.store(true, Ordering::Relaxed);
         self.sh.finished_cv.notify_all();
+        self.sh.ctl.stop_all();
         f
     }
 
@@ -408,9 +511,46 @@ impl<'a> Stream<'a> {
             }
             self.redo.extend(links);
         }
+        if self.k == 0 && self.sh.ctl.tells() {
+            self.tell_walk()?;
+        }
         self.conn.send(&Msg::Done)?;
         self.conn.flush()?;
         while self.take_acks(true)? {}
+        Ok(())
+    }
+
+    /// Stream 0 of a pull, before its Done: what the walk could not send, and how many
+    /// entries the quick check skipped.
+    fn tell_walk(&mut self) -> io::Result<()> {
+        let notes = std::mem::take(
+            &mut *self
+                .sh
+                .walk_errors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for msg in notes {
+            self.conn.send(&Msg::Fail { id: 0, msg })?;
+        }
+        let n = self.sh.skipped.load(Ordering::Relaxed);
+        if n > 0 {
+            self.conn.send(&Msg::Skipped { n })?;
+        }
+        Ok(())
+    }
+
+    /// Sends one entry; a pull's receiver hears of what could not be read of it.
+    fn send_told(&mut self, j: Job) -> io::Result<()> {
+        let before = self.out.errors.len();
+        self.send_job(j)?;
+        if self.sh.ctl.tells() {
+            for i in before..self.out.errors.len() {
+                let (rel, why) = &self.out.errors[i];
+                let msg = format!("'{}': {why}", beneath::show(rel));
+                self.conn.send(&Msg::Fail { id: 0, msg })?;
+            }
+        }
         Ok(())
     }
 
@@ -430,7 +570,7 @@ impl<'a> Stream<'a> {
                 }
                 Next::Job(j) => {
                     self.flushed = false;
-                    self.send_job(*j)?;
+                    self.send_told(*j)?;
                     self.take_acks(false)?;
                 }
                 Next::Wait => {
@@ -450,7 +590,7 @@ impl<'a> Stream<'a> {
 
     /// Err: the job was cancelled, or another stream failed for good.
     fn check_stop(&self) -> io::Result<()> {
-        if self.sh.opts.steer.is_cancelled() {
+        if self.sh.ctl.cancelled() {
             return Err(io::Error::other(CANCELLED));
         }
         if self.sh.abort.load(Ordering::Relaxed) {
@@ -495,7 +635,7 @@ impl<'a> Stream<'a> {
     }
 
     fn next_job(&mut self) -> Next {
-        if self.sh.opts.steer.is_paused() {
+        if self.sh.ctl.paused() {
             return Next::Paused;
         }
         if let Some(j) = self.redo.pop_front() {
@@ -607,11 +747,27 @@ impl<'a> Stream<'a> {
         send_xattrs(&mut self.conn, item, &mut self.out.errors)
     }
 
-    /// Opens a source file, or records why not.
+    /// Opens a source file, or records why not (a move's file gone since the walk is done:
+    /// an earlier session removed it once its copy was durable).
     fn open(&mut self, item: &Item) -> Option<std::fs::File> {
-        open_source(item)
-            .map_err(|e| self.out.errors.push((item.rel.clone(), e)))
-            .ok()
+        match beneath::open_at(item.dir.as_raw_fd(), &item.name, libc::O_RDONLY, 0) {
+            Ok(fd) => Some(std::fs::File::from(fd)),
+            Err(e) if is_gone(&e) && self.gone_is_done() => None,
+            Err(e) => {
+                self.out
+                    .errors
+                    .push((item.rel.clone(), format!("open: {e}")));
+                None
+            }
+        }
+    }
+
+    fn gone_is_done(&self) -> bool {
+        self.sh
+            .hooks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .gone_is_done()
     }
 
     /// File, Data..., End with the xxh3 of exactly the bytes sent.
@@ -742,12 +898,17 @@ impl<'a> Stream<'a> {
                 self.failed.insert(id, format!("remote: {msg}"));
             }
             Msg::Full { id, path, msg } => {
-                // id 0: a directory, which the far end makes again itself.
-                if id != 0 {
-                    self.full.insert(id);
+                let shown = beneath::show(&path).to_string();
+                if self.sh.ctl.full(&shown, &msg) {
+                    // id 0: a directory, which the far end makes again itself.
+                    if id != 0 {
+                        self.full.insert(id);
+                    }
+                } else if id == 0 {
+                    self.out.errors.push((path, format!("remote: {msg}")));
+                } else {
+                    self.failed.insert(id, format!("remote: {msg}"));
                 }
-                let path = beneath::show(&path).to_string();
-                self.sh.opts.steer.pause_for_room(&path, &msg);
             }
             Msg::Finished => {
                 for p in self.pending.drain(..) {
@@ -757,9 +918,28 @@ impl<'a> Stream<'a> {
                 }
                 return Ok(false);
             }
-            other => return Err(self.conn.refused(other)),
+            other => self.request(other)?,
         }
         Ok(true)
+    }
+
+    /// A request of the receiver's between acknowledgements (a move's Remove), answered.
+    fn request(&mut self, m: Msg) -> io::Result<()> {
+        let r = self
+            .sh
+            .hooks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .request(m);
+        match r {
+            Ok(replies) => {
+                for r in &replies {
+                    self.conn.send(r)?;
+                }
+                self.conn.flush()
+            }
+            Err(other) => Err(self.conn.refused(other)),
+        }
     }
 
     fn acked(&mut self, upto: u64) {
@@ -780,11 +960,16 @@ impl<'a> Stream<'a> {
             match (p.job, failed) {
                 (Job::Part(s, ..), Some(msg)) => {
                     if !s.failed.swap(true, Ordering::Relaxed) {
+                        self.lost(&s.item.rel);
                         self.out.errors.push((s.item.rel.clone(), msg));
                     }
                 }
-                (job, Some(msg)) => self.out.errors.push((rel_of(&job), msg)),
+                (job, Some(msg)) => {
+                    self.lost(&rel_of(&job));
+                    self.out.errors.push((rel_of(&job), msg));
+                }
                 (Job::Part(s, ..), None) => {
+                    self.parts += 1;
                     let last = s.left.fetch_sub(1, Ordering::AcqRel) == 1;
                     if last && !s.failed.load(Ordering::Relaxed) {
                         self.redo.push_back(Job::Seal(s));
@@ -806,13 +991,18 @@ impl<'a> Stream<'a> {
         let bytes = durable.iter().map(|d| d.size).sum::<u64>() - unsent;
         self.out.files += durable.len() as u64;
         self.out.bytes += bytes;
-        let st = &self.sh.opts.steer;
-        st.files.fetch_add(durable.len() as u64, Ordering::Relaxed);
-        st.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.sh.ctl.progress(durable.len() as u64, bytes);
         if !durable.is_empty() {
             let mut h = self.sh.hooks.lock().unwrap_or_else(|p| p.into_inner());
             h.durable(&durable);
         }
+    }
+}
+
+impl Stream<'_> {
+    fn lost(&self, rel: &[u8]) {
+        let mut h = self.sh.hooks.lock().unwrap_or_else(|p| p.into_inner());
+        h.lost(rel);
     }
 }
 

@@ -68,6 +68,8 @@ pub struct Outcome {
     pub removed: u64,
     /// (wire path, why), local and remote failures.
     pub errors: Vec<(Vec<u8>, String)>,
+    /// Ranges of split files acknowledged on each stream (a transfer of several streams).
+    pub parts: Vec<u64>,
 }
 
 pub fn meta_of(st: &libc::stat) -> Meta {
@@ -159,14 +161,8 @@ pub fn send_xattrs(
     }
 }
 
-/// Opens a source file to send; Err: why not.
-pub fn open_source(item: &Item) -> Result<std::fs::File, String> {
-    beneath::open_at(item.dir.as_raw_fd(), &item.name, libc::O_RDONLY, 0)
-        .map(std::fs::File::from)
-        .map_err(|e| format!("open: {e}"))
-}
-
-fn is_gone(e: &io::Error) -> bool {
+/// ENOENT: the entry is gone.
+pub fn is_gone(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::ENOENT)
 }
 

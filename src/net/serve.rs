@@ -4,6 +4,7 @@
 
 use super::beneath::{self, check_rel, show, split};
 use super::conn::Conn;
+use super::joins::{self, Joins};
 use super::live::{self, Live};
 use super::msg::{Msg, Op};
 use super::quick::QuickCheck;
@@ -15,8 +16,8 @@ use std::io;
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Connections served at once; more are refused with a message.
 pub const MAX_CONNS: usize = 256;
@@ -71,6 +72,7 @@ impl Server {
     pub fn run(self) -> io::Result<()> {
         let active = Arc::new(AtomicUsize::new(0));
         let live = Arc::new(Live::default());
+        let joins = Arc::new(Joins::default());
         loop {
             let (sock, addr) = match self.listener.accept() {
                 Ok(x) => x,
@@ -88,9 +90,9 @@ impl Server {
             active.fetch_add(1, Ordering::Relaxed);
             let (exports, tls, active) = (self.exports.clone(), self.tls.clone(), active.clone());
             let tok = self.token.clone();
-            let live = live.clone();
+            let (live, joins) = (live.clone(), joins.clone());
             std::thread::spawn(move || {
-                if let Err(e) = handle(sock, &exports, tls, tok, &live) {
+                if let Err(e) = handle(sock, &exports, tls, tok, &live, &joins) {
                     eprintln!("ferry serve: {addr}: {e}");
                 }
                 active.fetch_sub(1, Ordering::Relaxed);
@@ -146,16 +148,20 @@ fn handle(
     tls: Arc<rustls::ServerConfig>,
     tok: crate::temp::Token,
     live: &Arc<Live>,
+    joins: &Joins,
 ) -> io::Result<()> {
     let handle = sock.try_clone()?;
     let mut c = session::accept(sock, tls)?;
-    let (op, export, path, stale) = match c.recv()? {
+    let (op, export, path, stale, streams) = match c.recv()? {
         Msg::Open {
             op,
             export,
             path,
             stale,
-        } => (op, export, path, stale),
+            streams,
+        } => (op, export, path, stale, streams as usize),
+        // One more stream of a pull: its session's thread takes the connection over.
+        Msg::Join { token } => return join(c, &token, joins),
         other => return refuse(c, format!("expected Open, got {other:?}")),
     };
     let Some(ex) = exports.iter().find(|e| e.name.as_bytes() == export) else {
@@ -173,43 +179,160 @@ fn handle(
         Ok(t) => t,
         Err(m) => return refuse(c, m),
     };
+    if streams > 1 && !matches!(op, Op::Pull | Op::Move) {
+        let m = format!("{op:?} asks for {streams} streams: only a pull or move has several");
+        return refuse(c, m);
+    }
     match op {
         Op::Push => {
             let sweep = match live.retire(&stale, live::RETIRE_WAIT) {
                 Ok(s) => s,
                 Err(m) => return refuse(c, m),
             };
-            push(c, ex, &t, path, tok, live.start(handle), sweep)?;
-            return Ok(());
+            push(c, ex, &t, path, tok, live.start(handle), sweep)
+        }
+        Op::Pull | Op::Move if streams > 1 => {
+            let s = Pulled {
+                export: &ex.name,
+                path: &path,
+                moving: op == Op::Move,
+            };
+            send_streams(exists(c, ex, t, &path)?, s, streams, joins)
         }
         Op::Pull | Op::Move | Op::Verify | Op::List => {
-            if !t.exists {
-                return refuse(
-                    c,
-                    format!("{}/{}: no such file or directory", ex.name, show(&path)),
-                );
-            }
-            // A verify lists what is durable here (a move deletes its sources by it).
-            if op == Op::Verify
-                && let Err(e) = beneath::syncfs(&t.parent)
-            {
-                return refuse(c, format!("syncfs {}/{}: {e}", ex.name, show(&path)));
-            }
-            c.send(&Msg::Ready {
-                is_dir: t.is_dir,
-                exists: true,
-                token: None,
-            })?;
-            let walker = Walker::new(vec![(Arc::new(t.parent), t.name, Vec::new())]);
-            if op == Op::Pull || op == Op::Move {
-                send_pull(&mut c, walker, &ex.name, &path, op == Op::Move)?;
-            } else {
-                verify::list(&mut c, walker, op == Op::Verify)?;
-            }
+            read(exists(c, ex, t, &path)?, ex, op, &path)
         }
+    }
+}
+
+/// A connection joining the pull session of `token` as one more stream: told Ready and
+/// handed over, or refused.
+fn join(c: Conn, token: &crate::temp::Token, joins: &Joins) -> io::Result<()> {
+    let ready = |c: &mut Conn| {
+        let ok = Msg::Ready {
+            is_dir: false,
+            exists: true,
+            token: None,
+        };
+        let _ = c.send(&ok).and_then(|()| c.flush());
+    };
+    match joins.join(token, c, ready) {
+        Ok(()) => Ok(()),
+        Err((c, m)) => refuse(c, m),
+    }
+}
+
+/// A session of one stream that reads its target: a pull, move, verify or listing.
+fn read((mut c, t): (Conn, Target), ex: &Export, op: Op, path: &[u8]) -> io::Result<()> {
+    // A verify lists what is durable here (a move deletes its sources by it).
+    if op == Op::Verify
+        && let Err(e) = beneath::syncfs(&t.parent)
+    {
+        return refuse(c, format!("syncfs {}/{}: {e}", ex.name, show(path)));
+    }
+    c.send(&Msg::Ready {
+        is_dir: t.is_dir,
+        exists: true,
+        token: None,
+    })?;
+    let walker = Walker::new(vec![(Arc::new(t.parent), t.name, Vec::new())]);
+    if op == Op::Pull || op == Op::Move {
+        send_pull(&mut c, walker, &ex.name, path, op == Op::Move)?;
+    } else {
+        verify::list(&mut c, walker, op == Op::Verify)?;
     }
     c.close();
     Ok(())
+}
+
+/// The target of a session that reads it must exist (else it is refused: Err).
+fn exists(c: Conn, ex: &Export, t: Target, path: &[u8]) -> io::Result<(Conn, Target)> {
+    if !t.exists {
+        let m = format!("{}/{}: no such file or directory", ex.name, show(path));
+        return Err(refuse(c, m).expect_err("a refusal is an error"));
+    }
+    Ok((c, t))
+}
+
+/// What a pull sends from, for its log line.
+struct Pulled<'a> {
+    export: &'a str,
+    path: &'a [u8],
+    moving: bool,
+}
+
+/// A pull or move of `n` streams: stream 0 (`c`) gets the token the others join by, then
+/// the client's listing (a move lists nothing); the tree goes over all of them (see
+/// `joins`).
+fn send_streams((mut c, t): (Conn, Target), s: Pulled, n: usize, joins: &Joins) -> io::Result<()> {
+    let w = match joins.open(n) {
+        Ok(w) => w,
+        Err(m) => return refuse(c, m),
+    };
+    c.send(&Msg::Ready {
+        is_dir: t.is_dir,
+        exists: true,
+        token: Some(w.token.clone()),
+    })?;
+    c.flush()?;
+    let mut conns = match w.collect(c) {
+        Ok(v) => v,
+        Err((got, m)) => {
+            for c in got {
+                let _ = refuse(c, m.clone());
+            }
+            return Err(io::Error::new(io::ErrorKind::TimedOut, m));
+        }
+    };
+    let (have, _) = verify::receive(&mut conns[0])?;
+    let peer = conns[0].peer.clone();
+    let walker = Walker::new(vec![(Arc::new(t.parent), t.name, Vec::new())]);
+    let (out, removed) = if s.moving {
+        let m = Mutex::new(super::remove::Mover::default());
+        let out = joins::send(conns, walker, &m);
+        let m = m.into_inner().unwrap_or_else(|p| p.into_inner());
+        (out, (m.removed, m.kept))
+    } else {
+        let q = Mutex::new(QuickCheck(have));
+        (joins::send(conns, walker, &q), (0, 0))
+    };
+    match out {
+        Ok(out) => log_pull(&peer, &s, n, &out, removed),
+        Err(f) => eprintln!(
+            "ferry serve: {peer}: {} of {}/{} over {n} streams: {}",
+            if s.moving { "move" } else { "pull" },
+            s.export,
+            show(s.path),
+            f.msg
+        ),
+    }
+    Ok(())
+}
+
+fn log_pull(peer: &str, s: &Pulled, n: usize, out: &send::Outcome, removed: (u64, u64)) {
+    let removed = if s.moving {
+        format!(", {} sources removed, {} kept", removed.0, removed.1)
+    } else {
+        String::new()
+    };
+    eprintln!(
+        "ferry serve: {peer}: {} of {}/{}: {} files, {} bytes, {} skipped (quick check), {} failed{removed}{}",
+        if s.moving { "move" } else { "pull" },
+        s.export,
+        show(s.path),
+        out.files,
+        out.bytes,
+        out.skipped,
+        out.errors.len(),
+        if n > 1 {
+            format!(
+                " ({n} streams, ranges acknowledged per stream: {:?})",
+                out.parts
+            )
+        } else {
+            String::new()
+        }
+    );
 }
 
 /// A push into `path`: received under the session's own temp token (ranges of split files
@@ -274,21 +397,12 @@ fn send_pull(
     } else {
         send::send_tree(c, walker, &mut QuickCheck(have))?
     };
-    let removed = if moving {
-        format!(", {} sources removed, {} kept", mover.removed, mover.kept)
-    } else {
-        String::new()
+    let s = Pulled {
+        export,
+        path,
+        moving,
     };
-    eprintln!(
-        "ferry serve: {}: {} of {export}/{}: {} files, {} bytes, {} skipped (quick check), {} failed{removed}",
-        c.peer,
-        if moving { "move" } else { "pull" },
-        show(path),
-        out.files,
-        out.bytes,
-        out.skipped,
-        out.errors.len()
-    );
+    log_pull(&c.peer, &s, 1, &out, (mover.removed, mover.kept));
     Ok(())
 }
 
