@@ -297,3 +297,101 @@ fn a_pulled_move_over_three_streams_removes_every_source_once_durable_here() {
     assert!(parts.iter().filter(|&&p| p > 0).count() >= 2, "{parts:?}");
     assert!(s.log().contains("sources removed, 0 kept"), "{}", s.log());
 }
+
+#[test]
+fn a_pull_whose_stream_is_reset_runs_all_its_streams_again_and_loses_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let (stls, ctls) = pki(&t.path().join("pki"), "localhost");
+    let (exp, back, state) = (
+        t.path().join("exp"),
+        t.path().join("back"),
+        t.path().join("st"),
+    );
+    mixed_tree(&exp.join("src"), 800, &[60 << 20, 2 << 20]);
+    let s = serve(&stls, &[("data", &exp)], "127.0.0.1", 0, None);
+    // Connections 0-2: the first session (stream 0, then the two that join); the third is
+    // reset in the middle, which ends that session. Those of the next session pass.
+    let p = Proxy::start(s.port, Duration::ZERO, |n| match n {
+        2 => Some(6 << 20),
+        _ => None,
+    });
+    let from = format!("ferry://localhost:{}/data/src", p.port);
+    let args = [os("--json"), os("--streams"), os("3"), os(&from), os(&back)];
+    let o = copy(&args, &ctls, &state);
+    let err = stderr(&o);
+    assert!(o.status.success(), "pull: {err}\nserver: {}", s.log());
+    assert!(p.resets.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    assert!(err.contains("reconnecting"), "{err}");
+    assert_same_tree(&exp.join("src"), &back);
+    assert!(temps(&back).is_empty(), "temps left: {:?}", temps(&back));
+    // Each file counted once: those named before the reset are skipped by the next session.
+    assert_eq!(report(&o)["files"].as_u64(), Some(805), "{}", report(&o));
+}
+
+#[test]
+fn joins_by_an_unknown_token_and_push_sessions_of_several_streams_are_refused() {
+    use ferry::net::msg::{Msg, Op};
+    let t = tempfile::tempdir().unwrap();
+    let (stls, ctls) = pki(&t.path().join("pki"), "localhost");
+    let exp = t.path().join("exp");
+    std::fs::create_dir_all(exp.join("m")).unwrap();
+    let s = serve(&stls, &[("data", &exp)], "127.0.0.1", 0, None);
+    let cfg = ferry::net::tls::client_config(&ctls).unwrap();
+    let refused = |first: Msg, why: &str| {
+        let mut c = ferry::net::session::connect("localhost", s.port, cfg.clone()).unwrap();
+        c.send(&first).unwrap();
+        c.flush().unwrap();
+        match c.recv().unwrap() {
+            Msg::Error { msg } => assert!(msg.contains(why), "{msg}"),
+            other => panic!("accepted: {other:?}"),
+        }
+    };
+    let token = ferry::temp::Token::random();
+    refused(Msg::Join { token }, "no session waits for streams");
+    let open = |op, streams| Msg::Open {
+        op,
+        export: b"data".to_vec(),
+        path: b"m".to_vec(),
+        stale: Vec::new(),
+        streams,
+    };
+    refused(open(Op::Push, 2), "only a pull or move has several");
+    // A pull of two streams gets a token; one join is taken, a second one is refused.
+    let mut c = ferry::net::session::connect("localhost", s.port, cfg.clone()).unwrap();
+    c.send(&open(Op::Pull, 2)).unwrap();
+    c.flush().unwrap();
+    let Msg::Ready {
+        token: Some(token), ..
+    } = c.recv().unwrap()
+    else {
+        panic!("no token")
+    };
+    let mut j = ferry::net::session::connect("localhost", s.port, cfg.clone()).unwrap();
+    j.send(&Msg::Join {
+        token: token.clone(),
+    })
+    .unwrap();
+    j.flush().unwrap();
+    assert!(matches!(j.recv().unwrap(), Msg::Ready { .. }));
+    refused(Msg::Join { token }, "join: ");
+    // The server still serves others.
+    let o = copy(
+        &[
+            os(&format!("ferry://localhost:{}/data/m", s.port)),
+            os(&t.path().join("b")),
+        ],
+        &ctls,
+        &t.path().join("st"),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    // More streams than a pull may have: refused before anything is written.
+    let (from, c) = (
+        format!("ferry://localhost:{}/data/m", s.port),
+        t.path().join("c"),
+    );
+    let many = [os("--streams"), os("65"), os(&from), os(&c)];
+    let o = copy(&many, &ctls, &t.path().join("st"));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("at most 64"), "{}", stderr(&o));
+    assert!(!t.path().join("c").exists());
+}

@@ -720,6 +720,12 @@ struct PullJob<'a> {
 
 fn pull_job(r: &Remote, dst: &Path, o: &Options, moving: bool) -> Result<Outcome, Fatal> {
     let verb = if moving { "move" } else { "pull" };
+    if o.streams > MAX_STREAMS as usize {
+        return Err(usage(format!(
+            "--streams {}: a {verb} from a server uses at most {MAX_STREAMS}",
+            o.streams
+        )));
+    }
     let key = format!("{verb} {r}\0{}", absolute(dst).to_string_lossy());
     let id = format!("net-{:016x}", xxhash_rust::xxh3::xxh3_64(key.as_bytes()));
     let sd = StateDir::open(&o.state_dir, &id)

@@ -24,9 +24,13 @@ pub const JOIN_WAIT: Duration = Duration::from_secs(30);
 /// Sessions waiting for their streams at once; more are refused.
 pub const MAX_WAITING: usize = 64;
 
-/// The sessions waiting for their streams, by token.
-/// Each with the streams it still takes.
-pub struct Joins<T = Conn>(Mutex<HashMap<Token, (SyncSender<T>, usize)>>);
+/// A joined stream, and what keeps the thread that accepted it waiting until the session
+/// is done with it (dropped): that thread must not end before (io_uring cancels the requests
+/// of a thread that exits, and a connection's ring has its receives in flight).
+pub type Joined = (Conn, mpsc::Sender<()>);
+
+/// The sessions waiting for their streams, by token, each with the streams it still takes.
+pub struct Joins<T = Joined>(Mutex<HashMap<Token, (SyncSender<T>, usize)>>);
 
 impl<T> Default for Joins<T> {
     fn default() -> Joins<T> {
@@ -35,7 +39,7 @@ impl<T> Default for Joins<T> {
 }
 
 /// A session waiting for its `n - 1` other streams.
-pub struct Waiting<'a, T = Conn> {
+pub struct Waiting<'a, T = Joined> {
     joins: &'a Joins<T>,
     pub token: Token,
     rx: mpsc::Receiver<T>,

@@ -206,9 +206,9 @@ fn handle(
 }
 
 /// A connection joining the pull session of `token` as one more stream: told Ready and
-/// handed over, or refused.
+/// handed over (this thread then waits until the session is done with it), or refused.
 fn join(c: Conn, token: &crate::temp::Token, joins: &Joins) -> io::Result<()> {
-    let ready = |c: &mut Conn| {
+    let ready = |(c, _): &mut joins::Joined| {
         let ok = Msg::Ready {
             is_dir: false,
             exists: true,
@@ -216,9 +216,13 @@ fn join(c: Conn, token: &crate::temp::Token, joins: &Joins) -> io::Result<()> {
         };
         let _ = c.send(&ok).and_then(|()| c.flush());
     };
-    match joins.join(token, c, ready) {
-        Ok(()) => Ok(()),
-        Err((c, m)) => refuse(c, m),
+    let (keep, kept) = std::sync::mpsc::channel();
+    match joins.join(token, (c, keep), ready) {
+        Ok(()) => {
+            let _ = kept.recv(); // Err once the session dropped its end
+            Ok(())
+        }
+        Err(((c, _), m)) => refuse(c, m),
     }
 }
 
@@ -275,10 +279,11 @@ fn send_streams((mut c, t): (Conn, Target), s: Pulled, n: usize, joins: &Joins) 
         token: Some(w.token.clone()),
     })?;
     c.flush()?;
-    let mut conns = match w.collect(c) {
-        Ok(v) => v,
+    let (mine, _) = std::sync::mpsc::channel();
+    let (mut conns, _keep): (Vec<Conn>, Vec<_>) = match w.collect((c, mine)) {
+        Ok(v) => v.into_iter().unzip(),
         Err((got, m)) => {
-            for c in got {
+            for (c, _) in got {
                 let _ = refuse(c, m.clone());
             }
             return Err(io::Error::new(io::ErrorKind::TimedOut, m));
