@@ -94,9 +94,14 @@ pub struct CopyArgs {
     /// [default: $FERRY_TLS_DIR or ~/.config/ferry/tls].
     #[arg(long, value_name = "DIR")]
     tls_dir: Option<PathBuf>,
-    /// With a ferry:// target: TLS connections used at once (small files are spread over
-    /// them, big files split across them) [default: one per reactor, see --threads].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    /// With a ferry:// source or target: TLS connections used at once (small files are
+    /// spread over them, big files split across them) [default: one per reactor, see
+    /// --threads].
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..=ferry::net::msg::MAX_STREAMS as i64)
+    )]
     streams: Option<u32>,
 }
 
