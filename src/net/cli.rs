@@ -190,7 +190,7 @@ fn options(
     }
 }
 
-fn exit_fatal(f: super::client::Fatal) -> ExitCode {
+fn exit_fatal(f: super::fatal::Fatal) -> ExitCode {
     eprintln!("ferry: {}", f.msg);
     if f.code == Exit::Usage {
         eprintln!("ferry: nothing was copied");
@@ -211,7 +211,7 @@ pub fn remote_copy(mut a: RemoteCopy) -> ExitCode {
     }
     let (res, target) = if is_remote(dst.as_os_str()) {
         if remote_srcs > 0 {
-            return exit_fatal(super::client::Fatal {
+            return exit_fatal(super::fatal::Fatal {
                 code: Exit::Usage,
                 msg: "copying from one ferry:// URL to another is not supported".into(),
             });
@@ -219,7 +219,7 @@ pub fn remote_copy(mut a: RemoteCopy) -> ExitCode {
         let r = match parse(dst.as_os_str()) {
             Ok(r) => r,
             Err(m) => {
-                return exit_fatal(super::client::Fatal {
+                return exit_fatal(super::fatal::Fatal {
                     code: Exit::Usage,
                     msg: m,
                 });
@@ -233,7 +233,7 @@ pub fn remote_copy(mut a: RemoteCopy) -> ExitCode {
         (res, r.to_string())
     } else {
         if a.paths.len() != 1 || remote_srcs != 1 {
-            return exit_fatal(super::client::Fatal {
+            return exit_fatal(super::fatal::Fatal {
                 code: Exit::Usage,
                 msg: "a pull takes exactly one ferry:// source".into(),
             });
@@ -241,7 +241,7 @@ pub fn remote_copy(mut a: RemoteCopy) -> ExitCode {
         let r = match parse(a.paths[0].as_os_str()) {
             Ok(r) => r,
             Err(m) => {
-                return exit_fatal(super::client::Fatal {
+                return exit_fatal(super::fatal::Fatal {
                     code: Exit::Usage,
                     msg: m,
                 });

@@ -3,6 +3,7 @@
 
 use super::beneath;
 use super::conn::Conn;
+use super::fatal::{BACKOFF_MAX, Fatal, RETRY_FOR, fatal, transient};
 use super::msg::{MAX_STALE, MAX_STREAMS, Meta, Msg, Op};
 use super::quick::QuickCheck;
 use super::recv::{self, Receiver};
@@ -23,34 +24,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Why a command stopped before it finished: exit status and message.
-#[derive(Debug)]
-pub struct Fatal {
-    pub code: crate::Exit,
-    pub msg: String,
-}
-
 fn usage(msg: impl Into<String>) -> Fatal {
     Fatal {
         code: crate::Exit::Usage,
         msg: msg.into(),
-    }
-}
-
-/// A refusal by the server (unknown export, path outside it, ...) is bad input: exit 2, and
-/// nothing was written. Anything else (network, TLS) is exit 1.
-pub(super) fn fatal(e: io::Error) -> Fatal {
-    let code = if matches!(
-        e.kind(),
-        io::ErrorKind::PermissionDenied | io::ErrorKind::InvalidInput
-    ) {
-        crate::Exit::Usage
-    } else {
-        crate::Exit::Failed
-    };
-    Fatal {
-        code,
-        msg: e.to_string(),
     }
 }
 
@@ -403,28 +380,6 @@ fn save_json<T: serde::Serialize + ?Sized>(sd: &StateDir, name: &str, v: &T) -> 
     crate::coord::durable::replace(&sd.dir.join(name), &body, 0o666)
 }
 
-/// How long a push keeps reconnecting to a peer that went away (reset, killed, restarted).
-pub const RETRY_FOR: Duration = Duration::from_secs(300);
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
-
-/// Errors worth reconnecting for: the connection broke or the peer is (still) down.
-pub(super) fn transient(e: &io::Error) -> bool {
-    use io::ErrorKind::*;
-    matches!(
-        e.kind(),
-        ConnectionRefused
-            | ConnectionReset
-            | ConnectionAborted
-            | BrokenPipe
-            | UnexpectedEof
-            | TimedOut
-            | NotConnected
-            | HostUnreachable
-            | NetworkUnreachable
-            | Interrupted
-    )
-}
-
 fn local_roots(sources: &[PathBuf], t: Vec<Vec<u8>>) -> Result<Vec<Root>, Fatal> {
     let mut roots = Vec::new();
     for (s, rel) in sources.iter().zip(t) {
@@ -482,7 +437,7 @@ pub fn push(sources: &[PathBuf], r: &Remote, o: &Options) -> Result<Pushed, Fata
     }
     let walker = Walker::new(local_roots(sources, t.clone())?);
     o.steer.running();
-    let ctl = super::push::Client { remote: r, opts: o };
+    let ctl = Client { remote: r, opts: o };
     let out = super::push::run(conns, walker, &j, &ctl)?;
     let j = j.into_inner().unwrap_or_else(|p| p.into_inner());
     if out.errors.is_empty() {
@@ -1068,4 +1023,41 @@ pub fn verify(src: &Path, r: &Remote, o: &Options) -> Result<Vec<String>, Fatal>
     .map_err(fatal)?;
     diffs.extend(verify::compare(&ours, &theirs));
     Ok(diffs)
+}
+
+/// The [`Control`] of a push's client: its job control, and reconnects with backoff.
+pub struct Client<'a> {
+    pub remote: &'a Remote,
+    pub opts: &'a Options,
+}
+
+impl super::push::Control for Client<'_> {
+    fn paused(&self) -> bool {
+        self.opts.steer.is_paused()
+    }
+    fn cancelled(&self) -> bool {
+        self.opts.steer.is_cancelled()
+    }
+    fn full(&self, path: &str, why: &str) -> bool {
+        self.opts.steer.pause_for_room(path, why);
+        true
+    }
+    fn progress(&self, files: u64, bytes: u64) {
+        let st = &self.opts.steer;
+        st.files
+            .fetch_add(files, std::sync::atomic::Ordering::Relaxed);
+        st.bytes
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn reconnects(&self) -> bool {
+        true
+    }
+    fn reconnect(
+        &self,
+        old: Option<crate::temp::Token>,
+        since: Instant,
+        backoff: &mut Duration,
+    ) -> Result<Conn, Fatal> {
+        reconnect(self.remote, self.opts, old, since, backoff)
+    }
 }

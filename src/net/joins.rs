@@ -6,8 +6,8 @@
 //! are shut down at once) and the client runs it again, its quick check (or a move's resend)
 //! covering what is durable already.
 
-use super::client::Fatal;
 use super::conn::Conn;
+use super::fatal::Fatal;
 use super::push::{self, Control};
 use super::send::{Hooks, Outcome};
 use super::walk::Walker;
@@ -162,7 +162,7 @@ impl Control for Server {
         _since: Instant,
         _backoff: &mut Duration,
     ) -> Result<Conn, Fatal> {
-        Err(super::client::fatal(io::Error::other(
+        Err(super::fatal::fatal(io::Error::other(
             "a server does not reconnect a stream",
         )))
     }
@@ -191,7 +191,7 @@ pub fn send(
             unsafe { BorrowedFd::borrow_raw(c.raw_fd()) }.try_clone_to_owned()
         })
         .collect::<io::Result<Vec<_>>>()
-        .map_err(|e| super::client::fatal(io::Error::new(e.kind(), format!("dup socket: {e}"))))?;
+        .map_err(|e| super::fatal::fatal(io::Error::new(e.kind(), format!("dup socket: {e}"))))?;
     let ctl = Server { socks };
     push::run(conns, walker, hooks, &ctl)
 }

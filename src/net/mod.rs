@@ -10,6 +10,7 @@ pub mod certs;
 pub mod cli;
 pub mod client;
 pub mod conn;
+pub mod fatal;
 pub mod frame;
 pub mod joins;
 pub mod live;

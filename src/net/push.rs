@@ -5,25 +5,24 @@
 //! every range is acknowledged. Directories go on stream 0, which ends (Done: directory
 //! metadata) only after every other stream is finished; hard links go last, on stream 0.
 //!
-//! What the sending side decides is behind [`Control`]: a push's client ([`Client`]) pauses,
+//! What the sending side decides is behind [`Control`]: a push's client (`client::Client`) pauses,
 //! cancels and reconnects a broken stream with backoff, sending its unacknowledged entries
 //! again on the new connection while the other streams go on; a server has no reconnect (a
 //! broken stream ends the session, the client runs it again). The far end names nothing
 //! partial: a file whose received bytes differ from the sender's xxh3 (or one range of it) is
 //! failed, not named.
 
-use super::client::{Fatal, RETRY_FOR, fatal, reconnect, transient};
+use super::beneath;
 use super::conn::Conn;
+use super::fatal::{Fatal, RETRY_FOR, fatal, transient};
 use super::frame::MAX_CHUNK;
 use super::msg::{Meta, Msg};
 use super::send::{
     Hooks, LinkTo, Links, NO_SOCKETS, Outcome, Sent, is_gone, is_node, meta_of, send_range,
     send_xattrs, xattrs_of,
 };
-use super::url::Remote;
 use super::walk::{Item, Kind, Walker};
 use super::xattr::Pairs;
-use super::{beneath, client};
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -80,41 +79,6 @@ pub trait Control: Sync {
     }
     /// A stream failed for good: the others stop now.
     fn stop_all(&self) {}
-}
-
-/// The [`Control`] of a push's client: its job control, and reconnects with backoff.
-pub struct Client<'a> {
-    pub remote: &'a Remote,
-    pub opts: &'a client::Options,
-}
-
-impl Control for Client<'_> {
-    fn paused(&self) -> bool {
-        self.opts.steer.is_paused()
-    }
-    fn cancelled(&self) -> bool {
-        self.opts.steer.is_cancelled()
-    }
-    fn full(&self, path: &str, why: &str) -> bool {
-        self.opts.steer.pause_for_room(path, why);
-        true
-    }
-    fn progress(&self, files: u64, bytes: u64) {
-        let st = &self.opts.steer;
-        st.files.fetch_add(files, Ordering::Relaxed);
-        st.bytes.fetch_add(bytes, Ordering::Relaxed);
-    }
-    fn reconnects(&self) -> bool {
-        true
-    }
-    fn reconnect(
-        &self,
-        old: Option<crate::temp::Token>,
-        since: Instant,
-        backoff: &mut Duration,
-    ) -> Result<Conn, Fatal> {
-        reconnect(self.remote, self.opts, old, since, backoff)
-    }
 }
 
 /// A big file being sent in ranges.
