@@ -135,6 +135,7 @@ fn run_a(s: &Setup, sender: Arc<dyn Migrate>, fence: Fence) -> (ferry::Report, H
         on_done: Arc::new(move |p| {
             d2.lock().unwrap().insert(p);
         }),
+        hold: None,
     });
     let mut spec = ferry::CopySpec::new(vec![], PathBuf::new());
     spec.state_dir = Some(s.dir.join("state"));

@@ -425,6 +425,16 @@ fn print_rebalance(r: &Value) {
                 u["error"].as_str().unwrap_or("")
             );
         }
+        for w in n["handover"].as_array().into_iter().flatten() {
+            let since = w["since_ms"].as_u64().unwrap_or(0);
+            let secs = super::state::now_ms().saturating_sub(since) / 1000;
+            println!(
+                "    {} moves wait for node {} to hand its tombstones over ({secs} s): {}",
+                w["moves"],
+                w["node"].as_str().unwrap_or("?"),
+                w["why"].as_str().unwrap_or("")
+            );
+        }
         for e in n["errors"].as_array().into_iter().flatten().take(3) {
             println!("    error: {}", e.as_str().unwrap_or(""));
         }

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod cluster_cli;
 pub mod config;
 pub mod follow;
+pub mod handover;
 pub mod keys;
 pub mod leader;
 pub mod member;

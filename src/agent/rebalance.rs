@@ -265,9 +265,11 @@ impl Rebalancer {
             }
         }
         let done = r.done.clone();
+        let cluster = r.cluster.clone().expect("opened above");
+        let hold = super::handover::hold(self.store.clone(), ctx.keys, ctx.node, cluster.clone());
         let local = Local {
             node: ctx.node.to_string(),
-            cluster: r.cluster.clone().expect("opened above"),
+            cluster,
             sender,
             fence,
             skip: r
@@ -277,6 +279,7 @@ impl Rebalancer {
                 .iter()
                 .collect(),
             on_done: Arc::new(move |p| done.lock().unwrap_or_else(|e| e.into_inner()).insert(p)),
+            hold: Some(hold),
         };
         let mut opts = Options::new(from, to, dir.join("registry.redb"));
         opts.order = Order::parse(&r.spec.order).unwrap_or(Order::Size);
@@ -404,10 +407,12 @@ impl Run {
         let left = r.total_bytes.saturating_sub(r.moved_bytes);
         r.eta_s = (r.rate_bytes_s > 0).then(|| left as f64 / r.rate_bytes_s as f64);
         r.unreachable = c.peers.list();
+        r.handover = c.held.list();
         let state = match st.state {
             _ if a.room.is_some() => super::rebalance_state::DESTINATION_FULL,
             JobState::Paused => "paused",
             _ if !r.unreachable.is_empty() => super::rebalance_state::PEER_UNREACHABLE,
+            _ if !r.handover.is_empty() => super::rebalance_state::HANDOVER_WAIT,
             _ if !c.scan_done.load(Ordering::Acquire) => "scanning",
             _ => "migrating",
         };
@@ -434,6 +439,7 @@ impl Run {
         let report = a.handle.wait();
         self.gave_up = a.counters.peers.gave_up();
         self.rec.unreachable.clear();
+        self.rec.handover.clear();
         let ok = report.ok() && !report.cancelled;
         if !ok {
             self.rec.failed += report.errors.len().max(1) as u64;

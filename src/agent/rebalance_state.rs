@@ -60,6 +60,10 @@ pub struct NodeProgress {
     /// The receiving nodes this node's moves wait for (unreachable since when, and why).
     #[serde(default)]
     pub unreachable: Vec<crate::cluster::reach::Unreachable>,
+    /// The nodes whose hand-over of their tombstones some of this node's moves wait for
+    /// (`agent::handover`).
+    #[serde(default)]
+    pub handover: Vec<crate::cluster::reach::Waiting>,
 }
 
 impl NodeProgress {
@@ -78,6 +82,9 @@ pub const FAILED: &str = "failed";
 pub const DESTINATION_FULL: &str = "destination_full";
 /// A node's moves wait for a receiving node it cannot reach (they go on once it answers).
 pub const PEER_UNREACHABLE: &str = "peer_unreachable";
+/// Some of a node's moves wait for another node to hand its tombstones over (it is down, or
+/// does not route by the newest generation yet); they go once it has.
+pub const HANDOVER_WAIT: &str = "handover_wait";
 
 /// The generation in a key `.../rebalance/<gen>/...`.
 fn generation_of(keys: &Keys, key: &str) -> Option<u64> {
@@ -132,6 +139,8 @@ pub fn job_state(spec: &Spec, progress: &[(String, NodeProgress)], paused: bool)
         "paused"
     } else if ns.iter().any(|n| state(n) == Some(PEER_UNREACHABLE)) {
         PEER_UNREACHABLE
+    } else if ns.iter().any(|n| state(n) == Some(HANDOVER_WAIT)) {
+        HANDOVER_WAIT
     } else {
         "migrating"
     }
@@ -231,7 +240,8 @@ pub fn summary(keys: &Keys, kvs: &[Kv], paused: bool) -> Value {
             "partitions_done": parts, "rate_bytes_s": p.rate_bytes_s, "eta_s": p.eta_s,
             "errors": p.errors, "limit_bytes_s": p.limit_bytes_s, "user_p99_us": p.user_p99_us,
             "user_target_us": p.user_target_us, "scanned": p.scanned, "scan_ms": p.scan_ms,
-            "unreachable": p.unreachable, "started_ms": p.started_ms, "at_ms": p.at_ms}));
+            "unreachable": p.unreachable, "handover": p.handover, "started_ms": p.started_ms,
+            "at_ms": p.at_ms}));
     }
     let left = t.total_bytes.saturating_sub(t.moved_bytes);
     let eta =

@@ -77,6 +77,11 @@ impl Migrate for NoTransport {
 /// the one planned against). Ok(false): it does not, and no source may go.
 pub type Fence = Arc<dyn Fn() -> Result<bool, String> + Send + Sync>;
 
+/// Whether the move of an object in partition `p` from disk `from` (`set/disk`) must wait:
+/// Some((node, why)) names the node it waits for (one that owned the key under a generation
+/// between the copy's and the newest one, and may still keep its tombstone); None: it may go.
+pub type Hold = Arc<dyn Fn(&str, u16) -> Option<(String, String)> + Send + Sync>;
+
 /// A rebalance run by one node's agent (`rebalance::Options::local`).
 #[derive(Clone)]
 pub struct Local {
@@ -91,6 +96,8 @@ pub struct Local {
     pub skip: HashSet<u16>,
     /// Called with each partition whose misplaced objects on this node are all moved.
     pub on_done: Arc<dyn Fn(u16) + Send + Sync>,
+    /// Which cross-node moves wait for another node's hand-over (None: none do).
+    pub hold: Option<Hold>,
 }
 
 /// One object on its way to another node.

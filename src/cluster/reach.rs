@@ -201,6 +201,61 @@ impl Peers {
     }
 }
 
+/// A node whose hand-over of its tombstones some moves wait for (a move of a key into the
+/// newest generation's owner waits until every node that owned the key under a generation in
+/// between routes by the newest one: before that it may still keep the key's tombstone), as
+/// status shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Waiting {
+    pub node: String,
+    /// Since when (ms since the Unix epoch).
+    pub since_ms: u64,
+    /// Moves waiting for it now.
+    pub moves: u64,
+    pub why: String,
+}
+
+/// The moves held for a node's hand-over, by node.
+#[derive(Debug, Default)]
+pub struct Held {
+    m: Mutex<BTreeMap<String, Waiting>>,
+}
+
+impl Held {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Waiting>> {
+        self.m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One more move waits for `node` (`why`); true if it is the first one now.
+    pub fn hold(&self, node: &str, why: &str) -> bool {
+        let mut g = self.lock();
+        let w = g.entry(node.to_string()).or_insert_with(|| Waiting {
+            node: node.to_string(),
+            since_ms: now_ms(),
+            ..Default::default()
+        });
+        w.moves += 1;
+        w.why = why.to_string();
+        w.moves == 1
+    }
+
+    /// A move that waited for `node` goes on (or stops).
+    pub fn release(&self, node: &str) {
+        let mut g = self.lock();
+        if let Some(w) = g.get_mut(node) {
+            w.moves = w.moves.saturating_sub(1);
+            if w.moves == 0 {
+                g.remove(node);
+            }
+        }
+    }
+
+    /// The nodes waited for now.
+    pub fn list(&self) -> Vec<Waiting> {
+        self.lock().values().cloned().collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,6 +323,22 @@ mod tests {
         assert!(matches!(w, Next::Retry(false)), "{w:?}");
         assert!(p.list().is_empty());
         assert_eq!(p.gave_up(), None);
+    }
+
+    #[test]
+    fn held_moves_are_counted_per_node_until_released() {
+        let h = Held::default();
+        assert!(h.hold("b", "b routes by 2"));
+        assert!(!h.hold("b", "b routes by 2"));
+        assert!(h.hold("d", "d routes by 1"));
+        let l = h.list();
+        assert_eq!(l.len(), 2);
+        assert_eq!((l[0].node.as_str(), l[0].moves), ("b", 2));
+        h.release("b");
+        assert_eq!(h.list()[0].moves, 1);
+        h.release("b");
+        h.release("d");
+        assert!(h.list().is_empty());
     }
 
     #[test]

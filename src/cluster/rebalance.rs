@@ -77,6 +77,9 @@ pub struct Counters {
     /// Receiving nodes this run cannot reach now (its moves to them wait).
     #[serde(skip)]
     pub peers: super::reach::Peers,
+    /// Nodes whose hand-over of their tombstones moves wait for (`migrate::Hold`).
+    #[serde(skip)]
+    pub held: super::reach::Held,
     #[serde(skip)]
     pub scan_secs: Mutex<f64>,
 }
@@ -419,7 +422,22 @@ fn feed_remote(ctx: &Ctx, m: &Mover, spill: &Spill) {
         for _ in 0..REMOTE_STREAMS {
             s.spawn(|| send_remote(ctx, m, local, &rx));
         }
-        let fed = spill.drain(&mut |c| wait_turn(ctx, c.size) && tx.send(c).is_ok());
+        // A move held for another node's hand-over is handed to a sender after the others
+        // (up to DEFERRED of them; past that it waits in its sender), so the keys whose
+        // chain has no such node keep moving.
+        let mut later = Vec::new();
+        let fed = spill.drain(&mut |c| {
+            if later.len() < DEFERRED && is_held(m, local, &c) {
+                later.push(c);
+                return true;
+            }
+            wait_turn(ctx, c.size) && tx.send(c).is_ok()
+        });
+        for c in later {
+            if !(wait_turn(ctx, c.size) && tx.send(c).is_ok()) {
+                break;
+            }
+        }
         drop(tx);
         fed
     });
@@ -442,6 +460,9 @@ fn send_until(ctx: &Ctx, m: &Mover, local: &Local, c: &Candidate) -> Option<Resu
     };
     let peers = &m.counters.peers;
     let stop = || ctx.steer.stop.abort.load(Ordering::Acquire);
+    if !wait_hold(ctx, m, local, &it, c.partition) {
+        return None;
+    }
     let mut probe = false;
     loop {
         let sent = super::migrate::send_one(local, &it, m.generation, m.ttl);
@@ -472,6 +493,53 @@ fn send_until(ctx: &Ctx, m: &Mover, local: &Local, c: &Candidate) -> Option<Resu
             return None;
         }
     }
+}
+
+/// Moves held for another node's hand-over that a run keeps aside at most (each a few
+/// hundred bytes), to send after the others.
+const DEFERRED: usize = 65_536;
+
+/// Whether the move of `c` waits for another node's hand-over now.
+fn is_held(m: &Mover, local: &Local, c: &Candidate) -> bool {
+    let (Some(hold), Some(it)) = (&local.hold, m.remote_of(c)) else {
+        return false;
+    };
+    hold(&it.from, c.partition).is_some()
+}
+
+/// How often a move held for another node's hand-over looks again.
+const HOLD_TICK: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Waits while `local.hold` holds the move of `it` (its partition `p`): retried, not failed,
+/// so the run goes on (and is not completed) until the node it waits for has handed its
+/// tombstones over. False: the job was stopped meanwhile.
+fn wait_hold(ctx: &Ctx, m: &Mover, local: &Local, it: &super::migrate::Remote, p: u16) -> bool {
+    let Some(hold) = &local.hold else {
+        return true;
+    };
+    let mut held: Option<String> = None;
+    let go_on = loop {
+        if ctx.steer.stop.abort.load(Ordering::Acquire) {
+            break false;
+        }
+        let Some((node, why)) = hold(&it.from, p) else {
+            break true;
+        };
+        if held.as_ref() != Some(&node) {
+            if let Some(n) = held.take() {
+                m.counters.held.release(&n);
+            }
+            if m.counters.held.hold(&node, &why) {
+                eprintln!("ferry rebalance: moves wait for node {node}: {why}");
+            }
+            held = Some(node);
+        }
+        std::thread::sleep(HOLD_TICK);
+    };
+    if let Some(n) = held {
+        m.counters.held.release(&n);
+    }
+    go_on
 }
 
 /// One sender of `feed_remote`: moves what `rx` hands it until it is closed.

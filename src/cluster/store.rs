@@ -332,6 +332,24 @@ impl Cluster {
         self.node.as_deref()
     }
 
+    /// The nodes that owned partition `p` under the generations here between the newest one
+    /// whose owner is disk `from` (none: every one before the current) and the current one,
+    /// with the generation, newest first: the nodes a copy on `from` skipped, which may keep
+    /// a tombstone of its key.
+    pub fn owners_since(&self, p: u16, from: &str) -> Vec<(u64, String)> {
+        let mut v = Vec::new();
+        for pl in self.previous.iter().chain(&self.older) {
+            let d = pl.owner_key(p);
+            if d == from {
+                break;
+            }
+            if let Some(n) = self.node_of(&d) {
+                v.push((pl.topo.generation, n.to_string()));
+            }
+        }
+        v
+    }
+
     /// The node that serves disk `set/disk` (topology v2).
     pub fn node_of(&self, disk: &str) -> Option<&str> {
         self.nodes.get(disk).map(String::as_str)

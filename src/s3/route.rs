@@ -6,10 +6,16 @@
 //!   the previous one and under each older generation whose rebalance is not completed yet,
 //!   forwarding entry), each disk where it is: a local disk is opened, a
 //!   remote one is asked once per node (the node runs its own chain over its own disks).
-//!   A node that cannot be reached is skipped; if no reachable one has the object, the
-//!   error is the unreachable node's (503), never NoSuchKey. A tombstone met on the way (the
-//!   owner's, after a delete) makes every copy no newer than it stale: not served (a move
-//!   waiting on another node drops it later).
+//!   A node that cannot be reached is skipped, but a copy found after it in the chain (at
+//!   an older owner) is not served: the node skipped may keep the key's tombstone (a delete
+//!   under its generation), so the answer is the unreachable node's error (503, naming it),
+//!   never a copy of a deleted version. A copy found before the first unreachable node is
+//!   served; if no reachable one has the object, the error is the unreachable node's (503),
+//!   never NoSuchKey. A tombstone met on the way (the owner's, after a delete) makes every
+//!   copy no newer than it stale: not served (a move waiting on another node drops it
+//!   later).
+//! - LIST asks every other node and fails (503, naming the node) if one cannot be reached:
+//!   its keys and tombstones are not known, so no listing is given without them.
 //! - Writes go to the owner disk under the current generation (proxied to its node, which
 //!   answers once the object is durable); copies at the other nodes of the chain are then
 //!   removed (best effort: reads prefer the owner anyway).
@@ -75,6 +81,11 @@ pub fn get(
     // on a node whose move will drop it), never served.
     let mut dead = c.deleted_at(bucket, key.as_bytes())?;
     let stale = |t: std::time::SystemTime, dead: Option<std::time::SystemTime>| dead >= Some(t);
+    // A copy found past an unreachable node is not served (it may keep the tombstone).
+    let past = |down: &mut Option<Error>, found: Got, at: &str| match down.take() {
+        Some(e) => Err(shadowed(e, bucket, key, at)),
+        None => Ok(Some(found)),
+    };
     for _ in 0..READ_PASSES {
         for h in hops(c, bucket, key)? {
             match h {
@@ -82,7 +93,7 @@ pub fn get(
                     if let Some((f, p)) = c.open_on(&d, bucket, key.as_bytes())? {
                         let md = f.metadata().map_err(|e| Error::os("stat", &p, e))?;
                         if !stale(md.modified().map_err(|e| Error::os("stat", &p, e))?, dead) {
-                            return Ok(Some(Got::Local(f, md)));
+                            return past(&mut down, Got::Local(f, md), &format!("disk {d}"));
                         }
                     }
                 }
@@ -92,7 +103,7 @@ pub fn get(
                         Ok(Fetched::Missing) => {}
                         Ok(Fetched::Deleted { at }) => dead = dead.max(Some(at)),
                         Ok(Fetched::Found { stat, .. }) if stale(stat.modified, dead) => {}
-                        Ok(f) => return Ok(Some(Got::Remote(f))),
+                        Ok(f) => return past(&mut down, Got::Remote(f), &format!("node {n}")),
                         Err(e) if unreachable(&e) => {
                             down.get_or_insert(e);
                         }
@@ -109,6 +120,23 @@ pub fn get(
         Some(e) => Err(e),
         None => Ok(None),
     }
+}
+
+/// The error of a read that found a copy of `bucket/key` at `at` past the unreachable node
+/// of `down`: still the node's (503, the client retries), saying why the copy is not served.
+fn shadowed(down: Error, bucket: &str, key: &str, at: &str) -> Error {
+    let crate::error::ErrorKind::Os(io) = &down.kind else {
+        return down;
+    };
+    let Target::Peer(node) = &down.target else {
+        return down;
+    };
+    let why = format!(
+        "a copy of {bucket}/{key} is at {at}, but node {node}, newer in its read chain, could \
+         not be reached and may keep its tombstone: not served until it answers ({io})"
+    );
+    let kind = crate::error::ErrorKind::Os(std::io::Error::new(io.kind(), why));
+    Error::at("get", Target::Peer(node.clone()), kind)
 }
 
 /// The nodes (None: this one) of `bucket/key`'s chain other than its current owner's.
