@@ -682,6 +682,14 @@ fn while_the_tombstones_holder_is_down_no_deleted_key_is_served_or_moved() {
     };
     for node in ["a", "c"] {
         assert_not_served_while_b_is_down(&n, node, &gone, "b down, paused");
+        // LIST cannot vouch for b's keys and tombstones: 503 naming b, no partial listing
+        let listed = n.s3[node].list(BKT, "");
+        assert!(
+            listed
+                .as_ref()
+                .is_err_and(|e| e.contains("503") && e.contains("node b")),
+            "LIST through {node} with b down: {listed:?}"
+        );
     }
     ok(ferry(&n.c, &["cluster", "resume"]));
     let r = n.wait_rebalance(Duration::from_secs(60), "a's moves wait for b", |r| {

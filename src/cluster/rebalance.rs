@@ -348,42 +348,71 @@ fn scan_and_feed(ctx: &Arc<Ctx>, m: &Mover, disks: &[(String, PathBuf, bool)], o
     ctx.stats.walking.fetch_sub(1, Ordering::AcqRel);
 }
 
-/// Same-node moves: into the engine's queues (at most MAX_QUEUED at once), spill order.
+/// Same-node moves: into the engine's queues (at most MAX_QUEUED at once), spill order. A
+/// move held for another node's hand-over (`migrate::Hold`) is queued after the others, once
+/// it is no longer held (up to DEFERRED of them kept aside; past that the feed waits for it).
 fn feed_local(ctx: &Ctx, m: &Mover, spill: &Spill) {
     let mut made: HashSet<PathBuf> = HashSet::new();
-    let fed = spill.drain(&mut |c| {
-        // Back-pressure: the queues hold at most MAX_QUEUED moves.
-        while ctx.queues.outstanding() > MAX_QUEUED && !ctx.steer.stop.abort.load(Ordering::Acquire)
-        {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        if ctx.steer.stop.abort.load(Ordering::Acquire) {
-            return false;
-        }
-        let dir = meta::parent_dir(&c.dst).to_path_buf();
-        if !made.contains(&dir) {
-            // Below the owner disk's root only: an unmounted disk gets nothing written.
-            let mk = match m.root_of(&c.dst) {
-                Some(root) => super::identity::make_dirs_below(root, &dir),
-                None => Err(Error::errno("mkdir", &dir, libc::ENOENT)),
-            };
-            if let Err(e) = mk {
-                ctx.stats.error(e);
+    let mut later = Vec::new();
+    let fed = spill.drain(&mut |c| match &m.local {
+        Some(l) if is_held(m, l, &c) => {
+            if later.len() < DEFERRED {
+                later.push(c);
                 return true;
             }
-            if made.len() >= 65_536 {
-                made.clear(); // bounded; recreating an existing dir is cheap
-            }
-            made.insert(dir);
+            held_turn(ctx, m, l, &c) && push_local(ctx, m, &mut made, c)
         }
-        Stats::add(&ctx.stats.found_files, 1);
-        ctx.queues
-            .push_local(ctx.owner_of(c.dev), Task::new_file(c.src, c.dst, None, 1));
-        true
+        _ => push_local(ctx, m, &mut made, c),
     });
     if let Err(e) = fed {
         ctx.stats.error(Error::os("read spill", &ctx.spec.dest, e));
     }
+    for c in later {
+        let go = m.local.as_ref().is_none_or(|l| held_turn(ctx, m, l, &c));
+        if !(go && push_local(ctx, m, &mut made, c)) {
+            return;
+        }
+    }
+}
+
+/// Waits while the move of `c` is held (`wait_hold`). False: the job was stopped.
+fn held_turn(ctx: &Ctx, m: &Mover, local: &Local, c: &Candidate) -> bool {
+    match m.remote_of(c) {
+        Some(it) => wait_hold(ctx, m, local, &it, c.partition),
+        None => true,
+    }
+}
+
+/// Queues one same-node move (its directory made below the owner disk's root first). False:
+/// the job was stopped.
+fn push_local(ctx: &Ctx, m: &Mover, made: &mut HashSet<PathBuf>, c: Candidate) -> bool {
+    // Back-pressure: the queues hold at most MAX_QUEUED moves.
+    while ctx.queues.outstanding() > MAX_QUEUED && !ctx.steer.stop.abort.load(Ordering::Acquire) {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    if ctx.steer.stop.abort.load(Ordering::Acquire) {
+        return false;
+    }
+    let dir = meta::parent_dir(&c.dst).to_path_buf();
+    if !made.contains(&dir) {
+        // Below the owner disk's root only: an unmounted disk gets nothing written.
+        let mk = match m.root_of(&c.dst) {
+            Some(root) => super::identity::make_dirs_below(root, &dir),
+            None => Err(Error::errno("mkdir", &dir, libc::ENOENT)),
+        };
+        if let Err(e) = mk {
+            ctx.stats.error(e);
+            return true;
+        }
+        if made.len() >= 65_536 {
+            made.clear(); // bounded; recreating an existing dir is cheap
+        }
+        made.insert(dir);
+    }
+    Stats::add(&ctx.stats.found_files, 1);
+    ctx.queues
+        .push_local(ctx.owner_of(c.dev), Task::new_file(c.src, c.dst, None, 1));
+    true
 }
 
 /// Waits for the job's turn to send `size` bytes: not paused, within its rates. False: the
