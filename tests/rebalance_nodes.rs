@@ -5,7 +5,7 @@
 
 mod common;
 use common::placed::{assert_placed, where_is};
-use ferry::cluster::migrate::{Fence, Local, Migrate, Object, Outcome};
+use ferry::cluster::migrate::{Fence, Hold, Local, Migrate, Object, Outcome};
 use ferry::cluster::rebalance::{self, Options};
 use ferry::cluster::store::{Cluster, Placed, object_path};
 use ferry::cluster::{Topology, partition_of};
@@ -113,13 +113,26 @@ fn setup(n: usize) -> Setup {
 
 /// Node a's run with `sender` and `fence`; its report and the partitions it logged done.
 fn run_a(s: &Setup, sender: Arc<dyn Migrate>, fence: Fence) -> (ferry::Report, HashSet<u16>) {
+    let done = Arc::new(Mutex::new(HashSet::new()));
+    let r = start_a(s, sender, fence, None, done.clone()).wait();
+    let d = done.lock().unwrap().clone();
+    (r, d)
+}
+
+/// Starts node a's run with `sender`, `fence` and `hold`; the partitions done go to `done`.
+fn start_a(
+    s: &Setup,
+    sender: Arc<dyn Migrate>,
+    fence: Fence,
+    hold: Option<Hold>,
+    done: Arc<Mutex<HashSet<u16>>>,
+) -> ferry::JobHandle {
     let cluster = Arc::new(Cluster::for_node(
         s.new.clone(),
         Some(s.old.clone()),
         None,
         "a",
     ));
-    let done = Arc::new(Mutex::new(HashSet::new()));
     let d2 = done.clone();
     let mut opts = Options::new(
         s.dir.join("old.json"),
@@ -135,15 +148,75 @@ fn run_a(s: &Setup, sender: Arc<dyn Migrate>, fence: Fence) -> (ferry::Report, H
         on_done: Arc::new(move |p| {
             d2.lock().unwrap().insert(p);
         }),
-        hold: None,
+        hold,
     });
     let mut spec = ferry::CopySpec::new(vec![], PathBuf::new());
     spec.state_dir = Some(s.dir.join("state"));
     spec.fresh = true;
-    let h = ferry::Job::start_with(|| Ok(rebalance::prepare(&opts, spec)?.0)).unwrap();
+    ferry::Job::start_with(|| Ok(rebalance::prepare(&opts, spec)?.0)).unwrap()
+}
+
+/// The moves of the odd partitions are held (as for a node that has not handed its
+/// tombstones over) until `open`: the others, same-node and cross-node, all go meanwhile,
+/// the held ones stay at their source and the run does not end; once released, they go and
+/// the run completes with every object once at its owner.
+#[test]
+fn held_moves_wait_while_the_others_go_and_go_once_released() {
+    let s = setup(400);
+    let rx = Arc::new(Receiver {
+        disks: HashMap::from([("s1/d0".to_string(), s.dir.join("s1d0"))]),
+        calls: AtomicUsize::new(0),
+    });
+    let open = Arc::new(AtomicBool::new(false));
+    let o = open.clone();
+    let hold: Hold = Arc::new(move |from: &str, p: u16| {
+        assert_eq!(from, "s0/d0");
+        (p % 2 == 1 && !o.load(Ordering::Acquire)).then(|| ("b".into(), "test".into()))
+    });
+    let done = Arc::new(Mutex::new(HashSet::new()));
+    let h = start_a(&s, rx, Arc::new(|| Ok(true)), Some(hold), done);
+    let placed = Placed::new(s.new.clone());
+    let owner = |k: &String| placed.owner_key(partition_of(b"bkt", k.as_bytes()));
+    let moving: Vec<&String> = s.want.keys().filter(|k| owner(k) != "s0/d0").collect();
+    let held = |k: &&String| partition_of(b"bkt", k.as_bytes()) % 2 == 1;
+    let (kinds, free) = (
+        moving
+            .iter()
+            .filter(|k| held(k))
+            .map(|k| owner(k))
+            .collect::<HashSet<_>>(),
+        moving.iter().filter(|k| !held(k)).count(),
+    );
+    assert!(
+        kinds.len() == 2 && free > 50,
+        "held moves to both disks, others too"
+    );
+    let start = std::time::Instant::now();
+    loop {
+        let at = where_is(&s.new, "bkt");
+        let went = moving
+            .iter()
+            .filter(|k| !held(k) && at[**k] == [owner(k)])
+            .count();
+        if went == free {
+            break;
+        }
+        assert!(
+            start.elapsed().as_secs() < 30,
+            "{went} of {free} unheld moves went"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let at = where_is(&s.new, "bkt");
+    for k in moving.iter().filter(|k| held(k)) {
+        assert_eq!(at[*k], ["s0/d0".to_string()], "{k} moved while held");
+    }
+    assert!(!h.is_finished(), "the run ended with moves held");
+    open.store(true, Ordering::Release);
     let r = h.wait();
-    let d = done.lock().unwrap().clone();
-    (r, d)
+    assert!(r.ok(), "{:?}", r.errors);
+    assert_placed(&s.new, "bkt", &s.want);
 }
 
 #[test]
