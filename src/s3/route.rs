@@ -6,12 +6,16 @@
 //!   the previous one and under each older generation whose rebalance is not completed yet,
 //!   forwarding entry), each disk where it is: a local disk is opened, a
 //!   remote one is asked once per node (the node runs its own chain over its own disks).
-//!   A node that cannot be reached is skipped, but a copy found after it in the chain (at
-//!   an older owner) is not served: the node skipped may keep the key's tombstone (a delete
-//!   under its generation), so the answer is the unreachable node's error (503, naming it),
-//!   never a copy of a deleted version. A copy found before the first unreachable node is
-//!   served; if no reachable one has the object, the error is the unreachable node's (503),
-//!   never NoSuchKey. A tombstone met on the way (the owner's, after a delete) makes every
+//!   A node that cannot be reached is skipped, but a copy found after an unreachable owner of
+//!   an older, unsettled generation (between the current owner and the copy) is not served:
+//!   that node may keep the key's tombstone (a delete under its generation that it has not
+//!   handed over yet), so the answer is its error (503, naming it), never a copy of a deleted
+//!   version. The current owner being unreachable does not stop a copy waiting at an older
+//!   owner from being served: a client's delete there removed every copy it could reach (or
+//!   failed), so a live key waiting to move stays readable while its new owner is down; what
+//!   is left is a move landing at an intermediate owner after such a delete, with the current
+//!   owner down (no test covers that race). If no reachable node has the object, the error is
+//!   the unreachable node's (503), never NoSuchKey. A tombstone met on the way (the owner's, after a delete) makes every
 //!   copy no newer than it stale: not served (a move waiting on another node drops it
 //!   later).
 //! - LIST asks every other node and fails (503, naming the node) if one cannot be reached:
@@ -76,24 +80,26 @@ pub fn get(
 ) -> Result<Option<Got>, Error> {
     crate::cluster::store::validate(bucket, key.as_bytes())
         .map_err(|m| Error::usage(std::path::Path::new("object"), m))?;
-    let mut down: Option<Error> = None;
+    // The current owner's error when it cannot be reached, and the first unreachable node
+    // after it (copies past that one are not served).
+    let mut owner_down: Option<Error> = None;
     // The newest tombstone met: a copy no newer than it is of a deleted version (it waits
     // on a node whose move will drop it), never served.
     let mut dead = c.deleted_at(bucket, key.as_bytes())?;
     let stale = |t: std::time::SystemTime, dead: Option<std::time::SystemTime>| dead >= Some(t);
-    // A copy found past an unreachable node is not served (it may keep the tombstone).
-    let past = |down: &mut Option<Error>, found: Got, at: &str| match down.take() {
+    let mut shadow: Option<Error> = None;
+    let past = |shadow: &mut Option<Error>, found: Got, at: &str| match shadow.take() {
         Some(e) => Err(shadowed(e, bucket, key, at)),
         None => Ok(Some(found)),
     };
     for _ in 0..READ_PASSES {
-        for h in hops(c, bucket, key)? {
+        for (i, h) in hops(c, bucket, key)?.into_iter().enumerate() {
             match h {
                 Hop::Local(d) => {
                     if let Some((f, p)) = c.open_on(&d, bucket, key.as_bytes())? {
                         let md = f.metadata().map_err(|e| Error::os("stat", &p, e))?;
                         if !stale(md.modified().map_err(|e| Error::os("stat", &p, e))?, dead) {
-                            return past(&mut down, Got::Local(f, md), &format!("disk {d}"));
+                            return past(&mut shadow, Got::Local(f, md), &format!("disk {d}"));
                         }
                     }
                 }
@@ -103,20 +109,21 @@ pub fn get(
                         Ok(Fetched::Missing) => {}
                         Ok(Fetched::Deleted { at }) => dead = dead.max(Some(at)),
                         Ok(Fetched::Found { stat, .. }) if stale(stat.modified, dead) => {}
-                        Ok(f) => return past(&mut down, Got::Remote(f), &format!("node {n}")),
+                        Ok(f) => return past(&mut shadow, Got::Remote(f), &format!("node {n}")),
                         Err(e) if unreachable(&e) => {
-                            down.get_or_insert(e);
+                            let slot = if i == 0 { &mut owner_down } else { &mut shadow };
+                            slot.get_or_insert(e);
                         }
                         Err(e) => return Err(e),
                     }
                 }
             }
         }
-        if down.is_some() {
+        if owner_down.is_some() || shadow.is_some() {
             break; // another pass would wait for the same node again
         }
     }
-    match down {
+    match owner_down.or(shadow) {
         Some(e) => Err(e),
         None => Ok(None),
     }
