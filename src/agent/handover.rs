@@ -67,13 +67,7 @@ fn served(
     {
         return Ok(ok(*v));
     }
-    let kv = store.get(&keys.served(n)).map_err(|e| e.to_string())?;
-    let v = kv.map(|kv| {
-        std::str::from_utf8(&kv.value)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0)
-    });
+    let v = super::objects::served_by(store, keys, n)?;
     if cache.len() >= 4096 {
         cache.clear(); // bounded: one entry per node
     }

@@ -294,17 +294,23 @@ pub fn all_serve(store: &dyn ClusterStore, keys: &Keys, g: u64) -> Result<bool, 
     let members = store.range(&prefix, true).map_err(|e| e.to_string())?;
     for kv in &members.kvs {
         let node = &kv.key[prefix.len()..];
-        let Some(s) = store.get(&keys.served(node)).map_err(|e| e.to_string())? else {
-            continue;
-        };
-        let served = std::str::from_utf8(&s.value)
-            .ok()
-            .and_then(|v| v.parse().ok());
-        if served.unwrap_or(0) < g {
+        if served_by(store, keys, node)?.is_some_and(|s| s < g) {
             return Ok(false);
         }
     }
     Ok(true)
+}
+
+/// The generation node `node` last published it routes by (`served/<node>`; None: it never
+/// published one; a value that does not parse counts as 0, i.e. not yet serving).
+pub fn served_by(store: &dyn ClusterStore, keys: &Keys, node: &str) -> Result<Option<u64>, String> {
+    let kv = store.get(&keys.served(node)).map_err(|e| e.to_string())?;
+    Ok(kv.map(|kv| {
+        std::str::from_utf8(&kv.value)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    }))
 }
 
 /// Opens the registry, loads the topology once, and keeps it current on a thread.
