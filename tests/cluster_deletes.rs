@@ -52,6 +52,21 @@ fn wait_paused(n: &Nodes, g: u64, node: &str) {
     });
 }
 
+/// After the rebalance: every key of `gone` is nowhere, and every other key of `want` (the
+/// deleted ones taken out of it) is once at its owner under `topo` with its content.
+fn assert_settled(
+    n: &Nodes,
+    gone: &[String],
+    want: &mut HashMap<String, Vec<u8>>,
+    topo: &Topology,
+) {
+    assert_gone_everywhere(n, gone, "after the rebalance");
+    for k in gone {
+        want.remove(k);
+    }
+    assert_placed(topo, BKT, want);
+}
+
 /// Every agent answers 404 for each of `gone`, and lists none of them.
 fn assert_gone_everywhere(n: &Nodes, gone: &[String], when: &str) {
     for (node, s3) in &n.s3 {
@@ -208,11 +223,7 @@ fn a_key_deleted_while_its_move_waits_through_two_changes_never_comes_back() {
         r["objects"],
         r["superseded"]
     );
-    assert_gone_everywhere(&n, &gone, "after the rebalance");
-    for k in &gone {
-        want.remove(k);
-    }
-    assert_placed(&g3, BKT, &want);
+    assert_settled(&n, &gone, &mut want, &g3);
     assert_lists(&n, &want);
     // the rebalance is completed everywhere: c lets its tombstones go
     std::thread::sleep(COLLECTED_WITHIN);
@@ -319,11 +330,7 @@ fn a_key_waiting_at_its_owner_of_generations_ago_is_served_by_every_agent() {
     assert_gone_everywhere(&n, &gone, "paused, after the deletes");
     ok(ferry(&n.c, &["cluster", "resume"]));
     n.wait_completed(4, Duration::from_secs(120));
-    for k in &gone {
-        want.remove(k);
-    }
-    assert_gone_everywhere(&n, &gone, "after the rebalance");
-    assert_placed(&g4, BKT, &want);
+    assert_settled(&n, &gone, &mut want, &g4);
     ok(try_apply(&n, &g5));
 }
 
@@ -372,11 +379,7 @@ fn a_tombstone_reaches_the_next_owner_before_a_stale_copy_does() {
         gone.len(),
         "the stale copies are dropped at c: {r}"
     );
-    assert_gone_everywhere(&n, &gone, "after the rebalance");
-    for k in &gone {
-        want.remove(k);
-    }
-    assert_placed(&g3, BKT, &want);
+    assert_settled(&n, &gone, &mut want, &g3);
 }
 
 /// Every agent lists exactly the keys of `want`.
@@ -451,11 +454,7 @@ fn a_delete_during_a_cross_node_move_removes_every_copy_at_once() {
         r["objects"],
         r["superseded"]
     );
-    assert_gone_everywhere(&n, &gone, "after the rebalance");
-    for k in &gone {
-        want.remove(k);
-    }
-    assert_placed(&g2, BKT, &want);
+    assert_settled(&n, &gone, &mut want, &g2);
 }
 
 /// The generation node `node`'s object layer routes by, as it published it (0: none yet).
@@ -569,11 +568,7 @@ fn a_delete_through_an_agent_still_on_the_old_layer_reaches_the_new_owner() {
         waiting.len(),
         "the stale copies from a are dropped at b: {r}"
     );
-    assert_gone_everywhere(&n, &gone, "after the rebalance");
-    for k in &gone {
-        want.remove(k);
-    }
-    assert_placed(&g2, BKT, &want);
+    assert_settled(&n, &gone, &mut want, &g2);
 }
 
 /// The cluster of the tombstone hand-over tests: a owns every key under 1, b under 2, c
@@ -640,11 +635,7 @@ fn a_node_down_during_the_switch_hands_its_tombstones_over_when_it_returns() {
         gone.len(),
         "the stale copies are dropped at c: {r}"
     );
-    assert_gone_everywhere(&n, &gone, "after the rebalance");
-    for k in &gone {
-        want.remove(k);
-    }
-    assert_placed(&g3, BKT, &want);
+    assert_settled(&n, &gone, &mut want, &g3);
 }
 
 /// GET of each of `gone` through `node`: 503 naming b (it may keep the tombstone) or 404,
@@ -723,9 +714,5 @@ fn while_the_tombstones_holder_is_down_no_deleted_key_is_served_or_moved() {
         gone.len(),
         "the stale copies are dropped at c: {r}"
     );
-    assert_gone_everywhere(&n, &gone, "after the rebalance");
-    for k in &gone {
-        want.remove(k);
-    }
-    assert_placed(&g3, BKT, &want);
+    assert_settled(&n, &gone, &mut want, &g3);
 }
