@@ -86,8 +86,11 @@ impl Etcd {
             m.spawn(&cluster, true);
         }
         let e = Etcd { members, _tmp: tmp };
+        // As long as `restart_all` gives a cold cluster to elect a leader: the first member
+        // answers only once a quorum is up (20 s was exceeded once with 3 tests starting
+        // 3-member clusters at the same time).
         for m in &e.members {
-            m.wait_ready(Duration::from_secs(20));
+            m.wait_ready(Duration::from_secs(30));
         }
         Some(e)
     }
