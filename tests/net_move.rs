@@ -366,6 +366,18 @@ fn a_puller_killed_at_random_moments_loses_nothing_and_its_rerun_finishes() {
     } else {
         6
     };
+    // Kill points inside a move: fractions of how long a whole one takes here (a fixed
+    // 50-1550 ms missed every move once pulls ran two streams on a quiet machine).
+    let full = {
+        let src = exp.join("timed");
+        cp_a(&keep, &src);
+        let url = format!("ferry://localhost:{}/data/timed", s.port);
+        let (dst, state) = (t.path().join("dst-timed"), t.path().join("state-timed"));
+        let t0 = Instant::now();
+        let o = move_to(&url, &dst, &ctls, &state);
+        assert!(o.status.success(), "the timed move: {}", stderr(&o));
+        t0.elapsed()
+    };
     let mut killed = 0;
     for i in 0..cycles {
         let src = exp.join(format!("mv{i}"));
@@ -373,7 +385,7 @@ fn a_puller_killed_at_random_moments_loses_nothing_and_its_rerun_finishes() {
         let dst = t.path().join(format!("dst{i}"));
         let state = t.path().join(format!("state{i}"));
         let url = format!("ferry://localhost:{}/data/mv{i}", s.port);
-        let at = Duration::from_millis(50 + rng.below(1500));
+        let at = full.mul_f64((5 + rng.below(85)) as f64 / 100.0);
         let mut c = start_move(&url, &dst, &ctls, &state);
         std::thread::sleep(at);
         let running = c.try_wait().unwrap().is_none();
