@@ -340,8 +340,11 @@ fn a_pull_killed_inside_a_big_file_names_nothing_partial_and_its_rerun_cleans_up
     // Slowed down, so the kill lands inside the big file.
     let p = Proxy::start(s.port, std::time::Duration::from_millis(1), |_| None);
     let from = format!("ferry://localhost:{}/data/tree", p.port);
+    // One stream, so the small file's batch waits behind the big file on the same connection
+    // (the count of temps below); pulls of several streams killed mid-way: net_move, net_streams.
+    let one = [os("--streams"), os("1"), os(&from), dst.as_os_str()];
     let mut client = Spawned::new(
-        copy_cmd(&[os(&from), dst.as_os_str()], &ctls, &state)
+        copy_cmd(&one, &ctls, &state)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
