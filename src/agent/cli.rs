@@ -241,7 +241,8 @@ fn agent_inner(a: AgentArgs) -> Result<ExitCode, String> {
         None => Arc::new(crate::cluster::migrate::NoTransport),
     };
     let mut rebalancer =
-        super::rebalance::Rebalancer::new(store.clone(), dir.clone(), threads, sender, &a.node);
+        super::rebalance::Rebalancer::new(store.clone(), dir.clone(), threads, sender, &a.node)
+            .with_lease_ttl(Duration::from_secs(agent.cfg.ttl_secs as u64));
     if let Some(st) = pace {
         let latency = served.s3.as_ref().map(|e| e.latency.clone());
         rebalancer = rebalancer.with_pace(super::pace::Paced::new(st, latency));

@@ -435,6 +435,9 @@ fn print_rebalance(r: &Value) {
                 w["why"].as_str().unwrap_or("")
             );
         }
+        if let Some(why) = n["why"].as_str().filter(|w| !w.is_empty()) {
+            println!("    lost: {why}");
+        }
         for e in n["errors"].as_array().into_iter().flatten().take(3) {
             println!("    error: {}", e.as_str().unwrap_or(""));
         }

@@ -17,6 +17,7 @@ pub mod follow;
 pub mod handover;
 pub mod keys;
 pub mod leader;
+pub mod lost;
 pub mod member;
 pub mod node;
 pub mod objects;

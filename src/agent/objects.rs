@@ -305,12 +305,15 @@ pub fn all_serve(store: &dyn ClusterStore, keys: &Keys, g: u64) -> Result<bool, 
 /// published one; a value that does not parse counts as 0, i.e. not yet serving).
 pub fn served_by(store: &dyn ClusterStore, keys: &Keys, node: &str) -> Result<Option<u64>, String> {
     let kv = store.get(&keys.served(node)).map_err(|e| e.to_string())?;
-    Ok(kv.map(|kv| {
-        std::str::from_utf8(&kv.value)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0)
-    }))
+    Ok(kv.map(|kv| served_value(&kv.value)))
+}
+
+/// The generation a `served/<node>` value says (one that does not parse: 0).
+pub fn served_value(v: &[u8]) -> u64 {
+    std::str::from_utf8(v)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Opens the registry, loads the topology once, and keeps it current on a thread.

@@ -9,7 +9,7 @@
 //! recorded done. A newer generation cancels the run and replans against it.
 
 use super::node::{Work, WorkCtx};
-use super::rebalance_state::{COMPLETED, FAILED, NodeProgress, Spec, newest};
+use super::rebalance_state::{COMPLETED, FAILED, LOST, NodeProgress, Spec, newest};
 use super::store::{ClusterStore, Cmp, Op};
 use super::view::View;
 use crate::cluster::migrate::{Fence, Local, Migrate};
@@ -59,6 +59,10 @@ pub struct Rebalancer {
     /// The record of a run stopped by a lost lease (generation, record): counts it made
     /// after its last write to etcd, for the run that resumes it.
     kept: Option<(u64, NodeProgress)>,
+    /// What the hand-over holds of a run know of the other nodes (from the view, each round).
+    known: Arc<super::handover::Known>,
+    /// The nodes removed and not running, whose parts are marked lost.
+    gone: super::lost::Gone,
 }
 
 struct Active {
@@ -127,7 +131,18 @@ impl Rebalancer {
             pace: None,
             ceiling: (0, 0),
             kept: None,
+            known: Arc::default(),
+            gone: super::lost::Gone::new(std::time::Duration::from_secs(
+                super::config::AgentConfig::default().ttl_secs as u64,
+            )),
         }
+    }
+
+    /// A node removed and not running has its part marked lost once it had no member key
+    /// for `ttl` (the agents' lease TTL).
+    pub fn with_lease_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.gone = super::lost::Gone::new(ttl);
+        self
     }
 
     /// Paces the migration by client and disk latency (user I/O first).
@@ -176,6 +191,13 @@ impl Rebalancer {
             .get(&ctx.keys.rebalance_progress(g, ctx.node))
             .and_then(|kv| serde_json::from_slice(&kv.value).ok())
             .unwrap_or_default();
+        if rec.state == LOST {
+            // another node found this one removed and not running: its disks count as gone
+            self.kept = None;
+            self.finished = g;
+            self.event("rebalance_lost", g, json!({"why": rec.why}));
+            return;
+        }
         if let Some((kg, k)) = self.kept.take()
             && kg == g
             && k.moved + k.superseded >= rec.moved + rec.superseded
@@ -266,7 +288,7 @@ impl Rebalancer {
         }
         let done = r.done.clone();
         let cluster = r.cluster.clone().expect("opened above");
-        let hold = super::handover::hold(self.store.clone(), ctx.keys, ctx.node, cluster.clone());
+        let hold = super::handover::hold(self.known.clone(), ctx.node, cluster.clone());
         let local = Local {
             node: ctx.node.to_string(),
             cluster,
@@ -576,6 +598,13 @@ impl Work for Rebalancer {
             return;
         }
         let newest = newest(ctx.keys, view.under(&ctx.keys.rebalances()));
+        if let Some((spec, rev)) = &newest {
+            let g = spec.generation;
+            for (node, why) in self.gone.mark(ctx, view, spec, *rev) {
+                self.event("rebalance_node_lost", g, json!({"lost": node, "why": why}));
+            }
+            self.known.see(ctx.keys, view, g);
+        }
         let newer = newest.as_ref().map_or(0, |(s, _)| s.generation);
         if self.run.as_ref().is_some_and(|r| newer > r.spec.generation) {
             self.replace(newer);

@@ -24,7 +24,8 @@ pub struct Spec {
 /// One node's account of a rebalance (it outlives the agent: a restart resumes from it).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct NodeProgress {
-    /// scanning, migrating, paused, destination_full, peer_unreachable, completed, failed.
+    /// scanning, migrating, paused, destination_full, peer_unreachable, handover_wait,
+    /// completed, failed, lost.
     pub state: String,
     /// Partitions whose misplaced objects on this node are all at their owners (PartSet).
     pub done: String,
@@ -64,6 +65,9 @@ pub struct NodeProgress {
     /// (`agent::handover`).
     #[serde(default)]
     pub handover: Vec<crate::cluster::reach::Waiting>,
+    /// Why the node's part is `lost` (written by another node's agent: `agent::lost`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub why: String,
 }
 
 impl NodeProgress {
@@ -85,6 +89,14 @@ pub const PEER_UNREACHABLE: &str = "peer_unreachable";
 /// Some of a node's moves wait for another node to hand its tombstones over (it is down, or
 /// does not route by the newest generation yet); they go once it has.
 pub const HANDOVER_WAIT: &str = "handover_wait";
+/// A node removed from the topology that does not run: its part can never be done (its
+/// disks, and the objects and tombstones on them, are lost); the job completes without it.
+pub const LOST: &str = "lost";
+
+/// Whether a node's part of a rebalance is over for good (nothing more comes of it).
+pub fn is_final(state: &str) -> bool {
+    [COMPLETED, FAILED, LOST].contains(&state)
+}
 
 /// The generation in a key `.../rebalance/<gen>/...`.
 fn generation_of(keys: &Keys, key: &str) -> Option<u64> {
@@ -119,8 +131,9 @@ pub fn nodes(spec: &Spec) -> Vec<String> {
     v
 }
 
-/// The job's state from its nodes' records: completed once every node's part is, failed if
-/// one failed for good, else running (paused with the cluster's control).
+/// The job's state from its nodes' records: completed once every node's part is (or is
+/// lost: `LOST`), failed if one failed for good, else running (paused with the cluster's
+/// control).
 pub fn job_state(spec: &Spec, progress: &[(String, NodeProgress)], paused: bool) -> &'static str {
     let state = |n: &str| {
         progress
@@ -131,7 +144,10 @@ pub fn job_state(spec: &Spec, progress: &[(String, NodeProgress)], paused: bool)
     let ns = nodes(spec);
     if ns.iter().any(|n| state(n) == Some(FAILED)) {
         FAILED
-    } else if ns.iter().all(|n| state(n) == Some(COMPLETED)) {
+    } else if ns
+        .iter()
+        .all(|n| matches!(state(n), Some(COMPLETED | LOST)))
+    {
         COMPLETED
     } else if ns.iter().any(|n| state(n) == Some(DESTINATION_FULL)) {
         DESTINATION_FULL
@@ -213,7 +229,7 @@ pub fn summary(keys: &Keys, kvs: &[Kv], paused: bool) -> Value {
     let state = job_state(&spec, &progress, paused);
     let mut t = NodeProgress::default();
     let mut per_node = Vec::new();
-    let mut unreachable = Vec::new();
+    let (mut unreachable, mut lost) = (Vec::new(), Vec::new());
     for n in nodes(&spec) {
         let p = progress
             .iter()
@@ -234,6 +250,9 @@ pub fn summary(keys: &Keys, kvs: &[Kv], paused: bool) -> Value {
             unreachable.push(json!({"from": n, "peer": u.peer, "since_ms": u.since_ms,
                 "probes": u.probes, "error": u.error}));
         }
+        if p.state == LOST {
+            lost.push(json!({"node": n, "why": p.why}));
+        }
         per_node.push(json!({"node": n, "state": if p.state.is_empty() { "waiting" } else { p.state.as_str() },
             "objects": p.moved, "objects_total": p.total, "bytes": p.moved_bytes,
             "bytes_total": p.total_bytes, "superseded": p.superseded, "failed": p.failed,
@@ -241,7 +260,7 @@ pub fn summary(keys: &Keys, kvs: &[Kv], paused: bool) -> Value {
             "errors": p.errors, "limit_bytes_s": p.limit_bytes_s, "user_p99_us": p.user_p99_us,
             "user_target_us": p.user_target_us, "scanned": p.scanned, "scan_ms": p.scan_ms,
             "unreachable": p.unreachable, "handover": p.handover, "started_ms": p.started_ms,
-            "at_ms": p.at_ms}));
+            "why": p.why, "at_ms": p.at_ms}));
     }
     let left = t.total_bytes.saturating_sub(t.moved_bytes);
     let eta =
@@ -251,7 +270,7 @@ pub fn summary(keys: &Keys, kvs: &[Kv], paused: bool) -> Value {
         "objects": t.moved, "objects_total": t.total, "bytes": t.moved_bytes,
         "bytes_total": t.total_bytes, "superseded": t.superseded, "failed": t.failed,
         "rate_bytes_s": t.rate_bytes_s, "eta_s": eta, "unreachable": unreachable,
-        "nodes": per_node})
+        "lost": lost, "nodes": per_node})
 }
 
 #[cfg(test)]
@@ -425,6 +444,47 @@ mod tests {
             (&json!("c"), &json!("a"), &json!(1234))
         );
         assert_eq!(s["unreachable"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_lost_part_is_listed_and_does_not_keep_the_job_from_completing() {
+        let keys = Keys::new("t").unwrap();
+        let spec = Spec {
+            generation: 3,
+            from_generation: 2,
+            order: "size".into(),
+            previous: topo(2, &["a", "b"]),
+            topology: topo(3, &["a"]),
+            created_ms: 0,
+        };
+        let rec = |state: &str, why: &str| NodeProgress {
+            state: state.into(),
+            why: why.into(),
+            ..Default::default()
+        };
+        let kvs = |b: NodeProgress| {
+            vec![
+                kv(keys.rebalance(3), &spec),
+                kv(keys.rebalance_progress(3, "a"), &rec(COMPLETED, "")),
+                kv(keys.rebalance_progress(3, "b"), &b),
+            ]
+        };
+        let s = summary(
+            &keys,
+            &kvs(rec(LOST, "node b removed and not running")),
+            false,
+        );
+        assert_eq!(s["state"], COMPLETED, "{s}");
+        assert_eq!(node_state(&s, "b"), LOST);
+        assert_eq!(
+            s["lost"],
+            json!([{"node": "b", "why": "node b removed and not running"}])
+        );
+        assert_eq!(settled(&keys, &kvs(rec(LOST, "gone")), 3), Some(3));
+        let s = summary(&keys, &kvs(rec(HANDOVER_WAIT, "")), false);
+        assert_eq!(s["state"], HANDOVER_WAIT, "{s}");
+        assert_eq!(s["lost"], json!([]));
+        assert!(is_final(LOST) && is_final(FAILED) && !is_final(HANDOVER_WAIT));
     }
 
     fn node_state(s: &Value, n: &str) -> String {

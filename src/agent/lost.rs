@@ -1,0 +1,282 @@
+//! A node removed from the topology that does not run: its part of the newest rebalance can
+//! never be done (its disks are gone, with the objects and the tombstones on them), so the
+//! job would never complete and the moves that wait for its hand-over (`agent::handover`)
+//! would wait forever. Every agent looks once a round: a node the job names (either
+//! topology) to which the newest topology gives no disk of an active or draining set, with
+//! no member key in etcd continuously for a lease TTL as this agent sees it (the TTL its
+//! lease had already passed without a keepalive: a restart or a stall past the TTL is over
+//! by then), and whose part is not over, gets its record marked `lost` with the reason. The
+//! mark is a transaction that finds the node's member key absent, its record as read, the
+//! job's spec and the topology unchanged and this agent's own member key its run's: an
+//! agent of the node that claims its key again first is never overridden. A node that comes
+//! back later finds its part lost and moves nothing of that generation (`Rebalancer::begin`).
+
+use super::node::WorkCtx;
+use super::rebalance_state::{LOST, NodeProgress, Spec, is_final, nodes};
+use super::store::{Cmp, Op};
+use super::view::View;
+use crate::cluster::Topology;
+use crate::cluster::topology::SetState;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// The nodes this agent sees removed and not running, since when.
+pub struct Gone {
+    since: HashMap<String, Instant>,
+    /// How long one must be seen so before its part is marked lost.
+    after: Duration,
+}
+
+/// Whether topology `t` gives node `n` a disk of a set that is active or draining.
+fn serves(t: &Topology, n: &str) -> bool {
+    t.sets()
+        .filter(|s| s.state != SetState::Removed)
+        .flat_map(|s| s.disks.iter())
+        .any(|d| d.node.as_deref() == Some(n))
+}
+
+/// The record of node `n` in `view` for the rebalance of `g` (its mod revision: 0 if none).
+fn record(ctx: &WorkCtx, view: &View, g: u64, n: &str) -> (NodeProgress, i64) {
+    match view.get(&ctx.keys.rebalance_progress(g, n)) {
+        Some(kv) => (
+            serde_json::from_slice(&kv.value).unwrap_or_default(),
+            kv.mod_rev,
+        ),
+        None => (NodeProgress::default(), 0),
+    }
+}
+
+impl Gone {
+    pub fn new(after: Duration) -> Gone {
+        Gone {
+            since: HashMap::new(),
+            after,
+        }
+    }
+
+    /// The nodes of `spec`'s job that are removed and not running now, by `view`.
+    fn candidates(ctx: &WorkCtx, view: &View, spec: &Spec) -> Vec<String> {
+        nodes(spec)
+            .into_iter()
+            .filter(|n| n != ctx.node && !serves(&spec.topology, n))
+            .filter(|n| view.get(&ctx.keys.member(n)).is_none())
+            .filter(|n| !is_final(&record(ctx, view, spec.generation, n).0.state))
+            .collect()
+    }
+
+    /// Marks lost the part of `spec`'s job (its spec key at mod revision `spec_rev`) of each
+    /// node seen removed and not running for `after`; (node, why) of each marked now.
+    pub fn mark(
+        &mut self,
+        ctx: &WorkCtx,
+        view: &View,
+        spec: &Spec,
+        spec_rev: i64,
+    ) -> Vec<(String, String)> {
+        let now = Self::candidates(ctx, view, spec);
+        self.since.retain(|n, _| now.contains(n));
+        let mut out = Vec::new();
+        for n in now {
+            let since = *self.since.entry(n.clone()).or_insert_with(Instant::now);
+            if since.elapsed() < self.after {
+                continue;
+            }
+            match self.write(ctx, view, spec, spec_rev, &n) {
+                Ok(Some(why)) => out.push((n, why)),
+                Ok(None) => {} // it came back, or another agent marked it first
+                Err(m) => eprintln!("ferry agent {}: {m}", ctx.node),
+            }
+        }
+        out
+    }
+
+    /// The mark of node `n`'s part (see the module comment); Ok(None): a compare failed.
+    fn write(
+        &self,
+        ctx: &WorkCtx,
+        view: &View,
+        spec: &Spec,
+        spec_rev: i64,
+        n: &str,
+    ) -> Result<Option<String>, String> {
+        let (g, k) = (spec.generation, ctx.keys);
+        let (mut rec, rev) = record(ctx, view, g, n);
+        let why = format!(
+            "node {n} removed and not running (no member key for {:?}, as node {} saw): its \
+             objects and tombstones are lost with its disks",
+            self.after, ctx.node
+        );
+        rec.state = LOST.into();
+        rec.why = why.clone();
+        (rec.rate_bytes_s, rec.eta_s) = (0, None);
+        rec.unreachable.clear();
+        rec.handover.clear();
+        rec.at_ms = super::state::now_ms();
+        let topo_rev = view.get(&k.topology()).map_or(0, |kv| kv.mod_rev);
+        let c = [
+            Cmp::CreateRev(k.member(ctx.node), ctx.incarnation),
+            Cmp::ModRev(k.rebalance(g), spec_rev),
+            Cmp::ModRev(k.topology(), topo_rev),
+            Cmp::CreateRev(k.member(n), 0),
+            Cmp::ModRev(k.rebalance_progress(g, n), rev),
+        ];
+        let put = Op::Put {
+            key: k.rebalance_progress(g, n),
+            value: serde_json::to_vec(&rec).expect("serializable"),
+            lease: 0,
+        };
+        match ctx.store.txn(&c, &[put]) {
+            Ok((ok, _)) => Ok(ok.then_some(why)),
+            Err(e) => Err(format!(
+                "mark node {n}'s part of rebalance {g} lost: {e} (tried again next round)"
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::keys::Keys;
+    use crate::agent::rebalance_state::COMPLETED;
+    use crate::agent::store::{ClusterStore, MemStore};
+    use serde_json::json;
+
+    /// Generation `g` with sets a and b, b's set in state `b`.
+    fn topo(g: u64, b: &str) -> Topology {
+        let set = |id: &str, state: &str| {
+            json!({"id": id, "state": state, "weight": 1.0,
+                "disks": [{"id": "d0", "path": format!("/nonexistent/{id}"), "node": id}]})
+        };
+        let v = json!({"generation": g, "pools": [{"id": "p", "sets": [set("a", "active"), set("b", b)]}]});
+        Topology::parse(&serde_json::to_vec(&v).unwrap()).unwrap()
+    }
+
+    struct World {
+        store: MemStore,
+        keys: Keys,
+        inc: i64,
+        spec: Spec,
+        spec_rev: i64,
+    }
+
+    fn world(b: &str) -> World {
+        let (store, keys) = (MemStore::default(), Keys::new("t").unwrap());
+        let lease = store.grant(30).unwrap();
+        let inc = store.put(&keys.member("a"), b"{}", lease).unwrap();
+        let spec = Spec {
+            generation: 3,
+            from_generation: 2,
+            order: "size".into(),
+            previous: topo(2, "active"),
+            topology: topo(3, b),
+            created_ms: 0,
+        };
+        let spec_rev = store
+            .put(&keys.rebalance(3), &serde_json::to_vec(&spec).unwrap(), 0)
+            .unwrap();
+        store.put(&keys.topology(), b"{}", 0).unwrap();
+        World {
+            store,
+            keys,
+            inc,
+            spec,
+            spec_rev,
+        }
+    }
+
+    impl World {
+        /// One look by node a (a fresh view); the nodes it marked.
+        fn mark(&self, gone: &mut Gone) -> Vec<String> {
+            let ctx = WorkCtx {
+                store: &self.store,
+                keys: &self.keys,
+                node: "a",
+                lease: 0,
+                incarnation: self.inc,
+                fence: 0,
+                control: Default::default(),
+                progress_interval: Duration::from_secs(1),
+            };
+            let mut v = View::default();
+            v.refresh(&self.store, &self.keys.root).unwrap();
+            let m = gone.mark(&ctx, &v, &self.spec, self.spec_rev);
+            m.into_iter().map(|(n, _)| n).collect()
+        }
+
+        fn state_of(&self, n: &str) -> Option<NodeProgress> {
+            let kv = self
+                .store
+                .get(&self.keys.rebalance_progress(3, n))
+                .unwrap()?;
+            Some(serde_json::from_slice(&kv.value).unwrap())
+        }
+    }
+
+    const AFTER: Duration = Duration::from_millis(200);
+
+    #[test]
+    fn a_removed_node_without_a_member_key_for_a_ttl_is_marked_lost_once() {
+        let w = world("removed");
+        let mut gone = Gone::new(AFTER);
+        let rec = NodeProgress {
+            state: "migrating".into(),
+            moved: 5,
+            ..Default::default()
+        };
+        let value = serde_json::to_vec(&rec).unwrap();
+        w.store
+            .put(&w.keys.rebalance_progress(3, "b"), &value, 0)
+            .unwrap();
+        assert!(w.mark(&mut gone).is_empty(), "not gone for a TTL yet");
+        std::thread::sleep(AFTER + Duration::from_millis(50));
+        assert_eq!(w.mark(&mut gone), ["b"]);
+        let b = w.state_of("b").unwrap();
+        assert_eq!((b.state.as_str(), b.moved), (LOST, 5), "its counts kept");
+        assert!(
+            b.why.contains(
+                "node b removed and not running (no member key for 200ms, as node a saw)"
+            ),
+            "{}",
+            b.why
+        );
+        assert!(w.mark(&mut gone).is_empty(), "marked once");
+    }
+
+    #[test]
+    fn a_running_removed_node_a_draining_one_or_a_finished_part_is_never_marked() {
+        // running: its member key is there
+        let w = world("removed");
+        let mut gone = Gone::new(Duration::ZERO);
+        let lease = w.store.grant(30).unwrap();
+        w.store.put(&w.keys.member("b"), b"{}", lease).unwrap();
+        assert!(w.mark(&mut gone).is_empty());
+        // it stops: seen gone, then it claims its key again before a TTL passed
+        let mut gone = Gone::new(AFTER);
+        w.store.revoke(lease).unwrap();
+        assert!(w.mark(&mut gone).is_empty());
+        w.store.put(&w.keys.member("b"), b"{}", 0).unwrap();
+        assert!(w.mark(&mut gone).is_empty());
+        std::thread::sleep(AFTER + Duration::from_millis(50));
+        let del = Op::Delete(w.keys.member("b"));
+        w.store.txn(&[], &[del]).unwrap();
+        assert!(w.mark(&mut gone).is_empty(), "its absence counts anew");
+        assert!(w.state_of("b").is_none());
+        // draining and down: its disks are its own, the job waits for it
+        let w = world("draining");
+        let mut gone = Gone::new(Duration::ZERO);
+        assert!(w.mark(&mut gone).is_empty());
+        // removed and down, but its part was completed before
+        let w = world("removed");
+        let done = NodeProgress {
+            state: COMPLETED.into(),
+            ..Default::default()
+        };
+        let value = serde_json::to_vec(&done).unwrap();
+        w.store
+            .put(&w.keys.rebalance_progress(3, "b"), &value, 0)
+            .unwrap();
+        assert!(w.mark(&mut Gone::new(Duration::ZERO)).is_empty());
+        assert_eq!(w.state_of("b").unwrap().state, COMPLETED);
+    }
+}
