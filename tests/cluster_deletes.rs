@@ -16,6 +16,10 @@
 //!   when the DELETE came would), then generation 3 moves them to c: c gets the tombstones
 //!   (the delete's time kept) before any move of 3 starts, so the copies are dropped, not
 //!   brought back at c.
+//! - A node removed by the next topology while it is an owner in between: killed, its part
+//!   is marked lost once it had no member key for a lease TTL and the rebalance completes
+//!   (the moves no longer wait for its hand-over); still running, it hands its tombstones
+//!   over first and the keys deleted through it stay deleted.
 //!
 //! Skips (saying why) without etcd.
 
@@ -714,5 +718,116 @@ fn while_the_tombstones_holder_is_down_no_deleted_key_is_served_or_moved() {
         gone.len(),
         "the stale copies are dropped at c: {r}"
     );
+    assert_settled(&n, &gone, &mut want, &g3);
+}
+
+/// Generation 3 of `a_then_b_then_c` with b's set removed instead of draining: c owns every
+/// key, b none (its disks count as gone unless its agent runs).
+fn b_removed_in_3(root: &Path) -> Topology {
+    let (a0, b0, c0): (Disks, Disks, Disks) = (&[("d0", "a")], &[("d0", "b")], &[("d0", "c")]);
+    topo(
+        root,
+        3,
+        &[
+            ("s0", "draining", a0),
+            ("s1", "removed", b0),
+            ("s2", "active", c0),
+        ],
+    )
+}
+
+/// The events of kind `kind` every agent of `nodes` printed.
+fn events_of(n: &Nodes, nodes: &[&str], kind: &str) -> Vec<Value> {
+    let all = nodes.iter().flat_map(|x| n.c.events(x));
+    all.filter(|e| e["event"] == kind).collect()
+}
+
+/// a owns every key under 1, b under 2 (the moves paused: every key still waits on a, so b
+/// is an owner in between for each of them); then b is killed (-9) and generation 3 removes
+/// its set. a's moves to c would wait for b's hand-over for ever: once b, removed, has had
+/// no member key for a lease TTL, its part is marked lost (one event says so, the status
+/// says why), the moves go and the rebalance completes: every object once at c with its
+/// content, served through a and c.
+#[test]
+fn a_removed_node_that_is_gone_is_marked_lost_and_the_rebalance_completes() {
+    let Some(mut n) = nodes(&["a", "b", "c"], &config(300, 300)) else {
+        return;
+    };
+    let (g1, g2, _) = a_then_b_then_c(&n.root);
+    let g3 = b_removed_in_3(&n.root);
+    let want = fill(&g1, 200, 0);
+    n.apply(&g1);
+    n.start(&["a", "b", "c"]);
+    let waiting = paused_through(&n, &[&g2], &want);
+    assert_eq!(waiting.len(), want.len(), "every key still waits on a");
+    n.c.kill9("b");
+    n.apply(&g3);
+    wait_served(&n, &["a", "c"], 3);
+    ok(ferry(&n.c, &["cluster", "resume"]));
+    let r = n.wait_completed(3, Duration::from_secs(120));
+    eprintln!("b gone: {} moved, lost: {}", r["objects"], r["lost"]);
+    assert_eq!(r["objects"], want.len(), "{r}");
+    assert_eq!(node_state(&r, 3, "b").as_deref(), Some("lost"), "{r}");
+    let lost = r["lost"].as_array().unwrap();
+    assert_eq!(lost.len(), 1, "{r}");
+    let why = lost[0]["why"].as_str().unwrap();
+    assert!(
+        lost[0]["node"] == "b"
+            && why.contains("node b removed and not running")
+            && why.contains("tombstones are lost with its disks"),
+        "{r}"
+    );
+    let said = events_of(&n, &["a", "c"], "rebalance_node_lost");
+    assert_eq!(said.len(), 1, "said once: {said:?}");
+    assert_eq!(
+        (&said[0]["lost"], &said[0]["generation"]),
+        (&"b".into(), &3.into())
+    );
+    assert_placed(&g3, BKT, &want);
+    for node in ["a", "c"] {
+        for k in waiting.iter().step_by(7) {
+            let got = n.s3[node].get(BKT, k).unwrap();
+            assert_eq!(got.code, 200, "GET {k} through {node}: {}", got.text());
+            assert!(got.body == want[k], "GET {k} through {node}: other bytes");
+        }
+    }
+}
+
+/// As above, but b's agent keeps running: removed under 3, it takes 3, hands its tombstones
+/// (keys deleted under 2, a copy of each deleted version put back on a as one on its way
+/// would be) over to c and says it routes by 3 before a's moves go. Nothing is marked lost;
+/// the copies from a are dropped at c; the deleted keys are nowhere, every other key is once
+/// at c.
+#[test]
+fn a_removed_node_still_running_hands_its_tombstones_over_first() {
+    let Some(mut n) = nodes(&["a", "b", "c"], &config(300, 300)) else {
+        return;
+    };
+    let (g1, g2, _) = a_then_b_then_c(&n.root);
+    let g3 = b_removed_in_3(&n.root);
+    let mut want = fill(&g1, 200, 0);
+    n.apply(&g1);
+    n.start(&["a", "b", "c"]);
+    ok(ferry(&n.c, &["cluster", "pause"]));
+    n.apply(&g2);
+    wait_paused(&n, 2, "a");
+    let mut keys: Vec<String> = want.keys().cloned().collect();
+    keys.sort();
+    let gone: Vec<String> = keys.iter().step_by(4).cloned().collect();
+    stale_on_a(&n, &gone, &want, || delete_all(&n, &gone));
+    n.apply(&g3);
+    wait_paused(&n, 3, "a");
+    assert_eq!(served(&n, "b"), 3, "b, removed, routes by 3");
+    assert_gone_everywhere(&n, &gone, "under 3, paused");
+    ok(ferry(&n.c, &["cluster", "resume"]));
+    let r = n.wait_completed(3, Duration::from_secs(120));
+    assert_eq!(r["lost"], serde_json::json!([]), "{r}");
+    assert_eq!(node_state(&r, 3, "b").as_deref(), Some("completed"), "{r}");
+    assert_eq!(
+        r["superseded"],
+        gone.len(),
+        "the stale copies are dropped at c: {r}"
+    );
+    assert!(events_of(&n, &["a", "b", "c"], "rebalance_node_lost").is_empty());
     assert_settled(&n, &gone, &mut want, &g3);
 }
