@@ -747,7 +747,8 @@ fn events_of(n: &Nodes, nodes: &[&str], kind: &str) -> Vec<Value> {
 /// its set. a's moves to c would wait for b's hand-over for ever: once b, removed, has had
 /// no member key for a lease TTL, its part is marked lost (one event says so, the status
 /// says why), the moves go and the rebalance completes: every object once at c with its
-/// content, served through a and c.
+/// content, served through a and c; no request asks b any more (a missing key is 404, LIST
+/// and DELETE work).
 #[test]
 fn a_removed_node_that_is_gone_is_marked_lost_and_the_rebalance_completes() {
     let Some(mut n) = nodes(&["a", "b", "c"], &config(300, 300)) else {
@@ -784,8 +785,39 @@ fn a_removed_node_that_is_gone_is_marked_lost_and_the_rebalance_completes() {
         (&"b".into(), &3.into())
     );
     assert_placed(&g3, BKT, &want);
+    // b's disks are gone: no request asks it any more (no 503 naming it)
+    let start = std::time::Instant::now();
+    while n.s3["a"].get(BKT, "no/such").unwrap().code == 503 {
+        assert!(start.elapsed() < Duration::from_secs(10), "a still asks b");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut keys: Vec<&String> = want.keys().collect();
+    keys.sort();
     for node in ["a", "c"] {
-        for k in waiting.iter().step_by(7) {
+        let r = n.s3[node].get(BKT, "no/such").unwrap();
+        assert_eq!(
+            r.code,
+            404,
+            "GET of a missing key through {node}: {}",
+            r.text()
+        );
+        let mut listed = n.s3[node].list(BKT, "").unwrap();
+        listed.sort();
+        assert!(
+            listed.iter().eq(keys.iter().copied()),
+            "LIST through {node}"
+        );
+    }
+    let k = waiting[0].clone();
+    let r = n.s3["a"].delete(BKT, &k).unwrap();
+    assert_eq!(r.code, 204, "DELETE {k} through a: {}", r.text());
+    assert_eq!(
+        n.s3["c"].get(BKT, &k).unwrap().code,
+        404,
+        "{k} after its DELETE"
+    );
+    for node in ["a", "c"] {
+        for k in waiting.iter().skip(1).step_by(7) {
             let got = n.s3[node].get(BKT, k).unwrap();
             assert_eq!(got.code, 200, "GET {k} through {node}: {}", got.text());
             assert!(got.body == want[k], "GET {k} through {node}: other bytes");

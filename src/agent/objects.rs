@@ -117,18 +117,45 @@ impl Watch {
         Ok(Some((cur, prev, older)))
     }
 
+    /// The nodes whose part of generation `g`'s rebalance is marked lost (`agent::lost`):
+    /// their disks are gone, the object layer asks them nothing.
+    fn lost(&self, g: u64) -> Result<HashSet<String>, String> {
+        let prefix = self.keys.rebalance_progress_prefix(g);
+        let kvs = self
+            .store
+            .range(&prefix, false)
+            .map_err(|e| e.to_string())?;
+        let lost = |kv: &super::store::Kv| {
+            serde_json::from_slice::<super::rebalance_state::NodeProgress>(&kv.value)
+                .is_ok_and(|p| p.state == super::rebalance_state::LOST)
+        };
+        Ok(kvs
+            .kvs
+            .iter()
+            .filter(|kv| lost(kv))
+            .map(|kv| kv.key[prefix.len()..].to_string())
+            .collect())
+    }
+
     /// One look at etcd: a new generation becomes the object layer once this node's disks
     /// pass their identity check (else it says why, once per generation, and tries again
-    /// next round: a disk mounted late).
+    /// next round: a disk mounted late). The nodes lost under it are set on it each time.
     fn round(&mut self) {
-        let (cur, prev, older) = match self.read() {
-            Ok(Some(x)) => x,
+        let read = match self.read() {
+            Ok(Some(t)) => self.lost(t.0.generation).map(|lost| (t, lost)),
             Ok(None) => return,
+            Err(m) => Err(m),
+        };
+        let ((cur, prev, older), lost) = match read {
+            Ok(x) => x,
             Err(m) => return eprintln!("ferry agent {}: {m}", self.node),
         };
         let mut gens = vec![cur.generation, prev.as_ref().map_or(0, |p| p.generation)];
         gens.extend(older.iter().map(|t| t.generation));
         if self.built.as_ref() == Some(&gens) {
+            if let Some(c) = self.cell.get() {
+                c.set_lost(lost);
+            }
             return;
         }
         let file = Path::new("etcd topology");
@@ -138,6 +165,7 @@ impl Watch {
         };
         match built.map(|c| c.with_older(older)) {
             Ok(c) => {
+                c.set_lost(lost);
                 let old = self.cell.get();
                 self.cell.set(c);
                 drain(old);

@@ -193,6 +193,9 @@ pub struct Cluster {
     nodes: HashMap<String, String>,
     /// Set: only this node's disks are served here (the others through their agents).
     node: Option<String>,
+    /// Nodes whose disks are lost (removed from the topology and not running: their part of
+    /// the current generation's rebalance is marked lost): no request goes to them.
+    lost: std::sync::RwLock<std::collections::HashSet<String>>,
 }
 
 fn stripes() -> Arc<Vec<Mutex<()>>> {
@@ -245,6 +248,7 @@ impl Cluster {
             disks,
             nodes,
             node,
+            lost: Default::default(),
         }
     }
 
@@ -355,12 +359,23 @@ impl Cluster {
         self.nodes.get(disk).map(String::as_str)
     }
 
-    /// Every node either topology names, but this one, sorted.
+    /// Says which nodes' disks are lost (see `lost`): requests skip them from now on.
+    pub fn set_lost(&self, nodes: std::collections::HashSet<String>) {
+        *self.lost.write().unwrap_or_else(|p| p.into_inner()) = nodes;
+    }
+
+    /// Whether node `n`'s disks are lost (nothing is asked of it).
+    pub fn is_lost(&self, n: &str) -> bool {
+        let lost = self.lost.read().unwrap_or_else(|p| p.into_inner());
+        !lost.is_empty() && lost.contains(n)
+    }
+
+    /// Every node either topology names, but this one and the lost ones, sorted.
     pub fn other_nodes(&self) -> Vec<String> {
         let mut v: Vec<String> = self
             .nodes
             .values()
-            .filter(|n| Some(n.as_str()) != self.node())
+            .filter(|n| Some(n.as_str()) != self.node() && !self.is_lost(n))
             .cloned()
             .collect();
         v.sort();

@@ -18,6 +18,9 @@
 //!   the unreachable node's (503), never NoSuchKey. A tombstone met on the way (the owner's, after a delete) makes every
 //!   copy no newer than it stale: not served (a move waiting on another node drops it
 //!   later).
+//! - A node whose disks are lost (removed from the topology and not running: its part of
+//!   the current generation's rebalance is marked lost, `agent::lost`) is asked nothing by
+//!   any request: what it held is gone, so it neither answers nor shadows a copy.
 //! - LIST asks every other node and fails (503, naming the node) if one cannot be reached:
 //!   its keys and tombstones are not known, so no listing is given without them.
 //! - Writes go to the owner disk under the current generation (proxied to its node, which
@@ -62,6 +65,7 @@ fn hops(c: &Cluster, bucket: &str, key: &str) -> Result<Vec<Hop>, Error> {
         if c.disk_path(&d).is_some() {
             out.push(Hop::Local(d));
         } else if let Some(n) = c.node_of(&d)
+            && !c.is_lost(n)
             && nodes.insert(n.to_string())
         {
             out.push(Hop::Node(n.to_string()));
@@ -153,7 +157,8 @@ fn others(c: &Cluster, bucket: &str, key: &str) -> Result<Vec<Option<String>>, E
     let mut v = Vec::new();
     for d in c.read_chain(bucket, key.as_bytes())? {
         let n = where_is(c, &d);
-        if n != owner && !v.contains(&n) {
+        let lost = n.as_deref().is_some_and(|n| c.is_lost(n));
+        if n != owner && !lost && !v.contains(&n) {
             v.push(n);
         }
     }
