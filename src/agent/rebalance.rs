@@ -6,7 +6,10 @@
 //! in etcd (the fence: a transaction comparing this run's member key and the topology
 //! planned against). Progress goes to `rebalance/<gen>/progress/<node>` at most once per
 //! progress interval (and on every state change); a restarted agent skips the partitions it
-//! recorded done. A newer generation cancels the run and replans against it.
+//! recorded done. A newer generation cancels the run and replans against it. Each round it
+//! also marks lost the part of a node removed and not running (`agent::lost`), and hands the
+//! hand-over holds what the view says (`agent::handover::Known`); a node that finds its own
+//! part lost moves nothing of that generation.
 
 use super::node::{Work, WorkCtx};
 use super::rebalance_state::{COMPLETED, FAILED, LOST, NodeProgress, Spec, newest};
