@@ -17,9 +17,9 @@
 //!   (the delete's time kept) before any move of 3 starts, so the copies are dropped, not
 //!   brought back at c.
 //! - A node removed by the next topology while it is an owner in between: killed, its part
-//!   is marked lost once it had no member key for a lease TTL and the rebalance completes
-//!   (the moves no longer wait for its hand-over); still running, it hands its tombstones
-//!   over first and the keys deleted through it stay deleted.
+//!   is marked lost once it had no member key for `lost_after_secs` (2 s here) and the
+//!   rebalance completes (the moves no longer wait for its hand-over); still running, it
+//!   hands its tombstones over first and the keys deleted through it stay deleted.
 //!
 //! Skips (saying why) without etcd.
 
@@ -745,8 +745,8 @@ fn events_of(n: &Nodes, nodes: &[&str], kind: &str) -> Vec<Value> {
 /// a owns every key under 1, b under 2 (the moves paused: every key still waits on a, so b
 /// is an owner in between for each of them); then b is killed (-9) and generation 3 removes
 /// its set. a's moves to c would wait for b's hand-over for ever: once b, removed, has had
-/// no member key for a lease TTL, its part is marked lost (one event says so, the status
-/// says why), the moves go and the rebalance completes: every object once at c with its
+/// no member key for `lost_after_secs`, its part is marked lost (one event says so, the
+/// status says why), the moves go and the rebalance completes: every object once at c with its
 /// content, served through a and c; no request asks b any more (a missing key is 404, LIST
 /// and DELETE work).
 #[test]

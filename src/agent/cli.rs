@@ -31,7 +31,8 @@ pub struct AgentArgs {
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Settings (JSON): ttl_secs, windows {cold_ms, scale_ms, emergency_ms}, strategy, weight,
-    /// poll_ms, request_timeout_ms, progress_interval_ms, token_file, copy_threads.
+    /// poll_ms, request_timeout_ms, progress_interval_ms, token_file, copy_threads,
+    /// lost_after_secs.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Print every event (state transitions, elections, assignments) as a JSON line on stdout.
@@ -242,7 +243,7 @@ fn agent_inner(a: AgentArgs) -> Result<ExitCode, String> {
     };
     let mut rebalancer =
         super::rebalance::Rebalancer::new(store.clone(), dir.clone(), threads, sender, &a.node)
-            .with_lease_ttl(Duration::from_secs(agent.cfg.ttl_secs as u64));
+            .with_lost_after(Duration::from_secs(agent.cfg.lost_after_secs));
     if let Some(st) = pace {
         let latency = served.s3.as_ref().map(|e| e.latency.clone());
         rebalancer = rebalancer.with_pace(super::pace::Paced::new(st, latency));

@@ -24,6 +24,11 @@ pub struct AgentConfig {
     pub token_file: Option<PathBuf>,
     /// Reactor threads of cluster copy jobs (0: online CPUs).
     pub copy_threads: usize,
+    /// How long a node removed from the topology must be without a member key (no agent of
+    /// it running) before its part of the rebalance is marked lost (`agent::lost`): its
+    /// disks count as gone. Longer than a reboot, so a removed node that restarts moves its
+    /// objects off.
+    pub lost_after_secs: u64,
 }
 
 impl Default for AgentConfig {
@@ -38,6 +43,7 @@ impl Default for AgentConfig {
             progress_interval_ms: 5000,
             token_file: None,
             copy_threads: 0,
+            lost_after_secs: 300,
         }
     }
 }
@@ -60,6 +66,12 @@ impl AgentConfig {
         }
         if !(10..=5000).contains(&self.poll_ms) {
             return Err(format!("poll_ms {}: use 10..5000", self.poll_ms));
+        }
+        if !(1..=86_400).contains(&self.lost_after_secs) {
+            return Err(format!(
+                "lost_after_secs {}: use 1..86400",
+                self.lost_after_secs
+            ));
         }
         if !(self.weight > 0.0 && self.weight.is_finite()) {
             return Err(format!("weight {}: must be > 0", self.weight));

@@ -10,7 +10,7 @@
 //!
 //! A node that can never hand over does not hold them: one whose part of `G`'s rebalance is
 //! marked lost (`agent::lost`: the newest topology gives it no disk of an active or draining
-//! set, and it has had no member key in etcd for a lease TTL, so no agent of it runs). Its
+//! set, and it has had no member key in etcd for `lost_after_secs`: no agent of it runs). Its
 //! tombstones are lost with its disks. What can come back: a key deleted through that node
 //! while it owned the key under a generation in between, of which an older copy still
 //! waited at an owner of generations before: once the node is marked lost, that copy moves

@@ -3,9 +3,10 @@
 //! job would never complete and the moves that wait for its hand-over (`agent::handover`)
 //! would wait forever. Every agent looks once a round: a node the job names (either
 //! topology) to which the newest topology gives no disk of an active or draining set, with
-//! no member key in etcd continuously for a lease TTL as this agent sees it (the TTL its
-//! lease had already passed without a keepalive: a restart or a stall past the TTL is over
-//! by then), and whose part is not over, gets its record marked `lost` with the reason. The
+//! no member key in etcd continuously for `lost_after_secs` as this agent sees it (300 s by
+//! default, on top of the lease TTL that passed without a keepalive before the key went: a
+//! restart, a reboot or a stall is over by then), and whose part is not over, gets its
+//! record marked `lost` with the reason. The
 //! mark is a transaction that finds the node's member key absent, its record as read, the
 //! job's spec and the topology unchanged and this agent's own member key its run's: an
 //! agent of the node that claims its key again first is never overridden. A node that comes

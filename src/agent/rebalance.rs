@@ -136,15 +136,15 @@ impl Rebalancer {
             kept: None,
             known: Arc::default(),
             gone: super::lost::Gone::new(std::time::Duration::from_secs(
-                super::config::AgentConfig::default().ttl_secs as u64,
+                super::config::AgentConfig::default().lost_after_secs,
             )),
         }
     }
 
     /// A node removed and not running has its part marked lost once it had no member key
-    /// for `ttl` (the agents' lease TTL).
-    pub fn with_lease_ttl(mut self, ttl: std::time::Duration) -> Self {
-        self.gone = super::lost::Gone::new(ttl);
+    /// for `after` (`lost_after_secs`).
+    pub fn with_lost_after(mut self, after: std::time::Duration) -> Self {
+        self.gone = super::lost::Gone::new(after);
         self
     }
 

@@ -267,7 +267,7 @@ pub fn config(cold_ms: u64, scale_ms: u64) -> String {
 
 pub fn config_ttl(ttl: u64, cold_ms: u64, scale_ms: u64) -> String {
     format!(
-        r#"{{"ttl_secs": {ttl}, "windows": {{"cold_ms": {cold_ms}, "scale_ms": {scale_ms}, "emergency_ms": 0}}, "poll_ms": 100, "request_timeout_ms": 700, "progress_interval_ms": 500, "copy_threads": 1}}"#
+        r#"{{"ttl_secs": {ttl}, "windows": {{"cold_ms": {cold_ms}, "scale_ms": {scale_ms}, "emergency_ms": 0}}, "poll_ms": 100, "request_timeout_ms": 700, "progress_interval_ms": 500, "copy_threads": 1, "lost_after_secs": 2}}"#
     )
 }
 
