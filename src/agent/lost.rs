@@ -6,7 +6,8 @@
 //! no member key in etcd continuously for `lost_after_secs` as this agent sees it (300 s by
 //! default, on top of the lease TTL that passed without a keepalive before the key went: a
 //! restart, a reboot or a stall is over by then), and whose part is not over, gets its
-//! record marked `lost` with the reason. The
+//! record marked `lost` with the reason (at once if its part of the generation before was
+//! lost, and it did not come back since). The
 //! mark is a transaction that finds the node's member key absent, its record as read, the
 //! job's spec and the topology unchanged and this agent's own member key its run's: an
 //! agent of the node that claims its key again first is never overridden. A node that comes
@@ -79,7 +80,9 @@ impl Gone {
         let mut out = Vec::new();
         for n in now {
             let since = *self.since.entry(n.clone()).or_insert_with(Instant::now);
-            if since.elapsed() < self.after {
+            // lost under the generation before (and still not running): at once
+            let before = record(ctx, view, spec.from_generation, &n).0.state == LOST;
+            if since.elapsed() < self.after && !before {
                 continue;
             }
             match self.write(ctx, view, spec, spec_rev, &n) {
@@ -217,7 +220,7 @@ mod tests {
     const AFTER: Duration = Duration::from_millis(200);
 
     #[test]
-    fn a_removed_node_without_a_member_key_for_a_ttl_is_marked_lost_once() {
+    fn a_removed_node_without_a_member_key_for_lost_after_is_marked_lost_once() {
         let w = world("removed");
         let mut gone = Gone::new(AFTER);
         let rec = NodeProgress {
@@ -242,6 +245,22 @@ mod tests {
             b.why
         );
         assert!(w.mark(&mut gone).is_empty(), "marked once");
+        // the next generation: b, lost under 3 and still not running, is lost at once
+        let mut w4 = world("removed");
+        w4.spec.generation = 4;
+        w4.spec.from_generation = 3;
+        let lost3 = w.store.get(&w.keys.rebalance_progress(3, "b")).unwrap();
+        let v = lost3.unwrap().value;
+        w4.store
+            .put(&w4.keys.rebalance_progress(3, "b"), &v, 0)
+            .unwrap();
+        let v = serde_json::to_vec(&w4.spec).unwrap();
+        w4.spec_rev = w4.store.put(&w4.keys.rebalance(4), &v, 0).unwrap();
+        assert_eq!(w4.mark(&mut Gone::new(Duration::from_secs(600))), ["b"]);
+        let k = w4.keys.rebalance_progress(4, "b");
+        let b4: NodeProgress =
+            serde_json::from_slice(&w4.store.get(&k).unwrap().unwrap().value).unwrap();
+        assert_eq!(b4.state, LOST);
     }
 
     #[test]
