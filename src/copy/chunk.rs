@@ -49,6 +49,20 @@ impl Seg {
     }
 }
 
+/// The largest chunk of a file read through the page cache (an O_DIRECT one uses the whole
+/// buffer: its size is the device request's). A cached chunk is copied into the buffer by the
+/// read, hashed, then copied out by the write: at this size the three passes find it in the
+/// core's L2 cache instead of memory. Measured (mixed, warm, paired `farm-bench`): 512 KiB
+/// chunks, 64 at once -> 256 KiB with at most 256 KiB of reads a turn: CPU -16 % on tmpfs.
+pub(super) const CACHED_CHUNK: u64 = 256 << 10;
+
+/// Bytes of reads one reactor turn starts (at least one chunk). Reads of cached data complete
+/// inside the submit, so a turn's reads are then hashed and written in the same turn: more
+/// than fits the cache went through memory three times (the default 64 x 512 KiB: 32 MiB).
+/// A turn that stops here does not wait for a completion (`Driver::held`): with the data on
+/// the disk, the next turns fill the queue as before.
+pub(super) const TURN_READ: u64 = 256 << 10;
+
 /// The chunk held by one buffer.
 #[derive(Clone, Copy, Default)]
 pub struct Slot {
@@ -139,8 +153,17 @@ impl CopyReactor {
                 break;
             }
             // Under a byte limit, chunks are no bigger than its burst.
-            let most = self.ctx.steer.bytes_limit.chunk(self.buf_size);
+            let size = if seg.job.direct.is_some() {
+                self.buf_size
+            } else {
+                self.buf_size.min(CACHED_CHUNK)
+            };
+            let most = self.ctx.steer.bytes_limit.chunk(size);
             let len = (seg.end - seg.next).min(most) as u32;
+            if self.turn_read > 0 && self.turn_read + len as u64 > TURN_READ {
+                self.held = true;
+                return Ok(false);
+            }
             if !self.ctx.steer.bytes_limit.try_take(len as u64) {
                 return Ok(false);
             }
@@ -158,6 +181,7 @@ impl CopyReactor {
         seg.next += len as u64;
         seg.inflight += 1;
         let buf = self.free.pop().expect("checked non-empty");
+        self.turn_read += len as u64;
         if seg.hash.is_some() {
             seg.order.push_back(buf);
         }

@@ -75,6 +75,10 @@ pub struct CopyReactor {
     pub(super) delayed: Vec<(Instant, Task)>,
     pub(super) epoch: Instant,
     pub(super) turn: Turn,
+    /// Bytes of reads started in this turn (see `chunk::TURN_READ`).
+    pub(super) turn_read: u64,
+    /// This turn stopped starting reads at `TURN_READ` with buffers free.
+    pub(super) held: bool,
     merged: Instant,
     /// This reactor's latencies, merged into the job's at exit.
     pub(super) lat: crate::latency::Latencies,
@@ -114,6 +118,8 @@ impl CopyReactor {
             delayed: Vec::new(),
             epoch: Instant::now(),
             turn: Turn::default(),
+            turn_read: 0,
+            held: false,
             merged: Instant::now(),
             lat: crate::latency::Latencies::default(),
         }
@@ -296,6 +302,7 @@ impl Driver for CopyReactor {
         }
         let aborting = self.ctx.steer.stop.aborted();
         let paused = self.no_new_files() && !aborting;
+        (self.turn_read, self.held) = (0, false);
         self.turn = Turn {
             aborting,
             paused,
@@ -371,6 +378,10 @@ impl Driver for CopyReactor {
                 Ok(())
             }
         }
+    }
+
+    fn held(&self) -> bool {
+        self.held
     }
 
     fn idle(&mut self, took: bool) -> Idle {

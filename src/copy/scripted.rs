@@ -8,7 +8,7 @@ use crate::io::{Arena, Backend, Completion, Op, OpKind};
 use crate::spec::{CopySpec, FsyncMode};
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Copy, Debug)]
 enum Step {
@@ -28,6 +28,8 @@ struct Scripted {
     done: VecDeque<Completion>,
     script: HashMap<(OpKind, usize), Step>,
     seen: HashMap<OpKind, usize>,
+    /// The lengths of the reads pushed between two submits (one entry per reactor turn).
+    turns: Arc<Mutex<Vec<Vec<u32>>>>,
 }
 
 impl Backend for Scripted {
@@ -45,6 +47,10 @@ impl Backend for Scripted {
     }
     fn push(&mut self, mut op: Op, user_data: u64) -> std::io::Result<()> {
         assert!(self.done.len() < self.cap, "pushed over capacity");
+        if let Op::Read(d) = &op {
+            let mut turns = self.turns.lock().unwrap();
+            turns.last_mut().expect("a turn is open").push(d.len);
+        }
         let n = self.seen.entry(op.kind()).or_default();
         *n += 1;
         let c = match self.script.get(&(op.kind(), *n)) {
@@ -70,6 +76,7 @@ impl Backend for Scripted {
         Ok(())
     }
     fn submit(&mut self, _wait: bool) -> std::io::Result<()> {
+        self.turns.lock().unwrap().push(Vec::new());
         Ok(())
     }
     fn reap(&mut self, out: &mut Vec<Completion>) {
@@ -81,7 +88,11 @@ const BUF: usize = 4096;
 
 /// 3.5 buffers of data that differ in every chunk.
 fn data() -> Vec<u8> {
-    (0..BUF * 7 / 2).map(|i| (i * 7 + i / 4096) as u8).collect()
+    data_of(BUF * 7 / 2)
+}
+
+fn data_of(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 4096) as u8).collect()
 }
 
 struct Run {
@@ -134,9 +145,22 @@ fn copy_with(
     adjust: impl FnOnce(&mut CopySpec),
     script: &[(OpKind, usize, Step)],
 ) -> Run {
+    let turns = Arc::new(Mutex::new(vec![Vec::new()]));
+    copy_data(fsync, adjust, script, &data(), turns)
+}
+
+/// `copy_with` of `data`, over an arena of the spec's buffer size and queue depth (4 KiB x 4
+/// unless `adjust` says otherwise), recording every turn's reads in `turns`.
+fn copy_data(
+    fsync: FsyncMode,
+    adjust: impl FnOnce(&mut CopySpec),
+    script: &[(OpKind, usize, Step)],
+    data: &[u8],
+    turns: Arc<Mutex<Vec<Vec<u32>>>>,
+) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
-    std::fs::write(&src, data()).unwrap();
+    std::fs::write(&src, data).unwrap();
     std::fs::create_dir(dir.path().join("out")).unwrap();
     let dst = dir.path().join("out/f");
     let mut spec = CopySpec::new(vec![src.clone()], dst.clone());
@@ -154,11 +178,12 @@ fn copy_with(
         .unwrap();
     ctx.queues.push_local(0, Task::file(&src, &dst, &None, 1));
     let io = Scripted {
-        arena: Arena::new(BUF, 4),
-        cap: 8,
+        arena: Arena::new(ctx.spec.buffer_size, ctx.spec.queue_depth),
+        cap: 2 * ctx.spec.queue_depth,
         done: VecDeque::new(),
         script: script.iter().map(|&(k, n, s)| ((k, n), s)).collect(),
         seen: HashMap::new(),
+        turns,
     };
     let (tx, committer) = match fsync {
         FsyncMode::File => (None, None),
@@ -355,5 +380,30 @@ fn both_commit_paths_journal_and_move_only_durable_names() {
             .get(&r.dir.path().join("src"))
             .expect("the file is journaled once its name is durable");
         assert_eq!(rec.size, data().len() as u64);
+    }
+}
+
+#[test]
+fn cached_reads_are_small_chunks_and_few_per_turn() {
+    use super::chunk::{CACHED_CHUNK, TURN_READ};
+    // 1 MiB buffers, 8 of them: 3 MiB and a bit, read through the page cache (far below the
+    // O_DIRECT size) in chunks of CACHED_CHUNK, at most TURN_READ bytes of them a turn.
+    let data = data_of((3 << 20) + 12_345);
+    let turns = Arc::new(Mutex::new(vec![Vec::new()]));
+    let big = |s: &mut CopySpec| {
+        s.buffer_size = 1 << 20;
+        s.queue_depth = 8;
+    };
+    let r = copy_data(FsyncMode::File, big, &[], &data, turns.clone());
+    assert_eq!(r.report.failed, 0, "{:?}", r.report.errors);
+    assert_eq!(std::fs::read(r.dst()).unwrap(), data);
+    let turns = turns.lock().unwrap();
+    let reads: Vec<u64> = turns.iter().flatten().map(|&n| n as u64).collect();
+    assert_eq!(reads.iter().sum::<u64>(), data.len() as u64, "{reads:?}");
+    assert!(reads.iter().all(|&n| n <= CACHED_CHUNK), "{reads:?}");
+    assert_eq!(reads.iter().filter(|&&n| n == CACHED_CHUNK).count(), 12);
+    for t in turns.iter().filter(|t| t.len() > 1) {
+        let bytes: u64 = t.iter().map(|&n| n as u64).sum();
+        assert!(bytes <= TURN_READ, "a turn started {t:?}");
     }
 }

@@ -116,6 +116,9 @@ pub trait Driver {
     fn take(&mut self) -> Result<bool, Error>;
     /// One op finished with `result` (bytes, or a negative errno).
     fn complete(&mut self, op: Self::Op, result: i32) -> Result<(), Error>;
+    /// This turn left work it could have started for the next one: the loop goes on
+    /// without waiting for a completion.
+    fn held(&self) -> bool;
     /// Nothing is in flight: what now (`took`: this turn took new work).
     fn idle(&mut self, took: bool) -> Idle;
 }
@@ -131,8 +134,10 @@ pub fn run<D: Driver>(d: &mut D) -> Result<(), Error> {
         let took = d.take()?;
         if d.ring().in_flight() > 0 {
             backoff = 0;
-            // Block only when nothing was taken: completions are then our only way on.
-            d.ring().submit_and_reap(!took, &mut done)?;
+            // Block only when nothing was taken or held back: completions are then our only
+            // way on.
+            let wait = !took && !d.held();
+            d.ring().submit_and_reap(wait, &mut done)?;
             for (op, res) in done.drain(..) {
                 d.complete(op, res)?;
             }
