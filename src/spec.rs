@@ -152,7 +152,8 @@ pub struct CopySpec {
     pub dest: PathBuf,
     /// Reactor threads; 0 means one per online CPU.
     pub threads: usize,
-    /// Bytes per registered buffer (one chunk of one file).
+    /// Bytes per registered buffer (one chunk of one file; a chunk read through the page
+    /// cache is at most `copy::chunk::CACHED_CHUNK` of it).
     pub buffer_size: usize,
     /// Buffers per reactor, which is also its in-flight data operations.
     pub queue_depth: usize,

@@ -9,7 +9,8 @@ pub struct EngineArgs {
     /// Reactor threads, each pinned to its own CPU (default: online CPUs).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
-    /// Bytes per registered buffer, e.g. 512K, 1M.
+    /// Bytes per registered buffer, e.g. 512K, 1M (reads through the page cache use at most
+    /// 256K of it).
     #[arg(long, value_parser = spec::parse_size, default_value = "512K")]
     buffer_size: usize,
     /// Buffers (= in-flight chunks) per reactor.
