@@ -19,11 +19,13 @@ mod common;
 mod etcd_harness;
 
 use agent_harness::{config, ferry, ok};
+use cluster_harness::clients::{
+    Model, Window, assert_no_failures, check_everywhere, client_seed, clients, stop_clients,
+};
 use cluster_harness::{
-    BKT, Disks, Nodes, fill, ideal_moves, nodes, objects_on, owner_node, sized, topo,
+    BKT, Disks, Nodes, fault_cycles, fill, ideal_moves, nodes, objects_on, owner_node, sized, topo,
 };
 use common::placed::assert_placed;
-use common::s3client::S3;
 use ferry::cluster::store::Placed;
 use ferry::cluster::{Topology, partition_of};
 use serde_json::Value;
@@ -33,32 +35,6 @@ use std::time::{Duration, Instant};
 
 fn body(i: usize, v: usize) -> Vec<u8> {
     sized(i, v, 41)
-}
-
-/// Every live key through every agent: GET gives its bytes, HEAD its size; every deleted key
-/// is NoSuchKey everywhere; each agent's LIST is exactly the live keys.
-fn check_everywhere(n: &Nodes, live: &HashMap<String, Vec<u8>>, gone: &[String]) {
-    let mut want: Vec<String> = live.keys().cloned().collect();
-    want.sort();
-    for (node, s3) in &n.s3 {
-        for (k, data) in live {
-            let r = s3.get(BKT, k).unwrap();
-            assert_eq!(r.code, 200, "GET {k} through {node}: {}", r.text());
-            assert!(r.body == *data, "GET {k} through {node}: other bytes");
-            let h = s3.head(BKT, k).unwrap();
-            assert_eq!(h.code, 200, "HEAD {k} through {node}");
-            assert_eq!(h.header("content-length"), Some(&*data.len().to_string()));
-        }
-        for k in gone {
-            let r = s3.get(BKT, k).unwrap();
-            assert_eq!(r.code, 404, "GET deleted {k} through {node}: {}", r.text());
-            assert_eq!(r.error_code().as_deref(), Some("NoSuchKey"), "{k}");
-            assert_eq!(s3.head(BKT, k).unwrap().code, 404, "HEAD deleted {k}");
-        }
-        let mut listed = s3.list(BKT, "").unwrap();
-        listed.sort();
-        assert_eq!(listed, want, "LIST through {node}");
-    }
 }
 
 #[test]
@@ -218,285 +194,6 @@ fn two_to_three_nodes_move_across_the_transport_and_a_drained_node_ends_empty() 
     }
 }
 
-/// What the clients know of one key: its bytes now (None: deleted) and its version.
-#[derive(Default)]
-struct KeyState {
-    data: Option<Vec<u8>>,
-    version: usize,
-}
-
-/// The clients' shared model: one lock per key, held for the whole request (so requests of
-/// one key are in order and the expected answer is exact).
-struct Model {
-    keys: Vec<String>,
-    index: HashMap<String, usize>,
-    state: Vec<std::sync::Mutex<KeyState>>,
-}
-
-#[derive(Default)]
-struct Tally {
-    reads: u64,
-    writes: u64,
-    deletes: u64,
-    /// Reads answered 503 (or not answered) while an agent was down, and writes or deletes
-    /// sent again after such an answer.
-    unavailable: u64,
-    retries: u64,
-    failures: Vec<String>,
-}
-
-impl Tally {
-    fn add(&mut self, x: Tally) {
-        self.reads += x.reads;
-        self.writes += x.writes;
-        self.deletes += x.deletes;
-        self.unavailable += x.unavailable;
-        self.retries += x.retries;
-        self.failures.extend(x.failures);
-    }
-}
-
-/// How long a client sends a write or delete again while an agent is away.
-const RETRY_FOR: Duration = Duration::from_secs(60);
-
-/// What the clients may meet. Without `faults` every agent is up and any answer but the
-/// right one fails. With `faults` an agent may be down (`down`, `flips` counts the changes):
-/// a write or delete answered 503 (or not at all) is sent again, through the next agent,
-/// until it succeeds (up to RETRY_FOR, as an S3 client retries), and a read may be 503 only
-/// while an agent is down (its disks are its own: their objects are out of reach). A stale
-/// read or a deleted key that returns always fails.
-#[derive(Default)]
-struct Window {
-    faults: bool,
-    down: std::sync::atomic::AtomicBool,
-    flips: std::sync::atomic::AtomicU64,
-}
-
-impl Window {
-    fn faulty() -> Window {
-        Window {
-            faults: true,
-            ..Window::default()
-        }
-    }
-
-    fn set_down(&self, d: bool) {
-        use std::sync::atomic::Ordering::SeqCst;
-        self.down.store(d, SeqCst);
-        self.flips.fetch_add(1, SeqCst);
-    }
-
-    fn mark(&self) -> (bool, u64) {
-        use std::sync::atomic::Ordering::SeqCst;
-        (self.down.load(SeqCst), self.flips.load(SeqCst))
-    }
-
-    /// Whether an agent may have been down during a request begun at `m`.
-    fn was_down(&self, m: (bool, u64)) -> bool {
-        let now = self.mark();
-        self.faults && (m.0 || now.0 || now.1 != m.1)
-    }
-}
-
-/// An answer that says "not now": 503, or no answer (the agent asked is down).
-fn unavailable(r: &std::io::Result<common::s3client::Resp>) -> bool {
-    r.as_ref().map_or(true, |r| r.code == 503)
-}
-
-/// What one request is for: the operation's name and the code of its success.
-type Req<'a> = (
-    &'a str,
-    u16,
-    &'a dyn Fn(&S3) -> std::io::Result<common::s3client::Resp>,
-);
-
-/// Sends a write or delete through `via[at]`, and again through the next agent after an
-/// answer `unavailable` while the window has faults (for up to RETRY_FOR).
-fn retried(
-    via: &[(&String, &S3)],
-    at: usize,
-    w: &Window,
-    t: &mut Tally,
-    req: Req,
-) -> Result<(), String> {
-    let (op, want, send) = req;
-    let start = Instant::now();
-    for n in at.. {
-        let (node, s3) = via[n % via.len()];
-        let r = send(s3);
-        match &r {
-            Ok(r) if r.code == want => return Ok(()),
-            _ if w.faults && unavailable(&r) && start.elapsed() < RETRY_FOR => {
-                t.retries += 1;
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Ok(r) => return Err(format!("{op} through {node}: {}", r.text())),
-            Err(e) => return Err(format!("{op} through {node}: {e}")),
-        }
-    }
-    unreachable!()
-}
-
-impl Model {
-    fn new(want: &HashMap<String, Vec<u8>>) -> Model {
-        let mut keys: Vec<String> = want.keys().cloned().collect();
-        keys.sort();
-        let index = keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| (k.clone(), i))
-            .collect();
-        let state = keys
-            .iter()
-            .map(|k| {
-                std::sync::Mutex::new(KeyState {
-                    data: Some(want[k].clone()),
-                    version: 0,
-                })
-            })
-            .collect();
-        Model { keys, index, state }
-    }
-
-    /// The live keys and their bytes; the deleted keys.
-    fn split(&self) -> (HashMap<String, Vec<u8>>, Vec<String>) {
-        let (mut live, mut gone) = (HashMap::new(), vec![]);
-        for (k, st) in self.keys.iter().zip(&self.state) {
-            match &st.lock().unwrap().data {
-                Some(d) => {
-                    live.insert(k.clone(), d.clone());
-                }
-                None => gone.push(k.clone()),
-            }
-        }
-        (live, gone)
-    }
-
-    /// One random request on a random key through a random agent: 5 % overwrite, 2.5 %
-    /// delete, the rest read, each answer checked against the model (see `Window`).
-    fn step(&self, rng: &mut u64, via: &[(&String, &S3)], w: &Window, t: &mut Tally) {
-        let mut next = || {
-            *rng ^= *rng << 13;
-            *rng ^= *rng >> 7;
-            *rng ^= *rng << 17;
-            *rng
-        };
-        let i = (next() % self.keys.len() as u64) as usize;
-        let at = (next() % via.len() as u64) as usize;
-        let roll = next() % 1000;
-        let k = &self.keys[i];
-        let mut st = self.state[i].lock().unwrap();
-        let r = if roll < 50 {
-            t.writes += 1;
-            let data = sized(self.index[k], st.version + 1, 0);
-            let put = |s3: &S3| s3.put(BKT, k, &data);
-            retried(via, at, w, t, ("PUT", 200, &put)).map(|_| {
-                st.version += 1;
-                st.data = Some(data.clone());
-            })
-        } else if roll < 75 {
-            t.deletes += 1;
-            let del = |s3: &S3| s3.delete(BKT, k);
-            retried(via, at, w, t, ("DELETE", 204, &del)).map(|_| st.data = None)
-        } else {
-            t.reads += 1;
-            read(via[at], k, &st, w, t)
-        };
-        if let Err(m) = r {
-            t.failures.push(format!("{k}: {m}"));
-        }
-    }
-}
-
-/// A GET of `k` through `(node, s3)` checked against what the clients know of it.
-fn read(
-    (node, s3): (&String, &S3),
-    k: &str,
-    st: &KeyState,
-    w: &Window,
-    t: &mut Tally,
-) -> Result<(), String> {
-    let mark = w.mark();
-    let r = s3.get(BKT, k);
-    let v = st.version;
-    match (&r, &st.data) {
-        (Ok(r), Some(d)) if r.code == 200 && r.body == *d => Ok(()),
-        (Ok(r), Some(_)) if r.code == 200 => Err(format!(
-            "GET through {node}: stale or wrong bytes (version {v})"
-        )),
-        (Ok(r), None) if r.code == 404 => Ok(()),
-        (Ok(r), None) if r.code == 200 => Err(format!(
-            "GET through {node}: a deleted key came back (version {v})"
-        )),
-        _ if unavailable(&r) && w.was_down(mark) => {
-            t.unavailable += 1;
-            Ok(())
-        }
-        (Ok(r), _) => Err(format!("GET through {node}: {}", r.text())),
-        (Err(e), _) => Err(format!("GET through {node}: {e}")),
-    }
-}
-
-/// The clients' seed: FERRY_SEED, else a fixed one (a failure names it).
-fn client_seed() -> u64 {
-    std::env::var("FERRY_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0x9E37_79B9_7F4A_7C15)
-}
-
-/// Client threads running `Model::step` every 1-4 ms until `stop`; thread `t` starts from
-/// `seed ^ (t + 1) * 0x1000_0001`.
-fn clients(
-    n: &Nodes,
-    model: &std::sync::Arc<Model>,
-    threads: usize,
-    (seed, window): (u64, &std::sync::Arc<Window>),
-    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> Vec<std::thread::JoinHandle<Tally>> {
-    (0..threads)
-        .map(|t| {
-            let (model, stop, w) = (model.clone(), stop.clone(), window.clone());
-            let mut s3: Vec<(String, S3)> =
-                n.s3.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            s3.sort_by(|a, b| a.0.cmp(&b.0));
-            std::thread::spawn(move || {
-                let via: Vec<(&String, &S3)> = s3.iter().map(|(k, v)| (k, v)).collect();
-                let mut rng = seed ^ ((t as u64 + 1) * 0x1000_0001);
-                let mut tally = Tally::default();
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    model.step(&mut rng, &via, &w, &mut tally);
-                    std::thread::sleep(Duration::from_millis(1 + rng % 4));
-                }
-                tally
-            })
-        })
-        .collect()
-}
-
-/// Stops the clients; their tallies summed.
-fn stop_clients(
-    stop: &std::sync::atomic::AtomicBool,
-    threads: Vec<std::thread::JoinHandle<Tally>>,
-) -> Tally {
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut all = Tally::default();
-    for t in threads {
-        all.add(t.join().unwrap());
-    }
-    all
-}
-
-/// No client request failed (the first dozen shown, with the seed to run them again).
-fn assert_no_failures(all: &Tally, seed: u64) {
-    assert!(
-        all.failures.is_empty(),
-        "{} failed requests (FERRY_SEED={seed}), the first: {:#?}",
-        all.failures.len(),
-        &all.failures[..all.failures.len().min(12)]
-    );
-}
-
 #[test]
 fn clients_overwrite_delete_and_read_during_a_cross_node_rebalance() {
     use std::sync::atomic::AtomicBool;
@@ -541,7 +238,7 @@ fn clients_overwrite_delete_and_read_during_a_cross_node_rebalance() {
         all.deletes,
         all.failures.len()
     );
-    assert_no_failures(&all, seed);
+    assert_no_failures(&all, &format!("FERRY_SEED={seed}"));
     assert!(
         all.reads > 300 && all.writes > 10 && all.deletes > 5,
         "too few requests"
@@ -549,14 +246,6 @@ fn clients_overwrite_delete_and_read_during_a_cross_node_rebalance() {
     let (live, gone) = model.split();
     assert_placed(&g2, BKT, &live);
     check_everywhere(&n, &live, &gone);
-}
-
-/// How many fault cycles: FERRY_FAULT_CYCLES, else 12 (the slow tier sets 50).
-fn fault_cycles() -> usize {
-    std::env::var("FERRY_FAULT_CYCLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(12)
 }
 
 /// Cycle after cycle, a rebalance across nodes (c's set active: a and b send to c; c's set
@@ -587,7 +276,7 @@ fn kill9_of_the_sender_or_the_receiver_mid_rebalance_cycle_after_cycle() {
     n.start(&["a", "b", "c"]);
     ok(ferry(&n.c, &["cluster", "rate", "2M"]));
     let t0 = Instant::now();
-    for i in 0..fault_cycles() {
+    for i in 0..fault_cycles(12) {
         let g = i as u64 + 2;
         let to_c = i % 2 == 0;
         let t = topo_for(g, if to_c { "active" } else { "draining" });
@@ -623,7 +312,7 @@ fn kill9_of_the_sender_or_the_receiver_mid_rebalance_cycle_after_cycle() {
             );
         }
     }
-    eprintln!("{} fault cycles in {:?}", fault_cycles(), t0.elapsed());
+    eprintln!("{} fault cycles in {:?}", fault_cycles(12), t0.elapsed());
 }
 
 /// The topology of kill9 cycle `i` (generation i + 2; generation 1 is cycle 1's): c's set
@@ -685,7 +374,7 @@ fn kill9_cycles_with_clients_reading_and_writing_through_them() {
     let threads = clients(&n, &model, 4, (seed, &window), &stop);
     let mut last = g1.clone();
     let cycles = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        for i in 0..fault_cycles() {
+        for i in 0..fault_cycles(12) {
             let (t, victim) = kill9_cycle(&n.root, i, i as u64 + 2);
             let cycle = Instant::now();
             n.apply(&t);
@@ -710,7 +399,7 @@ fn kill9_cycles_with_clients_reading_and_writing_through_them() {
     eprintln!(
         "through {} kill -9 cycles (FERRY_SEED={seed}): {} reads, {} writes, {} deletes, \
          {} reads while an agent was down, {} requests sent again, {} failed",
-        fault_cycles(),
+        fault_cycles(12),
         all.reads,
         all.writes,
         all.deletes,
@@ -718,7 +407,7 @@ fn kill9_cycles_with_clients_reading_and_writing_through_them() {
         all.retries,
         all.failures.len()
     );
-    assert_no_failures(&all, seed);
+    assert_no_failures(&all, &format!("FERRY_SEED={seed}"));
     cycles.unwrap_or_else(|e| std::panic::resume_unwind(e));
     assert!(all.writes > 50 && all.deletes > 20, "too few requests");
     let (live, gone) = model.split();

@@ -5,6 +5,8 @@
 //! etcd_harness;` beside it.
 #![allow(dead_code)]
 
+pub mod clients;
+
 use crate::agent_harness::Cluster;
 pub use crate::agent_harness::{Disks, ferry, ok, topo_v2 as topo};
 use crate::common::s3client::S3;
@@ -154,6 +156,15 @@ impl Nodes {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// How many fault cycles a cycling test runs: FERRY_FAULT_CYCLES, else `default` (the slow
+/// tier sets 50).
+pub fn fault_cycles(default: usize) -> usize {
+    std::env::var("FERRY_FAULT_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// The bytes of object `i`, version `v`: sizes 1 B to ~40 KB, and one in `big` (0: none) of
