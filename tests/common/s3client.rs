@@ -6,7 +6,7 @@
 
 use ferry::s3::client::{amz_date, authorization, query_encode, sha256_hex, uri_encode};
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Clone)]
@@ -16,6 +16,8 @@ pub struct S3 {
     pub ak: String,
     pub sk: String,
     pub timeout: Duration,
+    /// How long a connect may take (an endpoint whose link is down never answers it).
+    pub connect_timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -74,6 +76,7 @@ impl S3 {
             ak: ak.into(),
             sk: sk.into(),
             timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(30),
         }
     }
 
@@ -114,7 +117,9 @@ impl S3 {
             self.addr,
             body.len()
         );
-        let mut s = TcpStream::connect(&self.addr)?;
+        let to = self.addr.to_socket_addrs()?.next();
+        let to = to.ok_or_else(|| io::Error::other(format!("no address in {}", self.addr)))?;
+        let mut s = TcpStream::connect_timeout(&to, self.connect_timeout)?;
         s.set_read_timeout(Some(self.timeout))?;
         s.set_write_timeout(Some(self.timeout))?;
         s.set_nodelay(true)?;
