@@ -10,6 +10,11 @@
 //! - A receiving node's link down for 20 s (agents in network namespaces on a bridge, root
 //!   only): the moves to it wait (peer_unreachable, naming it and since when), reads of live
 //!   keys on the other nodes and writes and deletes there go on; link up, it completes.
+//! - All six kinds in turn, cycle after cycle (FERRY_FAULT_CYCLES, default one of each; 50 in
+//!   the slow tier; seeded order, FERRY_TEST_SEED repeats it), each mid-rebalance with
+//!   clients reading, overwriting and deleting through every agent, each followed by the
+//!   invariant check: kill -9 of a sender, of a receiver, the leader SIGSTOPped past its
+//!   TTL, the etcd raft leader killed, the receiving disk full then freed, a link down 20 s.
 //!
 //! Skips (saying why) without etcd, and without root where it needs it.
 
