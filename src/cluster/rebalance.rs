@@ -460,10 +460,10 @@ fn feed_remote(ctx: &Ctx, m: &Mover, spill: &Spill) {
                 later.push(c);
                 return true;
             }
-            wait_turn(ctx, c.size) && tx.send(c).is_ok()
+            give(ctx, &tx, c)
         });
         for c in later {
-            if !(wait_turn(ctx, c.size) && tx.send(c).is_ok()) {
+            if !give(ctx, &tx, c) {
                 break;
             }
         }
@@ -472,6 +472,31 @@ fn feed_remote(ctx: &Ctx, m: &Mover, spill: &Spill) {
     });
     if let Err(e) = fed {
         ctx.stats.error(Error::os("read spill", &ctx.spec.dest, e));
+    }
+}
+
+/// Hands `c` to a sender once its turn is taken and a sender has room; false once the job
+/// is cancelled or aborted. Never a blocking send: the senders stop taking on an abort (one
+/// waiting for an unreachable peer returns then), and a send into their full queue would
+/// wait forever, and with it the job's end (the agent's cancel waits for it).
+fn give(ctx: &Ctx, tx: &std::sync::mpsc::SyncSender<Candidate>, c: Candidate) -> bool {
+    use std::sync::mpsc::TrySendError;
+    if !wait_turn(ctx, c.size) {
+        return false;
+    }
+    let mut c = c;
+    loop {
+        match tx.try_send(c) {
+            Ok(()) => return true,
+            Err(TrySendError::Disconnected(_)) => return false,
+            Err(TrySendError::Full(back)) => {
+                if ctx.steer.stop.abort.load(Ordering::Acquire) {
+                    return false;
+                }
+                c = back;
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        }
     }
 }
 
