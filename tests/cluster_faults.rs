@@ -14,7 +14,8 @@
 //!   the slow tier; seeded order, FERRY_TEST_SEED repeats it), each mid-rebalance with
 //!   clients reading, overwriting and deleting through every agent, each followed by the
 //!   invariant check: kill -9 of a sender, of a receiver, the leader SIGSTOPped past its
-//!   TTL, the etcd raft leader killed, the receiving disk full then freed, a link down 20 s.
+//!   TTL, the etcd raft leader killed, the receiving disk full then freed, the link of a
+//!   sender (first) or of a receiver down 20 s.
 //!
 //! Skips (saying why) without etcd, and without root where it needs it.
 
@@ -500,6 +501,8 @@ struct Rig {
     br: Option<netkit::bridge::Bridge>,
     /// The fault kinds this machine cannot inject, and why.
     skip: Vec<(Fault, String)>,
+    /// Link-down cycles so far.
+    links: usize,
 }
 
 /// Each node's one disk (`s0d0` on a, `s1d0` on b, `s2d0` on c); c's set `c_state`.
@@ -560,6 +563,7 @@ impl Rig {
             _disks: disks,
             br,
             skip,
+            links: 0,
         })
     }
 
@@ -729,31 +733,42 @@ fn full_disk_fault(
     )
 }
 
-/// c's link down for 20 s mid-rebalance (c receives or sends); while it receives, the job
-/// says c is unreachable; nothing fails. Link up: c serves again.
-fn link_fault(rig: &mut Rig, g: u64, receiver: &str, w: &Window) -> String {
+/// A node's link down for 20 s mid-rebalance: the sender's in the first link-down cycle
+/// and every other one after, the receiver's in the others. While the receiver is away the
+/// job says so (peer_unreachable, naming it); nothing fails. Link up: the node serves again
+/// (a sender whose lease was lost while its moves waited for the peer rejoins).
+fn link_fault(rig: &mut Rig, g: u64, roles: &Roles, w: &Window) -> String {
+    let receives = rig.links % 2 == 1;
+    rig.links += 1;
+    let victim = if receives {
+        roles.receiver
+    } else {
+        roles.sender
+    };
+    let i = ["a", "b", "c"].iter().position(|n| *n == victim).unwrap();
     under_way(&rig.n, g);
     let br = rig.br.as_ref().expect("link faults run on a bridge");
     w.set_down(true);
-    br.link(2, false);
+    br.link(i, false);
     let down = Instant::now();
-    if receiver == "c" {
-        rig.n
-            .wait_rebalance(Duration::from_secs(19), "c unreachable", |r| {
-                r["state"] == "peer_unreachable"
-                    && r["unreachable"]
-                        .as_array()
-                        .is_some_and(|u| u.iter().any(|x| x["peer"] == "c"))
-            });
+    if receives {
+        let what = format!("{victim} unreachable");
+        rig.n.wait_rebalance(Duration::from_secs(19), &what, |r| {
+            r["state"] == "peer_unreachable"
+                && r["unreachable"]
+                    .as_array()
+                    .is_some_and(|u| u.iter().any(|x| x["peer"] == victim))
+        });
     }
     std::thread::sleep(Duration::from_secs(20).saturating_sub(down.elapsed()));
     let r = rig.n.status()["rebalance"].clone();
     assert_eq!(r["failed"], 0, "{r}");
-    br.link(2, true);
-    rig.n.wait_s3("c", Duration::from_secs(60));
+    br.link(i, true);
+    rig.n.wait_s3(victim, Duration::from_secs(60));
     w.set_down(false);
+    let role = if receives { "receiver" } else { "sender" };
     format!(
-        "c's link down {:?} ({} objects moved then)",
+        "{victim}'s link ({role}) down {:?} ({} objects moved then)",
         down.elapsed(),
         r["objects"]
     )
@@ -783,7 +798,7 @@ fn inject(
             return (what, Some((member, before)));
         }
         Fault::FullDisk => full_disk_fault(rig, g, roles.receiver, w, ballast.unwrap()),
-        Fault::LinkDown => link_fault(rig, g, roles.receiver, w),
+        Fault::LinkDown => link_fault(rig, g, roles, w),
     };
     (what, None)
 }
@@ -876,7 +891,7 @@ fn shuffled(rng: &mut netkit::Rng) -> Vec<Fault> {
 /// the middle of it, the six kinds in turn (each round of six in a seeded order: the seed
 /// is printed, FERRY_TEST_SEED repeats it): kill -9 of a sending agent, of a receiving
 /// agent, the leader SIGSTOPped past its TTL, the raft leader of the etcd members killed, the
-/// receiving disk full until space is freed, c's link down for 20 s. Each cycle ends with
+/// receiving disk full until space is freed, a sender's or a receiver's link down for 20 s. Each cycle ends with
 /// the invariant check of `fault_cycle`. A kind this machine cannot inject (no netns, no
 /// loop devices) is skipped, saying so.
 #[test]
