@@ -854,26 +854,25 @@ fn fault_cycle(
     (r, all, what)
 }
 
-/// No temporary file on any disk but those earlier kill -9 cycles left (`left`): a fault
-/// other than kill -9 leaves none. A kill -9 mid-write leaves its writer's temp (a client's
-/// PUT, a move's receiving end) and nothing sweeps it yet: those are added to `left`, said.
-fn new_temps(rig: &Rig, kind: Fault, left: &mut std::collections::HashSet<std::path::PathBuf>) {
-    let temps: Vec<std::path::PathBuf> = NODE_DISKS
-        .iter()
-        .flat_map(|(node, _)| common::temp_files(&rig.disk(node)))
-        .filter(|p| !left.contains(p))
-        .collect();
-    if matches!(kind, Fault::KillSender | Fault::KillReceiver) {
-        if !temps.is_empty() {
-            eprintln!(
-                "{} temporary files left by the kill -9: {temps:?}",
-                temps.len()
-            );
-        }
-        left.extend(temps);
-    } else {
-        assert!(temps.is_empty(), "{kind:?} left temporary files: {temps:?}");
+/// No temporary file is left on any disk once a cycle is over (its clients stopped, its
+/// rebalance completed). A kill -9 mid-write leaves its writer's temp (a client's PUT, a
+/// move's receiving end); the restarted agent sweeps it (`agent::sweep`, in the background
+/// once it serves again), so a kill cycle gets a few seconds for that.
+fn no_temps_left(rig: &Rig, kind: Fault) {
+    let temps = || -> Vec<std::path::PathBuf> {
+        NODE_DISKS
+            .iter()
+            .flat_map(|(node, _)| common::temp_files(&rig.disk(node)))
+            .collect()
+    };
+    let killed = matches!(kind, Fault::KillSender | Fault::KillReceiver);
+    let deadline = Instant::now() + Duration::from_secs(if killed { 15 } else { 0 });
+    let mut left = temps();
+    while !left.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        left = temps();
     }
+    assert!(left.is_empty(), "{kind:?} left temporary files: {left:?}");
 }
 
 /// The six fault kinds in an order of `rng`'s.
@@ -913,7 +912,6 @@ fn every_fault_kind_in_turn_mid_rebalance_with_clients_cycle_after_cycle() {
     let model = Arc::new(Model::new(&want));
     let (cycles, t0) = (fault_cycles(FAULTS.len()), Instant::now());
     let (mut order, mut g, mut ran) = (vec![], 1, 0);
-    let mut left = std::collections::HashSet::new();
     for i in 0..cycles {
         if i % FAULTS.len() == 0 {
             order = shuffled(&mut rng);
@@ -932,7 +930,7 @@ fn every_fault_kind_in_turn_mid_rebalance_with_clients_cycle_after_cycle() {
         );
         let (r, t, what) = fault_cycle(&mut rig, kind, &roles, &model, seed ^ (i as u64 + 1));
         ran += 1;
-        new_temps(&rig, kind, &mut left);
+        no_temps_left(&rig, kind);
         eprintln!(
             "cycle {i}: {what}; {} objects moved, {} \
              superseded; clients {} reads, {} writes, {} deletes, {} unavailable, {} retries, \

@@ -28,4 +28,5 @@ pub mod rebalance;
 pub mod rebalance_state;
 pub mod runner;
 pub mod state;
+pub mod sweep;
 pub mod view;

@@ -78,6 +78,9 @@ struct Watch {
     unpublished: Option<u64>,
     /// Rounds since tombstones were last looked at.
     rounds: u32,
+    /// When this agent began serving objects: temps on its disks older than that are a
+    /// killed run's (`sweep`).
+    started: std::time::SystemTime,
 }
 
 fn parse(what: &str, v: &[u8]) -> Result<Topology, String> {
@@ -167,6 +170,10 @@ impl Watch {
             Ok(c) => {
                 c.set_lost(lost);
                 let old = self.cell.get();
+                if old.is_none() {
+                    let disks = c.disks().map(|(i, p)| (i.to_string(), p.to_path_buf()));
+                    super::sweep::orphans(&self.node, disks.collect(), self.started);
+                }
                 self.cell.set(c);
                 drain(old);
                 self.unforwarded = Some((std::time::Instant::now(), None));
@@ -368,6 +375,7 @@ pub fn watch(
         said: None,
         unpublished: None,
         rounds: 0,
+        started: std::time::SystemTime::now(),
     };
     w.round();
     w.publish();
