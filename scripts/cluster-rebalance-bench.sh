@@ -7,19 +7,23 @@
 #           objects over the transport (the new node's disks pushed to a `ferry serve` on
 #           ferry://127.0.0.1, TLS, same filesystem, timed through a sync); the scan rate per
 #           node; a light client load (10 ops/s) and --user-p99 off, so nothing paces it
-#   memory  peak RSS (VmHWM) of each agent with N small objects for each N of -M (flat in N?)
+#   memory  peak RSS (VmHWM) of each agent with N small objects for each N of -M (flat in N?),
+#           and each agent's RSS by phase (load/seed, baseline, rebalance, verify); a CSV of
+#           its samples per count in -o DIR (t_s, node, phase, VmRSS, RssAnon, RssFile kB)
 #   userio  user I/O first: the same client load (GET 90 %, PUT 10 % through the endpoints)
 #           for a baseline without a rebalance, then during one, with the agents' adaptive
 #           pace (--user-p99 default) and with it off; one CSV per run (t_s, phase, client
 #           ops/s, client p99 ms, migration MB/s, pace limit MB/s) in -o DIR
 #
 #   scripts/cluster-rebalance-bench.sh [-r RUNS] [-p PARTS] [-n OBJECTS] [-m MAX_SIZE]
-#       [-M COUNTS] [-c CLIENT_OPS] [-o CSV_DIR]
+#       [-M COUNTS] [-c CLIENT_OPS] [-o CSV_DIR] [-S]
 #     RUNS        runs per case, medians reported (default 3; cases alternate per run)
 #     PARTS       comma list of speed, memory, userio (default all three)
 #     OBJECTS     objects loaded for speed and userio (default 4000; sizes skewed small)
 #     MAX_SIZE    their largest size (default 1M)
 #     COUNTS      object counts of the memory part (default 10000,100000; 4 KiB max each)
+#     -S          the memory part seeds its objects onto the disks (`demo --cluster --seed`,
+#                 at nice 19) instead of loading them through S3: 1M objects in minutes
 #     CLIENT_OPS  the userio client load, ops/s (default 200)
 #   FERRY=BIN benchmarks another binary; FERRY_B=BIN adds a paired run of that binary (speed:
 #   a "ferryB" line, alternating with FERRY in each run: before/after in the same run).
@@ -27,12 +31,12 @@
 # work, read the numbers with it. Needs etcd, bc.
 set -euo pipefail
 RUNS=3; PARTS=speed,memory,userio; OBJECTS=4000; MAX=1M; COUNTS=10000,100000; OPS=200
-OUT=
-while getopts r:p:n:m:M:c:o: o; do
+OUT=; SEED=
+while getopts r:p:n:m:M:c:o:S o; do
   case $o in
     r) RUNS=$OPTARG ;; p) PARTS=$OPTARG ;; n) OBJECTS=$OPTARG ;; m) MAX=$OPTARG ;;
-    M) COUNTS=$OPTARG ;; c) OPS=$OPTARG ;; o) OUT=$OPTARG ;;
-    *) sed -n '2,27p' "$0"; exit 2 ;;
+    M) COUNTS=$OPTARG ;; c) OPS=$OPTARG ;; o) OUT=$OPTARG ;; S) SEED=--seed ;;
+    *) sed -n '2,31p' "$0"; exit 2 ;;
   esac
 done
 FERRY=$(realpath "${FERRY:-$(dirname "$0")/../target/release/ferry}")
@@ -58,18 +62,29 @@ field() { sed -n "s/$1/\\1/p" "$2" | head -1; }  # $1 = a sed pattern with one g
 
 # One demo run: $1 = binary, $2 = log file, then the demo's options. The demo's temp dir is
 # kept (FERRY_DEMO_KEEP) under $W/demo and its path written to $2.dir. While it runs, the
-# peak RSS of every agent is sampled into $2.rss (one "pid kB" line per agent, the last seen).
+# peak RSS of every agent is sampled into $2.rss (one "pid kB" line per agent, the last seen),
+# and every sample into $2.ts (t_s,node,phase,VmRSS,RssAnon,RssFile kB; the phase from the log).
 demo() {
   local bin=$1 log=$2; shift 2
   rm -rf "$W/demo"; mkdir -p "$W/demo"
   TMPDIR="$W/demo" FERRY_DEMO_KEEP=1 "$bin" demo --cluster "$@" >"$log" 2>&1 &
   local d=$!; PIDS+=("$d")
   declare -A hwm=()
+  local t0; t0=$(now)
+  echo "t_s,node,phase,vmrss_kb,rss_anon_kb,rss_file_kb" >"$log.ts"
   while kill -0 "$d" 2>/dev/null; do
+    local ph=load t; t=$(echo "$(now) - $t0" | bc)
+    grep -q '^client load:' "$log" && ph=baseline
+    grep -q '^adding node' "$log" && ph=rebalance
+    grep -q '^moved ' "$log" && ph=verify
     for c in $(cat /proc/$d/task/*/children 2>/dev/null); do
       grep -qa -- '--peer-listen' "/proc/$c/cmdline" 2>/dev/null || continue
-      local k; k=$(awk '/VmHWM/ {print $2}' "/proc/$c/status" 2>/dev/null) || continue
+      local st; st=$(cat "/proc/$c/status" 2>/dev/null) || continue
+      local k; k=$(echo "$st" | awk '/VmHWM/ {print $2}')
       [ -n "$k" ] && hwm[$c]=$k
+      local node; node=$(tr '\0' ' ' <"/proc/$c/cmdline" 2>/dev/null | sed -n 's/.*--node \([^ ]*\).*/\1/p')
+      echo "$st" | awk -v t="$t" -v n="$node" -v p="$ph" \
+        '/^VmRSS/ {r=$2} /^RssAnon/ {a=$2} /^RssFile/ {f=$2} END {if (r) printf "%.1f,%s,%s,%d,%d,%d\n", t, n, p, r, a, f}' >>"$log.ts"
     done
     sleep 0.3
   done
@@ -136,12 +151,19 @@ part_speed() {
 }
 
 part_memory() {
-  echo "== memory: peak RSS per agent (VmHWM, sampled every 0.3 s), objects up to 4K, --user-p99 off"
+  echo "== memory: peak RSS per agent (VmHWM, sampled every 0.3 s), objects up to 4K, --user-p99 off${SEED:+, seeded onto the disks}"
   local n
   for n in ${COUNTS//,/ }; do
     local log="$W/mem-$n.log" t0; t0=$(now)
     demo "$FERRY" "$log" --objects "$n" --max-size 4K --client-ops 10 --baseline 1 \
-      --user-p99 off --timeout 3000 || { echo "memory $n skipped (the demo failed)"; continue; }
+      --user-p99 off --timeout 3000 $SEED || { echo "memory $n skipped (the demo failed)"; continue; }
+    cp "$log.ts" "$OUT/mem-$n.csv"
+    local ph
+    for ph in load baseline rebalance verify; do
+      local line; line=$(awk -F, -v p=$ph 'NR > 1 && $3 == p && $4 > r[$2] {r[$2] = $4; a[$2] = $5; f[$2] = $6}
+        END {for (n in r) printf "%s %.1f/%.1f/%.1f\n", n, r[n] / 1024, a[n] / 1024, f[n] / 1024}' "$log.ts" | sort | tr '\n' ' ')
+      if [ -n "$line" ]; then echo "  $ph: max RSS/anon/file MB per agent: $line"; fi
+    done
     local kb; kb=$(awk '{print $2}' "$log.rss" | sort -n | tr '\n' ' ')
     printf 'memory %8d objects: agents peak RSS %s kB (max %s MB); %s | %s s | load %s\n' "$n" "$kb" \
       "$(awk '{if ($2 > m) m = $2} END {printf "%.1f", m / 1024}' "$log.rss")" \

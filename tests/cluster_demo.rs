@@ -95,6 +95,49 @@ fn the_cluster_demo_rebalances_under_load_with_no_failed_read() {
     );
 }
 
+/// `--seed`: the objects written onto the disks before the agents start are served (the
+/// clients' GETs check their bytes), moved, and verified at their owners like loaded ones.
+#[test]
+fn seeded_objects_are_served_moved_and_verified_like_loaded_ones() {
+    if !etcd_installed() {
+        eprintln!("skipped: etcd is not installed (apt-get install etcd-server)");
+        return;
+    }
+    let out = demo(2).arg("--seed").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{err}");
+    assert!(
+        text.lines().any(|l| l.starts_with("seeded 400 objects")),
+        "{text}"
+    );
+    assert!(
+        !text.contains("loaded "),
+        "nothing loaded through S3: {text}"
+    );
+    let reads = text
+        .lines()
+        .find_map(|l| l.strip_prefix("reads failed 0 (of "))
+        .unwrap_or_else(|| panic!("no failed read: {text}"));
+    let n: u64 = reads.split(')').next().unwrap().parse().unwrap();
+    assert!(n > 20, "the clients read seeded objects: {text}");
+    let moved = text
+        .lines()
+        .find(|l| l.starts_with("moved "))
+        .expect("a moved line");
+    let (got, ideal) = moved.split_once("(the ideal: ").unwrap();
+    let count = |s: &str| {
+        s.split_whitespace()
+            .find_map(|w| w.parse::<u64>().ok())
+            .unwrap()
+    };
+    assert!(count(got) > 0 && count(got) <= count(ideal), "{moved}");
+    assert!(
+        text.contains("verified 400 objects: each once at its owner"),
+        "{text}"
+    );
+}
+
 #[test]
 fn ctrl_c_stops_everything_the_demo_started() {
     if !etcd_installed() {

@@ -169,6 +169,24 @@ impl Registry {
         })
     }
 
+    /// `set_location` of many keys (full key, disk id) under `generation`, in one
+    /// transaction, not durable until the next `flush` (the demo seeds its disks so).
+    pub fn set_locations(
+        &self,
+        entries: &[(Vec<u8>, String)],
+        generation: u64,
+    ) -> Result<(), Error> {
+        self.write(Durability::None, |w| {
+            let mut loc = w.open_table(LOCATIONS)?;
+            let mut tombs = w.open_table(TOMBSTONES)?;
+            for (key, disk) in entries {
+                loc.insert(key.as_slice(), (disk.as_str(), generation))?;
+                tombs.remove(key.as_slice())?;
+            }
+            Ok(())
+        })
+    }
+
     /// Moved objects, in one transaction: each key's new location (a tombstone of it goes: a
     /// copy newer than it arrived), and a forwarding entry from the old disk (key, from
     /// disk, to disk). Not durable until the next `flush`.

@@ -9,6 +9,7 @@ pub mod check;
 pub mod load;
 pub mod monitor;
 pub mod procs;
+pub mod seed;
 
 use crate::cluster::Topology;
 use load::{ACCESS, BUCKET, Expected, SECRET};
@@ -39,6 +40,9 @@ pub struct Options {
     /// `ferry cluster rate` before the rebalance (None: unlimited).
     pub rate: Option<String>,
     pub timeout: Duration,
+    /// Write the objects straight onto the disks before the agents start (`seed`), not
+    /// through the S3 endpoints.
+    pub seed: bool,
 }
 
 pub enum Outcome {
@@ -55,6 +59,8 @@ pub struct Demo {
     pub topos: [(Topology, PathBuf); 2],
     /// S3 endpoints (host:port), n1..n5.
     pub s3: Vec<String>,
+    /// What `seed` wrote (taken by `play`).
+    pub seeded: Option<Expected>,
 }
 
 pub fn run(o: &Options) -> Result<Outcome, String> {
@@ -143,7 +149,11 @@ impl Demo {
             stop,
             topos,
             s3,
+            seeded: None,
         };
+        if d.opts.seed {
+            d.seeded = Some(d.seed()?);
+        }
         d.ferry(&["cluster", "apply", &d.topos[0].1.to_string_lossy()])?;
         for n in 1..NODES {
             d.start_agent(n)?;
@@ -233,7 +243,10 @@ impl Demo {
 
     /// The whole show after setup; true when nothing failed.
     fn play(&mut self) -> Result<bool, String> {
-        let want = self.fill()?;
+        let want = match self.seeded.take() {
+            Some(w) => w,
+            None => self.fill()?,
+        };
         self.start_agent(NODES)?;
         self.wait_s3(NODES)?;
         if let Some(r) = &self.opts.rate {
@@ -251,6 +264,26 @@ impl Demo {
             Err(m) => println!("verify FAILED: {m}"),
         }
         Ok(failed == 0 && bad.is_ok())
+    }
+
+    /// `seed::seed` of the objects onto n1-n4's disks under generation 1.
+    fn seed(&self) -> Result<Expected, String> {
+        let start = Instant::now();
+        let state = self.procs.dir.join("state");
+        let want = seed::seed(
+            &self.topos[0].0,
+            &state,
+            self.opts.objects,
+            self.opts.max_size,
+        )?;
+        let bytes: u64 = want.values().map(|v| v.1).sum();
+        println!(
+            "seeded {} objects, {:.1} MB onto the disks of n1-n4 (generation 1) in {:.1} s",
+            want.len(),
+            bytes as f64 / 1e6,
+            start.elapsed().as_secs_f64()
+        );
+        Ok(want)
     }
 
     /// Creates the bucket and puts the objects, spread over the first four endpoints.
