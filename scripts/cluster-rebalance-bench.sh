@@ -84,7 +84,7 @@ demo() {
       [ -n "$k" ] && hwm[$c]=$k
       local node; node=$(tr '\0' ' ' <"/proc/$c/cmdline" 2>/dev/null | sed -n 's/.*--node \([^ ]*\).*/\1/p')
       echo "$st" | awk -v t="$t" -v n="$node" -v p="$ph" \
-        '/^VmRSS/ {r=$2} /^RssAnon/ {a=$2} /^RssFile/ {f=$2} END {if (r) printf "%.1f,%s,%s,%d,%d,%d\n", t, n, p, r, a, f}' >>"$log.ts"
+        '/^VmRSS/ {r=$2} /^RssAnon/ {a=$2} /^RssFile/ {f=$2} END {if (r && n != "") printf "%.1f,%s,%s,%d,%d,%d\n", t, n, p, r, a, f}' >>"$log.ts"
     done
     sleep 0.3
   done
