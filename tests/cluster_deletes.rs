@@ -19,7 +19,9 @@
 //! - A node removed by the next topology while it is an owner in between: killed, its part
 //!   is marked lost once it had no member key for `lost_after_secs` (2 s here) and the
 //!   rebalance completes (the moves no longer wait for its hand-over); still running, it
-//!   hands its tombstones over first and the keys deleted through it stay deleted.
+//!   hands its tombstones over first and the keys deleted through it stay deleted. The lost
+//!   node started again with its disks as they were refuses to run: a key deleted meanwhile
+//!   whose copy is still on its disk stays deleted, and the copy is left there.
 //!
 //! Skips (saying why) without etcd.
 
@@ -809,6 +811,10 @@ fn a_removed_node_that_is_gone_is_marked_lost_and_the_rebalance_completes() {
         );
     }
     let k = waiting[0].clone();
+    // b's disk still holds a copy of k (as one that waited there when b went would)
+    let on_b = object_path(&n.root.join("s1d0"), BKT, k.as_bytes());
+    std::fs::create_dir_all(on_b.parent().unwrap()).unwrap();
+    std::fs::write(&on_b, &want[&k]).unwrap();
     let r = n.s3["a"].delete(BKT, &k).unwrap();
     assert_eq!(r.code, 204, "DELETE {k} through a: {}", r.text());
     assert_eq!(
@@ -823,6 +829,54 @@ fn a_removed_node_that_is_gone_is_marked_lost_and_the_rebalance_completes() {
             assert!(got.body == want[k], "GET {k} through {node}: other bytes");
         }
     }
+    b_returns_quarantined(&mut n, &k, &on_b);
+}
+
+/// b, marked lost, is started again with its disks as they were (a copy of `k`, deleted
+/// meanwhile, at `on_b`): its agent refuses to run (exits non-zero, saying b was marked lost
+/// at generation 3 and how to clear that), serves nothing and deletes nothing; `k` stays
+/// deleted through a and c. `cluster clear-lost b` clears the mark once (a second says so).
+fn b_returns_quarantined(n: &mut Nodes, k: &str, on_b: &Path) {
+    n.c.start("b");
+    let mut child = n.c.agents.remove("b").unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("b, marked lost, still runs after 30 s\n{}", n.c.logs());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "b, marked lost, exited with {status}");
+    let err = std::fs::read_to_string(n.c.dir.path().join("b.err")).unwrap();
+    assert!(
+        err.contains("node b was marked lost at generation 3 by node ")
+            && err.contains("its disks are quarantined")
+            && err.contains("ferry cluster clear-lost b"),
+        "{err}"
+    );
+    assert!(on_b.is_file(), "b's copy of {k} is left on its disk");
+    let b = n.s3["b"].request("GET", "/", &[], b"");
+    assert!(b.is_err(), "b's S3 endpoint answers: {b:?}");
+    for node in ["a", "c"] {
+        let r = n.s3[node].get(BKT, k).unwrap();
+        assert_eq!(r.code, 404, "{k} through {node}, b back: {}", r.text());
+        let listed = n.s3[node].list(BKT, "").unwrap();
+        assert!(!listed.iter().any(|x| x == k), "LIST through {node}");
+    }
+    let o = ok(ferry(&n.c, &["cluster", "clear-lost", "b"]));
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(said.contains("the mark of generation 3"), "{said}");
+    let again = ferry(&n.c, &["cluster", "clear-lost", "b"]);
+    let e = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        !again.status.success() && e.contains("node b is not marked lost"),
+        "{e}"
+    );
 }
 
 /// As above, but b's agent keeps running: removed under 3, it takes 3, hands its tombstones

@@ -229,6 +229,11 @@ fn agent_inner(a: AgentArgs) -> Result<ExitCode, String> {
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("signal: {e}"))?;
     }
+    // a node marked lost serves none of its disks, not even before its id is claimed (where
+    // the claim checks this again, for good)
+    if let Ok(Some(m)) = super::lost::quarantined(&*store, &keys, &a.node) {
+        return Err(m);
+    }
     let mut served = serve_objects(&a, &dir, &store, &keys)?;
     let k = Keys {
         root: keys.root.clone(),

@@ -1,4 +1,4 @@
-//! `ferry cluster apply|topology|status|pause|resume|rate`: the cluster's shared state in
+//! `ferry cluster apply|topology|status|pause|resume|clear-lost|rate`: the cluster's shared state in
 //! etcd, read and changed with compare-and-swap.
 
 use super::etcd::EtcdStore;
@@ -46,6 +46,13 @@ pub enum ClusterCmd {
     Pause,
     /// Resume them.
     Resume,
+    /// Clear the mark of a node whose part of a rebalance was marked lost (its agent refuses
+    /// to run while it is there): only once its disks are wiped or taken away, as what they
+    /// hold may be keys deleted or overwritten since.
+    ClearLost {
+        #[arg(value_name = "NODE")]
+        node: String,
+    },
     /// Bytes per second per agent (e.g. 200M; 0 = unlimited) and optionally file ops per second.
     Rate {
         #[arg(value_name = "RATE")]
@@ -78,6 +85,7 @@ pub fn cluster(a: ClusterArgs) -> ExitCode {
         ClusterCmd::Status { json } => status(&store, &keys, json),
         ClusterCmd::Pause => control(&store, &keys, |c| c.paused = true),
         ClusterCmd::Resume => control(&store, &keys, |c| c.paused = false),
+        ClusterCmd::ClearLost { node } => clear_lost(&store, &keys, &node),
         ClusterCmd::Rate { rate, ops } => match crate::job::ctl::parse_rate(&rate) {
             Ok(r) => control(&store, &keys, |c| {
                 c.rate = r;
@@ -90,6 +98,32 @@ pub fn cluster(a: ClusterArgs) -> ExitCode {
         Ok(()) => Exit::Ok.into(),
         Err(m) => fail(m),
     }
+}
+
+/// Deletes `lost/<node>` as read (a newer mark is left alone), saying which mark it was.
+fn clear_lost(store: &dyn ClusterStore, keys: &Keys, node: &str) -> Result<(), String> {
+    super::keys::check_name("NODE", node)?;
+    let key = keys.lost(node);
+    let read = |e: super::store::StoreError| format!("read {key}: {e}");
+    let Some(kv) = store.get(&key).map_err(read)? else {
+        return Err(format!("node {node} is not marked lost (no key {key})"));
+    };
+    let m: super::lost::Mark = serde_json::from_slice(&kv.value).unwrap_or_default();
+    let c = [Cmp::ModRev(key.clone(), kv.mod_rev)];
+    let (ok, _) = store
+        .txn(&c, &[Op::Delete(key.clone())])
+        .map_err(|e| format!("delete {key}: {e}"))?;
+    if !ok {
+        return Err(format!(
+            "node {node} was marked lost again meanwhile: nothing cleared"
+        ));
+    }
+    crate::outln!(
+        "node {node}: the mark of generation {} (by node {}) is cleared; its agent may start",
+        m.generation,
+        m.by
+    );
+    Ok(())
 }
 
 fn apply(

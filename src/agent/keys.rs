@@ -91,6 +91,12 @@ impl Keys {
     pub fn rebalance_progress(&self, generation: u64, node: &str) -> String {
         self.k(&format!("rebalance/{generation:020}/progress/{node}"))
     }
+    /// A node whose part of a rebalance was marked lost (`agent::lost`): its agent refuses to
+    /// run (its disks are quarantined) until an operator deletes this key
+    /// (`ferry cluster clear-lost NODE`).
+    pub fn lost(&self, node: &str) -> String {
+        self.k(&format!("lost/{node}"))
+    }
     pub fn rebalance_progress_prefix(&self, generation: u64) -> String {
         self.k(&format!("rebalance/{generation:020}/progress/"))
     }

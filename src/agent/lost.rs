@@ -6,21 +6,62 @@
 //! no member key in etcd continuously for `lost_after_secs` as this agent sees it (300 s by
 //! default, on top of the lease TTL that passed without a keepalive before the key went: a
 //! restart, a reboot or a stall is over by then), and whose part is not over, gets its
-//! record marked `lost` with the reason (at once if its part of the generation before was
-//! lost, and it did not come back since). The
-//! mark is a transaction that finds the node's member key absent, its record as read, the
-//! job's spec and the topology unchanged and this agent's own member key its run's: an
-//! agent of the node that claims its key again first is never overridden. A node that comes
-//! back later finds its part lost and moves nothing of that generation (`Rebalancer::begin`).
+//! record marked `lost` with the reason (at once if the node is still quarantined from an
+//! earlier mark: it cannot have come back since). The mark is a transaction that finds the
+//! node's member key absent, its record as read, the job's spec and the topology unchanged
+//! and this agent's own member key its run's: an agent of the node that claims its key again
+//! first is never overridden. The same transaction writes the node's `lost/<node>` key: the
+//! mark sticks to the node, not to the generation. Its disks may hold keys deleted or
+//! overwritten meanwhile (their tombstones went when the generation settled), so an agent of
+//! that node, once it has claimed its member key (no mark can succeed after that), reads the
+//! key from etcd and refuses to run while it is there (`quarantined`): it serves none of its
+//! disks and moves nothing; nothing on them is deleted. An operator clears it
+//! (`ferry cluster clear-lost NODE`) once the disks are wiped or taken away.
 
+use super::keys::Keys;
 use super::node::WorkCtx;
 use super::rebalance_state::{LOST, NodeProgress, Spec, is_final, nodes};
-use super::store::{Cmp, Op};
+use super::store::{ClusterStore, Cmp, Op, StoreError};
 use super::view::View;
 use crate::cluster::Topology;
 use crate::cluster::topology::SetState;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+
+/// What `lost/<node>` holds: the mark that quarantines the node's disks.
+#[derive(serde::Serialize, serde::Deserialize, Default, Debug)]
+pub struct Mark {
+    /// The generation whose part of the node was marked lost.
+    pub generation: u64,
+    /// The agent that marked it, and why.
+    pub by: String,
+    pub why: String,
+    pub at_ms: u64,
+}
+
+/// The refusal of node `node`'s agent if its `lost/<node>` key is in `store` (read from etcd,
+/// not from a view: call it after the member key is claimed, when no mark can succeed any
+/// more); Ok(None): the node is not quarantined.
+pub fn quarantined(
+    store: &dyn ClusterStore,
+    keys: &Keys,
+    node: &str,
+) -> Result<Option<String>, StoreError> {
+    let key = keys.lost(node);
+    let Some(kv) = store.get(&key)? else {
+        return Ok(None);
+    };
+    let m: Mark = serde_json::from_slice(&kv.value).unwrap_or_default();
+    Ok(Some(format!(
+        "node {node} was marked lost at generation {} by node {} ({}); its disks are \
+         quarantined: this agent serves none of them and moves nothing (nothing on them was \
+         deleted, but they may hold keys deleted or overwritten since, whose tombstones are \
+         gone). Wipe the disks or take them out of the topology's sets, or copy off what you \
+         need, then clear the mark with `ferry cluster clear-lost {node}` (it deletes etcd key \
+         {key}) and start the agent again",
+        m.generation, m.by, m.why
+    )))
+}
 
 /// The nodes this agent sees removed and not running, since when.
 pub struct Gone {
@@ -80,8 +121,8 @@ impl Gone {
         let mut out = Vec::new();
         for n in now {
             let since = *self.since.entry(n.clone()).or_insert_with(Instant::now);
-            // lost under the generation before (and still not running): at once
-            let before = record(ctx, view, spec.from_generation, &n).0.state == LOST;
+            // marked lost before and still quarantined (it cannot have run since): at once
+            let before = view.get(&ctx.keys.lost(&n)).is_some();
             if since.elapsed() < self.after && !before {
                 continue;
             }
@@ -129,7 +170,18 @@ impl Gone {
             value: serde_json::to_vec(&rec).expect("serializable"),
             lease: 0,
         };
-        match ctx.store.txn(&c, &[put]) {
+        let mark = Mark {
+            generation: g,
+            by: ctx.node.to_string(),
+            why: why.clone(),
+            at_ms: rec.at_ms,
+        };
+        let quarantine = Op::Put {
+            key: k.lost(n),
+            value: serde_json::to_vec(&mark).expect("serializable"),
+            lease: 0,
+        };
+        match ctx.store.txn(&c, &[put, quarantine]) {
             Ok((ok, _)) => Ok(ok.then_some(why)),
             Err(e) => Err(format!(
                 "mark node {n}'s part of rebalance {g} lost: {e} (tried again next round)"
@@ -141,9 +193,8 @@ impl Gone {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::keys::Keys;
     use crate::agent::rebalance_state::COMPLETED;
-    use crate::agent::store::{ClusterStore, MemStore};
+    use crate::agent::store::MemStore;
     use serde_json::json;
 
     /// Generation `g` with sets a and b, b's set in state `b`.
@@ -191,8 +242,8 @@ mod tests {
 
     impl World {
         /// One look by node a (a fresh view); the nodes it marked.
-        fn mark(&self, gone: &mut Gone) -> Vec<String> {
-            let ctx = WorkCtx {
+        fn ctx(&self) -> WorkCtx<'_> {
+            WorkCtx {
                 store: &self.store,
                 keys: &self.keys,
                 node: "a",
@@ -201,7 +252,11 @@ mod tests {
                 fence: 0,
                 control: Default::default(),
                 progress_interval: Duration::from_secs(1),
-            };
+            }
+        }
+
+        fn mark(&self, gone: &mut Gone) -> Vec<String> {
+            let ctx = self.ctx();
             let mut v = View::default();
             v.refresh(&self.store, &self.keys.root).unwrap();
             let m = gone.mark(&ctx, &v, &self.spec, self.spec_rev);
@@ -245,7 +300,31 @@ mod tests {
             b.why
         );
         assert!(w.mark(&mut gone).is_empty(), "marked once");
-        // the next generation: b, lost under 3 and still not running, is lost at once
+        // the same transaction quarantined b: its agent will refuse to run
+        let q = quarantined(&w.store, &w.keys, "b").unwrap().unwrap();
+        assert!(
+            q.starts_with("node b was marked lost at generation 3 by node a (node b removed")
+                && q.contains("ferry cluster clear-lost b"),
+            "{q}"
+        );
+        assert!(quarantined(&w.store, &w.keys, "a").unwrap().is_none());
+        // the next generation: b, still quarantined (it cannot have run since), is lost at once
+        let w4 = next_generation(&w);
+        let lost = w.store.get(&w.keys.lost("b")).unwrap().unwrap().value;
+        w4.store.put(&w4.keys.lost("b"), &lost, 0).unwrap();
+        assert_eq!(w4.mark(&mut Gone::new(Duration::from_secs(600))), ["b"]);
+        let k = w4.keys.rebalance_progress(4, "b");
+        let b4: NodeProgress =
+            serde_json::from_slice(&w4.store.get(&k).unwrap().unwrap().value).unwrap();
+        assert_eq!(b4.state, LOST);
+        // once the mark was cleared (b may have run since), lost under 3 is not enough
+        let w4 = next_generation(&w);
+        assert!(w4.mark(&mut Gone::new(Duration::from_secs(600))).is_empty());
+        assert!(w4.store.get(&k).unwrap().is_none());
+    }
+
+    /// Generation 4 after `w`'s 3 (b removed in both), with `w`'s record of b under 3.
+    fn next_generation(w: &World) -> World {
         let mut w4 = world("removed");
         w4.spec.generation = 4;
         w4.spec.from_generation = 3;
@@ -256,11 +335,20 @@ mod tests {
             .unwrap();
         let v = serde_json::to_vec(&w4.spec).unwrap();
         w4.spec_rev = w4.store.put(&w4.keys.rebalance(4), &v, 0).unwrap();
-        assert_eq!(w4.mark(&mut Gone::new(Duration::from_secs(600))), ["b"]);
-        let k = w4.keys.rebalance_progress(4, "b");
-        let b4: NodeProgress =
-            serde_json::from_slice(&w4.store.get(&k).unwrap().unwrap().value).unwrap();
-        assert_eq!(b4.state, LOST);
+        w4
+    }
+
+    #[test]
+    fn no_mark_once_the_node_has_claimed_its_key_after_the_view_was_taken() {
+        let w = world("removed");
+        let ctx = w.ctx();
+        let mut v = View::default();
+        v.refresh(&w.store, &w.keys.root).unwrap();
+        w.store.put(&w.keys.member("b"), b"{}", 0).unwrap();
+        let gone = Gone::new(Duration::ZERO);
+        assert_eq!(gone.write(&ctx, &v, &w.spec, w.spec_rev, "b"), Ok(None));
+        assert!(w.state_of("b").is_none());
+        assert!(quarantined(&w.store, &w.keys, "b").unwrap().is_none());
     }
 
     #[test]

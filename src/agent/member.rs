@@ -1,6 +1,7 @@
 //! Membership: the node id claimed under a lease, renewed every TTL/3; a live id held by
 //! another agent is refused; a lost lease (the agent stalled past its TTL) drops everything
-//! and claims the id again.
+//! and claims the id again. A node marked lost (`agent::lost`) is refused once its id is
+//! claimed: its disks are quarantined until an operator clears the mark.
 
 use super::node::Agent;
 use super::state::AgentState;
@@ -54,9 +55,23 @@ impl Agent {
             .txn(&[Cmp::CreateRev(key.clone(), 0)], &[put])
             .map_err(e)?;
         if ok {
-            self.lease = lease;
-            self.incarnation = rev;
-            return Ok(true);
+            // Our key exists now: no agent can mark this node lost any more; was it before?
+            return match super::lost::quarantined(st, &self.keys, &self.node) {
+                Ok(None) => {
+                    self.lease = lease;
+                    self.incarnation = rev;
+                    Ok(true)
+                }
+                Ok(Some(m)) => {
+                    let _ = st.revoke(lease);
+                    self.event("quarantined", json!({"why": m}));
+                    Err((m, false))
+                }
+                Err(x) => {
+                    let _ = st.revoke(lease);
+                    Err(e(x))
+                }
+            };
         }
         let _ = st.revoke(lease);
         let Some(kv) = st.get(&key).map_err(e)? else {
@@ -119,5 +134,53 @@ impl Agent {
         self.lease = 0;
         self.status_written = None;
         self.go(AgentState::ClaimingId, "lease lost");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::config::AgentConfig;
+    use super::super::keys::Keys;
+    use super::*;
+    use crate::agent::store::{ClusterStore, MemStore};
+    use std::sync::Arc;
+
+    #[test]
+    fn a_node_marked_lost_claims_its_id_and_refuses_to_run_keeping_no_key() {
+        let store = Arc::new(MemStore::default());
+        let keys = Keys::new("t").unwrap();
+        let new = || {
+            let cfg = AgentConfig::default();
+            let k = Keys::new("t").unwrap();
+            Agent::new(store.clone(), k, "b", "x:1", cfg, "i".into()).unwrap()
+        };
+        let mark = super::super::lost::Mark {
+            generation: 3,
+            by: "a".into(),
+            why: "node b removed and not running".into(),
+            at_ms: 1,
+        };
+        let v = serde_json::to_vec(&mark).unwrap();
+        store.put(&keys.lost("b"), &v, 0).unwrap();
+        let mut ag = new();
+        ag.go(AgentState::ClaimingId, "test");
+        let m = ag.claim(&AtomicBool::new(false)).unwrap_err();
+        assert!(
+            m.starts_with("node b was marked lost at generation 3 by node a")
+                && m.contains("its disks are quarantined"),
+            "{m}"
+        );
+        assert_eq!((ag.lease, ag.incarnation), (0, 0));
+        assert!(
+            store.get(&keys.member("b")).unwrap().is_none(),
+            "no key kept"
+        );
+        // cleared: it runs
+        store.txn(&[], &[Op::Delete(keys.lost("b"))]).unwrap();
+        let mut ag = new();
+        ag.go(AgentState::ClaimingId, "test");
+        ag.claim(&AtomicBool::new(false)).unwrap();
+        assert!(ag.incarnation > 0);
+        assert!(store.get(&keys.member("b")).unwrap().is_some());
     }
 }
