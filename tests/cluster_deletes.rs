@@ -777,6 +777,7 @@ fn a_removed_node_that_is_gone_is_marked_lost_and_the_rebalance_completes() {
     assert!(
         lost[0]["node"] == "b"
             && why.contains("node b removed and not running")
+            && why.contains("and unreachable (its peer transport at ")
             && why.contains("tombstones are lost with its disks"),
         "{r}"
     );

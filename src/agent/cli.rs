@@ -195,6 +195,20 @@ pub fn agent(a: AgentArgs) -> ExitCode {
     }
 }
 
+/// A node marked lost serves none of its disks, not even before its id is claimed (where the
+/// claim asks this again, for good); etcd not answering yet is left to the claim.
+fn not_lost(store: &dyn super::store::ClusterStore, keys: &Keys, node: &str) -> Result<(), String> {
+    match super::lost::quarantined(store, keys, node) {
+        Ok(Some(m)) => Err(m),
+        _ => Ok(()),
+    }
+}
+
+/// The rebalance's probe of a node over the peer transport (`agent::lost`).
+fn probe(c: Arc<super::peer::PeerClient>) -> super::lost::Probe {
+    Box::new(move |n: &str, addr: &str| c.probe(n, addr).map_err(|e| e.to_string()))
+}
+
 fn agent_inner(a: AgentArgs) -> Result<ExitCode, String> {
     let cfg = match &a.config {
         Some(p) => AgentConfig::load(p)?,
@@ -229,11 +243,7 @@ fn agent_inner(a: AgentArgs) -> Result<ExitCode, String> {
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("signal: {e}"))?;
     }
-    // a node marked lost serves none of its disks, not even before its id is claimed (where
-    // the claim checks this again, for good)
-    if let Ok(Some(m)) = super::lost::quarantined(&*store, &keys, &a.node) {
-        return Err(m);
-    }
+    not_lost(&*store, &keys, &a.node)?;
     let mut served = serve_objects(&a, &dir, &store, &keys)?;
     let k = Keys {
         root: keys.root.clone(),
@@ -249,6 +259,9 @@ fn agent_inner(a: AgentArgs) -> Result<ExitCode, String> {
     let mut rebalancer =
         super::rebalance::Rebalancer::new(store.clone(), dir.clone(), threads, sender, &a.node)
             .with_lost_after(Duration::from_secs(agent.cfg.lost_after_secs));
+    if let Some(c) = served.client.clone() {
+        rebalancer = rebalancer.with_probe(probe(c));
+    }
     if let Some(st) = pace {
         let latency = served.s3.as_ref().map(|e| e.latency.clone());
         rebalancer = rebalancer.with_pace(super::pace::Paced::new(st, latency));

@@ -5,7 +5,9 @@
 //! topology) to which the newest topology gives no disk of an active or draining set, with
 //! no member key in etcd continuously for `lost_after_secs` as this agent sees it (300 s by
 //! default, on top of the lease TTL that passed without a keepalive before the key went: a
-//! restart, a reboot or a stall is over by then), and whose part is not over, gets its
+//! restart, a reboot or a stall is over by then), that does not answer over the peer
+//! transport either (asked at the address its member record named last, as this agent saw
+//! it: a node cut off from etcd alone still serves its disks), and whose part is not over, gets its
 //! record marked `lost` with the reason (at once if the node is still quarantined from an
 //! earlier mark: it cannot have come back since). The mark is a transaction that finds the
 //! node's member key absent, its record as read, the job's spec and the topology unchanged
@@ -22,7 +24,7 @@ use super::keys::Keys;
 use super::node::WorkCtx;
 use super::rebalance_state::{LOST, NodeProgress, Spec, is_final, nodes};
 use super::store::{ClusterStore, Cmp, Op, StoreError};
-use super::view::View;
+use super::view::{MemberInfo, View};
 use crate::cluster::Topology;
 use crate::cluster::topology::SetState;
 use std::collections::HashMap;
@@ -63,11 +65,26 @@ pub fn quarantined(
     )))
 }
 
+/// Whether node `node` answers as itself over the peer transport at `addr` (a new
+/// connection, not looked up in etcd); Err: why not.
+pub type Probe = Box<dyn Fn(&str, &str) -> Result<(), String> + Send + Sync>;
+
+/// A node that answered a probe is not asked again for this long.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+/// At most this many nodes' peer addresses are remembered.
+const MAX_ADDRS: usize = 4096;
+
 /// The nodes this agent sees removed and not running, since when.
 pub struct Gone {
     since: HashMap<String, Instant>,
     /// How long one must be seen so before its part is marked lost.
     after: Duration,
+    /// Asks a node over the peer transport before its part is marked (None: no transport).
+    probe: Option<Probe>,
+    /// The peer address each node's member record named last, as this agent saw it.
+    addrs: HashMap<String, String>,
+    /// When a node last answered a probe.
+    answered: HashMap<String, Instant>,
 }
 
 /// Whether topology `t` gives node `n` a disk of a set that is active or draining.
@@ -94,6 +111,57 @@ impl Gone {
         Gone {
             since: HashMap::new(),
             after,
+            probe: None,
+            addrs: HashMap::new(),
+            answered: HashMap::new(),
+        }
+    }
+
+    /// A node is marked only if `probe` cannot reach it either (one alive but cut off from
+    /// etcd alone still serves its disks to the others).
+    pub fn with_probe(mut self, probe: Probe) -> Gone {
+        self.probe = Some(probe);
+        self
+    }
+
+    /// Remembers the peer address of every member in `view` (once a round): the probe's
+    /// address of a node whose member key is gone.
+    pub fn see(&mut self, ctx: &WorkCtx, view: &View) {
+        for kv in view.under(&ctx.keys.members()) {
+            let Ok(m) = serde_json::from_slice::<MemberInfo>(&kv.value) else {
+                continue;
+            };
+            let known = self.addrs.contains_key(&m.node);
+            if let Some(p) = m.peer
+                && (known || self.addrs.len() < MAX_ADDRS)
+            {
+                self.addrs.insert(m.node, p);
+            }
+        }
+    }
+
+    /// Why node `n` counts as unreachable over the peer transport, as node `me` asks; None:
+    /// it answered as itself (alive, cut off from etcd only), so it is not marked.
+    fn unreachable(&mut self, me: &str, n: &str) -> Option<String> {
+        let Some(probe) = &self.probe else {
+            return Some(format!("node {me} has no peer transport to ask it"));
+        };
+        let Some(addr) = self.addrs.get(n) else {
+            return Some(format!("node {me} saw no peer address of it to ask"));
+        };
+        if self
+            .answered
+            .get(n)
+            .is_some_and(|t| t.elapsed() < PROBE_EVERY)
+        {
+            return None;
+        }
+        match probe(n, addr) {
+            Ok(()) => {
+                self.answered.insert(n.to_string(), Instant::now());
+                None
+            }
+            Err(e) => Some(format!("its peer transport at {addr} does not answer: {e}")),
         }
     }
 
@@ -118,6 +186,7 @@ impl Gone {
     ) -> Vec<(String, String)> {
         let now = Self::candidates(ctx, view, spec);
         self.since.retain(|n, _| now.contains(n));
+        self.answered.retain(|n, _| now.contains(n));
         let mut out = Vec::new();
         for n in now {
             let since = *self.since.entry(n.clone()).or_insert_with(Instant::now);
@@ -126,7 +195,10 @@ impl Gone {
             if since.elapsed() < self.after && !before {
                 continue;
             }
-            match self.write(ctx, view, spec, spec_rev, &n) {
+            let Some(reach) = self.unreachable(ctx.node, &n) else {
+                continue; // it answers: alive, its disks served; asked again later
+            };
+            match self.write(ctx, view, spec, spec_rev, (&n, &reach)) {
                 Ok(Some(why)) => out.push((n, why)),
                 Ok(None) => {} // it came back, or another agent marked it first
                 Err(m) => eprintln!("ferry agent {}: {m}", ctx.node),
@@ -142,13 +214,13 @@ impl Gone {
         view: &View,
         spec: &Spec,
         spec_rev: i64,
-        n: &str,
+        (n, reach): (&str, &str),
     ) -> Result<Option<String>, String> {
         let (g, k) = (spec.generation, ctx.keys);
         let (mut rec, rev) = record(ctx, view, g, n);
         let why = format!(
-            "node {n} removed and not running (no member key for {:?}, as node {} saw): its \
-             objects and tombstones are lost with its disks",
+            "node {n} removed and not running (no member key for {:?}, as node {} saw), and \
+             unreachable ({reach}): its objects and tombstones are lost with its disks",
             self.after, ctx.node
         );
         rec.state = LOST.into();
@@ -259,6 +331,7 @@ mod tests {
             let ctx = self.ctx();
             let mut v = View::default();
             v.refresh(&self.store, &self.keys.root).unwrap();
+            gone.see(&ctx, &v);
             let m = gone.mark(&ctx, &v, &self.spec, self.spec_rev);
             m.into_iter().map(|(n, _)| n).collect()
         }
@@ -339,6 +412,65 @@ mod tests {
     }
 
     #[test]
+    fn a_node_that_answers_over_the_peer_transport_is_not_marked() {
+        use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+        use std::sync::{Arc, Mutex};
+        let w = world("removed");
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let answers = Arc::new(AtomicBool::new(true));
+        let (to, up) = (asked.clone(), answers.clone());
+        let probe: Probe = Box::new(move |n, addr| {
+            to.lock().unwrap().push(format!("{n}@{addr}"));
+            match up.load(Relaxed) {
+                true => Ok(()),
+                false => Err("connect: refused".into()),
+            }
+        });
+        let mut gone = Gone::new(Duration::ZERO).with_probe(probe);
+        // b runs: its member record names its peer address
+        let lease = w.store.grant(30).unwrap();
+        let info = MemberInfo {
+            node: "b".into(),
+            addr: "x".into(),
+            weight: 1.0,
+            pid: 1,
+            instance: "i".into(),
+            started_ms: 0,
+            peer: Some("10.0.0.2:7000".into()),
+        };
+        let v = serde_json::to_vec(&info).unwrap();
+        w.store.put(&w.keys.member("b"), &v, lease).unwrap();
+        assert!(w.mark(&mut gone).is_empty());
+        // cut off from etcd alone: its key went, it still answers
+        w.store.revoke(lease).unwrap();
+        assert!(w.mark(&mut gone).is_empty());
+        assert!(w.mark(&mut gone).is_empty());
+        assert_eq!(*asked.lock().unwrap(), ["b@10.0.0.2:7000"], "once a while");
+        assert!(w.state_of("b").is_none());
+        // down for real: marked, the probe's answer in the why
+        answers.store(false, Relaxed);
+        gone.answered.clear(); // as after PROBE_EVERY
+        assert_eq!(w.mark(&mut gone), ["b"]);
+        let why = w.state_of("b").unwrap().why;
+        assert!(
+            why.contains(
+                "as node a saw), and unreachable (its peer transport at 10.0.0.2:7000 does \
+                 not answer: connect: refused)"
+            ),
+            "{why}"
+        );
+        // never seen with an address: nothing to ask, it counts as unreachable
+        let w = world("removed");
+        let mut gone = Gone::new(Duration::ZERO).with_probe(Box::new(|_, _| Ok(())));
+        assert_eq!(w.mark(&mut gone), ["b"]);
+        let why = w.state_of("b").unwrap().why;
+        assert!(
+            why.contains("(node a saw no peer address of it to ask)"),
+            "{why}"
+        );
+    }
+
+    #[test]
     fn no_mark_once_the_node_has_claimed_its_key_after_the_view_was_taken() {
         let w = world("removed");
         let ctx = w.ctx();
@@ -346,7 +478,8 @@ mod tests {
         v.refresh(&w.store, &w.keys.root).unwrap();
         w.store.put(&w.keys.member("b"), b"{}", 0).unwrap();
         let gone = Gone::new(Duration::ZERO);
-        assert_eq!(gone.write(&ctx, &v, &w.spec, w.spec_rev, "b"), Ok(None));
+        let w_b = ("b", "a test");
+        assert_eq!(gone.write(&ctx, &v, &w.spec, w.spec_rev, w_b), Ok(None));
         assert!(w.state_of("b").is_none());
         assert!(quarantined(&w.store, &w.keys, "b").unwrap().is_none());
     }

@@ -148,6 +148,13 @@ impl Rebalancer {
         self
     }
 
+    /// Before a node's part is marked lost, `probe` must not reach it either.
+    pub fn with_probe(mut self, probe: super::lost::Probe) -> Self {
+        self.gone = std::mem::replace(&mut self.gone, super::lost::Gone::new(Default::default()))
+            .with_probe(probe);
+        self
+    }
+
     /// Paces the migration by client and disk latency (user I/O first).
     pub fn with_pace(mut self, p: super::pace::Paced) -> Self {
         self.pace = Some(p);
@@ -600,6 +607,7 @@ impl Work for Rebalancer {
         if ctx.incarnation == 0 {
             return;
         }
+        self.gone.see(ctx, view);
         let newest = newest(ctx.keys, view.under(&ctx.keys.rebalances()));
         if let Some((spec, rev)) = &newest {
             let g = spec.generation;

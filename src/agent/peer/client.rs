@@ -175,6 +175,15 @@ impl PeerClient {
         }
     }
 
+    /// Whether `node` answers as itself at `addr` (a new connection: TLS, Hello and Welcome;
+    /// the address not looked up in etcd): `agent::lost` asks a node whose member key went.
+    pub fn probe(&self, node: &str, addr: &str) -> Result<(), Error> {
+        let t = self.connect_timeout;
+        Wire::connect(addr, node, &self.me, self.tls.clone(), t, t)
+            .map(drop)
+            .map_err(|e| down("probe", node, e))
+    }
+
     fn give_back(pool: &Pool, node: &str, w: Wire) {
         let mut p = pool.lock().unwrap_or_else(|e| e.into_inner());
         let v = p.entry(node.to_string()).or_default();
