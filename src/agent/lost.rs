@@ -3,7 +3,8 @@
 //! job would never complete and the moves that wait for its hand-over (`agent::handover`)
 //! would wait forever. Every agent looks once a round: a node the job names (either
 //! topology) to which the newest topology gives no disk of an active or draining set, with
-//! no member key in etcd continuously for `lost_after_secs` as this agent sees it (300 s by
+//! no member key in etcd continuously for `lost_after_secs` as this agent sees it (looks
+//! further apart than `MAX_GAP`, or a new run of this agent, start it anew; 300 s by
 //! default, on top of the lease TTL that passed without a keepalive before the key went: a
 //! restart, a reboot or a stall is over by then), that does not answer over the peer
 //! transport either (asked at the address its member record named last, as this agent saw
@@ -71,6 +72,9 @@ pub type Probe = Box<dyn Fn(&str, &str) -> Result<(), String> + Send + Sync>;
 
 /// A node that answered a probe is not asked again for this long.
 const PROBE_EVERY: Duration = Duration::from_secs(5);
+/// Looks further apart than this (this agent could not read etcd meanwhile, or stalled)
+/// start every absence anew: what it did not see does not count (a lease TTL by default).
+const MAX_GAP: Duration = Duration::from_secs(10);
 /// At most this many nodes' peer addresses are remembered.
 const MAX_ADDRS: usize = 4096;
 
@@ -85,6 +89,8 @@ pub struct Gone {
     addrs: HashMap<String, String>,
     /// When a node last answered a probe.
     answered: HashMap<String, Instant>,
+    /// The last look: when, and this agent's incarnation then.
+    looked: Option<(Instant, i64)>,
 }
 
 /// Whether topology `t` gives node `n` a disk of a set that is active or draining.
@@ -114,6 +120,7 @@ impl Gone {
             probe: None,
             addrs: HashMap::new(),
             answered: HashMap::new(),
+            looked: None,
         }
     }
 
@@ -184,6 +191,13 @@ impl Gone {
         spec: &Spec,
         spec_rev: i64,
     ) -> Vec<(String, String)> {
+        let blind = self.looked.is_none_or(|(t, inc)| {
+            t.elapsed() > MAX_GAP || inc != ctx.incarnation // a gap, or a new run of ours
+        });
+        if blind {
+            self.since.clear();
+        }
+        self.looked = Some((Instant::now(), ctx.incarnation));
         let now = Self::candidates(ctx, view, spec);
         self.since.retain(|n, _| now.contains(n));
         self.answered.retain(|n, _| now.contains(n));
@@ -468,6 +482,26 @@ mod tests {
             why.contains("(node a saw no peer address of it to ask)"),
             "{why}"
         );
+    }
+
+    #[test]
+    fn an_absence_this_agent_did_not_watch_throughout_starts_anew() {
+        let mut w = world("removed");
+        let mut gone = Gone::new(AFTER);
+        assert!(w.mark(&mut gone).is_empty(), "b seen gone");
+        // this agent was blind longer than MAX_GAP: the absence counts from its next look
+        gone.looked = gone.looked.map(|(t, i)| (t - MAX_GAP - AFTER, i));
+        gone.since.values_mut().for_each(|t| *t -= MAX_GAP + AFTER);
+        assert!(w.mark(&mut gone).is_empty(), "after a gap");
+        // a new run of this agent (a new incarnation): anew as well
+        gone.since.values_mut().for_each(|t| *t -= AFTER);
+        w.store.txn(&[], &[Op::Delete(w.keys.member("a"))]).unwrap();
+        w.inc = w.store.put(&w.keys.member("a"), b"{}", 0).unwrap();
+        assert!(w.mark(&mut gone).is_empty(), "after a new run");
+        assert!(w.state_of("b").is_none());
+        // watched throughout for AFTER: marked
+        gone.since.values_mut().for_each(|t| *t -= AFTER);
+        assert_eq!(w.mark(&mut gone), ["b"]);
     }
 
     #[test]
