@@ -197,7 +197,6 @@ impl Gone {
         if blind {
             self.since.clear();
         }
-        self.looked = Some((Instant::now(), ctx.incarnation));
         let now = Self::candidates(ctx, view, spec);
         self.since.retain(|n, _| now.contains(n));
         self.answered.retain(|n, _| now.contains(n));
@@ -218,6 +217,8 @@ impl Gone {
                 Err(m) => eprintln!("ferry agent {}: {m}", ctx.node),
             }
         }
+        // after the probes: their own time (up to a few seconds each) is not a gap
+        self.looked = Some((Instant::now(), ctx.incarnation));
         out
     }
 
