@@ -441,12 +441,10 @@ fn wait_for_files(dir: &Path, n: usize) {
     }
 }
 
+#[path = "common/ports.rs"]
+mod ports;
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    ports::free_port_in(2)
 }
 
 #[test]

@@ -30,12 +30,7 @@ pub struct Nodes {
     pub root: PathBuf,
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port()
-}
+pub use crate::etcd_harness::free_port;
 
 fn certs(args: &[&str]) {
     let o = Command::new(env!("CARGO_BIN_EXE_ferry"))

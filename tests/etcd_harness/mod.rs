@@ -2,7 +2,6 @@
 //! `Etcd::start` returns None (and prints why) when the `etcd` binary is not installed.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,12 +21,12 @@ pub struct Etcd {
     _tmp: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+#[path = "../common/ports.rs"]
+mod ports;
+/// A port outside the ephemeral range (`ports`), for etcd members and the cluster harness's
+/// agents (one counter for both: never the same port twice in a test binary).
+pub fn free_port() -> u16 {
+    ports::free_port_in(0)
 }
 
 pub fn installed() -> bool {
