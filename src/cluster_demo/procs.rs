@@ -149,8 +149,14 @@ impl Procs {
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
         }
         let start = Instant::now();
+        // A heap profile (`--features dhat-heap`) is written at the agent's exit: it may
+        // take a while.
+        let grace = match std::env::var_os("FERRY_DHAT") {
+            Some(_) => GRACE * 24,
+            None => GRACE,
+        };
         for (_, c) in &mut self.agents {
-            while start.elapsed() < GRACE && matches!(c.try_wait(), Ok(None)) {
+            while start.elapsed() < grace && matches!(c.try_wait(), Ok(None)) {
                 std::thread::sleep(Duration::from_millis(20));
             }
             let _ = c.kill();
