@@ -125,10 +125,12 @@ fn is_enoent(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR))
 }
 
-/// xxh3_64 of the whole file, read from its start; the file is rewound afterwards.
-fn hash_file(f: &mut std::fs::File, path: &Path) -> Result<u64, Error> {
+/// xxh3_64 of the whole file (`size` bytes long, as far as known), read from its start;
+/// the file is rewound afterwards.
+fn hash_file(f: &mut std::fs::File, path: &Path, size: u64) -> Result<u64, Error> {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
-    let mut buf = vec![0u8; 256 << 10];
+    // A small object does not take (and zero) 256 KiB; one that grew meanwhile reads on.
+    let mut buf = vec![0u8; size.saturating_add(1).clamp(1, 256 << 10) as usize];
     loop {
         match f.read(&mut buf) {
             Ok(0) => break,
@@ -156,8 +158,8 @@ pub fn send_one(local: &Local, it: &Remote, generation: u64, ttl: u64) -> Result
         Err(e) => return Err(Error::os("open", &it.src, e)),
     };
     let before = f.metadata().map_err(|e| Error::os("stat", &it.src, e))?;
-    let hash = hash_file(&mut f, &it.src)?;
     let size = before.len();
+    let hash = hash_file(&mut f, &it.src, size)?;
     let obj = Object {
         from: &it.from,
         bucket: &it.bucket,

@@ -11,8 +11,14 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Plaintext gathered before it goes through TLS.
+/// Plaintext gathered before it goes through TLS (small messages share one write; a Data
+/// chunk that does not fit goes straight from the caller's buffer, not copied here).
 const OUT_BATCH: usize = 256 * 1024;
+/// What a connection keeps of its send buffer between writes: a pooled or idle connection
+/// holds at most this much (a bigger batch's buffer is given back after its write). Every
+/// connection once held OUT_BATCH + MAX_PAYLOAD (1.3 MiB) for its life, dozens of them per
+/// agent: the agents' memory grew during a rebalance (BENCHMARKS session 16).
+const OUT_KEEP: usize = 16 * 1024;
 
 trait Io: Read + Write + Send {}
 impl<T: Read + Write + Send> Io for T {}
@@ -192,7 +198,7 @@ impl Wire {
     fn new(io: Box<dyn Io>, peer: String, timeout: Duration) -> Wire {
         Wire {
             io,
-            out: Vec::with_capacity(OUT_BATCH + MAX_PAYLOAD),
+            out: Vec::with_capacity(OUT_KEEP),
             peer,
             timeout,
         }
@@ -233,17 +239,34 @@ impl Wire {
         Ok(())
     }
 
-    /// Queues bytes as Data frames of at most `MAX_CHUNK` each.
+    /// Queues bytes as Data frames of at most `MAX_CHUNK` each. A chunk that would take the
+    /// batch past `OUT_BATCH` is written at once after what is queued, from `b` itself.
     pub fn queue_data(&mut self, mut b: &[u8]) -> io::Result<()> {
         while !b.is_empty() {
             let n = b.len().min(MAX_CHUNK);
-            crate::net::frame::encode(msg::T_DATA, &b[..n], &mut self.out);
+            if self.out.len() + HEADER + n <= OUT_BATCH {
+                crate::net::frame::encode(msg::T_DATA, &b[..n], &mut self.out);
+            } else {
+                crate::net::frame::encode_head(msg::T_DATA, n, &mut self.out);
+                let r = self.io.write_all(&self.out).and_then(|_| {
+                    self.io.write_all(&b[..n])?;
+                    self.io.flush()
+                });
+                self.clear_out();
+                r.map_err(|e| self.io_err("send to", e))?;
+            }
             b = &b[n..];
             if self.out.len() >= OUT_BATCH {
                 self.flush()?;
             }
         }
         Ok(())
+    }
+
+    /// Empties the send buffer, giving back what it holds beyond `OUT_KEEP`.
+    fn clear_out(&mut self) {
+        self.out.clear();
+        self.out.shrink_to(OUT_KEEP);
     }
 
     /// Queues a message and writes everything queued.
@@ -257,7 +280,7 @@ impl Wire {
             return Ok(());
         }
         let r = self.io.write_all(&self.out).and_then(|_| self.io.flush());
-        self.out.clear();
+        self.clear_out();
         r.map_err(|e| self.io_err("send to", e))
     }
 
@@ -316,4 +339,91 @@ fn names(cert: Option<&CertificateDer<'static>>, node: &str) -> Result<(), Strin
             "the client's certificate does not name node '{node}' (ferry certs issue DIR {node})"
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Keeps what is written, and the largest single write.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<(Vec<u8>, usize)>>);
+
+    impl Read for Sink {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Ok(0)
+        }
+    }
+
+    impl Write for Sink {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            let mut g = self.0.lock().unwrap();
+            g.0.extend_from_slice(b);
+            g.1 = g.1.max(b.len());
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The frames in `b`: (type, payload).
+    fn frames(mut b: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        while !b.is_empty() {
+            let len = u32::from_le_bytes(b[1..5].try_into().unwrap()) as usize;
+            out.push((b[0], b[HEADER..HEADER + len].to_vec()));
+            b = &b[HEADER + len..];
+        }
+        out
+    }
+
+    #[test]
+    fn the_send_buffer_stays_small_whatever_is_sent_and_the_frames_are_the_same() {
+        let sink = Sink::default();
+        let mut w = Wire::new(Box::new(sink.clone()), "p".into(), Duration::from_secs(1));
+        let body: Vec<u8> = (0..3 * MAX_CHUNK + 12345)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let mut sent = Vec::new();
+        // small objects (kept together), then big chunks (straight through), then a big batch
+        // of small messages
+        for part in [&body[..4096], &body[4096..9000], &body[9000..]] {
+            w.queue_data(part).unwrap();
+            assert!(w.out.capacity() <= OUT_BATCH, "{}", w.out.capacity());
+            sent.push(part.to_vec());
+        }
+        w.send(&Msg::End { len: 1, hash: 2 }).unwrap();
+        assert!(w.out.capacity() <= OUT_KEEP, "kept {}", w.out.capacity());
+        for i in 0..20_000u64 {
+            w.queue(&Msg::End { len: i, hash: i }).unwrap();
+            assert!(w.out.capacity() <= 2 * OUT_BATCH, "{}", w.out.capacity());
+        }
+        w.flush().unwrap();
+        assert!(w.out.capacity() <= OUT_KEEP, "kept {}", w.out.capacity());
+        let (bytes, widest) = sink.0.lock().unwrap().clone();
+        assert!(
+            widest >= MAX_CHUNK,
+            "a big chunk is one write, not copied in pieces"
+        );
+        let fs = frames(&bytes);
+        let data: Vec<u8> = fs
+            .iter()
+            .take_while(|(k, _)| *k == msg::T_DATA)
+            .flat_map(|(_, p)| p.clone())
+            .collect();
+        assert_eq!(data, body, "the bytes, in order");
+        assert!(
+            fs.iter()
+                .filter(|(k, _)| *k == msg::T_DATA)
+                .all(|(_, p)| !p.is_empty() && p.len() <= MAX_CHUNK)
+        );
+        let ends = fs.iter().filter(|(k, _)| *k != msg::T_DATA).count();
+        assert_eq!(ends, 20_001);
+        assert_eq!(
+            fs.len(),
+            ends + fs.iter().filter(|(k, _)| *k == msg::T_DATA).count()
+        );
+    }
 }
