@@ -34,6 +34,12 @@ pub const REGISTRY_CACHE: usize = 16 << 20;
 pub const FORWARD_TTL_SECS: u64 = 24 * 3600;
 /// Most forwarding hops a read follows (a key moved by several rebalances in a row).
 pub const MAX_HOPS: u8 = 4;
+/// Most non-durable commits between two durable ones: past it a commit is made durable.
+/// redb keeps what a non-durable commit allocated and freed in memory until the next
+/// durable commit (its dirty pages in the write buffer, the pages' numbers in sets), and a
+/// rebalance's sender makes one per move and no durable one until the job ends: an agent's
+/// memory grew with the objects it sent. One fsync per this many moves bounds it.
+pub const MAX_NON_DURABLE: u64 = 1024;
 /// Most tombstones kept: past it the oldest sixteenth goes (a copy of one of those keys that
 /// still waits on another node could come back; said on stderr).
 pub const MAX_TOMBSTONES: u64 = 1 << 20;
@@ -72,6 +78,8 @@ pub struct Registry {
     path: PathBuf,
     /// Concurrent flushes share a durable commit begun after each asked (group commit).
     flushes: crate::coord::group::Group<Result<(), String>>,
+    /// Non-durable commits since the last durable one (at most `MAX_NON_DURABLE`).
+    unflushed: std::sync::atomic::AtomicU64,
 }
 
 pub fn now_secs() -> u64 {
@@ -114,6 +122,7 @@ impl Registry {
             db,
             path: path.to_path_buf(),
             flushes: Default::default(),
+            unflushed: Default::default(),
         };
         // Create the tables so readers never meet a missing one.
         r.write(Durability::Immediate, |w| {
@@ -142,6 +151,14 @@ impl Registry {
         durability: Durability,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
     ) -> Result<(), Error> {
+        use std::sync::atomic::Ordering::AcqRel;
+        let durability = match durability {
+            Durability::None if self.unflushed.fetch_add(1, AcqRel) + 1 >= MAX_NON_DURABLE => {
+                Durability::Immediate
+            }
+            d => d,
+        };
+        let durable = matches!(durability, Durability::Immediate);
         let run = || -> Result<(), redb::Error> {
             let mut w = self.db.begin_write()?;
             w.set_durability(durability)?;
@@ -149,7 +166,17 @@ impl Registry {
             w.commit()?;
             Ok(())
         };
-        run().map_err(|e| Self::err("registry write", &self.path, e))
+        run().map_err(|e| Self::err("registry write", &self.path, e))?;
+        if durable {
+            self.unflushed
+                .store(0, std::sync::atomic::Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Non-durable commits since the last durable one.
+    pub fn unflushed(&self) -> u64 {
+        self.unflushed.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Records where `key` now lives (it lives again: its tombstone goes). `durable: false`
@@ -434,6 +461,26 @@ mod tests {
     fn tomb(secs: u64, generation: u64) -> Tomb {
         let at = UNIX_EPOCH + Duration::new(secs, 7);
         Tomb { at, generation }
+    }
+
+    #[test]
+    fn non_durable_commits_become_durable_every_max_non_durable() {
+        let d = tempfile::tempdir().unwrap();
+        let r = Registry::open(&d.path().join("r.redb")).unwrap();
+        let mut wrapped = 0;
+        for i in 0..(2 * MAX_NON_DURABLE + 7) {
+            let k = format!("b/{i}").into_bytes();
+            r.forward_many(&[(k, "s1/a".into(), "s2/b".into())], 2, 60)
+                .unwrap();
+            let n = r.unflushed();
+            assert!(n < MAX_NON_DURABLE, "{n} non-durable commits in a row");
+            wrapped += u64::from(n == 0);
+        }
+        assert_eq!(wrapped, 2, "one durable commit per {MAX_NON_DURABLE}");
+        assert_eq!(r.unflushed(), 7);
+        r.flush().unwrap();
+        assert_eq!(r.unflushed(), 0, "a flush is a durable commit");
+        assert_eq!(r.forward_count().unwrap(), 2 * MAX_NON_DURABLE + 7);
     }
 
     #[test]
