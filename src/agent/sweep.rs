@@ -9,14 +9,10 @@
 //! one of them removed while written, whose PUT or move then fails and is retried: nothing
 //! committed is ever touched.
 
-use crate::cluster::store::looks_temp;
+use crate::cluster::store::{looks_temp, walk_bucket_files};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
-
-/// Directories deep a walk goes at most (object keys are at most 1024 bytes, so at most
-/// 512 parts; deeper is not a tree the object layer made).
-const MAX_DEPTH: usize = 512;
 
 /// Removes, on a background thread at a low priority, the temps older than `before` on each
 /// disk of `disks` (`set/disk`, path), saying per disk how many went.
@@ -42,44 +38,26 @@ pub fn orphans(node: &str, disks: Vec<(String, PathBuf)>, before: SystemTime) {
     }
 }
 
-/// (removed, failed) under `disk`: every bucket's tree, not ferry's own `.ferry-*` dirs
-/// (multipart uploads in progress keep their parts there).
+/// (removed, failed) under `disk`: the store's temps below its buckets (`walk_bucket_files`:
+/// not ferry's own `.ferry-*` dirs, where multipart uploads in progress keep their parts).
 pub fn sweep_disk(disk: &Path, before: SystemTime) -> (u64, u64) {
     let (mut gone, mut failed) = (0, 0);
-    let mut stack: Vec<(PathBuf, usize)> = match std::fs::read_dir(disk) {
-        Ok(rd) => rd
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .filter(|e| !e.file_name().as_bytes().starts_with(b"."))
-            .map(|e| (e.path(), 1))
-            .collect(),
-        Err(_) => return (0, 0),
-    };
-    while let Some((dir, depth)) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            continue; // removed meanwhile, or unreadable: the object layer says so itself
+    let mut errors = Vec::new(); // unreadable or removed meanwhile: the object layer says so itself
+    walk_bucket_files(disk, &mut errors, &mut |_, _, e| {
+        let old = || {
+            e.metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|m| m < before)
         };
-        for e in rd.flatten() {
-            match e.file_type() {
-                Ok(t) if t.is_dir() && depth < MAX_DEPTH => stack.push((e.path(), depth + 1)),
-                Ok(t) if t.is_file() && looks_temp(e.file_name().as_bytes()) => {
-                    let old = e
-                        .metadata()
-                        .and_then(|m| m.modified())
-                        .is_ok_and(|m| m < before);
-                    if !old {
-                        continue;
-                    }
-                    match std::fs::remove_file(e.path()) {
-                        Ok(()) => gone += 1,
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(_) => failed += 1,
-                    }
-                }
-                _ => {}
-            }
+        if !looks_temp(e.file_name().as_bytes()) || !old() {
+            return;
         }
-    }
+        match std::fs::remove_file(e.path()) {
+            Ok(()) => gone += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(_) => failed += 1,
+        }
+    });
     (gone, failed)
 }
 

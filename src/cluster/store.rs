@@ -117,6 +117,22 @@ impl Placed {
 /// objects. Listing errors are collected, not fatal.
 pub fn walk_objects(disk: &Path, errors: &mut Vec<String>, f: &mut dyn FnMut(&str, &[u8], u64)) {
     use std::os::unix::ffi::OsStrExt;
+    walk_bucket_files(disk, errors, &mut |bucket, key, e| {
+        if !looks_temp(e.file_name().as_bytes()) {
+            f(bucket, key, e.metadata().map(|m| m.len()).unwrap_or(0));
+        }
+    });
+}
+
+/// Every regular file below a bucket of `disk` (objects and the store's temps; not ferry's
+/// own `.`-named directories, where S3 uploads in progress keep their parts): f(bucket, key,
+/// entry). Listing errors are collected, not fatal.
+pub fn walk_bucket_files(
+    disk: &Path,
+    errors: &mut Vec<String>,
+    f: &mut dyn FnMut(&str, &[u8], &std::fs::DirEntry),
+) {
+    use std::os::unix::ffi::OsStrExt;
     let Ok(buckets) = std::fs::read_dir(disk) else {
         errors.push(format!("{}: cannot list", disk.display()));
         return;
@@ -139,21 +155,14 @@ pub fn walk_objects(disk: &Path, errors: &mut Vec<String>, f: &mut dyn FnMut(&st
                 }
             };
             for e in rd.flatten() {
-                let name = e.file_name();
                 let mut key = prefix.clone();
                 if !key.is_empty() {
                     key.push(b'/');
                 }
-                key.extend_from_slice(name.as_bytes());
+                key.extend_from_slice(e.file_name().as_bytes());
                 match e.file_type() {
                     Ok(t) if t.is_dir() => stack.push((e.path(), key)),
-                    Ok(t) if t.is_file() => {
-                        if looks_temp(name.as_bytes()) {
-                            continue;
-                        }
-                        let size = e.metadata().map(|m| m.len()).unwrap_or(0);
-                        f(&bucket, &key, size);
-                    }
+                    Ok(t) if t.is_file() => f(&bucket, &key, &e),
                     _ => {}
                 }
             }
