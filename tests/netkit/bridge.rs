@@ -12,6 +12,9 @@ pub struct Bridge {
     pub dev: String,
     /// The bridge's own address (in the test's namespace).
     pub host: String,
+    /// A second address of the bridge, for a service beside the test (etcd) that a
+    /// namespace can be cut off from alone (`cut_from`) while it still reaches `host`.
+    pub aux: String,
     pub ns: Vec<Ns>,
 }
 
@@ -49,11 +52,13 @@ impl Bridge {
         let mut b = Bridge {
             dev: format!("fbr{id}"),
             host: format!("{net}.1"),
+            aux: format!("{net}.254"),
             ns: Vec::new(),
         };
         // From here the guard deletes whatever was made.
         ip(&["link", "add", &b.dev, "type", "bridge"])?;
         ip(&["addr", "add", &format!("{}/24", b.host), "dev", &b.dev])?;
+        ip(&["addr", "add", &format!("{}/24", b.aux), "dev", &b.dev])?;
         ip(&["link", "set", &b.dev, "up"])?;
         for i in 0..n {
             let ns = Ns {
@@ -91,6 +96,14 @@ impl Bridge {
         let state = if up { "up" } else { "down" };
         let n = &self.ns[i];
         ip(&["-n", &n.name, "link", "set", &n.dev, state]).unwrap();
+    }
+
+    /// Namespace `i` cut off from `aux` alone (a blackhole route there: its packets to
+    /// `aux` are dropped, everything else passes), or joined again.
+    pub fn cut_from_aux(&self, i: usize, cut: bool) {
+        let verb = if cut { "add" } else { "del" };
+        let to = format!("{}/32", self.aux);
+        ip(&["-n", &self.ns[i].name, "route", verb, "blackhole", &to]).unwrap();
     }
 
     /// The command prefix that runs a program in namespace `i` (it execs: same pid).
