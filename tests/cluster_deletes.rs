@@ -160,6 +160,18 @@ fn a_then_b_then_c(root: &Path) -> (Topology, Topology, Topology) {
     (g1, g2, g3)
 }
 
+/// Agents a, b, c started under generation 1 of `a_then_b_then_c` (all three returned),
+/// a holding `fill`'s `count` objects (`big` of them large).
+type Abc = (Topology, Topology, Topology);
+fn started(cfg: &str, count: usize, big: usize) -> Option<(Nodes, Abc, HashMap<String, Vec<u8>>)> {
+    let mut n = nodes(&["a", "b", "c"], cfg)?;
+    let gens = a_then_b_then_c(&n.root);
+    let want = fill(&gens.0, count, big);
+    n.apply(&gens.0);
+    n.start(&["a", "b", "c"]);
+    Some((n, gens, want))
+}
+
 /// With the moves paused, each of `gens` applied and waited for until a's run of it is
 /// paused: the keys of `want` still on a's disk, sorted.
 fn paused_through(n: &Nodes, gens: &[&Topology], want: &HashMap<String, Vec<u8>>) -> Vec<String> {
@@ -184,13 +196,9 @@ fn paused_through(n: &Nodes, gens: &[&Topology], want: &HashMap<String, Vec<u8>>
 /// move that was waiting; the overwrites win; every other object ends once at c.
 #[test]
 fn a_key_deleted_while_its_move_waits_through_two_changes_never_comes_back() {
-    let Some(mut n) = nodes(&["a", "b", "c"], &config(300, 300)) else {
+    let Some((mut n, (_, g2, g3), mut want)) = started(&config(300, 300), 240, 0) else {
         return;
     };
-    let (g1, g2, g3) = a_then_b_then_c(&n.root);
-    let mut want = fill(&g1, 240, 0);
-    n.apply(&g1);
-    n.start(&["a", "b", "c"]);
     want.extend(put_through_s3(&n, 120));
     let mut index: HashMap<String, usize> = HashMap::new();
     for (i, k) in want.keys().enumerate() {
@@ -300,14 +308,10 @@ fn then_b_again(root: &Path) -> (Topology, Topology) {
 /// at its owner under 4, and the fifth topology is taken.
 #[test]
 fn a_key_waiting_at_its_owner_of_generations_ago_is_served_by_every_agent() {
-    let Some(mut n) = nodes(&["a", "b", "c"], &config(300, 300)) else {
+    let Some((n, (_, g2, g3), mut want)) = started(&config(300, 300), 240, 0) else {
         return;
     };
-    let (g1, g2, g3) = a_then_b_then_c(&n.root);
     let (g4, g5) = then_b_again(&n.root);
-    let mut want = fill(&g1, 240, 0);
-    n.apply(&g1);
-    n.start(&["a", "b", "c"]);
     want.extend(put_through_s3(&n, 60));
     let waiting = paused_through(&n, &[&g2, &g3], &want);
     assert_eq!(waiting.len(), want.len(), "every key still waits on a");
@@ -348,13 +352,9 @@ fn a_key_waiting_at_its_owner_of_generations_ago_is_served_by_every_agent() {
 /// rebalance they are still gone everywhere: the copies from a were dropped at c.
 #[test]
 fn a_tombstone_reaches_the_next_owner_before_a_stale_copy_does() {
-    let Some(mut n) = nodes(&["a", "b", "c"], &config(300, 300)) else {
+    let Some((mut n, (_, g2, g3), mut want)) = started(&config(300, 300), 200, 0) else {
         return;
     };
-    let (g1, g2, g3) = a_then_b_then_c(&n.root);
-    let mut want = fill(&g1, 200, 0);
-    n.apply(&g1);
-    n.start(&["a", "b", "c"]);
     ok(ferry(&n.c, &["cluster", "pause"]));
     n.apply(&g2);
     wait_paused(&n, 2, "a");
@@ -423,13 +423,9 @@ fn tombstones_of(n: &mut Nodes, node: &str) -> u64 {
 /// it is still nowhere; every other key is once at b.
 #[test]
 fn a_delete_during_a_cross_node_move_removes_every_copy_at_once() {
-    let Some(mut n) = nodes(&["a", "b", "c"], &config(300, 300)) else {
+    let Some((n, (_, g2, _), mut want)) = started(&config(300, 300), 120, 9) else {
         return;
     };
-    let (g1, g2, _) = a_then_b_then_c(&n.root);
-    let mut want = fill(&g1, 120, 9);
-    n.apply(&g1);
-    n.start(&["a", "b", "c"]);
     want.extend(put_through_s3(&n, 60));
     ok(ferry(&n.c, &["cluster", "rate", "1M"]));
     n.apply(&g2);
@@ -753,14 +749,10 @@ fn events_of(n: &Nodes, nodes: &[&str], kind: &str) -> Vec<Value> {
 /// and DELETE work).
 #[test]
 fn a_removed_node_that_is_gone_is_marked_lost_and_the_rebalance_completes() {
-    let Some(mut n) = nodes(&["a", "b", "c"], &config(300, 300)) else {
+    let Some((mut n, (_, g2, _), want)) = started(&config(300, 300), 200, 0) else {
         return;
     };
-    let (g1, g2, _) = a_then_b_then_c(&n.root);
     let g3 = b_removed_in_3(&n.root);
-    let want = fill(&g1, 200, 0);
-    n.apply(&g1);
-    n.start(&["a", "b", "c"]);
     let waiting = paused_through(&n, &[&g2], &want);
     assert_eq!(waiting.len(), want.len(), "every key still waits on a");
     n.c.kill9("b");
@@ -887,14 +879,10 @@ fn b_returns_quarantined(n: &mut Nodes, k: &str, on_b: &Path) {
 /// at c.
 #[test]
 fn a_removed_node_still_running_hands_its_tombstones_over_first() {
-    let Some(mut n) = nodes(&["a", "b", "c"], &config(300, 300)) else {
+    let Some((n, (_, g2, _), mut want)) = started(&config(300, 300), 200, 0) else {
         return;
     };
-    let (g1, g2, _) = a_then_b_then_c(&n.root);
     let g3 = b_removed_in_3(&n.root);
-    let mut want = fill(&g1, 200, 0);
-    n.apply(&g1);
-    n.start(&["a", "b", "c"]);
     ok(ferry(&n.c, &["cluster", "pause"]));
     n.apply(&g2);
     wait_paused(&n, 2, "a");
