@@ -19,6 +19,7 @@ pub mod keys;
 pub mod leader;
 pub mod lost;
 pub mod member;
+pub mod memory;
 pub mod node;
 pub mod objects;
 pub mod pace;

@@ -130,6 +130,8 @@ pub struct Agent {
     pub(super) store_down: Option<Instant>,
     /// What `status/<node>` says now (written when it changes).
     pub(super) status_written: Option<(AgentState, usize, bool)>,
+    /// Hands the allocator's free memory back now and then (`memory::TRIM_EVERY`).
+    pub(super) trim: super::memory::Trimmer,
 }
 
 impl Agent {
@@ -165,6 +167,7 @@ impl Agent {
             owned: vec![false; crate::cluster::PARTITIONS],
             store_down: None,
             status_written: None,
+            trim: super::memory::Trimmer::new(super::memory::TRIM_EVERY),
         })
     }
 
@@ -234,6 +237,7 @@ impl Agent {
                 return Err(m);
             }
             self.publish();
+            self.trim.tick(Instant::now());
             let spent = t.elapsed();
             if spent < poll {
                 std::thread::sleep(poll - spent);
