@@ -43,9 +43,11 @@ impl Paced {
         }
     }
 
-    /// A new engine run: its counters start again.
-    pub fn restart(&mut self) {
+    /// A new engine run (call before reading its first rates): its counters start again,
+    /// and without a limit in force the pace begins at its conservative start.
+    pub fn restart(&mut self, ceiling: (u64, u64)) {
         self.moved = None;
+        self.pace.begin(ceiling);
     }
 
     /// The rates to run at now under `ceiling`; once a window, the controller steps first.
@@ -63,6 +65,8 @@ impl Paced {
                 per_s(b.0.saturating_sub(a.0)),
                 per_s(b.1.saturating_sub(a.1)),
             )),
+            // the run's first window (it began within it): not idle, not yet a rate
+            (None, Some(_)) => Some((0, 0)),
             _ => None,
         };
         self.moved = moved;

@@ -276,6 +276,9 @@ impl Rebalancer {
             self.fence(ctx, r.topo_rev)
         };
         let (dir, threads, sender) = (self.dir.clone(), self.threads, self.sender.clone());
+        // before the run's first rates: it begins at the pace's start
+        let ceiling = (ctx.control.rate, ctx.control.ops);
+        self.pace.iter_mut().for_each(|p| p.restart(ceiling));
         let rate = self.rates(ctx);
         let r = self.run.as_mut().expect("a run");
         let g = r.spec.generation;
@@ -343,7 +346,6 @@ impl Rebalancer {
         });
         r.dirty = true;
         if let (Some(p), Some(c)) = (&mut self.pace, &r.cluster) {
-            p.restart();
             p.watch_disks(&c.disks().map(|(_, d)| d.to_path_buf()).collect::<Vec<_>>());
         }
         Ok(true)

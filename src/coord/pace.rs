@@ -1,16 +1,21 @@
 //! The migration's pace, user I/O first: an AIMD controller over the rebalance's byte and
 //! operation rates. Once a window (about a second), the agent feeds it the client requests'
-//! p99 (measured at the S3 endpoint) and the disks' average completion latency; above the
-//! target two windows in a row the rates are halved from what the migration achieved, below
-//! 80 % of it they grow by a sixteenth of the fastest seen. The cluster's fixed rate (`ferry cluster rate`) stays
-//! a ceiling. Pure logic: time, latencies and throughput come in as a `Sample`.
+//! p99 (measured at the S3 endpoint) and the disks' average completion latency, each as a
+//! level (its latency over its target). A run begins at a conservative rate and grows from
+//! there; two windows over the target in a row cut the rates from what the migration
+//! achieved (the further over, the deeper, x0.5 to x0.8); while the median of the last three
+//! windows is below QUIET of the target they grow in proportion to the headroom, fast up to
+//! near the rate last cut from, slowly (probing) above it. The cluster's fixed rate
+//! (`ferry cluster rate`) stays a ceiling. Pure logic: time, latencies and throughput come
+//! in as a `Sample`.
 
 use std::time::Duration;
 
 /// Without `--user-p99` and before an idle baseline is known.
 pub const DEFAULT_USER_P99: Duration = Duration::from_millis(50);
-/// The target over the idle baseline, and its lowest value (loopback p99s are noise below).
-pub const BASELINE_FACTOR: f64 = 1.25;
+/// The target over the idle baseline (the goal is 1.5x: the margin is the controller's
+/// overshoot), and its lowest value (loopback p99s are noise below).
+pub const BASELINE_FACTOR: f64 = 1.4;
 pub const MIN_TARGET: Duration = Duration::from_millis(2);
 /// The disks' average completion latency target: this times the idle baseline, at least
 /// DISK_MIN_TARGET.
@@ -18,9 +23,27 @@ pub const DISK_FACTOR: f64 = 4.0;
 pub const DISK_MIN_TARGET: Duration = Duration::from_millis(20);
 /// Fewer client requests in a window say nothing about their p99.
 pub const MIN_REQUESTS: u64 = 8;
-/// Windows over the target in a row before a decrease: one slow window on a shared machine
-/// is noise, and the window right after a cut still shows the old rate's latencies.
-pub const OVER_WINDOWS: u32 = 2;
+/// Windows over the target in a row before a cut: one slow window on a shared machine is
+/// noise, and the window right after a cut still shows the old rate's latencies.
+pub const OVER_WINDOWS: usize = 2;
+/// The windows whose median says "quiet" (one noisy window in them does not count).
+pub const HISTORY: usize = 3;
+/// Quiet: the median level below this fraction of the target (between it and the target the
+/// rates hold: the hysteresis band).
+pub const QUIET: f64 = 0.9;
+/// A cut multiplies the achieved rate by CUT_AIM / level, kept within [MIN_CUT, MAX_CUT].
+pub const CUT_AIM: f64 = 0.9;
+pub const MIN_CUT: f64 = 0.5;
+pub const MAX_CUT: f64 = 0.8;
+/// Growth per quiet window: the headroom (1 - level), at most FAST_GROWTH, and at most
+/// PROBE_GROWTH from PROBE_NEAR of the rate last cut from on.
+pub const FAST_GROWTH: f64 = 0.5;
+pub const PROBE_GROWTH: f64 = 0.1;
+pub const PROBE_NEAR: f64 = 0.8;
+/// Where a run begins without a limit in force (bytes/s; or half the fastest seen, if more):
+/// the first seconds after a topology switch are the clients' worst (every node scans), and
+/// an unpaced start spends them at the migration's full rate.
+pub const START_BYTES: u64 = 8 << 20;
 /// The rates never go below these (the migration always makes progress).
 pub const MIN_BYTES: u64 = 1 << 20;
 pub const MIN_OPS: u64 = 20;
@@ -49,38 +72,58 @@ pub struct Sample {
 #[derive(Clone, Copy, Debug)]
 struct Aimd {
     limit: u64,
-    /// The fastest the migration went (per second), for the step and the release.
+    /// The fastest the migration went (per second), for the release and the next start.
     peak: u64,
     floor: u64,
+    /// Where a run begins (0: unlimited unless a peak is known).
+    start: u64,
+    /// The rate of the last cut (0: none yet): growth slows near it.
+    cut_from: u64,
 }
 
 impl Aimd {
-    fn new(floor: u64) -> Aimd {
+    fn new(floor: u64, start: u64) -> Aimd {
         Aimd {
             limit: 0,
             peak: 0,
             floor,
+            start,
+            cut_from: 0,
         }
     }
 
-    /// Halves from what the migration achieved (or the limit, if lower).
-    fn decrease(&mut self, achieved: u64, ceiling: u64) {
+    /// A run begins: without a limit in force, at the start rate or half the fastest seen.
+    fn begin(&mut self) {
+        if self.limit == 0 {
+            self.limit = self.start.max(self.peak / 2);
+            if self.limit != 0 {
+                self.limit = self.limit.max(self.floor);
+            }
+        }
+    }
+
+    /// Cuts to `factor` of what the migration achieved (or the limit or ceiling, if lower).
+    fn decrease(&mut self, achieved: u64, ceiling: u64, factor: f64) {
         let mut cur = achieved;
         for cap in [self.limit, ceiling] {
             if cap != 0 {
                 cur = cur.min(cap);
             }
         }
-        self.limit = (cur / 2).max(self.floor);
+        self.cut_from = cur;
+        self.limit = ((cur as f64 * factor) as u64).max(self.floor);
     }
 
-    /// Grows by a sixteenth of the fastest seen; released once past the ceiling (or twice
-    /// the fastest seen without one).
-    fn increase(&mut self, ceiling: u64) {
+    /// Grows by `headroom` of the limit (capped: fast far below the last cut's rate, slowly
+    /// near or above it); released once past the ceiling (or twice the fastest seen without
+    /// one: the limit no longer binds).
+    fn increase(&mut self, ceiling: u64, headroom: f64) {
         if self.limit == 0 {
             return;
         }
-        self.limit += (self.peak / 16).max(self.floor);
+        let near = self.cut_from != 0 && self.limit as f64 >= PROBE_NEAR * self.cut_from as f64;
+        let g = headroom.min(if near { PROBE_GROWTH } else { FAST_GROWTH });
+        self.limit += ((self.limit as f64 * g) as u64).max(self.floor);
         let top = if ceiling != 0 {
             ceiling
         } else {
@@ -111,6 +154,15 @@ pub enum Verdict {
     Hold,
 }
 
+/// A window the migration moved in: its level (the larger of the client p99 and the disks'
+/// latency over their targets; 0: neither measured) and its rates.
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    level: f64,
+    bytes: u64,
+    ops: u64,
+}
+
 pub struct Pace {
     settings: Settings,
     bytes: Aimd,
@@ -118,8 +170,8 @@ pub struct Pace {
     /// Idle baselines (EWMA, µs) of the client p99 and the disks' latency.
     user_base: Option<f64>,
     disk_base: Option<f64>,
-    /// Windows over the target in a row (since the last decrease).
-    streak: u32,
+    /// The last HISTORY windows that moved, since the last cut (oldest first).
+    seen: Vec<Seen>,
     pub last: Sample,
     pub verdict: Verdict,
 }
@@ -128,11 +180,11 @@ impl Pace {
     pub fn new(settings: Settings) -> Pace {
         Pace {
             settings,
-            bytes: Aimd::new(MIN_BYTES),
-            ops: Aimd::new(MIN_OPS),
+            bytes: Aimd::new(MIN_BYTES, START_BYTES),
+            ops: Aimd::new(MIN_OPS, 0),
             user_base: None,
             disk_base: None,
-            streak: 0,
+            seen: Vec::with_capacity(HISTORY),
             last: Sample::default(),
             verdict: Verdict::Idle,
         }
@@ -167,6 +219,15 @@ impl Pace {
         )
     }
 
+    /// A migration run begins (before it moves anything): without a limit in force, the rates
+    /// start conservatively. Returns the rates to apply.
+    pub fn begin(&mut self, ceiling: (u64, u64)) -> (u64, u64) {
+        self.bytes.begin();
+        self.ops.begin();
+        self.seen.clear();
+        self.rates(ceiling)
+    }
+
     /// One window: learns the baseline while nothing migrates, else moves the rates.
     /// Returns the rates to apply.
     pub fn step(&mut self, s: Sample, ceiling: (u64, u64)) -> (u64, u64) {
@@ -178,30 +239,67 @@ impl Pace {
         };
         self.bytes.peak = self.bytes.peak.max(bytes);
         self.ops.peak = self.ops.peak.max(ops);
-        let user = (s.requests >= MIN_REQUESTS).then_some(s.user_p99_us);
-        let (ut, dt) = (self.user_target_us(), self.disk_target_us());
-        let over = user.is_some_and(|p| p > ut) || s.disk_await_us.is_some_and(|d| d > dt);
-        let quiet =
-            user.is_none_or(|p| p * 5 < ut * 4) && s.disk_await_us.is_none_or(|d| d * 5 < dt * 4);
-        let moving = bytes > 0 || ops > 0; // else scanning: the latency is not the migration's
-        self.streak = if over && moving { self.streak + 1 } else { 0 };
-        self.verdict = if !moving {
-            Verdict::Hold
-        } else if self.streak >= OVER_WINDOWS {
-            self.bytes.decrease(bytes, ceiling.0);
-            self.ops.decrease(ops, ceiling.1);
-            self.streak = 0;
+        if bytes == 0 && ops == 0 {
+            // scanning: the latency is not the migration's
+            self.verdict = Verdict::Hold;
+            return self.rates(ceiling);
+        }
+        if self.seen.len() == HISTORY {
+            self.seen.remove(0);
+        }
+        let level = self.level(&s);
+        self.seen.push(Seen { level, bytes, ops });
+        self.verdict = if let Some((level, bytes, ops)) = self.over() {
+            let factor = (CUT_AIM / level).clamp(MIN_CUT, MAX_CUT);
+            self.bytes.decrease(bytes, ceiling.0, factor);
+            self.ops.decrease(ops, ceiling.1, factor);
+            self.seen.clear();
             Verdict::Over
-        } else if over {
-            Verdict::Hold
-        } else if quiet {
-            self.bytes.increase(ceiling.0);
-            self.ops.increase(ceiling.1);
+        } else if let Some(m) = self.quiet() {
+            self.bytes.increase(ceiling.0, 1.0 - m);
+            self.ops.increase(ceiling.1, 1.0 - m);
             Verdict::Quiet
         } else {
             Verdict::Hold
         };
         self.rates(ceiling)
+    }
+
+    /// The window's level: the larger of the client p99 and the disks' latency over their
+    /// targets (a p99 of too few requests, or a latency not measured, counts 0).
+    fn level(&self, s: &Sample) -> f64 {
+        let user = (s.requests >= MIN_REQUESTS)
+            .then(|| s.user_p99_us as f64 / self.user_target_us().max(1) as f64);
+        let disk = s
+            .disk_await_us
+            .map(|d| d as f64 / self.disk_target_us().max(1) as f64);
+        user.unwrap_or(0.0).max(disk.unwrap_or(0.0))
+    }
+
+    /// The last OVER_WINDOWS windows all over the target: the lowest level of them and what
+    /// they moved (the mean).
+    fn over(&self) -> Option<(f64, u64, u64)> {
+        let n = self.seen.len();
+        if n < OVER_WINDOWS {
+            return None;
+        }
+        let last = &self.seen[n - OVER_WINDOWS..];
+        if last.iter().any(|w| w.level <= 1.0) {
+            return None;
+        }
+        let level = last.iter().map(|w| w.level).fold(f64::INFINITY, f64::min);
+        let mean = |f: fn(&Seen) -> u64| last.iter().map(f).sum::<u64>() / OVER_WINDOWS as u64;
+        Some((level, mean(|w| w.bytes), mean(|w| w.ops)))
+    }
+
+    /// Quiet: the median level of the windows seen (of two, the higher) below QUIET, and the
+    /// newest one not over the target. Returns that median.
+    fn quiet(&self) -> Option<f64> {
+        let newest = self.seen.last()?.level;
+        let mut levels: Vec<f64> = self.seen.iter().map(|w| w.level).collect();
+        levels.sort_by(f64::total_cmp);
+        let m = levels[levels.len() / 2];
+        (m < QUIET && newest <= 1.0).then_some(m)
     }
 
     fn learn(&mut self, s: &Sample) {
@@ -269,7 +367,7 @@ mod tests {
         for _ in 0..20 {
             p.step(idle(8), (0, 0));
         }
-        assert_eq!(p.user_target_us(), 10_000, "1.25x an 8 ms baseline");
+        assert_eq!(p.user_target_us(), 11_200, "1.4x an 8 ms baseline");
         assert_eq!(p.rates((0, 0)), (0, 0), "idle: no limit");
         let mut q = Pace::new(Settings {
             user_p99: Some(Duration::from_millis(20)),
@@ -283,12 +381,13 @@ mod tests {
     }
 
     #[test]
-    fn latency_over_the_target_halves_the_rate_quiet_grows_it_back() {
+    fn latency_over_the_target_cuts_the_rate_quiet_grows_it_back() {
         let mut p = Pace::new(Settings::default());
         for _ in 0..10 {
             p.step(idle(4), (0, 0));
         }
-        // 5 ms target; unlimited migration at 200 MB/s pushes p99 to 30 ms
+        assert_eq!(p.user_target_us(), 5_600, "1.4x a 4 ms baseline");
+        // unlimited migration at 200 MB/s pushes p99 to 30 ms (5.4x the target)
         assert_eq!(
             p.step(busy(30, 200 * MB), (0, 0)),
             (0, 0),
@@ -297,23 +396,72 @@ mod tests {
         assert_eq!(p.verdict, Verdict::Hold);
         let (b, o) = p.step(busy(30, 200 * MB), (0, 0));
         assert_eq!(p.verdict, Verdict::Over);
-        assert_eq!(b, 100 * MB, "half of what it achieved");
-        assert_eq!(o, 1000, "ops halve too");
+        assert_eq!(b, 100 * MB, "far over: half of what it achieved");
+        assert_eq!(o, 1000, "ops cut too");
         assert_eq!(
             p.step(busy(30, 100 * MB), (0, 0)).0,
             100 * MB,
             "the window after a cut shows the old rate: held"
         );
         assert_eq!(p.step(busy(30, 100 * MB), (0, 0)).0, 50 * MB);
-        // quiet: +1/16 of the fastest seen (12.5 MB/s) per window
+        // quiet (2 ms: headroom 64 %): +50 % while far below the rate last cut from (100)
         let (b, _) = p.step(busy(2, 50 * MB), (0, 0));
         assert_eq!(p.verdict, Verdict::Quiet);
-        assert_eq!(b, 50 * MB + 200 * MB / 16);
-        // between 80 % and 100 % of the target: no change
-        assert_eq!(p.step(busy(5, 60 * MB), (0, 0)).0, b);
-        // a window that moved nothing (the scan) is not the migration's fault
-        assert_eq!(p.step(busy(90, 0), (0, 0)).0, b);
+        assert_eq!(b, 75 * MB);
+        let b = p.step(busy(2, 75 * MB), (0, 0)).0;
+        assert_eq!(b, 75 * MB + 75 * MB / 2);
+        // from 80 % of the rate last cut from on: probing, +10 %
+        let b2 = p.step(busy(2, b), (0, 0)).0;
+        assert_eq!(b2, b + b / 10);
+        // one slow window after quiet ones: the median is quiet, but it does not grow
+        assert_eq!(p.step(busy(9, b2), (0, 0)).0, b2);
         assert_eq!(p.verdict, Verdict::Hold);
+        // between QUIET and the target (5.3 ms of 5.6): the hysteresis band holds
+        let band = Sample {
+            user_p99_us: 5_300,
+            ..busy(0, b2)
+        };
+        for _ in 0..3 {
+            assert_eq!(p.step(band, (0, 0)).0, b2);
+            assert_eq!(p.verdict, Verdict::Hold);
+        }
+        // a window that moved nothing (the scan) is not the migration's fault
+        assert_eq!(p.step(busy(90, 0), (0, 0)).0, b2);
+        assert_eq!(p.verdict, Verdict::Hold);
+        // a little over, twice: a gentle cut (x0.8 of what it achieved)
+        let slight = Sample {
+            user_p99_us: 5_900,
+            ..busy(0, 60 * MB)
+        };
+        p.step(slight, (0, 0));
+        assert_eq!(p.step(slight, (0, 0)).0, 48 * MB);
+    }
+
+    #[test]
+    fn a_run_begins_at_a_conservative_rate() {
+        let mut p = Pace::new(Settings::default());
+        for _ in 0..10 {
+            p.step(idle(7), (0, 0));
+        }
+        assert_eq!(p.rates((0, 0)), (0, 0), "idle: no limit");
+        assert_eq!(
+            p.begin((0, 0)),
+            (START_BYTES, 0),
+            "the start rate, ops free"
+        );
+        assert_eq!(
+            p.rates((4 * MB, 0)),
+            (4 * MB, 0),
+            "the ceiling still caps it"
+        );
+        // quiet windows: it grows from there, by the headroom
+        let b = p.step(busy(1, START_BYTES), (0, 0)).0;
+        assert_eq!(b, START_BYTES + START_BYTES / 2);
+        assert_eq!(p.begin((0, 0)).0, b, "a limit in force is kept");
+        let mut q = Pace::new(Settings::default());
+        q.step(idle(7), (0, 0));
+        q.step(busy(1, 100 * MB), (0, 0)); // unlimited, quiet
+        assert_eq!(q.begin((0, 0)), (50 * MB, 500), "half the fastest seen");
     }
 
     #[test]
@@ -374,6 +522,63 @@ mod tests {
             "{over} of {} windows over",
             late.len()
         );
+    }
+
+    /// A plant like this machine's: a 7 ms idle baseline, p99 rising with the square of the
+    /// migration rate (1.5x at 40 MB/s), each window's p99 off by up to 20 % and every
+    /// seventh window a 3x spike (other processes). From the conservative start the pace
+    /// settles with the p99 within 1.5x of the baseline, at >= 70 % of the rate where the
+    /// p99 reaches 1.5x, and the spikes never collapse the rate.
+    #[test]
+    fn against_a_noisy_plant_it_holds_the_p99_and_uses_most_of_the_room() {
+        let mut p = Pace::new(Settings::default());
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut noise = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            0.8 + 0.4 * (rng % 1000) as f64 / 1000.0
+        };
+        let knee = 40.0 * MB as f64; // p99 1.5x the baseline here
+        let p99_us = |rate: u64| 7_000.0 * (1.0 + 0.5 * (rate as f64 / knee).powi(2));
+        for _ in 0..20 {
+            let s = Sample {
+                user_p99_us: (7_000.0 * noise()) as u64,
+                ..idle(0)
+            };
+            p.step(s, (0, 0));
+        }
+        let capacity = 150 * MB; // unlimited
+        let mut rate = p.begin((0, 0)).0;
+        let (mut late, mut p99s) = (Vec::new(), Vec::new());
+        for w in 0..300 {
+            let achieved = if rate == 0 {
+                capacity
+            } else {
+                rate.min(capacity)
+            };
+            let spike = if w % 7 == 3 { 3.0 } else { 1.0 };
+            let s = Sample {
+                user_p99_us: (p99_us(achieved) * noise() * spike) as u64,
+                ..busy(0, achieved)
+            };
+            rate = p.step(s, (0, 0)).0;
+            if w >= 60 {
+                late.push(achieved);
+                p99s.push(p99_us(achieved) as u64);
+            }
+        }
+        late.sort();
+        p99s.sort();
+        let (median, lo) = (late[late.len() / 2], late[0]);
+        let p99 = p99s[p99s.len() / 2];
+        assert!(p99 <= 10_500, "median p99 {p99} us over 1.5x 7 ms");
+        assert!(
+            median as f64 >= 0.7 * knee,
+            "median rate {} MB/s",
+            median / MB
+        );
+        assert!(lo as f64 >= 0.5 * knee, "collapsed to {} MB/s", lo / MB);
     }
 
     #[test]
