@@ -88,6 +88,7 @@ impl Paced {
             Verdict::Over => "over",
             Verdict::Quiet => "quiet",
             Verdict::Hold => "hold",
+            Verdict::Undone => "undone",
         };
         json!({"limit_bytes_s": b, "limit_ops_s": o, "requests": s.requests,
             "user_p99_us": s.user_p99_us, "user_target_us": self.pace.user_target_us(),

@@ -35,6 +35,12 @@ pub const QUIET: f64 = 0.9;
 pub const CUT_AIM: f64 = 0.9;
 pub const MIN_CUT: f64 = 0.5;
 pub const MAX_CUT: f64 = 0.8;
+/// A cut must lower the level by this factor in the two windows after it (if they are still
+/// over); else it is undone and no cut follows for CALM_WINDOWS windows: the latency is not
+/// the migration's (other processes, the rebalance's own reads elsewhere), and cutting
+/// further would only starve the migration.
+pub const NO_GAIN: f64 = 0.9;
+pub const CALM_WINDOWS: u32 = 5;
 /// Growth per quiet window: the headroom (1 - level), at most FAST_GROWTH, and at most
 /// PROBE_GROWTH from PROBE_NEAR of the rate last cut from on.
 pub const FAST_GROWTH: f64 = 0.5;
@@ -152,6 +158,15 @@ pub enum Verdict {
     Over,
     Quiet,
     Hold,
+    /// The last cut did not lower the latency: the limits are back where they were.
+    Undone,
+}
+
+/// A cut: the level that caused it and the (bytes, ops) limits before it.
+#[derive(Clone, Copy, Debug)]
+struct Cut {
+    level: f64,
+    limits: (u64, u64),
 }
 
 /// A window the migration moved in: its level (the larger of the client p99 and the disks'
@@ -172,6 +187,10 @@ pub struct Pace {
     disk_base: Option<f64>,
     /// The last HISTORY windows that moved, since the last cut (oldest first).
     seen: Vec<Seen>,
+    /// The last cut, until the windows after it judged it.
+    cut: Option<Cut>,
+    /// Windows left without cuts after one was undone.
+    calm: u32,
     pub last: Sample,
     pub verdict: Verdict,
 }
@@ -185,6 +204,8 @@ impl Pace {
             user_base: None,
             disk_base: None,
             seen: Vec::with_capacity(HISTORY),
+            cut: None,
+            calm: 0,
             last: Sample::default(),
             verdict: Verdict::Idle,
         }
@@ -225,6 +246,7 @@ impl Pace {
         self.bytes.begin();
         self.ops.begin();
         self.seen.clear();
+        self.cut = None;
         self.rates(ceiling)
     }
 
@@ -249,20 +271,47 @@ impl Pace {
         }
         let level = self.level(&s);
         self.seen.push(Seen { level, bytes, ops });
-        self.verdict = if let Some((level, bytes, ops)) = self.over() {
-            let factor = (CUT_AIM / level).clamp(MIN_CUT, MAX_CUT);
-            self.bytes.decrease(bytes, ceiling.0, factor);
-            self.ops.decrease(ops, ceiling.1, factor);
-            self.seen.clear();
-            Verdict::Over
-        } else if let Some(m) = self.quiet() {
-            self.bytes.increase(ceiling.0, 1.0 - m);
-            self.ops.increase(ceiling.1, 1.0 - m);
-            Verdict::Quiet
-        } else {
-            Verdict::Hold
-        };
+        self.calm = self.calm.saturating_sub(1);
+        self.verdict = self.judge(ceiling);
         self.rates(ceiling)
+    }
+
+    /// The window's verdict on the windows seen: a cut, growth, a hold, or the last cut
+    /// undone (judged once, by the two windows after it: still over and not lower by
+    /// NO_GAIN, the latency is not the migration's).
+    fn judge(&mut self, ceiling: (u64, u64)) -> Verdict {
+        let last_cut = if self.seen.len() >= OVER_WINDOWS {
+            self.cut.take()
+        } else {
+            None
+        };
+        let Some((level, bytes, ops)) = self.over() else {
+            return match self.quiet() {
+                Some(m) => {
+                    self.bytes.increase(ceiling.0, 1.0 - m);
+                    self.ops.increase(ceiling.1, 1.0 - m);
+                    Verdict::Quiet
+                }
+                None => Verdict::Hold,
+            };
+        };
+        if let Some(c) = last_cut.filter(|c| level > NO_GAIN * c.level) {
+            (self.bytes.limit, self.ops.limit) = c.limits;
+            self.calm = CALM_WINDOWS;
+            return Verdict::Undone;
+        }
+        if self.calm > 0 {
+            return Verdict::Hold;
+        }
+        self.cut = Some(Cut {
+            level,
+            limits: (self.bytes.limit, self.ops.limit),
+        });
+        let factor = (CUT_AIM / level).clamp(MIN_CUT, MAX_CUT);
+        self.bytes.decrease(bytes, ceiling.0, factor);
+        self.ops.decrease(ops, ceiling.1, factor);
+        self.seen.clear();
+        Verdict::Over
     }
 
     /// The window's level: the larger of the client p99 and the disks' latency over their
@@ -403,7 +452,8 @@ mod tests {
             100 * MB,
             "the window after a cut shows the old rate: held"
         );
-        assert_eq!(p.step(busy(30, 100 * MB), (0, 0)).0, 50 * MB);
+        // 20 ms at half the rate: the cut helped, still far over: cut again
+        assert_eq!(p.step(busy(20, 100 * MB), (0, 0)).0, 50 * MB);
         // quiet (2 ms: headroom 64 %): +50 % while far below the rate last cut from (100)
         let (b, _) = p.step(busy(2, 50 * MB), (0, 0));
         assert_eq!(p.verdict, Verdict::Quiet);
@@ -471,8 +521,11 @@ mod tests {
             disk_await: None,
         });
         let ceiling = (40 * MB, 0);
+        let mut b = 40 * MB;
         for _ in 0..50 {
-            let (b, o) = p.step(busy(500, 40 * MB), ceiling);
+            // 25 ms per MB/s: over the 10 ms target down to the floor, each cut helping
+            let o;
+            (b, o) = p.step(busy(25 * b / MB, b), ceiling);
             assert!((MIN_BYTES..=40 * MB).contains(&b), "{b}");
             assert!(o == 0 || o >= MIN_OPS, "unlimited or above the floor: {o}");
         }
@@ -579,6 +632,35 @@ mod tests {
             median / MB
         );
         assert!(lo as f64 >= 0.5 * knee, "collapsed to {} MB/s", lo / MB);
+    }
+
+    /// Latency over the target whatever the rate (other processes' load): a cut that does
+    /// not lower it is undone, so the migration is not starved for nothing; once the latency
+    /// follows the rate again, the cuts go on.
+    #[test]
+    fn a_cut_that_does_not_help_is_undone() {
+        let mut p = Pace::new(Settings {
+            user_p99: Some(Duration::from_millis(10)),
+            disk_await: None,
+        });
+        let start = p.begin((0, 0)).0;
+        let mut rate = start;
+        let mut verdicts = Vec::new();
+        for _ in 0..60 {
+            rate = p.step(busy(16, rate), (0, 0)).0;
+            assert!(rate * 2 >= start, "starved: {rate}");
+            verdicts.push(p.verdict);
+        }
+        let n = |v: Verdict| verdicts.iter().filter(|&&x| x == v).count();
+        assert!(n(Verdict::Over) >= 2, "it still tries: {verdicts:?}");
+        assert!(n(Verdict::Undone) >= 2, "{verdicts:?}");
+        assert_eq!(rate, start, "ends where it began: {}", rate / MB);
+        // the migration's own latency: 2 ms per MB/s
+        for _ in 0..30 {
+            rate = p.step(busy(2 * rate / MB, rate), (0, 0)).0;
+        }
+        assert!(rate <= 5 * MB, "cut under 10 ms: {} MB/s", rate / MB);
+        assert!(rate >= 3 * MB, "not far under: {} MB/s", rate / MB);
     }
 
     #[test]
