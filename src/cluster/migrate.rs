@@ -204,7 +204,7 @@ pub fn send_one(local: &Local, it: &Remote, generation: u64, ttl: u64) -> Result
         r.forward_many(&[(fk, it.from.clone(), it.disk.clone())], generation, ttl)?;
     }
     meta::unlink(&it.src)?;
-    meta::fsync_dir(meta::parent_dir(&it.src))?;
+    super::store::sync_dir(meta::parent_dir(&it.src))?; // begun after the unlink, shared
     Ok(match outcome {
         Outcome::Stored => Sent::Moved(size),
         Outcome::Superseded => Sent::Superseded,

@@ -59,6 +59,23 @@ pub fn object_path(disk: &Path, bucket: &str, key: &[u8]) -> PathBuf {
     disk.join(bucket).join(std::ffi::OsStr::from_bytes(key))
 }
 
+/// The directory fsyncs of this process, one group per directory (`coord::group::Keyed`).
+type DirSyncs = crate::coord::group::Keyed<PathBuf, Result<(), (&'static str, i32)>>;
+static DIR_SYNCS: std::sync::OnceLock<DirSyncs> = std::sync::OnceLock::new();
+
+/// fsync of the directory `dir`, shared with the callers syncing it at the same time: the
+/// answer is that of an fsync begun after this call, so the names this caller created or
+/// removed in `dir` before it are durable once it returns Ok. (Many moves and writes land in
+/// one bucket directory at once: one fsync then covers them all.)
+pub fn sync_dir(dir: &Path) -> Result<(), Error> {
+    let syncs = DIR_SYNCS.get_or_init(Default::default);
+    syncs
+        .run(&dir.to_path_buf(), || {
+            meta::fsync_dir(dir).map_err(|e| (e.op, e.raw_os_error().unwrap_or(libc::EINVAL)))
+        })
+        .map_err(|(op, errno)| Error::errno(op, dir, errno))
+}
+
 /// The registry key of an object.
 pub fn full_key(bucket: &str, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(bucket.len() + 1 + key.len());
@@ -483,7 +500,7 @@ impl Cluster {
             let _ = meta::unlink(&tmp); // best effort; `e` is what the caller sees
             return Err(e);
         }
-        meta::fsync_dir(&dir)?;
+        sync_dir(&dir)?;
         self.remove_copies(bucket, key, Some(&owner_key))?;
         if let Some(r) = &self.registry {
             let fk = full_key(bucket, key);
@@ -510,7 +527,7 @@ impl Cluster {
             }
             // Also where there was nothing to unlink: a mover may have just unlinked an old
             // copy there without syncing yet; after this the absence is durable either way.
-            match meta::fsync_dir(meta::parent_dir(&p)) {
+            match sync_dir(meta::parent_dir(&p)) {
                 Ok(()) => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {}
                 Err(e) => return Err(e),
@@ -748,6 +765,37 @@ mod tests {
 
     /// A forwarded tombstone removes the copies no newer than it and is kept (the later of
     /// two); a copy newer than it (written since) wins.
+    #[test]
+    fn shared_dir_syncs_answer_every_caller_and_say_what_failed() {
+        let d = tempfile::tempdir().unwrap();
+        let dirs: Vec<_> = (0..2).map(|i| d.path().join(format!("b{i}"))).collect();
+        for p in &dirs {
+            std::fs::create_dir(p).unwrap();
+        }
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let dir = dirs[i % 2].clone();
+                std::thread::spawn(move || {
+                    for j in 0..20 {
+                        std::fs::write(dir.join(format!("o{i}-{j}")), b"x").unwrap();
+                        sync_dir(&dir).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let gone = d.path().join("gone");
+        let e = sync_dir(&gone).unwrap_err();
+        assert_eq!(
+            (e.op, e.raw_os_error()),
+            ("open", Some(libc::ENOENT)),
+            "{e}"
+        );
+        assert_eq!(e.path(), gone.as_path());
+    }
+
     #[test]
     fn a_buried_key_loses_its_older_copies_and_keeps_the_later_tombstone() {
         use std::time::Duration;

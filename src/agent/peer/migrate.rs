@@ -5,7 +5,7 @@
 
 use super::msg::Migrate;
 use crate::cluster::registry::FORWARD_TTL_SECS;
-use crate::cluster::store::{Cluster, full_key, object_path, validate};
+use crate::cluster::store::{Cluster, full_key, object_path, sync_dir, validate};
 use crate::error::Error;
 use crate::meta;
 use std::fs::{File, FileTimes};
@@ -31,7 +31,8 @@ fn stamp(t: SystemTime) -> (i64, i64) {
 
 /// Stores `m.bucket/m.key` on the local disk `m.disk` (`set/disk`) from `fill`, with the
 /// source's mtime: temp → fsync; then under the key's lock: the newer mtime wins (a tie
-/// keeps what is there; a tombstone at least as new as the copy drops it), rename, directory fsync, registry (location + forwarding entry from
+/// keeps what is there; a tombstone at least as new as the copy drops it), rename, directory fsync
+/// (one begun after the rename, shared: `store::sync_dir`), registry (location + forwarding entry from
 /// `m.from`, made durable). `fill` fails (and nothing is named) on a short body or an xxh3
 /// mismatch.
 pub fn store(
@@ -90,7 +91,7 @@ pub fn store(
         let _ = meta::unlink(&tmp);
         return Err(e);
     }
-    meta::fsync_dir(&dir)?;
+    sync_dir(&dir)?; // shared with the moves landing in the same directory
     if let Some(r) = &c.registry {
         let moves = [(
             full_key(bucket, key.as_bytes()),
