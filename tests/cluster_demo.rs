@@ -144,9 +144,10 @@ fn ctrl_c_stops_everything_the_demo_started() {
         eprintln!("skipped: etcd is not installed (apt-get install etcd-server)");
         return;
     }
+    let err = tempfile::NamedTempFile::new().unwrap();
     let mut child = demo(600)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(err.reopen().unwrap())
         .spawn()
         .unwrap();
     let pid = child.id();
@@ -156,7 +157,11 @@ fn ctrl_c_stops_everything_the_demo_started() {
         .by_ref()
         .map_while(Result::ok)
         .any(|l| l.starts_with("client load:"));
-    assert!(seen, "the demo did not get to its client load");
+    assert!(
+        seen,
+        "the demo did not get to its client load: {}",
+        std::fs::read_to_string(err.path()).unwrap_or_default()
+    );
     assert!(!leftovers(pid).is_empty(), "the demo's processes run");
     // SAFETY: our child, by pid.
     unsafe { libc::kill(pid as i32, libc::SIGINT) };

@@ -140,9 +140,10 @@ impl Demo {
             topos.push((t, f));
         }
         let topos: [(Topology, PathBuf); 2] = topos.try_into().map_err(|_| "two topologies")?;
-        let s3 = (0..NODES)
-            .map(|_| procs::free_port().map(|p| format!("127.0.0.1:{p}")))
-            .collect::<Result<Vec<_>, _>>()?;
+        let s3 = procs::free_ports(NODES)?
+            .into_iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
         let mut d = Demo {
             procs,
             opts,

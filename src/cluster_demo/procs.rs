@@ -11,12 +11,20 @@ use std::time::{Duration, Instant};
 /// How long a stopped agent gets to finish before SIGKILL.
 const GRACE: Duration = Duration::from_secs(5);
 
-pub fn free_port() -> Result<u16, String> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("bind 127.0.0.1:0: {e}"))
+/// `n` distinct free ports on loopback. Each is held until all are taken: two binds in a row
+/// may be given the same port once the first is closed.
+pub fn free_ports(n: usize) -> Result<Vec<u16>, String> {
+    let bind = |_| TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind 127.0.0.1:0: {e}"));
+    let held = (0..n).map(bind).collect::<Result<Vec<_>, _>>()?;
+    held.iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("local address of a bound port: {e}"))
 }
+
+/// Attempts at starting etcd: a port found free can be taken by another process before etcd
+/// binds it (etcd then exits at once), and the next attempt takes new ones.
+const ETCD_ATTEMPTS: usize = 3;
 
 pub fn etcd_installed() -> bool {
     Command::new("etcd")
@@ -66,12 +74,26 @@ impl Procs {
         } else {
             self.dir.join("etcd")
         };
-        let (client, peer) = (free_port()?, free_port()?);
-        let url = format!("http://127.0.0.1:{client}");
-        let purl = format!("http://127.0.0.1:{peer}");
+        let mut why = String::new();
+        for _ in 0..ETCD_ATTEMPTS {
+            match self.try_etcd(&data)? {
+                None => return Ok(()),
+                Some(w) => why = w,
+            }
+        }
+        Err(format!(
+            "etcd did not start in {ETCD_ATTEMPTS} attempts: {why}"
+        ))
+    }
+
+    /// One attempt: None once etcd answers; Some(why) if it exited first (a port taken).
+    fn try_etcd(&mut self, data: &Path) -> Result<Option<String>, String> {
+        let ports = free_ports(2)?;
+        let url = format!("http://127.0.0.1:{}", ports[0]);
+        let purl = format!("http://127.0.0.1:{}", ports[1]);
         let log = self.log("etcd")?;
         let child = with_parent(Command::new("etcd").args(["--name", "demo", "--data-dir"]))
-            .arg(&data)
+            .arg(data)
             .args([
                 "--listen-client-urls",
                 &url,
@@ -85,19 +107,21 @@ impl Procs {
             .stderr(log)
             .spawn()
             .map_err(|e| format!("start etcd: {e}"))?;
-        self.etcd = Some(child);
+        let child = self.etcd.insert(child);
         self.etcd_url = url;
         let start = Instant::now();
+        let addr = format!("127.0.0.1:{}", ports[0]);
         while start.elapsed() < Duration::from_secs(20) {
-            let addr = format!("127.0.0.1:{client}");
-            let ok = crate::agent::http::post(
-                &addr,
-                "/v3/kv/range",
-                br#"{"key":"AA=="}"#,
-                Duration::from_millis(500),
-            );
+            if let Ok(Some(st)) = child.try_wait() {
+                self.etcd = None;
+                let _ = std::fs::remove_dir_all(data);
+                return Ok(Some(format!("etcd exited ({st}): {}", self.tail("etcd"))));
+            }
+            let body = br#"{"key":"AA=="}"#;
+            let ok =
+                crate::agent::http::post(&addr, "/v3/kv/range", body, Duration::from_millis(500));
             if matches!(ok, Ok((200, _))) {
-                return Ok(());
+                return Ok(None);
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -179,5 +203,17 @@ impl Drop for Procs {
         {
             eprintln!("ferry demo: could not remove {}: {e}", self.dir.display());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn free_ports_are_distinct() {
+        let mut p = super::free_ports(64).unwrap();
+        assert!(p.iter().all(|&x| x != 0));
+        p.sort_unstable();
+        p.dedup();
+        assert_eq!(p.len(), 64);
     }
 }
