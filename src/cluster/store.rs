@@ -763,8 +763,8 @@ mod tests {
 
     use crate::cluster::topology::one_disk_sets as topo;
 
-    /// A forwarded tombstone removes the copies no newer than it and is kept (the later of
-    /// two); a copy newer than it (written since) wins.
+    /// Concurrent callers of `sync_dir` on two directories all get Ok; a directory that is
+    /// not there is named in the error with the failing op and its errno.
     #[test]
     fn shared_dir_syncs_answer_every_caller_and_say_what_failed() {
         let d = tempfile::tempdir().unwrap();
@@ -796,6 +796,8 @@ mod tests {
         assert_eq!(e.path(), gone.as_path());
     }
 
+    /// A forwarded tombstone removes the copies no newer than it and is kept (the later of
+    /// two); a copy newer than it (written since) wins.
     #[test]
     fn a_buried_key_loses_its_older_copies_and_keeps_the_later_tombstone() {
         use std::time::Duration;

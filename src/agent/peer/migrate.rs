@@ -31,10 +31,10 @@ fn stamp(t: SystemTime) -> (i64, i64) {
 
 /// Stores `m.bucket/m.key` on the local disk `m.disk` (`set/disk`) from `fill`, with the
 /// source's mtime: temp → fsync; then under the key's lock: the newer mtime wins (a tie
-/// keeps what is there; a tombstone at least as new as the copy drops it), rename, directory fsync
-/// (one begun after the rename, shared: `store::sync_dir`), registry (location + forwarding entry from
-/// `m.from`, made durable). `fill` fails (and nothing is named) on a short body or an xxh3
-/// mismatch.
+/// keeps what is there; a tombstone at least as new as the copy drops it), rename,
+/// directory fsync (one begun after the rename, shared: `store::sync_dir`), registry
+/// (location + forwarding entry from `m.from`, made durable). `fill` fails (and nothing is
+/// named) on a short body or an xxh3 mismatch.
 pub fn store(
     c: &Cluster,
     m: &Migrate,
