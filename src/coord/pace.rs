@@ -4,8 +4,8 @@
 //! level (its latency over its target). A run begins at a conservative rate and grows from
 //! there; two windows over the target in a row cut the rates from what the migration
 //! achieved (the further over, the deeper, x0.5 to x0.8); while the median of the last three
-//! windows is below QUIET of the target they grow in proportion to the headroom, fast up to
-//! near the rate last cut from, slowly (probing) above it. The cluster's fixed rate
+//! windows is below QUIET of the target they grow by the headroom but at least 25 % a
+//! window, slowly (probing) near the rate last cut from. The cluster's fixed rate
 //! (`ferry cluster rate`) stays a ceiling. Pure logic: time, latencies and throughput come
 //! in as a `Sample`.
 
@@ -41,11 +41,17 @@ pub const MAX_CUT: f64 = 0.8;
 /// further would only starve the migration.
 pub const NO_GAIN: f64 = 0.9;
 pub const CALM_WINDOWS: u32 = 5;
-/// Growth per quiet window: the headroom (1 - level), at most FAST_GROWTH, and at most
-/// PROBE_GROWTH from PROBE_NEAR of the rate last cut from on.
+/// Growth per quiet window: the headroom (1 - level) but at least MIN_GROWTH and at most
+/// FAST_GROWTH; PROBE_GROWTH between PROBE_NEAR and PROBE_PAST of the rate last cut from
+/// (past that band the cut's rate was not where the room ends: a noisy pair of windows, or
+/// the load changed). The floor matters where a migration's room ends steeply: the p99 sits
+/// near the target with little headroom long before it, and growth by the headroom alone
+/// would not find the leftover within a rebalance (+25 % a window: 8 -> 30 MiB/s in 6).
+pub const MIN_GROWTH: f64 = 0.25;
 pub const FAST_GROWTH: f64 = 0.5;
 pub const PROBE_GROWTH: f64 = 0.1;
 pub const PROBE_NEAR: f64 = 0.8;
+pub const PROBE_PAST: f64 = 1.25;
 /// Where a run begins without a limit in force (bytes/s; or half the fastest seen, if more):
 /// the first seconds after a topology switch are the clients' worst (every node scans), and
 /// an unpaced start spends them at the migration's full rate.
@@ -120,15 +126,20 @@ impl Aimd {
         self.limit = ((cur as f64 * factor) as u64).max(self.floor);
     }
 
-    /// Grows by `headroom` of the limit (capped: fast far below the last cut's rate, slowly
-    /// near or above it); released once past the ceiling (or twice the fastest seen without
-    /// one: the limit no longer binds).
+    /// Grows by `headroom` of the limit (within [MIN_GROWTH, FAST_GROWTH], PROBE_GROWTH near
+    /// the last cut's rate); released once past the ceiling (or twice the fastest seen
+    /// without one: the limit no longer binds).
     fn increase(&mut self, ceiling: u64, headroom: f64) {
         if self.limit == 0 {
             return;
         }
-        let near = self.cut_from != 0 && self.limit as f64 >= PROBE_NEAR * self.cut_from as f64;
-        let g = headroom.min(if near { PROBE_GROWTH } else { FAST_GROWTH });
+        let (l, c) = (self.limit as f64, self.cut_from as f64);
+        let near = (PROBE_NEAR * c..PROBE_PAST * c).contains(&l);
+        let g = if near {
+            PROBE_GROWTH
+        } else {
+            headroom.clamp(MIN_GROWTH, FAST_GROWTH)
+        };
         self.limit += ((self.limit as f64 * g) as u64).max(self.floor);
         let top = if ceiling != 0 {
             ceiling
@@ -577,61 +588,168 @@ mod tests {
         );
     }
 
-    /// A plant like this machine's: a 7 ms idle baseline, p99 rising with the square of the
-    /// migration rate (1.5x at 40 MB/s), each window's p99 off by up to 20 % and every
-    /// seventh window a 3x spike (other processes). From the conservative start the pace
-    /// settles with the p99 within 1.5x of the baseline, at >= 70 % of the rate where the
-    /// p99 reaches 1.5x, and the spikes never collapse the rate.
+    /// A simulated node: a 7 ms idle p99; a migration that does `capacity` unlimited and
+    /// pushes the p99 to `p99_us(rate)`; each window's p99 off by up to 20 % and, with
+    /// `spikes`, every seventh window 3x (other processes).
+    struct Plant {
+        p99_us: fn(u64) -> f64,
+        capacity: u64,
+        spikes: bool,
+        /// How far a window's p99 is off at most (0.2: 20 %).
+        noise: f64,
+        rng: u64,
+    }
+
+    const BASE_US: f64 = 7_000.0;
+
+    impl Plant {
+        fn new(p99_us: fn(u64) -> f64, capacity: u64, spikes: bool) -> Plant {
+            Plant {
+                p99_us,
+                capacity,
+                spikes,
+                noise: 0.2,
+                rng: 0x9e37_79b9_7f4a_7c15,
+            }
+        }
+
+        fn noise(&mut self) -> f64 {
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            1.0 - self.noise + 2.0 * self.noise * (self.rng % 1000) as f64 / 1000.0
+        }
+
+        /// 20 idle windows (the baseline), then a run from a cold start for `windows`
+        /// windows: each one's achieved rate and its p99 without the noise (µs).
+        fn run(&mut self, p: &mut Pace, windows: usize) -> Vec<(u64, f64)> {
+            for _ in 0..20 {
+                let s = Sample {
+                    user_p99_us: (BASE_US * self.noise()) as u64,
+                    ..idle(0)
+                };
+                p.step(s, (0, 0));
+            }
+            let mut rate = p.begin((0, 0)).0;
+            let mut out = Vec::with_capacity(windows);
+            for w in 0..windows {
+                let achieved = if rate == 0 {
+                    self.capacity
+                } else {
+                    rate.min(self.capacity)
+                };
+                let spike = if self.spikes && w % 7 == 3 { 3.0 } else { 1.0 };
+                let p99 = (self.p99_us)(achieved);
+                let s = Sample {
+                    user_p99_us: (p99 * self.noise() * spike) as u64,
+                    ..busy(0, achieved)
+                };
+                rate = p.step(s, (0, 0)).0;
+                out.push((achieved, p99));
+            }
+            out
+        }
+    }
+
+    /// The median and the lowest rate, and the median p99 (µs), of `windows`.
+    fn settled(windows: &[(u64, f64)]) -> (u64, u64, f64) {
+        let mut rates: Vec<u64> = windows.iter().map(|w| w.0).collect();
+        let mut p99s: Vec<f64> = windows.iter().map(|w| w.1).collect();
+        rates.sort();
+        p99s.sort_by(f64::total_cmp);
+        (rates[rates.len() / 2], rates[0], p99s[p99s.len() / 2])
+    }
+
+    /// A plant like this machine's: the p99 rising with the square of the migration rate
+    /// (1.5x at 40 MB/s), noisy, with spikes. From the conservative start the pace settles
+    /// with the p99 within 1.5x of the baseline, at >= 70 % of the rate where the p99
+    /// reaches 1.5x, and the spikes never collapse the rate.
     #[test]
     fn against_a_noisy_plant_it_holds_the_p99_and_uses_most_of_the_room() {
         let mut p = Pace::new(Settings::default());
-        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-        let mut noise = || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            0.8 + 0.4 * (rng % 1000) as f64 / 1000.0
-        };
         let knee = 40.0 * MB as f64; // p99 1.5x the baseline here
-        let p99_us = |rate: u64| 7_000.0 * (1.0 + 0.5 * (rate as f64 / knee).powi(2));
-        for _ in 0..20 {
-            let s = Sample {
-                user_p99_us: (7_000.0 * noise()) as u64,
-                ..idle(0)
-            };
-            p.step(s, (0, 0));
-        }
-        let capacity = 150 * MB; // unlimited
-        let mut rate = p.begin((0, 0)).0;
-        let (mut late, mut p99s) = (Vec::new(), Vec::new());
-        for w in 0..300 {
-            let achieved = if rate == 0 {
-                capacity
-            } else {
-                rate.min(capacity)
-            };
-            let spike = if w % 7 == 3 { 3.0 } else { 1.0 };
-            let s = Sample {
-                user_p99_us: (p99_us(achieved) * noise() * spike) as u64,
-                ..busy(0, achieved)
-            };
-            rate = p.step(s, (0, 0)).0;
-            if w >= 60 {
-                late.push(achieved);
-                p99s.push(p99_us(achieved) as u64);
-            }
-        }
-        late.sort();
-        p99s.sort();
-        let (median, lo) = (late[late.len() / 2], late[0]);
-        let p99 = p99s[p99s.len() / 2];
-        assert!(p99 <= 10_500, "median p99 {p99} us over 1.5x 7 ms");
+        let p99_us = |rate: u64| BASE_US * (1.0 + 0.5 * (rate as f64 / (40.0 * MB as f64)).powi(2));
+        let out = Plant::new(p99_us, 150 * MB, true).run(&mut p, 300);
+        let (median, lo, p99) = settled(&out[60..]);
+        assert!(p99 <= 1.5 * BASE_US, "median p99 {p99} us over 1.5x 7 ms");
         assert!(
             median as f64 >= 0.7 * knee,
             "median rate {} MB/s",
             median / MB
         );
         assert!(lo as f64 >= 0.5 * knee, "collapsed to {} MB/s", lo / MB);
+    }
+
+    /// `seeds` runs of a plant from a cold start: each run's windows.
+    fn runs(p99_us: fn(u64) -> f64, capacity: u64, noise: f64, n: usize) -> Vec<Vec<(u64, f64)>> {
+        (0..6u64)
+            .map(|seed| {
+                let mut p = Pace::new(Settings::default());
+                let mut plant = Plant::new(p99_us, capacity, seed % 2 == 1 && noise > 0.1);
+                plant.noise = noise;
+                plant.rng ^= seed * 0x1234_5678_9abc;
+                plant.run(&mut p, n)
+            })
+            .collect()
+    }
+
+    /// A quiet machine like the one of the session 17 benchmark: the migration's presence
+    /// alone takes the p99 to 1.2x the baseline (a level of 0.86: little headroom), flat up
+    /// to a steep rise (1.5x at 32 MiB/s, 4x the start rate). From a cold start the rate
+    /// reaches 70 % of that leftover within 6 windows in most runs and 12 in all (a 20 s
+    /// rebalance spends most of its time near it), and settles with the p99 within 1.5x.
+    #[test]
+    fn from_a_cold_start_it_reaches_the_leftover_within_a_few_windows() {
+        let leftover = 32.0 * MB as f64;
+        let p99_us = |r: u64| BASE_US * (1.2 + 0.3 * (r as f64 / (32.0 * MB as f64)).powi(6));
+        let runs = runs(p99_us, 48 * MB, 0.1, 40);
+        let mut firsts: Vec<usize> = runs
+            .iter()
+            .map(|out| {
+                let near = out.iter().position(|w| w.0 as f64 >= 0.7 * leftover);
+                near.unwrap_or(usize::MAX)
+            })
+            .collect();
+        firsts.sort();
+        assert!(
+            firsts[firsts.len() / 2] <= 6,
+            "windows to the leftover: {firsts:?}"
+        );
+        assert!(
+            *firsts.last().unwrap() <= 12,
+            "windows to the leftover: {firsts:?}"
+        );
+        let late: Vec<(u64, f64)> = runs.iter().flat_map(|out| out[10..].to_vec()).collect();
+        let (median, _, p99) = settled(&late);
+        assert!(p99 <= 1.5 * BASE_US, "median p99 {:.2}x", p99 / BASE_US);
+        assert!(
+            median as f64 >= 0.7 * leftover,
+            "median {} MB/s",
+            median / MB
+        );
+    }
+
+    /// A plant whose p99 rises steeply near its capacity (a queue: 1.5x at 40 MB/s, 2x at
+    /// 45, unbounded at 50), noisy, half the runs with spikes: the fast growth overshoots
+    /// the knee by one step at most and the cuts bring it back, without swinging wider.
+    #[test]
+    fn against_a_steep_knee_it_does_not_oscillate_beyond_a_band() {
+        let p99_us = |r: u64| {
+            let u = r as f64 / (50.0 * MB as f64);
+            BASE_US * (1.0 + 0.1 / (1.0 - u).max(0.005)).min(20.0)
+        };
+        for (seed, out) in runs(p99_us, 150 * MB, 0.2, 300).iter().enumerate() {
+            let late = &out[30..];
+            let (median, lo, p99) = settled(late);
+            let hi = late.iter().map(|w| w.0).max().unwrap();
+            let far = late.iter().filter(|w| w.1 > 2.0 * BASE_US).count();
+            let at = |r: u64| r / MB;
+            assert!(hi < 50 * MB, "seed {seed}: up to saturation ({})", at(hi));
+            assert!(lo >= 12 * MB, "seed {seed}: down to {} MB/s", at(lo));
+            assert!(median >= 28 * MB, "seed {seed}: median {} MB/s", at(median));
+            assert!(p99 <= 1.5 * BASE_US, "seed {seed}: median p99 {p99} us");
+            assert!(far * 20 <= late.len(), "seed {seed}: {far} windows over 2x");
+        }
     }
 
     /// Latency over the target whatever the rate (other processes' load): a cut that does
