@@ -2,9 +2,11 @@
 //! `/v3/lease/*`, served on the client port since etcd 3.3). Plain HTTP/1.1 and serde_json: it
 //! builds with cargo alone (no protoc, no generated gRPC code, no async runtime). Every call has
 //! a deadline; with several endpoints a member that times out or answers Unavailable is skipped
-//! and the call is retried on the next one.
+//! and the call is retried on the next one. Connections to each member are kept open between
+//! calls (`super::conns`, a few idle per member).
 
-use super::http::{b64_decode, b64_encode, host_port, post};
+use super::conns::{Conns, MAX_IDLE};
+use super::http::{b64_decode, b64_encode, host_port};
 use super::store::{ClusterStore, Cmp, Kv, Op, Snapshot, StoreError, StoreResult, prefix_end};
 use serde_json::{Value, json};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,6 +17,8 @@ const RETRY_CODES: [i64; 2] = [14, 4];
 
 pub struct EtcdStore {
     endpoints: Vec<String>,
+    /// Idle connections, one pool per endpoint (same index).
+    conns: Vec<Conns>,
     /// The member that answered last (tried first).
     current: AtomicUsize,
     timeout: Duration,
@@ -31,8 +35,10 @@ impl EtcdStore {
         if endpoints.is_empty() {
             return Err("--etcd: no endpoint given".into());
         }
+        let conns = endpoints.iter().map(|e| Conns::new(e, MAX_IDLE)).collect();
         Ok(EtcdStore {
             endpoints,
+            conns,
             current: AtomicUsize::new(0),
             timeout,
         })
@@ -40,6 +46,11 @@ impl EtcdStore {
 
     pub fn endpoints(&self) -> &[String] {
         &self.endpoints
+    }
+
+    /// TCP connections opened to the members so far.
+    pub fn connects(&self) -> u64 {
+        self.conns.iter().map(Conns::connects).sum()
     }
 
     /// The longest one call can take: passes over the members go on for twice the request
@@ -59,7 +70,7 @@ impl EtcdStore {
             let mut last = None;
             for i in 0..self.endpoints.len() {
                 let idx = (start + i) % self.endpoints.len();
-                match self.call_one(op, &self.endpoints[idx], path, body.as_bytes()) {
+                match self.call_one(op, idx, path, body.as_bytes()) {
                     Ok(v) => {
                         self.current.store(idx, Ordering::Relaxed);
                         return Ok(v);
@@ -75,15 +86,23 @@ impl EtcdStore {
         }
     }
 
-    fn call_one(&self, op: &'static str, ep: &str, path: &str, body: &[u8]) -> StoreResult<Value> {
+    fn call_one(
+        &self,
+        op: &'static str,
+        idx: usize,
+        path: &str,
+        body: &[u8],
+    ) -> StoreResult<Value> {
+        let ep = &self.endpoints[idx];
         let err = |message: String, unavailable: bool| StoreError {
             op,
             target: ep.to_string(),
             message,
             unavailable,
         };
-        let (status, reply) =
-            post(ep, path, body, self.timeout).map_err(|e| err(e.to_string(), true))?;
+        let (status, reply) = self.conns[idx]
+            .post(path, body, self.timeout)
+            .map_err(|e| err(e.to_string(), true))?;
         let v: Value = serde_json::from_slice(&reply)
             .map_err(|e| err(format!("HTTP {status}: bad JSON reply: {e}"), status >= 500))?;
         if let Some(code) = v.get("code").and_then(Value::as_i64)
@@ -217,5 +236,59 @@ impl ClusterStore for EtcdStore {
             Err(e) if e.message.contains("lease not found") => Ok(()),
             r => r.map(|_| ()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A gateway stand-in: every request answered with `reply`, connections kept open.
+    fn gateway(reply: &'static str) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let (accepts, requests) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (a, q) = (accepts.clone(), requests.clone());
+        std::thread::spawn(move || {
+            while let Ok((c, _)) = l.accept() {
+                a.fetch_add(1, Ordering::SeqCst);
+                let mut r = BufReader::new(c.try_clone().unwrap());
+                let mut c = c;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    let (len, _) = crate::agent::http::read_headers(&mut r).unwrap();
+                    let mut b = vec![0; len.unwrap()];
+                    r.read_exact(&mut b).unwrap();
+                    q.fetch_add(1, Ordering::SeqCst);
+                    let out = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{reply}",
+                        reply.len()
+                    );
+                    if c.write_all(out.as_bytes()).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        (addr, accepts, requests)
+    }
+
+    #[test]
+    fn calls_share_one_connection_per_member() {
+        let (addr, accepts, requests) = gateway(r#"{"header":{"revision":"7"},"succeeded":true}"#);
+        let s = EtcdStore::new(&format!("http://{addr}"), Duration::from_secs(2)).unwrap();
+        for _ in 0..25 {
+            assert_eq!(s.txn(&[], &[]).unwrap(), (true, 7));
+            assert_eq!(s.range("a/", true).unwrap().revision, 7);
+        }
+        assert_eq!(requests.load(Ordering::SeqCst), 50);
+        assert_eq!(accepts.load(Ordering::SeqCst), 1);
+        assert_eq!(s.connects(), 1);
     }
 }

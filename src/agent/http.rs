@@ -1,6 +1,7 @@
 //! A minimal blocking HTTP/1.1 client for etcd's JSON gateway, and the reply reader the admin
 //! server shares. Every call has a connect and a read/write deadline, so a frozen etcd member
-//! costs a timeout, never a hang; one TCP connection per request (`Connection: close`).
+//! costs a timeout, never a hang. `post` is one TCP connection per request (`Connection:
+//! close`); `super::conns` keeps connections open between requests.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -26,12 +27,12 @@ pub fn host_port(url: &str) -> Result<String, String> {
 
 /// A stream whose reads share one deadline: a peer that dribbles its reply a byte at a time
 /// still costs at most the call's timeout, not a timeout per read.
-struct Deadline {
-    s: TcpStream,
-    until: Instant,
+pub(super) struct Deadline<'a> {
+    pub s: &'a TcpStream,
+    pub until: Instant,
 }
 
-impl Read for Deadline {
+impl Read for Deadline<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let left = self.until.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -41,7 +42,8 @@ impl Read for Deadline {
             ));
         }
         self.s.set_read_timeout(Some(left))?;
-        self.s.read(buf)
+        let mut s = self.s;
+        s.read(buf)
     }
 }
 
@@ -69,43 +71,82 @@ pub fn post(
     let mut req = head.into_bytes();
     req.extend_from_slice(body);
     s.write_all(&req)?;
-    read_reply(&mut BufReader::new(Deadline { s, until }))
+    read_reply(&mut BufReader::new(Deadline { s: &s, until }))
 }
 
 fn bad(m: &str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string())
 }
 
+/// A reply's status line and the headers that say how its body ends.
+#[derive(Debug, PartialEq)]
+pub struct Head {
+    pub status: u16,
+    pub len: Option<usize>,
+    pub chunked: bool,
+    /// HTTP/1.0, or `Connection: close`: the server ends the connection after this reply.
+    pub close: bool,
+}
+
+impl Head {
+    /// The connection may carry another request once this reply's body is read: its end is
+    /// known (a length or chunks, not EOF) and the server keeps it open.
+    pub fn reusable(&self) -> bool {
+        !self.close && (self.chunked || self.len.is_some())
+    }
+}
+
 /// Reads a status line, headers and a body (Content-Length, chunked, or to EOF).
 pub fn read_reply<R: BufRead>(r: &mut R) -> std::io::Result<(u16, Vec<u8>)> {
+    let head = read_head(r)?;
+    Ok((head.status, read_body(r, &head)?))
+}
+
+/// The status line and the header block.
+pub fn read_head<R: BufRead>(r: &mut R) -> std::io::Result<Head> {
     let mut line = String::new();
     r.read_line(&mut line)?;
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
+    let mut words = line.split_whitespace();
+    let version = words.next().unwrap_or("");
+    let status: u16 = words
+        .next()
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| bad("bad HTTP status line"))?;
-    let (len, chunked) = read_headers(r)?;
-    let body = if chunked {
-        read_chunked(r)?
-    } else if let Some(n) = len {
+    let (len, chunked, close) = headers(r)?;
+    Ok(Head {
+        status,
+        len,
+        chunked,
+        close: close || version != "HTTP/1.1",
+    })
+}
+
+/// The body `head` announces.
+pub fn read_body<R: BufRead>(r: &mut R, head: &Head) -> std::io::Result<Vec<u8>> {
+    if head.chunked {
+        return read_chunked(r);
+    }
+    if let Some(n) = head.len {
         if n > MAX_BODY {
             return Err(bad("HTTP body too large"));
         }
         let mut b = vec![0; n];
         r.read_exact(&mut b)?;
-        b
-    } else {
-        let mut b = Vec::new();
-        r.take(MAX_BODY as u64 + 1).read_to_end(&mut b)?;
-        b
-    };
-    Ok((status, body))
+        return Ok(b);
+    }
+    let mut b = Vec::new();
+    r.take(MAX_BODY as u64 + 1).read_to_end(&mut b)?;
+    Ok(b)
 }
 
 /// (Content-Length, chunked?) from the header block.
 pub fn read_headers<R: BufRead>(r: &mut R) -> std::io::Result<(Option<usize>, bool)> {
-    let (mut len, mut chunked) = (None, false);
+    headers(r).map(|(len, chunked, _)| (len, chunked))
+}
+
+/// (Content-Length, chunked?, `Connection: close`?) from the header block.
+fn headers<R: BufRead>(r: &mut R) -> std::io::Result<(Option<usize>, bool, bool)> {
+    let (mut len, mut chunked, mut close) = (None, false, false);
     for _ in 0..100 {
         let mut h = String::new();
         if r.read_line(&mut h)? == 0 {
@@ -113,7 +154,7 @@ pub fn read_headers<R: BufRead>(r: &mut R) -> std::io::Result<(Option<usize>, bo
         }
         let h = h.trim_end();
         if h.is_empty() {
-            return Ok((len, chunked));
+            return Ok((len, chunked, close));
         }
         if let Some((k, v)) = h.split_once(':') {
             let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
@@ -121,6 +162,8 @@ pub fn read_headers<R: BufRead>(r: &mut R) -> std::io::Result<(Option<usize>, bo
                 len = Some(v.parse().map_err(|_| bad("bad Content-Length"))?);
             } else if k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked") {
                 chunked = true;
+            } else if k == "connection" && v.eq_ignore_ascii_case("close") {
+                close = true;
             }
         }
     }
@@ -237,6 +280,13 @@ mod tests {
         let r = b"HTTP/1.1 404 NF\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
         assert_eq!(read_reply(&mut &r[..]).unwrap(), (404, b"abcde".to_vec()));
         assert!(host_port("https://x:1").is_err());
+        let head = |r: &[u8]| read_head(&mut &r[..]).unwrap();
+        assert!(head(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n").reusable());
+        assert!(head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").reusable());
+        assert!(!head(b"HTTP/1.1 200 OK\r\n\r\n").reusable(), "to EOF");
+        assert!(!head(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n").reusable());
+        let close = head(b"HTTP/1.1 200 OK\r\nConnection: Close\r\nContent-Length: 2\r\n\r\n");
+        assert!(close.close && !close.reusable());
         assert_eq!(
             host_port("http://127.0.0.1:2379/").unwrap(),
             "127.0.0.1:2379"

@@ -1,6 +1,7 @@
 //! The cluster agent: membership, election, assignment and the runner of cluster jobs, all
 //! coordinated through a `ClusterStore` (etcd in production, an in-memory fake in tests).
 
+pub mod conns;
 pub mod etcd;
 pub mod http;
 pub mod store;
