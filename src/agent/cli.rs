@@ -258,7 +258,8 @@ fn agent_inner(a: AgentArgs) -> Result<ExitCode, String> {
     };
     let mut rebalancer =
         super::rebalance::Rebalancer::new(store.clone(), dir.clone(), threads, sender, &a.node)
-            .with_lost_after(Duration::from_secs(agent.cfg.lost_after_secs));
+            .with_lost_after(Duration::from_secs(agent.cfg.lost_after_secs))
+            .with_wake(agent.wake.clone());
     if let Some(c) = served.client.clone() {
         rebalancer = rebalancer.with_probe(probe(c));
     }

@@ -10,7 +10,7 @@ use super::store::{ClusterStore, Cmp, Op, StoreError};
 use super::view::{Control, MemberInfo, View};
 use serde_json::{Value, json};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// What an agent runs on its partitions (cluster jobs). `owned[p]`: partition p is this
@@ -94,6 +94,32 @@ impl WorkCtx<'_> {
     }
 }
 
+/// Cuts the agent's wait between rounds short: work whose engine run ended wants its next
+/// round now, not at the next poll tick.
+#[derive(Default)]
+pub struct Wake {
+    woken: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Wake {
+    pub fn notify(&self) {
+        *self.woken.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.cv.notify_all();
+    }
+
+    /// Waits `d`, or less when notified (also by a notice given while no one waited);
+    /// true when notified.
+    pub fn wait(&self, d: Duration) -> bool {
+        let g = self.woken.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut g, _) = self
+            .cv
+            .wait_timeout_while(g, d, |w| !*w)
+            .unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut *g)
+    }
+}
+
 /// The agent's status, shared with the admin API.
 #[derive(Default)]
 pub struct Shared {
@@ -113,6 +139,8 @@ pub struct Agent {
     pub json: bool,
     pub shared: Arc<Mutex<Shared>>,
     pub work: Box<dyn Work>,
+    /// Ends the wait before the next round early (`Wake::notify`).
+    pub wake: Arc<Wake>,
     pub(super) machine: Machine,
     pub(super) lease: i64,
     /// This run: the create revision of our member key (a new one per claim).
@@ -155,6 +183,7 @@ impl Agent {
             json: false,
             shared: Arc::default(),
             work: Box::new(Idle),
+            wake: Arc::default(),
             machine: Machine::default(),
             lease: 0,
             incarnation: 0,
@@ -240,7 +269,7 @@ impl Agent {
             self.trim.tick(Instant::now());
             let spent = t.elapsed();
             if spent < poll {
-                std::thread::sleep(poll - spent);
+                self.wake.wait(poll - spent);
             }
         }
         self.shutdown("SIGTERM");
@@ -348,5 +377,37 @@ impl Agent {
             "work": self.work.status(),
         });
         self.shared.lock().unwrap_or_else(|e| e.into_inner()).doc = doc;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wake_ends_the_wait_early_once() {
+        let w = Arc::new(Wake::default());
+        let t = Instant::now();
+        assert!(
+            !w.wait(Duration::from_millis(60)),
+            "no notice: the whole wait"
+        );
+        assert!(t.elapsed() >= Duration::from_millis(60));
+        // a notice given before the wait counts for it, once
+        w.notify();
+        let t = Instant::now();
+        assert!(w.wait(Duration::from_secs(5)));
+        assert!(t.elapsed() < Duration::from_secs(1));
+        assert!(!w.wait(Duration::from_millis(20)));
+        // from another thread while waiting
+        let w2 = w.clone();
+        let n = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            w2.notify();
+        });
+        let t = Instant::now();
+        assert!(w.wait(Duration::from_secs(5)));
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        n.join().unwrap();
     }
 }

@@ -11,14 +11,14 @@
 //! hand-over holds what the view says (`agent::handover::Known`); a node that finds its own
 //! part lost moves nothing of that generation.
 
-use super::node::{Work, WorkCtx};
+use super::node::{Wake, Work, WorkCtx};
 use super::rebalance_state::{COMPLETED, FAILED, LOST, NodeProgress, Spec, newest};
 use super::store::{ClusterStore, Cmp, Op};
 use super::view::View;
 use crate::cluster::migrate::{Fence, Local, Migrate};
 use crate::cluster::rebalance::{Counters, Options, Order};
 use crate::cluster::store::Cluster;
-use crate::coord::state::JobState;
+use crate::coord::state::{Event, JobState};
 use crate::partset::PartSet;
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -57,6 +57,8 @@ pub struct Rebalancer {
     events: Vec<(&'static str, Value)>,
     /// The adaptive pace (None: the cluster's rate only, `--user-p99 off`).
     pace: Option<super::pace::Paced>,
+    /// Notified when an engine run ends, so it is collected at once (None: at the next round).
+    wake: Option<Arc<Wake>>,
     /// The cluster's fixed rates last seen: the pace's ceiling.
     ceiling: (u64, u64),
     /// The record of a run stopped by a lost lease (generation, record): counts it made
@@ -97,6 +99,8 @@ struct Run {
     /// (moved, bytes, superseded) before the engine run now active.
     base: (u64, u64, u64),
     started: Instant,
+    /// From the last engine run's end to its collection, ms (the wait for the agent's round).
+    collected_after_ms: u64,
     dirty: bool,
     last_write: Option<Instant>,
     /// Attempts of this agent process (the record's `runs` counts restarts too).
@@ -132,6 +136,7 @@ impl Rebalancer {
             last: Value::Null,
             events: Vec::new(),
             pace: None,
+            wake: None,
             ceiling: (0, 0),
             kept: None,
             known: Arc::default(),
@@ -158,6 +163,12 @@ impl Rebalancer {
     /// Paces the migration by client and disk latency (user I/O first).
     pub fn with_pace(mut self, p: super::pace::Paced) -> Self {
         self.pace = Some(p);
+        self
+    }
+
+    /// The agent's round begins as soon as an engine run ends, not at its next poll tick.
+    pub fn with_wake(mut self, w: Arc<Wake>) -> Self {
+        self.wake = Some(w);
         self
     }
 
@@ -234,6 +245,7 @@ impl Rebalancer {
             base: (rec.moved, rec.moved_bytes, rec.superseded),
             rec,
             started: Instant::now(),
+            collected_after_ms: 0,
             dirty: true,
             last_write: None,
             attempts: 0,
@@ -282,17 +294,7 @@ impl Rebalancer {
         let rate = self.rates(ctx);
         let r = self.run.as_mut().expect("a run");
         let g = r.spec.generation;
-        let gdir = dir.join("rebalance").join(format!("g{g}"));
-        let write = |name: &str, t: &crate::cluster::Topology| {
-            let p = gdir.join(name);
-            let text = serde_json::to_vec_pretty(t).expect("plain data");
-            crate::coord::durable::replace(&p, &text, 0o644)
-                .map(|_| p.clone())
-                .map_err(|e| format!("write '{}': {e}", p.display()))
-        };
-        std::fs::create_dir_all(&gdir).map_err(|e| format!("create '{}': {e}", gdir.display()))?;
-        let from = write("from.json", &r.spec.previous)?;
-        let to = write("to.json", &r.spec.topology)?;
+        let (from, to) = write_plan(&dir.join("rebalance").join(format!("g{g}")), &r.spec)?;
         if r.cluster.is_none() {
             match (self.clusters)(&r.spec)? {
                 Some(c) => r.cluster = Some(c),
@@ -334,6 +336,9 @@ impl Rebalancer {
             Ok(p)
         })
         .map_err(|e| e.to_string())?;
+        if let (Some(w), Some(rx)) = (&self.wake, handle.events()) {
+            watch_end(rx, w.clone());
+        }
         r.base = (r.rec.moved, r.rec.moved_bytes, r.rec.superseded);
         r.rec.runs += 1;
         r.rec.started_ms = super::state::now_ms();
@@ -350,6 +355,41 @@ impl Rebalancer {
         }
         Ok(true)
     }
+}
+
+/// The generation's topologies, `from.json` and `to.json` in `gdir`, for the engine run.
+fn write_plan(gdir: &std::path::Path, spec: &Spec) -> Result<(PathBuf, PathBuf), String> {
+    let write = |name: &str, t: &crate::cluster::Topology| {
+        let p = gdir.join(name);
+        let text = serde_json::to_vec_pretty(t).expect("plain data");
+        crate::coord::durable::replace(&p, &text, 0o644)
+            .map(|_| p.clone())
+            .map_err(|e| format!("write '{}': {e}", p.display()))
+    };
+    std::fs::create_dir_all(gdir).map_err(|e| format!("create '{}': {e}", gdir.display()))?;
+    Ok((
+        write("from.json", &spec.previous)?,
+        write("to.json", &spec.topology)?,
+    ))
+}
+
+/// Wakes the agent when the engine run whose events `rx` carries reaches its final state. The
+/// thread ends then, or when the run's handle is dropped. Without it (no thread could be
+/// started) the run is collected at the next poll, as it would be anyway.
+fn watch_end(rx: std::sync::mpsc::Receiver<Event>, wake: Arc<Wake>) {
+    let watch = move || {
+        for ev in rx {
+            if let Event::State { to, .. } = ev
+                && to.is_terminal()
+            {
+                wake.notify();
+                return;
+            }
+        }
+    };
+    let _ = std::thread::Builder::new()
+        .name("ferry-rb-end".into())
+        .spawn(watch);
 }
 
 fn with_generation(mut fields: Value, generation: u64) -> Value {
@@ -465,12 +505,16 @@ impl Run {
     /// A finished engine run: Some(true) completed, Some(false) failed (retried up to
     /// MAX_RUNS), None still running.
     fn reap(&mut self) -> Option<bool> {
-        if !self.active.as_ref()?.handle.is_finished() {
+        let h = &self.active.as_ref()?.handle;
+        // over: the coordinator recorded the end and is returning (woken by `watch_end`)
+        if !h.is_finished() && !h.is_over() {
             return None;
         }
         self.refresh();
         let a = self.active.take().expect("checked");
         let report = a.handle.wait();
+        let lag = self.started.elapsed().as_secs_f64() - report.elapsed_secs;
+        self.collected_after_ms = (lag.max(0.0) * 1000.0) as u64;
         self.gave_up = a.counters.peers.gave_up();
         self.rec.unreachable.clear();
         self.rec.handover.clear();
@@ -574,7 +618,8 @@ impl Rebalancer {
         r.attempts += 1;
         r.last_write = None;
         let fields = json!({"moved": r.rec.moved, "bytes": r.rec.moved_bytes,
-            "superseded": r.rec.superseded, "failed": r.rec.failed, "errors": r.rec.errors});
+            "superseded": r.rec.superseded, "failed": r.rec.failed, "errors": r.rec.errors,
+            "collected_after_ms": r.collected_after_ms});
         if ok {
             r.rec.state = COMPLETED.into();
             r.rec.eta_s = None;
