@@ -53,6 +53,16 @@ pub struct NodeProgress {
     pub user_p99_us: u64,
     #[serde(default)]
     pub user_target_us: u64,
+    /// The pace's last window: its client requests, the disks' latency and target (µs), and
+    /// its verdict (over: a cut, quiet, hold, undone).
+    #[serde(default)]
+    pub requests: u64,
+    #[serde(default)]
+    pub disk_await_us: u64,
+    #[serde(default)]
+    pub disk_target_us: u64,
+    #[serde(default)]
+    pub verdict: String,
     /// The latest run's scan of this node's disks: objects seen and its time (0 while it runs).
     #[serde(default)]
     pub scanned: u64,
@@ -77,6 +87,10 @@ impl NodeProgress {
         self.limit_bytes_s = n("limit_bytes_s");
         self.user_p99_us = n("user_p99_us");
         self.user_target_us = n("user_target_us");
+        self.requests = n("requests");
+        self.disk_await_us = n("disk_await_us");
+        self.disk_target_us = n("disk_target_us");
+        self.verdict = p["verdict"].as_str().unwrap_or("").to_string();
     }
 }
 
@@ -258,7 +272,9 @@ pub fn summary(keys: &Keys, kvs: &[Kv], paused: bool) -> Value {
             "bytes_total": p.total_bytes, "superseded": p.superseded, "failed": p.failed,
             "partitions_done": parts, "rate_bytes_s": p.rate_bytes_s, "eta_s": p.eta_s,
             "errors": p.errors, "limit_bytes_s": p.limit_bytes_s, "user_p99_us": p.user_p99_us,
-            "user_target_us": p.user_target_us, "scanned": p.scanned, "scan_ms": p.scan_ms,
+            "user_target_us": p.user_target_us, "requests": p.requests,
+            "disk_await_us": p.disk_await_us, "disk_target_us": p.disk_target_us,
+            "verdict": p.verdict, "scanned": p.scanned, "scan_ms": p.scan_ms,
             "unreachable": p.unreachable, "handover": p.handover, "started_ms": p.started_ms,
             "why": p.why, "at_ms": p.at_ms}));
     }

@@ -14,6 +14,28 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 pub const CSV_HEAD: &str = "t_s,phase,client_ops_s,client_p99_ms,migration_mb_s,pace_limit_mb_s";
+pub const NODES_HEAD: &str = "t_s,node,state,limit_mb_s,requests,user_p99_us,user_target_us,disk_await_us,disk_target_us,verdict";
+
+/// The nodes' pace rows of one second (`NODES_HEAD`).
+fn node_rows(t: f64, r: &Value) -> String {
+    let mut out = String::new();
+    for n in r["nodes"].as_array().into_iter().flatten() {
+        let u = |k: &str| n[k].as_u64().unwrap_or(0);
+        out.push_str(&format!(
+            "{t:.1},{},{},{:.1},{},{},{},{},{},{}\n",
+            n["node"].as_str().unwrap_or("?"),
+            n["state"].as_str().unwrap_or("?"),
+            u("limit_bytes_s") as f64 / 1e6,
+            u("requests"),
+            u("user_p99_us"),
+            u("user_target_us"),
+            u("disk_await_us"),
+            u("disk_target_us"),
+            n["verdict"].as_str().unwrap_or("")
+        ));
+    }
+    out
+}
 
 /// One phase's totals.
 pub struct Phase {
@@ -39,6 +61,8 @@ struct Clock {
     store: EtcdStore,
     keys: Keys,
     csv: Option<std::fs::File>,
+    /// Beside the CSV: each node's pace verdict a second (`NODES_HEAD`).
+    nodes: Option<std::fs::File>,
     t0: Instant,
     ops: u64,
     moved: u64,
@@ -87,6 +111,9 @@ impl Clock {
         );
         if let Some(f) = &mut self.csv {
             let _ = writeln!(f, "{row}");
+        }
+        if let Some(f) = &mut self.nodes {
+            let _ = f.write_all(node_rows(t, &r).as_bytes());
         }
         if p.name != "baseline" || (t as u64).is_multiple_of(3) {
             println!(
@@ -142,13 +169,20 @@ fn clients(d: &Demo, want: Expected) -> Result<Clients, String> {
 /// what the clients last wrote and the phases.
 pub fn observe(d: &mut Demo, want: Expected) -> Result<(Expected, Phases), String> {
     let store = EtcdStore::new(&d.procs.etcd_url, Duration::from_secs(2))?;
-    let csv = match &d.opts.csv {
-        Some(p) => {
-            let mut f =
-                std::fs::File::create(p).map_err(|e| format!("create '{}': {e}", p.display()))?;
-            writeln!(f, "{CSV_HEAD}").map_err(|e| format!("write '{}': {e}", p.display()))?;
-            Some(f)
-        }
+    let open = |p: &std::path::Path, head: &str| -> Result<std::fs::File, String> {
+        let mut f =
+            std::fs::File::create(p).map_err(|e| format!("create '{}': {e}", p.display()))?;
+        writeln!(f, "{head}").map_err(|e| format!("write '{}': {e}", p.display()))?;
+        Ok(f)
+    };
+    let csv = d
+        .opts
+        .csv
+        .as_deref()
+        .map(|p| open(p, CSV_HEAD))
+        .transpose()?;
+    let nodes = match &d.opts.csv {
+        Some(p) => Some(open(&p.with_extension("nodes.csv"), NODES_HEAD)?),
         None => None,
     };
     let keys = Keys::new(super::CLUSTER)?;
@@ -156,6 +190,7 @@ pub fn observe(d: &mut Demo, want: Expected) -> Result<(Expected, Phases), Strin
         store,
         keys,
         csv,
+        nodes,
         t0: Instant::now(),
         ops: 0,
         moved: 0,
