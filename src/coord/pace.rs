@@ -26,6 +26,11 @@ pub const MIN_REQUESTS: u64 = 8;
 /// Windows over the target in a row before a cut: one slow window on a shared machine is
 /// noise, and the window right after a cut still shows the old rate's latencies.
 pub const OVER_WINDOWS: usize = 2;
+/// A window's p99 of fewer client requests than this is its slowest one or two (an agent
+/// sees its share of the clients: 50 of 200 a second in the bench), over a target of 1.4x
+/// the idle one in every other window while the clients' own p99 is under it: a cut then
+/// takes HISTORY windows over in a row.
+pub const P99_REQUESTS: u64 = 100;
 /// The windows whose median says "quiet" (one noisy window in them does not count).
 pub const HISTORY: usize = 3;
 /// Quiet: the median level below this fraction of the target (between it and the target the
@@ -185,6 +190,7 @@ struct Cut {
 #[derive(Clone, Copy, Debug)]
 struct Seen {
     level: f64,
+    requests: u64,
     bytes: u64,
     ops: u64,
 }
@@ -281,7 +287,12 @@ impl Pace {
             self.seen.remove(0);
         }
         let level = self.level(&s);
-        self.seen.push(Seen { level, bytes, ops });
+        self.seen.push(Seen {
+            level,
+            requests: s.requests,
+            bytes,
+            ops,
+        });
         self.calm = self.calm.saturating_sub(1);
         self.verdict = self.judge(ceiling);
         self.rates(ceiling)
@@ -336,19 +347,25 @@ impl Pace {
         user.unwrap_or(0.0).max(disk.unwrap_or(0.0))
     }
 
-    /// The last OVER_WINDOWS windows all over the target: the lowest level of them and what
-    /// they moved (the mean).
+    /// The last OVER_WINDOWS windows all over the target (HISTORY if one of them has a p99 of
+    /// fewer than P99_REQUESTS requests): the lowest level of them and what they moved (the
+    /// mean).
     fn over(&self) -> Option<(f64, u64, u64)> {
         let n = self.seen.len();
         if n < OVER_WINDOWS {
             return None;
         }
-        let last = &self.seen[n - OVER_WINDOWS..];
+        let few = |w: &Seen| (MIN_REQUESTS..P99_REQUESTS).contains(&w.requests);
+        let k = match self.seen[n - OVER_WINDOWS..].iter().any(few) {
+            true => HISTORY,
+            false => OVER_WINDOWS,
+        };
+        let last = &self.seen[n.checked_sub(k)?..];
         if last.iter().any(|w| w.level <= 1.0) {
             return None;
         }
         let level = last.iter().map(|w| w.level).fold(f64::INFINITY, f64::min);
-        let mean = |f: fn(&Seen) -> u64| last.iter().map(f).sum::<u64>() / OVER_WINDOWS as u64;
+        let mean = |f: fn(&Seen) -> u64| last.iter().map(f).sum::<u64>() / k as u64;
         Some((level, mean(|w| w.bytes), mean(|w| w.ops)))
     }
 
@@ -779,6 +796,42 @@ mod tests {
         }
         assert!(rate <= 5 * MB, "cut under 10 ms: {} MB/s", rate / MB);
         assert!(rate >= 3 * MB, "not far under: {} MB/s", rate / MB);
+    }
+
+    /// An agent's share of the clients (50 requests a window): its p99 is its slowest
+    /// request, over the target in two windows in a row by chance; three in a row cut.
+    #[test]
+    fn a_p99_of_few_requests_takes_three_windows_over_to_cut() {
+        let few = |p99_ms: u64, bytes: u64| Sample {
+            requests: 50,
+            ..busy(p99_ms, bytes)
+        };
+        let mut p = Pace::new(Settings {
+            user_p99: Some(Duration::from_millis(10)),
+            disk_await: None,
+        });
+        let start = p.begin((0, 0)).0;
+        assert_eq!(p.step(few(15, start), (0, 0)).0, start);
+        assert_eq!(
+            p.step(few(15, start), (0, 0)).0,
+            start,
+            "two slowest requests: held"
+        );
+        assert_eq!(p.verdict, Verdict::Hold);
+        let cut = p.step(few(15, start), (0, 0)).0;
+        assert!(cut < start, "three windows over: cut ({cut} of {start})");
+        assert_eq!(p.verdict, Verdict::Over);
+        // with enough requests for a p99, two windows over still cut
+        let mut p = Pace::new(Settings {
+            user_p99: Some(Duration::from_millis(10)),
+            disk_await: None,
+        });
+        let start = p.begin((0, 0)).0;
+        p.step(busy(15, start), (0, 0));
+        assert!(
+            p.step(busy(15, start), (0, 0)).0 < start,
+            "500 requests: two windows cut"
+        );
     }
 
     #[test]
