@@ -137,17 +137,8 @@ impl PeerClient {
         node: &str,
         cached_ok: bool,
     ) -> Result<(String, bool), Error> {
-        let addrs = || self.addrs.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((addr, at)) = addrs().get(node)
-            && cached_ok
-            && at.elapsed() < ADDR_AGE
-        {
-            return Ok((addr.clone(), true));
-        }
-        let addr = (self.resolve)(node)
-            .map_err(|m| down(op, node, io::Error::new(io::ErrorKind::NotFound, m)))?;
-        addrs().insert(node.to_string(), (addr.clone(), Instant::now()));
-        Ok((addr, false))
+        lookup(&self.addrs, &self.resolve, node, cached_ok)
+            .map_err(|m| down(op, node, io::Error::new(io::ErrorKind::NotFound, m)))
     }
 
     /// A new connection to `node`; where a cached address does not answer, the node is
@@ -689,6 +680,35 @@ fn batches(tombs: &[Burial]) -> Vec<std::ops::Range<usize>> {
     out
 }
 
+/// `node`'s address from `addrs` (resolved within `ADDR_AGE`, if `cached_ok`) or from
+/// `resolve`. Where `resolve` fails but an address was known, that one is given (as cached):
+/// a node cut off from etcd, or one whose member key lapsed while it is cut off, still
+/// serves its peers, and dialling a stale address is safe — the handshake checks the node's
+/// name, so a wrong one fails there.
+fn lookup(
+    addrs: &Mutex<HashMap<String, (String, Instant)>>,
+    resolve: &Resolver,
+    node: &str,
+    cached_ok: bool,
+) -> Result<(String, bool), String> {
+    let addrs = || addrs.lock().unwrap_or_else(|e| e.into_inner());
+    let known = addrs().get(node).cloned();
+    if let Some((addr, at)) = &known
+        && cached_ok
+        && at.elapsed() < ADDR_AGE
+    {
+        return Ok((addr.clone(), true));
+    }
+    match resolve(node) {
+        Ok(addr) => {
+            addrs().insert(node.to_string(), (addr.clone(), Instant::now()));
+            Ok((addr, false))
+        }
+        Err(_) if known.is_some() => Ok((known.expect("known").0, true)),
+        Err(m) => Err(m),
+    }
+}
+
 /// The resolver of an agent: a node's `peer` address from its member record in etcd
 /// (`/ferry/v1/<cluster>/members/<node>`; `PeerClient` keeps it for a while).
 pub fn etcd_resolver(
@@ -734,6 +754,37 @@ mod tests {
         }
         assert_eq!(next, v.len());
         runs
+    }
+
+    #[test]
+    fn a_known_address_is_kept_when_the_lookup_fails() {
+        let answer = Arc::new(Mutex::new(Ok::<_, String>("10.0.0.1:7000".to_string())));
+        let a = answer.clone();
+        let resolve: Resolver = Box::new(move |_| a.lock().unwrap().clone());
+        let addrs = Mutex::default();
+        assert_eq!(
+            lookup(&addrs, &resolve, "n1", true),
+            Ok(("10.0.0.1:7000".into(), false))
+        );
+        assert_eq!(
+            lookup(&addrs, &resolve, "n1", true),
+            Ok(("10.0.0.1:7000".into(), true))
+        );
+        *answer.lock().unwrap() = Err("etcd range: connect: EINVAL".into());
+        // past its age, or asked afresh: the lookup fails, the known address is given
+        assert_eq!(
+            lookup(&addrs, &resolve, "n1", false),
+            Ok(("10.0.0.1:7000".into(), true))
+        );
+        // a node never resolved has no address to fall back on
+        let e = lookup(&addrs, &resolve, "n2", true).unwrap_err();
+        assert!(e.contains("EINVAL"), "{e}");
+        // a new address replaces the old one
+        *answer.lock().unwrap() = Ok("10.0.0.1:7001".into());
+        assert_eq!(
+            lookup(&addrs, &resolve, "n1", false),
+            Ok(("10.0.0.1:7001".into(), false))
+        );
     }
 
     #[test]
