@@ -681,10 +681,7 @@ fn batches(tombs: &[Burial]) -> Vec<std::ops::Range<usize>> {
 }
 
 /// `node`'s address from `addrs` (resolved within `ADDR_AGE`, if `cached_ok`) or from
-/// `resolve`. Where `resolve` fails but an address was known, that one is given (as cached):
-/// a node cut off from etcd, or one whose member key lapsed while it is cut off, still
-/// serves its peers, and dialling a stale address is safe — the handshake checks the node's
-/// name, so a wrong one fails there.
+/// `resolve`.
 fn lookup(
     addrs: &Mutex<HashMap<String, (String, Instant)>>,
     resolve: &Resolver,
@@ -692,38 +689,46 @@ fn lookup(
     cached_ok: bool,
 ) -> Result<(String, bool), String> {
     let addrs = || addrs.lock().unwrap_or_else(|e| e.into_inner());
-    let known = addrs().get(node).cloned();
-    if let Some((addr, at)) = &known
+    if let Some((addr, at)) = addrs().get(node)
         && cached_ok
         && at.elapsed() < ADDR_AGE
     {
         return Ok((addr.clone(), true));
     }
-    match resolve(node) {
-        Ok(addr) => {
-            addrs().insert(node.to_string(), (addr.clone(), Instant::now()));
-            Ok((addr, false))
-        }
-        Err(_) if known.is_some() => Ok((known.expect("known").0, true)),
-        Err(m) => Err(m),
-    }
+    let addr = resolve(node)?;
+    addrs().insert(node.to_string(), (addr.clone(), Instant::now()));
+    Ok((addr, false))
 }
 
 /// The resolver of an agent: a node's `peer` address from its member record in etcd
-/// (`/ferry/v1/<cluster>/members/<node>`; `PeerClient` keeps it for a while).
+/// (`/ferry/v1/<cluster>/members/<node>`; `PeerClient` keeps it for a while). While etcd
+/// cannot be reached (this agent cut off from it) the address last read is given: the node
+/// may well still serve, and the handshake checks its name, so a stale address fails safely.
+/// A member record that is gone is final (a node that is not a live member is not dialled).
 pub fn etcd_resolver(
     store: Arc<dyn crate::agent::ClusterStore>,
     keys: crate::agent::keys::Keys,
 ) -> Resolver {
+    let known: Mutex<HashMap<String, String>> = Mutex::default();
     Box::new(move |node: &str| {
-        let kv = store
-            .get(&keys.member(node))
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("node {node} is not a live member of the cluster"))?;
+        let known = || known.lock().unwrap_or_else(|e| e.into_inner());
+        let kv = match store.get(&keys.member(node)) {
+            Ok(kv) => kv,
+            Err(e) if e.unavailable => return known().get(node).cloned().ok_or(e.to_string()),
+            Err(e) => return Err(e.to_string()),
+        };
+        let Some(kv) = kv else {
+            known().remove(node);
+            return Err(format!("node {node} is not a live member of the cluster"));
+        };
         let m: crate::agent::view::MemberInfo = serde_json::from_slice(&kv.value)
             .map_err(|e| format!("member record of {node}: {e}"))?;
-        m.peer
-            .ok_or_else(|| format!("node {node} serves no peer transport (--peer-listen)"))
+        let peer = m
+            .peer
+            .ok_or_else(|| format!("node {node} serves no peer transport (--peer-listen)"))?;
+        // bounded: one entry per node that ever had a member record
+        known().insert(node.to_string(), peer.clone());
+        Ok(peer)
     })
 }
 
@@ -757,34 +762,34 @@ mod tests {
     }
 
     #[test]
-    fn a_known_address_is_kept_when_the_lookup_fails() {
-        let answer = Arc::new(Mutex::new(Ok::<_, String>("10.0.0.1:7000".to_string())));
-        let a = answer.clone();
-        let resolve: Resolver = Box::new(move |_| a.lock().unwrap().clone());
-        let addrs = Mutex::default();
-        assert_eq!(
-            lookup(&addrs, &resolve, "n1", true),
-            Ok(("10.0.0.1:7000".into(), false))
-        );
-        assert_eq!(
-            lookup(&addrs, &resolve, "n1", true),
-            Ok(("10.0.0.1:7000".into(), true))
-        );
-        *answer.lock().unwrap() = Err("etcd range: connect: EINVAL".into());
-        // past its age, or asked afresh: the lookup fails, the known address is given
-        assert_eq!(
-            lookup(&addrs, &resolve, "n1", false),
-            Ok(("10.0.0.1:7000".into(), true))
-        );
-        // a node never resolved has no address to fall back on
-        let e = lookup(&addrs, &resolve, "n2", true).unwrap_err();
-        assert!(e.contains("EINVAL"), "{e}");
-        // a new address replaces the old one
-        *answer.lock().unwrap() = Ok("10.0.0.1:7001".into());
-        assert_eq!(
-            lookup(&addrs, &resolve, "n1", false),
-            Ok(("10.0.0.1:7001".into(), false))
-        );
+    fn while_etcd_is_unreachable_the_last_address_read_is_given() {
+        use crate::agent::store::{ClusterStore, MemStore};
+        use std::sync::atomic::Ordering::Relaxed;
+        let store = Arc::new(MemStore::default());
+        let keys = crate::agent::keys::Keys::new("t").unwrap();
+        let record = |peer: &str| {
+            let m = serde_json::json!({"node": "n1", "addr": "a", "weight": 1.0, "pid": 1,
+                "instance": "i", "started_ms": 0, "peer": peer});
+            store
+                .put(&keys.member("n1"), m.to_string().as_bytes(), 0)
+                .unwrap();
+        };
+        let resolve = etcd_resolver(store.clone(), crate::agent::keys::Keys::new("t").unwrap());
+        record("10.0.0.1:7000");
+        assert_eq!(resolve("n1"), Ok("10.0.0.1:7000".to_string()));
+        store.down.store(true, Relaxed);
+        assert_eq!(resolve("n1"), Ok("10.0.0.1:7000".to_string()));
+        let e = resolve("n2").unwrap_err();
+        assert!(e.contains("store is down"), "{e}");
+        store.down.store(false, Relaxed);
+        record("10.0.0.1:7001");
+        assert_eq!(resolve("n1"), Ok("10.0.0.1:7001".to_string()));
+        // a record that is gone is final, also while etcd is then unreachable
+        let gone = crate::agent::store::Op::Delete(keys.member("n1"));
+        store.txn(&[], &[gone]).unwrap();
+        assert!(resolve("n1").unwrap_err().contains("not a live member"));
+        store.down.store(true, Relaxed);
+        assert!(resolve("n1").unwrap_err().contains("store is down"));
     }
 
     #[test]
