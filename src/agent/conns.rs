@@ -7,7 +7,7 @@
 //! reported, never retried here. Connecting, sending and reading share the call's deadline,
 //! the retry included.
 
-use super::http::{Deadline, Head, read_body, read_head};
+use super::http::{Deadline, post_request, read_reply_head};
 use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
@@ -42,6 +42,17 @@ fn peer_gone(e: &std::io::Error) -> bool {
             | ErrorKind::BrokenPipe
             | ErrorKind::ConnectionAborted
     )
+}
+
+/// A failure at `stage` before any reply byte: one that may be retried if the peer is gone.
+fn failed(stage: &str, e: std::io::Error) -> Fail {
+    let gone = peer_gone(&e);
+    let e = at(stage, e);
+    if gone {
+        Fail::Closed(e)
+    } else {
+        Fail::Final(e)
+    }
 }
 
 /// `stage: error`, kind (and errno, in the text) kept.
@@ -94,13 +105,7 @@ impl Conns {
         timeout: Duration,
     ) -> std::io::Result<(u16, Vec<u8>)> {
         let until = Instant::now() + timeout;
-        let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            self.addr,
-            body.len()
-        );
-        let mut req = head.into_bytes();
-        req.extend_from_slice(body);
+        let req = post_request(&self.addr, path, body, false);
         let mut closed = None;
         if let Some(s) = self.take() {
             match self.exchange(s, &req, until) {
@@ -168,13 +173,7 @@ impl Conns {
             .set_write_timeout(Some(left.max(Duration::from_millis(1))))
             .and_then(|_| (&s).write_all(req));
         if let Err(e) = sent {
-            let gone = peer_gone(&e);
-            let e = at("send", e);
-            return Err(if gone {
-                Fail::Closed(e)
-            } else {
-                Fail::Final(e)
-            });
+            return Err(failed("send", e));
         }
         let mut r = BufReader::new(Deadline { s: &s, until });
         match r.fill_buf() {
@@ -186,17 +185,9 @@ impl Conns {
                 return Err(Fail::Closed(e));
             }
             Ok(_) => {}
-            Err(e) => {
-                let gone = peer_gone(&e);
-                let e = at("reply", e);
-                return Err(if gone {
-                    Fail::Closed(e)
-                } else {
-                    Fail::Final(e)
-                });
-            }
+            Err(e) => return Err(failed("reply", e)),
         }
-        let (head, body) = read_all(&mut r).map_err(|e| Fail::Final(at("reply", e)))?;
+        let (head, body) = read_reply_head(&mut r).map_err(|e| Fail::Final(at("reply", e)))?;
         let clean = r.buffer().is_empty();
         drop(r);
         if head.reusable() && clean {
@@ -204,12 +195,6 @@ impl Conns {
         }
         Ok((head.status, body))
     }
-}
-
-fn read_all<R: BufRead>(r: &mut R) -> std::io::Result<(Head, Vec<u8>)> {
-    let head = read_head(r)?;
-    let body = read_body(r, &head)?;
-    Ok((head, body))
 }
 
 #[cfg(test)]

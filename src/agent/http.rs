@@ -64,14 +64,20 @@ pub fn post(
     let left = until.saturating_duration_since(Instant::now());
     s.set_write_timeout(Some(left.max(Duration::from_millis(1))))?;
     s.set_nodelay(true)?;
+    s.write_all(&post_request(addr, path, body, true))?;
+    read_reply(&mut BufReader::new(Deadline { s: &s, until }))
+}
+
+/// A JSON POST of `body` to `path` on `addr`, with `Connection: close` if `close`.
+pub(super) fn post_request(addr: &str, path: &str, body: &[u8], close: bool) -> Vec<u8> {
+    let close = if close { "Connection: close\r\n" } else { "" };
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{close}\r\n",
         body.len()
     );
     let mut req = head.into_bytes();
     req.extend_from_slice(body);
-    s.write_all(&req)?;
-    read_reply(&mut BufReader::new(Deadline { s: &s, until }))
+    req
 }
 
 fn bad(m: &str) -> std::io::Error {
@@ -98,8 +104,14 @@ impl Head {
 
 /// Reads a status line, headers and a body (Content-Length, chunked, or to EOF).
 pub fn read_reply<R: BufRead>(r: &mut R) -> std::io::Result<(u16, Vec<u8>)> {
+    read_reply_head(r).map(|(head, body)| (head.status, body))
+}
+
+/// A whole reply, its head kept (whether the connection may carry another request).
+pub fn read_reply_head<R: BufRead>(r: &mut R) -> std::io::Result<(Head, Vec<u8>)> {
     let head = read_head(r)?;
-    Ok((head.status, read_body(r, &head)?))
+    let body = read_body(r, &head)?;
+    Ok((head, body))
 }
 
 /// The status line and the header block.
