@@ -14,29 +14,35 @@
 #           for a baseline without a rebalance, then during one, with the agents' adaptive
 #           pace (--user-p99 default) and with it off; one CSV per run (t_s, phase, client
 #           ops/s, client p99 ms, migration MB/s, pace limit MB/s) in -o DIR
+#   knee    what the client's SLO leaves over: the same load and rebalance with the pace off
+#           and a fixed rate per agent (`--rate`, each of -K), the client p99 and migration
+#           MB/s at each; the fastest rate whose p99 stays <= 1.5x its baseline (and client
+#           ops >= 80 %) is "the leftover"; a userio part after it in the same -p list also
+#           reports the paced migration against that leftover
 #
 #   scripts/cluster-rebalance-bench.sh [-r RUNS] [-p PARTS] [-n OBJECTS] [-m MAX_SIZE]
-#       [-M COUNTS] [-c CLIENT_OPS] [-o CSV_DIR] [-S]
+#       [-M COUNTS] [-c CLIENT_OPS] [-K RATES] [-o CSV_DIR] [-S]
 #     RUNS        runs per case, medians reported (default 3; cases alternate per run)
-#     PARTS       comma list of speed, memory, userio (default all three)
+#     PARTS       comma list of speed, memory, userio, knee (default speed,memory,userio)
 #     OBJECTS     objects loaded for speed and userio (default 4000; sizes skewed small)
 #     MAX_SIZE    their largest size (default 1M)
 #     COUNTS      object counts of the memory part (default 10000,100000; 4 KiB max each)
 #     -S          the memory part seeds its objects onto the disks (`demo --cluster --seed`,
 #                 at nice 19) instead of loading them through S3: 1M objects in minutes
 #     CLIENT_OPS  the userio client load, ops/s (default 200)
+#     RATES       the knee part's fixed rates per agent (default 4M,8M,16M,32M)
 #   FERRY=BIN benchmarks another binary; FERRY_B=BIN adds a paired run of that binary (speed:
 #   a "ferryB" line, alternating with FERRY in each run: before/after in the same run).
 # Every line ends with the 1-minute load average: the machine may be shared with other
 # work, read the numbers with it. Needs etcd, bc.
 set -euo pipefail
 RUNS=3; PARTS=speed,memory,userio; OBJECTS=4000; MAX=1M; COUNTS=10000,100000; OPS=200
-OUT=; SEED=
-while getopts r:p:n:m:M:c:o:S o; do
+OUT=; SEED=; RATES=4M,8M,16M,32M
+while getopts r:p:n:m:M:c:o:K:S o; do
   case $o in
     r) RUNS=$OPTARG ;; p) PARTS=$OPTARG ;; n) OBJECTS=$OPTARG ;; m) MAX=$OPTARG ;;
-    M) COUNTS=$OPTARG ;; c) OPS=$OPTARG ;; o) OUT=$OPTARG ;; S) SEED=--seed ;;
-    *) sed -n '2,31p' "$0"; exit 2 ;;
+    M) COUNTS=$OPTARG ;; c) OPS=$OPTARG ;; o) OUT=$OPTARG ;; S) SEED=--seed ;; K) RATES=$OPTARG ;;
+    *) sed -n '2,37p' "$0"; exit 2 ;;
   esac
 done
 FERRY=$(realpath "${FERRY:-$(dirname "$0")/../target/release/ferry}")
@@ -179,34 +185,66 @@ csv_phase() {
   echo "$(cut -d' ' -f1 "$W/rows" | median) $(cut -d' ' -f2 "$W/rows" | median) $(cut -d' ' -f3 "$W/rows" | median)"
 }
 
+# One client-load run of userio/knee: $1 = label, $2 = run, then the demo's options; appends
+# "label base_ops base_p99 during_ops during_p99 migration" to $W/userio and prints the run.
+userio_run() {
+  local label=$1 r=$2; shift 2
+  local log="$W/userio-$label-$r.log" csv="$OUT/userio-$label-$r.csv"
+  demo "$FERRY" "$log" --objects "$OBJECTS" --max-size "$MAX" --client-ops "$OPS" \
+    --baseline 20 --csv "$csv" "$@" || { echo "  run $r $label skipped (the demo failed)"; return 0; }
+  local b d; b=$(csv_phase "$csv" baseline); d=$(csv_phase "$csv" rebalance)
+  set -- $b $d
+  echo "$label $1 $2 $4 $5 $6" >>"$W/userio"
+  printf '  run %d %-8s baseline %6.1f ops/s p99 %6.2f ms | during %6.1f ops/s (%3.0f %%) p99 %6.2f ms (%.2fx) migration %6.1f MB/s | overall p99 %s | load %s\n' \
+    "$r" "$label" "$1" "$2" "$4" "$(echo "100 * $4 / $1" | bc -l)" "$5" "$(echo "$5 / $2" | bc -l)" "$6" \
+    "$(sed -n 's/^client rebalance: .*p99 \([0-9.]*\) ms.*/\1 ms/p' "$log")" "$(load)"
+}
+
+# The medians of one label's runs in $W/userio: "base_ops base_p99 during_ops during_p99 migration".
+userio_medians() {
+  local k out=
+  for k in 2 3 4 5 6; do out="$out $(awk -v m="$1" -v k=$k '$1 == m {print $k}' "$W/userio" | median)"; done
+  echo $out
+}
+
 part_userio() {
   echo "== user I/O first: $OPS client ops/s (4 threads; GET 90 %, PUT 10 %), 20 s baseline, then the rebalance; $OBJECTS objects up to $MAX"
-  local r mode
+  local r
   for r in $(seq 1 "$RUNS"); do
-    for mode in pace off; do
-      local log="$W/userio-$mode-$r.log" csv="$OUT/userio-$mode-$r.csv" opt=()
-      [ $mode = off ] && opt=(--user-p99 off)
-      demo "$FERRY" "$log" --objects "$OBJECTS" --max-size "$MAX" --client-ops "$OPS" \
-        --baseline 20 --csv "$csv" "${opt[@]}" || { echo "  run $r $mode skipped (the demo failed)"; continue; }
-      local b d; b=$(csv_phase "$csv" baseline); d=$(csv_phase "$csv" rebalance)
-      set -- $b $d
-      echo "$mode $1 $2 $4 $5 $6" >>"$W/userio"
-      printf '  run %d %-4s baseline %6.1f ops/s p99 %6.2f ms | during %6.1f ops/s (%3.0f %%) p99 %6.2f ms (%.2fx) migration %6.1f MB/s | overall p99 %s | load %s\n' \
-        "$r" $mode "$1" "$2" "$4" "$(echo "100 * $4 / $1" | bc -l)" "$5" "$(echo "$5 / $2" | bc -l)" "$6" \
-        "$(sed -n 's/^client rebalance: .*p99 \([0-9.]*\) ms.*/\1 ms/p' "$log")" "$(load)"
-    done
+    userio_run pace "$r"
+    userio_run off "$r" --user-p99 off
   done
-  local m off; off=$(awk '$1 == "off" {print $6}' "$W/userio" | median)
+  local m off knee=; off=$(userio_medians off | cut -d' ' -f5)
+  [ -s "$W/knee" ] && knee=$(cat "$W/knee")
   for m in pace off; do
-    local bo bp dops dp mg
-    bo=$(awk -v m=$m '$1 == m {print $2}' "$W/userio" | median); bp=$(awk -v m=$m '$1 == m {print $3}' "$W/userio" | median)
-    dops=$(awk -v m=$m '$1 == m {print $4}' "$W/userio" | median); dp=$(awk -v m=$m '$1 == m {print $5}' "$W/userio" | median)
-    mg=$(awk -v m=$m '$1 == m {print $6}' "$W/userio" | median)
-    printf 'userio %-4s median: client during/without %.0f %% (target >= 80), p99 %.2f/%.2f ms = %.2fx (target <= 1.5), migration %.1f MB/s = %.0f %% of the unpaced run'"'"'s %.1f (target >= 70) | load %s\n' \
-      $m "$(echo "100 * $dops / $bo" | bc -l)" "$dp" "$bp" "$(echo "$dp / $bp" | bc -l)" "$mg" \
-      "$(echo "100 * $mg / $off" | bc -l)" "$off" "$(load)"
+    set -- $(userio_medians $m)
+    printf 'userio %-4s median: client during/without %.0f %% (target >= 80), p99 %.2f/%.2f ms = %.2fx (target <= 1.5), migration %.1f MB/s = %.0f %% of the unpaced run'"'"'s %.1f%s (target >= 70) | load %s\n' \
+      $m "$(echo "100 * $3 / $1" | bc -l)" "$4" "$2" "$(echo "$4 / $2" | bc -l)" "$5" \
+      "$(echo "100 * $5 / $off" | bc -l)" "$off" \
+      "${knee:+, $(echo "100 * $5 / $knee" | bc -l | cut -d. -f1) % of the leftover under the SLO ($knee MB/s)}" "$(load)"
   done
   echo "CSVs: $OUT"
+}
+
+# The leftover: the fastest fixed rate's migration whose client stays within the SLO
+# (p99 <= 1.5x its baseline, ops >= 80 %), medians of RUNS runs per rate.
+part_knee() {
+  echo "== knee: $OPS client ops/s, the pace off, fixed rates per agent $RATES; $OBJECTS objects up to $MAX"
+  local r rate best=0
+  for r in $(seq 1 "$RUNS"); do
+    for rate in ${RATES//,/ }; do userio_run "rate$rate" "$r" --user-p99 off --rate "$rate"; done
+  done
+  for rate in ${RATES//,/ }; do
+    set -- $(userio_medians "rate$rate")
+    local ok=no
+    if [ "$(echo "$4 <= 1.5 * $2 && $3 >= 0.8 * $1" | bc -l)" = 1 ]; then
+      ok=yes; [ "$(echo "$5 > $best" | bc -l)" = 1 ] && best=$5
+    fi
+    printf 'knee rate %-5s median: client %.0f %%, p99 %.2f/%.2f ms = %.2fx, migration %.1f MB/s, within the SLO: %s | load %s\n' \
+      "$rate" "$(echo "100 * $3 / $1" | bc -l)" "$4" "$2" "$(echo "$4 / $2" | bc -l)" "$5" $ok "$(load)"
+  done
+  echo "knee: the leftover under the SLO (the fastest fixed rate within it): $best MB/s"
+  [ "$best" = 0 ] || echo "$best" >"$W/knee"
 }
 
 echo "cluster-rebalance-bench: $(nproc) CPUs, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg) (the machine may be shared)"
