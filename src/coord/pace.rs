@@ -23,6 +23,12 @@ pub const DISK_FACTOR: f64 = 4.0;
 pub const DISK_MIN_TARGET: Duration = Duration::from_millis(20);
 /// Fewer client requests in a window say nothing about their p99.
 pub const MIN_REQUESTS: u64 = 8;
+/// The client p99 baseline is the mean of the last IDLE_WINDOWS idle windows' p99s: an
+/// agent sees its share of the clients (~50 requests a second in the bench), so a window's
+/// p99 is its slowest request or two, and an average weighted to the last few windows gave
+/// agents of one cluster baselines 1.6x apart (4.9 vs 7.7 ms), the lower one "over" in most
+/// windows of a migration the clients' own p99 did not notice (1.0-1.3x).
+pub const IDLE_WINDOWS: usize = 31;
 /// Windows over the target in a row before a cut: one slow window on a shared machine is
 /// noise, and the window right after a cut still shows the old rate's latencies.
 pub const OVER_WINDOWS: usize = 2;
@@ -199,8 +205,9 @@ pub struct Pace {
     settings: Settings,
     bytes: Aimd,
     ops: Aimd,
-    /// Idle baselines (EWMA, µs) of the client p99 and the disks' latency.
-    user_base: Option<f64>,
+    /// The last IDLE_WINDOWS idle windows' client p99s (µs; oldest first) and the disks'
+    /// latency baseline (EWMA, µs).
+    user_idle: std::collections::VecDeque<u64>,
     disk_base: Option<f64>,
     /// The last HISTORY windows that moved, since the last cut (oldest first).
     seen: Vec<Seen>,
@@ -218,7 +225,7 @@ impl Pace {
             settings,
             bytes: Aimd::new(MIN_BYTES, START_BYTES),
             ops: Aimd::new(MIN_OPS, 0),
-            user_base: None,
+            user_idle: std::collections::VecDeque::with_capacity(IDLE_WINDOWS),
             disk_base: None,
             seen: Vec::with_capacity(HISTORY),
             cut: None,
@@ -233,11 +240,18 @@ impl Pace {
         let d = self
             .settings
             .user_p99
-            .unwrap_or_else(|| match self.user_base {
+            .unwrap_or_else(|| match self.user_base() {
                 Some(b) => Duration::from_micros((b * BASELINE_FACTOR) as u64).max(MIN_TARGET),
                 None => DEFAULT_USER_P99,
             });
         d.as_micros() as u64
+    }
+
+    /// The client p99 baseline (µs): the mean of the idle windows seen (a spike of other
+    /// processes' counts 1/IDLE_WINDOWS; in the weighted average before, 1/5).
+    fn user_base(&self) -> Option<f64> {
+        let n = self.user_idle.len();
+        (n > 0).then(|| self.user_idle.iter().sum::<u64>() as f64 / n as f64)
     }
 
     /// The disks' latency target (µs).
@@ -384,7 +398,10 @@ impl Pace {
             *base = Some(base.map_or(v as f64, |b| 0.8 * b + 0.2 * v as f64));
         };
         if s.requests >= MIN_REQUESTS {
-            ewma(&mut self.user_base, s.user_p99_us);
+            if self.user_idle.len() == IDLE_WINDOWS {
+                self.user_idle.pop_front();
+            }
+            self.user_idle.push_back(s.user_p99_us);
         }
         if let Some(d) = s.disk_await_us {
             ewma(&mut self.disk_base, d);
@@ -455,6 +472,27 @@ mod tests {
         let mut r = Pace::new(Settings::default());
         r.step(idle(0), (0, 0));
         assert_eq!(r.user_target_us(), 2_000, "never below MIN_TARGET");
+    }
+
+    /// An agent's idle p99s are its slowest request or two of ~50: they swing 3x window to
+    /// window. The baseline is their mean, whatever the last few windows were.
+    #[test]
+    fn the_baseline_is_the_mean_of_noisy_idle_windows() {
+        let mut p = Pace::new(Settings::default());
+        let swings = [4, 12, 7, 5, 11, 8, 6, 10, 9, 4, 12, 8, 7, 5, 11, 9];
+        for ms in swings.iter().chain(&[4, 4, 4, 4, 4]) {
+            p.step(idle(*ms), (0, 0));
+        }
+        // 21 windows of 148 ms in all (a weighted average of the last few would be ~4.5 ms)
+        assert_eq!(p.user_target_us(), 9_866, "1.4x their mean 7.05 ms");
+        for _ in 0..IDLE_WINDOWS {
+            p.step(idle(10), (0, 0));
+        }
+        assert_eq!(
+            p.user_target_us(),
+            14_000,
+            "only the last IDLE_WINDOWS count"
+        );
     }
 
     #[test]
