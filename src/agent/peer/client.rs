@@ -704,7 +704,10 @@ fn lookup(
 /// (`/ferry/v1/<cluster>/members/<node>`; `PeerClient` keeps it for a while). While etcd
 /// cannot be reached (this agent cut off from it) the address last read is given: the node
 /// may well still serve, and the handshake checks its name, so a stale address fails safely.
-/// A member record that is gone is final (a node that is not a live member is not dialled).
+/// A member record that is gone gives the address last read too: the node's lease lapses
+/// while it is cut off from etcd alone, and it still serves its disks (the only copy of an
+/// object it is moving); a node that is really gone refuses the connection or fails the
+/// handshake, which counts as unreachable, as before. A node never seen has no address.
 pub fn etcd_resolver(
     store: Arc<dyn crate::agent::ClusterStore>,
     keys: crate::agent::keys::Keys,
@@ -718,8 +721,10 @@ pub fn etcd_resolver(
             Err(e) => return Err(e.to_string()),
         };
         let Some(kv) = kv else {
-            known().remove(node);
-            return Err(format!("node {node} is not a live member of the cluster"));
+            return known()
+                .get(node)
+                .cloned()
+                .ok_or_else(|| format!("node {node} is not a live member of the cluster"));
         };
         let m: crate::agent::view::MemberInfo = serde_json::from_slice(&kv.value)
             .map_err(|e| format!("member record of {node}: {e}"))?;
@@ -784,12 +789,14 @@ mod tests {
         store.down.store(false, Relaxed);
         record("10.0.0.1:7001");
         assert_eq!(resolve("n1"), Ok("10.0.0.1:7001".to_string()));
-        // a record that is gone is final, also while etcd is then unreachable
+        // a record that is gone (a lapsed lease) leaves the last address, also while etcd
+        // is then unreachable; a node never seen has none
         let gone = crate::agent::store::Op::Delete(keys.member("n1"));
         store.txn(&[], &[gone]).unwrap();
-        assert!(resolve("n1").unwrap_err().contains("not a live member"));
+        assert_eq!(resolve("n1"), Ok("10.0.0.1:7001".to_string()));
+        assert!(resolve("n3").unwrap_err().contains("not a live member"));
         store.down.store(true, Relaxed);
-        assert!(resolve("n1").unwrap_err().contains("store is down"));
+        assert_eq!(resolve("n1"), Ok("10.0.0.1:7001".to_string()));
     }
 
     #[test]
