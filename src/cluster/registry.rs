@@ -82,6 +82,8 @@ pub struct Registry {
     path: PathBuf,
     /// Concurrent flushes share a durable commit begun after each asked (group commit).
     flushes: crate::coord::group::Group<Result<(), String>>,
+    /// Concurrent `forward_durably` calls share a durable commit of all their entries.
+    moved: crate::coord::group::Batch<(Moved, u64, u64), Result<(), String>>,
     /// Non-durable commits since the last durable one (at most `MAX_NON_DURABLE`).
     unflushed: std::sync::atomic::AtomicU64,
 }
@@ -110,6 +112,29 @@ fn evict_oldest(t: &mut redb::Table<&[u8], (u64, u32, u64)>, n: u64) -> Result<u
     Ok(before - t.len()?)
 }
 
+/// One move's registry entry: the key, the disk it came from and the one it is on now.
+pub type Moved = (Vec<u8>, String, String);
+
+/// Records each moved key at its new disk under its generation with a forwarding entry from
+/// the old one until its expiry (one more hop), clearing its tombstone: a moved copy is the
+/// live one. Items: (key, from disk, to disk, generation, expires).
+fn put_forwards<'a>(
+    w: &redb::WriteTransaction,
+    items: impl Iterator<Item = (&'a [u8], &'a str, &'a str, u64, u64)>,
+) -> Result<(), redb::Error> {
+    let mut loc = w.open_table(LOCATIONS)?;
+    let mut fwd = w.open_table(FORWARDS)?;
+    let mut tombs = w.open_table(TOMBSTONES)?;
+    for (key, from, to, generation, expires) in items {
+        loc.insert(key, (to, generation))?;
+        tombs.remove(key)?;
+        let hops = fwd.get(key)?.map(|v| v.value().3).unwrap_or(0);
+        let hops = hops.saturating_add(1).min(MAX_HOPS);
+        fwd.insert(key, (from, to, expires, hops))?;
+    }
+    Ok(())
+}
+
 impl Registry {
     /// Opens (or creates) the registry. Only one process may hold it: a second one gets an
     /// error that says so.
@@ -131,6 +156,7 @@ impl Registry {
             db,
             path: path.to_path_buf(),
             flushes: Default::default(),
+            moved: Default::default(),
             unflushed: Default::default(),
         };
         // Create the tables so readers never meet a missing one.
@@ -237,18 +263,29 @@ impl Registry {
         }
         let expires = now_secs() + ttl;
         self.write(Durability::None, |w| {
-            let mut loc = w.open_table(LOCATIONS)?;
-            let mut fwd = w.open_table(FORWARDS)?;
-            let mut tombs = w.open_table(TOMBSTONES)?;
-            for (key, from, to) in moves {
-                loc.insert(key.as_slice(), (to.as_str(), generation))?;
-                tombs.remove(key.as_slice())?;
-                let hops = fwd.get(key.as_slice())?.map(|v| v.value().3).unwrap_or(0);
-                let hops = hops.saturating_add(1).min(MAX_HOPS);
-                fwd.insert(key.as_slice(), (from.as_str(), to.as_str(), expires, hops))?;
-            }
-            Ok(())
+            let items = moves
+                .iter()
+                .map(|(k, f, t)| (k.as_slice(), f.as_str(), t.as_str()));
+            put_forwards(w, items.map(|(k, f, t)| (k, f, t, generation, expires)))
         })
+    }
+
+    /// `forward_many` of one move, durable on return: the moves landing at once share one
+    /// durable commit begun after each was handed in (`group::Batch`), where each would
+    /// otherwise queue for redb's one writer twice (its commit, then a flush).
+    pub fn forward_durably(&self, mv: Moved, generation: u64, ttl: u64) -> Result<(), Error> {
+        let expires = now_secs() + ttl;
+        self.moved
+            .run((mv, generation, expires), |items| {
+                self.write(Durability::Immediate, |w| {
+                    let it = items.iter().map(|((k, f, t), g, exp)| {
+                        (k.as_slice(), f.as_str(), t.as_str(), *g, *exp)
+                    });
+                    put_forwards(w, it)
+                })
+                .map_err(|e| e.to_string())
+            })
+            .map_err(|m| Self::err("registry write", &self.path, m))
     }
 
     /// Forgets `key` (a delete), durably; with `tomb`, records its tombstone in the same
@@ -465,6 +502,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use std::time::{Duration, UNIX_EPOCH};
 
     fn tomb(secs: u64, generation: u64) -> Tomb {
@@ -490,6 +528,40 @@ mod tests {
         r.flush().unwrap();
         assert_eq!(r.unflushed(), 0, "a flush is a durable commit");
         assert_eq!(r.forward_count().unwrap(), 2 * MAX_NON_DURABLE + 7);
+    }
+
+    #[test]
+    fn moves_landing_at_once_share_durable_commits_and_every_one_is_recorded() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("r.redb");
+        let r = Arc::new(Registry::open(&path).unwrap());
+        r.remove_as(b"b/0", Some(tomb(5, 1)), true).unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let r = r.clone();
+                std::thread::spawn(move || {
+                    for i in 0..25 {
+                        let k = format!("b/{}", t * 25 + i).into_bytes();
+                        r.forward_durably((k, "s1/a".into(), "s2/b".into()), 3, 60)
+                            .unwrap();
+                        assert_eq!(r.unflushed(), 0, "durable on return");
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        drop(r);
+        let r = Registry::open(&path).unwrap();
+        assert_eq!(r.forward_count().unwrap(), 200);
+        for i in 0..200 {
+            let k = format!("b/{i}").into_bytes();
+            assert_eq!(r.location(&k).unwrap(), Some(("s2/b".to_string(), 3)));
+            assert_eq!(r.forwarding(&k).unwrap().unwrap().hops, 1);
+        }
+        assert!(
+            r.tombstone(b"b/0").unwrap().is_none(),
+            "a moved copy is the live one"
+        );
     }
 
     #[test]

@@ -103,6 +103,74 @@ impl<K: Eq + Hash + Clone, T: Clone> Keyed<K, T> {
     }
 }
 
+/// Group commits of items: each caller hands in one item, and a run takes every item handed
+/// in before it began, so an item is in exactly one run, begun after its call; all the run's
+/// callers get its answer. Every caller must pass the same work: whoever comes first while
+/// no run is going runs it, for all. A run holds at most as many items as there are callers
+/// at once (each waits for its answer).
+pub struct Batch<I, T> {
+    st: Mutex<BatchSt<I, T>>,
+    cv: Condvar,
+}
+
+struct BatchSt<I, T> {
+    /// Items handed in for the next run (number `begun + 1`).
+    pending: Vec<I>,
+    begun: u64,
+    running: bool,
+    /// Answers of finished runs not yet taken by every caller: run -> (answer, callers left).
+    answers: HashMap<u64, (T, usize)>,
+}
+
+impl<I, T> Default for Batch<I, T> {
+    fn default() -> Self {
+        Batch {
+            st: Mutex::new(BatchSt {
+                pending: Vec::new(),
+                begun: 0,
+                running: false,
+                answers: HashMap::new(),
+            }),
+            cv: Condvar::new(),
+        }
+    }
+}
+
+impl<I, T: Clone> Batch<I, T> {
+    /// The answer of the run that took `item` (begun after this call).
+    pub fn run(&self, item: I, work: impl FnOnce(Vec<I>) -> T) -> T {
+        let mut st = self.st.lock().unwrap_or_else(|p| p.into_inner());
+        st.pending.push(item);
+        let mine = st.begun + 1;
+        let mut work = Some(work);
+        loop {
+            if let Some((t, left)) = st.answers.get_mut(&mine) {
+                let t = t.clone();
+                *left -= 1;
+                if *left == 0 {
+                    st.answers.remove(&mine);
+                }
+                return t;
+            }
+            if !st.running && st.begun < mine {
+                st.running = true;
+                st.begun = mine;
+                let items = std::mem::take(&mut st.pending);
+                let n = items.len();
+                assert!(n > 0, "a run takes at least its leader's item");
+                drop(st);
+                let t = (work.take().expect("a caller leads at most one run"))(items);
+                st = self.st.lock().unwrap_or_else(|p| p.into_inner());
+                st.running = false;
+                st.answers.insert(mine, (t, n));
+                self.cv.notify_all();
+                continue;
+            }
+            st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +212,51 @@ mod tests {
             "callers shared no run ({n} runs for 800 calls)"
         );
         assert!(n > 0);
+    }
+
+    #[test]
+    fn every_item_is_in_exactly_one_run_begun_after_its_call_and_callers_share_runs() {
+        let b = Arc::new(Batch::<(u64, u64), u64>::default());
+        let clock = Arc::new(AtomicU64::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let runs = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..16u64)
+            .map(|i| {
+                let (b, clock, seen, runs) = (b.clone(), clock.clone(), seen.clone(), runs.clone());
+                std::thread::spawn(move || {
+                    for j in 0..50u64 {
+                        let asked = clock.fetch_add(1, Ordering::SeqCst);
+                        let began = b.run((i, j), |items| {
+                            runs.fetch_add(1, Ordering::SeqCst);
+                            let t = clock.fetch_add(1, Ordering::SeqCst);
+                            seen.lock().unwrap().extend(items);
+                            std::thread::sleep(Duration::from_micros(300));
+                            t
+                        });
+                        assert!(
+                            began > asked,
+                            "a run begun at {began} took a call at {asked}"
+                        );
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let mut all = seen.lock().unwrap().clone();
+        all.sort();
+        let want: Vec<_> = (0..16).flat_map(|i| (0..50).map(move |j| (i, j))).collect();
+        assert_eq!(all, want, "every item once");
+        let n = runs.load(Ordering::SeqCst);
+        assert!(
+            n < 16 * 50,
+            "callers shared no run ({n} runs for 800 items)"
+        );
+        assert!(
+            b.st.lock().unwrap().answers.is_empty(),
+            "answers left behind"
+        );
     }
 
     #[test]

@@ -33,7 +33,8 @@ fn stamp(t: SystemTime) -> (i64, i64) {
 /// source's mtime: temp → fsync; then under the key's lock: the newer mtime wins (a tie
 /// keeps what is there; a tombstone at least as new as the copy drops it), rename,
 /// directory fsync (one begun after the rename, shared: `store::sync_dir`), registry
-/// (location + forwarding entry from `m.from`, made durable). `fill` fails (and nothing is
+/// (location + forwarding entry from `m.from`, made durable in a commit shared with the
+/// copies landing at the same time). `fill` fails (and nothing is
 /// named) on a short body or an xxh3 mismatch.
 pub fn store(
     c: &Cluster,
@@ -93,13 +94,12 @@ pub fn store(
     }
     sync_dir(&dir)?; // shared with the moves landing in the same directory
     if let Some(r) = &c.registry {
-        let moves = [(
+        let mv = (
             full_key(bucket, key.as_bytes()),
             from.to_string(),
             disk.to_string(),
-        )];
-        r.forward_many(&moves, c.current.topo.generation, FORWARD_TTL_SECS)?;
-        r.flush()?;
+        );
+        r.forward_durably(mv, c.current.topo.generation, FORWARD_TTL_SECS)?;
     }
     Ok(Migrated::Stored)
 }
