@@ -435,8 +435,12 @@ fn wait_turn(ctx: &Ctx, size: u64) -> bool {
 /// Cross-node moves in flight at once per node: each is a round trip to the receiver and
 /// its fsyncs, then the fence and the source's delete, so one at a time leaves the link and
 /// the disks idle most of the time (measured in BENCHMARKS: 4 -> 5 agents, ~14 MB/s per
-/// node with one). At most this many peer connections per node (the client's pool keeps 8).
-pub const REMOTE_STREAMS: usize = 8;
+/// node with one). 16 rather than 8: a stream waits on the fence and the source's delete
+/// after each answer, and 8 left the receiver idle between them (per node 1.2-1.6 s against
+/// 2.0-2.2 s for the same moves, BENCHMARKS session 20). At most this many peer connections
+/// per node (the client's pool keeps as many); a receiver serves at most
+/// `peer::server::Limits::migrations` of them at once, from all its senders.
+pub const REMOTE_STREAMS: usize = 16;
 
 /// Moves to other nodes through the node's sender, `REMOTE_STREAMS` at once (taken in spill
 /// order), beside the engine's same-node moves, under the job's pause and rates (a move's

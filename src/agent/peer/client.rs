@@ -32,7 +32,7 @@ use xxhash_rust::xxh3::Xxh3;
 pub type Resolver = Box<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
 
 /// Idle connections kept per node.
-const POOL_PER_NODE: usize = 8;
+const POOL_PER_NODE: usize = 16;
 /// Idle connections older than this are not reused (the server closes after 60 s idle).
 const POOL_AGE: Duration = Duration::from_secs(20);
 /// A node's address is asked for again after this long, or at once when it cannot be

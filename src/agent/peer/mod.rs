@@ -17,6 +17,7 @@ pub mod client;
 pub mod migrate;
 pub mod msg;
 pub mod server;
+mod slots;
 pub mod wire;
 
 pub use client::PeerClient;

@@ -3,6 +3,9 @@
 //! connection, at most `Limits::inflight` requests served at once (more are answered Busy),
 //! every read and write bounded by `Limits::timeout`, a connection idle for `Limits::idle`
 //! closed. Requests work on this node's disks only (the object layer in the cell).
+//! Migrations (another node's rebalance sending here) take at most `Limits::migrations` of
+//! the in-flight slots, waiting for one up to `MIGRATION_WAIT`: the rest stay for clients'
+//! requests, which a rebalance from many nodes at once would otherwise crowd out (Busy).
 
 use super::migrate::{self, Migrated};
 use super::msg::{Code, Entry, MAX_BURY, Msg, Range, Req};
@@ -30,7 +33,12 @@ pub struct Limits {
     pub idle: Duration,
     /// Largest object a Put or Migrate may carry.
     pub max_object: u64,
+    /// Migrations served at once (fewer than `inflight`: the others are for clients).
+    pub migrations: usize,
 }
+
+/// Longest wait of a migration for a slot before it is answered Busy (its sender tries again).
+const MIGRATION_WAIT: Duration = Duration::from_secs(10);
 
 impl Default for Limits {
     fn default() -> Self {
@@ -40,6 +48,7 @@ impl Default for Limits {
             timeout: Duration::from_secs(30),
             idle: Duration::from_secs(60),
             max_object: 5 << 30,
+            migrations: 48,
         }
     }
 }
@@ -76,6 +85,7 @@ struct Ctx {
     limits: Limits,
     conns: AtomicUsize,
     inflight: AtomicUsize,
+    migrating: super::slots::Slots,
     requests: AtomicU64,
 }
 
@@ -96,9 +106,10 @@ pub fn start(
         me: me.to_string(),
         cell,
         onward,
-        limits,
         conns: AtomicUsize::new(0),
         inflight: AtomicUsize::new(0),
+        migrating: super::slots::Slots::new(limits.migrations),
+        limits,
         requests: AtomicU64::new(0),
     });
     let s = stop.clone();
@@ -176,6 +187,18 @@ fn serve_conn(
             return Err(w.unexpected(&m));
         };
         ctx.requests.fetch_add(1, Ordering::Relaxed);
+        // taken before an in-flight slot: a migration waiting for its turn holds none
+        let slot = match &req {
+            Req::Migrate(_) => match ctx.migrating.take(MIGRATION_WAIT) {
+                Some(s) => Some(s),
+                None => {
+                    let busy = format!("node {}: too many migrations in flight", ctx.me);
+                    w.send(&failure(Code::Busy, 0, busy))?;
+                    return Ok(());
+                }
+            },
+            _ => None,
+        };
         if ctx.inflight.fetch_add(1, Ordering::AcqRel) >= ctx.limits.inflight {
             ctx.inflight.fetch_sub(1, Ordering::AcqRel);
             let busy = format!("node {}: too many requests in flight", ctx.me);
@@ -184,6 +207,7 @@ fn serve_conn(
         }
         let r = serve_req(&mut w, ctx, req);
         ctx.inflight.fetch_sub(1, Ordering::AcqRel);
+        drop(slot);
         match r {
             Ok(true) => {}
             Ok(false) => return Ok(()),
