@@ -52,6 +52,8 @@ pub struct Conn {
     rbuf: Vec<u8>,
     rstart: usize,
     rend: usize,
+    /// `READ_AHEAD` (tests set less, to reach the limit with little data).
+    read_ahead: usize,
 }
 
 fn proto(e: ProtoError) -> io::Error {
@@ -108,6 +110,7 @@ impl Conn {
             rbuf: vec![0; RBUF],
             rstart: 0,
             rend: 0,
+            read_ahead: READ_AHEAD,
         })
     }
 
@@ -242,6 +245,12 @@ impl Conn {
             if self.read_some()? {
                 continue;
             }
+            // push_out reads while the socket is full: what it decoded is here to take, and a
+            // wait would sleep on an empty socket with it (both ends waiting until the idle
+            // limit, the peer's Flush among the messages)
+            if !self.inbox.is_empty() || self.broken.is_some() || self.eof {
+                continue;
+            }
             if Instant::now() >= deadline {
                 return Ok(None);
             }
@@ -287,7 +296,7 @@ impl Conn {
             return res;
         }
         let mut progress = false;
-        while self.inbox_bytes < READ_AHEAD {
+        while self.inbox_bytes < self.read_ahead {
             if self.rstart == self.rend {
                 match self.sock.read(&mut self.rbuf) {
                     Ok(0) => {
@@ -307,6 +316,10 @@ impl Conn {
                 .read_tls(&mut pending)
                 .map_err(|e| self.err("TLS read from", e))?;
             self.rstart += n;
+            // Bytes left from an earlier read (the inbox was full then) decode into messages
+            // with no socket read: that is progress too, or the caller would wait on the
+            // socket with them in the inbox.
+            progress |= n > 0;
             self.process()?;
         }
         Ok(progress)
@@ -326,11 +339,11 @@ impl Conn {
 
     /// [`Conn::read_some`] on the ring: TLS reads straight from the recv'd buffers.
     fn read_ring(&mut self, r: &mut super::ring::SockRing) -> io::Result<bool> {
-        let room = self.inbox_bytes < READ_AHEAD;
+        let room = self.inbox_bytes < self.read_ahead;
         r.turn(room, Duration::ZERO)
             .map_err(|e| self.sock_err("receive from", e))?;
         let mut progress = false;
-        while self.inbox_bytes < READ_AHEAD {
+        while self.inbox_bytes < self.read_ahead {
             let Some(mut bytes) = r.received() else {
                 if r.eof && !self.eof {
                     (self.eof, progress) = (true, true);
@@ -407,7 +420,7 @@ impl Conn {
             self.ring = Some(r);
             return res;
         }
-        if self.rstart < self.rend && self.inbox_bytes < READ_AHEAD {
+        if self.rstart < self.rend && self.inbox_bytes < self.read_ahead {
             return Ok(true); // bytes already here: no need to wait for the socket
         }
         let left = deadline.saturating_duration_since(Instant::now());
@@ -418,7 +431,7 @@ impl Conn {
             return Ok(false);
         }
         // A full inbox is not read until the caller takes from it (no busy loop on POLLIN).
-        let mut events = if self.inbox_bytes < READ_AHEAD {
+        let mut events = if self.inbox_bytes < self.read_ahead {
             libc::POLLIN
         } else {
             0
@@ -452,7 +465,7 @@ impl Conn {
         write: bool,
         deadline: Instant,
     ) -> io::Result<bool> {
-        let room = self.inbox_bytes < READ_AHEAD;
+        let room = self.inbox_bytes < self.read_ahead;
         if room && r.received().is_some() {
             return Ok(true);
         }
@@ -627,5 +640,53 @@ fn keepalive(sock: &TcpStream) {
             &on as *const _ as *const libc::c_void,
             std::mem::size_of::<libc::c_int>() as u32,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes left in the read buffer when the inbox reached its limit decode into messages
+    /// later without a socket read: the receiver must take them, not wait on the socket
+    /// (which is empty: the sender has sent everything and waits for an answer).
+    #[test]
+    fn messages_left_in_the_read_buffer_are_taken_without_waiting_on_the_socket() {
+        let d = tempfile::tempdir().unwrap();
+        let ca = d.path().join("ca");
+        crate::net::certs::init(&ca).unwrap();
+        for n in ["127.0.0.1", "client"] {
+            crate::net::certs::issue(&ca, n, 0, 2).unwrap();
+        }
+        let server = crate::net::tls::server_config(&ca.join("127.0.0.1")).unwrap();
+        let client = crate::net::tls::client_config(&ca.join("client")).unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let rx = std::thread::spawn(move || {
+            let mut c = crate::net::session::accept(l.accept().unwrap().0, server).unwrap();
+            c.read_ahead = 32 << 10;
+            // everything is in the socket before the first read
+            std::thread::sleep(Duration::from_millis(300));
+            let (mut data, start) = (0, Instant::now());
+            loop {
+                match c.recv_timeout(Duration::from_secs(5)).unwrap() {
+                    Some(Msg::Data { bytes }) => data += bytes.len(),
+                    Some(Msg::Flush) => break,
+                    Some(other) => panic!("unexpected {other:?}"),
+                    None => panic!("waited 5 s with {data} bytes taken: the Flush is stuck"),
+                }
+            }
+            (data, start.elapsed(), c)
+        });
+        let mut c = crate::net::session::connect("127.0.0.1", port, client).unwrap();
+        let chunk = vec![7u8; 4096];
+        for _ in 0..25 {
+            c.send_data(&chunk).unwrap();
+        }
+        c.send(&Msg::Flush).unwrap();
+        c.flush().unwrap();
+        let (data, took, _keep) = rx.join().unwrap();
+        assert_eq!(data, 25 * 4096);
+        assert!(took < Duration::from_secs(2), "took {took:?}");
     }
 }
