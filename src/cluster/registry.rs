@@ -265,8 +265,8 @@ impl Registry {
         self.write(Durability::None, |w| {
             let items = moves
                 .iter()
-                .map(|(k, f, t)| (k.as_slice(), f.as_str(), t.as_str()));
-            put_forwards(w, items.map(|(k, f, t)| (k, f, t, generation, expires)))
+                .map(|(k, f, t)| (k.as_slice(), f.as_str(), t.as_str(), generation, expires));
+            put_forwards(w, items)
         })
     }
 
