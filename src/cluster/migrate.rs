@@ -6,7 +6,8 @@
 //! forwarding, then answers). `send_one` is the move of one object: under the key's lock
 //! (a client's write or delete of the key on this node waits for it) the object is hashed and
 //! sent; once the receiver answered, and only while this node still owns its moves (`Fence`:
-//! an etcd transaction), the source is deleted and its directory made durable.
+//! an etcd transaction), the source is deleted and the deletion made durable (a syncfs of
+//! its disk shared with the other moves off it: `disksync`).
 
 use super::store::Cluster;
 use crate::error::{Error, Target};
@@ -20,7 +21,7 @@ use std::sync::Arc;
 /// What the receiving node did with a migrated copy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// Durable on the owner disk (temp, fsync, rename, directory fsync) with the sender's
+    /// Durable on the owner disk (temp, syncfs, rename, syncfs) with the sender's
     /// xxh3; its location and a forwarding entry are recorded there.
     Stored,
     /// A newer client write of the key is on the owner already: the copy was dropped, and the
@@ -152,6 +153,14 @@ fn stamp(m: &std::fs::Metadata) -> (u64, i64, i64, u64) {
 /// forwarding entry this node's registry records for readers that still come here.
 pub fn send_one(local: &Local, it: &Remote, generation: u64, ttl: u64) -> Result<Sent, Error> {
     let _g = local.cluster.lock(&it.bucket, &it.key);
+    let Some(root) = local.cluster.disk_path(&it.from) else {
+        return Err(Error::failed(
+            "migrate",
+            &it.src,
+            "not on a disk of this node",
+        ));
+    };
+    let disk_sync = super::disksync::disk(root)?; // before the unlink it covers
     let mut f = match std::fs::File::open(&it.src) {
         Ok(f) => f,
         Err(e) if is_enoent(&e) => return Ok(Sent::Superseded),
@@ -204,7 +213,7 @@ pub fn send_one(local: &Local, it: &Remote, generation: u64, ttl: u64) -> Result
         r.forward_many(&[(fk, it.from.clone(), it.disk.clone())], generation, ttl)?;
     }
     meta::unlink(&it.src)?;
-    super::store::sync_dir(meta::parent_dir(&it.src))?; // begun after the unlink, shared
+    disk_sync.sync()?; // begun after the unlink, shared with the moves off this disk
     Ok(match outcome {
         Outcome::Stored => Sent::Moved(size),
         Outcome::Superseded => Sent::Superseded,

@@ -1,5 +1,6 @@
 //! Cluster map and placement: where every object belongs (topology, placement v1, plans).
 
+pub mod disksync;
 pub mod identity;
 pub mod migrate;
 pub mod placement;

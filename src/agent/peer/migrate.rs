@@ -4,8 +4,9 @@
 //! here is at least as new as the copy).
 
 use super::msg::Migrate;
+use crate::cluster::disksync;
 use crate::cluster::registry::FORWARD_TTL_SECS;
-use crate::cluster::store::{Cluster, full_key, object_path, sync_dir, validate};
+use crate::cluster::store::{Cluster, full_key, object_path, validate};
 use crate::error::Error;
 use crate::meta;
 use std::fs::{File, FileTimes};
@@ -30,9 +31,9 @@ fn stamp(t: SystemTime) -> (i64, i64) {
 }
 
 /// Stores `m.bucket/m.key` on the local disk `m.disk` (`set/disk`) from `fill`, with the
-/// source's mtime: temp → fsync; then under the key's lock: the newer mtime wins (a tie
+/// source's mtime: temp → syncfs; then under the key's lock: the newer mtime wins (a tie
 /// keeps what is there; a tombstone at least as new as the copy drops it), rename,
-/// directory fsync (one begun after the rename, shared: `store::sync_dir`), registry
+/// syncfs (one begun after the rename; both shared: `cluster::disksync`), registry
 /// (location + forwarding entry from `m.from`, made durable in a commit shared with the
 /// copies landing at the same time). `fill` fails (and nothing is
 /// named) on a short body or an xxh3 mismatch.
@@ -53,14 +54,16 @@ pub fn store(
     let dst = object_path(&root, bucket, key.as_bytes());
     let dir = meta::parent_dir(&dst).to_path_buf();
     crate::cluster::identity::make_dirs_below(&root, &dir)?;
+    let disk_sync = disksync::disk(&root)?; // taken before the writes it covers
     let tmp = crate::temp::temp_name(&dst, &crate::temp::Token::random());
     let mut f = File::from(meta::create_temp(&tmp)?);
     let written = fill(&mut f)
         .and_then(|_| f.set_times(FileTimes::new().set_modified(mtime)))
-        .and_then(|_| f.sync_all())
         .map_err(|e| Error::os("migrate", &tmp, e));
     drop(f);
-    if let Err(e) = written {
+    // The data is durable before the name: one syncfs shared with the copies landing on
+    // this disk at once.
+    if let Err(e) = written.and_then(|_| disk_sync.sync()) {
         let _ = meta::unlink(&tmp); // best effort; `e` is what the sender sees
         return Err(e);
     }
@@ -92,7 +95,7 @@ pub fn store(
         let _ = meta::unlink(&tmp);
         return Err(e);
     }
-    sync_dir(&dir)?; // shared with the moves landing in the same directory
+    disk_sync.sync()?; // begun after the rename: the name is durable
     if let Some(r) = &c.registry {
         let mv = (
             full_key(bucket, key.as_bytes()),
