@@ -114,6 +114,11 @@ impl Cluster {
         self.agents.insert(node.to_string(), child);
     }
 
+    /// The pid of the agent process running as `node` (`ip netns exec` execs in place).
+    pub fn pid(&self, node: &str) -> Option<u32> {
+        self.agents.get(node).map(|c| c.id())
+    }
+
     pub fn signal(&self, node: &str, sig: i32) {
         let pid = self.agents[node].id() as i32;
         // SAFETY: a child of ours, by pid.

@@ -114,14 +114,17 @@ impl Nodes {
         }
     }
 
-    /// Whether `n`'s live member record names its peer address (the others can reach it).
+    /// Whether `n`'s live member record is the running process's and names its peer address
+    /// (the others can reach it). A record left by a killed agent lives on until its lease
+    /// runs out, with the old process's port: that one does not count.
     pub fn peer_published(&self, n: &str) -> bool {
         use ferry::agent::ClusterStore;
         let Ok(Some(kv)) = self.c.store.get(&self.c.keys.member(n)) else {
             return false;
         };
         let v: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
-        v["peer"].is_string()
+        let pid = self.c.pid(n).map(u64::from);
+        v["peer"].is_string() && pid.is_some() && v["pid"].as_u64() == pid
     }
 
     pub fn status(&self) -> Value {
