@@ -590,3 +590,106 @@ fn a_node_restarted_on_another_address_is_reached_at_once() {
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     f.nodes.insert("n2".into(), Node { cell, server });
 }
+
+/// A source that yields `first` bytes, then waits until `gate` is released (or dropped),
+/// then yields the rest: a body that stalls mid-way, holding its request's slots.
+fn gated(
+    data: Vec<u8>,
+    first: usize,
+    gate: std::sync::mpsc::Receiver<()>,
+) -> impl FnMut() -> std::io::Result<Option<Bytes>> {
+    let mut at = 0;
+    move || {
+        if at == first {
+            let _ = gate.recv();
+        }
+        if at >= data.len() {
+            return Ok(None);
+        }
+        let n = if at < first { first } else { data.len() } - at;
+        at += n;
+        Ok(Some(Bytes::copy_from_slice(&data[at - n..at])))
+    }
+}
+
+/// Waits until `n2` has received `n` requests (each counted before it takes any slot).
+fn received(f: &Fixture, n: u64) {
+    let t = Instant::now();
+    while f.nodes["n2"].server.requests() < n {
+        assert!(t.elapsed() < Duration::from_secs(10), "{} requests", n);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(100)); // past its slot checks
+}
+
+/// Migrations take at most `Limits::migrations` of a node's in-flight requests, and one
+/// waiting for its turn holds none: with every migration slot held by stalled bodies and a
+/// third migration waiting, a client's stalled Put and a Get are still served; the waiting
+/// migration is stored once a slot is freed.
+#[test]
+fn migrations_waiting_for_a_slot_leave_the_clients_theirs() {
+    let f = fixture(Limits {
+        inflight: 4,
+        migrations: 2,
+        ..Limits::default()
+    });
+    let old = UNIX_EPOCH + Duration::new(1_600_000_000, 0);
+    let body = pattern(600 << 10);
+    let c = Arc::new(f.client("n1"));
+    c.put("n2", "s2/d1", ("b", "g/1"), Some(3), &mut source(b"get", 3))
+        .unwrap();
+    let base = f.nodes["n2"].server.requests();
+    let mut gates = Vec::new();
+    let mut moving = Vec::new();
+    for i in 0..3u64 {
+        let (tx, rx) = std::sync::mpsc::channel();
+        gates.push(tx);
+        let (c, body) = (c.clone(), body.clone());
+        moving.push(std::thread::spawn(move || {
+            let key = format!("m/{i}");
+            let len = body.len() as u64;
+            let mut src = gated(body, 300 << 10, rx);
+            c.migrate(
+                "n2",
+                ("s2/d0", "s1/d0"),
+                ("b", &key),
+                (len, old, None),
+                &mut src,
+            )
+        }));
+        received(&f, base + i + 1);
+    }
+    // Two migrations hold their slots mid-body; the third waits for one.
+    let (ptx, prx) = std::sync::mpsc::channel();
+    let put = {
+        let (c, body) = (c.clone(), body.clone());
+        std::thread::spawn(move || {
+            let mut src = gated(body, 300 << 10, prx);
+            c.put("n2", "s2/d1", ("b", "p/1"), Some(600 << 10), &mut src)
+        })
+    };
+    received(&f, base + 4);
+    let t = Instant::now();
+    let got = c
+        .get("n2", "b", "g/1", None, true)
+        .expect("a client's Get is served");
+    assert_eq!(read_all(got).2, b"get");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    let waiting = f.dir.path().join("s2d0/b/m/2");
+    assert!(!waiting.exists(), "the third migration waits for a slot");
+    ptx.send(()).unwrap();
+    assert!(put.join().unwrap().is_ok(), "the client's Put");
+    for g in &gates {
+        g.send(()).unwrap();
+    }
+    for (i, m) in moving.into_iter().enumerate() {
+        let r = m.join().unwrap();
+        assert_eq!(r.unwrap(), Migrated::Stored, "migration {i}");
+        let p = f.dir.path().join(format!("s2d0/b/m/{i}"));
+        assert_eq!(std::fs::read(&p).unwrap(), body, "m/{i}");
+    }
+    assert_eq!(
+        std::fs::read(f.dir.path().join("s2d1/b/p/1")).unwrap(),
+        body
+    );
+}
