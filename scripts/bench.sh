@@ -13,7 +13,7 @@
 #
 # usage: [FERRY=BIN] [FERRY_B=BIN] [FERRY_ARGS=...] [PEERS=DIR] scripts/bench.sh
 #            [-s "large mixed small"] [-r RUNS] [-c "cold warm"] [-d WORKDIR]
-#            [-D "ext4 ext4nj xfs root tmpfs disk"] [-t|-f] [-o FILE]
+#            [-D "ext4 ext4nj xfs root tmpfs disk"] [-t|-f] [-o FILE] [-w]
 #   -D  destinations, each run of each tool in each (root for ext4, xfs, tmpfs and cold):
 #       ext4   a fresh ext4 (default mkfs, with journal) on a loop device over a file in WORKDIR,
 #              made anew before every run. Why: on an ext4 without a journal (this VM's root
@@ -31,6 +31,8 @@
 #       tmpfs  data and destination on a tmpfs under WORKDIR (warm only: no cold cache)
 #       disk   a directory beside the data in WORKDIR (the default; removed between runs)
 #   -f  = -D ext4;  -t = -D tmpfs (the older spellings)
+#   -w  one run of the first tool before each shape/destination/cache's runs, not counted (the
+#       first run into memory not used since boot pays for the VM's first touch of it)
 #   -o  also append the raw results (shape cache dest tool seconds rss_kb cpu_s_per_gb) to FILE
 #   TOOLS="fcp xcp cpz": only these peers (of those installed; ferry always runs).
 #   FERRY_B: a second ferry binary, benchmarked as the tool "ferry-b" in the same runs (paired
@@ -39,9 +41,10 @@
 #   PEERS=/work/peers scripts/bench.sh -s "small mixed" -r 3 -c "cold warm" -D "ext4 xfs root tmpfs"
 set -euo pipefail
 shapes="large mixed small"; runs=3; caches="cold warm"; work=/work/ferry-bench; dests=disk; raw=""
-while getopts "s:r:c:d:D:tfo:" o; do
+warmup=0
+while getopts "s:r:c:d:D:tfo:w" o; do
   case $o in s) shapes=$OPTARG;; r) runs=$OPTARG;; c) caches=$OPTARG;; d) work=$OPTARG;;
-    D) dests=$OPTARG;; t) dests=tmpfs;; f) dests=ext4;; o) raw=$OPTARG;;
+    D) dests=$OPTARG;; t) dests=tmpfs;; f) dests=ext4;; o) raw=$OPTARG;; w) warmup=1;;
     *) echo "bad option" >&2; exit 2;; esac
 done
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -133,6 +136,23 @@ unplace() { # dest
 }
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 
+# One timed run: shape cache dest tool, its line appended to FILE (and printed).
+one_run() {
+  local shape=$1 cache=$2 dest=$3 tool=$4 to=$5 t0 t1 rss usr sys
+  place "$dest" "$shape"
+  sync
+  if [ "$cache" = cold ]; then echo 3 > /proc/sys/vm/drop_caches; fi
+  if [ "$cache" = warm ]; then tar cf - "$src" 2>/dev/null | cat >/dev/null; fi
+  t0=$(date +%s.%N)
+  /usr/bin/time -f "%M %U %S" -o "$meas" bash -c "$(declare -f run_tool); ferry=$ferry; ferry_b='$ferry_b'; ferry_args='$ferry_args'; run_tool $tool '$src' '$out'"
+  sync
+  t1=$(date +%s.%N)
+  read -r rss usr sys < <(tail -1 "$meas")
+  local tag=""; [ "$to" = /dev/null ] && tag=" (warm-up, not counted)"
+  echo "$shape $cache $dest $tool $(awk "BEGIN{printf \"%.3f\", $t1 - $t0}") $rss $(awk "BEGIN{printf \"%.3f\", ($usr + $sys) / ($bytes / 1e9)}")$tag" | tee -a "$to" >&2
+  unplace "$dest"
+}
+
 results=$(mktemp); meas=$(mktemp)
 load0=$(loadavg)
 echo "# $(date -u +%FT%TZ) $(uname -r) $(nproc) cores, load $load0; destinations: $dests; tools: ${tools[*]}" >&2
@@ -142,21 +162,14 @@ for shape in $shapes; do
   for dest in $dests; do
     for cache in $caches; do
       if [ "$dest" = tmpfs ] && [ "$cache" = cold ]; then continue; fi
+      # -w: one run first, not counted: the first run into memory the machine has not used
+      # since boot pays for the VM's first touch of it (BENCHMARKS, session 22)
+      if [ "$warmup" = 1 ]; then one_run "$shape" "$cache" "$dest" "${tools[0]}" /dev/null; fi
       for ((r = 0; r < runs; r++)); do
         order=("${tools[@]}")
         if ((r % 2)); then order=($(printf '%s\n' "${tools[@]}" | tac)); fi
         for tool in "${order[@]}"; do
-          place "$dest" "$shape"
-          sync
-          if [ "$cache" = cold ]; then echo 3 > /proc/sys/vm/drop_caches; fi
-          if [ "$cache" = warm ]; then tar cf - "$src" 2>/dev/null | cat >/dev/null; fi
-          t0=$(date +%s.%N)
-          /usr/bin/time -f "%M %U %S" -o "$meas" bash -c "$(declare -f run_tool); ferry=$ferry; ferry_b='$ferry_b'; ferry_args='$ferry_args'; run_tool $tool '$src' '$out'"
-          sync
-          t1=$(date +%s.%N)
-          read -r rss usr sys < <(tail -1 "$meas")
-          echo "$shape $cache $dest $tool $(awk "BEGIN{printf \"%.3f\", $t1 - $t0}") $rss $(awk "BEGIN{printf \"%.3f\", ($usr + $sys) / ($bytes / 1e9)}")" | tee -a "$results" >&2
-          unplace "$dest"
+          one_run "$shape" "$cache" "$dest" "$tool" "$results"
         done
       done
     done
