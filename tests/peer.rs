@@ -616,7 +616,11 @@ fn gated(
 fn received(f: &Fixture, n: u64) {
     let t = Instant::now();
     while f.nodes["n2"].server.requests() < n {
-        assert!(t.elapsed() < Duration::from_secs(10), "{} requests", n);
+        let got = f.nodes["n2"].server.requests();
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{got} of {n} requests"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     std::thread::sleep(Duration::from_millis(100)); // past its slot checks

@@ -120,7 +120,7 @@ impl Cluster {
     }
 
     pub fn signal(&self, node: &str, sig: i32) {
-        let pid = self.agents[node].id() as i32;
+        let pid = self.pid(node).expect("an agent started as this node") as i32;
         // SAFETY: a child of ours, by pid.
         unsafe { libc::kill(pid, sig) };
     }

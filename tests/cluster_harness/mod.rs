@@ -123,8 +123,8 @@ impl Nodes {
             return false;
         };
         let v: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
-        let pid = self.c.pid(n).map(u64::from);
-        v["peer"].is_string() && pid.is_some() && v["pid"].as_u64() == pid
+        let running = self.c.pid(n).map(u64::from);
+        v["peer"].is_string() && running.is_some_and(|p| v["pid"].as_u64() == Some(p))
     }
 
     pub fn status(&self) -> Value {
