@@ -21,7 +21,7 @@
 #           reports the paced migration against that leftover
 #
 #   scripts/cluster-rebalance-bench.sh [-r RUNS] [-p PARTS] [-n OBJECTS] [-m MAX_SIZE]
-#       [-M COUNTS] [-c CLIENT_OPS] [-K RATES] [-o CSV_DIR] [-S]
+#       [-M COUNTS] [-c CLIENT_OPS] [-K RATES] [-o CSV_DIR] [-S] [-F FS]
 #     RUNS        runs per case, medians reported (default 3; cases alternate per run)
 #     PARTS       comma list of speed, memory, userio, knee (default speed,memory,userio)
 #     OBJECTS     objects loaded for speed and userio (default 4000; sizes skewed small)
@@ -31,30 +31,49 @@
 #                 at nice 19) instead of loading them through S3: 1M objects in minutes
 #     CLIENT_OPS  the userio client load, ops/s (default 200)
 #     RATES       the knee part's fixed rates per agent (default 4M,8M,16M,32M)
+#     FS          where the nodes' disks and state dirs (and the copy's export) live: root (the
+#                 default: under TMPDIR) or a fresh xfs, ext4 or ext4nj on a loop device over
+#                 $WORK/fresh.img (WORK default /work/ferry-bench; root and xfsprogs needed),
+#                 made anew for every demo run. Why: on this VM's root ext4 (no journal) every
+#                 create rescans the inodes freed in the last 100 minutes (see bench.sh), and
+#                 here the senders free theirs on the receiver's filesystem a moment before it
+#                 creates its copies: a third of the receiver's CPU in perf. Real nodes do not
+#                 share a filesystem, and storage nodes run XFS.
 #   FERRY=BIN benchmarks another binary; FERRY_B=BIN adds a paired run of that binary (speed:
 #   a "ferryB" line, alternating with FERRY in each run: before/after in the same run).
 # Every line ends with the 1-minute load average: the machine may be shared with other
 # work, read the numbers with it. Needs etcd, bc.
 set -euo pipefail
 RUNS=3; PARTS=speed,memory,userio; OBJECTS=4000; MAX=1M; COUNTS=10000,100000; OPS=200
-OUT=; SEED=; RATES=4M,8M,16M,32M
-while getopts r:p:n:m:M:c:o:K:S o; do
+OUT=; SEED=; RATES=4M,8M,16M,32M; FS=root
+while getopts r:p:n:m:M:c:o:K:SF: o; do
   case $o in
     r) RUNS=$OPTARG ;; p) PARTS=$OPTARG ;; n) OBJECTS=$OPTARG ;; m) MAX=$OPTARG ;;
     M) COUNTS=$OPTARG ;; c) OPS=$OPTARG ;; o) OUT=$OPTARG ;; S) SEED=--seed ;; K) RATES=$OPTARG ;;
-    *) sed -n '2,37p' "$0"; exit 2 ;;
+    F) FS=$OPTARG ;;
+    *) sed -n '2,45p' "$0"; exit 2 ;;
   esac
 done
 FERRY=$(realpath "${FERRY:-$(dirname "$0")/../target/release/ferry}")
 FERRY_B=${FERRY_B:+$(realpath "$FERRY_B")}
 command -v etcd >/dev/null || { echo "cluster-rebalance-bench: etcd missing (apt-get install etcd-server)"; exit 2; }
 command -v bc >/dev/null || { echo "cluster-rebalance-bench: bc missing"; exit 2; }
+case $FS in
+  root) ;;
+  xfs|ext4|ext4nj)
+    [ "$(id -u)" = 0 ] || { echo "cluster-rebalance-bench: -F $FS needs root (mount)"; exit 2; }
+    [ "$FS" != xfs ] || command -v mkfs.xfs >/dev/null || { echo "cluster-rebalance-bench: mkfs.xfs missing (apt-get install xfsprogs)"; exit 2; }
+    WORK=${WORK:-/work/ferry-bench}; mkdir -p "$WORK"
+    . "$(dirname "$0")/fresh-fs.sh" ;;
+  *) echo "cluster-rebalance-bench: -F root|xfs|ext4|ext4nj, not $FS"; exit 2 ;;
+esac
 W=$(mktemp -d "${TMPDIR:-/tmp}/ferry-rbbench.XXXXXX")
 OUT=${OUT:-$W/csv}
 mkdir -p "$OUT"
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  if [ "$FS" != root ]; then fresh_fs_off; fi
   rm -rf "$W"
 }
 trap cleanup EXIT
@@ -72,8 +91,17 @@ field() { sed -n "s/$1/\\1/p" "$2" | head -1; }  # $1 = a sed pattern with one g
 # and every sample into $2.ts (t_s,node,phase,VmRSS,RssAnon,RssFile kB; the phase from the log).
 demo() {
   local bin=$1 log=$2; shift 2
-  rm -rf "$W/demo"; mkdir -p "$W/demo"
-  TMPDIR="$W/demo" FERRY_DEMO_KEEP=1 "$bin" demo --cluster "$@" >"$log" 2>&1 &
+  local base=$W/demo
+  if [ "$FS" != root ]; then
+    # room for the objects (sizes skewed small: a third of the largest each, at most), the
+    # moved copies and the copy's export; inodes for them, their temps and the state dirs
+    local objs max; objs=$(echo "$@" | sed -n 's/.*--objects \([0-9]*\).*/\1/p')
+    max=$(numfmt --from=iec "$(echo "$@" | sed -n 's/.*--max-size \([0-9A-Za-z]*\).*/\1/p')")
+    fresh_fs_on "$WORK/fresh.img" "$W/fs" "=$((objs * max / 3 + 268435456)):$((objs * 3 + 20000))" "$FS"
+    base=$W/fs/demo
+  fi
+  rm -rf "$base"; mkdir -p "$base"
+  TMPDIR="$base" FERRY_DEMO_KEEP=1 "$bin" demo --cluster "$@" >"$log" 2>&1 &
   local d=$!; PIDS+=("$d")
   declare -A hwm=()
   local t0; t0=$(now)
@@ -96,7 +124,7 @@ demo() {
   done
   local rc=0; wait "$d" || rc=$?
   for c in "${!hwm[@]}"; do echo "$c ${hwm[$c]}"; done >"$log.rss"
-  ls -d "$W"/demo/ferry-cluster-demo-* >"$log.dir" 2>/dev/null || true
+  ls -d "$base"/ferry-cluster-demo-* >"$log.dir" 2>/dev/null || true
   [ $rc -eq 0 ] || { echo "demo failed (exit $rc), log:"; tail -20 "$log"; return 1; }
 }
 
@@ -111,19 +139,20 @@ copy_moved() {
   local bin=$1 dir; dir=$(cat "$2.dir")
   [ -d "$W/ca" ] || { "$FERRY" certs init "$W/ca" >/dev/null 2>&1;
     for n in 127.0.0.1 client; do "$FERRY" certs issue "$W/ca" $n >/dev/null 2>&1; done; }
-  rm -rf "$W/exp" "$W/cstate"; mkdir -p "$W/exp"
+  local exp; exp=$(dirname "$dir")/exp # beside the demo's disks: the same filesystem
+  rm -rf "$exp" "$W/cstate"; mkdir -p "$exp"
   local src=("$dir/disks/n5a" "$dir/disks/n5b")
   local files bytes
   files=$(find "${src[@]}" -type f ! -name '.ferry-*' | wc -l)
   bytes=$(find "${src[@]}" -type f ! -name '.ferry-*' -printf '%s\n' | awk '{s+=$1} END {print s+0}')
-  "$bin" serve --listen 127.0.0.1:$PORT --export data="$W/exp" --tls-dir "$W/ca/127.0.0.1" \
+  "$bin" serve --listen 127.0.0.1:$PORT --export data="$exp" --tls-dir "$W/ca/127.0.0.1" \
     --state-dir "$W/serve-state" 2>>"$W/serve.log" &
   local s=$!; PIDS+=("$s"); sleep 0.5
   sync
   local t0 t1; t0=$(now)
   "$bin" copy -q "${src[@]}" "ferry://127.0.0.1:$PORT/data/" --tls-dir "$W/ca/client" \
     --state-dir "$W/cstate" --fresh >/dev/null
-  sync -f "$W/exp"
+  sync -f "$exp"
   t1=$(now)
   kill "$s" 2>/dev/null || true; wait "$s" 2>/dev/null || true
   local secs; secs=$(echo "$t1 - $t0" | bc)
@@ -247,5 +276,5 @@ part_knee() {
   [ "$best" = 0 ] || echo "$best" >"$W/knee"
 }
 
-echo "cluster-rebalance-bench: $(nproc) CPUs, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg) (the machine may be shared)"
+echo "cluster-rebalance-bench: $(nproc) CPUs, $(uname -r), disks on $FS, load $(cut -d' ' -f1-3 /proc/loadavg) (the machine may be shared)"
 for p in ${PARTS//,/ }; do "part_$p"; done

@@ -3,6 +3,7 @@
 # I/O to it, so the page cache holds one copy of the data, not two).
 #   fresh_fs_on IMG MNT DIR [ext4|xfs]   makes and mounts a filesystem (default ext4) at MNT
 #                                        with room for two copies of DIR
+#   fresh_fs_on IMG MNT =BYTES:FILES ... the same with room for two copies of BYTES in FILES
 #   fresh_fs_off              unmounts and detaches it (safe to repeat); the image stays, cached
 # The image is written through once and kept: over a sparse file every block a copy writes would
 # be allocated twice, in the new ext4 and again in the root filesystem under the image (and the
@@ -47,7 +48,8 @@ fresh_fs_on() {
     flock -n "$fresh_lock" || { echo "$fresh_img is in use by another benchmark run" >&2; exit 2; }
   fi
   local bytes files mib
-  bytes=$(du -sb "$3" | cut -f1); files=$(find "$3" | wc -l)
+  if [[ $3 =~ ^=([0-9]+):([0-9]+)$ ]]; then bytes=${BASH_REMATCH[1]}; files=${BASH_REMATCH[2]}
+  else bytes=$(du -sb "$3" | cut -f1); files=$(find "$3" | wc -l); fi
   mib=$(( bytes * 2 / 1048576 + 2048 ))
   fresh_prewrite "$fresh_img" "$mib"
   # Inode tables written now (not by the lazy-init thread during the run); no discard pass.

@@ -697,3 +697,104 @@ fn migrations_waiting_for_a_slot_leave_the_clients_theirs() {
         body
     );
 }
+
+fn object<'a>(key: &'a str, body: &[u8], mtime: SystemTime) -> ferry::cluster::migrate::Object<'a> {
+    ferry::cluster::migrate::Object {
+        from: "s1/d0",
+        bucket: "b",
+        key: key.as_bytes(),
+        size: body.len() as u64,
+        mtime,
+        hash: xxhash_rust::xxh3::xxh3_64(body),
+    }
+}
+
+/// Temp files under `dir` (`ferry::temp::is_temp_name`), recursively.
+fn temps_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(temps_under(&p));
+        } else if ferry::temp::is_temp_name(e.file_name().as_encoded_bytes()) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_batch_of_migrated_copies_lands_each_once_and_a_bad_body_names_none() {
+    use ferry::cluster::migrate::{Migrate as _, Outcome};
+    use std::io::Read;
+    let f = fixture(Limits::default());
+    let c = f.client("n1");
+    let old = UNIX_EPOCH + Duration::new(1_600_000_000, 7);
+    // A client's newer write of m/b is at the owner before its old copy arrives.
+    c.put("n2", "s2/d1", ("b", "m/b"), Some(3), &mut source(b"new", 3))
+        .unwrap();
+    let (a, b) = (pattern(70_000), b"old".to_vec());
+    let (oa, ob, oa2) = (
+        object("m/a", &a, old),
+        object("m/b", &b, old),
+        object("m/a", &a, old),
+    );
+    let (mut ra, mut rb, mut ra2) = (&a[..], &b[..], &a[..]);
+    let mut items: Vec<(&str, _, &mut dyn Read)> = vec![
+        ("s2/d1", &oa, &mut ra),
+        ("s2/d1", &ob, &mut rb),
+        ("s2/d0", &oa2, &mut ra2), // the same key twice in one batch: its stripe locked once
+    ];
+    let got = c.migrate_many("n2", &mut items).unwrap();
+    let got: Vec<_> = got.into_iter().map(|r| r.unwrap()).collect();
+    assert_eq!(got, [Outcome::Stored, Outcome::Superseded, Outcome::Stored]);
+    let root = f.dir.path();
+    for d in ["s2d1", "s2d0"] {
+        let p = root.join(d).join("b/m/a");
+        assert_eq!(std::fs::read(&p).unwrap(), a, "{d}: the copy's bytes");
+        assert_eq!(std::fs::metadata(&p).unwrap().modified().unwrap(), old);
+    }
+    assert_eq!(
+        std::fs::read(root.join("s2d1/b/m/b")).unwrap(),
+        b"new",
+        "the write won"
+    );
+    let reg = f.cluster("n2");
+    let r = reg.registry.as_ref().unwrap();
+    assert_eq!(r.forwarding(b"b/m/a").unwrap().unwrap().from, "s1/d0");
+    // A disk n2 does not serve, second in a batch: an error for the whole batch, the first
+    // copy is not named either.
+    let (oc, od) = (object("m/c", b"cc", old), object("m/d", b"dd", old));
+    let (mut rc, mut rd) = (&b"cc"[..], &b"dd"[..]);
+    let mut items: Vec<(&str, _, &mut dyn Read)> =
+        vec![("s2/d0", &oc, &mut rc), ("s1/d1", &od, &mut rd)];
+    assert!(c.migrate_many("n2", &mut items).unwrap_err().is_usage());
+    assert!(!root.join("s2d0/b/m/c").exists());
+    // The second body's xxh3 differs from what its End says: none of the batch is named.
+    let tls = ferry::net::tls::client_config(&f.tls("n1")).unwrap();
+    let addr = f.nodes["n2"].server.addr.to_string();
+    let t = Duration::from_secs(5);
+    let mut w = Wire::connect(&addr, "n2", "n1", tls, t, t).unwrap();
+    let head = |key: &str| ferry::agent::peer::msg::Migrate {
+        disk: "s2/d0".into(),
+        from: "s1/d0".into(),
+        bucket: "b".into(),
+        key: key.into(),
+        size: 3,
+        mtime: old,
+    };
+    w.queue(&Msg::Req(Req::MigrateMany(vec![head("m/e"), head("m/f")])))
+        .unwrap();
+    for (body, hash) in [(b"eee", xxhash_rust::xxh3::xxh3_64(b"eee")), (b"fff", 1)] {
+        w.queue_data(body).unwrap();
+        w.send(&Msg::End { len: 3, hash }).unwrap();
+    }
+    match w.recv().unwrap() {
+        Msg::Error { msg, .. } => assert!(msg.contains("xxh3"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+    for k in ["m/c", "m/e", "m/f"] {
+        assert!(!root.join("s2d0/b").join(k).exists(), "{k} named");
+    }
+    assert_eq!(temps_under(root), Vec::<PathBuf>::new(), "temps left");
+}

@@ -50,6 +50,20 @@ pub trait Migrate: Send + Sync {
         obj: &Object,
         body: &mut dyn Read,
     ) -> Result<Outcome, Error>;
+
+    /// Several objects to `node` at once, each `(disk, object, body)` as for `migrate`: what
+    /// became of each, in order, or one error for all (then any of them may or may not be
+    /// stored there; the sources stay). By default one `migrate` after the other.
+    fn migrate_many(
+        &self,
+        node: &str,
+        items: &mut [(&str, &Object, &mut dyn Read)],
+    ) -> Result<Vec<Result<Outcome, Error>>, Error> {
+        Ok(items
+            .iter_mut()
+            .map(|(disk, obj, body)| self.migrate(node, disk, obj, *body))
+            .collect())
+    }
 }
 
 /// No transport to other nodes (yet): every cross-node move fails, saying so, and its source
@@ -153,59 +167,16 @@ fn stamp(m: &std::fs::Metadata) -> (u64, i64, i64, u64) {
 /// forwarding entry this node's registry records for readers that still come here.
 pub fn send_one(local: &Local, it: &Remote, generation: u64, ttl: u64) -> Result<Sent, Error> {
     let _g = local.cluster.lock(&it.bucket, &it.key);
-    let Some(root) = local.cluster.disk_path(&it.from) else {
-        return Err(Error::failed(
-            "migrate",
-            &it.src,
-            "not on a disk of this node",
-        ));
+    let Some(mut p) = opened(local, it)? else {
+        return Ok(Sent::Superseded);
     };
-    let disk_sync = super::disksync::disk(root)?; // before the unlink it covers
-    let mut f = match std::fs::File::open(&it.src) {
-        Ok(f) => f,
-        Err(e) if is_enoent(&e) => return Ok(Sent::Superseded),
-        Err(e) => return Err(Error::os("open", &it.src, e)),
-    };
-    let before = f.metadata().map_err(|e| Error::os("stat", &it.src, e))?;
-    let size = before.len();
-    let hash = hash_file(&mut f, &it.src, size)?;
-    let obj = Object {
-        from: &it.from,
-        bucket: &it.bucket,
-        key: &it.key,
-        size,
-        mtime: before
-            .modified()
-            .map_err(|e| Error::os("stat", &it.src, e))?,
-        hash,
-    };
-    let mut body = (&mut f).take(size);
+    let obj = p.object(it);
+    let mut body = (&mut p.file).take(obj.size);
     let outcome = local.sender.migrate(&it.node, &it.disk, &obj, &mut body)?;
-    // Under our lock only a writer from outside ferry can change the file; then the copy
-    // sent is not what is here, and the source must stay.
-    match std::fs::symlink_metadata(&it.src) {
-        Ok(now) if stamp(&now) == stamp(&before) => {}
-        Ok(_) => {
-            return Err(Error::failed(
-                "migrate",
-                &it.src,
-                "changed while it was sent (written outside ferry?): kept here",
-            ));
-        }
-        Err(e) if is_enoent(&e) => return Ok(Sent::Superseded),
-        Err(e) => return Err(Error::os("stat", &it.src, e)),
+    if !unchanged(it, &p.before)? {
+        return Ok(Sent::Superseded);
     }
-    match (local.fence)() {
-        Ok(true) => {}
-        Ok(false) => {
-            return Err(Error::failed(
-                "migrate",
-                &it.src,
-                "this node no longer owns its moves in etcd (fence): the source is kept",
-            ));
-        }
-        Err(m) => return Err(Error::failed("migrate fence", &it.src, m)),
-    }
+    fenced(local, &it.src)?;
     if outcome == Outcome::Stored
         && let Some(r) = &local.cluster.registry
     {
@@ -213,9 +184,225 @@ pub fn send_one(local: &Local, it: &Remote, generation: u64, ttl: u64) -> Result
         r.forward_many(&[(fk, it.from.clone(), it.disk.clone())], generation, ttl)?;
     }
     meta::unlink(&it.src)?;
-    disk_sync.sync()?; // begun after the unlink, shared with the moves off this disk
-    Ok(match outcome {
+    p.sync.sync()?; // begun after the unlink, shared with the moves off this disk
+    Ok(sent(outcome, p.before.len()))
+}
+
+/// `send_one` of several objects to one node in one request (`Migrate::migrate_many`):
+/// under all their keys' locks each is opened and hashed, all are sent; then for those the
+/// receiver stored (or had newer) each source is checked unchanged, one fence covers them,
+/// their forwarding entries go in one registry commit, the sources are unlinked and each
+/// source disk synced once. One result per item, in order; Err: the request failed as a
+/// whole and every source stays.
+pub fn send_many(
+    local: &Local,
+    items: &[Remote],
+    generation: u64,
+    ttl: u64,
+) -> Result<Vec<Result<Sent, Error>>, Error> {
+    let node = &items[0].node;
+    assert!(
+        items.iter().all(|it| &it.node == node),
+        "a batch goes to one node"
+    );
+    let keys = items
+        .iter()
+        .map(|it| (it.bucket.as_str(), it.key.as_slice()));
+    let _g = local.cluster.lock_many(keys);
+    let mut out: Vec<Option<Result<Sent, Error>>> = items.iter().map(|_| None).collect();
+    let mut open = Vec::new();
+    for (i, it) in items.iter().enumerate() {
+        match opened(local, it) {
+            Ok(Some(p)) => open.push((i, p)),
+            Ok(None) => out[i] = Some(Ok(Sent::Superseded)),
+            Err(e) => out[i] = Some(Err(e)),
+        }
+    }
+    if !open.is_empty() {
+        let answers = send_opened(local, node, items, &mut open)?;
+        if answers.len() != open.len() {
+            let m = format!("{} answers for {} objects sent", answers.len(), open.len());
+            return Err(Error::failed("migrate", &items[0].src, m));
+        }
+        let answered = open.iter().zip(answers).map(|((i, p), a)| (*i, p, a));
+        finish_many(local, items, answered, (generation, ttl), &mut out);
+    }
+    Ok(out
+        .into_iter()
+        .map(|o| o.expect("every item has its result"))
+        .collect())
+}
+
+/// The request of `send_many`: the opened objects' bodies in order, and their answers.
+fn send_opened(
+    local: &Local,
+    node: &str,
+    items: &[Remote],
+    open: &mut [(usize, Opened)],
+) -> Result<Vec<Result<Outcome, Error>>, Error> {
+    let objs: Vec<Object> = open.iter().map(|(i, p)| p.object(&items[*i])).collect();
+    let disks: Vec<&str> = open.iter().map(|(i, _)| items[*i].disk.as_str()).collect();
+    let mut bodies: Vec<_> = open
+        .iter_mut()
+        .map(|(_, p)| (&mut p.file).take(p.before.len()))
+        .collect();
+    let mut list: Vec<(&str, &Object, &mut dyn Read)> = bodies
+        .iter_mut()
+        .zip(&objs)
+        .zip(disks)
+        .map(|((b, o), d)| (d, o, b as &mut dyn Read))
+        .collect();
+    local.sender.migrate_many(node, &mut list)
+}
+
+/// After the answers of `send_many`: each source unchanged, one fence, the forwarding
+/// entries, the unlinks, one sync per source disk; each item's result into `out`.
+fn finish_many<'a>(
+    local: &Local,
+    items: &[Remote],
+    answered: impl Iterator<Item = (usize, &'a Opened, Result<Outcome, Error>)>,
+    (generation, ttl): (u64, u64),
+    out: &mut [Option<Result<Sent, Error>>],
+) {
+    let mut going: Vec<(usize, &Opened, Outcome)> = Vec::new();
+    for (i, p, a) in answered {
+        match a.and_then(|o| unchanged(&items[i], &p.before).map(|same| (same, o))) {
+            Ok((true, o)) => going.push((i, p, o)),
+            Ok((false, _)) => out[i] = Some(Ok(Sent::Superseded)),
+            Err(e) => out[i] = Some(Err(e)),
+        }
+    }
+    let Some((first, _, _)) = going.first() else {
+        return;
+    };
+    let forwards: Vec<_> = going
+        .iter()
+        .filter(|(_, _, o)| *o == Outcome::Stored)
+        .map(|(i, _, _)| {
+            let it = &items[*i];
+            let fk = super::store::full_key(&it.bucket, &it.key);
+            (fk, it.from.clone(), it.disk.clone())
+        })
+        .collect();
+    let ready = fenced(local, &items[*first].src).and_then(|_| match &local.cluster.registry {
+        Some(r) => r.forward_many(&forwards, generation, ttl),
+        None => Ok(()),
+    });
+    if let Err(e) = ready {
+        for (i, _, _) in going {
+            out[i] = Some(Err(again(&e, &items[i].src)));
+        }
+        return;
+    }
+    let mut unlinked: Vec<(usize, &Opened, Outcome)> = Vec::new();
+    for (i, p, o) in going {
+        match meta::unlink(&items[i].src) {
+            Ok(()) => unlinked.push((i, p, o)),
+            Err(e) => out[i] = Some(Err(e)),
+        }
+    }
+    let mut synced: Vec<*const super::disksync::DiskSync> = Vec::new();
+    for (i, p, o) in unlinked {
+        let d = Arc::as_ptr(&p.sync);
+        // begun after every unlink of the batch, shared with the moves off this disk
+        let r = match synced.contains(&d) {
+            true => Ok(()),
+            false => p.sync.sync().inspect(|_| synced.push(d)),
+        };
+        out[i] = Some(r.map(|_| sent(o, p.before.len())));
+    }
+}
+
+/// The same error for another item of a batch (its errno kept).
+fn again(e: &Error, path: &Path) -> Error {
+    match e.raw_os_error() {
+        Some(n) => Error::os("migrate", path, std::io::Error::from_raw_os_error(n)),
+        None => Error::failed("migrate", path, e.to_string()),
+    }
+}
+
+/// A source opened for its move: the file, its identity then, its xxh3, its disk's sync.
+struct Opened {
+    file: std::fs::File,
+    before: std::fs::Metadata,
+    hash: u64,
+    sync: Arc<super::disksync::DiskSync>,
+}
+
+impl Opened {
+    fn object<'a>(&self, it: &'a Remote) -> Object<'a> {
+        Object {
+            from: &it.from,
+            bucket: &it.bucket,
+            key: &it.key,
+            size: self.before.len(),
+            mtime: self.before.modified().unwrap_or(std::time::UNIX_EPOCH),
+            hash: self.hash,
+        }
+    }
+}
+
+/// Opens and hashes the source of `it` (under its key's lock). None: it is gone (a client's
+/// delete or overwrite got there first).
+fn opened(local: &Local, it: &Remote) -> Result<Option<Opened>, Error> {
+    let Some(root) = local.cluster.disk_path(&it.from) else {
+        return Err(Error::failed(
+            "migrate",
+            &it.src,
+            "not on a disk of this node",
+        ));
+    };
+    let sync = super::disksync::disk(root)?; // before the unlink it covers
+    let mut file = match std::fs::File::open(&it.src) {
+        Ok(f) => f,
+        Err(e) if is_enoent(&e) => return Ok(None),
+        Err(e) => return Err(Error::os("open", &it.src, e)),
+    };
+    let before = file.metadata().map_err(|e| Error::os("stat", &it.src, e))?;
+    before
+        .modified()
+        .map_err(|e| Error::os("stat", &it.src, e))?;
+    let hash = hash_file(&mut file, &it.src, before.len())?;
+    Ok(Some(Opened {
+        file,
+        before,
+        hash,
+        sync,
+    }))
+}
+
+/// Whether the source of `it` is still what was sent. Under our lock only a writer from
+/// outside ferry can change the file; then the copy sent is not what is here, and the
+/// source must stay (an error). False: it is gone.
+fn unchanged(it: &Remote, before: &std::fs::Metadata) -> Result<bool, Error> {
+    match std::fs::symlink_metadata(&it.src) {
+        Ok(now) if stamp(&now) == stamp(before) => Ok(true),
+        Ok(_) => Err(Error::failed(
+            "migrate",
+            &it.src,
+            "changed while it was sent (written outside ferry?): kept here",
+        )),
+        Err(e) if is_enoent(&e) => Ok(false),
+        Err(e) => Err(Error::os("stat", &it.src, e)),
+    }
+}
+
+/// The fence: Ok only while this node still owns its moves in etcd.
+fn fenced(local: &Local, src: &Path) -> Result<(), Error> {
+    match (local.fence)() {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Error::failed(
+            "migrate",
+            src,
+            "this node no longer owns its moves in etcd (fence): the source is kept",
+        )),
+        Err(m) => Err(Error::failed("migrate fence", src, m)),
+    }
+}
+
+fn sent(outcome: Outcome, size: u64) -> Sent {
+    match outcome {
         Outcome::Stored => Sent::Moved(size),
         Outcome::Superseded => Sent::Superseded,
-    })
+    }
 }

@@ -274,9 +274,23 @@ impl Registry {
     /// durable commit begun after each was handed in (`group::Batch`), where each would
     /// otherwise queue for redb's one writer twice (its commit, then a flush).
     pub fn forward_durably(&self, mv: Moved, generation: u64, ttl: u64) -> Result<(), Error> {
+        self.forward_durably_many(vec![mv], generation, ttl)
+    }
+
+    /// `forward_durably` of several moves at once (at least one), in one shared commit.
+    pub fn forward_durably_many(
+        &self,
+        moves: Vec<Moved>,
+        generation: u64,
+        ttl: u64,
+    ) -> Result<(), Error> {
         let expires = now_secs() + ttl;
+        let items = moves
+            .into_iter()
+            .map(|m| (m, generation, expires))
+            .collect();
         self.moved
-            .run((mv, generation, expires), |items| {
+            .run_many(items, |items| {
                 self.write(Durability::Immediate, |w| {
                     let it = items.iter().map(|((k, f, t), g, exp)| {
                         (k.as_slice(), f.as_str(), t.as_str(), *g, *exp)

@@ -17,8 +17,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
-/// Lock stripes (keys hash onto them).
-pub const LOCK_STRIPES: usize = 256;
+/// Lock stripes (keys hash onto them): enough that the batches of moves in flight (each
+/// holding the stripes of its keys, `lock_many`) leave most of them to clients.
+pub const LOCK_STRIPES: usize = 4096;
+
+/// The lock stripe of `bucket/key`.
+fn stripe(bucket: &str, key: &[u8]) -> usize {
+    (xxhash_rust::xxh3::xxh3_64(&full_key(bucket, key)) % LOCK_STRIPES as u64) as usize
+}
 pub const MAX_KEY_LEN: usize = 1024;
 /// Passes over the read chain before a key is declared missing (a move can slip between the
 /// lookups of one pass, never of two: the copy is final before the source goes).
@@ -411,10 +417,24 @@ impl Cluster {
 
     /// Serializes writers of one key (and the mover's commit of it).
     pub fn lock(&self, bucket: &str, key: &[u8]) -> MutexGuard<'_, ()> {
-        let h = xxhash_rust::xxh3::xxh3_64(&full_key(bucket, key));
-        self.locks[(h % LOCK_STRIPES as u64) as usize]
+        self.locks[stripe(bucket, key)]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `lock` of several keys at once (a batch of moves): each stripe once, in ascending
+    /// order, so two batches (or a batch and a single key's holder) never wait on each other
+    /// in a circle.
+    pub fn lock_many<'a>(
+        &self,
+        keys: impl Iterator<Item = (&'a str, &'a [u8])>,
+    ) -> Vec<MutexGuard<'_, ()>> {
+        let mut s: Vec<usize> = keys.map(|(b, k)| stripe(b, k)).collect();
+        s.sort_unstable();
+        s.dedup();
+        s.into_iter()
+            .map(|i| self.locks[i].lock().unwrap_or_else(|p| p.into_inner()))
+            .collect()
     }
 
     /// (`set/disk`, path) of every disk of both topologies.

@@ -103,19 +103,20 @@ impl<K: Eq + Hash + Clone, T: Clone> Keyed<K, T> {
     }
 }
 
-/// Group commits of items: each caller hands in one item, and a run takes every item handed
-/// in before it began, so an item is in exactly one run, begun after its call; all the run's
-/// callers get its answer. Every caller must pass the same work: whoever comes first while
-/// no run is going runs it, for all. A run holds at most as many items as there are callers
-/// at once (each waits for its answer).
+/// Group commits of items: each caller hands in one item (or a few), and a run takes every
+/// item handed in before it began, so an item is in exactly one run, begun after its call;
+/// all the run's callers get its answer. Every caller must pass the same work: whoever comes
+/// first while no run is going runs it, for all. A run holds at most the items of the callers
+/// there at once (each waits for its answer).
 pub struct Batch<I, T> {
     st: Mutex<BatchSt<I, T>>,
     cv: Condvar,
 }
 
 struct BatchSt<I, T> {
-    /// Items handed in for the next run (number `begun + 1`).
+    /// Items handed in for the next run (number `begun + 1`), by `callers` callers.
     pending: Vec<I>,
+    callers: usize,
     begun: u64,
     running: bool,
     /// Answers of finished runs not yet taken by every caller: run -> (answer, callers left).
@@ -127,6 +128,7 @@ impl<I, T> Default for Batch<I, T> {
         Batch {
             st: Mutex::new(BatchSt {
                 pending: Vec::new(),
+                callers: 0,
                 begun: 0,
                 running: false,
                 answers: HashMap::new(),
@@ -139,8 +141,15 @@ impl<I, T> Default for Batch<I, T> {
 impl<I, T: Clone> Batch<I, T> {
     /// The answer of the run that took `item` (begun after this call).
     pub fn run(&self, item: I, work: impl FnOnce(Vec<I>) -> T) -> T {
+        self.run_many(vec![item], work)
+    }
+
+    /// `run` of several items at once (at least one): all in the same run.
+    pub fn run_many(&self, items: Vec<I>, work: impl FnOnce(Vec<I>) -> T) -> T {
+        assert!(!items.is_empty(), "a caller hands in at least one item");
         let mut st = self.st.lock().unwrap_or_else(|p| p.into_inner());
-        st.pending.push(item);
+        st.pending.extend(items);
+        st.callers += 1;
         let mine = st.begun + 1;
         let mut work = Some(work);
         loop {
@@ -156,8 +165,11 @@ impl<I, T: Clone> Batch<I, T> {
                 st.running = true;
                 st.begun = mine;
                 let items = std::mem::take(&mut st.pending);
-                let n = items.len();
-                assert!(n > 0, "a run takes at least its leader's item");
+                let n = std::mem::take(&mut st.callers);
+                assert!(
+                    n > 0 && items.len() >= n,
+                    "a run takes at least its leader's items"
+                );
                 drop(st);
                 let t = (work.take().expect("a caller leads at most one run"))(items);
                 st = self.st.lock().unwrap_or_else(|p| p.into_inner());
@@ -226,13 +238,18 @@ mod tests {
                 std::thread::spawn(move || {
                     for j in 0..50u64 {
                         let asked = clock.fetch_add(1, Ordering::SeqCst);
-                        let began = b.run((i, j), |items| {
+                        let work = |items: Vec<(u64, u64)>| {
                             runs.fetch_add(1, Ordering::SeqCst);
                             let t = clock.fetch_add(1, Ordering::SeqCst);
                             seen.lock().unwrap().extend(items);
                             std::thread::sleep(Duration::from_micros(300));
                             t
-                        });
+                        };
+                        // half the callers hand in two items at once
+                        let began = match i % 2 {
+                            0 => b.run((i, j), work),
+                            _ => b.run_many(vec![(i, j), (i + 100, j)], work),
+                        };
                         assert!(
                             began > asked,
                             "a run begun at {began} took a call at {asked}"
@@ -246,7 +263,13 @@ mod tests {
         }
         let mut all = seen.lock().unwrap().clone();
         all.sort();
-        let want: Vec<_> = (0..16).flat_map(|i| (0..50).map(move |j| (i, j))).collect();
+        let mut want: Vec<_> = (0..16).flat_map(|i| (0..50).map(move |j| (i, j))).collect();
+        want.extend(
+            (1..16)
+                .step_by(2)
+                .flat_map(|i| (0..50).map(move |j| (i + 100, j))),
+        );
+        want.sort();
         assert_eq!(all, want, "every item once");
         let n = runs.load(Ordering::SeqCst);
         assert!(

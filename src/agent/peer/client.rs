@@ -569,24 +569,8 @@ impl crate::cluster::migrate::Migrate for PeerClient {
         body: &mut dyn io::Read,
     ) -> Result<crate::cluster::migrate::Outcome, Error> {
         use crate::cluster::migrate::Outcome;
-        let key = std::str::from_utf8(obj.key).map_err(|_| {
-            Error::usage(Path::new("object"), "object keys sent to a node are UTF-8")
-        })?;
-        // Buffers of at most what is left (no 256 KiB allocated and zeroed per small object).
-        let mut left = obj.size;
-        let mut src = move || -> io::Result<Option<Bytes>> {
-            let mut buf = vec![0u8; left.clamp(1, 256 << 10) as usize];
-            let n = loop {
-                match body.read(&mut buf) {
-                    Ok(n) => break n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            };
-            buf.truncate(n);
-            left = left.saturating_sub(n as u64);
-            Ok((n > 0).then(|| Bytes::from(buf)))
-        };
+        let key = utf8_key(obj)?;
+        let mut src = reader_source(body, obj.size);
         let what = (obj.size, obj.mtime, Some(obj.hash));
         let m = PeerClient::migrate(
             self,
@@ -600,6 +584,96 @@ impl crate::cluster::migrate::Migrate for PeerClient {
             Migrated::Stored => Outcome::Stored,
             Migrated::Superseded => Outcome::Superseded,
         })
+    }
+
+    fn migrate_many(
+        &self,
+        node: &str,
+        items: &mut [(&str, &crate::cluster::migrate::Object, &mut dyn io::Read)],
+    ) -> Result<Vec<Result<crate::cluster::migrate::Outcome, Error>>, Error> {
+        let op = "peer migrate";
+        assert!(
+            (1..=super::msg::MAX_MANY).contains(&items.len()),
+            "a MigrateMany of 1..=MAX_MANY"
+        );
+        let heads = items
+            .iter()
+            .map(|(disk, obj, _)| {
+                Ok(super::msg::Migrate {
+                    disk: disk.to_string(),
+                    from: obj.from.into(),
+                    bucket: obj.bucket.into(),
+                    key: utf8_key(obj)?.into(),
+                    size: obj.size,
+                    mtime: obj.mtime,
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        let (mut w, _) = self.conn(op, node, true)?;
+        w.queue(&Msg::Req(Req::MigrateMany(heads)))
+            .map_err(|e| down(op, node, e))?;
+        for (_, obj, body) in items.iter_mut() {
+            let mut src = reader_source(*body, obj.size);
+            match Self::send_body(&mut w, &mut src, Some(obj.hash)) {
+                Ok(()) => {}
+                Err(Ok(e)) => return Err(Error::os(op, Path::new(utf8_key(obj)?), e)),
+                Err(Err(e)) => {
+                    return match w.recv() {
+                        Ok(m @ Msg::Error { .. }) => self.fail(op, node, w, m),
+                        _ => Err(down(op, node, e)),
+                    };
+                }
+            }
+        }
+        match w.recv().map_err(|e| down(op, node, e))? {
+            Msg::Landed(v) if v.len() == items.len() => {
+                self.finish(node, w);
+                Ok(v.into_iter().map(|l| landed(op, node, l)).collect())
+            }
+            other => self.fail(op, node, w, other),
+        }
+    }
+}
+
+/// One copy's outcome of a MigrateMany.
+fn landed(
+    op: &'static str,
+    node: &str,
+    l: super::msg::Landed,
+) -> Result<crate::cluster::migrate::Outcome, Error> {
+    use super::msg::Landed;
+    use crate::cluster::migrate::Outcome;
+    match l {
+        Landed::Stored => Ok(Outcome::Stored),
+        Landed::Superseded => Ok(Outcome::Superseded),
+        Landed::Failed { code, errno, msg } => Err(remote_err(op, node, code, errno, msg)),
+    }
+}
+
+fn utf8_key<'a>(obj: &crate::cluster::migrate::Object<'a>) -> Result<&'a str, Error> {
+    std::str::from_utf8(obj.key)
+        .map_err(|_| Error::usage(Path::new("object"), "object keys sent to a node are UTF-8"))
+}
+
+/// A body read from `body` (`size` bytes expected) in buffers of at most what is left (no
+/// 256 KiB allocated and zeroed per small object).
+fn reader_source(
+    body: &mut dyn io::Read,
+    size: u64,
+) -> impl FnMut() -> io::Result<Option<Bytes>> + '_ {
+    let mut left = size;
+    move || {
+        let mut buf = vec![0u8; left.clamp(1, 256 << 10) as usize];
+        let n = loop {
+            match body.read(&mut buf) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        };
+        buf.truncate(n);
+        left = left.saturating_sub(n as u64);
+        Ok((n > 0).then(|| Bytes::from(buf)))
     }
 }
 

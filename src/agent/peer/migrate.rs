@@ -42,7 +42,105 @@ pub fn store(
     m: &Migrate,
     fill: &mut dyn FnMut(&mut File) -> std::io::Result<()>,
 ) -> Result<Migrated, Error> {
-    let (disk, from, bucket, key, mtime) = (&*m.disk, &*m.from, &*m.bucket, &*m.key, m.mtime);
+    let t = land(c, m, fill)?;
+    t.sync_or_drop()?;
+    let _g = c.lock(&m.bucket, m.key.as_bytes());
+    if name(c, m, &t)? == Migrated::Superseded {
+        return Ok(Migrated::Superseded);
+    }
+    t.sync.sync()?; // begun after the rename: the name is durable
+    record(c, vec![m])?;
+    Ok(Migrated::Stored)
+}
+
+/// `store` of several copies (`MigrateMany`), each body from `fill(i, file)` in turn: every
+/// temp written, one syncfs per disk, then under all their keys' locks each named (or
+/// dropped), one syncfs per disk, one registry commit. A failing body names none of them
+/// (Err); a copy that cannot be named gets its own error.
+pub fn store_many(
+    c: &Cluster,
+    v: &[Migrate],
+    fill: &mut dyn FnMut(usize, &mut File) -> std::io::Result<()>,
+) -> Result<Vec<Result<Migrated, Error>>, Error> {
+    let mut temps: Vec<Temp> = Vec::with_capacity(v.len());
+    for (i, m) in v.iter().enumerate() {
+        match land(c, m, &mut |f| fill(i, f)) {
+            Ok(t) => temps.push(t),
+            Err(e) => {
+                temps.iter().for_each(Temp::drop_temp);
+                return Err(e);
+            }
+        }
+    }
+    if let Err(e) = sync_each(&temps) {
+        temps.iter().for_each(Temp::drop_temp);
+        return Err(e);
+    }
+    let _g = c.lock_many(v.iter().map(|m| (m.bucket.as_str(), m.key.as_bytes())));
+    let mut out: Vec<_> = v.iter().zip(&temps).map(|(m, t)| name(c, m, t)).collect();
+    let named: Vec<usize> = (0..v.len())
+        .filter(|&i| matches!(out[i], Ok(Migrated::Stored)))
+        .collect();
+    let durable =
+        sync_each(&named.iter().map(|&i| &temps[i]).collect::<Vec<_>>()).and_then(|_| match named
+            .is_empty()
+        {
+            true => Ok(()),
+            false => record(c, named.iter().map(|&i| &v[i]).collect()),
+        });
+    if let Err(e) = durable {
+        // named, but not known durable (or not recorded): the sender keeps its sources
+        let (errno, msg) = (e.raw_os_error(), e.to_string());
+        for &i in &named {
+            let dst = &temps[i].dst;
+            out[i] = Err(match errno {
+                Some(n) => Error::os("migrate", dst, std::io::Error::from_raw_os_error(n)),
+                None => Error::failed("migrate", dst, msg.clone()),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// A copy written under its temp name, not yet durable or named.
+struct Temp {
+    tmp: std::path::PathBuf,
+    dst: std::path::PathBuf,
+    sync: std::sync::Arc<disksync::DiskSync>,
+}
+
+impl Temp {
+    fn drop_temp(&self) {
+        let _ = meta::unlink(&self.tmp); // best effort: the caller's error is what counts
+    }
+
+    /// The data durable before the name: one syncfs shared with the copies landing on this
+    /// disk at once. On an error the temp goes.
+    fn sync_or_drop(&self) -> Result<(), Error> {
+        self.sync.sync().inspect_err(|_| self.drop_temp())
+    }
+}
+
+/// One syncfs of each disk `temps` are on (each begun after every write before it).
+fn sync_each<T: std::borrow::Borrow<Temp>>(temps: &[T]) -> Result<(), Error> {
+    let mut done: Vec<*const disksync::DiskSync> = Vec::new();
+    for t in temps {
+        let d = std::sync::Arc::as_ptr(&t.borrow().sync);
+        if !done.contains(&d) {
+            t.borrow().sync.sync()?;
+            done.push(d);
+        }
+    }
+    Ok(())
+}
+
+/// Writes `m`'s copy under a temp name beside its final one, with the source's mtime.
+fn land(
+    c: &Cluster,
+    m: &Migrate,
+    fill: &mut dyn FnMut(&mut File) -> std::io::Result<()>,
+) -> Result<Temp, Error> {
+    let (disk, bucket, key, mtime) = (&*m.disk, &*m.bucket, &*m.key, m.mtime);
     validate(bucket, key.as_bytes()).map_err(|m| Error::usage(Path::new(key), m))?;
     let root = match c.disk_path(disk) {
         Some(r) if disk.contains('/') => r.to_path_buf(),
@@ -54,22 +152,23 @@ pub fn store(
     let dst = object_path(&root, bucket, key.as_bytes());
     let dir = meta::parent_dir(&dst).to_path_buf();
     crate::cluster::identity::make_dirs_below(&root, &dir)?;
-    let disk_sync = disksync::disk(&root)?; // taken before the writes it covers
+    let sync = disksync::disk(&root)?; // taken before the writes it covers
     let tmp = crate::temp::temp_name(&dst, &crate::temp::Token::random());
     let mut f = File::from(meta::create_temp(&tmp)?);
     let written = fill(&mut f)
         .and_then(|_| f.set_times(FileTimes::new().set_modified(mtime)))
         .map_err(|e| Error::os("migrate", &tmp, e));
     drop(f);
-    // The data is durable before the name: one syncfs shared with the copies landing on
-    // this disk at once.
-    if let Err(e) = written.and_then(|_| disk_sync.sync()) {
-        let _ = meta::unlink(&tmp); // best effort; `e` is what the sender sees
-        return Err(e);
-    }
-    let _g = c.lock(bucket, key.as_bytes());
-    let newer_there = match meta::lstat(&dst) {
-        Ok(st) => Ok((st.st_mtime, st.st_mtime_nsec) >= stamp(mtime)),
+    let t = Temp { tmp, dst, sync };
+    written.inspect_err(|_| t.drop_temp())?;
+    Ok(t)
+}
+
+/// Under the key's lock: names the durable temp `t` of `m`, unless the disk holds the key
+/// with an mtime at least as new or its tombstone is at least as new (then the temp goes).
+fn name(c: &Cluster, m: &Migrate, t: &Temp) -> Result<Migrated, Error> {
+    let newer_there = match meta::lstat(&t.dst) {
+        Ok(st) => Ok((st.st_mtime, st.st_mtime_nsec) >= stamp(m.mtime)),
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT)) => Ok(false),
         Err(e) => Err(e),
     };
@@ -77,32 +176,33 @@ pub fn store(
     let superseded = newer_there.and_then(|newer| match newer {
         true => Ok(true),
         false => Ok(c
-            .deleted_at(bucket, key.as_bytes())?
-            .is_some_and(|t| t >= mtime)),
+            .deleted_at(&m.bucket, m.key.as_bytes())?
+            .is_some_and(|at| at >= m.mtime)),
     });
-    let superseded = match superseded {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = meta::unlink(&tmp);
-            return Err(e);
-        }
-    };
+    let superseded = superseded.inspect_err(|_| t.drop_temp())?;
     if superseded {
-        meta::unlink(&tmp)?;
+        meta::unlink(&t.tmp)?;
         return Ok(Migrated::Superseded);
     }
-    if let Err(e) = meta::rename(&tmp, &dst) {
-        let _ = meta::unlink(&tmp);
-        return Err(e);
-    }
-    disk_sync.sync()?; // begun after the rename: the name is durable
-    if let Some(r) = &c.registry {
-        let mv = (
-            full_key(bucket, key.as_bytes()),
-            from.to_string(),
-            disk.to_string(),
-        );
-        r.forward_durably(mv, c.current.topo.generation, FORWARD_TTL_SECS)?;
-    }
+    meta::rename(&t.tmp, &t.dst).inspect_err(|_| t.drop_temp())?;
     Ok(Migrated::Stored)
+}
+
+/// The registry's location and forwarding entry of each stored copy, durable in one
+/// commit shared with the copies landing at the same time.
+fn record(c: &Cluster, v: Vec<&Migrate>) -> Result<(), Error> {
+    let Some(r) = &c.registry else {
+        return Ok(());
+    };
+    let moves = v
+        .into_iter()
+        .map(|m| {
+            (
+                full_key(&m.bucket, m.key.as_bytes()),
+                m.from.clone(),
+                m.disk.clone(),
+            )
+        })
+        .collect();
+    r.forward_durably_many(moves, c.current.topo.generation, FORWARD_TTL_SECS)
 }

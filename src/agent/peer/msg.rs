@@ -7,6 +7,9 @@
 //!   elsewhere are stale) | `BadRange` | `Found` (+ `Data`… + `End` when the body is asked for)
 //! - `Put` + `Data`… + `End` → `Done` (durable) | `Error`
 //! - `Migrate` + `Data`… + `End` → `Done` (stored, durable) | `Superseded` | `Error`
+//! - `MigrateMany` (at most `MAX_MANY` headers) + for each in turn `Data`… + `End` →
+//!   `Landed` (per object: stored, superseded or its error; all made durable together) |
+//!   `Error` (none named)
 //! - `Delete` → `Done` (flag: a copy existed); with `tombstone` (a client's delete, sent to
 //!   the owner's node) the node records the key's tombstone too, and hands it (`Bury`) to
 //!   the key's owner under the layer it routes by when that is another node (the sender
@@ -29,7 +32,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// Migrate honours tombstones (a version 1 node would bring a deleted key back).
 /// 3: `Bury` (tombstones follow their key's owner across generations).
 /// 4: `Bury` carries up to `MAX_BURY` tombstones, answered by `Kept`.
-pub const VERSION: u16 = 4;
+/// 5: `MigrateMany`, answered by `Landed`.
+pub const VERSION: u16 = 5;
 pub const MAGIC: &[u8; 8] = b"FERRYPER";
 
 /// Why a request failed, as the far side classed it.
@@ -109,6 +113,8 @@ pub enum Req {
         size: Option<u64>,
     },
     Migrate(Migrate),
+    /// Several small migrated copies in one request: their bodies follow in this order.
+    MigrateMany(Vec<Migrate>),
     Delete {
         bucket: String,
         key: String,
@@ -171,7 +177,23 @@ pub enum Msg {
     Entries(Vec<Entry>),
     /// The answer to a Bury: per tombstone, whether it was kept.
     Kept(Vec<bool>),
+    /// The answer to a MigrateMany: what became of each copy, in its order.
+    Landed(Vec<Landed>),
 }
+
+/// What became of one copy of a MigrateMany.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Landed {
+    /// Durable under its name, location and forwarding entry recorded.
+    Stored,
+    /// A newer write or a delete of the key is there: the copy was dropped.
+    Superseded,
+    /// Not stored, for this reason (the other copies are not affected).
+    Failed { code: Code, errno: i32, msg: String },
+}
+
+/// Copies in one MigrateMany at most (a node refuses more).
+pub const MAX_MANY: usize = 64;
 
 const T_HELLO: u8 = 1;
 const T_WELCOME: u8 = 2;
@@ -184,6 +206,7 @@ const T_LIST: u8 = 14;
 const T_BUCKET: u8 = 15;
 const T_BUCKETS: u8 = 16;
 const T_BURY: u8 = 17;
+const T_MIGRATE_MANY: u8 = 18;
 const T_MISSING: u8 = 20;
 const T_BADRANGE: u8 = 21;
 const T_FOUND: u8 = 22;
@@ -194,10 +217,11 @@ const T_SUPERSEDED: u8 = 26;
 const T_ENTRIES: u8 = 27;
 const T_DELETED: u8 = 28;
 const T_KEPT: u8 = 29;
+const T_LANDED: u8 = 30;
 
 /// Frame types this version knows.
 pub fn known(t: u8) -> bool {
-    matches!(t, 1..=3 | 10..=17 | 20..=29)
+    matches!(t, 1..=3 | 10..=18 | 20..=30)
 }
 
 /// Tombstones in one Bury at most (a node refuses more).
@@ -271,9 +295,7 @@ impl Msg {
                 T_WELCOME
             }
             Msg::Error { code, errno, msg } => {
-                p.push(*code as u8);
-                p.extend_from_slice(&errno.to_le_bytes());
-                put_str(p, msg);
+                put_error(p, *code, *errno, msg);
                 T_ERROR
             }
             Msg::Req(r) => r.payload(p),
@@ -321,6 +343,10 @@ impl Msg {
                 p.extend(v.iter().map(|k| *k as u8));
                 T_KEPT
             }
+            Msg::Landed(v) => {
+                put_landed(p, v);
+                T_LANDED
+            }
             Msg::Entries(v) => {
                 p.extend_from_slice(&(v.len() as u32).to_le_bytes());
                 for e in v {
@@ -352,17 +378,10 @@ impl Msg {
                 }
             }
             T_ERROR => {
-                let code = match c.u8("code")? {
-                    1 => Code::Refused,
-                    2 => Code::Busy,
-                    3 => Code::Usage,
-                    _ => Code::Failed,
-                };
-                let errno = c.u32("errno")? as i32;
-                let msg = get_str(&mut c, "message")?;
+                let (code, errno, msg) = get_error(&mut c)?;
                 Msg::Error { code, errno, msg }
             }
-            T_GET..=T_BURY => Msg::Req(Req::decode(f.kind, &mut c)?),
+            T_GET..=T_MIGRATE_MANY => Msg::Req(Req::decode(f.kind, &mut c)?),
             T_MISSING => Msg::Missing,
             T_DELETED => Msg::Deleted {
                 at: get_time(&mut c, "deleted at")?,
@@ -393,11 +412,66 @@ impl Msg {
                 let n = c.u32("count")? as usize;
                 Msg::Kept(c.take(n, "kept")?.iter().map(|b| *b != 0).collect())
             }
+            T_LANDED => Msg::Landed(landed(&mut c)?),
             t => return Err(ProtoError::UnknownType(t)),
         };
         c.end("trailing bytes")?;
         Ok(m)
     }
+}
+
+fn put_landed(p: &mut Vec<u8>, v: &[Landed]) {
+    p.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    for l in v {
+        match l {
+            Landed::Stored => p.push(0),
+            Landed::Superseded => p.push(1),
+            Landed::Failed { code, errno, msg } => {
+                p.push(2);
+                put_error(p, *code, *errno, msg);
+            }
+        }
+    }
+}
+
+fn put_error(p: &mut Vec<u8>, code: Code, errno: i32, msg: &str) {
+    p.push(code as u8);
+    p.extend_from_slice(&errno.to_le_bytes());
+    put_str(p, msg);
+}
+
+fn get_error(c: &mut Cursor) -> Result<(Code, i32, String), ProtoError> {
+    let code = match c.u8("code")? {
+        1 => Code::Refused,
+        2 => Code::Busy,
+        3 => Code::Usage,
+        _ => Code::Failed,
+    };
+    let errno = c.u32("errno")? as i32;
+    Ok((code, errno, get_str(c, "message")?))
+}
+
+/// The outcomes of a Landed (at most `MAX_MANY`: the client checks the count).
+fn landed(c: &mut Cursor) -> Result<Vec<Landed>, ProtoError> {
+    let n = c.u32("count")? as usize;
+    if n > MAX_MANY {
+        return Err(ProtoError::Malformed {
+            what: "landed count",
+        });
+    }
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(match c.u8("landed")? {
+            0 => Landed::Stored,
+            1 => Landed::Superseded,
+            2 => {
+                let (code, errno, msg) = get_error(c)?;
+                Landed::Failed { code, errno, msg }
+            }
+            _ => return Err(ProtoError::Malformed { what: "landed" }),
+        });
+    }
+    Ok(v)
 }
 
 fn entries(c: &mut Cursor) -> Result<Vec<Entry>, ProtoError> {
@@ -413,6 +487,16 @@ fn entries(c: &mut Cursor) -> Result<Vec<Entry>, ProtoError> {
         });
     }
     Ok(v)
+}
+
+fn put_burials(p: &mut Vec<u8>, v: &[Burial]) {
+    p.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    for b in v {
+        put_str(p, &b.bucket);
+        put_str(p, &b.key);
+        put_time(p, b.at);
+        p.extend_from_slice(&b.generation.to_le_bytes());
+    }
 }
 
 /// The tombstones of a Bury (as many as the frame holds: the server bounds the count).
@@ -468,6 +552,11 @@ impl Req {
                 m.put(p);
                 T_MIGRATE
             }
+            Req::MigrateMany(v) => {
+                p.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                v.iter().for_each(|m| m.put(p));
+                T_MIGRATE_MANY
+            }
             Req::Delete {
                 bucket,
                 key,
@@ -479,13 +568,7 @@ impl Req {
                 T_DELETE
             }
             Req::Bury(v) => {
-                p.extend_from_slice(&(v.len() as u32).to_le_bytes());
-                for b in v {
-                    put_str(p, &b.bucket);
-                    put_str(p, &b.key);
-                    put_time(p, b.at);
-                    p.extend_from_slice(&b.generation.to_le_bytes());
-                }
+                put_burials(p, v);
                 T_BURY
             }
             Req::List {
@@ -534,6 +617,15 @@ impl Req {
                 size: get_opt(c, "size")?,
             },
             T_MIGRATE => Req::Migrate(Migrate::get(c)?),
+            T_MIGRATE_MANY => {
+                let n = c.u32("count")? as usize;
+                if n == 0 || n > MAX_MANY {
+                    return Err(ProtoError::Malformed {
+                        what: "migrate count",
+                    });
+                }
+                Req::MigrateMany((0..n).map(|_| Migrate::get(c)).collect::<Result<_, _>>()?)
+            }
             T_DELETE => Req::Delete {
                 bucket: get_str(c, "bucket")?,
                 key: get_str(c, "key")?,
@@ -643,6 +735,42 @@ mod tests {
             Msg::Superseded,
             Msg::Deleted { at: t },
         ]
+        .into_iter()
+        .chain(batch_samples(t))
+        .collect()
+    }
+
+    /// A MigrateMany and a Landed of each outcome.
+    fn batch_samples(t: SystemTime) -> Vec<Msg> {
+        vec![
+            Msg::Req(Req::MigrateMany(vec![
+                Migrate {
+                    disk: "s/d".into(),
+                    from: "s/e".into(),
+                    bucket: "b".into(),
+                    key: "k".into(),
+                    size: 9,
+                    mtime: t,
+                },
+                Migrate {
+                    disk: "s/f".into(),
+                    from: "s/e".into(),
+                    bucket: "b".into(),
+                    key: "l/m".into(),
+                    size: 0,
+                    mtime: t,
+                },
+            ])),
+            Msg::Landed(vec![
+                Landed::Stored,
+                Landed::Failed {
+                    code: Code::Failed,
+                    errno: 28,
+                    msg: "full".into(),
+                },
+                Landed::Superseded,
+            ]),
+        ]
     }
 
     #[test]
@@ -666,7 +794,34 @@ mod tests {
             payload: b"HTTP/1.1 200".to_vec(),
         };
         assert_eq!(Msg::decode(&not_ferry), Err(ProtoError::NotFerry));
-        assert!(!known(9) && !known(30) && !known(200));
+        assert!(!known(9) && !known(19) && !known(31) && !known(200));
+        let empty = Frame {
+            kind: T_MIGRATE_MANY,
+            payload: 0u32.to_le_bytes().to_vec(),
+        };
+        assert!(Msg::decode(&empty).is_err(), "a MigrateMany of nothing");
+    }
+
+    /// A MigrateMany of `MAX_MANY` headers of the longest buckets and keys fits a frame, and
+    /// the rebalance's batches are within `MAX_MANY`.
+    #[test]
+    fn a_full_migrate_many_fits_a_frame() {
+        let long = Migrate {
+            disk: "d".repeat(128),
+            from: "f".repeat(128),
+            bucket: "b".repeat(255),
+            key: "k".repeat(crate::cluster::store::MAX_KEY_LEN),
+            size: u64::MAX,
+            mtime: UNIX_EPOCH,
+        };
+        let mut out = Vec::new();
+        Msg::Req(Req::MigrateMany(vec![long; MAX_MANY])).encode(&mut out);
+        assert!(
+            out.len() - frame::HEADER <= frame::MAX_PAYLOAD,
+            "{}",
+            out.len()
+        );
+        const { assert!(crate::cluster::rebalance::MANY <= MAX_MANY) };
     }
 
     /// A Bury of `MAX_BURY` tombstones of the longest keys, cut at `BURY_BYTES`, fits a

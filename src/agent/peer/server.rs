@@ -8,7 +8,7 @@
 //! requests, which a rebalance from many nodes at once would otherwise crowd out (Busy).
 
 use super::migrate::{self, Migrated};
-use super::msg::{Code, Entry, MAX_BURY, Msg, Range, Req};
+use super::msg::{Code, Entry, Landed, MAX_BURY, Msg, Range, Req};
 use super::wire::Wire;
 use crate::cluster::store::Cluster;
 use crate::error::Error;
@@ -189,7 +189,7 @@ fn serve_conn(
         ctx.requests.fetch_add(1, Ordering::Relaxed);
         // taken before an in-flight slot: a migration waiting for its turn holds none
         let slot = match &req {
-            Req::Migrate(_) => match ctx.migrating.take(MIGRATION_WAIT) {
+            Req::Migrate(_) | Req::MigrateMany(_) => match ctx.migrating.take(MIGRATION_WAIT) {
                 Some(s) => Some(s),
                 None => {
                     let busy = format!("node {}: too many migrations in flight", ctx.me);
@@ -222,12 +222,18 @@ fn failure(code: Code, errno: i32, msg: String) -> Msg {
 
 /// The answer for an error of the object layer.
 fn answer(e: &Error) -> Msg {
+    let (code, errno, msg) = classed(e);
+    failure(code, errno, msg)
+}
+
+/// How an error of the object layer goes on the wire: its class, errno (0: none), text.
+fn classed(e: &Error) -> (Code, i32, String) {
     let code = if e.is_usage() {
         Code::Usage
     } else {
         Code::Failed
     };
-    failure(code, e.raw_os_error().unwrap_or(0), e.to_string())
+    (code, e.raw_os_error().unwrap_or(0), e.to_string())
 }
 
 /// How long a write naming a disk this node does not serve (yet) waits for this node's
@@ -251,11 +257,19 @@ fn serve_req(w: &mut Wire, ctx: &Ctx, req: Req) -> io::Result<bool> {
     let Some(mut c) = ctx.cell.get() else {
         let m = format!("node {}: no topology yet (ferry cluster apply)", ctx.me);
         w.send(&failure(Code::Busy, 0, m))?;
-        return Ok(!matches!(req, Req::Put { .. } | Req::Migrate(_)));
+        return Ok(!matches!(
+            req,
+            Req::Put { .. } | Req::Migrate(_) | Req::MigrateMany(_)
+        ));
     };
     match &req {
         Req::Put { disk, .. } | Req::Migrate(super::msg::Migrate { disk, .. }) => {
             c = serving(ctx, c, disk)
+        }
+        Req::MigrateMany(v) => {
+            for m in v {
+                c = serving(ctx, c, &m.disk);
+            }
         }
         _ => {}
     }
@@ -285,6 +299,14 @@ fn serve_req(w: &mut Wire, ctx: &Ctx, req: Req) -> io::Result<bool> {
             let r = migrate::store(&c, &m, &mut |f| recv_body(w, f, Some(m.size), limit));
             let r = r.map(|x| (x == Migrated::Stored).then(|| m.disk.clone()));
             body_done(w, &c, r, (&m.bucket, &m.key))
+        }
+        Req::MigrateMany(v) => {
+            let _low = crate::coord::background::Lowered::enter();
+            let max = ctx.limits.max_object;
+            let r = migrate::store_many(&c, &v, &mut |i, f| {
+                recv_body(w, f, Some(v[i].size), max.min(v[i].size))
+            });
+            many_done(w, r)
         }
         Req::Delete {
             bucket,
@@ -440,6 +462,27 @@ fn body_done(
             Ok(false)
         }
     }
+}
+
+/// The answer to a MigrateMany: what became of each copy, or the error that named none of
+/// them, after which the connection closes (the bodies may be half read).
+fn many_done(w: &mut Wire, r: Result<Vec<Result<Migrated, Error>>, Error>) -> io::Result<bool> {
+    let v = match r {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = w.send(&answer(&e));
+            return Ok(false);
+        }
+    };
+    let landed = v.into_iter().map(|x| match x {
+        Ok(Migrated::Stored) => Landed::Stored,
+        Ok(Migrated::Superseded) => Landed::Superseded,
+        Err(e) => {
+            let (code, errno, msg) = classed(&e);
+            Landed::Failed { code, errno, msg }
+        }
+    });
+    w.send(&Msg::Landed(landed.collect())).map(|_| true)
 }
 
 /// Reads Data frames into `f` until End: more than `limit` (or than `size`) bytes, a count
