@@ -798,3 +798,41 @@ fn a_batch_of_migrated_copies_lands_each_once_and_a_bad_body_names_none() {
     }
     assert_eq!(temps_under(root), Vec::<PathBuf>::new(), "temps left");
 }
+
+/// A batch whose keys this node holds (here: a lock taken by hand, as a sender of this node
+/// moving the other way would hold it) gives up within the lock wait instead of waiting on
+/// it: an error for the whole batch, nothing named, no temp left; then it lands.
+#[test]
+fn a_batch_whose_keys_are_held_here_gives_up_and_names_nothing() {
+    use ferry::cluster::migrate::{Migrate as _, Outcome};
+    use std::io::Read;
+    let f = fixture(Limits::default());
+    let c = f.client("n1");
+    let old = UNIX_EPOCH + Duration::new(1_600_000_000, 9);
+    let (oa, ob) = (object("h/a", b"aa", old), object("h/b", b"bb", old));
+    let n2 = f.cluster("n2");
+    let held = n2.lock("b", b"h/b");
+    let start = Instant::now();
+    let (mut ra, mut rb) = (&b"aa"[..], &b"bb"[..]);
+    let mut items: Vec<(&str, _, &mut dyn Read)> =
+        vec![("s2/d0", &oa, &mut ra), ("s2/d0", &ob, &mut rb)];
+    let e = c.migrate_many("n2", &mut items).unwrap_err();
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(10), "waited {took:?}: {e}");
+    assert!(e.to_string().contains("one by one"), "{e}");
+    let root = f.dir.path();
+    assert!(!root.join("s2d0/b/h/a").exists() && !root.join("s2d0/b/h/b").exists());
+    assert_eq!(temps_under(root), Vec::<PathBuf>::new(), "temps left");
+    drop(held);
+    let (mut ra, mut rb) = (&b"aa"[..], &b"bb"[..]);
+    let mut items: Vec<(&str, _, &mut dyn Read)> =
+        vec![("s2/d0", &oa, &mut ra), ("s2/d0", &ob, &mut rb)];
+    let got: Vec<_> = c
+        .migrate_many("n2", &mut items)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(got, [Outcome::Stored, Outcome::Stored]);
+    assert_eq!(std::fs::read(root.join("s2d0/b/h/b")).unwrap(), b"bb");
+}

@@ -645,11 +645,11 @@ fn send_remote(ctx: &Ctx, m: &Mover, local: &Local, rx: &Handed) {
                 Err(_) => break,
             },
         };
-        let batch = gather(m, local, rx, first, &mut carry);
+        let (batch, its) = gather(m, local, rx, first, &mut carry);
         Stats::add(&ctx.stats.found_files, batch.len() as u64);
         let results = match batch.len() {
             1 => vec![send_until(ctx, m, local, &batch[0])],
-            _ => send_batch(ctx, m, local, &batch),
+            _ => send_batch(ctx, m, local, &batch, &its),
         };
         let mut cancelled = false;
         for (c, sent) in batch.iter().zip(results) {
@@ -679,36 +679,42 @@ const SMALL: u64 = 1 << 20;
 const MANY_BYTES: u64 = 4 << 20;
 
 /// `first` and, when it is small, the small moves to the same node `rx` has ready now (up to
-/// `MANY`, `MANY_BYTES`); the first that does not fit is left in `carry` for the next batch.
-/// A move that waits for another node's hand-over goes alone (its wait is `send_until`'s).
+/// `MANY`, `MANY_BYTES`), with where each goes; the first that does not fit is left in
+/// `carry` for the next batch. A move that waits for another node's hand-over goes alone
+/// (its wait is `send_until`'s), and so does one that is not small.
 fn gather(
     m: &Mover,
     local: &Local,
     handed: &Handed,
     first: Candidate,
     carry: &mut Option<Candidate>,
-) -> Vec<Candidate> {
-    let node_of = |c: &Candidate| {
+) -> (Vec<Candidate>, Vec<super::migrate::Remote>) {
+    let remote = |c: &Candidate| {
         let small = c.size <= SMALL && !is_held(m, local, c);
-        small.then(|| m.remote_of(c).map(|r| r.node)).flatten()
+        small.then(|| m.remote_of(c)).flatten()
     };
-    let Some(node) = node_of(&first) else {
-        return vec![first];
+    let Some(it) = remote(&first) else {
+        return (vec![first], Vec::new());
     };
-    let (mut bytes, mut batch) = (first.size, vec![first]);
+    let (mut bytes, mut batch, mut its) = (first.size, vec![first], vec![it]);
     let rx = handed.rx.lock().unwrap_or_else(|p| p.into_inner());
     while batch.len() < MANY {
         let Ok(c) = rx.try_recv().map(|c| handed.took(c)) else {
             break;
         };
-        if bytes + c.size > MANY_BYTES || node_of(&c).as_ref() != Some(&node) {
-            *carry = Some(c);
-            break;
+        match remote(&c) {
+            Some(it) if bytes + c.size <= MANY_BYTES && it.node == its[0].node => {
+                bytes += c.size;
+                batch.push(c);
+                its.push(it);
+            }
+            _ => {
+                *carry = Some(c);
+                break;
+            }
         }
-        bytes += c.size;
-        batch.push(c);
     }
-    batch
+    (batch, its)
 }
 
 /// A batch's moves in one request (`migrate::send_many`). A move that failed for a reason
@@ -719,17 +725,14 @@ fn send_batch(
     m: &Mover,
     local: &Local,
     batch: &[Candidate],
+    its: &[super::migrate::Remote],
 ) -> Vec<Option<Result<Sent, Error>>> {
-    let its: Option<Vec<_>> = batch.iter().map(|c| m.remote_of(c)).collect();
-    let sent = match its {
-        Some(its) => super::migrate::send_many(local, &its, m.generation, m.ttl)
-            .inspect(|_| m.counters.peers.reached(&its[0].node)),
-        None => Err(Error::failed(
-            "migrate",
-            &batch[0].src,
-            "not on a disk of this node",
-        )),
-    };
+    assert_eq!(batch.len(), its.len(), "where each move of the batch goes");
+    if ctx.steer.stop.abort.load(Ordering::Acquire) {
+        return batch.iter().map(|_| None).collect(); // cancelled: none of it is sent
+    }
+    let sent = super::migrate::send_many(local, its, m.generation, m.ttl)
+        .inspect(|_| m.counters.peers.reached(&its[0].node));
     let Ok(results) = sent else {
         return batch.iter().map(|c| send_until(ctx, m, local, c)).collect();
     };

@@ -437,6 +437,35 @@ impl Cluster {
             .collect()
     }
 
+    /// `lock_many` that gives up (None, holding nothing) when the keys are not all taken
+    /// within `wait`: a receiver of a batch must not wait on a sender of this node that
+    /// holds one of its stripes while it waits for the batch's sender's node (a cycle).
+    pub fn try_lock_many<'a>(
+        &self,
+        keys: impl Iterator<Item = (&'a str, &'a [u8])>,
+        wait: std::time::Duration,
+    ) -> Option<Vec<MutexGuard<'_, ()>>> {
+        let deadline = std::time::Instant::now() + wait;
+        let mut s: Vec<usize> = keys.map(|(b, k)| stripe(b, k)).collect();
+        s.sort_unstable();
+        s.dedup();
+        let mut held = Vec::with_capacity(s.len());
+        for i in s {
+            loop {
+                match self.locks[i].try_lock() {
+                    Ok(g) => break held.push(g),
+                    Err(std::sync::TryLockError::Poisoned(p)) => break held.push(p.into_inner()),
+                    Err(std::sync::TryLockError::WouldBlock) => {}
+                }
+                if std::time::Instant::now() >= deadline {
+                    return None;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        Some(held)
+    }
+
     /// (`set/disk`, path) of every disk of both topologies.
     pub fn disks(&self) -> impl Iterator<Item = (&str, &Path)> + '_ {
         self.disks.iter().map(|(i, p)| (i.as_str(), p.as_path()))

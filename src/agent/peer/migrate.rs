@@ -76,7 +76,12 @@ pub fn store_many(
         temps.iter().for_each(Temp::drop_temp);
         return Err(e);
     }
-    let _g = c.lock_many(v.iter().map(|m| (m.bucket.as_str(), m.key.as_bytes())));
+    let keys = v.iter().map(|m| (m.bucket.as_str(), m.key.as_bytes()));
+    let Some(_g) = c.try_lock_many(keys, LOCK_WAIT) else {
+        temps.iter().for_each(Temp::drop_temp);
+        let m = "keys held here for over 2 s (moves both ways at once?): send them one by one";
+        return Err(Error::failed("migrate", &temps[0].dst, m));
+    };
     let mut out: Vec<_> = v.iter().zip(&temps).map(|(m, t)| name(c, m, t)).collect();
     let named: Vec<usize> = (0..v.len())
         .filter(|&i| matches!(out[i], Ok(Migrated::Stored)))
@@ -101,6 +106,11 @@ pub fn store_many(
     }
     Ok(out)
 }
+
+/// How long a batch waits for its keys' locks at most. Past it the sender sends the batch's
+/// objects one by one: a sender of this node may hold one of them while it waits for the
+/// batch's own sender's node, which holds the batch's sources (moves both ways at once).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A copy written under its temp name, not yet durable or named.
 struct Temp {

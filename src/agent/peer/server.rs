@@ -267,7 +267,8 @@ fn serve_req(w: &mut Wire, ctx: &Ctx, req: Req) -> io::Result<bool> {
             c = serving(ctx, c, disk)
         }
         Req::MigrateMany(v) => {
-            for m in v {
+            // one wait for the whole batch (a wait per disk could outlast the sender's)
+            if let Some(m) = v.iter().find(|m| c.disk_path(&m.disk).is_none()) {
                 c = serving(ctx, c, &m.disk);
             }
         }
@@ -300,14 +301,7 @@ fn serve_req(w: &mut Wire, ctx: &Ctx, req: Req) -> io::Result<bool> {
             let r = r.map(|x| (x == Migrated::Stored).then(|| m.disk.clone()));
             body_done(w, &c, r, (&m.bucket, &m.key))
         }
-        Req::MigrateMany(v) => {
-            let _low = crate::coord::background::Lowered::enter();
-            let max = ctx.limits.max_object;
-            let r = migrate::store_many(&c, &v, &mut |i, f| {
-                recv_body(w, f, Some(v[i].size), max.min(v[i].size))
-            });
-            many_done(w, r)
-        }
+        Req::MigrateMany(v) => migrate_many(w, ctx, &c, &v),
         Req::Delete {
             bucket,
             key,
@@ -462,6 +456,22 @@ fn body_done(
             Ok(false)
         }
     }
+}
+
+/// A MigrateMany: its bodies read in turn into their temps, stored together, answered.
+fn migrate_many(
+    w: &mut Wire,
+    ctx: &Ctx,
+    c: &Cluster,
+    v: &[super::msg::Migrate],
+) -> io::Result<bool> {
+    // The receiver's share of a migration (write, fsync, registry) yields to clients.
+    let _low = crate::coord::background::Lowered::enter();
+    let max = ctx.limits.max_object;
+    let r = migrate::store_many(c, v, &mut |i, f| {
+        recv_body(w, f, Some(v[i].size), max.min(v[i].size))
+    });
+    many_done(w, r)
 }
 
 /// The answer to a MigrateMany: what became of each copy, or the error that named none of
