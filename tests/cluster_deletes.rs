@@ -785,7 +785,10 @@ fn a_removed_node_that_is_gone_is_marked_lost_and_the_rebalance_completes() {
     let start = std::time::Instant::now();
     for node in ["a", "c"] {
         while n.s3[node].get(BKT, "no/such").unwrap().code == 503 {
-            assert!(start.elapsed() < Duration::from_secs(10), "{node} still asks b");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{node} still asks b"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }

@@ -161,10 +161,16 @@ impl Procs {
 
     /// A child that exited already (its name and status).
     pub fn exited(&mut self) -> Option<String> {
-        self.agents.iter_mut().find_map(|(n, c)| {
+        let (n, s) = self.agents.iter_mut().find_map(|(n, c)| {
             let s = c.try_wait().ok()??;
-            Some(format!("agent {n} exited ({s})"))
-        })
+            Some((n.clone(), s))
+        })?;
+        // what it said last (why it stopped), since the demo's dir goes with it
+        Some(format!(
+            "agent {n} exited ({s}); {n}.log ends:
+{}",
+            self.tail(&n)
+        ))
     }
 
     fn stop_all(&mut self) {
