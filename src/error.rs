@@ -54,6 +54,15 @@ pub enum ErrorKind {
 }
 
 impl Error {
+    /// This error's failure for another target of the same batch (`op` on `path`), its errno
+    /// kept (else its text).
+    pub fn again_at(&self, op: &'static str, path: &Path) -> Self {
+        match self.raw_os_error() {
+            Some(n) => Self::os(op, path, io::Error::from_raw_os_error(n)),
+            None => Self::failed(op, path, self.to_string()),
+        }
+    }
+
     pub fn os(op: &'static str, path: &Path, err: io::Error) -> Self {
         Self::at(op, Target::Path(path.to_path_buf()), ErrorKind::Os(err))
     }

@@ -55,6 +55,23 @@ pub fn disk(root: &Path) -> Result<Arc<DiskSync>, Error> {
     Ok(d)
 }
 
+/// The disks of one batch of moves synced so far: each is synced once, after every write,
+/// rename or unlink of the batch on it (a disk whose sync failed is tried again, and says so
+/// again: its error is kept).
+#[derive(Default)]
+pub struct Synced(Vec<*const DiskSync>);
+
+impl Synced {
+    pub fn sync(&mut self, d: &Arc<DiskSync>) -> Result<(), Error> {
+        let p = Arc::as_ptr(d);
+        if !self.0.contains(&p) {
+            d.sync()?;
+            self.0.push(p);
+        }
+        Ok(())
+    }
+}
+
 impl DiskSync {
     /// Ok once a `syncfs` of the disk's filesystem begun after this call succeeded (shared
     /// with the callers syncing the same disk at once): the data and names this caller

@@ -290,7 +290,7 @@ fn finish_many<'a>(
     });
     if let Err(e) = ready {
         for (i, _, _) in going {
-            out[i] = Some(Err(again(&e, &items[i].src)));
+            out[i] = Some(Err(e.again_at("migrate", &items[i].src)));
         }
         return;
     }
@@ -301,23 +301,10 @@ fn finish_many<'a>(
             Err(e) => out[i] = Some(Err(e)),
         }
     }
-    let mut synced: Vec<*const super::disksync::DiskSync> = Vec::new();
+    // each disk synced after every unlink of the batch, shared with the moves off it
+    let mut synced = super::disksync::Synced::default();
     for (i, p, o) in unlinked {
-        let d = Arc::as_ptr(&p.sync);
-        // begun after every unlink of the batch, shared with the moves off this disk
-        let r = match synced.contains(&d) {
-            true => Ok(()),
-            false => p.sync.sync().inspect(|_| synced.push(d)),
-        };
-        out[i] = Some(r.map(|_| sent(o, p.before.len())));
-    }
-}
-
-/// The same error for another item of a batch (its errno kept).
-fn again(e: &Error, path: &Path) -> Error {
-    match e.raw_os_error() {
-        Some(n) => Error::os("migrate", path, std::io::Error::from_raw_os_error(n)),
-        None => Error::failed("migrate", path, e.to_string()),
+        out[i] = Some(synced.sync(&p.sync).map(|_| sent(o, p.before.len())));
     }
 }
 

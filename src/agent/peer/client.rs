@@ -356,19 +356,28 @@ impl PeerClient {
     ) -> Result<(Wire, Msg), Error> {
         let (mut w, _) = self.conn(op, node, true)?;
         w.queue(&Msg::Req(req)).map_err(|e| down(op, node, e))?;
-        match Self::send_body(&mut w, src, hash) {
-            Ok(()) => {}
-            Err(Ok(e)) => return Err(Error::os(op, Path::new(what), e)),
-            Err(Err(e)) => {
-                // The node may have said why it stopped reading before it closed.
-                return match w.recv() {
-                    Ok(m @ Msg::Error { .. }) => self.fail(op, node, w, m),
-                    _ => Err(down(op, node, e)),
-                };
-            }
-        }
+        let mut w = self.body((op, node), w, (src, hash), what)?;
         let m = w.recv().map_err(|e| down(op, node, e))?;
         Ok((w, m))
+    }
+
+    /// `send_body` of one body of a request to `node`: the connection to go on with, or the
+    /// error (`src`'s own, or why the node stopped reading, as it said before it closed).
+    fn body(
+        &self,
+        (op, node): (&'static str, &str),
+        mut w: Wire,
+        (src, hash): (&mut Source, Option<u64>),
+        what: &str,
+    ) -> Result<Wire, Error> {
+        match Self::send_body(&mut w, src, hash) {
+            Ok(()) => Ok(w),
+            Err(Ok(e)) => Err(Error::os(op, Path::new(what), e)),
+            Err(Err(e)) => match w.recv() {
+                Ok(m @ Msg::Error { .. }) => self.fail(op, node, w, m),
+                _ => Err(down(op, node, e)),
+            },
+        }
     }
 
     /// Writes `bucket/key` on `disk` (`set/disk`) of `node` from `src` (`size` bytes when
@@ -614,16 +623,7 @@ impl crate::cluster::migrate::Migrate for PeerClient {
             .map_err(|e| down(op, node, e))?;
         for (_, obj, body) in items.iter_mut() {
             let mut src = reader_source(*body, obj.size);
-            match Self::send_body(&mut w, &mut src, Some(obj.hash)) {
-                Ok(()) => {}
-                Err(Ok(e)) => return Err(Error::os(op, Path::new(utf8_key(obj)?), e)),
-                Err(Err(e)) => {
-                    return match w.recv() {
-                        Ok(m @ Msg::Error { .. }) => self.fail(op, node, w, m),
-                        _ => Err(down(op, node, e)),
-                    };
-                }
-            }
+            w = self.body((op, node), w, (&mut src, Some(obj.hash)), utf8_key(obj)?)?;
         }
         match w.recv().map_err(|e| down(op, node, e))? {
             Msg::Landed(v) if v.len() == items.len() => {

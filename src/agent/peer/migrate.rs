@@ -72,7 +72,7 @@ pub fn store_many(
             }
         }
     }
-    if let Err(e) = sync_each(&temps) {
+    if let Err(e) = sync_each(temps.iter()) {
         temps.iter().for_each(Temp::drop_temp);
         return Err(e);
     }
@@ -86,22 +86,15 @@ pub fn store_many(
     let named: Vec<usize> = (0..v.len())
         .filter(|&i| matches!(out[i], Ok(Migrated::Stored)))
         .collect();
-    let durable =
-        sync_each(&named.iter().map(|&i| &temps[i]).collect::<Vec<_>>()).and_then(|_| match named
-            .is_empty()
-        {
-            true => Ok(()),
-            false => record(c, named.iter().map(|&i| &v[i]).collect()),
-        });
+    if named.is_empty() {
+        return Ok(out);
+    }
+    let durable = sync_each(named.iter().map(|&i| &temps[i]))
+        .and_then(|_| record(c, named.iter().map(|&i| &v[i]).collect()));
     if let Err(e) = durable {
         // named, but not known durable (or not recorded): the sender keeps its sources
-        let (errno, msg) = (e.raw_os_error(), e.to_string());
         for &i in &named {
-            let dst = &temps[i].dst;
-            out[i] = Err(match errno {
-                Some(n) => Error::os("migrate", dst, std::io::Error::from_raw_os_error(n)),
-                None => Error::failed("migrate", dst, msg.clone()),
-            });
+            out[i] = Err(e.again_at("migrate", &temps[i].dst));
         }
     }
     Ok(out)
@@ -132,16 +125,9 @@ impl Temp {
 }
 
 /// One syncfs of each disk `temps` are on (each begun after every write before it).
-fn sync_each<T: std::borrow::Borrow<Temp>>(temps: &[T]) -> Result<(), Error> {
-    let mut done: Vec<*const disksync::DiskSync> = Vec::new();
-    for t in temps {
-        let d = std::sync::Arc::as_ptr(&t.borrow().sync);
-        if !done.contains(&d) {
-            t.borrow().sync.sync()?;
-            done.push(d);
-        }
-    }
-    Ok(())
+fn sync_each<'a>(mut temps: impl Iterator<Item = &'a Temp>) -> Result<(), Error> {
+    let mut done = disksync::Synced::default();
+    temps.try_for_each(|t| done.sync(&t.sync))
 }
 
 /// Writes `m`'s copy under a temp name beside its final one, with the source's mtime.

@@ -689,14 +689,7 @@ mod tests {
                 }),
                 body: true,
             }),
-            Msg::Req(Req::Migrate(Migrate {
-                disk: "s/d".into(),
-                from: "s/e".into(),
-                bucket: "b".into(),
-                key: "k".into(),
-                size: 9,
-                mtime: t,
-            })),
+            Msg::Req(Req::Migrate(head("s/d", "k", 9, t))),
             Msg::Req(Req::Delete {
                 bucket: "b".into(),
                 key: "k".into(),
@@ -740,26 +733,24 @@ mod tests {
         .collect()
     }
 
+    /// A migration's header to `disk` of bucket b's `key`, from s/e.
+    fn head(disk: &str, key: &str, size: u64, t: SystemTime) -> Migrate {
+        Migrate {
+            disk: disk.into(),
+            from: "s/e".into(),
+            bucket: "b".into(),
+            key: key.into(),
+            size,
+            mtime: t,
+        }
+    }
+
     /// A MigrateMany and a Landed of each outcome.
     fn batch_samples(t: SystemTime) -> Vec<Msg> {
         vec![
             Msg::Req(Req::MigrateMany(vec![
-                Migrate {
-                    disk: "s/d".into(),
-                    from: "s/e".into(),
-                    bucket: "b".into(),
-                    key: "k".into(),
-                    size: 9,
-                    mtime: t,
-                },
-                Migrate {
-                    disk: "s/f".into(),
-                    from: "s/e".into(),
-                    bucket: "b".into(),
-                    key: "l/m".into(),
-                    size: 0,
-                    mtime: t,
-                },
+                head("s/d", "k", 9, t),
+                head("s/f", "l/m", 0, t),
             ])),
             Msg::Landed(vec![
                 Landed::Stored,
